@@ -1,0 +1,212 @@
+//! The ABI shared by the eBPF programs and the userspace agent: event records written to the ring
+//! buffer, the configuration and counter maps' layouts, and the limits both sides agree on.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding so that the kernel and userspace see the same
+//! bytes. Userspace never trusts a record: it checks lengths before reading (see `tracer::decode`).
+#![no_std]
+
+/// Largest number of payload bytes one data record can carry (the capture limit's ceiling).
+pub const MAX_CAPTURE: usize = 16384;
+/// Default capture per syscall: large enough that a `traceparent` placed after a 6 KB `Cookie`
+/// header is still inside the captured prefix.
+pub const DEFAULT_CAPTURE: u32 = 8192;
+/// How many iovecs of one readv/writev/recvmsg/sendmsg are walked; the rest of the transfer is
+/// reported as a gap (length only) so userspace stays in sync with the stream.
+pub const MAX_IOVECS: u32 = 8;
+/// Entries of the per-thread syscall argument table.
+pub const MAX_INFLIGHT_SYSCALLS: u32 = 16384;
+/// Default number of tracked connections in the kernel table.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
+/// Entries of the pid filter set.
+pub const MAX_FILTER_PIDS: u32 = 4096;
+/// Entries of the port filter set.
+pub const MAX_FILTER_PORTS: u32 = 256;
+
+/// Record kinds, the first byte of every ring-buffer record.
+pub mod kind {
+    pub const CONN_OPEN: u8 = 1;
+    pub const DATA: u8 = 2;
+    pub const CONN_CLOSE: u8 = 3;
+}
+
+/// Which side of the connection the traced process is on.
+pub mod role {
+    /// Found by sniffing HTTP bytes on an fd opened before the agent started.
+    pub const UNKNOWN: u8 = 0;
+    /// The process accepted the connection.
+    pub const SERVER: u8 = 1;
+    /// The process connected.
+    pub const CLIENT: u8 = 2;
+}
+
+/// Data direction from the traced process's point of view.
+pub mod direction {
+    /// Bytes the process read from the socket.
+    pub const INGRESS: u8 = 0;
+    /// Bytes the process wrote to the socket.
+    pub const EGRESS: u8 = 1;
+}
+
+/// The syscall that produced a data record (diagnostics only).
+pub mod syscall {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const READV: u8 = 3;
+    pub const WRITEV: u8 = 4;
+    pub const RECVFROM: u8 = 5;
+    pub const SENDTO: u8 = 6;
+    pub const RECVMSG: u8 = 7;
+    pub const SENDMSG: u8 = 8;
+    pub const SENDFILE: u8 = 9;
+}
+
+/// Indices into the per-CPU counter array. Every way an event can be lost has one.
+pub mod counter {
+    /// Records written to the ring buffer.
+    pub const EVENTS_SUBMITTED: u32 = 0;
+    /// Records lost because the ring buffer was full (reserve/output failed).
+    pub const RINGBUF_FULL: u32 = 1;
+    /// Connections not tracked because the connection table was full.
+    pub const CONN_TABLE_FULL: u32 = 2;
+    /// Syscalls not followed because the in-flight argument table was full.
+    pub const ARGS_TABLE_FULL: u32 = 3;
+    /// Records lost because the per-CPU scratch buffer could not be looked up.
+    pub const SCRATCH_UNAVAILABLE: u32 = 4;
+    /// Payload bytes copied into records.
+    pub const BYTES_CAPTURED: u32 = 5;
+    /// Payload bytes seen but not copied (beyond the capture size or the iovec limit).
+    pub const BYTES_SKIPPED: u32 = 6;
+    /// Copies from user memory that failed (the bytes are reported as a gap).
+    pub const READ_USER_FAILED: u32 = 7;
+    /// Connections found by sniffing HTTP bytes on an untracked fd.
+    pub const CONNS_SNIFFED: u32 = 8;
+    /// Number of counters.
+    pub const COUNT: u32 = 9;
+}
+
+/// Index of the single configuration entry.
+pub const CONFIG_KEY: u32 = 0;
+
+/// Agent configuration read by every program (an array map with one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The agent's own process id: never traced (its OTLP traffic must not become spans).
+    pub agent_tgid: u32,
+    /// Payload bytes copied per syscall, at most `MAX_CAPTURE`.
+    pub capture_bytes: u32,
+    /// Non-zero: only processes in the pid filter set are traced.
+    pub filter_pids: u8,
+    /// Non-zero: only connections whose local or peer port is in the port set are traced.
+    pub filter_ports: u8,
+    /// Non-zero: children forked by a traced pid join the pid filter set.
+    pub follow_forks: u8,
+    /// Non-zero: untracked fds whose first bytes look like HTTP are adopted.
+    pub sniff_untracked: u8,
+}
+
+/// The header every ring-buffer record starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of `kind::*`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The file descriptor of the connection in `tgid`.
+    pub fd: i32,
+    /// Unique per connection: survives fd reuse (a new connection on the same fd gets a new id).
+    pub conn_id: u64,
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) at syscall exit.
+    pub ts_ns: u64,
+}
+
+/// A connection became tracked: accepted, connected, or adopted by sniffing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnOpenEvent {
+    pub header: EventHeader,
+    /// One of `role::*`.
+    pub role: u8,
+    pub _pad: u8,
+    /// AF_INET (2), AF_INET6 (10), AF_UNIX (1), or 0 when unknown.
+    pub family: u16,
+    /// Host byte order; 0 when unknown.
+    pub local_port: u16,
+    /// Host byte order; 0 when unknown.
+    pub peer_port: u16,
+    /// IPv4 in the first 4 bytes when family is AF_INET; IPv6 otherwise; zero when unknown.
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+
+/// Fixed part of a data record; `captured_len` payload bytes follow it in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataEventHeader {
+    pub header: EventHeader,
+    /// One of `direction::*`.
+    pub direction: u8,
+    /// One of `syscall::*`.
+    pub syscall: u8,
+    /// One of `role::*`, as the kernel knows it.
+    pub role: u8,
+    pub _pad: u8,
+    /// Bytes this record stands for in the stream (what the syscall transferred for this segment).
+    pub true_len: u32,
+    /// Bytes copied after this header (a prefix of the segment); `true_len - captured_len` is a gap.
+    pub captured_len: u32,
+    pub _pad2: u32,
+}
+
+/// A data record as built in per-CPU scratch memory; only `captured_len` bytes of `data` are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub meta: DataEventHeader,
+    pub data: [u8; MAX_CAPTURE],
+}
+
+/// The connection was closed by the traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnCloseEvent {
+    pub header: EventHeader,
+}
+
+/// Per-connection state in the kernel's connection table, keyed by `conn_key(tgid, fd)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    pub conn_id: u64,
+    pub role: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of the connection table: process id in the high half, fd in the low half.
+#[inline(always)]
+pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+pub const CONN_OPEN_LEN: usize = core::mem::size_of::<ConnOpenEvent>();
+pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataEventHeader>();
+pub const CONN_CLOSE_LEN: usize = core::mem::size_of::<ConnCloseEvent>();
+
+// The layouts are part of the ABI: a change here must be a deliberate one.
+const _: () = assert!(EVENT_HEADER_LEN == 32);
+const _: () = assert!(CONN_OPEN_LEN == 72);
+const _: () = assert!(DATA_HEADER_LEN == 48);
+const _: () = assert!(CONN_CLOSE_LEN == 32);
+const _: () = assert!(MAX_CAPTURE.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C) plain data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ConnState {}
+}

@@ -1,0 +1,1 @@
+//! Per-process OTel resource: service.name discovery from /proc, process.* and host.name.

@@ -1,0 +1,1 @@
+//! Exchange -> span: ids, timing, HTTP semantic-convention attributes, status, parent context.
