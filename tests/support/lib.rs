@@ -1,1 +1,26 @@
+//! Support for the end-to-end tests: an in-process OTLP receiver (gRPC and HTTP/protobuf), the
+//! tracer agent under test, the uninstrumented peers it watches (Python, curl, nginx), process
+//! and port helpers, and span queries. Helpers panic with context: they serve tests.
 
+pub mod agent;
+mod grpc_receiver;
+mod http_receiver;
+pub mod nginx;
+pub mod peers;
+pub mod process;
+pub mod query;
+pub mod receiver;
+pub mod session;
+pub mod span;
+pub mod store;
+#[cfg(test)]
+mod test_data;
+
+pub use agent::{Agent, AgentConfig, AgentExit, tracer_bin, tracer_command};
+pub use http_receiver::TRACES_PATH;
+pub use nginx::Nginx;
+pub use peers::{ClientMode, ClientRun, PythonServer, curl, local_url, run_client};
+pub use process::{ChildGuard, ScratchDir, free_port, run_with_timeout, wait_for_port};
+pub use receiver::{OtlpProtocol, OtlpReceiver};
+pub use session::{SPAN_TIMEOUT, TracedSession};
+pub use span::{AttrValue, ObservedKind, ObservedSpan, ObservedStatus, unix_now_ns};

@@ -1,1 +1,111 @@
-fn main(){}
+//! eBPF entry points: one small function per tracepoint. The work lives in `conn` (connection
+//! lifecycle), `data` (byte capture) and `filter` (which processes and ports are traced).
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod conn;
+#[cfg(target_arch = "bpf")]
+mod data;
+#[cfg(target_arch = "bpf")]
+mod filter;
+#[cfg(target_arch = "bpf")]
+mod maps;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+    use tracer_common::syscall;
+
+    use crate::{conn, data, filter};
+
+    macro_rules! data_syscall {
+        ($enter:ident, $exit:ident, $sys:expr) => {
+            #[tracepoint]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                data::enter(&ctx, $sys);
+                0
+            }
+            #[tracepoint]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                data::exit::<{ $sys }>(&ctx);
+                0
+            }
+        };
+    }
+
+    data_syscall!(sys_enter_read, sys_exit_read, syscall::READ);
+    data_syscall!(sys_enter_write, sys_exit_write, syscall::WRITE);
+    data_syscall!(sys_enter_readv, sys_exit_readv, syscall::READV);
+    data_syscall!(sys_enter_writev, sys_exit_writev, syscall::WRITEV);
+    data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, syscall::RECVFROM);
+    data_syscall!(sys_enter_sendto, sys_exit_sendto, syscall::SENDTO);
+    data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, syscall::RECVMSG);
+    data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, syscall::SENDMSG);
+    data_syscall!(sys_enter_sendfile64, sys_exit_sendfile64, syscall::SENDFILE);
+
+    #[tracepoint]
+    pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+        conn::enter_accept(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+        conn::exit_accept(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+        conn::enter_accept(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+        conn::exit_accept(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+        conn::enter_connect(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+        conn::exit_connect(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+        conn::enter_close(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+        conn::sock_set_state(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+        filter::on_fork(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+        filter::on_exit(&ctx);
+        0
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -2,11 +2,19 @@
 //!
 //! Data flows one way: kernel records -> [`decode`] -> [`connections`] -> [`http`] framing and
 //! pairing -> [`spans`] (semantic conventions, [`propagation`] of incoming context) -> [`export`].
-//! See `docs/ARCHITECTURE.md`.
+//! [`pipeline`] strings the pure stages together; [`agent`] runs them on the live ring buffer
+//! that [`probes`] attaches. See `docs/ARCHITECTURE.md`.
 
+pub mod agent;
+pub mod cli;
+pub mod connections;
+pub mod decode;
 pub mod export;
 pub mod http;
 pub mod model;
+pub mod pipeline;
+pub mod probes;
+pub mod procnet;
 pub mod propagation;
 pub mod resource;
 pub mod spans;

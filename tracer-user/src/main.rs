@@ -1,1 +1,40 @@
-fn main(){}
+//! The `tracer` binary: parse the command line, run the agent, report errors in one line.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracer::agent::{self, Until};
+use tracer::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("TRACER_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tracer: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Agent(args) => agent::run(args.trace, Until::Signal).await,
+            Command::Run(args) => agent::run(args.trace, Until::Child(args.command)).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("tracer: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,652 @@
 //! Per-process OTel resource: service.name discovery from /proc, process.* and host.name.
+//!
+//! `service.name` of a traced process, first match wins: `OTEL_SERVICE_NAME` in its own
+//! environment, `service.name` in its `OTEL_RESOURCE_ATTRIBUTES`, the executable's base name
+//! (`exe` link, else `comm`), else `unknown_service:<pid>` when nothing is readable. The other
+//! `OTEL_RESOURCE_ATTRIBUTES` entries become resource attributes too. Every read is bounded.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::model::{AttrValue, ProcessResource};
+
+/// Default number of processes whose resource is cached.
+pub const DEFAULT_CACHE_CAPACITY: usize = 4096;
+/// Most bytes read from `/proc/<pid>/environ`.
+pub const MAX_ENVIRON_BYTES: u64 = 256 * 1024;
+/// Most bytes of `process.command_line`.
+pub const MAX_COMMAND_LINE_BYTES: usize = 1024;
+/// Most attributes taken from a process's `OTEL_RESOURCE_ATTRIBUTES`.
+pub const MAX_ENV_ATTRIBUTES: usize = 64;
+/// Longest key and value taken from `OTEL_RESOURCE_ATTRIBUTES` (longer entries are skipped).
+const MAX_ENV_KEY_LEN: usize = 256;
+const MAX_ENV_VALUE_LEN: usize = 1024;
+/// Longest `service.name` kept from the environment.
+const MAX_SERVICE_NAME_LEN: usize = 256;
+/// Longest `comm` (the kernel keeps 16 bytes).
+const MAX_COMM_BYTES: u64 = 64;
+
+/// Attributes that describe the traced process or this tracer, which the process's own
+/// `OTEL_RESOURCE_ATTRIBUTES` may not override (`service.name` follows the discovery order).
+const PROTECTED_KEYS: [&str; 6] = [
+    "service.name",
+    "process.pid",
+    "telemetry.sdk.name",
+    "telemetry.sdk.version",
+    "telemetry.distro.name",
+    "telemetry.distro.version",
+];
+
+/// Resources by pid, read from `/proc` once per pid. Bounded: when full, the least recently used
+/// eighth of the entries is evicted (and counted).
+#[derive(Debug)]
+pub struct ResourceCache {
+    proc_root: PathBuf,
+    host_name: String,
+    capacity: usize,
+    entries: HashMap<u32, CacheEntry>,
+    clock: u64,
+    evictions: u64,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    resource: Arc<ProcessResource>,
+    last_used: u64,
+}
+
+impl ResourceCache {
+    /// A cache of [`DEFAULT_CACHE_CAPACITY`] processes reading from `proc_root` (normally `/proc`).
+    pub fn new(proc_root: PathBuf, host_name: String) -> Self {
+        Self::with_capacity(proc_root, host_name, DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// A cache holding at most `capacity` (at least 1) processes.
+    pub fn with_capacity(proc_root: PathBuf, host_name: String, capacity: usize) -> Self {
+        ResourceCache {
+            proc_root,
+            host_name,
+            capacity: capacity.max(1),
+            entries: HashMap::new(),
+            clock: 0,
+            evictions: 0,
+        }
+    }
+
+    /// The resource of `pid`, discovered on first use.
+    pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
+        self.clock += 1;
+        if let Some(entry) = self.entries.get_mut(&pid) {
+            entry.last_used = self.clock;
+            return Arc::clone(&entry.resource);
+        }
+        if self.entries.len() >= self.capacity {
+            self.evict_least_recent();
+        }
+        let resource = Arc::new(discover(&self.proc_root, pid, &self.host_name));
+        let entry = CacheEntry {
+            resource: Arc::clone(&resource),
+            last_used: self.clock,
+        };
+        self.entries.insert(pid, entry);
+        resource
+    }
+
+    /// Drop `pid` (the process exited; its pid may be reused).
+    pub fn forget(&mut self, pid: u32) {
+        self.entries.remove(&pid);
+    }
+
+    /// Entries evicted because the cache was full.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Processes currently cached.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Remove the least recently used eighth (at least one entry): amortised O(log n) per miss.
+    fn evict_least_recent(&mut self) {
+        let mut ages: Vec<(u64, u32)> = self
+            .entries
+            .iter()
+            .map(|(pid, e)| (e.last_used, *pid))
+            .collect();
+        ages.sort_unstable();
+        let count = (self.capacity / 8).max(1);
+        for (_, pid) in ages.into_iter().take(count) {
+            self.entries.remove(&pid);
+            self.evictions += 1;
+        }
+        tracing::debug!(
+            evictions = self.evictions,
+            "process resource cache full; evicted"
+        );
+    }
+}
+
+/// Read the resource of `pid` under `proc_root`. Never fails: what cannot be read is left out.
+pub fn discover(proc_root: &Path, pid: u32, host_name: &str) -> ProcessResource {
+    let dir = proc_root.join(pid.to_string());
+    let environ = read_bounded(&dir.join("environ"), MAX_ENVIRON_BYTES)
+        .map(|bytes| complete_entries(bytes, MAX_ENVIRON_BYTES));
+    let exe_path = std::fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| executable_path(&p));
+    let comm = read_bounded(&dir.join("comm"), MAX_COMM_BYTES)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim_end_matches('\n')
+                .to_string()
+        })
+        .filter(|c| !c.is_empty());
+    let command_line = read_bounded(&dir.join("cmdline"), MAX_COMMAND_LINE_BYTES as u64 + 4)
+        .map(|b| command_line(&b))
+        .filter(|c| !c.is_empty());
+
+    let env = environ
+        .as_deref()
+        .map(ProcessEnv::parse)
+        .unwrap_or_default();
+    let exe_name = exe_path
+        .as_deref()
+        .and_then(|p| p.rsplit('/').next())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .or_else(|| comm.clone());
+    let service_name = env
+        .service_name
+        .clone()
+        .or_else(|| env.attribute("service.name").map(str::to_string))
+        .or_else(|| exe_name.clone())
+        .unwrap_or_else(|| format!("unknown_service:{pid}"));
+
+    let mut attributes: Vec<(String, AttrValue)> = vec![
+        ("service.name".into(), AttrValue::Str(service_name.clone())),
+        ("process.pid".into(), AttrValue::Int(i64::from(pid))),
+    ];
+    if let Some(name) = exe_name {
+        attributes.push(("process.executable.name".into(), AttrValue::Str(name)));
+    }
+    if let Some(path) = exe_path {
+        attributes.push(("process.executable.path".into(), AttrValue::Str(path)));
+    }
+    if let Some(line) = command_line {
+        attributes.push(("process.command_line".into(), AttrValue::Str(line)));
+    }
+    if !host_name.is_empty() {
+        attributes.push(("host.name".into(), AttrValue::Str(host_name.to_string())));
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    attributes.push(("telemetry.sdk.name".into(), AttrValue::Str("tracer".into())));
+    attributes.push((
+        "telemetry.sdk.version".into(),
+        AttrValue::Str(version.into()),
+    ));
+    attributes.push((
+        "telemetry.distro.name".into(),
+        AttrValue::Str("tracer".into()),
+    ));
+    attributes.push((
+        "telemetry.distro.version".into(),
+        AttrValue::Str(version.into()),
+    ));
+    for (key, value) in env.attributes {
+        if PROTECTED_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        match attributes.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, existing)) => *existing = AttrValue::Str(value),
+            None => attributes.push((key, AttrValue::Str(value))),
+        }
+    }
+    ProcessResource {
+        pid,
+        service_name,
+        attributes,
+    }
+}
+
+/// What the process's environment says about its resource.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ProcessEnv {
+    service_name: Option<String>,
+    /// Decoded `OTEL_RESOURCE_ATTRIBUTES` entries, first occurrence of each key.
+    attributes: Vec<(String, String)>,
+}
+
+impl ProcessEnv {
+    /// Parse a NUL-separated `environ` block.
+    fn parse(environ: &[u8]) -> ProcessEnv {
+        let mut env = ProcessEnv::default();
+        for entry in environ.split(|b| *b == 0) {
+            if let Some(value) = entry.strip_prefix(b"OTEL_SERVICE_NAME=") {
+                let name = String::from_utf8_lossy(value).trim().to_string();
+                if !name.is_empty() {
+                    env.service_name = Some(truncate(name, MAX_SERVICE_NAME_LEN));
+                }
+            } else if let Some(value) = entry.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
+                env.attributes = parse_resource_attributes(value);
+            }
+        }
+        env
+    }
+
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// `k1=v1,k2=v2` with percent-encoded keys and values and optional whitespace around them.
+/// Malformed or oversized entries are skipped; later duplicates of a key are ignored.
+fn parse_resource_attributes(value: &[u8]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for entry in value.split(|b| *b == b',') {
+        if out.len() >= MAX_ENV_ATTRIBUTES {
+            tracing::debug!("OTEL_RESOURCE_ATTRIBUTES of a traced process has too many entries");
+            break;
+        }
+        let Some(eq) = entry.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        let key = percent_decode(entry.get(..eq).unwrap_or_default());
+        let val = percent_decode(entry.get(eq + 1..).unwrap_or_default());
+        let (key, val) = (key.trim(), val.trim());
+        if key.is_empty() || key.len() > MAX_ENV_KEY_LEN || val.len() > MAX_ENV_VALUE_LEN {
+            continue;
+        }
+        if !out.iter().any(|(k, _)| k == key) {
+            out.push((key.to_string(), val.to_string()));
+        }
+    }
+    out
+}
+
+/// Decode `%XX` escapes (invalid escapes are kept literally), then UTF-8 lossily.
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some((&byte, tail)) = rest.split_first() {
+        let decoded = match (byte, tail) {
+            (b'%', [high, low, ..]) => hex_value(*high)
+                .zip(hex_value(*low))
+                .map(|(h, l)| (h << 4) | l),
+            _ => None,
+        };
+        match decoded {
+            Some(value) => {
+                out.push(value);
+                rest = tail.get(2..).unwrap_or_default();
+            }
+            None => {
+                out.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// Read at most `limit` bytes of a file; `None` if it cannot be opened or read.
+fn read_bounded(path: &Path, limit: u64) -> Option<Vec<u8>> {
+    let file = File::open(path).ok()?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// If the read stopped at `limit`, drop the last (possibly cut) NUL-separated entry.
+fn complete_entries(mut bytes: Vec<u8>, limit: u64) -> Vec<u8> {
+    if bytes.len() as u64 >= limit {
+        let keep = bytes.iter().rposition(|b| *b == 0).map_or(0, |i| i + 1);
+        bytes.truncate(keep);
+    }
+    bytes
+}
+
+/// The `exe` link target as text, without the kernel's ` (deleted)` suffix.
+fn executable_path(link: &Path) -> String {
+    let path = link.to_string_lossy();
+    path.strip_suffix(" (deleted)").unwrap_or(&path).to_string()
+}
+
+/// `cmdline` arguments joined by spaces, bounded to [`MAX_COMMAND_LINE_BYTES`].
+fn command_line(raw: &[u8]) -> String {
+    let joined: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == 0 { b' ' } else { *b })
+        .collect();
+    let text = String::from_utf8_lossy(&joined);
+    truncate(text.trim_end().to_string(), MAX_COMMAND_LINE_BYTES)
+}
+
+/// At most `max` bytes, cut on a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A fake `/proc` in a fresh temporary directory, removed on drop.
+    struct FakeProc {
+        root: PathBuf,
+    }
+
+    impl FakeProc {
+        fn new() -> FakeProc {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let root = std::env::temp_dir().join(format!(
+                "tracer-resource-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&root).expect("create fake proc root");
+            FakeProc { root }
+        }
+
+        fn process(&self, pid: u32) -> FakeProcess {
+            let dir = self.root.join(pid.to_string());
+            std::fs::create_dir_all(&dir).expect("create pid dir");
+            FakeProcess { dir }
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    struct FakeProcess {
+        dir: PathBuf,
+    }
+
+    impl FakeProcess {
+        fn file(self, name: &str, contents: &[u8]) -> Self {
+            std::fs::write(self.dir.join(name), contents).expect("write fake proc file");
+            self
+        }
+        fn exe(self, target: &str) -> Self {
+            std::os::unix::fs::symlink(target, self.dir.join("exe")).expect("symlink exe");
+            self
+        }
+        fn environ(self, vars: &[&str]) -> Self {
+            let mut block = Vec::new();
+            for var in vars {
+                block.extend_from_slice(var.as_bytes());
+                block.push(0);
+            }
+            self.file("environ", &block)
+        }
+    }
+
+    fn attr<'a>(resource: &'a ProcessResource, key: &str) -> Option<&'a AttrValue> {
+        let found: Vec<_> = resource
+            .attributes
+            .iter()
+            .filter(|(k, _)| k == key)
+            .collect();
+        assert!(found.len() <= 1, "{key} appears {} times", found.len());
+        found.first().map(|(_, v)| v)
+    }
+
+    fn str_attr<'a>(resource: &'a ProcessResource, key: &str) -> Option<&'a str> {
+        match attr(resource, key) {
+            Some(AttrValue::Str(s)) => Some(s),
+            Some(other) => panic!("{key} is not a string: {other:?}"),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn service_name_order() {
+        let proc = FakeProc::new();
+        let base = |pid| {
+            proc.process(pid)
+                .exe("/usr/local/bin/checkout-api")
+                .file("comm", b"checkout-wor\n")
+                .file("cmdline", b"/usr/local/bin/checkout-api\0--port\08080\0")
+        };
+        base(1).environ(&[
+            "PATH=/bin",
+            "OTEL_SERVICE_NAME=checkout",
+            "OTEL_RESOURCE_ATTRIBUTES=service.name=ignored",
+        ]);
+        base(2).environ(&[
+            "OTEL_RESOURCE_ATTRIBUTES=deployment.environment=prod,service.name=cart%20svc",
+        ]);
+        base(3).environ(&["OTEL_SERVICE_NAME=  ", "HOME=/root"]);
+        proc.process(4).file("comm", b"worker\n");
+        proc.process(5);
+        // (pid, expected service.name)
+        let cases = [
+            (1, "checkout"),
+            (2, "cart svc"),
+            (3, "checkout-api"),
+            (4, "worker"),
+            (5, "unknown_service:5"),
+            (6, "unknown_service:6"),
+        ];
+        for (pid, expected) in cases {
+            let resource = discover(&proc.root, pid, "node-a");
+            assert_eq!(resource.service_name, expected, "pid {pid}");
+            assert_eq!(
+                str_attr(&resource, "service.name"),
+                Some(expected),
+                "pid {pid}"
+            );
+            assert_eq!(resource.pid, pid);
+        }
+    }
+
+    #[test]
+    fn process_attributes() {
+        let proc = FakeProc::new();
+        proc.process(77)
+            .exe("/opt/app/bin/server (deleted)")
+            .file("comm", b"server\n")
+            .file("cmdline", b"/opt/app/bin/server\0-c\0/etc/app.conf\0")
+            .environ(&["OTEL_RESOURCE_ATTRIBUTES=deployment.environment=staging, team = pay%2Cments ,host.name=from-env,process.pid=1,telemetry.sdk.name=other,broken,=nokey"]);
+        let r = discover(&proc.root, 77, "node-a");
+        assert_eq!(attr(&r, "process.pid"), Some(&AttrValue::Int(77)));
+        assert_eq!(str_attr(&r, "process.executable.name"), Some("server"));
+        assert_eq!(
+            str_attr(&r, "process.executable.path"),
+            Some("/opt/app/bin/server")
+        );
+        assert_eq!(
+            str_attr(&r, "process.command_line"),
+            Some("/opt/app/bin/server -c /etc/app.conf")
+        );
+        assert_eq!(
+            str_attr(&r, "telemetry.sdk.name"),
+            Some("tracer"),
+            "protected from the env"
+        );
+        assert_eq!(
+            str_attr(&r, "telemetry.sdk.version"),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(str_attr(&r, "telemetry.distro.name"), Some("tracer"));
+        assert_eq!(str_attr(&r, "telemetry.sdk.language"), None);
+        assert_eq!(str_attr(&r, "deployment.environment"), Some("staging"));
+        assert_eq!(str_attr(&r, "team"), Some("pay,ments"));
+        assert_eq!(
+            str_attr(&r, "host.name"),
+            Some("from-env"),
+            "the process's own setting wins"
+        );
+        assert_eq!(str_attr(&r, "broken"), None);
+        assert_eq!(r.service_name, "server");
+    }
+
+    #[test]
+    fn host_name_and_missing_pieces() {
+        let proc = FakeProc::new();
+        proc.process(8).file("comm", b"sh\n");
+        let r = discover(&proc.root, 8, "node-b");
+        assert_eq!(str_attr(&r, "host.name"), Some("node-b"));
+        assert_eq!(str_attr(&r, "process.executable.name"), Some("sh"));
+        assert_eq!(str_attr(&r, "process.executable.path"), None);
+        assert_eq!(str_attr(&r, "process.command_line"), None);
+        let gone = discover(&proc.root, 9, "");
+        assert_eq!(str_attr(&gone, "host.name"), None);
+        assert_eq!(gone.service_name, "unknown_service:9");
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let proc = FakeProc::new();
+        let filler = format!("FILLER={}", "x".repeat(300 * 1024));
+        let long_arg = "a".repeat(5000);
+        proc.process(10)
+            .file("cmdline", format!("prog\0{long_arg}\0").as_bytes())
+            .environ(&[
+                "OTEL_SERVICE_NAME=early",
+                &filler,
+                "OTEL_RESOURCE_ATTRIBUTES=late=1",
+            ]);
+        let r = discover(&proc.root, 10, "h");
+        assert_eq!(r.service_name, "early");
+        assert_eq!(
+            str_attr(&r, "late"),
+            None,
+            "entries past the environ limit are not read"
+        );
+        let line = str_attr(&r, "process.command_line").expect("command line");
+        assert_eq!(line.len(), MAX_COMMAND_LINE_BYTES);
+        assert!(line.starts_with("prog aaa"));
+
+        // An entry cut by the read limit is not half-used.
+        let pad = "P".repeat(usize::try_from(MAX_ENVIRON_BYTES).expect("fits") - 40);
+        let env = format!("PAD={pad}\0OTEL_SERVICE_NAME=truncated-name-that-crosses-the-limit\0");
+        proc.process(11)
+            .file("environ", env.as_bytes())
+            .file("comm", b"fallback\n");
+        assert_eq!(discover(&proc.root, 11, "h").service_name, "fallback");
+
+        let many: Vec<String> = (0..200).map(|i| format!("k{i}=v")).collect();
+        let var = format!("OTEL_RESOURCE_ATTRIBUTES={}", many.join(","));
+        proc.process(12).environ(&[&var]);
+        let r = discover(&proc.root, 12, "h");
+        assert_eq!(str_attr(&r, "k63"), Some("v"));
+        assert_eq!(str_attr(&r, "k64"), None);
+    }
+
+    #[test]
+    fn non_utf8_is_lossy() {
+        let proc = FakeProc::new();
+        proc.process(13)
+            .file("cmdline", b"bin\xff\0arg\0")
+            .environ(&["OTEL_RESOURCE_ATTRIBUTES=k=%ff%zz%4"]);
+        let r = discover(&proc.root, 13, "h");
+        assert_eq!(
+            str_attr(&r, "process.command_line"),
+            Some("bin\u{fffd} arg")
+        );
+        assert_eq!(str_attr(&r, "k"), Some("\u{fffd}%zz%4"));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode(b"a%20b%3D%2c"), "a b=,");
+        assert_eq!(percent_decode(b"%"), "%");
+        assert_eq!(percent_decode(b"%4"), "%4");
+        assert_eq!(percent_decode(b"%G1"), "%G1");
+        assert_eq!(percent_decode(b"caf%C3%A9"), "caf\u{e9}");
+    }
+
+    #[test]
+    fn cache_reads_once_forgets_and_evicts() {
+        let proc = FakeProc::new();
+        proc.process(20).environ(&["OTEL_SERVICE_NAME=first"]);
+        let mut cache = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 8);
+        let first = cache.get(20);
+        assert_eq!(first.service_name, "first");
+        proc.process(20).environ(&["OTEL_SERVICE_NAME=second"]);
+        let again = cache.get(20);
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "cached: /proc is read once per pid"
+        );
+        cache.forget(20);
+        assert_eq!(cache.get(20).service_name, "second");
+
+        for pid in 100..107 {
+            cache.get(pid);
+        }
+        assert_eq!(cache.len(), 8);
+        assert_eq!(cache.evictions(), 0);
+        cache.get(20); // refresh: 100 is now the least recently used
+        cache.get(200);
+        assert_eq!(cache.evictions(), 1);
+        assert_eq!(cache.len(), 8);
+        let survivor = cache.get(20);
+        assert_eq!(survivor.service_name, "second", "recently used entry kept");
+        assert_eq!(cache.evictions(), 1, "hit does not evict");
+        cache.get(100); // was evicted: a miss that evicts again
+        assert_eq!(cache.evictions(), 2);
+
+        let mut big = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 64);
+        for pid in 0..1000 {
+            big.get(pid);
+            assert!(big.len() <= 64);
+        }
+        assert!(big.evictions() >= 1000 - 64);
+    }
+
+    #[test]
+    fn real_proc_for_this_process() {
+        let pid = std::process::id();
+        let resource = discover(Path::new("/proc"), pid, "test-host");
+        let exe = std::env::current_exe().expect("current exe");
+        let exe_name = exe.file_name().and_then(|n| n.to_str()).expect("exe name");
+        assert_eq!(resource.pid, pid);
+        assert_eq!(
+            attr(&resource, "process.pid"),
+            Some(&AttrValue::Int(i64::from(pid)))
+        );
+        assert_eq!(
+            str_attr(&resource, "process.executable.name"),
+            Some(exe_name)
+        );
+        assert_eq!(str_attr(&resource, "process.executable.path"), exe.to_str());
+        let line = str_attr(&resource, "process.command_line").expect("command line");
+        assert!(line.contains(exe_name), "{line}");
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none()
+            && std::env::var_os("OTEL_RESOURCE_ATTRIBUTES").is_none()
+        {
+            assert_eq!(resource.service_name, exe_name);
+        }
+        assert!(!resource.service_name.is_empty());
+    }
+}

@@ -1,1 +1,55 @@
-fn main(){}
+//! `cargo xtask`: the project's own setup, build, run and test entry points.
+
+mod step;
+mod task;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for the tracer workspace.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and running the tracer needs (idempotent): the nightly rust-src
+    /// component, bpf-linker, nginx/curl/python3 for the tests, and a mounted tracefs.
+    Setup,
+    /// Set up, then build the agent (`tracer`).
+    Build(task::build::BuildArgs),
+    /// Set up, build the agent in release mode and run `tracer agent` host-wide (text output
+    /// unless agent arguments are given after `--`).
+    Run(task::run::RunArgs),
+    /// Set up, build, then run every test (unit and end-to-end, as root against real probes),
+    /// clippy with warnings denied, and the format check.
+    Test(task::test::TestArgs),
+    /// Demonstration scenario (not yet implemented).
+    Demo,
+    /// Overhead benchmark (not yet implemented).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => task::setup::run(),
+        Task::Build(args) => task::build::run(&args),
+        Task::Run(args) => task::run::run(&args),
+        Task::Test(args) => task::test::run(&args),
+        Task::Demo => task::placeholder::run("demo"),
+        Task::Bench => task::placeholder::run("bench"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -80,8 +80,10 @@ pub mod counter {
     pub const READ_USER_FAILED: u32 = 7;
     /// Connections found by sniffing HTTP bytes on an untracked fd.
     pub const CONNS_SNIFFED: u32 = 8;
+    /// Children of traced processes not followed because the pid filter set was full.
+    pub const FILTER_TABLE_FULL: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Index of the single configuration entry.
@@ -103,6 +105,9 @@ pub struct Config {
     pub follow_forks: u8,
     /// Non-zero: untracked fds whose first bytes look like HTTP are adopted.
     pub sniff_untracked: u8,
+    /// Offset of `child_pid` in the `sched:sched_process_fork` record (read from tracefs: the
+    /// layout differs between kernel versions).
+    pub fork_child_pid_offset: u32,
 }
 
 /// The header every ring-buffer record starts with.
@@ -203,6 +208,7 @@ const _: () = assert!(CONN_OPEN_LEN == 72);
 const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(CONN_CLOSE_LEN == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {

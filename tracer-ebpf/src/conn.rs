@@ -1,0 +1,332 @@
+//! Connection lifecycle: accept/accept4 (SERVER), connect (CLIENT), close, and the TCP state
+//! tracepoint that supplies each connection's local and peer endpoints.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    programs::TracePointContext,
+};
+use tracer_common::{
+    CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, conn_key, counter, kind,
+    role,
+};
+
+use crate::filter::{pid_traced, ports_traced};
+use crate::maps::{
+    ACCEPTED, CONNECTING, CONNS, EVENTS, Endpoints, INFLIGHT, PeerKey, SyscallArgs, count,
+    next_conn_id,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+
+/// Argument kinds for lifecycle syscalls stored in `INFLIGHT` (data syscalls use `syscall::*`).
+pub const ARG_ACCEPT: u8 = 100;
+pub const ARG_CONNECT: u8 = 101;
+
+/// Offsets in the syscall tracepoint records (stable ABI: args start after id).
+pub const SYS_ARG0: usize = 16;
+pub const SYS_RET: usize = 16;
+
+#[inline(always)]
+pub fn sys_arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: syscall enter records hold six u64 arguments from offset 16.
+    unsafe { ctx.read_at::<u64>(SYS_ARG0 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn sys_ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: syscall exit records hold the i64 return value at offset 16.
+    unsafe { ctx.read_at::<i64>(SYS_RET) }.unwrap_or(-1)
+}
+
+/// IPv4 addresses are kept in the first 4 bytes; a v4-mapped IPv6 address becomes IPv4.
+#[inline(always)]
+fn normalize(family: u16, v4: [u8; 4], v6: [u8; 16]) -> (u16, [u8; 16]) {
+    let mut out = [0u8; 16];
+    if family == AF_INET {
+        out[..4].copy_from_slice(&v4);
+        return (AF_INET, out);
+    }
+    let mapped = v6[..10].iter().all(|b| *b == 0) && v6[10] == 0xff && v6[11] == 0xff;
+    if mapped {
+        out[..4].copy_from_slice(&v6[12..16]);
+        return (AF_INET, out);
+    }
+    (AF_INET6, v6)
+}
+
+/// Reads a user sockaddr: (family, address, port in host order). Family 0 when unreadable.
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> (u16, [u8; 16], u16) {
+    if ptr == 0 {
+        return (0, [0; 16], 0);
+    }
+    // SAFETY: probe-read of user memory; failure is handled.
+    let Ok(raw) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 24]) }) else {
+        // A sockaddr_in is only 16 bytes and may sit at the end of a mapping.
+        // SAFETY: as above.
+        let Ok(short) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
+            return (0, [0; 16], 0);
+        };
+        let family = u16::from_ne_bytes([short[0], short[1]]);
+        if family != AF_INET {
+            return (0, [0; 16], 0);
+        }
+        let port = u16::from_be_bytes([short[2], short[3]]);
+        let (fam, addr) = normalize(AF_INET, [short[4], short[5], short[6], short[7]], [0; 16]);
+        return (fam, addr, port);
+    };
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    if family == AF_INET {
+        let (fam, addr) = normalize(AF_INET, [raw[4], raw[5], raw[6], raw[7]], [0; 16]);
+        return (fam, addr, port);
+    }
+    if family == AF_INET6 {
+        let mut v6 = [0u8; 16];
+        v6.copy_from_slice(&raw[8..24]);
+        let (fam, addr) = normalize(AF_INET6, [0; 4], v6);
+        return (fam, addr, port);
+    }
+    (family, [0; 16], 0)
+}
+
+#[inline(always)]
+pub fn header(kind_: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> EventHeader {
+    EventHeader {
+        kind: kind_,
+        _pad: [0; 3],
+        tgid,
+        tid,
+        fd,
+        conn_id,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+#[inline(always)]
+fn submit_open(ev: &ConnOpenEvent) {
+    match EVENTS.output::<ConnOpenEvent>(ev, 0) {
+        Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
+        Err(_) => count(counter::RINGBUF_FULL, 1),
+    }
+}
+
+/// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace.
+#[inline(always)]
+pub fn track(tgid: u32, tid: u32, fd: i32, role_: u8, ep: &Endpoints) -> Option<ConnState> {
+    let state = ConnState { conn_id: next_conn_id(), role: role_, _pad: [0; 7] };
+    if CONNS.insert(&conn_key(tgid, fd as u32), &state, 0).is_err() {
+        count(counter::CONN_TABLE_FULL, 1);
+        return None;
+    }
+    let ev = ConnOpenEvent {
+        header: header(kind::CONN_OPEN, tgid, tid, fd, state.conn_id),
+        role: role_,
+        _pad: 0,
+        family: ep.family,
+        local_port: ep.local_port,
+        peer_port: ep.peer_port,
+        local_addr: ep.local_addr,
+        peer_addr: ep.peer_addr,
+    };
+    const _: () = assert!(CONN_OPEN_LEN == core::mem::size_of::<ConnOpenEvent>());
+    submit_open(&ev);
+    Some(state)
+}
+
+#[inline(always)]
+pub fn save_args(ctx: &TracePointContext, args: &SyscallArgs) {
+    if INFLIGHT.insert(&ctx.pid_tgid_raw(), args, 0).is_err() {
+        count(counter::ARGS_TABLE_FULL, 1);
+    }
+}
+
+/// Takes (and removes) the arguments sys_enter stored for this thread.
+#[inline(always)]
+pub fn take_args(id: u64) -> Option<SyscallArgs> {
+    // SAFETY: the value is copied out before removal.
+    let args = unsafe { INFLIGHT.get(&id) }.copied();
+    if args.is_some() {
+        let _ = INFLIGHT.remove(&id);
+    }
+    args
+}
+
+pub trait PidTgid {
+    fn pid_tgid_raw(&self) -> u64;
+}
+
+impl PidTgid for TracePointContext {
+    #[inline(always)]
+    fn pid_tgid_raw(&self) -> u64 {
+        aya_ebpf::helpers::bpf_get_current_pid_tgid()
+    }
+}
+
+pub fn enter_accept(ctx: &TracePointContext) {
+    if !pid_traced(ctx.tgid()) {
+        return;
+    }
+    let args = SyscallArgs {
+        fd: sys_arg(ctx, 0) as i64,
+        ptr: sys_arg(ctx, 1),
+        count: 0,
+        kind: ARG_ACCEPT,
+        _pad: [0; 7],
+    };
+    save_args(ctx, &args);
+}
+
+pub fn exit_accept(ctx: &TracePointContext) {
+    let Some(args) = take_args(ctx.pid_tgid_raw()) else { return };
+    if args.kind != ARG_ACCEPT {
+        return;
+    }
+    let fd = sys_ret(ctx);
+    if fd < 0 {
+        return;
+    }
+    let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    let mut ep = Endpoints {
+        family,
+        local_port: 0,
+        peer_port,
+        _pad: 0,
+        local_addr: [0; 16],
+        peer_addr,
+    };
+    let key = PeerKey { addr: peer_addr, port: peer_port, _pad: [0; 6] };
+    // SAFETY: value copied out before removal.
+    if let Some(known) = unsafe { ACCEPTED.get(&key) }.copied() {
+        ep.local_port = known.local_port;
+        ep.local_addr = known.local_addr;
+        let _ = ACCEPTED.remove(&key);
+    }
+    if !ports_traced(ep.local_port, ep.peer_port) {
+        return;
+    }
+    track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, &ep);
+}
+
+pub fn enter_connect(ctx: &TracePointContext) {
+    if !pid_traced(ctx.tgid()) {
+        return;
+    }
+    let args = SyscallArgs {
+        fd: sys_arg(ctx, 0) as i64,
+        ptr: sys_arg(ctx, 1),
+        count: 0,
+        kind: ARG_CONNECT,
+        _pad: [0; 7],
+    };
+    save_args(ctx, &args);
+}
+
+pub fn exit_connect(ctx: &TracePointContext) {
+    let id = ctx.pid_tgid_raw();
+    let Some(args) = take_args(id) else { return };
+    if args.kind != ARG_CONNECT {
+        return;
+    }
+    // Only TCP connects pass through SYN_SENT: UDP "connections" (DNS) have no entry here.
+    // SAFETY: value copied out before removal.
+    let Some(mut ep) = (unsafe { CONNECTING.get(&id) }).copied() else { return };
+    let _ = CONNECTING.remove(&id);
+    let ret = sys_ret(ctx);
+    if ret != 0 && ret != -EINPROGRESS {
+        return;
+    }
+    // The tracepoint saw the kernel's view; the sockaddr argument is what the caller asked for.
+    let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
+    if ep.peer_port == 0 && (family == AF_INET || family == AF_INET6) {
+        ep.peer_port = peer_port;
+        ep.peer_addr = peer_addr;
+        ep.family = family;
+    }
+    if !ports_traced(ep.local_port, ep.peer_port) {
+        return;
+    }
+    track(ctx.tgid(), ctx.pid(), args.fd as i32, role::CLIENT, &ep);
+}
+
+pub fn enter_close(ctx: &TracePointContext) {
+    let tgid = ctx.tgid();
+    let fd = sys_arg(ctx, 0) as i32;
+    let key = conn_key(tgid, fd as u32);
+    // SAFETY: value copied out before removal.
+    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else { return };
+    let _ = CONNS.remove(&key);
+    let ev = ConnCloseEvent { header: header(kind::CONN_CLOSE, tgid, ctx.pid(), fd, state.conn_id) };
+    match EVENTS.output::<ConnCloseEvent>(&ev, 0) {
+        Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
+        Err(_) => count(counter::RINGBUF_FULL, 1),
+    }
+}
+
+/// The fixed part of `sock:inet_sock_set_state` after the common header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockStateRecord {
+    skaddr: u64,
+    oldstate: i32,
+    newstate: i32,
+    sport: u16,
+    dport: u16,
+    family: u16,
+    protocol: u16,
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    saddr_v6: [u8; 16],
+    daddr_v6: [u8; 16],
+}
+
+const IPPROTO_TCP: u16 = 6;
+
+pub fn sock_set_state(ctx: &TracePointContext) {
+    // SAFETY: the record layout is fixed by the tracepoint's format (offset 8 onwards).
+    let Ok(rec) = (unsafe { ctx.read_at::<SockStateRecord>(8) }) else { return };
+    if rec.protocol != IPPROTO_TCP {
+        return;
+    }
+    if rec.newstate == TCP_SYN_SENT {
+        // Process context of the connecting thread.
+        if !pid_traced(ctx.tgid()) {
+            return;
+        }
+        let (family, local_addr) = normalize(rec.family, rec.saddr, rec.saddr_v6);
+        let (_, peer_addr) = normalize(rec.family, rec.daddr, rec.daddr_v6);
+        let ep = Endpoints {
+            family,
+            local_port: rec.sport,
+            peer_port: rec.dport,
+            _pad: 0,
+            local_addr,
+            peer_addr,
+        };
+        let _ = CONNECTING.insert(&ctx.pid_tgid_raw(), &ep, 0);
+    } else if rec.newstate == TCP_ESTABLISHED && rec.oldstate == TCP_SYN_RECV {
+        // Server side, often in softirq context: key by the peer, which accept() will report.
+        let (family, local_addr) = normalize(rec.family, rec.saddr, rec.saddr_v6);
+        let (_, peer_addr) = normalize(rec.family, rec.daddr, rec.daddr_v6);
+        let ep = Endpoints {
+            family,
+            local_port: rec.sport,
+            peer_port: rec.dport,
+            _pad: 0,
+            local_addr,
+            peer_addr,
+        };
+        let key = PeerKey { addr: peer_addr, port: rec.dport, _pad: [0; 6] };
+        let _ = ACCEPTED.insert(&key, &ep, 0);
+    }
+}

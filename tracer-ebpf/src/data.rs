@@ -1,0 +1,274 @@
+//! Data capture on read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/sendfile: copies the
+//! bytes actually transferred (the exit return value), up to the configured capture size, into
+//! variable-length ring-buffer records. What is not copied is still reported as a length so
+//! userspace keeps its place in the stream.
+
+use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user, programs::TracePointContext};
+use tracer_common::{
+    ConnState, DATA_HEADER_LEN, DataEventHeader, MAX_CAPTURE, MAX_IOVECS, conn_key, counter,
+    direction, kind, role, syscall,
+};
+
+use crate::conn::{PidTgid, header, save_args, sys_arg, sys_ret, take_args, track};
+use crate::filter::pid_traced;
+use crate::maps::{CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count};
+
+/// A user-space `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// Offsets in a user-space `struct msghdr`.
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+
+#[inline(always)]
+fn direction_of(sys: u8) -> u8 {
+    match sys {
+        syscall::WRITE | syscall::WRITEV | syscall::SENDTO | syscall::SENDMSG | syscall::SENDFILE => {
+            direction::EGRESS
+        }
+        _ => direction::INGRESS,
+    }
+}
+
+/// sys_enter for every data syscall: remember the arguments when the fd is (or may become) traced.
+#[inline(always)]
+pub fn enter(ctx: &TracePointContext, sys: u8) {
+    let tgid = ctx.tgid();
+    if !pid_traced(tgid) {
+        return;
+    }
+    let fd = sys_arg(ctx, 0) as i64;
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: read-only lookup.
+    let tracked = unsafe { CONNS.get(&conn_key(tgid, fd as u32)) }.is_some();
+    if !tracked {
+        let sniff = config().map(|c| c.sniff_untracked != 0).unwrap_or(false);
+        // sendfile's destination cannot be sniffed (its bytes come from a file).
+        if !sniff || sys == syscall::SENDFILE {
+            return;
+        }
+    }
+    let args = SyscallArgs {
+        fd,
+        ptr: sys_arg(ctx, 1),
+        count: sys_arg(ctx, 2),
+        kind: sys,
+        _pad: [0; 7],
+    };
+    save_args(ctx, &args);
+}
+
+/// Whether the first bytes look like an HTTP/1.x request or response start line.
+#[inline(always)]
+fn looks_like_http(ptr: u64, len: i64) -> bool {
+    if ptr == 0 || len < 16 {
+        return false;
+    }
+    // SAFETY: probe-read of user memory; failure handled.
+    let Ok(b) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else { return false };
+    matches!(
+        &b,
+        [b'G', b'E', b'T', b' ', ..]
+            | [b'P', b'O', b'S', b'T', b' ', ..]
+            | [b'P', b'U', b'T', b' ', ..]
+            | [b'H', b'E', b'A', b'D', b' ', ..]
+            | [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..]
+            | [b'P', b'A', b'T', b'C', b'H', b' ', ..]
+            | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
+            | [b'H', b'T', b'T', b'P', b'/', b'1', b'.', ..]
+    )
+}
+
+/// First buffer of the transfer, for sniffing.
+#[inline(always)]
+fn first_buffer(args: &SyscallArgs) -> u64 {
+    match args.kind {
+        syscall::READV | syscall::WRITEV => read_iovec(args.ptr, 0).map(|v| v.base).unwrap_or(0),
+        syscall::RECVMSG | syscall::SENDMSG => msg_iov(args.ptr)
+            .and_then(|(iov, n)| if n > 0 { read_iovec(iov, 0) } else { None })
+            .map(|v| v.base)
+            .unwrap_or(0),
+        syscall::SENDFILE => 0,
+        _ => args.ptr,
+    }
+}
+
+#[inline(always)]
+fn read_iovec(iov: u64, index: u32) -> Option<IoVec> {
+    if iov == 0 {
+        return None;
+    }
+    // SAFETY: probe-read of user memory; failure handled.
+    unsafe { bpf_probe_read_user((iov + index as u64 * 16) as *const IoVec) }.ok()
+}
+
+#[inline(always)]
+fn msg_iov(msg: u64) -> Option<(u64, u64)> {
+    if msg == 0 {
+        return None;
+    }
+    // SAFETY: probe-reads of user memory; failure handled.
+    let iov = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.ok()?;
+    let n = unsafe { bpf_probe_read_user((msg + MSGHDR_IOVLEN) as *const u64) }.ok()?;
+    Some((iov, n))
+}
+
+/// sys_exit for every data syscall; `SYS` is the syscall, known at compile time so each program
+/// carries only its own path (the verifier's budget is per program).
+#[inline(always)]
+pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
+    let Some(args) = take_args(ctx.pid_tgid_raw()) else { return };
+    if args.kind != SYS {
+        return;
+    }
+    let ret = sys_ret(ctx);
+    if ret <= 0 {
+        return;
+    }
+    let tgid = ctx.tgid();
+    let tid = ctx.pid();
+    let fd = args.fd as i32;
+    // SAFETY: value copied out.
+    let conn = match unsafe { CONNS.get(&conn_key(tgid, fd as u32)) }.copied() {
+        Some(c) => c,
+        None => {
+            if !looks_like_http(first_buffer(&args), ret) {
+                return;
+            }
+            let ep = Endpoints {
+                family: 0,
+                local_port: 0,
+                peer_port: 0,
+                _pad: 0,
+                local_addr: [0; 16],
+                peer_addr: [0; 16],
+            };
+            count(counter::CONNS_SNIFFED, 1);
+            match track(tgid, tid, fd, role::UNKNOWN, &ep) {
+                Some(c) => c,
+                None => return,
+            }
+        }
+    };
+    let budget = config().map(|c| c.capture_bytes).unwrap_or(0) as u64;
+    let dir = direction_of(SYS);
+    let total = ret as u64;
+    match SYS {
+        syscall::READV | syscall::WRITEV => {
+            emit_iovecs(ctx, &conn, fd, dir, SYS, args.ptr, args.count, total, budget)
+        }
+        syscall::RECVMSG | syscall::SENDMSG => {
+            if let Some((iov, n)) = msg_iov(args.ptr) {
+                emit_iovecs(ctx, &conn, fd, dir, SYS, iov, n, total, budget);
+            } else {
+                emit(ctx, &conn, fd, dir, SYS, 0, total, 0);
+            }
+        }
+        // sendfile's bytes come from a file: report the length only.
+        syscall::SENDFILE => {
+            emit(ctx, &conn, fd, dir, SYS, 0, total, 0);
+        }
+        _ => {
+            emit(ctx, &conn, fd, dir, SYS, args.ptr, total, budget);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit_iovecs(
+    ctx: &TracePointContext,
+    conn: &ConnState,
+    fd: i32,
+    dir: u8,
+    sys: u8,
+    iov: u64,
+    iovcnt: u64,
+    total: u64,
+    budget: u64,
+) {
+    // Each segment is capped at the capture size on its own: carrying a shared budget across
+    // iterations multiplies the verifier's states past its limit.
+    let mut remaining = total;
+    for i in 0..MAX_IOVECS {
+        if remaining == 0 || i as u64 >= iovcnt {
+            break;
+        }
+        let Some(v) = read_iovec(iov, i) else { break };
+        let seg = if v.len < remaining { v.len } else { remaining };
+        emit(ctx, conn, fd, dir, sys, v.base, seg, budget);
+        remaining -= seg;
+    }
+    if remaining > 0 {
+        // Beyond the iovecs walked: a gap of known length.
+        emit(ctx, conn, fd, dir, sys, 0, remaining, 0);
+    }
+}
+
+/// Sends one data record for `len` transferred bytes at user address `src`, copying at most
+/// `budget` of them. Returns the number of bytes copied.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(
+    ctx: &TracePointContext,
+    conn: &ConnState,
+    fd: i32,
+    dir: u8,
+    sys: u8,
+    src: u64,
+    len: u64,
+    budget: u64,
+) -> u64 {
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        count(counter::SCRATCH_UNAVAILABLE, 1);
+        return 0;
+    };
+    let mut n = if len < budget { len } else { budget };
+    if n > MAX_CAPTURE as u64 {
+        n = MAX_CAPTURE as u64;
+    }
+    if src == 0 {
+        n = 0;
+    }
+    // SAFETY: `ev` points at this CPU's scratch record; `n` is at most MAX_CAPTURE, the size of
+    // its data array.
+    unsafe {
+        if n > 0 {
+            let dst = core::slice::from_raw_parts_mut((*ev).data.as_mut_ptr(), n as usize);
+            if aya_ebpf::helpers::bpf_probe_read_user_buf(src as *const u8, dst).is_err() {
+                count(counter::READ_USER_FAILED, 1);
+                n = 0;
+            }
+        }
+        (*ev).meta = DataEventHeader {
+            header: header(kind::DATA, ctx.tgid(), ctx.pid(), fd, conn.conn_id),
+            direction: dir,
+            syscall: sys,
+            role: conn.role,
+            _pad: 0,
+            true_len: if len > u32::MAX as u64 { u32::MAX } else { len as u32 },
+            captured_len: n as u32,
+            _pad2: 0,
+        };
+        let size = DATA_HEADER_LEN + (n as usize & (MAX_CAPTURE * 2 - 1));
+        let record = core::slice::from_raw_parts(ev as *const u8, size);
+        match EVENTS.output::<[u8]>(record, 0) {
+            Ok(()) => {
+                count(counter::EVENTS_SUBMITTED, 1);
+                count(counter::BYTES_CAPTURED, n);
+                if len > n {
+                    count(counter::BYTES_SKIPPED, len - n);
+                }
+            }
+            Err(_) => count(counter::RINGBUF_FULL, 1),
+        }
+    }
+    n
+}

@@ -1,0 +1,123 @@
+//! Every map the programs share, with the small accessors used on hot paths.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    Config, ConnState, DataEvent, DEFAULT_MAX_CONNECTIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS,
+    MAX_INFLIGHT_SYSCALLS, counter,
+};
+
+/// Agent configuration (one entry, written by userspace before attaching).
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Loss and volume counters, indexed by `tracer_common::counter::*`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Records to userspace. Userspace may resize it at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Tracked connections, keyed by `conn_key(tgid, fd)`.
+#[map]
+pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+
+/// Arguments of in-flight syscalls, keyed by pid_tgid, from sys_enter to sys_exit.
+#[map]
+pub static INFLIGHT: HashMap<u64, SyscallArgs> =
+    HashMap::with_max_entries(MAX_INFLIGHT_SYSCALLS, 0);
+
+/// Per-CPU scratch for data records (too large for the 512-byte stack).
+#[map]
+pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU connection id sequence.
+#[map]
+pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Traced process ids when pid filtering is on.
+#[map]
+pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
+
+/// Traced ports when port filtering is on.
+#[map]
+pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
+
+/// Local endpoint of a connection being set up by `connect`, keyed by pid_tgid (written by the
+/// `inet_sock_set_state` SYN_SENT transition, read at connect's exit).
+#[map]
+pub static CONNECTING: LruHashMap<u64, Endpoints> = LruHashMap::with_max_entries(4096, 0);
+
+/// Local endpoint of server-side sockets that just became established, keyed by the peer
+/// endpoint (read at accept's exit, which knows only the peer).
+#[map]
+pub static ACCEPTED: LruHashMap<PeerKey, Endpoints> = LruHashMap::with_max_entries(16384, 0);
+
+/// What sys_enter saw, for sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallArgs {
+    /// The fd the syscall operates on (the listening fd for accept).
+    pub fd: i64,
+    /// Buffer, iovec array, msghdr or sockaddr pointer, depending on the syscall.
+    pub ptr: u64,
+    /// iovec count for readv/writev.
+    pub count: u64,
+    /// `tracer_common::syscall::*`, or one of the `ARG_*` lifecycle kinds.
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Both endpoints of a TCP connection, as the tracepoint reports them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Endpoints {
+    pub family: u16,
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+
+/// Peer endpoint as a hash key.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+#[inline(always)]
+pub fn count(index: u32, by: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
+        unsafe { *slot += by };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(tracer_common::CONFIG_KEY)
+}
+
+/// A new connection id: the CPU number in the top byte, a per-CPU sequence below.
+#[inline(always)]
+pub fn next_conn_id() -> u64 {
+    // SAFETY: plain helper call.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as u64;
+    match CONN_SEQ.get_ptr_mut(0) {
+        Some(seq) => {
+            // SAFETY: per-CPU slot.
+            unsafe {
+                *seq += 1;
+                (cpu << 56) | *seq
+            }
+        }
+        None => cpu << 56,
+    }
+}

@@ -1,0 +1,322 @@
+//! The running agent: probes attached, the ring buffer read on tokio, events through the
+//! pipeline into the sink, periodic housekeeping and drop summaries, and an orderly shutdown that
+//! flushes every finished span.
+
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::cli::{OutputFormat, TraceArgs};
+use crate::connections::TableLimits;
+use crate::decode::decode;
+use crate::export::{self, OtlpConfig, OtlpOverrides, SinkConfig, SpanSink, TerminalOptions};
+use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::probes::{ProbeOptions, Probes};
+use crate::spans::Clock;
+
+/// Records handled per wake-up before housekeeping gets a turn.
+const RECORDS_PER_WAKE: usize = 8192;
+/// How long shutdown waits for the sink to deliver what is queued.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(15);
+/// After the traced command exits, records still in the ring buffer are read for this long.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
+
+/// What ends the agent.
+pub enum Until {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The command started by `tracer run` exits (or a signal arrives first).
+    Child(Vec<String>),
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn sink_config(args: &TraceArgs) -> anyhow::Result<SinkConfig> {
+    let overrides = OtlpOverrides {
+        endpoint: args.otlp_endpoint.clone(),
+        protocol: args.otlp_protocol.clone(),
+        headers: args.otlp_headers.clone(),
+        ..Default::default()
+    };
+    if args.otlp_endpoint.is_some() || export::otlp_configured(&env_lookup) {
+        let cfg = OtlpConfig::from_env_and_overrides(&env_lookup, &overrides)?;
+        tracing::info!(endpoint = %cfg.endpoint, protocol = cfg.protocol.as_str(), "exporting spans over OTLP");
+        return Ok(SinkConfig::Otlp(cfg));
+    }
+    Ok(match args.format {
+        OutputFormat::Json => SinkConfig::Json,
+        OutputFormat::Text => SinkConfig::Terminal(TerminalOptions {
+            colour: export::colour_for_stdout(&env_lookup),
+            ..Default::default()
+        }),
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// A child process held before `exec` until its pid is in the kernel's filter.
+struct GatedChild {
+    child: tokio::process::Child,
+    gate: Option<OwnedFd>,
+}
+
+fn spawn_gated(command: &[String]) -> anyhow::Result<GatedChild> {
+    let Some((program, rest)) = command.split_first() else { bail!("no command given to run") };
+    let mut fds = [0i32; 2];
+    // SAFETY: valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the start gate pipe");
+    }
+    // SAFETY: pipe2 returned two fresh fds that we now own.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let read_fd = read_end.as_raw_fd();
+    let write_fd = write_end.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(rest);
+    // SAFETY: the closure only calls async-signal-safe functions (close, read).
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::close(write_fd);
+            let mut byte = 0u8;
+            // Blocks until the agent has put this pid in the filter (or the agent died: EOF).
+            libc::read(read_fd, (&mut byte as *mut u8).cast(), 1);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    drop(read_end);
+    Ok(GatedChild { child, gate: Some(write_end) })
+}
+
+fn open_gate(gate: OwnedFd) {
+    let byte = 1u8;
+    // SAFETY: writing one byte from a valid buffer to a pipe we own.
+    unsafe { libc::write(gate.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+}
+
+fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 1,
+    }
+}
+
+/// Runs the agent until `until` says stop. Returns the process exit code.
+pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
+    let sink_cfg = sink_config(&args)?;
+    let ring_bytes = args
+        .ring_buffer_mib
+        .max(1)
+        .checked_next_power_of_two()
+        .and_then(|m| m.checked_mul(1024 * 1024))
+        .context("--ring-buffer-mib is too large")?;
+    let probe_opts = ProbeOptions {
+        capture_bytes: args.capture_bytes,
+        pids: args.pids.clone(),
+        pid_filter: !args.pids.is_empty() || matches!(until, Until::Child(_)),
+        follow_forks: true,
+        ports: args.ports.clone(),
+        sniff_untracked: !args.no_sniff,
+        ring_buffer_bytes: ring_bytes,
+        max_connections: args.max_connections.max(64),
+    };
+    let mut probes = Probes::load(&probe_opts)?;
+    let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
+    // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
+    // registered; nothing else closes that fd.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(std::io::Error::from)
+        .context("registering the ring buffer with tokio")?;
+
+    let sink = export::build_sink(&sink_cfg).await?;
+    let limits = TableLimits {
+        max_connections: args.max_connections.max(64) as usize,
+        request_timeout_ns: args.request_timeout().as_nanos() as u64,
+        ..Default::default()
+    };
+    let mut pipeline = Pipeline::new(
+        PipelineOptions {
+            limits,
+            proc_root: PathBuf::from("/proc"),
+            host_name: host_name(),
+            ports: args.ports.clone(),
+        },
+        Clock::measure(),
+    );
+
+    let mut child = match &until {
+        Until::Child(command) => {
+            let mut gated = spawn_gated(command)?;
+            let pid = gated.child.id().context("the command exited before it started")?;
+            probes.add_pid(pid)?;
+            if let Some(gate) = gated.gate.take() {
+                open_gate(gate);
+            }
+            tracing::info!(pid, command = %command.join(" "), "tracing command");
+            Some(gated)
+        }
+        Until::Signal => None,
+    };
+    eprintln!(
+        "tracer: probes attached; {}",
+        match &sink_cfg {
+            SinkConfig::Otlp(c) => format!("exporting OTLP ({}) to {}", c.protocol.as_str(), c.endpoint),
+            SinkConfig::Terminal(_) => "printing spans to the terminal".to_string(),
+            SinkConfig::Json => "printing spans as JSON lines".to_string(),
+        }
+    );
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let summary_every = args.summary_interval.max(1);
+    let mut seconds = 0u64;
+    let mut reported = DropReport::default();
+    let mut exit_code = ExitCode::SUCCESS;
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let drained = drain(guard.get_inner_mut(), &mut pipeline, &sink);
+                if drained < RECORDS_PER_WAKE {
+                    guard.clear_ready();
+                }
+                for (pid, fd) in pipeline.take_not_sockets() {
+                    probes.forget_connection(pid, fd);
+                }
+            }
+            _ = tick.tick() => {
+                pipeline.tick(monotonic_now_ns(), &mut &sink);
+                seconds += 1;
+                if seconds % summary_every == 0 {
+                    reported = report_drops(&probes, &pipeline, &sink, reported);
+                }
+            }
+            status = async {
+                match child.as_mut() {
+                    Some(c) => c.child.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let status = status.context("waiting for the command")?;
+                exit_code = ExitCode::from(exit_code_of(status));
+                tracing::info!(%status, "command exited");
+                let end = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
+                while tokio::time::Instant::now() < end {
+                    drain(ring.get_mut(), &mut pipeline, &sink);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                break;
+            }
+            _ = sigint.recv() => { tracing::info!("SIGINT: flushing and exiting"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: flushing and exiting"); break; }
+        }
+    }
+    // Records already in the ring buffer belong to exchanges that happened: read them.
+    drain(ring.get_mut(), &mut pipeline, &sink);
+    if let Some(mut c) = child.take() {
+        // A signal stopped us before the command ended: pass it on, then reap.
+        if let Some(pid) = c.child.id() {
+            // SAFETY: signalling the child we started, by its pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await {
+            exit_code = ExitCode::from(exit_code_of(status));
+        }
+    }
+    drop(probes);
+    let final_stats = sink.shutdown(FLUSH_DEADLINE).await;
+    let p = pipeline.stats();
+    tracing::info!(
+        spans = p.spans,
+        exported = final_stats.spans_exported,
+        dropped_queue_full = final_stats.spans_dropped_queue_full,
+        dropped_export_failed = final_stats.spans_dropped_export_failed,
+        dropped_shutdown = final_stats.spans_dropped_shutdown,
+        "tracer stopped"
+    );
+    Ok(exit_code)
+}
+
+/// Reads up to `RECORDS_PER_WAKE` records; returns how many were read.
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, sink: &SpanSink) -> usize {
+    let mut out = sink;
+    let mut n = 0;
+    while n < RECORDS_PER_WAKE {
+        let Some(item) = ring.next() else { break };
+        n += 1;
+        match decode(&item) {
+            Ok(event) => pipeline.on_event(event, &mut out),
+            Err(err) => {
+                DECODE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%err, "undecodable record");
+            }
+        }
+    }
+    n
+}
+
+/// Records the agent could not decode (a kernel/userspace ABI mismatch would show here).
+pub static DECODE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Drop totals last reported.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct DropReport {
+    kernel_lost: u64,
+    spans_dropped: u64,
+    decode_errors: u64,
+    evicted: u64,
+}
+
+fn report_drops(probes: &Probes, pipeline: &Pipeline, sink: &SpanSink, last: DropReport) -> DropReport {
+    let k = probes.counters();
+    let s = sink.stats().snapshot();
+    let t = pipeline.table_stats();
+    let now = DropReport {
+        kernel_lost: k.lost(),
+        spans_dropped: s.spans_dropped_queue_full + s.spans_dropped_export_failed,
+        decode_errors: DECODE_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
+        evicted: t.evicted_full,
+    };
+    if now != last {
+        tracing::warn!(
+            kernel_ringbuf_full = k.ringbuf_full,
+            kernel_conn_table_full = k.conn_table_full,
+            kernel_args_table_full = k.args_table_full,
+            spans_dropped_queue_full = s.spans_dropped_queue_full,
+            spans_dropped_export_failed = s.spans_dropped_export_failed,
+            decode_errors = now.decode_errors,
+            connections_evicted = t.evicted_full,
+            "events or spans were dropped (totals since start)"
+        );
+    }
+    now
+}

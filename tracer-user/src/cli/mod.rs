@@ -1,0 +1,97 @@
+//! Command-line interface: `tracer agent` and `tracer run`, with the options they share.
+
+pub mod agent;
+pub mod run;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Zero-code distributed tracing for HTTP/1.x services on Linux.
+///
+/// Kernel probes (eBPF syscall tracepoints) capture HTTP traffic of unmodified programs; every
+/// request/response exchange becomes an OpenTelemetry span: SERVER for connections a process
+/// accepted, CLIENT for connections it opened. Parents come from traceparent, b3 and
+/// X-Amzn-Trace-Id headers. Spans are exported over OTLP when an endpoint is configured
+/// (OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint), otherwise printed live in the terminal.
+///
+/// Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE) and a kernel with BTF.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Agent(agent::AgentArgs),
+    Run(run::RunArgs),
+}
+
+/// How spans are printed when no OTLP endpoint is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Trace trees for people, grouped by trace, with durations and statuses.
+    Text,
+    /// One JSON object per span per line.
+    Json,
+}
+
+/// Options shared by every tracing command.
+#[derive(Clone, Debug, Args)]
+pub struct TraceArgs {
+    /// Trace only this process (repeatable). Its children are followed.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace only connections whose local or peer port is PORT (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Span output when no OTLP endpoint is configured.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+
+    /// OTLP endpoint (overrides OTEL_EXPORTER_OTLP_ENDPOINT), e.g. http://collector:4317.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Extra OTLP headers, k1=v1,k2=v2 (merged over OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long, value_name = "HEADERS")]
+    pub otlp_headers: Option<String>,
+
+    /// Payload bytes captured per syscall (max 16384). Headers beyond it are not seen.
+    #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, value_name = "BYTES")]
+    pub capture_bytes: u32,
+
+    /// Kernel ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    pub ring_buffer_mib: u32,
+
+    /// Connections tracked at once (kernel and userspace tables).
+    #[arg(long, default_value_t = tracer_common::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: u32,
+
+    /// Seconds a request waits for its response before it is reported as timed out.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub request_timeout: u64,
+
+    /// Do not adopt connections opened before the agent started (no sniffing of unknown fds).
+    #[arg(long)]
+    pub no_sniff: bool,
+
+    /// Seconds between log lines summarising drops (only printed when something was dropped).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub summary_interval: u64,
+}
+
+impl TraceArgs {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout.max(1))
+    }
+}

@@ -1,0 +1,200 @@
+//! The bounded table of traced connections: identity (pid, fd, connection id), role, addresses,
+//! the HTTP framer of each, idle expiry, and counters for everything evicted or dropped.
+
+use std::collections::HashMap;
+
+use crate::http::{HttpConnection, HttpLimits, HttpStats};
+use crate::model::{ConnMeta, Exchange, Role};
+
+/// Bounds of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct TableLimits {
+    /// Connections tracked at once; the least recently active are evicted beyond it.
+    pub max_connections: usize,
+    /// A request waiting this long for its response is emitted as expired.
+    pub request_timeout_ns: u64,
+    /// An idle connection (no pending request) is forgotten after this long.
+    pub idle_timeout_ns: u64,
+    pub http: HttpLimits,
+}
+
+impl Default for TableLimits {
+    fn default() -> Self {
+        TableLimits {
+            max_connections: 65_536,
+            request_timeout_ns: 30_000_000_000,
+            idle_timeout_ns: 300_000_000_000,
+            http: HttpLimits::default(),
+        }
+    }
+}
+
+/// Table counters (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub opened: u64,
+    pub closed: u64,
+    /// Connections created from a data record whose open record was lost.
+    pub opened_late: u64,
+    /// Evicted because the table was full (their pending requests are emitted as expired).
+    pub evicted_full: u64,
+    /// Forgotten after idling.
+    pub expired_idle: u64,
+    /// Replaced because a new connection reused the same (pid, fd) before its close was seen.
+    pub replaced_fd_reuse: u64,
+}
+
+/// One traced connection.
+pub struct Tracked {
+    pub meta: ConnMeta,
+    pub http: HttpConnection,
+    pub last_activity_ns: u64,
+    /// Whether /proc has been consulted for this (sniffed) connection's addresses.
+    pub resolved: bool,
+}
+
+impl Tracked {
+    /// Role from the kernel, else as inferred by the framer.
+    pub fn role(&self) -> Option<Role> {
+        self.meta.role.or_else(|| self.http.role())
+    }
+}
+
+/// Connections by id, plus the (pid, fd) index that detects fd reuse.
+pub struct ConnectionTable {
+    limits: TableLimits,
+    conns: HashMap<u64, Tracked>,
+    by_fd: HashMap<(u32, i32), u64>,
+    stats: TableStats,
+    /// Framer counters of connections already removed.
+    http_totals: HttpStats,
+}
+
+impl ConnectionTable {
+    pub fn new(limits: TableLimits) -> Self {
+        ConnectionTable {
+            limits,
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            stats: TableStats::default(),
+            http_totals: HttpStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    /// Framer counters of all connections, live and removed.
+    pub fn http_stats(&self) -> HttpStats {
+        let mut total = self.http_totals.clone();
+        for c in self.conns.values() {
+            total.merge(c.http.stats());
+        }
+        total
+    }
+
+    pub fn get_mut(&mut self, conn_id: u64) -> Option<&mut Tracked> {
+        self.conns.get_mut(&conn_id)
+    }
+
+    /// Starts tracking a connection. A previous connection on the same (pid, fd) is closed first
+    /// (its close record was lost or never came); its exchanges go to `out`.
+    pub fn open(&mut self, meta: ConnMeta, now_ns: u64, late: bool, out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>) {
+        let fd_key = (meta.pid, meta.fd);
+        if let Some(old) = self.by_fd.get(&fd_key).copied()
+            && old != meta.conn_id
+        {
+            self.stats.replaced_fd_reuse += 1;
+            self.close(old, now_ns, out);
+        }
+        if self.conns.contains_key(&meta.conn_id) {
+            return;
+        }
+        if self.conns.len() >= self.limits.max_connections {
+            self.evict_oldest(now_ns, out);
+        }
+        if late {
+            self.stats.opened_late += 1;
+        } else {
+            self.stats.opened += 1;
+        }
+        self.by_fd.insert(fd_key, meta.conn_id);
+        let http = HttpConnection::new(meta.role, self.limits.http);
+        let resolved = meta.local.is_some() && meta.peer.is_some();
+        self.conns.insert(
+            meta.conn_id,
+            Tracked { meta, http, last_activity_ns: now_ns, resolved },
+        );
+    }
+
+    /// The connection closed: finish its framer and forget it.
+    pub fn close(&mut self, conn_id: u64, now_ns: u64, out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>) {
+        let Some(mut c) = self.conns.remove(&conn_id) else { return };
+        self.stats.closed += 1;
+        if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&conn_id) {
+            self.by_fd.remove(&(c.meta.pid, c.meta.fd));
+        }
+        let mut exchanges = Vec::new();
+        c.http.on_close(now_ns, &mut exchanges);
+        let role = c.role();
+        self.http_totals.merge(c.http.stats());
+        out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
+    }
+
+    /// Expires requests waiting too long and forgets idle connections.
+    pub fn sweep(&mut self, now_ns: u64, out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>) {
+        let mut idle = Vec::new();
+        for (id, c) in self.conns.iter_mut() {
+            let quiet = now_ns.saturating_sub(c.last_activity_ns);
+            if c.http.pending_requests() > 0 && quiet >= self.limits.request_timeout_ns {
+                let mut exchanges = Vec::new();
+                c.http.on_expire(now_ns, &mut exchanges);
+                let role = c.role();
+                out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
+            } else if quiet >= self.limits.idle_timeout_ns {
+                idle.push(*id);
+            }
+        }
+        for id in idle {
+            if let Some(c) = self.conns.remove(&id) {
+                self.stats.expired_idle += 1;
+                self.http_totals.merge(c.http.stats());
+                if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&id) {
+                    self.by_fd.remove(&(c.meta.pid, c.meta.fd));
+                }
+            }
+        }
+    }
+
+    /// Evicts the least recently active sixteenth of the table (at least one connection).
+    fn evict_oldest(&mut self, now_ns: u64, out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>) {
+        let mut ages: Vec<(u64, u64)> =
+            self.conns.iter().map(|(id, c)| (c.last_activity_ns, *id)).collect();
+        let n = (ages.len() / 16).max(1);
+        if ages.len() > n {
+            ages.select_nth_unstable(n - 1);
+        }
+        for (_, id) in ages.into_iter().take(n) {
+            if let Some(mut c) = self.conns.remove(&id) {
+                self.stats.evicted_full += 1;
+                let mut exchanges = Vec::new();
+                c.http.on_expire(now_ns, &mut exchanges);
+                let role = c.role();
+                self.http_totals.merge(c.http.stats());
+                if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&id) {
+                    self.by_fd.remove(&(c.meta.pid, c.meta.fd));
+                }
+                out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! JSON lines output (`--format json`): one object per span per line, with stable field names:
+//! `trace_id`, `span_id`, `parent_span_id` (null for roots), `name`, `kind` (`SERVER`/`CLIENT`),
+//! `start_unix_ns`, `end_unix_ns`, `duration_ns`, `status` {`code`: `UNSET`/`ERROR`,
+//! `description`}, `attributes` {key: value}, `resource` {key: value}, `trace_state` (or null).
+
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use super::stream::{BoxedWriter, Rendered, SpanFormatter, StreamSink, stdout_writer};
+use crate::model::{AttrValue, ExportItem, SpanKind, SpanStatus, hex};
+
+/// Spans waiting to be written before new ones are dropped and counted.
+pub const JSON_QUEUE_SIZE: usize = 4096;
+
+/// The JSON lines sink.
+pub type JsonSink = StreamSink<JsonFormatter>;
+
+impl StreamSink<JsonFormatter> {
+    /// JSON lines to stdout.
+    pub fn stdout() -> std::io::Result<Self> {
+        Ok(Self::to_writer(stdout_writer()?))
+    }
+
+    /// JSON lines to any writer.
+    pub fn to_writer(writer: BoxedWriter) -> Self {
+        StreamSink::start(JsonFormatter, writer, JSON_QUEUE_SIZE)
+    }
+}
+
+/// Formats each span as soon as it arrives.
+#[derive(Debug, Default)]
+pub struct JsonFormatter;
+
+impl SpanFormatter for JsonFormatter {
+    fn accept(&mut self, item: ExportItem, _now: Instant) -> Rendered {
+        let mut text = span_json(&item).to_string();
+        text.push('\n');
+        Rendered { text, spans: 1 }
+    }
+    fn next_due(&self) -> Option<Instant> {
+        None
+    }
+    fn take_due(&mut self, _now: Instant) -> Rendered {
+        Rendered::default()
+    }
+    fn take_all(&mut self) -> Rendered {
+        Rendered::default()
+    }
+}
+
+fn json_value(value: &AttrValue) -> Value {
+    match value {
+        AttrValue::Str(s) => Value::String(s.clone()),
+        AttrValue::Int(i) => Value::from(*i),
+        AttrValue::Bool(b) => Value::Bool(*b),
+    }
+}
+
+/// The JSON object for one span.
+pub fn span_json(item: &ExportItem) -> Value {
+    let span = &item.span;
+    let attributes: Map<String, Value> = span
+        .attributes
+        .iter()
+        .map(|a| (a.key.to_string(), json_value(&a.value)))
+        .collect();
+    let mut resource: Map<String, Value> = item
+        .resource
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), json_value(v)))
+        .collect();
+    resource
+        .entry("service.name")
+        .or_insert_with(|| Value::String(item.resource.service_name.clone()));
+    let (code, description) = match &span.status {
+        SpanStatus::Unset => ("UNSET", Value::Null),
+        SpanStatus::Error { description } => ("ERROR", Value::String(description.clone())),
+    };
+    json!({
+        "trace_id": hex(&span.trace_id),
+        "span_id": hex(&span.span_id),
+        "parent_span_id": span.parent_span_id.map(|p| hex(&p)),
+        "name": span.name,
+        "kind": match span.kind { SpanKind::Server => "SERVER", SpanKind::Client => "CLIENT" },
+        "start_unix_ns": span.start_unix_ns,
+        "end_unix_ns": span.end_unix_ns,
+        "duration_ns": span.end_unix_ns.saturating_sub(span.start_unix_ns),
+        "status": { "code": code, "description": description },
+        "attributes": attributes,
+        "resource": resource,
+        "trace_state": span.trace_state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::stream::test_writer::SharedBuffer;
+    use crate::model::{Attribute, ProcessResource, SpanRecord};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn item(parent: Option<[u8; 8]>, status: SpanStatus) -> ExportItem {
+        ExportItem {
+            span: SpanRecord {
+                trace_id: [0x0a; 16],
+                span_id: [0xb1; 8],
+                parent_span_id: parent,
+                trace_state: parent.map(|_| "k=v".to_string()),
+                sampled: true,
+                name: "POST".into(),
+                kind: if parent.is_some() {
+                    SpanKind::Client
+                } else {
+                    SpanKind::Server
+                },
+                start_unix_ns: 1_000,
+                end_unix_ns: 3_500,
+                attributes: vec![
+                    Attribute::str("url.path", "/orders"),
+                    Attribute::int("http.response.status_code", 500),
+                    Attribute {
+                        key: "x.cached",
+                        value: AttrValue::Bool(false),
+                    },
+                ],
+                status,
+                pid: 9,
+            },
+            resource: Arc::new(ProcessResource {
+                pid: 9,
+                service_name: "orders".into(),
+                attributes: vec![("process.pid".into(), AttrValue::Int(9))],
+            }),
+        }
+    }
+
+    #[test]
+    fn root_span_fields() {
+        let v = span_json(&item(None, SpanStatus::Unset));
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = vec![
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "name",
+            "kind",
+            "start_unix_ns",
+            "end_unix_ns",
+            "duration_ns",
+            "status",
+            "attributes",
+            "resource",
+            "trace_state",
+        ];
+        expected.sort_unstable();
+        let mut keys_sorted = keys.clone();
+        keys_sorted.sort_unstable();
+        assert_eq!(keys_sorted, expected);
+        assert_eq!(v["trace_id"], "0a".repeat(16));
+        assert_eq!(v["span_id"], "b1".repeat(8));
+        assert!(v["parent_span_id"].is_null());
+        assert!(v["trace_state"].is_null());
+        assert_eq!(v["name"], "POST");
+        assert_eq!(v["kind"], "SERVER");
+        assert_eq!(v["start_unix_ns"], 1_000);
+        assert_eq!(v["end_unix_ns"], 3_500);
+        assert_eq!(v["duration_ns"], 2_500);
+        assert_eq!(v["status"], json!({"code": "UNSET", "description": null}));
+        assert_eq!(v["attributes"]["url.path"], "/orders");
+        assert_eq!(v["attributes"]["http.response.status_code"], 500);
+        assert_eq!(v["attributes"]["x.cached"], false);
+        assert_eq!(v["resource"]["service.name"], "orders");
+        assert_eq!(v["resource"]["process.pid"], 9);
+    }
+
+    #[test]
+    fn child_error_span_fields() {
+        let v = span_json(&item(
+            Some([0xcc; 8]),
+            SpanStatus::Error {
+                description: "500".into(),
+            },
+        ));
+        assert_eq!(v["parent_span_id"], "cc".repeat(8));
+        assert_eq!(v["kind"], "CLIENT");
+        assert_eq!(v["status"], json!({"code": "ERROR", "description": "500"}));
+        assert_eq!(v["trace_state"], "k=v");
+    }
+
+    #[tokio::test]
+    async fn sink_writes_one_parseable_line_per_span() {
+        let buffer = SharedBuffer::default();
+        let sink = JsonSink::to_writer(Box::new(buffer.clone()));
+        sink.submit(item(None, SpanStatus::Unset));
+        sink.submit(item(Some([1; 8]), SpanStatus::Unset));
+        let stats = sink.shutdown(Duration::from_secs(10)).await;
+        let text = buffer.contents();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0]["parent_span_id"].is_null());
+        assert_eq!(lines[1]["parent_span_id"], "01".repeat(8));
+        assert_eq!(stats.spans_exported, 2);
+    }
+}

@@ -1,0 +1,241 @@
+//! Parsing of one complete message head with `httparse` into the shared model: start line,
+//! bounded headers (count and value size), and the facts that decide body framing.
+
+use std::mem::MaybeUninit;
+
+use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion};
+
+use super::HttpLimits;
+use super::framing::FramingHeaders;
+use super::start_line::MessageKind;
+
+/// A parsed head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ParsedHead {
+    Request(HttpRequest, FramingHeaders),
+    Response(HttpResponse, FramingHeaders),
+}
+
+/// Result of a parse attempt on bytes that start with a head.
+#[derive(Debug)]
+pub(crate) enum HeadParse {
+    /// The head is complete and `len` bytes long.
+    Complete { head: ParsedHead, len: usize },
+    /// More bytes are needed.
+    Partial,
+}
+
+/// Why a head could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HeadError {
+    #[error("malformed head: {0}")]
+    Malformed(#[from] httparse::Error),
+    #[error("unsupported HTTP version 1.{0}")]
+    Version(u8),
+    #[error("head has no start line")]
+    MissingStartLine,
+}
+
+/// Headers parsed without touching the heap; heads with more fall back to a heap table.
+const STACK_HEADERS: usize = 64;
+
+/// Lenient parsing: a tracer must follow what real peers accept, not police them.
+fn parser_config() -> httparse::ParserConfig {
+    let mut config = httparse::ParserConfig::default();
+    config
+        .ignore_invalid_headers_in_requests(true)
+        .ignore_invalid_headers_in_responses(true)
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true);
+    config
+}
+
+/// Parses the head of a `kind` message at the start of `bytes`.
+pub(crate) fn parse_head(
+    bytes: &[u8],
+    kind: MessageKind,
+    limits: &HttpLimits,
+) -> Result<HeadParse, HeadError> {
+    let config = parser_config();
+    let mut stack = [const { MaybeUninit::uninit() }; STACK_HEADERS];
+    match parse_with(bytes, kind, limits, &config, &mut stack) {
+        Err(HeadError::Malformed(httparse::Error::TooManyHeaders)) => {
+            // Every header line takes at least three bytes (`a:` and a line feed).
+            let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> =
+                std::iter::repeat_with(MaybeUninit::uninit)
+                    .take(bytes.len() / 3 + 1)
+                    .collect();
+            parse_with(bytes, kind, limits, &config, &mut heap)
+        }
+        other => other,
+    }
+}
+
+fn parse_with<'b>(
+    bytes: &'b [u8],
+    kind: MessageKind,
+    limits: &HttpLimits,
+    config: &httparse::ParserConfig,
+    table: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<HeadParse, HeadError> {
+    match kind {
+        MessageKind::Request => {
+            let mut request = httparse::Request::new(&mut []);
+            let len = match config.parse_request_with_uninit_headers(&mut request, bytes, table)? {
+                httparse::Status::Complete(len) => len,
+                httparse::Status::Partial => return Ok(HeadParse::Partial),
+            };
+            let (Some(method), Some(target), Some(minor)) =
+                (request.method, request.path, request.version)
+            else {
+                return Err(HeadError::MissingStartLine);
+            };
+            let (headers, framing) = convert_headers(request.headers, limits);
+            let head = HttpRequest {
+                method: method.to_owned(),
+                target: target.to_owned(),
+                version: version(minor)?,
+                headers,
+                body_len: 0,
+            };
+            Ok(HeadParse::Complete {
+                head: ParsedHead::Request(head, framing),
+                len,
+            })
+        }
+        MessageKind::Response => {
+            let mut response = httparse::Response::new(&mut []);
+            let len =
+                match config.parse_response_with_uninit_headers(&mut response, bytes, table)? {
+                    httparse::Status::Complete(len) => len,
+                    httparse::Status::Partial => return Ok(HeadParse::Partial),
+                };
+            let (Some(minor), Some(status)) = (response.version, response.code) else {
+                return Err(HeadError::MissingStartLine);
+            };
+            let (headers, framing) = convert_headers(response.headers, limits);
+            let head = HttpResponse {
+                version: version(minor)?,
+                status,
+                headers,
+                body_len: 0,
+            };
+            Ok(HeadParse::Complete {
+                head: ParsedHead::Response(head, framing),
+                len,
+            })
+        }
+    }
+}
+
+fn version(minor: u8) -> Result<HttpVersion, HeadError> {
+    match minor {
+        0 => Ok(HttpVersion::Http10),
+        1 => Ok(HttpVersion::Http11),
+        other => Err(HeadError::Version(other)),
+    }
+}
+
+/// Copies up to `max_headers` headers (values cut to `max_header_value_bytes`) and reads the
+/// framing facts from all of them.
+fn convert_headers(
+    parsed: &[httparse::Header<'_>],
+    limits: &HttpLimits,
+) -> (Vec<Header>, FramingHeaders) {
+    let mut framing = FramingHeaders::default();
+    let mut headers = Vec::with_capacity(parsed.len().min(limits.max_headers));
+    for header in parsed {
+        framing.observe(header.name, header.value);
+        if headers.len() < limits.max_headers {
+            let kept = header
+                .value
+                .get(..limits.max_header_value_bytes)
+                .unwrap_or(header.value);
+            headers.push(Header {
+                name: header.name.to_owned(),
+                value: kept.to_vec(),
+            });
+        }
+    }
+    (headers, framing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::framing::ContentLength;
+
+    fn complete(bytes: &[u8], kind: MessageKind, limits: &HttpLimits) -> (ParsedHead, usize) {
+        match parse_head(bytes, kind, limits) {
+            Ok(HeadParse::Complete { head, len }) => (head, len),
+            other => panic!("expected a complete head, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_request_head_and_framing() {
+        let bytes = b"POST /a?b=1 HTTP/1.0\r\nHost: x\r\nContent-Length: 12\r\n\r\nbody";
+        let (head, len) = complete(bytes, MessageKind::Request, &HttpLimits::default());
+        assert_eq!(len, bytes.len() - 4);
+        let ParsedHead::Request(request, framing) = head else {
+            panic!("not a request")
+        };
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.target, "/a?b=1");
+        assert_eq!(request.version, HttpVersion::Http10);
+        assert_eq!(request.headers.len(), 2);
+        assert_eq!(
+            request.headers[0],
+            Header {
+                name: "Host".into(),
+                value: b"x".to_vec()
+            }
+        );
+        assert_eq!(framing.content_length, ContentLength::Valid(12));
+    }
+
+    #[test]
+    fn partial_and_malformed_heads() {
+        let limits = HttpLimits::default();
+        assert!(matches!(
+            parse_head(
+                b"HTTP/1.1 200 OK\r\nA: b\r\n",
+                MessageKind::Response,
+                &limits
+            ),
+            Ok(HeadParse::Partial)
+        ));
+        assert!(
+            parse_head(
+                b"GET / HTTP/1.1\r\nA\x00: b\r\n\r\n",
+                MessageKind::Request,
+                &limits
+            )
+            .is_err()
+        );
+        assert!(parse_head(b"GET / HTTP/1.2\r\n\r\n", MessageKind::Request, &limits).is_err());
+    }
+
+    #[test]
+    fn keeps_headers_up_to_limits_and_frames_with_all() {
+        let limits = HttpLimits {
+            max_headers: 3,
+            max_header_value_bytes: 5,
+            ..HttpLimits::default()
+        };
+        let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..100 {
+            bytes.extend_from_slice(format!("X-{i}: value-{i}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"Content-Length: 3\r\n\r\n");
+        let (head, len) = complete(&bytes, MessageKind::Response, &limits);
+        assert_eq!(len, bytes.len());
+        let ParsedHead::Response(response, framing) = head else {
+            panic!("not a response")
+        };
+        assert_eq!(response.headers.len(), 3);
+        assert_eq!(response.headers[2].name, "X-2");
+        assert_eq!(response.headers[2].value, b"value");
+        assert_eq!(framing.content_length, ContentLength::Valid(3));
+    }
+}

@@ -1,0 +1,223 @@
+//! The userspace pipeline without the kernel: decoded events -> connections -> HTTP exchanges ->
+//! spans (with parent context and process resource) -> a span output. Fed by the ring-buffer
+//! reader in the agent and by recorded event streams in tests and benchmarks.
+
+use std::path::PathBuf;
+
+use crate::connections::{ConnectionTable, TableLimits, TableStats};
+use crate::decode::{KernelEvent, RecordHeader};
+use crate::export::SpanSink;
+use crate::http::HttpStats;
+use crate::model::{ConnMeta, Exchange, ExportItem, Role};
+use crate::procnet::{self, FdKind};
+use crate::propagation;
+use crate::resource::ResourceCache;
+use crate::spans::{self, Clock, SpanInput};
+
+/// Where finished spans go.
+pub trait SpanOutput {
+    fn emit(&mut self, item: ExportItem);
+}
+
+impl SpanOutput for Vec<ExportItem> {
+    fn emit(&mut self, item: ExportItem) {
+        self.push(item);
+    }
+}
+
+impl SpanOutput for &SpanSink {
+    fn emit(&mut self, item: ExportItem) {
+        self.submit(item);
+    }
+}
+
+/// Pipeline counters (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub events: u64,
+    pub data_bytes: u64,
+    pub spans: u64,
+    /// Exchanges dropped because their connection's role never became known.
+    pub exchanges_without_role: u64,
+    /// Sniffed fds that turned out not to be sockets.
+    pub sniffed_not_socket: u64,
+    /// Data or close records for connections the table did not know (after eviction or expiry).
+    pub records_unknown_connection: u64,
+}
+
+/// Options of the userspace side.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub limits: TableLimits,
+    pub proc_root: PathBuf,
+    pub host_name: String,
+    /// Only connections with one of these local/peer ports become spans (for connections whose
+    /// ports the kernel did not know when it adopted them); empty = all.
+    pub ports: Vec<u16>,
+}
+
+/// Events in, spans out.
+pub struct Pipeline {
+    table: ConnectionTable,
+    resources: ResourceCache,
+    clock: Clock,
+    opts: PipelineOptions,
+    stats: PipelineStats,
+    scratch: Vec<(ConnMeta, Option<Role>, Exchange)>,
+    /// (pid, fd) adopted by the kernel that are not sockets: the agent removes them from the
+    /// kernel table.
+    not_sockets: Vec<(u32, i32)>,
+}
+
+impl Pipeline {
+    pub fn new(opts: PipelineOptions, clock: Clock) -> Self {
+        Pipeline {
+            table: ConnectionTable::new(opts.limits),
+            resources: ResourceCache::new(opts.proc_root.clone(), opts.host_name.clone()),
+            clock,
+            opts,
+            stats: PipelineStats::default(),
+            scratch: Vec::new(),
+            not_sockets: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        self.stats
+    }
+
+    pub fn table_stats(&self) -> TableStats {
+        self.table.stats()
+    }
+
+    pub fn http_stats(&self) -> HttpStats {
+        self.table.http_stats()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Fds the kernel should stop following (drained by the agent).
+    pub fn take_not_sockets(&mut self) -> Vec<(u32, i32)> {
+        std::mem::take(&mut self.not_sockets)
+    }
+
+    fn meta_from(header: &RecordHeader, role: Option<Role>) -> ConnMeta {
+        ConnMeta {
+            conn_id: header.conn_id,
+            pid: header.tgid,
+            fd: header.fd,
+            role,
+            local: None,
+            peer: None,
+        }
+    }
+
+    /// Handles one kernel event.
+    pub fn on_event(&mut self, event: KernelEvent<'_>, out: &mut impl SpanOutput) {
+        self.stats.events += 1;
+        let mut done = std::mem::take(&mut self.scratch);
+        match event {
+            KernelEvent::ConnOpen { header, role, local, peer } => {
+                let mut meta = Self::meta_from(&header, role);
+                meta.local = local;
+                meta.peer = peer;
+                // Read the process's resource now, while it surely still runs (a short-lived
+                // client may be gone by the time its span is built).
+                self.resources.get(header.tgid);
+                self.table.open(meta, header.ts_ns, false, &mut done);
+                if role.is_none() {
+                    self.resolve_sniffed(header.conn_id);
+                }
+            }
+            KernelEvent::Data { header, direction, role, true_len, payload } => {
+                self.stats.data_bytes += u64::from(true_len);
+                if self.table.get_mut(header.conn_id).is_none() {
+                    self.stats.records_unknown_connection += 1;
+                    let meta = Self::meta_from(&header, role);
+                    self.resources.get(header.tgid);
+                    self.table.open(meta, header.ts_ns, true, &mut done);
+                    self.resolve_sniffed(header.conn_id);
+                }
+                if let Some(conn) = self.table.get_mut(header.conn_id) {
+                    conn.last_activity_ns = header.ts_ns;
+                    let mut exchanges = Vec::new();
+                    conn.http.on_record(direction, payload, true_len, header.tid, header.ts_ns, &mut exchanges);
+                    if !exchanges.is_empty() {
+                        let role = conn.role();
+                        let meta = conn.meta.clone();
+                        done.extend(exchanges.into_iter().map(|e| (meta.clone(), role, e)));
+                    }
+                }
+            }
+            KernelEvent::ConnClose { header } => {
+                if self.table.get_mut(header.conn_id).is_none() {
+                    self.stats.records_unknown_connection += 1;
+                }
+                self.table.close(header.conn_id, header.ts_ns, &mut done);
+            }
+        }
+        self.emit_all(&mut done, out);
+        self.scratch = done;
+    }
+
+    /// Periodic housekeeping: expires waiting requests and idle connections.
+    pub fn tick(&mut self, now_mono_ns: u64, out: &mut impl SpanOutput) {
+        let mut done = std::mem::take(&mut self.scratch);
+        self.table.sweep(now_mono_ns, &mut done);
+        self.emit_all(&mut done, out);
+        self.scratch = done;
+    }
+
+    /// Sniffed connections carry no addresses: ask /proc, and drop fds that are not sockets.
+    fn resolve_sniffed(&mut self, conn_id: u64) {
+        let Some(conn) = self.table.get_mut(conn_id) else { return };
+        if conn.resolved {
+            return;
+        }
+        conn.resolved = true;
+        match procnet::inspect_fd(&self.opts.proc_root, conn.meta.pid, conn.meta.fd) {
+            FdKind::Socket { local, peer } => {
+                conn.meta.local = conn.meta.local.or(local);
+                conn.meta.peer = conn.meta.peer.or(peer);
+            }
+            FdKind::NotSocket => {
+                self.stats.sniffed_not_socket += 1;
+                self.not_sockets.push((conn.meta.pid, conn.meta.fd));
+                let mut ignored = Vec::new();
+                self.table.close(conn_id, 0, &mut ignored);
+            }
+            FdKind::Unknown => {}
+        }
+    }
+
+    fn port_allowed(&self, meta: &ConnMeta) -> bool {
+        if self.opts.ports.is_empty() {
+            return true;
+        }
+        let ports = [meta.local.map(|a| a.port()), meta.peer.map(|a| a.port())];
+        ports.iter().flatten().any(|p| self.opts.ports.contains(p))
+    }
+
+    fn emit_all(&mut self, done: &mut Vec<(ConnMeta, Option<Role>, Exchange)>, out: &mut impl SpanOutput) {
+        for (meta, role, exchange) in done.drain(..) {
+            let Some(role) = role else {
+                self.stats.exchanges_without_role += 1;
+                continue;
+            };
+            if !self.port_allowed(&meta) {
+                continue;
+            }
+            // SERVER: the incoming headers name the caller's span. CLIENT: headers the process
+            // itself sent (an instrumented client, or a proxy forwarding them) are respected: the
+            // CLIENT span joins that trace under the named span instead of starting a new one.
+            let parent = propagation::extract(&exchange.request.headers);
+            let input = SpanInput { exchange: &exchange, conn: &meta, role, clock: &self.clock };
+            let span = spans::build_span(&input, parent.as_ref(), spans::new_ids());
+            let resource = self.resources.get(meta.pid);
+            self.stats.spans += 1;
+            out.emit(ExportItem { span, resource });
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Loading, configuring and attaching the eBPF programs; access to their maps (counters, filters,
+//! the connection table). Dropping [`Probes`] detaches every program.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tracer_common::{Config, MAX_CAPTURE, conn_key, counter};
+
+/// The eBPF object built by `build.rs` (empty when the eBPF toolchain was missing at build time).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Tracepoints attached, as (program name, category, tracepoint name).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
+    ("sys_enter_accept4", "syscalls", "sys_enter_accept4"),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sys_enter_read", "syscalls", "sys_enter_read"),
+    ("sys_exit_read", "syscalls", "sys_exit_read"),
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_exit_write", "syscalls", "sys_exit_write"),
+    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
+    ("sys_exit_readv", "syscalls", "sys_exit_readv"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
+    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
+    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
+    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("sched_process_fork", "sched", "sched_process_fork"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// What can go wrong before the probes run; each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this tracer binary was built without its eBPF programs (bpf-linker was missing at build \
+         time); run `cargo xtask setup` and rebuild"
+    )]
+    StubObject,
+    #[error("loading eBPF programs needs root (or CAP_BPF + CAP_PERFMON); run as root")]
+    NotPrivileged,
+    #[error(
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing); a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y is required"
+    )]
+    NoBtf,
+    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
+    Tracefs(io::Error),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name} ({category}:{tracepoint}) could not be loaded or attached: {source}")]
+    Program {
+        name: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Options that shape what the kernel side captures.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Payload bytes copied per syscall (clamped to the kernel's ceiling).
+    pub capture_bytes: u32,
+    /// Processes in the pid filter from the start.
+    pub pids: Vec<u32>,
+    /// Trace only processes in the pid filter (and their children when `follow_forks`).
+    pub pid_filter: bool,
+    pub follow_forks: bool,
+    /// Only connections with one of these local or peer ports; empty = all.
+    pub ports: Vec<u16>,
+    /// Adopt connections opened before the agent started when HTTP bytes flow on them.
+    pub sniff_untracked: bool,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// Kernel connection table size.
+    pub max_connections: u32,
+}
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub events_submitted: u64,
+    pub ringbuf_full: u64,
+    pub conn_table_full: u64,
+    pub args_table_full: u64,
+    pub scratch_unavailable: u64,
+    pub bytes_captured: u64,
+    pub bytes_skipped: u64,
+    pub read_user_failed: u64,
+    pub conns_sniffed: u64,
+    pub filter_table_full: u64,
+}
+
+impl KernelCounters {
+    /// Events lost in the kernel, all reasons together.
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_full
+            + self.conn_table_full
+            + self.args_table_full
+            + self.scratch_unavailable
+            + self.filter_table_full
+    }
+}
+
+/// The loaded and attached programs. Dropping it detaches them.
+pub struct Probes {
+    ebpf: Ebpf,
+}
+
+/// Whether the embedded object is the real one.
+pub fn object_is_real() -> bool {
+    !EBPF_OBJECT.is_empty()
+}
+
+/// Finds a mounted tracefs, mounting it at /sys/kernel/tracing when none is.
+pub fn ensure_tracefs() -> Result<PathBuf, ProbeError> {
+    for dir in [TRACEFS, DEBUGFS_TRACING] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(PathBuf::from(dir));
+        }
+    }
+    let target = std::ffi::CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
+    let fstype = c"tracefs";
+    let source = c"nodev";
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe {
+        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs(io::Error::last_os_error()));
+    }
+    tracing::info!(path = TRACEFS, "mounted tracefs");
+    Ok(PathBuf::from(TRACEFS))
+}
+
+/// Offset of `child_pid` in the sched_process_fork record, from its format file.
+fn fork_child_pid_offset(tracefs: &Path) -> u32 {
+    let path = tracefs.join("events/sched/sched_process_fork/format");
+    let text = fs::read_to_string(path).unwrap_or_default();
+    parse_field_offset(&text, "child_pid").unwrap_or(44)
+}
+
+/// Finds `offset:N;` of field `name` in a tracepoint format description.
+pub fn parse_field_offset(format: &str, name: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let field = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = field.split_once(';')?;
+        let ident = decl.split_whitespace().last()?.trim_start_matches('*');
+        if ident != name {
+            return None;
+        }
+        let off = rest.trim().strip_prefix("offset:")?;
+        off.split(';').next()?.trim().parse().ok()
+    })
+}
+
+fn check_privileges() -> Result<(), ProbeError> {
+    // SAFETY: plain libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        // Capabilities may still allow it; the load error will tell. Root is the documented path.
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        const CAP_SYS_ADMIN: u64 = 1 << 21;
+        const CAP_BPF: u64 = 1 << 39;
+        if eff & (CAP_SYS_ADMIN | CAP_BPF) == 0 {
+            return Err(ProbeError::NotPrivileged);
+        }
+    }
+    Ok(())
+}
+
+impl Probes {
+    /// Loads the programs, writes the configuration and filters, and attaches every tracepoint.
+    pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
+        if !object_is_real() {
+            return Err(ProbeError::StubObject);
+        }
+        check_privileges()?;
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(ProbeError::NoBtf);
+        }
+        let tracefs = ensure_tracefs()?;
+        bump_memlock_rlimit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .map_max_entries("CONNS", opts.max_connections)
+            .load(EBPF_OBJECT)?;
+
+        let cfg = Config {
+            agent_tgid: std::process::id(),
+            capture_bytes: opts.capture_bytes.min(MAX_CAPTURE as u32),
+            filter_pids: u8::from(opts.pid_filter || !opts.pids.is_empty()),
+            filter_ports: u8::from(!opts.ports.is_empty()),
+            follow_forks: u8::from(opts.follow_forks),
+            sniff_untracked: u8::from(opts.sniff_untracked),
+            fork_child_pid_offset: fork_child_pid_offset(&tracefs),
+        };
+        {
+            let map = ebpf.map_mut("CONFIG").ok_or(ProbeError::MissingMap("CONFIG"))?;
+            let mut config: Array<&mut MapData, Config> =
+                Array::try_from(map).map_err(|source| ProbeError::Map { name: "CONFIG", source })?;
+            config
+                .set(tracer_common::CONFIG_KEY, cfg, 0)
+                .map_err(|source| ProbeError::Map { name: "CONFIG", source })?;
+        }
+        let mut probes = Probes { ebpf };
+        for pid in &opts.pids {
+            probes.add_pid(*pid)?;
+        }
+        {
+            let map = probes.ebpf.map_mut("FILTER_PORTS").ok_or(ProbeError::MissingMap("FILTER_PORTS"))?;
+            let mut ports: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map)
+                .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source })?;
+            for port in &opts.ports {
+                ports
+                    .insert(port, 1, 0)
+                    .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source })?;
+            }
+        }
+        for &(name, category, tracepoint) in TRACEPOINTS {
+            let err = |source| ProbeError::Program { name, category, tracepoint, source };
+            let program = probes
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?;
+            let program: &mut TracePoint = program.try_into().map_err(err)?;
+            program.load().map_err(err)?;
+            program.attach(category, tracepoint).map_err(err)?;
+        }
+        Ok(probes)
+    }
+
+    /// Adds a process to the pid filter (used by `tracer run` before the child execs).
+    pub fn add_pid(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let map = self.ebpf.map_mut("FILTER_PIDS").ok_or(ProbeError::MissingMap("FILTER_PIDS"))?;
+        let mut pids: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(map).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source })?;
+        pids.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source })
+    }
+
+    /// Stops tracking an fd the kernel adopted by sniffing but that is not a socket.
+    pub fn forget_connection(&mut self, pid: u32, fd: i32) {
+        if let Some(map) = self.ebpf.map_mut("CONNS") {
+            if let Ok(mut conns) = HashMap::<&mut MapData, u64, tracer_common::ConnState>::try_from(map) {
+                let _ = conns.remove(&conn_key(pid, fd as u32));
+            }
+        }
+    }
+
+    /// Takes the ring buffer for the reader task.
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })
+    }
+
+    /// Reads the kernel counters, summed over CPUs.
+    pub fn counters(&self) -> KernelCounters {
+        let mut out = KernelCounters::default();
+        let Some(map) = self.ebpf.map("COUNTERS") else { return out };
+        let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else { return out };
+        let read = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        out.events_submitted = read(counter::EVENTS_SUBMITTED);
+        out.ringbuf_full = read(counter::RINGBUF_FULL);
+        out.conn_table_full = read(counter::CONN_TABLE_FULL);
+        out.args_table_full = read(counter::ARGS_TABLE_FULL);
+        out.scratch_unavailable = read(counter::SCRATCH_UNAVAILABLE);
+        out.bytes_captured = read(counter::BYTES_CAPTURED);
+        out.bytes_skipped = read(counter::BYTES_SKIPPED);
+        out.read_user_failed = read(counter::READ_USER_FAILED);
+        out.conns_sniffed = read(counter::CONNS_SNIFFED);
+        out.filter_table_full = read(counter::FILTER_TABLE_FULL);
+        out
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer kernels).
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain libc call with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not lift RLIMIT_MEMLOCK; continuing");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_field_offset;
+
+    #[test]
+    fn finds_field_offsets_in_both_fork_layouts() {
+        let new = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+                   \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(new, "child_pid"), Some(20));
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:1;\n\
+                   \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+                   \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:1;\n\
+                   \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(old, "child_pid"), Some(44));
+        assert_eq!(parse_field_offset(old, "nope"), None);
+    }
+}

@@ -1,0 +1,274 @@
+//! `cargo xtask setup`: everything a fresh machine lacks to build and run the tracer, each part
+//! skipped when already in place.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::step;
+use crate::workspace::find_on_path;
+
+/// The bpf-linker release this project builds with.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// LLVM majors bpf-linker 0.13 has features for.
+const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
+/// Where tracefs must be mounted for tracepoints to attach.
+const TRACEFS_MOUNT_POINT: &str = "/sys/kernel/tracing";
+/// Programs the end-to-end tests drive, and the Debian packages providing them.
+const TEST_PROGRAMS: &[(&str, &str)] =
+    &[("nginx", "nginx"), ("curl", "curl"), ("python3", "python3")];
+
+pub fn run() -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    test_programs()?;
+    tracefs()?;
+    step::note("setup", "done");
+    Ok(())
+}
+
+fn rust_src() -> Result<()> {
+    let mut command = Command::new("rustup");
+    command.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    step::run("setup: rust-src", command)
+}
+
+/// The installed bpf-linker, on PATH or in cargo's bin directory.
+fn installed_bpf_linker() -> Option<PathBuf> {
+    find_on_path("bpf-linker").or_else(|| {
+        let candidate = cargo_home()?.join("bin").join("bpf-linker");
+        candidate.is_file().then_some(candidate)
+    })
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+}
+
+/// True when `bpf-linker --version` answers and every library it links resolves.
+fn bpf_linker_works(path: &Path) -> Result<bool> {
+    let step_name = "setup: bpf-linker";
+    let version = step::capture(step_name, {
+        let mut command = Command::new(path);
+        command.arg("--version");
+        command
+    });
+    let Ok(version) = version else {
+        return Ok(false);
+    };
+    if !version.status.success() {
+        return Ok(false);
+    }
+    let mut ldd = Command::new("ldd");
+    ldd.arg(path);
+    let linked = step::capture(step_name, ldd)?;
+    let libraries = String::from_utf8_lossy(&linked.stdout);
+    Ok(linked.status.success() && !libraries.contains("not found"))
+}
+
+fn bpf_linker() -> Result<()> {
+    const STEP: &str = "setup: bpf-linker";
+    if let Some(path) = installed_bpf_linker() {
+        if bpf_linker_works(&path)? {
+            step::note(
+                STEP,
+                &format!(
+                    "{} works and its libLLVM resolves; skipping",
+                    path.display()
+                ),
+            );
+            return Ok(());
+        }
+        step::note(
+            STEP,
+            &format!(
+                "{} is broken (no answer or unresolved libraries); rebuilding",
+                path.display()
+            ),
+        );
+    }
+
+    // bpf-linker links the shared libLLVM shipped with the nightly toolchain, whose LLVM must
+    // match the one rustc nightly emits bitcode for.
+    let sysroot = stdout_line(
+        STEP,
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]),
+    )?;
+    let sysroot_lib = PathBuf::from(sysroot.trim()).join("lib");
+    let libllvm = nightly_libllvm(&sysroot_lib)?;
+    let version_info = stdout_line(STEP, Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = llvm_major(&version_info)
+        .context("step `setup: bpf-linker`: no `LLVM version` in `rustc +nightly -vV`")?;
+    if !BPF_LINKER_LLVM_MAJORS.contains(&major) {
+        bail!(
+            "step `{STEP}` failed: nightly rustc uses LLVM {major}, bpf-linker {BPF_LINKER_VERSION} supports \
+             {BPF_LINKER_LLVM_MAJORS:?}"
+        );
+    }
+
+    // The prefix must persist: it becomes bpf-linker's RUNPATH.
+    let prefix = cargo_home()
+        .context("step `setup: bpf-linker`: neither CARGO_HOME nor HOME is set")?
+        .join("bpf-linker-llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("step `{STEP}`: creating {}", prefix_lib.display()))?;
+    let soname = libllvm
+        .file_name()
+        .context("libLLVM path without a file name")?;
+    // One link for the link step (-lLLVM), one under the SONAME for the loader.
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(soname)] {
+        force_symlink(&libllvm, &link)
+            .with_context(|| format!("step `{STEP}`: linking {}", link.display()))?;
+    }
+
+    let mut install = step::cargo();
+    install
+        .env("LLVM_PREFIX", &prefix)
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+        ])
+        .args(["--features", &format!("llvm-{major}")]);
+    step::run(STEP, install)?;
+
+    let installed =
+        installed_bpf_linker().context("step `setup: bpf-linker`: installed but not found")?;
+    if !bpf_linker_works(&installed)? {
+        bail!(
+            "step `{STEP}` failed: {} was built but does not run or its libLLVM does not resolve",
+            installed.display()
+        );
+    }
+    Ok(())
+}
+
+/// First `libLLVM.so.*` of the nightly sysroot, in name order.
+fn nightly_libllvm(sysroot_lib: &Path) -> Result<PathBuf> {
+    let entries = std::fs::read_dir(sysroot_lib).with_context(|| {
+        format!(
+            "step `setup: bpf-linker`: reading {}",
+            sysroot_lib.display()
+        )
+    })?;
+    let mut candidates: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .collect();
+    candidates.sort();
+    candidates.into_iter().next().with_context(|| {
+        format!(
+            "step `setup: bpf-linker`: no libLLVM.so.* in {}",
+            sysroot_lib.display()
+        )
+    })
+}
+
+/// The major of the `LLVM version: X.Y.Z` line.
+fn llvm_major(version_info: &str) -> Option<u32> {
+    version_info
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|version| version.split('.').next())
+        .and_then(|major| major.trim().parse().ok())
+}
+
+fn force_symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::symlink(target, link)
+}
+
+fn stdout_line(step_name: &str, command: &mut Command) -> Result<String> {
+    let rendered = step::render(command);
+    let output = command
+        .output()
+        .with_context(|| format!("step `{step_name}`: could not start `{rendered}`"))?;
+    if !output.status.success() {
+        bail!(
+            "step `{step_name}` failed: `{rendered}` exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn program_present(name: &str) -> bool {
+    find_on_path(name).is_some()
+        || Path::new("/usr/sbin").join(name).is_file()
+        || Path::new("/usr/bin").join(name).is_file()
+}
+
+fn test_programs() -> Result<()> {
+    const STEP: &str = "setup: test programs";
+    let missing: Vec<&str> = TEST_PROGRAMS
+        .iter()
+        .filter(|(program, _)| !program_present(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        step::note(STEP, "nginx, curl and python3 present; skipping apt-get");
+        return Ok(());
+    }
+    let mut update = Command::new("apt-get");
+    update
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .arg("update");
+    step::run(STEP, update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing);
+    step::run(STEP, install)
+}
+
+/// True when /proc/mounts lists a tracefs at `TRACEFS_MOUNT_POINT`.
+fn tracefs_mounted() -> Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/mounts")
+        .context("step `setup: tracefs`: reading /proc/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, mount_point, fs_type) = (fields.next(), fields.next(), fields.next());
+        mount_point == Some(TRACEFS_MOUNT_POINT) && fs_type == Some("tracefs")
+    }))
+}
+
+fn tracefs() -> Result<()> {
+    const STEP: &str = "setup: tracefs";
+    if tracefs_mounted()? {
+        step::note(
+            STEP,
+            &format!("tracefs mounted at {TRACEFS_MOUNT_POINT}; skipping"),
+        );
+        return Ok(());
+    }
+    let mut mount = Command::new("mount");
+    mount.args(["-t", "tracefs", "nodev", TRACEFS_MOUNT_POINT]);
+    step::run(STEP, mount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_comes_from_the_version_line() {
+        let info = "rustc 1.97.0-nightly\nbinary: rustc\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(info), Some(22));
+        assert_eq!(llvm_major("rustc 1.97.0\n"), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! `cargo xtask test`: setup, build the agent, run every test against it, then clippy and the
+//! format check.
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::step;
+use crate::task::{build, setup};
+use crate::workspace;
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Tests run at once in each test binary (end-to-end tests each start an agent and peers).
+    #[arg(long, default_value_t = 2)]
+    pub test_threads: usize,
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    setup::run()?;
+    build::build_agent(false)?;
+    let root = workspace::root();
+
+    let mut tests = step::cargo();
+    tests
+        .current_dir(&root)
+        .env("TRACER_BIN", workspace::tracer_binary(false))
+        .args([
+            "test",
+            "--workspace",
+            "--",
+            &format!("--test-threads={}", args.test_threads.max(1)),
+        ]);
+    step::run("test", tests)?;
+
+    let mut clippy = step::cargo();
+    clippy.current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    step::run("clippy", clippy)?;
+
+    let mut fmt = step::cargo();
+    fmt.current_dir(&root).args(["fmt", "--all", "--check"]);
+    step::run("fmt", fmt)
+}
