@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Validates the Kubernetes manifests in this directory against the Kubernetes OpenAPI schemas in
-# strict mode (unknown fields are errors), for a fixed Kubernetes version:
-#   1. every resource listed in kustomization.yaml, one file at a time;
-#   2. the rendered kustomization (`kubectl kustomize` or `kustomize build` when available, else
-#      the listed resources concatenated in order).
+# Validates the Kubernetes manifests under k8s/ against the Kubernetes OpenAPI schemas in strict
+# mode (unknown fields are errors), for a fixed Kubernetes version:
+#   1. every resource listed in base/kustomization.yaml, one file at a time;
+#   2. the rendered kustomization k8s/ (`kubectl kustomize` or `kustomize build` when available,
+#      else the base resources concatenated in order), which must hold every expected kind;
+#   3. the rendered k8s/privileged overlay, when a kustomize renderer is available.
 # Installs the `kubernetes-validate` Python package when it is missing.
 set -euo pipefail
 
@@ -18,74 +19,92 @@ python="${PYTHON:-python3}"
 if ! "$python" -c 'import kubernetes_validate' 2>/dev/null; then
     echo "installing $VALIDATOR_REQUIREMENT" >&2
     "$python" -m pip install --quiet --disable-pip-version-check "$VALIDATOR_REQUIREMENT" \
-        || "$python" -m pip install --quiet --disable-pip-version-check --user --no-warn-script-location \
-            --break-system-packages "$VALIDATOR_REQUIREMENT"
+        || "$python" -m pip install --quiet --disable-pip-version-check --user \
+            --no-warn-script-location --break-system-packages "$VALIDATOR_REQUIREMENT"
 fi
 
 validate() {
     "$python" -m kubernetes_validate --strict --quiet --kubernetes-version "$KUBERNETES_VERSION" "$@"
 }
 
-# The resources the kustomization lists, in order (one `- file.yaml` per line under resources:).
+# Renders the kustomization in directory $1 to stdout; fails when no renderer is installed.
+render() {
+    if command -v kubectl >/dev/null 2>&1; then
+        kubectl kustomize "$1"
+    elif command -v kustomize >/dev/null 2>&1; then
+        kustomize build "$1"
+    else
+        return 127
+    fi
+}
+
+# The resources base/kustomization.yaml lists, in order (`- file.yaml` lines under resources:).
 mapfile -t resources < <(awk '
     /^resources:/ { in_list = 1; next }
     /^[^ #-]/     { in_list = 0 }
     in_list && /^ *- / { sub(/^ *- */, ""); sub(/ *#.*$/, ""); print }
-' kustomization.yaml)
+' base/kustomization.yaml)
 if [ "${#resources[@]}" -eq 0 ]; then
-    echo "FAIL: kustomization.yaml lists no resources" >&2
+    echo "FAIL: base/kustomization.yaml lists no resources" >&2
     exit 1
 fi
 
-# Every manifest here must be listed, or `kubectl apply -k` would silently skip it.
-for file in *.yaml; do
-    [ "$file" = kustomization.yaml ] && continue
+# Every manifest in base/ must be listed, or `kubectl apply -k` would silently skip it.
+for file in base/*.yaml; do
+    name="${file#base/}"
+    [ "$name" = kustomization.yaml ] && continue
     listed=0
     for resource in "${resources[@]}"; do
-        [ "$resource" = "$file" ] && listed=1
+        [ "$resource" = "$name" ] && listed=1
     done
     if [ "$listed" -eq 0 ]; then
-        echo "FAIL: $file is not listed in kustomization.yaml" >&2
+        echo "FAIL: $file is not listed in base/kustomization.yaml" >&2
         exit 1
     fi
 done
 
-failures=0
-for resource in "${resources[@]}"; do
-    if validate "$resource"; then
-        echo "ok: $resource"
+passed=0
+failed=0
+check() { # description, then a command that must succeed
+    local description="$1"
+    shift
+    if "$@"; then
+        echo "ok: $description"
+        passed=$((passed + 1))
     else
-        echo "FAIL: $resource" >&2
-        failures=$((failures + 1))
+        echo "FAIL: $description" >&2
+        failed=$((failed + 1))
     fi
+}
+
+for resource in "${resources[@]}"; do
+    check "base/$resource" validate "base/$resource"
 done
 
 rendered="$(mktemp)"
-trap 'rm -f "$rendered"' EXIT
-if command -v kubectl >/dev/null 2>&1 && kubectl kustomize . >"$rendered" 2>/dev/null; then
-    renderer="kubectl kustomize"
-elif command -v kustomize >/dev/null 2>&1 && kustomize build . >"$rendered" 2>/dev/null; then
-    renderer="kustomize build"
+overlay="$(mktemp)"
+trap 'rm -f "$rendered" "$overlay"' EXIT
+if render . >"$rendered" 2>/dev/null; then
+    renderer="rendered"
 else
-    renderer="concatenated resources"
+    renderer="base resources concatenated: no kustomize renderer"
     : >"$rendered"
     for resource in "${resources[@]}"; do
-        { echo "---"; cat "$resource"; } >>"$rendered"
+        { echo "---"; cat "base/$resource"; } >>"$rendered"
     done
 fi
-if validate - <"$rendered"; then
-    echo "ok: kustomization ($renderer)"
-else
-    echo "FAIL: kustomization ($renderer)" >&2
-    failures=$((failures + 1))
-fi
+check "kustomization k8s/ ($renderer)" validate - <"$rendered"
 for kind in $EXPECTED_KINDS; do
-    if ! grep -q "^kind: $kind\$" "$rendered"; then
-        echo "FAIL: the kustomization renders no $kind" >&2
-        failures=$((failures + 1))
-    fi
+    check "k8s/ holds a $kind" grep -q "^kind: $kind\$" "$rendered"
 done
 
-total=$(( ${#resources[@]} + 1 ))
-echo "k8s manifests: $((total - failures)) passed, $failures failed (Kubernetes $KUBERNETES_VERSION, strict)"
-[ "$failures" -eq 0 ]
+if render privileged >"$overlay" 2>/dev/null; then
+    check "kustomization k8s/privileged" validate - <"$overlay"
+    check "k8s/privileged runs the agent privileged" grep -q "privileged: true" "$overlay"
+else
+    echo "skipped: k8s/privileged (needs kubectl or kustomize to render its patch)"
+fi
+
+echo "validated against Kubernetes $KUBERNETES_VERSION schemas, strict"
+echo "manifests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -132,9 +132,11 @@ impl AgentConfig {
                 config: self,
             },
             LineWait::Closed => {
-                let status = child.wait_timeout(Duration::from_secs(10));
+                let status = child
+                    .wait_timeout(Duration::from_secs(10))
+                    .map_or_else(|| "still running".to_owned(), |s| s.to_string());
                 panic!(
-                    "`tracer {}` exited ({status:?}) before printing {READY_LINE:?}; {NEEDS}\n{}",
+                    "`tracer {}` exited ({status}) before printing {READY_LINE:?}; {NEEDS}\n{}",
                     self.command_line().join(" "),
                     child.output_report()
                 );

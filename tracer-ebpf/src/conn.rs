@@ -13,8 +13,8 @@ use tracer_common::{
 
 use crate::filter::{pid_traced, ports_traced};
 use crate::maps::{
-    ACCEPTED, CONNECTING, CONNS, EVENTS, Endpoints, INFLIGHT, PeerKey, SyscallArgs, count,
-    next_conn_id,
+    ACCEPTED, CONNECTING, CONNS, EVENTS, Endpoints, INFLIGHT, PeerKey, SOCK_ENDPOINTS, SyscallArgs,
+    count, next_conn_id,
 };
 
 const AF_INET: u16 = 2;
@@ -118,17 +118,16 @@ fn submit_open(ev: &ConnOpenEvent) {
     }
 }
 
-/// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace.
+/// Sends a connection-open record for `state`.
 #[inline(always)]
-pub fn track(tgid: u32, tid: u32, fd: i32, role_: u8, ep: &Endpoints) -> Option<ConnState> {
-    let state = ConnState { conn_id: next_conn_id(), role: role_, _pad: [0; 7] };
-    if CONNS.insert(&conn_key(tgid, fd as u32), &state, 0).is_err() {
-        count(counter::CONN_TABLE_FULL, 1);
-        return None;
+pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep: &Endpoints) {
+    let mut hdr = header(kind::CONN_OPEN, tgid, tid, fd, state.conn_id);
+    if ts_ns != 0 {
+        hdr.ts_ns = ts_ns;
     }
     let ev = ConnOpenEvent {
-        header: header(kind::CONN_OPEN, tgid, tid, fd, state.conn_id),
-        role: role_,
+        header: hdr,
+        role: state.role,
         _pad: 0,
         family: ep.family,
         local_port: ep.local_port,
@@ -138,7 +137,33 @@ pub fn track(tgid: u32, tid: u32, fd: i32, role_: u8, ep: &Endpoints) -> Option<
     };
     const _: () = assert!(CONN_OPEN_LEN == core::mem::size_of::<ConnOpenEvent>());
     submit_open(&ev);
+}
+
+/// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace.
+#[inline(always)]
+pub fn track(tgid: u32, tid: u32, fd: i32, role_: u8, sk: u64, ep: &Endpoints) -> Option<ConnState> {
+    let state = ConnState {
+        conn_id: next_conn_id(),
+        sk,
+        role: role_,
+        endpoints_sent: u8::from(ep.local_port != 0 && ep.peer_port != 0),
+        _pad: [0; 6],
+    };
+    if CONNS.insert(&conn_key(tgid, fd as u32), &state, 0).is_err() {
+        count(counter::CONN_TABLE_FULL, 1);
+        return None;
+    }
+    announce(tgid, tid, fd, 0, &state, ep);
     Some(state)
+}
+
+/// Remembers a connection the port filter excludes, so sniffing never adopts it.
+#[inline(always)]
+fn ignore(tgid: u32, fd: i32) {
+    let state = ConnState { conn_id: 0, sk: 0, role: role::IGNORED, endpoints_sent: 1, _pad: [0; 6] };
+    if CONNS.insert(&conn_key(tgid, fd as u32), &state, 0).is_err() {
+        count(counter::CONN_TABLE_FULL, 1);
+    }
 }
 
 #[inline(always)]
@@ -178,6 +203,7 @@ pub fn enter_accept(ctx: &TracePointContext) {
         fd: sys_arg(ctx, 0) as i64,
         ptr: sys_arg(ctx, 1),
         count: 0,
+        enter_ns: 0,
         kind: ARG_ACCEPT,
         _pad: [0; 7],
     };
@@ -213,9 +239,10 @@ pub fn exit_accept(ctx: &TracePointContext) {
         let _ = ACCEPTED.remove(&key);
     }
     if !ports_traced(ep.local_port, ep.peer_port) {
+        ignore(ctx.tgid(), fd as i32);
         return;
     }
-    track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, &ep);
+    track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
 }
 
 pub fn enter_connect(ctx: &TracePointContext) {
@@ -226,6 +253,7 @@ pub fn enter_connect(ctx: &TracePointContext) {
         fd: sys_arg(ctx, 0) as i64,
         ptr: sys_arg(ctx, 1),
         count: 0,
+        enter_ns: 0,
         kind: ARG_CONNECT,
         _pad: [0; 7],
     };
@@ -240,23 +268,45 @@ pub fn exit_connect(ctx: &TracePointContext) {
     }
     // Only TCP connects pass through SYN_SENT: UDP "connections" (DNS) have no entry here.
     // SAFETY: value copied out before removal.
-    let Some(mut ep) = (unsafe { CONNECTING.get(&id) }).copied() else { return };
+    let Some(sk) = (unsafe { CONNECTING.get(&id) }).copied() else { return };
     let _ = CONNECTING.remove(&id);
     let ret = sys_ret(ctx);
     if ret != 0 && ret != -EINPROGRESS {
         return;
     }
-    // The tracepoint saw the kernel's view; the sockaddr argument is what the caller asked for.
-    let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
-    if ep.peer_port == 0 && (family == AF_INET || family == AF_INET6) {
-        ep.peer_port = peer_port;
-        ep.peer_addr = peer_addr;
-        ep.family = family;
-    }
+    // A blocking connect returns established: both endpoints are known. A non-blocking one
+    // returns before the ephemeral port exists; the first data record sends them instead.
+    // SAFETY: value copied out.
+    let ep = match unsafe { SOCK_ENDPOINTS.get(&sk) }.copied() {
+        Some(ep) => ep,
+        None => {
+            let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
+            Endpoints { family, local_port: 0, peer_port, _pad: 0, local_addr: [0; 16], peer_addr }
+        }
+    };
+    let fd = args.fd as i32;
     if !ports_traced(ep.local_port, ep.peer_port) {
+        ignore(ctx.tgid(), fd);
         return;
     }
-    track(ctx.tgid(), ctx.pid(), args.fd as i32, role::CLIENT, &ep);
+    track(ctx.tgid(), ctx.pid(), fd, role::CLIENT, sk, &ep);
+}
+
+/// Sends the endpoints of a client connection whose connect returned before they were known;
+/// called on its first data record, dated just before the data so it is handled first.
+#[inline(always)]
+pub fn announce_endpoints(tgid: u32, tid: u32, fd: i32, state: &mut ConnState, ts_ns: u64) {
+    if state.endpoints_sent != 0 || state.sk == 0 {
+        return;
+    }
+    // SAFETY: value copied out.
+    let Some(ep) = (unsafe { SOCK_ENDPOINTS.get(&state.sk) }).copied() else { return };
+    state.endpoints_sent = 1;
+    if let Some(slot) = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32)) {
+        // SAFETY: the slot is this connection's entry; only this flag changes.
+        unsafe { (*slot).endpoints_sent = 1 };
+    }
+    announce(tgid, tid, fd, ts_ns, state, &ep);
 }
 
 pub fn enter_close(ctx: &TracePointContext) {
@@ -266,6 +316,9 @@ pub fn enter_close(ctx: &TracePointContext) {
     // SAFETY: value copied out before removal.
     let Some(state) = (unsafe { CONNS.get(&key) }).copied() else { return };
     let _ = CONNS.remove(&key);
+    if state.role == role::IGNORED {
+        return;
+    }
     let ev = ConnCloseEvent { header: header(kind::CONN_CLOSE, tgid, ctx.pid(), fd, state.conn_id) };
     match EVENTS.output::<ConnCloseEvent>(&ev, 0) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
@@ -299,34 +352,30 @@ pub fn sock_set_state(ctx: &TracePointContext) {
         return;
     }
     if rec.newstate == TCP_SYN_SENT {
-        // Process context of the connecting thread.
-        if !pid_traced(ctx.tgid()) {
-            return;
+        // Process context of the connecting thread; the local port is not chosen yet.
+        if pid_traced(ctx.tgid()) {
+            let _ = CONNECTING.insert(&ctx.pid_tgid_raw(), &rec.skaddr, 0);
         }
-        let (family, local_addr) = normalize(rec.family, rec.saddr, rec.saddr_v6);
-        let (_, peer_addr) = normalize(rec.family, rec.daddr, rec.daddr_v6);
-        let ep = Endpoints {
-            family,
-            local_port: rec.sport,
-            peer_port: rec.dport,
-            _pad: 0,
-            local_addr,
-            peer_addr,
-        };
-        let _ = CONNECTING.insert(&ctx.pid_tgid_raw(), &ep, 0);
-    } else if rec.newstate == TCP_ESTABLISHED && rec.oldstate == TCP_SYN_RECV {
+        return;
+    }
+    if rec.newstate != TCP_ESTABLISHED {
+        return;
+    }
+    let (family, local_addr) = normalize(rec.family, rec.saddr, rec.saddr_v6);
+    let (_, peer_addr) = normalize(rec.family, rec.daddr, rec.daddr_v6);
+    let ep = Endpoints {
+        family,
+        local_port: rec.sport,
+        peer_port: rec.dport,
+        _pad: 0,
+        local_addr,
+        peer_addr,
+    };
+    if rec.oldstate == TCP_SYN_RECV {
         // Server side, often in softirq context: key by the peer, which accept() will report.
-        let (family, local_addr) = normalize(rec.family, rec.saddr, rec.saddr_v6);
-        let (_, peer_addr) = normalize(rec.family, rec.daddr, rec.daddr_v6);
-        let ep = Endpoints {
-            family,
-            local_port: rec.sport,
-            peer_port: rec.dport,
-            _pad: 0,
-            local_addr,
-            peer_addr,
-        };
         let key = PeerKey { addr: peer_addr, port: rec.dport, _pad: [0; 6] };
         let _ = ACCEPTED.insert(&key, &ep, 0);
+    } else {
+        let _ = SOCK_ENDPOINTS.insert(&rec.skaddr, &ep, 0);
     }
 }

@@ -9,7 +9,9 @@ use tracer_common::{
     direction, kind, role, syscall,
 };
 
-use crate::conn::{PidTgid, header, save_args, sys_arg, sys_ret, take_args, track};
+use crate::conn::{
+    PidTgid, announce_endpoints, header, save_args, sys_arg, sys_ret, take_args, track,
+};
 use crate::filter::pid_traced;
 use crate::maps::{CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count};
 
@@ -47,8 +49,11 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         return;
     }
     // SAFETY: read-only lookup.
-    let tracked = unsafe { CONNS.get(&conn_key(tgid, fd as u32)) }.is_some();
-    if !tracked {
+    let state = unsafe { CONNS.get(&conn_key(tgid, fd as u32)) };
+    if state.is_some_and(|s| s.role == role::IGNORED) {
+        return;
+    }
+    if state.is_none() {
         let sniff = config().map(|c| c.sniff_untracked != 0).unwrap_or(false);
         // sendfile's destination cannot be sniffed (its bytes come from a file).
         if !sniff || sys == syscall::SENDFILE {
@@ -59,6 +64,8 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         fd,
         ptr: sys_arg(ctx, 1),
         count: sys_arg(ctx, 2),
+        // SAFETY: plain helper call.
+        enter_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
         kind: sys,
         _pad: [0; 7],
     };
@@ -137,7 +144,11 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     let fd = args.fd as i32;
     // SAFETY: value copied out.
     let conn = match unsafe { CONNS.get(&conn_key(tgid, fd as u32)) }.copied() {
-        Some(c) => c,
+        Some(c) if c.role == role::IGNORED => return,
+        Some(mut c) => {
+            announce_endpoints(tgid, tid, fd, &mut c, args.enter_ns.saturating_sub(1));
+            c
+        }
         None => {
             if !looks_like_http(first_buffer(&args), ret) {
                 return;
@@ -151,7 +162,7 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
                 peer_addr: [0; 16],
             };
             count(counter::CONNS_SNIFFED, 1);
-            match track(tgid, tid, fd, role::UNKNOWN, &ep) {
+            match track(tgid, tid, fd, role::UNKNOWN, 0, &ep) {
                 Some(c) => c,
                 None => return,
             }
@@ -162,21 +173,21 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     let total = ret as u64;
     match SYS {
         syscall::READV | syscall::WRITEV => {
-            emit_iovecs(ctx, &conn, fd, dir, SYS, args.ptr, args.count, total, budget)
+            emit_iovecs(ctx, &conn, fd, dir, SYS, args.ptr, args.count, total, budget, args.enter_ns)
         }
         syscall::RECVMSG | syscall::SENDMSG => {
             if let Some((iov, n)) = msg_iov(args.ptr) {
-                emit_iovecs(ctx, &conn, fd, dir, SYS, iov, n, total, budget);
+                emit_iovecs(ctx, &conn, fd, dir, SYS, iov, n, total, budget, args.enter_ns);
             } else {
-                emit(ctx, &conn, fd, dir, SYS, 0, total, 0);
+                emit(ctx, &conn, fd, dir, SYS, 0, total, 0, args.enter_ns);
             }
         }
         // sendfile's bytes come from a file: report the length only.
         syscall::SENDFILE => {
-            emit(ctx, &conn, fd, dir, SYS, 0, total, 0);
+            emit(ctx, &conn, fd, dir, SYS, 0, total, 0, args.enter_ns);
         }
         _ => {
-            emit(ctx, &conn, fd, dir, SYS, args.ptr, total, budget);
+            emit(ctx, &conn, fd, dir, SYS, args.ptr, total, budget, args.enter_ns);
         }
     }
 }
@@ -193,6 +204,7 @@ fn emit_iovecs(
     iovcnt: u64,
     total: u64,
     budget: u64,
+    enter_ns: u64,
 ) {
     // Each segment is capped at the capture size on its own: carrying a shared budget across
     // iterations multiplies the verifier's states past its limit.
@@ -203,12 +215,12 @@ fn emit_iovecs(
         }
         let Some(v) = read_iovec(iov, i) else { break };
         let seg = if v.len < remaining { v.len } else { remaining };
-        emit(ctx, conn, fd, dir, sys, v.base, seg, budget);
+        emit(ctx, conn, fd, dir, sys, v.base, seg, budget, enter_ns);
         remaining -= seg;
     }
     if remaining > 0 {
         // Beyond the iovecs walked: a gap of known length.
-        emit(ctx, conn, fd, dir, sys, 0, remaining, 0);
+        emit(ctx, conn, fd, dir, sys, 0, remaining, 0, enter_ns);
     }
 }
 
@@ -225,6 +237,7 @@ fn emit(
     src: u64,
     len: u64,
     budget: u64,
+    enter_ns: u64,
 ) -> u64 {
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         count(counter::SCRATCH_UNAVAILABLE, 1);
@@ -247,15 +260,17 @@ fn emit(
                 n = 0;
             }
         }
+        let hdr = header(kind::DATA, ctx.tgid(), ctx.pid(), fd, conn.conn_id);
+        let took = hdr.ts_ns.saturating_sub(enter_ns);
         (*ev).meta = DataEventHeader {
-            header: header(kind::DATA, ctx.tgid(), ctx.pid(), fd, conn.conn_id),
+            header: hdr,
             direction: dir,
             syscall: sys,
             role: conn.role,
             _pad: 0,
             true_len: if len > u32::MAX as u64 { u32::MAX } else { len as u32 },
             captured_len: n as u32,
-            _pad2: 0,
+            syscall_ns: if took > u32::MAX as u64 { u32::MAX } else { took as u32 },
         };
         let size = DATA_HEADER_LEN + (n as usize & (MAX_CAPTURE * 2 - 1));
         let record = core::slice::from_raw_parts(ev as *const u8, size);

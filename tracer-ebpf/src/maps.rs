@@ -46,10 +46,15 @@ pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_
 #[map]
 pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
 
-/// Local endpoint of a connection being set up by `connect`, keyed by pid_tgid (written by the
-/// `inet_sock_set_state` SYN_SENT transition, read at connect's exit).
+/// Socket being set up by `connect`, keyed by pid_tgid (written by the `inet_sock_set_state`
+/// SYN_SENT transition in the connecting thread, read at connect's exit). Only TCP gets here.
 #[map]
-pub static CONNECTING: LruHashMap<u64, Endpoints> = LruHashMap::with_max_entries(4096, 0);
+pub static CONNECTING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Both endpoints of established TCP sockets, keyed by socket address (the ephemeral port of a
+/// client is only chosen after SYN_SENT, so it is read here at ESTABLISHED).
+#[map]
+pub static SOCK_ENDPOINTS: LruHashMap<u64, Endpoints> = LruHashMap::with_max_entries(16384, 0);
 
 /// Local endpoint of server-side sockets that just became established, keyed by the peer
 /// endpoint (read at accept's exit, which knows only the peer).
@@ -66,6 +71,8 @@ pub struct SyscallArgs {
     pub ptr: u64,
     /// iovec count for readv/writev.
     pub count: u64,
+    /// bpf_ktime_get_ns at sys_enter.
+    pub enter_ns: u64,
     /// `tracer_common::syscall::*`, or one of the `ARG_*` lifecycle kinds.
     pub kind: u8,
     pub _pad: [u8; 7],

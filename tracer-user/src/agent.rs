@@ -21,6 +21,7 @@ use crate::connections::TableLimits;
 use crate::decode::decode;
 use crate::export::{self, OtlpConfig, OtlpOverrides, SinkConfig, SpanSink, TerminalOptions};
 use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::reorder::ReorderWindow;
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::Clock;
 
@@ -28,6 +29,8 @@ use crate::spans::Clock;
 const RECORDS_PER_WAKE: usize = 8192;
 /// How long shutdown waits for the sink to deliver what is queued.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(15);
+/// Records held before processing so that cross-CPU records come out in causal order.
+const REORDER_MAX_RECORDS: usize = 65_536;
 /// After the traced command exits, records still in the ring buffer are read for this long.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 
@@ -171,6 +174,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         Clock::measure(),
     );
 
+    let mut window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS);
     let mut child = match &until {
         Until::Child(command) => {
             let mut gated = spawn_gated(command)?;
@@ -205,13 +209,17 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let drained = drain(guard.get_inner_mut(), &mut pipeline, &sink);
+                let drained = drain(guard.get_inner_mut(), &mut window, &mut pipeline, &sink);
                 if drained < RECORDS_PER_WAKE {
                     guard.clear_ready();
                 }
+                release(&mut window, monotonic_now_ns(), &mut pipeline, &sink);
                 for (pid, fd) in pipeline.take_not_sockets() {
                     probes.forget_connection(pid, fd);
                 }
+            }
+            _ = sleep_until_mono(window.next_deadline()) => {
+                release(&mut window, monotonic_now_ns(), &mut pipeline, &sink);
             }
             _ = tick.tick() => {
                 pipeline.tick(monotonic_now_ns(), &mut &sink);
@@ -231,7 +239,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
                 tracing::info!(%status, "command exited");
                 let end = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
                 while tokio::time::Instant::now() < end {
-                    drain(ring.get_mut(), &mut pipeline, &sink);
+                    drain(ring.get_mut(), &mut window, &mut pipeline, &sink);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 break;
@@ -240,8 +248,9 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: flushing and exiting"); break; }
         }
     }
-    // Records already in the ring buffer belong to exchanges that happened: read them.
-    drain(ring.get_mut(), &mut pipeline, &sink);
+    // Records already in the ring buffer belong to exchanges that happened: read them all.
+    while drain(ring.get_mut(), &mut window, &mut pipeline, &sink) > 0 {}
+    release(&mut window, u64::MAX, &mut pipeline, &sink);
     if let Some(mut c) = child.take() {
         // A signal stopped us before the command ended: pass it on, then reap.
         if let Some(pid) = c.child.id() {
@@ -266,15 +275,20 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     Ok(exit_code)
 }
 
-/// Reads up to `RECORDS_PER_WAKE` records; returns how many were read.
-fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, sink: &SpanSink) -> usize {
-    let mut out = sink;
+/// Moves up to `RECORDS_PER_WAKE` records from the ring buffer into the reorder window; returns
+/// how many were read.
+fn drain(ring: &mut RingBuf<MapData>, window: &mut ReorderWindow, pipeline: &mut Pipeline, sink: &SpanSink) -> usize {
     let mut n = 0;
     while n < RECORDS_PER_WAKE {
         let Some(item) = ring.next() else { break };
         n += 1;
         match decode(&item) {
-            Ok(event) => pipeline.on_event(event, &mut out),
+            Ok(event) => {
+                if let crate::decode::KernelEvent::ConnOpen { header, .. } = &event {
+                    pipeline.prefetch_resource(header.tgid);
+                }
+                window.push(event.causal_ts(), &item, &mut |bytes| process(bytes, pipeline, sink))
+            }
             Err(err) => {
                 DECODE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(%err, "undecodable record");
@@ -282,6 +296,29 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, sink: &SpanSink) 
         }
     }
     n
+}
+
+/// Hands every record that has left the window to the pipeline.
+fn release(window: &mut ReorderWindow, now_ns: u64, pipeline: &mut Pipeline, sink: &SpanSink) {
+    window.release_ready(now_ns, &mut |bytes| process(bytes, pipeline, sink));
+}
+
+fn process(bytes: &[u8], pipeline: &mut Pipeline, sink: &SpanSink) {
+    if let Ok(event) = decode(bytes) {
+        let mut out = sink;
+        pipeline.on_event(event, &mut out);
+    }
+}
+
+/// Sleeps until the monotonic instant `deadline_ns` (forever when `None`).
+async fn sleep_until_mono(deadline_ns: Option<u64>) {
+    match deadline_ns {
+        Some(deadline) => {
+            let wait = deadline.saturating_sub(monotonic_now_ns());
+            tokio::time::sleep(Duration::from_nanos(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Records the agent could not decode (a kernel/userspace ABI mismatch would show here).

@@ -51,6 +51,8 @@ pub struct Tracked {
     pub last_activity_ns: u64,
     /// Whether /proc has been consulted for this (sniffed) connection's addresses.
     pub resolved: bool,
+    /// Requests below this sequence number have been given an identity by the linker.
+    pub linked_upto: u64,
 }
 
 impl Tracked {
@@ -68,6 +70,8 @@ pub struct ConnectionTable {
     stats: TableStats,
     /// Framer counters of connections already removed.
     http_totals: HttpStats,
+    /// Ids of connections removed since the last `take_removed` (for the linker's cleanup).
+    removed: Vec<u64>,
 }
 
 impl ConnectionTable {
@@ -78,7 +82,13 @@ impl ConnectionTable {
             by_fd: HashMap::new(),
             stats: TableStats::default(),
             http_totals: HttpStats::default(),
+            removed: Vec::new(),
         }
+    }
+
+    /// Connections removed (closed, evicted, expired, replaced) since the last call.
+    pub fn take_removed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.removed)
     }
 
     pub fn len(&self) -> usize {
@@ -116,7 +126,10 @@ impl ConnectionTable {
             self.stats.replaced_fd_reuse += 1;
             self.close(old, now_ns, out);
         }
-        if self.conns.contains_key(&meta.conn_id) {
+        if let Some(existing) = self.conns.get_mut(&meta.conn_id) {
+            // A second announcement carries endpoints learnt after connect returned.
+            existing.meta.local = meta.local.or(existing.meta.local);
+            existing.meta.peer = meta.peer.or(existing.meta.peer);
             return;
         }
         if self.conns.len() >= self.limits.max_connections {
@@ -132,7 +145,7 @@ impl ConnectionTable {
         let resolved = meta.local.is_some() && meta.peer.is_some();
         self.conns.insert(
             meta.conn_id,
-            Tracked { meta, http, last_activity_ns: now_ns, resolved },
+            Tracked { meta, http, last_activity_ns: now_ns, resolved, linked_upto: 0 },
         );
     }
 
@@ -140,6 +153,7 @@ impl ConnectionTable {
     pub fn close(&mut self, conn_id: u64, now_ns: u64, out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>) {
         let Some(mut c) = self.conns.remove(&conn_id) else { return };
         self.stats.closed += 1;
+        self.removed.push(conn_id);
         if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&conn_id) {
             self.by_fd.remove(&(c.meta.pid, c.meta.fd));
         }
@@ -167,6 +181,7 @@ impl ConnectionTable {
         for id in idle {
             if let Some(c) = self.conns.remove(&id) {
                 self.stats.expired_idle += 1;
+                self.removed.push(id);
                 self.http_totals.merge(c.http.stats());
                 if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&id) {
                     self.by_fd.remove(&(c.meta.pid, c.meta.fd));
@@ -186,6 +201,7 @@ impl ConnectionTable {
         for (_, id) in ages.into_iter().take(n) {
             if let Some(mut c) = self.conns.remove(&id) {
                 self.stats.evicted_full += 1;
+                self.removed.push(id);
                 let mut exchanges = Vec::new();
                 c.http.on_expire(now_ns, &mut exchanges);
                 let role = c.role();

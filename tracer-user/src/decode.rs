@@ -38,6 +38,8 @@ pub enum KernelEvent<'a> {
         role: Option<Role>,
         /// Bytes the syscall transferred for this segment (`payload` is a prefix of them).
         true_len: u32,
+        /// Syscall duration (enter to exit), saturating.
+        syscall_ns: u32,
         payload: &'a [u8],
     },
     ConnClose {
@@ -51,6 +53,18 @@ impl KernelEvent<'_> {
             KernelEvent::ConnOpen { header, .. }
             | KernelEvent::Data { header, .. }
             | KernelEvent::ConnClose { header } => header,
+        }
+    }
+
+    /// When the event causally happened: bytes written exist from the write's START (a reader on
+    /// another CPU may see them before the writer's exit is recorded); everything else at the
+    /// recorded time. Ordering by this puts a client's request before the server's read of it.
+    pub fn causal_ts(&self) -> u64 {
+        match self {
+            KernelEvent::Data { header, direction: Direction::Egress, syscall_ns, .. } => {
+                header.ts_ns.saturating_sub(u64::from(*syscall_ns))
+            }
+            other => other.header().ts_ns,
         }
     }
 }
@@ -167,12 +181,13 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             };
             let true_len = u32_at(record, b + 4);
             let captured = u32_at(record, b + 8) as usize;
+            let syscall_ns = u32_at(record, b + 12);
             let carried = record.len() - DATA_HEADER_LEN;
             if captured > carried || captured > MAX_CAPTURE || captured as u64 > true_len as u64 {
                 return Err(DecodeError::BadCapturedLen { captured, carried });
             }
             let payload = &record[DATA_HEADER_LEN..DATA_HEADER_LEN + captured];
-            Ok(KernelEvent::Data { header, direction, role, true_len, payload })
+            Ok(KernelEvent::Data { header, direction, role, true_len, syscall_ns, payload })
         }
         _ => Ok(KernelEvent::ConnClose { header }),
     }
@@ -242,12 +257,12 @@ mod tests {
             _pad: 0,
             true_len: 100,
             captured_len: 4,
-            _pad2: 0,
+            syscall_ns: 0,
         };
         let mut b = bytes_of(&meta);
         b.extend_from_slice(b"GET ");
         match decode(&b).unwrap() {
-            KernelEvent::Data { direction, role, true_len, payload, header } => {
+            KernelEvent::Data { direction, role, true_len, payload, header, .. } => {
                 assert_eq!(direction, Direction::Egress);
                 assert_eq!(role, Some(Role::Client));
                 assert_eq!(true_len, 100);

@@ -8,9 +8,10 @@ use crate::connections::{ConnectionTable, TableLimits, TableStats};
 use crate::decode::{KernelEvent, RecordHeader};
 use crate::export::SpanSink;
 use crate::http::HttpStats;
+use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
 use crate::model::{ConnMeta, Exchange, ExportItem, Role};
 use crate::procnet::{self, FdKind};
-use crate::propagation;
+use crate::propagation::{self, ContextSource, TraceContext};
 use crate::resource::ResourceCache;
 use crate::spans::{self, Clock, SpanInput};
 
@@ -61,6 +62,7 @@ pub struct Pipeline {
     table: ConnectionTable,
     resources: ResourceCache,
     clock: Clock,
+    linker: Linker,
     opts: PipelineOptions,
     stats: PipelineStats,
     scratch: Vec<(ConnMeta, Option<Role>, Exchange)>,
@@ -75,6 +77,7 @@ impl Pipeline {
             table: ConnectionTable::new(opts.limits),
             resources: ResourceCache::new(opts.proc_root.clone(), opts.host_name.clone()),
             clock,
+            linker: Linker::new(LinkerLimits::default()),
             opts,
             stats: PipelineStats::default(),
             scratch: Vec::new(),
@@ -90,12 +93,22 @@ impl Pipeline {
         self.table.stats()
     }
 
+    pub fn linker_stats(&self) -> LinkerStats {
+        self.linker.stats()
+    }
+
     pub fn http_stats(&self) -> HttpStats {
         self.table.http_stats()
     }
 
     pub fn connections(&self) -> usize {
         self.table.len()
+    }
+
+    /// Reads a process's resource now, while it surely still runs: the reorder window delays
+    /// events, and a short-lived client may be gone by the time its span is built.
+    pub fn prefetch_resource(&mut self, pid: u32) {
+        self.resources.get(pid);
     }
 
     /// Fds the kernel should stop following (drained by the agent).
@@ -123,6 +136,7 @@ impl Pipeline {
                 let mut meta = Self::meta_from(&header, role);
                 meta.local = local;
                 meta.peer = peer;
+                tracing::trace!(conn_id = meta.conn_id, pid = meta.pid, fd = meta.fd, ?role, ?local, ?peer, "connection opened");
                 // Read the process's resource now, while it surely still runs (a short-lived
                 // client may be gone by the time its span is built).
                 self.resources.get(header.tgid);
@@ -131,7 +145,7 @@ impl Pipeline {
                     self.resolve_sniffed(header.conn_id);
                 }
             }
-            KernelEvent::Data { header, direction, role, true_len, payload } => {
+            KernelEvent::Data { header, direction, role, true_len, payload, .. } => {
                 self.stats.data_bytes += u64::from(true_len);
                 if self.table.get_mut(header.conn_id).is_none() {
                     self.stats.records_unknown_connection += 1;
@@ -142,8 +156,19 @@ impl Pipeline {
                 }
                 if let Some(conn) = self.table.get_mut(header.conn_id) {
                     conn.last_activity_ns = header.ts_ns;
+                    if conn.role() == Some(Role::Server) && direction == crate::model::Direction::Egress {
+                        self.linker.response_started(header.conn_id);
+                    }
                     let mut exchanges = Vec::new();
                     conn.http.on_record(direction, payload, true_len, header.tid, header.ts_ns, &mut exchanges);
+                    if let Some(role) = conn.role() {
+                        let mut next = conn.linked_upto;
+                        for start in conn.http.pending_heads_from(conn.linked_upto) {
+                            self.linker.request_started(&conn.meta, role, &start);
+                            next = next.max(start.sequence + 1);
+                        }
+                        conn.linked_upto = next;
+                    }
                     if !exchanges.is_empty() {
                         let role = conn.role();
                         let meta = conn.meta.clone();
@@ -160,6 +185,9 @@ impl Pipeline {
         }
         self.emit_all(&mut done, out);
         self.scratch = done;
+        for conn_id in self.table.take_removed() {
+            self.linker.conn_closed(conn_id);
+        }
     }
 
     /// Periodic housekeeping: expires waiting requests and idle connections.
@@ -168,6 +196,9 @@ impl Pipeline {
         self.table.sweep(now_mono_ns, &mut done);
         self.emit_all(&mut done, out);
         self.scratch = done;
+        for conn_id in self.table.take_removed() {
+            self.linker.conn_closed(conn_id);
+        }
     }
 
     /// Sniffed connections carry no addresses: ask /proc, and drop fds that are not sockets.
@@ -209,15 +240,31 @@ impl Pipeline {
             if !self.port_allowed(&meta) {
                 continue;
             }
-            // SERVER: the incoming headers name the caller's span. CLIENT: headers the process
-            // itself sent (an instrumented client, or a proxy forwarding them) are respected: the
-            // CLIENT span joins that trace under the named span instead of starting a new one.
-            let parent = propagation::extract(&exchange.request.headers);
+            // The identity was assigned when the request head was parsed (see `linker`); an
+            // exchange whose head the linker never saw falls back to its own headers.
+            let identity = self.linker.take(meta.conn_id, exchange.sequence);
+            let (parent, ids) = match identity {
+                Some(id) => identity_parts(id),
+                None => (propagation::extract(&exchange.request.headers), spans::new_ids()),
+            };
             let input = SpanInput { exchange: &exchange, conn: &meta, role, clock: &self.clock };
-            let span = spans::build_span(&input, parent.as_ref(), spans::new_ids());
+            let span = spans::build_span(&input, parent.as_ref(), ids);
             let resource = self.resources.get(meta.pid);
             self.stats.spans += 1;
             out.emit(ExportItem { span, resource });
         }
     }
+}
+
+/// Splits a linker identity into what `spans::build_span` takes.
+fn identity_parts(id: SpanIdentity) -> (Option<TraceContext>, spans::SpanIds) {
+    let ids = spans::SpanIds { span_id: id.span_id, trace_id_if_root: id.trace_id };
+    let parent = id.parent_span_id.map(|parent_span_id| TraceContext {
+        trace_id: id.trace_id,
+        parent_span_id,
+        sampled: id.sampled,
+        trace_state: id.trace_state,
+        source: ContextSource::TraceParent,
+    });
+    (parent, ids)
 }

@@ -37,6 +37,8 @@ pub mod role {
     pub const SERVER: u8 = 1;
     /// The process connected.
     pub const CLIENT: u8 = 2;
+    /// Kernel table only: a connection excluded by the port filter (never sniffed, never sent).
+    pub const IGNORED: u8 = 3;
 }
 
 /// Data direction from the traced process's point of view.
@@ -164,7 +166,9 @@ pub struct DataEventHeader {
     pub true_len: u32,
     /// Bytes copied after this header (a prefix of the segment); `true_len - captured_len` is a gap.
     pub captured_len: u32,
-    pub _pad2: u32,
+    /// Nanoseconds from syscall enter to exit (saturating): `ts_ns - syscall_ns` is when the
+    /// syscall started, the causal time of bytes written.
+    pub syscall_ns: u32,
 }
 
 /// A data record as built in per-CPU scratch memory; only `captured_len` bytes of `data` are sent.
@@ -187,8 +191,12 @@ pub struct ConnCloseEvent {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnState {
     pub conn_id: u64,
+    /// Kernel socket address (`struct sock *`) of a connected socket, 0 when unknown.
+    pub sk: u64,
     pub role: u8,
-    pub _pad: [u8; 7],
+    /// Non-zero once userspace has been sent both endpoints of this connection.
+    pub endpoints_sent: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Key of the connection table: process id in the high half, fd in the low half.

@@ -81,6 +81,11 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub request_timeout: u64,
 
+    /// Milliseconds records wait to be put in causal order across CPUs (links between a client
+    /// and a server on this host need it); also the minimum delay before a span is emitted.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    pub reorder_window_ms: u64,
+
     /// Do not adopt connections opened before the agent started (no sniffing of unknown fds).
     #[arg(long)]
     pub no_sniff: bool,

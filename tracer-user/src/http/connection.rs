@@ -31,6 +31,16 @@ struct PendingExchange {
     response_end_ns: Option<u64>,
 }
 
+/// A request whose head has been parsed and whose exchange has not completed yet.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestStart<'a> {
+    pub sequence: u64,
+    pub start_ns: u64,
+    /// Thread that read (server) or wrote (client) the first request bytes.
+    pub tid: u32,
+    pub request: &'a HttpRequest,
+}
+
 /// Where a head came from: the record of its first byte and the record of its last.
 #[derive(Clone, Copy, Debug)]
 struct HeadArrival {
@@ -167,6 +177,24 @@ impl HttpConnection {
     /// Requests waiting for their final response.
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Sequence number the next request will get.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// Pending requests whose head has been parsed, with sequence >= `from`: what the linker
+    /// needs to name a span before its exchange completes.
+    pub fn pending_heads_from(&self, from: u64) -> impl Iterator<Item = RequestStart<'_>> {
+        self.pending.iter().filter(move |p| p.sequence >= from).filter_map(|p| {
+            p.request.as_ref().map(|request| RequestStart {
+                sequence: p.sequence,
+                start_ns: p.start_ns,
+                tid: p.request_tid,
+                request,
+            })
+        })
     }
 
     /// Whether the connection left HTTP/1.x (upgrade, tunnel, HTTP/2): records are ignored.

@@ -18,7 +18,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use connection::HttpConnection;
+pub use connection::{HttpConnection, RequestStart};
 
 use crate::model::{Direction, Exchange, Role};
 

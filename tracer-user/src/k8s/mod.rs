@@ -131,11 +131,20 @@ impl SharedCache {
         result
     }
 
-    fn replace_index(&self, mut fresh: PodIndex) {
-        self.with_index(|index| {
-            fresh.carry_refusals_from(index);
+    /// Installs the pods of a full list, marks the cache synced, then bumps the generation (in
+    /// that order, so a waiter woken by the bump sees both). Returns whether this was the first.
+    fn finish_list(&self, mut fresh: PodIndex) -> bool {
+        {
+            let mut index = self
+                .index
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            fresh.carry_refusals_from(&index);
             *index = fresh;
-        });
+        }
+        let first = !self.synced.swap(true, Ordering::AcqRel);
+        self.bump_generation();
+        first
     }
 
     fn read_index<R>(&self, read: impl FnOnce(&PodIndex) -> R) -> R {

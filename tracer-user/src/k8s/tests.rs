@@ -254,3 +254,10 @@ fn scratch_dir(tag: &str) -> PathBuf {
         .unwrap_or_default();
     std::env::temp_dir().join(format!("tracer-k8s-{tag}-{}-{nanos}", std::process::id()))
 }
+
+#[test]
+fn handle_is_cheap_to_share_across_tasks() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<PodMetadata>();
+    shareable::<PodAttributes>();
+}

@@ -69,8 +69,7 @@ pub(crate) async fn watch_pods(
             Ok(Event::InitDone) => {
                 let fresh = relisting.take().unwrap_or_default();
                 let pods = fresh.len();
-                shared.replace_index(fresh);
-                if !shared.synced.swap(true, Ordering::AcqRel) {
+                if shared.finish_list(fresh) {
                     info!(pods, node = %shared.node_name, "pod metadata synced");
                 } else {
                     debug!(pods, "pod watch: re-listed");

@@ -1,0 +1,51 @@
+//! Fuzzes the decoding of ring-buffer records: any bytes either decode or are rejected, and a
+//! decoded record never claims more than it carries.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tracer::decode::{KernelEvent, decode};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(event) = decode(data) else {
+        return;
+    };
+    let header = *event.header();
+    std::hint::black_box((
+        header.tgid,
+        header.tid,
+        header.fd,
+        header.conn_id,
+        header.ts_ns,
+    ));
+    match event {
+        KernelEvent::ConnOpen {
+            role, local, peer, ..
+        } => {
+            std::hint::black_box((role, local, peer));
+        }
+        KernelEvent::Data {
+            direction,
+            role,
+            true_len,
+            payload,
+            ..
+        } => {
+            assert!(
+                payload.len() as u64 <= u64::from(true_len),
+                "payload longer than true_len"
+            );
+            let start = payload.as_ptr() as usize;
+            let data_start = data.as_ptr() as usize;
+            assert!(
+                start >= data_start && start + payload.len() <= data_start + data.len(),
+                "payload is not a slice of the record"
+            );
+            std::hint::black_box((
+                direction,
+                role,
+                payload.iter().map(|b| u64::from(*b)).sum::<u64>(),
+            ));
+        }
+        KernelEvent::ConnClose { .. } => {}
+    }
+});

@@ -1,0 +1,438 @@
+//! Parent links, header or not. Each request gets its span identity (trace id, span id, parent)
+//! the moment its head is parsed, so a child always finds its parent's ids already assigned and
+//! no span waits for another before export. Links, in order of trust:
+//! 1. headers on the request (traceparent, b3, X-Amzn-Trace-Id);
+//! 2. SERVER side: the same-host connection pair: the CLIENT connection whose 4-tuple mirrors this
+//!    accepted connection; its oldest request not yet claimed is this request's parent;
+//! 3. CLIENT side: the same thread: a request written by a thread that is serving exactly ONE open
+//!    SERVER request (read, response not yet started) is that request's child. With more than one
+//!    open (an event loop serving many at once) nothing is guessed: a missing link, never a wrong
+//!    one.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::http::RequestStart;
+use crate::model::{ConnMeta, Role};
+use crate::propagation::{self, TraceContext};
+use crate::spans::new_ids;
+
+/// Why a span has the parent it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkSource {
+    Header,
+    ConnectionPair,
+    SameThread,
+    Root,
+}
+
+/// The identity a span will be exported with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanIdentity {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub sampled: bool,
+    pub trace_state: Option<String>,
+    pub link: LinkSource,
+}
+
+impl SpanIdentity {
+    fn root() -> Self {
+        let ids = new_ids();
+        SpanIdentity {
+            trace_id: ids.trace_id_if_root,
+            span_id: ids.span_id,
+            parent_span_id: None,
+            sampled: true,
+            trace_state: None,
+            link: LinkSource::Root,
+        }
+    }
+
+    fn child_of(parent: &SpanIdentity, link: LinkSource) -> Self {
+        SpanIdentity {
+            trace_id: parent.trace_id,
+            span_id: new_ids().span_id,
+            parent_span_id: Some(parent.span_id),
+            sampled: parent.sampled,
+            trace_state: parent.trace_state.clone(),
+            link,
+        }
+    }
+
+    fn from_header(ctx: TraceContext) -> Self {
+        SpanIdentity {
+            trace_id: ctx.trace_id,
+            span_id: new_ids().span_id,
+            parent_span_id: Some(ctx.parent_span_id),
+            sampled: ctx.sampled,
+            trace_state: ctx.trace_state,
+            link: LinkSource::Header,
+        }
+    }
+}
+
+/// Bounds of the linker's tables.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkerLimits {
+    /// Identities of requests whose exchange has not completed yet.
+    pub max_identities: usize,
+    /// Client requests per connection waiting to be claimed by a traced server.
+    pub max_unclaimed_per_conn: usize,
+}
+
+impl Default for LinkerLimits {
+    fn default() -> Self {
+        LinkerLimits { max_identities: 65_536, max_unclaimed_per_conn: 64 }
+    }
+}
+
+/// Counters (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkerStats {
+    pub by_header: u64,
+    pub by_connection_pair: u64,
+    pub by_same_thread: u64,
+    /// CLIENT requests left unlinked because their thread served several requests at once.
+    pub ambiguous_thread: u64,
+    pub roots: u64,
+    /// Identities dropped because the table was full (their spans get fresh ids on completion).
+    pub identities_evicted: u64,
+}
+
+type RequestKey = (u64, u64);
+
+/// The linker's state; see the module docs.
+#[derive(Default)]
+pub struct Linker {
+    limits: LinkerLimits,
+    identities: HashMap<RequestKey, SpanIdentity>,
+    /// Insertion order of `identities`, for bounded eviction (stale keys are skipped).
+    identity_order: VecDeque<RequestKey>,
+    /// Open SERVER requests per serving thread: (pid, tid) -> requests.
+    open_by_thread: HashMap<(u32, u32), Vec<RequestKey>>,
+    /// Open SERVER requests per connection, with the thread serving each.
+    open_by_conn: HashMap<u64, Vec<(u32, u32, u64)>>,
+    /// CLIENT connections by (local, peer).
+    clients_by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    client_tuples: HashMap<u64, (SocketAddr, SocketAddr)>,
+    /// CLIENT requests not yet claimed by a traced server, oldest first.
+    unclaimed: HashMap<u64, VecDeque<u64>>,
+    stats: LinkerStats,
+}
+
+impl Linker {
+    pub fn new(limits: LinkerLimits) -> Self {
+        Linker { limits, ..Default::default() }
+    }
+
+    pub fn stats(&self) -> LinkerStats {
+        self.stats
+    }
+
+    /// Requests with an identity whose exchange has not completed.
+    pub fn pending(&self) -> usize {
+        self.identities.len()
+    }
+
+    fn register_client(&mut self, meta: &ConnMeta) {
+        if self.client_tuples.contains_key(&meta.conn_id) {
+            return;
+        }
+        if let (Some(local), Some(peer)) = (meta.local, meta.peer) {
+            self.clients_by_tuple.insert((local, peer), meta.conn_id);
+            self.client_tuples.insert(meta.conn_id, (local, peer));
+        }
+    }
+
+    /// The head of a request was parsed: assign its identity.
+    pub fn request_started(&mut self, meta: &ConnMeta, role: Role, start: &RequestStart<'_>) {
+        let key = (meta.conn_id, start.sequence);
+        if self.identities.contains_key(&key) {
+            return;
+        }
+        let identity = match propagation::extract(&start.request.headers) {
+            Some(ctx) => {
+                self.stats.by_header += 1;
+                Some(SpanIdentity::from_header(ctx))
+            }
+            None => None,
+        };
+        let identity = match role {
+            Role::Server => {
+                // Always claim the paired client request, even when a header wins, so later
+                // requests on the connection pair with the right client request.
+                let paired = self.paired_parent(meta);
+                if identity.is_none() && paired.is_some() {
+                    self.stats.by_connection_pair += 1;
+                }
+                let identity = identity.or(paired).unwrap_or_else(|| {
+                    self.stats.roots += 1;
+                    SpanIdentity::root()
+                });
+                self.open_by_thread.entry((meta.pid, start.tid)).or_default().push(key);
+                self.open_by_conn.entry(meta.conn_id).or_default().push((
+                    meta.pid,
+                    start.tid,
+                    start.sequence,
+                ));
+                identity
+            }
+            Role::Client => {
+                self.register_client(meta);
+                let identity = identity.or_else(|| self.thread_parent(meta.pid, start.tid)).unwrap_or_else(|| {
+                    self.stats.roots += 1;
+                    SpanIdentity::root()
+                });
+                let queue = self.unclaimed.entry(meta.conn_id).or_default();
+                if queue.len() >= self.limits.max_unclaimed_per_conn {
+                    queue.pop_front();
+                }
+                queue.push_back(start.sequence);
+                identity
+            }
+        };
+        self.insert_identity(key, identity);
+    }
+
+    fn insert_identity(&mut self, key: RequestKey, identity: SpanIdentity) {
+        while self.identities.len() >= self.limits.max_identities.max(1) {
+            let Some(old) = self.identity_order.pop_front() else { break };
+            if self.identities.remove(&old).is_some() {
+                self.stats.identities_evicted += 1;
+            }
+        }
+        self.identities.insert(key, identity);
+        self.identity_order.push_back(key);
+        // Keep the order queue from growing with stale keys.
+        if self.identity_order.len() > 2 * self.limits.max_identities.max(16) {
+            let identities = &self.identities;
+            self.identity_order.retain(|k| identities.contains_key(k));
+        }
+    }
+
+    /// SERVER request on an accepted connection whose client end is traced here.
+    fn paired_parent(&mut self, meta: &ConnMeta) -> Option<SpanIdentity> {
+        let (local, peer) = (meta.local?, meta.peer?);
+        let client_conn = *self.clients_by_tuple.get(&(peer, local))?;
+        let seq = self.unclaimed.get_mut(&client_conn)?.pop_front()?;
+        let parent = self.identities.get(&(client_conn, seq))?;
+        Some(SpanIdentity::child_of(parent, LinkSource::ConnectionPair))
+    }
+
+    /// CLIENT request written by a thread serving exactly one open SERVER request.
+    fn thread_parent(&mut self, pid: u32, tid: u32) -> Option<SpanIdentity> {
+        let open = self.open_by_thread.get(&(pid, tid))?;
+        match open.as_slice() {
+            [] => None,
+            [only] => {
+                let parent = self.identities.get(only)?;
+                self.stats.by_same_thread += 1;
+                Some(SpanIdentity::child_of(parent, LinkSource::SameThread))
+            }
+            _ => {
+                self.stats.ambiguous_thread += 1;
+                None
+            }
+        }
+    }
+
+    /// The server started writing on this connection: its open requests are no longer being
+    /// served "before the response", so they stop adopting the thread's client calls.
+    pub fn response_started(&mut self, conn_id: u64) {
+        let Some(open) = self.open_by_conn.remove(&conn_id) else { return };
+        for (pid, tid, seq) in open {
+            self.close_open(pid, tid, (conn_id, seq));
+        }
+    }
+
+    fn close_open(&mut self, pid: u32, tid: u32, key: RequestKey) {
+        if let Some(list) = self.open_by_thread.get_mut(&(pid, tid)) {
+            list.retain(|k| *k != key);
+            if list.is_empty() {
+                self.open_by_thread.remove(&(pid, tid));
+            }
+        }
+    }
+
+    /// The exchange completed: hand out its identity and forget it.
+    pub fn take(&mut self, conn_id: u64, sequence: u64) -> Option<SpanIdentity> {
+        let key = (conn_id, sequence);
+        if let Some(open) = self.open_by_conn.get_mut(&conn_id)
+            && let Some(pos) = open.iter().position(|(_, _, s)| *s == sequence)
+        {
+            let (pid, tid, _) = open.remove(pos);
+            if open.is_empty() {
+                self.open_by_conn.remove(&conn_id);
+            }
+            self.close_open(pid, tid, key);
+        }
+        if let Some(queue) = self.unclaimed.get_mut(&conn_id) {
+            queue.retain(|s| *s != sequence);
+        }
+        self.identities.remove(&key)
+    }
+
+    /// The connection is gone: forget everything about it. Call after its exchanges were taken.
+    pub fn conn_closed(&mut self, conn_id: u64) {
+        self.response_started(conn_id);
+        if let Some(tuple) = self.client_tuples.remove(&conn_id)
+            && self.clients_by_tuple.get(&tuple) == Some(&conn_id)
+        {
+            self.clients_by_tuple.remove(&tuple);
+        }
+        self.unclaimed.remove(&conn_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Header, HttpRequest, HttpVersion};
+
+    fn request(headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            target: "/".into(),
+            version: HttpVersion::Http11,
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header { name: n.to_string(), value: v.as_bytes().to_vec() })
+                .collect(),
+            body_len: 0,
+        }
+    }
+
+    fn conn(id: u64, pid: u32, role: Role, local: &str, peer: &str) -> ConnMeta {
+        ConnMeta {
+            conn_id: id,
+            pid,
+            fd: id as i32,
+            role: Some(role),
+            local: Some(local.parse().unwrap()),
+            peer: Some(peer.parse().unwrap()),
+        }
+    }
+
+    fn start<'a>(seq: u64, tid: u32, req: &'a HttpRequest) -> RequestStart<'a> {
+        RequestStart { sequence: seq, start_ns: 0, tid, request: req }
+    }
+
+    /// curl -> hub (thread-per-request) -> backend, all on this host, no headers.
+    #[test]
+    fn links_a_headerless_chain_through_pair_and_thread() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let curl = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000");
+        let hub_in = conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        let hub_out = conn(3, 200, Role::Client, "127.0.0.1:40001", "127.0.0.1:9000");
+        let backend = conn(4, 300, Role::Server, "127.0.0.1:9000", "127.0.0.1:40001");
+
+        l.request_started(&curl, Role::Client, &start(0, 100, &r));
+        l.request_started(&hub_in, Role::Server, &start(0, 201, &r));
+        l.request_started(&hub_out, Role::Client, &start(0, 201, &r));
+        l.request_started(&backend, Role::Server, &start(0, 301, &r));
+
+        let b = l.take(4, 0).unwrap();
+        l.response_started(2);
+        let ho = l.take(3, 0).unwrap();
+        let hi = l.take(2, 0).unwrap();
+        let c = l.take(1, 0).unwrap();
+        assert_eq!(c.link, LinkSource::Root);
+        assert_eq!((hi.link, hi.parent_span_id, hi.trace_id), (LinkSource::ConnectionPair, Some(c.span_id), c.trace_id));
+        assert_eq!((ho.link, ho.parent_span_id, ho.trace_id), (LinkSource::SameThread, Some(hi.span_id), c.trace_id));
+        assert_eq!((b.link, b.parent_span_id, b.trace_id), (LinkSource::ConnectionPair, Some(ho.span_id), c.trace_id));
+        assert_eq!(l.pending(), 0);
+        let s = l.stats();
+        assert_eq!((s.by_connection_pair, s.by_same_thread, s.roots), (2, 1, 1));
+    }
+
+    #[test]
+    fn event_loop_with_two_open_requests_links_nothing() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let a = conn(1, 500, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        let b = conn(2, 500, Role::Server, "127.0.0.1:8000", "127.0.0.1:40002");
+        let out = conn(3, 500, Role::Client, "127.0.0.1:40003", "127.0.0.1:9000");
+        l.request_started(&a, Role::Server, &start(0, 500, &r));
+        l.request_started(&b, Role::Server, &start(0, 500, &r));
+        l.request_started(&out, Role::Client, &start(0, 500, &r));
+        let o = l.take(3, 0).unwrap();
+        assert_eq!((o.link, o.parent_span_id), (LinkSource::Root, None));
+        assert_eq!(l.stats().ambiguous_thread, 1);
+    }
+
+    #[test]
+    fn a_thread_that_already_answered_adopts_nothing() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let a = conn(1, 500, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        let out = conn(3, 500, Role::Client, "127.0.0.1:40003", "127.0.0.1:9000");
+        l.request_started(&a, Role::Server, &start(0, 7, &r));
+        l.response_started(1);
+        l.request_started(&out, Role::Client, &start(0, 7, &r));
+        assert_eq!(l.take(3, 0).unwrap().link, LinkSource::Root);
+    }
+
+    #[test]
+    fn headers_win_over_pair_and_thread() {
+        let mut l = Linker::default();
+        let plain = request(&[]);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with_header = request(&[("traceparent", tp)]);
+        let curl = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000");
+        let hub_in = conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        let hub_out = conn(3, 200, Role::Client, "127.0.0.1:40001", "127.0.0.1:9000");
+        // The instrumented client sent a traceparent: the server adopts it, not the pair.
+        l.request_started(&curl, Role::Client, &start(0, 100, &with_header));
+        l.request_started(&hub_in, Role::Server, &start(0, 201, &with_header));
+        // The hub forwards its own header on the outgoing request: respected over the thread.
+        l.request_started(&hub_out, Role::Client, &start(0, 201, &with_header));
+        let hi = l.take(2, 0).unwrap();
+        let ho = l.take(3, 0).unwrap();
+        assert_eq!(hi.link, LinkSource::Header);
+        assert_eq!(hi.parent_span_id, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
+        assert_eq!(ho.link, LinkSource::Header);
+        let _ = plain;
+    }
+
+    #[test]
+    fn pairs_keep_request_order_on_keep_alive() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let c = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000");
+        let s = conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        for seq in 0..3 {
+            l.request_started(&c, Role::Client, &start(seq, 100, &r));
+        }
+        for seq in 0..3 {
+            l.request_started(&s, Role::Server, &start(seq, 200, &r));
+        }
+        for seq in 0..3 {
+            let server = l.take(2, seq).unwrap();
+            let client = l.take(1, seq).unwrap();
+            assert_eq!(server.parent_span_id, Some(client.span_id), "request {seq}");
+        }
+    }
+
+    #[test]
+    fn server_without_traced_client_is_a_root_and_tables_stay_bounded() {
+        let mut l = Linker::new(LinkerLimits { max_identities: 8, max_unclaimed_per_conn: 2 });
+        let r = request(&[]);
+        let s = conn(2, 200, Role::Server, "127.0.0.1:8000", "10.0.0.9:5555");
+        for seq in 0..100 {
+            l.request_started(&s, Role::Server, &start(seq, 200, &r));
+        }
+        assert!(l.pending() <= 8);
+        assert_eq!(l.stats().identities_evicted, 92);
+        let c = conn(3, 100, Role::Client, "127.0.0.1:41000", "10.0.0.1:80");
+        for seq in 0..10 {
+            l.request_started(&c, Role::Client, &start(seq, 100, &r));
+        }
+        assert!(l.unclaimed.get(&3).is_some_and(|q| q.len() <= 2));
+        l.conn_closed(2);
+        l.conn_closed(3);
+        assert!(l.open_by_conn.is_empty() && l.open_by_thread.is_empty() && l.unclaimed.is_empty());
+    }
+}

@@ -1,0 +1,1338 @@
+//! The agent's self-metrics: a snapshot of its counters, their Prometheus text rendering, and a
+//! minimal HTTP/1.1 server for `GET /metrics`, `/healthz` and `/readyz`.
+//!
+//! The agent owns an `Arc<MetricsState>` and stores a fresh [`AgentSnapshot`] in it periodically;
+//! the server only renders the latest snapshot, so a scrape never touches the pipeline. The server
+//! is deliberately tiny (no HTTP library): one request per connection, a bounded request head
+//! read under a timeout, `Connection: close`, and a cap on concurrent connections whose refusals
+//! are counted.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// Largest request head (request line + headers) the server reads.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// Time a client gets to send its request head, and separately to take the response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed at once and counted.
+pub const MAX_CONCURRENT_CONNECTIONS: usize = 32;
+/// Content type of the Prometheus text exposition format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Pause after a failed `accept` (for example out of file descriptors) before the next one.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// After answering, unread request bytes are read and discarded (at most this many, for at most
+/// [`LINGER_TIMEOUT`]) so closing does not reset the connection before the client reads the answer.
+const LINGER_MAX_BYTES: usize = 64 * 1024;
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The kernel programs' counters, summed over CPUs (all monotonic).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelSnapshot {
+    pub events_submitted: u64,
+    pub ringbuf_full: u64,
+    pub conn_table_full: u64,
+    pub args_table_full: u64,
+    pub scratch_unavailable: u64,
+    pub bytes_captured: u64,
+    pub bytes_skipped: u64,
+    pub read_user_failed: u64,
+    pub conns_sniffed: u64,
+    pub filter_table_full: u64,
+}
+
+/// Everything the agent reports about itself. All fields are monotonic counters unless noted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentSnapshot {
+    pub kernel: KernelSnapshot,
+    pub events_read: u64,
+    pub decode_errors: u64,
+    pub spans_built: u64,
+    pub exchanges_without_role: u64,
+    pub records_unknown_connection: u64,
+    /// Gauge: connections in the agent's table now.
+    pub connections_tracked: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub connections_evicted_full: u64,
+    pub connections_expired_idle: u64,
+    pub http_messages_parsed: u64,
+    pub http_bytes_skipped: u64,
+    pub http_desyncs: u64,
+    pub http_heads_too_large: u64,
+    pub http_pending_overflow: u64,
+    pub spans_enqueued: u64,
+    pub spans_exported: u64,
+    pub spans_dropped_queue_full: u64,
+    pub spans_dropped_export_failed: u64,
+    pub spans_dropped_shutdown: u64,
+    pub export_batches: u64,
+    pub export_batches_failed: u64,
+    pub export_retries: u64,
+    /// Gauge: duration of the last export call, in seconds.
+    pub last_export_latency_seconds: f64,
+    pub links_by_header: u64,
+    pub links_by_connection_pair: u64,
+    pub links_by_same_thread: u64,
+    pub links_ambiguous_thread: u64,
+    pub root_spans: u64,
+    /// Gauge: exchanges held back for reordering now.
+    pub reorder_buffered: u64,
+    pub reorder_forced_early: u64,
+}
+
+/// Why the metrics server refused a request (counted per reason, logged at debug level).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request head exceeds {MAX_REQUEST_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("malformed request line")]
+    Malformed,
+    #[error("client did not send a request head in time")]
+    Timeout,
+    #[error("connection closed before the request head ended")]
+    Incomplete,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters of the metrics server itself.
+#[derive(Debug, Default)]
+struct ServerCounters {
+    requests_served: AtomicU64,
+    rejected_busy: AtomicU64,
+    rejected_too_large: AtomicU64,
+    rejected_malformed: AtomicU64,
+    rejected_timeout: AtomicU64,
+}
+
+/// Shared between the agent (writer) and the metrics server (reader).
+#[derive(Debug, Default)]
+pub struct MetricsState {
+    snapshot: Mutex<AgentSnapshot>,
+    ready: AtomicBool,
+    server: ServerCounters,
+}
+
+impl MetricsState {
+    /// A state with an all-zero snapshot, not ready.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Marks the agent ready (probes attached, pipeline running) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Replaces the snapshot the server renders.
+    pub fn update(&self, snapshot: AgentSnapshot) {
+        *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+
+    /// A copy of the latest snapshot.
+    pub fn snapshot(&self) -> AgentSnapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The full `/metrics` body: the agent snapshot, readiness and the server's own counters.
+    pub fn render(&self) -> String {
+        let mut out = render_prometheus(&self.snapshot());
+        let ready = u64::from(self.is_ready());
+        let server = &self.server;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let families = [
+            Family::gauge(
+                "tracer_ready",
+                "1 once the agent has attached its probes and runs its pipeline, else 0.",
+                vec![Sample::plain(ready)],
+            ),
+            Family::counter(
+                "tracer_metrics_requests_total",
+                "Requests the metrics server answered (any status).",
+                vec![Sample::plain(load(&server.requests_served))],
+            ),
+            Family::counter(
+                "tracer_metrics_requests_rejected_total",
+                "Connections to the metrics server closed without a normal answer, by reason.",
+                vec![
+                    Sample::labelled(&[("reason", "busy")], load(&server.rejected_busy)),
+                    Sample::labelled(
+                        &[("reason", "head_too_large")],
+                        load(&server.rejected_too_large),
+                    ),
+                    Sample::labelled(&[("reason", "malformed")], load(&server.rejected_malformed)),
+                    Sample::labelled(&[("reason", "timeout")], load(&server.rejected_timeout)),
+                ],
+            ),
+        ];
+        for family in &families {
+            family.render_into(&mut out);
+        }
+        out
+    }
+}
+
+/// A metric value: integer counters and gauges, or a float gauge.
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+/// One line of a family: its labels and value.
+struct Sample {
+    labels: &'static [(&'static str, &'static str)],
+    value: Value,
+}
+
+impl Sample {
+    fn plain(value: u64) -> Self {
+        Sample {
+            labels: &[],
+            value: Value::Int(value),
+        }
+    }
+
+    fn labelled(labels: &'static [(&'static str, &'static str)], value: u64) -> Self {
+        Sample {
+            labels,
+            value: Value::Int(value),
+        }
+    }
+
+    fn float(value: f64) -> Self {
+        Sample {
+            labels: &[],
+            value: Value::Float(value),
+        }
+    }
+}
+
+/// A metric family: `# HELP`, `# TYPE`, then its samples.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    samples: Vec<Sample>,
+}
+
+impl Family {
+    fn counter(name: &'static str, help: &'static str, samples: Vec<Sample>) -> Self {
+        Family {
+            name,
+            help,
+            kind: "counter",
+            samples,
+        }
+    }
+
+    fn gauge(name: &'static str, help: &'static str, samples: Vec<Sample>) -> Self {
+        Family {
+            name,
+            help,
+            kind: "gauge",
+            samples,
+        }
+    }
+
+    fn render_into(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        for sample in &self.samples {
+            out.push_str(self.name);
+            if !sample.labels.is_empty() {
+                out.push('{');
+                for (index, (key, value)) in sample.labels.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{key}=\"{}\"", escape_label_value(value));
+                }
+                out.push('}');
+            }
+            out.push(' ');
+            match sample.value {
+                Value::Int(v) => {
+                    let _ = write!(out, "{v}");
+                }
+                Value::Float(v) => out.push_str(&format_float(v)),
+            }
+            out.push('\n');
+        }
+    }
+}
+
+/// Escapes a `# HELP` text: backslash and newline.
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape_label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A float as the text format spells it (`NaN`, `+Inf`, `-Inf`, else Rust's shortest form).
+fn format_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// All metric families of a snapshot, in rendering order.
+fn families(s: &AgentSnapshot) -> Vec<Family> {
+    let k = &s.kernel;
+    vec![
+        Family::counter(
+            "tracer_kernel_events_submitted_total",
+            "Records the kernel programs wrote to the ring buffer.",
+            vec![Sample::plain(k.events_submitted)],
+        ),
+        Family::counter(
+            "tracer_events_dropped_total",
+            "Events lost before they became spans, by pipeline stage and reason.",
+            vec![
+                Sample::labelled(
+                    &[("stage", "kernel"), ("reason", "ringbuf_full")],
+                    k.ringbuf_full,
+                ),
+                Sample::labelled(
+                    &[("stage", "kernel"), ("reason", "scratch_unavailable")],
+                    k.scratch_unavailable,
+                ),
+                Sample::labelled(
+                    &[("stage", "kernel"), ("reason", "args_table_full")],
+                    k.args_table_full,
+                ),
+                Sample::labelled(
+                    &[("stage", "decode"), ("reason", "malformed")],
+                    s.decode_errors,
+                ),
+            ],
+        ),
+        Family::counter(
+            "tracer_kernel_bytes_captured_total",
+            "Payload bytes the kernel programs copied into records.",
+            vec![Sample::plain(k.bytes_captured)],
+        ),
+        Family::counter(
+            "tracer_kernel_bytes_skipped_total",
+            "Payload bytes seen but not copied (beyond the capture size or the iovec limit).",
+            vec![Sample::plain(k.bytes_skipped)],
+        ),
+        Family::counter(
+            "tracer_kernel_read_user_failed_total",
+            "Copies from user memory that failed; their bytes are reported as a gap.",
+            vec![Sample::plain(k.read_user_failed)],
+        ),
+        Family::counter(
+            "tracer_kernel_connections_sniffed_total",
+            "Connections the kernel adopted by sniffing HTTP bytes on an untracked descriptor.",
+            vec![Sample::plain(k.conns_sniffed)],
+        ),
+        Family::counter(
+            "tracer_kernel_children_not_followed_total",
+            "Children of traced processes not followed because the pid filter set was full.",
+            vec![Sample::plain(k.filter_table_full)],
+        ),
+        Family::counter(
+            "tracer_events_read_total",
+            "Records the agent read from the ring buffer.",
+            vec![Sample::plain(s.events_read)],
+        ),
+        Family::counter(
+            "tracer_records_unknown_connection_total",
+            "Data or close records for connections the agent's table did not know.",
+            vec![Sample::plain(s.records_unknown_connection)],
+        ),
+        Family::gauge(
+            "tracer_connections_tracked",
+            "Connections in the agent's connection table.",
+            vec![Sample::plain(s.connections_tracked)],
+        ),
+        Family::counter(
+            "tracer_connections_opened_total",
+            "Connections the agent started tracking.",
+            vec![Sample::plain(s.connections_opened)],
+        ),
+        Family::counter(
+            "tracer_connections_closed_total",
+            "Tracked connections the traced process closed.",
+            vec![Sample::plain(s.connections_closed)],
+        ),
+        Family::counter(
+            "tracer_connections_dropped_total",
+            "Connections not tracked or evicted because a table was full, by stage.",
+            vec![
+                Sample::labelled(
+                    &[("stage", "kernel"), ("reason", "table_full")],
+                    k.conn_table_full,
+                ),
+                Sample::labelled(
+                    &[("stage", "agent"), ("reason", "table_full")],
+                    s.connections_evicted_full,
+                ),
+            ],
+        ),
+        Family::counter(
+            "tracer_connections_expired_idle_total",
+            "Connections forgotten after idling past the idle timeout.",
+            vec![Sample::plain(s.connections_expired_idle)],
+        ),
+        Family::counter(
+            "tracer_http_messages_parsed_total",
+            "HTTP message heads parsed (requests, interim and final responses).",
+            vec![Sample::plain(s.http_messages_parsed)],
+        ),
+        Family::counter(
+            "tracer_http_bytes_skipped_total",
+            "Captured bytes skipped while an HTTP stream was out of sync.",
+            vec![Sample::plain(s.http_bytes_skipped)],
+        ),
+        Family::counter(
+            "tracer_http_desyncs_total",
+            "Times an HTTP stream lost sync and had to find the next message start.",
+            vec![Sample::plain(s.http_desyncs)],
+        ),
+        Family::counter(
+            "tracer_http_messages_dropped_total",
+            "HTTP messages dropped by the framer's bounds, by reason.",
+            vec![
+                Sample::labelled(&[("reason", "head_too_large")], s.http_heads_too_large),
+                Sample::labelled(&[("reason", "pending_overflow")], s.http_pending_overflow),
+            ],
+        ),
+        Family::counter(
+            "tracer_exchanges_dropped_total",
+            "Request/response exchanges that did not become spans, by reason.",
+            vec![Sample::labelled(
+                &[("reason", "role_unknown")],
+                s.exchanges_without_role,
+            )],
+        ),
+        Family::counter(
+            "tracer_spans_built_total",
+            "Spans built from exchanges.",
+            vec![Sample::plain(s.spans_built)],
+        ),
+        Family::counter(
+            "tracer_spans_enqueued_total",
+            "Spans accepted into the export queue.",
+            vec![Sample::plain(s.spans_enqueued)],
+        ),
+        Family::counter(
+            "tracer_spans_exported_total",
+            "Spans the exporter delivered.",
+            vec![Sample::plain(s.spans_exported)],
+        ),
+        Family::counter(
+            "tracer_spans_dropped_total",
+            "Spans lost on the way to the exporter's destination, by reason.",
+            vec![
+                Sample::labelled(&[("reason", "queue_full")], s.spans_dropped_queue_full),
+                Sample::labelled(
+                    &[("reason", "export_failed")],
+                    s.spans_dropped_export_failed,
+                ),
+                Sample::labelled(&[("reason", "shutdown")], s.spans_dropped_shutdown),
+            ],
+        ),
+        Family::counter(
+            "tracer_export_batches_total",
+            "Export calls made (one batch each).",
+            vec![Sample::plain(s.export_batches)],
+        ),
+        Family::counter(
+            "tracer_export_batches_failed_total",
+            "Export batches that failed for good (after retries).",
+            vec![Sample::plain(s.export_batches_failed)],
+        ),
+        Family::counter(
+            "tracer_export_retries_total",
+            "Retries of export calls after transient failures.",
+            vec![Sample::plain(s.export_retries)],
+        ),
+        Family::gauge(
+            "tracer_export_last_latency_seconds",
+            "Duration of the most recent export call.",
+            vec![Sample::float(s.last_export_latency_seconds)],
+        ),
+        Family::counter(
+            "tracer_parent_links_total",
+            "Spans given a parent, by how the parent was found.",
+            vec![
+                Sample::labelled(&[("source", "header")], s.links_by_header),
+                Sample::labelled(&[("source", "connection_pair")], s.links_by_connection_pair),
+                Sample::labelled(&[("source", "same_thread")], s.links_by_same_thread),
+            ],
+        ),
+        Family::counter(
+            "tracer_parent_links_ambiguous_total",
+            "Parent candidates not linked because the match was ambiguous, by source.",
+            vec![Sample::labelled(
+                &[("source", "same_thread")],
+                s.links_ambiguous_thread,
+            )],
+        ),
+        Family::counter(
+            "tracer_root_spans_total",
+            "Spans that started a new trace.",
+            vec![Sample::plain(s.root_spans)],
+        ),
+        Family::gauge(
+            "tracer_reorder_buffered",
+            "Exchanges held back to be emitted in causal order.",
+            vec![Sample::plain(s.reorder_buffered)],
+        ),
+        Family::counter(
+            "tracer_reorder_forced_early_total",
+            "Exchanges released from the reorder buffer before their wait ended (buffer full).",
+            vec![Sample::plain(s.reorder_forced_early)],
+        ),
+    ]
+}
+
+/// Renders a snapshot in the Prometheus text exposition format 0.0.4: one `# HELP` and one
+/// `# TYPE` line per family, names prefixed `tracer_`, counters ending in `_total`, drop reasons
+/// as labels.
+pub fn render_prometheus(s: &AgentSnapshot) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    for family in families(s) {
+        family.render_into(&mut out);
+    }
+    out
+}
+
+/// Binds `addr` and serves the metrics endpoints until the returned task is aborted.
+///
+/// `GET /metrics` (Prometheus text), `GET /healthz` (200 `ok` while the process runs),
+/// `GET /readyz` (200 once [`MetricsState::set_ready`] was called with `true`, else 503); `HEAD`
+/// works on the same paths; other methods on them get 405, other paths 404. Returns the bound
+/// address (useful with port 0) and the accept loop's task.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<MetricsState>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    serve_with_timeout(addr, state, REQUEST_TIMEOUT).await
+}
+
+/// [`serve`] with another request timeout (tests use a short one).
+async fn serve_with_timeout(
+    addr: SocketAddr,
+    state: Arc<MetricsState>,
+    timeout: Duration,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "metrics server listening");
+    let task = tokio::spawn(accept_loop(listener, state, timeout));
+    Ok((local, task))
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<MetricsState>, timeout: Duration) {
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "metrics server: accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            state.server.rejected_busy.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "metrics server busy; closing connection");
+            drop(stream);
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            if let Err(error) = handle_connection(stream, &state, timeout).await {
+                tracing::debug!(%peer, %error, "metrics request failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The parts of a request line the server routes on.
+#[derive(Debug, PartialEq, Eq)]
+struct RequestLine<'a> {
+    method: &'a str,
+    /// The target without its query string.
+    path: &'a str,
+}
+
+/// One response, written with `Connection: close`.
+struct Response {
+    status: &'static str,
+    content_type: &'static str,
+    body: String,
+    /// `HEAD`: headers only.
+    omit_body: bool,
+    allow: bool,
+}
+
+impl Response {
+    fn text(status: &'static str, body: impl Into<String>) -> Self {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+            omit_body: false,
+            allow: false,
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        );
+        if self.allow {
+            head.push_str("Allow: GET, HEAD\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        if !self.omit_body {
+            bytes.extend_from_slice(self.body.as_bytes());
+        }
+        bytes
+    }
+}
+
+async fn handle_connection(
+    mut stream: TcpStream,
+    state: &MetricsState,
+    timeout: Duration,
+) -> Result<(), RequestError> {
+    let head = tokio::time::timeout(timeout, read_head(&mut stream)).await;
+    let response = match head {
+        Err(_elapsed) => {
+            state
+                .server
+                .rejected_timeout
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(RequestError::Timeout);
+        }
+        Ok(Err(RequestError::HeadTooLarge)) => {
+            state
+                .server
+                .rejected_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            Response::text(
+                "431 Request Header Fields Too Large",
+                "request head too large\n",
+            )
+        }
+        Ok(Err(RequestError::Malformed)) => {
+            state
+                .server
+                .rejected_malformed
+                .fetch_add(1, Ordering::Relaxed);
+            Response::text("400 Bad Request", "bad request\n")
+        }
+        Ok(Err(other)) => return Err(other),
+        Ok(Ok(head)) => match parse_request_line(&head) {
+            Some(line) => route(&line, state),
+            None => {
+                state
+                    .server
+                    .rejected_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                Response::text("400 Bad Request", "bad request\n")
+            }
+        },
+    };
+    state.server.requests_served.fetch_add(1, Ordering::Relaxed);
+    let bytes = response.to_bytes();
+    let write = async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(result) => result?,
+        Err(_elapsed) => return Err(RequestError::Timeout),
+    }
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, discard_rest(&mut stream)).await;
+    Ok(())
+}
+
+/// Reads and drops what the client still sends, up to [`LINGER_MAX_BYTES`] or its end of stream.
+async fn discard_rest(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let mut total = 0usize;
+    while total < LINGER_MAX_BYTES {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// Reads until the blank line ending the request head; at most [`MAX_REQUEST_HEAD_BYTES`].
+async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, RequestError> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(if head.is_empty() {
+                RequestError::Incomplete
+            } else {
+                RequestError::Malformed
+            });
+        }
+        let searched_from = head.len().saturating_sub(3);
+        head.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if let Some(end) = find_head_end(head.get(searched_from..).unwrap_or_default()) {
+            head.truncate(searched_from + end);
+            if head.len() > MAX_REQUEST_HEAD_BYTES {
+                return Err(RequestError::HeadTooLarge);
+            }
+            return Ok(head);
+        }
+        if head.len() > MAX_REQUEST_HEAD_BYTES {
+            return Err(RequestError::HeadTooLarge);
+        }
+    }
+}
+
+/// Index just past the head's terminating blank line (`\r\n\r\n`, or a bare `\n\n`).
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|at| at + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `METHOD SP target SP HTTP/1.x`; `None` for anything else.
+fn parse_request_line(head: &[u8]) -> Option<RequestLine<'_>> {
+    let end = head.iter().position(|b| *b == b'\n')?;
+    let line = head.get(..end)?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    let method = parts.next()?;
+    let target = parts.next()?;
+    let version = parts.next()?;
+    if parts.next().is_some()
+        || method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !target.starts_with('/')
+        || !(version == "HTTP/1.1" || version == "HTTP/1.0")
+    {
+        return None;
+    }
+    let path = target.split_once('?').map_or(target, |(path, _query)| path);
+    Some(RequestLine { method, path })
+}
+
+fn route(line: &RequestLine<'_>, state: &MetricsState) -> Response {
+    let mut response = match line.path {
+        "/metrics" => Response {
+            status: "200 OK",
+            content_type: PROMETHEUS_CONTENT_TYPE,
+            body: state.render(),
+            omit_body: false,
+            allow: false,
+        },
+        "/healthz" => Response::text("200 OK", "ok\n"),
+        "/readyz" if state.is_ready() => Response::text("200 OK", "ready\n"),
+        "/readyz" => Response::text("503 Service Unavailable", "not ready\n"),
+        _ => return Response::text("404 Not Found", "not found\n"),
+    };
+    match line.method {
+        "GET" => {}
+        "HEAD" => response.omit_body = true,
+        _ => {
+            response = Response::text("405 Method Not Allowed", "method not allowed\n");
+            response.allow = true;
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// One parsed sample line.
+    #[derive(Debug)]
+    struct ParsedSample {
+        name: String,
+        labels: BTreeMap<String, String>,
+        value: f64,
+    }
+
+    /// What a scrape contains: family name -> (type, help) and the samples in order.
+    struct Exposition {
+        types: BTreeMap<String, String>,
+        helps: BTreeMap<String, String>,
+        samples: Vec<ParsedSample>,
+    }
+
+    impl Exposition {
+        fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+            let want: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let found: Vec<&ParsedSample> = self
+                .samples
+                .iter()
+                .filter(|s| s.name == name && s.labels == want)
+                .collect();
+            assert_eq!(found.len(), 1, "exactly one sample {name}{labels:?}");
+            found[0].value
+        }
+    }
+
+    fn valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    fn parse_labels(text: &str) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once("=\"").expect("label key");
+            assert!(valid_name(key), "label name {key}");
+            let close = after.find('"').expect("closing quote");
+            let value = &after[..close];
+            assert!(!value.contains('\\'), "no escapes expected in {value}");
+            assert!(
+                labels.insert(key.to_string(), value.to_string()).is_none(),
+                "dup label {key}"
+            );
+            rest = &after[close + 1..];
+            rest = rest.strip_prefix(',').unwrap_or(rest);
+        }
+        labels
+    }
+
+    /// A strict reader of the text format: every sample's family was declared just before
+    /// (HELP then TYPE), families are contiguous and declared once, names and values are valid.
+    fn parse(text: &str) -> Exposition {
+        assert!(text.ends_with('\n'), "exposition ends with a newline");
+        let mut types = BTreeMap::new();
+        let mut helps = BTreeMap::new();
+        let mut samples = Vec::new();
+        let mut current: Option<String> = None;
+        let mut finished = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("help text");
+                assert!(!help.is_empty());
+                if let Some(previous) = current.replace(name.to_string()) {
+                    finished.insert(previous);
+                }
+                assert!(!finished.contains(name), "family {name} declared twice");
+                assert!(helps.insert(name.to_string(), help.to_string()).is_none());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("type");
+                assert_eq!(current.as_deref(), Some(name), "TYPE follows its HELP");
+                assert!(matches!(kind, "counter" | "gauge"), "type {kind}");
+                assert!(types.insert(name.to_string(), kind.to_string()).is_none());
+            } else {
+                assert!(!line.starts_with('#'), "unexpected comment {line}");
+                let (series, value) = line.rsplit_once(' ').expect("value");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (
+                        name,
+                        parse_labels(labels.strip_suffix('}').expect("closing brace")),
+                    ),
+                    None => (series, BTreeMap::new()),
+                };
+                assert_eq!(
+                    current.as_deref(),
+                    Some(name),
+                    "sample {name} inside its family"
+                );
+                assert!(types.contains_key(name), "sample {name} after its TYPE");
+                let value: f64 = match value {
+                    "+Inf" => f64::INFINITY,
+                    "-Inf" => f64::NEG_INFINITY,
+                    other => other.parse().expect("numeric value"),
+                };
+                samples.push(ParsedSample {
+                    name: name.to_string(),
+                    labels,
+                    value,
+                });
+            }
+        }
+        for (name, kind) in &types {
+            assert!(valid_name(name), "metric name {name}");
+            assert!(name.starts_with("tracer_"), "{name} is prefixed");
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name}: counters and only counters end in _total"
+            );
+            assert!(
+                samples.iter().any(|s| &s.name == name),
+                "{name} has samples"
+            );
+        }
+        Exposition {
+            types,
+            helps,
+            samples,
+        }
+    }
+
+    /// Every field set to a distinct value (no `..Default::default()`: a new field must be added
+    /// here, and then to the rendering, or this stops compiling / fails).
+    fn distinct_snapshot() -> AgentSnapshot {
+        AgentSnapshot {
+            kernel: KernelSnapshot {
+                events_submitted: 101,
+                ringbuf_full: 102,
+                conn_table_full: 103,
+                args_table_full: 104,
+                scratch_unavailable: 105,
+                bytes_captured: 106,
+                bytes_skipped: 107,
+                read_user_failed: 108,
+                conns_sniffed: 109,
+                filter_table_full: 110,
+            },
+            events_read: 201,
+            decode_errors: 202,
+            spans_built: 203,
+            exchanges_without_role: 204,
+            records_unknown_connection: 205,
+            connections_tracked: 206,
+            connections_opened: 207,
+            connections_closed: 208,
+            connections_evicted_full: 209,
+            connections_expired_idle: 210,
+            http_messages_parsed: 211,
+            http_bytes_skipped: 212,
+            http_desyncs: 213,
+            http_heads_too_large: 214,
+            http_pending_overflow: 215,
+            spans_enqueued: 216,
+            spans_exported: 217,
+            spans_dropped_queue_full: 218,
+            spans_dropped_export_failed: 219,
+            spans_dropped_shutdown: 220,
+            export_batches: 221,
+            export_batches_failed: 222,
+            export_retries: 223,
+            last_export_latency_seconds: 0.25,
+            links_by_header: 224,
+            links_by_connection_pair: 225,
+            links_by_same_thread: 226,
+            links_ambiguous_thread: 227,
+            root_spans: 228,
+            reorder_buffered: 229,
+            reorder_forced_early: 230,
+        }
+    }
+
+    #[test]
+    fn every_field_is_rendered_exactly_once() {
+        let text = render_prometheus(&distinct_snapshot());
+        let parsed = parse(&text);
+        let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
+        values.sort_by(f64::total_cmp);
+        let mut want: Vec<f64> = (101..=110).chain(201..=230).map(|v| v as f64).collect();
+        want.push(0.25);
+        want.sort_by(f64::total_cmp);
+        assert_eq!(
+            values, want,
+            "each snapshot field appears as exactly one sample"
+        );
+    }
+
+    #[test]
+    fn names_labels_and_types_are_as_documented() {
+        let parsed = parse(&render_prometheus(&distinct_snapshot()));
+        let drop = |stage, reason| {
+            parsed.value(
+                "tracer_events_dropped_total",
+                &[("stage", stage), ("reason", reason)],
+            )
+        };
+        assert_eq!(drop("kernel", "ringbuf_full"), 102.0);
+        assert_eq!(drop("kernel", "scratch_unavailable"), 105.0);
+        assert_eq!(drop("kernel", "args_table_full"), 104.0);
+        assert_eq!(drop("decode", "malformed"), 202.0);
+        let spans = |reason| parsed.value("tracer_spans_dropped_total", &[("reason", reason)]);
+        assert_eq!(spans("queue_full"), 218.0);
+        assert_eq!(spans("export_failed"), 219.0);
+        assert_eq!(spans("shutdown"), 220.0);
+        assert_eq!(
+            parsed.value("tracer_kernel_events_submitted_total", &[]),
+            101.0
+        );
+        assert_eq!(parsed.value("tracer_connections_tracked", &[]), 206.0);
+        assert_eq!(
+            parsed.value(
+                "tracer_connections_dropped_total",
+                &[("stage", "agent"), ("reason", "table_full")]
+            ),
+            209.0
+        );
+        assert_eq!(
+            parsed.value("tracer_parent_links_total", &[("source", "same_thread")]),
+            226.0
+        );
+        assert_eq!(
+            parsed.value("tracer_export_last_latency_seconds", &[]),
+            0.25
+        );
+        assert_eq!(parsed.types["tracer_connections_tracked"], "gauge");
+        assert_eq!(parsed.types["tracer_reorder_buffered"], "gauge");
+        assert_eq!(parsed.types["tracer_export_last_latency_seconds"], "gauge");
+        assert_eq!(parsed.types["tracer_spans_dropped_total"], "counter");
+        assert!(parsed.helps.values().all(|h| h.ends_with('.')));
+    }
+
+    #[test]
+    fn zero_snapshot_and_special_floats_render() {
+        let zero = parse(&render_prometheus(&AgentSnapshot::default()));
+        assert!(zero.samples.iter().all(|s| s.value == 0.0));
+        let mut s = AgentSnapshot {
+            last_export_latency_seconds: f64::INFINITY,
+            ..AgentSnapshot::default()
+        };
+        let text = render_prometheus(&s);
+        assert!(
+            text.contains("\ntracer_export_last_latency_seconds +Inf\n"),
+            "{text}"
+        );
+        s.last_export_latency_seconds = f64::NAN;
+        assert!(render_prometheus(&s).contains("\ntracer_export_last_latency_seconds NaN\n"));
+        s.last_export_latency_seconds = 1e-7;
+        let parsed = parse(&render_prometheus(&s));
+        assert_eq!(
+            parsed.value("tracer_export_last_latency_seconds", &[]),
+            1e-7
+        );
+    }
+
+    #[test]
+    fn escaping_follows_the_text_format() {
+        assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape_help("x\\y\nz"), "x\\\\y\\nz");
+        assert_eq!(format_float(-f64::INFINITY), "-Inf");
+        assert_eq!(format_float(1.5), "1.5");
+    }
+
+    #[test]
+    fn request_lines_are_parsed_strictly() {
+        let ok = parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            ok,
+            Some(RequestLine {
+                method: "GET",
+                path: "/metrics"
+            })
+        );
+        assert_eq!(
+            parse_request_line(b"HEAD /readyz HTTP/1.0\n\n"),
+            Some(RequestLine {
+                method: "HEAD",
+                path: "/readyz"
+            })
+        );
+        for bad in [
+            &b"GET /metrics\r\n\r\n"[..],
+            b"GET  /metrics HTTP/1.1\r\n\r\n",
+            b"get /metrics HTTP/1.1\r\n\r\n",
+            b"GET metrics HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/2\r\n\r\n",
+            b"GET /metrics HTTP/1.1 extra\r\n\r\n",
+            b"\xff\xfe /metrics HTTP/1.1\r\n\r\n",
+            b"",
+            b"GET /metrics HTTP/1.1",
+        ] {
+            assert_eq!(
+                parse_request_line(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"),
+            Some(24)
+        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nA: b\n\n"), Some(21));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[test]
+    fn state_keeps_the_latest_snapshot() {
+        let state = MetricsState::new();
+        assert!(!state.is_ready());
+        state.update(distinct_snapshot());
+        let mut newer = distinct_snapshot();
+        newer.spans_built = 999;
+        state.update(newer.clone());
+        assert_eq!(state.snapshot(), newer);
+        let parsed = parse(&state.render());
+        assert_eq!(parsed.value("tracer_spans_built_total", &[]), 999.0);
+        assert_eq!(parsed.value("tracer_ready", &[]), 0.0);
+        state.set_ready(true);
+        assert_eq!(parse(&state.render()).value("tracer_ready", &[]), 1.0);
+    }
+
+    /// Sends raw bytes, half-closes, and reads the whole answer.
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("send");
+        stream.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("answer in time")
+            .expect("read answer");
+        String::from_utf8(answer).expect("utf-8 answer")
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nUser-Agent: t\r\n\r\n");
+        split_response(&exchange(addr, request.as_bytes()).await)
+    }
+
+    fn split_response(answer: &str) -> (String, String) {
+        let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .expect("content length")
+            .parse()
+            .expect("numeric length");
+        assert!(head.contains("\r\nConnection: close"), "{head}");
+        assert_eq!(body.len(), length, "body matches Content-Length");
+        (head.to_string(), body.to_string())
+    }
+
+    async fn start() -> (SocketAddr, JoinHandle<()>, Arc<MetricsState>) {
+        start_with_timeout(REQUEST_TIMEOUT).await
+    }
+
+    async fn start_with_timeout(
+        timeout: Duration,
+    ) -> (SocketAddr, JoinHandle<()>, Arc<MetricsState>) {
+        let state = MetricsState::new();
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        let (addr, task) = if timeout == REQUEST_TIMEOUT {
+            serve(addr, Arc::clone(&state)).await
+        } else {
+            serve_with_timeout(addr, Arc::clone(&state), timeout).await
+        }
+        .expect("bind");
+        assert_ne!(addr.port(), 0);
+        (addr, task, state)
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness() {
+        let (addr, task, state) = start().await;
+        state.update(distinct_snapshot());
+
+        let (head, body) = get(addr, "/metrics").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        let parsed = parse(&body);
+        assert_eq!(parsed.value("tracer_events_read_total", &[]), 201.0);
+        assert_eq!(parsed.value("tracer_ready", &[]), 0.0);
+
+        let (head, body) = get(addr, "/healthz").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(body, "ok\n");
+
+        let (head, _) = get(addr, "/readyz").await;
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        state.set_ready(true);
+        let (head, _) = get(addr, "/readyz?verbose").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        state.set_ready(false);
+        let (head, _) = get(addr, "/readyz").await;
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+
+        let (head, _) = get(addr, "/nope").await;
+        assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+        let (head, _) = get(addr, "/").await;
+        assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+
+        let answer = exchange(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+        assert!(answer.contains("\r\nAllow: GET, HEAD\r\n"), "{answer}");
+
+        let answer = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\n"),
+            "HEAD carries no body: {answer}"
+        );
+
+        // The server's own counters moved with the requests above.
+        let (_, body) = get(addr, "/metrics").await;
+        let parsed = parse(&body);
+        assert_eq!(parsed.value("tracer_metrics_requests_total", &[]), 9.0);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn rejects_garbage_and_oversized_heads() {
+        let (addr, task, state) = start().await;
+
+        let answer = exchange(addr, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        let answer = exchange(addr, b"GET /metrics\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
+        // A head that never ends within the bound: answered 431, not buffered without limit.
+        let mut big = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+        big.resize(MAX_REQUEST_HEAD_BYTES + 4096, b'a');
+        let answer = exchange(addr, &big).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+
+        // A client that closes without sending anything gets nothing and breaks nothing.
+        drop(TcpStream::connect(addr).await.expect("connect"));
+
+        let (head, body) = get(addr, "/metrics").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let parsed = parse(&body);
+        let rejected = |reason| {
+            parsed.value(
+                "tracer_metrics_requests_rejected_total",
+                &[("reason", reason)],
+            )
+        };
+        assert_eq!(rejected("malformed"), 2.0);
+        assert_eq!(rejected("head_too_large"), 1.0);
+        assert_eq!(state.snapshot(), AgentSnapshot::default());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn slow_client_times_out_without_blocking_others() {
+        let timeout = Duration::from_millis(300);
+        let (addr, task, _state) = start_with_timeout(timeout).await;
+        let started = std::time::Instant::now();
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .expect("partial head");
+        // Other clients are served while the slow one holds its connection.
+        let (head, _) = get(addr, "/healthz").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer)).await;
+        assert!(
+            started.elapsed() >= timeout,
+            "closed only after the timeout"
+        );
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "slow client closed without an answer: {read:?}"
+        );
+        let (_, body) = get(addr, "/metrics").await;
+        let parsed = parse(&body);
+        assert_eq!(
+            parsed.value(
+                "tracer_metrics_requests_rejected_total",
+                &[("reason", "timeout")]
+            ),
+            1.0
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_and_counted() {
+        let (addr, task, _state) = start().await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONCURRENT_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut refused = TcpStream::connect(addr).await.expect("connect");
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(4), refused.read_to_end(&mut answer)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "connection over the cap closed at once: {read:?} {answer:?}"
+        );
+        drop(idle);
+        // The held permits return once the server sees the idle clients close.
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        let body = loop {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+                .await
+                .expect("send");
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            if !answer.is_empty() {
+                break split_response(&String::from_utf8(answer).expect("utf-8")).1;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "permits never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let parsed = parse(&body);
+        let busy = parsed.value(
+            "tracer_metrics_requests_rejected_total",
+            &[("reason", "busy")],
+        );
+        assert!(busy >= 1.0, "busy refusals counted: {busy}");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn bind_failure_is_an_error_not_a_panic() {
+        let (addr, task, state) = start().await;
+        assert!(serve(addr, state).await.is_err(), "port already taken");
+        task.abort();
+    }
+}

@@ -1,0 +1,145 @@
+//! A short reorder window between the ring buffer and the pipeline: records are released in
+//! causal-time order once they are older than the window, so that a client's write is handled
+//! before the server's read of the same bytes even when the two CPUs recorded them the other way
+//! round. Bounded: past `max_records` the oldest are released early (and counted).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// One buffered record (its raw bytes, decoded again on release: decoding is cheap and total).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Held {
+    causal_ts: u64,
+    /// Arrival order: ties keep the ring buffer's order.
+    arrival: u64,
+    bytes: Vec<u8>,
+}
+
+/// Counters of the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReorderStats {
+    pub held: u64,
+    /// Released before their time because the window was full.
+    pub forced_early: u64,
+}
+
+pub struct ReorderWindow {
+    window_ns: u64,
+    max_records: usize,
+    heap: BinaryHeap<Reverse<Held>>,
+    arrivals: u64,
+    forced_early: u64,
+    /// Spare buffers, reused to avoid an allocation per record.
+    spare: Vec<Vec<u8>>,
+}
+
+impl ReorderWindow {
+    pub fn new(window_ns: u64, max_records: usize) -> Self {
+        ReorderWindow {
+            window_ns,
+            max_records: max_records.max(1),
+            heap: BinaryHeap::new(),
+            arrivals: 0,
+            forced_early: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> ReorderStats {
+        ReorderStats { held: self.heap.len() as u64, forced_early: self.forced_early }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Buffers a record. If the window is full, the oldest record is released into `release`.
+    pub fn push(&mut self, causal_ts: u64, record: &[u8], release: &mut impl FnMut(&[u8])) {
+        if self.heap.len() >= self.max_records
+            && let Some(Reverse(old)) = self.heap.pop()
+        {
+            self.forced_early += 1;
+            release(&old.bytes);
+            self.recycle(old.bytes);
+        }
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(record);
+        self.arrivals += 1;
+        self.heap.push(Reverse(Held { causal_ts, arrival: self.arrivals, bytes }));
+    }
+
+    /// Releases, in causal order, every record older than the window at `now_ns`
+    /// (`u64::MAX` releases all).
+    pub fn release_ready(&mut self, now_ns: u64, release: &mut impl FnMut(&[u8])) {
+        let horizon = now_ns.saturating_sub(self.window_ns);
+        while let Some(Reverse(top)) = self.heap.peek() {
+            if top.causal_ts > horizon && now_ns != u64::MAX {
+                break;
+            }
+            if let Some(Reverse(held)) = self.heap.pop() {
+                release(&held.bytes);
+                self.recycle(held.bytes);
+            }
+        }
+    }
+
+    /// Monotonic time at which the oldest held record becomes ready, if any.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse(h)| h.causal_ts.saturating_add(self.window_ns))
+    }
+
+    fn recycle(&mut self, bytes: Vec<u8>) {
+        // Keep a bounded pool of small buffers; large ones are freed.
+        if self.spare.len() < 1024 && bytes.capacity() <= 16 * 1024 {
+            self.spare.push(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(w: &mut ReorderWindow, now: u64) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        w.release_ready(now, &mut |b| out.push(b.to_vec()));
+        out
+    }
+
+    #[test]
+    fn releases_in_causal_order_after_the_window() {
+        let mut w = ReorderWindow::new(10, 100);
+        let mut early = Vec::new();
+        w.push(105, b"server-read", &mut |b| early.push(b.to_vec()));
+        w.push(100, b"client-write", &mut |b| early.push(b.to_vec()));
+        w.push(105, b"second-at-105", &mut |b| early.push(b.to_vec()));
+        assert!(early.is_empty());
+        assert!(collect(&mut w, 109).is_empty(), "nothing is old enough yet");
+        assert_eq!(collect(&mut w, 110), vec![b"client-write".to_vec()]);
+        assert_eq!(
+            collect(&mut w, 200),
+            vec![b"server-read".to_vec(), b"second-at-105".to_vec()],
+            "ties keep arrival order"
+        );
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn bounded_and_counts_early_releases() {
+        let mut w = ReorderWindow::new(1_000, 2);
+        let mut early = Vec::new();
+        for (ts, b) in [(3u64, b"c"), (1, b"a"), (2, b"b")] {
+            w.push(ts, b, &mut |x| early.push(x.to_vec()));
+        }
+        assert_eq!(early, vec![b"a".to_vec()], "the oldest goes first when full");
+        assert_eq!(w.stats().forced_early, 1);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.next_deadline(), Some(1_002));
+        assert_eq!(collect(&mut w, u64::MAX), vec![b"b".to_vec(), b"c".to_vec()]);
+    }
+}
