@@ -67,6 +67,21 @@ fn sink_config(args: &TraceArgs) -> anyhow::Result<SinkConfig> {
     })
 }
 
+/// Pod metadata when a cluster is reachable; the agent runs without it otherwise.
+async fn start_pod_metadata(node: Option<String>) -> Option<crate::k8s::PodMetadata> {
+    match crate::k8s::PodMetadata::start(node).await {
+        Ok(Some(pods)) => {
+            tracing::info!("Kubernetes pod metadata enabled");
+            Some(pods)
+        }
+        Ok(None) => None,
+        Err(err) => {
+            tracing::warn!(%err, "Kubernetes pod metadata unavailable; spans carry no k8s.* attributes");
+            None
+        }
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -83,37 +98,74 @@ fn monotonic_now_ns() -> u64 {
 }
 
 /// A child process held before `exec` until its pid is in the kernel's filter.
+///
+/// `Command::spawn` returns only after `exec`, so the child cannot simply wait on a gate while
+/// the agent waits on `spawn`: the child writes its pid to a pipe before blocking on the gate,
+/// and `spawn` runs on a blocking thread meanwhile.
 struct GatedChild {
-    child: tokio::process::Child,
-    gate: Option<OwnedFd>,
+    pid: u32,
+    /// Resolves with the exit status once the command has been started and has exited.
+    exit: tokio::task::JoinHandle<std::io::Result<std::process::ExitStatus>>,
 }
 
-fn spawn_gated(command: &[String]) -> anyhow::Result<GatedChild> {
-    let Some((program, rest)) = command.split_first() else { bail!("no command given to run") };
+fn pipe_pair() -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
     // SAFETY: valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("creating the start gate pipe");
+        return Err(std::io::Error::last_os_error()).context("creating a pipe for the command");
     }
     // SAFETY: pipe2 returned two fresh fds that we now own.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let read_fd = read_end.as_raw_fd();
-    let write_fd = write_end.as_raw_fd();
-    let mut cmd = tokio::process::Command::new(program);
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+async fn spawn_gated(command: &[String], probes: &mut Probes) -> anyhow::Result<GatedChild> {
+    use std::os::unix::process::CommandExt;
+    let Some((program, rest)) = command.split_first() else { bail!("no command given to run") };
+    let (gate_read, gate_write) = pipe_pair()?;
+    let (pid_read, pid_write) = pipe_pair()?;
+    let (gate_r, gate_w, pid_w) = (gate_read.as_raw_fd(), gate_write.as_raw_fd(), pid_write.as_raw_fd());
+    let mut cmd = std::process::Command::new(program);
     cmd.args(rest);
-    // SAFETY: the closure only calls async-signal-safe functions (close, read).
+    // SAFETY: the closure only calls async-signal-safe functions (getpid, write, read, close).
     unsafe {
         cmd.pre_exec(move || {
-            libc::close(write_fd);
+            libc::close(gate_w);
+            let pid = libc::getpid().to_ne_bytes();
+            libc::write(pid_w, pid.as_ptr().cast(), pid.len());
+            libc::close(pid_w);
             let mut byte = 0u8;
             // Blocks until the agent has put this pid in the filter (or the agent died: EOF).
-            libc::read(read_fd, (&mut byte as *mut u8).cast(), 1);
+            libc::read(gate_r, (&mut byte as *mut u8).cast(), 1);
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
-    drop(read_end);
-    Ok(GatedChild { child, gate: Some(write_end) })
+    let program_name = program.clone();
+    let exit = tokio::task::spawn_blocking(move || {
+        // The child inherits these fds by number: they must stay open until spawn returns.
+        // Dropping them afterwards makes a failed fork show up as EOF on the pid pipe.
+        let spawned = cmd.spawn();
+        drop(pid_write);
+        drop(gate_read);
+        spawned?.wait()
+    });
+    let pid = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 4];
+        // SAFETY: reading into a valid 4-byte buffer from a pipe we own.
+        let n = unsafe { libc::read(pid_read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        (n == 4).then(|| i32::from_ne_bytes(buf))
+    })
+    .await
+    .context("waiting for the command to start")?;
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        let err = match exit.await {
+            Ok(Err(e)) => e.to_string(),
+            _ => "it exited before it could be traced".to_string(),
+        };
+        bail!("cannot start {program_name}: {err}");
+    };
+    probes.add_pid(pid as u32)?;
+    open_gate(gate_write);
+    Ok(GatedChild { pid: pid as u32, exit })
 }
 
 fn open_gate(gate: OwnedFd) {
@@ -172,18 +224,14 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             ports: args.ports.clone(),
         },
         Clock::measure(),
-    );
+    )
+    .with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
 
     let mut window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS);
     let mut child = match &until {
         Until::Child(command) => {
-            let mut gated = spawn_gated(command)?;
-            let pid = gated.child.id().context("the command exited before it started")?;
-            probes.add_pid(pid)?;
-            if let Some(gate) = gated.gate.take() {
-                open_gate(gate);
-            }
-            tracing::info!(pid, command = %command.join(" "), "tracing command");
+            let gated = spawn_gated(command, &mut probes).await?;
+            tracing::info!(pid = gated.pid, command = %command.join(" "), "tracing command");
             Some(gated)
         }
         Until::Signal => None,
@@ -230,11 +278,12 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             }
             status = async {
                 match child.as_mut() {
-                    Some(c) => c.child.wait().await,
+                    Some(c) => (&mut c.exit).await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
                     None => std::future::pending().await,
                 }
             } => {
-                let status = status.context("waiting for the command")?;
+                let status = status.context("running the command")?;
+                child = None;
                 exit_code = ExitCode::from(exit_code_of(status));
                 tracing::info!(%status, "command exited");
                 let end = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
@@ -251,13 +300,11 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     // Records already in the ring buffer belong to exchanges that happened: read them all.
     while drain(ring.get_mut(), &mut window, &mut pipeline, &sink) > 0 {}
     release(&mut window, u64::MAX, &mut pipeline, &sink);
-    if let Some(mut c) = child.take() {
+    if let Some(c) = child.take() {
         // A signal stopped us before the command ended: pass it on, then reap.
-        if let Some(pid) = c.child.id() {
-            // SAFETY: signalling the child we started, by its pid.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await {
+        // SAFETY: signalling the child we started (not yet reaped), by its pid.
+        unsafe { libc::kill(c.pid as i32, libc::SIGTERM) };
+        if let Ok(Ok(Ok(status))) = tokio::time::timeout(Duration::from_secs(5), c.exit).await {
             exit_code = ExitCode::from(exit_code_of(status));
         }
     }

@@ -85,6 +85,16 @@ impl Pipeline {
         }
     }
 
+    /// Adds Kubernetes pod metadata to process resources.
+    pub fn with_pods(mut self, pods: Option<crate::k8s::PodMetadata>) -> Self {
+        let resources = std::mem::replace(
+            &mut self.resources,
+            ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
+        );
+        self.resources = resources.with_pods(pods);
+        self
+    }
+
     pub fn stats(&self) -> PipelineStats {
         self.stats
     }

@@ -42,8 +42,9 @@ const PROTECTED_KEYS: [&str; 6] = [
 
 /// Resources by pid, read from `/proc` once per pid. Bounded: when full, the least recently used
 /// eighth of the entries is evicted (and counted).
-#[derive(Debug)]
 pub struct ResourceCache {
+    /// Pod metadata when running on a Kubernetes node.
+    pods: Option<crate::k8s::PodMetadata>,
     proc_root: PathBuf,
     host_name: String,
     capacity: usize,
@@ -56,6 +57,8 @@ pub struct ResourceCache {
 struct CacheEntry {
     resource: Arc<ProcessResource>,
     last_used: u64,
+    /// Pod cache generation at lookup when the pid was not found in it (retry after a change).
+    pod_miss_generation: Option<u64>,
 }
 
 impl ResourceCache {
@@ -67,6 +70,7 @@ impl ResourceCache {
     /// A cache holding at most `capacity` (at least 1) processes.
     pub fn with_capacity(proc_root: PathBuf, host_name: String, capacity: usize) -> Self {
         ResourceCache {
+            pods: None,
             proc_root,
             host_name,
             capacity: capacity.max(1),
@@ -77,19 +81,38 @@ impl ResourceCache {
     }
 
     /// The resource of `pid`, discovered on first use.
+    /// Adds Kubernetes pod attributes (and the pod's service.name rule) to every resource.
+    pub fn with_pods(mut self, pods: Option<crate::k8s::PodMetadata>) -> Self {
+        self.pods = pods;
+        self
+    }
+
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
         self.clock += 1;
+        let generation = self.pods.as_ref().map(|p| p.generation());
         if let Some(entry) = self.entries.get_mut(&pid) {
-            entry.last_used = self.clock;
-            return Arc::clone(&entry.resource);
+            let stale = entry.pod_miss_generation.is_some() && entry.pod_miss_generation != generation;
+            if !stale {
+                entry.last_used = self.clock;
+                return Arc::clone(&entry.resource);
+            }
         }
         if self.entries.len() >= self.capacity {
             self.evict_least_recent();
         }
-        let resource = Arc::new(discover(&self.proc_root, pid, &self.host_name));
+        let (mut resource, named_by_env) = discover_inner(&self.proc_root, pid, &self.host_name);
+        let mut pod_miss_generation = None;
+        if let Some(pods) = &self.pods {
+            match pods.attributes_for_pid(&self.proc_root, pid) {
+                Some(pod) => merge_pod(&mut resource, pod, named_by_env),
+                None => pod_miss_generation = generation,
+            }
+        }
+        let resource = Arc::new(resource);
         let entry = CacheEntry {
             resource: Arc::clone(&resource),
             last_used: self.clock,
+            pod_miss_generation,
         };
         self.entries.insert(pid, entry);
         resource
@@ -136,6 +159,27 @@ impl ResourceCache {
 
 /// Read the resource of `pid` under `proc_root`. Never fails: what cannot be read is left out.
 pub fn discover(proc_root: &Path, pid: u32, host_name: &str) -> ProcessResource {
+    discover_inner(proc_root, pid, host_name).0
+}
+
+/// Pod attributes join the resource; the pod's name hint (label, workload, container) replaces
+/// the executable-name fallback, never a name the process gave itself.
+fn merge_pod(resource: &mut ProcessResource, pod: crate::k8s::PodAttributes, named_by_env: bool) {
+    if !named_by_env && let Some(hint) = pod.service_name_hint {
+        resource.service_name = hint.clone();
+        if let Some((_, v)) = resource.attributes.iter_mut().find(|(k, _)| k == "service.name") {
+            *v = AttrValue::Str(hint);
+        }
+    }
+    for (key, value) in pod.attributes {
+        if !resource.attributes.iter().any(|(k, _)| *k == key) {
+            resource.attributes.push((key, value));
+        }
+    }
+}
+
+/// The resource, and whether its service.name came from the process's own environment.
+fn discover_inner(proc_root: &Path, pid: u32, host_name: &str) -> (ProcessResource, bool) {
     let dir = proc_root.join(pid.to_string());
     let environ = read_bounded(&dir.join("environ"), MAX_ENVIRON_BYTES)
         .map(|bytes| complete_entries(bytes, MAX_ENVIRON_BYTES));
@@ -163,6 +207,7 @@ pub fn discover(proc_root: &Path, pid: u32, host_name: &str) -> ProcessResource 
         .filter(|n| !n.is_empty())
         .map(str::to_string)
         .or_else(|| comm.clone());
+    let named_by_env = env.service_name.is_some() || env.attribute("service.name").is_some();
     let service_name = env
         .service_name
         .clone()
@@ -209,11 +254,14 @@ pub fn discover(proc_root: &Path, pid: u32, host_name: &str) -> ProcessResource 
             None => attributes.push((key, AttrValue::Str(value))),
         }
     }
-    ProcessResource {
-        pid,
-        service_name,
-        attributes,
-    }
+    (
+        ProcessResource {
+            pid,
+            service_name,
+            attributes,
+        },
+        named_by_env,
+    )
 }
 
 /// What the process's environment says about its resource.

@@ -86,6 +86,11 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub reorder_window_ms: u64,
 
+    /// Kubernetes node whose pods are watched for span metadata (default: $NODE_NAME, else the
+    /// host name). Metadata is on when KUBECONFIG is set or the agent runs in a pod.
+    #[arg(long, value_name = "NODE")]
+    pub k8s_node_name: Option<String>,
+
     /// Do not adopt connections opened before the agent started (no sniffing of unknown fds).
     #[arg(long)]
     pub no_sniff: bool,
