@@ -272,7 +272,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             _ = tick.tick() => {
                 pipeline.tick(monotonic_now_ns(), &mut &sink);
                 seconds += 1;
-                if seconds % summary_every == 0 {
+                if seconds.is_multiple_of(summary_every) {
                     reported = report_drops(&probes, &pipeline, &sink, reported);
                 }
             }

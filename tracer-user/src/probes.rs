@@ -69,14 +69,14 @@ pub enum ProbeError {
     #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
     Tracefs(io::Error),
     #[error("loading the eBPF object failed: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("eBPF program {name} ({category}:{tracepoint}) could not be loaded or attached: {source}")]
     Program {
         name: &'static str,
         category: &'static str,
         tracepoint: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
@@ -84,7 +84,7 @@ pub enum ProbeError {
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 }
 
@@ -220,7 +220,8 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .map_max_entries("CONNS", opts.max_connections)
-            .load(EBPF_OBJECT)?;
+            .load(EBPF_OBJECT)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
         let cfg = Config {
             agent_tgid: std::process::id(),
@@ -234,10 +235,10 @@ impl Probes {
         {
             let map = ebpf.map_mut("CONFIG").ok_or(ProbeError::MissingMap("CONFIG"))?;
             let mut config: Array<&mut MapData, Config> =
-                Array::try_from(map).map_err(|source| ProbeError::Map { name: "CONFIG", source })?;
+                Array::try_from(map).map_err(|source| ProbeError::Map { name: "CONFIG", source: Box::new(source) })?;
             config
                 .set(tracer_common::CONFIG_KEY, cfg, 0)
-                .map_err(|source| ProbeError::Map { name: "CONFIG", source })?;
+                .map_err(|source| ProbeError::Map { name: "CONFIG", source: Box::new(source) })?;
         }
         let mut probes = Probes { ebpf };
         for pid in &opts.pids {
@@ -246,15 +247,15 @@ impl Probes {
         {
             let map = probes.ebpf.map_mut("FILTER_PORTS").ok_or(ProbeError::MissingMap("FILTER_PORTS"))?;
             let mut ports: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map)
-                .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source })?;
+                .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source: Box::new(source) })?;
             for port in &opts.ports {
                 ports
                     .insert(port, 1, 0)
-                    .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source })?;
+                    .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source: Box::new(source) })?;
             }
         }
         for &(name, category, tracepoint) in TRACEPOINTS {
-            let err = |source| ProbeError::Program { name, category, tracepoint, source };
+            let err = |source| ProbeError::Program { name, category, tracepoint, source: Box::new(source) };
             let program = probes
                 .ebpf
                 .program_mut(name)
@@ -270,23 +271,23 @@ impl Probes {
     pub fn add_pid(&mut self, pid: u32) -> Result<(), ProbeError> {
         let map = self.ebpf.map_mut("FILTER_PIDS").ok_or(ProbeError::MissingMap("FILTER_PIDS"))?;
         let mut pids: HashMap<&mut MapData, u32, u8> =
-            HashMap::try_from(map).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source })?;
-        pids.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source })
+            HashMap::try_from(map).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source: Box::new(source) })?;
+        pids.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source: Box::new(source) })
     }
 
     /// Stops tracking an fd the kernel adopted by sniffing but that is not a socket.
     pub fn forget_connection(&mut self, pid: u32, fd: i32) {
-        if let Some(map) = self.ebpf.map_mut("CONNS") {
-            if let Ok(mut conns) = HashMap::<&mut MapData, u64, tracer_common::ConnState>::try_from(map) {
-                let _ = conns.remove(&conn_key(pid, fd as u32));
-            }
+        if let Some(map) = self.ebpf.map_mut("CONNS")
+            && let Ok(mut conns) = HashMap::<&mut MapData, u64, tracer_common::ConnState>::try_from(map)
+        {
+            let _ = conns.remove(&conn_key(pid, fd as u32));
         }
     }
 
     /// Takes the ring buffer for the reader task.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source: Box::new(source) })
     }
 
     /// Reads the kernel counters, summed over CPUs.

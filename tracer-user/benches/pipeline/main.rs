@@ -1,0 +1,138 @@
+//! Pipeline throughput without a kernel: recorded event streams -> spans per second on one core
+//! (decode + connections + HTTP framing + linking + span building), the same behind the agent's
+//! reorder window, and the same followed by OTLP protobuf encoding of every span.
+//!
+//! Throughput is reported in spans (one per exchange and traced side). Every stream is checked
+//! once before it is measured: it must yield exactly the spans it was built for.
+
+mod otlp;
+mod recorded;
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tracer::connections::TableLimits;
+use tracer::decode::decode;
+use tracer::model::{ExportItem, SpanKind};
+use tracer::pipeline::{Pipeline, PipelineOptions};
+use tracer::reorder::ReorderWindow;
+use tracer::spans::Clock;
+
+use recorded::{RecordedStream, StreamShape};
+
+/// Wall-clock minus monotonic offset of the recorded host (any fixed value will do).
+const CLOCK_OFFSET_NS: i128 = 1_700_000_000_000_000_000;
+/// The agent's default reorder window and bound.
+const REORDER_WINDOW_NS: u64 = 20_000_000;
+const REORDER_MAX_RECORDS: usize = 65_536;
+/// Records read per ring-buffer wake-up before the window is asked to release (the agent releases
+/// after each drained batch).
+const RECORDS_PER_RELEASE: usize = 256;
+
+fn options() -> PipelineOptions {
+    PipelineOptions {
+        limits: TableLimits::default(),
+        // No /proc for the recorded pids: resources fall back to what needs no lookup.
+        proc_root: PathBuf::from("/nonexistent-proc-for-bench"),
+        host_name: "bench-host".to_string(),
+        ports: Vec::new(),
+    }
+}
+
+/// Decodes every record and runs it through a fresh pipeline.
+fn run_pipeline(stream: &RecordedStream) -> Vec<ExportItem> {
+    let mut pipeline = Pipeline::new(options(), Clock::from_offset(CLOCK_OFFSET_NS));
+    let mut out = Vec::with_capacity(stream.shape.expected_spans() as usize);
+    for record in &stream.records {
+        if let Ok(event) = decode(record) {
+            pipeline.on_event(event, &mut out);
+        }
+    }
+    out
+}
+
+/// The agent's path: decode, hold in the reorder window, decode again on release, pipeline.
+fn run_agent_path(stream: &RecordedStream) -> Vec<ExportItem> {
+    let mut pipeline = Pipeline::new(options(), Clock::from_offset(CLOCK_OFFSET_NS));
+    let mut window = ReorderWindow::new(REORDER_WINDOW_NS, REORDER_MAX_RECORDS);
+    let mut out = Vec::with_capacity(stream.shape.expected_spans() as usize);
+    let mut process = |bytes: &[u8]| {
+        if let Ok(event) = decode(bytes) {
+            pipeline.on_event(event, &mut out);
+        }
+    };
+    let mut now = 0;
+    for batch in stream.records.chunks(RECORDS_PER_RELEASE) {
+        for record in batch {
+            if let Ok(event) = decode(record) {
+                now = now.max(event.header().ts_ns);
+                window.push(event.causal_ts(), record, &mut process);
+            }
+        }
+        window.release_ready(now, &mut process);
+    }
+    window.release_ready(u64::MAX, &mut process);
+    out
+}
+
+/// Fails the benchmark when a stream does not produce what it was built for.
+fn check(stream: &RecordedStream, spans: &[ExportItem], what: &str) {
+    let shape = stream.shape;
+    assert_eq!(
+        spans.len() as u64,
+        shape.expected_spans(),
+        "{what}: {shape:?} must yield one span per exchange and side"
+    );
+    let servers = spans.iter().filter(|i| i.span.kind == SpanKind::Server).count() as u64;
+    let per_side = u64::from(shape.connections) * u64::from(shape.requests_per_connection);
+    assert_eq!(servers, per_side, "{what}: SERVER spans");
+    if shape.client_side {
+        // Both ends on one host: every SERVER span is the child of its CLIENT span.
+        let linked = spans
+            .iter()
+            .filter(|i| i.span.kind == SpanKind::Server && i.span.parent_span_id.is_some())
+            .count() as u64;
+        assert_eq!(linked, per_side, "{what}: SERVER spans linked to their CLIENT span");
+    }
+}
+
+fn shapes() -> [(&'static str, StreamShape); 2] {
+    let base = StreamShape { connections: 64, requests_per_connection: 32, client_side: false };
+    [("server", base), ("client_server", StreamShape { client_side: true, ..base })]
+}
+
+fn pipeline_benches(c: &mut Criterion) {
+    for (name, shape) in shapes() {
+        let stream = recorded::record(shape);
+        check(&stream, &run_pipeline(&stream), "pipeline");
+        check(&stream, &run_agent_path(&stream), "agent path");
+        let spans = shape.expected_spans();
+
+        let mut group = c.benchmark_group("pipeline");
+        group.throughput(Throughput::Elements(spans));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, s| {
+            b.iter(|| black_box(run_pipeline(s)).len())
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group("reorder_pipeline");
+        group.throughput(Throughput::Elements(spans));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, s| {
+            b.iter(|| black_box(run_agent_path(s)).len())
+        });
+        group.finish();
+
+        let (_, encoded) = otlp::encode_all(&run_pipeline(&stream));
+        assert_eq!(encoded as u64, spans, "OTLP encoding covers every span");
+        let mut group = c.benchmark_group("pipeline_otlp");
+        group.throughput(Throughput::Elements(spans));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, s| {
+            b.iter(|| black_box(otlp::encode_all(&run_pipeline(s))))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, pipeline_benches);
+criterion_main!(benches);
