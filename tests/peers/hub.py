@@ -8,8 +8,9 @@
       `fanout id=ID backends=S1,S2,...` (the backends' statuses): the id the hub RECEIVED, so a
       test can check that no request got mixed with another. Anything else: 404.
 
-  hub.py drive --port P --requests N --threads T [--path /fanout] [--header 'Name: value']
-      Sends GET PATH?id=0 .. PATH?id=N-1 to 127.0.0.1:P from T threads at once, one connection
+  hub.py drive --port P --requests N --threads T [--first-id F] [--path /fanout]
+               [--header 'Name: value']
+      Sends GET PATH?id=F .. PATH?id=F+N-1 to 127.0.0.1:P from T threads at once, one connection
       per request, and prints one JSON object: {"pid", "results": [{"id", "status", "body"}]}.
       Exits 1 if any request failed or a body names another id.
 """
@@ -114,7 +115,7 @@ def drive(args):
         name, _, value = line.partition(":")
         headers[name.strip()] = value.strip()
     pending = queue.Queue()
-    for request_id in range(args.requests):
+    for request_id in range(args.first_id, args.first_id + args.requests):
         pending.put(str(request_id))
     results = []
     lock = threading.Lock()
@@ -154,6 +155,7 @@ def main():
     drive_parser.add_argument("--port", type=int, required=True)
     drive_parser.add_argument("--requests", type=int, required=True)
     drive_parser.add_argument("--threads", type=int, default=1)
+    drive_parser.add_argument("--first-id", type=int, default=0)
     drive_parser.add_argument("--path", default="/fanout")
     drive_parser.add_argument("--header", action="append", default=[], help="'Name: value'")
     args = parser.parse_args()

@@ -610,7 +610,11 @@ mod tests {
 
         receiver.set(Behaviour::Discard);
         assert_eq!(post(&receiver, &body), Some((200, None)));
-        assert_eq!(receiver.spans().len(), 2, "discarded spans are only counted");
+        assert_eq!(
+            receiver.spans().len(),
+            2,
+            "discarded spans are only counted"
+        );
 
         let attempts = receiver.attempts();
         let statuses: Vec<u16> = attempts.iter().map(|a| a.status).collect();

@@ -3,6 +3,7 @@
 //! and port helpers, and span queries. Helpers panic with context: they serve tests.
 
 pub mod agent;
+pub mod faulty_receiver;
 mod grpc_receiver;
 mod http_receiver;
 pub mod nginx;

@@ -22,9 +22,24 @@ const BACKENDS: usize = 3;
 /// Spans of one request: the client's CLIENT span, the hub's SERVER span, and per backend the
 /// hub's CLIENT span and the backend's SERVER span.
 const SPANS_PER_REQUEST: usize = 2 + 2 * BACKENDS;
-/// Requests and client threads of the concurrent runs.
-const CONCURRENT_REQUESTS: u32 = 40;
-const CLIENT_THREADS: u32 = 8;
+/// The concurrent load: 40 requests from 8 client threads at once.
+const CONCURRENT_LOAD: LoadPhase = LoadPhase {
+    requests: 40,
+    threads: 8,
+};
+/// The asyncio hub's load: everything overlapping, then partly, then one request at a time
+/// (where the one open request on the loop's thread is unambiguous).
+const ASYNCIO_LOAD: [LoadPhase; 3] = [
+    CONCURRENT_LOAD,
+    LoadPhase {
+        requests: 20,
+        threads: 2,
+    },
+    LoadPhase {
+        requests: 10,
+        threads: 1,
+    },
+];
 /// How long one `hub.py drive` run may take.
 const DRIVE_TIMEOUT: Duration = Duration::from_secs(180);
 /// What the slow Python backend sleeps per call, so that hub requests overlap under load.
@@ -32,6 +47,13 @@ const SLOW_BACKEND_MS: u32 = 20;
 
 const HUB_SERVICE: &str = "linking-hub";
 const CLIENT_SERVICE: &str = "linking-client";
+
+/// `requests` requests sent from `threads` client threads at once.
+#[derive(Clone, Copy, Debug)]
+struct LoadPhase {
+    requests: u32,
+    threads: u32,
+}
 
 /// Which hub serves `/fanout`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,17 +139,18 @@ impl Topology {
     }
 }
 
-/// Runs `hub.py drive`: `requests` GETs `/fanout?id=0..` from `threads` threads at once, one
-/// connection each; panics unless every request got 200 with a body naming its own id. Returns
-/// the client's pid.
-fn drive(topology: &Topology, requests: u32, threads: u32) -> u32 {
+/// Runs `hub.py drive`: `load.requests` GETs `/fanout?id=first_id..` from `load.threads` threads
+/// at once, one connection each; panics unless every request got 200 with a body naming its own
+/// id. Returns the client's pid.
+fn drive(topology: &Topology, first_id: u32, load: LoadPhase) -> u32 {
     let mut command = Command::new(python());
     command
         .arg(peer_script("hub.py"))
         .arg("drive")
         .args(["--port", &topology.hub_port.to_string()])
-        .args(["--requests", &requests.to_string()])
-        .args(["--threads", &threads.to_string()])
+        .args(["--first-id", &first_id.to_string()])
+        .args(["--requests", &load.requests.to_string()])
+        .args(["--threads", &load.threads.to_string()])
         .env("OTEL_SERVICE_NAME", CLIENT_SERVICE);
     let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
     let report = child
@@ -318,55 +341,102 @@ fn dangling_parents(spans: &[ObservedSpan]) -> Vec<&ObservedSpan> {
 }
 
 /// Waits until `count` spans arrived (or `SPAN_TIMEOUT` passed: the checks then say what is
-/// missing), stops the agent and returns every span.
-fn collect_spans(session: &mut TracedSession, count: usize) -> Vec<ObservedSpan> {
+/// missing), stops the agent, asserts it exited 0, and returns every span and its stderr.
+fn collect_spans_and_log(session: &mut TracedSession, count: usize) -> (Vec<ObservedSpan>, String) {
     let _ = session
         .receiver
         .wait_for(SPAN_TIMEOUT, |spans| spans.len() >= count);
     // Anything late or duplicated would arrive within a few export intervals.
     std::thread::sleep(Duration::from_millis(600));
-    session.finish()
+    let exit = session.stop_agent();
+    exit.assert_success();
+    (session.receiver.spans(), exit.stderr)
 }
 
-/// Runs the concurrent load through `kind` hub and returns the spans and the topology's ports.
-fn concurrent_run(kind: HubKind) -> (Vec<ObservedSpan>, u16, [u16; BACKENDS]) {
+fn collect_spans(session: &mut TracedSession, count: usize) -> Vec<ObservedSpan> {
+    collect_spans_and_log(session, count).0
+}
+
+/// The spans of a load run and what they should cover.
+struct LoadRun {
+    spans: Vec<ObservedSpan>,
+    /// Requests sent (ids 0..requests).
+    requests: u32,
+    hub_port: u16,
+    backend_ports: [u16; BACKENDS],
+    /// The agent's stderr, for failure messages.
+    agent_log: String,
+}
+
+/// Sends each load phase in turn through a `kind` hub (request ids consecutive across phases)
+/// and returns every span of the run.
+fn load_run(kind: HubKind, phases: &[LoadPhase]) -> LoadRun {
     let topology = Topology::start(kind);
     let mut session = TracedSession::start(OtlpProtocol::Grpc, &topology.ports());
-    drive(&topology, CONCURRENT_REQUESTS, CLIENT_THREADS);
-    let expected = CONCURRENT_REQUESTS as usize * SPANS_PER_REQUEST;
-    let spans = collect_spans(&mut session, expected);
-    (spans, topology.hub_port, topology.backend_ports())
+    let mut requests = 0;
+    for phase in phases {
+        drive(&topology, requests, *phase);
+        requests += phase.requests;
+    }
+    let (spans, agent_log) =
+        collect_spans_and_log(&mut session, requests as usize * SPANS_PER_REQUEST);
+    LoadRun {
+        spans,
+        agent_log,
+        requests,
+        hub_port: topology.hub_port,
+        backend_ports: topology.backend_ports(),
+    }
 }
 
-/// Asserts every span of the run belongs to one of the driven requests and none is missing or
-/// duplicated per (kind, port).
+/// Asserts every span of the run belongs to one of its requests and that each request has
+/// exactly one span per (kind, port): nothing missing, nothing duplicated.
 #[track_caller]
-fn assert_all_spans_present(spans: &[ObservedSpan], hub_port: u16, backend_ports: [u16; BACKENDS]) {
-    let grouped = group_by_request(spans);
+fn assert_all_spans_present(run: &LoadRun) {
+    let grouped = group_by_request(&run.spans);
     assert!(
         grouped.without_id.is_empty(),
         "spans without a request id:\n{}",
         describe(grouped.without_id.iter().copied())
     );
-    let ids: Vec<u32> = grouped.by_id.keys().copied().collect();
-    assert_eq!(
-        ids,
-        (0..CONCURRENT_REQUESTS).collect::<Vec<_>>(),
-        "request ids seen in spans"
-    );
-    let expect_one = |port: u16, kind: ObservedKind| {
-        let per_port = spans
-            .iter()
-            .filter(|s| s.kind == kind && s.attr_int("server.port") == Some(i64::from(port)))
-            .count();
-        assert_eq!(
-            per_port, CONCURRENT_REQUESTS as usize,
-            "{kind:?} spans with server.port {port} (one per request)"
+    let mut problems = Vec::new();
+    for id in 0..run.requests {
+        let of_request = grouped.by_id.get(&id).map_or(&[][..], Vec::as_slice);
+        for port in std::iter::once(run.hub_port).chain(run.backend_ports) {
+            for kind in [ObservedKind::Client, ObservedKind::Server] {
+                let found = of_kind_on_port(of_request, kind, port).len();
+                if found != 1 {
+                    problems.push(format!(
+                        "request {id}: {found} {kind:?} spans on port {port}"
+                    ));
+                }
+            }
+        }
+    }
+    let unknown: Vec<u32> = grouped
+        .by_id
+        .keys()
+        .copied()
+        .filter(|id| *id >= run.requests)
+        .collect();
+    if !problems.is_empty() || !unknown.is_empty() {
+        panic!(
+            "{} of {} spans received; expected one span per request, kind and port:\n  {}\n\
+             spans of unknown requests: {unknown:?}\n--- agent stderr ---\n{}",
+            run.spans.len(),
+            run.requests as usize * SPANS_PER_REQUEST,
+            problems.join("\n  "),
+            run.agent_log
         );
-    };
-    for port in std::iter::once(hub_port).chain(backend_ports) {
-        expect_one(port, ObservedKind::Client);
-        expect_one(port, ObservedKind::Server);
+    }
+}
+
+/// Share in percent.
+fn percent(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
     }
 }
 
@@ -428,85 +498,103 @@ fn one_request_through_the_thread_hub_is_one_connected_trace() {
 
 #[test]
 fn concurrent_requests_through_the_thread_hub_are_each_one_complete_trace() {
-    let (spans, hub_port, backend_ports) = concurrent_run(HubKind::Threads);
-    let grouped = group_by_request(&spans);
-    let defects: BTreeMap<u32, String> = grouped
-        .by_id
-        .iter()
-        .filter_map(|(id, of_request)| {
-            check_chain(of_request, hub_port, backend_ports)
+    let run = load_run(HubKind::Threads, &[CONCURRENT_LOAD]);
+    let spans = &run.spans;
+    let grouped = group_by_request(spans);
+    let defects: BTreeMap<u32, String> = (0..run.requests)
+        .filter_map(|id| {
+            let of_request = grouped.by_id.get(&id).map_or(&[][..], Vec::as_slice);
+            check_chain(of_request, run.hub_port, run.backend_ports)
                 .err()
-                .map(|defect| (*id, defect))
+                .map(|defect| (id, defect))
         })
         .collect();
-    let complete = (0..CONCURRENT_REQUESTS)
-        .filter(|id| grouped.by_id.contains_key(id) && !defects.contains_key(id))
-        .count();
+    let complete = run.requests as usize - defects.len();
     println!(
-        "thread hub: {complete}/{CONCURRENT_REQUESTS} requests are one complete trace ({:.1}%)",
-        100.0 * complete as f64 / f64::from(CONCURRENT_REQUESTS)
+        "thread hub, {CONCURRENT_LOAD:?}: {complete}/{} requests are one complete trace ({:.1}%)",
+        run.requests,
+        percent(complete, run.requests as usize)
     );
 
-    let mixed = mixed_traces(&spans);
+    let mixed = mixed_traces(spans);
     assert!(
         mixed.is_empty(),
         "traces mixing requests (trace -> request ids): {mixed:?}\n{}",
-        describe(&spans)
+        describe(spans)
     );
-    assert_all_spans_present(&spans, hub_port, backend_ports);
-    if !defects.is_empty() {
-        let first = defects.keys().next().copied().unwrap_or_default();
+    assert_all_spans_present(&run);
+    if let Some(first) = defects.keys().next() {
         panic!(
-            "{complete}/{CONCURRENT_REQUESTS} complete traces; defects per request id: {defects:#?}\n\
+            "{complete}/{} complete traces; defects per request id: {defects:#?}\n\
              spans of request {first}:\n{}",
-            describe(grouped.by_id.get(&first).into_iter().flatten().copied())
+            run.requests,
+            describe(grouped.by_id.get(first).into_iter().flatten().copied())
         );
     }
-    // Every request is exactly one trace of its own.
     let traces: BTreeSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
-    assert_eq!(
-        traces.len(),
-        CONCURRENT_REQUESTS as usize,
-        "one trace per request"
-    );
+    assert_eq!(traces.len(), run.requests as usize, "one trace per request");
 }
 
 #[test]
 fn concurrent_requests_through_the_asyncio_hub_never_link_two_requests() {
-    let (spans, hub_port, backend_ports) = concurrent_run(HubKind::Asyncio);
-    assert_all_spans_present(&spans, hub_port, backend_ports);
+    let run = load_run(HubKind::Asyncio, &ASYNCIO_LOAD);
+    let spans = &run.spans;
+    assert_all_spans_present(&run);
 
-    let wrong = wrong_links(&spans);
-    let dangling = dangling_parents(&spans);
-    let mixed = mixed_traces(&spans);
-    let hub_calls: Vec<&ObservedSpan> = spans
-        .iter()
-        .filter(|s| {
-            s.kind == ObservedKind::Client
-                && backend_ports
-                    .iter()
-                    .any(|p| s.attr_int("server.port") == Some(i64::from(*p)))
-        })
-        .collect();
-    let linked_calls = hub_calls
-        .iter()
-        .filter(|s| s.parent_span_id.is_some())
-        .count();
-    let linked_spans = spans.iter().filter(|s| s.parent_span_id.is_some()).count();
-    let grouped = group_by_request(&spans);
-    let complete = grouped
-        .by_id
-        .values()
-        .filter(|of_request| check_chain(of_request, hub_port, backend_ports).is_ok())
-        .count();
-    println!(
-        "asyncio hub: {linked_calls}/{} hub CLIENT spans linked to their SERVER span; \
-         {linked_spans}/{} spans with a parent; {complete}/{CONCURRENT_REQUESTS} complete traces; \
-         {} wrong links",
-        hub_calls.len(),
-        spans.len(),
-        wrong.len()
-    );
+    let wrong = wrong_links(spans);
+    let dangling = dangling_parents(spans);
+    let mixed = mixed_traces(spans);
+    let grouped = group_by_request(spans);
+    let mut first_id = 0;
+    for phase in ASYNCIO_LOAD {
+        let ids = first_id..first_id + phase.requests;
+        first_id = ids.end;
+        let of_phase: Vec<&ObservedSpan> = ids
+            .clone()
+            .filter_map(|id| grouped.by_id.get(&id))
+            .flatten()
+            .copied()
+            .collect();
+        let hub_calls: Vec<&ObservedSpan> = run
+            .backend_ports
+            .iter()
+            .flat_map(|port| of_kind_on_port(&of_phase, ObservedKind::Client, *port))
+            .collect();
+        let linked_calls = hub_calls
+            .iter()
+            .filter(|s| s.parent_span_id.is_some())
+            .count();
+        let linked_spans = of_phase
+            .iter()
+            .filter(|s| s.parent_span_id.is_some())
+            .count();
+        let complete = ids
+            .clone()
+            .filter(|id| {
+                grouped.by_id.get(id).is_some_and(|of_request| {
+                    check_chain(of_request, run.hub_port, run.backend_ports).is_ok()
+                })
+            })
+            .count();
+        println!(
+            "asyncio hub, {phase:?}: {linked_calls}/{} hub CLIENT spans linked ({:.1}%), \
+             {linked_spans}/{} spans with a parent ({:.1}%), {complete}/{} complete traces",
+            hub_calls.len(),
+            percent(linked_calls, hub_calls.len()),
+            of_phase.len(),
+            percent(linked_spans, of_phase.len()),
+            phase.requests,
+        );
+        if phase.threads == 1 {
+            // One request at a time: the loop's thread serves exactly one open request whenever
+            // it calls a backend, so every call is linked.
+            assert_eq!(
+                complete, phase.requests as usize,
+                "sequential requests through the event loop are complete traces"
+            );
+        }
+    }
+    println!("asyncio hub: {} wrong links", wrong.len());
 
     let wrong_report: Vec<String> = wrong
         .iter()
@@ -530,39 +618,46 @@ fn concurrent_requests_through_the_asyncio_hub_never_link_two_requests() {
         describe(dangling.iter().copied())
     );
     assert!(mixed.is_empty(), "traces mixing requests: {mixed:?}");
-    // The links that need no thread guess are always there: client → hub SERVER and hub CLIENT
-    // → backend SERVER are connection pairs.
+    // The links that need no thread guess are always there: client -> hub SERVER and hub CLIENT
+    // -> backend SERVER are connection pairs.
     for (id, of_request) in &grouped.by_id {
-        let hub_server = exactly_one(
-            of_kind_on_port(of_request, ObservedKind::Server, hub_port),
-            "hub SERVER spans",
-        );
-        let root = exactly_one(
-            of_kind_on_port(of_request, ObservedKind::Client, hub_port),
-            "client CLIENT spans",
-        );
-        let paired = match (hub_server, root) {
-            (Ok(server), Ok(root)) => child_of(server, root, "hub SERVER span"),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        let backends_paired = backend_ports.iter().try_for_each(|port| {
-            let call = exactly_one(
-                of_kind_on_port(of_request, ObservedKind::Client, *port),
-                "hub CLIENT spans",
-            )?;
-            let served = exactly_one(
-                of_kind_on_port(of_request, ObservedKind::Server, *port),
-                "backend SERVER spans",
-            )?;
-            child_of(served, call, &format!("SERVER span on backend {port}"))
-        });
-        if let Err(defect) = paired.and(backends_paired) {
+        if let Err(defect) = check_pairs(of_request, run.hub_port, run.backend_ports) {
             panic!(
                 "request {id}: connection pair missing: {defect}\n{}",
                 describe(of_request.iter().copied())
             );
         }
     }
+}
+
+/// The connection-pair links of one request: hub SERVER under the client's CLIENT span, each
+/// backend SERVER under the hub's CLIENT span to it.
+fn check_pairs(
+    spans: &[&ObservedSpan],
+    hub_port: u16,
+    backend_ports: [u16; BACKENDS],
+) -> Result<(), String> {
+    let root = exactly_one(
+        of_kind_on_port(spans, ObservedKind::Client, hub_port),
+        "client CLIENT spans",
+    )?;
+    let hub_server = exactly_one(
+        of_kind_on_port(spans, ObservedKind::Server, hub_port),
+        "hub SERVER spans",
+    )?;
+    child_of(hub_server, root, "hub SERVER span")?;
+    for port in backend_ports {
+        let call = exactly_one(
+            of_kind_on_port(spans, ObservedKind::Client, port),
+            "hub CLIENT spans",
+        )?;
+        let served = exactly_one(
+            of_kind_on_port(spans, ObservedKind::Server, port),
+            "backend SERVER spans",
+        )?;
+        child_of(served, call, &format!("SERVER span on backend {port}"))?;
+    }
+    Ok(())
 }
 
 #[test]
@@ -624,4 +719,164 @@ fn traceparent_from_an_instrumented_client_wins_over_the_connection_pair() {
         "every span continues the client's trace:\n{}",
         describe(&spans)
     );
+}
+
+/// The checks above on hand-made spans: they catch what they claim to catch.
+mod checks {
+    use super::*;
+    use tracer_tests::{AttrValue, ObservedStatus};
+
+    const HUB: u16 = 8000;
+    const BACKEND_PORTS: [u16; BACKENDS] = [9001, 9002, 9003];
+
+    fn span(
+        kind: ObservedKind,
+        id: u32,
+        port: u16,
+        name: &str,
+        parent: Option<&str>,
+    ) -> ObservedSpan {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("server.port".to_owned(), AttrValue::from(port));
+        match kind {
+            ObservedKind::Server => attributes.insert(
+                "url.query".to_owned(),
+                AttrValue::from(format!("ms=5&id={id}")),
+            ),
+            _ => attributes.insert(
+                "url.full".to_owned(),
+                AttrValue::from(format!("http://127.0.0.1:{port}/x?id={id}")),
+            ),
+        };
+        ObservedSpan {
+            trace_id: format!("{id:032x}"),
+            span_id: name.to_owned(),
+            parent_span_id: parent.map(str::to_owned),
+            trace_state: None,
+            name: "GET".to_owned(),
+            kind,
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+            status: ObservedStatus::Unset,
+            status_description: String::new(),
+            attributes,
+            resource: BTreeMap::new(),
+        }
+    }
+
+    /// The complete chain of request `id`; span ids are `{id}-{role}`.
+    fn chain(id: u32) -> Vec<ObservedSpan> {
+        let name = |role: &str| format!("{id}-{role}");
+        let mut spans = vec![
+            span(ObservedKind::Client, id, HUB, &name("root"), None),
+            span(
+                ObservedKind::Server,
+                id,
+                HUB,
+                &name("hub"),
+                Some(&name("root")),
+            ),
+        ];
+        for port in BACKEND_PORTS {
+            let call = name(&format!("call{port}"));
+            spans.push(span(
+                ObservedKind::Client,
+                id,
+                port,
+                &call,
+                Some(&name("hub")),
+            ));
+            spans.push(span(
+                ObservedKind::Server,
+                id,
+                port,
+                &name(&format!("served{port}")),
+                Some(&call),
+            ));
+        }
+        spans
+    }
+
+    #[test]
+    fn complete_chains_pass_every_check() {
+        let spans: Vec<ObservedSpan> = chain(1).into_iter().chain(chain(2)).collect();
+        let grouped = group_by_request(&spans);
+        assert_eq!(grouped.by_id.len(), 2);
+        for of_request in grouped.by_id.values() {
+            assert_eq!(check_chain(of_request, HUB, BACKEND_PORTS), Ok(()));
+            assert_eq!(check_pairs(of_request, HUB, BACKEND_PORTS), Ok(()));
+        }
+        assert!(wrong_links(&spans).is_empty());
+        assert!(dangling_parents(&spans).is_empty());
+        assert!(mixed_traces(&spans).is_empty());
+    }
+
+    #[test]
+    fn a_link_to_another_request_is_caught() {
+        let mut spans: Vec<ObservedSpan> = chain(1).into_iter().chain(chain(2)).collect();
+        // Request 2's call to the first backend adopted request 1's hub SERVER span.
+        let stolen = spans
+            .iter_mut()
+            .find(|s| s.span_id == "2-call9001")
+            .map(|s| {
+                s.parent_span_id = Some("1-hub".to_owned());
+                s.trace_id = format!("{:032x}", 1);
+            });
+        assert!(stolen.is_some());
+        let wrong = wrong_links(&spans);
+        assert_eq!(wrong.len(), 1);
+        assert_eq!(
+            (wrong[0].0.span_id.as_str(), wrong[0].1.span_id.as_str()),
+            ("2-call9001", "1-hub")
+        );
+        let mixed = mixed_traces(&spans);
+        assert_eq!(
+            mixed.len(),
+            1,
+            "trace 1 now holds a span of request 2: {mixed:?}"
+        );
+        let grouped = group_by_request(&spans);
+        let defect = grouped
+            .by_id
+            .get(&2)
+            .map(|r| check_chain(r, HUB, BACKEND_PORTS));
+        assert!(
+            matches!(defect, Some(Err(ref d)) if d.starts_with("hub CLIENT span to 9001")),
+            "{defect:?}"
+        );
+    }
+
+    #[test]
+    fn missing_and_unlinked_spans_make_a_chain_incomplete() {
+        let mut spans = chain(3);
+        spans.retain(|s| s.span_id != "3-served9003");
+        let all: Vec<&ObservedSpan> = spans.iter().collect();
+        assert!(check_chain(&all, HUB, BACKEND_PORTS).is_err());
+
+        let mut spans = chain(4);
+        for s in spans.iter_mut().filter(|s| s.span_id == "4-call9002") {
+            s.parent_span_id = None;
+        }
+        let all: Vec<&ObservedSpan> = spans.iter().collect();
+        assert!(
+            check_chain(&all, HUB, BACKEND_PORTS).is_err(),
+            "an unlinked call"
+        );
+        assert_eq!(
+            check_pairs(&all, HUB, BACKEND_PORTS),
+            Ok(()),
+            "pairs need no thread link"
+        );
+        assert!(
+            wrong_links(&spans).is_empty(),
+            "a missing link is not a wrong one"
+        );
+
+        spans.retain(|s| s.span_id != "4-hub");
+        assert_eq!(
+            dangling_parents(&spans).len(),
+            2,
+            "the two linked calls lost their parent"
+        );
+    }
 }

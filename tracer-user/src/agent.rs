@@ -262,8 +262,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
                     guard.clear_ready();
                 }
                 release(&mut window, monotonic_now_ns(), &mut pipeline, &sink);
-                for (pid, fd) in pipeline.take_not_sockets() {
-                    probes.forget_connection(pid, fd);
+                for (pid, fd) in pipeline.take_ignored_fds() {
+                    probes.ignore_connection(pid, fd);
                 }
             }
             _ = sleep_until_mono(window.next_deadline()) => {
@@ -297,8 +297,15 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: flushing and exiting"); break; }
         }
     }
-    // Records already in the ring buffer belong to exchanges that happened: read them all.
-    while drain(ring.get_mut(), &mut window, &mut pipeline, &sink) > 0 {}
+    // Detach first so nothing new arrives, then read what the ring buffer already holds: those
+    // records belong to exchanges that happened. Bounded, in case of a misbehaving kernel.
+    let kernel = probes.counters();
+    drop(probes);
+    for _ in 0..64 {
+        if drain(ring.get_mut(), &mut window, &mut pipeline, &sink) == 0 {
+            break;
+        }
+    }
     release(&mut window, u64::MAX, &mut pipeline, &sink);
     if let Some(c) = child.take() {
         // A signal stopped us before the command ended: pass it on, then reap.
@@ -308,7 +315,6 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             exit_code = ExitCode::from(exit_code_of(status));
         }
     }
-    drop(probes);
     let final_stats = sink.shutdown(FLUSH_DEADLINE).await;
     let p = pipeline.stats();
     tracing::info!(
@@ -317,6 +323,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         dropped_queue_full = final_stats.spans_dropped_queue_full,
         dropped_export_failed = final_stats.spans_dropped_export_failed,
         dropped_shutdown = final_stats.spans_dropped_shutdown,
+        kernel_events = kernel.events_submitted,
+        kernel_lost = kernel.lost(),
         "tracer stopped"
     );
     Ok(exit_code)
@@ -331,8 +339,11 @@ fn drain(ring: &mut RingBuf<MapData>, window: &mut ReorderWindow, pipeline: &mut
         n += 1;
         match decode(&item) {
             Ok(event) => {
-                if let crate::decode::KernelEvent::ConnOpen { header, .. } = &event {
+                if let crate::decode::KernelEvent::ConnOpen { header, role, .. } = &event {
                     pipeline.prefetch_resource(header.tgid);
+                    if role.is_none() {
+                        pipeline.presolve_sniffed(header.conn_id, header.tgid, header.fd);
+                    }
                 }
                 window.push(event.causal_ts(), &item, &mut |bytes| process(bytes, pipeline, sink))
             }

@@ -2,6 +2,7 @@
 //! spans (with parent context and process resource) -> a span output. Fed by the ring-buffer
 //! reader in the agent and by recorded event streams in tests and benchmarks.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use crate::connections::{ConnectionTable, TableLimits, TableStats};
@@ -42,6 +43,8 @@ pub struct PipelineStats {
     pub exchanges_without_role: u64,
     /// Sniffed fds that turned out not to be sockets.
     pub sniffed_not_socket: u64,
+    /// Sniffed connections outside the port filter.
+    pub sniffed_filtered_out: u64,
     /// Data or close records for connections the table did not know (after eviction or expiry).
     pub records_unknown_connection: u64,
 }
@@ -66,10 +69,19 @@ pub struct Pipeline {
     opts: PipelineOptions,
     stats: PipelineStats,
     scratch: Vec<(ConnMeta, Option<Role>, Exchange)>,
-    /// (pid, fd) adopted by the kernel that are not sockets: the agent removes them from the
-    /// kernel table.
+    /// (pid, fd) adopted by the kernel that must not be followed (not sockets, or outside the
+    /// port filter): the agent marks them ignored in the kernel table.
     not_sockets: Vec<(u32, i32)>,
+    /// Connections dropped as not-sockets or outside the port filter: their records still in
+    /// flight are ignored instead of re-opening them.
+    ignored: HashSet<u64>,
+    /// /proc facts about sniffed connections, read when their record left the ring buffer
+    /// (before the reorder window: a short-lived process may be gone after it).
+    presolved: HashMap<u64, FdKind>,
 }
+
+/// Bound of the ignored and presolved sets (cleared when exceeded).
+const SNIFF_MEMORY: usize = 65_536;
 
 impl Pipeline {
     pub fn new(opts: PipelineOptions, clock: Clock) -> Self {
@@ -82,6 +94,8 @@ impl Pipeline {
             stats: PipelineStats::default(),
             scratch: Vec::new(),
             not_sockets: Vec::new(),
+            ignored: HashSet::new(),
+            presolved: HashMap::new(),
         }
     }
 
@@ -121,8 +135,27 @@ impl Pipeline {
         self.resources.get(pid);
     }
 
+    /// Reads /proc for a connection adopted by sniffing, now, while the process surely runs.
+    pub fn presolve_sniffed(&mut self, conn_id: u64, pid: u32, fd: i32) {
+        if self.presolved.len() >= SNIFF_MEMORY {
+            self.presolved.clear();
+        }
+        let kind = procnet::inspect_fd(&self.opts.proc_root, pid, fd);
+        self.presolved.insert(conn_id, kind);
+    }
+
+    fn ignore(&mut self, conn_id: u64, pid: u32, fd: i32) {
+        if self.ignored.len() >= SNIFF_MEMORY {
+            self.ignored.clear();
+        }
+        self.ignored.insert(conn_id);
+        self.not_sockets.push((pid, fd));
+        let mut dropped = Vec::new();
+        self.table.close(conn_id, 0, &mut dropped);
+    }
+
     /// Fds the kernel should stop following (drained by the agent).
-    pub fn take_not_sockets(&mut self) -> Vec<(u32, i32)> {
+    pub fn take_ignored_fds(&mut self) -> Vec<(u32, i32)> {
         std::mem::take(&mut self.not_sockets)
     }
 
@@ -140,6 +173,9 @@ impl Pipeline {
     /// Handles one kernel event.
     pub fn on_event(&mut self, event: KernelEvent<'_>, out: &mut impl SpanOutput) {
         self.stats.events += 1;
+        if self.ignored.contains(&event.header().conn_id) {
+            return;
+        }
         let mut done = std::mem::take(&mut self.scratch);
         match event {
             KernelEvent::ConnOpen { header, role, local, peer } => {
@@ -218,16 +254,27 @@ impl Pipeline {
             return;
         }
         conn.resolved = true;
-        match procnet::inspect_fd(&self.opts.proc_root, conn.meta.pid, conn.meta.fd) {
+        let (pid, fd) = (conn.meta.pid, conn.meta.fd);
+        let kind = match self.presolved.remove(&conn_id) {
+            Some(kind) => kind,
+            None => procnet::inspect_fd(&self.opts.proc_root, pid, fd),
+        };
+        tracing::trace!(conn_id, pid, fd, ?kind, "sniffed connection resolved");
+        match kind {
             FdKind::Socket { local, peer } => {
                 conn.meta.local = conn.meta.local.or(local);
                 conn.meta.peer = conn.meta.peer.or(peer);
+                let meta = conn.meta.clone();
+                if !self.port_allowed(&meta) {
+                    // Adopted by sniffing, so the kernel could not apply the port filter: stop
+                    // its records at the source.
+                    self.stats.sniffed_filtered_out += 1;
+                    self.ignore(conn_id, pid, fd);
+                }
             }
             FdKind::NotSocket => {
                 self.stats.sniffed_not_socket += 1;
-                self.not_sockets.push((conn.meta.pid, conn.meta.fd));
-                let mut ignored = Vec::new();
-                self.table.close(conn_id, 0, &mut ignored);
+                self.ignore(conn_id, pid, fd);
             }
             FdKind::Unknown => {}
         }

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tracer_common::{Config, MAX_CAPTURE, conn_key, counter};
+use tracer_common::{Config, ConnState, MAX_CAPTURE, conn_key, counter, role};
 
 /// The eBPF object built by `build.rs` (empty when the eBPF toolchain was missing at build time).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -275,12 +275,14 @@ impl Probes {
         pids.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source: Box::new(source) })
     }
 
-    /// Stops tracking an fd the kernel adopted by sniffing but that is not a socket.
-    pub fn forget_connection(&mut self, pid: u32, fd: i32) {
+    /// Stops following an fd the kernel adopted by sniffing (not a socket, or outside the port
+    /// filter): it stays in the table as IGNORED so sniffing does not adopt it again.
+    pub fn ignore_connection(&mut self, pid: u32, fd: i32) {
         if let Some(map) = self.ebpf.map_mut("CONNS")
-            && let Ok(mut conns) = HashMap::<&mut MapData, u64, tracer_common::ConnState>::try_from(map)
+            && let Ok(mut conns) = HashMap::<&mut MapData, u64, ConnState>::try_from(map)
         {
-            let _ = conns.remove(&conn_key(pid, fd as u32));
+            let ignored = ConnState { role: role::IGNORED, endpoints_sent: 1, ..Default::default() };
+            let _ = conns.insert(conn_key(pid, fd as u32), ignored, 0);
         }
     }
 

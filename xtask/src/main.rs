@@ -29,10 +29,13 @@ enum Task {
     /// Set up, build, then run every test (unit and end-to-end, as root against real probes),
     /// clippy with warnings denied, and the format check.
     Test(task::test::TestArgs),
-    /// Demonstration scenario (not yet implemented).
+    /// Build the agent, start an uninstrumented topology (curl → Python hub → two Python
+    /// backends and nginx), trace three requests and print one trace tree per request.
     Demo,
-    /// Overhead benchmark (not yet implemented).
-    Bench,
+    /// Benchmark the agent: overhead on nginx and Python under wrk (untraced, traced and bpftrace
+    /// rounds alternating), span completeness and drops at a paced load, the agent's CPU and
+    /// memory, and the kernel-free pipeline (criterion). Writes docs/BENCHMARKS.md and JSON.
+    Bench(task::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,8 +45,8 @@ fn main() -> ExitCode {
         Task::Build(args) => task::build::run(&args),
         Task::Run(args) => task::run::run(&args),
         Task::Test(args) => task::test::run(&args),
-        Task::Demo => task::placeholder::run("demo"),
-        Task::Bench => task::placeholder::run("bench"),
+        Task::Demo => task::demo::run(),
+        Task::Bench(args) => task::bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

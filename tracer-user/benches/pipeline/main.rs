@@ -84,7 +84,10 @@ fn check(stream: &RecordedStream, spans: &[ExportItem], what: &str) {
         shape.expected_spans(),
         "{what}: {shape:?} must yield one span per exchange and side"
     );
-    let servers = spans.iter().filter(|i| i.span.kind == SpanKind::Server).count() as u64;
+    let servers = spans
+        .iter()
+        .filter(|i| i.span.kind == SpanKind::Server)
+        .count() as u64;
     let per_side = u64::from(shape.connections) * u64::from(shape.requests_per_connection);
     assert_eq!(servers, per_side, "{what}: SERVER spans");
     if shape.client_side {
@@ -93,13 +96,29 @@ fn check(stream: &RecordedStream, spans: &[ExportItem], what: &str) {
             .iter()
             .filter(|i| i.span.kind == SpanKind::Server && i.span.parent_span_id.is_some())
             .count() as u64;
-        assert_eq!(linked, per_side, "{what}: SERVER spans linked to their CLIENT span");
+        assert_eq!(
+            linked, per_side,
+            "{what}: SERVER spans linked to their CLIENT span"
+        );
     }
 }
 
 fn shapes() -> [(&'static str, StreamShape); 2] {
-    let base = StreamShape { connections: 64, requests_per_connection: 32, client_side: false };
-    [("server", base), ("client_server", StreamShape { client_side: true, ..base })]
+    let base = StreamShape {
+        connections: 64,
+        requests_per_connection: 32,
+        client_side: false,
+    };
+    [
+        ("server", base),
+        (
+            "client_server",
+            StreamShape {
+                client_side: true,
+                ..base
+            },
+        ),
+    ]
 }
 
 fn pipeline_benches(c: &mut Criterion) {

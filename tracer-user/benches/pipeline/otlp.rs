@@ -32,7 +32,11 @@ fn value_of(value: &AttrValue) -> Value {
 }
 
 fn span_data(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
-    let flags = if record.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+    let flags = if record.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
     let trace_state = record
         .trace_state
         .as_deref()
@@ -46,7 +50,9 @@ fn span_data(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
             false,
             trace_state,
         ),
-        parent_span_id: record.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
+        parent_span_id: record
+            .parent_span_id
+            .map_or(SpanId::INVALID, SpanId::from_bytes),
         parent_span_is_remote: record.parent_span_id.is_some() && record.kind == SpanKind::Server,
         span_kind: match record.kind {
             SpanKind::Server => opentelemetry::trace::SpanKind::Server,
@@ -76,13 +82,17 @@ fn otel_resource(resource: &ProcessResource) -> Resource {
         .attributes
         .iter()
         .map(|(key, value)| KeyValue::new(key.clone(), value_of(value)));
-    Resource::builder_empty().with_attributes(attributes).build()
+    Resource::builder_empty()
+        .with_attributes(attributes)
+        .build()
 }
 
 /// Encodes every span; returns the protobuf bytes produced (so the work cannot be optimised
 /// away) and the number of spans encoded.
 pub fn encode_all(items: &[ExportItem]) -> (usize, usize) {
-    let scope = InstrumentationScope::builder("tracer").with_version("bench").build();
+    let scope = InstrumentationScope::builder("tracer")
+        .with_version("bench")
+        .build();
     let mut bytes = 0;
     let mut spans = 0;
     for batch in items.chunks(MAX_BATCH) {

@@ -118,7 +118,11 @@ impl Side {
         let meta = DataEventHeader {
             header: self.header(kind::DATA, ts_ns),
             direction: dir,
-            syscall: if dir == direction::INGRESS { syscall::RECVFROM } else { syscall::WRITEV },
+            syscall: if dir == direction::INGRESS {
+                syscall::RECVFROM
+            } else {
+                syscall::WRITEV
+            },
             role: self.role,
             _pad: 0,
             true_len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
@@ -131,7 +135,9 @@ impl Side {
     }
 
     fn close(&self, ts_ns: u64) -> Vec<u8> {
-        bytes_of(&ConnCloseEvent { header: self.header(kind::CONN_CLOSE, ts_ns) })
+        bytes_of(&ConnCloseEvent {
+            header: self.header(kind::CONN_CLOSE, ts_ns),
+        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! One module per `cargo xtask` subcommand.
 
+pub mod bench;
 pub mod build;
+pub mod demo;
 pub mod placeholder;
 pub mod run;
 pub mod setup;

@@ -27,14 +27,21 @@ impl Spawned {
     pub fn start(name: &str, mut command: Command, dir: &Path) -> Result<Spawned> {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        let out = File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?;
-        let err = File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
+        let out =
+            File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?;
+        let err =
+            File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
         command.stdin(Stdio::null()).stdout(out).stderr(err);
         step::announce(&format!("bench: {name}"), &command);
         let child = command
             .spawn()
             .with_context(|| format!("starting {name}: `{}`", step::render(&command)))?;
-        Ok(Spawned { name: name.to_string(), child: Some(child), stdout, stderr })
+        Ok(Spawned {
+            name: name.to_string(),
+            child: Some(child),
+            stdout,
+            stderr,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -74,10 +81,18 @@ impl Spawned {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                bail!("{} exited ({status}) before printing `{needle}`\n{}", self.name, self.output());
+                bail!(
+                    "{} exited ({status}) before printing `{needle}`\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             if Instant::now() >= deadline {
-                bail!("{} did not print `{needle}` within {timeout:?}\n{}", self.name, self.output());
+                bail!(
+                    "{} did not print `{needle}` within {timeout:?}\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             sleep(POLL);
         }
@@ -99,14 +114,19 @@ impl Spawned {
             }
             sleep(POLL);
         }
-        eprintln!("bench: {} ignored SIGTERM for {timeout:?}; killing it", self.name);
+        eprintln!(
+            "bench: {} ignored SIGTERM for {timeout:?}; killing it",
+            self.name
+        );
         child.kill()?;
         Ok(child.wait()?)
     }
 
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

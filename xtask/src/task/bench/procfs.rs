@@ -20,7 +20,12 @@ pub fn clock_ticks_per_second() -> f64 {
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .filter(|t| *t > 0.0)
         .unwrap_or(100.0)
 }
@@ -60,7 +65,9 @@ pub fn sample(pid: u32, ticks_per_second: f64) -> Result<ProcSample> {
 
 /// Pids whose parent is `parent` (scanning /proc).
 pub fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
@@ -116,7 +123,13 @@ pub fn machine() -> Machine {
                 .map(|name| name.trim_matches('"').to_string())
         })
         .unwrap_or_default();
-    Machine { cpu_model, cpus, memory_gib, kernel, os }
+    Machine {
+        cpu_model,
+        cpus,
+        memory_gib,
+        kernel,
+        os,
+    }
 }
 
 #[cfg(test)]
@@ -134,7 +147,8 @@ mod tests {
 
     #[test]
     fn peak_rss_comes_from_vmhwm() {
-        let status = "Name:\ttracer\nVmPeak:\t  900000 kB\nVmHWM:\t   23456 kB\nVmRSS:\t 20000 kB\n";
+        let status =
+            "Name:\ttracer\nVmPeak:\t  900000 kB\nVmHWM:\t   23456 kB\nVmRSS:\t 20000 kB\n";
         assert_eq!(peak_rss_from_status(status), Some(23456));
         assert_eq!(peak_rss_from_status("Name:\tx\n"), None);
     }

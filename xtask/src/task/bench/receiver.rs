@@ -3,7 +3,7 @@
 //! (`ExportTraceServiceRequest.resource_spans[].scope_spans[].spans[].kind`) without generated
 //! code, so xtask needs no protobuf dependency and counting costs next to nothing.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,12 +27,6 @@ pub struct SpanCounts {
     pub other: u64,
 }
 
-impl SpanCounts {
-    pub fn total(&self) -> u64 {
-        self.server + self.client + self.other
-    }
-}
-
 /// Why a body could not be walked.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WireError {
@@ -44,7 +38,7 @@ pub enum WireError {
 enum Field<'a> {
     Varint(u32, u64),
     Bytes(u32, &'a [u8]),
-    Fixed(u32),
+    Fixed,
 }
 
 fn read_varint(buf: &[u8], at: &mut usize) -> Result<u64, WireError> {
@@ -71,12 +65,19 @@ fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, WireError> {
             0 => Field::Varint(number, read_varint(buf, &mut at)?),
             1 | 5 => {
                 let width = if key & 7 == 1 { 8 } else { 4 };
-                at = at.checked_add(width).filter(|end| *end <= buf.len()).ok_or(WireError::Truncated)?;
-                Field::Fixed(number)
+                at = at
+                    .checked_add(width)
+                    .filter(|end| *end <= buf.len())
+                    .ok_or(WireError::Truncated)?;
+                Field::Fixed
             }
             2 => {
-                let len = usize::try_from(read_varint(buf, &mut at)?).map_err(|_| WireError::Truncated)?;
-                let end = at.checked_add(len).filter(|end| *end <= buf.len()).ok_or(WireError::Truncated)?;
+                let len = usize::try_from(read_varint(buf, &mut at)?)
+                    .map_err(|_| WireError::Truncated)?;
+                let end = at
+                    .checked_add(len)
+                    .filter(|end| *end <= buf.len())
+                    .ok_or(WireError::Truncated)?;
                 let bytes = &buf[at..end];
                 at = end;
                 Field::Bytes(number, bytes)
@@ -151,7 +152,12 @@ impl CountingReceiver {
             let (counters, stop) = (Arc::clone(&counters), Arc::clone(&stop));
             std::thread::spawn(move || accept_loop(&listener, &counters, &stop))
         };
-        Ok(CountingReceiver { port, counters, stop, acceptor: Some(acceptor) })
+        Ok(CountingReceiver {
+            port,
+            counters,
+            stop,
+            acceptor: Some(acceptor),
+        })
     }
 
     /// The base URL to give as `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -169,7 +175,10 @@ impl CountingReceiver {
 
     /// Export requests answered, and requests refused (unparseable or too large).
     pub fn requests(&self) -> (u64, u64) {
-        (self.counters.requests.load(Ordering::Relaxed), self.counters.rejected.load(Ordering::Relaxed))
+        (
+            self.counters.requests.load(Ordering::Relaxed),
+            self.counters.rejected.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -203,7 +212,9 @@ fn serve(stream: TcpStream, counters: &Counters) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
-        let Some(head) = read_head(&mut reader)? else { return Ok(()) };
+        let Some(head) = read_head(&mut reader)? else {
+            return Ok(());
+        };
         let body = match read_body(&mut reader, &head)? {
             Some(body) => body,
             None => {
@@ -212,7 +223,9 @@ fn serve(stream: TcpStream, counters: &Counters) -> std::io::Result<()> {
                 return Ok(());
             }
         };
-        let gzip = head.header("content-encoding").is_some_and(|v| v.contains("gzip"));
+        let gzip = head
+            .header("content-encoding")
+            .is_some_and(|v| v.contains("gzip"));
         match (head.is_traces_post(), gzip, count_spans(&body)) {
             (true, false, Ok(counts)) => {
                 counters.server.fetch_add(counts.server, Ordering::Relaxed);
@@ -244,7 +257,10 @@ struct Head {
 
 impl Head {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn is_traces_post(&self) -> bool {
@@ -261,7 +277,11 @@ fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Head>> {
         let mut line = String::new();
         let n = reader.read_line(&mut line)?;
         if n == 0 {
-            return if lines.is_empty() { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
+            return if lines.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
         }
         total += n;
         if total > MAX_HEAD_BYTES {
@@ -279,20 +299,30 @@ fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Head>> {
     let request_line = lines.remove(0);
     let headers = lines
         .into_iter()
-        .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
         .collect();
-    Ok(Some(Head { request_line, headers }))
+    Ok(Some(Head {
+        request_line,
+        headers,
+    }))
 }
 
 /// Reads the body by Content-Length or chunked framing; `None` when it is too large.
 fn read_body(reader: &mut impl BufRead, head: &Head) -> std::io::Result<Option<Vec<u8>>> {
-    if head.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
         let mut body = Vec::new();
         loop {
             let mut size_line = String::new();
             reader.read_line(&mut size_line)?;
             let size_text = size_line.trim().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size_text, 16).map_err(|_| std::io::ErrorKind::InvalidData)?;
+            let size = usize::from_str_radix(size_text, 16)
+                .map_err(|_| std::io::ErrorKind::InvalidData)?;
             if body.len() + size > MAX_BODY_BYTES {
                 return Ok(None);
             }
@@ -306,7 +336,10 @@ fn read_body(reader: &mut impl BufRead, head: &Head) -> std::io::Result<Option<V
             }
         }
     }
-    let len: usize = head.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let len: usize = head
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     if len > MAX_BODY_BYTES {
         return Ok(None);
     }
@@ -360,11 +393,15 @@ mod tests {
         len_field(2, &scope_b, &mut resource_a);
         len_field(3, b"schema", &mut resource_a);
         let mut resource_b = Vec::new();
-        len_field(2, &{
-            let mut s = Vec::new();
-            len_field(2, &span(Some(KIND_CLIENT)), &mut s);
-            s
-        }, &mut resource_b);
+        len_field(
+            2,
+            &{
+                let mut s = Vec::new();
+                len_field(2, &span(Some(KIND_CLIENT)), &mut s);
+                s
+            },
+            &mut resource_b,
+        );
         let mut request = Vec::new();
         len_field(1, &resource_a, &mut request);
         len_field(1, &resource_b, &mut request);
@@ -374,7 +411,14 @@ mod tests {
     #[test]
     fn counts_spans_by_kind_across_resources_and_scopes() {
         let counts = count_spans(&request()).unwrap();
-        assert_eq!(counts, SpanCounts { server: 2, client: 2, other: 1 });
+        assert_eq!(
+            counts,
+            SpanCounts {
+                server: 2,
+                client: 2,
+                other: 1
+            }
+        );
         assert_eq!(count_spans(&[]).unwrap(), SpanCounts::default());
     }
 
@@ -384,14 +428,23 @@ mod tests {
         for cut in 1..body.len() {
             let _ = count_spans(&body[..cut]);
         }
-        assert_eq!(count_spans(&body[..body.len() - 1]), Err(WireError::Truncated));
+        assert_eq!(
+            count_spans(&body[..body.len() - 1]),
+            Err(WireError::Truncated)
+        );
         assert_eq!(count_spans(&[0x0b]), Err(WireError::UnsupportedWireType(3)));
     }
 
     #[test]
     fn serves_keep_alive_posts_and_counts_them() {
         let receiver = CountingReceiver::start().unwrap();
-        let port = receiver.endpoint().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        let port = receiver
+            .endpoint()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap();
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let body = request();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -412,7 +465,8 @@ mod tests {
             }
         }
         // Chunked framing too.
-        let mut chunked = b"POST /v1/traces HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut chunked =
+            b"POST /v1/traces HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let (a, b) = body.split_at(10);
         for part in [a, b] {
             chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
@@ -424,7 +478,14 @@ mod tests {
         let mut status = String::new();
         reader.read_line(&mut status).unwrap();
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        assert_eq!(receiver.counts(), SpanCounts { server: 6, client: 6, other: 3 });
+        assert_eq!(
+            receiver.counts(),
+            SpanCounts {
+                server: 6,
+                client: 6,
+                other: 3
+            }
+        );
         assert_eq!(receiver.requests(), (3, 0));
     }
 }
