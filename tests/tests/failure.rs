@@ -1926,3 +1926,25 @@ mod bpf_objects {
         }
     }
 }
+
+#[test]
+fn scratch_warmup() {
+    let port = free_port();
+    let _server = LoadServer::start(port, 8, false);
+    let mut agent = AgentConfig::new().ports(&[port]).json().env("TRACER_LOG", "tracer=debug").env("NO_COLOR", "1").start();
+    for i in 0..100 {
+        assert_eq!(get_once(port, &format!("/status/200?i={i}")).expect("warm-up request"), 200);
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    agent.assert_running();
+    let spans = agent.json_spans();
+    let mut srv = BTreeSet::new();
+    let mut cli = BTreeSet::new();
+    for s in &spans {
+        if s.kind == ObservedKind::Server { srv.insert(s.attr_str("url.query").unwrap_or("?").to_owned()); } else { cli.insert(s.attr_str("url.full").unwrap_or("?").split('?').nth(1).unwrap_or("").to_owned()); }
+    }
+    let all: BTreeSet<String> = (0..100).map(|i| format!("i={i}")).collect();
+    eprintln!("{} spans; server missing {:?}; client missing {:?}", spans.len(), all.difference(&srv).collect::<Vec<_>>(), all.difference(&cli).collect::<Vec<_>>());
+    let exit = agent.stop();
+    eprintln!("{}", exit.stderr);
+}

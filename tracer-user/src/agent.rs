@@ -21,6 +21,7 @@ use crate::connections::TableLimits;
 use crate::decode::decode;
 use crate::export::{self, OtlpConfig, OtlpOverrides, SinkConfig, SpanSink, TerminalOptions};
 use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::metrics::{AgentSnapshot, KernelSnapshot, MetricsState};
 use crate::reorder::ReorderWindow;
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::Clock;
@@ -202,6 +203,13 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         ring_buffer_bytes: ring_bytes,
         max_connections: args.max_connections.max(64),
     };
+    let metrics = MetricsState::new();
+    if let Some(addr) = args.metrics_addr {
+        let (bound, _server) = crate::metrics::serve(addr, metrics.clone())
+            .await
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    }
     let mut probes = Probes::load(&probe_opts)?;
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
@@ -245,6 +253,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         }
     );
 
+    metrics.set_ready(true);
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -271,6 +280,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             }
             _ = tick.tick() => {
                 pipeline.tick(monotonic_now_ns(), &mut &sink);
+                metrics.update(snapshot(&probes, &pipeline, &sink, &window));
                 seconds += 1;
                 if seconds.is_multiple_of(summary_every) {
                     reported = report_drops(&probes, &pipeline, &sink, reported);
@@ -300,6 +310,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     // Detach first so nothing new arrives, then read what the ring buffer already holds: those
     // records belong to exchanges that happened. Bounded, in case of a misbehaving kernel.
     let kernel = probes.counters();
+    metrics.set_ready(false);
     drop(probes);
     for _ in 0..64 {
         if drain(ring.get_mut(), &mut window, &mut pipeline, &sink) == 0 {
@@ -381,6 +392,62 @@ async fn sleep_until_mono(deadline_ns: Option<u64>) {
 
 /// Records the agent could not decode (a kernel/userspace ABI mismatch would show here).
 pub static DECODE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Everything the agent counts, for /metrics.
+fn snapshot(probes: &Probes, pipeline: &Pipeline, sink: &SpanSink, window: &ReorderWindow) -> AgentSnapshot {
+    let k = probes.counters();
+    let p = pipeline.stats();
+    let t = pipeline.table_stats();
+    let h = pipeline.http_stats();
+    let l = pipeline.linker_stats();
+    let e = sink.stats().snapshot();
+    let r = window.stats();
+    AgentSnapshot {
+        kernel: KernelSnapshot {
+            events_submitted: k.events_submitted,
+            ringbuf_full: k.ringbuf_full,
+            conn_table_full: k.conn_table_full,
+            args_table_full: k.args_table_full,
+            scratch_unavailable: k.scratch_unavailable,
+            bytes_captured: k.bytes_captured,
+            bytes_skipped: k.bytes_skipped,
+            read_user_failed: k.read_user_failed,
+            conns_sniffed: k.conns_sniffed,
+            filter_table_full: k.filter_table_full,
+        },
+        events_read: p.events,
+        decode_errors: DECODE_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
+        spans_built: p.spans,
+        exchanges_without_role: p.exchanges_without_role,
+        records_unknown_connection: p.records_unknown_connection,
+        connections_tracked: pipeline.connections() as u64,
+        connections_opened: t.opened + t.opened_late,
+        connections_closed: t.closed,
+        connections_evicted_full: t.evicted_full,
+        connections_expired_idle: t.expired_idle,
+        http_messages_parsed: h.messages_parsed,
+        http_bytes_skipped: h.bytes_skipped,
+        http_desyncs: h.desyncs,
+        http_heads_too_large: h.heads_too_large,
+        http_pending_overflow: h.pending_overflow,
+        spans_enqueued: e.spans_enqueued,
+        spans_exported: e.spans_exported,
+        spans_dropped_queue_full: e.spans_dropped_queue_full,
+        spans_dropped_export_failed: e.spans_dropped_export_failed,
+        spans_dropped_shutdown: e.spans_dropped_shutdown,
+        export_batches: e.export_batches,
+        export_batches_failed: e.export_batches_failed,
+        export_retries: e.export_retries,
+        last_export_latency_seconds: e.last_export_latency.as_secs_f64(),
+        links_by_header: l.by_header,
+        links_by_connection_pair: l.by_connection_pair,
+        links_by_same_thread: l.by_same_thread,
+        links_ambiguous_thread: l.ambiguous_thread,
+        root_spans: l.roots,
+        reorder_buffered: r.held,
+        reorder_forced_early: r.forced_early,
+    }
+}
 
 /// Drop totals last reported.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]

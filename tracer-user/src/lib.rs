@@ -13,6 +13,7 @@ pub mod export;
 pub mod http;
 pub mod k8s;
 pub mod linker;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod probes;

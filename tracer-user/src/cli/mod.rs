@@ -86,6 +86,11 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub reorder_window_ms: u64,
 
+    /// Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) on this address,
+    /// e.g. 127.0.0.1:9464. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Kubernetes node whose pods are watched for span metadata (default: $NODE_NAME, else the
     /// host name). Metadata is on when KUBECONFIG is set or the agent runs in a pod.
     #[arg(long, value_name = "NODE")]
