@@ -1930,8 +1930,8 @@ mod bpf_objects {
 #[test]
 fn scratch_warmup() {
     let port = free_port();
-    let _server = LoadServer::start(port, 8, false);
     let mut agent = AgentConfig::new().ports(&[port]).json().env("TRACER_LOG", "tracer=debug").env("NO_COLOR", "1").start();
+    let _server = LoadServer::start(port, 8, false);
     for i in 0..100 {
         assert_eq!(get_once(port, &format!("/status/200?i={i}")).expect("warm-up request"), 200);
     }

@@ -66,15 +66,18 @@ pub struct TraceArgs {
     pub otlp_headers: Option<String>,
 
     /// Payload bytes captured per syscall (max 16384). Headers beyond it are not seen.
-    #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, value_name = "BYTES")]
+    #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(64..=tracer_common::MAX_CAPTURE as i64))]
     pub capture_bytes: u32,
 
-    /// Kernel ring buffer size in MiB (a power of two).
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    /// Kernel ring buffer size in MiB (rounded up to a power of two).
+    #[arg(long, default_value_t = 16, value_name = "MIB",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub ring_buffer_mib: u32,
 
     /// Connections tracked at once (kernel and userspace tables).
-    #[arg(long, default_value_t = tracer_common::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    #[arg(long, default_value_t = tracer_common::DEFAULT_MAX_CONNECTIONS, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
     pub max_connections: u32,
 
     /// Seconds a request waits for its response before it is reported as timed out.
@@ -83,7 +86,8 @@ pub struct TraceArgs {
 
     /// Milliseconds records wait to be put in causal order across CPUs (links between a client
     /// and a server on this host need it); also the minimum delay before a span is emitted.
-    #[arg(long, default_value_t = 20, value_name = "MS")]
+    #[arg(long, default_value_t = 20, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub reorder_window_ms: u64,
 
     /// Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) on this address,

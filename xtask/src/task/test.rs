@@ -32,8 +32,14 @@ pub fn run(args: &TestArgs) -> Result<()> {
         ]);
     step::run("test", tests)?;
 
+    let mut manifests = std::process::Command::new("bash");
+    manifests.current_dir(&root).arg("k8s/validate.sh");
+    step::run("kubernetes manifests", manifests)?;
+
+    // Lint without rebuilding the eBPF object for the check profile (the test build above used
+    // the real one).
     let mut clippy = step::cargo();
-    clippy.current_dir(&root).args([
+    clippy.current_dir(&root).env("AYA_BUILD_SKIP", "1").args([
         "clippy",
         "--workspace",
         "--all-targets",
