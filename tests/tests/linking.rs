@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::time::Duration;
 
+use tracer_tests::nginx::parent_pid;
 use tracer_tests::peers::{PEER_START_TIMEOUT, peer_script, python};
 use tracer_tests::query::{client_spans, describe, server_spans, the_only};
 use tracer_tests::{
@@ -340,21 +341,91 @@ fn dangling_parents(spans: &[ObservedSpan]) -> Vec<&ObservedSpan> {
         .collect()
 }
 
-/// Waits until `count` spans arrived (or `SPAN_TIMEOUT` passed: the checks then say what is
-/// missing), stops the agent, asserts it exited 0, and returns every span and its stderr.
-fn collect_spans_and_log(session: &mut TracedSession, count: usize) -> (Vec<ObservedSpan>, String) {
-    let _ = session
-        .receiver
-        .wait_for(SPAN_TIMEOUT, |spans| spans.len() >= count);
+/// Which received spans come from processes this test started: a span of any other process
+/// passed the agent's port filter by mistake and is not this test's traffic.
+struct Ownership {
+    pids: BTreeSet<u32>,
+    nginx_master: u32,
+    /// Pids already classified (nginx workers are recognised by their parent).
+    known: HashMap<u32, bool>,
+}
+
+impl Ownership {
+    /// The topology's processes plus the `clients`.
+    fn new(topology: &Topology, clients: impl IntoIterator<Item = u32>) -> Ownership {
+        let pids = [
+            topology.hub.pid(),
+            topology.backend_a.pid(),
+            topology.backend_b.pid(),
+        ]
+        .into_iter()
+        .chain(clients)
+        .collect();
+        Ownership {
+            pids,
+            nginx_master: topology.nginx.master_pid(),
+            known: HashMap::new(),
+        }
+    }
+
+    fn owns(&mut self, span: &ObservedSpan) -> bool {
+        let Some(pid) = span
+            .resource_int("process.pid")
+            .and_then(|p| u32::try_from(p).ok())
+        else {
+            return false;
+        };
+        let (pids, nginx_master) = (&self.pids, self.nginx_master);
+        *self
+            .known
+            .entry(pid)
+            .or_insert_with(|| pids.contains(&pid) || parent_pid(pid) == Some(nginx_master))
+    }
+}
+
+/// What one agent run delivered.
+struct Collected {
+    /// Spans of processes this test started.
+    spans: Vec<ObservedSpan>,
+    /// Spans of other processes (reported, never asserted on).
+    foreign: Vec<ObservedSpan>,
+    /// The agent's stderr, for failure messages.
+    agent_log: String,
+}
+
+/// Waits until `count` spans of our processes arrived (or `SPAN_TIMEOUT` passed: the checks
+/// then say what is missing), stops the agent, asserts it exited 0, and splits what it sent
+/// into ours and foreign. Must run while the topology still runs (nginx workers are recognised
+/// through /proc).
+fn collect_spans(
+    session: &mut TracedSession,
+    count: usize,
+    ownership: &mut Ownership,
+) -> Collected {
+    let _ = session.receiver.wait_for(SPAN_TIMEOUT, |spans| {
+        spans.iter().filter(|s| ownership.owns(s)).count() >= count
+    });
     // Anything late or duplicated would arrive within a few export intervals.
     std::thread::sleep(Duration::from_millis(600));
     let exit = session.stop_agent();
     exit.assert_success();
-    (session.receiver.spans(), exit.stderr)
-}
-
-fn collect_spans(session: &mut TracedSession, count: usize) -> Vec<ObservedSpan> {
-    collect_spans_and_log(session, count).0
+    let (spans, foreign): (Vec<ObservedSpan>, Vec<ObservedSpan>) = session
+        .receiver
+        .spans()
+        .into_iter()
+        .partition(|s| ownership.owns(s));
+    if !foreign.is_empty() {
+        println!(
+            "ignoring {} span(s) of processes this test did not start:\n{}",
+            foreign.len(),
+            describe(&foreign)
+        );
+    }
+    Collected {
+        spans,
+        foreign,
+        agent_log: exit.stderr,
+    }
 }
 
 /// The spans of a load run and what they should cover.
@@ -364,6 +435,8 @@ struct LoadRun {
     requests: u32,
     hub_port: u16,
     backend_ports: [u16; BACKENDS],
+    /// Spans of processes this test did not start (a port-filter mistake of the agent).
+    foreign: usize,
     /// The agent's stderr, for failure messages.
     agent_log: String,
 }
@@ -374,15 +447,21 @@ fn load_run(kind: HubKind, phases: &[LoadPhase]) -> LoadRun {
     let topology = Topology::start(kind);
     let mut session = TracedSession::start(OtlpProtocol::Grpc, &topology.ports());
     let mut requests = 0;
+    let mut clients = Vec::new();
     for phase in phases {
-        drive(&topology, requests, *phase);
+        clients.push(drive(&topology, requests, *phase));
         requests += phase.requests;
     }
-    let (spans, agent_log) =
-        collect_spans_and_log(&mut session, requests as usize * SPANS_PER_REQUEST);
+    let mut ownership = Ownership::new(&topology, clients);
+    let collected = collect_spans(
+        &mut session,
+        requests as usize * SPANS_PER_REQUEST,
+        &mut ownership,
+    );
     LoadRun {
-        spans,
-        agent_log,
+        spans: collected.spans,
+        foreign: collected.foreign.len(),
+        agent_log: collected.agent_log,
         requests,
         hub_port: topology.hub_port,
         backend_ports: topology.backend_ports(),
@@ -421,10 +500,12 @@ fn assert_all_spans_present(run: &LoadRun) {
         .collect();
     if !problems.is_empty() || !unknown.is_empty() {
         panic!(
-            "{} of {} spans received; expected one span per request, kind and port:\n  {}\n\
-             spans of unknown requests: {unknown:?}\n--- agent stderr ---\n{}",
+            "{} of {} spans received from our processes (plus {} of other processes); expected \
+             one span per request, kind and port:\n  {}\nspans of unknown requests: {unknown:?}\n\
+             --- agent stderr ---\n{}",
             run.spans.len(),
             run.requests as usize * SPANS_PER_REQUEST,
+            run.foreign,
             problems.join("\n  "),
             run.agent_log
         );
@@ -446,7 +527,8 @@ fn one_request_through_the_thread_hub_is_one_connected_trace() {
     let mut session = TracedSession::start(OtlpProtocol::Grpc, &topology.ports());
     let run = curl(&[&topology.fanout_url(7)]);
     assert_eq!(run.status, 200, "{}", topology.report());
-    let spans = collect_spans(&mut session, SPANS_PER_REQUEST);
+    let mut ownership = Ownership::new(&topology, [run.pid]);
+    let spans = collect_spans(&mut session, SPANS_PER_REQUEST, &mut ownership).spans;
 
     let all: Vec<&ObservedSpan> = spans.iter().collect();
     if let Err(defect) = check_chain(&all, topology.hub_port, topology.backend_ports()) {
@@ -669,7 +751,8 @@ fn traceparent_from_an_instrumented_client_wins_over_the_connection_pair() {
     let header = format!("traceparent: 00-{TRACE_ID}-{PARENT_ID}-01");
     let run = curl(&["-H", &header, &topology.fanout_url(3)]);
     assert_eq!(run.status, 200, "{}", topology.report());
-    let spans = collect_spans(&mut session, SPANS_PER_REQUEST);
+    let mut ownership = Ownership::new(&topology, [run.pid]);
+    let spans = collect_spans(&mut session, SPANS_PER_REQUEST, &mut ownership).spans;
     assert_eq!(
         spans.len(),
         SPANS_PER_REQUEST,

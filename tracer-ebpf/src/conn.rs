@@ -147,7 +147,8 @@ pub fn track(tgid: u32, tid: u32, fd: i32, role_: u8, sk: u64, ep: &Endpoints) -
         sk,
         role: role_,
         endpoints_sent: u8::from(ep.local_port != 0 && ep.peer_port != 0),
-        _pad: [0; 6],
+        lost: 0,
+        _pad: [0; 5],
     };
     if CONNS.insert(&conn_key(tgid, fd as u32), &state, 0).is_err() {
         count(counter::CONN_TABLE_FULL, 1);
@@ -160,7 +161,14 @@ pub fn track(tgid: u32, tid: u32, fd: i32, role_: u8, sk: u64, ep: &Endpoints) -
 /// Remembers a connection the port filter excludes, so sniffing never adopts it.
 #[inline(always)]
 fn ignore(tgid: u32, fd: i32) {
-    let state = ConnState { conn_id: 0, sk: 0, role: role::IGNORED, endpoints_sent: 1, _pad: [0; 6] };
+    let state = ConnState {
+        conn_id: 0,
+        sk: 0,
+        role: role::IGNORED,
+        endpoints_sent: 1,
+        lost: 0,
+        _pad: [0; 5],
+    };
     if CONNS.insert(&conn_key(tgid, fd as u32), &state, 0).is_err() {
         count(counter::CONN_TABLE_FULL, 1);
     }
@@ -211,14 +219,28 @@ pub fn enter_accept(ctx: &TracePointContext) {
 }
 
 pub fn exit_accept(ctx: &TracePointContext) {
-    let Some(args) = take_args(ctx.pid_tgid_raw()) else { return };
-    if args.kind != ARG_ACCEPT {
-        return;
-    }
     let fd = sys_ret(ctx);
+    let args = take_args(ctx.pid_tgid_raw());
     if fd < 0 {
         return;
     }
+    let Some(args) = args.filter(|a| a.kind == ARG_ACCEPT) else {
+        // A thread already blocked in accept() when the probes attached: no saved arguments,
+        // so no peer address. Track it anyway; userspace reads the endpoints from /proc (and
+        // applies the port filter, which the kernel cannot here).
+        if pid_traced(ctx.tgid()) {
+            let ep = Endpoints {
+                family: 0,
+                local_port: 0,
+                peer_port: 0,
+                _pad: 0,
+                local_addr: [0; 16],
+                peer_addr: [0; 16],
+            };
+            track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
+        }
+        return;
+    };
     let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
     if family != AF_INET && family != AF_INET6 {
         return;

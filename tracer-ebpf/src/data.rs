@@ -5,8 +5,8 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user, programs::TracePointContext};
 use tracer_common::{
-    ConnState, DATA_HEADER_LEN, DataEventHeader, MAX_CAPTURE, MAX_IOVECS, conn_key, counter,
-    direction, kind, role, syscall,
+    ConnState, DATA_FLAG_LOSS_BEFORE, DATA_HEADER_LEN, DataEventHeader, MAX_CAPTURE, MAX_IOVECS,
+    conn_key, counter, direction, kind, role, syscall,
 };
 
 use crate::conn::{
@@ -262,12 +262,15 @@ fn emit(
         }
         let hdr = header(kind::DATA, ctx.tgid(), ctx.pid(), fd, conn.conn_id);
         let took = hdr.ts_ns.saturating_sub(enter_ns);
+        let key = conn_key(hdr.tgid, fd as u32);
+        let slot = CONNS.get_ptr_mut(&key);
+        let lost_before = slot.is_some_and(|s| (*s).lost != 0);
         (*ev).meta = DataEventHeader {
             header: hdr,
             direction: dir,
             syscall: sys,
             role: conn.role,
-            _pad: 0,
+            flags: if lost_before { DATA_FLAG_LOSS_BEFORE } else { 0 },
             true_len: if len > u32::MAX as u64 { u32::MAX } else { len as u32 },
             captured_len: n as u32,
             syscall_ns: if took > u32::MAX as u64 { u32::MAX } else { took as u32 },
@@ -276,13 +279,22 @@ fn emit(
         let record = core::slice::from_raw_parts(ev as *const u8, size);
         match EVENTS.output::<[u8]>(record, 0) {
             Ok(()) => {
+                if lost_before && let Some(s) = slot {
+                    (*s).lost = 0;
+                }
                 count(counter::EVENTS_SUBMITTED, 1);
                 count(counter::BYTES_CAPTURED, n);
                 if len > n {
                     count(counter::BYTES_SKIPPED, len - n);
                 }
             }
-            Err(_) => count(counter::RINGBUF_FULL, 1),
+            Err(_) => {
+                // The connection's stream now has a hole: its next record says so.
+                if let Some(s) = slot {
+                    (*s).lost = 1;
+                }
+                count(counter::RINGBUF_FULL, 1)
+            }
         }
     }
     n

@@ -350,9 +350,9 @@ fn drain(ring: &mut RingBuf<MapData>, window: &mut ReorderWindow, pipeline: &mut
         n += 1;
         match decode(&item) {
             Ok(event) => {
-                if let crate::decode::KernelEvent::ConnOpen { header, role, .. } = &event {
+                if let crate::decode::KernelEvent::ConnOpen { header, role, peer, .. } = &event {
                     pipeline.prefetch_resource(header.tgid);
-                    if role.is_none() {
+                    if crate::pipeline::needs_proc(*role, *peer) {
                         pipeline.presolve_sniffed(header.conn_id, header.tgid, header.fd);
                     }
                 }
@@ -419,6 +419,7 @@ fn snapshot(probes: &Probes, pipeline: &Pipeline, sink: &SpanSink, window: &Reor
         decode_errors: DECODE_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
         spans_built: p.spans,
         exchanges_without_role: p.exchanges_without_role,
+        exchanges_lost_to_drops: h.lost_to_drops,
         records_unknown_connection: p.records_unknown_connection,
         connections_tracked: pipeline.connections() as u64,
         connections_opened: t.opened + t.opened_late,

@@ -40,6 +40,8 @@ pub enum KernelEvent<'a> {
         true_len: u32,
         /// Syscall duration (enter to exit), saturating.
         syscall_ns: u32,
+        /// Records of this connection were lost before this one (kernel ring buffer full).
+        loss_before: bool,
         payload: &'a [u8],
     },
     ConnClose {
@@ -182,12 +184,13 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             let true_len = u32_at(record, b + 4);
             let captured = u32_at(record, b + 8) as usize;
             let syscall_ns = u32_at(record, b + 12);
+            let loss_before = record[b + 3] & tracer_common::DATA_FLAG_LOSS_BEFORE != 0;
             let carried = record.len() - DATA_HEADER_LEN;
             if captured > carried || captured > MAX_CAPTURE || captured as u64 > true_len as u64 {
                 return Err(DecodeError::BadCapturedLen { captured, carried });
             }
             let payload = &record[DATA_HEADER_LEN..DATA_HEADER_LEN + captured];
-            Ok(KernelEvent::Data { header, direction, role, true_len, syscall_ns, payload })
+            Ok(KernelEvent::Data { header, direction, role, true_len, syscall_ns, loss_before, payload })
         }
         _ => Ok(KernelEvent::ConnClose { header }),
     }
@@ -254,7 +257,7 @@ mod tests {
             direction: direction::EGRESS,
             syscall: 2,
             role: role::CLIENT,
-            _pad: 0,
+            flags: tracer_common::DATA_FLAG_LOSS_BEFORE,
             true_len: 100,
             captured_len: 4,
             syscall_ns: 0,
@@ -262,7 +265,8 @@ mod tests {
         let mut b = bytes_of(&meta);
         b.extend_from_slice(b"GET ");
         match decode(&b).unwrap() {
-            KernelEvent::Data { direction, role, true_len, payload, header, .. } => {
+            KernelEvent::Data { direction, role, true_len, payload, header, loss_before, .. } => {
+                assert!(loss_before);
                 assert_eq!(direction, Direction::Egress);
                 assert_eq!(role, Some(Role::Client));
                 assert_eq!(true_len, 100);

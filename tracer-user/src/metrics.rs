@@ -56,6 +56,8 @@ pub struct AgentSnapshot {
     pub decode_errors: u64,
     pub spans_built: u64,
     pub exchanges_without_role: u64,
+    /// Exchanges discarded because records of their connection were lost in the kernel.
+    pub exchanges_lost_to_drops: u64,
     pub records_unknown_connection: u64,
     /// Gauge: connections in the agent's table now.
     pub connections_tracked: u64,
@@ -427,10 +429,10 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
         Family::counter(
             "tracer_exchanges_dropped_total",
             "Request/response exchanges that did not become spans, by reason.",
-            vec![Sample::labelled(
-                &[("reason", "role_unknown")],
-                s.exchanges_without_role,
-            )],
+            vec![
+                Sample::labelled(&[("reason", "role_unknown")], s.exchanges_without_role),
+                Sample::labelled(&[("reason", "kernel_records_lost")], s.exchanges_lost_to_drops),
+            ],
         ),
         Family::counter(
             "tracer_spans_built_total",
@@ -937,6 +939,7 @@ mod tests {
             decode_errors: 202,
             spans_built: 203,
             exchanges_without_role: 204,
+            exchanges_lost_to_drops: 231,
             records_unknown_connection: 205,
             connections_tracked: 206,
             connections_opened: 207,
@@ -973,7 +976,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=110).chain(201..=230).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=110).chain(201..=231).map(|v| v as f64).collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(

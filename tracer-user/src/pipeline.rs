@@ -187,11 +187,11 @@ impl Pipeline {
                 // client may be gone by the time its span is built).
                 self.resources.get(header.tgid);
                 self.table.open(meta, header.ts_ns, false, &mut done);
-                if role.is_none() {
+                if needs_proc(role, peer) {
                     self.resolve_sniffed(header.conn_id);
                 }
             }
-            KernelEvent::Data { header, direction, role, true_len, payload, .. } => {
+            KernelEvent::Data { header, direction, role, true_len, payload, loss_before, .. } => {
                 self.stats.data_bytes += u64::from(true_len);
                 if self.table.get_mut(header.conn_id).is_none() {
                     self.stats.records_unknown_connection += 1;
@@ -206,6 +206,13 @@ impl Pipeline {
                         self.linker.response_started(header.conn_id);
                     }
                     let mut exchanges = Vec::new();
+                    if loss_before {
+                        // Never pair across a hole: drop what was pending (counted) and resync.
+                        for sequence in conn.http.on_loss(&mut exchanges) {
+                            self.linker.take(header.conn_id, sequence);
+                        }
+                        conn.linked_upto = conn.http.next_sequence();
+                    }
                     conn.http.on_record(direction, payload, true_len, header.tid, header.ts_ns, &mut exchanges);
                     if let Some(role) = conn.role() {
                         let mut next = conn.linked_upto;
@@ -324,4 +331,16 @@ fn identity_parts(id: SpanIdentity) -> (Option<TraceContext>, spans::SpanIds) {
         source: ContextSource::TraceParent,
     });
     (parent, ids)
+}
+
+/// Whether a new connection's endpoints must come from /proc: adopted by sniffing, or accepted by
+/// a thread that was already blocked in accept() when the probes attached (no peer address).
+/// A client whose non-blocking connect returned early gets its endpoints from the kernel with its
+/// first data record instead.
+pub fn needs_proc(role: Option<Role>, peer: Option<std::net::SocketAddr>) -> bool {
+    match role {
+        None => true,
+        Some(Role::Server) => peer.is_none(),
+        Some(Role::Client) => false,
+    }
 }

@@ -161,7 +161,8 @@ pub struct DataEventHeader {
     pub syscall: u8,
     /// One of `role::*`, as the kernel knows it.
     pub role: u8,
-    pub _pad: u8,
+    /// `DATA_FLAG_*` bits.
+    pub flags: u8,
     /// Bytes this record stands for in the stream (what the syscall transferred for this segment).
     pub true_len: u32,
     /// Bytes copied after this header (a prefix of the segment); `true_len - captured_len` is a gap.
@@ -196,8 +197,14 @@ pub struct ConnState {
     pub role: u8,
     /// Non-zero once userspace has been sent both endpoints of this connection.
     pub endpoints_sent: u8,
-    pub _pad: [u8; 6],
+    /// Non-zero when a record of this connection was lost since the last one sent.
+    pub lost: u8,
+    pub _pad: [u8; 5],
 }
+
+/// Data record flag: records of this connection were lost before this one (ring buffer full);
+/// userspace must not pair across the hole.
+pub const DATA_FLAG_LOSS_BEFORE: u8 = 1;
 
 /// Key of the connection table: process id in the high half, fd in the low half.
 #[inline(always)]

@@ -159,6 +159,30 @@ impl HttpConnection {
         self.egress_owner = BodyOwner::Nobody;
     }
 
+    /// Records of this connection were lost before the next one (the kernel's ring buffer was
+    /// full): whatever is pending could be paired with the wrong message across the hole, so it
+    /// is discarded (exchanges whose final response was complete are still handed out) and both
+    /// directions resynchronise on the next start line. Returns the sequence numbers discarded.
+    pub fn on_loss(&mut self, out: &mut Vec<Exchange>) -> Vec<u64> {
+        let mut discarded = Vec::new();
+        while let Some(entry) = self.pending.pop_front() {
+            match entry.response_end_ns {
+                Some(end_ns) if entry.request_complete => {
+                    self.emit(entry, ExchangeOutcome::Complete, end_ns, out)
+                }
+                _ => {
+                    self.stats.lost_to_drops += 1;
+                    discarded.push(entry.sequence);
+                }
+            }
+        }
+        self.ingress.reset();
+        self.egress.reset();
+        self.ingress_owner = BodyOwner::Nobody;
+        self.egress_owner = BodyOwner::Nobody;
+        discarded
+    }
+
     /// The role, if known or inferred.
     pub fn role(&self) -> Option<Role> {
         self.role
@@ -187,14 +211,17 @@ impl HttpConnection {
     /// Pending requests whose head has been parsed, with sequence >= `from`: what the linker
     /// needs to name a span before its exchange completes.
     pub fn pending_heads_from(&self, from: u64) -> impl Iterator<Item = RequestStart<'_>> {
-        self.pending.iter().filter(move |p| p.sequence >= from).filter_map(|p| {
-            p.request.as_ref().map(|request| RequestStart {
-                sequence: p.sequence,
-                start_ns: p.start_ns,
-                tid: p.request_tid,
-                request,
+        self.pending
+            .iter()
+            .filter(move |p| p.sequence >= from)
+            .filter_map(|p| {
+                p.request.as_ref().map(|request| RequestStart {
+                    sequence: p.sequence,
+                    start_ns: p.start_ns,
+                    tid: p.request_tid,
+                    request,
+                })
             })
-        })
     }
 
     /// Whether the connection left HTTP/1.x (upgrade, tunnel, HTTP/2): records are ignored.

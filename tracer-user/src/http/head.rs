@@ -90,7 +90,7 @@ fn parse_with<'b>(
             else {
                 return Err(HeadError::MissingStartLine);
             };
-            let (headers, framing) = convert_headers(request.headers, limits);
+            let (headers, framing) = convert_headers(request.headers, limits.max_headers, limits);
             let head = HttpRequest {
                 method: method.to_owned(),
                 target: target.to_owned(),
@@ -113,7 +113,8 @@ fn parse_with<'b>(
             let (Some(minor), Some(status)) = (response.version, response.code) else {
                 return Err(HeadError::MissingStartLine);
             };
-            let (headers, framing) = convert_headers(response.headers, limits);
+            let kept = limits.max_headers.min(limits.max_response_headers);
+            let (headers, framing) = convert_headers(response.headers, kept, limits);
             let head = HttpResponse {
                 version: version(minor)?,
                 status,
@@ -136,17 +137,18 @@ fn version(minor: u8) -> Result<HttpVersion, HeadError> {
     }
 }
 
-/// Copies up to `max_headers` headers (values cut to `max_header_value_bytes`) and reads the
-/// framing facts from all of them.
+/// Copies up to `keep` headers (values cut to `max_header_value_bytes`) and reads the framing
+/// facts from all of them.
 fn convert_headers(
     parsed: &[httparse::Header<'_>],
+    keep: usize,
     limits: &HttpLimits,
 ) -> (Vec<Header>, FramingHeaders) {
     let mut framing = FramingHeaders::default();
-    let mut headers = Vec::with_capacity(parsed.len().min(limits.max_headers));
+    let mut headers = Vec::with_capacity(parsed.len().min(keep));
     for header in parsed {
         framing.observe(header.name, header.value);
-        if headers.len() < limits.max_headers {
+        if headers.len() < keep {
             let kept = header
                 .value
                 .get(..limits.max_header_value_bytes)
@@ -220,6 +222,7 @@ mod tests {
     fn keeps_headers_up_to_limits_and_frames_with_all() {
         let limits = HttpLimits {
             max_headers: 3,
+            max_response_headers: 10,
             max_header_value_bytes: 5,
             ..HttpLimits::default()
         };
@@ -237,5 +240,22 @@ mod tests {
         assert_eq!(response.headers[2].name, "X-2");
         assert_eq!(response.headers[2].value, b"value");
         assert_eq!(framing.content_length, ContentLength::Valid(3));
+    }
+
+    #[test]
+    fn response_headers_are_not_kept_by_default_but_still_frame() {
+        let bytes = b"HTTP/1.1 200 OK\r\nX-Id: 7\r\nContent-Length: 3\r\n\r\n";
+        let (head, _) = complete(bytes, MessageKind::Response, &HttpLimits::default());
+        let ParsedHead::Response(response, framing) = head else {
+            panic!("not a response")
+        };
+        assert!(response.headers.is_empty());
+        assert_eq!(framing.content_length, ContentLength::Valid(3));
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (head, _) = complete(request, MessageKind::Request, &HttpLimits::default());
+        let ParsedHead::Request(request, _) = head else {
+            panic!("not a request")
+        };
+        assert_eq!(request.headers.len(), 1, "request headers are kept");
     }
 }

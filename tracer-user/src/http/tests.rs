@@ -14,8 +14,14 @@ struct Harness {
 }
 
 impl Harness {
+    /// Default limits, except that response headers are kept (tests identify responses by
+    /// their `X-Id`).
     fn new(role: Option<Role>) -> Self {
-        Harness::with_limits(role, HttpLimits::default())
+        let limits = HttpLimits {
+            max_response_headers: HttpLimits::default().max_headers,
+            ..HttpLimits::default()
+        };
+        Harness::with_limits(role, limits)
     }
 
     fn with_limits(role: Option<Role>, limits: HttpLimits) -> Self {
