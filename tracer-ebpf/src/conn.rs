@@ -23,6 +23,7 @@ const EINPROGRESS: i64 = 115;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
 
 /// Argument kinds for lifecycle syscalls stored in `INFLIGHT` (data syscalls use `syscall::*`).
 pub const ARG_ACCEPT: u8 = 100;
@@ -374,10 +375,17 @@ pub fn sock_set_state(ctx: &TracePointContext) {
         return;
     }
     if rec.newstate == TCP_SYN_SENT {
+        // A socket address is reused by later sockets: forget what an earlier connection on it
+        // established, or a connect that returns before ESTABLISHED would read its endpoints.
+        let _ = SOCK_ENDPOINTS.remove(&rec.skaddr);
         // Process context of the connecting thread; the local port is not chosen yet.
         if pid_traced(ctx.tgid()) {
             let _ = CONNECTING.insert(&ctx.pid_tgid_raw(), &rec.skaddr, 0);
         }
+        return;
+    }
+    if rec.newstate == TCP_CLOSE {
+        let _ = SOCK_ENDPOINTS.remove(&rec.skaddr);
         return;
     }
     if rec.newstate != TCP_ESTABLISHED {

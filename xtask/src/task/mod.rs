@@ -3,7 +3,6 @@
 pub mod bench;
 pub mod build;
 pub mod demo;
-pub mod placeholder;
 pub mod run;
 pub mod setup;
 pub mod test;
