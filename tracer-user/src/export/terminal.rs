@@ -290,34 +290,48 @@ pub fn render_trace(spans: &[ExportItem], colour: bool) -> String {
 
     let mut out = String::new();
     let mut visited = vec![false; spans.len()];
-    let mut stack: Vec<(usize, usize)> = roots.iter().rev().map(|&i| (i, 0)).collect();
+    // (span, tree branch: the prefix drawn before it and whether it is its parent's last child).
+    let mut stack: Vec<(usize, Option<(String, bool)>)> =
+        roots.iter().rev().map(|&i| (i, None)).collect();
     // Parent links that form a cycle leave spans unreachable from any root: draw them as roots.
     let mut leftovers = order.iter().copied();
-    while let Some((i, depth)) = stack.pop().or_else(|| {
+    while let Some((i, branch)) = stack.pop().or_else(|| {
         leftovers
             .find(|&i| !visited.get(i).copied().unwrap_or(true))
-            .map(|i| (i, 0))
+            .map(|i| (i, None))
     }) {
         match visited.get_mut(i) {
             Some(seen) if !*seen => *seen = true,
             _ => continue,
         }
+        let (connector, child_prefix) = match &branch {
+            None => (String::new(), String::new()),
+            Some((prefix, last)) => {
+                let (here, below) = if *last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+                // Past the deepest level drawn, children line up with their parent.
+                let below = if prefix.chars().count() >= 3 * MAX_INDENT { "" } else { below };
+                (format!("{prefix}{here}"), format!("{prefix}{below}"))
+            }
+        };
         if let Some(item) = spans.get(i) {
-            render_line(&mut out, item, depth, colour);
+            render_line(&mut out, item, &connector, colour);
         }
         if let Some(kids) = children.get(i) {
-            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+            let last = kids.len().saturating_sub(1);
+            stack.extend(
+                kids.iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(n, &k)| (k, Some((child_prefix.clone(), n == last)))),
+            );
         }
     }
     out
 }
 
-fn render_line(out: &mut String, item: &ExportItem, depth: usize, colour: bool) {
+fn render_line(out: &mut String, item: &ExportItem, connector: &str, colour: bool) {
     let span = &item.span;
-    if depth > 0 {
-        out.push_str(&"   ".repeat(depth.min(MAX_INDENT) - 1));
-        out.push_str("└─ ");
-    }
+    out.push_str(connector);
     let kind = match span.kind {
         SpanKind::Server => paint(colour, BLUE, "SERVER"),
         SpanKind::Client => paint(colour, MAGENTA, "CLIENT"),
@@ -366,7 +380,7 @@ fn render_line(out: &mut String, item: &ExportItem, depth: usize, colour: bool) 
         paint(colour, outcome_colour, &outcome),
         paint(colour, DIM, &ids)
     );
-    if depth == 0
+    if connector.is_empty()
         && let Some(parent) = span.parent_span_id
     {
         let _ = write!(
@@ -503,7 +517,7 @@ mod tests {
         let text = render_trace(&spans, false);
         let expected = "\
 SERVER frontend GET /checkout 200 12.35 ms trace=abababab span=01010101
-└─ CLIENT frontend GET http://auth/check 204 3.10 ms trace=abababab span=02020202
+├─ CLIENT frontend GET http://auth/check 204 3.10 ms trace=abababab span=02020202
 └─ CLIENT frontend GET http://cart:8080/items 503 ERROR 3.10 ms trace=abababab span=03030303
    └─ SERVER cart GET /items no response 1.00 ms trace=abababab span=04040404
 ";
