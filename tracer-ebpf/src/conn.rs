@@ -230,14 +230,7 @@ pub fn exit_accept(ctx: &TracePointContext) {
         // so no peer address. Track it anyway; userspace reads the endpoints from /proc (and
         // applies the port filter, which the kernel cannot here).
         if pid_traced(ctx.tgid()) {
-            let ep = Endpoints {
-                family: 0,
-                local_port: 0,
-                peer_port: 0,
-                _pad: 0,
-                local_addr: [0; 16],
-                peer_addr: [0; 16],
-            };
+            let ep = Endpoints::UNKNOWN;
             track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
         }
         return;

@@ -153,14 +153,7 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
             if !looks_like_http(first_buffer(&args), ret) {
                 return;
             }
-            let ep = Endpoints {
-                family: 0,
-                local_port: 0,
-                peer_port: 0,
-                _pad: 0,
-                local_addr: [0; 16],
-                peer_addr: [0; 16],
-            };
+            let ep = Endpoints::UNKNOWN;
             count(counter::CONNS_SNIFFED, 1);
             match track(tgid, tid, fd, role::UNKNOWN, 0, &ep) {
                 Some(c) => c,

@@ -90,6 +90,18 @@ pub struct Endpoints {
     pub peer_addr: [u8; 16],
 }
 
+impl Endpoints {
+    /// Nothing known (family 0).
+    pub const UNKNOWN: Endpoints = Endpoints {
+        family: 0,
+        local_port: 0,
+        peer_port: 0,
+        _pad: 0,
+        local_addr: [0; 16],
+        peer_addr: [0; 16],
+    };
+}
+
 /// Peer endpoint as a hash key.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -21,7 +21,7 @@ use crate::connections::TableLimits;
 use crate::decode::decode;
 use crate::export::{self, OtlpConfig, OtlpOverrides, SinkConfig, SpanSink, TerminalOptions};
 use crate::pipeline::{Pipeline, PipelineOptions};
-use crate::metrics::{AgentSnapshot, KernelSnapshot, MetricsState};
+use crate::metrics::{AgentSnapshot, MetricsState};
 use crate::reorder::ReorderWindow;
 use crate::probes::{ProbeOptions, Probes};
 use crate::spans::Clock;
@@ -403,18 +403,7 @@ fn snapshot(probes: &Probes, pipeline: &Pipeline, sink: &SpanSink, window: &Reor
     let e = sink.stats().snapshot();
     let r = window.stats();
     AgentSnapshot {
-        kernel: KernelSnapshot {
-            events_submitted: k.events_submitted,
-            ringbuf_full: k.ringbuf_full,
-            conn_table_full: k.conn_table_full,
-            args_table_full: k.args_table_full,
-            scratch_unavailable: k.scratch_unavailable,
-            bytes_captured: k.bytes_captured,
-            bytes_skipped: k.bytes_skipped,
-            read_user_failed: k.read_user_failed,
-            conns_sniffed: k.conns_sniffed,
-            filter_table_full: k.filter_table_full,
-        },
+        kernel: k,
         events_read: p.events,
         decode_errors: DECODE_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
         spans_built: p.spans,

@@ -34,19 +34,7 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The kernel programs' counters, summed over CPUs (all monotonic).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelSnapshot {
-    pub events_submitted: u64,
-    pub ringbuf_full: u64,
-    pub conn_table_full: u64,
-    pub args_table_full: u64,
-    pub scratch_unavailable: u64,
-    pub bytes_captured: u64,
-    pub bytes_skipped: u64,
-    pub read_user_failed: u64,
-    pub conns_sniffed: u64,
-    pub filter_table_full: u64,
-}
+pub use crate::probes::KernelCounters as KernelSnapshot;
 
 /// Everything the agent reports about itself. All fields are monotonic counters unless noted.
 #[derive(Clone, Debug, Default, PartialEq)]
