@@ -1821,6 +1821,11 @@ mod http_load {
         assert_eq!(client.get("/elsewhere").expect("get"), (404, 2));
         drop(client);
         assert_eq!(get_once(port, "/status/503").expect("get"), 503);
+        // The server counts after it has answered: give its thread a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while server.served() < 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(server.served(), 4);
         drop(server);
 

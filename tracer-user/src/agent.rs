@@ -210,14 +210,6 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("serving metrics on {addr}"))?;
         tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
     }
-    let mut probes = Probes::load(&probe_opts)?;
-    let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
-    // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
-    // registered; nothing else closes that fd.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(std::io::Error::from)
-        .context("registering the ring buffer with tokio")?;
-
     let sink = export::build_sink(&sink_cfg).await?;
     let limits = TableLimits {
         max_connections: args.max_connections.max(64) as usize,
@@ -234,6 +226,15 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         Clock::measure(),
     )
     .with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
+
+    // Probes last: from the moment they attach, records arrive and must be read at once.
+    let mut probes = Probes::load(&probe_opts)?;
+    let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
+    // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
+    // registered; nothing else closes that fd.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(std::io::Error::from)
+        .context("registering the ring buffer with tokio")?;
 
     let mut window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS);
     let mut child = match &until {

@@ -254,15 +254,24 @@ impl Probes {
                     .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source: Box::new(source) })?;
             }
         }
-        for &(name, category, tracepoint) in TRACEPOINTS {
-            let err = |source| ProbeError::Program { name, category, tracepoint, source: Box::new(source) };
-            let program = probes
-                .ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingMap(name))?;
-            let program: &mut TracePoint = program.try_into().map_err(err)?;
-            program.load().map_err(err)?;
-            program.attach(category, tracepoint).map_err(err)?;
+        // Verify every program before attaching any: attached programs produce records at once,
+        // and nobody reads them until loading is over.
+        for attach in [false, true] {
+            for &(name, category, tracepoint) in TRACEPOINTS {
+                let err = |source| ProbeError::Program {
+                    name,
+                    category,
+                    tracepoint,
+                    source: Box::new(source),
+                };
+                let program = probes.ebpf.program_mut(name).ok_or(ProbeError::MissingMap(name))?;
+                let program: &mut TracePoint = program.try_into().map_err(err)?;
+                if attach {
+                    program.attach(category, tracepoint).map_err(err)?;
+                } else {
+                    program.load().map_err(err)?;
+                }
+            }
         }
         Ok(probes)
     }

@@ -1,5 +1,7 @@
-//! Socket facts from /proc for connections the kernel adopted by sniffing (opened before the agent
-//! started): is the fd a socket, and what are its local and peer addresses.
+//! Socket facts for connections the kernel adopted by sniffing (opened before the agent started):
+//! is the fd a socket, and what are its local and peer addresses. The fast path borrows the
+//! socket with `pidfd_getfd` and asks it (`getsockname`/`getpeername`, O(1)); the fallback scans
+//! /proc/<pid>/net/tcp{,6}, which costs O(sockets in the namespace).
 
 use std::{
     fs,
@@ -25,6 +27,11 @@ pub fn inspect_fd(proc_root: &Path, pid: u32, fd: i32) -> FdKind {
         Err(_) => return FdKind::Unknown,
     };
     let Some(inode) = socket_inode(&link.to_string_lossy()) else { return FdKind::NotSocket };
+    if proc_root == Path::new("/proc")
+        && let Some((local, peer)) = endpoints_via_pidfd(pid, fd)
+    {
+        return FdKind::Socket { local: Some(local), peer: Some(peer) };
+    }
     for table in ["tcp", "tcp6"] {
         let Ok(text) = fs::read_to_string(proc_root.join(format!("{pid}/net/{table}"))) else {
             continue;
@@ -34,6 +41,60 @@ pub fn inspect_fd(proc_root: &Path, pid: u32, fd: i32) -> FdKind {
         }
     }
     FdKind::Socket { local: None, peer: None }
+}
+
+/// Borrows `fd` of `pid` (needs ptrace rights over it: root or CAP_SYS_PTRACE) and asks the
+/// socket for both endpoints. `None` when the kernel refuses or the socket is not IP.
+fn endpoints_via_pidfd(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls; every fd returned is owned (and closed) by an OwnedFd.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0);
+        if pidfd < 0 {
+            return None;
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let ours = libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0);
+        if ours < 0 {
+            return None;
+        }
+        let ours = OwnedFd::from_raw_fd(ours as i32);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&ours);
+        let local = sockaddr_of(|addr, len| libc::getsockname(raw, addr, len))?;
+        let peer = sockaddr_of(|addr, len| libc::getpeername(raw, addr, len))?;
+        Some((local, peer))
+    }
+}
+
+/// Calls `get` with a sockaddr buffer and converts an AF_INET/AF_INET6 answer.
+fn sockaddr_of(
+    get: impl FnOnce(*mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int,
+) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; the kernel writes at most `len` bytes into it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    if get((&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+        return None;
+    }
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let v4 = unsafe { &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(v4.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let v6 = unsafe { &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(v6.sin6_addr.s6_addr);
+            let ip = match ip.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(ip),
+            };
+            Some(SocketAddr::new(ip, u16::from_be(v6.sin6_port)))
+        }
+        _ => None,
+    }
 }
 
 /// `socket:[12345]` -> 12345.
@@ -119,6 +180,17 @@ mod tests {
         assert_eq!(socket_inode("socket:[123]"), Some(123));
         assert_eq!(socket_inode("/dev/null"), None);
         assert_eq!(socket_inode("pipe:[5]"), None);
+    }
+
+    #[test]
+    fn pidfd_path_reads_both_endpoints_of_a_live_socket() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let got = endpoints_via_pidfd(std::process::id(), client.as_raw_fd());
+        assert_eq!(got, Some((client.local_addr().unwrap(), client.peer_addr().unwrap())));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(endpoints_via_pidfd(std::process::id(), file.as_raw_fd()), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """HTTP/1.1 keep-alive server for `cargo xtask bench` (Python stdlib only): every GET answers
-200 with a small fixed body. No request logging, so the server's cost is its HTTP handling."""
+200 with a small fixed body. No request logging, so the server's cost is its HTTP handling.
+Responses are buffered and sent in one write (http.server flushes after each request): written
+as head then body in two small writes, they meet the client's delayed ACK and stall ~40 ms."""
 
 import argparse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +14,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "bench-peer/1.0"
     sys_version = ""
+    wbufsize = 64 * 1024
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         pass

@@ -124,7 +124,7 @@ impl Side {
                 syscall::WRITEV
             },
             role: self.role,
-            _pad: 0,
+            flags: 0,
             true_len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
             captured_len: u32::try_from(captured).unwrap_or(u32::MAX),
             syscall_ns: 2_000,

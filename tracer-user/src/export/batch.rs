@@ -9,7 +9,7 @@ use std::time::Duration;
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::SpanData;
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ use super::ExportError;
 use super::config::{BatchConfig, OtlpConfig, RetryConfig};
 use super::convert::{otel_resource, span_data, tracer_scope};
 use super::otlp::OtlpTransport;
+use super::queue::{DropOldestQueue, Pushed};
 use super::retry::{FailureClass, backoff_delay};
 use super::stats::{ExportStats, ExportStatsSnapshot};
 use crate::model::{ExportItem, ProcessResource};
@@ -24,7 +25,7 @@ use crate::model::{ExportItem, ProcessResource};
 /// Batching OTLP exporter. `submit` never waits; `shutdown` flushes within a deadline.
 #[derive(Debug)]
 pub struct BatchExporter {
-    queue: mpsc::Sender<ExportItem>,
+    queue: Arc<DropOldestQueue<ExportItem>>,
     stats: Arc<ExportStats>,
     /// Set at shutdown so retries stop waiting past the deadline.
     shutdown_deadline: watch::Sender<Option<Instant>>,
@@ -36,7 +37,8 @@ impl BatchExporter {
     /// The endpoint is not contacted here: an unreachable collector only shows up as retries.
     pub fn start(cfg: &OtlpConfig) -> Result<Self, ExportError> {
         let transport = OtlpTransport::new(cfg)?;
-        let (queue, queue_rx) = mpsc::channel(cfg.batch.max_queue_size.max(1));
+        let queue = Arc::new(DropOldestQueue::new(cfg.batch.max_queue_size.max(1)));
+        let queue_rx = Arc::clone(&queue);
         let (shutdown_deadline, deadline_rx) = watch::channel(None);
         let stats = Arc::new(ExportStats::default());
         let worker = BatchWorker {
@@ -61,12 +63,15 @@ impl BatchExporter {
         })
     }
 
-    /// Queues a span for export; when the queue is full the span is dropped and counted.
+    /// Queues a span for export; when the queue is full its OLDEST span is dropped and counted.
     pub fn submit(&self, item: ExportItem) {
-        match self.queue.try_send(item) {
-            Ok(()) => self.stats.add_enqueued(1),
-            Err(mpsc::error::TrySendError::Full(_)) => self.stats.add_dropped_queue_full(1),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.stats.add_dropped_shutdown(1),
+        match self.queue.push(item) {
+            Pushed::Queued => self.stats.add_enqueued(1),
+            Pushed::EvictedOldest => {
+                self.stats.add_enqueued(1);
+                self.stats.add_dropped_queue_full(1);
+            }
+            Pushed::Closed => self.stats.add_dropped_shutdown(1),
         }
     }
 
@@ -86,7 +91,7 @@ impl BatchExporter {
         let until = Instant::now() + deadline;
         shutdown_deadline.send_replace(Some(until));
         // Closing the queue lets the worker drain what is buffered and then stop.
-        drop(queue);
+        queue.close();
         if tokio::time::timeout_at(until, &mut worker).await.is_err() {
             worker.abort();
             tracing::warn!(
@@ -109,23 +114,21 @@ struct BatchWorker {
 }
 
 impl BatchWorker {
-    async fn run(mut self, mut queue_rx: mpsc::Receiver<ExportItem>) {
+    async fn run(mut self, queue_rx: Arc<DropOldestQueue<ExportItem>>) {
         let max_batch = self.batch_cfg.max_export_batch_size.max(1);
         let mut batch: Vec<ExportItem> = Vec::with_capacity(max_batch);
         let mut flush_at = Instant::now() + self.batch_cfg.schedule_delay;
         loop {
+            let room = max_batch - batch.len();
             tokio::select! {
-                received = queue_rx.recv() => match received {
-                    Some(item) => {
-                        batch.push(item);
-                        if batch.len() >= max_batch {
-                            self.export_batch(std::mem::take(&mut batch)).await;
-                            flush_at = Instant::now() + self.batch_cfg.schedule_delay;
-                        }
-                    }
-                    None => {
+                open = queue_rx.recv_many(&mut batch, room) => {
+                    if !open {
                         self.export_batch(batch).await;
                         return;
+                    }
+                    if batch.len() >= max_batch {
+                        self.export_batch(std::mem::take(&mut batch)).await;
+                        flush_at = Instant::now() + self.batch_cfg.schedule_delay;
                     }
                 },
                 () = tokio::time::sleep_until(flush_at) => {

@@ -10,6 +10,7 @@ mod convert;
 mod http_client;
 mod json;
 mod otlp;
+mod queue;
 mod retry;
 mod stats;
 mod stream;

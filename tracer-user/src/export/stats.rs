@@ -90,7 +90,8 @@ impl ExportStats {
     /// at submit time were never accepted and are already counted).
     pub(crate) fn settle_shutdown_losses(&self) {
         let s = self.snapshot();
-        let settled = s.spans_exported + s.spans_dropped_export_failed;
+        // Every submitted span is enqueued; evictions (queue full) remove enqueued spans.
+        let settled = s.spans_exported + s.spans_dropped_export_failed + s.spans_dropped_queue_full;
         let lost = s.spans_enqueued.saturating_sub(settled);
         if lost > 0 {
             self.add_dropped_shutdown(lost);
@@ -105,13 +106,14 @@ mod tests {
     #[test]
     fn shutdown_losses_are_the_unsettled_remainder() {
         let stats = ExportStats::default();
-        stats.add_enqueued(10);
+        // 14 submitted (all enqueued); 5 evicted when the queue was full.
+        stats.add_enqueued(14);
         stats.add_exported(6);
         stats.add_dropped_export_failed(1);
         stats.add_dropped_queue_full(5);
         stats.settle_shutdown_losses();
         let s = stats.snapshot();
-        assert_eq!(s.spans_dropped_shutdown, 3);
+        assert_eq!(s.spans_dropped_shutdown, 2);
         assert_eq!(s.spans_dropped_queue_full, 5);
     }
 

@@ -83,6 +83,9 @@ pub struct BenchArgs {
     /// Skip the criterion pipeline benchmark.
     #[arg(long)]
     pub skip_criterion: bool,
+    /// Extra argument for every `tracer agent` (repeatable), e.g. `--agent-arg=--ring-buffer-mib=4`.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
     /// Do not pin the server and wrk to separate CPUs.
     #[arg(long)]
     pub no_pin: bool,
@@ -102,6 +105,7 @@ struct Bench {
     scratch: PathBuf,
     receiver: CountingReceiver,
     agent_binary: PathBuf,
+    agent_args: Vec<String>,
     metrics: bool,
     ticks: f64,
     pinning: Option<(usize, usize)>,
@@ -138,6 +142,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         scratch,
         receiver: CountingReceiver::start()?,
         agent_binary,
+        agent_args: args.agent_args.clone(),
         metrics,
         ticks: procfs::clock_ticks_per_second(),
         pinning,
@@ -176,6 +181,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         nginx_connections: args.nginx_connections,
         python_connections: args.python_connections,
         pinning,
+        agent_args: args.agent_args.join(" "),
         load_at_start,
         duration_secs: started.elapsed().as_secs_f64(),
         json_path: args.json.display().to_string(),
@@ -359,6 +365,7 @@ fn measure(
                 pids: server.pids().to_vec(),
                 port: server.port,
                 endpoint: bench.receiver.endpoint(),
+                extra_args: bench.agent_args.clone(),
                 metrics: bench.metrics,
             };
             Running::Agent(RunningAgent::start(&spec, &bench.scratch, &name)?)
@@ -413,6 +420,7 @@ fn measure(
             Some(CaptureCost {
                 cpu_seconds: after.cpu_seconds - cpu_before.map_or(0.0, |s| s.cpu_seconds),
                 peak_rss_kib: after.peak_rss_kib,
+                anon_rss_kib: after.anon_rss_kib,
                 spans: Some(spans),
                 drops: Some(drops),
                 ..CaptureCost::default()
@@ -424,6 +432,7 @@ fn measure(
             Some(CaptureCost {
                 cpu_seconds: after.cpu_seconds - cpu_before.map_or(0.0, |s| s.cpu_seconds),
                 peak_rss_kib: after.peak_rss_kib,
+                anon_rss_kib: after.anon_rss_kib,
                 lost_events: Some(lost),
                 printed_bytes: Some(printed),
                 ..CaptureCost::default()

@@ -46,6 +46,8 @@ pub struct AgentSpec {
     pub pids: Vec<u32>,
     pub port: u16,
     pub endpoint: String,
+    /// More agent arguments, as given.
+    pub extra_args: Vec<String>,
     /// The agent has `--metrics-addr`.
     pub metrics: bool,
 }
@@ -79,6 +81,7 @@ impl RunningAgent {
         if let Some(port) = metrics_port {
             command.args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
         }
+        command.args(&spec.extra_args);
         for var in CLEARED_ENV {
             command.env_remove(var);
         }

@@ -10,8 +10,11 @@ use anyhow::{Context, Result};
 pub struct ProcSample {
     /// utime + stime of all its threads, in seconds.
     pub cpu_seconds: f64,
-    /// `VmHWM`: the peak resident set so far, in KiB.
+    /// `VmHWM`: the peak resident set so far, in KiB. It counts mapped file pages too: the
+    /// binary's code and the mmapped BPF ring buffer (whose data pages are mapped twice).
     pub peak_rss_kib: u64,
+    /// `RssAnon`: anonymous (heap and stack) resident memory now, in KiB.
+    pub anon_rss_kib: u64,
 }
 
 /// Clock ticks per second of /proc/<pid>/stat times (`getconf CLK_TCK`, 100 when unknown).
@@ -41,11 +44,11 @@ pub fn cpu_ticks_from_stat(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// `VmHWM` in KiB from the text of /proc/<pid>/status.
-pub fn peak_rss_from_status(status: &str) -> Option<u64> {
+/// A `Name: N kB` field of /proc/<pid>/status, in KiB.
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }
@@ -59,7 +62,8 @@ pub fn sample(pid: u32, ticks_per_second: f64) -> Result<ProcSample> {
     let ticks = cpu_ticks_from_stat(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))?;
     Ok(ProcSample {
         cpu_seconds: ticks as f64 / ticks_per_second,
-        peak_rss_kib: peak_rss_from_status(&status).unwrap_or(0),
+        peak_rss_kib: status_kib(&status, "VmHWM").unwrap_or(0),
+        anon_rss_kib: status_kib(&status, "RssAnon").unwrap_or(0),
     })
 }
 
@@ -146,11 +150,13 @@ mod tests {
     }
 
     #[test]
-    fn peak_rss_comes_from_vmhwm() {
-        let status =
-            "Name:\ttracer\nVmPeak:\t  900000 kB\nVmHWM:\t   23456 kB\nVmRSS:\t 20000 kB\n";
-        assert_eq!(peak_rss_from_status(status), Some(23456));
-        assert_eq!(peak_rss_from_status("Name:\tx\n"), None);
+    fn memory_fields_come_from_status() {
+        let status = "Name:\ttracer\nVmPeak:\t  900000 kB\nVmHWM:\t   23456 kB\n\
+                      VmRSS:\t 20000 kB\nRssAnon:\t    4804 kB\n";
+        assert_eq!(status_kib(status, "VmHWM"), Some(23456));
+        assert_eq!(status_kib(status, "RssAnon"), Some(4804));
+        assert_eq!(status_kib(status, "Vm"), None);
+        assert_eq!(status_kib("Name:\tx\n", "VmHWM"), None);
     }
 
     #[test]

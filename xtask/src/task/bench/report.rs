@@ -7,7 +7,7 @@ use super::agent::DropCounters;
 use super::criterion::PipelineFigure;
 use super::json::Json;
 use super::procfs::Machine;
-use super::rounds::{Capture, Comparison, CostSummary, LoadKind, Round};
+use super::rounds::{Capture, Comparison, CostSummary, LoadKind, Round, kib_to_mb};
 
 /// Targets of the issue (reported against, never asserted).
 pub const TARGET_RATIO: f64 = 0.97;
@@ -33,6 +33,8 @@ pub struct RunInfo {
     pub python_connections: u32,
     /// (server CPU, wrk CPU) when pinned.
     pub pinning: Option<(usize, usize)>,
+    /// Extra agent arguments (empty: the agent's defaults).
+    pub agent_args: String,
     pub load_at_start: f64,
     pub duration_secs: f64,
     pub json_path: String,
@@ -167,6 +169,15 @@ pub fn markdown(r: &Results<'_>) -> String {
     let _ = writeln!(md, "| run time | {:.0} s |", i.duration_secs);
     let _ = writeln!(
         md,
+        "| agent options | {} |",
+        if i.agent_args.is_empty() {
+            "defaults".to_string()
+        } else {
+            format!("`{}`", i.agent_args)
+        }
+    );
+    let _ = writeln!(
+        md,
         "| OTLP export requests received / refused | {} / {} |",
         i.export_requests, i.export_requests_refused
     );
@@ -287,17 +298,19 @@ pub fn markdown(r: &Results<'_>) -> String {
     let _ = writeln!(
         md,
         "Requests are nginx's access-log lines (wrk's count for Python, which can be a few short of what \
-        the server answered when wrk stops). Completeness = SERVER spans received / requests.\n"
+        the server answered when wrk stops). Completeness = SERVER spans received / requests. Peak RSS is VmHWM, which counts mapped \
+        file pages too: the binary's code and the BPF ring buffer (`--ring-buffer-mib`, default 16 MiB, \
+        whose data pages are mapped twice); anon RSS is the heap and stacks at the end of the round.\n"
     );
     let _ = writeln!(
         md,
-        "| server | load | req/s | requests | SERVER spans | completeness | kernel drops | userspace drops | CPU-s per 10k req | peak RSS |"
+        "| server | load | req/s | requests | SERVER spans | completeness | kernel drops | userspace drops | CPU-s per 10k req | peak RSS | anon RSS |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for c in r.costs.iter().filter(|c| c.capture == Capture::Tracer) {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {}{} | {} | {} | {} | {} | {:.3} | {:.1} MB |",
+            "| {} | {} | {:.0} | {}{} | {} | {} | {} | {} | {:.3} | {:.1} MB | {:.1} MB |",
             c.server,
             c.load.label(),
             c.rps,
@@ -308,7 +321,8 @@ pub fn markdown(r: &Results<'_>) -> String {
             count(c.kernel_drops),
             count(c.userspace_drops),
             c.cpu_seconds_per_10k(),
-            c.peak_rss_mb()
+            c.peak_rss_mb(),
+            c.anon_rss_mb()
         );
     }
     let _ = writeln!(md);
@@ -410,7 +424,7 @@ pub fn markdown(r: &Results<'_>) -> String {
             .map_or(("".to_string(), "".to_string()), |c| {
                 (
                     format!("{:.2}", c.cpu_seconds),
-                    format!("{:.1} MB", c.peak_rss_kib as f64 * 1024.0 / 1e6),
+                    format!("{:.1} MB", kib_to_mb(c.peak_rss_kib)),
                 )
             });
         let _ = writeln!(
@@ -460,6 +474,7 @@ pub fn json(r: &Results<'_>) -> Json {
             Json::object([
                 ("cpu_seconds", Json::num(c.cpu_seconds)),
                 ("peak_rss_kib", Json::num(c.peak_rss_kib as f64)),
+                ("anon_rss_kib", Json::num(c.anon_rss_kib as f64)),
                 (
                     "spans",
                     c.spans.map_or(Json::Null, |s| {
@@ -539,6 +554,7 @@ pub fn json(r: &Results<'_>) -> Json {
                 Json::num(c.cpu_seconds_per_10k()),
             ),
             ("peak_rss_mb", Json::num(c.peak_rss_mb())),
+            ("anon_rss_mb", Json::num(c.anon_rss_mb())),
         ])
     });
     let pipeline = r.pipeline.iter().map(|p| {
@@ -588,6 +604,7 @@ pub fn json(r: &Results<'_>) -> Json {
                 ("server_cpu", Json::opt(i.pinning.map(|p| p.0 as f64))),
                 ("wrk_cpu", Json::opt(i.pinning.map(|p| p.1 as f64))),
                 ("counters_source", Json::str(i.counters_source.clone())),
+                ("agent_args", Json::str(i.agent_args.clone())),
             ]),
         ),
         ("export_requests", Json::num(i.export_requests as f64)),

@@ -49,6 +49,8 @@ pub struct CaptureCost {
     pub cpu_seconds: f64,
     /// Its peak resident set (VmHWM) at the end of the round.
     pub peak_rss_kib: u64,
+    /// Its anonymous resident memory (RssAnon) at the end of the round.
+    pub anon_rss_kib: u64,
     /// Spans the receiver got during the round (tracer only).
     pub spans: Option<SpanCounts>,
     pub drops: Option<DropCounters>,
@@ -118,6 +120,7 @@ pub struct CostSummary {
     pub requests_from_log: bool,
     pub cpu_seconds: f64,
     pub peak_rss_kib: u64,
+    pub anon_rss_kib: u64,
     pub server_spans: Option<u64>,
     pub kernel_drops: Option<u64>,
     pub userspace_drops: Option<u64>,
@@ -142,8 +145,17 @@ impl CostSummary {
 
     /// Peak RSS in MB (10^6 bytes), the unit of the target.
     pub fn peak_rss_mb(&self) -> f64 {
-        self.peak_rss_kib as f64 * 1024.0 / 1e6
+        kib_to_mb(self.peak_rss_kib)
     }
+
+    pub fn anon_rss_mb(&self) -> f64 {
+        kib_to_mb(self.anon_rss_kib)
+    }
+}
+
+/// KiB to MB (10^6 bytes).
+pub fn kib_to_mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
 }
 
 /// The (server, load, capture) groups in first-seen order.
@@ -212,6 +224,7 @@ pub fn costs(rounds: &[Round]) -> Vec<CostSummary> {
                 requests_from_log: rs.iter().all(|r| r.requests_from_log),
                 cpu_seconds: costs.iter().map(|c| c.cpu_seconds).sum(),
                 peak_rss_kib: costs.iter().map(|c| c.peak_rss_kib).max().unwrap_or(0),
+                anon_rss_kib: costs.iter().map(|c| c.anon_rss_kib).max().unwrap_or(0),
                 server_spans: sum_opt(&|c| c.spans.map(|s| s.server)),
                 kernel_drops: sum_opt(&|c| c.drops.as_ref().map(|d| d.kernel)),
                 userspace_drops: sum_opt(&|c| c.drops.as_ref().map(|d| d.userspace)),

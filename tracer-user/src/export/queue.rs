@@ -1,0 +1,130 @@
+//! The export queue: bounded, never blocks the producer, and when full it evicts its OLDEST span
+//! (counted) to make room. After a collector outage the queue then holds the newest spans, which
+//! are the ones an operator looks for, instead of refusing everything that happens after recovery.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
+/// A bounded multi-producer, single-consumer queue with drop-oldest overflow.
+#[derive(Debug)]
+pub struct DropOldestQueue<T> {
+    items: Mutex<VecDeque<T>>,
+    capacity: usize,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+/// What `push` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued after evicting the oldest item.
+    EvictedOldest,
+    /// The queue is closed; the item was not queued.
+    Closed,
+}
+
+impl<T> DropOldestQueue<T> {
+    pub fn new(capacity: usize) -> Self {
+        DropOldestQueue {
+            items: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
+        // A panic while holding the lock cannot leave a VecDeque half-updated: keep going.
+        self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn push(&self, item: T) -> Pushed {
+        if self.closed.load(Ordering::Acquire) {
+            return Pushed::Closed;
+        }
+        let evicted = {
+            let mut items = self.lock();
+            let evicted = if items.len() >= self.capacity {
+                items.pop_front();
+                true
+            } else {
+                false
+            };
+            items.push_back(item);
+            evicted
+        };
+        self.ready.notify_one();
+        if evicted { Pushed::EvictedOldest } else { Pushed::Queued }
+    }
+
+    /// Moves up to `max` items into `out`, waiting for at least one. Returns `false` once the
+    /// queue is closed and empty.
+    pub async fn recv_many(&self, out: &mut Vec<T>, max: usize) -> bool {
+        loop {
+            {
+                let mut items = self.lock();
+                if !items.is_empty() {
+                    let n = items.len().min(max.max(1));
+                    out.extend(items.drain(..n));
+                    return true;
+                }
+                if self.closed.load(Ordering::Acquire) {
+                    return false;
+                }
+            }
+            // notify_one leaves a permit when nobody waits, so a push between the check above
+            // and this await is not lost.
+            self.ready.notified().await;
+        }
+    }
+
+    /// No more pushes; the consumer drains what is left and then sees the end.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn evicts_the_oldest_when_full_and_drains_after_close() {
+        let q = DropOldestQueue::new(3);
+        for i in 0..3 {
+            assert_eq!(q.push(i), Pushed::Queued);
+        }
+        assert_eq!(q.push(3), Pushed::EvictedOldest);
+        assert_eq!(q.push(4), Pushed::EvictedOldest);
+        let mut out = Vec::new();
+        assert!(q.recv_many(&mut out, 2).await);
+        assert_eq!(out, vec![2, 3], "the newest survive, oldest first");
+        q.close();
+        assert_eq!(q.push(9), Pushed::Closed);
+        assert!(q.recv_many(&mut out, 10).await);
+        assert_eq!(out, vec![2, 3, 4]);
+        assert!(!q.recv_many(&mut out, 10).await);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_wakes_on_push() {
+        let q = std::sync::Arc::new(DropOldestQueue::new(8));
+        let consumer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                q.recv_many(&mut out, 8).await;
+                out
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        q.push(7);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), consumer).await;
+        assert_eq!(got.ok().and_then(|r| r.ok()), Some(vec![7]));
+    }
+}
