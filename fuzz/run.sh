@@ -11,8 +11,8 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
 fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
-# Also set in .cargo/config.toml; exported so it holds whatever directory cargo resolves from.
-export AYA_BUILD_SKIP=1
+
+
 
 if ! rustup toolchain list | grep -q '^nightly'; then
     echo "fuzzing needs the nightly toolchain (rustup toolchain install nightly)" >&2

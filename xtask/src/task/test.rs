@@ -32,6 +32,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
         ]);
     step::run("test", tests)?;
 
+    // A short fuzzing pass over the parsers of captured bytes (longer runs: `fuzz/run.sh 600`).
+    let mut fuzz = std::process::Command::new("bash");
+    fuzz.current_dir(&root).args(["fuzz/run.sh", "20"]);
+    step::run("fuzz (20 s per target)", fuzz)?;
+
     let mut manifests = std::process::Command::new("bash");
     manifests.current_dir(&root).arg("k8s/validate.sh");
     step::run("kubernetes manifests", manifests)?;
