@@ -15,7 +15,10 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
     let object = out_dir.join("tracer");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let linker = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success());
+    let linker = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if skip || !linker {
         if env::var("TRACER_REQUIRE_EBPF").is_ok_and(|v| v == "1") {
             return Err(anyhow!(
@@ -26,7 +29,11 @@ fn main() -> anyhow::Result<()> {
         println!(
             "cargo:warning=eBPF programs not built ({}); the agent will refuse to start. \
              Run `cargo xtask setup` to install the eBPF toolchain.",
-            if skip { "AYA_BUILD_SKIP is set" } else { "bpf-linker not found" }
+            if skip {
+                "AYA_BUILD_SKIP is set"
+            } else {
+                "bpf-linker not found"
+            }
         );
         fs::write(&object, []).context("writing the empty eBPF object stub")?;
         return Ok(());
@@ -36,7 +43,11 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = manifest_dir.join("../tracer-ebpf");
     let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [Package { name: "tracer-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [Package {
+            name: "tracer-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

@@ -14,12 +14,17 @@ use tracer_tests::{AttrValue, OtlpProtocol, PythonServer, TracedSession, free_po
 
 /// Sends one keep-alive GET on `stream` and reads the whole response; returns the status.
 fn get(stream: &mut TcpStream, port: u16, path: &str) -> u16 {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: preexisting\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("writing the request");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: preexisting\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("writing the request");
     // Read on the same fd that wrote (a dup'ed fd would be a different connection to the tracer).
     let mut reader = BufReader::new(&*stream);
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("reading the status line");
+    reader
+        .read_line(&mut status_line)
+        .expect("reading the status line");
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
@@ -46,36 +51,57 @@ fn keep_alive_connection_opened_before_the_agent_is_traced() {
     let port = free_port();
     let server = PythonServer::start(port, "e2e-preexisting");
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the server");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
     // Before the agent exists: nobody sees this one.
     assert_eq!(get(&mut stream, port, "/ok?before=1"), 200);
 
     let mut session = TracedSession::start(OtlpProtocol::HttpProtobuf, &[port]);
     assert_eq!(get(&mut stream, port, "/ok?after=1"), 200);
     assert_eq!(get(&mut stream, port, "/ok?after=2"), 200);
-    session.wait_for("SERVER and CLIENT spans of the requests on the old connection", at_least(port, 1, 2));
+    session.wait_for(
+        "SERVER and CLIENT spans of the requests on the old connection",
+        at_least(port, 1, 2),
+    );
     let spans = session.finish();
 
     let server_span = the_only(server_spans(&spans, port), "SERVER span", &spans);
-    assert_eq!(server_span.attr("url.query"), Some(&AttrValue::from("after=2")), "{spans:#?}");
-    assert_eq!(server_span.resource.get("process.pid"), Some(&AttrValue::Int(i64::from(server.pid()))));
+    assert_eq!(
+        server_span.attr("url.query"),
+        Some(&AttrValue::from("after=2")),
+        "{spans:#?}"
+    );
+    assert_eq!(
+        server_span.resource.get("process.pid"),
+        Some(&AttrValue::Int(i64::from(server.pid())))
+    );
     let local = stream.local_addr().expect("local address");
     assert_eq!(
         server_span.attr("client.port"),
         Some(&AttrValue::Int(i64::from(local.port()))),
         "the adopted connection's peer comes from /proc: {server_span:#?}"
     );
-    let mut client_urls: Vec<&str> =
-        client_spans(&spans, port).iter().filter_map(|s| s.attr_str("url.full")).collect();
+    let mut client_urls: Vec<&str> = client_spans(&spans, port)
+        .iter()
+        .filter_map(|s| s.attr_str("url.full"))
+        .collect();
     client_urls.sort_unstable();
     assert_eq!(
         client_urls,
-        [format!("http://127.0.0.1:{port}/ok?after=1"), format!("http://127.0.0.1:{port}/ok?after=2")],
+        [
+            format!("http://127.0.0.1:{port}/ok?after=1"),
+            format!("http://127.0.0.1:{port}/ok?after=2")
+        ],
         "both requests written after the agent started have CLIENT spans: {spans:#?}"
     );
     assert!(
-        spans.iter().all(|s| s.attr_str("url.query") != Some("before=1")
-            && !s.attr_str("url.full").is_some_and(|u| u.contains("before=1"))),
+        spans
+            .iter()
+            .all(|s| s.attr_str("url.query") != Some("before=1")
+                && !s
+                    .attr_str("url.full")
+                    .is_some_and(|u| u.contains("before=1"))),
         "the request made before the agent started cannot have a span: {spans:#?}"
     );
 }

@@ -142,7 +142,14 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
 
 /// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace.
 #[inline(always)]
-pub fn track(tgid: u32, tid: u32, fd: i32, role_: u8, sk: u64, ep: &Endpoints) -> Option<ConnState> {
+pub fn track(
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    role_: u8,
+    sk: u64,
+    ep: &Endpoints,
+) -> Option<ConnState> {
     let state = ConnState {
         conn_id: next_conn_id(),
         sk,
@@ -247,7 +254,11 @@ pub fn exit_accept(ctx: &TracePointContext) {
         local_addr: [0; 16],
         peer_addr,
     };
-    let key = PeerKey { addr: peer_addr, port: peer_port, _pad: [0; 6] };
+    let key = PeerKey {
+        addr: peer_addr,
+        port: peer_port,
+        _pad: [0; 6],
+    };
     // SAFETY: value copied out before removal.
     if let Some(known) = unsafe { ACCEPTED.get(&key) }.copied() {
         ep.local_port = known.local_port;
@@ -284,7 +295,9 @@ pub fn exit_connect(ctx: &TracePointContext) {
     }
     // Only TCP connects pass through SYN_SENT: UDP "connections" (DNS) have no entry here.
     // SAFETY: value copied out before removal.
-    let Some(sk) = (unsafe { CONNECTING.get(&id) }).copied() else { return };
+    let Some(sk) = (unsafe { CONNECTING.get(&id) }).copied() else {
+        return;
+    };
     let _ = CONNECTING.remove(&id);
     let ret = sys_ret(ctx);
     if ret != 0 && ret != -EINPROGRESS {
@@ -297,7 +310,14 @@ pub fn exit_connect(ctx: &TracePointContext) {
         Some(ep) => ep,
         None => {
             let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
-            Endpoints { family, local_port: 0, peer_port, _pad: 0, local_addr: [0; 16], peer_addr }
+            Endpoints {
+                family,
+                local_port: 0,
+                peer_port,
+                _pad: 0,
+                local_addr: [0; 16],
+                peer_addr,
+            }
         }
     };
     let fd = args.fd as i32;
@@ -316,7 +336,9 @@ pub fn announce_endpoints(tgid: u32, tid: u32, fd: i32, state: &mut ConnState, t
         return;
     }
     // SAFETY: value copied out.
-    let Some(ep) = (unsafe { SOCK_ENDPOINTS.get(&state.sk) }).copied() else { return };
+    let Some(ep) = (unsafe { SOCK_ENDPOINTS.get(&state.sk) }).copied() else {
+        return;
+    };
     state.endpoints_sent = 1;
     if let Some(slot) = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32)) {
         // SAFETY: the slot is this connection's entry; only this flag changes.
@@ -330,12 +352,16 @@ pub fn enter_close(ctx: &TracePointContext) {
     let fd = sys_arg(ctx, 0) as i32;
     let key = conn_key(tgid, fd as u32);
     // SAFETY: value copied out before removal.
-    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else { return };
+    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+        return;
+    };
     let _ = CONNS.remove(&key);
     if state.role == role::IGNORED {
         return;
     }
-    let ev = ConnCloseEvent { header: header(kind::CONN_CLOSE, tgid, ctx.pid(), fd, state.conn_id) };
+    let ev = ConnCloseEvent {
+        header: header(kind::CONN_CLOSE, tgid, ctx.pid(), fd, state.conn_id),
+    };
     match EVENTS.output::<ConnCloseEvent>(&ev, 0) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
         Err(_) => count(counter::RINGBUF_FULL, 1),
@@ -363,7 +389,9 @@ const IPPROTO_TCP: u16 = 6;
 
 pub fn sock_set_state(ctx: &TracePointContext) {
     // SAFETY: the record layout is fixed by the tracepoint's format (offset 8 onwards).
-    let Ok(rec) = (unsafe { ctx.read_at::<SockStateRecord>(8) }) else { return };
+    let Ok(rec) = (unsafe { ctx.read_at::<SockStateRecord>(8) }) else {
+        return;
+    };
     if rec.protocol != IPPROTO_TCP {
         return;
     }
@@ -396,7 +424,11 @@ pub fn sock_set_state(ctx: &TracePointContext) {
     };
     if rec.oldstate == TCP_SYN_RECV {
         // Server side, often in softirq context: key by the peer, which accept() will report.
-        let key = PeerKey { addr: peer_addr, port: rec.dport, _pad: [0; 6] };
+        let key = PeerKey {
+            addr: peer_addr,
+            port: rec.dport,
+            _pad: [0; 6],
+        };
         let _ = ACCEPTED.insert(&key, &ep, 0);
     } else {
         let _ = SOCK_ENDPOINTS.insert(&rec.skaddr, &ep, 0);

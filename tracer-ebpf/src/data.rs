@@ -30,9 +30,11 @@ const MSGHDR_IOVLEN: u64 = 24;
 #[inline(always)]
 fn direction_of(sys: u8) -> u8 {
     match sys {
-        syscall::WRITE | syscall::WRITEV | syscall::SENDTO | syscall::SENDMSG | syscall::SENDFILE => {
-            direction::EGRESS
-        }
+        syscall::WRITE
+        | syscall::WRITEV
+        | syscall::SENDTO
+        | syscall::SENDMSG
+        | syscall::SENDFILE => direction::EGRESS,
         _ => direction::INGRESS,
     }
 }
@@ -79,7 +81,9 @@ fn looks_like_http(ptr: u64, len: i64) -> bool {
         return false;
     }
     // SAFETY: probe-read of user memory; failure handled.
-    let Ok(b) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else { return false };
+    let Ok(b) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
+        return false;
+    };
     matches!(
         &b,
         [b'G', b'E', b'T', b' ', ..]
@@ -131,7 +135,9 @@ fn msg_iov(msg: u64) -> Option<(u64, u64)> {
 /// carries only its own path (the verifier's budget is per program).
 #[inline(always)]
 pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
-    let Some(args) = take_args(ctx.pid_tgid_raw()) else { return };
+    let Some(args) = take_args(ctx.pid_tgid_raw()) else {
+        return;
+    };
     if args.kind != SYS {
         return;
     }
@@ -165,12 +171,32 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     let dir = direction_of(SYS);
     let total = ret as u64;
     match SYS {
-        syscall::READV | syscall::WRITEV => {
-            emit_iovecs(ctx, &conn, fd, dir, SYS, args.ptr, args.count, total, budget, args.enter_ns)
-        }
+        syscall::READV | syscall::WRITEV => emit_iovecs(
+            ctx,
+            &conn,
+            fd,
+            dir,
+            SYS,
+            args.ptr,
+            args.count,
+            total,
+            budget,
+            args.enter_ns,
+        ),
         syscall::RECVMSG | syscall::SENDMSG => {
             if let Some((iov, n)) = msg_iov(args.ptr) {
-                emit_iovecs(ctx, &conn, fd, dir, SYS, iov, n, total, budget, args.enter_ns);
+                emit_iovecs(
+                    ctx,
+                    &conn,
+                    fd,
+                    dir,
+                    SYS,
+                    iov,
+                    n,
+                    total,
+                    budget,
+                    args.enter_ns,
+                );
             } else {
                 emit(ctx, &conn, fd, dir, SYS, 0, total, 0, args.enter_ns);
             }
@@ -180,7 +206,17 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
             emit(ctx, &conn, fd, dir, SYS, 0, total, 0, args.enter_ns);
         }
         _ => {
-            emit(ctx, &conn, fd, dir, SYS, args.ptr, total, budget, args.enter_ns);
+            emit(
+                ctx,
+                &conn,
+                fd,
+                dir,
+                SYS,
+                args.ptr,
+                total,
+                budget,
+                args.enter_ns,
+            );
         }
     }
 }
@@ -263,10 +299,22 @@ fn emit(
             direction: dir,
             syscall: sys,
             role: conn.role,
-            flags: if lost_before { DATA_FLAG_LOSS_BEFORE } else { 0 },
-            true_len: if len > u32::MAX as u64 { u32::MAX } else { len as u32 },
+            flags: if lost_before {
+                DATA_FLAG_LOSS_BEFORE
+            } else {
+                0
+            },
+            true_len: if len > u32::MAX as u64 {
+                u32::MAX
+            } else {
+                len as u32
+            },
             captured_len: n as u32,
-            syscall_ns: if took > u32::MAX as u64 { u32::MAX } else { took as u32 },
+            syscall_ns: if took > u32::MAX as u64 {
+                u32::MAX
+            } else {
+                took as u32
+            },
         };
         let size = DATA_HEADER_LEN + (n as usize & (MAX_CAPTURE * 2 - 1));
         let record = core::slice::from_raw_parts(ev as *const u8, size);

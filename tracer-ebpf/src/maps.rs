@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, ConnState, DataEvent, DEFAULT_MAX_CONNECTIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS,
+    Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, MAX_FILTER_PIDS, MAX_FILTER_PORTS,
     MAX_INFLIGHT_SYSCALLS, counter,
 };
 

@@ -20,10 +20,10 @@ use crate::cli::{OutputFormat, TraceArgs};
 use crate::connections::TableLimits;
 use crate::decode::decode;
 use crate::export::{self, OtlpConfig, OtlpOverrides, SinkConfig, SpanSink, TerminalOptions};
-use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::metrics::{AgentSnapshot, MetricsState};
-use crate::reorder::ReorderWindow;
+use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::probes::{ProbeOptions, Probes};
+use crate::reorder::ReorderWindow;
 use crate::spans::Clock;
 
 /// Records handled per wake-up before housekeeping gets a turn.
@@ -92,10 +92,15 @@ fn host_name() -> String {
 }
 
 fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// A child process held before `exec` until its pid is in the kernel's filter.
@@ -121,10 +126,16 @@ fn pipe_pair() -> anyhow::Result<(OwnedFd, OwnedFd)> {
 
 async fn spawn_gated(command: &[String], probes: &mut Probes) -> anyhow::Result<GatedChild> {
     use std::os::unix::process::CommandExt;
-    let Some((program, rest)) = command.split_first() else { bail!("no command given to run") };
+    let Some((program, rest)) = command.split_first() else {
+        bail!("no command given to run")
+    };
     let (gate_read, gate_write) = pipe_pair()?;
     let (pid_read, pid_write) = pipe_pair()?;
-    let (gate_r, gate_w, pid_w) = (gate_read.as_raw_fd(), gate_write.as_raw_fd(), pid_write.as_raw_fd());
+    let (gate_r, gate_w, pid_w) = (
+        gate_read.as_raw_fd(),
+        gate_write.as_raw_fd(),
+        pid_write.as_raw_fd(),
+    );
     let mut cmd = std::process::Command::new(program);
     cmd.args(rest);
     // SAFETY: the closure only calls async-signal-safe functions (getpid, write, read, close).
@@ -166,7 +177,10 @@ async fn spawn_gated(command: &[String], probes: &mut Probes) -> anyhow::Result<
     };
     probes.add_pid(pid as u32)?;
     open_gate(gate_write);
-    Ok(GatedChild { pid: pid as u32, exit })
+    Ok(GatedChild {
+        pid: pid as u32,
+        exit,
+    })
 }
 
 fn open_gate(gate: OwnedFd) {
@@ -248,7 +262,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     eprintln!(
         "tracer: probes attached; {}",
         match &sink_cfg {
-            SinkConfig::Otlp(c) => format!("exporting OTLP ({}) to {}", c.protocol.as_str(), c.endpoint),
+            SinkConfig::Otlp(c) =>
+                format!("exporting OTLP ({}) to {}", c.protocol.as_str(), c.endpoint),
             SinkConfig::Terminal(_) => "printing spans to the terminal".to_string(),
             SinkConfig::Json => "printing spans as JSON lines".to_string(),
         }
@@ -344,20 +359,30 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
 
 /// Moves up to `RECORDS_PER_WAKE` records from the ring buffer into the reorder window; returns
 /// how many were read.
-fn drain(ring: &mut RingBuf<MapData>, window: &mut ReorderWindow, pipeline: &mut Pipeline, sink: &SpanSink) -> usize {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    window: &mut ReorderWindow,
+    pipeline: &mut Pipeline,
+    sink: &SpanSink,
+) -> usize {
     let mut n = 0;
     while n < RECORDS_PER_WAKE {
         let Some(item) = ring.next() else { break };
         n += 1;
         match decode(&item) {
             Ok(event) => {
-                if let crate::decode::KernelEvent::ConnOpen { header, role, peer, .. } = &event {
+                if let crate::decode::KernelEvent::ConnOpen {
+                    header, role, peer, ..
+                } = &event
+                {
                     pipeline.prefetch_resource(header.tgid);
                     if crate::pipeline::needs_proc(*role, *peer) {
                         pipeline.presolve_sniffed(header.conn_id, header.tgid, header.fd);
                     }
                 }
-                window.push(event.causal_ts(), &item, &mut |bytes| process(bytes, pipeline, sink))
+                window.push(event.causal_ts(), &item, &mut |bytes| {
+                    process(bytes, pipeline, sink)
+                })
             }
             Err(err) => {
                 DECODE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -395,7 +420,12 @@ async fn sleep_until_mono(deadline_ns: Option<u64>) {
 pub static DECODE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Everything the agent counts, for /metrics.
-fn snapshot(probes: &Probes, pipeline: &Pipeline, sink: &SpanSink, window: &ReorderWindow) -> AgentSnapshot {
+fn snapshot(
+    probes: &Probes,
+    pipeline: &Pipeline,
+    sink: &SpanSink,
+    window: &ReorderWindow,
+) -> AgentSnapshot {
     let k = probes.counters();
     let p = pipeline.stats();
     let t = pipeline.table_stats();
@@ -449,7 +479,12 @@ struct DropReport {
     evicted: u64,
 }
 
-fn report_drops(probes: &Probes, pipeline: &Pipeline, sink: &SpanSink, last: DropReport) -> DropReport {
+fn report_drops(
+    probes: &Probes,
+    pipeline: &Pipeline,
+    sink: &SpanSink,
+    last: DropReport,
+) -> DropReport {
     let k = probes.counters();
     let s = sink.stats().snapshot();
     let t = pipeline.table_stats();

@@ -118,7 +118,13 @@ impl ConnectionTable {
 
     /// Starts tracking a connection. A previous connection on the same (pid, fd) is closed first
     /// (its close record was lost or never came); its exchanges go to `out`.
-    pub fn open(&mut self, meta: ConnMeta, now_ns: u64, late: bool, out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>) {
+    pub fn open(
+        &mut self,
+        meta: ConnMeta,
+        now_ns: u64,
+        late: bool,
+        out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>,
+    ) {
         let fd_key = (meta.pid, meta.fd);
         if let Some(old) = self.by_fd.get(&fd_key).copied()
             && old != meta.conn_id
@@ -145,13 +151,26 @@ impl ConnectionTable {
         let resolved = meta.local.is_some() && meta.peer.is_some();
         self.conns.insert(
             meta.conn_id,
-            Tracked { meta, http, last_activity_ns: now_ns, resolved, linked_upto: 0 },
+            Tracked {
+                meta,
+                http,
+                last_activity_ns: now_ns,
+                resolved,
+                linked_upto: 0,
+            },
         );
     }
 
     /// The connection closed: finish its framer and forget it.
-    pub fn close(&mut self, conn_id: u64, now_ns: u64, out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>) {
-        let Some(mut c) = self.conns.remove(&conn_id) else { return };
+    pub fn close(
+        &mut self,
+        conn_id: u64,
+        now_ns: u64,
+        out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>,
+    ) {
+        let Some(mut c) = self.conns.remove(&conn_id) else {
+            return;
+        };
         self.stats.closed += 1;
         self.removed.push(conn_id);
         if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&conn_id) {
@@ -192,8 +211,11 @@ impl ConnectionTable {
 
     /// Evicts the least recently active sixteenth of the table (at least one connection).
     fn evict_oldest(&mut self, now_ns: u64, out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>) {
-        let mut ages: Vec<(u64, u64)> =
-            self.conns.iter().map(|(id, c)| (c.last_activity_ns, *id)).collect();
+        let mut ages: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .map(|(id, c)| (c.last_activity_ns, *id))
+            .collect();
         let n = (ages.len() / 16).max(1);
         if ages.len() > n {
             ages.select_nth_unstable(n - 1);

@@ -63,9 +63,12 @@ impl KernelEvent<'_> {
     /// recorded time. Ordering by this puts a client's request before the server's read of it.
     pub fn causal_ts(&self) -> u64 {
         match self {
-            KernelEvent::Data { header, direction: Direction::Egress, syscall_ns, .. } => {
-                header.ts_ns.saturating_sub(u64::from(*syscall_ns))
-            }
+            KernelEvent::Data {
+                header,
+                direction: Direction::Egress,
+                syscall_ns,
+                ..
+            } => header.ts_ns.saturating_sub(u64::from(*syscall_ns)),
             other => other.header().ts_ns,
         }
     }
@@ -142,7 +145,10 @@ fn header_at(b: &[u8]) -> RecordHeader {
 /// Decodes one ring-buffer record.
 pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
     let Some(&kind_byte) = record.first() else {
-        return Err(DecodeError::Short { len: 0, need: EVENT_HEADER_LEN });
+        return Err(DecodeError::Short {
+            len: 0,
+            need: EVENT_HEADER_LEN,
+        });
     };
     let need = match kind_byte {
         kind::CONN_OPEN => CONN_OPEN_LEN,
@@ -151,7 +157,10 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if record.len() < need {
-        return Err(DecodeError::Short { len: record.len(), need });
+        return Err(DecodeError::Short {
+            len: record.len(),
+            need,
+        });
     }
     let header = header_at(record);
     match kind_byte {
@@ -167,7 +176,12 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             let peer_port = u16_at(record, b + 6);
             let local = socket_addr(family, addr16_at(record, b + 8), local_port);
             let peer = socket_addr(family, addr16_at(record, b + 24), peer_port);
-            Ok(KernelEvent::ConnOpen { header, role, local, peer })
+            Ok(KernelEvent::ConnOpen {
+                header,
+                role,
+                local,
+                peer,
+            })
         }
         kind::DATA => {
             let b = EVENT_HEADER_LEN;
@@ -190,7 +204,15 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 return Err(DecodeError::BadCapturedLen { captured, carried });
             }
             let payload = &record[DATA_HEADER_LEN..DATA_HEADER_LEN + captured];
-            Ok(KernelEvent::Data { header, direction, role, true_len, syscall_ns, loss_before, payload })
+            Ok(KernelEvent::Data {
+                header,
+                direction,
+                role,
+                true_len,
+                syscall_ns,
+                loss_before,
+                payload,
+            })
         }
         _ => Ok(KernelEvent::ConnClose { header }),
     }
@@ -207,7 +229,15 @@ mod tests {
     }
 
     fn hdr(kind_: u8) -> EventHeader {
-        EventHeader { kind: kind_, _pad: [0; 3], tgid: 10, tid: 11, fd: 5, conn_id: 77, ts_ns: 99 }
+        EventHeader {
+            kind: kind_,
+            _pad: [0; 3],
+            tgid: 10,
+            tid: 11,
+            fd: 5,
+            conn_id: 77,
+            ts_ns: 99,
+        }
     }
 
     #[test]
@@ -231,7 +261,13 @@ mod tests {
         assert_eq!(
             got,
             KernelEvent::ConnOpen {
-                header: RecordHeader { tgid: 10, tid: 11, fd: 5, conn_id: 77, ts_ns: 99 },
+                header: RecordHeader {
+                    tgid: 10,
+                    tid: 11,
+                    fd: 5,
+                    conn_id: 77,
+                    ts_ns: 99
+                },
                 role: Some(Role::Server),
                 local: Some("127.0.0.1:8080".parse().unwrap()),
                 peer: Some("10.1.2.3:40000".parse().unwrap()),
@@ -241,9 +277,14 @@ mod tests {
 
     #[test]
     fn decodes_sniffed_open_without_addresses() {
-        let ev = ConnOpenEvent { header: hdr(kind::CONN_OPEN), ..Default::default() };
+        let ev = ConnOpenEvent {
+            header: hdr(kind::CONN_OPEN),
+            ..Default::default()
+        };
         match decode(&bytes_of(&ev)).unwrap() {
-            KernelEvent::ConnOpen { role, local, peer, .. } => {
+            KernelEvent::ConnOpen {
+                role, local, peer, ..
+            } => {
                 assert_eq!((role, local, peer), (None, None, None));
             }
             other => panic!("unexpected {other:?}"),
@@ -265,7 +306,15 @@ mod tests {
         let mut b = bytes_of(&meta);
         b.extend_from_slice(b"GET ");
         match decode(&b).unwrap() {
-            KernelEvent::Data { direction, role, true_len, payload, header, loss_before, .. } => {
+            KernelEvent::Data {
+                direction,
+                role,
+                true_len,
+                payload,
+                header,
+                loss_before,
+                ..
+            } => {
                 assert!(loss_before);
                 assert_eq!(direction, Direction::Egress);
                 assert_eq!(role, Some(Role::Client));
@@ -287,22 +336,41 @@ mod tests {
         };
         let mut b = bytes_of(&meta);
         b.extend_from_slice(b"GET ");
-        assert!(matches!(decode(&b), Err(DecodeError::BadCapturedLen { .. })));
-        let meta = DataEventHeader { header: hdr(kind::DATA), true_len: 9, captured_len: 9, ..Default::default() };
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::BadCapturedLen { .. })
+        ));
+        let meta = DataEventHeader {
+            header: hdr(kind::DATA),
+            true_len: 9,
+            captured_len: 9,
+            ..Default::default()
+        };
         let b = bytes_of(&meta);
-        assert!(matches!(decode(&b), Err(DecodeError::BadCapturedLen { .. })));
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::BadCapturedLen { .. })
+        ));
     }
 
     #[test]
     fn rejects_short_and_unknown() {
         assert!(matches!(decode(&[]), Err(DecodeError::Short { .. })));
-        assert!(matches!(decode(&[kind::CONN_OPEN, 0, 0]), Err(DecodeError::Short { .. })));
+        assert!(matches!(
+            decode(&[kind::CONN_OPEN, 0, 0]),
+            Err(DecodeError::Short { .. })
+        ));
         assert_eq!(decode(&[42; 64]), Err(DecodeError::UnknownKind(42)));
     }
 
     #[test]
     fn never_panics_on_any_prefix_or_mutation() {
-        let meta = DataEventHeader { header: hdr(kind::DATA), true_len: 8, captured_len: 8, ..Default::default() };
+        let meta = DataEventHeader {
+            header: hdr(kind::DATA),
+            true_len: 8,
+            captured_len: 8,
+            ..Default::default()
+        };
         let mut b = bytes_of(&meta);
         b.extend_from_slice(b"HTTP/1.1");
         for cut in 0..=b.len() {

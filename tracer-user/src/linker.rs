@@ -84,7 +84,10 @@ pub struct LinkerLimits {
 
 impl Default for LinkerLimits {
     fn default() -> Self {
-        LinkerLimits { max_identities: 65_536, max_unclaimed_per_conn: 64 }
+        LinkerLimits {
+            max_identities: 65_536,
+            max_unclaimed_per_conn: 64,
+        }
     }
 }
 
@@ -124,7 +127,10 @@ pub struct Linker {
 
 impl Linker {
     pub fn new(limits: LinkerLimits) -> Self {
-        Linker { limits, ..Default::default() }
+        Linker {
+            limits,
+            ..Default::default()
+        }
     }
 
     pub fn stats(&self) -> LinkerStats {
@@ -171,7 +177,10 @@ impl Linker {
                     self.stats.roots += 1;
                     SpanIdentity::root()
                 });
-                self.open_by_thread.entry((meta.pid, start.tid)).or_default().push(key);
+                self.open_by_thread
+                    .entry((meta.pid, start.tid))
+                    .or_default()
+                    .push(key);
                 self.open_by_conn.entry(meta.conn_id).or_default().push((
                     meta.pid,
                     start.tid,
@@ -181,10 +190,12 @@ impl Linker {
             }
             Role::Client => {
                 self.register_client(meta);
-                let identity = identity.or_else(|| self.thread_parent(meta.pid, start.tid)).unwrap_or_else(|| {
-                    self.stats.roots += 1;
-                    SpanIdentity::root()
-                });
+                let identity = identity
+                    .or_else(|| self.thread_parent(meta.pid, start.tid))
+                    .unwrap_or_else(|| {
+                        self.stats.roots += 1;
+                        SpanIdentity::root()
+                    });
                 let queue = self.unclaimed.entry(meta.conn_id).or_default();
                 if queue.len() >= self.limits.max_unclaimed_per_conn {
                     queue.pop_front();
@@ -198,7 +209,9 @@ impl Linker {
 
     fn insert_identity(&mut self, key: RequestKey, identity: SpanIdentity) {
         while self.identities.len() >= self.limits.max_identities.max(1) {
-            let Some(old) = self.identity_order.pop_front() else { break };
+            let Some(old) = self.identity_order.pop_front() else {
+                break;
+            };
             if self.identities.remove(&old).is_some() {
                 self.stats.identities_evicted += 1;
             }
@@ -241,7 +254,9 @@ impl Linker {
     /// The server started writing on this connection: its open requests are no longer being
     /// served "before the response", so they stop adopting the thread's client calls.
     pub fn response_started(&mut self, conn_id: u64) {
-        let Some(open) = self.open_by_conn.remove(&conn_id) else { return };
+        let Some(open) = self.open_by_conn.remove(&conn_id) else {
+            return;
+        };
         for (pid, tid, seq) in open {
             self.close_open(pid, tid, (conn_id, seq));
         }
@@ -298,7 +313,10 @@ mod tests {
             version: HttpVersion::Http11,
             headers: headers
                 .iter()
-                .map(|(n, v)| Header { name: n.to_string(), value: v.as_bytes().to_vec() })
+                .map(|(n, v)| Header {
+                    name: n.to_string(),
+                    value: v.as_bytes().to_vec(),
+                })
                 .collect(),
             body_len: 0,
         }
@@ -316,7 +334,12 @@ mod tests {
     }
 
     fn start<'a>(seq: u64, tid: u32, req: &'a HttpRequest) -> RequestStart<'a> {
-        RequestStart { sequence: seq, start_ns: 0, tid, request: req }
+        RequestStart {
+            sequence: seq,
+            start_ns: 0,
+            tid,
+            request: req,
+        }
     }
 
     /// curl -> hub (thread-per-request) -> backend, all on this host, no headers.
@@ -340,9 +363,18 @@ mod tests {
         let hi = l.take(2, 0).unwrap();
         let c = l.take(1, 0).unwrap();
         assert_eq!(c.link, LinkSource::Root);
-        assert_eq!((hi.link, hi.parent_span_id, hi.trace_id), (LinkSource::ConnectionPair, Some(c.span_id), c.trace_id));
-        assert_eq!((ho.link, ho.parent_span_id, ho.trace_id), (LinkSource::SameThread, Some(hi.span_id), c.trace_id));
-        assert_eq!((b.link, b.parent_span_id, b.trace_id), (LinkSource::ConnectionPair, Some(ho.span_id), c.trace_id));
+        assert_eq!(
+            (hi.link, hi.parent_span_id, hi.trace_id),
+            (LinkSource::ConnectionPair, Some(c.span_id), c.trace_id)
+        );
+        assert_eq!(
+            (ho.link, ho.parent_span_id, ho.trace_id),
+            (LinkSource::SameThread, Some(hi.span_id), c.trace_id)
+        );
+        assert_eq!(
+            (b.link, b.parent_span_id, b.trace_id),
+            (LinkSource::ConnectionPair, Some(ho.span_id), c.trace_id)
+        );
         assert_eq!(l.pending(), 0);
         let s = l.stats();
         assert_eq!((s.by_connection_pair, s.by_same_thread, s.roots), (2, 1, 1));
@@ -392,7 +424,10 @@ mod tests {
         let hi = l.take(2, 0).unwrap();
         let ho = l.take(3, 0).unwrap();
         assert_eq!(hi.link, LinkSource::Header);
-        assert_eq!(hi.parent_span_id, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
+        assert_eq!(
+            hi.parent_span_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
         assert_eq!(ho.link, LinkSource::Header);
         let _ = plain;
     }
@@ -418,7 +453,10 @@ mod tests {
 
     #[test]
     fn server_without_traced_client_is_a_root_and_tables_stay_bounded() {
-        let mut l = Linker::new(LinkerLimits { max_identities: 8, max_unclaimed_per_conn: 2 });
+        let mut l = Linker::new(LinkerLimits {
+            max_identities: 8,
+            max_unclaimed_per_conn: 2,
+        });
         let r = request(&[]);
         let s = conn(2, 200, Role::Server, "127.0.0.1:8000", "10.0.0.9:5555");
         for seq in 0..100 {

@@ -419,7 +419,10 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             "Request/response exchanges that did not become spans, by reason.",
             vec![
                 Sample::labelled(&[("reason", "role_unknown")], s.exchanges_without_role),
-                Sample::labelled(&[("reason", "kernel_records_lost")], s.exchanges_lost_to_drops),
+                Sample::labelled(
+                    &[("reason", "kernel_records_lost")],
+                    s.exchanges_lost_to_drops,
+                ),
             ],
         ),
         Family::counter(

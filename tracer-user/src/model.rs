@@ -134,10 +134,16 @@ pub struct Attribute {
 
 impl Attribute {
     pub fn str(key: &'static str, value: impl Into<String>) -> Self {
-        Attribute { key, value: AttrValue::Str(value.into()) }
+        Attribute {
+            key,
+            value: AttrValue::Str(value.into()),
+        }
     }
     pub fn int(key: &'static str, value: i64) -> Self {
-        Attribute { key, value: AttrValue::Int(value) }
+        Attribute {
+            key,
+            value: AttrValue::Int(value),
+        }
     }
 }
 

@@ -178,11 +178,24 @@ impl Pipeline {
         }
         let mut done = std::mem::take(&mut self.scratch);
         match event {
-            KernelEvent::ConnOpen { header, role, local, peer } => {
+            KernelEvent::ConnOpen {
+                header,
+                role,
+                local,
+                peer,
+            } => {
                 let mut meta = Self::meta_from(&header, role);
                 meta.local = local;
                 meta.peer = peer;
-                tracing::trace!(conn_id = meta.conn_id, pid = meta.pid, fd = meta.fd, ?role, ?local, ?peer, "connection opened");
+                tracing::trace!(
+                    conn_id = meta.conn_id,
+                    pid = meta.pid,
+                    fd = meta.fd,
+                    ?role,
+                    ?local,
+                    ?peer,
+                    "connection opened"
+                );
                 // Read the process's resource now, while it surely still runs (a short-lived
                 // client may be gone by the time its span is built).
                 self.resources.get(header.tgid);
@@ -191,7 +204,15 @@ impl Pipeline {
                     self.resolve_sniffed(header.conn_id);
                 }
             }
-            KernelEvent::Data { header, direction, role, true_len, payload, loss_before, .. } => {
+            KernelEvent::Data {
+                header,
+                direction,
+                role,
+                true_len,
+                payload,
+                loss_before,
+                ..
+            } => {
                 self.stats.data_bytes += u64::from(true_len);
                 if self.table.get_mut(header.conn_id).is_none() {
                     self.stats.records_unknown_connection += 1;
@@ -202,7 +223,9 @@ impl Pipeline {
                 }
                 if let Some(conn) = self.table.get_mut(header.conn_id) {
                     conn.last_activity_ns = header.ts_ns;
-                    if conn.role() == Some(Role::Server) && direction == crate::model::Direction::Egress {
+                    if conn.role() == Some(Role::Server)
+                        && direction == crate::model::Direction::Egress
+                    {
                         self.linker.response_started(header.conn_id);
                     }
                     let mut exchanges = Vec::new();
@@ -213,7 +236,14 @@ impl Pipeline {
                         }
                         conn.linked_upto = conn.http.next_sequence();
                     }
-                    conn.http.on_record(direction, payload, true_len, header.tid, header.ts_ns, &mut exchanges);
+                    conn.http.on_record(
+                        direction,
+                        payload,
+                        true_len,
+                        header.tid,
+                        header.ts_ns,
+                        &mut exchanges,
+                    );
                     if let Some(role) = conn.role() {
                         let mut next = conn.linked_upto;
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
@@ -256,7 +286,9 @@ impl Pipeline {
 
     /// Sniffed connections carry no addresses: ask /proc, and drop fds that are not sockets.
     fn resolve_sniffed(&mut self, conn_id: u64) {
-        let Some(conn) = self.table.get_mut(conn_id) else { return };
+        let Some(conn) = self.table.get_mut(conn_id) else {
+            return;
+        };
         if conn.resolved {
             return;
         }
@@ -295,7 +327,11 @@ impl Pipeline {
         ports.iter().flatten().any(|p| self.opts.ports.contains(p))
     }
 
-    fn emit_all(&mut self, done: &mut Vec<(ConnMeta, Option<Role>, Exchange)>, out: &mut impl SpanOutput) {
+    fn emit_all(
+        &mut self,
+        done: &mut Vec<(ConnMeta, Option<Role>, Exchange)>,
+        out: &mut impl SpanOutput,
+    ) {
         for (meta, role, exchange) in done.drain(..) {
             let Some(role) = role else {
                 self.stats.exchanges_without_role += 1;
@@ -309,9 +345,17 @@ impl Pipeline {
             let identity = self.linker.take(meta.conn_id, exchange.sequence);
             let (parent, ids) = match identity {
                 Some(id) => identity_parts(id),
-                None => (propagation::extract(&exchange.request.headers), spans::new_ids()),
+                None => (
+                    propagation::extract(&exchange.request.headers),
+                    spans::new_ids(),
+                ),
             };
-            let input = SpanInput { exchange: &exchange, conn: &meta, role, clock: &self.clock };
+            let input = SpanInput {
+                exchange: &exchange,
+                conn: &meta,
+                role,
+                clock: &self.clock,
+            };
             let span = spans::build_span(&input, parent.as_ref(), ids);
             let resource = self.resources.get(meta.pid);
             self.stats.spans += 1;
@@ -322,7 +366,10 @@ impl Pipeline {
 
 /// Splits a linker identity into what `spans::build_span` takes.
 fn identity_parts(id: SpanIdentity) -> (Option<TraceContext>, spans::SpanIds) {
-    let ids = spans::SpanIds { span_id: id.span_id, trace_id_if_root: id.trace_id };
+    let ids = spans::SpanIds {
+        span_id: id.span_id,
+        trace_id_if_root: id.trace_id,
+    };
     let parent = id.parent_span_id.map(|parent_span_id| TraceContext {
         trace_id: id.trace_id,
         parent_span_id,

@@ -70,7 +70,9 @@ pub enum ProbeError {
     Tracefs(io::Error),
     #[error("loading the eBPF object failed: {0}")]
     Load(Box<aya::EbpfError>),
-    #[error("eBPF program {name} ({category}:{tracepoint}) could not be loaded or attached: {source}")]
+    #[error(
+        "eBPF program {name} ({category}:{tracepoint}) could not be loaded or attached: {source}"
+    )]
     Program {
         name: &'static str,
         category: &'static str,
@@ -151,12 +153,19 @@ pub fn ensure_tracefs() -> Result<PathBuf, ProbeError> {
             return Ok(PathBuf::from(dir));
         }
     }
-    let target = std::ffi::CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
+    let target =
+        std::ffi::CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(io::Error::other(e)))?;
     let fstype = c"tracefs";
     let source = c"nodev";
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.
     let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(ProbeError::Tracefs(io::Error::last_os_error()));
@@ -233,25 +242,40 @@ impl Probes {
             fork_child_pid_offset: fork_child_pid_offset(&tracefs),
         };
         {
-            let map = ebpf.map_mut("CONFIG").ok_or(ProbeError::MissingMap("CONFIG"))?;
+            let map = ebpf
+                .map_mut("CONFIG")
+                .ok_or(ProbeError::MissingMap("CONFIG"))?;
             let mut config: Array<&mut MapData, Config> =
-                Array::try_from(map).map_err(|source| ProbeError::Map { name: "CONFIG", source: Box::new(source) })?;
+                Array::try_from(map).map_err(|source| ProbeError::Map {
+                    name: "CONFIG",
+                    source: Box::new(source),
+                })?;
             config
                 .set(tracer_common::CONFIG_KEY, cfg, 0)
-                .map_err(|source| ProbeError::Map { name: "CONFIG", source: Box::new(source) })?;
+                .map_err(|source| ProbeError::Map {
+                    name: "CONFIG",
+                    source: Box::new(source),
+                })?;
         }
         let mut probes = Probes { ebpf };
         for pid in &opts.pids {
             probes.add_pid(*pid)?;
         }
         {
-            let map = probes.ebpf.map_mut("FILTER_PORTS").ok_or(ProbeError::MissingMap("FILTER_PORTS"))?;
-            let mut ports: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map)
-                .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source: Box::new(source) })?;
+            let map = probes
+                .ebpf
+                .map_mut("FILTER_PORTS")
+                .ok_or(ProbeError::MissingMap("FILTER_PORTS"))?;
+            let mut ports: HashMap<&mut MapData, u16, u8> =
+                HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                    name: "FILTER_PORTS",
+                    source: Box::new(source),
+                })?;
             for port in &opts.ports {
-                ports
-                    .insert(port, 1, 0)
-                    .map_err(|source| ProbeError::Map { name: "FILTER_PORTS", source: Box::new(source) })?;
+                ports.insert(port, 1, 0).map_err(|source| ProbeError::Map {
+                    name: "FILTER_PORTS",
+                    source: Box::new(source),
+                })?;
             }
         }
         // Verify every program before attaching any: attached programs produce records at once,
@@ -264,7 +288,10 @@ impl Probes {
                     tracepoint,
                     source: Box::new(source),
                 };
-                let program = probes.ebpf.program_mut(name).ok_or(ProbeError::MissingMap(name))?;
+                let program = probes
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or(ProbeError::MissingMap(name))?;
                 let program: &mut TracePoint = program.try_into().map_err(err)?;
                 if attach {
                     program.attach(category, tracepoint).map_err(err)?;
@@ -278,10 +305,19 @@ impl Probes {
 
     /// Adds a process to the pid filter (used by `tracer run` before the child execs).
     pub fn add_pid(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let map = self.ebpf.map_mut("FILTER_PIDS").ok_or(ProbeError::MissingMap("FILTER_PIDS"))?;
+        let map = self
+            .ebpf
+            .map_mut("FILTER_PIDS")
+            .ok_or(ProbeError::MissingMap("FILTER_PIDS"))?;
         let mut pids: HashMap<&mut MapData, u32, u8> =
-            HashMap::try_from(map).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source: Box::new(source) })?;
-        pids.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: "FILTER_PIDS", source: Box::new(source) })
+            HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "FILTER_PIDS",
+                source: Box::new(source),
+            })?;
+        pids.insert(pid, 1, 0).map_err(|source| ProbeError::Map {
+            name: "FILTER_PIDS",
+            source: Box::new(source),
+        })
     }
 
     /// Stops following an fd the kernel adopted by sniffing (not a socket, or outside the port
@@ -290,22 +326,36 @@ impl Probes {
         if let Some(map) = self.ebpf.map_mut("CONNS")
             && let Ok(mut conns) = HashMap::<&mut MapData, u64, ConnState>::try_from(map)
         {
-            let ignored = ConnState { role: role::IGNORED, endpoints_sent: 1, ..Default::default() };
+            let ignored = ConnState {
+                role: role::IGNORED,
+                endpoints_sent: 1,
+                ..Default::default()
+            };
             let _ = conns.insert(conn_key(pid, fd as u32), ignored, 0);
         }
     }
 
     /// Takes the ring buffer for the reader task.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source: Box::new(source) })
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source: Box::new(source),
+        })
     }
 
     /// Reads the kernel counters, summed over CPUs.
     pub fn counters(&self) -> KernelCounters {
         let mut out = KernelCounters::default();
-        let Some(map) = self.ebpf.map("COUNTERS") else { return out };
-        let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else { return out };
+        let Some(map) = self.ebpf.map("COUNTERS") else {
+            return out;
+        };
+        let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return out;
+        };
         let read = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         out.events_submitted = read(counter::EVENTS_SUBMITTED);
         out.ringbuf_full = read(counter::RINGBUF_FULL);
@@ -323,7 +373,10 @@ impl Probes {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer kernels).
 fn bump_memlock_rlimit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain libc call with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("could not lift RLIMIT_MEMLOCK; continuing");

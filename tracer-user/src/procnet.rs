@@ -13,7 +13,10 @@ use std::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FdKind {
     /// A socket; addresses when it is a TCP socket listed in /proc/<pid>/net/tcp{,6}.
-    Socket { local: Option<SocketAddr>, peer: Option<SocketAddr> },
+    Socket {
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    },
     /// Not a socket (a file, pipe, tty...): not a connection.
     NotSocket,
     /// The fd or process is gone; nothing can be said.
@@ -26,21 +29,32 @@ pub fn inspect_fd(proc_root: &Path, pid: u32, fd: i32) -> FdKind {
         Ok(l) => l,
         Err(_) => return FdKind::Unknown,
     };
-    let Some(inode) = socket_inode(&link.to_string_lossy()) else { return FdKind::NotSocket };
+    let Some(inode) = socket_inode(&link.to_string_lossy()) else {
+        return FdKind::NotSocket;
+    };
     if proc_root == Path::new("/proc")
         && let Some((local, peer)) = endpoints_via_pidfd(pid, fd)
     {
-        return FdKind::Socket { local: Some(local), peer: Some(peer) };
+        return FdKind::Socket {
+            local: Some(local),
+            peer: Some(peer),
+        };
     }
     for table in ["tcp", "tcp6"] {
         let Ok(text) = fs::read_to_string(proc_root.join(format!("{pid}/net/{table}"))) else {
             continue;
         };
         if let Some((local, peer)) = find_inode(&text, inode) {
-            return FdKind::Socket { local: Some(local), peer: Some(peer) };
+            return FdKind::Socket {
+                local: Some(local),
+                peer: Some(peer),
+            };
         }
     }
-    FdKind::Socket { local: None, peer: None }
+    FdKind::Socket {
+        local: None,
+        peer: None,
+    }
 }
 
 /// Borrows `fd` of `pid` (needs ptrace rights over it: root or CAP_SYS_PTRACE) and asks the
@@ -54,7 +68,12 @@ fn endpoints_via_pidfd(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
             return None;
         }
         let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
-        let ours = libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0);
+        let ours = libc::syscall(
+            libc::SYS_pidfd_getfd,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            fd,
+            0,
+        );
         if ours < 0 {
             return None;
         }
@@ -73,19 +92,27 @@ fn sockaddr_of(
     // SAFETY: sockaddr_storage is plain data; the kernel writes at most `len` bytes into it.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    if get((&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+    if get(
+        (&mut storage as *mut libc::sockaddr_storage).cast(),
+        &mut len,
+    ) != 0
+    {
         return None;
     }
     match storage.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
-            let v4 = unsafe { &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let v4 = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
             let ip = Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
             Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(v4.sin_port)))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
-            let v6 = unsafe { &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let v6 = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             let ip = Ipv6Addr::from(v6.sin6_addr.s6_addr);
             let ip = match ip.to_ipv4_mapped() {
                 Some(v4) => IpAddr::V4(v4),
@@ -99,7 +126,10 @@ fn sockaddr_of(
 
 /// `socket:[12345]` -> 12345.
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Finds the row with `inode` in a /proc/net/tcp or tcp6 table.
@@ -154,7 +184,10 @@ mod tests {
     fn parses_ipv4_rows() {
         assert_eq!(
             find_inode(TCP, 31337),
-            Some(("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:54321".parse().unwrap()))
+            Some((
+                "127.0.0.1:8080".parse().unwrap(),
+                "127.0.0.1:54321".parse().unwrap()
+            ))
         );
         assert_eq!(find_inode(TCP, 1), None);
         assert_eq!(find_inode("garbage\n1 2 3", 1), None);
@@ -188,9 +221,15 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let got = endpoints_via_pidfd(std::process::id(), client.as_raw_fd());
-        assert_eq!(got, Some((client.local_addr().unwrap(), client.peer_addr().unwrap())));
+        assert_eq!(
+            got,
+            Some((client.local_addr().unwrap(), client.peer_addr().unwrap()))
+        );
         let file = std::fs::File::open("/proc/self/status").unwrap();
-        assert_eq!(endpoints_via_pidfd(std::process::id(), file.as_raw_fd()), None);
+        assert_eq!(
+            endpoints_via_pidfd(std::process::id(), file.as_raw_fd()),
+            None
+        );
     }
 
     #[test]

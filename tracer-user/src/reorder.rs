@@ -46,7 +46,10 @@ impl ReorderWindow {
     }
 
     pub fn stats(&self) -> ReorderStats {
-        ReorderStats { held: self.heap.len() as u64, forced_early: self.forced_early }
+        ReorderStats {
+            held: self.heap.len() as u64,
+            forced_early: self.forced_early,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -70,7 +73,11 @@ impl ReorderWindow {
         bytes.clear();
         bytes.extend_from_slice(record);
         self.arrivals += 1;
-        self.heap.push(Reverse(Held { causal_ts, arrival: self.arrivals, bytes }));
+        self.heap.push(Reverse(Held {
+            causal_ts,
+            arrival: self.arrivals,
+            bytes,
+        }));
     }
 
     /// Releases, in causal order, every record older than the window at `now_ns`
@@ -90,7 +97,9 @@ impl ReorderWindow {
 
     /// Monotonic time at which the oldest held record becomes ready, if any.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.heap.peek().map(|Reverse(h)| h.causal_ts.saturating_add(self.window_ns))
+        self.heap
+            .peek()
+            .map(|Reverse(h)| h.causal_ts.saturating_add(self.window_ns))
     }
 
     fn recycle(&mut self, bytes: Vec<u8>) {
@@ -136,10 +145,17 @@ mod tests {
         for (ts, b) in [(3u64, b"c"), (1, b"a"), (2, b"b")] {
             w.push(ts, b, &mut |x| early.push(x.to_vec()));
         }
-        assert_eq!(early, vec![b"a".to_vec()], "the oldest goes first when full");
+        assert_eq!(
+            early,
+            vec![b"a".to_vec()],
+            "the oldest goes first when full"
+        );
         assert_eq!(w.stats().forced_early, 1);
         assert_eq!(w.len(), 2);
         assert_eq!(w.next_deadline(), Some(1_002));
-        assert_eq!(collect(&mut w, u64::MAX), vec![b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            collect(&mut w, u64::MAX),
+            vec![b"b".to_vec(), b"c".to_vec()]
+        );
     }
 }

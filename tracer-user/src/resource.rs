@@ -91,7 +91,8 @@ impl ResourceCache {
         self.clock += 1;
         let generation = self.pods.as_ref().map(|p| p.generation());
         if let Some(entry) = self.entries.get_mut(&pid) {
-            let stale = entry.pod_miss_generation.is_some() && entry.pod_miss_generation != generation;
+            let stale =
+                entry.pod_miss_generation.is_some() && entry.pod_miss_generation != generation;
             if !stale {
                 entry.last_used = self.clock;
                 return Arc::clone(&entry.resource);
@@ -167,7 +168,11 @@ pub fn discover(proc_root: &Path, pid: u32, host_name: &str) -> ProcessResource 
 fn merge_pod(resource: &mut ProcessResource, pod: crate::k8s::PodAttributes, named_by_env: bool) {
     if !named_by_env && let Some(hint) = pod.service_name_hint {
         resource.service_name = hint.clone();
-        if let Some((_, v)) = resource.attributes.iter_mut().find(|(k, _)| k == "service.name") {
+        if let Some((_, v)) = resource
+            .attributes
+            .iter_mut()
+            .find(|(k, _)| k == "service.name")
+        {
             *v = AttrValue::Str(hint);
         }
     }

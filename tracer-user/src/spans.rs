@@ -525,7 +525,12 @@ impl HostPort {
 
 fn host_header(request: &HttpRequest) -> Option<HostPort> {
     let value = header_value(&request.headers, "host")?;
-    HostPort::parse(&bounded_lossy(value, MAX_SHORT_ATTR_LEN))
+    // As `bounded_lossy`, without copying the (usually valid UTF-8) value first.
+    let head = value.get(..MAX_SHORT_ATTR_LEN).unwrap_or(value);
+    HostPort::parse(prefix_on_boundary(
+        &String::from_utf8_lossy(head),
+        MAX_SHORT_ATTR_LEN,
+    ))
 }
 
 /// The first header named `name` (ASCII case-insensitive).
@@ -608,11 +613,16 @@ fn bounded_lossy(bytes: &[u8], max: usize) -> String {
 
 /// At most `max` bytes, cut on a character boundary.
 fn bounded(text: &str, max: usize) -> String {
+    prefix_on_boundary(text, max).to_string()
+}
+
+/// The longest prefix of at most `max` bytes that ends on a character boundary.
+fn prefix_on_boundary(text: &str, max: usize) -> &str {
     let mut cut = text.len().min(max);
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    text.get(..cut).unwrap_or_default().to_string()
+    text.get(..cut).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -304,7 +304,9 @@ async fn full_queue_drops_are_counted() {
     let stats = exporter.shutdown(Duration::from_secs(5)).await;
     assert_eq!(stats.spans_exported, 0);
     assert_eq!(
-        stats.spans_dropped_export_failed + stats.spans_dropped_shutdown + stats.spans_dropped_queue_full,
+        stats.spans_dropped_export_failed
+            + stats.spans_dropped_shutdown
+            + stats.spans_dropped_queue_full,
         stats.spans_enqueued,
         "every accepted span is accounted for: {stats:?}"
     );

@@ -39,7 +39,9 @@ impl<T> DropOldestQueue<T> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
         // A panic while holding the lock cannot leave a VecDeque half-updated: keep going.
-        self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.items
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn push(&self, item: T) -> Pushed {
@@ -58,7 +60,11 @@ impl<T> DropOldestQueue<T> {
             evicted
         };
         self.ready.notify_one();
-        if evicted { Pushed::EvictedOldest } else { Pushed::Queued }
+        if evicted {
+            Pushed::EvictedOldest
+        } else {
+            Pushed::Queued
+        }
     }
 
     /// Moves up to `max` items into `out`, waiting for at least one. Returns `false` once the

@@ -307,9 +307,17 @@ pub fn render_trace(spans: &[ExportItem], colour: bool) -> String {
         let (connector, child_prefix) = match &branch {
             None => (String::new(), String::new()),
             Some((prefix, last)) => {
-                let (here, below) = if *last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+                let (here, below) = if *last {
+                    ("└─ ", "   ")
+                } else {
+                    ("├─ ", "│  ")
+                };
                 // Past the deepest level drawn, children line up with their parent.
-                let below = if prefix.chars().count() >= 3 * MAX_INDENT { "" } else { below };
+                let below = if prefix.chars().count() >= 3 * MAX_INDENT {
+                    ""
+                } else {
+                    below
+                };
                 (format!("{prefix}{here}"), format!("{prefix}{below}"))
             }
         };

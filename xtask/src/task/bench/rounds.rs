@@ -76,9 +76,17 @@ pub struct Round {
     pub host_load: f64,
 }
 
-fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    (n > 0).then(|| sum / n as f64)
+/// The median (the mean of the middle two for an even count): one round disturbed by other work
+/// on a shared machine moves it less than the mean.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => values.get(n / 2).copied(),
+        _ => Some((values.get(n / 2 - 1)? + values.get(n / 2)?) / 2.0),
+    }
 }
 
 /// A capture's rounds against the untraced rounds of the same server and load.
@@ -98,7 +106,7 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    /// Throughput with the capture over throughput without (means of the rounds).
+    /// Throughput with the capture over throughput without (medians of the rounds).
     pub fn ratio(&self) -> f64 {
         if self.base_rps > 0.0 {
             self.rps / self.base_rps
@@ -185,7 +193,7 @@ pub fn comparisons(rounds: &[Round]) -> Vec<Comparison> {
         .filter_map(|(server, load, capture)| {
             let with = select(rounds, (server, load, capture));
             let base = select(rounds, (server, load, Capture::Untraced));
-            let m = |rs: &[&Round], f: fn(&WrkResult) -> f64| mean(rs.iter().map(|r| f(&r.wrk)));
+            let m = |rs: &[&Round], f: fn(&WrkResult) -> f64| median(rs.iter().map(|r| f(&r.wrk)));
             Some(Comparison {
                 server,
                 load,
@@ -219,7 +227,7 @@ pub fn costs(rounds: &[Round]) -> Vec<CostSummary> {
                 load,
                 capture,
                 rounds: rs.len(),
-                rps: mean(rs.iter().map(|r| r.wrk.requests_per_second())).unwrap_or(0.0),
+                rps: median(rs.iter().map(|r| r.wrk.requests_per_second())).unwrap_or(0.0),
                 requests: rs.iter().map(|r| r.requests).sum(),
                 requests_from_log: rs.iter().all(|r| r.requests_from_log),
                 cpu_seconds: costs.iter().map(|c| c.cpu_seconds).sum(),
@@ -260,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn ratio_and_deltas_use_the_means_of_each_side() {
+    fn ratio_and_deltas_use_the_medians_of_each_side() {
         let cost = |cpu: f64, server: u64| CaptureCost {
             cpu_seconds: cpu,
             peak_rss_kib: 20_000,
@@ -299,6 +307,14 @@ mod tests {
             (Some(2), Some(0), None)
         );
         assert!((t.peak_rss_mb() - 20.48).abs() < 1e-9);
+    }
+
+    #[test]
+    fn medians_resist_one_disturbed_round() {
+        assert_eq!(median([3.0, 1.0, 1000.0].into_iter()), Some(3.0));
+        assert_eq!(median([4.0, 2.0].into_iter()), Some(3.0));
+        assert_eq!(median([f64::NAN].into_iter()), None);
+        assert_eq!(median(std::iter::empty()), None);
     }
 
     #[test]
