@@ -1,7 +1,7 @@
 //! The bounded table of traced connections: identity (pid, fd, connection id), role, addresses,
 //! the HTTP framer of each, idle expiry, and counters for everything evicted or dropped.
 
-use std::collections::HashMap;
+use crate::idhash::IdHashMap;
 
 use crate::http::{HttpConnection, HttpLimits, HttpStats};
 use crate::model::{ConnMeta, Exchange, Role};
@@ -65,8 +65,8 @@ impl Tracked {
 /// Connections by id, plus the (pid, fd) index that detects fd reuse.
 pub struct ConnectionTable {
     limits: TableLimits,
-    conns: HashMap<u64, Tracked>,
-    by_fd: HashMap<(u32, i32), u64>,
+    conns: IdHashMap<u64, Tracked>,
+    by_fd: IdHashMap<(u32, i32), u64>,
     stats: TableStats,
     /// Framer counters of connections already removed.
     http_totals: HttpStats,
@@ -78,8 +78,8 @@ impl ConnectionTable {
     pub fn new(limits: TableLimits) -> Self {
         ConnectionTable {
             limits,
-            conns: HashMap::new(),
-            by_fd: HashMap::new(),
+            conns: IdHashMap::default(),
+            by_fd: IdHashMap::default(),
             stats: TableStats::default(),
             http_totals: HttpStats::default(),
             removed: Vec::new(),

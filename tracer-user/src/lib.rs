@@ -11,6 +11,7 @@ pub mod connections;
 pub mod decode;
 pub mod export;
 pub mod http;
+pub mod idhash;
 pub mod k8s;
 pub mod linker;
 pub mod metrics;

@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use crate::http::RequestStart;
+use crate::idhash::IdHashMap;
 use crate::model::{ConnMeta, Role};
 use crate::propagation::{self, TraceContext};
 use crate::spans::new_ids;
@@ -110,18 +111,18 @@ type RequestKey = (u64, u64);
 #[derive(Default)]
 pub struct Linker {
     limits: LinkerLimits,
-    identities: HashMap<RequestKey, SpanIdentity>,
+    identities: IdHashMap<RequestKey, SpanIdentity>,
     /// Insertion order of `identities`, for bounded eviction (stale keys are skipped).
     identity_order: VecDeque<RequestKey>,
     /// Open SERVER requests per serving thread: (pid, tid) -> requests.
-    open_by_thread: HashMap<(u32, u32), Vec<RequestKey>>,
+    open_by_thread: IdHashMap<(u32, u32), Vec<RequestKey>>,
     /// Open SERVER requests per connection, with the thread serving each.
-    open_by_conn: HashMap<u64, Vec<(u32, u32, u64)>>,
+    open_by_conn: IdHashMap<u64, Vec<(u32, u32, u64)>>,
     /// CLIENT connections by (local, peer).
     clients_by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
-    client_tuples: HashMap<u64, (SocketAddr, SocketAddr)>,
+    client_tuples: IdHashMap<u64, (SocketAddr, SocketAddr)>,
     /// CLIENT requests not yet claimed by a traced server, oldest first.
-    unclaimed: HashMap<u64, VecDeque<u64>>,
+    unclaimed: IdHashMap<u64, VecDeque<u64>>,
     stats: LinkerStats,
 }
 

@@ -2,13 +2,13 @@
 //! spans (with parent context and process resource) -> a span output. Fed by the ring-buffer
 //! reader in the agent and by recorded event streams in tests and benchmarks.
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use crate::connections::{ConnectionTable, TableLimits, TableStats};
 use crate::decode::{KernelEvent, RecordHeader};
 use crate::export::SpanSink;
 use crate::http::HttpStats;
+use crate::idhash::{IdHashMap, IdHashSet};
 use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
 use crate::model::{ConnMeta, Exchange, ExportItem, Role};
 use crate::procnet::{self, FdKind};
@@ -74,10 +74,10 @@ pub struct Pipeline {
     not_sockets: Vec<(u32, i32)>,
     /// Connections dropped as not-sockets or outside the port filter: their records still in
     /// flight are ignored instead of re-opening them.
-    ignored: HashSet<u64>,
+    ignored: IdHashSet<u64>,
     /// /proc facts about sniffed connections, read when their record left the ring buffer
     /// (before the reorder window: a short-lived process may be gone after it).
-    presolved: HashMap<u64, FdKind>,
+    presolved: IdHashMap<u64, FdKind>,
 }
 
 /// Bound of the ignored and presolved sets (cleared when exceeded).
@@ -94,8 +94,8 @@ impl Pipeline {
             stats: PipelineStats::default(),
             scratch: Vec::new(),
             not_sockets: Vec::new(),
-            ignored: HashSet::new(),
-            presolved: HashMap::new(),
+            ignored: IdHashSet::default(),
+            presolved: IdHashMap::default(),
         }
     }
 

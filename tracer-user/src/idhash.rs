@@ -1,0 +1,94 @@
+//! A fast hasher for maps keyed by identifiers the kernel or the agent generates (connection ids,
+//! pids, thread ids, sequence numbers). They are not chosen by traced peers, so the DoS
+//! resistance of the default SipHash buys nothing there; maps keyed by peer-controlled values
+//! (socket addresses) keep the default hasher.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Multiply-rotate hashing (the FxHash construction) over the key's integer writes.
+#[derive(Clone, Copy, Default)]
+pub struct IdHasher {
+    hash: u64,
+}
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl IdHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+}
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_i32(&mut self, i: i32) {
+        self.add(i as u32 as u64);
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+}
+
+pub type IdHashMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+pub type IdHashSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_sequential_ids_and_behaves_as_a_map() {
+        let mut map: IdHashMap<(u64, u64), u64> = IdHashMap::default();
+        for conn in 0..1000u64 {
+            for seq in 0..4 {
+                map.insert(((7 << 56) | conn, seq), conn * 4 + seq);
+            }
+        }
+        assert_eq!(map.len(), 4000);
+        assert_eq!(map.get(&((7 << 56) | 999, 3)), Some(&3999));
+        // Sequential ids land in distinct low bits (what hashbrown indexes by).
+        let mut low = std::collections::HashSet::new();
+        for id in 0..256u64 {
+            let mut h = IdHasher::default();
+            h.write_u64(id);
+            low.insert(h.finish() >> 57);
+        }
+        assert!(low.len() > 64, "top bits too clustered: {}", low.len());
+    }
+}
