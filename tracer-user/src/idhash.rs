@@ -22,9 +22,17 @@ impl IdHasher {
 }
 
 impl Hasher for IdHasher {
+    /// Finished with murmur3's fmix64: a bare multiply leaves keys that differ only in their
+    /// high bits (conn ids are `cpu << 56 | sequence`) with equal low bits, which the table
+    /// indexes by.
     #[inline]
     fn finish(&self) -> u64 {
-        self.hash
+        let mut h = self.hash;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 
     #[inline]
@@ -82,13 +90,29 @@ mod tests {
         }
         assert_eq!(map.len(), 4000);
         assert_eq!(map.get(&((7 << 56) | 999, 3)), Some(&3999));
-        // Sequential ids land in distinct low bits (what hashbrown indexes by).
-        let mut low = std::collections::HashSet::new();
-        for id in 0..256u64 {
-            let mut h = IdHasher::default();
-            h.write_u64(id);
-            low.insert(h.finish() >> 57);
+        // Ids that differ only in high bits (other CPUs) or only in low bits must spread over
+        // both the low bits (bucket index) and the top 7 bits (control byte).
+        for ids in [
+            (0..256u64).map(|cpu| cpu << 56).collect::<Vec<_>>(),
+            (0..256u64).map(|seq| seq << 32).collect(),
+            (0..256u64).collect(),
+        ] {
+            let hashes: Vec<u64> = ids
+                .iter()
+                .map(|id| {
+                    let mut h = IdHasher::default();
+                    h.write_u64(*id);
+                    h.finish()
+                })
+                .collect();
+            let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xff).collect();
+            let top: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+            assert!(
+                low.len() > 128 && top.len() > 64,
+                "clustered: {} {}",
+                low.len(),
+                top.len()
+            );
         }
-        assert!(low.len() > 64, "top bits too clustered: {}", low.len());
     }
 }
