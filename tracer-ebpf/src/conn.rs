@@ -211,7 +211,9 @@ impl PidTgid for TracePointContext {
     }
 }
 
-pub fn enter_accept(ctx: &TracePointContext) {
+/// sys_enter of accept/accept4 (`ARG_ACCEPT`) and connect (`ARG_CONNECT`): both keep the fd and
+/// the sockaddr pointer for the exit.
+pub fn enter_lifecycle(ctx: &TracePointContext, kind: u8) {
     if !pid_traced(ctx.tgid()) {
         return;
     }
@@ -220,7 +222,7 @@ pub fn enter_accept(ctx: &TracePointContext) {
         ptr: sys_arg(ctx, 1),
         count: 0,
         enter_ns: 0,
-        kind: ARG_ACCEPT,
+        kind,
         _pad: [0; 7],
     };
     save_args(ctx, &args);
@@ -270,21 +272,6 @@ pub fn exit_accept(ctx: &TracePointContext) {
         return;
     }
     track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
-}
-
-pub fn enter_connect(ctx: &TracePointContext) {
-    if !pid_traced(ctx.tgid()) {
-        return;
-    }
-    let args = SyscallArgs {
-        fd: sys_arg(ctx, 0) as i64,
-        ptr: sys_arg(ctx, 1),
-        count: 0,
-        enter_ns: 0,
-        kind: ARG_CONNECT,
-        _pad: [0; 7],
-    };
-    save_args(ctx, &args);
 }
 
 pub fn exit_connect(ctx: &TracePointContext) {

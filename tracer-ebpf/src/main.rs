@@ -46,7 +46,7 @@ mod programs {
 
     #[tracepoint]
     pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-        conn::enter_accept(&ctx);
+        conn::enter_lifecycle(&ctx, conn::ARG_ACCEPT);
         0
     }
     #[tracepoint]
@@ -56,7 +56,7 @@ mod programs {
     }
     #[tracepoint]
     pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-        conn::enter_accept(&ctx);
+        conn::enter_lifecycle(&ctx, conn::ARG_ACCEPT);
         0
     }
     #[tracepoint]
@@ -66,7 +66,7 @@ mod programs {
     }
     #[tracepoint]
     pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-        conn::enter_connect(&ctx);
+        conn::enter_lifecycle(&ctx, conn::ARG_CONNECT);
         0
     }
     #[tracepoint]
