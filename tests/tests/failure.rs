@@ -22,6 +22,18 @@ use http_load::{KeepAliveClient, LoadServer, get_once};
 use vitals::Vitals;
 
 /// CPU an idle agent may burn in `CPU_WINDOW` while its endpoint fails: a busy loop burns ~10 s.
+/// These tests measure an agent's CPU, memory and drop counters under loads they generate; a
+/// second such test running beside them on a small machine would distort exactly what they
+/// measure (and starve the agent into drops). They take this lock and run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding the lock leaves nothing shared behind: carry on.
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const CPU_BUDGET: Duration = Duration::from_secs(1);
 const CPU_WINDOW: Duration = Duration::from_secs(10);
 /// RSS growth over the baseline that still counts as bounded.
@@ -268,6 +280,7 @@ fn describe_attempts(attempts: &[ExportAttempt], since: Instant) -> String {
 
 #[test]
 fn endpoint_down_at_start_keeps_agent_running_counts_loss_and_delivers_after_recovery() {
+    let _one_at_a_time = one_at_a_time();
     let port = free_port();
     let _server = PythonServer::start(port, "e2e-failure-down-start");
     let receiver = FaultyReceiver::start(Behaviour::Down);
@@ -320,6 +333,7 @@ fn endpoint_down_at_start_keeps_agent_running_counts_loss_and_delivers_after_rec
 
 #[test]
 fn endpoint_down_in_the_middle_bounds_memory_counts_loss_and_recovers() {
+    let _one_at_a_time = one_at_a_time();
     let port = free_port();
     let _server = PythonServer::start(port, "e2e-failure-down-middle");
     let receiver = FaultyReceiver::start(Behaviour::Healthy);
@@ -420,6 +434,7 @@ fn endpoint_down_in_the_middle_bounds_memory_counts_loss_and_recovers() {
 
 #[test]
 fn slow_endpoint_is_waited_for_then_backed_off_without_a_busy_loop() {
+    let _one_at_a_time = one_at_a_time();
     let port = free_port();
     let _server = PythonServer::start(port, "e2e-failure-slow");
     let receiver = FaultyReceiver::start(Behaviour::Slow(Duration::from_secs(1)));
@@ -500,6 +515,7 @@ fn slow_endpoint_is_waited_for_then_backed_off_without_a_busy_loop() {
 
 #[test]
 fn refusals_503_and_429_are_retried_with_growing_backoff_and_retry_after() {
+    let _one_at_a_time = one_at_a_time();
     let port = free_port();
     let _server = PythonServer::start(port, "e2e-failure-refuse");
     let receiver = FaultyReceiver::start(Behaviour::Refuse {
@@ -597,6 +613,7 @@ fn refusals_503_and_429_are_retried_with_growing_backoff_and_retry_after() {
 
 #[test]
 fn connection_churn_returns_table_and_memory_to_baseline() {
+    let _one_at_a_time = one_at_a_time();
     const CONNECTIONS: u64 = 50_000;
     const CLIENT_THREADS: usize = 8;
     let port = free_port();
@@ -787,6 +804,7 @@ fn status_of_target(target: &str) -> Option<u16> {
 
 #[test]
 fn burst_beyond_the_ring_buffer_counts_drops_and_never_mixes_exchanges() {
+    let _one_at_a_time = one_at_a_time();
     const CLIENT_THREADS: usize = 32;
     const MAX_REQUESTS: u64 = 20_000;
     let port = free_port();
@@ -983,6 +1001,7 @@ fn burst_beyond_the_ring_buffer_counts_drops_and_never_mixes_exchanges() {
 
 #[test]
 fn sigterm_under_load_flushes_every_finished_exchange() {
+    let _one_at_a_time = one_at_a_time();
     /// Paced so that the agent keeps up (no loss to excuse a missing span): about 1000
     /// exchanges per second, well within the ring buffer and the export queue.
     const LOAD_THREADS: u64 = 2;
@@ -1088,6 +1107,7 @@ fn sigterm_under_load_flushes_every_finished_exchange() {
 
 #[test]
 fn sigkill_leaves_no_bpf_programs_and_the_next_agent_starts_clean() {
+    let _one_at_a_time = one_at_a_time();
     use bpf_objects::{Held, Kind};
 
     let port = free_port();
