@@ -547,17 +547,7 @@ fn bench_programs() -> Result<()> {
         );
         return Ok(());
     }
-    let mut update = Command::new("apt-get");
-    update
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .arg("update");
-    step::run(STEP, update)?;
-    let mut install = Command::new("apt-get");
-    install
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing);
-    step::run(STEP, install)?;
+    super::setup::apt_install(STEP, &missing)?;
     for (name, package) in BENCH_PROGRAMS {
         if program(name).is_err() {
             bail!("step `{STEP}` failed: `{name}` still missing after installing `{package}`");

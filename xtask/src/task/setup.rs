@@ -223,17 +223,22 @@ fn test_programs() -> Result<()> {
         step::note(STEP, "nginx, curl and python3 present; skipping apt-get");
         return Ok(());
     }
+    apt_install(STEP, &missing)
+}
+
+/// `apt-get update` then a non-interactive install of `packages`, both announced as `step_name`.
+pub fn apt_install(step_name: &str, packages: &[&str]) -> Result<()> {
     let mut update = Command::new("apt-get");
     update
         .env("DEBIAN_FRONTEND", "noninteractive")
         .arg("update");
-    step::run(STEP, update)?;
+    step::run(step_name, update)?;
     let mut install = Command::new("apt-get");
     install
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing);
-    step::run(STEP, install)
+        .args(packages);
+    step::run(step_name, install)
 }
 
 /// True when /proc/mounts lists a tracefs at `TRACEFS_MOUNT_POINT`.
