@@ -239,6 +239,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         },
         Clock::measure(),
     )
+    .with_id_generator(args.id_generator)
     .with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
 
     // Probes last: from the moment they attach, records arrive and must be read at once.

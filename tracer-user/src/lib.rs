@@ -12,6 +12,7 @@ pub mod decode;
 pub mod export;
 pub mod http;
 pub mod idhash;
+pub mod ids;
 pub mod k8s;
 pub mod linker;
 pub mod metrics;

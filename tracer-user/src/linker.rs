@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 
 use crate::http::RequestStart;
 use crate::idhash::IdHashMap;
+use crate::ids::TraceIds;
 use crate::model::{ConnMeta, Role};
 use crate::propagation::{self, TraceContext};
 use crate::spans::new_ids;
@@ -39,11 +40,10 @@ pub struct SpanIdentity {
 }
 
 impl SpanIdentity {
-    fn root() -> Self {
-        let ids = new_ids();
+    fn root(trace_id: [u8; 16]) -> Self {
         SpanIdentity {
-            trace_id: ids.trace_id_if_root,
-            span_id: ids.span_id,
+            trace_id,
+            span_id: new_ids().span_id,
             parent_span_id: None,
             sampled: true,
             trace_state: None,
@@ -123,6 +123,8 @@ pub struct Linker {
     client_tuples: IdHashMap<u64, (SocketAddr, SocketAddr)>,
     /// CLIENT requests not yet claimed by a traced server, oldest first.
     unclaimed: IdHashMap<u64, VecDeque<u64>>,
+    /// Trace ids of the traces this linker starts.
+    trace_ids: TraceIds,
     stats: LinkerStats,
 }
 
@@ -132,6 +134,11 @@ impl Linker {
             limits,
             ..Default::default()
         }
+    }
+
+    /// Trace ids of new traces come from `trace_ids` (random by default).
+    pub fn set_trace_ids(&mut self, trace_ids: TraceIds) {
+        self.trace_ids = trace_ids;
     }
 
     pub fn stats(&self) -> LinkerStats {
@@ -176,7 +183,7 @@ impl Linker {
                 }
                 let identity = identity.or(paired).unwrap_or_else(|| {
                     self.stats.roots += 1;
-                    SpanIdentity::root()
+                    SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
                 });
                 self.open_by_thread
                     .entry((meta.pid, start.tid))
@@ -195,7 +202,7 @@ impl Linker {
                     .or_else(|| self.thread_parent(meta.pid, start.tid))
                     .unwrap_or_else(|| {
                         self.stats.roots += 1;
-                        SpanIdentity::root()
+                        SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
                     });
                 let queue = self.unclaimed.entry(meta.conn_id).or_default();
                 if queue.len() >= self.limits.max_unclaimed_per_conn {
@@ -379,6 +386,50 @@ mod tests {
         assert_eq!(l.pending(), 0);
         let s = l.stats();
         assert_eq!((s.by_connection_pair, s.by_same_thread, s.roots), (2, 1, 1));
+    }
+
+    /// With the X-Ray generator a root is dated by its request's start; children share its id
+    /// and a header's id is kept as it came.
+    #[test]
+    fn xray_roots_are_dated_by_their_start_and_children_share_them() {
+        use crate::ids::{IdGenerator, TraceIds};
+        let boot_unix_s: u64 = 1_800_000_000;
+        let clock = crate::spans::Clock::from_offset(i128::from(boot_unix_s) * 1_000_000_000);
+        let mut l = Linker::default();
+        l.set_trace_ids(TraceIds::new(IdGenerator::Xray, &clock));
+        let r = request(&[]);
+        let curl = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000");
+        let hub_in = conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        let started = RequestStart {
+            start_ns: 42 * 1_000_000_000 + 5,
+            ..start(0, 100, &r)
+        };
+        l.request_started(&curl, Role::Client, &started);
+        l.request_started(&hub_in, Role::Server, &start(0, 201, &r));
+        let root = l.take(1, 0).unwrap();
+        let child = l.take(2, 0).unwrap();
+        assert_eq!(
+            u32::from_be_bytes([
+                root.trace_id[0],
+                root.trace_id[1],
+                root.trace_id[2],
+                root.trace_id[3]
+            ]),
+            (boot_unix_s + 42) as u32
+        );
+        assert_eq!(child.trace_id, root.trace_id);
+
+        let with_header = request(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
+        let other = conn(3, 300, Role::Server, "127.0.0.1:8001", "127.0.0.2:5000");
+        l.request_started(&other, Role::Server, &start(0, 301, &with_header));
+        assert_eq!(
+            l.take(3, 0).unwrap().trace_id[..4],
+            [0x4b, 0xf9, 0x2f, 0x35],
+            "adopted ids are kept"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::decode::{KernelEvent, RecordHeader};
 use crate::export::SpanSink;
 use crate::http::HttpStats;
 use crate::idhash::{IdHashMap, IdHashSet};
+use crate::ids::{IdGenerator, TraceIds};
 use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
 use crate::model::{ConnMeta, Exchange, ExportItem, Role};
 use crate::procnet::{self, FdKind};
@@ -66,6 +67,8 @@ pub struct Pipeline {
     resources: ResourceCache,
     clock: Clock,
     linker: Linker,
+    /// Trace ids of traces started by exchanges the linker never saw (the linker has a copy).
+    trace_ids: TraceIds,
     opts: PipelineOptions,
     stats: PipelineStats,
     scratch: Vec<(ConnMeta, Option<Role>, Exchange)>,
@@ -90,6 +93,7 @@ impl Pipeline {
             resources: ResourceCache::new(opts.proc_root.clone(), opts.host_name.clone()),
             clock,
             linker: Linker::new(LinkerLimits::default()),
+            trace_ids: TraceIds::default(),
             opts,
             stats: PipelineStats::default(),
             scratch: Vec::new(),
@@ -106,6 +110,13 @@ impl Pipeline {
             ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
         );
         self.resources = resources.with_pods(pods);
+        self
+    }
+
+    /// Trace ids of the traces the tracer starts come from `generator` (random by default).
+    pub fn with_id_generator(mut self, generator: IdGenerator) -> Self {
+        self.trace_ids = TraceIds::new(generator, &self.clock);
+        self.linker.set_trace_ids(self.trace_ids);
         self
     }
 
@@ -347,7 +358,10 @@ impl Pipeline {
                 Some(id) => identity_parts(id),
                 None => (
                     propagation::extract(&exchange.request.headers),
-                    spans::new_ids(),
+                    spans::SpanIds {
+                        trace_id_if_root: self.trace_ids.new_trace_id(exchange.start_ns),
+                        ..spans::new_ids()
+                    },
                 ),
             };
             let input = SpanInput {

@@ -9,8 +9,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use rand::Rng;
-
+use crate::ids::random_nonzero;
 use crate::model::{
     Attribute, Exchange, ExchangeOutcome, Header, HttpRequest, Role, SpanKind, SpanRecord,
     SpanStatus,
@@ -120,22 +119,11 @@ pub struct SpanIds {
     pub trace_id_if_root: [u8; 16],
 }
 
-/// Random, never all-zero ids.
+/// Random, never all-zero ids (for a trace id dated for X-Ray, see `ids::TraceIds`).
 pub fn new_ids() -> SpanIds {
     SpanIds {
         span_id: random_nonzero(),
         trace_id_if_root: random_nonzero(),
-    }
-}
-
-fn random_nonzero<const N: usize>() -> [u8; N] {
-    let mut rng = rand::rng();
-    loop {
-        let mut id = [0u8; N];
-        rng.fill(&mut id[..]);
-        if is_nonzero(&id) {
-            return id;
-        }
     }
 }
 

@@ -108,6 +108,13 @@ pub struct TraceArgs {
     /// Seconds between log lines summarising drops (only printed when something was dropped).
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub summary_interval: u64,
+
+    /// Trace ids of the traces the tracer starts: `random`, or `xray` for AWS X-Ray (first 8 hex
+    /// digits are the trace's start in Unix seconds; X-Ray drops other ids). Ids that arrive in
+    /// headers are always kept.
+    #[arg(long, env = "TRACER_ID_GENERATOR", value_enum,
+          default_value_t = crate::ids::IdGenerator::Random, value_name = "GENERATOR")]
+    pub id_generator: crate::ids::IdGenerator,
 }
 
 impl TraceArgs {

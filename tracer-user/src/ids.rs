@@ -1,0 +1,138 @@
+//! Trace and span id generation: random ids (the W3C recommendation, the default) or AWS X-Ray's
+//! time-prefixed trace ids for traces the tracer starts. Adopted contexts keep their own ids; only
+//! trace ids of new roots come from here.
+
+use rand::Rng;
+
+use crate::spans::Clock;
+
+/// How the trace id of a trace the tracer starts is made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdGenerator {
+    /// 128 random bits.
+    #[default]
+    Random,
+    /// AWS X-Ray: the first 32 bits are the trace's start in Unix seconds, the other 96 random.
+    /// X-Ray refuses trace ids that do not start with a recent time.
+    Xray,
+}
+
+/// Makes trace ids for new traces, dated by the kernel timestamp of the request that starts them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceIds {
+    generator: IdGenerator,
+    /// `wall - monotonic` offset in nanoseconds (see `spans::Clock`).
+    clock_offset_ns: i128,
+}
+
+impl TraceIds {
+    pub fn new(generator: IdGenerator, clock: &Clock) -> Self {
+        TraceIds {
+            generator,
+            clock_offset_ns: clock.offset_ns(),
+        }
+    }
+
+    pub fn generator(&self) -> IdGenerator {
+        self.generator
+    }
+
+    /// A trace id for a trace whose first request started at `start_mono_ns` (kernel
+    /// CLOCK_MONOTONIC; 0 when unknown, then the current time dates it).
+    pub fn new_trace_id(&self, start_mono_ns: u64) -> [u8; 16] {
+        match self.generator {
+            IdGenerator::Random => random_nonzero(),
+            IdGenerator::Xray => {
+                let unix_secs = if start_mono_ns == 0 {
+                    now_unix_secs()
+                } else {
+                    let wall_ns = i128::from(start_mono_ns) + self.clock_offset_ns;
+                    u64::try_from(wall_ns.max(0) / 1_000_000_000).unwrap_or(0)
+                };
+                xray_trace_id(unix_secs)
+            }
+        }
+    }
+}
+
+/// An X-Ray trace id: the Unix time in seconds (truncated to 32 bits, as X-Ray's own SDKs do)
+/// followed by 96 random bits, never all zero in the random part.
+pub fn xray_trace_id(unix_secs: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&(unix_secs as u32).to_be_bytes());
+    let random: [u8; 12] = random_nonzero();
+    id[4..].copy_from_slice(&random);
+    id
+}
+
+/// A random id that is never all zero (an all-zero id is invalid in W3C and OTLP).
+pub fn random_nonzero<const N: usize>() -> [u8; N] {
+    let mut rng = rand::rng();
+    loop {
+        let mut id = [0u8; N];
+        rng.fill(&mut id[..]);
+        if id.iter().any(|b| *b != 0) {
+            return id;
+        }
+    }
+}
+
+fn now_unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: u64 = 1_000_000_000;
+
+    fn prefix_secs(id: &[u8; 16]) -> u32 {
+        u32::from_be_bytes([id[0], id[1], id[2], id[3]])
+    }
+
+    #[test]
+    fn xray_ids_start_with_the_start_time_from_the_kernel_clock() {
+        // Monotonic 100 s after boot, booted at Unix 1_800_000_000.
+        let clock = Clock::from_offset(i128::from(1_800_000_000 * NS));
+        let ids = TraceIds::new(IdGenerator::Xray, &clock);
+        let id = ids.new_trace_id(100 * NS + 999_999_999);
+        assert_eq!(prefix_secs(&id), 1_800_000_100);
+        assert!(id[4..].iter().any(|b| *b != 0));
+        let other = ids.new_trace_id(100 * NS);
+        assert_eq!(prefix_secs(&other), 1_800_000_100);
+        assert_ne!(id[4..], other[4..], "the 96 low bits are random");
+    }
+
+    #[test]
+    fn xray_ids_hex_form_is_what_x_ray_parses() {
+        let id = xray_trace_id(0x5759_e988);
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(hex.starts_with("5759e988"), "{hex}");
+        assert_eq!(hex.len(), 32);
+    }
+
+    #[test]
+    fn unknown_start_is_dated_now() {
+        let ids = TraceIds::new(IdGenerator::Xray, &Clock::from_offset(0));
+        let now = now_unix_secs() as u32;
+        let got = prefix_secs(&ids.new_trace_id(0));
+        assert!(got.abs_diff(now) <= 2, "{got} vs {now}");
+    }
+
+    #[test]
+    fn random_ids_carry_no_time_prefix() {
+        let clock = Clock::from_offset(i128::from(1_800_000_000 * NS));
+        let ids = TraceIds::new(IdGenerator::Random, &clock);
+        // A random 32-bit prefix lands within a day of a given time with probability ~4e-5.
+        let near = (0..64)
+            .map(|_| ids.new_trace_id(5 * NS))
+            .filter(|id| prefix_secs(id).abs_diff(1_800_000_005) < 86_400)
+            .count();
+        assert!(near <= 1, "{near} of 64 random ids look dated");
+        assert_eq!(TraceIds::default().generator(), IdGenerator::Random);
+    }
+}
