@@ -373,9 +373,11 @@ fn render_line(out: &mut String, item: &ExportItem, connector: &str, colour: boo
         _ => YELLOW,
     };
     let duration_ms = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e6;
+    // The trace id's LAST 4 bytes: with `--id-generator xray` its first 4 are the start second,
+    // the same for every trace started in that second.
     let ids = format!(
         "trace={} span={}",
-        hex(span.trace_id.get(..4).unwrap_or(&[])),
+        hex(span.trace_id.get(12..).unwrap_or(&[])),
         hex(span.span_id.get(..4).unwrap_or(&[])),
     );
     let _ = write!(out, "{kind} {service} {name}", name = sanitise(&span.name),);
