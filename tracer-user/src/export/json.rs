@@ -3,7 +3,8 @@
 //! `start_unix_ns`, `end_unix_ns`, `duration_ns`, `status` {`code`: `UNSET`/`ERROR`,
 //! `description`}, `attributes` {key: value}, `resource` {key: value}, `trace_state` (or null).
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use tokio::time::Instant;
 
 use super::stream::{BoxedWriter, Rendered, SpanFormatter, StreamSink, stdout_writer};
@@ -33,9 +34,10 @@ pub struct JsonFormatter;
 
 impl SpanFormatter for JsonFormatter {
     fn accept(&mut self, item: ExportItem, _now: Instant) -> Rendered {
-        let mut text = span_json(&item).to_string();
-        text.push('\n');
-        Rendered { text, spans: 1 }
+        let mut rendered = Rendered::default();
+        write_span_line(&item, &mut rendered.text);
+        rendered.spans = 1;
+        rendered
     }
     fn next_due(&self) -> Option<Instant> {
         None
@@ -48,55 +50,127 @@ impl SpanFormatter for JsonFormatter {
     }
 }
 
-fn json_value(value: &AttrValue) -> Value {
-    match value {
-        AttrValue::Str(s) => Value::String(s.clone()),
-        AttrValue::Int(i) => Value::from(*i),
-        AttrValue::Bool(b) => Value::Bool(*b),
+/// Appends one span as a JSON object and a newline to `out`, serialised straight from the span
+/// record (no intermediate JSON tree).
+pub fn write_span_line(item: &ExportItem, out: &mut String) {
+    let span = &item.span;
+    let (code, description) = match &span.status {
+        SpanStatus::Unset => ("UNSET", None),
+        SpanStatus::Error { description } => ("ERROR", Some(description.as_str())),
+    };
+    let line = SpanLine {
+        trace_id: hex(&span.trace_id),
+        span_id: hex(&span.span_id),
+        parent_span_id: span.parent_span_id.map(|p| hex(&p)),
+        name: &span.name,
+        kind: match span.kind {
+            SpanKind::Server => "SERVER",
+            SpanKind::Client => "CLIENT",
+        },
+        start_unix_ns: span.start_unix_ns,
+        end_unix_ns: span.end_unix_ns,
+        duration_ns: span.end_unix_ns.saturating_sub(span.start_unix_ns),
+        status: Status { code, description },
+        attributes: Attributes(item),
+        resource: Resource(item),
+        trace_state: span.trace_state.as_deref(),
+    };
+    let mut bytes = std::mem::take(out).into_bytes();
+    let before = bytes.len();
+    // Strings, numbers and string-keyed maps into a Vec: serialisation cannot fail; if it ever
+    // did, the partial line is cut off rather than written.
+    if serde_json::to_writer(&mut bytes, &line).is_ok() {
+        bytes.push(b'\n');
+    } else {
+        bytes.truncate(before);
+    }
+    // serde_json writes valid UTF-8 only; the fallback keeps `out` a String either way.
+    *out = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+}
+
+#[derive(Serialize)]
+struct SpanLine<'a> {
+    trace_id: String,
+    span_id: String,
+    parent_span_id: Option<String>,
+    name: &'a str,
+    kind: &'static str,
+    start_unix_ns: u64,
+    end_unix_ns: u64,
+    duration_ns: u64,
+    status: Status<'a>,
+    attributes: Attributes<'a>,
+    resource: Resource<'a>,
+    trace_state: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    code: &'static str,
+    description: Option<&'a str>,
+}
+
+/// The span's attributes as a JSON object.
+struct Attributes<'a>(&'a ExportItem);
+
+impl Serialize for Attributes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let attributes = &self.0.span.attributes;
+        let mut map = serializer.serialize_map(Some(attributes.len()))?;
+        for a in attributes {
+            map.serialize_entry(a.key, &Value(&a.value))?;
+        }
+        map.end()
     }
 }
 
-/// The JSON object for one span.
-pub fn span_json(item: &ExportItem) -> Value {
-    let span = &item.span;
-    let attributes: Map<String, Value> = span
-        .attributes
-        .iter()
-        .map(|a| (a.key.to_string(), json_value(&a.value)))
-        .collect();
-    let mut resource: Map<String, Value> = item
-        .resource
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.clone(), json_value(v)))
-        .collect();
-    resource
-        .entry("service.name")
-        .or_insert_with(|| Value::String(item.resource.service_name.clone()));
-    let (code, description) = match &span.status {
-        SpanStatus::Unset => ("UNSET", Value::Null),
-        SpanStatus::Error { description } => ("ERROR", Value::String(description.clone())),
-    };
-    json!({
-        "trace_id": hex(&span.trace_id),
-        "span_id": hex(&span.span_id),
-        "parent_span_id": span.parent_span_id.map(|p| hex(&p)),
-        "name": span.name,
-        "kind": match span.kind { SpanKind::Server => "SERVER", SpanKind::Client => "CLIENT" },
-        "start_unix_ns": span.start_unix_ns,
-        "end_unix_ns": span.end_unix_ns,
-        "duration_ns": span.end_unix_ns.saturating_sub(span.start_unix_ns),
-        "status": { "code": code, "description": description },
-        "attributes": attributes,
-        "resource": resource,
-        "trace_state": span.trace_state,
-    })
+/// The process resource as a JSON object, with `service.name` always present.
+struct Resource<'a>(&'a ExportItem);
+
+impl Serialize for Resource<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let resource = &self.0.resource;
+        let has_name = resource.attributes.iter().any(|(k, _)| k == "service.name");
+        let mut map = serializer.serialize_map(None)?;
+        if !has_name {
+            map.serialize_entry("service.name", &resource.service_name)?;
+        }
+        for (key, value) in &resource.attributes {
+            map.serialize_entry(key, &Value(value))?;
+        }
+        map.end()
+    }
+}
+
+struct Value<'a>(&'a AttrValue);
+
+impl Serialize for Value<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            AttrValue::Str(s) => serializer.serialize_str(s),
+            AttrValue::Int(i) => serializer.serialize_i64(*i),
+            AttrValue::Bool(b) => serializer.serialize_bool(*b),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::export::stream::test_writer::SharedBuffer;
+    use serde_json::{Value, json};
+
+    /// The written line, parsed back.
+    fn span_json(item: &ExportItem) -> Value {
+        let mut line = String::new();
+        write_span_line(item, &mut line);
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line:?}"
+        );
+        serde_json::from_str(&line).expect("valid JSON")
+    }
     use crate::model::{Attribute, ProcessResource, SpanRecord};
     use std::sync::Arc;
     use std::time::Duration;
@@ -205,5 +279,20 @@ mod tests {
         assert!(lines[0]["parent_span_id"].is_null());
         assert_eq!(lines[1]["parent_span_id"], "01".repeat(8));
         assert_eq!(stats.spans_exported, 2);
+    }
+
+    /// Spans already queued when the writer runs go out in one write, not one write each.
+    #[tokio::test]
+    async fn queued_spans_are_written_together() {
+        let buffer = SharedBuffer::default();
+        let sink = JsonSink::to_writer(Box::new(buffer.clone()));
+        // The current-thread test runtime runs the writer only once this test awaits.
+        for _ in 0..100 {
+            sink.submit(item(None, SpanStatus::Unset));
+        }
+        let stats = sink.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(stats.spans_exported, 100);
+        assert_eq!(buffer.contents().lines().count(), 100);
+        assert_eq!(buffer.writes(), 1, "100 queued spans, one write");
     }
 }

@@ -32,7 +32,7 @@ pub use config::{
     RetryConfig, otlp_configured,
 };
 pub use convert::SCOPE_NAME;
-pub use json::{JsonFormatter, JsonSink, span_json};
+pub use json::{JsonFormatter, JsonSink, write_span_line};
 pub use stats::{ExportStats, ExportStatsSnapshot};
 pub use stream::{BoxedWriter, StreamSink};
 pub use terminal::{

@@ -19,6 +19,22 @@ pub struct Rendered {
     pub spans: u64,
 }
 
+impl Rendered {
+    /// Appends `more` after this text.
+    pub fn append(&mut self, more: Rendered) {
+        if self.text.is_empty() {
+            self.text = more.text;
+        } else {
+            self.text.push_str(&more.text);
+        }
+        self.spans += more.spans;
+    }
+}
+
+/// Spans already queued that are formatted together into one write (one syscall, one hop to the
+/// blocking pool for stdout) instead of one write per span.
+const MAX_SPANS_PER_WRITE: usize = 512;
+
 /// Turns spans into text, possibly holding them for a while (to group a trace).
 pub trait SpanFormatter: Send + 'static {
     /// Takes one span; returns whatever is ready to print now.
@@ -110,7 +126,17 @@ async fn run_writer<F: SpanFormatter>(
         let due = formatter.next_due();
         let ready = tokio::select! {
             received = queue_rx.recv() => match received {
-                Some(item) => formatter.accept(item, Instant::now()),
+                Some(item) => {
+                    let now = Instant::now();
+                    let mut ready = formatter.accept(item, now);
+                    for _ in 1..MAX_SPANS_PER_WRITE {
+                        match queue_rx.try_recv() {
+                            Ok(item) => ready.append(formatter.accept(item, now)),
+                            Err(_) => break,
+                        }
+                    }
+                    ready
+                }
                 None => {
                     let rest = formatter.take_all();
                     write_rendered(&mut writer, rest, &stats, &mut broken).await;
@@ -161,17 +187,23 @@ async fn write_rendered(
 pub(crate) mod test_writer {
     //! An in-memory async writer for sink tests.
     use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll};
 
     use tokio::io::AsyncWrite;
 
     #[derive(Clone, Default)]
-    pub struct SharedBuffer(pub Arc<Mutex<Vec<u8>>>);
+    pub struct SharedBuffer(pub Arc<Mutex<Vec<u8>>>, Arc<AtomicUsize>);
 
     impl SharedBuffer {
         pub fn contents(&self) -> String {
             String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+
+        /// How many `poll_write` calls the buffer received.
+        pub fn writes(&self) -> usize {
+            self.1.load(Ordering::Relaxed)
         }
     }
 
@@ -182,6 +214,7 @@ pub(crate) mod test_writer {
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
             self.0.lock().unwrap().extend_from_slice(buf);
+            self.1.fetch_add(1, Ordering::Relaxed);
             Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
