@@ -10,7 +10,7 @@ set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-1.33.0}"
 VALIDATOR_REQUIREMENT="kubernetes-validate==1.37.0"
-EXPECTED_KINDS="ClusterRole ClusterRoleBinding ConfigMap DaemonSet Namespace ServiceAccount"
+EXPECTED_KINDS="ClusterRole ClusterRoleBinding ConfigMap DaemonSet Namespace NetworkPolicy ServiceAccount"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"

@@ -32,7 +32,7 @@ impl OtlpProtocol {
 /// Why a receiver could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
-    #[error("binding 127.0.0.1:0: {0}")]
+    #[error("binding the receiver's address: {0}")]
     Bind(#[source] std::io::Error),
     #[error("building the receiver runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -50,9 +50,14 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Starts a receiver; it accepts connections as soon as this returns.
+    /// Starts a receiver on 127.0.0.1; it accepts connections as soon as this returns.
     pub fn start(protocol: OtlpProtocol) -> Result<Self, ReceiverError> {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(ReceiverError::Bind)?;
+        Self::start_on(protocol, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts a receiver on `bind` (e.g. a container network's gateway, for an agent in a pod).
+    pub fn start_on(protocol: OtlpProtocol, bind: SocketAddr) -> Result<Self, ReceiverError> {
+        let listener = TcpListener::bind(bind).map_err(ReceiverError::Bind)?;
         listener
             .set_nonblocking(true)
             .map_err(ReceiverError::Bind)?;

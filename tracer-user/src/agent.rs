@@ -243,7 +243,12 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     .with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
 
     // Probes last: from the moment they attach, records arrive and must be read at once.
-    let mut probes = Probes::load(&probe_opts)?;
+    let privileges = crate::privilege::Privileges::of_self();
+    let mut probes = Probes::load(&probe_opts)
+        .map_err(|e| anyhow::anyhow!(crate::privilege::describe(&e, &privileges)))?;
+    for gap in crate::privilege::degrading_gaps(&privileges) {
+        tracing::warn!("{gap}");
+    }
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
     // registered; nothing else closes that fd.

@@ -18,6 +18,7 @@ pub mod linker;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod privilege;
 pub mod probes;
 pub mod procnet;
 pub mod propagation;

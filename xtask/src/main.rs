@@ -36,6 +36,9 @@ enum Task {
     /// rounds alternating), span completeness and drops at a paced load, the agent's CPU and
     /// memory, and the kernel-free pipeline (criterion). Writes docs/BENCHMARKS.md and JSON.
     Bench(task::bench::BenchArgs),
+    /// Build the agent's container image from k8s/Containerfile with podman (FROM scratch: the
+    /// binary and the libraries it links), tagged as k8s/kustomization.yaml deploys it.
+    Image(task::image::ImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Task::Test(args) => task::test::run(&args),
         Task::Demo => task::demo::run(),
         Task::Bench(args) => task::bench::run(&args),
+        Task::Image(args) => task::image::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod build;
 pub mod demo;
+pub mod image;
 pub mod run;
 pub mod setup;
 pub mod test;

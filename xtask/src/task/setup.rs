@@ -23,6 +23,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     test_programs()?;
+    container_runtime()?;
     tracefs()?;
     step::note("setup", "done");
     Ok(())
@@ -221,6 +222,29 @@ fn test_programs() -> Result<()> {
         .collect();
     if missing.is_empty() {
         step::note(STEP, "nginx, curl and python3 present; skipping apt-get");
+        return Ok(());
+    }
+    apt_install(STEP, &missing)
+}
+
+/// The container runtime the image task and `tests/container.rs` use, and its Debian packages:
+/// podman, runc (Debian's default crun refuses hybrid cgroup layouts) and catatonit (the pause
+/// process of pods, which podman builds its local pause image from).
+const CONTAINER_PROGRAMS: &[(&str, &str)] = &[
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("catatonit", "catatonit"),
+];
+
+fn container_runtime() -> Result<()> {
+    const STEP: &str = "setup: container runtime";
+    let missing: Vec<&str> = CONTAINER_PROGRAMS
+        .iter()
+        .filter(|(program, _)| !program_present(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        step::note(STEP, "podman, runc and catatonit present; skipping apt-get");
         return Ok(());
     }
     apt_install(STEP, &missing)

@@ -5,8 +5,11 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::step;
-use crate::task::{build, setup};
+use crate::task::{build, image, setup};
 use crate::workspace;
+
+/// The image of the agent under test.
+const TEST_IMAGE: &str = "localhost/tracer:e2e";
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -19,11 +22,14 @@ pub fn run(args: &TestArgs) -> Result<()> {
     setup::run()?;
     build::build_agent(false)?;
     let root = workspace::root();
+    // The image tests/container.rs runs as the manifest's pod: this very build, packaged.
+    image::build_image(&workspace::tracer_binary(false), TEST_IMAGE)?;
 
     let mut tests = step::cargo();
     tests
         .current_dir(&root)
         .env("TRACER_BIN", workspace::tracer_binary(false))
+        .env("TRACER_IMAGE", TEST_IMAGE)
         .args([
             "test",
             "--workspace",
