@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod probes;
 pub mod procnet;
 pub mod propagation;
+pub mod redact;
 pub mod reorder;
 pub mod resource;
 pub mod spans;

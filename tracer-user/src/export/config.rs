@@ -4,6 +4,10 @@
 //! Precedence for every setting: CLI override > signal-specific variable (`..._TRACES_...`) >
 //! generic variable > default. Empty variables count as unset (OTel convention). Invalid values
 //! are reported as [`ConfigError`] naming the variable or flag, rather than silently ignored.
+//!
+//! Header values and the endpoint's userinfo are credentials: they never appear in an error, a
+//! log line or a `Debug` rendering (errors show the header name only, endpoints pass through
+//! [`crate::redact::url`]).
 
 use std::time::Duration;
 
@@ -121,8 +125,8 @@ impl Default for RetryConfig {
     }
 }
 
-/// Everything the OTLP sink needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Everything the OTLP sink needs. `Debug` shows header names, not values.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
     pub protocol: OtlpProtocol,
     /// The URL requests go to: for HTTP it already includes `/v1/traces` when derived from a base.
@@ -134,6 +138,25 @@ pub struct OtlpConfig {
     pub compression: Option<OtlpCompression>,
     pub batch: BatchConfig,
     pub retry: RetryConfig,
+}
+
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(name, _)| format!("{name}={}", crate::redact::REDACTED))
+            .collect();
+        f.debug_struct("OtlpConfig")
+            .field("protocol", &self.protocol)
+            .field("endpoint", &crate::redact::url(&self.endpoint))
+            .field("headers", &header_names)
+            .field("timeout", &self.timeout)
+            .field("compression", &self.compression)
+            .field("batch", &self.batch)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 /// Command-line values that take precedence over the environment. `None` means "not given".
@@ -372,7 +395,7 @@ fn resolve_endpoint(
     } else {
         ("default", DEFAULT_GRPC_ENDPOINT.to_string())
     };
-    tracing::debug!(source = setting, endpoint = %value, protocol = protocol.as_str(), "OTLP endpoint");
+    tracing::debug!(source = setting, endpoint = %crate::redact::url(&value), protocol = protocol.as_str(), "OTLP endpoint");
     Ok(value)
 }
 
@@ -380,8 +403,10 @@ fn join_traces_path(base: &str) -> String {
     format!("{}{}", base.trim_end_matches('/'), HTTP_TRACES_PATH)
 }
 
-fn check_url(setting: &str, value: &str) -> Result<(), ConfigError> {
-    let rest = value
+fn check_url(setting: &str, raw: &str) -> Result<(), ConfigError> {
+    let shown = crate::redact::url(raw);
+    let value: &str = &shown;
+    let rest = raw
         .strip_prefix("http://")
         .or_else(|| value.strip_prefix("https://"))
         .ok_or_else(|| ConfigError::new(setting, value, "must start with http:// or https://"))?;
@@ -389,7 +414,7 @@ fn check_url(setting: &str, value: &str) -> Result<(), ConfigError> {
     if host.is_empty() {
         return Err(ConfigError::new(setting, value, "missing host"));
     }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ConfigError::new(setting, value, "contains whitespace"));
     }
     Ok(())
@@ -443,17 +468,27 @@ fn size_setting(
 pub fn parse_headers(setting: &str, input: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut headers: Vec<(String, String)> = Vec::new();
     for member in input.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        // An error may show the name of a member, never its value.
         let Some((raw_key, raw_value)) = member.split_once('=') else {
-            return Err(ConfigError::new(setting, member, "expected key=value"));
+            return Err(ConfigError::new(
+                setting,
+                REDACTED_MEMBER,
+                "expected key=value",
+            ));
         };
         let key = raw_key.trim().to_ascii_lowercase();
         if key.is_empty() || !key.bytes().all(is_token_byte) {
-            return Err(ConfigError::new(setting, member, "invalid header name"));
+            return Err(ConfigError::new(
+                setting,
+                REDACTED_MEMBER,
+                "invalid header name",
+            ));
         }
+        let shown = format!("{key}={}", crate::redact::REDACTED);
         if key.ends_with("-bin") {
             return Err(ConfigError::new(
                 setting,
-                member,
+                &shown,
                 "binary (-bin) headers are not supported",
             ));
         }
@@ -464,18 +499,25 @@ pub fn parse_headers(setting: &str, input: &str) -> Result<Vec<(String, String)>
         {
             return Err(ConfigError::new(
                 setting,
-                member,
+                &shown,
                 "header value must be visible ASCII",
             ));
         }
         headers.retain(|(k, _)| *k != key);
         headers.push((key, value));
         if headers.len() > MAX_HEADERS {
-            return Err(ConfigError::new(setting, input, "too many headers"));
+            return Err(ConfigError::new(
+                setting,
+                REDACTED_MEMBER,
+                format!("more than {MAX_HEADERS} headers"),
+            ));
         }
     }
     Ok(headers)
 }
+
+/// Shown in place of a header member an error cannot name safely.
+const REDACTED_MEMBER: &str = "(value not shown)";
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -648,6 +690,64 @@ mod tests {
         assert!(config(&[(ENV_HEADERS, "novalue")], &Default::default()).is_err());
         assert!(config(&[(ENV_HEADERS, "bad name=x")], &Default::default()).is_err());
         assert!(config(&[(ENV_HEADERS, "k=%0a")], &Default::default()).is_err());
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_credentials() {
+        let secret = "s3cr3t-value";
+        let bad_headers = [
+            format!("api-key={secret}%0a"),
+            format!("Bearer {secret}"),
+            format!("bad name={secret}"),
+            format!("x-bin={secret}"),
+            (0..=MAX_HEADERS)
+                .map(|i| format!("h{i}={secret}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ];
+        for headers in &bad_headers {
+            let err = config(&[(ENV_HEADERS, headers)], &Default::default()).unwrap_err();
+            assert!(!format!("{err} {err:?}").contains(secret), "{err}");
+            let flag = OtlpOverrides {
+                headers: Some(headers.clone()),
+                ..Default::default()
+            };
+            let err = config(&[], &flag).unwrap_err();
+            assert!(!format!("{err} {err:?}").contains(secret), "{err}");
+        }
+        let err = config(&[(ENV_HEADERS, "api-key=a\u{1}b")], &Default::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("api-key"),
+            "names the header: {err}"
+        );
+
+        for endpoint in [
+            format!("ftp://user:{secret}@collector:4318"),
+            format!("http://user:{secret}@collector:4318/ x"),
+            format!("http://collector:4318/?api_key={secret} x"),
+        ] {
+            let err = config(&[(ENV_ENDPOINT, &endpoint)], &Default::default()).unwrap_err();
+            assert!(!format!("{err} {err:?}").contains(secret), "{err}");
+        }
+
+        let cfg = config(
+            &[
+                (
+                    ENV_ENDPOINT,
+                    &format!("https://user:{secret}@collector:4318"),
+                ),
+                (ENV_HEADERS, &format!("api-key={secret}")),
+            ],
+            &Default::default(),
+        )
+        .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("api-key"), "{shown}");
+        assert!(
+            shown.contains("https://REDACTED:REDACTED@collector:4318/v1/traces"),
+            "{shown}"
+        );
     }
 
     #[test]
