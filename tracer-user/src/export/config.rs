@@ -264,7 +264,8 @@ impl OtlpConfig {
             None => OtlpProtocol::HttpProtobuf,
         };
 
-        let endpoint = resolve_endpoint(env, overrides, protocol)?;
+        let (endpoint, credentials) =
+            split_credentials(&resolve_endpoint(env, overrides, protocol)?);
 
         let mut headers = Vec::new();
         if let Some(src) = pick(env, "", None, Some(ENV_TRACES_HEADERS), ENV_HEADERS) {
@@ -279,6 +280,11 @@ impl OtlpConfig {
                 headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
                 headers.push((key, value));
             }
+        }
+        if let Some(basic) = credentials
+            && !headers.iter().any(|(k, _)| k == "authorization")
+        {
+            headers.push(("authorization".to_string(), basic));
         }
 
         let timeout = match overrides.timeout {
@@ -397,6 +403,34 @@ fn resolve_endpoint(
     };
     tracing::debug!(source = setting, endpoint = %crate::redact::url(&value), protocol = protocol.as_str(), "OTLP endpoint");
     Ok(value)
+}
+
+/// The endpoint without userinfo, and the userinfo as an `Authorization: Basic` value (as
+/// browsers and curl send it). The exporter's HTTP stack would drop the userinfo silently and log
+/// it in connection-pool traces; a header is sent as intended and never logged.
+fn split_credentials(endpoint: &str) -> (String, Option<String>) {
+    use base64::Engine as _;
+    let Some(scheme_end) = endpoint.find("://") else {
+        return (endpoint.to_string(), None);
+    };
+    let rest = endpoint.get(scheme_end + 3..).unwrap_or_default();
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest.get(..authority_len).unwrap_or_default();
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (endpoint.to_string(), None);
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    );
+    let stripped = format!(
+        "{}{host}{}",
+        endpoint.get(..scheme_end + 3).unwrap_or_default(),
+        rest.get(authority_len..).unwrap_or_default()
+    );
+    (stripped, Some(basic))
 }
 
 fn join_traces_path(base: &str) -> String {
@@ -733,8 +767,8 @@ mod tests {
         let cfg = config(
             &[
                 (
-                    ENV_ENDPOINT,
-                    &format!("https://user:{secret}@collector:4318"),
+                    ENV_TRACES_ENDPOINT,
+                    &format!("https://user:{secret}@collector:4318/v1/traces?api_key={secret}"),
                 ),
                 (ENV_HEADERS, &format!("api-key={secret}")),
             ],
@@ -744,10 +778,46 @@ mod tests {
         let shown = format!("{cfg:?}");
         assert!(!shown.contains(secret), "{shown}");
         assert!(shown.contains("api-key"), "{shown}");
+        assert!(shown.contains("authorization"), "{shown}");
         assert!(
-            shown.contains("https://REDACTED:REDACTED@collector:4318/v1/traces"),
+            shown.contains("https://collector:4318/v1/traces?api_key=REDACTED"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn endpoint_userinfo_becomes_a_basic_authorization_header() {
+        let cfg = config(
+            &[(ENV_ENDPOINT, "https://ingest:p%40ss@collector:4318/otlp")],
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.endpoint, "https://collector:4318/otlp/v1/traces");
+        // base64("ingest:p@ss")
+        assert_eq!(
+            cfg.headers,
+            vec![(
+                "authorization".to_string(),
+                "Basic aW5nZXN0OnBAc3M=".to_string()
+            )]
+        );
+        let cfg = config(
+            &[
+                (ENV_TRACES_ENDPOINT, "http://u:p@collector:4318/v1/traces"),
+                (ENV_HEADERS, "Authorization=Bearer%20t"),
+            ],
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(
+            cfg.headers,
+            vec![("authorization".to_string(), "Bearer t".to_string())],
+            "a configured Authorization header wins"
+        );
+        let (plain, none) = split_credentials("http://collector:4318/v1/traces?a=b@c");
+        assert_eq!(plain, "http://collector:4318/v1/traces?a=b@c");
+        assert_eq!(none, None);
     }
 
     #[test]

@@ -232,9 +232,10 @@ mod tests {
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {
         let (addr, task, state) = start().await;
-        let mut snapshot = AgentSnapshot::default();
-        snapshot.events_read = 201;
-        state.update(snapshot);
+        state.update(AgentSnapshot {
+            events_read: 201,
+            ..Default::default()
+        });
 
         let (head, body) = get(addr, "/metrics").await;
         assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
