@@ -4,8 +4,9 @@
 //! answers with `Set-Cookie`; every secret carries one marker, and no output of the real agent
 //! may contain it: OTLP spans and resources, `--format json` lines, the terminal trees, and the
 //! agent's own log at trace level (which also must not show the OTLP endpoint's userinfo or
-//! header values). Command lines are exported only on request, and then redacted. The OTLP
-//! exporter does not follow a redirect, so its headers never reach the redirect's target.
+//! header values). Command lines are exported only on request, and then redacted; `tracer run`
+//! logs its command redacted. The OTLP exporter does not follow a redirect, so its headers never
+//! reach the redirect's target.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tracer_tests::query::{client_spans, describe, server_spans};
 use tracer_tests::recording_endpoint::{Answer, RecordingEndpoint};
 use tracer_tests::{
     AgentConfig, AgentExit, ObservedSpan, OtlpProtocol, OtlpReceiver, PythonServer, SPAN_TIMEOUT,
-    TracedSession, curl, free_port, wait_for_port,
+    TracedSession, curl, free_port, run_with_timeout, tracer_command, wait_for_port,
 };
 
 /// Every secret value contains this marker; nothing else the tests send does.
@@ -402,4 +403,50 @@ fn exporter_headers_never_follow_a_redirect() {
         "a redirect is a failed export, counted as such:\n{text}"
     );
     assert_no_secret("log", &exit.stderr);
+}
+
+#[test]
+fn tracer_run_logs_its_command_without_secrets() {
+    let port = free_port();
+    let server = PythonServer::start(port, "e2e-secrets-run");
+    let bearer = secret(90);
+    let url = server.url(&format!("/ok?token={}&page=1", secret(91)));
+    let mut command = tracer_command();
+    command.args([
+        "run",
+        "--format",
+        "json",
+        "--",
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "-o",
+        "/dev/null",
+        "--oauth2-bearer",
+        &bearer,
+        &url,
+    ]);
+    let (status, run) = run_with_timeout("tracer run", command, Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "tracer run failed\n{}",
+        run.output_report()
+    );
+    let stderr = run.stderr().text();
+    let logged = stderr
+        .lines()
+        .find(|line| line.contains("tracing command"))
+        .unwrap_or_else(|| panic!("no `tracing command` log line:\n{stderr}"));
+    assert!(
+        logged.contains("--oauth2-bearer REDACTED") && logged.contains("token=REDACTED&page=1"),
+        "{logged}"
+    );
+    assert_no_secret("log", &stderr);
+    let stdout = run.stdout().text();
+    assert!(
+        stdout.contains("token=REDACTED&page=1"),
+        "the run's CLIENT span is printed, redacted:\n{stdout}"
+    );
+    assert_no_secret("JSON lines", &stdout);
 }
