@@ -8,6 +8,7 @@ Routes (GET, HEAD and POST; a POST body is always read first so keep-alive stays
   /status/NNN              that status (no body for 204 and 304)
   /bytes?n=N               200 with an N-byte body
   /echo                    200 echoing the request body (Content-Length or chunked)
+  /set-cookie              200 with `Set-Cookie: <the request's X-Test-Set-Cookie value>`
 anything else              404
 
 Keep-alive and `Expect: 100-continue` come from http.server with protocol_version HTTP/1.1.
@@ -113,11 +114,16 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, b"x" * size, send_body)
         elif path == "/echo":
             self.reply(200, body, send_body)
+        elif path == "/set-cookie":
+            cookie = self.headers.get("X-Test-Set-Cookie", "empty=1")
+            self.reply(200, b"cookie set\n", send_body, [("Set-Cookie", cookie)])
         else:
             self.reply(404, b"not found\n", send_body)
 
-    def reply(self, code, body, send_body):
+    def reply(self, code, body, send_body, headers=()):
         self.send_response(code)
+        for name, value in headers:
+            self.send_header(name, value)
         if code in (204, 304):
             self.end_headers()
             return

@@ -56,7 +56,7 @@ fn sink_config(args: &TraceArgs) -> anyhow::Result<SinkConfig> {
     };
     if args.otlp_endpoint.is_some() || export::otlp_configured(&env_lookup) {
         let cfg = OtlpConfig::from_env_and_overrides(&env_lookup, &overrides)?;
-        tracing::info!(endpoint = %cfg.endpoint, protocol = cfg.protocol.as_str(), "exporting spans over OTLP");
+        tracing::info!(endpoint = %crate::redact::url(&cfg.endpoint), protocol = cfg.protocol.as_str(), "exporting spans over OTLP");
         return Ok(SinkConfig::Otlp(cfg));
     }
     Ok(match args.format {
@@ -230,7 +230,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         request_timeout_ns: args.request_timeout().as_nanos() as u64,
         ..Default::default()
     };
-    let mut pipeline = Pipeline::new(
+    let pipeline = Pipeline::new(
         PipelineOptions {
             limits,
             proc_root: PathBuf::from("/proc"),
@@ -241,6 +241,12 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     )
     .with_id_generator(args.id_generator)
     .with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
+
+    let mut pipeline = pipeline.with_command_line(if args.export_command_line {
+        crate::resource::CommandLine::Redacted
+    } else {
+        crate::resource::CommandLine::Omitted
+    });
 
     // Probes last: from the moment they attach, records arrive and must be read at once.
     let privileges = crate::privilege::Privileges::of_self();
@@ -260,7 +266,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     let mut child = match &until {
         Until::Child(command) => {
             let gated = spawn_gated(command, &mut probes).await?;
-            tracing::info!(pid = gated.pid, command = %command.join(" "), "tracing command");
+            let shown = crate::redact::command_line_args(command).join(" ");
+            tracing::info!(pid = gated.pid, command = %shown, "tracing command");
             Some(gated)
         }
         Until::Signal => None,
@@ -268,8 +275,11 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     eprintln!(
         "tracer: probes attached; {}",
         match &sink_cfg {
-            SinkConfig::Otlp(c) =>
-                format!("exporting OTLP ({}) to {}", c.protocol.as_str(), c.endpoint),
+            SinkConfig::Otlp(c) => format!(
+                "exporting OTLP ({}) to {}",
+                c.protocol.as_str(),
+                crate::redact::url(&c.endpoint)
+            ),
             SinkConfig::Terminal(_) => "printing spans to the terminal".to_string(),
             SinkConfig::Json => "printing spans as JSON lines".to_string(),
         }

@@ -22,6 +22,7 @@ pub mod privilege;
 pub mod probes;
 pub mod procnet;
 pub mod propagation;
+pub mod redact;
 pub mod reorder;
 pub mod resource;
 pub mod spans;

@@ -120,6 +120,16 @@ impl Pipeline {
         self
     }
 
+    /// Exports a redacted `process.command_line` in process resources (off by default).
+    pub fn with_command_line(mut self, command_line: crate::resource::CommandLine) -> Self {
+        let resources = std::mem::replace(
+            &mut self.resources,
+            ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
+        );
+        self.resources = resources.with_command_line(command_line);
+        self
+    }
+
     pub fn stats(&self) -> PipelineStats {
         self.stats
     }

@@ -4,6 +4,11 @@
 //! environment, `service.name` in its `OTEL_RESOURCE_ATTRIBUTES`, the executable's base name
 //! (`exe` link, else `comm`), else `unknown_service:<pid>` when nothing is readable. The other
 //! `OTEL_RESOURCE_ATTRIBUTES` entries become resource attributes too. Every read is bounded.
+//!
+//! `process.command_line` is only exported when asked for ([`CommandLine::Redacted`]):
+//! arguments carry passwords and tokens, so even then their secret-looking values are redacted
+//! (see [`crate::redact`]). By default the process is described by `process.executable.name`
+//! and `process.executable.path`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,6 +24,9 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 4096;
 pub const MAX_ENVIRON_BYTES: u64 = 256 * 1024;
 /// Most bytes of `process.command_line`.
 pub const MAX_COMMAND_LINE_BYTES: usize = 1024;
+/// Most bytes read from `/proc/<pid>/cmdline` (a little more than is kept, so that redaction
+/// markers do not push real arguments out).
+const MAX_COMMAND_LINE_READ: u64 = 2 * MAX_COMMAND_LINE_BYTES as u64;
 /// Most attributes taken from a process's `OTEL_RESOURCE_ATTRIBUTES`.
 pub const MAX_ENV_ATTRIBUTES: usize = 64;
 /// Longest key and value taken from `OTEL_RESOURCE_ATTRIBUTES` (longer entries are skipped).
@@ -28,6 +36,16 @@ const MAX_ENV_VALUE_LEN: usize = 1024;
 const MAX_SERVICE_NAME_LEN: usize = 256;
 /// Longest `comm` (the kernel keeps 16 bytes).
 const MAX_COMM_BYTES: u64 = 64;
+
+/// Whether `process.command_line` is exported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CommandLine {
+    /// Not exported (the default: arguments carry secrets).
+    #[default]
+    Omitted,
+    /// Exported with secret-looking values redacted.
+    Redacted,
+}
 
 /// Attributes that describe the traced process or this tracer, which the process's own
 /// `OTEL_RESOURCE_ATTRIBUTES` may not override (`service.name` follows the discovery order).
@@ -45,6 +63,8 @@ const PROTECTED_KEYS: [&str; 6] = [
 pub struct ResourceCache {
     /// Pod metadata when running on a Kubernetes node.
     pods: Option<crate::k8s::PodMetadata>,
+    /// Whether resources carry a (redacted) `process.command_line`.
+    command_line: CommandLine,
     proc_root: PathBuf,
     host_name: String,
     capacity: usize,
@@ -71,6 +91,7 @@ impl ResourceCache {
     pub fn with_capacity(proc_root: PathBuf, host_name: String, capacity: usize) -> Self {
         ResourceCache {
             pods: None,
+            command_line: CommandLine::Omitted,
             proc_root,
             host_name,
             capacity: capacity.max(1),
@@ -84,6 +105,12 @@ impl ResourceCache {
     /// Adds Kubernetes pod attributes (and the pod's service.name rule) to every resource.
     pub fn with_pods(mut self, pods: Option<crate::k8s::PodMetadata>) -> Self {
         self.pods = pods;
+        self
+    }
+
+    /// Export `process.command_line` (redacted) or not; off unless asked for.
+    pub fn with_command_line(mut self, command_line: CommandLine) -> Self {
+        self.command_line = command_line;
         self
     }
 
@@ -101,7 +128,8 @@ impl ResourceCache {
         if self.entries.len() >= self.capacity {
             self.evict_least_recent();
         }
-        let (mut resource, named_by_env) = discover_inner(&self.proc_root, pid, &self.host_name);
+        let (mut resource, named_by_env) =
+            discover_inner(&self.proc_root, pid, &self.host_name, self.command_line);
         let mut pod_miss_generation = None;
         if let Some(pods) = &self.pods {
             match pods.attributes_for_pid(&self.proc_root, pid) {
@@ -158,9 +186,10 @@ impl ResourceCache {
     }
 }
 
-/// Read the resource of `pid` under `proc_root`. Never fails: what cannot be read is left out.
+/// Read the resource of `pid` under `proc_root` (without `process.command_line`). Never fails:
+/// what cannot be read is left out.
 pub fn discover(proc_root: &Path, pid: u32, host_name: &str) -> ProcessResource {
-    discover_inner(proc_root, pid, host_name).0
+    discover_inner(proc_root, pid, host_name, CommandLine::Omitted).0
 }
 
 /// Pod attributes join the resource; the pod's name hint (label, workload, container) replaces
@@ -184,7 +213,12 @@ fn merge_pod(resource: &mut ProcessResource, pod: crate::k8s::PodAttributes, nam
 }
 
 /// The resource, and whether its service.name came from the process's own environment.
-fn discover_inner(proc_root: &Path, pid: u32, host_name: &str) -> (ProcessResource, bool) {
+fn discover_inner(
+    proc_root: &Path,
+    pid: u32,
+    host_name: &str,
+    wants_command_line: CommandLine,
+) -> (ProcessResource, bool) {
     let dir = proc_root.join(pid.to_string());
     let environ = read_bounded(&dir.join("environ"), MAX_ENVIRON_BYTES)
         .map(|bytes| complete_entries(bytes, MAX_ENVIRON_BYTES));
@@ -198,9 +232,13 @@ fn discover_inner(proc_root: &Path, pid: u32, host_name: &str) -> (ProcessResour
                 .to_string()
         })
         .filter(|c| !c.is_empty());
-    let command_line = read_bounded(&dir.join("cmdline"), MAX_COMMAND_LINE_BYTES as u64 + 4)
-        .map(|b| command_line(&b))
-        .filter(|c| !c.is_empty());
+    let command_line = match wants_command_line {
+        CommandLine::Omitted => None,
+        CommandLine::Redacted => {
+            read_bounded(&dir.join("cmdline"), MAX_COMMAND_LINE_READ).map(|b| command_line(&b))
+        }
+    }
+    .filter(|c| !c.is_empty());
 
     let env = environ
         .as_deref()
@@ -382,13 +420,17 @@ fn executable_path(link: &Path) -> String {
     path.strip_suffix(" (deleted)").unwrap_or(&path).to_string()
 }
 
-/// `cmdline` arguments joined by spaces, bounded to [`MAX_COMMAND_LINE_BYTES`].
+/// `cmdline` arguments with secrets redacted, joined by spaces, bounded to
+/// [`MAX_COMMAND_LINE_BYTES`]. An argument cut by the read limit is dropped, not half-redacted
+/// (a cut URL could show part of its password).
 fn command_line(raw: &[u8]) -> String {
-    let joined: Vec<u8> = raw
-        .iter()
-        .map(|b| if *b == 0 { b' ' } else { *b })
+    let raw = complete_entries(raw.to_vec(), MAX_COMMAND_LINE_READ);
+    let raw = raw.strip_suffix(b"\0").unwrap_or(&raw);
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
         .collect();
-    let text = String::from_utf8_lossy(&joined);
+    let text = crate::redact::command_line_args(&args).join(" ");
     truncate(text.trim_end().to_string(), MAX_COMMAND_LINE_BYTES)
 }
 
@@ -530,6 +572,12 @@ mod tests {
             .file("cmdline", b"/opt/app/bin/server\0-c\0/etc/app.conf\0")
             .environ(&["OTEL_RESOURCE_ATTRIBUTES=deployment.environment=staging, team = pay%2Cments ,host.name=from-env,process.pid=1,telemetry.sdk.name=other,broken,=nokey"]);
         let r = discover(&proc.root, 77, "node-a");
+        assert_eq!(
+            str_attr(&r, "process.command_line"),
+            None,
+            "not exported unless asked for"
+        );
+        let r = discover_inner(&proc.root, 77, "node-a", CommandLine::Redacted).0;
         assert_eq!(attr(&r, "process.pid"), Some(&AttrValue::Int(77)));
         assert_eq!(str_attr(&r, "process.executable.name"), Some("server"));
         assert_eq!(
@@ -580,15 +628,15 @@ mod tests {
     fn reads_are_bounded() {
         let proc = FakeProc::new();
         let filler = format!("FILLER={}", "x".repeat(300 * 1024));
-        let long_arg = "a".repeat(5000);
+        let many_args = format!("{}\0", "a".repeat(99)).repeat(50);
         proc.process(10)
-            .file("cmdline", format!("prog\0{long_arg}\0").as_bytes())
+            .file("cmdline", format!("prog\0{many_args}").as_bytes())
             .environ(&[
                 "OTEL_SERVICE_NAME=early",
                 &filler,
                 "OTEL_RESOURCE_ATTRIBUTES=late=1",
             ]);
-        let r = discover(&proc.root, 10, "h");
+        let r = discover_inner(&proc.root, 10, "h", CommandLine::Redacted).0;
         assert_eq!(r.service_name, "early");
         assert_eq!(
             str_attr(&r, "late"),
@@ -621,12 +669,52 @@ mod tests {
         proc.process(13)
             .file("cmdline", b"bin\xff\0arg\0")
             .environ(&["OTEL_RESOURCE_ATTRIBUTES=k=%ff%zz%4"]);
-        let r = discover(&proc.root, 13, "h");
+        let r = discover_inner(&proc.root, 13, "h", CommandLine::Redacted).0;
         assert_eq!(
             str_attr(&r, "process.command_line"),
             Some("bin\u{fffd} arg")
         );
         assert_eq!(str_attr(&r, "k"), Some("\u{fffd}%zz%4"));
+    }
+
+    #[test]
+    fn command_line_is_opt_in_and_redacted() {
+        let proc = FakeProc::new();
+        proc.process(30).exe("/usr/bin/worker").file(
+            "cmdline",
+            b"/usr/bin/worker\0--db-password=hunter2\0--token\0tok-1\0\0--dsn\0postgres://app:pw-2@db/x?sslmode=off\0",
+        );
+        let mut cache = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 8);
+        let default = cache.get(30);
+        assert_eq!(str_attr(&default, "process.command_line"), None);
+        assert_eq!(
+            str_attr(&default, "process.executable.name"),
+            Some("worker")
+        );
+        assert_eq!(
+            str_attr(&default, "process.executable.path"),
+            Some("/usr/bin/worker")
+        );
+
+        let mut cache = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 8)
+            .with_command_line(CommandLine::Redacted);
+        let opted_in = cache.get(30);
+        assert_eq!(
+            str_attr(&opted_in, "process.command_line"),
+            Some(
+                "/usr/bin/worker --db-password=REDACTED --token REDACTED  --dsn \
+                 postgres://REDACTED:REDACTED@db/x?sslmode=off"
+            )
+        );
+
+        // The read stops inside a URL: the cut argument is dropped, not shown in part.
+        let limit = usize::try_from(MAX_COMMAND_LINE_READ).expect("fits");
+        let tokens = format!("--token={}\0", "t".repeat(150)).repeat(12);
+        let raw = format!("prog\0{tokens}http://user:secret-{}", "x".repeat(limit));
+        let line = command_line(raw.get(..limit).expect("ascii").as_bytes());
+        assert!(line.starts_with("prog --token=REDACTED"), "{line}");
+        assert!(!line.contains("secret"), "{line}");
+        assert!(line.len() <= MAX_COMMAND_LINE_BYTES);
     }
 
     #[test]
@@ -680,7 +768,8 @@ mod tests {
     #[test]
     fn real_proc_for_this_process() {
         let pid = std::process::id();
-        let resource = discover(Path::new("/proc"), pid, "test-host");
+        let resource =
+            discover_inner(Path::new("/proc"), pid, "test-host", CommandLine::Redacted).0;
         let exe = std::env::current_exe().expect("current exe");
         let exe_name = exe.file_name().and_then(|n| n.to_str()).expect("exe name");
         assert_eq!(resource.pid, pid);

@@ -15,6 +15,7 @@ use crate::model::{
     SpanStatus,
 };
 use crate::propagation::{TraceContext, trim_ows};
+use crate::redact::{self, REDACTED};
 
 /// Longest `url.*` value kept, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
@@ -27,11 +28,6 @@ pub const MAX_SHORT_ATTR_LEN: usize = 256;
 const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
-
-/// Query parameters whose values the conventions require to be redacted in URLs.
-const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
-
-const REDACTED: &str = "REDACTED";
 
 /// Everything [`build_span`] needs about one exchange.
 #[derive(Clone, Copy, Debug)]
@@ -233,7 +229,7 @@ fn server_attributes(
     if let Some(query) = target.query().filter(|q| !q.is_empty()) {
         out.push(Attribute::str(
             "url.query",
-            bounded(&redact_query(query), MAX_URL_LEN),
+            bounded(&redact::query(query), MAX_URL_LEN),
         ));
     }
     let host = target
@@ -313,7 +309,8 @@ fn peer_attributes(conn: &crate::model::ConnMeta, out: &mut Vec<Attribute>) {
 }
 
 /// `url.full` of a client request: the absolute-form target as is (credentials and signed query
-/// values redacted), else `http://{Host or peer}{target}`.
+/// values redacted), else `http://{Host or peer}{target}`. Userinfo in a Host header or a
+/// CONNECT target is not a URL credential anyone should send: it is dropped.
 fn client_url_full(
     target: &RequestTarget<'_>,
     request: &HttpRequest,
@@ -323,7 +320,9 @@ fn client_url_full(
         match header_value(&request.headers, "host")
             .map(|v| bounded_lossy(trim_ows(v), MAX_SHORT_ATTR_LEN))
         {
-            Some(host) if !host.is_empty() => Some(host),
+            Some(host) if !redact::authority_without_userinfo(&host).is_empty() => {
+                Some(redact::authority_without_userinfo(&host).to_string())
+            }
             _ => peer.map(|p| p.to_string()),
         }
     };
@@ -337,15 +336,17 @@ fn client_url_full(
                 Some((_, host)) => Cow::Owned(format!("{REDACTED}:{REDACTED}@{host}")),
                 None => Cow::Borrowed(*authority),
             };
-            format!("{scheme}://{authority}{}", redact_path_query(rest))
+            format!("{scheme}://{authority}{}", redact::path_and_query(rest))
         }
         RequestTarget::Origin { .. } => format!(
             "http://{}{}",
             authority()?,
-            redact_path_query(&request.target)
+            redact::path_and_query(&request.target)
         ),
         RequestTarget::Asterisk => format!("http://{}", authority()?),
-        RequestTarget::Authority(host) => format!("http://{host}"),
+        RequestTarget::Authority(host) => {
+            format!("http://{}", redact::authority_without_userinfo(host))
+        }
     };
     Some(url)
 }
@@ -442,36 +443,6 @@ fn split_query(target: &str) -> (&str, Option<&str>) {
     match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
-    }
-}
-
-/// Replace the values of sensitive query parameters with `REDACTED`.
-fn redact_query(query: &str) -> Cow<'_, str> {
-    let sensitive = |pair: &str| {
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        SENSITIVE_QUERY_KEYS.contains(&key) && pair.contains('=')
-    };
-    if !query.split('&').any(sensitive) {
-        return Cow::Borrowed(query);
-    }
-    let pairs: Vec<Cow<'_, str>> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if sensitive(pair) => Cow::Owned(format!("{key}={REDACTED}")),
-            _ => Cow::Borrowed(pair),
-        })
-        .collect();
-    Cow::Owned(pairs.join("&"))
-}
-
-/// `path?query` with the query redacted.
-fn redact_path_query(path_query: &str) -> Cow<'_, str> {
-    match path_query.split_once('?') {
-        Some((path, query)) => match redact_query(query) {
-            Cow::Borrowed(_) => Cow::Borrowed(path_query),
-            Cow::Owned(query) => Cow::Owned(format!("{path}?{query}")),
-        },
-        None => Cow::Borrowed(path_query),
     }
 }
 
@@ -978,6 +949,48 @@ mod tests {
             str_attr(&span, "url.query"),
             Some("X-Goog-Signature=REDACTED&keep=1")
         );
+    }
+
+    #[test]
+    fn userinfo_and_signed_values_never_reach_a_span() {
+        let c = conn("10.0.0.2:51000", "10.0.0.9:8080");
+        let secrets = ["pw-host", "pw-connect", "pw-abs", "tok-1", "tok-2", "sig-3"];
+        let cases = [
+            cases_host_request(),
+            request("CONNECT", "u:pw-connect@db.example:443", &[]),
+            request("GET", "http://u:pw-abs@h/x?apikey=tok-2", &[]),
+        ];
+        for req in cases {
+            for role in [Role::Client, Role::Server] {
+                let span = span_for(&ok(req.clone()), &c, role);
+                let text = format!("{span:?}");
+                for secret in secrets {
+                    assert!(!text.contains(secret), "{secret} leaked: {text}");
+                }
+            }
+        }
+        let span = span_for(&ok(cases_host_request()), &c, Role::Client);
+        assert_eq!(
+            str_attr(&span, "url.full"),
+            Some("http://api.example:9000/p?ACCESS_TOKEN=REDACTED&%53ignature=REDACTED&keep=1")
+        );
+        assert_eq!(str_attr(&span, "server.address"), Some("api.example"));
+        let span = span_for(&ok(cases_host_request()), &c, Role::Server);
+        assert_eq!(
+            str_attr(&span, "url.query"),
+            Some("ACCESS_TOKEN=REDACTED&%53ignature=REDACTED&keep=1")
+        );
+        let connect = request("CONNECT", "u:pw@db.example:443", &[]);
+        let span = span_for(&ok(connect), &c, Role::Client);
+        assert_eq!(str_attr(&span, "url.full"), Some("http://db.example:443"));
+    }
+
+    fn cases_host_request() -> HttpRequest {
+        request(
+            "GET",
+            "/p?ACCESS_TOKEN=tok-1&%53ignature=sig-3&keep=1",
+            &[("Host", b"user:pw-host@api.example:9000")],
+        )
     }
 
     #[test]

@@ -96,6 +96,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
+    /// Export each traced process's command line as process.command_line. Off by default
+    /// (arguments carry passwords and tokens); when on, values of password-, token- and key-like
+    /// flags, URL credentials and signed query values are replaced by REDACTED.
+    #[arg(long)]
+    pub export_command_line: bool,
+
     /// Kubernetes node whose pods are watched for span metadata (default: $NODE_NAME, else the
     /// host name). Metadata is on when KUBECONFIG is set or the agent runs in a pod.
     #[arg(long, value_name = "NODE")]

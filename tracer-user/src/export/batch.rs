@@ -51,7 +51,7 @@ impl BatchExporter {
         };
         let worker = tokio::spawn(worker.run(queue_rx));
         tracing::info!(
-            endpoint = %cfg.endpoint,
+            endpoint = %crate::redact::url(&cfg.endpoint),
             protocol = cfg.protocol.as_str(),
             "OTLP export configured"
         );

@@ -4,6 +4,10 @@
 //! Precedence for every setting: CLI override > signal-specific variable (`..._TRACES_...`) >
 //! generic variable > default. Empty variables count as unset (OTel convention). Invalid values
 //! are reported as [`ConfigError`] naming the variable or flag, rather than silently ignored.
+//!
+//! Header values and the endpoint's userinfo are credentials: they never appear in an error, a
+//! log line or a `Debug` rendering (errors show the header name only, endpoints pass through
+//! [`crate::redact::url`]).
 
 use std::time::Duration;
 
@@ -121,8 +125,8 @@ impl Default for RetryConfig {
     }
 }
 
-/// Everything the OTLP sink needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Everything the OTLP sink needs. `Debug` shows header names, not values.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
     pub protocol: OtlpProtocol,
     /// The URL requests go to: for HTTP it already includes `/v1/traces` when derived from a base.
@@ -134,6 +138,25 @@ pub struct OtlpConfig {
     pub compression: Option<OtlpCompression>,
     pub batch: BatchConfig,
     pub retry: RetryConfig,
+}
+
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(name, _)| format!("{name}={}", crate::redact::REDACTED))
+            .collect();
+        f.debug_struct("OtlpConfig")
+            .field("protocol", &self.protocol)
+            .field("endpoint", &crate::redact::url(&self.endpoint))
+            .field("headers", &header_names)
+            .field("timeout", &self.timeout)
+            .field("compression", &self.compression)
+            .field("batch", &self.batch)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 /// Command-line values that take precedence over the environment. `None` means "not given".
@@ -241,7 +264,8 @@ impl OtlpConfig {
             None => OtlpProtocol::HttpProtobuf,
         };
 
-        let endpoint = resolve_endpoint(env, overrides, protocol)?;
+        let (endpoint, credentials) =
+            split_credentials(&resolve_endpoint(env, overrides, protocol)?);
 
         let mut headers = Vec::new();
         if let Some(src) = pick(env, "", None, Some(ENV_TRACES_HEADERS), ENV_HEADERS) {
@@ -256,6 +280,11 @@ impl OtlpConfig {
                 headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
                 headers.push((key, value));
             }
+        }
+        if let Some(basic) = credentials
+            && !headers.iter().any(|(k, _)| k == "authorization")
+        {
+            headers.push(("authorization".to_string(), basic));
         }
 
         let timeout = match overrides.timeout {
@@ -372,16 +401,46 @@ fn resolve_endpoint(
     } else {
         ("default", DEFAULT_GRPC_ENDPOINT.to_string())
     };
-    tracing::debug!(source = setting, endpoint = %value, protocol = protocol.as_str(), "OTLP endpoint");
+    tracing::debug!(source = setting, endpoint = %crate::redact::url(&value), protocol = protocol.as_str(), "OTLP endpoint");
     Ok(value)
+}
+
+/// The endpoint without userinfo, and the userinfo as an `Authorization: Basic` value (as
+/// browsers and curl send it). The exporter's HTTP stack would drop the userinfo silently and log
+/// it in connection-pool traces; a header is sent as intended and never logged.
+fn split_credentials(endpoint: &str) -> (String, Option<String>) {
+    use base64::Engine as _;
+    let Some(scheme_end) = endpoint.find("://") else {
+        return (endpoint.to_string(), None);
+    };
+    let rest = endpoint.get(scheme_end + 3..).unwrap_or_default();
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest.get(..authority_len).unwrap_or_default();
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (endpoint.to_string(), None);
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    );
+    let stripped = format!(
+        "{}{host}{}",
+        endpoint.get(..scheme_end + 3).unwrap_or_default(),
+        rest.get(authority_len..).unwrap_or_default()
+    );
+    (stripped, Some(basic))
 }
 
 fn join_traces_path(base: &str) -> String {
     format!("{}{}", base.trim_end_matches('/'), HTTP_TRACES_PATH)
 }
 
-fn check_url(setting: &str, value: &str) -> Result<(), ConfigError> {
-    let rest = value
+fn check_url(setting: &str, raw: &str) -> Result<(), ConfigError> {
+    let shown = crate::redact::url(raw);
+    let value: &str = &shown;
+    let rest = raw
         .strip_prefix("http://")
         .or_else(|| value.strip_prefix("https://"))
         .ok_or_else(|| ConfigError::new(setting, value, "must start with http:// or https://"))?;
@@ -389,7 +448,7 @@ fn check_url(setting: &str, value: &str) -> Result<(), ConfigError> {
     if host.is_empty() {
         return Err(ConfigError::new(setting, value, "missing host"));
     }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ConfigError::new(setting, value, "contains whitespace"));
     }
     Ok(())
@@ -443,17 +502,27 @@ fn size_setting(
 pub fn parse_headers(setting: &str, input: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut headers: Vec<(String, String)> = Vec::new();
     for member in input.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        // An error may show the name of a member, never its value.
         let Some((raw_key, raw_value)) = member.split_once('=') else {
-            return Err(ConfigError::new(setting, member, "expected key=value"));
+            return Err(ConfigError::new(
+                setting,
+                REDACTED_MEMBER,
+                "expected key=value",
+            ));
         };
         let key = raw_key.trim().to_ascii_lowercase();
         if key.is_empty() || !key.bytes().all(is_token_byte) {
-            return Err(ConfigError::new(setting, member, "invalid header name"));
+            return Err(ConfigError::new(
+                setting,
+                REDACTED_MEMBER,
+                "invalid header name",
+            ));
         }
+        let shown = format!("{key}={}", crate::redact::REDACTED);
         if key.ends_with("-bin") {
             return Err(ConfigError::new(
                 setting,
-                member,
+                &shown,
                 "binary (-bin) headers are not supported",
             ));
         }
@@ -464,18 +533,25 @@ pub fn parse_headers(setting: &str, input: &str) -> Result<Vec<(String, String)>
         {
             return Err(ConfigError::new(
                 setting,
-                member,
+                &shown,
                 "header value must be visible ASCII",
             ));
         }
         headers.retain(|(k, _)| *k != key);
         headers.push((key, value));
         if headers.len() > MAX_HEADERS {
-            return Err(ConfigError::new(setting, input, "too many headers"));
+            return Err(ConfigError::new(
+                setting,
+                REDACTED_MEMBER,
+                format!("more than {MAX_HEADERS} headers"),
+            ));
         }
     }
     Ok(headers)
 }
+
+/// Shown in place of a header member an error cannot name safely.
+const REDACTED_MEMBER: &str = "(value not shown)";
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -648,6 +724,100 @@ mod tests {
         assert!(config(&[(ENV_HEADERS, "novalue")], &Default::default()).is_err());
         assert!(config(&[(ENV_HEADERS, "bad name=x")], &Default::default()).is_err());
         assert!(config(&[(ENV_HEADERS, "k=%0a")], &Default::default()).is_err());
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_credentials() {
+        let secret = "s3cr3t-value";
+        let bad_headers = [
+            format!("api-key={secret}%0a"),
+            format!("Bearer {secret}"),
+            format!("bad name={secret}"),
+            format!("x-bin={secret}"),
+            (0..=MAX_HEADERS)
+                .map(|i| format!("h{i}={secret}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ];
+        for headers in &bad_headers {
+            let err = config(&[(ENV_HEADERS, headers)], &Default::default()).unwrap_err();
+            assert!(!format!("{err} {err:?}").contains(secret), "{err}");
+            let flag = OtlpOverrides {
+                headers: Some(headers.clone()),
+                ..Default::default()
+            };
+            let err = config(&[], &flag).unwrap_err();
+            assert!(!format!("{err} {err:?}").contains(secret), "{err}");
+        }
+        let err = config(&[(ENV_HEADERS, "api-key=a\u{1}b")], &Default::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("api-key"),
+            "names the header: {err}"
+        );
+
+        for endpoint in [
+            format!("ftp://user:{secret}@collector:4318"),
+            format!("http://user:{secret}@collector:4318/ x"),
+            format!("http://collector:4318/?api_key={secret} x"),
+        ] {
+            let err = config(&[(ENV_ENDPOINT, &endpoint)], &Default::default()).unwrap_err();
+            assert!(!format!("{err} {err:?}").contains(secret), "{err}");
+        }
+
+        let cfg = config(
+            &[
+                (
+                    ENV_TRACES_ENDPOINT,
+                    &format!("https://user:{secret}@collector:4318/v1/traces?api_key={secret}"),
+                ),
+                (ENV_HEADERS, &format!("api-key={secret}")),
+            ],
+            &Default::default(),
+        )
+        .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("api-key"), "{shown}");
+        assert!(shown.contains("authorization"), "{shown}");
+        assert!(
+            shown.contains("https://collector:4318/v1/traces?api_key=REDACTED"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn endpoint_userinfo_becomes_a_basic_authorization_header() {
+        let cfg = config(
+            &[(ENV_ENDPOINT, "https://ingest:p%40ss@collector:4318/otlp")],
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.endpoint, "https://collector:4318/otlp/v1/traces");
+        // base64("ingest:p@ss")
+        assert_eq!(
+            cfg.headers,
+            vec![(
+                "authorization".to_string(),
+                "Basic aW5nZXN0OnBAc3M=".to_string()
+            )]
+        );
+        let cfg = config(
+            &[
+                (ENV_TRACES_ENDPOINT, "http://u:p@collector:4318/v1/traces"),
+                (ENV_HEADERS, "Authorization=Bearer%20t"),
+            ],
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(
+            cfg.headers,
+            vec![("authorization".to_string(), "Bearer t".to_string())],
+            "a configured Authorization header wins"
+        );
+        let (plain, none) = split_credentials("http://collector:4318/v1/traces?a=b@c");
+        assert_eq!(plain, "http://collector:4318/v1/traces?a=b@c");
+        assert_eq!(none, None);
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The HTTP client handed to the OTLP exporter: a `reqwest` client that also remembers the outcome
 //! of its last request (status code, `Retry-After`, transport error), because the exporter reports
 //! failures only as text and drops `Retry-After` when its own retries are disabled.
+//!
+//! The client never follows redirects: a redirect would carry the configured headers (API keys,
+//! tenant tokens) to whatever host the `Location` names. A 3xx answer is a failed export, counted
+//! like any other. Transport errors are logged without their URL (it may carry credentials).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,9 +38,13 @@ pub struct ObservedHttpClient {
 }
 
 impl ObservedHttpClient {
-    /// Builds a client whose requests (including reading the body) time out after `timeout`.
+    /// Builds a client whose requests (including reading the body) time out after `timeout`
+    /// and that does not follow redirects.
     pub fn new(timeout: Duration) -> Result<(Self, OutcomeSlot), reqwest::Error> {
-        let inner = reqwest::Client::builder().timeout(timeout).build()?;
+        let inner = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         let last_outcome: OutcomeSlot = Arc::default();
         Ok((
             ObservedHttpClient {
@@ -84,11 +92,31 @@ impl HttpClient for ObservedHttpClient {
                     });
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "OTLP HTTP request failed");
+                    tracing::debug!(error = %without_url(error), "OTLP HTTP request failed");
                     self.record(HttpAttemptOutcome::Transport);
                 }
             }
             result
         })
+    }
+}
+
+/// An error's text without the request URL reqwest adds to it; other errors by their chain.
+fn without_url(error: &HttpError) -> String {
+    match error.downcast_ref::<reqwest::Error>() {
+        Some(e) => {
+            let mut text = match e.url() {
+                Some(url) => e.to_string().replace(url.as_str(), "(url not shown)"),
+                None => e.to_string(),
+            };
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            crate::redact::urls_in(&text)
+        }
+        None => crate::redact::urls_in(&error.to_string()),
     }
 }

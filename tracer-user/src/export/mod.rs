@@ -46,7 +46,8 @@ use crate::model::ExportItem;
 pub enum ExportError {
     #[error("invalid OTLP configuration: {0}")]
     Config(#[from] ConfigError),
-    #[error("cannot build the OTLP exporter: {0}")]
+    /// Shown without URL credentials: the exporter's message may quote the endpoint.
+    #[error("cannot build the OTLP exporter: {}", crate::redact::urls_in(&.0.to_string()))]
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("cannot build the OTLP HTTP client: {0}")]
     HttpClient(String),

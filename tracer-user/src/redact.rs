@@ -1,0 +1,397 @@
+//! What never leaves the host: the one place that decides which parts of a URL, a query string
+//! or a command line are secret, and replaces them with [`REDACTED`].
+//!
+//! - Query strings: the value of every parameter whose key, percent-decoded (and `+` read as a
+//!   space, as `application/x-www-form-urlencoded` does) and compared without regard to ASCII
+//!   case, is in [`SENSITIVE_QUERY_KEYS`]. Other parameters keep their bytes as sent.
+//! - URLs: the userinfo (`user:pass@`) becomes `REDACTED:REDACTED@` (the semantic conventions'
+//!   form for `url.full`), and the query is redacted as above.
+//! - Command lines (only exported on request): values of flags and `KEY=value` arguments whose
+//!   name contains a secret-looking word ([`SENSITIVE_NAME_PARTS`]), `Name: value` header
+//!   arguments with such a name, and URLs inside any argument.
+//!
+//! Every function is total on arbitrary text: captured bytes are untrusted.
+
+use std::borrow::Cow;
+
+/// The replacement for every secret value.
+pub const REDACTED: &str = "REDACTED";
+
+/// Query parameters whose values are signatures, credentials or tokens (compared
+/// case-insensitively after decoding): the semantic conventions' list plus common token names.
+pub const SENSITIVE_QUERY_KEYS: [&str; 15] = [
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "api_key",
+    "apikey",
+    "token",
+    "password",
+    "client_secret",
+];
+
+/// Words that make a command-line flag, `KEY=value` argument or header name secret (matched
+/// case-insensitively anywhere in the name, so `--db-password`, `API_KEY` and
+/// `X-Auth-Token` all count). Over-redacting a harmless flag is the accepted cost.
+pub const SENSITIVE_NAME_PARTS: [&str; 12] = [
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "credential",
+    "cookie",
+    "session",
+    "signature",
+    "bearer",
+    "private",
+];
+
+/// Whether a raw (still encoded) query key names a secret.
+pub fn is_sensitive_query_key(raw_key: &str) -> bool {
+    let Some((decoded, _)) = form_urlencoded::parse(raw_key.as_bytes()).next() else {
+        return false;
+    };
+    let key = decoded.trim();
+    SENSITIVE_QUERY_KEYS
+        .iter()
+        .any(|sensitive| sensitive.eq_ignore_ascii_case(key))
+}
+
+/// `query` (without the `?`) with the values of sensitive parameters replaced by [`REDACTED`].
+/// Parameters without `=` carry no value and are kept.
+pub fn query(query: &str) -> Cow<'_, str> {
+    let sensitive = |pair: &str| {
+        pair.split_once('=')
+            .is_some_and(|(key, _)| is_sensitive_query_key(key))
+    };
+    if !query.split('&').any(sensitive) {
+        return Cow::Borrowed(query);
+    }
+    let pairs: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_sensitive_query_key(key) => {
+                Cow::Owned(format!("{key}={REDACTED}"))
+            }
+            _ => Cow::Borrowed(pair),
+        })
+        .collect();
+    Cow::Owned(pairs.join("&"))
+}
+
+/// `path?query#fragment` with the query redacted (the fragment is kept as is).
+pub fn path_and_query(path_query: &str) -> Cow<'_, str> {
+    let Some((path, rest)) = path_query.split_once('?') else {
+        return Cow::Borrowed(path_query);
+    };
+    let (query_part, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    match query(query_part) {
+        Cow::Borrowed(_) => Cow::Borrowed(path_query),
+        Cow::Owned(q) => Cow::Owned(match fragment {
+            Some(f) => format!("{path}?{q}#{f}"),
+            None => format!("{path}?{q}"),
+        }),
+    }
+}
+
+/// An authority (`[userinfo@]host[:port]`) without its userinfo.
+pub fn authority_without_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// `scheme://[userinfo@]authority/path?query`: userinfo replaced by `REDACTED:REDACTED`,
+/// sensitive query values redacted. Text without `://` is treated as a path and query.
+pub fn url(url: &str) -> Cow<'_, str> {
+    let Some(scheme_end) = url.find("://") else {
+        return path_and_query(url);
+    };
+    let after = scheme_end + 3;
+    let rest = url.get(after..).unwrap_or_default();
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path_query) = rest.split_at(authority_len);
+    let host = authority_without_userinfo(authority);
+    let redacted_rest = path_and_query(path_query);
+    if host.len() == authority.len() && matches!(redacted_rest, Cow::Borrowed(_)) {
+        return Cow::Borrowed(url);
+    }
+    let scheme = url.get(..scheme_end).unwrap_or_default();
+    let userinfo = if host.len() == authority.len() {
+        ""
+    } else {
+        "REDACTED:REDACTED@"
+    };
+    Cow::Owned(format!("{scheme}://{userinfo}{host}{redacted_rest}"))
+}
+
+/// Whether a flag, variable or header name contains a secret-looking word.
+pub fn is_sensitive_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SENSITIVE_NAME_PARTS.iter().any(|part| lower.contains(part))
+}
+
+/// Command-line arguments with secrets redacted:
+/// `--password=x` / `-password=x` / `PASSWORD=x` -> `--password=REDACTED`;
+/// `--password x` -> `--password REDACTED` (unless the next argument is itself a `--flag`);
+/// `Authorization: Bearer x` (a header argument, as for `curl -H`) -> `Authorization: REDACTED`;
+/// and every URL inside an argument loses its userinfo and sensitive query values.
+pub fn command_line_args<S: AsRef<str>>(args: &[S]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut redact_next = false;
+    for arg in args {
+        let arg = arg.as_ref();
+        if redact_next && !arg.starts_with("--") {
+            redact_next = false;
+            out.push(REDACTED.to_string());
+            continue;
+        }
+        redact_next = false;
+        out.push(argument(arg, &mut redact_next));
+    }
+    out
+}
+
+/// One argument redacted; sets `redact_next` when it is a bare secret-looking flag.
+fn argument(arg: &str, redact_next: &mut bool) -> String {
+    if let Some(flag) = arg.strip_prefix('-') {
+        let flag = flag.strip_prefix('-').unwrap_or(flag);
+        match flag.split_once('=') {
+            Some((name, _)) if is_sensitive_name(name) => {
+                let prefix_len = arg.len() - flag.len() + name.len();
+                let prefix = arg.get(..prefix_len).unwrap_or_default();
+                return format!("{prefix}={REDACTED}");
+            }
+            Some(_) => {}
+            None => {
+                if is_sensitive_name(flag) {
+                    *redact_next = true;
+                }
+                return arg.to_string();
+            }
+        }
+    } else if let Some((name, _)) = arg.split_once('=')
+        && is_variable_name(name)
+        && is_sensitive_name(name)
+    {
+        return format!("{name}={REDACTED}");
+    } else if let Some((name, _)) = arg.split_once(':')
+        && is_header_name(name)
+        && is_sensitive_name(name)
+    {
+        return format!("{name}: {REDACTED}");
+    }
+    urls_in(arg)
+}
+
+/// `NAME` of a `NAME=value` argument: letters, digits, `_`, `-`, `.`.
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// An HTTP header name (an RFC 9110 token).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Every `scheme://...` inside `text` redacted with [`url`]; a URL ends at whitespace or a quote.
+pub fn urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let scheme_start = rest
+            .get(..at)
+            .unwrap_or_default()
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let end = rest
+            .get(at + 3..)
+            .unwrap_or_default()
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
+            .map_or(rest.len(), |i| at + 3 + i);
+        out.push_str(rest.get(..scheme_start).unwrap_or_default());
+        out.push_str(&url(rest.get(scheme_start..end).unwrap_or_default()));
+        rest = rest.get(end..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_key_is_redacted_case_insensitively() {
+        for key in SENSITIVE_QUERY_KEYS {
+            for spelling in [
+                key.to_string(),
+                key.to_ascii_lowercase(),
+                key.to_ascii_uppercase(),
+            ] {
+                let q = format!("a=1&{spelling}=s3cr3t&b=2");
+                assert_eq!(
+                    query(&q),
+                    format!("a=1&{spelling}=REDACTED&b=2"),
+                    "key {spelling}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_compared_after_decoding() {
+        assert_eq!(query("%73ig=x"), "%73ig=REDACTED");
+        assert_eq!(query("access%5Ftoken=x&k=v"), "access%5Ftoken=REDACTED&k=v");
+        assert_eq!(
+            query("X%2DAmz%2DSignature=x"),
+            "X%2DAmz%2DSignature=REDACTED"
+        );
+        assert_eq!(query("%53IGNATURE=x"), "%53IGNATURE=REDACTED");
+        assert_eq!(
+            query("+token+=x"),
+            "+token+=REDACTED",
+            "+ is a space, trimmed"
+        );
+        assert_eq!(
+            query("tok%65n=a=b"),
+            "tok%65n=REDACTED",
+            "the whole value goes"
+        );
+    }
+
+    #[test]
+    fn other_parameters_are_kept_byte_for_byte() {
+        for q in [
+            "",
+            "a=1",
+            "token",
+            "tokens=1&signatures=2&mytoken=3",
+            "q=%ZZ&x=%E2%82",
+            "=x&&=",
+            "sig",
+        ] {
+            assert!(matches!(query(q), Cow::Borrowed(_)), "{q}");
+        }
+        assert_eq!(
+            query("sig=1&sig=2&x=sig"),
+            "sig=REDACTED&sig=REDACTED&x=sig"
+        );
+        assert_eq!(query("sig="), "sig=REDACTED");
+    }
+
+    #[test]
+    fn urls_lose_userinfo_and_signed_values() {
+        assert_eq!(
+            url("https://u:p@bucket.s3.example/k?X-Amz-Signature=abc&v=1#frag"),
+            "https://REDACTED:REDACTED@bucket.s3.example/k?X-Amz-Signature=REDACTED&v=1#frag"
+        );
+        assert_eq!(url("http://user@h:80"), "http://REDACTED:REDACTED@h:80");
+        assert_eq!(url("http://a@b@h/"), "http://REDACTED:REDACTED@h/");
+        assert_eq!(url("http://h/p?token=t"), "http://h/p?token=REDACTED");
+        assert!(matches!(url("http://h:4318/v1/traces"), Cow::Borrowed(_)));
+        assert_eq!(url("/p?password=x"), "/p?password=REDACTED");
+        assert_eq!(
+            url("http://h/p#?token=x"),
+            "http://h/p#?token=REDACTED",
+            "over-redacting a fragment is fine"
+        );
+        assert_eq!(url("://@"), "://REDACTED:REDACTED@");
+    }
+
+    #[test]
+    fn command_lines_keep_their_shape_and_lose_their_secrets() {
+        let args = [
+            "/usr/bin/app",
+            "--password=hunter2",
+            "-db-passwd=x",
+            "--api-key",
+            "k123",
+            "--verbose",
+            "--token",
+            "--port",
+            "8080",
+            "DB_PASSWORD=y",
+            "MODE=fast",
+            "Authorization: Bearer abc",
+            "X-Api-Key:zzz",
+            "Accept: */*",
+            "postgres://admin:pw@db:5432/app?sslmode=require&password=q",
+            "--url=http://u:p@h/x?sig=s",
+            "see http://h/?token=t and ftp://a:b@f/",
+        ];
+        assert_eq!(
+            command_line_args(&args),
+            [
+                "/usr/bin/app",
+                "--password=REDACTED",
+                "-db-passwd=REDACTED",
+                "--api-key",
+                "REDACTED",
+                "--verbose",
+                "--token",
+                "--port",
+                "8080",
+                "DB_PASSWORD=REDACTED",
+                "MODE=fast",
+                "Authorization: REDACTED",
+                "X-Api-Key: REDACTED",
+                "Accept: */*",
+                "postgres://REDACTED:REDACTED@db:5432/app?sslmode=require&password=REDACTED",
+                "--url=http://REDACTED:REDACTED@h/x?sig=REDACTED",
+                "see http://h/?token=REDACTED and ftp://REDACTED:REDACTED@f/",
+            ]
+        );
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics() {
+        let samples = [
+            "",
+            "-",
+            "--",
+            "=",
+            ":",
+            "://",
+            "a://",
+            "--=",
+            "-=x",
+            "x://@@",
+            "é://ü@ö?sig=ñ",
+            "--pass\u{0}word=x",
+            "%",
+            "%%%=",
+            "::::",
+            "://?#",
+        ];
+        for s in samples {
+            let _ = query(s);
+            let _ = url(s);
+            let _ = command_line_args(&[s, s]);
+        }
+        assert_eq!(
+            command_line_args(&["é=1 ü://a:b@h/"]),
+            ["é=1 ü://REDACTED:REDACTED@h/"]
+        );
+    }
+}
