@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod linker;
 pub mod metrics;
 pub mod model;
+pub mod own;
 pub mod pipeline;
 pub mod probes;
 pub mod procnet;
