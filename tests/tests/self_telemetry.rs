@@ -323,16 +323,6 @@ fn agent_in_its_own_pid_namespace_never_traces_itself() {
             agent.output_report()
         )
     });
-    let stderr = agent.stderr().text();
-    let recognised = stderr
-        .lines()
-        .find(|l| l.contains("the kernel programs recognise the agent"))
-        .unwrap_or_else(|| panic!("the agent did not say how the kernel knows it\n{stderr}"));
-    assert!(
-        recognised.contains(&format!("host_pid={host_pid} ")) && recognised.contains("pid=1 "),
-        "the kernel must know the agent by its host pid {host_pid}, not its namespaced pid 1: \
-         {recognised}"
-    );
     assert!(
         wait_for_port(metrics.port(), Duration::from_secs(20)),
         "--metrics-addr never listened\n{}",
@@ -370,14 +360,24 @@ fn agent_in_its_own_pid_namespace_never_traces_itself() {
     // The export that delivered them went out on a traced port: the agent's own end was skipped
     // by pid (nothing of it reached the pipeline: no marked exchange) and the receiver's end as
     // the mirror of the agent's socket.
-    let counters = LoopCounters::wait(metrics, "the receiver's end to be ignored", context, |c| {
-        c.mirrors_ignored >= 1
+    let counters = LoopCounters::wait(metrics, "the agent's export to be seen", context, |c| {
+        c.mirrors_ignored + c.own_telemetry >= 1
     });
     assert_eq!(
-        counters.own_telemetry,
-        0,
+        (counters.own_telemetry, counters.mirrors_ignored >= 1),
+        (0, true),
         "the agent's own exchanges reached its pipeline: the kernel did not recognise it\n{}",
         context()
+    );
+    let stderr = agent.stderr().text();
+    let recognised = stderr
+        .lines()
+        .find(|l| l.contains("the kernel programs recognise the agent"))
+        .unwrap_or_else(|| panic!("the agent did not say how the kernel knows it\n{stderr}"));
+    assert!(
+        recognised.contains(&format!("host_pid={host_pid} ")) && recognised.contains("pid=1 "),
+        "the kernel must know the agent by its host pid {host_pid}, not its namespaced pid 1: \
+         {recognised}"
     );
     let about: Vec<ObservedSpan> = backend
         .spans()
