@@ -14,7 +14,7 @@ use tracer_tests::process::LineWait;
 use tracer_tests::query::describe;
 use tracer_tests::{
     AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, PythonServer,
-    curl, free_port, run_with_timeout, tracer_bin, tracer_command, wait_for_port,
+    ScratchDir, curl, free_port, run_with_timeout, tracer_bin, tracer_command, wait_for_port,
 };
 
 /// How long a test waits for the spans or counters it expects.
@@ -449,4 +449,117 @@ fn tracer_run_in_its_own_pid_namespace_traces_its_command_and_not_itself() {
         "spans of the agent's own export:\n{}",
         describe(about)
     );
+}
+
+#[test]
+fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
+    let scratch = ScratchDir::new("self-telemetry-k8s");
+    let pods = scratch.path().join("pods.json");
+    std::fs::write(&pods, "[]").unwrap_or_else(|e| panic!("writing {}: {e}", pods.display()));
+    let api_port = free_port();
+    let mut api_command = Command::new(python());
+    api_command
+        .arg("-u")
+        .arg(peer_script("fake_kube_api.py"))
+        .args(["--port", &api_port.to_string()])
+        .arg("--pods")
+        .arg(&pods)
+        // Watches end every second: the agent reconnects while its probes are attached.
+        .args(["--max-watch-seconds", "1"]);
+    let api = ChildGuard::spawn("fake_kube_api.py", api_command);
+    assert!(
+        wait_for_port(api_port, Duration::from_secs(20)),
+        "fake API did not start\n{}",
+        api.output_report()
+    );
+    let kubeconfig = scratch.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{api_port}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", kubeconfig.display()));
+
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let app = PythonServer::start(free_port(), "watch-app");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // The API server's port is traced: only the agent's own exclusions keep its watch out.
+    let agent = AgentConfig::new()
+        .ports(&[app.port(), api_port])
+        .arg("--k8s-node-name")
+        .arg("loops-node")
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("KUBECONFIG", kubeconfig.display().to_string())
+        .env("NO_COLOR", "1")
+        .export_to(&backend)
+        .start();
+    // Watches that started after the probes attached (the first may have started before).
+    let deadline = Instant::now() + WAIT;
+    while api
+        .stdout()
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("WATCH"))
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not keep watching pods\n{}\n--- agent stderr ---\n{}",
+            api.output_report(),
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let requests = api.stdout().lines();
+    let unmarked: Vec<&String> = requests
+        .iter()
+        .filter(|l| l.starts_with("LIST") || l.starts_with("WATCH") || l.starts_with("GET"))
+        .filter(|l| !l.contains("user-agent=tracer-agent/"))
+        .collect();
+    assert!(
+        unmarked.is_empty(),
+        "API requests without the agent's mark: {unmarked:?}"
+    );
+
+    curl(&[&app.url("/ok?beside-the-watch")]);
+    let context = || {
+        format!(
+            "backend spans:\n{}\n--- agent stderr ---\n{}",
+            describe(&backend.spans()),
+            agent.stderr_text()
+        )
+    };
+    backend
+        .wait_for(WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.attr_str("url.query") == Some("beside-the-watch"))
+        })
+        .unwrap_or_else(|_| panic!("the app's span never arrived\n{}", context()));
+    let counters = LoopCounters::wait(metrics, "the API server's end to be seen", context, |c| {
+        c.mirrors_ignored + c.own_telemetry >= 1
+    });
+    assert_eq!(
+        (counters.own_telemetry, counters.mirrors_ignored >= 1),
+        (0, true),
+        "the API server's end of the watch was captured\n{}",
+        context()
+    );
+    let about: Vec<ObservedSpan> = backend
+        .spans()
+        .into_iter()
+        .filter(|s| about_telemetry(s, &[api_port]))
+        .collect();
+    assert!(
+        about.is_empty(),
+        "spans of the agent's API watch:\n{}",
+        describe(&about)
+    );
+    agent.stop().assert_success();
 }
