@@ -563,3 +563,39 @@ fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
     );
     agent.stop().assert_success();
 }
+
+#[test]
+fn grpc_export_is_never_captured_on_the_collector_side() {
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::Grpc);
+    let app = PythonServer::start(free_port(), "grpc-export-app");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // The collector's port is traced: HTTP/2 is not parsed, so only the kernel's exclusion of the
+    // agent's own connections keeps the export's bytes from being captured.
+    let agent = AgentConfig::new()
+        .ports(&[app.port(), backend.addr().port()])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1")
+        .export_to(&backend)
+        .start();
+    curl(&[&app.url("/ok?over-grpc")]);
+    let context = || {
+        format!(
+            "backend spans:\n{}\n--- agent stderr ---\n{}",
+            describe(&backend.spans()),
+            agent.stderr_text()
+        )
+    };
+    backend
+        .wait_for(WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.attr_str("url.query") == Some("over-grpc"))
+        })
+        .unwrap_or_else(|_| panic!("the app's span never arrived\n{}", context()));
+    let counters = LoopCounters::wait(metrics, "the collector's end to be ignored", context, |c| {
+        c.mirrors_ignored >= 1
+    });
+    assert_eq!(counters.own_telemetry, 0, "{}", context());
+    agent.stop().assert_success();
+}
