@@ -215,29 +215,38 @@ fn forwarding_collector_beside_host_wide_agent_and_second_tracer_gets_no_telemet
             forwarder.child.output_report()
         )
     };
-    // Both tracers' application spans came through the collector.
+    // Every application span came through the collector: from the host-wide agent both ends of
+    // the four requests (curl is traced too), from the second tracer its command's CLIENT span.
     let deadline = Instant::now() + WAIT;
     loop {
         let spans = backend.spans();
-        let host_wide = spans
-            .iter()
-            .filter(|s| {
-                s.kind == ObservedKind::Server
-                    && s.attr_str("url.query")
-                        .is_some_and(|q| q.starts_with("host-wide"))
-            })
-            .count();
-        let from_second = spans.iter().any(|s| {
-            s.kind == ObservedKind::Client
-                && s.attr_str("url.full")
-                    .is_some_and(|u| u.ends_with("?second-tracer"))
-        });
-        if host_wide == 3 && from_second {
+        let count = |kind: ObservedKind, query: &str| {
+            spans
+                .iter()
+                .filter(|s| s.kind == kind)
+                .filter(|s| {
+                    let target = s.attr_str("url.query").map(str::to_owned).or_else(|| {
+                        s.attr_str("url.full")
+                            .and_then(|u| u.split_once('?'))
+                            .map(|(_, q)| q.to_owned())
+                    });
+                    target.is_some_and(|q| q.starts_with(query))
+                })
+                .count()
+        };
+        let counts = (
+            count(ObservedKind::Server, "host-wide"),
+            count(ObservedKind::Client, "host-wide"),
+            count(ObservedKind::Server, "second-tracer"),
+            count(ObservedKind::Client, "second-tracer"),
+        );
+        if counts == (3, 3, 1, 2) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "waited {WAIT:?} for the application spans\n{}",
+            "waited {WAIT:?} for the application spans (server, client, second server, second \
+             client: {counts:?})\n{}",
             context()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -250,6 +259,12 @@ fn forwarding_collector_beside_host_wide_agent_and_second_tracer_gets_no_telemet
 
     // Traffic has stopped: across several export intervals nothing more is built or received.
     let received = backend.spans().len();
+    assert_eq!(
+        received,
+        9,
+        "the backend got spans beyond the application's\n{}",
+        context()
+    );
     let forwards = forwarder.forwards();
     let mut settled = moved;
     for _ in 0..QUIET_INTERVALS {
