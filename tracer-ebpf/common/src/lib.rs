@@ -100,7 +100,8 @@ pub const CONFIG_KEY: u32 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// The agent's own process id: never traced (its OTLP traffic must not become spans).
+    /// The agent's own process id as the kernel sees it (host pid namespace): never traced (its
+    /// OTLP traffic must not become spans). 0 until known (see `agent_ns_tgid`).
     pub agent_tgid: u32,
     /// Payload bytes copied per syscall, at most `MAX_CAPTURE`.
     pub capture_bytes: u32,
@@ -117,7 +118,8 @@ pub struct Config {
     pub fork_child_pid_offset: u32,
     /// The agent's pid in its own pid namespace, when that is not the host's (a container
     /// without hostPID): the kernel learns `agent_tgid` (a host tgid) from the first task of
-    /// that namespace whose namespaced tgid this is. 0 when `agent_tgid` is already known.
+    /// that namespace whose namespaced tgid this is, and translates `NS_FILTER_PIDS` through the
+    /// same namespace. 0 when the agent runs in the host's pid namespace.
     pub agent_ns_tgid: u32,
     pub _pad: u32,
     /// Device (kernel encoding) and inode of the agent's pid namespace (`/proc/self/ns/pid`).
