@@ -11,7 +11,7 @@ use tracer_common::{
     role,
 };
 
-use crate::filter::{pid_traced, ports_traced};
+use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
     ACCEPTED, CONNECTING, CONNS, EVENTS, Endpoints, INFLIGHT, PeerKey, SOCK_ENDPOINTS, SyscallArgs,
     count, next_conn_id,
@@ -267,7 +267,8 @@ pub fn exit_accept(ctx: &TracePointContext) {
         ep.local_addr = known.local_addr;
         let _ = ACCEPTED.remove(&key);
     }
-    if !ports_traced(ep.local_port, ep.peer_port) {
+    // The other end of the agent's own export or API watch is never traced.
+    if !ports_traced(ep.local_port, ep.peer_port) || mirrors_agent(&ep) {
         ignore(ctx.tgid(), fd as i32);
         return;
     }
@@ -387,6 +388,7 @@ pub fn sock_set_state(ctx: &TracePointContext) {
         // established, or a connect that returns before ESTABLISHED would read its endpoints.
         let _ = SOCK_ENDPOINTS.remove(&rec.skaddr);
         // Process context of the connecting thread; the local port is not chosen yet.
+        crate::filter::on_connecting(ctx.tgid(), rec.skaddr);
         if pid_traced(ctx.tgid()) {
             let _ = CONNECTING.insert(&ctx.pid_tgid_raw(), &rec.skaddr, 0);
         }
@@ -394,6 +396,7 @@ pub fn sock_set_state(ctx: &TracePointContext) {
     }
     if rec.newstate == TCP_CLOSE {
         let _ = SOCK_ENDPOINTS.remove(&rec.skaddr);
+        crate::filter::on_closed(rec.skaddr);
         return;
     }
     if rec.newstate != TCP_ESTABLISHED {
@@ -419,5 +422,6 @@ pub fn sock_set_state(ctx: &TracePointContext) {
         let _ = ACCEPTED.insert(&key, &ep, 0);
     } else {
         let _ = SOCK_ENDPOINTS.insert(&rec.skaddr, &ep, 0);
+        crate::filter::on_established(rec.skaddr, &ep);
     }
 }

@@ -1,22 +1,145 @@
-//! In-kernel filters: never the agent itself, only the pid set and port set when configured, and
-//! fork-following so `tracer run` sees the children of the command it started.
+//! In-kernel filters: never the agent itself (nor the other end of its own connections), only the
+//! pid set and port set when configured, and fork-following so `tracer run` sees the children of
+//! the command it started.
 
-use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use aya_ebpf::{EbpfContext, bindings::bpf_pidns_info, programs::TracePointContext};
+use tracer_common::{Config, SocketTuple};
 
-use crate::maps::{FILTER_PIDS, FILTER_PORTS, config};
+use crate::maps::{
+    AGENT_SOCKS, AGENT_TUPLES, CONFIG, Endpoints, FILTER_PIDS, FILTER_PORTS, NS_FILTER_PIDS, config,
+};
+
+/// The current task's tgid and pid in the agent's pid namespace, when it lives there.
+#[inline(always)]
+fn in_agent_namespace(cfg: &Config) -> Option<bpf_pidns_info> {
+    if cfg.agent_ns_tgid == 0 {
+        return None;
+    }
+    let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `info` is a valid, writable bpf_pidns_info of the size passed.
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_get_ns_current_pid_tgid(
+            cfg.agent_pidns_dev,
+            cfg.agent_pidns_ino,
+            &mut info,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    (rc == 0).then_some(info)
+}
+
+/// Whether the current task, of thread group `tgid` (a host tgid), is the agent.
+///
+/// An agent in a child pid namespace only knows its namespaced pid: the first time one of its
+/// tasks gets here, `bpf_get_ns_current_pid_tgid` names it and its host tgid is written back
+/// into the configuration, so later checks are a plain comparison.
+#[inline(always)]
+pub fn is_agent(cfg: &Config, tgid: u32) -> bool {
+    if cfg.agent_tgid != 0 {
+        return tgid == cfg.agent_tgid;
+    }
+    if !in_agent_namespace(cfg).is_some_and(|info| info.tgid == cfg.agent_ns_tgid) {
+        return false;
+    }
+    if let Some(slot) = CONFIG.get_ptr_mut(tracer_common::CONFIG_KEY) {
+        // SAFETY: the single config entry; every writer stores the same value.
+        unsafe { (*slot).agent_tgid = tgid };
+    }
+    true
+}
 
 /// Whether process `tgid` is traced.
 #[inline(always)]
 pub fn pid_traced(tgid: u32) -> bool {
     let Some(cfg) = config() else { return false };
-    if tgid == cfg.agent_tgid {
+    if is_agent(cfg, tgid) {
         return false;
     }
     if cfg.filter_pids != 0 {
         // SAFETY: read-only lookup of a plain value.
-        return unsafe { FILTER_PIDS.get(&tgid) }.is_some();
+        if unsafe { FILTER_PIDS.get(&tgid) }.is_some() {
+            return true;
+        }
+        return joins_by_namespaced_pid(cfg, tgid);
     }
     true
+}
+
+/// A namespaced agent names traced processes by their pids in its namespace: the first time such
+/// a process gets here, it joins the pid set by its host tgid.
+#[inline(always)]
+fn joins_by_namespaced_pid(cfg: &Config, tgid: u32) -> bool {
+    let Some(info) = in_agent_namespace(cfg) else {
+        return false;
+    };
+    // SAFETY: read-only lookup.
+    if unsafe { NS_FILTER_PIDS.get(&info.tgid) }.is_none() {
+        return false;
+    }
+    if FILTER_PIDS.insert(&tgid, &1, 0).is_err() {
+        crate::maps::count(tracer_common::counter::FILTER_TABLE_FULL, 1);
+    }
+    true
+}
+
+/// inet_sock_set_state SYN_SENT, in the connecting task: remember the agent's own sockets.
+#[inline(always)]
+pub fn on_connecting(tgid: u32, sk: u64) {
+    let Some(cfg) = config() else { return };
+    if is_agent(cfg, tgid) {
+        let _ = AGENT_SOCKS.insert(&sk, &SocketTuple::default(), 0);
+    }
+}
+
+/// inet_sock_set_state ESTABLISHED of a client socket: when it is the agent's, its 4-tuple
+/// joins the set whose mirrors are never traced.
+#[inline(always)]
+pub fn on_established(sk: u64, ep: &Endpoints) {
+    // SAFETY: read-only lookup.
+    if unsafe { AGENT_SOCKS.get(&sk) }.is_none() {
+        return;
+    }
+    let tuple = SocketTuple {
+        local_addr: ep.local_addr,
+        peer_addr: ep.peer_addr,
+        local_port: ep.local_port,
+        peer_port: ep.peer_port,
+        _pad: 0,
+    };
+    let _ = AGENT_SOCKS.insert(&sk, &tuple, 0);
+    let _ = AGENT_TUPLES.insert(&tuple, &1, 0);
+}
+
+/// inet_sock_set_state CLOSE: forget the agent's socket and its 4-tuple.
+#[inline(always)]
+pub fn on_closed(sk: u64) {
+    // SAFETY: value copied out before removal.
+    if let Some(tuple) = unsafe { AGENT_SOCKS.get(&sk) }.copied() {
+        let _ = AGENT_TUPLES.remove(&tuple);
+        let _ = AGENT_SOCKS.remove(&sk);
+    }
+}
+
+/// Whether an accepted connection with these endpoints is the other end of one of the agent's
+/// own connections (counted when it is). Needs both endpoints.
+#[inline(always)]
+pub fn mirrors_agent(ep: &Endpoints) -> bool {
+    if ep.local_port == 0 || ep.peer_port == 0 {
+        return false;
+    }
+    let mirror = SocketTuple {
+        local_addr: ep.peer_addr,
+        peer_addr: ep.local_addr,
+        local_port: ep.peer_port,
+        peer_port: ep.local_port,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup.
+    let hit = unsafe { AGENT_TUPLES.get(&mirror) }.is_some();
+    if hit {
+        crate::maps::count(tracer_common::counter::AGENT_MIRRORS_IGNORED, 1);
+    }
+    hit
 }
 
 /// Whether a connection with these ports is traced (0 means unknown and never matches).
@@ -32,7 +155,6 @@ pub fn ports_traced(local_port: u16, peer_port: u16) -> bool {
             || (peer_port != 0 && FILTER_PORTS.get(&peer_port).is_some())
     }
 }
-
 /// sched_process_fork: a child of a filtered pid joins the filter set.
 #[inline(always)]
 pub fn on_fork(ctx: &TracePointContext) {
@@ -65,4 +187,7 @@ pub fn on_exit(ctx: &TracePointContext) {
     // A thread id added by fork-following, or the process itself exiting: either way its
     // entry must not outlive it (pid reuse would trace an unrelated process).
     let _ = FILTER_PIDS.remove(&ctx.pid());
+    if let Some(info) = in_agent_namespace(cfg) {
+        let _ = NS_FILTER_PIDS.remove(&info.pid);
+    }
 }

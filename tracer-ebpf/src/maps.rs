@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, MAX_FILTER_PIDS, MAX_FILTER_PORTS,
-    MAX_INFLIGHT_SYSCALLS, counter,
+    Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, MAX_AGENT_CONNECTIONS, MAX_FILTER_PIDS,
+    MAX_FILTER_PORTS, MAX_INFLIGHT_SYSCALLS, SocketTuple, counter,
 };
 
 /// Agent configuration (one entry, written by userspace before attaching).
@@ -42,6 +42,11 @@ pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
 
+/// Traced process ids as the agent names them when it runs in a child pid namespace (pids of
+/// its namespace): a task of that namespace found here joins `FILTER_PIDS` by its host tgid.
+#[map]
+pub static NS_FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
+
 /// Traced ports when port filtering is on.
 #[map]
 pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
@@ -60,6 +65,18 @@ pub static SOCK_ENDPOINTS: LruHashMap<u64, Endpoints> = LruHashMap::with_max_ent
 /// endpoint (read at accept's exit, which knows only the peer).
 #[map]
 pub static ACCEPTED: LruHashMap<PeerKey, Endpoints> = LruHashMap::with_max_entries(16384, 0);
+
+/// The agent's own TCP sockets by socket address: an all-zero tuple from `connect` (SYN_SENT, in
+/// the agent's context) until ESTABLISHED fills it in; removed at TCP_CLOSE.
+#[map]
+pub static AGENT_SOCKS: LruHashMap<u64, SocketTuple> =
+    LruHashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);
+
+/// The 4-tuples of the agent's own established TCP connections: a connection accepted on this
+/// host whose mirror tuple is here is the other end of the agent's export or API watch.
+#[map]
+pub static AGENT_TUPLES: LruHashMap<SocketTuple, u8> =
+    LruHashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);
 
 /// What sys_enter saw, for sys_exit.
 #[repr(C)]

@@ -236,6 +236,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             proc_root: PathBuf::from("/proc"),
             host_name: host_name(),
             ports: args.ports.clone(),
+            include_telemetry: args.include_telemetry,
         },
         Clock::measure(),
     )
@@ -457,6 +458,8 @@ fn snapshot(
         exchanges_without_role: p.exchanges_without_role,
         exchanges_lost_to_drops: h.lost_to_drops,
         records_unknown_connection: p.records_unknown_connection,
+        exchanges_own_telemetry: p.own_telemetry_dropped,
+        exchanges_telemetry_pipeline: p.telemetry_pipeline_dropped,
         connections_tracked: pipeline.connections() as u64,
         connections_opened: t.opened + t.opened_late,
         connections_closed: t.closed,

@@ -17,6 +17,7 @@ pub mod k8s;
 pub mod linker;
 pub mod metrics;
 pub mod model;
+pub mod own;
 pub mod pipeline;
 pub mod privilege;
 pub mod probes;

@@ -31,6 +31,10 @@ pub struct AgentSnapshot {
     /// Exchanges discarded because records of their connection were lost in the kernel.
     pub exchanges_lost_to_drops: u64,
     pub records_unknown_connection: u64,
+    /// Exchanges marked as a tracer agent's own requests (never spans).
+    pub exchanges_own_telemetry: u64,
+    /// OTLP export exchanges of other programs, dropped by default.
+    pub exchanges_telemetry_pipeline: u64,
     /// Gauge: connections in the agent's table now.
     pub connections_tracked: u64,
     pub connections_opened: u64,
@@ -317,6 +321,12 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             vec![Sample::plain(k.filter_table_full)],
         ),
         Family::counter(
+            "tracer_kernel_agent_mirrors_ignored_total",
+            "Connections on this host not traced because their other end is one of the agent's \
+             own sockets (the collector's side of its export, the API server's side of its watch).",
+            vec![Sample::plain(k.agent_mirrors_ignored)],
+        ),
+        Family::counter(
             "tracer_events_read_total",
             "Records the agent read from the ring buffer.",
             vec![Sample::plain(s.events_read)],
@@ -391,6 +401,11 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
                 Sample::labelled(
                     &[("reason", "kernel_records_lost")],
                     s.exchanges_lost_to_drops,
+                ),
+                Sample::labelled(&[("reason", "own_telemetry")], s.exchanges_own_telemetry),
+                Sample::labelled(
+                    &[("reason", "telemetry_pipeline")],
+                    s.exchanges_telemetry_pipeline,
                 ),
             ],
         ),
@@ -649,6 +664,7 @@ mod tests {
                 read_user_failed: 108,
                 conns_sniffed: 109,
                 filter_table_full: 110,
+                agent_mirrors_ignored: 111,
             },
             events_read: 201,
             decode_errors: 202,
@@ -656,6 +672,8 @@ mod tests {
             exchanges_without_role: 204,
             exchanges_lost_to_drops: 231,
             records_unknown_connection: 205,
+            exchanges_own_telemetry: 232,
+            exchanges_telemetry_pipeline: 233,
             connections_tracked: 206,
             connections_opened: 207,
             connections_closed: 208,
@@ -691,7 +709,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=110).chain(201..=231).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=111).chain(201..=233).map(|v| v as f64).collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(
@@ -717,6 +735,14 @@ mod tests {
         assert_eq!(spans("queue_full"), 218.0);
         assert_eq!(spans("export_failed"), 219.0);
         assert_eq!(spans("shutdown"), 220.0);
+        let exchanges =
+            |reason| parsed.value("tracer_exchanges_dropped_total", &[("reason", reason)]);
+        assert_eq!(exchanges("own_telemetry"), 232.0);
+        assert_eq!(exchanges("telemetry_pipeline"), 233.0);
+        assert_eq!(
+            parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),
+            111.0
+        );
         assert_eq!(
             parsed.value("tracer_kernel_events_submitted_total", &[]),
             101.0

@@ -12,6 +12,7 @@ use crate::idhash::{IdHashMap, IdHashSet};
 use crate::ids::{IdGenerator, TraceIds};
 use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
 use crate::model::{ConnMeta, Exchange, ExportItem, Role};
+use crate::own::{self, Telemetry};
 use crate::procnet::{self, FdKind};
 use crate::propagation::{self, ContextSource, TraceContext};
 use crate::resource::ResourceCache;
@@ -48,6 +49,10 @@ pub struct PipelineStats {
     pub sniffed_filtered_out: u64,
     /// Data or close records for connections the table did not know (after eviction or expiry).
     pub records_unknown_connection: u64,
+    /// Exchanges carrying a tracer agent's mark (our exports, API watches), never spans.
+    pub own_telemetry_dropped: u64,
+    /// OTLP export exchanges of other programs, dropped unless `include_telemetry`.
+    pub telemetry_pipeline_dropped: u64,
 }
 
 /// Options of the userspace side.
@@ -59,6 +64,8 @@ pub struct PipelineOptions {
     /// Only connections with one of these local/peer ports become spans (for connections whose
     /// ports the kernel did not know when it adopted them); empty = all.
     pub ports: Vec<u16>,
+    /// Make spans of other programs' OTLP exports too (a tracer's own are never traced).
+    pub include_telemetry: bool,
 }
 
 /// Events in, spans out.
@@ -364,6 +371,17 @@ impl Pipeline {
             // The identity was assigned when the request head was parsed (see `linker`); an
             // exchange whose head the linker never saw falls back to its own headers.
             let identity = self.linker.take(meta.conn_id, exchange.sequence);
+            match own::classify(&exchange.request) {
+                Some(Telemetry::Own) => {
+                    self.stats.own_telemetry_dropped += 1;
+                    continue;
+                }
+                Some(Telemetry::Pipeline) if !self.opts.include_telemetry => {
+                    self.stats.telemetry_pipeline_dropped += 1;
+                    continue;
+                }
+                _ => {}
+            }
             let (parent, ids) = match identity {
                 Some(id) => identity_parts(id),
                 None => (

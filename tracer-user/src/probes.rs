@@ -13,6 +13,8 @@ use aya::{
 };
 use tracer_common::{Config, ConnState, MAX_CAPTURE, conn_key, counter, role};
 
+use crate::own::PidIdentity;
+
 /// The eBPF object built by `build.rs` (empty when the eBPF toolchain was missing at build time).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -123,6 +125,8 @@ pub struct KernelCounters {
     pub read_user_failed: u64,
     pub conns_sniffed: u64,
     pub filter_table_full: u64,
+    /// Connections whose other end is one of the agent's own sockets, never tracked.
+    pub agent_mirrors_ignored: u64,
 }
 
 impl KernelCounters {
@@ -139,6 +143,8 @@ impl KernelCounters {
 /// The loaded and attached programs. Dropping it detaches them.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The agent runs in a child pid namespace: pids it is given are pids of that namespace.
+    namespaced_pids: bool,
 }
 
 /// Whether the embedded object is the real one.
@@ -232,8 +238,21 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
+        let identity = PidIdentity::of_self(Path::new("/proc"));
+        let (agent_tgid, agent_ns_tgid, agent_pidns_dev, agent_pidns_ino) = match identity {
+            PidIdentity::Host { tgid } => (tgid, 0, 0, 0),
+            PidIdentity::Namespaced {
+                ns_tgid,
+                ns_dev,
+                ns_ino,
+            } => (0, ns_tgid, ns_dev, ns_ino),
+        };
         let cfg = Config {
-            agent_tgid: std::process::id(),
+            agent_tgid,
+            agent_ns_tgid,
+            _pad: 0,
+            agent_pidns_dev,
+            agent_pidns_ino,
             capture_bytes: opts.capture_bytes.min(MAX_CAPTURE as u32),
             filter_pids: u8::from(opts.pid_filter || !opts.pids.is_empty()),
             filter_ports: u8::from(!opts.ports.is_empty()),
@@ -257,7 +276,10 @@ impl Probes {
                     source: Box::new(source),
                 })?;
         }
-        let mut probes = Probes { ebpf };
+        let mut probes = Probes {
+            ebpf,
+            namespaced_pids: matches!(identity, PidIdentity::Namespaced { .. }),
+        };
         for pid in &opts.pids {
             probes.add_pid(*pid)?;
         }
@@ -300,22 +322,58 @@ impl Probes {
                 }
             }
         }
+        match probes.identify_self() {
+            Some(host_tgid) => tracing::info!(
+                host_pid = host_tgid,
+                pid = std::process::id(),
+                ?identity,
+                "the kernel programs recognise the agent"
+            ),
+            None => tracing::warn!(
+                pid = std::process::id(),
+                ?identity,
+                "the kernel programs could not find the agent's host pid: its own sockets may \
+                 be traced (its marked requests are still dropped)"
+            ),
+        }
         Ok(probes)
     }
 
-    /// Adds a process to the pid filter (used by `tracer run` before the child execs).
+    /// The agent's tgid as the kernel programs see it (the host's pid namespace). In a child pid
+    /// namespace the programs learn it from the agent's next syscall: make two they watch (on an
+    /// invalid fd, failing at once) and read the answer back.
+    pub fn identify_self(&mut self) -> Option<u32> {
+        // SAFETY: both calls get fd -1 and no buffer: they touch no memory, only enter the kernel.
+        unsafe {
+            libc::read(-1, std::ptr::null_mut(), 0);
+            libc::connect(-1, std::ptr::null(), 0);
+        }
+        let map = self.ebpf.map("CONFIG")?;
+        let config: Array<&MapData, Config> = Array::try_from(map).ok()?;
+        let cfg = config.get(&tracer_common::CONFIG_KEY, 0).ok()?;
+        (cfg.agent_tgid != 0).then_some(cfg.agent_tgid)
+    }
+
+    /// Adds a process to the pid filter (used by `tracer run` before the child execs). In a
+    /// child pid namespace `pid` is a pid of that namespace: the kernel programs translate it
+    /// when the process next makes a syscall.
     pub fn add_pid(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let name = if self.namespaced_pids {
+            "NS_FILTER_PIDS"
+        } else {
+            "FILTER_PIDS"
+        };
         let map = self
             .ebpf
-            .map_mut("FILTER_PIDS")
-            .ok_or(ProbeError::MissingMap("FILTER_PIDS"))?;
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
         let mut pids: HashMap<&mut MapData, u32, u8> =
             HashMap::try_from(map).map_err(|source| ProbeError::Map {
-                name: "FILTER_PIDS",
+                name,
                 source: Box::new(source),
             })?;
         pids.insert(pid, 1, 0).map_err(|source| ProbeError::Map {
-            name: "FILTER_PIDS",
+            name,
             source: Box::new(source),
         })
     }
@@ -367,6 +425,7 @@ impl Probes {
         out.read_user_failed = read(counter::READ_USER_FAILED);
         out.conns_sniffed = read(counter::CONNS_SNIFFED);
         out.filter_table_full = read(counter::FILTER_TABLE_FULL);
+        out.agent_mirrors_ignored = read(counter::AGENT_MIRRORS_IGNORED);
         out
     }
 }

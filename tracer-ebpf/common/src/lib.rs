@@ -21,6 +21,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
 pub const MAX_FILTER_PIDS: u32 = 4096;
 /// Entries of the port filter set.
 pub const MAX_FILTER_PORTS: u32 = 256;
+/// Entries of the table of the agent's own established TCP connections (exports, API watches).
+pub const MAX_AGENT_CONNECTIONS: u32 = 4096;
 
 /// Record kinds, the first byte of every ring-buffer record.
 pub mod kind {
@@ -84,8 +86,11 @@ pub mod counter {
     pub const CONNS_SNIFFED: u32 = 8;
     /// Children of traced processes not followed because the pid filter set was full.
     pub const FILTER_TABLE_FULL: u32 = 9;
+    /// Connections on this host not tracked because their other end is one of the agent's own
+    /// sockets (the collector's side of our export, an API server's side of our watch).
+    pub const AGENT_MIRRORS_IGNORED: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Index of the single configuration entry.
@@ -95,7 +100,8 @@ pub const CONFIG_KEY: u32 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// The agent's own process id: never traced (its OTLP traffic must not become spans).
+    /// The agent's own process id as the kernel sees it (host pid namespace): never traced (its
+    /// OTLP traffic must not become spans). 0 until known (see `agent_ns_tgid`).
     pub agent_tgid: u32,
     /// Payload bytes copied per syscall, at most `MAX_CAPTURE`.
     pub capture_bytes: u32,
@@ -110,6 +116,15 @@ pub struct Config {
     /// Offset of `child_pid` in the `sched:sched_process_fork` record (read from tracefs: the
     /// layout differs between kernel versions).
     pub fork_child_pid_offset: u32,
+    /// The agent's pid in its own pid namespace, when that is not the host's (a container
+    /// without hostPID): the kernel learns `agent_tgid` (a host tgid) from the first task of
+    /// that namespace whose namespaced tgid this is, and translates `NS_FILTER_PIDS` through the
+    /// same namespace. 0 when the agent runs in the host's pid namespace.
+    pub agent_ns_tgid: u32,
+    pub _pad: u32,
+    /// Device (kernel encoding) and inode of the agent's pid namespace (`/proc/self/ns/pid`).
+    pub agent_pidns_dev: u64,
+    pub agent_pidns_ino: u64,
 }
 
 /// The header every ring-buffer record starts with.
@@ -202,6 +217,18 @@ pub struct ConnState {
     pub _pad: [u8; 5],
 }
 
+/// One of the agent's own TCP connections, as the agent's socket sees it (addresses normalized as
+/// in [`ConnOpenEvent`], ports in host order). The other end on this host sees the mirror tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketTuple {
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: u32,
+}
+
 /// Data record flag: records of this connection were lost before this one (ring buffer full);
 /// userspace must not pair across the hole.
 pub const DATA_FLAG_LOSS_BEFORE: u8 = 1;
@@ -223,11 +250,12 @@ const _: () = assert!(CONN_OPEN_LEN == 72);
 const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(CONN_CLOSE_LEN == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C) plain data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::SocketTuple {}
 }

@@ -37,6 +37,7 @@ fn options() -> PipelineOptions {
         proc_root: PathBuf::from("/nonexistent-proc-for-bench"),
         host_name: "bench-host".to_string(),
         ports: Vec::new(),
+        include_telemetry: false,
     }
 }
 

@@ -111,6 +111,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_sniff: bool,
 
+    /// Also make spans of other programs' OTLP exports (POST .../v1/traces|metrics|logs, gRPC
+    /// opentelemetry.proto.collector.*). Off by default: a collector forwarding to a backend is
+    /// telemetry, not application traffic. A tracer's own requests are never traced.
+    #[arg(long)]
+    pub include_telemetry: bool,
+
     /// Seconds between log lines summarising drops (only printed when something was dropped).
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub summary_interval: u64,

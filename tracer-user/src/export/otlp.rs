@@ -50,6 +50,8 @@ impl OtlpTransport {
         let compression = cfg
             .compression
             .map(|OtlpCompression::Gzip| Compression::Gzip);
+        // Every request carries the agent's mark, so no tracer ever makes spans of it.
+        let headers = marked_headers(&cfg.headers);
         let (exporter, http_outcome) = match cfg.protocol {
             OtlpProtocol::Grpc => {
                 let mut builder = SpanExporter::builder()
@@ -57,7 +59,7 @@ impl OtlpTransport {
                     .with_endpoint(cfg.endpoint.clone())
                     .with_protocol(Protocol::Grpc)
                     .with_timeout(cfg.timeout)
-                    .with_metadata(grpc_metadata(&cfg.headers)?)
+                    .with_metadata(grpc_metadata(&headers)?)
                     .with_retry_policy(RetryPolicy::disabled());
                 if let Some(c) = compression {
                     builder = builder.with_compression(c);
@@ -72,7 +74,7 @@ impl OtlpTransport {
                 } else {
                     Protocol::HttpBinary
                 };
-                let headers: HashMap<String, String> = cfg.headers.iter().cloned().collect();
+                let headers: HashMap<String, String> = headers.into_iter().collect();
                 let mut builder = SpanExporter::builder()
                     .with_http()
                     .with_endpoint(cfg.endpoint.clone())
@@ -147,6 +149,25 @@ impl OtlpTransport {
     }
 }
 
+/// The configured headers with `User-Agent` replaced by the agent's mark (the configured value,
+/// if any, kept after it). The key is spelled as the exporter's default so it replaces it.
+fn marked_headers(configured: &[(String, String)]) -> Vec<(String, String)> {
+    let theirs = configured
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+        .map(|(_, v)| v.as_str());
+    let mut headers: Vec<(String, String)> = configured
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("user-agent"))
+        .cloned()
+        .collect();
+    headers.push((
+        "User-Agent".to_owned(),
+        crate::own::marked_user_agent(theirs),
+    ));
+    headers
+}
+
 /// Builds gRPC metadata from validated header pairs (validated again by the `http` builder).
 fn grpc_metadata(headers: &[(String, String)]) -> Result<MetadataMap, ExportError> {
     let mut builder = opentelemetry_http::Request::builder();
@@ -173,5 +194,30 @@ mod tests {
         );
         assert!(grpc_metadata(&[("bad key".to_string(), "v".to_string())]).is_err());
         assert!(grpc_metadata(&[("k".to_string(), "line\nbreak".to_string())]).is_err());
+    }
+
+    #[test]
+    fn every_export_carries_the_agent_mark() {
+        let plain = marked_headers(&[("x-tenant".to_string(), "a".to_string())]);
+        assert_eq!(
+            plain,
+            vec![
+                ("x-tenant".to_string(), "a".to_string()),
+                ("User-Agent".to_string(), crate::own::user_agent()),
+            ]
+        );
+        let theirs = marked_headers(&[("user-agent".to_string(), "acme/1".to_string())]);
+        assert_eq!(
+            theirs,
+            vec![(
+                "User-Agent".to_string(),
+                format!("{} acme/1", crate::own::user_agent())
+            )]
+        );
+        let metadata = grpc_metadata(&plain).unwrap();
+        assert_eq!(
+            metadata.get("user-agent").and_then(|v| v.to_str().ok()),
+            Some(crate::own::user_agent().as_str())
+        );
     }
 }

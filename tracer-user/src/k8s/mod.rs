@@ -231,10 +231,14 @@ impl PodMetadata {
     }
 
     fn start_with_backoff(
-        config: Config,
+        mut config: Config,
         node_name: String,
         backoff: Box<dyn Backoff>,
     ) -> Result<PodMetadata, K8sError> {
+        // The agent's mark: no tracer makes spans of its API watch (see `crate::own`).
+        if let Ok(mark) = reqwest::header::HeaderValue::from_str(&crate::own::user_agent()) {
+            config.headers.push((reqwest::header::USER_AGENT, mark));
+        }
         info!(cluster = %config.cluster_url, node = %node_name, "watching pods of this node");
         let client = Client::try_from(config)?;
         let shared = Arc::new(SharedCache::new(node_name));

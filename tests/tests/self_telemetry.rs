@@ -1,0 +1,616 @@
+//! Feedback loops: the agent never makes spans of telemetry. A host-wide agent exporting through
+//! a forwarding collector (a real OTLP/HTTP receiver that re-exports to a backend) beside a
+//! second tracer (`tracer run`) stops producing spans once application traffic stops; an agent
+//! running in its own pid namespace still recognises itself in the kernel.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tracer_tests::agent::READY_LINE;
+use tracer_tests::peers::{peer_script, python};
+use tracer_tests::process::LineWait;
+use tracer_tests::query::describe;
+use tracer_tests::{
+    AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, PythonServer,
+    ScratchDir, curl, free_port, run_with_timeout, tracer_bin, tracer_command, wait_for_port,
+};
+
+/// How long a test waits for the spans or counters it expects.
+const WAIT: Duration = Duration::from_secs(40);
+/// The exporters' batch delay in these tests.
+const EXPORT_INTERVAL: Duration = Duration::from_millis(200);
+/// Export intervals watched, once traffic stopped, for spans that should not come.
+const QUIET_INTERVALS: u32 = 10;
+
+/// `peers/otlp_forwarder.py`: receives OTLP/HTTP on `port`, re-exports to `upstream_port`.
+struct Forwarder {
+    child: ChildGuard,
+    port: u16,
+}
+
+impl Forwarder {
+    fn start(port: u16, upstream_port: u16) -> Forwarder {
+        let mut command = Command::new(python());
+        command
+            .arg("-u")
+            .arg(peer_script("otlp_forwarder.py"))
+            .args(["--port", &port.to_string()])
+            .args(["--upstream", &format!("http://127.0.0.1:{upstream_port}")])
+            .env("OTEL_SERVICE_NAME", "otlp-forwarder");
+        let child = ChildGuard::spawn("otlp_forwarder.py", command);
+        if !wait_for_port(port, Duration::from_secs(20)) {
+            panic!(
+                "otlp_forwarder.py did not listen on {port}\n{}",
+                child.output_report()
+            );
+        }
+        Forwarder { child, port }
+    }
+
+    fn exporter_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
+                "http/protobuf".to_owned(),
+            ),
+            (
+                "OTEL_BSP_SCHEDULE_DELAY".to_owned(),
+                EXPORT_INTERVAL.as_millis().to_string(),
+            ),
+        ]
+    }
+
+    fn forwards(&self) -> usize {
+        self.child
+            .stderr()
+            .lines()
+            .iter()
+            .filter(|l| l.starts_with("forwarded /v1/traces -> 200"))
+            .count()
+    }
+}
+
+/// `GET /metrics` from the agent.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to the agent's metrics at {addr}: {e}"));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .unwrap_or_else(|e| panic!("asking {addr} for /metrics: {e}"));
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// The value of sample `name{labels}` on a metrics page.
+fn sample(text: &str, name: &str, labels: &str) -> Option<u64> {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The counters of the feedback-loop guards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct LoopCounters {
+    own_telemetry: u64,
+    telemetry_pipeline: u64,
+    mirrors_ignored: u64,
+    spans_built: u64,
+}
+
+impl LoopCounters {
+    fn read(addr: SocketAddr) -> LoopCounters {
+        let text = scrape(addr);
+        let get = |name, labels| {
+            sample(&text, name, labels)
+                .unwrap_or_else(|| panic!("{name}{{{labels}}} missing from /metrics:\n{text}"))
+        };
+        LoopCounters {
+            own_telemetry: get("tracer_exchanges_dropped_total", "reason=\"own_telemetry\""),
+            telemetry_pipeline: get(
+                "tracer_exchanges_dropped_total",
+                "reason=\"telemetry_pipeline\"",
+            ),
+            mirrors_ignored: get("tracer_kernel_agent_mirrors_ignored_total", ""),
+            spans_built: get("tracer_spans_built_total", ""),
+        }
+    }
+
+    /// Polls until `done` holds (panicking after `WAIT` with the last values and `context`).
+    fn wait(
+        addr: SocketAddr,
+        what: &str,
+        context: impl Fn() -> String,
+        done: impl Fn(&Self) -> bool,
+    ) -> Self {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let now = LoopCounters::read(addr);
+            if done(&now) {
+                return now;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "waited {WAIT:?} for {what}; counters {now:?}\n{}",
+                    context()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether a span is about the telemetry itself: an OTLP path, or a telemetry port on either end.
+fn about_telemetry(span: &ObservedSpan, ports: &[u16]) -> bool {
+    let path_like = ["url.path", "url.full"]
+        .iter()
+        .filter_map(|k| span.attr_str(k))
+        .any(|v| v.contains("/v1/traces"));
+    let port_like = ["server.port", "network.peer.port", "client.port"]
+        .iter()
+        .filter_map(|k| span.attr_int(k))
+        .any(|p| ports.iter().any(|t| i64::from(*t) == p));
+    path_like || port_like
+}
+
+#[test]
+fn forwarding_collector_beside_host_wide_agent_and_second_tracer_gets_no_telemetry_spans() {
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let forwarder = Forwarder::start(free_port(), backend.addr().port());
+    let app = PythonServer::start(free_port(), "loop-app");
+    let telemetry_ports = [forwarder.port, backend.addr().port()];
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Every process on the host is traced; the port set keeps other tests' traffic out.
+    let mut config = AgentConfig::new()
+        .ports(&[app.port(), forwarder.port, backend.addr().port()])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1");
+    for (key, value) in forwarder.exporter_env() {
+        config = config.env(key, value);
+    }
+    let agent = config.start();
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(20)),
+        "--metrics-addr {metrics} never accepted connections\n{}",
+        agent.stderr_text()
+    );
+
+    for i in 0..3 {
+        curl(&[&app.url(&format!("/ok?host-wide={i}"))]);
+    }
+    // A second tracer on this host, exporting through the same collector.
+    let mut second = tracer_command();
+    second
+        .args(["run", "--port", &app.port().to_string(), "--"])
+        .args(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null"])
+        .arg(app.url("/ok?second-tracer"));
+    for (key, value) in forwarder.exporter_env() {
+        second.env(key, value);
+    }
+    let (status, second) = run_with_timeout("tracer run", second, WAIT);
+    assert!(
+        status.success(),
+        "`tracer run` failed ({status})\n{}",
+        second.output_report()
+    );
+
+    let context = || {
+        format!(
+            "backend spans:\n{}\n--- agent stderr ---\n{}\n{}",
+            describe(&backend.spans()),
+            agent.stderr_text(),
+            forwarder.child.output_report()
+        )
+    };
+    // Every application span came through the collector: from the host-wide agent both ends of
+    // the four requests (curl is traced too), from the second tracer its command's CLIENT span.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let spans = backend.spans();
+        let count = |kind: ObservedKind, query: &str| {
+            spans
+                .iter()
+                .filter(|s| s.kind == kind)
+                .filter(|s| {
+                    let target = s.attr_str("url.query").map(str::to_owned).or_else(|| {
+                        s.attr_str("url.full")
+                            .and_then(|u| u.split_once('?'))
+                            .map(|(_, q)| q.to_owned())
+                    });
+                    target.is_some_and(|q| q.starts_with(query))
+                })
+                .count()
+        };
+        let counts = (
+            count(ObservedKind::Server, "host-wide"),
+            count(ObservedKind::Client, "host-wide"),
+            count(ObservedKind::Server, "second-tracer"),
+            count(ObservedKind::Client, "second-tracer"),
+        );
+        if counts == (3, 3, 1, 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {WAIT:?} for the application spans (server, client, second server, second \
+             client: {counts:?})\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each guard has seen its traffic: the collector's side of the agent's export (kernel), the
+    // second tracer's marked export on both ends, and the collector's re-export to the backend.
+    let moved = LoopCounters::wait(metrics, "every telemetry guard to count", context, |c| {
+        c.mirrors_ignored >= 1 && c.own_telemetry >= 2 && c.telemetry_pipeline >= 2
+    });
+
+    // Traffic has stopped: across several export intervals nothing more is built or received.
+    let received = backend.spans().len();
+    assert_eq!(
+        received,
+        9,
+        "the backend got spans beyond the application's\n{}",
+        context()
+    );
+    let forwards = forwarder.forwards();
+    let mut settled = moved;
+    for _ in 0..QUIET_INTERVALS {
+        std::thread::sleep(EXPORT_INTERVAL);
+        settled = LoopCounters::read(metrics);
+    }
+    let spans = backend.spans();
+    let about: Vec<ObservedSpan> = spans
+        .iter()
+        .filter(|s| about_telemetry(s, &telemetry_ports))
+        .cloned()
+        .collect();
+    assert!(
+        about.is_empty(),
+        "spans about the telemetry itself reached the backend:\n{}\n{}",
+        describe(&about),
+        context()
+    );
+    assert_eq!(
+        (spans.len(), settled.spans_built),
+        (received, moved.spans_built),
+        "spans kept coming after application traffic stopped ({} forwards before, {} after)\n{}",
+        forwards,
+        forwarder.forwards(),
+        context()
+    );
+    agent.stop().assert_success();
+}
+
+/// The pid of the only child of `parent` (the agent under `unshare --fork`).
+fn only_child(parent: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    let mut pids = text.split_whitespace().filter_map(|p| p.parse().ok());
+    let first = pids.next()?;
+    pids.next().is_none().then_some(first)
+}
+
+#[test]
+fn agent_in_its_own_pid_namespace_never_traces_itself() {
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let app = PythonServer::start(free_port(), "pidns-app");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // `tracer agent` as pid 1 of a new pid namespace with its own /proc, as in a container
+    // without hostPID; its own export goes to a port it traces.
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"])
+        .arg(tracer_bin())
+        .args(["agent", "--port", &app.port().to_string()])
+        .args(["--port", &backend.addr().port().to_string()])
+        .args(["--metrics-addr", &metrics.to_string()])
+        .env("NO_COLOR", "1");
+    for (key, value) in backend.exporter_env() {
+        command.env(key, value);
+    }
+    let mut agent = ChildGuard::spawn("unshare tracer agent", command);
+    match agent
+        .stderr()
+        .wait_for_line(Duration::from_secs(60), |l| l.contains(READY_LINE))
+    {
+        LineWait::Found(_) => {}
+        other => panic!(
+            "the namespaced agent did not attach its probes ({other:?}); the end-to-end tests \
+             need root, BTF, tracefs and unshare(1)\n{}",
+            agent.output_report()
+        ),
+    }
+    let host_pid = only_child(agent.pid()).unwrap_or_else(|| {
+        panic!(
+            "cannot find the agent under unshare\n{}",
+            agent.output_report()
+        )
+    });
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(20)),
+        "--metrics-addr never listened\n{}",
+        agent.output_report()
+    );
+
+    for i in 0..3 {
+        curl(&[&app.url(&format!("/ok?pidns={i}"))]);
+    }
+    let context = || {
+        format!(
+            "backend spans:\n{}\n{}",
+            describe(&backend.spans()),
+            agent.output_report()
+        )
+    };
+    let deadline = Instant::now() + WAIT;
+    while backend
+        .spans()
+        .iter()
+        .filter(|s| {
+            s.kind == ObservedKind::Server
+                && s.attr_int("server.port") == Some(i64::from(app.port()))
+        })
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "waited {WAIT:?} for the app's spans\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The export that delivered them went out on a traced port: the agent's own end was skipped
+    // by pid (nothing of it reached the pipeline: no marked exchange) and the receiver's end as
+    // the mirror of the agent's socket.
+    let counters = LoopCounters::wait(metrics, "the agent's export to be seen", context, |c| {
+        c.mirrors_ignored + c.own_telemetry >= 1
+    });
+    assert_eq!(
+        (counters.own_telemetry, counters.mirrors_ignored >= 1),
+        (0, true),
+        "the agent's own exchanges reached its pipeline: the kernel did not recognise it\n{}",
+        context()
+    );
+    let stderr = agent.stderr().text();
+    let recognised = stderr
+        .lines()
+        .find(|l| l.contains("the kernel programs recognise the agent"))
+        .unwrap_or_else(|| panic!("the agent did not say how the kernel knows it\n{stderr}"));
+    assert!(
+        recognised.contains(&format!("host_pid={host_pid} ")) && recognised.contains("pid=1 "),
+        "the kernel must know the agent by its host pid {host_pid}, not its namespaced pid 1: \
+         {recognised}"
+    );
+    let about: Vec<ObservedSpan> = backend
+        .spans()
+        .into_iter()
+        .filter(|s| about_telemetry(s, &[backend.addr().port()]))
+        .collect();
+    assert!(
+        about.is_empty(),
+        "spans of the agent's own export:\n{}",
+        describe(&about)
+    );
+    // unshare ignores SIGTERM while it waits for its child: stop the agent itself, by its pid.
+    // SAFETY: kill(2) has no memory-safety preconditions; the agent is still running (unshare
+    // has not exited), so the pid is still the agent's.
+    unsafe { libc::kill(host_pid as libc::pid_t, libc::SIGTERM) };
+    let status = agent.wait_timeout(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the namespaced agent did not exit cleanly ({status:?})\n{}",
+        agent.output_report()
+    );
+}
+
+#[test]
+fn tracer_run_in_its_own_pid_namespace_traces_its_command_and_not_itself() {
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let app = PythonServer::start(free_port(), "pidns-run-app");
+    // `tracer run` inside a container without hostPID: the pid it gets for its command is a pid
+    // of its namespace, which the kernel programs must translate.
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"])
+        .arg(tracer_bin())
+        .args(["run", "--port", &app.port().to_string()])
+        .args(["--port", &backend.addr().port().to_string(), "--"])
+        .args(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null"])
+        .arg(app.url("/ok?pidns-run"))
+        .env("NO_COLOR", "1");
+    for (key, value) in backend.exporter_env() {
+        command.env(key, value);
+    }
+    let (status, run) = run_with_timeout("unshare tracer run", command, WAIT);
+    assert!(
+        status.success(),
+        "`tracer run` in a pid namespace failed ({status})\n{}",
+        run.output_report()
+    );
+    let spans = backend
+        .wait_for(WAIT, |spans| {
+            spans.iter().any(|s| {
+                s.kind == ObservedKind::Client
+                    && s.attr_str("url.full")
+                        .is_some_and(|u| u.ends_with("?pidns-run"))
+            })
+        })
+        .unwrap_or_else(|timed_out| {
+            panic!(
+                "the command's CLIENT span never arrived:\n{}\n{}",
+                describe(&timed_out.last_seen),
+                run.output_report()
+            )
+        });
+    let about: Vec<&ObservedSpan> = spans
+        .iter()
+        .filter(|s| about_telemetry(s, &[backend.addr().port()]))
+        .collect();
+    assert!(
+        about.is_empty(),
+        "spans of the agent's own export:\n{}",
+        describe(about)
+    );
+}
+
+#[test]
+fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
+    let scratch = ScratchDir::new("self-telemetry-k8s");
+    let pods = scratch.path().join("pods.json");
+    std::fs::write(&pods, "[]").unwrap_or_else(|e| panic!("writing {}: {e}", pods.display()));
+    let api_port = free_port();
+    let mut api_command = Command::new(python());
+    api_command
+        .arg("-u")
+        .arg(peer_script("fake_kube_api.py"))
+        .args(["--port", &api_port.to_string()])
+        .arg("--pods")
+        .arg(&pods)
+        // Watches end every second: the agent reconnects while its probes are attached.
+        .args(["--max-watch-seconds", "1"]);
+    let api = ChildGuard::spawn("fake_kube_api.py", api_command);
+    assert!(
+        wait_for_port(api_port, Duration::from_secs(20)),
+        "fake API did not start\n{}",
+        api.output_report()
+    );
+    let kubeconfig = scratch.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{api_port}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", kubeconfig.display()));
+
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let app = PythonServer::start(free_port(), "watch-app");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // The API server's port is traced: only the agent's own exclusions keep its watch out.
+    let agent = AgentConfig::new()
+        .ports(&[app.port(), api_port])
+        .arg("--k8s-node-name")
+        .arg("loops-node")
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("KUBECONFIG", kubeconfig.display().to_string())
+        .env("NO_COLOR", "1")
+        .export_to(&backend)
+        .start();
+    // Watches that started after the probes attached (the first may have started before).
+    let deadline = Instant::now() + WAIT;
+    while api
+        .stdout()
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("WATCH"))
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not keep watching pods\n{}\n--- agent stderr ---\n{}",
+            api.output_report(),
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let requests = api.stdout().lines();
+    let unmarked: Vec<&String> = requests
+        .iter()
+        .filter(|l| l.starts_with("LIST") || l.starts_with("WATCH") || l.starts_with("GET"))
+        .filter(|l| !l.contains("user-agent=tracer-agent/"))
+        .collect();
+    assert!(
+        unmarked.is_empty(),
+        "API requests without the agent's mark: {unmarked:?}"
+    );
+
+    curl(&[&app.url("/ok?beside-the-watch")]);
+    let context = || {
+        format!(
+            "backend spans:\n{}\n--- agent stderr ---\n{}",
+            describe(&backend.spans()),
+            agent.stderr_text()
+        )
+    };
+    backend
+        .wait_for(WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.attr_str("url.query") == Some("beside-the-watch"))
+        })
+        .unwrap_or_else(|_| panic!("the app's span never arrived\n{}", context()));
+    let counters = LoopCounters::wait(metrics, "the API server's end to be seen", context, |c| {
+        c.mirrors_ignored + c.own_telemetry >= 1
+    });
+    assert_eq!(
+        (counters.own_telemetry, counters.mirrors_ignored >= 1),
+        (0, true),
+        "the API server's end of the watch was captured\n{}",
+        context()
+    );
+    let about: Vec<ObservedSpan> = backend
+        .spans()
+        .into_iter()
+        .filter(|s| about_telemetry(s, &[api_port]))
+        .collect();
+    assert!(
+        about.is_empty(),
+        "spans of the agent's API watch:\n{}",
+        describe(&about)
+    );
+    agent.stop().assert_success();
+}
+
+#[test]
+fn grpc_export_is_never_captured_on_the_collector_side() {
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::Grpc);
+    let app = PythonServer::start(free_port(), "grpc-export-app");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // The collector's port is traced: HTTP/2 is not parsed, so only the kernel's exclusion of the
+    // agent's own connections keeps the export's bytes from being captured.
+    let agent = AgentConfig::new()
+        .ports(&[app.port(), backend.addr().port()])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1")
+        .export_to(&backend)
+        .start();
+    curl(&[&app.url("/ok?over-grpc")]);
+    let context = || {
+        format!(
+            "backend spans:\n{}\n--- agent stderr ---\n{}",
+            describe(&backend.spans()),
+            agent.stderr_text()
+        )
+    };
+    backend
+        .wait_for(WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.attr_str("url.query") == Some("over-grpc"))
+        })
+        .unwrap_or_else(|_| panic!("the app's span never arrived\n{}", context()));
+    let counters = LoopCounters::wait(metrics, "the collector's end to be ignored", context, |c| {
+        c.mirrors_ignored >= 1
+    });
+    assert_eq!(counters.own_telemetry, 0, "{}", context());
+    agent.stop().assert_success();
+}
