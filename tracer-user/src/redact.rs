@@ -364,6 +364,88 @@ mod tests {
         );
     }
 
+    /// Random text from pieces that matter to the parsers: every function is total, a query
+    /// keeps its pairs (only sensitive values change), a URL's userinfo never survives, and a
+    /// command line keeps one output per argument.
+    #[test]
+    fn random_text_keeps_the_invariants() {
+        use rand::{Rng, SeedableRng};
+        const PIECES: [&str; 30] = [
+            "=",
+            "&",
+            "%",
+            "%7",
+            "%73",
+            "+",
+            "?",
+            "#",
+            "@",
+            ":",
+            "/",
+            "://",
+            "-",
+            "--",
+            " ",
+            "sig",
+            "Token",
+            "pass",
+            "http",
+            "a",
+            "Z",
+            "9",
+            "\u{e9}",
+            "\0",
+            "REDACTED",
+            "x-amz-signature",
+            "%5F",
+            "_",
+            "key",
+            "'",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5ec2_e75a);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..24);
+            let text: String = (0..len)
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect();
+
+            let redacted = query(&text);
+            let pairs_in: Vec<&str> = text.split('&').collect();
+            let pairs_out: Vec<&str> = redacted.split('&').collect();
+            assert_eq!(pairs_in.len(), pairs_out.len(), "{text:?}");
+            for (before, after) in pairs_in.iter().zip(&pairs_out) {
+                match before.split_once('=') {
+                    Some((key, _)) if is_sensitive_query_key(key) => {
+                        assert_eq!(*after, format!("{key}={REDACTED}"), "{text:?}");
+                    }
+                    _ => assert_eq!(before, after, "{text:?}"),
+                }
+            }
+
+            let shown = url(&text);
+            if let Some(scheme_end) = text.find("://") {
+                let authority = |u: &str| -> String {
+                    let rest = u.get(scheme_end + 3..).unwrap_or_default();
+                    rest.get(..rest.find(['/', '?', '#']).unwrap_or(rest.len()))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let before = authority(&text);
+                if let Some((_, host)) = before.rsplit_once('@') {
+                    assert_eq!(
+                        authority(&shown),
+                        format!("REDACTED:REDACTED@{host}"),
+                        "{text:?}"
+                    );
+                }
+            }
+
+            let _ = urls_in(&text);
+            let args: Vec<&str> = text.split('\0').collect();
+            assert_eq!(command_line_args(&args).len(), args.len(), "{text:?}");
+        }
+    }
+
     #[test]
     fn arbitrary_text_never_panics() {
         let samples = [
