@@ -40,7 +40,7 @@ pub const SENSITIVE_QUERY_KEYS: [&str; 15] = [
 /// Words that make a command-line flag, `KEY=value` argument or header name secret (matched
 /// case-insensitively anywhere in the name, so `--db-password`, `API_KEY` and
 /// `X-Auth-Token` all count). Over-redacting a harmless flag is the accepted cost.
-pub const SENSITIVE_NAME_PARTS: [&str; 12] = [
+pub const SENSITIVE_NAME_PARTS: [&str; 14] = [
     "pass",
     "pwd",
     "secret",
@@ -53,6 +53,9 @@ pub const SENSITIVE_NAME_PARTS: [&str; 12] = [
     "signature",
     "bearer",
     "private",
+    // Header lists (`--otlp-headers=authorization=...`) and connection strings carry credentials.
+    "header",
+    "dsn",
 ];
 
 /// Whether a raw (still encoded) query key names a secret.
@@ -338,6 +341,9 @@ mod tests {
             "Accept: */*",
             "postgres://admin:pw@db:5432/app?sslmode=require&password=q",
             "--url=http://u:p@h/x?sig=s",
+            "--otlp-headers=authorization=Basic%20x",
+            "--dsn",
+            "app:pw@tcp(db:3306)/app",
             "see http://h/?token=t and ftp://a:b@f/",
         ];
         assert_eq!(
@@ -359,6 +365,9 @@ mod tests {
                 "Accept: */*",
                 "postgres://REDACTED:REDACTED@db:5432/app?sslmode=require&password=REDACTED",
                 "--url=http://REDACTED:REDACTED@h/x?sig=REDACTED",
+                "--otlp-headers=REDACTED",
+                "--dsn",
+                "REDACTED",
                 "see http://h/?token=REDACTED and ftp://REDACTED:REDACTED@f/",
             ]
         );
