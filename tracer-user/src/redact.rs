@@ -40,7 +40,7 @@ pub const SENSITIVE_QUERY_KEYS: [&str; 15] = [
 /// Words that make a command-line flag, `KEY=value` argument or header name secret (matched
 /// case-insensitively anywhere in the name, so `--db-password`, `API_KEY` and
 /// `X-Auth-Token` all count). Over-redacting a harmless flag is the accepted cost.
-pub const SENSITIVE_NAME_PARTS: [&str; 12] = [
+pub const SENSITIVE_NAME_PARTS: [&str; 14] = [
     "pass",
     "pwd",
     "secret",
@@ -53,6 +53,9 @@ pub const SENSITIVE_NAME_PARTS: [&str; 12] = [
     "signature",
     "bearer",
     "private",
+    // Header lists (`--otlp-headers=authorization=...`) and connection strings carry credentials.
+    "header",
+    "dsn",
 ];
 
 /// Whether a raw (still encoded) query key names a secret.
@@ -338,6 +341,9 @@ mod tests {
             "Accept: */*",
             "postgres://admin:pw@db:5432/app?sslmode=require&password=q",
             "--url=http://u:p@h/x?sig=s",
+            "--otlp-headers=authorization=Basic%20x",
+            "--dsn",
+            "app:pw@tcp(db:3306)/app",
             "see http://h/?token=t and ftp://a:b@f/",
         ];
         assert_eq!(
@@ -359,9 +365,94 @@ mod tests {
                 "Accept: */*",
                 "postgres://REDACTED:REDACTED@db:5432/app?sslmode=require&password=REDACTED",
                 "--url=http://REDACTED:REDACTED@h/x?sig=REDACTED",
+                "--otlp-headers=REDACTED",
+                "--dsn",
+                "REDACTED",
                 "see http://h/?token=REDACTED and ftp://REDACTED:REDACTED@f/",
             ]
         );
+    }
+
+    /// Random text from pieces that matter to the parsers: every function is total, a query
+    /// keeps its pairs (only sensitive values change), a URL's userinfo never survives, and a
+    /// command line keeps one output per argument.
+    #[test]
+    fn random_text_keeps_the_invariants() {
+        use rand::{Rng, SeedableRng};
+        const PIECES: [&str; 30] = [
+            "=",
+            "&",
+            "%",
+            "%7",
+            "%73",
+            "+",
+            "?",
+            "#",
+            "@",
+            ":",
+            "/",
+            "://",
+            "-",
+            "--",
+            " ",
+            "sig",
+            "Token",
+            "pass",
+            "http",
+            "a",
+            "Z",
+            "9",
+            "\u{e9}",
+            "\0",
+            "REDACTED",
+            "x-amz-signature",
+            "%5F",
+            "_",
+            "key",
+            "'",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5ec2_e75a);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..24);
+            let text: String = (0..len)
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect();
+
+            let redacted = query(&text);
+            let pairs_in: Vec<&str> = text.split('&').collect();
+            let pairs_out: Vec<&str> = redacted.split('&').collect();
+            assert_eq!(pairs_in.len(), pairs_out.len(), "{text:?}");
+            for (before, after) in pairs_in.iter().zip(&pairs_out) {
+                match before.split_once('=') {
+                    Some((key, _)) if is_sensitive_query_key(key) => {
+                        assert_eq!(*after, format!("{key}={REDACTED}"), "{text:?}");
+                    }
+                    _ => assert_eq!(before, after, "{text:?}"),
+                }
+            }
+
+            let shown = url(&text);
+            if let Some(scheme_end) = text.find("://") {
+                let authority = |u: &str| -> String {
+                    let rest = u.get(scheme_end + 3..).unwrap_or_default();
+                    rest.get(..rest.find(['/', '?', '#']).unwrap_or(rest.len()))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let before = authority(&text);
+                if let Some((_, host)) = before.rsplit_once('@') {
+                    assert_eq!(
+                        authority(&shown),
+                        format!("REDACTED:REDACTED@{host}"),
+                        "{text:?}"
+                    );
+                }
+            }
+
+            let _ = urls_in(&text);
+            let args: Vec<&str> = text.split('\0').collect();
+            assert_eq!(command_line_args(&args).len(), args.len(), "{text:?}");
+        }
     }
 
     #[test]

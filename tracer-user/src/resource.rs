@@ -682,7 +682,7 @@ mod tests {
         let proc = FakeProc::new();
         proc.process(30).exe("/usr/bin/worker").file(
             "cmdline",
-            b"/usr/bin/worker\0--db-password=hunter2\0--token\0tok-1\0\0--dsn\0postgres://app:pw-2@db/x?sslmode=off\0",
+            b"/usr/bin/worker\0--db-password=hunter2\0--token\0tok-1\0\0--db\0postgres://app:pw-2@db/x?sslmode=off\0",
         );
         let mut cache = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 8);
         let default = cache.get(30);
@@ -702,7 +702,7 @@ mod tests {
         assert_eq!(
             str_attr(&opted_in, "process.command_line"),
             Some(
-                "/usr/bin/worker --db-password=REDACTED --token REDACTED  --dsn \
+                "/usr/bin/worker --db-password=REDACTED --token REDACTED  --db \
                  postgres://REDACTED:REDACTED@db/x?sslmode=off"
             )
         );
