@@ -3,10 +3,11 @@
 //! the command it started.
 
 use aya_ebpf::{EbpfContext, bindings::bpf_pidns_info, programs::TracePointContext};
-use tracer_common::{Config, SocketTuple};
+use tracer_common::Config;
 
 use crate::maps::{
-    AGENT_SOCKS, AGENT_TUPLES, CONFIG, Endpoints, FILTER_PIDS, FILTER_PORTS, NS_FILTER_PIDS, config,
+    AGENT_ENDPOINTS, AGENT_SOCKS, CONFIG, Endpoints, FILTER_PIDS, FILTER_PORTS, NS_FILTER_PIDS,
+    PeerKey, config,
 };
 
 /// The current task's tgid and pid in the agent's pid namespace, when it lives there.
@@ -87,55 +88,56 @@ fn joins_by_namespaced_pid(cfg: &Config, tgid: u32) -> bool {
 pub fn on_connecting(tgid: u32, sk: u64) {
     let Some(cfg) = config() else { return };
     if is_agent(cfg, tgid) {
-        let _ = AGENT_SOCKS.insert(&sk, &SocketTuple::default(), 0);
+        let unknown = PeerKey {
+            addr: [0; 16],
+            port: 0,
+            _pad: [0; 6],
+        };
+        let _ = AGENT_SOCKS.insert(&sk, &unknown, 0);
     }
 }
 
-/// inet_sock_set_state ESTABLISHED of a client socket: when it is the agent's, its 4-tuple
-/// joins the set whose mirrors are never traced.
+/// inet_sock_set_state ESTABLISHED of a client socket: when it is the agent's, its local
+/// endpoint joins the set whose peers are never traced.
 #[inline(always)]
 pub fn on_established(sk: u64, ep: &Endpoints) {
     // SAFETY: read-only lookup.
     if unsafe { AGENT_SOCKS.get(&sk) }.is_none() {
         return;
     }
-    let tuple = SocketTuple {
-        local_addr: ep.local_addr,
-        peer_addr: ep.peer_addr,
-        local_port: ep.local_port,
-        peer_port: ep.peer_port,
-        _pad: 0,
+    let local = PeerKey {
+        addr: ep.local_addr,
+        port: ep.local_port,
+        _pad: [0; 6],
     };
-    let _ = AGENT_SOCKS.insert(&sk, &tuple, 0);
-    let _ = AGENT_TUPLES.insert(&tuple, &1, 0);
+    let _ = AGENT_SOCKS.insert(&sk, &local, 0);
+    let _ = AGENT_ENDPOINTS.insert(&local, &1, 0);
 }
 
-/// inet_sock_set_state CLOSE: forget the agent's socket and its 4-tuple.
+/// inet_sock_set_state CLOSE: forget the agent's socket and its local endpoint.
 #[inline(always)]
 pub fn on_closed(sk: u64) {
     // SAFETY: value copied out before removal.
-    if let Some(tuple) = unsafe { AGENT_SOCKS.get(&sk) }.copied() {
-        let _ = AGENT_TUPLES.remove(&tuple);
+    if let Some(local) = unsafe { AGENT_SOCKS.get(&sk) }.copied() {
+        let _ = AGENT_ENDPOINTS.remove(&local);
         let _ = AGENT_SOCKS.remove(&sk);
     }
 }
 
-/// Whether an accepted connection with these endpoints is the other end of one of the agent's
-/// own connections (counted when it is). Needs both endpoints.
+/// Whether an accepted connection whose peer is `ep`'s is the other end of one of the agent's
+/// own connections (counted when it is).
 #[inline(always)]
 pub fn mirrors_agent(ep: &Endpoints) -> bool {
-    if ep.local_port == 0 || ep.peer_port == 0 {
+    if ep.peer_port == 0 {
         return false;
     }
-    let mirror = SocketTuple {
-        local_addr: ep.peer_addr,
-        peer_addr: ep.local_addr,
-        local_port: ep.peer_port,
-        peer_port: ep.local_port,
-        _pad: 0,
+    let peer = PeerKey {
+        addr: ep.peer_addr,
+        port: ep.peer_port,
+        _pad: [0; 6],
     };
     // SAFETY: read-only lookup.
-    let hit = unsafe { AGENT_TUPLES.get(&mirror) }.is_some();
+    let hit = unsafe { AGENT_ENDPOINTS.get(&peer) }.is_some();
     if hit {
         crate::maps::count(tracer_common::counter::AGENT_MIRRORS_IGNORED, 1);
     }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, MAX_AGENT_CONNECTIONS, MAX_FILTER_PIDS,
-    MAX_FILTER_PORTS, MAX_INFLIGHT_SYSCALLS, SocketTuple, counter,
+    MAX_FILTER_PORTS, MAX_INFLIGHT_SYSCALLS, counter,
 };
 
 /// Agent configuration (one entry, written by userspace before attaching).
@@ -66,16 +66,18 @@ pub static SOCK_ENDPOINTS: LruHashMap<u64, Endpoints> = LruHashMap::with_max_ent
 #[map]
 pub static ACCEPTED: LruHashMap<PeerKey, Endpoints> = LruHashMap::with_max_entries(16384, 0);
 
-/// The agent's own TCP sockets by socket address: an all-zero tuple from `connect` (SYN_SENT, in
-/// the agent's context) until ESTABLISHED fills it in; removed at TCP_CLOSE.
+/// The agent's own TCP sockets by socket address: an unknown (zero) endpoint from `connect`
+/// (SYN_SENT, in the agent's context) until ESTABLISHED fills in its local endpoint; removed at
+/// TCP_CLOSE.
 #[map]
-pub static AGENT_SOCKS: LruHashMap<u64, SocketTuple> =
+pub static AGENT_SOCKS: LruHashMap<u64, PeerKey> =
     LruHashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);
 
-/// The 4-tuples of the agent's own established TCP connections: a connection accepted on this
-/// host whose mirror tuple is here is the other end of the agent's export or API watch.
+/// Local endpoints of the agent's own established TCP connections. A connection accepted on this
+/// host whose peer is one of them is the other end of the agent's export or API watch, even
+/// behind a DNAT (a Service or hostPort in front of the collector keeps the source endpoint).
 #[map]
-pub static AGENT_TUPLES: LruHashMap<SocketTuple, u8> =
+pub static AGENT_ENDPOINTS: LruHashMap<PeerKey, u8> =
     LruHashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);
 
 /// What sys_enter saw, for sys_exit.

@@ -21,7 +21,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
 pub const MAX_FILTER_PIDS: u32 = 4096;
 /// Entries of the port filter set.
 pub const MAX_FILTER_PORTS: u32 = 256;
-/// Entries of the table of the agent's own established TCP connections (exports, API watches).
+/// Entries of the tables of the agent's own TCP sockets and their local endpoints (exports, API
+/// watches).
 pub const MAX_AGENT_CONNECTIONS: u32 = 4096;
 
 /// Record kinds, the first byte of every ring-buffer record.
@@ -217,18 +218,6 @@ pub struct ConnState {
     pub _pad: [u8; 5],
 }
 
-/// One of the agent's own TCP connections, as the agent's socket sees it (addresses normalized as
-/// in [`ConnOpenEvent`], ports in host order). The other end on this host sees the mirror tuple.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SocketTuple {
-    pub local_addr: [u8; 16],
-    pub peer_addr: [u8; 16],
-    pub local_port: u16,
-    pub peer_port: u16,
-    pub _pad: u32,
-}
-
 /// Data record flag: records of this connection were lost before this one (ring buffer full);
 /// userspace must not pair across the hole.
 pub const DATA_FLAG_LOSS_BEFORE: u8 = 1;
@@ -257,5 +246,4 @@ mod pod {
     // SAFETY: all of these are repr(C) plain data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ConnState {}
-    unsafe impl aya::Pod for super::SocketTuple {}
 }
