@@ -478,9 +478,7 @@ fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
         .arg(peer_script("fake_kube_api.py"))
         .args(["--port", &api_port.to_string()])
         .arg("--pods")
-        .arg(&pods)
-        // Watches end every second: the agent reconnects while its probes are attached.
-        .args(["--max-watch-seconds", "1"]);
+        .arg(&pods);
     let api = ChildGuard::spawn("fake_kube_api.py", api_command);
     assert!(
         wait_for_port(api_port, Duration::from_secs(20)),
@@ -513,23 +511,16 @@ fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
         .env("NO_COLOR", "1")
         .export_to(&backend)
         .start();
-    // Watches that started after the probes attached (the first may have started before).
-    let deadline = Instant::now() + WAIT;
-    while api
+    match api
         .stdout()
-        .lines()
-        .iter()
-        .filter(|l| l.starts_with("WATCH"))
-        .count()
-        < 3
+        .wait_for_line(WAIT, |line| line.starts_with("WATCH"))
     {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not keep watching pods\n{}\n--- agent stderr ---\n{}",
+        LineWait::Found(_) => {}
+        other => panic!(
+            "the agent did not watch pods ({other:?})\n{}\n--- agent stderr ---\n{}",
             api.output_report(),
             agent.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        ),
     }
     let requests = api.stdout().lines();
     let unmarked: Vec<&String> = requests
@@ -557,6 +548,8 @@ fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
                 .any(|s| s.attr_str("url.query") == Some("beside-the-watch"))
         })
         .unwrap_or_else(|_| panic!("the app's span never arrived\n{}", context()));
+    // The agent connects to the API only once its probes are attached: the kernel knows the
+    // socket as the agent's from the first list on.
     let counters = LoopCounters::wait(metrics, "the API server's end to be seen", context, |c| {
         c.mirrors_ignored + c.own_telemetry >= 1
     });

@@ -239,11 +239,14 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             include_telemetry: args.include_telemetry,
         },
         Clock::measure(),
-    )
-    .with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
+    );
 
     // Probes last: from the moment they attach, records arrive and must be read at once.
     let mut probes = Probes::load(&probe_opts)?;
+    // The Kubernetes API client connects only now, so the kernel programs know its sockets as the
+    // agent's and never capture the API server's end on this host (loading its configuration
+    // takes milliseconds; the ring buffer holds what arrives meanwhile).
+    pipeline = pipeline.with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
     // registered; nothing else closes that fd.
