@@ -97,7 +97,7 @@ class Handler(BaseHTTPRequestHandler):
             seconds = int(query.get("timeoutSeconds", ["290"])[0])
         except ValueError:
             seconds = 290
-        seconds = max(1, min(self.server.max_watch_seconds, seconds))
+        seconds = max(1, min(MAX_WATCH_SECONDS, seconds))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -115,8 +115,6 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pods", required=True, help="JSON file: a list of Pod objects")
     parser.add_argument("--jobs", help="JSON file: a list of Job objects")
-    parser.add_argument("--max-watch-seconds", type=int, default=MAX_WATCH_SECONDS,
-                        help="end every watch (and its connection) after this long")
     args = parser.parse_args()
     with open(args.pods, encoding="utf-8") as f:
         pods = json.load(f)
@@ -129,7 +127,6 @@ def main():
                 meta = job.get("metadata", {})
                 jobs[(meta.get("namespace", ""), meta.get("name", ""))] = job
     server = FakeApi(("127.0.0.1", args.port), pods, jobs)
-    server.max_watch_seconds = max(1, min(MAX_WATCH_SECONDS, args.max_watch_seconds))
     sys.stdout.write("listening on 127.0.0.1:%d\n" % args.port)
     sys.stdout.flush()
     try:

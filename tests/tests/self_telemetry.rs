@@ -478,9 +478,7 @@ fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
         .arg(peer_script("fake_kube_api.py"))
         .args(["--port", &api_port.to_string()])
         .arg("--pods")
-        .arg(&pods)
-        // Watches end every second: the agent reconnects while its probes are attached.
-        .args(["--max-watch-seconds", "1"]);
+        .arg(&pods);
     let api = ChildGuard::spawn("fake_kube_api.py", api_command);
     assert!(
         wait_for_port(api_port, Duration::from_secs(20)),
@@ -513,23 +511,16 @@ fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
         .env("NO_COLOR", "1")
         .export_to(&backend)
         .start();
-    // Watches that started after the probes attached (the first may have started before).
-    let deadline = Instant::now() + WAIT;
-    while api
+    match api
         .stdout()
-        .lines()
-        .iter()
-        .filter(|l| l.starts_with("WATCH"))
-        .count()
-        < 3
+        .wait_for_line(WAIT, |line| line.starts_with("WATCH"))
     {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not keep watching pods\n{}\n--- agent stderr ---\n{}",
+        LineWait::Found(_) => {}
+        other => panic!(
+            "the agent did not watch pods ({other:?})\n{}\n--- agent stderr ---\n{}",
             api.output_report(),
             agent.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        ),
     }
     let requests = api.stdout().lines();
     let unmarked: Vec<&String> = requests
@@ -557,6 +548,8 @@ fn kubernetes_api_watch_is_marked_and_its_server_end_never_traced() {
                 .any(|s| s.attr_str("url.query") == Some("beside-the-watch"))
         })
         .unwrap_or_else(|_| panic!("the app's span never arrived\n{}", context()));
+    // The agent connects to the API only once its probes are attached: the kernel knows the
+    // socket as the agent's from the first list on.
     let counters = LoopCounters::wait(metrics, "the API server's end to be seen", context, |c| {
         c.mirrors_ignored + c.own_telemetry >= 1
     });
@@ -612,5 +605,191 @@ fn grpc_export_is_never_captured_on_the_collector_side() {
         c.mirrors_ignored >= 1
     });
     assert_eq!(counters.own_telemetry, 0, "{}", context());
+    agent.stop().assert_success();
+}
+
+/// A network namespace joined to the host by a veth pair (host 10.231.N.1/24, namespace
+/// 10.231.N.2/24) and a DNAT sending `service:port` on the host to the namespace, as a Kubernetes
+/// Service does. Dropping it removes the rule and the namespace (and with it the veth pair).
+struct NattedNamespace {
+    name: String,
+    nat_rule: Vec<String>,
+    host_addr: String,
+    ns_addr: String,
+    service_addr: String,
+}
+
+fn run_ok(program: &str, args: &[&str]) {
+    let mut command = Command::new(program);
+    command.args(args);
+    let (status, child) = run_with_timeout(program, command, Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "`{program} {}` failed ({status})\n{}",
+        args.join(" "),
+        child.output_report()
+    );
+}
+
+impl NattedNamespace {
+    fn create(port: u16) -> NattedNamespace {
+        let id = std::process::id();
+        let subnet = format!("10.231.{}", id % 250 + 1);
+        let name = format!("tracer-loops-{id}");
+        let (host_if, ns_if) = (
+            format!("tlh{}", id % 100_000),
+            format!("tln{}", id % 100_000),
+        );
+        let natted = NattedNamespace {
+            name: name.clone(),
+            nat_rule: Vec::new(),
+            host_addr: format!("{subnet}.1"),
+            ns_addr: format!("{subnet}.2"),
+            service_addr: format!("{subnet}.9"),
+        };
+        run_ok("ip", &["netns", "add", &name]);
+        let mut natted = natted;
+        run_ok(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ],
+        );
+        run_ok("ip", &["link", "set", &ns_if, "netns", &name]);
+        run_ok(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", natted.host_addr),
+                "dev",
+                &host_if,
+            ],
+        );
+        run_ok("ip", &["link", "set", &host_if, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", name.as_str(), "ip"];
+            all.extend_from_slice(args);
+            run_ok("ip", &all);
+        };
+        in_ns(&[
+            "addr",
+            "add",
+            &format!("{}/24", natted.ns_addr),
+            "dev",
+            &ns_if,
+        ]);
+        in_ns(&["link", "set", &ns_if, "up"]);
+        in_ns(&["link", "set", "lo", "up"]);
+        let port = port.to_string();
+        let to = format!("{}:{port}", natted.ns_addr);
+        natted.nat_rule = [
+            "OUTPUT",
+            "-d",
+            &natted.service_addr,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut add = vec!["-t", "nat", "-A"];
+        add.extend(natted.nat_rule.iter().map(String::as_str));
+        run_ok("iptables", &add);
+        natted
+    }
+
+    /// `command` run inside the namespace.
+    fn command(&self, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+}
+
+impl Drop for NattedNamespace {
+    fn drop(&mut self) {
+        if !self.nat_rule.is_empty() {
+            let _ = Command::new("iptables")
+                .args(["-t", "nat", "-D"])
+                .args(&self.nat_rule)
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn collector_behind_a_dnat_on_this_host_never_captures_the_export() {
+    let collector_port = free_port();
+    let natted = NattedNamespace::create(collector_port);
+    // The collector: an HTTP server in the namespace (it answers the export 404; what matters
+    // is the connection), reached by the agent through the DNAT'd service address.
+    let mut collector_command = natted.command(python());
+    collector_command
+        .arg("-u")
+        .arg(peer_script("http_server.py"))
+        .args(["--port", &collector_port.to_string()])
+        .args(["--host", &natted.ns_addr]);
+    let collector = ChildGuard::spawn("http_server.py in a netns", collector_command);
+    let collector_addr: SocketAddr = format!("{}:{collector_port}", natted.ns_addr)
+        .parse()
+        .unwrap_or_else(|e| panic!("collector address: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&collector_addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the collector in the namespace did not listen\n{}",
+            collector.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let app = PythonServer::start(free_port(), "dnat-app");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let agent = AgentConfig::new()
+        .ports(&[app.port(), collector_port])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}:{collector_port}", natted.service_addr),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .start();
+    curl(&[&app.url("/ok?behind-dnat")]);
+    let context = || {
+        format!(
+            "--- agent stderr ---\n{}\n{}",
+            agent.stderr_text(),
+            collector.output_report()
+        )
+    };
+    // The agent's socket is (host, ephemeral) -> (service, port); the collector's is
+    // (namespace, port) <- (host, ephemeral): no mirror 4-tuple, the same source endpoint.
+    let counters = LoopCounters::wait(metrics, "the collector's end to be seen", context, |c| {
+        c.mirrors_ignored + c.own_telemetry >= 1
+    });
+    assert_eq!(
+        (counters.own_telemetry, counters.mirrors_ignored >= 1),
+        (0, true),
+        "the collector's end of the export was captured\n{}",
+        context()
+    );
+    assert!(
+        collector.stderr().text().contains("POST /v1/traces"),
+        "the export did not reach the collector through the DNAT\n{}",
+        context()
+    );
     agent.stop().assert_success();
 }

@@ -240,8 +240,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         },
         Clock::measure(),
     )
-    .with_id_generator(args.id_generator)
-    .with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
+    .with_id_generator(args.id_generator);
 
     let mut pipeline = pipeline.with_command_line(if args.export_command_line {
         crate::resource::CommandLine::Redacted
@@ -256,6 +255,10 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     for gap in crate::privilege::degrading_gaps(&privileges) {
         tracing::warn!("{gap}");
     }
+    // The Kubernetes API client connects only now, so the kernel programs know its sockets as the
+    // agent's and never capture the API server's end on this host (loading its configuration
+    // takes milliseconds; the ring buffer holds what arrives meanwhile).
+    pipeline = pipeline.with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
     // registered; nothing else closes that fd.

@@ -16,8 +16,15 @@ const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
 /// Where tracefs must be mounted for tracepoints to attach.
 const TRACEFS_MOUNT_POINT: &str = "/sys/kernel/tracing";
 /// Programs the end-to-end tests drive, and the Debian packages providing them.
-const TEST_PROGRAMS: &[(&str, &str)] =
-    &[("nginx", "nginx"), ("curl", "curl"), ("python3", "python3")];
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+    // The self-telemetry test puts a collector in a network namespace behind a DNAT, as a
+    // Kubernetes Service does.
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+];
 
 pub fn run() -> Result<()> {
     rust_src()?;
@@ -221,7 +228,7 @@ fn test_programs() -> Result<()> {
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
-        step::note(STEP, "nginx, curl and python3 present; skipping apt-get");
+        step::note(STEP, "test programs present; skipping apt-get");
         return Ok(());
     }
     apt_install(STEP, &missing)
