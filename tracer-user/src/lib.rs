@@ -19,6 +19,7 @@ pub mod model;
 pub mod pipeline;
 pub mod probes;
 pub mod procnet;
+pub mod proctree;
 pub mod propagation;
 pub mod reorder;
 pub mod resource;

@@ -4,6 +4,8 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -44,8 +46,15 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
     ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("sched_process_fork", "sched", "sched_process_fork"),
+    ("task_newtask", "task", "task_newtask"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sys_enter_dup2", "syscalls", "sys_enter_dup2"),
+    ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
+    ("sys_enter_splice", "syscalls", "sys_enter_splice"),
+    ("sys_exit_splice", "syscalls", "sys_exit_splice"),
+    ("sys_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
+    ("sys_enter_recvmmsg", "syscalls", "sys_enter_recvmmsg"),
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -123,6 +132,20 @@ pub struct KernelCounters {
     pub read_user_failed: u64,
     pub conns_sniffed: u64,
     pub filter_table_full: u64,
+    /// New keys the kernel inserted into its connection table.
+    pub conns_inserted: u64,
+    /// Keys the kernel removed from its connection table (close, dup2, stale).
+    pub conns_removed: u64,
+    /// Stale entries (pid reused, or fds closed by exec) removed instead of used.
+    pub conns_stale: u64,
+    /// Entries the kernel's LRU connection table evicted to make room (derived: inserted -
+    /// removed - occupancy, measured every `OCCUPANCY_EVERY`; monotonic).
+    pub conns_evicted: u64,
+    /// Gauge: entries in the kernel connection table at the last measurement.
+    pub conn_table_entries: u64,
+    pub unhooked_transfers: u64,
+    pub peeks_skipped: u64,
+    pub lifecycle_args_missing: u64,
 }
 
 impl KernelCounters {
@@ -136,9 +159,21 @@ impl KernelCounters {
     }
 }
 
+/// How often the kernel connection table's occupancy is measured (a walk over its keys).
+pub const OCCUPANCY_EVERY: Duration = Duration::from_secs(10);
+
 /// The loaded and attached programs. Dropping it detaches them.
 pub struct Probes {
     ebpf: Ebpf,
+    /// Last occupancy measurement of the kernel connection table.
+    occupancy: Mutex<Occupancy>,
+}
+
+#[derive(Default)]
+struct Occupancy {
+    measured_at: Option<Instant>,
+    entries: u64,
+    evicted: u64,
 }
 
 /// Whether the embedded object is the real one.
@@ -174,11 +209,14 @@ pub fn ensure_tracefs() -> Result<PathBuf, ProbeError> {
     Ok(PathBuf::from(TRACEFS))
 }
 
-/// Offset of `child_pid` in the sched_process_fork record, from its format file.
-fn fork_child_pid_offset(tracefs: &Path) -> u32 {
-    let path = tracefs.join("events/sched/sched_process_fork/format");
+/// Offsets of `pid` and `clone_flags` in the task_newtask record, from its format file.
+fn new_task_offsets(tracefs: &Path) -> (u32, u32) {
+    let path = tracefs.join("events/task/task_newtask/format");
     let text = fs::read_to_string(path).unwrap_or_default();
-    parse_field_offset(&text, "child_pid").unwrap_or(44)
+    (
+        parse_field_offset(&text, "pid").unwrap_or(8),
+        parse_field_offset(&text, "clone_flags").unwrap_or(32),
+    )
 }
 
 /// Finds `offset:N;` of field `name` in a tracepoint format description.
@@ -232,6 +270,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
+        let (fork_child_pid_offset, fork_clone_flags_offset) = new_task_offsets(&tracefs);
         let cfg = Config {
             agent_tgid: std::process::id(),
             capture_bytes: opts.capture_bytes.min(MAX_CAPTURE as u32),
@@ -239,7 +278,8 @@ impl Probes {
             filter_ports: u8::from(!opts.ports.is_empty()),
             follow_forks: u8::from(opts.follow_forks),
             sniff_untracked: u8::from(opts.sniff_untracked),
-            fork_child_pid_offset: fork_child_pid_offset(&tracefs),
+            fork_child_pid_offset,
+            fork_clone_flags_offset,
         };
         {
             let map = ebpf
@@ -257,8 +297,17 @@ impl Probes {
                     source: Box::new(source),
                 })?;
         }
-        let mut probes = Probes { ebpf };
-        for pid in &opts.pids {
+        let mut probes = Probes {
+            ebpf,
+            occupancy: Mutex::new(Occupancy::default()),
+        };
+        // A thread id given by mistake means its process: the filter holds processes (tgids).
+        let roots: Vec<u32> = opts
+            .pids
+            .iter()
+            .map(|pid| crate::proctree::thread_group_of(Path::new("/proc"), *pid).unwrap_or(*pid))
+            .collect();
+        for pid in &roots {
             probes.add_pid(*pid)?;
         }
         {
@@ -300,6 +349,23 @@ impl Probes {
                 }
             }
         }
+        // Processes the given pids had forked before the probes attached (an nginx master's
+        // workers): the fork tracepoint follows children forked from now on, this walk those
+        // already running. After attaching, so no child is forked unseen in between.
+        if opts.follow_forks && !roots.is_empty() {
+            let existing = crate::proctree::descendants(Path::new("/proc"), &roots);
+            for pid in &existing {
+                if let Err(err) = probes.add_pid(*pid) {
+                    tracing::warn!(pid, %err, "could not follow an existing child");
+                }
+            }
+            if !existing.is_empty() {
+                tracing::info!(
+                    children = existing.len(),
+                    "following existing children of --pid"
+                );
+            }
+        }
         Ok(probes)
     }
 
@@ -329,6 +395,8 @@ impl Probes {
             let ignored = ConnState {
                 role: role::IGNORED,
                 endpoints_sent: 1,
+                // Not stale: made now (the kernel's clock is CLOCK_MONOTONIC too).
+                opened_ns: monotonic_ns(),
                 ..Default::default()
             };
             let _ = conns.insert(conn_key(pid, fd as u32), ignored, 0);
@@ -367,8 +435,60 @@ impl Probes {
         out.read_user_failed = read(counter::READ_USER_FAILED);
         out.conns_sniffed = read(counter::CONNS_SNIFFED);
         out.filter_table_full = read(counter::FILTER_TABLE_FULL);
+        out.conns_inserted = read(counter::CONNS_INSERTED);
+        out.conns_removed = read(counter::CONNS_REMOVED);
+        out.conns_stale = read(counter::CONNS_STALE);
+        out.unhooked_transfers = read(counter::UNHOOKED_TRANSFERS);
+        out.peeks_skipped = read(counter::PEEKS_SKIPPED);
+        out.lifecycle_args_missing = read(counter::LIFECYCLE_ARGS_MISSING);
+        let (entries, evicted) = self.occupancy(out.conns_inserted, out.conns_removed);
+        out.conn_table_entries = entries;
+        out.conns_evicted = evicted;
         out
     }
+
+    /// Entries in the kernel connection table and how many it evicted so far, measured at most
+    /// every `OCCUPANCY_EVERY` (a walk over up to `--max-connections` keys).
+    fn occupancy(&self, inserted: u64, removed: u64) -> (u64, u64) {
+        let mut occ = self
+            .occupancy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if occ
+            .measured_at
+            .is_some_and(|at| at.elapsed() < OCCUPANCY_EVERY)
+        {
+            return (occ.entries, occ.evicted);
+        }
+        let Some(map) = self.ebpf.map("CONNS") else {
+            return (occ.entries, occ.evicted);
+        };
+        let Ok(conns) = HashMap::<&MapData, u64, ConnState>::try_from(map) else {
+            return (occ.entries, occ.evicted);
+        };
+        let entries = conns.keys().filter(Result::is_ok).count() as u64;
+        occ.measured_at = Some(Instant::now());
+        occ.entries = entries;
+        // Keys userspace inserted (ignored fds) and records in flight make this approximate;
+        // it never goes down.
+        occ.evicted = occ
+            .evicted
+            .max(inserted.saturating_sub(removed).saturating_sub(entries));
+        (occ.entries, occ.evicted)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer kernels).
