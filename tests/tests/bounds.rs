@@ -16,6 +16,16 @@ use tracer_tests::{
     free_port, local_url, run_with_timeout, wait_for_port,
 };
 
+/// The tests that make thousands of processes or threads run one at a time: together they would
+/// take a large share of the machine's pids (32768 by default) at once.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// How long a peer may take to print the line a test waits for.
 const PEER_READY: Duration = Duration::from_secs(60);
 
@@ -141,6 +151,7 @@ const KERNEL_EVICTED: &str =
 #[test]
 fn connections_of_processes_that_exit_without_closing_do_not_fill_the_table() {
     const CHURN: usize = 2000;
+    let _heavy = heavy();
     let port = free_port();
     let _server = PythonServer::start(port, "e2e-churn");
     let (mut session, metrics) = session_with_metrics(
@@ -210,6 +221,7 @@ fn connections_of_processes_that_exit_without_closing_do_not_fill_the_table() {
 #[test]
 fn threads_blocked_on_pipes_do_not_blind_the_tracer() {
     const THREADS: usize = 17_000;
+    let _heavy = heavy();
     let port = free_port();
     let _server = PythonServer::start(port, "e2e-pipes");
     let (mut session, metrics) = session_with_metrics(AgentConfig::new().ports(&[port]));
@@ -239,17 +251,17 @@ fn threads_blocked_on_pipes_do_not_blind_the_tracer() {
     session.finish();
 }
 
-/// A server that peeks (MSG_PEEK with recv and with recvmsg) before it reads: exactly one SERVER
-/// span per request, each with its own path and answer.
-#[test]
-fn peeked_reads_are_not_captured_twice() {
+/// Three requests on one keep-alive connection to `peek_server.py` (with `extra` arguments);
+/// returns every span and the agent's metrics page.
+fn three_requests_to_peek_server(extra: &[&str]) -> (u16, Vec<ObservedSpan>, String) {
     let port = free_port();
     let port_arg = port.to_string();
     let mut command = Command::new(python());
     command
         .arg("-u")
         .arg(peer_script("peek_server.py"))
-        .args(["--port", &port_arg]);
+        .args(["--port", &port_arg])
+        .args(extra);
     let server = ChildGuard::spawn("peek_server.py", command);
     assert!(
         wait_for_port(port, Duration::from_secs(20)),
@@ -257,7 +269,6 @@ fn peeked_reads_are_not_captured_twice() {
         server.output_report()
     );
     let (mut session, metrics) = session_with_metrics(AgentConfig::new().ports(&[port]));
-    // Three requests on one keep-alive connection.
     let urls: Vec<String> = (1..=3)
         .map(|i| local_url(port, &format!("/peek?n={i}")))
         .collect();
@@ -268,15 +279,20 @@ fn peeked_reads_are_not_captured_twice() {
     }
     let (status, run) = run_with_timeout("curl", curl, Duration::from_secs(30));
     assert!(status.success(), "{}", run.output_report());
-    session.wait_for("three SERVER spans", |spans| {
+    session.wait_for("three SERVER and three CLIENT spans", |spans| {
         server_spans(spans, port).len() >= 3 && client_spans(spans, port).len() >= 3
     });
     // The counters reach /metrics within a second or two; the spans are judged first.
     let page = settle_metrics(metrics, |page| {
         metric_or_zero(page, "tracer_kernel_peeks_skipped_total") >= 6.0
+            || extra.contains(&"--no-peek")
     });
-    let spans = session.finish();
-    let servers = server_spans(&spans, port);
+    (port, session.finish(), page)
+}
+
+/// Exactly one SERVER span per request, with its own query and a 200, and one CLIENT span each.
+fn assert_one_span_per_request(port: u16, spans: &[ObservedSpan], page: &str) {
+    let servers = server_spans(spans, port);
     let mut queries: Vec<&str> = servers
         .iter()
         .filter_map(|s| s.attr_str("url.query"))
@@ -296,11 +312,27 @@ fn peeked_reads_are_not_captured_twice() {
             span.summary()
         );
     }
-    assert_eq!(client_spans(&spans, port).len(), 3, "{}", describe(&spans));
+    assert_eq!(client_spans(spans, port).len(), 3, "{}", describe(spans));
+}
+
+/// A server that peeks (MSG_PEEK with recv and with recvmsg) before it reads: exactly one SERVER
+/// span per request, each with its own path and answer.
+#[test]
+fn peeked_reads_are_not_captured_twice() {
+    let (port, spans, page) = three_requests_to_peek_server(&[]);
+    assert_one_span_per_request(port, &spans, &page);
     assert!(
         metric(&page, "tracer_kernel_peeks_skipped_total") >= 6.0,
         "two peeks per request are counted\n{page}"
     );
+}
+
+/// Response bodies spliced from a pipe into the socket never pass through user memory: they are
+/// gaps of the right length, so the server's stream stays in sync across keep-alive requests.
+#[test]
+fn spliced_response_bodies_keep_the_stream_in_sync() {
+    let (port, spans, page) = three_requests_to_peek_server(&["--splice", "--no-peek"]);
+    assert_one_span_per_request(port, &spans, &page);
 }
 
 /// `--pid` with an nginx master that forked its worker before the agent started: the worker's
@@ -342,6 +374,7 @@ fn pid_follows_children_that_existed_before_the_agent() {
 #[test]
 fn threads_of_a_traced_process_do_not_fill_the_pid_set() {
     const THREADS: usize = 4500;
+    let _heavy = heavy();
     let port = free_port();
     let port_arg = port.to_string();
     let threads = THREADS.to_string();
