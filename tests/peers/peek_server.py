@@ -4,9 +4,9 @@ inspectors do: every chunk is first peeked (recv with MSG_PEEK, then recvmsg wit
 only then consumed with recv. Answers every request `200` with body `peeked <path>`; with
 `--splice` the head is sent with send and the body moves from a pipe to the socket with splice(2)
 (as proxies forward bodies), so the body's bytes never pass through user memory; `--no-peek`
-leaves the peeks out.
+leaves the peeks out; `--uring` sends whole responses through io_uring (IORING_OP_SEND).
 
-Usage: peek_server.py --port PORT [--splice] [--no-peek]
+Usage: peek_server.py --port PORT [--splice] [--no-peek] [--uring]
 """
 
 import argparse
@@ -30,7 +30,12 @@ def send_body(conn, body, splice):
         os.close(write_end)
 
 
-def serve(conn, splice, peek):
+def serve(conn, splice, peek, uring):
+    ring = None
+    if uring:
+        from uring import Uring  # noqa: PLC0415 (only this mode needs it)
+
+        ring = Uring()
     pending = b""
     with conn:
         while True:
@@ -47,6 +52,14 @@ def serve(conn, splice, peek):
                 parts = head.split(b" ")
                 path = parts[1] if len(parts) > 1 else b"/"
                 body = b"peeked " + path
+                if ring is not None:
+                    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (
+                        len(body),
+                        body,
+                    )
+                    while response:
+                        response = response[ring.send(conn.fileno(), response):]
+                    continue
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n"
                     % len(body)
@@ -59,6 +72,7 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--splice", action="store_true")
     parser.add_argument("--no-peek", action="store_true")
+    parser.add_argument("--uring", action="store_true")
     args = parser.parse_args()
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -66,7 +80,7 @@ def main():
     srv.listen(64)
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn, args.splice, not args.no_peek), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, args.splice, not args.no_peek, args.uring), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -136,22 +136,56 @@ pub fn enter_splice(ctx: &TracePointContext) {
     save_args(ctx, &args);
 }
 
-/// sys_enter of sendmmsg/recvmmsg: several messages per call, not captured. A tracked
-/// connection is marked as having lost records (never paired across), and the call counted.
+/// sys_enter of sendmmsg/recvmmsg: several messages per call, not captured: a hole in the
+/// stream of a tracked connection.
 #[inline(always)]
 pub fn enter_unhooked(ctx: &TracePointContext) {
+    hole_if_tracked(ctx, sys_arg(ctx, 0) as i64);
+}
+
+/// io_uring:io_uring_file_get: an io_uring request on `fd` moves bytes without a syscall on it;
+/// a hole in the stream of a tracked connection.
+#[inline(always)]
+pub fn on_io_uring_file(ctx: &TracePointContext) {
+    let Some(offset) = config().map(|c| c.io_uring_fd_offset) else {
+        return;
+    };
+    if offset == 0 {
+        return;
+    }
+    // SAFETY: the offset comes from the tracepoint's format file; the read is bounds-checked.
+    if let Ok(fd) = unsafe { ctx.read_at::<i32>(offset as usize) } {
+        hole_if_tracked(ctx, fd as i64);
+    }
+}
+
+/// When `fd` of the current process is a tracked connection, marks a hole in its stream: the
+/// connection is flagged lost and a zero-length record carrying the flag is sent at once, so
+/// userspace drops what was pending (never pairs across bytes it did not see). Counted.
+#[inline(always)]
+fn hole_if_tracked(ctx: &TracePointContext, fd: i64) {
     let tgid = ctx.tgid();
-    if !pid_traced(tgid) {
+    if fd < 0 || !pid_traced(tgid) {
         return;
     }
-    let fd = sys_arg(ctx, 0) as i64;
-    if fd < 0 {
+    let Some(conn) = live_conn(tgid, fd as u32).filter(|s| s.role != role::IGNORED) else {
         return;
-    }
-    if live_conn(tgid, fd as u32).is_some_and(|s| s.role != role::IGNORED) {
-        mark_lost(tgid, fd as u32);
-        count(counter::UNHOOKED_TRANSFERS, 1);
-    }
+    };
+    mark_lost(tgid, fd as u32);
+    count(counter::UNHOOKED_TRANSFERS, 1);
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    emit(
+        ctx,
+        &conn,
+        fd as i32,
+        direction::INGRESS,
+        syscall::UNHOOKED,
+        0,
+        0,
+        0,
+        now,
+    );
 }
 
 /// Whether the first bytes look like an HTTP/1.x request or response start line.

@@ -125,6 +125,11 @@ mod programs {
         0
     }
     #[tracepoint]
+    pub fn io_uring_file_get(ctx: TracePointContext) -> u32 {
+        data::on_io_uring_file(&ctx);
+        0
+    }
+    #[tracepoint]
     pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         filter::on_exit(&ctx);
         0

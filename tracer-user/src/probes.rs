@@ -57,6 +57,11 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_recvmmsg", "syscalls", "sys_enter_recvmmsg"),
 ];
 
+/// Tracepoints attached when the kernel has them (a kernel without io_uring has no
+/// `io_uring:io_uring_file_get`); a missing one is logged, not fatal.
+const OPTIONAL_TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("io_uring_file_get", "io_uring", "io_uring_file_get")];
+
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
@@ -271,6 +276,11 @@ impl Probes {
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
         let (fork_child_pid_offset, fork_clone_flags_offset) = new_task_offsets(&tracefs);
+        let io_uring_fd_offset =
+            fs::read_to_string(tracefs.join("events/io_uring/io_uring_file_get/format"))
+                .ok()
+                .and_then(|format| parse_field_offset(&format, "fd"))
+                .unwrap_or(0);
         let cfg = Config {
             agent_tgid: std::process::id(),
             capture_bytes: opts.capture_bytes.min(MAX_CAPTURE as u32),
@@ -280,6 +290,7 @@ impl Probes {
             sniff_untracked: u8::from(opts.sniff_untracked),
             fork_child_pid_offset,
             fork_clone_flags_offset,
+            io_uring_fd_offset,
         };
         {
             let map = ebpf
@@ -347,6 +358,33 @@ impl Probes {
                 } else {
                     program.load().map_err(err)?;
                 }
+            }
+        }
+        for &(name, category, tracepoint) in OPTIONAL_TRACEPOINTS {
+            let attached = probes
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))
+                .and_then(|program| {
+                    let program: &mut TracePoint =
+                        program.try_into().map_err(|source| ProbeError::Program {
+                            name,
+                            category,
+                            tracepoint,
+                            source: Box::new(source),
+                        })?;
+                    program
+                        .load()
+                        .and_then(|()| program.attach(category, tracepoint).map(drop))
+                        .map_err(|source| ProbeError::Program {
+                            name,
+                            category,
+                            tracepoint,
+                            source: Box::new(source),
+                        })
+                });
+            if let Err(err) = attached {
+                tracing::warn!(%err, "optional probe not attached; transfers through it are not marked as gaps");
             }
         }
         // Processes the given pids had forked before the probes attached (an nginx master's

@@ -68,6 +68,9 @@ pub mod syscall {
     pub const SENDFILE: u8 = 9;
     /// splice(2): bytes move between a pipe and the socket inside the kernel; reported as a gap.
     pub const SPLICE: u8 = 10;
+    /// A zero-length record marking a hole: bytes moved through an uncaptured path (sendmmsg,
+    /// recvmmsg, io_uring). It carries `DATA_FLAG_LOSS_BEFORE`.
+    pub const UNHOOKED: u8 = 11;
 }
 
 /// Indices into the per-CPU counter array. Every way an event can be lost has one.
@@ -100,8 +103,8 @@ pub mod counter {
     /// Connection entries found stale (their pid was reused by a new process, or the process
     /// exec'd since they were opened) and removed on lookup instead of being used.
     pub const CONNS_STALE: u32 = 12;
-    /// Transfers on tracked connections through syscalls whose bytes are not captured
-    /// (sendmmsg/recvmmsg): the connection is marked as having lost records.
+    /// Transfers on tracked connections through paths whose bytes are not captured
+    /// (sendmmsg/recvmmsg, io_uring): a hole is marked in the connection's stream.
     pub const UNHOOKED_TRANSFERS: u32 = 13;
     /// `MSG_PEEK` reads not captured (the bytes are captured when they are really read).
     pub const PEEKS_SKIPPED: u32 = 14;
@@ -136,6 +139,9 @@ pub struct Config {
     /// Offset of `clone_flags` in the `task:task_newtask` record (read from tracefs): a new
     /// thread (`CLONE_THREAD`) never joins the pid filter set, only new processes do.
     pub fork_clone_flags_offset: u32,
+    /// Offset of `fd` in the `io_uring:io_uring_file_get` record (read from tracefs); 0 when the
+    /// tracepoint is missing (a kernel without io_uring).
+    pub io_uring_fd_offset: u32,
 }
 
 /// The header every ring-buffer record starts with.
@@ -252,7 +258,7 @@ const _: () = assert!(CONN_OPEN_LEN == 72);
 const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(CONN_CLOSE_LEN == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<Config>() == 20);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
 
 #[cfg(feature = "user")]
