@@ -448,3 +448,46 @@ fn responses_sent_through_io_uring_are_holes_not_wrong_spans() {
     );
     assert_eq!(client_spans(&spans, port).len(), 3, "{}", describe(&spans));
 }
+
+/// A socket closed without close(2) (dup2 over it, close_range) and its fd number reused for a
+/// file that looks like an HTTP response: the file's bytes never answer the socket's request.
+#[test]
+fn fds_closed_by_dup2_or_close_range_are_forgotten() {
+    const FAKE: &str = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
+    let port = free_port();
+    let _server = PythonServer::start(port, "e2e-fd-reuse");
+    let dir = tracer_tests::ScratchDir::new("fd-reuse");
+    let fake = dir.path().join("fake-response");
+    std::fs::write(&fake, FAKE).expect("writing the fake response");
+    let fake_arg = fake.to_string_lossy();
+    let port_arg = port.to_string();
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::HttpProtobuf,
+        AgentConfig::new().ports(&[port]),
+    );
+    for via in ["dup2", "close_range", "close_range_all"] {
+        let mut command = Command::new(python());
+        command
+            .arg("-u")
+            .arg(peer_script("fd_reuse.py"))
+            .args(["--port", &port_arg, "--via", via, "--file", &fake_arg]);
+        let (status, run) = run_with_timeout("fd_reuse.py", command, Duration::from_secs(30));
+        assert!(status.success(), "{via}\n{}", run.output_report());
+    }
+    // The server answered all three: its spans are the sign the agent has seen them.
+    let url = local_url(port, "/ok?reuse=done");
+    assert_eq!(curl(&[&url]).status, 200);
+    session.wait_for("the three SERVER spans and the last request's", |spans| {
+        server_spans(spans, port).len() >= 4
+    });
+    let spans = session.finish();
+    let wrong: Vec<&ObservedSpan> = spans
+        .iter()
+        .filter(|s| s.attr_int("http.response.status_code") == Some(500))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "a file read on a reused fd became a response:\n{}",
+        describe(wrong)
+    );
+}

@@ -435,6 +435,35 @@ pub fn enter_dup2(ctx: &TracePointContext) {
     }
 }
 
+/// Widest close_range(2) whose fds are closed one by one; a wider one renews the process's
+/// generation instead (every entry of the process becomes stale: some are lost, none is wrong).
+const CLOSE_RANGE_EACH: u32 = 16;
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+
+/// sys_enter of close_range(first, last, flags): closes without a close syscall per fd.
+pub fn enter_close_range(ctx: &TracePointContext) {
+    let (first, last, flags) = (
+        sys_arg(ctx, 0) as u32,
+        sys_arg(ctx, 1) as u32,
+        sys_arg(ctx, 2),
+    );
+    if flags & CLOSE_RANGE_CLOEXEC != 0 || last < first {
+        // Only marked close-on-exec: the exec renews the generation.
+        return;
+    }
+    if last - first >= CLOSE_RANGE_EACH {
+        renew_generation(ctx.tgid());
+        return;
+    }
+    for i in 0..CLOSE_RANGE_EACH {
+        let fd = first + i;
+        if fd > last {
+            break;
+        }
+        close_fd(ctx, fd as i32);
+    }
+}
+
 /// The traced process closes `fd` (close, or dup2 over it): forget it and tell userspace.
 #[inline(always)]
 fn close_fd(ctx: &TracePointContext, fd: i32) {

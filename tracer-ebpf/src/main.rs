@@ -100,6 +100,11 @@ mod programs {
         0
     }
     #[tracepoint]
+    pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+        conn::enter_close_range(&ctx);
+        0
+    }
+    #[tracepoint]
     pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
         conn::enter_dup2(&ctx);
         0

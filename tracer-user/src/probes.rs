@@ -51,6 +51,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sys_enter_dup2", "syscalls", "sys_enter_dup2"),
     ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
+    ("sys_enter_close_range", "syscalls", "sys_enter_close_range"),
     ("sys_enter_splice", "syscalls", "sys_enter_splice"),
     ("sys_exit_splice", "syscalls", "sys_exit_splice"),
     ("sys_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
