@@ -6,6 +6,7 @@
 //! that [`probes`] attaches. See `docs/ARCHITECTURE.md`.
 
 pub mod agent;
+pub mod census;
 pub mod cli;
 pub mod connections;
 pub mod decode;

@@ -4,13 +4,12 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
+    sync::atomic::Ordering,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use tracer_common::{Config, ConnState, MAX_CAPTURE, conn_key, counter, role};
@@ -144,8 +143,8 @@ pub struct KernelCounters {
     pub conns_removed: u64,
     /// Stale entries (pid reused, or fds closed by exec) removed instead of used.
     pub conns_stale: u64,
-    /// Entries the kernel's LRU connection table evicted to make room (derived: inserted -
-    /// removed - occupancy, measured every `OCCUPANCY_EVERY`; monotonic).
+    /// Entries the kernel's LRU connection table evicted to make room (derived from inserted,
+    /// removed and the census's walk every `census::CENSUS_EVERY`; monotonic, never over).
     pub conns_evicted: u64,
     /// Gauge: entries in the kernel connection table at the last measurement.
     pub conn_table_entries: u64,
@@ -165,21 +164,11 @@ impl KernelCounters {
     }
 }
 
-/// How often the kernel connection table's occupancy is measured (a walk over its keys).
-pub const OCCUPANCY_EVERY: Duration = Duration::from_secs(10);
-
 /// The loaded and attached programs. Dropping it detaches them.
 pub struct Probes {
     ebpf: Ebpf,
-    /// Last occupancy measurement of the kernel connection table.
-    occupancy: Mutex<Occupancy>,
-}
-
-#[derive(Default)]
-struct Occupancy {
-    measured_at: Option<Instant>,
-    entries: u64,
-    evicted: u64,
+    /// Walks the kernel connection table in the background (none when it could not start).
+    census: Option<crate::census::Census>,
 }
 
 /// Whether the embedded object is the real one.
@@ -309,10 +298,7 @@ impl Probes {
                     source: Box::new(source),
                 })?;
         }
-        let mut probes = Probes {
-            ebpf,
-            occupancy: Mutex::new(Occupancy::default()),
-        };
+        let mut probes = Probes { ebpf, census: None };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
             .pids
@@ -388,6 +374,12 @@ impl Probes {
                 tracing::warn!(%err, "optional probe not attached; transfers through it are not marked as gaps");
             }
         }
+        probes.census = match (probes.map_id("CONNS"), probes.map_id("COUNTERS")) {
+            (Some(conns), Some(counters)) => crate::census::Census::start(conns, counters)
+                .map_err(|err| tracing::warn!(%err, "kernel connection table census not started"))
+                .ok(),
+            _ => None,
+        };
         // Processes the given pids had forked before the probes attached (an nginx master's
         // workers): the fork tracepoint follows children forked from now on, this walk those
         // already running. After attaching, so no child is forked unseen in between.
@@ -480,40 +472,20 @@ impl Probes {
         out.unhooked_transfers = read(counter::UNHOOKED_TRANSFERS);
         out.peeks_skipped = read(counter::PEEKS_SKIPPED);
         out.lifecycle_args_missing = read(counter::LIFECYCLE_ARGS_MISSING);
-        let (entries, evicted) = self.occupancy(out.conns_inserted, out.conns_removed);
-        out.conn_table_entries = entries;
-        out.conns_evicted = evicted;
+        if let Some(census) = &self.census {
+            out.conn_table_entries = census.results.entries.load(Ordering::Relaxed);
+            out.conns_evicted = census.results.evicted.load(Ordering::Relaxed);
+        }
         out
     }
 
-    /// Entries in the kernel connection table and how many it evicted so far, measured at most
-    /// every `OCCUPANCY_EVERY` (a walk over up to `--max-connections` keys).
-    fn occupancy(&self, inserted: u64, removed: u64) -> (u64, u64) {
-        let mut occ = self
-            .occupancy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if occ
-            .measured_at
-            .is_some_and(|at| at.elapsed() < OCCUPANCY_EVERY)
-        {
-            return (occ.entries, occ.evicted);
-        }
-        let Some(map) = self.ebpf.map("CONNS") else {
-            return (occ.entries, occ.evicted);
+    /// The kernel id of map `name` (for a second handle on it).
+    fn map_id(&self, name: &str) -> Option<u32> {
+        let data = match self.ebpf.map(name)? {
+            Map::LruHashMap(data) | Map::HashMap(data) | Map::PerCpuArray(data) => data,
+            _ => return None,
         };
-        let Ok(conns) = HashMap::<&MapData, u64, ConnState>::try_from(map) else {
-            return (occ.entries, occ.evicted);
-        };
-        let entries = conns.keys().filter(Result::is_ok).count() as u64;
-        occ.measured_at = Some(Instant::now());
-        occ.entries = entries;
-        // Keys userspace inserted (ignored fds) and records in flight make this approximate;
-        // it never goes down.
-        occ.evicted = occ
-            .evicted
-            .max(inserted.saturating_sub(removed).saturating_sub(entries));
-        (occ.entries, occ.evicted)
+        data.info().ok().map(|info| info.id())
     }
 }
 
