@@ -13,8 +13,8 @@ use tracer_common::{
 
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
-    ACCEPTED, CONNECTING, CONNS, EVENTS, Endpoints, INFLIGHT, PeerKey, SOCK_ENDPOINTS, SyscallArgs,
-    count, next_conn_id,
+    ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT, PeerKey,
+    SOCK_ENDPOINTS, SyscallArgs, count, next_conn_id,
 };
 
 const AF_INET: u16 = 2;
@@ -140,6 +140,70 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
     submit_open(&ev);
 }
 
+/// Inserts a connection entry, counting new keys (an existing key is an fd reused without a
+/// close the kernel saw; it is overwritten). False when the table refused it.
+#[inline(always)]
+fn insert_conn(key: u64, state: &ConnState) -> bool {
+    const BPF_NOEXIST: u64 = 1;
+    if CONNS.insert(&key, state, BPF_NOEXIST).is_ok() {
+        count(counter::CONNS_INSERTED, 1);
+        return true;
+    }
+    if CONNS.insert(&key, state, 0).is_ok() {
+        return true;
+    }
+    count(counter::CONN_TABLE_FULL, 1);
+    false
+}
+
+/// Removes a connection entry, counting it when it was there.
+#[inline(always)]
+pub fn remove_conn(key: u64) {
+    if CONNS.remove(&key).is_ok() {
+        count(counter::CONNS_REMOVED, 1);
+    }
+}
+
+/// The connection entry of `fd` in `tgid`, unless it is stale: made before the process's
+/// current generation (the pid now belongs to a newer process, or the process exec'd and the
+/// fd was closed on exec). A stale entry is removed (counted) and reported as absent.
+#[inline(always)]
+pub fn live_conn(tgid: u32, fd: u32) -> Option<ConnState> {
+    let key = conn_key(tgid, fd);
+    // SAFETY: values copied out.
+    let state = unsafe { CONNS.get(&key) }.copied()?;
+    let generation = unsafe { GENERATIONS.get(&tgid) }.copied().unwrap_or(0);
+    if state.opened_ns < generation {
+        remove_conn(key);
+        count(counter::CONNS_STALE, 1);
+        return None;
+    }
+    Some(state)
+}
+
+/// A new generation of process `tgid` (born, or exec'd): its older connection entries are stale.
+#[inline(always)]
+pub fn renew_generation(tgid: u32) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = GENERATIONS.insert(&tgid, &now, 0);
+}
+
+/// sched_process_exec: fds were closed on exec; what the table knew of this process is stale.
+pub fn on_exec(ctx: &TracePointContext) {
+    renew_generation(ctx.tgid());
+}
+
+/// Marks a tracked connection as having lost records: its next data record says so, and
+/// userspace does not pair across the hole.
+#[inline(always)]
+pub fn mark_lost(tgid: u32, fd: u32) {
+    if let Some(slot) = CONNS.get_ptr_mut(&conn_key(tgid, fd)) {
+        // SAFETY: the slot is this connection's entry; only the flag changes.
+        unsafe { (*slot).lost = 1 };
+    }
+}
+
 /// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace.
 #[inline(always)]
 pub fn track(
@@ -157,9 +221,10 @@ pub fn track(
         endpoints_sent: u8::from(ep.local_port != 0 && ep.peer_port != 0),
         lost: 0,
         _pad: [0; 5],
+        // SAFETY: plain helper call.
+        opened_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if CONNS.insert(&conn_key(tgid, fd as u32), &state, 0).is_err() {
-        count(counter::CONN_TABLE_FULL, 1);
+    if !insert_conn(conn_key(tgid, fd as u32), &state) {
         return None;
     }
     announce(tgid, tid, fd, 0, &state, ep);
@@ -176,28 +241,40 @@ fn ignore(tgid: u32, fd: i32) {
         endpoints_sent: 1,
         lost: 0,
         _pad: [0; 5],
+        // SAFETY: plain helper call.
+        opened_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if CONNS.insert(&conn_key(tgid, fd as u32), &state, 0).is_err() {
-        count(counter::CONN_TABLE_FULL, 1);
-    }
+    insert_conn(conn_key(tgid, fd as u32), &state);
 }
 
+/// Keeps the arguments of a data syscall on a tracked connection for its exit. When the table
+/// is full the connection's stream gets a hole: it is marked lost (and the miss counted).
 #[inline(always)]
 pub fn save_args(ctx: &TracePointContext, args: &SyscallArgs) {
     if INFLIGHT.insert(&ctx.pid_tgid_raw(), args, 0).is_err() {
         count(counter::ARGS_TABLE_FULL, 1);
+        mark_lost(ctx.tgid(), args.fd as u32);
     }
 }
 
-/// Takes (and removes) the arguments sys_enter stored for this thread.
+/// Keeps the arguments of a syscall that may not concern a connection (accept, connect, a read
+/// or write on an untracked fd) in the LRU candidate table.
+#[inline(always)]
+pub fn save_candidate(ctx: &TracePointContext, args: &SyscallArgs) {
+    let _ = CANDIDATES.insert(&ctx.pid_tgid_raw(), args, 0);
+}
+
+/// Takes (and removes) the arguments sys_enter stored for this thread, from either table.
 #[inline(always)]
 pub fn take_args(id: u64) -> Option<SyscallArgs> {
-    // SAFETY: the value is copied out before removal.
-    let args = unsafe { INFLIGHT.get(&id) }.copied();
-    if args.is_some() {
+    // SAFETY: the values are copied out before removal.
+    if let Some(args) = unsafe { INFLIGHT.get(&id) }.copied() {
         let _ = INFLIGHT.remove(&id);
+        return Some(args);
     }
-    args
+    let args = unsafe { CANDIDATES.get(&id) }.copied()?;
+    let _ = CANDIDATES.remove(&id);
+    Some(args)
 }
 
 pub trait PidTgid {
@@ -223,9 +300,11 @@ pub fn enter_lifecycle(ctx: &TracePointContext, kind: u8) {
         count: 0,
         enter_ns: 0,
         kind,
-        _pad: [0; 7],
+        gap_only: 0,
+        egress: 0,
+        _pad: [0; 5],
     };
-    save_args(ctx, &args);
+    save_candidate(ctx, &args);
 }
 
 pub fn exit_accept(ctx: &TracePointContext) {
@@ -239,6 +318,7 @@ pub fn exit_accept(ctx: &TracePointContext) {
         // so no peer address. Track it anyway; userspace reads the endpoints from /proc (and
         // applies the port filter, which the kernel cannot here).
         if pid_traced(ctx.tgid()) {
+            count(counter::LIFECYCLE_ARGS_MISSING, 1);
             let ep = Endpoints::UNKNOWN;
             track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
         }
@@ -277,7 +357,16 @@ pub fn exit_accept(ctx: &TracePointContext) {
 
 pub fn exit_connect(ctx: &TracePointContext) {
     let id = ctx.pid_tgid_raw();
-    let Some(args) = take_args(id) else { return };
+    let Some(args) = take_args(id) else {
+        let ret = sys_ret(ctx);
+        if (ret == 0 || ret == -EINPROGRESS) && pid_traced(ctx.tgid()) {
+            // Evicted from the candidate table: this connection is not tracked (sniffing may
+            // still adopt it when HTTP bytes flow).
+            count(counter::LIFECYCLE_ARGS_MISSING, 1);
+        }
+        let _ = CONNECTING.remove(&id);
+        return;
+    };
     if args.kind != ARG_CONNECT {
         return;
     }
@@ -336,14 +425,58 @@ pub fn announce_endpoints(tgid: u32, tid: u32, fd: i32, state: &mut ConnState, t
 }
 
 pub fn enter_close(ctx: &TracePointContext) {
+    close_fd(ctx, sys_arg(ctx, 0) as i32);
+}
+
+/// sys_enter of dup2/dup3: `newfd` is closed first when it was open (no close syscall).
+pub fn enter_dup2(ctx: &TracePointContext) {
+    let (old, new) = (sys_arg(ctx, 0) as i32, sys_arg(ctx, 1) as i32);
+    if old != new {
+        close_fd(ctx, new);
+    }
+}
+
+/// Widest close_range(2) whose fds are closed one by one; a wider one renews the process's
+/// generation instead (every entry of the process becomes stale: some are lost, none is wrong).
+const CLOSE_RANGE_EACH: u32 = 16;
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+
+/// sys_enter of close_range(first, last, flags): closes without a close syscall per fd.
+pub fn enter_close_range(ctx: &TracePointContext) {
+    let (first, last, flags) = (
+        sys_arg(ctx, 0) as u32,
+        sys_arg(ctx, 1) as u32,
+        sys_arg(ctx, 2),
+    );
+    if flags & CLOSE_RANGE_CLOEXEC != 0 || last < first {
+        // Only marked close-on-exec: the exec renews the generation.
+        return;
+    }
+    if last - first >= CLOSE_RANGE_EACH {
+        renew_generation(ctx.tgid());
+        return;
+    }
+    for i in 0..CLOSE_RANGE_EACH {
+        let fd = first + i;
+        if fd > last {
+            break;
+        }
+        close_fd(ctx, fd as i32);
+    }
+}
+
+/// The traced process closes `fd` (close, or dup2 over it): forget it and tell userspace.
+#[inline(always)]
+fn close_fd(ctx: &TracePointContext, fd: i32) {
     let tgid = ctx.tgid();
-    let fd = sys_arg(ctx, 0) as i32;
+    if fd < 0 {
+        return;
+    }
     let key = conn_key(tgid, fd as u32);
-    // SAFETY: value copied out before removal.
-    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+    let Some(state) = live_conn(tgid, fd as u32) else {
         return;
     };
-    let _ = CONNS.remove(&key);
+    remove_conn(key);
     if state.role == role::IGNORED {
         return;
     }

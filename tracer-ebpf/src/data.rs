@@ -10,7 +10,8 @@ use tracer_common::{
 };
 
 use crate::conn::{
-    PidTgid, announce_endpoints, header, save_args, sys_arg, sys_ret, take_args, track,
+    PidTgid, announce_endpoints, header, live_conn, mark_lost, save_args, save_candidate, sys_arg,
+    sys_ret, take_args, track,
 };
 use crate::filter::pid_traced;
 use crate::maps::{CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count};
@@ -26,6 +27,21 @@ struct IoVec {
 /// Offsets in a user-space `struct msghdr`.
 const MSGHDR_IOV: u64 = 16;
 const MSGHDR_IOVLEN: u64 = 24;
+
+/// recv flags: look at the data without consuming it (captured when really read).
+const MSG_PEEK: u64 = 0x2;
+/// recv flag: on a stream socket the data is discarded, not copied (a gap of its length).
+const MSG_TRUNC: u64 = 0x20;
+
+/// The flags argument of a receive syscall, 0 for the others.
+#[inline(always)]
+fn recv_flags(ctx: &TracePointContext, sys: u8) -> u64 {
+    match sys {
+        syscall::RECVFROM => sys_arg(ctx, 3),
+        syscall::RECVMSG => sys_arg(ctx, 2),
+        _ => 0,
+    }
+}
 
 #[inline(always)]
 fn direction_of(sys: u8) -> u8 {
@@ -50,8 +66,7 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
     if fd < 0 {
         return;
     }
-    // SAFETY: read-only lookup.
-    let state = unsafe { CONNS.get(&conn_key(tgid, fd as u32)) };
+    let state = live_conn(tgid, fd as u32);
     if state.is_some_and(|s| s.role == role::IGNORED) {
         return;
     }
@@ -62,6 +77,15 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
             return;
         }
     }
+    let flags = recv_flags(ctx, sys);
+    if flags & MSG_PEEK != 0 {
+        // The same bytes come again with the read that consumes them: capturing both would
+        // duplicate the request (inspectors peek before they read).
+        if state.is_some() {
+            count(counter::PEEKS_SKIPPED, 1);
+        }
+        return;
+    }
     let args = SyscallArgs {
         fd,
         ptr: sys_arg(ctx, 1),
@@ -69,9 +93,99 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         // SAFETY: plain helper call.
         enter_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
         kind: sys,
-        _pad: [0; 7],
+        gap_only: u8::from(flags & MSG_TRUNC != 0),
+        egress: 0,
+        _pad: [0; 5],
+    };
+    if state.is_some() {
+        save_args(ctx, &args);
+    } else {
+        save_candidate(ctx, &args);
+    }
+}
+
+/// sys_enter of splice: when either end is a tracked connection its bytes move inside the
+/// kernel; the exit reports their length as a gap so userspace keeps its place in the stream.
+#[inline(always)]
+pub fn enter_splice(ctx: &TracePointContext) {
+    let tgid = ctx.tgid();
+    if !pid_traced(tgid) {
+        return;
+    }
+    let (fd_in, fd_out) = (sys_arg(ctx, 0) as i64, sys_arg(ctx, 2) as i64);
+    let tracked =
+        |fd: i64| fd >= 0 && live_conn(tgid, fd as u32).is_some_and(|s| s.role != role::IGNORED);
+    let (fd, egress) = if tracked(fd_out) {
+        (fd_out, 1)
+    } else if tracked(fd_in) {
+        (fd_in, 0)
+    } else {
+        return;
+    };
+    let args = SyscallArgs {
+        fd,
+        ptr: 0,
+        count: 0,
+        // SAFETY: plain helper call.
+        enter_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+        kind: syscall::SPLICE,
+        gap_only: 1,
+        egress,
+        _pad: [0; 5],
     };
     save_args(ctx, &args);
+}
+
+/// sys_enter of sendmmsg/recvmmsg: several messages per call, not captured: a hole in the
+/// stream of a tracked connection.
+#[inline(always)]
+pub fn enter_unhooked(ctx: &TracePointContext) {
+    hole_if_tracked(ctx, sys_arg(ctx, 0) as i64);
+}
+
+/// io_uring:io_uring_file_get: an io_uring request on `fd` moves bytes without a syscall on it;
+/// a hole in the stream of a tracked connection.
+#[inline(always)]
+pub fn on_io_uring_file(ctx: &TracePointContext) {
+    let Some(offset) = config().map(|c| c.io_uring_fd_offset) else {
+        return;
+    };
+    if offset == 0 {
+        return;
+    }
+    // SAFETY: the offset comes from the tracepoint's format file; the read is bounds-checked.
+    if let Ok(fd) = unsafe { ctx.read_at::<i32>(offset as usize) } {
+        hole_if_tracked(ctx, fd as i64);
+    }
+}
+
+/// When `fd` of the current process is a tracked connection, marks a hole in its stream: the
+/// connection is flagged lost and a zero-length record carrying the flag is sent at once, so
+/// userspace drops what was pending (never pairs across bytes it did not see). Counted.
+#[inline(always)]
+fn hole_if_tracked(ctx: &TracePointContext, fd: i64) {
+    let tgid = ctx.tgid();
+    if fd < 0 || !pid_traced(tgid) {
+        return;
+    }
+    let Some(conn) = live_conn(tgid, fd as u32).filter(|s| s.role != role::IGNORED) else {
+        return;
+    };
+    mark_lost(tgid, fd as u32);
+    count(counter::UNHOOKED_TRANSFERS, 1);
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    emit(
+        ctx,
+        &conn,
+        fd as i32,
+        direction::INGRESS,
+        syscall::UNHOOKED,
+        0,
+        0,
+        0,
+        now,
+    );
 }
 
 /// Whether the first bytes look like an HTTP/1.x request or response start line.
@@ -168,8 +282,21 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
         }
     };
     let budget = config().map(|c| c.capture_bytes).unwrap_or(0) as u64;
-    let dir = direction_of(SYS);
+    let dir = if SYS == syscall::SPLICE {
+        if args.egress != 0 {
+            direction::EGRESS
+        } else {
+            direction::INGRESS
+        }
+    } else {
+        direction_of(SYS)
+    };
     let total = ret as u64;
+    if args.gap_only != 0 {
+        // Bytes transferred but not in user memory (MSG_TRUNC, splice): their length only.
+        emit(ctx, &conn, fd, dir, SYS, 0, total, 0, args.enter_ns);
+        return;
+    }
     match SYS {
         syscall::READV | syscall::WRITEV => emit_iovecs(
             ctx,

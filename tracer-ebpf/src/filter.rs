@@ -1,6 +1,6 @@
 //! In-kernel filters: never the agent itself (nor the other end of its own connections), only the
 //! pid set and port set when configured, and fork-following so `tracer run` sees the children of
-//! the command it started.
+//! the command it started (new processes only: threads share their process's entry).
 
 use aya_ebpf::{EbpfContext, bindings::bpf_pidns_info, programs::TracePointContext};
 use tracer_common::Config;
@@ -157,39 +157,56 @@ pub fn ports_traced(local_port: u16, peer_port: u16) -> bool {
             || (peer_port != 0 && FILTER_PORTS.get(&peer_port).is_some())
     }
 }
-/// sched_process_fork: a child of a filtered pid joins the filter set.
+
+/// task:task_newtask: a new process (not a thread: threads share their process's tgid, which is
+/// what the filter holds) starts a new generation of its pid, and joins the pid filter set when
+/// its parent is in it.
 #[inline(always)]
-pub fn on_fork(ctx: &TracePointContext) {
+pub fn on_new_task(ctx: &TracePointContext) {
+    const CLONE_THREAD: u64 = 0x0001_0000;
     let Some(cfg) = config() else { return };
+    // SAFETY: the offsets come from the tracepoint's format file; the reads are bounds-checked
+    // by the probe-read helper.
+    let (Ok(child), Ok(flags)) = (unsafe {
+        (
+            ctx.read_at::<i32>(cfg.fork_child_pid_offset as usize),
+            ctx.read_at::<u64>(cfg.fork_clone_flags_offset as usize),
+        )
+    }) else {
+        return;
+    };
+    if child <= 0 || flags & CLONE_THREAD != 0 {
+        return;
+    }
+    // A reused pid: connection entries of the process that had it are stale from now on.
+    crate::conn::renew_generation(child as u32);
     if cfg.filter_pids == 0 || cfg.follow_forks == 0 {
         return;
     }
-    let parent_tgid = ctx.tgid();
     // SAFETY: read-only lookup.
-    if unsafe { FILTER_PIDS.get(&parent_tgid) }.is_none() {
+    if unsafe { FILTER_PIDS.get(&ctx.tgid()) }.is_none() {
         return;
     }
-    // SAFETY: the offset comes from the tracepoint's format file; the read is bounds-checked by
-    // the probe-read helper.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(cfg.fork_child_pid_offset as usize) }) else {
-        return;
-    };
-    if child > 0 && FILTER_PIDS.insert(&(child as u32), &1, 0).is_err() {
+    if FILTER_PIDS.insert(&(child as u32), &1, 0).is_err() {
         crate::maps::count(tracer_common::counter::FILTER_TABLE_FULL, 1);
     }
 }
 
-/// sched_process_exit: forget an exiting task that had joined the filter set.
+/// sched_process_exit: forget an exiting process that had joined the filter set.
 #[inline(always)]
 pub fn on_exit(ctx: &TracePointContext) {
     let Some(cfg) = config() else { return };
     if cfg.filter_pids == 0 || cfg.follow_forks == 0 {
         return;
     }
-    // A thread id added by fork-following, or the process itself exiting: either way its
-    // entry must not outlive it (pid reuse would trace an unrelated process).
-    let _ = FILTER_PIDS.remove(&ctx.pid());
-    if let Some(info) = in_agent_namespace(cfg) {
-        let _ = NS_FILTER_PIDS.remove(&info.pid);
+    // Only processes are in the set (keyed by tgid): the exit of the thread whose id is the
+    // tgid, the process's first thread, ends its entry (pid reuse must not trace an unrelated
+    // process).
+    let id = ctx.pid();
+    if id == ctx.tgid() {
+        let _ = FILTER_PIDS.remove(&id);
+        if let Some(info) = in_agent_namespace(cfg) {
+            let _ = NS_FILTER_PIDS.remove(&info.tgid);
+        }
     }
 }

@@ -85,8 +85,53 @@ mod programs {
         0
     }
     #[tracepoint]
-    pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-        filter::on_fork(&ctx);
+    pub fn task_newtask(ctx: TracePointContext) -> u32 {
+        filter::on_new_task(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+        conn::on_exec(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+        conn::enter_dup2(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+        conn::enter_close_range(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+        conn::enter_dup2(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_splice(ctx: TracePointContext) -> u32 {
+        data::enter_splice(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_exit_splice(ctx: TracePointContext) -> u32 {
+        data::exit::<{ syscall::SPLICE }>(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+        data::enter_unhooked(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_recvmmsg(ctx: TracePointContext) -> u32 {
+        data::enter_unhooked(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn io_uring_file_get(ctx: TracePointContext) -> u32 {
+        data::on_io_uring_file(&ctx);
         0
     }
     #[tracepoint]

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, MAX_AGENT_CONNECTIONS, MAX_FILTER_PIDS,
-    MAX_FILTER_PORTS, MAX_INFLIGHT_SYSCALLS, counter,
+    Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, MAX_AGENT_CONNECTIONS,
+    MAX_CANDIDATE_SYSCALLS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_INFLIGHT_SYSCALLS,
+    MAX_PROCESS_GENERATIONS, counter,
 };
 
 /// Agent configuration (one entry, written by userspace before attaching).
@@ -21,14 +22,32 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Tracked connections, keyed by `conn_key(tgid, fd)`.
+/// Tracked connections, keyed by `conn_key(tgid, fd)`. LRU: an fd closed without a close
+/// syscall (process exit, exec, close_range) leaves its entry behind, never used again; a full
+/// table evicts those first instead of refusing new connections.
 #[map]
-pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+pub static CONNS: LruHashMap<u64, ConnState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
 
-/// Arguments of in-flight syscalls, keyed by pid_tgid, from sys_enter to sys_exit.
+/// Arguments of in-flight syscalls on tracked connections, keyed by pid_tgid, from sys_enter to
+/// sys_exit. When full, the connection is marked as having lost records (counted).
 #[map]
 pub static INFLIGHT: HashMap<u64, SyscallArgs> =
     HashMap::with_max_entries(MAX_INFLIGHT_SYSCALLS, 0);
+
+/// Arguments of in-flight syscalls that may not concern a connection: accept, connect, and
+/// reads/writes on untracked fds kept for sniffing (pipes and files among them). LRU, so threads
+/// blocked for long (16k readers of a pipe) are evicted by newer syscalls instead of filling it.
+#[map]
+pub static CANDIDATES: LruHashMap<u64, SyscallArgs> =
+    LruHashMap::with_max_entries(MAX_CANDIDATE_SYSCALLS, 0);
+
+/// Per process (tgid): CLOCK_MONOTONIC ns since which its fds are what the connection table
+/// says (set when a process is born, and at exec). Older entries are stale: pid reuse, or fds
+/// closed by exec. LRU: a forgotten generation only means no staleness check for that pid.
+#[map]
+pub static GENERATIONS: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(MAX_PROCESS_GENERATIONS, 0);
 
 /// Per-CPU scratch for data records (too large for the 512-byte stack).
 #[map]
@@ -94,7 +113,12 @@ pub struct SyscallArgs {
     pub enter_ns: u64,
     /// `tracer_common::syscall::*`, or one of the `ARG_*` lifecycle kinds.
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// Non-zero: the bytes are not in the buffer (`MSG_TRUNC` on a stream socket discards
+    /// them; splice moves them in the kernel): report the length as a gap.
+    pub gap_only: u8,
+    /// For splice: the tracked fd is the destination (egress) rather than the source.
+    pub egress: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Both endpoints of a TCP connection, as the tracepoint reports them.

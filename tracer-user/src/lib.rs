@@ -6,6 +6,7 @@
 //! that [`probes`] attaches. See `docs/ARCHITECTURE.md`.
 
 pub mod agent;
+pub mod census;
 pub mod cli;
 pub mod connections;
 pub mod decode;
@@ -22,6 +23,7 @@ pub mod pipeline;
 pub mod privilege;
 pub mod probes;
 pub mod procnet;
+pub mod proctree;
 pub mod propagation;
 pub mod redact;
 pub mod reorder;

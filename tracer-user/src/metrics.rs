@@ -320,6 +320,46 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             "Children of traced processes not followed because the pid filter set was full.",
             vec![Sample::plain(k.filter_table_full)],
         ),
+        Family::gauge(
+            "tracer_kernel_connection_table_entries",
+            "Entries in the kernel's (LRU) connection table, measured every 10 seconds.",
+            vec![Sample::plain(k.conn_table_entries)],
+        ),
+        Family::counter(
+            "tracer_kernel_connections_inserted_total",
+            "New entries the kernel programs made in their connection table.",
+            vec![Sample::plain(k.conns_inserted)],
+        ),
+        Family::counter(
+            "tracer_kernel_connections_removed_total",
+            "Entries the kernel programs removed from their connection table (close, dup2 over \
+             the fd, stale).",
+            vec![Sample::plain(k.conns_removed)],
+        ),
+        Family::counter(
+            "tracer_kernel_connections_stale_total",
+            "Connection entries found stale (the pid was reused, or the process exec'd since) \
+             and removed instead of used.",
+            vec![Sample::plain(k.conns_stale)],
+        ),
+        Family::counter(
+            "tracer_kernel_unhooked_transfers_total",
+            "Transfers on tracked connections through uncaptured syscalls (sendmmsg, recvmmsg); \
+             the connection is marked as having lost records.",
+            vec![Sample::plain(k.unhooked_transfers)],
+        ),
+        Family::counter(
+            "tracer_kernel_peeks_skipped_total",
+            "MSG_PEEK reads on tracked connections not captured (the bytes are captured when \
+             read).",
+            vec![Sample::plain(k.peeks_skipped)],
+        ),
+        Family::counter(
+            "tracer_kernel_lifecycle_args_missing_total",
+            "accept/connect exits whose arguments were evicted from the candidate syscall table \
+             (or began before the probes attached).",
+            vec![Sample::plain(k.lifecycle_args_missing)],
+        ),
         Family::counter(
             "tracer_kernel_agent_mirrors_ignored_total",
             "Connections on this host not traced because their other end is one of the agent's \
@@ -362,6 +402,10 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
                 Sample::labelled(
                     &[("stage", "agent"), ("reason", "table_full")],
                     s.connections_evicted_full,
+                ),
+                Sample::labelled(
+                    &[("stage", "kernel"), ("reason", "evicted")],
+                    k.conns_evicted,
                 ),
             ],
         ),
@@ -664,7 +708,15 @@ mod tests {
                 read_user_failed: 108,
                 conns_sniffed: 109,
                 filter_table_full: 110,
-                agent_mirrors_ignored: 111,
+                conns_inserted: 111,
+                conns_removed: 112,
+                conns_stale: 113,
+                conns_evicted: 114,
+                conn_table_entries: 115,
+                unhooked_transfers: 116,
+                peeks_skipped: 117,
+                lifecycle_args_missing: 118,
+                agent_mirrors_ignored: 119,
             },
             events_read: 201,
             decode_errors: 202,
@@ -709,7 +761,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=111).chain(201..=233).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=119).chain(201..=233).map(|v| v as f64).collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(

@@ -4,11 +4,12 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::atomic::Ordering,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use tracer_common::{Config, ConnState, MAX_CAPTURE, conn_key, counter, role};
@@ -46,9 +47,22 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
     ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("sched_process_fork", "sched", "sched_process_fork"),
+    ("task_newtask", "task", "task_newtask"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sys_enter_dup2", "syscalls", "sys_enter_dup2"),
+    ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
+    ("sys_enter_close_range", "syscalls", "sys_enter_close_range"),
+    ("sys_enter_splice", "syscalls", "sys_enter_splice"),
+    ("sys_exit_splice", "syscalls", "sys_exit_splice"),
+    ("sys_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
+    ("sys_enter_recvmmsg", "syscalls", "sys_enter_recvmmsg"),
 ];
+
+/// Tracepoints attached when the kernel has them (a kernel without io_uring has no
+/// `io_uring:io_uring_file_get`); a missing one is logged, not fatal.
+const OPTIONAL_TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("io_uring_file_get", "io_uring", "io_uring_file_get")];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -127,6 +141,20 @@ pub struct KernelCounters {
     pub filter_table_full: u64,
     /// Connections whose other end is one of the agent's own sockets, never tracked.
     pub agent_mirrors_ignored: u64,
+    /// New keys the kernel inserted into its connection table.
+    pub conns_inserted: u64,
+    /// Keys the kernel removed from its connection table (close, dup2, stale).
+    pub conns_removed: u64,
+    /// Stale entries (pid reused, or fds closed by exec) removed instead of used.
+    pub conns_stale: u64,
+    /// Entries the kernel's LRU connection table evicted to make room (derived from inserted,
+    /// removed and the census's walk every `census::CENSUS_EVERY`; monotonic, never over).
+    pub conns_evicted: u64,
+    /// Gauge: entries in the kernel connection table at the last measurement.
+    pub conn_table_entries: u64,
+    pub unhooked_transfers: u64,
+    pub peeks_skipped: u64,
+    pub lifecycle_args_missing: u64,
 }
 
 impl KernelCounters {
@@ -145,6 +173,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// The agent runs in a child pid namespace: pids it is given are pids of that namespace.
     namespaced_pids: bool,
+    /// Walks the kernel connection table in the background (none when it could not start).
+    census: Option<crate::census::Census>,
 }
 
 /// Whether the embedded object is the real one.
@@ -180,11 +210,14 @@ pub fn ensure_tracefs() -> Result<PathBuf, ProbeError> {
     Ok(PathBuf::from(TRACEFS))
 }
 
-/// Offset of `child_pid` in the sched_process_fork record, from its format file.
-fn fork_child_pid_offset(tracefs: &Path) -> u32 {
-    let path = tracefs.join("events/sched/sched_process_fork/format");
+/// Offsets of `pid` and `clone_flags` in the task_newtask record, from its format file.
+fn new_task_offsets(tracefs: &Path) -> (u32, u32) {
+    let path = tracefs.join("events/task/task_newtask/format");
     let text = fs::read_to_string(path).unwrap_or_default();
-    parse_field_offset(&text, "child_pid").unwrap_or(44)
+    (
+        parse_field_offset(&text, "pid").unwrap_or(8),
+        parse_field_offset(&text, "clone_flags").unwrap_or(32),
+    )
 }
 
 /// Finds `offset:N;` of field `name` in a tracepoint format description.
@@ -247,6 +280,12 @@ impl Probes {
                 ns_ino,
             } => (0, ns_tgid, ns_dev, ns_ino),
         };
+        let (fork_child_pid_offset, fork_clone_flags_offset) = new_task_offsets(&tracefs);
+        let io_uring_fd_offset =
+            fs::read_to_string(tracefs.join("events/io_uring/io_uring_file_get/format"))
+                .ok()
+                .and_then(|format| parse_field_offset(&format, "fd"))
+                .unwrap_or(0);
         let cfg = Config {
             agent_tgid,
             agent_ns_tgid,
@@ -258,7 +297,9 @@ impl Probes {
             filter_ports: u8::from(!opts.ports.is_empty()),
             follow_forks: u8::from(opts.follow_forks),
             sniff_untracked: u8::from(opts.sniff_untracked),
-            fork_child_pid_offset: fork_child_pid_offset(&tracefs),
+            fork_child_pid_offset,
+            fork_clone_flags_offset,
+            io_uring_fd_offset,
         };
         {
             let map = ebpf
@@ -279,8 +320,15 @@ impl Probes {
         let mut probes = Probes {
             ebpf,
             namespaced_pids: matches!(identity, PidIdentity::Namespaced { .. }),
+            census: None,
         };
-        for pid in &opts.pids {
+        // A thread id given by mistake means its process: the filter holds processes (tgids).
+        let roots: Vec<u32> = opts
+            .pids
+            .iter()
+            .map(|pid| crate::proctree::thread_group_of(Path::new("/proc"), *pid).unwrap_or(*pid))
+            .collect();
+        for pid in &roots {
             probes.add_pid(*pid)?;
         }
         {
@@ -320,6 +368,56 @@ impl Probes {
                 } else {
                     program.load().map_err(err)?;
                 }
+            }
+        }
+        for &(name, category, tracepoint) in OPTIONAL_TRACEPOINTS {
+            let attached = probes
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))
+                .and_then(|program| {
+                    let program: &mut TracePoint =
+                        program.try_into().map_err(|source| ProbeError::Program {
+                            name,
+                            category,
+                            tracepoint,
+                            source: Box::new(source),
+                        })?;
+                    program
+                        .load()
+                        .and_then(|()| program.attach(category, tracepoint).map(drop))
+                        .map_err(|source| ProbeError::Program {
+                            name,
+                            category,
+                            tracepoint,
+                            source: Box::new(source),
+                        })
+                });
+            if let Err(err) = attached {
+                tracing::warn!(%err, "optional probe not attached; transfers through it are not marked as gaps");
+            }
+        }
+        probes.census = match (probes.map_id("CONNS"), probes.map_id("COUNTERS")) {
+            (Some(conns), Some(counters)) => crate::census::Census::start(conns, counters)
+                .map_err(|err| tracing::warn!(%err, "kernel connection table census not started"))
+                .ok(),
+            _ => None,
+        };
+        // Processes the given pids had forked before the probes attached (an nginx master's
+        // workers): the fork tracepoint follows children forked from now on, this walk those
+        // already running. After attaching, so no child is forked unseen in between.
+        if opts.follow_forks && !roots.is_empty() {
+            let existing = crate::proctree::descendants(Path::new("/proc"), &roots);
+            for pid in &existing {
+                if let Err(err) = probes.add_pid(*pid) {
+                    tracing::warn!(pid, %err, "could not follow an existing child");
+                }
+            }
+            if !existing.is_empty() {
+                tracing::info!(
+                    children = existing.len(),
+                    "following existing children of --pid"
+                );
             }
         }
         match probes.identify_self() {
@@ -387,6 +485,8 @@ impl Probes {
             let ignored = ConnState {
                 role: role::IGNORED,
                 endpoints_sent: 1,
+                // Not stale: made now (the kernel's clock is CLOCK_MONOTONIC too).
+                opened_ns: monotonic_ns(),
                 ..Default::default()
             };
             let _ = conns.insert(conn_key(pid, fd as u32), ignored, 0);
@@ -426,8 +526,40 @@ impl Probes {
         out.conns_sniffed = read(counter::CONNS_SNIFFED);
         out.filter_table_full = read(counter::FILTER_TABLE_FULL);
         out.agent_mirrors_ignored = read(counter::AGENT_MIRRORS_IGNORED);
+        out.conns_inserted = read(counter::CONNS_INSERTED);
+        out.conns_removed = read(counter::CONNS_REMOVED);
+        out.conns_stale = read(counter::CONNS_STALE);
+        out.unhooked_transfers = read(counter::UNHOOKED_TRANSFERS);
+        out.peeks_skipped = read(counter::PEEKS_SKIPPED);
+        out.lifecycle_args_missing = read(counter::LIFECYCLE_ARGS_MISSING);
+        if let Some(census) = &self.census {
+            out.conn_table_entries = census.results.entries.load(Ordering::Relaxed);
+            out.conns_evicted = census.results.evicted.load(Ordering::Relaxed);
+        }
         out
     }
+
+    /// The kernel id of map `name` (for a second handle on it).
+    fn map_id(&self, name: &str) -> Option<u32> {
+        let data = match self.ebpf.map(name)? {
+            Map::LruHashMap(data) | Map::HashMap(data) | Map::PerCpuArray(data) => data,
+            _ => return None,
+        };
+        data.info().ok().map(|info| info.id())
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer kernels).

@@ -13,8 +13,14 @@ pub const DEFAULT_CAPTURE: u32 = 8192;
 /// How many iovecs of one readv/writev/recvmsg/sendmsg are walked; the rest of the transfer is
 /// reported as a gap (length only) so userspace stays in sync with the stream.
 pub const MAX_IOVECS: u32 = 8;
-/// Entries of the per-thread syscall argument table.
+/// Entries of the per-thread syscall argument table (syscalls on tracked connections).
 pub const MAX_INFLIGHT_SYSCALLS: u32 = 16384;
+/// Entries of the LRU argument table for syscalls that may not concern a connection (accept,
+/// connect, and reads/writes on untracked fds kept for sniffing): when full, the oldest entries
+/// (threads blocked longest) are evicted, so blocked threads cannot blind the tracer.
+pub const MAX_CANDIDATE_SYSCALLS: u32 = 16384;
+/// Entries of the process generation table (pid -> when its fds were last renewed: birth or exec).
+pub const MAX_PROCESS_GENERATIONS: u32 = 32768;
 /// Default number of tracked connections in the kernel table.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
 /// Entries of the pid filter set.
@@ -63,6 +69,11 @@ pub mod syscall {
     pub const RECVMSG: u8 = 7;
     pub const SENDMSG: u8 = 8;
     pub const SENDFILE: u8 = 9;
+    /// splice(2): bytes move between a pipe and the socket inside the kernel; reported as a gap.
+    pub const SPLICE: u8 = 10;
+    /// A zero-length record marking a hole: bytes moved through an uncaptured path (sendmmsg,
+    /// recvmmsg, io_uring). It carries `DATA_FLAG_LOSS_BEFORE`.
+    pub const UNHOOKED: u8 = 11;
 }
 
 /// Indices into the per-CPU counter array. Every way an event can be lost has one.
@@ -87,11 +98,27 @@ pub mod counter {
     pub const CONNS_SNIFFED: u32 = 8;
     /// Children of traced processes not followed because the pid filter set was full.
     pub const FILTER_TABLE_FULL: u32 = 9;
+    /// New keys inserted into the connection table (with `CONNS_REMOVED` and the table's
+    /// occupancy, userspace derives how many entries the LRU table evicted).
+    pub const CONNS_INSERTED: u32 = 10;
+    /// Keys the kernel removed from the connection table (close, dup2 over the fd, stale).
+    pub const CONNS_REMOVED: u32 = 11;
+    /// Connection entries found stale (their pid was reused by a new process, or the process
+    /// exec'd since they were opened) and removed on lookup instead of being used.
+    pub const CONNS_STALE: u32 = 12;
+    /// Transfers on tracked connections through paths whose bytes are not captured
+    /// (sendmmsg/recvmmsg, io_uring): a hole is marked in the connection's stream.
+    pub const UNHOOKED_TRANSFERS: u32 = 13;
+    /// `MSG_PEEK` reads not captured (the bytes are captured when they are really read).
+    pub const PEEKS_SKIPPED: u32 = 14;
+    /// accept/connect exits whose arguments were no longer in the candidate table (evicted by
+    /// newer syscalls, or the syscall began before the probes attached).
+    pub const LIFECYCLE_ARGS_MISSING: u32 = 15;
     /// Connections on this host not tracked because their other end is one of the agent's own
     /// sockets (the collector's side of our export, an API server's side of our watch).
-    pub const AGENT_MIRRORS_IGNORED: u32 = 10;
+    pub const AGENT_MIRRORS_IGNORED: u32 = 16;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 17;
 }
 
 /// Index of the single configuration entry.
@@ -114,9 +141,14 @@ pub struct Config {
     pub follow_forks: u8,
     /// Non-zero: untracked fds whose first bytes look like HTTP are adopted.
     pub sniff_untracked: u8,
-    /// Offset of `child_pid` in the `sched:sched_process_fork` record (read from tracefs: the
-    /// layout differs between kernel versions).
+    /// Offset of the new task's `pid` in the `task:task_newtask` record (read from tracefs).
     pub fork_child_pid_offset: u32,
+    /// Offset of `clone_flags` in the `task:task_newtask` record (read from tracefs): a new
+    /// thread (`CLONE_THREAD`) never joins the pid filter set, only new processes do.
+    pub fork_clone_flags_offset: u32,
+    /// Offset of `fd` in the `io_uring:io_uring_file_get` record (read from tracefs); 0 when the
+    /// tracepoint is missing (a kernel without io_uring).
+    pub io_uring_fd_offset: u32,
     /// The agent's pid in its own pid namespace, when that is not the host's (a container
     /// without hostPID): the kernel learns `agent_tgid` (a host tgid) from the first task of
     /// that namespace whose namespaced tgid this is, and translates `NS_FILTER_PIDS` through the
@@ -216,6 +248,9 @@ pub struct ConnState {
     /// Non-zero when a record of this connection was lost since the last one sent.
     pub lost: u8,
     pub _pad: [u8; 5],
+    /// CLOCK_MONOTONIC nanoseconds when the entry was made: an entry older than its process's
+    /// generation (the process was born or exec'd later: pid reuse, CLOEXEC) is stale.
+    pub opened_ns: u64,
 }
 
 /// Data record flag: records of this connection were lost before this one (ring buffer full);
@@ -239,7 +274,8 @@ const _: () = assert!(CONN_OPEN_LEN == 72);
 const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(CONN_CLOSE_LEN == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -41,7 +41,8 @@ pub enum OutputFormat {
 /// Options shared by every tracing command.
 #[derive(Clone, Debug, Args)]
 pub struct TraceArgs {
-    /// Trace only this process (repeatable). Its children are followed.
+    /// Trace only this process (repeatable). Its children, those already running and those it
+    /// starts later, are followed.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
