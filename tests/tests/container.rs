@@ -403,9 +403,19 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let _ = self
-            .podman
-            .output(&["pod", "rm", "--force", "--time", "10", &self.name]);
+        // `pod rm` can leave the pod itself behind while its cgroup is still being emptied:
+        // try again until it is gone (bounded).
+        for _ in 0..20 {
+            let _ = self
+                .podman
+                .output(&["pod", "rm", "--force", "--time", "10", &self.name]);
+            let exists = self.podman.output(&["pod", "exists", &self.name]);
+            if !exists.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        eprintln!("pod {} could not be removed", self.name);
     }
 }
 
