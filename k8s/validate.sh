@@ -4,7 +4,8 @@
 #   1. every resource listed in base/kustomization.yaml, one file at a time;
 #   2. the rendered kustomization k8s/ (`kubectl kustomize` or `kustomize build` when available,
 #      else the base resources concatenated in order), which must hold every expected kind;
-#   3. the rendered k8s/privileged overlay, when a kustomize renderer is available.
+#   3. the rendered k8s/privileged overlay, when a kustomize renderer is available;
+#   4. the Localhost seccomp profile the DaemonSet names.
 # Installs the `kubernetes-validate` Python package when it is missing.
 set -euo pipefail
 
@@ -104,6 +105,18 @@ if render privileged >"$overlay" 2>/dev/null; then
 else
     echo "skipped: k8s/privileged (needs kubectl or kustomize to render its patch)"
 fi
+
+# The seccomp profile the DaemonSet names (Localhost) must exist, parse, and allow what the agent
+# needs beyond runtime defaults; tests/tests/container.rs proves it in a real runtime.
+profile="$(awk '/localhostProfile:/ { print $2 }' base/daemonset.yaml)"
+check "seccomp/$profile allows bpf and perf_event_open" "$python" -c '
+import json, sys
+profile = json.load(open(sys.argv[1]))
+allowed = {name for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW"
+           and not rule.get("args") for name in rule["names"]}
+assert profile["defaultAction"] != "SCMP_ACT_ALLOW", "the profile must deny by default"
+assert {"bpf", "perf_event_open"} <= allowed, "bpf and perf_event_open must be allowed"
+' "seccomp/$profile"
 
 echo "validated against Kubernetes $KUBERNETES_VERSION schemas, strict"
 echo "manifests: $passed passed, $failed failed"

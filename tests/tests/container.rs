@@ -63,7 +63,7 @@ fn yaml(relative: &str) -> Value {
     let path = repo().join(relative);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
 /// The image under test: `$TRACER_IMAGE`, which must exist in podman's local storage.
@@ -403,9 +403,19 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let _ = self
-            .podman
-            .output(&["pod", "rm", "--force", "--time", "10", &self.name]);
+        // `pod rm` can leave the pod itself behind while its cgroup is still being emptied:
+        // try again until it is gone (bounded).
+        for _ in 0..20 {
+            let _ = self
+                .podman
+                .output(&["pod", "rm", "--force", "--time", "10", &self.name]);
+            let exists = self.podman.output(&["pod", "exists", &self.name]);
+            if !exists.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        eprintln!("pod {} could not be removed", self.name);
     }
 }
 
@@ -426,33 +436,46 @@ fn http_get(ip: IpAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// `peers/http_server.py` on 127.0.0.1:`port` with `OTEL_SERVICE_NAME=service`, run as `uid`
-/// (0: as the test, root with every capability).
-fn http_server(port: u16, service: &str, uid: u32) -> ChildGuard {
-    let mut command = if uid == 0 {
-        Command::new(python())
-    } else {
-        let mut command = Command::new("setpriv");
-        command.args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "--inh-caps=-all",
-        ]);
-        command.arg(python());
+/// (0: as the test, root with every capability). Another uid runs Debian's python3 on a copy of
+/// the script in a world-readable directory, wherever the checkout lives.
+struct HostServer {
+    child: ChildGuard,
+    _dir: ScratchDir,
+}
+
+impl HostServer {
+    fn start(port: u16, service: &str, uid: u32) -> HostServer {
+        let dir = ScratchDir::new("server");
+        let mut command = if uid == 0 {
+            let mut command = Command::new(python());
+            command.arg(peer_script("http_server.py"));
+            command
+        } else {
+            let script = dir.path().join("http_server.py");
+            std::fs::copy(peer_script("http_server.py"), &script).expect("copying the server");
+            let mut command = Command::new("setpriv");
+            command.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "--inh-caps=-all",
+                "/usr/bin/python3",
+            ]);
+            command.arg(script);
+            command
+        };
         command
-    };
-    command
-        .arg("-u")
-        .arg(peer_script("http_server.py"))
-        .args(["--port", &port.to_string()])
-        .env("OTEL_SERVICE_NAME", service);
-    let child = ChildGuard::spawn("http_server.py", command);
-    assert!(
-        wait_for_port(port, Duration::from_secs(20)),
-        "http_server.py did not listen on {port}\n{}",
-        child.output_report()
-    );
-    child
+            .args(["--port", &port.to_string()])
+            .env("PYTHONUNBUFFERED", "1")
+            .env("OTEL_SERVICE_NAME", service);
+        let child = ChildGuard::spawn("http_server.py", command);
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "http_server.py (uid {uid}) did not listen on {port}\n{}",
+            child.output_report()
+        );
+        HostServer { child, _dir: dir }
+    }
 }
 
 /// What the traced servers' spans said.
@@ -495,8 +518,8 @@ fn traced_servers(variant: &Variant, label: &str) -> Traced {
     let (root_port, nobody_port) = (free_port(), free_port());
     let root_service = format!("e2e-root-{label}");
     let nobody_service = format!("e2e-nobody-{label}");
-    let _root = http_server(root_port, &root_service, 0);
-    let _nobody = http_server(nobody_port, &nobody_service, NOBODY);
+    let root = HostServer::start(root_port, &root_service, 0);
+    let nobody = HostServer::start(nobody_port, &nobody_service, NOBODY);
     for port in [root_port, nobody_port] {
         assert_eq!(curl(&[&local_url(port, "/ok")]).status, 200);
     }
@@ -508,9 +531,11 @@ fn traced_servers(variant: &Variant, label: &str) -> Traced {
         .unwrap_or_else(|_| {
             panic!(
                 "no SERVER spans of both host servers from the agent in the pod within \
-                 {SPAN_TIMEOUT:?}; received:\n{}\nagent:\n{}",
+                 {SPAN_TIMEOUT:?}; received:\n{}\nagent:\n{}\n{}\n{}",
                 describe(&receiver.spans()),
-                pod.logs()
+                pod.logs(),
+                root.child.output_report(),
+                nobody.child.output_report()
             )
         });
     let service = |port| {

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::step;
-use crate::task::{build, setup};
+use crate::task::setup;
 use crate::workspace::{self, find_on_path};
 
 /// The tag `k8s/kustomization.yaml` deploys (`tracer:<version>`).
@@ -42,7 +42,16 @@ pub fn run(args: &ImageArgs) -> Result<()> {
         Some(binary) => binary.clone(),
         None => {
             setup::run()?;
-            build::build_agent(!args.debug)?;
+            // TRACER_REQUIRE_EBPF=1: fail the build rather than ship an agent without its probes.
+            let mut command = step::cargo();
+            command
+                .current_dir(workspace::root())
+                .env("TRACER_REQUIRE_EBPF", "1")
+                .args(["build", "-p", "tracer-user", "--bin", "tracer"]);
+            if !args.debug {
+                command.arg("--release");
+            }
+            step::run("image: build", command)?;
             workspace::tracer_binary(!args.debug)
         }
     };
@@ -63,11 +72,20 @@ pub fn build_image(binary: &Path, tag: &str) -> Result<()> {
     stage(binary, &context)
         .with_context(|| format!("step `{STEP}`: staging {}", context.display()))?;
 
+    let previous = image_id(tag)?;
     let mut podman = Command::new("podman");
     podman.args(["build", "--timestamp", "0", "--tag", tag, "--file"]);
     podman.arg(workspace::root().join("k8s/Containerfile"));
     podman.arg(&context);
     step::run(STEP, podman)?;
+    // The image this tag named before, now untagged: remove it (unless a container still uses
+    // it) so repeated builds do not fill the machine's storage.
+    if let Some(previous) = previous.filter(|id| image_id(tag).ok().flatten().as_ref() != Some(id))
+    {
+        let mut remove = Command::new("podman");
+        remove.args(["image", "rm", &previous]);
+        let _ = step::capture(STEP, remove);
+    }
 
     let mut inspect = Command::new("podman");
     inspect.args(["image", "inspect", "--format", "{{.Size}}", tag]);
@@ -85,6 +103,15 @@ pub fn build_image(binary: &Path, tag: &str) -> Result<()> {
         ),
     );
     Ok(())
+}
+
+/// The id of the image `tag` names, if any.
+fn image_id(tag: &str) -> Result<Option<String>> {
+    let mut inspect = Command::new("podman");
+    inspect.args(["image", "inspect", "--format", "{{.Id}}", tag]);
+    let output = step::capture("image", inspect)?;
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    Ok((output.status.success() && !id.is_empty()).then_some(id))
 }
 
 /// `context/rootfs/`: the stripped binary, its shared libraries and the CA bundle.
