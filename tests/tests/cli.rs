@@ -89,6 +89,13 @@ fn json_format_prints_one_object_per_span() {
         Some(i64::from(server.pid()))
     );
     assert_eq!(client_span.service_name(), Some("curl"));
+    // stderr is a pipe here, as under `kubectl logs` or journald: plain text, no colour codes.
+    assert!(!exit.stderr.is_empty(), "the agent logged nothing");
+    assert!(
+        !exit.stderr.contains('\x1b'),
+        "ANSI escapes in a non-terminal log:\n{}",
+        exit.stderr
+    );
 }
 
 #[test]
