@@ -11,9 +11,10 @@ use crate::http::HttpStats;
 use crate::idhash::{IdHashMap, IdHashSet};
 use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
 use crate::model::{ConnMeta, Exchange, ExportItem, Role};
-use crate::procnet::{self, FdKind};
+use crate::procnet::{FdKind, ProcNet};
 use crate::propagation::{self, ContextSource, TraceContext};
 use crate::resource::ResourceCache;
+use crate::runtime::{RuntimeCache, RuntimeStats};
 use crate::spans::{self, Clock, SpanInput};
 
 /// Where finished spans go.
@@ -64,6 +65,8 @@ pub struct PipelineOptions {
 pub struct Pipeline {
     table: ConnectionTable,
     resources: ResourceCache,
+    /// Which processes multiplex requests over threads (no same-thread links for them).
+    runtimes: RuntimeCache,
     clock: Clock,
     linker: Linker,
     opts: PipelineOptions,
@@ -78,6 +81,8 @@ pub struct Pipeline {
     /// /proc facts about sniffed connections, read when their record left the ring buffer
     /// (before the reorder window: a short-lived process may be gone after it).
     presolved: IdHashMap<u64, FdKind>,
+    /// /proc socket lookups, with per-namespace table cache.
+    procnet: ProcNet,
 }
 
 /// Bound of the ignored and presolved sets (cleared when exceeded).
@@ -85,9 +90,11 @@ const SNIFF_MEMORY: usize = 65_536;
 
 impl Pipeline {
     pub fn new(opts: PipelineOptions, clock: Clock) -> Self {
+        let procnet = ProcNet::new(opts.proc_root.clone());
         Pipeline {
             table: ConnectionTable::new(opts.limits),
             resources: ResourceCache::new(opts.proc_root.clone(), opts.host_name.clone()),
+            runtimes: RuntimeCache::new(opts.proc_root.clone(), crate::runtime::DEFAULT_CAPACITY),
             clock,
             linker: Linker::new(LinkerLimits::default()),
             opts,
@@ -96,6 +103,7 @@ impl Pipeline {
             not_sockets: Vec::new(),
             ignored: IdHashSet::default(),
             presolved: IdHashMap::default(),
+            procnet,
         }
     }
 
@@ -121,6 +129,32 @@ impl Pipeline {
         self.linker.stats()
     }
 
+    pub fn runtime_stats(&self) -> RuntimeStats {
+        self.runtimes.stats()
+    }
+
+    /// Memory bounds and cache counters, for /metrics.
+    pub fn bounds_snapshot(&self) -> crate::metrics::BoundsSnapshot {
+        let t = self.table.stats();
+        let r = self.runtimes.stats();
+        crate::metrics::BoundsSnapshot {
+            buffered_bytes: self.table.buffered_bytes() as u64,
+            buffer_budget_bytes: self.opts.limits.max_buffered_bytes as u64,
+            budget_sheds: t.budget_sheds,
+            budget_bytes_shed: t.budget_bytes_shed,
+            budget_requests_shed: t.budget_requests_shed,
+            links_skipped_multiplexed: self.linker.stats().multiplexed_thread,
+            resource_cache_entries: self.resources.len() as u64,
+            resource_cache_evictions: self.resources.evictions(),
+            resource_pid_reuses: self.resources.pid_reuses(),
+            runtime_cache_entries: self.runtimes.len() as u64,
+            runtime_cache_evictions: r.evicted,
+            runtime_inspected: r.inspected,
+            runtime_multiplexed: r.multiplexed,
+            linker_pending: self.linker.pending() as u64,
+        }
+    }
+
     pub fn http_stats(&self) -> HttpStats {
         self.table.http_stats()
     }
@@ -131,8 +165,11 @@ impl Pipeline {
 
     /// Reads a process's resource now, while it surely still runs: the reorder window delays
     /// events, and a short-lived client may be gone by the time its span is built.
+    /// The process is identified by its start time too, so a reused pid is noticed here.
     pub fn prefetch_resource(&mut self, pid: u32) {
-        self.resources.get(pid);
+        let start_time = crate::proc_identity::start_time(&self.opts.proc_root, pid);
+        self.runtimes.observe(pid, start_time);
+        self.resources.get_started(pid, start_time);
     }
 
     /// Reads /proc for a connection adopted by sniffing, now, while the process surely runs.
@@ -140,7 +177,7 @@ impl Pipeline {
         if self.presolved.len() >= SNIFF_MEMORY {
             self.presolved.clear();
         }
-        let kind = procnet::inspect_fd(&self.opts.proc_root, pid, fd);
+        let kind = self.procnet.inspect_fd(pid, fd);
         self.presolved.insert(conn_id, kind);
     }
 
@@ -246,8 +283,10 @@ impl Pipeline {
                     );
                     if let Some(role) = conn.role() {
                         let mut next = conn.linked_upto;
+                        let threads = self.runtimes.threads(conn.meta.pid);
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
-                            self.linker.request_started(&conn.meta, role, &start);
+                            self.linker
+                                .request_started(&conn.meta, role, &start, threads);
                             next = next.max(start.sequence + 1);
                         }
                         conn.linked_upto = next;
@@ -256,6 +295,13 @@ impl Pipeline {
                         let role = conn.role();
                         let meta = conn.meta.clone();
                         done.extend(exchanges.into_iter().map(|e| (meta.clone(), role, e)));
+                    }
+                }
+                if self.table.account(header.conn_id) {
+                    for (conn_id, sequences) in self.table.shed(&mut done) {
+                        for sequence in sequences {
+                            self.linker.take(conn_id, sequence);
+                        }
                     }
                 }
             }
@@ -296,7 +342,7 @@ impl Pipeline {
         let (pid, fd) = (conn.meta.pid, conn.meta.fd);
         let kind = match self.presolved.remove(&conn_id) {
             Some(kind) => kind,
-            None => procnet::inspect_fd(&self.opts.proc_root, pid, fd),
+            None => self.procnet.inspect_fd(pid, fd),
         };
         tracing::trace!(conn_id, pid, fd, ?kind, "sniffed connection resolved");
         match kind {

@@ -51,6 +51,8 @@ pub struct ResourceCache {
     entries: HashMap<u32, CacheEntry>,
     clock: u64,
     evictions: u64,
+    /// Cached entries replaced because their pid now belongs to another process.
+    pid_reuses: u64,
 }
 
 #[derive(Debug)]
@@ -59,6 +61,8 @@ struct CacheEntry {
     last_used: u64,
     /// Pod cache generation at lookup when the pid was not found in it (retry after a change).
     pod_miss_generation: Option<u64>,
+    /// Start time of the process read (with the pid, its identity across pid reuse).
+    start_time: Option<u64>,
 }
 
 impl ResourceCache {
@@ -77,6 +81,7 @@ impl ResourceCache {
             entries: HashMap::new(),
             clock: 0,
             evictions: 0,
+            pid_reuses: 0,
         }
     }
 
@@ -88,11 +93,21 @@ impl ResourceCache {
     }
 
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
+        self.get_started(pid, None)
+    }
+
+    /// The resource of `pid`, which the caller saw started at `start_time` (`/proc/<pid>/stat`
+    /// field 22): a cached entry of an earlier process with the same pid is read again.
+    pub fn get_started(&mut self, pid: u32, start_time: Option<u64>) -> Arc<ProcessResource> {
         self.clock += 1;
         let generation = self.pods.as_ref().map(|p| p.generation());
         if let Some(entry) = self.entries.get_mut(&pid) {
-            let stale =
-                entry.pod_miss_generation.is_some() && entry.pod_miss_generation != generation;
+            let reused = start_time.is_some() && entry.start_time != start_time;
+            if reused {
+                self.pid_reuses += 1;
+            }
+            let stale = reused
+                || (entry.pod_miss_generation.is_some() && entry.pod_miss_generation != generation);
             if !stale {
                 entry.last_used = self.clock;
                 return Arc::clone(&entry.resource);
@@ -110,10 +125,13 @@ impl ResourceCache {
             }
         }
         let resource = Arc::new(resource);
+        let start_time =
+            start_time.or_else(|| crate::proc_identity::start_time(&self.proc_root, pid));
         let entry = CacheEntry {
             resource: Arc::clone(&resource),
             last_used: self.clock,
             pod_miss_generation,
+            start_time,
         };
         self.entries.insert(pid, entry);
         resource
@@ -127,6 +145,11 @@ impl ResourceCache {
     /// Entries evicted because the cache was full.
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// Cached entries read again because their pid was reused by another process.
+    pub fn pid_reuses(&self) -> u64 {
+        self.pid_reuses
     }
 
     /// Processes currently cached.

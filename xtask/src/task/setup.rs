@@ -16,8 +16,13 @@ const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
 /// Where tracefs must be mounted for tracepoints to attach.
 const TRACEFS_MOUNT_POINT: &str = "/sys/kernel/tracing";
 /// Programs the end-to-end tests drive, and the Debian packages providing them.
-const TEST_PROGRAMS: &[(&str, &str)] =
-    &[("nginx", "nginx"), ("curl", "curl"), ("python3", "python3")];
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+    // The Go net/http peer of tests/tests/go.rs is built with it.
+    ("go", "golang-go"),
+];
 
 pub fn run() -> Result<()> {
     rust_src()?;
@@ -220,7 +225,7 @@ fn test_programs() -> Result<()> {
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
-        step::note(STEP, "nginx, curl and python3 present; skipping apt-get");
+        step::note(STEP, "every test program present; skipping apt-get");
         return Ok(());
     }
     apt_install(STEP, &missing)
