@@ -255,10 +255,14 @@ impl Linker {
         }
         self.identities.insert(key, identity);
         self.identity_order.push_back(key);
-        // Keep the order queue from growing with stale keys.
-        if self.identity_order.len() > 2 * self.limits.max_identities.max(16) {
+        // Keep the order queue from growing with stale keys (taken identities): trimmed once it
+        // is twice the live table, so it stays proportional to the requests in flight, not to
+        // the table's bound (amortised O(1) per insert).
+        if self.identity_order.len() > 2 * self.identities.len() + 1024 {
             let identities = &self.identities;
             self.identity_order.retain(|k| identities.contains_key(k));
+            self.identity_order
+                .shrink_to(2 * self.identity_order.len() + 1024);
         }
     }
 
@@ -638,5 +642,37 @@ mod tests {
                 l.work
             );
         }
+    }
+
+    /// Many requests over time, few in flight at once: the linker's tables follow what is in
+    /// flight, not the total seen (memory flat under churn).
+    #[test]
+    fn tables_follow_requests_in_flight_not_requests_seen() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        for i in 0..100_000u64 {
+            let c = conn(
+                i + 1,
+                100,
+                Role::Client,
+                "127.0.0.1:40000",
+                "127.0.0.1:8000",
+            );
+            l.request_started(&c, Role::Client, &start(0, 100, &r), Threads::Dedicated);
+            assert!(l.take(i + 1, 0).is_some());
+            l.conn_closed(i + 1);
+            assert!(
+                l.identity_order.len() <= 1024 + 2,
+                "{}",
+                l.identity_order.len()
+            );
+        }
+        assert!(
+            l.identity_order.capacity() <= 4096,
+            "{}",
+            l.identity_order.capacity()
+        );
+        assert_eq!(l.pending(), 0);
+        assert!(l.unclaimed.is_empty() && l.client_tuples.is_empty());
     }
 }

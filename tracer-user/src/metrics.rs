@@ -105,6 +105,11 @@ pub struct BoundsSnapshot {
     pub runtime_multiplexed: u64,
     /// Gauge: parent-link identities held for requests in flight.
     pub linker_pending: u64,
+    /// Identities dropped because the linker's table was full.
+    pub linker_identities_evicted: u64,
+    /// Per-process cache entries removed because their process exited.
+    pub resource_exited_removed: u64,
+    pub runtime_exited_removed: u64,
 }
 
 /// Why the metrics server refused a request (counted per reason, logged at debug level).
@@ -622,6 +627,19 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
             "Span identities held for requests whose exchange has not completed.",
             vec![Sample::plain(b.linker_pending)],
         ),
+        Family::counter(
+            "tracer_linker_identities_evicted_total",
+            "Span identities dropped because the linker's table was full (those spans lose links).",
+            vec![Sample::plain(b.linker_identities_evicted)],
+        ),
+        Family::counter(
+            "tracer_process_cache_exited_total",
+            "Per-process cache entries removed because their process exited, by cache.",
+            vec![
+                Sample::labelled(&[("cache", "resource")], b.resource_exited_removed),
+                Sample::labelled(&[("cache", "runtime")], b.runtime_exited_removed),
+            ],
+        ),
     ]
 }
 
@@ -1080,6 +1098,9 @@ mod tests {
                 runtime_inspected: 312,
                 runtime_multiplexed: 313,
                 linker_pending: 314,
+                linker_identities_evicted: 315,
+                resource_exited_removed: 316,
+                runtime_exited_removed: 317,
             },
         }
     }
@@ -1092,7 +1113,7 @@ mod tests {
         values.sort_by(f64::total_cmp);
         let mut want: Vec<f64> = (101..=110)
             .chain(201..=231)
-            .chain(301..=314)
+            .chain(301..=317)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);

@@ -83,7 +83,12 @@ pub struct Pipeline {
     presolved: IdHashMap<u64, FdKind>,
     /// /proc socket lookups, with per-namespace table cache.
     procnet: ProcNet,
+    /// When the per-process caches were last swept of exited processes.
+    last_process_sweep_ns: u64,
 }
+
+/// How often per-process caches drop processes that exited (after one such interval of grace).
+const PROCESS_SWEEP_NS: u64 = 10_000_000_000;
 
 /// Bound of the ignored and presolved sets (cleared when exceeded).
 const SNIFF_MEMORY: usize = 65_536;
@@ -104,6 +109,7 @@ impl Pipeline {
             ignored: IdHashSet::default(),
             presolved: IdHashMap::default(),
             procnet,
+            last_process_sweep_ns: 0,
         }
     }
 
@@ -152,6 +158,9 @@ impl Pipeline {
             runtime_inspected: r.inspected,
             runtime_multiplexed: r.multiplexed,
             linker_pending: self.linker.pending() as u64,
+            linker_identities_evicted: self.linker.stats().identities_evicted,
+            resource_exited_removed: self.resources.exited_removed(),
+            runtime_exited_removed: r.exited_removed,
         }
     }
 
@@ -321,6 +330,11 @@ impl Pipeline {
 
     /// Periodic housekeeping: expires waiting requests and idle connections.
     pub fn tick(&mut self, now_mono_ns: u64, out: &mut impl SpanOutput) {
+        if now_mono_ns.saturating_sub(self.last_process_sweep_ns) >= PROCESS_SWEEP_NS {
+            self.last_process_sweep_ns = now_mono_ns;
+            self.resources.sweep_exited();
+            self.runtimes.sweep_exited();
+        }
         let mut done = std::mem::take(&mut self.scratch);
         self.table.sweep(now_mono_ns, &mut done);
         self.emit_all(&mut done, out);

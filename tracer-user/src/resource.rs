@@ -53,6 +53,8 @@ pub struct ResourceCache {
     evictions: u64,
     /// Cached entries replaced because their pid now belongs to another process.
     pid_reuses: u64,
+    /// Entries removed because their process exited.
+    exited_removed: u64,
 }
 
 #[derive(Debug)]
@@ -63,6 +65,8 @@ struct CacheEntry {
     pod_miss_generation: Option<u64>,
     /// Start time of the process read (with the pid, its identity across pid reuse).
     start_time: Option<u64>,
+    /// The process was gone at the last sweep (removed at the next one if still gone).
+    gone: bool,
 }
 
 impl ResourceCache {
@@ -82,6 +86,7 @@ impl ResourceCache {
             clock: 0,
             evictions: 0,
             pid_reuses: 0,
+            exited_removed: 0,
         }
     }
 
@@ -132,6 +137,7 @@ impl ResourceCache {
             last_used: self.clock,
             pod_miss_generation,
             start_time,
+            gone: false,
         };
         self.entries.insert(pid, entry);
         resource
@@ -150,6 +156,26 @@ impl ResourceCache {
     /// Cached entries read again because their pid was reused by another process.
     pub fn pid_reuses(&self) -> u64 {
         self.pid_reuses
+    }
+
+    /// Entries removed because their process exited.
+    pub fn exited_removed(&self) -> u64 {
+        self.exited_removed
+    }
+
+    /// Forgets processes that have exited: an entry is removed when its process was already
+    /// gone at the previous sweep, so spans still on their way (reorder window, requests
+    /// pending) keep their resource for at least one sweep interval. One `stat` per entry.
+    pub fn sweep_exited(&mut self) {
+        let proc_root = &self.proc_root;
+        let before = self.entries.len();
+        self.entries.retain(|pid, entry| {
+            let alive = proc_root.join(pid.to_string()).exists();
+            let keep = alive || !entry.gone;
+            entry.gone = !alive;
+            keep
+        });
+        self.exited_removed += (before - self.entries.len()) as u64;
     }
 
     /// Processes currently cached.
@@ -691,6 +717,20 @@ mod tests {
         assert_eq!(cache.evictions(), 1, "hit does not evict");
         cache.get(100); // was evicted: a miss that evicts again
         assert_eq!(cache.evictions(), 2);
+
+        // Exited processes leave after a grace sweep.
+        let mut swept = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 8);
+        swept.get(20);
+        swept.get(999); // no such process
+        swept.sweep_exited();
+        assert_eq!((swept.len(), swept.exited_removed()), (2, 0), "grace sweep");
+        swept.sweep_exited();
+        assert_eq!((swept.len(), swept.exited_removed()), (1, 1));
+        assert_eq!(
+            swept.get(20).service_name,
+            "second",
+            "the live process stays"
+        );
 
         let mut big = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 64);
         for pid in 0..1000 {

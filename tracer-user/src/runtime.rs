@@ -1,14 +1,12 @@
 //! Which traced processes multiplex requests over OS threads, so that the linker never links by
-//! thread for them (a wrong link is worse than a missing one). Detected: Go binaries, by the
-//! build info every Go toolchain since 1.13 writes into the `.go.buildinfo` ELF section (it
+//! thread for them (a wrong link is worse than a missing one). Detected: 64-bit Go binaries, by
+//! the build info every Go toolchain since 1.13 writes into the `.go.buildinfo` ELF section (it
 //! starts with the magic `\xff Go buildinf:`). Read once per process from `/proc/<pid>/exe`
 //! (section headers and 14 bytes, nothing else), cached by pid and start time, bounded.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-use object::{Object, ObjectSection};
 
 use crate::idhash::IdHashMap;
 use crate::linker::Threads;
@@ -32,13 +30,17 @@ pub fn is_go_executable(path: &Path) -> bool {
     file.read_exact_at(&mut magic, offset).is_ok() && &magic == GO_BUILDINFO_MAGIC
 }
 
-/// File offset of the `.go.buildinfo` section. `ReadCache` reads only the parts of the file the
-/// ELF parser asks for (headers, section table, section names).
+/// File offset of the `.go.buildinfo` section of a 64-bit ELF. `ReadCache` reads only what is
+/// asked for: the file header, the section headers and the section-name table (never the
+/// symbol tables, which can be tens of MiB).
 fn buildinfo_offset(file: &File) -> Option<u64> {
+    use object::read::elf::{FileHeader, SectionHeader};
     let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    let section = elf.section_by_name(GO_BUILDINFO_SECTION)?;
-    let (offset, size) = section.file_range()?;
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(&cache).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, &cache).ok()?;
+    let (_, section) = sections.section_by_name(endian, GO_BUILDINFO_SECTION.as_bytes())?;
+    let (offset, size) = section.file_range(endian)?;
     (size >= GO_BUILDINFO_MAGIC.len() as u64).then_some(offset)
 }
 
@@ -51,12 +53,16 @@ pub struct RuntimeStats {
     pub multiplexed: u64,
     /// Entries dropped because the cache was full.
     pub evicted: u64,
+    /// Entries removed because their process exited.
+    pub exited_removed: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     start_time: Option<u64>,
     threads: Threads,
+    /// The process was gone at the last sweep.
+    gone: bool,
 }
 
 /// [`Threads`] of each process, by pid, checked against the process start time.
@@ -87,6 +93,20 @@ impl RuntimeCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Forgets processes gone at this sweep and the previous one (see
+    /// `ResourceCache::sweep_exited`).
+    pub fn sweep_exited(&mut self) {
+        let proc_root = &self.proc_root;
+        let before = self.entries.len();
+        self.entries.retain(|pid, entry| {
+            let alive = proc_root.join(pid.to_string()).exists();
+            let keep = alive || !entry.gone;
+            entry.gone = !alive;
+            keep
+        });
+        self.stats.exited_removed += (before - self.entries.len()) as u64;
     }
 
     /// The process `pid` (started at `start_time`, when known) is alive now: inspect its
@@ -138,6 +158,7 @@ impl RuntimeCache {
             Entry {
                 start_time,
                 threads,
+                gone: false,
             },
         );
         threads
@@ -244,5 +265,11 @@ mod tests {
         cache.observe(5000, Some(1));
         cache.observe(5000, Some(2));
         assert_eq!(cache.stats().inspected, 102);
+        // Nothing under this proc root is alive: two sweeps empty the cache.
+        cache.sweep_exited();
+        assert!(!cache.is_empty());
+        cache.sweep_exited();
+        assert!(cache.is_empty());
+        assert!(cache.stats().exited_removed >= 1);
     }
 }

@@ -36,6 +36,9 @@ enum Task {
     /// rounds alternating), span completeness and drops at a paced load, the agent's CPU and
     /// memory, and the kernel-free pipeline (criterion). Writes docs/BENCHMARKS.md and JSON.
     Bench(task::bench::BenchArgs),
+    /// Long run outside CI: the release agent traces a churn of short-lived curl processes
+    /// against nginx for an hour (`--minutes N`) and reports its RSS over time.
+    Soak(task::soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Task::Test(args) => task::test::run(&args),
         Task::Demo => task::demo::run(),
         Task::Bench(args) => task::bench::run(&args),
+        Task::Soak(args) => task::soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,4 +5,5 @@ pub mod build;
 pub mod demo;
 pub mod run;
 pub mod setup;
+pub mod soak;
 pub mod test;
