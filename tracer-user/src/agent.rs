@@ -32,6 +32,8 @@ const RECORDS_PER_WAKE: usize = 8192;
 const FLUSH_DEADLINE: Duration = Duration::from_secs(15);
 /// Records held before processing so that cross-CPU records come out in causal order.
 const REORDER_MAX_RECORDS: usize = 65_536;
+/// ... and at most this many bytes of them (a burst of full-size records would hold 512 MiB).
+const REORDER_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// After the traced command exits, records still in the ring buffer are read for this long.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 
@@ -228,6 +230,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     let limits = TableLimits {
         max_connections: args.max_connections.max(64) as usize,
         request_timeout_ns: args.request_timeout().as_nanos() as u64,
+        max_buffered_bytes: args.max_buffer_mib as usize * 1024 * 1024,
         ..Default::default()
     };
     let pipeline = Pipeline::new(
@@ -266,7 +269,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         .map_err(std::io::Error::from)
         .context("registering the ring buffer with tokio")?;
 
-    let mut window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS);
+    let mut window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS)
+        .with_max_bytes(REORDER_MAX_BYTES);
     let mut child = match &until {
         Until::Child(command) => {
             let gated = spawn_gated(command, &mut probes).await?;
@@ -489,6 +493,7 @@ fn snapshot(
         root_spans: l.roots,
         reorder_buffered: r.held,
         reorder_forced_early: r.forced_early,
+        bounds: pipeline.bounds_snapshot(),
     }
 }
 

@@ -16,7 +16,13 @@ pub struct TableLimits {
     /// An idle connection (no pending request) is forgotten after this long.
     pub idle_timeout_ns: u64,
     pub http: HttpLimits,
+    /// Heap bytes all connections may hold in head buffers and pending requests together; past
+    /// it the least recently active connections holding bytes are shed (counted).
+    pub max_buffered_bytes: usize,
 }
+
+/// Default of [`TableLimits::max_buffered_bytes`].
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for TableLimits {
     fn default() -> Self {
@@ -25,6 +31,7 @@ impl Default for TableLimits {
             request_timeout_ns: 30_000_000_000,
             idle_timeout_ns: 300_000_000_000,
             http: HttpLimits::default(),
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 }
@@ -42,6 +49,13 @@ pub struct TableStats {
     pub expired_idle: u64,
     /// Replaced because a new connection reused the same (pid, fd) before its close was seen.
     pub replaced_fd_reuse: u64,
+    /// Connections whose buffered bytes and pending requests were dropped to stay within
+    /// `max_buffered_bytes`.
+    pub budget_sheds: u64,
+    /// Bytes released by those sheds.
+    pub budget_bytes_shed: u64,
+    /// Pending requests discarded by those sheds.
+    pub budget_requests_shed: u64,
 }
 
 /// One traced connection.
@@ -53,6 +67,8 @@ pub struct Tracked {
     pub resolved: bool,
     /// Requests below this sequence number have been given an identity by the linker.
     pub linked_upto: u64,
+    /// Heap bytes last accounted to this connection in the table's budget.
+    pub accounted: usize,
 }
 
 impl Tracked {
@@ -72,6 +88,8 @@ pub struct ConnectionTable {
     http_totals: HttpStats,
     /// Ids of connections removed since the last `take_removed` (for the linker's cleanup).
     removed: Vec<u64>,
+    /// Sum of `accounted` over the table.
+    buffered: usize,
 }
 
 impl ConnectionTable {
@@ -83,7 +101,74 @@ impl ConnectionTable {
             stats: TableStats::default(),
             http_totals: HttpStats::default(),
             removed: Vec::new(),
+            buffered: 0,
         }
+    }
+
+    /// Heap bytes accounted to connections now (head buffers and pending requests).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// Re-accounts `conn_id` after it consumed a record. Returns whether the table is now over
+    /// its byte budget (then call [`ConnectionTable::shed`]).
+    pub fn account(&mut self, conn_id: u64) -> bool {
+        if let Some(c) = self.conns.get_mut(&conn_id) {
+            let now = c.http.memory_bytes();
+            self.buffered = self.buffered - c.accounted + now;
+            c.accounted = now;
+        }
+        self.buffered > self.limits.max_buffered_bytes
+    }
+
+    fn unaccount(&mut self, c: &Tracked) {
+        self.buffered = self.buffered.saturating_sub(c.accounted);
+    }
+
+    /// Brings the table under seven eighths of its byte budget by shedding the buffers and
+    /// pending requests of the least recently active connections that hold any (they stay
+    /// tracked and resynchronise on their next message). Complete exchanges go to `out`; returns
+    /// the (connection, discarded sequences) for the linker.
+    pub fn shed(
+        &mut self,
+        out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>,
+    ) -> Vec<(u64, Vec<u64>)> {
+        let target = self.limits.max_buffered_bytes / 8 * 7;
+        let mut holders: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.accounted > 0)
+            .map(|(id, c)| (c.last_activity_ns, *id))
+            .collect();
+        holders.sort_unstable();
+        let mut discarded = Vec::new();
+        for (_, id) in holders {
+            if self.buffered <= target {
+                break;
+            }
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let mut exchanges = Vec::new();
+            let seqs = c.http.shed(&mut exchanges);
+            c.linked_upto = c.http.next_sequence();
+            let now = c.http.memory_bytes();
+            let freed = c.accounted.saturating_sub(now);
+            self.buffered = self.buffered - c.accounted + now;
+            c.accounted = now;
+            self.stats.budget_sheds += 1;
+            self.stats.budget_bytes_shed += freed as u64;
+            self.stats.budget_requests_shed += seqs.len() as u64;
+            let role = c.role();
+            out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
+            discarded.push((id, seqs));
+        }
+        tracing::debug!(
+            buffered = self.buffered,
+            budget = self.limits.max_buffered_bytes,
+            "byte budget exceeded; shed the least recently active connections' buffers"
+        );
+        discarded
     }
 
     /// Connections removed (closed, evicted, expired, replaced) since the last call.
@@ -157,6 +242,7 @@ impl ConnectionTable {
                 last_activity_ns: now_ns,
                 resolved,
                 linked_upto: 0,
+                accounted: 0,
             },
         );
     }
@@ -171,6 +257,7 @@ impl ConnectionTable {
         let Some(mut c) = self.conns.remove(&conn_id) else {
             return;
         };
+        self.unaccount(&c);
         self.stats.closed += 1;
         self.removed.push(conn_id);
         if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&conn_id) {
@@ -191,6 +278,9 @@ impl ConnectionTable {
             if c.http.pending_requests() > 0 && quiet >= self.limits.request_timeout_ns {
                 let mut exchanges = Vec::new();
                 c.http.on_expire(now_ns, &mut exchanges);
+                let now = c.http.memory_bytes();
+                self.buffered = self.buffered - c.accounted + now;
+                c.accounted = now;
                 let role = c.role();
                 out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
             } else if quiet >= self.limits.idle_timeout_ns {
@@ -199,6 +289,7 @@ impl ConnectionTable {
         }
         for id in idle {
             if let Some(c) = self.conns.remove(&id) {
+                self.unaccount(&c);
                 self.stats.expired_idle += 1;
                 self.removed.push(id);
                 self.http_totals.merge(c.http.stats());
@@ -222,6 +313,7 @@ impl ConnectionTable {
         }
         for (_, id) in ages.into_iter().take(n) {
             if let Some(mut c) = self.conns.remove(&id) {
+                self.unaccount(&c);
                 self.stats.evicted_full += 1;
                 self.removed.push(id);
                 let mut exchanges = Vec::new();

@@ -7,13 +7,17 @@
 //! 3. CLIENT side: the same thread: a request written by a thread that is serving exactly ONE open
 //!    SERVER request (read, response not yet started) is that request's child. With more than one
 //!    open (an event loop serving many at once) nothing is guessed: a missing link, never a wrong
-//!    one.
+//!    one. Processes whose runtime multiplexes requests over OS threads (Go: goroutines migrate
+//!    between threads) get no same-thread links at all ([`Threads::Multiplexed`]), counted.
+//!
+//! Every operation is O(1) in the number of requests open on a thread or connection (a thread
+//! of an event loop may hold thousands).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use crate::http::RequestStart;
-use crate::idhash::IdHashMap;
+use crate::idhash::{IdHashMap, IdHashSet};
 use crate::ids::TraceIds;
 use crate::model::{ConnMeta, Role};
 use crate::propagation::{self, TraceContext};
@@ -74,6 +78,16 @@ impl SpanIdentity {
     }
 }
 
+/// Whether a process's OS threads each serve one request at a time (thread-per-request servers,
+/// event loops: the same-thread heuristic applies) or its runtime moves requests between
+/// threads (Go's goroutines: a thread says nothing about which request it works for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Threads {
+    #[default]
+    Dedicated,
+    Multiplexed,
+}
+
 /// Bounds of the linker's tables.
 #[derive(Clone, Copy, Debug)]
 pub struct LinkerLimits {
@@ -100,6 +114,9 @@ pub struct LinkerStats {
     pub by_same_thread: u64,
     /// CLIENT requests left unlinked because their thread served several requests at once.
     pub ambiguous_thread: u64,
+    /// CLIENT requests not linked by thread because their process multiplexes requests over
+    /// threads (Go).
+    pub multiplexed_thread: u64,
     pub roots: u64,
     /// Identities dropped because the table was full (their spans get fresh ids on completion).
     pub identities_evicted: u64,
@@ -114,8 +131,9 @@ pub struct Linker {
     identities: IdHashMap<RequestKey, SpanIdentity>,
     /// Insertion order of `identities`, for bounded eviction (stale keys are skipped).
     identity_order: VecDeque<RequestKey>,
-    /// Open SERVER requests per serving thread: (pid, tid) -> requests.
-    open_by_thread: IdHashMap<(u32, u32), Vec<RequestKey>>,
+    /// Open SERVER requests per serving thread: (pid, tid) -> requests (a set: an event loop's
+    /// thread may hold thousands, and closing one must not scan the others).
+    open_by_thread: IdHashMap<(u32, u32), IdHashSet<RequestKey>>,
     /// Open SERVER requests per connection, with the thread serving each.
     open_by_conn: IdHashMap<u64, Vec<(u32, u32, u64)>>,
     /// CLIENT connections by (local, peer).
@@ -126,6 +144,9 @@ pub struct Linker {
     /// Trace ids of the traces this linker starts.
     trace_ids: TraceIds,
     stats: LinkerStats,
+    /// Entries visited by list scans, for the complexity test.
+    #[cfg(test)]
+    work: u64,
 }
 
 impl Linker {
@@ -160,8 +181,15 @@ impl Linker {
         }
     }
 
-    /// The head of a request was parsed: assign its identity.
-    pub fn request_started(&mut self, meta: &ConnMeta, role: Role, start: &RequestStart<'_>) {
+    /// The head of a request was parsed: assign its identity. `threads` says whether the
+    /// process's threads may be trusted for same-thread links.
+    pub fn request_started(
+        &mut self,
+        meta: &ConnMeta,
+        role: Role,
+        start: &RequestStart<'_>,
+        threads: Threads,
+    ) {
         let key = (meta.conn_id, start.sequence);
         if self.identities.contains_key(&key) {
             return;
@@ -185,10 +213,12 @@ impl Linker {
                     self.stats.roots += 1;
                     SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
                 });
-                self.open_by_thread
-                    .entry((meta.pid, start.tid))
-                    .or_default()
-                    .push(key);
+                if threads == Threads::Dedicated {
+                    self.open_by_thread
+                        .entry((meta.pid, start.tid))
+                        .or_default()
+                        .insert(key);
+                }
                 self.open_by_conn.entry(meta.conn_id).or_default().push((
                     meta.pid,
                     start.tid,
@@ -199,7 +229,13 @@ impl Linker {
             Role::Client => {
                 self.register_client(meta);
                 let identity = identity
-                    .or_else(|| self.thread_parent(meta.pid, start.tid))
+                    .or_else(|| match threads {
+                        Threads::Dedicated => self.thread_parent(meta.pid, start.tid),
+                        Threads::Multiplexed => {
+                            self.stats.multiplexed_thread += 1;
+                            None
+                        }
+                    })
                     .unwrap_or_else(|| {
                         self.stats.roots += 1;
                         SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
@@ -226,10 +262,14 @@ impl Linker {
         }
         self.identities.insert(key, identity);
         self.identity_order.push_back(key);
-        // Keep the order queue from growing with stale keys.
-        if self.identity_order.len() > 2 * self.limits.max_identities.max(16) {
+        // Keep the order queue from growing with stale keys (taken identities): trimmed once it
+        // is twice the live table, so it stays proportional to the requests in flight, not to
+        // the table's bound (amortised O(1) per insert).
+        if self.identity_order.len() > 2 * self.identities.len() + 1024 {
             let identities = &self.identities;
             self.identity_order.retain(|k| identities.contains_key(k));
+            self.identity_order
+                .shrink_to(2 * self.identity_order.len() + 1024);
         }
     }
 
@@ -245,9 +285,10 @@ impl Linker {
     /// CLIENT request written by a thread serving exactly one open SERVER request.
     fn thread_parent(&mut self, pid: u32, tid: u32) -> Option<SpanIdentity> {
         let open = self.open_by_thread.get(&(pid, tid))?;
-        match open.as_slice() {
-            [] => None,
-            [only] => {
+        match open.len() {
+            0 => None,
+            1 => {
+                let only = open.iter().next()?;
                 let parent = self.identities.get(only)?;
                 self.stats.by_same_thread += 1;
                 Some(SpanIdentity::child_of(parent, LinkSource::SameThread))
@@ -271,9 +312,13 @@ impl Linker {
     }
 
     fn close_open(&mut self, pid: u32, tid: u32, key: RequestKey) {
-        if let Some(list) = self.open_by_thread.get_mut(&(pid, tid)) {
-            list.retain(|k| *k != key);
-            if list.is_empty() {
+        if let Some(set) = self.open_by_thread.get_mut(&(pid, tid)) {
+            #[cfg(test)]
+            {
+                self.work += 1;
+            }
+            set.remove(&key);
+            if set.is_empty() {
                 self.open_by_thread.remove(&(pid, tid));
             }
         }
@@ -285,6 +330,11 @@ impl Linker {
         if let Some(open) = self.open_by_conn.get_mut(&conn_id)
             && let Some(pos) = open.iter().position(|(_, _, s)| *s == sequence)
         {
+            // Bounded by the framer's pipelining depth, and the answered request is the oldest.
+            #[cfg(test)]
+            {
+                self.work += pos as u64 + 1;
+            }
             let (pid, tid, _) = open.remove(pos);
             if open.is_empty() {
                 self.open_by_conn.remove(&conn_id);
@@ -360,10 +410,25 @@ mod tests {
         let hub_out = conn(3, 200, Role::Client, "127.0.0.1:40001", "127.0.0.1:9000");
         let backend = conn(4, 300, Role::Server, "127.0.0.1:9000", "127.0.0.1:40001");
 
-        l.request_started(&curl, Role::Client, &start(0, 100, &r));
-        l.request_started(&hub_in, Role::Server, &start(0, 201, &r));
-        l.request_started(&hub_out, Role::Client, &start(0, 201, &r));
-        l.request_started(&backend, Role::Server, &start(0, 301, &r));
+        l.request_started(&curl, Role::Client, &start(0, 100, &r), Threads::Dedicated);
+        l.request_started(
+            &hub_in,
+            Role::Server,
+            &start(0, 201, &r),
+            Threads::Dedicated,
+        );
+        l.request_started(
+            &hub_out,
+            Role::Client,
+            &start(0, 201, &r),
+            Threads::Dedicated,
+        );
+        l.request_started(
+            &backend,
+            Role::Server,
+            &start(0, 301, &r),
+            Threads::Dedicated,
+        );
 
         let b = l.take(4, 0).unwrap();
         l.response_started(2);
@@ -439,9 +504,9 @@ mod tests {
         let a = conn(1, 500, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
         let b = conn(2, 500, Role::Server, "127.0.0.1:8000", "127.0.0.1:40002");
         let out = conn(3, 500, Role::Client, "127.0.0.1:40003", "127.0.0.1:9000");
-        l.request_started(&a, Role::Server, &start(0, 500, &r));
-        l.request_started(&b, Role::Server, &start(0, 500, &r));
-        l.request_started(&out, Role::Client, &start(0, 500, &r));
+        l.request_started(&a, Role::Server, &start(0, 500, &r), Threads::Dedicated);
+        l.request_started(&b, Role::Server, &start(0, 500, &r), Threads::Dedicated);
+        l.request_started(&out, Role::Client, &start(0, 500, &r), Threads::Dedicated);
         let o = l.take(3, 0).unwrap();
         assert_eq!((o.link, o.parent_span_id), (LinkSource::Root, None));
         assert_eq!(l.stats().ambiguous_thread, 1);
@@ -453,9 +518,9 @@ mod tests {
         let r = request(&[]);
         let a = conn(1, 500, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
         let out = conn(3, 500, Role::Client, "127.0.0.1:40003", "127.0.0.1:9000");
-        l.request_started(&a, Role::Server, &start(0, 7, &r));
+        l.request_started(&a, Role::Server, &start(0, 7, &r), Threads::Dedicated);
         l.response_started(1);
-        l.request_started(&out, Role::Client, &start(0, 7, &r));
+        l.request_started(&out, Role::Client, &start(0, 7, &r), Threads::Dedicated);
         assert_eq!(l.take(3, 0).unwrap().link, LinkSource::Root);
     }
 
@@ -469,10 +534,25 @@ mod tests {
         let hub_in = conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
         let hub_out = conn(3, 200, Role::Client, "127.0.0.1:40001", "127.0.0.1:9000");
         // The instrumented client sent a traceparent: the server adopts it, not the pair.
-        l.request_started(&curl, Role::Client, &start(0, 100, &with_header));
-        l.request_started(&hub_in, Role::Server, &start(0, 201, &with_header));
+        l.request_started(
+            &curl,
+            Role::Client,
+            &start(0, 100, &with_header),
+            Threads::Dedicated,
+        );
+        l.request_started(
+            &hub_in,
+            Role::Server,
+            &start(0, 201, &with_header),
+            Threads::Dedicated,
+        );
         // The hub forwards its own header on the outgoing request: respected over the thread.
-        l.request_started(&hub_out, Role::Client, &start(0, 201, &with_header));
+        l.request_started(
+            &hub_out,
+            Role::Client,
+            &start(0, 201, &with_header),
+            Threads::Dedicated,
+        );
         let hi = l.take(2, 0).unwrap();
         let ho = l.take(3, 0).unwrap();
         assert_eq!(hi.link, LinkSource::Header);
@@ -491,10 +571,10 @@ mod tests {
         let c = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000");
         let s = conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
         for seq in 0..3 {
-            l.request_started(&c, Role::Client, &start(seq, 100, &r));
+            l.request_started(&c, Role::Client, &start(seq, 100, &r), Threads::Dedicated);
         }
         for seq in 0..3 {
-            l.request_started(&s, Role::Server, &start(seq, 200, &r));
+            l.request_started(&s, Role::Server, &start(seq, 200, &r), Threads::Dedicated);
         }
         for seq in 0..3 {
             let server = l.take(2, seq).unwrap();
@@ -512,17 +592,138 @@ mod tests {
         let r = request(&[]);
         let s = conn(2, 200, Role::Server, "127.0.0.1:8000", "10.0.0.9:5555");
         for seq in 0..100 {
-            l.request_started(&s, Role::Server, &start(seq, 200, &r));
+            l.request_started(&s, Role::Server, &start(seq, 200, &r), Threads::Dedicated);
         }
         assert!(l.pending() <= 8);
         assert_eq!(l.stats().identities_evicted, 92);
         let c = conn(3, 100, Role::Client, "127.0.0.1:41000", "10.0.0.1:80");
         for seq in 0..10 {
-            l.request_started(&c, Role::Client, &start(seq, 100, &r));
+            l.request_started(&c, Role::Client, &start(seq, 100, &r), Threads::Dedicated);
         }
         assert!(l.unclaimed.get(&3).is_some_and(|q| q.len() <= 2));
         l.conn_closed(2);
         l.conn_closed(3);
         assert!(l.open_by_conn.is_empty() && l.open_by_thread.is_empty() && l.unclaimed.is_empty());
+    }
+
+    /// A Go server: goroutines migrate between threads, so the thread that writes a downstream
+    /// call may be "serving" another request. No thread link, counted; the connection pair to
+    /// the downstream server still links.
+    #[test]
+    fn multiplexed_runtime_gets_no_thread_links_but_keeps_pairs() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let go_in_a = conn(1, 600, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        let go_out = conn(2, 600, Role::Client, "127.0.0.1:40001", "127.0.0.1:9000");
+        let backend = conn(3, 700, Role::Server, "127.0.0.1:9000", "127.0.0.1:40001");
+        // Thread 61 read request A; the goroutine of another request B (not yet read by any
+        // thread this linker saw) writes its downstream call on thread 61.
+        l.request_started(
+            &go_in_a,
+            Role::Server,
+            &start(0, 61, &r),
+            Threads::Multiplexed,
+        );
+        l.request_started(
+            &go_out,
+            Role::Client,
+            &start(0, 61, &r),
+            Threads::Multiplexed,
+        );
+        l.request_started(
+            &backend,
+            Role::Server,
+            &start(0, 71, &r),
+            Threads::Dedicated,
+        );
+        let b = l.take(3, 0).unwrap();
+        let out = l.take(2, 0).unwrap();
+        assert_eq!((out.link, out.parent_span_id), (LinkSource::Root, None));
+        assert_eq!(
+            (b.link, b.parent_span_id),
+            (LinkSource::ConnectionPair, Some(out.span_id))
+        );
+        let s = l.stats();
+        assert_eq!((s.by_same_thread, s.multiplexed_thread), (0, 1));
+        assert!(l.open_by_thread.is_empty(), "nothing kept per thread");
+        l.take(1, 0);
+        assert_eq!(l.pending(), 0);
+    }
+
+    /// One event-loop thread with K requests open at once (one per connection), answered in
+    /// every order: the work per request stays constant, never proportional to K.
+    #[test]
+    fn many_open_requests_on_one_thread_cost_constant_work_each() {
+        const K: u64 = 20_000;
+        let r = request(&[]);
+        for order in ["oldest first", "newest first"] {
+            let mut l = Linker::new(LinkerLimits {
+                max_identities: 2 * K as usize,
+                max_unclaimed_per_conn: 64,
+            });
+            let conns: Vec<ConnMeta> = (0..K)
+                .map(|i| {
+                    let port = 10_000 + i % 50_000;
+                    let mut c = conn(i + 1, 900, Role::Server, "127.0.0.1:8000", "10.0.0.1:1");
+                    c.peer = Some(format!("10.0.{}.1:{port}", i / 50_000).parse().unwrap());
+                    c
+                })
+                .collect();
+            for c in &conns {
+                l.request_started(c, Role::Server, &start(0, 900, &r), Threads::Dedicated);
+            }
+            assert_eq!(
+                l.open_by_thread.get(&(900, 900)).map(|s| s.len()),
+                Some(K as usize)
+            );
+            let ids: Vec<u64> = match order {
+                "oldest first" => (1..=K).collect(),
+                _ => (1..=K).rev().collect(),
+            };
+            for id in ids {
+                l.response_started(id);
+                assert!(l.take(id, 0).is_some());
+                l.conn_closed(id);
+            }
+            assert!(l.open_by_thread.is_empty() && l.open_by_conn.is_empty());
+            // A scan of the thread's list on every close (the old Vec) costs K^2/2 = 2e8.
+            assert!(
+                l.work <= 4 * K,
+                "{order}: {} entries visited for {K} requests",
+                l.work
+            );
+        }
+    }
+
+    /// Many requests over time, few in flight at once: the linker's tables follow what is in
+    /// flight, not the total seen (memory flat under churn).
+    #[test]
+    fn tables_follow_requests_in_flight_not_requests_seen() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        for i in 0..100_000u64 {
+            let c = conn(
+                i + 1,
+                100,
+                Role::Client,
+                "127.0.0.1:40000",
+                "127.0.0.1:8000",
+            );
+            l.request_started(&c, Role::Client, &start(0, 100, &r), Threads::Dedicated);
+            assert!(l.take(i + 1, 0).is_some());
+            l.conn_closed(i + 1);
+            assert!(
+                l.identity_order.len() <= 1024 + 2,
+                "{}",
+                l.identity_order.len()
+            );
+        }
+        assert!(
+            l.identity_order.capacity() <= 4096,
+            "{}",
+            l.identity_order.capacity()
+        );
+        assert_eq!(l.pending(), 0);
+        assert!(l.unclaimed.is_empty() && l.client_tuples.is_empty());
     }
 }

@@ -64,6 +64,40 @@ pub struct AgentSnapshot {
     /// Gauge: exchanges held back for reordering now.
     pub reorder_buffered: u64,
     pub reorder_forced_early: u64,
+    /// Byte budget, per-process caches and thread-link safety.
+    pub bounds: BoundsSnapshot,
+}
+
+/// The agent's memory bounds and what they cost. Monotonic counters unless noted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BoundsSnapshot {
+    /// Gauge: heap bytes in head buffers and pending requests over all connections.
+    pub buffered_bytes: u64,
+    /// Gauge: the budget for `buffered_bytes`.
+    pub buffer_budget_bytes: u64,
+    pub budget_sheds: u64,
+    pub budget_bytes_shed: u64,
+    pub budget_requests_shed: u64,
+    /// CLIENT requests not linked by thread because their runtime multiplexes threads (Go).
+    pub links_skipped_multiplexed: u64,
+    /// Gauge: processes in the resource cache.
+    pub resource_cache_entries: u64,
+    pub resource_cache_evictions: u64,
+    /// Cached resources read again because their pid was reused by another process.
+    pub resource_pid_reuses: u64,
+    /// Gauge: processes in the runtime (thread model) cache.
+    pub runtime_cache_entries: u64,
+    pub runtime_cache_evictions: u64,
+    /// Executables inspected for their runtime, and how many multiplex threads.
+    pub runtime_inspected: u64,
+    pub runtime_multiplexed: u64,
+    /// Gauge: parent-link identities held for requests in flight.
+    pub linker_pending: u64,
+    /// Identities dropped because the linker's table was full.
+    pub linker_identities_evicted: u64,
+    /// Per-process cache entries removed because their process exited.
+    pub resource_exited_removed: u64,
+    pub runtime_exited_removed: u64,
 }
 
 /// Counters of the metrics server itself.
@@ -543,7 +577,98 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in families(s) {
         family.render_into(&mut out);
     }
+    for family in bounds_families(&s.bounds) {
+        family.render_into(&mut out);
+    }
     out
+}
+
+/// Families of [`BoundsSnapshot`].
+fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
+    vec![
+        Family::gauge(
+            "tracer_buffered_bytes",
+            "Heap bytes held in unfinished HTTP heads and pending requests over all connections.",
+            vec![Sample::plain(b.buffered_bytes)],
+        ),
+        Family::gauge(
+            "tracer_buffer_budget_bytes",
+            "Budget for tracer_buffered_bytes (--max-buffer-mib).",
+            vec![Sample::plain(b.buffer_budget_bytes)],
+        ),
+        Family::counter(
+            "tracer_buffer_budget_sheds_total",
+            "Connections whose buffers and pending requests were dropped to stay within the budget.",
+            vec![Sample::plain(b.budget_sheds)],
+        ),
+        Family::counter(
+            "tracer_buffer_budget_bytes_shed_total",
+            "Bytes released by budget sheds.",
+            vec![Sample::plain(b.budget_bytes_shed)],
+        ),
+        Family::counter(
+            "tracer_buffer_budget_requests_shed_total",
+            "Pending requests discarded by budget sheds (they become no span).",
+            vec![Sample::plain(b.budget_requests_shed)],
+        ),
+        Family::counter(
+            "tracer_parent_links_skipped_total",
+            "Parent links not attempted because the heuristic is unsafe for the process, by reason.",
+            vec![Sample::labelled(
+                &[("reason", "multiplexed_threads")],
+                b.links_skipped_multiplexed,
+            )],
+        ),
+        Family::gauge(
+            "tracer_process_cache_entries",
+            "Processes in the agent's per-process caches, by cache.",
+            vec![
+                Sample::labelled(&[("cache", "resource")], b.resource_cache_entries),
+                Sample::labelled(&[("cache", "runtime")], b.runtime_cache_entries),
+            ],
+        ),
+        Family::counter(
+            "tracer_process_cache_evictions_total",
+            "Entries evicted from the per-process caches because they were full, by cache.",
+            vec![
+                Sample::labelled(&[("cache", "resource")], b.resource_cache_evictions),
+                Sample::labelled(&[("cache", "runtime")], b.runtime_cache_evictions),
+            ],
+        ),
+        Family::counter(
+            "tracer_process_pid_reuses_total",
+            "Cached process resources read again because their pid now belongs to another process.",
+            vec![Sample::plain(b.resource_pid_reuses)],
+        ),
+        Family::counter(
+            "tracer_runtime_executables_inspected_total",
+            "Executables inspected for a runtime that multiplexes requests over threads.",
+            vec![Sample::plain(b.runtime_inspected)],
+        ),
+        Family::counter(
+            "tracer_runtime_multiplexed_total",
+            "Inspected executables whose runtime multiplexes requests over threads (Go).",
+            vec![Sample::plain(b.runtime_multiplexed)],
+        ),
+        Family::gauge(
+            "tracer_linker_pending_identities",
+            "Span identities held for requests whose exchange has not completed.",
+            vec![Sample::plain(b.linker_pending)],
+        ),
+        Family::counter(
+            "tracer_linker_identities_evicted_total",
+            "Span identities dropped because the linker's table was full (those spans lose links).",
+            vec![Sample::plain(b.linker_identities_evicted)],
+        ),
+        Family::counter(
+            "tracer_process_cache_exited_total",
+            "Per-process cache entries removed because their process exited, by cache.",
+            vec![
+                Sample::labelled(&[("cache", "resource")], b.resource_exited_removed),
+                Sample::labelled(&[("cache", "runtime")], b.runtime_exited_removed),
+            ],
+        ),
+    ]
 }
 
 /// Binds `addr` and serves the metrics endpoints until the returned task is aborted.
@@ -752,6 +877,25 @@ mod tests {
             root_spans: 228,
             reorder_buffered: 229,
             reorder_forced_early: 230,
+            bounds: BoundsSnapshot {
+                buffered_bytes: 301,
+                buffer_budget_bytes: 302,
+                budget_sheds: 303,
+                budget_bytes_shed: 304,
+                budget_requests_shed: 305,
+                links_skipped_multiplexed: 306,
+                resource_cache_entries: 307,
+                resource_cache_evictions: 308,
+                resource_pid_reuses: 309,
+                runtime_cache_entries: 310,
+                runtime_cache_evictions: 311,
+                runtime_inspected: 312,
+                runtime_multiplexed: 313,
+                linker_pending: 314,
+                linker_identities_evicted: 315,
+                resource_exited_removed: 316,
+                runtime_exited_removed: 317,
+            },
         }
     }
 
@@ -761,7 +905,11 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=119).chain(201..=233).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=119)
+            .chain(201..=233)
+            .chain(301..=317)
+            .map(|v| v as f64)
+            .collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(

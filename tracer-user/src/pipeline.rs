@@ -13,9 +13,10 @@ use crate::ids::{IdGenerator, TraceIds};
 use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
 use crate::model::{ConnMeta, Exchange, ExportItem, Role};
 use crate::own::{self, Telemetry};
-use crate::procnet::{self, FdKind};
+use crate::procnet::{self, FdKind, ProcNet};
 use crate::propagation::{self, ContextSource, TraceContext};
 use crate::resource::ResourceCache;
+use crate::runtime::{RuntimeCache, RuntimeStats};
 use crate::spans::{self, Clock, SpanInput};
 
 /// Where finished spans go.
@@ -72,6 +73,8 @@ pub struct PipelineOptions {
 pub struct Pipeline {
     table: ConnectionTable,
     resources: ResourceCache,
+    /// Which processes multiplex requests over threads (no same-thread links for them).
+    runtimes: RuntimeCache,
     clock: Clock,
     linker: Linker,
     /// Trace ids of traces started by exchanges the linker never saw (the linker has a copy).
@@ -88,16 +91,25 @@ pub struct Pipeline {
     /// /proc facts about sniffed connections, read when their record left the ring buffer
     /// (before the reorder window: a short-lived process may be gone after it).
     presolved: IdHashMap<u64, FdKind>,
+    /// /proc socket lookups, with per-namespace table cache.
+    procnet: ProcNet,
+    /// When the per-process caches were last swept of exited processes.
+    last_process_sweep_ns: u64,
 }
+
+/// How often per-process caches drop processes that exited (after one such interval of grace).
+const PROCESS_SWEEP_NS: u64 = 10_000_000_000;
 
 /// Bound of the ignored and presolved sets (cleared when exceeded).
 const SNIFF_MEMORY: usize = 65_536;
 
 impl Pipeline {
     pub fn new(opts: PipelineOptions, clock: Clock) -> Self {
+        let procnet = ProcNet::new(opts.proc_root.clone());
         Pipeline {
             table: ConnectionTable::new(opts.limits),
             resources: ResourceCache::new(opts.proc_root.clone(), opts.host_name.clone()),
+            runtimes: RuntimeCache::new(opts.proc_root.clone(), crate::runtime::DEFAULT_CAPACITY),
             clock,
             linker: Linker::new(LinkerLimits::default()),
             trace_ids: TraceIds::default(),
@@ -107,6 +119,8 @@ impl Pipeline {
             not_sockets: Vec::new(),
             ignored: IdHashSet::default(),
             presolved: IdHashMap::default(),
+            procnet,
+            last_process_sweep_ns: 0,
         }
     }
 
@@ -149,6 +163,35 @@ impl Pipeline {
         self.linker.stats()
     }
 
+    pub fn runtime_stats(&self) -> RuntimeStats {
+        self.runtimes.stats()
+    }
+
+    /// Memory bounds and cache counters, for /metrics.
+    pub fn bounds_snapshot(&self) -> crate::metrics::BoundsSnapshot {
+        let t = self.table.stats();
+        let r = self.runtimes.stats();
+        crate::metrics::BoundsSnapshot {
+            buffered_bytes: self.table.buffered_bytes() as u64,
+            buffer_budget_bytes: self.opts.limits.max_buffered_bytes as u64,
+            budget_sheds: t.budget_sheds,
+            budget_bytes_shed: t.budget_bytes_shed,
+            budget_requests_shed: t.budget_requests_shed,
+            links_skipped_multiplexed: self.linker.stats().multiplexed_thread,
+            resource_cache_entries: self.resources.len() as u64,
+            resource_cache_evictions: self.resources.evictions(),
+            resource_pid_reuses: self.resources.pid_reuses(),
+            runtime_cache_entries: self.runtimes.len() as u64,
+            runtime_cache_evictions: r.evicted,
+            runtime_inspected: r.inspected,
+            runtime_multiplexed: r.multiplexed,
+            linker_pending: self.linker.pending() as u64,
+            linker_identities_evicted: self.linker.stats().identities_evicted,
+            resource_exited_removed: self.resources.exited_removed(),
+            runtime_exited_removed: r.exited_removed,
+        }
+    }
+
     pub fn http_stats(&self) -> HttpStats {
         self.table.http_stats()
     }
@@ -159,8 +202,11 @@ impl Pipeline {
 
     /// Reads a process's resource now, while it surely still runs: the reorder window delays
     /// events, and a short-lived client may be gone by the time its span is built.
+    /// The process is identified by its start time too, so a reused pid is noticed here.
     pub fn prefetch_resource(&mut self, pid: u32) {
-        self.resources.get(pid);
+        let start_time = crate::proc_identity::start_time(&self.opts.proc_root, pid);
+        self.runtimes.observe(pid, start_time);
+        self.resources.get_started(pid, start_time);
     }
 
     /// Reads /proc for a connection adopted by sniffing, now, while the process surely runs.
@@ -168,7 +214,7 @@ impl Pipeline {
         if self.presolved.len() >= SNIFF_MEMORY {
             self.presolved.clear();
         }
-        let kind = procnet::inspect_fd(&self.opts.proc_root, pid, fd);
+        let kind = self.procnet.inspect_fd(pid, fd);
         self.presolved.insert(conn_id, kind);
     }
 
@@ -274,8 +320,10 @@ impl Pipeline {
                     );
                     if let Some(role) = conn.role() {
                         let mut next = conn.linked_upto;
+                        let threads = self.runtimes.threads(conn.meta.pid);
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
-                            self.linker.request_started(&conn.meta, role, &start);
+                            self.linker
+                                .request_started(&conn.meta, role, &start, threads);
                             next = next.max(start.sequence + 1);
                         }
                         conn.linked_upto = next;
@@ -284,6 +332,13 @@ impl Pipeline {
                         let role = conn.role();
                         let meta = conn.meta.clone();
                         done.extend(exchanges.into_iter().map(|e| (meta.clone(), role, e)));
+                    }
+                }
+                if self.table.account(header.conn_id) {
+                    for (conn_id, sequences) in self.table.shed(&mut done) {
+                        for sequence in sequences {
+                            self.linker.take(conn_id, sequence);
+                        }
                     }
                 }
             }
@@ -303,6 +358,11 @@ impl Pipeline {
 
     /// Periodic housekeeping: expires waiting requests and idle connections.
     pub fn tick(&mut self, now_mono_ns: u64, out: &mut impl SpanOutput) {
+        if now_mono_ns.saturating_sub(self.last_process_sweep_ns) >= PROCESS_SWEEP_NS {
+            self.last_process_sweep_ns = now_mono_ns;
+            self.resources.sweep_exited();
+            self.runtimes.sweep_exited();
+        }
         let mut done = std::mem::take(&mut self.scratch);
         self.table.sweep(now_mono_ns, &mut done);
         self.emit_all(&mut done, out);
@@ -324,7 +384,7 @@ impl Pipeline {
         let (pid, fd) = (conn.meta.pid, conn.meta.fd);
         let kind = match self.presolved.remove(&conn_id) {
             Some(kind) => kind,
-            None => procnet::inspect_fd(&self.opts.proc_root, pid, fd),
+            None => self.procnet.inspect_fd(pid, fd),
         };
         tracing::trace!(conn_id, pid, fd, ?kind, "sniffed connection resolved");
         match kind {

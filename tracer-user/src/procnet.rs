@@ -1,13 +1,155 @@
 //! Socket facts for connections the kernel adopted by sniffing (opened before the agent started):
-//! is the fd a socket, and what are its local and peer addresses. The fast path borrows the
-//! socket with `pidfd_getfd` and asks it (`getsockname`/`getpeername`, O(1)); the fallback scans
-//! /proc/<pid>/net/tcp{,6}, which costs O(sockets in the namespace).
+//! is the fd an INET socket, and what are its local and peer addresses. The fast path borrows the
+//! socket with `pidfd_getfd` and asks it (`getsockname`/`getpeername`, O(1)); other families
+//! (unix sockets, netlink) are not connections. The fallback scans /proc/<pid>/net/tcp{,6}: at
+//! most [`MAX_TABLE_BYTES`] of it, and once per network namespace per [`TABLE_TTL`] (the
+//! parsed rows are cached), so a host with a huge socket table never stalls the event loop.
 
 use std::{
     fs,
+    io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
+
+use crate::idhash::IdHashMap;
+
+/// Most bytes read from one /proc/<pid>/net/tcp{,6} (about 27,000 sockets of 150 bytes).
+pub const MAX_TABLE_BYTES: u64 = 4 * 1024 * 1024;
+/// How long a namespace's parsed socket table is reused.
+pub const TABLE_TTL: Duration = Duration::from_secs(1);
+/// Network namespaces whose tables are cached at once (the cache is cleared past it).
+const MAX_CACHED_NAMESPACES: usize = 64;
+
+/// Socket inode -> (local, peer), from one namespace's tcp and tcp6 tables.
+type SocketRows = IdHashMap<u64, (SocketAddr, SocketAddr)>;
+
+/// Counters (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcNetStats {
+    /// Socket tables read and parsed.
+    pub table_reads: u64,
+    /// Lookups answered from a cached table.
+    pub table_cache_hits: u64,
+    /// Table reads stopped at `MAX_TABLE_BYTES`.
+    pub table_reads_truncated: u64,
+    /// Sockets skipped because they are not INET (unix, netlink...).
+    pub non_inet_sockets: u64,
+}
+
+/// [`inspect_fd`] with the fallback's tables cached per network namespace.
+pub struct ProcNet {
+    proc_root: PathBuf,
+    tables: IdHashMap<u64, (Instant, SocketRows)>,
+    stats: ProcNetStats,
+}
+
+impl ProcNet {
+    pub fn new(proc_root: PathBuf) -> Self {
+        ProcNet {
+            proc_root,
+            tables: IdHashMap::default(),
+            stats: ProcNetStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ProcNetStats {
+        self.stats
+    }
+
+    /// Looks up `fd` of `pid`.
+    pub fn inspect_fd(&mut self, pid: u32, fd: i32) -> FdKind {
+        let link = match fs::read_link(self.proc_root.join(format!("{pid}/fd/{fd}"))) {
+            Ok(l) => l,
+            Err(_) => return FdKind::Unknown,
+        };
+        let Some(inode) = socket_inode(&link.to_string_lossy()) else {
+            return FdKind::NotSocket;
+        };
+        if self.proc_root == Path::new("/proc") {
+            match endpoints_via_pidfd(pid, fd) {
+                Borrowed::Inet(local, peer) => {
+                    return FdKind::Socket {
+                        local: Some(local),
+                        peer: Some(peer),
+                    };
+                }
+                Borrowed::NotInet => {
+                    self.stats.non_inet_sockets += 1;
+                    return FdKind::NotSocket;
+                }
+                Borrowed::Failed => {}
+            }
+        }
+        let (local, peer) = match self.rows_of(pid) {
+            Some(rows) => rows.get(&inode).copied().unzip(),
+            None => (None, None),
+        };
+        FdKind::Socket { local, peer }
+    }
+
+    /// The socket rows of `pid`'s network namespace, cached for [`TABLE_TTL`].
+    fn rows_of(&mut self, pid: u32) -> Option<&SocketRows> {
+        let dir = self.proc_root.join(pid.to_string());
+        let netns = fs::read_link(dir.join("ns/net"))
+            .ok()
+            .and_then(|l| namespace_inode(&l.to_string_lossy()))
+            .unwrap_or(0);
+        let now = Instant::now();
+        let fresh = self
+            .tables
+            .get(&netns)
+            .is_some_and(|(at, _)| now.duration_since(*at) < TABLE_TTL);
+        if fresh {
+            self.stats.table_cache_hits += 1;
+        } else {
+            if self.tables.len() >= MAX_CACHED_NAMESPACES {
+                self.tables.clear();
+            }
+            let mut rows = SocketRows::default();
+            for table in ["tcp", "tcp6"] {
+                let Ok(file) = fs::File::open(dir.join("net").join(table)) else {
+                    continue;
+                };
+                self.stats.table_reads += 1;
+                if read_rows(file, MAX_TABLE_BYTES, &mut rows) {
+                    self.stats.table_reads_truncated += 1;
+                }
+            }
+            self.tables.insert(netns, (now, rows));
+        }
+        self.tables.get(&netns).map(|(_, rows)| rows)
+    }
+}
+
+/// Parses the rows of a /proc/net/tcp{,6} table into `rows`, reading at most `limit` bytes.
+/// Returns whether the limit cut the table.
+fn read_rows(file: impl Read, limit: u64, rows: &mut SocketRows) -> bool {
+    let mut reader = BufReader::new(file.take(limit));
+    let mut line = String::new();
+    let mut read = 0u64;
+    let mut first = true;
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n as u64,
+        }
+        if std::mem::take(&mut first) {
+            continue;
+        }
+        if let Some((inode, local, peer)) = parse_row(&line) {
+            rows.insert(inode, (local, peer));
+        }
+    }
+    read >= limit
+}
+
+/// `net:[4026531840]` -> 4026531840.
+fn namespace_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
 
 /// What /proc says about one fd.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,49 +165,30 @@ pub enum FdKind {
     Unknown,
 }
 
-/// Looks up `fd` of `pid` under `proc_root`.
+/// Looks up `fd` of `pid` under `proc_root` (no table cache).
 pub fn inspect_fd(proc_root: &Path, pid: u32, fd: i32) -> FdKind {
-    let link = match fs::read_link(proc_root.join(format!("{pid}/fd/{fd}"))) {
-        Ok(l) => l,
-        Err(_) => return FdKind::Unknown,
-    };
-    let Some(inode) = socket_inode(&link.to_string_lossy()) else {
-        return FdKind::NotSocket;
-    };
-    if proc_root == Path::new("/proc")
-        && let Some((local, peer)) = endpoints_via_pidfd(pid, fd)
-    {
-        return FdKind::Socket {
-            local: Some(local),
-            peer: Some(peer),
-        };
-    }
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = fs::read_to_string(proc_root.join(format!("{pid}/net/{table}"))) else {
-            continue;
-        };
-        if let Some((local, peer)) = find_inode(&text, inode) {
-            return FdKind::Socket {
-                local: Some(local),
-                peer: Some(peer),
-            };
-        }
-    }
-    FdKind::Socket {
-        local: None,
-        peer: None,
-    }
+    ProcNet::new(proc_root.to_path_buf()).inspect_fd(pid, fd)
+}
+
+/// What borrowing a socket said.
+#[derive(Debug, PartialEq, Eq)]
+enum Borrowed {
+    Inet(SocketAddr, SocketAddr),
+    /// A socket of another family (unix, netlink...).
+    NotInet,
+    /// The kernel refused (no rights, process gone, not connected): ask /proc.
+    Failed,
 }
 
 /// Borrows `fd` of `pid` (needs ptrace rights over it: root or CAP_SYS_PTRACE) and asks the
-/// socket for both endpoints. `None` when the kernel refuses or the socket is not IP.
-fn endpoints_via_pidfd(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
+/// socket for both endpoints.
+fn endpoints_via_pidfd(pid: u32, fd: i32) -> Borrowed {
     use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: plain syscalls; every fd returned is owned (and closed) by an OwnedFd.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0);
         if pidfd < 0 {
-            return None;
+            return Borrowed::Failed;
         }
         let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
         let ours = libc::syscall(
@@ -75,13 +198,28 @@ fn endpoints_via_pidfd(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
             0,
         );
         if ours < 0 {
-            return None;
+            return Borrowed::Failed;
         }
         let ours = OwnedFd::from_raw_fd(ours as i32);
         let raw = std::os::fd::AsRawFd::as_raw_fd(&ours);
-        let local = sockaddr_of(|addr, len| libc::getsockname(raw, addr, len))?;
-        let peer = sockaddr_of(|addr, len| libc::getpeername(raw, addr, len))?;
-        Some((local, peer))
+        let mut domain: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let asked = libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        );
+        if asked == 0 && domain != libc::AF_INET && domain != libc::AF_INET6 {
+            return Borrowed::NotInet;
+        }
+        let local = sockaddr_of(|addr, len| libc::getsockname(raw, addr, len));
+        let peer = sockaddr_of(|addr, len| libc::getpeername(raw, addr, len));
+        match (local, peer) {
+            (Some(local), Some(peer)) => Borrowed::Inet(local, peer),
+            _ => Borrowed::Failed,
+        }
     }
 }
 
@@ -135,17 +273,20 @@ pub fn socket_inode(link: &str) -> Option<u64> {
 /// Finds the row with `inode` in a /proc/net/tcp or tcp6 table.
 pub fn find_inode(table: &str, inode: u64) -> Option<(SocketAddr, SocketAddr)> {
     table.lines().skip(1).find_map(|line| {
-        let mut cols = line.split_whitespace();
-        let _slot = cols.next()?;
-        let local = cols.next()?;
-        let remote = cols.next()?;
-        // st, tx:rx, tr:when, retrnsmt, uid, timeout, inode
-        let ino: u64 = cols.nth(6)?.parse().ok()?;
-        if ino != inode {
-            return None;
-        }
-        Some((parse_hex_endpoint(local)?, parse_hex_endpoint(remote)?))
+        let (ino, local, peer) = parse_row(line)?;
+        (ino == inode).then_some((local, peer))
     })
+}
+
+/// One table row: (inode, local, peer).
+fn parse_row(line: &str) -> Option<(u64, SocketAddr, SocketAddr)> {
+    let mut cols = line.split_whitespace();
+    let _slot = cols.next()?;
+    let local = cols.next()?;
+    let remote = cols.next()?;
+    // st, tx:rx, tr:when, retrnsmt, uid, timeout, inode
+    let ino: u64 = cols.nth(6)?.parse().ok()?;
+    Some((ino, parse_hex_endpoint(local)?, parse_hex_endpoint(remote)?))
 }
 
 /// `0100007F:1F90` (IPv4, each 32-bit word in host order) -> 127.0.0.1:8080.
@@ -223,12 +364,12 @@ mod tests {
         let got = endpoints_via_pidfd(std::process::id(), client.as_raw_fd());
         assert_eq!(
             got,
-            Some((client.local_addr().unwrap(), client.peer_addr().unwrap()))
+            Borrowed::Inet(client.local_addr().unwrap(), client.peer_addr().unwrap())
         );
         let file = std::fs::File::open("/proc/self/status").unwrap();
         assert_eq!(
             endpoints_via_pidfd(std::process::id(), file.as_raw_fd()),
-            None
+            Borrowed::Failed
         );
     }
 
@@ -251,5 +392,64 @@ mod tests {
             inspect_fd(Path::new("/proc"), std::process::id(), file.as_raw_fd()),
             FdKind::NotSocket
         );
+    }
+
+    #[test]
+    fn unix_sockets_are_not_connections() {
+        use std::os::fd::AsRawFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut procnet = ProcNet::new(PathBuf::from("/proc"));
+        assert_eq!(
+            procnet.inspect_fd(std::process::id(), a.as_raw_fd()),
+            FdKind::NotSocket
+        );
+        assert_eq!(procnet.stats().non_inet_sockets, 1);
+        assert_eq!(procnet.stats().table_reads, 0, "no table scanned for it");
+    }
+
+    /// The fallback (no pidfd rights: a fake proc root) reads a namespace's table once per TTL,
+    /// and never more than its byte bound.
+    #[test]
+    fn fallback_tables_are_bounded_and_cached_per_namespace() {
+        use std::fmt::Write as _;
+        let root = std::env::temp_dir().join(format!("tracer-procnet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for pid in [1u32, 2] {
+            let dir = root.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("fd")).unwrap();
+            std::fs::create_dir_all(dir.join("net")).unwrap();
+            std::fs::create_dir_all(dir.join("ns")).unwrap();
+            std::os::unix::fs::symlink("socket:[31337]", dir.join("fd/3")).unwrap();
+            std::os::unix::fs::symlink("/dev/null", dir.join("fd/4")).unwrap();
+            std::os::unix::fs::symlink("net:[4026531840]", dir.join("ns/net")).unwrap();
+            std::fs::write(dir.join("net/tcp"), TCP).unwrap();
+        }
+        let mut procnet = ProcNet::new(root.clone());
+        let want = FdKind::Socket {
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+            peer: Some("127.0.0.1:54321".parse().unwrap()),
+        };
+        assert_eq!(procnet.inspect_fd(1, 3), want);
+        assert_eq!(
+            procnet.inspect_fd(2, 3),
+            want,
+            "same namespace: cached table"
+        );
+        assert_eq!(procnet.inspect_fd(1, 4), FdKind::NotSocket);
+        assert_eq!(procnet.inspect_fd(1, 9), FdKind::Unknown);
+        let s = procnet.stats();
+        assert_eq!((s.table_reads, s.table_cache_hits), (1, 1), "{s:?}");
+
+        // A table far larger than the bound: reading stops at the bound.
+        let mut huge = String::from(TCP.lines().next().unwrap());
+        huge.push('\n');
+        let row = TCP.lines().nth(1).unwrap();
+        while (huge.len() as u64) < 2 * MAX_TABLE_BYTES {
+            let _ = writeln!(huge, "{row}");
+        }
+        let mut rows = SocketRows::default();
+        assert!(read_rows(huge.as_bytes(), MAX_TABLE_BYTES, &mut rows));
+        assert_eq!(rows.len(), 1);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -1,7 +1,8 @@
 //! A short reorder window between the ring buffer and the pipeline: records are released in
 //! causal-time order once they are older than the window, so that a client's write is handled
 //! before the server's read of the same bytes even when the two CPUs recorded them the other way
-//! round. Bounded: past `max_records` the oldest are released early (and counted).
+//! round. Bounded: past `max_records`, or past `max_bytes` of held record bytes, the oldest are
+//! released early (and counted).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,7 +32,15 @@ pub struct ReorderWindow {
     forced_early: u64,
     /// Spare buffers, reused to avoid an allocation per record.
     spare: Vec<Vec<u8>>,
+    /// Bytes allocated by held records, and their bound.
+    held_bytes: usize,
+    max_bytes: usize,
+    /// Bytes allocated by the spare buffers.
+    spare_bytes: usize,
 }
+
+/// Most bytes kept in spare buffers.
+const MAX_SPARE_BYTES: usize = 2 * 1024 * 1024;
 
 impl ReorderWindow {
     pub fn new(window_ns: u64, max_records: usize) -> Self {
@@ -42,7 +51,21 @@ impl ReorderWindow {
             arrivals: 0,
             forced_early: 0,
             spare: Vec::new(),
+            held_bytes: 0,
+            max_bytes: usize::MAX,
+            spare_bytes: 0,
         }
+    }
+
+    /// Also bounds the bytes held (records are released early past it).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
+    }
+
+    /// Bytes allocated by held records now.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     pub fn stats(&self) -> ReorderStats {
@@ -62,16 +85,22 @@ impl ReorderWindow {
 
     /// Buffers a record. If the window is full, the oldest record is released into `release`.
     pub fn push(&mut self, causal_ts: u64, record: &[u8], release: &mut impl FnMut(&[u8])) {
-        if self.heap.len() >= self.max_records
-            && let Some(Reverse(old)) = self.heap.pop()
+        while self.heap.len() >= self.max_records
+            || (self.held_bytes + record.len() > self.max_bytes && !self.heap.is_empty())
         {
+            let Some(Reverse(old)) = self.heap.pop() else {
+                break;
+            };
             self.forced_early += 1;
+            self.held_bytes -= old.bytes.capacity();
             release(&old.bytes);
             self.recycle(old.bytes);
         }
         let mut bytes = self.spare.pop().unwrap_or_default();
+        self.spare_bytes -= bytes.capacity();
         bytes.clear();
         bytes.extend_from_slice(record);
+        self.held_bytes += bytes.capacity();
         self.arrivals += 1;
         self.heap.push(Reverse(Held {
             causal_ts,
@@ -89,6 +118,7 @@ impl ReorderWindow {
                 break;
             }
             if let Some(Reverse(held)) = self.heap.pop() {
+                self.held_bytes -= held.bytes.capacity();
                 release(&held.bytes);
                 self.recycle(held.bytes);
             }
@@ -104,7 +134,11 @@ impl ReorderWindow {
 
     fn recycle(&mut self, bytes: Vec<u8>) {
         // Keep a bounded pool of small buffers; large ones are freed.
-        if self.spare.len() < 1024 && bytes.capacity() <= 16 * 1024 {
+        if self.spare.len() < 1024
+            && bytes.capacity() <= 16 * 1024
+            && self.spare_bytes + bytes.capacity() <= MAX_SPARE_BYTES
+        {
+            self.spare_bytes += bytes.capacity();
             self.spare.push(bytes);
         }
     }
@@ -157,5 +191,20 @@ mod tests {
             collect(&mut w, u64::MAX),
             vec![b"b".to_vec(), b"c".to_vec()]
         );
+    }
+
+    #[test]
+    fn bounded_in_bytes_too() {
+        let mut w = ReorderWindow::new(1_000, 1_000).with_max_bytes(3 * 1024);
+        let mut early = Vec::new();
+        for ts in 0..10u64 {
+            w.push(ts, &[ts as u8; 1024], &mut |x| early.push(x[0]));
+            assert!(w.held_bytes() <= 3 * 1024, "{}", w.held_bytes());
+        }
+        assert_eq!(early, (0..7).collect::<Vec<u8>>(), "oldest first");
+        assert_eq!(w.stats().forced_early, 7);
+        let rest: Vec<u8> = collect(&mut w, u64::MAX).iter().map(|b| b[0]).collect();
+        assert_eq!(rest, vec![7, 8, 9]);
+        assert_eq!(w.held_bytes(), 0);
     }
 }

@@ -71,6 +71,10 @@ pub struct ResourceCache {
     entries: HashMap<u32, CacheEntry>,
     clock: u64,
     evictions: u64,
+    /// Cached entries replaced because their pid now belongs to another process.
+    pid_reuses: u64,
+    /// Entries removed because their process exited.
+    exited_removed: u64,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,10 @@ struct CacheEntry {
     last_used: u64,
     /// Pod cache generation at lookup when the pid was not found in it (retry after a change).
     pod_miss_generation: Option<u64>,
+    /// Start time of the process read (with the pid, its identity across pid reuse).
+    start_time: Option<u64>,
+    /// The process was gone at the last sweep (removed at the next one if still gone).
+    gone: bool,
 }
 
 impl ResourceCache {
@@ -98,6 +106,8 @@ impl ResourceCache {
             entries: HashMap::new(),
             clock: 0,
             evictions: 0,
+            pid_reuses: 0,
+            exited_removed: 0,
         }
     }
 
@@ -115,11 +125,21 @@ impl ResourceCache {
     }
 
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
+        self.get_started(pid, None)
+    }
+
+    /// The resource of `pid`, which the caller saw started at `start_time` (`/proc/<pid>/stat`
+    /// field 22): a cached entry of an earlier process with the same pid is read again.
+    pub fn get_started(&mut self, pid: u32, start_time: Option<u64>) -> Arc<ProcessResource> {
         self.clock += 1;
         let generation = self.pods.as_ref().map(|p| p.generation());
         if let Some(entry) = self.entries.get_mut(&pid) {
-            let stale =
-                entry.pod_miss_generation.is_some() && entry.pod_miss_generation != generation;
+            let reused = start_time.is_some() && entry.start_time != start_time;
+            if reused {
+                self.pid_reuses += 1;
+            }
+            let stale = reused
+                || (entry.pod_miss_generation.is_some() && entry.pod_miss_generation != generation);
             if !stale {
                 entry.last_used = self.clock;
                 return Arc::clone(&entry.resource);
@@ -138,10 +158,14 @@ impl ResourceCache {
             }
         }
         let resource = Arc::new(resource);
+        let start_time =
+            start_time.or_else(|| crate::proc_identity::start_time(&self.proc_root, pid));
         let entry = CacheEntry {
             resource: Arc::clone(&resource),
             last_used: self.clock,
             pod_miss_generation,
+            start_time,
+            gone: false,
         };
         self.entries.insert(pid, entry);
         resource
@@ -155,6 +179,31 @@ impl ResourceCache {
     /// Entries evicted because the cache was full.
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// Cached entries read again because their pid was reused by another process.
+    pub fn pid_reuses(&self) -> u64 {
+        self.pid_reuses
+    }
+
+    /// Entries removed because their process exited.
+    pub fn exited_removed(&self) -> u64 {
+        self.exited_removed
+    }
+
+    /// Forgets processes that have exited: an entry is removed when its process was already
+    /// gone at the previous sweep, so spans still on their way (reorder window, requests
+    /// pending) keep their resource for at least one sweep interval. One `stat` per entry.
+    pub fn sweep_exited(&mut self) {
+        let proc_root = &self.proc_root;
+        let before = self.entries.len();
+        self.entries.retain(|pid, entry| {
+            let alive = proc_root.join(pid.to_string()).exists();
+            let keep = alive || !entry.gone;
+            entry.gone = !alive;
+            keep
+        });
+        self.exited_removed += (before - self.entries.len()) as u64;
     }
 
     /// Processes currently cached.
@@ -756,6 +805,20 @@ mod tests {
         assert_eq!(cache.evictions(), 1, "hit does not evict");
         cache.get(100); // was evicted: a miss that evicts again
         assert_eq!(cache.evictions(), 2);
+
+        // Exited processes leave after a grace sweep.
+        let mut swept = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 8);
+        swept.get(20);
+        swept.get(999); // no such process
+        swept.sweep_exited();
+        assert_eq!((swept.len(), swept.exited_removed()), (2, 0), "grace sweep");
+        swept.sweep_exited();
+        assert_eq!((swept.len(), swept.exited_removed()), (1, 1));
+        assert_eq!(
+            swept.get(20).service_name,
+            "second",
+            "the live process stays"
+        );
 
         let mut big = ResourceCache::with_capacity(proc.root.clone(), "h".into(), 64);
         for pid in 0..1000 {

@@ -39,6 +39,9 @@ enum Task {
     /// Build the agent's container image from k8s/Containerfile with podman (FROM scratch: the
     /// binary and the libraries it links), tagged as k8s/kustomization.yaml deploys it.
     Image(task::image::ImageArgs),
+    /// Long run outside CI: the release agent traces a churn of short-lived curl processes
+    /// against nginx for an hour (`--minutes N`) and reports its RSS over time.
+    Soak(task::soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Task::Demo => task::demo::run(),
         Task::Bench(args) => task::bench::run(&args),
         Task::Image(args) => task::image::run(&args),
+        Task::Soak(args) => task::soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

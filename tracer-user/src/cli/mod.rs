@@ -82,6 +82,13 @@ pub struct TraceArgs {
           value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
     pub max_connections: u32,
 
+    /// MiB the agent may hold in unfinished request/response heads and pending requests, over
+    /// all connections; past it the least recently active connections' buffers are dropped
+    /// (counted in tracer_buffer_budget_sheds_total).
+    #[arg(long, default_value_t = 64, value_name = "MIB",
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_buffer_mib: u32,
+
     /// Seconds a request waits for its response before it is reported as timed out.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub request_timeout: u64,

@@ -31,6 +31,17 @@ struct PendingExchange {
     response_end_ns: Option<u64>,
 }
 
+/// Heap bytes a parsed request holds (for the agent's byte budget).
+fn request_bytes(request: &HttpRequest) -> usize {
+    request.method.capacity()
+        + request.target.capacity()
+        + request
+            .headers
+            .iter()
+            .map(|h| std::mem::size_of_val(h) + h.name.capacity() + h.value.capacity())
+            .sum::<usize>()
+}
+
 /// A request whose head has been parsed and whose exchange has not completed yet.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestStart<'a> {
@@ -196,6 +207,30 @@ impl HttpConnection {
     /// Bytes buffered for incomplete heads (at most `max_head_bytes` per direction).
     pub fn buffered_bytes(&self) -> usize {
         self.ingress.buffered_bytes() + self.egress.buffered_bytes()
+    }
+
+    /// Heap bytes this connection holds: head buffers and pending requests. O(pending).
+    pub fn memory_bytes(&self) -> usize {
+        let pending: usize = self
+            .pending
+            .iter()
+            .map(|p| {
+                std::mem::size_of::<PendingExchange>() + p.request.as_ref().map_or(0, request_bytes)
+            })
+            .sum();
+        self.ingress.buffer_capacity() + self.egress.buffer_capacity() + pending
+    }
+
+    /// The agent's byte budget is exhausted: forget buffered head bytes and every pending
+    /// request that is not complete (complete ones are still handed out), and resynchronise on
+    /// the next start line, as after a loss. Returns the sequence numbers discarded.
+    pub fn shed(&mut self, out: &mut Vec<Exchange>) -> Vec<u64> {
+        let lost_before = self.stats.lost_to_drops;
+        let discarded = self.on_loss(out);
+        // Counted by the caller as budget evictions, not as kernel losses.
+        self.stats.lost_to_drops = lost_before;
+        self.pending.shrink_to_fit();
+        discarded
     }
 
     /// Requests waiting for their final response.

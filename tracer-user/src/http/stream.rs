@@ -153,6 +153,11 @@ impl MessageStream {
         self.buf.len()
     }
 
+    /// Bytes allocated for the head buffer (what the agent's byte budget counts).
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     pub fn is_stopped(&self) -> bool {
         matches!(self.state, StreamState::Stopped)
     }

@@ -4,16 +4,16 @@
 //! `docs/BENCHMARKS.md` and a JSON document with every figure; targets are reported, not
 //! asserted.
 
-mod agent;
+pub(crate) mod agent;
 mod criterion;
 mod json;
 mod peer;
-mod process;
-mod procfs;
-mod receiver;
+pub(crate) mod process;
+pub(crate) mod procfs;
+pub(crate) mod receiver;
 mod report;
 mod rounds;
-mod servers;
+pub(crate) mod servers;
 mod wrk;
 
 use std::path::{Path, PathBuf};

@@ -6,4 +6,5 @@ pub mod demo;
 pub mod image;
 pub mod run;
 pub mod setup;
+pub mod soak;
 pub mod test;

@@ -24,6 +24,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     // Kubernetes Service does.
     ("ip", "iproute2"),
     ("iptables", "iptables"),
+    // The Go net/http peer of tests/tests/go.rs is built with it.
+    ("go", "golang-go"),
 ];
 
 pub fn run() -> Result<()> {

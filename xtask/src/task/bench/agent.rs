@@ -107,6 +107,11 @@ impl RunningAgent {
         procfs::sample(self.pid(), ticks_per_second)
     }
 
+    /// The agent's `/metrics` page, when it serves one.
+    pub fn metrics(&self) -> Option<String> {
+        scrape(self.metrics_port?).ok()
+    }
+
     /// Reads the drop counters (from `/metrics` while it runs), then stops the agent.
     pub fn stop(mut self) -> Result<DropCounters> {
         let scraped = match self.metrics_port {

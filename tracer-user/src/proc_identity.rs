@@ -1,0 +1,52 @@
+//! A process's identity across pid reuse: its pid plus its start time (field 22 of
+//! `/proc/<pid>/stat`, clock ticks since boot). Caches keyed by pid check it to notice that a pid
+//! now belongs to another process.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+/// Most bytes read from `/proc/<pid>/stat` (the line is a few hundred bytes; `comm` is at most
+/// 64 bytes even with the kernel's escaping).
+const MAX_STAT_BYTES: u64 = 4096;
+
+/// The start time of `pid` under `proc_root`, or `None` when the process is gone or the file is
+/// unreadable.
+pub fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    let file = File::open(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let mut bytes = Vec::with_capacity(512);
+    file.take(MAX_STAT_BYTES).read_to_end(&mut bytes).ok()?;
+    parse_start_time(&bytes)
+}
+
+/// Field 22 of a `stat` line. `comm` (field 2) is in parentheses and may itself contain spaces
+/// and parentheses, so fields are counted after its last `)`.
+pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    // After `comm`: field 3 (state) is the first; field 22 is the 20th.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_field_22_even_with_hostile_comm() {
+        let line = b"4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 184467 1 1\n";
+        assert_eq!(parse_start_time(line), Some(987_654));
+        assert_eq!(parse_start_time(b"1 (x) S 1"), None);
+        assert_eq!(parse_start_time(b"no parenthesis"), None);
+        assert_eq!(parse_start_time(b""), None);
+    }
+
+    #[test]
+    fn this_process_has_a_stable_start_time() {
+        let proc_root = Path::new("/proc");
+        let me = std::process::id();
+        let first = start_time(proc_root, me).expect("own stat");
+        assert_eq!(start_time(proc_root, me), Some(first));
+        assert_eq!(start_time(proc_root, u32::MAX), None);
+    }
+}
