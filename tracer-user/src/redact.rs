@@ -116,6 +116,16 @@ pub fn authority_without_userinfo(authority: &str) -> &str {
         .map_or(authority, |(_, host)| host)
 }
 
+/// A captured authority (a Host header value) without its userinfo: the bytes after the last
+/// `@` of the *whole* value. Call it before any length cut, which could drop the `@` and keep
+/// the secret before it.
+pub fn authority_bytes_without_userinfo(authority: &[u8]) -> &[u8] {
+    match authority.iter().rposition(|&b| b == b'@') {
+        Some(at) => authority.get(at + 1..).unwrap_or_default(),
+        None => authority,
+    }
+}
+
 /// `scheme://[userinfo@]authority/path?query`: userinfo replaced by `REDACTED:REDACTED`,
 /// sensitive query values redacted. Text without `://` is treated as a path and query.
 pub fn url(url: &str) -> Cow<'_, str> {

@@ -328,16 +328,8 @@ fn client_url_full(
     request: &HttpRequest,
     peer: Option<SocketAddr>,
 ) -> Option<String> {
-    let authority = || -> Option<String> {
-        match header_value(&request.headers, "host")
-            .map(|v| bounded_lossy(trim_ows(v), MAX_SHORT_ATTR_LEN))
-        {
-            Some(host) if !redact::authority_without_userinfo(&host).is_empty() => {
-                Some(redact::authority_without_userinfo(&host).to_string())
-            }
-            _ => peer.map(|p| p.to_string()),
-        }
-    };
+    let authority =
+        || -> Option<String> { host_header_authority(request).or(peer.map(|p| p.to_string())) };
     let url = match target {
         RequestTarget::Absolute {
             scheme,
@@ -471,9 +463,7 @@ impl HostPort {
     /// An unparseable port is dropped; an empty host gives `None`.
     fn parse(authority: &str) -> Option<HostPort> {
         let authority = authority.trim_matches([' ', '\t']);
-        let authority = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
+        let authority = redact::authority_without_userinfo(authority);
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
             let (host, after) = bracketed.split_once(']')?;
             (host, after.strip_prefix(':'))
@@ -495,13 +485,22 @@ impl HostPort {
 }
 
 fn host_header(request: &HttpRequest) -> Option<HostPort> {
+    HostPort::parse(&host_header_authority(request)?)
+}
+
+/// The longest authority a Host header can name: a 253-byte DNS name and `:65535`.
+const MAX_HOST_AUTHORITY_LEN: usize = 253 + 6;
+
+/// The Host header's `host[:port]`: userinfo removed from the whole value first (a cut could
+/// hide its `@`), then `None` when empty or longer than any real authority (a cut host would be
+/// a wrong one; the caller falls back to the peer).
+fn host_header_authority(request: &HttpRequest) -> Option<String> {
     let value = header_value(&request.headers, "host")?;
-    // As `bounded_lossy`, without copying the (usually valid UTF-8) value first.
-    let head = value.get(..MAX_SHORT_ATTR_LEN).unwrap_or(value);
-    HostPort::parse(prefix_on_boundary(
-        &String::from_utf8_lossy(head),
-        MAX_SHORT_ATTR_LEN,
-    ))
+    let authority = trim_ows(redact::authority_bytes_without_userinfo(trim_ows(value)));
+    if authority.is_empty() || authority.len() > MAX_HOST_AUTHORITY_LEN {
+        return None;
+    }
+    Some(String::from_utf8_lossy(authority).into_owned())
 }
 
 /// The first header named `name` (ASCII case-insensitive).
@@ -995,6 +994,43 @@ mod tests {
         let connect = request("CONNECT", "u:pw@db.example:443", &[]);
         let span = span_for(&ok(connect), &c, Role::Client);
         assert_eq!(str_attr(&span, "url.full"), Some("http://db.example:443"));
+    }
+
+    /// A Host value longer than any host name: its userinfo is found in the whole value (not in
+    /// a cut prefix that lost the `@`), and a host that would be cut is dropped for the peer.
+    #[test]
+    fn long_host_userinfo_never_reaches_a_span() {
+        let c = conn("10.0.0.2:51000", "10.0.0.9:8080");
+        let token = "t0k:".repeat(75);
+        for host in [
+            format!("u:{token}@api.example:9000"),
+            format!("{token}@api.example"),
+        ] {
+            for role in [Role::Client, Role::Server] {
+                let req = request("GET", "/x", &[("Host", host.as_bytes())]);
+                let span = span_for(&ok(req), &c, role);
+                let text = format!("{span:?}");
+                assert!(!text.contains("t0k"), "token leaked: {text}");
+                assert_eq!(str_attr(&span, "server.address"), Some("api.example"));
+            }
+        }
+        let req = request("GET", "/x", &[("Host", b"u:pw@api.example:9000")]);
+        let span = span_for(&ok(req), &c, Role::Client);
+        assert_eq!(
+            str_attr(&span, "url.full"),
+            Some("http://api.example:9000/x")
+        );
+        // Too long to be a host name and cut: the peer instead.
+        let long = format!("{}.example", "a".repeat(300));
+        for role in [Role::Client, Role::Server] {
+            let req = request("GET", "/x", &[("Host", long.as_bytes())]);
+            let span = span_for(&ok(req), &c, role);
+            assert!(!format!("{span:?}").contains("aaaa"), "{role:?}");
+        }
+        let req = request("GET", "/x", &[("Host", long.as_bytes())]);
+        let span = span_for(&ok(req), &c, Role::Client);
+        assert_eq!(str_attr(&span, "url.full"), Some("http://10.0.0.9:8080/x"));
+        assert_eq!(str_attr(&span, "server.address"), Some("10.0.0.9"));
     }
 
     fn cases_host_request() -> HttpRequest {
