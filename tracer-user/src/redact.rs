@@ -69,30 +69,89 @@ pub fn is_sensitive_query_key(raw_key: &str) -> bool {
         .any(|sensitive| sensitive.eq_ignore_ascii_case(key))
 }
 
-/// `query` (without the `?`) with the values of sensitive parameters replaced by [`REDACTED`].
-/// Parameters without `=` carry no value and are kept.
+/// Characters that end a query parameter: `&`, and `;` and a second `?`, which some servers
+/// (Rack 2, Perl's CGI.pm, older Python `parse_qs`) also read as separators. An HTML-escaped
+/// `&amp;` splits into `amp` and the next pair.
+const QUERY_SEPARATORS: [char; 3] = ['&', ';', '?'];
+
+/// How often a value is percent-decoded to reach a URL or query nested in it; a value still
+/// encoded after that is redacted if it could hide anything.
+const MAX_VALUE_DECODES: usize = 4;
+
+/// How deep values nested in values are searched; deeper, a value that could hide a pair, a
+/// userinfo or an encoding is redacted.
+const MAX_NESTING: usize = 4;
+
+/// `query` (without the `?`) with the values of sensitive parameters replaced by [`REDACTED`],
+/// and so the whole value of any parameter that hides (plainly or percent-encoded) a URL or
+/// query with a secret. Parameters without `=` carry no value and are kept, as are the
+/// separators. Borrowed exactly when nothing changed.
 pub fn query(query: &str) -> Cow<'_, str> {
-    let sensitive = |pair: &str| {
-        pair.split_once('=')
-            .is_some_and(|(key, _)| is_sensitive_query_key(key))
-    };
-    if !query.split('&').any(sensitive) {
-        return Cow::Borrowed(query);
-    }
-    let pairs: Vec<Cow<'_, str>> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_sensitive_query_key(key) => {
-                Cow::Owned(format!("{key}={REDACTED}"))
+    query_nested(query, 0)
+}
+
+fn query_nested(query: &str, depth: usize) -> Cow<'_, str> {
+    let mut out: Option<String> = None;
+    let mut offset = 0;
+    for pair in query.split(QUERY_SEPARATORS) {
+        let end = offset + pair.len();
+        match (redacted_pair(pair, depth), &mut out) {
+            (Some(redacted), Some(out)) => out.push_str(&redacted),
+            (Some(redacted), None) => {
+                let mut text = query.get(..offset).unwrap_or_default().to_string();
+                text.push_str(&redacted);
+                out = Some(text);
             }
-            _ => Cow::Borrowed(pair),
-        })
-        .collect();
-    Cow::Owned(pairs.join("&"))
+            (None, Some(out)) => out.push_str(pair),
+            (None, None) => {}
+        }
+        if let Some(out) = &mut out {
+            out.push_str(query.get(end..end + 1).unwrap_or_default());
+        }
+        offset = end + 1;
+    }
+    out.map_or(Cow::Borrowed(query), Cow::Owned)
+}
+
+/// `key=REDACTED` when the pair's key is sensitive or its value hides a secret.
+fn redacted_pair(pair: &str, depth: usize) -> Option<String> {
+    let (key, value) = pair.split_once('=')?;
+    (is_sensitive_query_key(key) || value_hides_secret(value, depth))
+        .then(|| format!("{key}={REDACTED}"))
+}
+
+/// Whether a query value, percent-decoded until stable, is a URL or query that [`url`] or
+/// [`query`] would change.
+fn value_hides_secret(value: &str, depth: usize) -> bool {
+    if !value.contains(['%', '=', '@', ':']) {
+        return false;
+    }
+    let mut text = Cow::Borrowed(value);
+    let mut decodes = 0;
+    loop {
+        let decoded = match percent_encoding::percent_decode_str(&text).decode_utf8_lossy() {
+            Cow::Borrowed(_) => break,
+            Cow::Owned(decoded) => decoded,
+        };
+        if decodes == MAX_VALUE_DECODES {
+            return true;
+        }
+        text = Cow::Owned(decoded);
+        decodes += 1;
+    }
+    if depth >= MAX_NESTING {
+        return text.contains(['=', '@', '%']);
+    }
+    matches!(url_nested(&text, depth + 1), Cow::Owned(_))
+        || matches!(query_nested(&text, depth + 1), Cow::Owned(_))
 }
 
 /// `path?query#fragment` with the query redacted (the fragment is kept as is).
 pub fn path_and_query(path_query: &str) -> Cow<'_, str> {
+    path_and_query_nested(path_query, 0)
+}
+
+fn path_and_query_nested(path_query: &str, depth: usize) -> Cow<'_, str> {
     let Some((path, rest)) = path_query.split_once('?') else {
         return Cow::Borrowed(path_query);
     };
@@ -100,7 +159,7 @@ pub fn path_and_query(path_query: &str) -> Cow<'_, str> {
         Some((q, f)) => (q, Some(f)),
         None => (rest, None),
     };
-    match query(query_part) {
+    match query_nested(query_part, depth) {
         Cow::Borrowed(_) => Cow::Borrowed(path_query),
         Cow::Owned(q) => Cow::Owned(match fragment {
             Some(f) => format!("{path}?{q}#{f}"),
@@ -129,15 +188,19 @@ pub fn authority_bytes_without_userinfo(authority: &[u8]) -> &[u8] {
 /// `scheme://[userinfo@]authority/path?query`: userinfo replaced by `REDACTED:REDACTED`,
 /// sensitive query values redacted. Text without `://` is treated as a path and query.
 pub fn url(url: &str) -> Cow<'_, str> {
+    url_nested(url, 0)
+}
+
+fn url_nested(url: &str, depth: usize) -> Cow<'_, str> {
     let Some(scheme_end) = url.find("://") else {
-        return path_and_query(url);
+        return path_and_query_nested(url, depth);
     };
     let after = scheme_end + 3;
     let rest = url.get(after..).unwrap_or_default();
     let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path_query) = rest.split_at(authority_len);
     let host = authority_without_userinfo(authority);
-    let redacted_rest = path_and_query(path_query);
+    let redacted_rest = path_and_query_nested(path_query, depth);
     if host.len() == authority.len() && matches!(redacted_rest, Cow::Borrowed(_)) {
         return Cow::Borrowed(url);
     }
@@ -294,6 +357,48 @@ mod tests {
     }
 
     #[test]
+    fn every_separator_and_nested_url_is_searched() {
+        // `;` (Rack 2, CGI.pm, old parse_qs), an HTML-escaped `&amp;`, a second `?`.
+        assert_eq!(query("a=1;token=s3"), "a=1;token=REDACTED");
+        assert_eq!(query("a=1&amp;token=s3&b=2"), "a=1&amp;token=REDACTED&b=2");
+        assert_eq!(query("a=1?token=s3"), "a=1?token=REDACTED");
+        assert_eq!(
+            url("http://h/p?a=1?token=s3"),
+            "http://h/p?a=1?token=REDACTED"
+        );
+        // Signed URLs nested in a value, plain or encoded: the whole value goes.
+        assert_eq!(
+            query("next=https://b/k?X-Amz-Signature=s3&x=1"),
+            "next=https://b/k?X-Amz-Signature=REDACTED&x=1"
+        );
+        for nested in [
+            "next=https%3A%2F%2Fb%2Fk%3FX-Amz-Signature%3Ds3",
+            "next=https%3A%2F%2Fu%3As3%40b%2Fk",
+            "next=%2Fk%3Fa%3D1%26token%3Ds3",
+            "next=https%253A%252F%252Fb%252Fk%253Fsig%253Ds3",
+            "state=a%3D1%3Bpassword%3Ds3",
+        ] {
+            let (key, _) = nested.split_once('=').unwrap_or_default();
+            assert_eq!(query(nested), format!("{key}={REDACTED}"), "{nested}");
+        }
+        // Deep encodings are bounded: past the limit, any value still hiding `=`, `@` or `%`
+        // goes; a harmless one is kept.
+        let mut deep = String::from("https://b/?sig=s3");
+        for _ in 0..10 {
+            deep = form_urlencoded::byte_serialize(deep.as_bytes()).collect();
+        }
+        assert_eq!(query(&format!("n={deep}")), "n=REDACTED");
+        for kept in [
+            "next=https%3A%2F%2Fb%2Fk%3Fv%3D1",
+            "q=a+b%20c",
+            "q=%ZZ",
+            "next=%2Fhome",
+        ] {
+            assert!(matches!(query(kept), Cow::Borrowed(_)), "{kept}");
+        }
+    }
+
+    #[test]
     fn other_parameters_are_kept_byte_for_byte() {
         for q in [
             "",
@@ -429,12 +534,16 @@ mod tests {
                 .collect();
 
             let redacted = query(&text);
-            let pairs_in: Vec<&str> = text.split('&').collect();
-            let pairs_out: Vec<&str> = redacted.split('&').collect();
+            let pairs_in: Vec<&str> = text.split(QUERY_SEPARATORS).collect();
+            let pairs_out: Vec<&str> = redacted.split(QUERY_SEPARATORS).collect();
             assert_eq!(pairs_in.len(), pairs_out.len(), "{text:?}");
             for (before, after) in pairs_in.iter().zip(&pairs_out) {
                 match before.split_once('=') {
                     Some((key, _)) if is_sensitive_query_key(key) => {
+                        assert_eq!(*after, format!("{key}={REDACTED}"), "{text:?}");
+                    }
+                    // A value hiding a nested secret goes as a whole.
+                    Some((key, _)) if before != after => {
                         assert_eq!(*after, format!("{key}={REDACTED}"), "{text:?}");
                     }
                     _ => assert_eq!(before, after, "{text:?}"),
