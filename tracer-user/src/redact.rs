@@ -19,7 +19,7 @@ pub const REDACTED: &str = "REDACTED";
 
 /// Query parameters whose values are signatures, credentials or tokens (compared
 /// case-insensitively after decoding): the semantic conventions' list plus common token names.
-pub const SENSITIVE_QUERY_KEYS: [&str; 15] = [
+pub const SENSITIVE_QUERY_KEYS: [&str; 16] = [
     "AWSAccessKeyId",
     "Signature",
     "sig",
@@ -35,6 +35,8 @@ pub const SENSITIVE_QUERY_KEYS: [&str; 15] = [
     "token",
     "password",
     "client_secret",
+    // Java servlet containers put the session in the path: `/cart;jsessionid=...`.
+    "jsessionid",
 ];
 
 /// Words that make a command-line flag, `KEY=value` argument or header name secret (matched
@@ -91,26 +93,59 @@ pub fn query(query: &str) -> Cow<'_, str> {
 }
 
 fn query_nested(query: &str, depth: usize) -> Cow<'_, str> {
+    redact_pieces(query, &QUERY_SEPARATORS, |pair, _| {
+        redacted_pair(pair, depth)
+    })
+}
+
+/// A path with the values of sensitive `;name=value` parameters redacted (Java's
+/// `;jsessionid=`, matrix parameters), by the same key rule as query parameters.
+/// Borrowed exactly when nothing changed.
+pub fn path(path: &str) -> Cow<'_, str> {
+    path_nested(path, 0)
+}
+
+fn path_nested(path: &str, depth: usize) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    redact_pieces(path, &['/', ';'], |piece, after| {
+        (after == Some(';'))
+            .then(|| redacted_pair(piece, depth))
+            .flatten()
+    })
+}
+
+/// `text` split at `separators` (kept), each piece replaced where `redact(piece, separator
+/// before it)` says so. Borrowed exactly when nothing changed.
+fn redact_pieces<'a>(
+    text: &'a str,
+    separators: &[char],
+    redact: impl Fn(&str, Option<char>) -> Option<String>,
+) -> Cow<'a, str> {
     let mut out: Option<String> = None;
     let mut offset = 0;
-    for pair in query.split(QUERY_SEPARATORS) {
-        let end = offset + pair.len();
-        match (redacted_pair(pair, depth), &mut out) {
+    let mut before = None;
+    for piece in text.split(separators) {
+        let end = offset + piece.len();
+        match (redact(piece, before), &mut out) {
             (Some(redacted), Some(out)) => out.push_str(&redacted),
             (Some(redacted), None) => {
-                let mut text = query.get(..offset).unwrap_or_default().to_string();
-                text.push_str(&redacted);
-                out = Some(text);
+                let mut owned = text.get(..offset).unwrap_or_default().to_string();
+                owned.push_str(&redacted);
+                out = Some(owned);
             }
-            (None, Some(out)) => out.push_str(pair),
+            (None, Some(out)) => out.push_str(piece),
             (None, None) => {}
         }
+        let separator = text.get(end..end + 1).unwrap_or_default();
         if let Some(out) = &mut out {
-            out.push_str(query.get(end..end + 1).unwrap_or_default());
+            out.push_str(separator);
         }
+        before = separator.chars().next();
         offset = end + 1;
     }
-    out.map_or(Cow::Borrowed(query), Cow::Owned)
+    out.map_or(Cow::Borrowed(text), Cow::Owned)
 }
 
 /// `key=REDACTED` when the pair's key is sensitive or its value hides a secret.
@@ -153,17 +188,17 @@ pub fn path_and_query(path_query: &str) -> Cow<'_, str> {
 
 fn path_and_query_nested(path_query: &str, depth: usize) -> Cow<'_, str> {
     let Some((path, rest)) = path_query.split_once('?') else {
-        return Cow::Borrowed(path_query);
+        return path_nested(path_query, depth);
     };
     let (query_part, fragment) = match rest.split_once('#') {
         Some((q, f)) => (q, Some(f)),
         None => (rest, None),
     };
-    match query_nested(query_part, depth) {
-        Cow::Borrowed(_) => Cow::Borrowed(path_query),
-        Cow::Owned(q) => Cow::Owned(match fragment {
-            Some(f) => format!("{path}?{q}#{f}"),
-            None => format!("{path}?{q}"),
+    match (path_nested(path, depth), query_nested(query_part, depth)) {
+        (Cow::Borrowed(_), Cow::Borrowed(_)) => Cow::Borrowed(path_query),
+        (p, q) => Cow::Owned(match fragment {
+            Some(f) => format!("{p}?{q}#{f}"),
+            None => format!("{p}?{q}"),
         }),
     }
 }
@@ -395,6 +430,26 @@ mod tests {
             "next=%2Fhome",
         ] {
             assert!(matches!(query(kept), Cow::Borrowed(_)), "{kept}");
+        }
+    }
+
+    #[test]
+    fn sensitive_path_parameters_are_redacted() {
+        assert_eq!(path("/cart;jsessionid=ABC123"), "/cart;jsessionid=REDACTED");
+        assert_eq!(
+            path("/a;JSESSIONID=ABC;v=1/b;token=t/c"),
+            "/a;JSESSIONID=REDACTED;v=1/b;token=REDACTED/c"
+        );
+        assert_eq!(
+            url("http://h/cart;jsessionid=ABC?x=1#f"),
+            "http://h/cart;jsessionid=REDACTED?x=1#f"
+        );
+        assert_eq!(
+            path_and_query("/c;jsessionid=ABC"),
+            "/c;jsessionid=REDACTED"
+        );
+        for kept in ["/a;v=1/b", "/token=x", "/a;b", "/"] {
+            assert!(matches!(path(kept), Cow::Borrowed(_)), "{kept}");
         }
     }
 

@@ -236,7 +236,10 @@ fn server_attributes(
     let target = RequestTarget::parse(&request.method, &request.target);
     out.push(Attribute::str("url.scheme", target.scheme()));
     if let Some(path) = target.path() {
-        out.push(Attribute::str("url.path", bounded(path, MAX_URL_LEN)));
+        out.push(Attribute::str(
+            "url.path",
+            bounded(&redact::path(path), MAX_URL_LEN),
+        ));
     }
     if let Some(query) = target.query().filter(|q| !q.is_empty()) {
         out.push(Attribute::str(
@@ -1031,6 +1034,28 @@ mod tests {
         let span = span_for(&ok(req), &c, Role::Client);
         assert_eq!(str_attr(&span, "url.full"), Some("http://10.0.0.9:8080/x"));
         assert_eq!(str_attr(&span, "server.address"), Some("10.0.0.9"));
+    }
+
+    #[test]
+    fn path_session_parameters_never_reach_a_span() {
+        let c = conn("10.0.0.2:51000", "10.0.0.9:8080");
+        for target in [
+            "/cart;jsessionid=S3SS?x=1",
+            "http://h/cart;jsessionid=S3SS?x=1",
+        ] {
+            for role in [Role::Client, Role::Server] {
+                let req = request("GET", target, &[("Host", b"h")]);
+                let span = span_for(&ok(req), &c, role);
+                let text = format!("{span:?}");
+                assert!(!text.contains("S3SS"), "session leaked: {text}");
+            }
+        }
+        let req = request("GET", "/cart;jsessionid=S3SS?x=1", &[]);
+        let span = span_for(&ok(req), &c, Role::Server);
+        assert_eq!(
+            str_attr(&span, "url.path"),
+            Some("/cart;jsessionid=REDACTED")
+        );
     }
 
     fn cases_host_request() -> HttpRequest {
