@@ -254,12 +254,49 @@ pub fn is_sensitive_name(name: &str) -> bool {
     SENSITIVE_NAME_PARTS.iter().any(|part| lower.contains(part))
 }
 
+/// Flags that take a credential without a secret word in their name, by program (the
+/// basename of the first argument): `-u user:pw` / `-uuser:pw` / `--user=user:pw`. Only for
+/// these programs: `-u` and `-p` mean harmless things elsewhere.
+const CREDENTIAL_FLAGS: [(&str, &[&str]); 8] = [
+    ("curl", &["-u", "--user", "-U", "--proxy-user"]),
+    ("mysql", &["-p"]),
+    ("mysqldump", &["-p"]),
+    ("mysqladmin", &["-p"]),
+    ("mariadb", &["-p"]),
+    ("redis-cli", &["-a"]),
+    ("sshpass", &["-p"]),
+    (
+        "wget",
+        &["--user", "--http-user", "--proxy-user", "--ftp-user"],
+    ),
+];
+
+/// Programs whose credential flag is only ever joined (`mysql -pPW`; a bare `-p` prompts).
+const JOINED_ONLY: [&str; 4] = ["mysql", "mysqldump", "mysqladmin", "mariadb"];
+
+/// How deep a flag's value is examined as an argument of its own (`--env=--set=K=v`); deeper
+/// values are redacted whole.
+const MAX_ARGUMENT_NESTING: usize = 4;
+
 /// Command-line arguments with secrets redacted:
 /// `--password=x` / `-password=x` / `PASSWORD=x` -> `--password=REDACTED`;
-/// `--password x` -> `--password REDACTED` (unless the next argument is itself a `--flag`);
-/// `Authorization: Bearer x` (a header argument, as for `curl -H`) -> `Authorization: REDACTED`;
-/// and every URL inside an argument loses its userinfo and sensitive query values.
+/// `--password x` / `-password x` -> `--password REDACTED` (unless the next argument is itself
+/// a `--flag`); `Authorization: Bearer x` (a header argument, as for `curl -H`) and its joined
+/// form `-HAuthorization: Bearer x` -> `Authorization: REDACTED`; any other joined flag text
+/// with a secret-looking name -> `REDACTED`; the value of any other `--flag=value` is examined
+/// as an argument of its own (`--env=DB_PASSWORD=x`); credential flags of known programs
+/// ([`CREDENTIAL_FLAGS`]) lose their value; and every URL inside an argument loses its
+/// userinfo and sensitive query values.
 pub fn command_line_args<S: AsRef<str>>(args: &[S]) -> Vec<String> {
+    let program = args
+        .first()
+        .and_then(|a| a.as_ref().rsplit('/').next())
+        .unwrap_or_default();
+    let credential_flags = CREDENTIAL_FLAGS
+        .iter()
+        .find(|(name, _)| *name == program)
+        .map_or(&[][..], |(_, flags)| *flags);
+    let joined_only = JOINED_ONLY.contains(&program);
     let mut out = Vec::with_capacity(args.len());
     let mut redact_next = false;
     for arg in args {
@@ -270,29 +307,76 @@ pub fn command_line_args<S: AsRef<str>>(args: &[S]) -> Vec<String> {
             continue;
         }
         redact_next = false;
-        out.push(argument(arg, &mut redact_next));
+        if let Some(redacted) =
+            credential_flag(arg, credential_flags, joined_only, &mut redact_next)
+        {
+            out.push(redacted);
+            continue;
+        }
+        out.push(argument(arg, &mut redact_next, 0));
     }
     out
 }
 
-/// One argument redacted; sets `redact_next` when it is a bare secret-looking flag.
-fn argument(arg: &str, redact_next: &mut bool) -> String {
-    if let Some(flag) = arg.strip_prefix('-') {
-        let flag = flag.strip_prefix('-').unwrap_or(flag);
-        match flag.split_once('=') {
-            Some((name, _)) if is_sensitive_name(name) => {
-                let prefix_len = arg.len() - flag.len() + name.len();
-                let prefix = arg.get(..prefix_len).unwrap_or_default();
-                return format!("{prefix}={REDACTED}");
-            }
-            Some(_) => {}
-            None => {
-                if is_sensitive_name(flag) {
-                    *redact_next = true;
-                }
-                return arg.to_string();
-            }
+/// `arg` redacted when it is one of `flags` with its value joined; sets `redact_next` when it
+/// is the bare flag (and the program takes the value separately).
+fn credential_flag(
+    arg: &str,
+    flags: &[&str],
+    joined_only: bool,
+    redact_next: &mut bool,
+) -> Option<String> {
+    for flag in flags {
+        let Some(rest) = arg.strip_prefix(flag) else {
+            continue;
+        };
+        if rest.is_empty() {
+            *redact_next = !joined_only;
+            return Some(arg.to_string());
         }
+        if flag.starts_with("--") {
+            if rest.starts_with('=') {
+                return Some(format!("{flag}={REDACTED}"));
+            }
+        } else {
+            return Some(format!("{flag}{REDACTED}"));
+        }
+    }
+    None
+}
+
+/// One argument redacted; sets `redact_next` when it is a bare secret-looking flag.
+fn argument(arg: &str, redact_next: &mut bool, depth: usize) -> String {
+    if let Some(flag) = arg.strip_prefix('-') {
+        let long = flag.starts_with('-');
+        let flag = flag.strip_prefix('-').unwrap_or(flag);
+        let dashes = arg.get(..arg.len() - flag.len()).unwrap_or_default();
+        // `-HAuthorization: Bearer x` (curl's joined -H), before any `=` in the value counts.
+        if !long
+            && let Some((name, _)) = flag.split_once(':')
+            && is_header_name(name)
+            && is_sensitive_name(name)
+        {
+            return format!("{dashes}{name}: {REDACTED}");
+        }
+        return match flag.split_once('=') {
+            Some((name, _)) if is_sensitive_name(name) => format!("{dashes}{name}={REDACTED}"),
+            Some((name, _)) if depth >= MAX_ARGUMENT_NESTING => {
+                format!("{dashes}{name}={REDACTED}")
+            }
+            Some((name, value)) => {
+                let value = argument(value, &mut false, depth + 1);
+                format!("{dashes}{name}={value}")
+            }
+            None if !is_sensitive_name(flag) => urls_in(arg),
+            // `--api-key` / `-token`: the value is the next argument.
+            None if is_variable_name(flag) => {
+                *redact_next = true;
+                arg.to_string()
+            }
+            // Flag and value joined (`-Hsecret-token abc`): the whole argument goes.
+            None => REDACTED.to_string(),
+        };
     } else if let Some((name, _)) = arg.split_once('=')
         && is_variable_name(name)
         && is_sensitive_name(name)
@@ -541,6 +625,100 @@ mod tests {
                 "see http://h/?token=REDACTED and ftp://REDACTED:REDACTED@f/",
             ]
         );
+    }
+
+    #[test]
+    fn joined_short_flags_with_a_secret_name_lose_the_secret() {
+        assert_eq!(
+            command_line_args(&[
+                "curl",
+                "-HAuthorization: Bearer abc",
+                "-HX-Api-Key:zzz",
+                "-Hsecret-token abc",
+                "http://h/x",
+                "-token",
+                "t",
+            ]),
+            [
+                "curl",
+                "-HAuthorization: REDACTED",
+                "-HX-Api-Key: REDACTED",
+                "REDACTED",
+                "http://h/x",
+                "-token",
+                "REDACTED",
+            ]
+        );
+    }
+
+    #[test]
+    fn values_of_harmless_flags_are_examined_too() {
+        assert_eq!(
+            command_line_args(&[
+                "app",
+                "--env=DB_PASSWORD=x",
+                "--set=db.password=x",
+                "--conf=spark.ssl.secret.key=x",
+                "-e=API_TOKEN=x",
+                "--mode=fast",
+                "--next=--password=x",
+                "--url=http://u:p@h/?sig=s",
+            ]),
+            [
+                "app",
+                "--env=DB_PASSWORD=REDACTED",
+                "--set=db.password=REDACTED",
+                "--conf=spark.ssl.secret.key=REDACTED",
+                "-e=API_TOKEN=REDACTED",
+                "--mode=fast",
+                "--next=--password=REDACTED",
+                "--url=http://REDACTED:REDACTED@h/?sig=REDACTED",
+            ]
+        );
+        let deep = format!("{}x", "--a=".repeat(500));
+        let out = command_line_args(&["app", &deep]);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn credential_flags_without_a_secret_word_are_redacted() {
+        let cases: [(&[&str], &[&str]); 9] = [
+            (
+                &["/usr/bin/curl", "-u", "me:pw", "http://h/"],
+                &["/usr/bin/curl", "-u", "REDACTED", "http://h/"],
+            ),
+            (
+                &["curl", "--user", "me:pw", "--proxy-user=a:b", "-Ux:y"],
+                &[
+                    "curl",
+                    "--user",
+                    "REDACTED",
+                    "--proxy-user=REDACTED",
+                    "-UREDACTED",
+                ],
+            ),
+            (&["curl", "-ume:pw"], &["curl", "-uREDACTED"]),
+            (&["curl", "--user=me:pw"], &["curl", "--user=REDACTED"]),
+            (
+                &["mysql", "-uroot", "-pPW", "db"],
+                &["mysql", "-uroot", "-pREDACTED", "db"],
+            ),
+            (
+                &["redis-cli", "-a", "PW", "-p", "6379"],
+                &["redis-cli", "-a", "REDACTED", "-p", "6379"],
+            ),
+            (&["redis-cli", "-aPW"], &["redis-cli", "-aREDACTED"]),
+            // The wrapped command's own `-p` is over-redacted: the accepted cost.
+            (
+                &["sshpass", "-p", "PW", "ssh", "-p", "22", "h"],
+                &["sshpass", "-p", "REDACTED", "ssh", "-p", "REDACTED", "h"],
+            ),
+            // Other programs' -u / -p are not credentials.
+            (&["sort", "-u", "file"], &["sort", "-u", "file"]),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(command_line_args(args), expected, "{args:?}");
+        }
     }
 
     /// Random text from pieces that matter to the parsers: every function is total, a query
