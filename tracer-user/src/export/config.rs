@@ -442,10 +442,10 @@ fn check_url(setting: &str, raw: &str) -> Result<(), ConfigError> {
     let value: &str = &shown;
     let rest = raw
         .strip_prefix("http://")
-        .or_else(|| value.strip_prefix("https://"))
+        .or_else(|| raw.strip_prefix("https://"))
         .ok_or_else(|| ConfigError::new(setting, value, "must start with http:// or https://"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if crate::redact::authority_without_userinfo(authority).is_empty() {
         return Err(ConfigError::new(setting, value, "missing host"));
     }
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -580,6 +580,25 @@ fn percent_decode(input: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn check_url_needs_a_host_after_the_userinfo_and_never_shows_it() {
+        for raw in [
+            "http://u:pw1@/x",
+            "https://u:pw1@/x",
+            "https://u:pw1@",
+            "http://@",
+        ] {
+            let err = check_url("S", raw).expect_err(raw);
+            assert_eq!(err.reason, "missing host", "{raw}");
+            assert!(!err.value.contains("pw1"), "{raw}: {err:?}");
+        }
+        for raw in ["http://u:pw1@h/x", "https://u:pw1@h:4318", "https://h"] {
+            assert!(check_url("S", raw).is_ok(), "{raw}");
+        }
+        let err = check_url("S", "ftp://u:pw1@h").expect_err("scheme");
+        assert!(!err.value.contains("pw1"), "{err:?}");
+    }
+
     use super::*;
     use std::collections::HashMap;
 
