@@ -248,6 +248,33 @@ fn url_nested(url: &str, depth: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{scheme}://{userinfo}{host}{redacted_rest}"))
 }
 
+/// Text that must never reach a log (an OTLP endpoint with userinfo, exporter headers):
+/// `Debug` shows [`REDACTED`]; the value is read with [`Secret::expose`]. Parses from any
+/// string, so it serves as a clap argument type.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 /// Whether a flag, variable or header name contains a secret-looking word.
 pub fn is_sensitive_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();

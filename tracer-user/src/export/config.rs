@@ -160,7 +160,8 @@ impl std::fmt::Debug for OtlpConfig {
 }
 
 /// Command-line values that take precedence over the environment. `None` means "not given".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `Debug` shows the endpoint redacted and no header value.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct OtlpOverrides {
     /// Base endpoint, like `OTEL_EXPORTER_OTLP_ENDPOINT`: for HTTP, `/v1/traces` is appended unless
     /// the value already ends with it.
@@ -175,6 +176,27 @@ pub struct OtlpOverrides {
     pub schedule_delay: Option<Duration>,
     pub max_queue_size: Option<usize>,
     pub max_export_batch_size: Option<usize>,
+}
+
+impl std::fmt::Debug for OtlpOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpOverrides")
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(crate::redact::url),
+            )
+            .field("protocol", &self.protocol)
+            .field(
+                "headers",
+                &self.headers.as_ref().map(|_| crate::redact::REDACTED),
+            )
+            .field("timeout", &self.timeout)
+            .field("compression", &self.compression)
+            .field("schedule_delay", &self.schedule_delay)
+            .field("max_queue_size", &self.max_queue_size)
+            .field("max_export_batch_size", &self.max_export_batch_size)
+            .finish()
+    }
 }
 
 /// A configuration value that cannot be used.
@@ -580,6 +602,20 @@ fn percent_decode(input: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn overrides_debug_never_shows_credentials() {
+        let overrides = OtlpOverrides {
+            endpoint: Some("http://u:pw1@collector:4318/?sig=pw3".into()),
+            headers: Some("x-api-key=pw2".into()),
+            ..Default::default()
+        };
+        let shown = format!("{overrides:?}");
+        for secret in ["pw1", "pw2", "pw3"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("collector:4318"), "{shown}");
+    }
+
     #[test]
     fn check_url_needs_a_host_after_the_userinfo_and_never_shows_it() {
         for raw in [
