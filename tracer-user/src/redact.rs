@@ -19,7 +19,7 @@ pub const REDACTED: &str = "REDACTED";
 
 /// Query parameters whose values are signatures, credentials or tokens (compared
 /// case-insensitively after decoding): the semantic conventions' list plus common token names.
-pub const SENSITIVE_QUERY_KEYS: [&str; 16] = [
+pub const SENSITIVE_QUERY_KEYS: [&str; 23] = [
     "AWSAccessKeyId",
     "Signature",
     "sig",
@@ -37,6 +37,15 @@ pub const SENSITIVE_QUERY_KEYS: [&str; 16] = [
     "client_secret",
     // Java servlet containers put the session in the path: `/cart;jsessionid=...`.
     "jsessionid",
+    // API keys (`?key=` of Google APIs), OAuth authorization codes, GCS signed-URL
+    // credentials, sessions and other common secret names.
+    "key",
+    "code",
+    "X-Goog-Credential",
+    "sessionid",
+    "secret",
+    "passwd",
+    "access_key",
 ];
 
 /// Words that make a command-line flag, `KEY=value` argument or header name secret (matched
@@ -479,6 +488,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn api_keys_codes_sessions_and_credentials_are_redacted() {
+        assert_eq!(
+            query(
+                "key=AIza1&code=c2&X-Goog-Credential=g3&SessionId=s4&secret=s5&passwd=p6&access_key=a7&q=x"
+            ),
+            "key=REDACTED&code=REDACTED&X-Goog-Credential=REDACTED&SessionId=REDACTED\
+             &secret=REDACTED&passwd=REDACTED&access_key=REDACTED&q=x"
+        );
     }
 
     #[test]
