@@ -219,6 +219,28 @@ pub fn authority_without_userinfo(authority: &str) -> &str {
         .map_or(authority, |(_, host)| host)
 }
 
+/// A URL split at its authority: `{scheme}://{authority}{rest}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UrlParts<'a> {
+    pub scheme: &'a str,
+    /// `[userinfo@]host[:port]`: up to the first `/`, `?` or `#`.
+    pub authority: &'a str,
+    /// Path, query and fragment as written.
+    pub rest: &'a str,
+}
+
+/// The parts of `scheme://authority/rest`; `None` without `://`. The one place URLs are split.
+pub fn url_parts(url: &str) -> Option<UrlParts<'_>> {
+    let (scheme, after) = url.split_once("://")?;
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    Some(UrlParts {
+        scheme,
+        authority,
+        rest,
+    })
+}
+
 /// A captured authority (a Host header value) without its userinfo: the bytes after the last
 /// `@` of the *whole* value. Call it before any length cut, which could drop the `@` and keep
 /// the secret before it.
@@ -236,19 +258,19 @@ pub fn url(url: &str) -> Cow<'_, str> {
 }
 
 fn url_nested(url: &str, depth: usize) -> Cow<'_, str> {
-    let Some(scheme_end) = url.find("://") else {
+    let Some(UrlParts {
+        scheme,
+        authority,
+        rest,
+    }) = url_parts(url)
+    else {
         return path_and_query_nested(url, depth);
     };
-    let after = scheme_end + 3;
-    let rest = url.get(after..).unwrap_or_default();
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path_query) = rest.split_at(authority_len);
     let host = authority_without_userinfo(authority);
-    let redacted_rest = path_and_query_nested(path_query, depth);
+    let redacted_rest = path_and_query_nested(rest, depth);
     if host.len() == authority.len() && matches!(redacted_rest, Cow::Borrowed(_)) {
         return Cow::Borrowed(url);
     }
-    let scheme = url.get(..scheme_end).unwrap_or_default();
     let userinfo = if host.len() == authority.len() {
         ""
     } else {

@@ -6,7 +6,6 @@
 //! CLIENT spans), and a missing response is an Error with a short `error.type` class; no status
 //! code is ever invented. Attribute strings are bounded and converted from bytes lossily.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use rand::Rng;
@@ -16,7 +15,7 @@ use crate::model::{
     SpanStatus,
 };
 use crate::propagation::{TraceContext, trim_ows};
-use crate::redact::{self, REDACTED};
+use crate::redact;
 
 /// Longest `url.*` value kept, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
@@ -334,17 +333,7 @@ fn client_url_full(
     let authority =
         || -> Option<String> { host_header_authority(request).or(peer.map(|p| p.to_string())) };
     let url = match target {
-        RequestTarget::Absolute {
-            scheme,
-            authority,
-            rest,
-        } => {
-            let authority = match authority.rsplit_once('@') {
-                Some((_, host)) => Cow::Owned(format!("{REDACTED}:{REDACTED}@{host}")),
-                None => Cow::Borrowed(*authority),
-            };
-            format!("{scheme}://{authority}{}", redact::path_and_query(rest))
-        }
+        RequestTarget::Absolute { .. } => redact::url(&request.target).into_owned(),
         RequestTarget::Origin { .. } => format!(
             "http://{}{}",
             authority()?,
@@ -386,11 +375,13 @@ impl<'a> RequestTarget<'a> {
         if method == "CONNECT" && !target.starts_with('/') {
             return RequestTarget::Authority(target);
         }
-        if let Some((scheme, after)) = target.split_once("://")
+        if let Some(redact::UrlParts {
+            scheme,
+            authority,
+            rest,
+        }) = redact::url_parts(target)
             && is_scheme(scheme)
         {
-            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-            let (authority, rest) = after.split_at(end);
             return RequestTarget::Absolute {
                 scheme,
                 authority,

@@ -432,26 +432,20 @@ fn resolve_endpoint(
 /// it in connection-pool traces; a header is sent as intended and never logged.
 fn split_credentials(endpoint: &str) -> (String, Option<String>) {
     use base64::Engine as _;
-    let Some(scheme_end) = endpoint.find("://") else {
+    let Some(parts) = crate::redact::url_parts(endpoint) else {
         return (endpoint.to_string(), None);
     };
-    let rest = endpoint.get(scheme_end + 3..).unwrap_or_default();
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = rest.get(..authority_len).unwrap_or_default();
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+    let Some((userinfo, _)) = parts.authority.rsplit_once('@') else {
         return (endpoint.to_string(), None);
     };
+    let host = crate::redact::authority_without_userinfo(parts.authority);
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
     );
-    let stripped = format!(
-        "{}{host}{}",
-        endpoint.get(..scheme_end + 3).unwrap_or_default(),
-        rest.get(authority_len..).unwrap_or_default()
-    );
+    let stripped = format!("{}://{host}{}", parts.scheme, parts.rest);
     (stripped, Some(basic))
 }
 
