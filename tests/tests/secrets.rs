@@ -61,9 +61,18 @@ fn signed_query() -> (String, String) {
         .iter()
         .map(|key| format!("{key}=REDACTED"))
         .collect();
+    // A `;`-separated pair, and a signed URL percent-encoded inside another parameter.
+    let nested = format!(
+        ";token={}&next=https%3A%2F%2Fb.example%2Fk%3FX-Amz-Signature%3D{}",
+        secret(47),
+        secret(48)
+    );
     (
-        format!("{}&keep=visible", sent.join("&")),
-        format!("{}&keep=visible", redacted.join("&")),
+        format!("{}{nested}&keep=visible", sent.join("&")),
+        format!(
+            "{};token=REDACTED&next=REDACTED&keep=visible",
+            redacted.join("&")
+        ),
     )
 }
 
@@ -293,7 +302,7 @@ fn command_lines_are_exported_only_on_request_and_redacted() {
     // seen its span and ends it by pid: no race with the agent's lookup.
     const CLIENT: &str = "import http.client as h,sys,time,urllib.parse as p;u=p.urlsplit(sys.argv[-1]);\
         c=h.HTTPConnection(u.hostname,u.port);c.request('GET',u.path+'?'+u.query);\
-        print(c.getresponse().status,flush=True);time.sleep(120)";
+        r=c.getresponse();r.read();c.close();print(r.status,flush=True);time.sleep(120)";
     let header = format!("X-Api-Key: {}", secret(71));
     let url = format!(
         "http://user:{}@127.0.0.1:{port}/ok?sig={}",
