@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracer_tests::metrics_client::{http_get, sample};
+use tracer_tests::peers::python;
+use tracer_tests::process::{ChildGuard, LineWait};
 use tracer_tests::query::{client_spans, describe, server_spans};
 use tracer_tests::recording_endpoint::{Answer, RecordingEndpoint};
 use tracer_tests::{
@@ -59,9 +61,18 @@ fn signed_query() -> (String, String) {
         .iter()
         .map(|key| format!("{key}=REDACTED"))
         .collect();
+    // A `;`-separated pair, and a signed URL percent-encoded inside another parameter.
+    let nested = format!(
+        ";token={}&next=https%3A%2F%2Fb.example%2Fk%3FX-Amz-Signature%3D{}",
+        secret(47),
+        secret(48)
+    );
     (
-        format!("{}&keep=visible", sent.join("&")),
-        format!("{}&keep=visible", redacted.join("&")),
+        format!("{}{nested}&keep=visible", sent.join("&")),
+        format!(
+            "{};token=REDACTED&next=REDACTED&keep=visible",
+            redacted.join("&")
+        ),
     )
 }
 
@@ -196,9 +207,13 @@ fn assert_otlp_export_keeps_secrets(protocol: OtlpProtocol) {
     assert_no_secret("stdout", &exit.stdout.join("\n"));
     assert_redacted_spans(&spans, port, &redacted);
     for span in client_spans(&spans, port) {
-        assert_eq!(span.resource_str("process.executable.name"), Some("curl"));
-        // The path is read from /proc/<pid>/exe, gone once curl has exited (a race with the
-        // agent's lookup): when present, it is curl's.
+        // Both are read from /proc/<pid>, gone once curl has exited (a race with the agent's
+        // lookup): when present, they are curl's.
+        assert!(
+            span.resource_str("process.executable.name")
+                .is_none_or(|n| n == "curl"),
+            "{span:?}"
+        );
         assert!(
             span.resource_str("process.executable.path")
                 .is_none_or(|p| p.ends_with("/curl")),
@@ -283,21 +298,35 @@ fn command_lines_are_exported_only_on_request_and_redacted() {
             .ports(&[port])
             .arg("--export-command-line"),
     );
-    let bearer = secret(70);
+    // A Python client that stays alive (so its /proc entry stays readable) until this test has
+    // seen its span and ends it by pid: no race with the agent's lookup.
+    const CLIENT: &str = "import http.client as h,sys,time,urllib.parse as p;u=p.urlsplit(sys.argv[-1]);\
+        c=h.HTTPConnection(u.hostname,u.port);c.request('GET',u.path+'?'+u.query);\
+        r=c.getresponse();r.read();c.close();print(r.status,flush=True);time.sleep(120)";
     let header = format!("X-Api-Key: {}", secret(71));
-    // A slow answer keeps curl alive until the agent has read its /proc entry.
     let url = format!(
-        "http://user:{}@127.0.0.1:{port}/slow?ms=500&sig={}",
+        "http://user:{}@127.0.0.1:{port}/ok?sig={}",
         secret(72),
         secret(73)
     );
-    assert_eq!(
-        curl(&["--oauth2-bearer", &bearer, "-H", &header, &url]).status,
-        200
+    let mut command = std::process::Command::new(python());
+    command
+        .args(["-c", CLIENT, "--api-key"])
+        .arg(secret(70))
+        .args(["-H", &header, &url]);
+    let mut client = ChildGuard::spawn("python client", command);
+    let answered = client
+        .stdout()
+        .wait_for_line(SPAN_TIMEOUT, |line| line.trim() == "200");
+    assert!(
+        matches!(answered, LineWait::Found(_)),
+        "the client got no 200 ({answered:?})\n{}",
+        client.output_report()
     );
-    let spans = session.wait_for("the curl CLIENT span", |spans| {
+    let spans = session.wait_for("the client's CLIENT span", |spans| {
         !client_spans(spans, port).is_empty() && !server_spans(spans, port).is_empty()
     });
+    client.terminate(Duration::from_secs(5));
     let exit = session.stop_agent();
     exit.assert_success();
     assert_no_secret("OTLP export", &format!("{spans:?}"));
@@ -309,11 +338,11 @@ fn command_lines_are_exported_only_on_request_and_redacted() {
         .resource_str("process.command_line")
         .unwrap_or_else(|| panic!("--export-command-line exports it: {client:?}"));
     let expected_tail = format!(
-        "--oauth2-bearer REDACTED -H X-Api-Key: REDACTED \
-         http://REDACTED:REDACTED@127.0.0.1:{port}/slow?ms=500&sig=REDACTED"
+        "--api-key REDACTED -H X-Api-Key: REDACTED \
+         http://REDACTED:REDACTED@127.0.0.1:{port}/ok?sig=REDACTED"
     );
     assert!(
-        line.starts_with("curl ") && line.ends_with(&expected_tail),
+        line.contains(" -c import http.client") && line.ends_with(&expected_tail),
         "command line {line:?} should end with {expected_tail:?}"
     );
     let server_span = server_spans(&spans, port)

@@ -51,9 +51,9 @@ fn env_lookup(name: &str) -> Option<String> {
 
 fn sink_config(args: &TraceArgs) -> anyhow::Result<SinkConfig> {
     let overrides = OtlpOverrides {
-        endpoint: args.otlp_endpoint.clone(),
+        endpoint: args.otlp_endpoint.as_ref().map(|s| s.expose().to_string()),
         protocol: args.otlp_protocol.clone(),
-        headers: args.otlp_headers.clone(),
+        headers: args.otlp_headers.as_ref().map(|s| s.expose().to_string()),
         ..Default::default()
     };
     if args.otlp_endpoint.is_some() || export::otlp_configured(&env_lookup) {

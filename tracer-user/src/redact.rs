@@ -19,7 +19,7 @@ pub const REDACTED: &str = "REDACTED";
 
 /// Query parameters whose values are signatures, credentials or tokens (compared
 /// case-insensitively after decoding): the semantic conventions' list plus common token names.
-pub const SENSITIVE_QUERY_KEYS: [&str; 15] = [
+pub const SENSITIVE_QUERY_KEYS: [&str; 23] = [
     "AWSAccessKeyId",
     "Signature",
     "sig",
@@ -35,6 +35,17 @@ pub const SENSITIVE_QUERY_KEYS: [&str; 15] = [
     "token",
     "password",
     "client_secret",
+    // Java servlet containers put the session in the path: `/cart;jsessionid=...`.
+    "jsessionid",
+    // API keys (`?key=` of Google APIs), OAuth authorization codes, GCS signed-URL
+    // credentials, sessions and other common secret names.
+    "key",
+    "code",
+    "X-Goog-Credential",
+    "sessionid",
+    "secret",
+    "passwd",
+    "access_key",
 ];
 
 /// Words that make a command-line flag, `KEY=value` argument or header name secret (matched
@@ -69,42 +80,134 @@ pub fn is_sensitive_query_key(raw_key: &str) -> bool {
         .any(|sensitive| sensitive.eq_ignore_ascii_case(key))
 }
 
-/// `query` (without the `?`) with the values of sensitive parameters replaced by [`REDACTED`].
-/// Parameters without `=` carry no value and are kept.
+/// Characters that end a query parameter: `&`, and `;` and a second `?`, which some servers
+/// (Rack 2, Perl's CGI.pm, older Python `parse_qs`) also read as separators. An HTML-escaped
+/// `&amp;` splits into `amp` and the next pair.
+const QUERY_SEPARATORS: [char; 3] = ['&', ';', '?'];
+
+/// How often a value is percent-decoded to reach a URL or query nested in it; a value still
+/// encoded after that is redacted if it could hide anything.
+const MAX_VALUE_DECODES: usize = 4;
+
+/// How deep values nested in values are searched; deeper, a value that could hide a pair, a
+/// userinfo or an encoding is redacted.
+const MAX_NESTING: usize = 4;
+
+/// `query` (without the `?`) with the values of sensitive parameters replaced by [`REDACTED`],
+/// and so the whole value of any parameter that hides (plainly or percent-encoded) a URL or
+/// query with a secret. Parameters without `=` carry no value and are kept, as are the
+/// separators. Borrowed exactly when nothing changed.
 pub fn query(query: &str) -> Cow<'_, str> {
-    let sensitive = |pair: &str| {
-        pair.split_once('=')
-            .is_some_and(|(key, _)| is_sensitive_query_key(key))
-    };
-    if !query.split('&').any(sensitive) {
-        return Cow::Borrowed(query);
+    query_nested(query, 0)
+}
+
+fn query_nested(query: &str, depth: usize) -> Cow<'_, str> {
+    redact_pieces(query, &QUERY_SEPARATORS, |pair, _| {
+        redacted_pair(pair, depth)
+    })
+}
+
+/// A path with the values of sensitive `;name=value` parameters redacted (Java's
+/// `;jsessionid=`, matrix parameters), by the same key rule as query parameters.
+/// Borrowed exactly when nothing changed.
+pub fn path(path: &str) -> Cow<'_, str> {
+    path_nested(path, 0)
+}
+
+fn path_nested(path: &str, depth: usize) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
     }
-    let pairs: Vec<Cow<'_, str>> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_sensitive_query_key(key) => {
-                Cow::Owned(format!("{key}={REDACTED}"))
+    redact_pieces(path, &['/', ';'], |piece, after| {
+        (after == Some(';'))
+            .then(|| redacted_pair(piece, depth))
+            .flatten()
+    })
+}
+
+/// `text` split at `separators` (kept), each piece replaced where `redact(piece, separator
+/// before it)` says so. Borrowed exactly when nothing changed.
+fn redact_pieces<'a>(
+    text: &'a str,
+    separators: &[char],
+    redact: impl Fn(&str, Option<char>) -> Option<String>,
+) -> Cow<'a, str> {
+    let mut out: Option<String> = None;
+    let mut offset = 0;
+    let mut before = None;
+    for piece in text.split(separators) {
+        let end = offset + piece.len();
+        match (redact(piece, before), &mut out) {
+            (Some(redacted), Some(out)) => out.push_str(&redacted),
+            (Some(redacted), None) => {
+                let mut owned = text.get(..offset).unwrap_or_default().to_string();
+                owned.push_str(&redacted);
+                out = Some(owned);
             }
-            _ => Cow::Borrowed(pair),
-        })
-        .collect();
-    Cow::Owned(pairs.join("&"))
+            (None, Some(out)) => out.push_str(piece),
+            (None, None) => {}
+        }
+        let separator = text.get(end..end + 1).unwrap_or_default();
+        if let Some(out) = &mut out {
+            out.push_str(separator);
+        }
+        before = separator.chars().next();
+        offset = end + 1;
+    }
+    out.map_or(Cow::Borrowed(text), Cow::Owned)
+}
+
+/// `key=REDACTED` when the pair's key is sensitive or its value hides a secret.
+fn redacted_pair(pair: &str, depth: usize) -> Option<String> {
+    let (key, value) = pair.split_once('=')?;
+    (is_sensitive_query_key(key) || value_hides_secret(value, depth))
+        .then(|| format!("{key}={REDACTED}"))
+}
+
+/// Whether a query value, percent-decoded until stable, is a URL or query that [`url`] or
+/// [`query`] would change.
+fn value_hides_secret(value: &str, depth: usize) -> bool {
+    if !value.contains(['%', '=', '@', ':']) {
+        return false;
+    }
+    let mut text = Cow::Borrowed(value);
+    let mut decodes = 0;
+    loop {
+        let decoded = match percent_encoding::percent_decode_str(&text).decode_utf8_lossy() {
+            Cow::Borrowed(_) => break,
+            Cow::Owned(decoded) => decoded,
+        };
+        if decodes == MAX_VALUE_DECODES {
+            return true;
+        }
+        text = Cow::Owned(decoded);
+        decodes += 1;
+    }
+    if depth >= MAX_NESTING {
+        return text.contains(['=', '@', '%']);
+    }
+    matches!(url_nested(&text, depth + 1), Cow::Owned(_))
+        || matches!(query_nested(&text, depth + 1), Cow::Owned(_))
 }
 
 /// `path?query#fragment` with the query redacted (the fragment is kept as is).
 pub fn path_and_query(path_query: &str) -> Cow<'_, str> {
+    path_and_query_nested(path_query, 0)
+}
+
+fn path_and_query_nested(path_query: &str, depth: usize) -> Cow<'_, str> {
     let Some((path, rest)) = path_query.split_once('?') else {
-        return Cow::Borrowed(path_query);
+        return path_nested(path_query, depth);
     };
     let (query_part, fragment) = match rest.split_once('#') {
         Some((q, f)) => (q, Some(f)),
         None => (rest, None),
     };
-    match query(query_part) {
-        Cow::Borrowed(_) => Cow::Borrowed(path_query),
-        Cow::Owned(q) => Cow::Owned(match fragment {
-            Some(f) => format!("{path}?{q}#{f}"),
-            None => format!("{path}?{q}"),
+    match (path_nested(path, depth), query_nested(query_part, depth)) {
+        (Cow::Borrowed(_), Cow::Borrowed(_)) => Cow::Borrowed(path_query),
+        (p, q) => Cow::Owned(match fragment {
+            Some(f) => format!("{p}?{q}#{f}"),
+            None => format!("{p}?{q}"),
         }),
     }
 }
@@ -116,22 +219,58 @@ pub fn authority_without_userinfo(authority: &str) -> &str {
         .map_or(authority, |(_, host)| host)
 }
 
+/// A URL split at its authority: `{scheme}://{authority}{rest}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UrlParts<'a> {
+    pub scheme: &'a str,
+    /// `[userinfo@]host[:port]`: up to the first `/`, `?` or `#`.
+    pub authority: &'a str,
+    /// Path, query and fragment as written.
+    pub rest: &'a str,
+}
+
+/// The parts of `scheme://authority/rest`; `None` without `://`. The one place URLs are split.
+pub fn url_parts(url: &str) -> Option<UrlParts<'_>> {
+    let (scheme, after) = url.split_once("://")?;
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    Some(UrlParts {
+        scheme,
+        authority,
+        rest,
+    })
+}
+
+/// A captured authority (a Host header value) without its userinfo: the bytes after the last
+/// `@` of the *whole* value. Call it before any length cut, which could drop the `@` and keep
+/// the secret before it.
+pub fn authority_bytes_without_userinfo(authority: &[u8]) -> &[u8] {
+    match authority.iter().rposition(|&b| b == b'@') {
+        Some(at) => authority.get(at + 1..).unwrap_or_default(),
+        None => authority,
+    }
+}
+
 /// `scheme://[userinfo@]authority/path?query`: userinfo replaced by `REDACTED:REDACTED`,
 /// sensitive query values redacted. Text without `://` is treated as a path and query.
 pub fn url(url: &str) -> Cow<'_, str> {
-    let Some(scheme_end) = url.find("://") else {
-        return path_and_query(url);
+    url_nested(url, 0)
+}
+
+fn url_nested(url: &str, depth: usize) -> Cow<'_, str> {
+    let Some(UrlParts {
+        scheme,
+        authority,
+        rest,
+    }) = url_parts(url)
+    else {
+        return path_and_query_nested(url, depth);
     };
-    let after = scheme_end + 3;
-    let rest = url.get(after..).unwrap_or_default();
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path_query) = rest.split_at(authority_len);
     let host = authority_without_userinfo(authority);
-    let redacted_rest = path_and_query(path_query);
+    let redacted_rest = path_and_query_nested(rest, depth);
     if host.len() == authority.len() && matches!(redacted_rest, Cow::Borrowed(_)) {
         return Cow::Borrowed(url);
     }
-    let scheme = url.get(..scheme_end).unwrap_or_default();
     let userinfo = if host.len() == authority.len() {
         ""
     } else {
@@ -140,18 +279,82 @@ pub fn url(url: &str) -> Cow<'_, str> {
     Cow::Owned(format!("{scheme}://{userinfo}{host}{redacted_rest}"))
 }
 
+/// Text that must never reach a log (an OTLP endpoint with userinfo, exporter headers):
+/// `Debug` shows [`REDACTED`]; the value is read with [`Secret::expose`]. Parses from any
+/// string, so it serves as a clap argument type.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 /// Whether a flag, variable or header name contains a secret-looking word.
 pub fn is_sensitive_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     SENSITIVE_NAME_PARTS.iter().any(|part| lower.contains(part))
 }
 
+/// Flags that take a credential without a secret word in their name, by program (the
+/// basename of the first argument): `-u user:pw` / `-uuser:pw` / `--user=user:pw`. Only for
+/// these programs: `-u` and `-p` mean harmless things elsewhere.
+const CREDENTIAL_FLAGS: [(&str, &[&str]); 8] = [
+    ("curl", &["-u", "--user", "-U", "--proxy-user"]),
+    ("mysql", &["-p"]),
+    ("mysqldump", &["-p"]),
+    ("mysqladmin", &["-p"]),
+    ("mariadb", &["-p"]),
+    ("redis-cli", &["-a"]),
+    ("sshpass", &["-p"]),
+    (
+        "wget",
+        &["--user", "--http-user", "--proxy-user", "--ftp-user"],
+    ),
+];
+
+/// Programs whose credential flag is only ever joined (`mysql -pPW`; a bare `-p` prompts).
+const JOINED_ONLY: [&str; 4] = ["mysql", "mysqldump", "mysqladmin", "mariadb"];
+
+/// How deep a flag's value is examined as an argument of its own (`--env=--set=K=v`); deeper
+/// values are redacted whole.
+const MAX_ARGUMENT_NESTING: usize = 4;
+
 /// Command-line arguments with secrets redacted:
 /// `--password=x` / `-password=x` / `PASSWORD=x` -> `--password=REDACTED`;
-/// `--password x` -> `--password REDACTED` (unless the next argument is itself a `--flag`);
-/// `Authorization: Bearer x` (a header argument, as for `curl -H`) -> `Authorization: REDACTED`;
-/// and every URL inside an argument loses its userinfo and sensitive query values.
+/// `--password x` / `-password x` -> `--password REDACTED` (unless the next argument is itself
+/// a `--flag`); `Authorization: Bearer x` (a header argument, as for `curl -H`) and its joined
+/// form `-HAuthorization: Bearer x` -> `Authorization: REDACTED`; any other joined flag text
+/// with a secret-looking name -> `REDACTED`; the value of any other `--flag=value` is examined
+/// as an argument of its own (`--env=DB_PASSWORD=x`); credential flags of known programs
+/// ([`CREDENTIAL_FLAGS`]) lose their value; and every URL inside an argument loses its
+/// userinfo and sensitive query values.
 pub fn command_line_args<S: AsRef<str>>(args: &[S]) -> Vec<String> {
+    let program = args
+        .first()
+        .and_then(|a| a.as_ref().rsplit('/').next())
+        .unwrap_or_default();
+    let credential_flags = CREDENTIAL_FLAGS
+        .iter()
+        .find(|(name, _)| *name == program)
+        .map_or(&[][..], |(_, flags)| *flags);
+    let joined_only = JOINED_ONLY.contains(&program);
     let mut out = Vec::with_capacity(args.len());
     let mut redact_next = false;
     for arg in args {
@@ -162,29 +365,76 @@ pub fn command_line_args<S: AsRef<str>>(args: &[S]) -> Vec<String> {
             continue;
         }
         redact_next = false;
-        out.push(argument(arg, &mut redact_next));
+        if let Some(redacted) =
+            credential_flag(arg, credential_flags, joined_only, &mut redact_next)
+        {
+            out.push(redacted);
+            continue;
+        }
+        out.push(argument(arg, &mut redact_next, 0));
     }
     out
 }
 
-/// One argument redacted; sets `redact_next` when it is a bare secret-looking flag.
-fn argument(arg: &str, redact_next: &mut bool) -> String {
-    if let Some(flag) = arg.strip_prefix('-') {
-        let flag = flag.strip_prefix('-').unwrap_or(flag);
-        match flag.split_once('=') {
-            Some((name, _)) if is_sensitive_name(name) => {
-                let prefix_len = arg.len() - flag.len() + name.len();
-                let prefix = arg.get(..prefix_len).unwrap_or_default();
-                return format!("{prefix}={REDACTED}");
-            }
-            Some(_) => {}
-            None => {
-                if is_sensitive_name(flag) {
-                    *redact_next = true;
-                }
-                return arg.to_string();
-            }
+/// `arg` redacted when it is one of `flags` with its value joined; sets `redact_next` when it
+/// is the bare flag (and the program takes the value separately).
+fn credential_flag(
+    arg: &str,
+    flags: &[&str],
+    joined_only: bool,
+    redact_next: &mut bool,
+) -> Option<String> {
+    for flag in flags {
+        let Some(rest) = arg.strip_prefix(flag) else {
+            continue;
+        };
+        if rest.is_empty() {
+            *redact_next = !joined_only;
+            return Some(arg.to_string());
         }
+        if flag.starts_with("--") {
+            if rest.starts_with('=') {
+                return Some(format!("{flag}={REDACTED}"));
+            }
+        } else {
+            return Some(format!("{flag}{REDACTED}"));
+        }
+    }
+    None
+}
+
+/// One argument redacted; sets `redact_next` when it is a bare secret-looking flag.
+fn argument(arg: &str, redact_next: &mut bool, depth: usize) -> String {
+    if let Some(flag) = arg.strip_prefix('-') {
+        let long = flag.starts_with('-');
+        let flag = flag.strip_prefix('-').unwrap_or(flag);
+        let dashes = arg.get(..arg.len() - flag.len()).unwrap_or_default();
+        // `-HAuthorization: Bearer x` (curl's joined -H), before any `=` in the value counts.
+        if !long
+            && let Some((name, _)) = flag.split_once(':')
+            && is_header_name(name)
+            && is_sensitive_name(name)
+        {
+            return format!("{dashes}{name}: {REDACTED}");
+        }
+        return match flag.split_once('=') {
+            Some((name, _)) if is_sensitive_name(name) => format!("{dashes}{name}={REDACTED}"),
+            Some((name, _)) if depth >= MAX_ARGUMENT_NESTING => {
+                format!("{dashes}{name}={REDACTED}")
+            }
+            Some((name, value)) => {
+                let value = argument(value, &mut false, depth + 1);
+                format!("{dashes}{name}={value}")
+            }
+            None if !is_sensitive_name(flag) => urls_in(arg),
+            // `--api-key` / `-token`: the value is the next argument.
+            None if is_variable_name(flag) => {
+                *redact_next = true;
+                arg.to_string()
+            }
+            // Flag and value joined (`-Hsecret-token abc`): the whole argument goes.
+            None => REDACTED.to_string(),
+        };
     } else if let Some((name, _)) = arg.split_once('=')
         && is_variable_name(name)
         && is_sensitive_name(name)
@@ -263,6 +513,17 @@ mod tests {
     }
 
     #[test]
+    fn api_keys_codes_sessions_and_credentials_are_redacted() {
+        assert_eq!(
+            query(
+                "key=AIza1&code=c2&X-Goog-Credential=g3&SessionId=s4&secret=s5&passwd=p6&access_key=a7&q=x"
+            ),
+            "key=REDACTED&code=REDACTED&X-Goog-Credential=REDACTED&SessionId=REDACTED\
+             &secret=REDACTED&passwd=REDACTED&access_key=REDACTED&q=x"
+        );
+    }
+
+    #[test]
     fn keys_are_compared_after_decoding() {
         assert_eq!(query("%73ig=x"), "%73ig=REDACTED");
         assert_eq!(query("access%5Ftoken=x&k=v"), "access%5Ftoken=REDACTED&k=v");
@@ -281,6 +542,68 @@ mod tests {
             "tok%65n=REDACTED",
             "the whole value goes"
         );
+    }
+
+    #[test]
+    fn every_separator_and_nested_url_is_searched() {
+        // `;` (Rack 2, CGI.pm, old parse_qs), an HTML-escaped `&amp;`, a second `?`.
+        assert_eq!(query("a=1;token=s3"), "a=1;token=REDACTED");
+        assert_eq!(query("a=1&amp;token=s3&b=2"), "a=1&amp;token=REDACTED&b=2");
+        assert_eq!(query("a=1?token=s3"), "a=1?token=REDACTED");
+        assert_eq!(
+            url("http://h/p?a=1?token=s3"),
+            "http://h/p?a=1?token=REDACTED"
+        );
+        // Signed URLs nested in a value, plain or encoded: the whole value goes.
+        assert_eq!(
+            query("next=https://b/k?X-Amz-Signature=s3&x=1"),
+            "next=https://b/k?X-Amz-Signature=REDACTED&x=1"
+        );
+        for nested in [
+            "next=https%3A%2F%2Fb%2Fk%3FX-Amz-Signature%3Ds3",
+            "next=https%3A%2F%2Fu%3As3%40b%2Fk",
+            "next=%2Fk%3Fa%3D1%26token%3Ds3",
+            "next=https%253A%252F%252Fb%252Fk%253Fsig%253Ds3",
+            "state=a%3D1%3Bpassword%3Ds3",
+        ] {
+            let (key, _) = nested.split_once('=').unwrap_or_default();
+            assert_eq!(query(nested), format!("{key}={REDACTED}"), "{nested}");
+        }
+        // Deep encodings are bounded: past the limit, any value still hiding `=`, `@` or `%`
+        // goes; a harmless one is kept.
+        let mut deep = String::from("https://b/?sig=s3");
+        for _ in 0..10 {
+            deep = form_urlencoded::byte_serialize(deep.as_bytes()).collect();
+        }
+        assert_eq!(query(&format!("n={deep}")), "n=REDACTED");
+        for kept in [
+            "next=https%3A%2F%2Fb%2Fk%3Fv%3D1",
+            "q=a+b%20c",
+            "q=%ZZ",
+            "next=%2Fhome",
+        ] {
+            assert!(matches!(query(kept), Cow::Borrowed(_)), "{kept}");
+        }
+    }
+
+    #[test]
+    fn sensitive_path_parameters_are_redacted() {
+        assert_eq!(path("/cart;jsessionid=ABC123"), "/cart;jsessionid=REDACTED");
+        assert_eq!(
+            path("/a;JSESSIONID=ABC;v=1/b;token=t/c"),
+            "/a;JSESSIONID=REDACTED;v=1/b;token=REDACTED/c"
+        );
+        assert_eq!(
+            url("http://h/cart;jsessionid=ABC?x=1#f"),
+            "http://h/cart;jsessionid=REDACTED?x=1#f"
+        );
+        assert_eq!(
+            path_and_query("/c;jsessionid=ABC"),
+            "/c;jsessionid=REDACTED"
+        );
+        for kept in ["/a;v=1/b", "/token=x", "/a;b", "/"] {
+            assert!(matches!(path(kept), Cow::Borrowed(_)), "{kept}");
+        }
     }
 
     #[test]
@@ -373,6 +696,100 @@ mod tests {
         );
     }
 
+    #[test]
+    fn joined_short_flags_with_a_secret_name_lose_the_secret() {
+        assert_eq!(
+            command_line_args(&[
+                "curl",
+                "-HAuthorization: Bearer abc",
+                "-HX-Api-Key:zzz",
+                "-Hsecret-token abc",
+                "http://h/x",
+                "-token",
+                "t",
+            ]),
+            [
+                "curl",
+                "-HAuthorization: REDACTED",
+                "-HX-Api-Key: REDACTED",
+                "REDACTED",
+                "http://h/x",
+                "-token",
+                "REDACTED",
+            ]
+        );
+    }
+
+    #[test]
+    fn values_of_harmless_flags_are_examined_too() {
+        assert_eq!(
+            command_line_args(&[
+                "app",
+                "--env=DB_PASSWORD=x",
+                "--set=db.password=x",
+                "--conf=spark.ssl.secret.key=x",
+                "-e=API_TOKEN=x",
+                "--mode=fast",
+                "--next=--password=x",
+                "--url=http://u:p@h/?sig=s",
+            ]),
+            [
+                "app",
+                "--env=DB_PASSWORD=REDACTED",
+                "--set=db.password=REDACTED",
+                "--conf=spark.ssl.secret.key=REDACTED",
+                "-e=API_TOKEN=REDACTED",
+                "--mode=fast",
+                "--next=--password=REDACTED",
+                "--url=http://REDACTED:REDACTED@h/?sig=REDACTED",
+            ]
+        );
+        let deep = format!("{}x", "--a=".repeat(500));
+        let out = command_line_args(&["app", &deep]);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn credential_flags_without_a_secret_word_are_redacted() {
+        let cases: [(&[&str], &[&str]); 9] = [
+            (
+                &["/usr/bin/curl", "-u", "me:pw", "http://h/"],
+                &["/usr/bin/curl", "-u", "REDACTED", "http://h/"],
+            ),
+            (
+                &["curl", "--user", "me:pw", "--proxy-user=a:b", "-Ux:y"],
+                &[
+                    "curl",
+                    "--user",
+                    "REDACTED",
+                    "--proxy-user=REDACTED",
+                    "-UREDACTED",
+                ],
+            ),
+            (&["curl", "-ume:pw"], &["curl", "-uREDACTED"]),
+            (&["curl", "--user=me:pw"], &["curl", "--user=REDACTED"]),
+            (
+                &["mysql", "-uroot", "-pPW", "db"],
+                &["mysql", "-uroot", "-pREDACTED", "db"],
+            ),
+            (
+                &["redis-cli", "-a", "PW", "-p", "6379"],
+                &["redis-cli", "-a", "REDACTED", "-p", "6379"],
+            ),
+            (&["redis-cli", "-aPW"], &["redis-cli", "-aREDACTED"]),
+            // The wrapped command's own `-p` is over-redacted: the accepted cost.
+            (
+                &["sshpass", "-p", "PW", "ssh", "-p", "22", "h"],
+                &["sshpass", "-p", "REDACTED", "ssh", "-p", "REDACTED", "h"],
+            ),
+            // Other programs' -u / -p are not credentials.
+            (&["sort", "-u", "file"], &["sort", "-u", "file"]),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(command_line_args(args), expected, "{args:?}");
+        }
+    }
+
     /// Random text from pieces that matter to the parsers: every function is total, a query
     /// keeps its pairs (only sensitive values change), a URL's userinfo never survives, and a
     /// command line keeps one output per argument.
@@ -419,12 +836,16 @@ mod tests {
                 .collect();
 
             let redacted = query(&text);
-            let pairs_in: Vec<&str> = text.split('&').collect();
-            let pairs_out: Vec<&str> = redacted.split('&').collect();
+            let pairs_in: Vec<&str> = text.split(QUERY_SEPARATORS).collect();
+            let pairs_out: Vec<&str> = redacted.split(QUERY_SEPARATORS).collect();
             assert_eq!(pairs_in.len(), pairs_out.len(), "{text:?}");
             for (before, after) in pairs_in.iter().zip(&pairs_out) {
                 match before.split_once('=') {
                     Some((key, _)) if is_sensitive_query_key(key) => {
+                        assert_eq!(*after, format!("{key}={REDACTED}"), "{text:?}");
+                    }
+                    // A value hiding a nested secret goes as a whole.
+                    Some((key, _)) if before != after => {
                         assert_eq!(*after, format!("{key}={REDACTED}"), "{text:?}");
                     }
                     _ => assert_eq!(before, after, "{text:?}"),

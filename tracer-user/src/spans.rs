@@ -6,7 +6,6 @@
 //! CLIENT spans), and a missing response is an Error with a short `error.type` class; no status
 //! code is ever invented. Attribute strings are bounded and converted from bytes lossily.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::ids::random_nonzero;
@@ -15,7 +14,7 @@ use crate::model::{
     SpanStatus,
 };
 use crate::propagation::{TraceContext, trim_ows};
-use crate::redact::{self, REDACTED};
+use crate::redact;
 
 /// Longest `url.*` value kept, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
@@ -224,7 +223,10 @@ fn server_attributes(
     let target = RequestTarget::parse(&request.method, &request.target);
     out.push(Attribute::str("url.scheme", target.scheme()));
     if let Some(path) = target.path() {
-        out.push(Attribute::str("url.path", bounded(path, MAX_URL_LEN)));
+        out.push(Attribute::str(
+            "url.path",
+            bounded(&redact::path(path), MAX_URL_LEN),
+        ));
     }
     if let Some(query) = target.query().filter(|q| !q.is_empty()) {
         out.push(Attribute::str(
@@ -316,28 +318,10 @@ fn client_url_full(
     request: &HttpRequest,
     peer: Option<SocketAddr>,
 ) -> Option<String> {
-    let authority = || -> Option<String> {
-        match header_value(&request.headers, "host")
-            .map(|v| bounded_lossy(trim_ows(v), MAX_SHORT_ATTR_LEN))
-        {
-            Some(host) if !redact::authority_without_userinfo(&host).is_empty() => {
-                Some(redact::authority_without_userinfo(&host).to_string())
-            }
-            _ => peer.map(|p| p.to_string()),
-        }
-    };
+    let authority =
+        || -> Option<String> { host_header_authority(request).or(peer.map(|p| p.to_string())) };
     let url = match target {
-        RequestTarget::Absolute {
-            scheme,
-            authority,
-            rest,
-        } => {
-            let authority = match authority.rsplit_once('@') {
-                Some((_, host)) => Cow::Owned(format!("{REDACTED}:{REDACTED}@{host}")),
-                None => Cow::Borrowed(*authority),
-            };
-            format!("{scheme}://{authority}{}", redact::path_and_query(rest))
-        }
+        RequestTarget::Absolute { .. } => redact::url(&request.target).into_owned(),
         RequestTarget::Origin { .. } => format!(
             "http://{}{}",
             authority()?,
@@ -379,11 +363,13 @@ impl<'a> RequestTarget<'a> {
         if method == "CONNECT" && !target.starts_with('/') {
             return RequestTarget::Authority(target);
         }
-        if let Some((scheme, after)) = target.split_once("://")
+        if let Some(redact::UrlParts {
+            scheme,
+            authority,
+            rest,
+        }) = redact::url_parts(target)
             && is_scheme(scheme)
         {
-            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-            let (authority, rest) = after.split_at(end);
             return RequestTarget::Absolute {
                 scheme,
                 authority,
@@ -459,9 +445,7 @@ impl HostPort {
     /// An unparseable port is dropped; an empty host gives `None`.
     fn parse(authority: &str) -> Option<HostPort> {
         let authority = authority.trim_matches([' ', '\t']);
-        let authority = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
+        let authority = redact::authority_without_userinfo(authority);
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
             let (host, after) = bracketed.split_once(']')?;
             (host, after.strip_prefix(':'))
@@ -483,13 +467,22 @@ impl HostPort {
 }
 
 fn host_header(request: &HttpRequest) -> Option<HostPort> {
+    HostPort::parse(&host_header_authority(request)?)
+}
+
+/// The longest authority a Host header can name: a 253-byte DNS name and `:65535`.
+const MAX_HOST_AUTHORITY_LEN: usize = 253 + 6;
+
+/// The Host header's `host[:port]`: userinfo removed from the whole value first (a cut could
+/// hide its `@`), then `None` when empty or longer than any real authority (a cut host would be
+/// a wrong one; the caller falls back to the peer).
+fn host_header_authority(request: &HttpRequest) -> Option<String> {
     let value = header_value(&request.headers, "host")?;
-    // As `bounded_lossy`, without copying the (usually valid UTF-8) value first.
-    let head = value.get(..MAX_SHORT_ATTR_LEN).unwrap_or(value);
-    HostPort::parse(prefix_on_boundary(
-        &String::from_utf8_lossy(head),
-        MAX_SHORT_ATTR_LEN,
-    ))
+    let authority = trim_ows(redact::authority_bytes_without_userinfo(trim_ows(value)));
+    if authority.is_empty() || authority.len() > MAX_HOST_AUTHORITY_LEN {
+        return None;
+    }
+    Some(String::from_utf8_lossy(authority).into_owned())
 }
 
 /// The first header named `name` (ASCII case-insensitive).
@@ -983,6 +976,65 @@ mod tests {
         let connect = request("CONNECT", "u:pw@db.example:443", &[]);
         let span = span_for(&ok(connect), &c, Role::Client);
         assert_eq!(str_attr(&span, "url.full"), Some("http://db.example:443"));
+    }
+
+    /// A Host value longer than any host name: its userinfo is found in the whole value (not in
+    /// a cut prefix that lost the `@`), and a host that would be cut is dropped for the peer.
+    #[test]
+    fn long_host_userinfo_never_reaches_a_span() {
+        let c = conn("10.0.0.2:51000", "10.0.0.9:8080");
+        let token = "t0k:".repeat(75);
+        for host in [
+            format!("u:{token}@api.example:9000"),
+            format!("{token}@api.example"),
+        ] {
+            for role in [Role::Client, Role::Server] {
+                let req = request("GET", "/x", &[("Host", host.as_bytes())]);
+                let span = span_for(&ok(req), &c, role);
+                let text = format!("{span:?}");
+                assert!(!text.contains("t0k"), "token leaked: {text}");
+                assert_eq!(str_attr(&span, "server.address"), Some("api.example"));
+            }
+        }
+        let req = request("GET", "/x", &[("Host", b"u:pw@api.example:9000")]);
+        let span = span_for(&ok(req), &c, Role::Client);
+        assert_eq!(
+            str_attr(&span, "url.full"),
+            Some("http://api.example:9000/x")
+        );
+        // Too long to be a host name and cut: the peer instead.
+        let long = format!("{}.example", "a".repeat(300));
+        for role in [Role::Client, Role::Server] {
+            let req = request("GET", "/x", &[("Host", long.as_bytes())]);
+            let span = span_for(&ok(req), &c, role);
+            assert!(!format!("{span:?}").contains("aaaa"), "{role:?}");
+        }
+        let req = request("GET", "/x", &[("Host", long.as_bytes())]);
+        let span = span_for(&ok(req), &c, Role::Client);
+        assert_eq!(str_attr(&span, "url.full"), Some("http://10.0.0.9:8080/x"));
+        assert_eq!(str_attr(&span, "server.address"), Some("10.0.0.9"));
+    }
+
+    #[test]
+    fn path_session_parameters_never_reach_a_span() {
+        let c = conn("10.0.0.2:51000", "10.0.0.9:8080");
+        for target in [
+            "/cart;jsessionid=S3SS?x=1",
+            "http://h/cart;jsessionid=S3SS?x=1",
+        ] {
+            for role in [Role::Client, Role::Server] {
+                let req = request("GET", target, &[("Host", b"h")]);
+                let span = span_for(&ok(req), &c, role);
+                let text = format!("{span:?}");
+                assert!(!text.contains("S3SS"), "session leaked: {text}");
+            }
+        }
+        let req = request("GET", "/cart;jsessionid=S3SS?x=1", &[]);
+        let span = span_for(&ok(req), &c, Role::Server);
+        assert_eq!(
+            str_attr(&span, "url.path"),
+            Some("/cart;jsessionid=REDACTED")
+        );
     }
 
     fn cases_host_request() -> HttpRequest {

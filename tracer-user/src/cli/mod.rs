@@ -56,7 +56,7 @@ pub struct TraceArgs {
 
     /// OTLP endpoint (overrides OTEL_EXPORTER_OTLP_ENDPOINT), e.g. http://collector:4317.
     #[arg(long, value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
+    pub otlp_endpoint: Option<crate::redact::Secret>,
 
     /// OTLP protocol: grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL).
     #[arg(long, value_name = "PROTOCOL")]
@@ -64,7 +64,7 @@ pub struct TraceArgs {
 
     /// Extra OTLP headers, k1=v1,k2=v2 (merged over OTEL_EXPORTER_OTLP_HEADERS).
     #[arg(long, value_name = "HEADERS")]
-    pub otlp_headers: Option<String>,
+    pub otlp_headers: Option<crate::redact::Secret>,
 
     /// Payload bytes captured per syscall (max 16384). Headers beyond it are not seen.
     #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, value_name = "BYTES",
@@ -140,5 +140,35 @@ pub struct TraceArgs {
 impl TraceArgs {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: TraceArgs,
+    }
+
+    #[test]
+    fn debug_never_shows_otlp_credentials() {
+        let parsed = Wrapper::try_parse_from([
+            "tracer",
+            "--otlp-endpoint",
+            "http://u:pw1@collector:4318",
+            "--otlp-headers",
+            "x-api-key=pw2",
+        ])
+        .expect("parses");
+        let shown = format!("{parsed:?}");
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        assert_eq!(
+            parsed.args.otlp_endpoint.as_ref().map(|s| s.expose()),
+            Some("http://u:pw1@collector:4318")
+        );
     }
 }

@@ -160,7 +160,8 @@ impl std::fmt::Debug for OtlpConfig {
 }
 
 /// Command-line values that take precedence over the environment. `None` means "not given".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `Debug` shows the endpoint redacted and no header value.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct OtlpOverrides {
     /// Base endpoint, like `OTEL_EXPORTER_OTLP_ENDPOINT`: for HTTP, `/v1/traces` is appended unless
     /// the value already ends with it.
@@ -175,6 +176,27 @@ pub struct OtlpOverrides {
     pub schedule_delay: Option<Duration>,
     pub max_queue_size: Option<usize>,
     pub max_export_batch_size: Option<usize>,
+}
+
+impl std::fmt::Debug for OtlpOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpOverrides")
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(crate::redact::url),
+            )
+            .field("protocol", &self.protocol)
+            .field(
+                "headers",
+                &self.headers.as_ref().map(|_| crate::redact::REDACTED),
+            )
+            .field("timeout", &self.timeout)
+            .field("compression", &self.compression)
+            .field("schedule_delay", &self.schedule_delay)
+            .field("max_queue_size", &self.max_queue_size)
+            .field("max_export_batch_size", &self.max_export_batch_size)
+            .finish()
+    }
 }
 
 /// A configuration value that cannot be used.
@@ -410,26 +432,20 @@ fn resolve_endpoint(
 /// it in connection-pool traces; a header is sent as intended and never logged.
 fn split_credentials(endpoint: &str) -> (String, Option<String>) {
     use base64::Engine as _;
-    let Some(scheme_end) = endpoint.find("://") else {
+    let Some(parts) = crate::redact::url_parts(endpoint) else {
         return (endpoint.to_string(), None);
     };
-    let rest = endpoint.get(scheme_end + 3..).unwrap_or_default();
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = rest.get(..authority_len).unwrap_or_default();
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+    let Some((userinfo, _)) = parts.authority.rsplit_once('@') else {
         return (endpoint.to_string(), None);
     };
+    let host = crate::redact::authority_without_userinfo(parts.authority);
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
     );
-    let stripped = format!(
-        "{}{host}{}",
-        endpoint.get(..scheme_end + 3).unwrap_or_default(),
-        rest.get(authority_len..).unwrap_or_default()
-    );
+    let stripped = format!("{}://{host}{}", parts.scheme, parts.rest);
     (stripped, Some(basic))
 }
 
@@ -442,10 +458,10 @@ fn check_url(setting: &str, raw: &str) -> Result<(), ConfigError> {
     let value: &str = &shown;
     let rest = raw
         .strip_prefix("http://")
-        .or_else(|| value.strip_prefix("https://"))
+        .or_else(|| raw.strip_prefix("https://"))
         .ok_or_else(|| ConfigError::new(setting, value, "must start with http:// or https://"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if crate::redact::authority_without_userinfo(authority).is_empty() {
         return Err(ConfigError::new(setting, value, "missing host"));
     }
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -580,6 +596,39 @@ fn percent_decode(input: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn overrides_debug_never_shows_credentials() {
+        let overrides = OtlpOverrides {
+            endpoint: Some("http://u:pw1@collector:4318/?sig=pw3".into()),
+            headers: Some("x-api-key=pw2".into()),
+            ..Default::default()
+        };
+        let shown = format!("{overrides:?}");
+        for secret in ["pw1", "pw2", "pw3"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("collector:4318"), "{shown}");
+    }
+
+    #[test]
+    fn check_url_needs_a_host_after_the_userinfo_and_never_shows_it() {
+        for raw in [
+            "http://u:pw1@/x",
+            "https://u:pw1@/x",
+            "https://u:pw1@",
+            "http://@",
+        ] {
+            let err = check_url("S", raw).expect_err(raw);
+            assert_eq!(err.reason, "missing host", "{raw}");
+            assert!(!err.value.contains("pw1"), "{raw}: {err:?}");
+        }
+        for raw in ["http://u:pw1@h/x", "https://u:pw1@h:4318", "https://h"] {
+            assert!(check_url("S", raw).is_ok(), "{raw}");
+        }
+        let err = check_url("S", "ftp://u:pw1@h").expect_err("scheme");
+        assert!(!err.value.contains("pw1"), "{err:?}");
+    }
+
     use super::*;
     use std::collections::HashMap;
 

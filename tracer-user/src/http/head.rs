@@ -149,10 +149,13 @@ fn convert_headers(
     for header in parsed {
         framing.observe(header.name, header.value);
         if headers.len() < keep {
-            let kept = header
-                .value
-                .get(..limits.max_header_value_bytes)
-                .unwrap_or(header.value);
+            // A Host userinfo is dropped before the cut, which could drop its `@` and keep it.
+            let value = if header.name.eq_ignore_ascii_case("host") {
+                crate::redact::authority_bytes_without_userinfo(header.value)
+            } else {
+                header.value
+            };
+            let kept = value.get(..limits.max_header_value_bytes).unwrap_or(value);
             headers.push(Header {
                 name: header.name.to_owned(),
                 value: kept.to_vec(),
@@ -240,6 +243,22 @@ mod tests {
         assert_eq!(response.headers[2].name, "X-2");
         assert_eq!(response.headers[2].value, b"value");
         assert_eq!(framing.content_length, ContentLength::Valid(3));
+    }
+
+    #[test]
+    fn host_userinfo_is_dropped_before_the_value_cut() {
+        let limits = HttpLimits {
+            max_header_value_bytes: 16,
+            ..HttpLimits::default()
+        };
+        let password = "p:".repeat(20);
+        let bytes = format!("GET / HTTP/1.1\r\nHost: u:{password}@api.example\r\nX-A: b\r\n\r\n");
+        let (head, _) = complete(bytes.as_bytes(), MessageKind::Request, &limits);
+        let ParsedHead::Request(request, _) = head else {
+            panic!("not a request")
+        };
+        assert_eq!(request.headers[0].value, b"api.example");
+        assert_eq!(request.headers[1].value, b"b");
     }
 
     #[test]

@@ -116,20 +116,14 @@ fn count_failure(state: &MetricsState, error: &hyper::Error) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The response to one request.
+/// The response to one request. The method is checked before any body is built: a `POST
+/// /metrics` costs no render.
 fn answer(request: &Request<Incoming>, state: &MetricsState) -> Response<Full<Bytes>> {
     state.server.requests_served.fetch_add(1, Ordering::Relaxed);
-    let (status, content_type, body) = match request.uri().path() {
-        "/metrics" => (StatusCode::OK, PROMETHEUS_CONTENT_TYPE, state.render()),
-        "/healthz" => (StatusCode::OK, TEXT, "ok\n".to_string()),
-        "/readyz" if state.is_ready() => (StatusCode::OK, TEXT, "ready\n".to_string()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            TEXT,
-            "not ready\n".to_string(),
-        ),
-        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
-    };
+    let path = request.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
     // hyper sends no body for HEAD and keeps the Content-Length of the GET answer.
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -138,6 +132,16 @@ fn answer(request: &Request<Incoming>, state: &MetricsState) -> Response<Full<By
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
+    let (status, content_type, body) = match path {
+        "/metrics" => (StatusCode::OK, PROMETHEUS_CONTENT_TYPE, state.render()),
+        "/healthz" => (StatusCode::OK, TEXT, "ok\n".to_string()),
+        _ if state.is_ready() => (StatusCode::OK, TEXT, "ready\n".to_string()),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "not ready\n".to_string(),
+        ),
+    };
     with_body(status, content_type, body)
 }
 
@@ -164,6 +168,7 @@ fn with_body(
 mod tests {
     use super::*;
     use crate::metrics::{AgentSnapshot, serve};
+    use std::sync::PoisonError;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -294,6 +299,37 @@ mod tests {
             value(&body, "tracer_metrics_requests_total", ""),
             12.0,
             "eleven before, and this scrape"
+        );
+        task.abort();
+    }
+
+    /// A refused method is answered without building the body: with the snapshot locked (so a
+    /// render would block), `POST /metrics` still gets its 405 at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_methods_are_answered_without_rendering() {
+        let (addr, task, state) = start().await;
+        let held = state
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A blocking client on this thread: the server's workers stay free to answer.
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        std::io::Write::write_all(
+            &mut stream,
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .expect("send");
+        let mut answer = [0u8; 16];
+        let read = std::io::Read::read(&mut stream, &mut answer);
+        drop(held);
+        let len = *read.as_ref().unwrap_or(&0);
+        let answer = String::from_utf8_lossy(answer.get(..len).unwrap_or_default()).into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.1 405 "),
+            "no 405 while a render would block: {read:?} {answer:?}"
         );
         task.abort();
     }
