@@ -47,7 +47,7 @@ pub fn carries_mark(headers: &[Header]) -> bool {
 pub enum Telemetry {
     /// Sent by a tracer agent (marked): never traced, whatever the options.
     Own,
-    /// An OTLP export (`POST .../v1/{traces,metrics,logs}` or a gRPC
+    /// An OTLP export (`POST /v1/{traces,metrics,logs}` or a gRPC
     /// `/opentelemetry.proto.collector.*` call) by someone else, such as a collector forwarding
     /// to a backend: not traced unless asked for.
     Pipeline,
@@ -58,12 +58,32 @@ pub fn classify(request: &HttpRequest) -> Option<Telemetry> {
     if carries_mark(&request.headers) {
         return Some(Telemetry::Own);
     }
-    is_otlp_export(&request.method, &request.target).then_some(Telemetry::Pipeline)
+    is_otlp_export(
+        &request.method,
+        &request.target,
+        content_type(&request.headers),
+    )
+    .then_some(Telemetry::Pipeline)
 }
 
-/// OTLP export paths: HTTP `POST` to `.../v1/traces|metrics|logs` (a path prefix is allowed, as
-/// vendors mount the receiver under one), or any gRPC method of the OTLP collector services.
-pub fn is_otlp_export(method: &str, target: &str) -> bool {
+/// The media type of the first `Content-Type` header (parameters and case dropped).
+fn content_type(headers: &[Header]) -> Option<String> {
+    let header = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-type"))?;
+    let value = std::str::from_utf8(&header.value).ok()?;
+    let media = value.split(';').next().unwrap_or_default().trim();
+    Some(media.to_ascii_lowercase())
+}
+
+/// The OTLP/HTTP signal paths.
+const OTLP_HTTP_PATHS: [&str; 3] = ["/v1/traces", "/v1/metrics", "/v1/logs"];
+
+/// OTLP export requests: HTTP `POST` to exactly `/v1/traces|metrics|logs` (origin or absolute
+/// form), or under a path prefix (vendors mount the receiver under one) only when the body is
+/// OTLP protobuf (`application/x-protobuf`): a JSON `POST /api/v1/logs` is an ordinary
+/// application endpoint. Any gRPC method of the OTLP collector services is an export.
+pub fn is_otlp_export(method: &str, target: &str, content_type: Option<String>) -> bool {
     let path = path_of(target);
     if path.starts_with("/opentelemetry.proto.collector.") {
         return true;
@@ -72,9 +92,11 @@ pub fn is_otlp_export(method: &str, target: &str) -> bool {
         return false;
     }
     let path = path.strip_suffix('/').unwrap_or(path);
-    ["/v1/traces", "/v1/metrics", "/v1/logs"]
-        .iter()
-        .any(|suffix| path.ends_with(suffix))
+    if OTLP_HTTP_PATHS.contains(&path) {
+        return true;
+    }
+    content_type.as_deref() == Some("application/x-protobuf")
+        && OTLP_HTTP_PATHS.iter().any(|suffix| path.ends_with(suffix))
 }
 
 /// The path of a request target: origin-form `path?query`, or absolute-form `scheme://host/path`.
@@ -215,7 +237,6 @@ mod tests {
             ("POST", "/v1/traces"),
             ("POST", "/v1/metrics"),
             ("post", "/v1/logs"),
-            ("POST", "/otlp/v1/traces"),
             ("POST", "/v1/traces/"),
             ("POST", "/v1/traces?x=1"),
             ("POST", "http://collector:4318/v1/traces"),
@@ -239,10 +260,35 @@ mod tests {
             ("POST", "/v1/traces-and-more"),
             ("GET", "http://h/v1/users"),
             ("POST", "/grpc.health.v1.Health/Check"),
+            ("POST", "/api/v1/logs"),
+            ("POST", "/admin/v1/metrics"),
+            ("POST", "/otlp/v1/traces"),
+            ("POST", "http://h/api/v1/traces"),
         ] {
             let r = request(method, target, &[]);
             assert_eq!(classify(&r), None, "{method} {target}");
         }
+        // Ordinary JSON APIs that happen to end like an OTLP path are application traffic.
+        for target in ["/api/v1/logs", "/admin/v1/metrics", "/otlp/v1/traces"] {
+            let r = request("POST", target, &[("Content-Type", "application/json")]);
+            assert_eq!(classify(&r), None, "{target}");
+        }
+        // Under a prefix, only an OTLP protobuf body makes it an export.
+        for target in [
+            "/otlp/v1/traces",
+            "/api/v2/otlp/v1/metrics/",
+            "https://ingest.example/otlp/v1/logs?k=1",
+        ] {
+            let ct = [("Content-Type", "Application/X-Protobuf; charset=binary")];
+            let r = request("POST", target, &ct);
+            assert_eq!(classify(&r), Some(Telemetry::Pipeline), "{target}");
+        }
+        let r = request(
+            "POST",
+            "/otlp/v1/tracesx",
+            &[("Content-Type", "application/x-protobuf")],
+        );
+        assert_eq!(classify(&r), None);
     }
 
     /// Runs one server-side exchange per request through a pipeline; returns the span names.
