@@ -793,3 +793,146 @@ fn collector_behind_a_dnat_on_this_host_never_captures_the_export() {
     );
     agent.stop().assert_success();
 }
+
+/// The local port of this host's established TCP connection to `127.0.0.1:remote_port` from
+/// another port (the agent's export connection; the receiver's end has the port itself).
+fn local_port_towards(remote_port: u16) -> Option<u16> {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+    let remote = format!("0100007F:{remote_port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, peer, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+        if *peer != remote || *state != "01" {
+            return None;
+        }
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        (port != remote_port).then_some(port)
+    })
+}
+
+/// A network namespace with only its loopback up (its own 127.0.0.1 and port space), deleted on
+/// drop.
+struct LoopbackNamespace {
+    name: String,
+}
+
+impl LoopbackNamespace {
+    fn create() -> LoopbackNamespace {
+        let name = format!("tracer-loops-lo-{}", std::process::id());
+        run_ok("ip", &["netns", "add", &name]);
+        let namespace = LoopbackNamespace { name };
+        run_ok(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &namespace.name,
+                "ip",
+                "link",
+                "set",
+                "lo",
+                "up",
+            ],
+        );
+        namespace
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+}
+
+impl Drop for LoopbackNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// The kernel exclusion of the agent's own connections is not fooled by an application
+/// connection whose peer endpoint happens to equal the agent's local endpoint: here a pod-like
+/// network namespace's client on its own 127.0.0.1 with the very port the host agent exports
+/// from (the same holds on one host when connect() reuses a port towards another server).
+#[test]
+fn application_connection_reusing_the_agents_local_endpoint_is_traced() {
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::Grpc);
+    let trigger = PythonServer::start(free_port(), "reuse-trigger");
+    let server_port = free_port();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let agent = AgentConfig::new()
+        .ports(&[trigger.port(), server_port])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1")
+        .export_to(&backend)
+        .start();
+    let context = || {
+        format!(
+            "backend spans:\n{}\n--- agent stderr ---\n{}",
+            describe(&backend.spans()),
+            agent.stderr_text()
+        )
+    };
+    // A first span opens the agent's export connection (gRPC keeps it).
+    curl(&[&trigger.url("/first")]);
+    backend
+        .wait_for(WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.attr_str("url.path") == Some("/first"))
+        })
+        .unwrap_or_else(|_| panic!("the trigger span never arrived\n{}", context()));
+    let agent_port = local_port_towards(backend.addr().port()).unwrap_or_else(|| {
+        panic!(
+            "no established connection to the receiver's port {}\n{}",
+            backend.addr().port(),
+            context()
+        )
+    });
+
+    let namespace = LoopbackNamespace::create();
+    let mut server_command = namespace.command(python());
+    server_command
+        .arg("-u")
+        .arg(peer_script("http_server.py"))
+        .args(["--port", &server_port.to_string()])
+        .args(["--host", "127.0.0.1"])
+        .env("OTEL_SERVICE_NAME", "netns-app");
+    let server = ChildGuard::spawn("http_server.py in a netns", server_command);
+    // The namespace's client takes the agent's local port (free in its own port space).
+    let url = format!("http://127.0.0.1:{server_port}/reused");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut client = namespace.command("curl");
+        client.args(["-s", "-o", "/dev/null", "--max-time", "5"]);
+        client.args(["--local-port", &agent_port.to_string(), &url]);
+        let (status, _) = run_with_timeout("curl in a netns", client, Duration::from_secs(10));
+        if status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl from port {agent_port} in the namespace never got an answer\n{}",
+            server.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    backend
+        .wait_for(WAIT, |spans| {
+            spans.iter().any(|s| {
+                s.kind == ObservedKind::Server && s.attr_str("url.path") == Some("/reused")
+            })
+        })
+        .unwrap_or_else(|_| {
+            panic!(
+                "the namespace server's span (peer 127.0.0.1:{agent_port}, the agent's local \
+                 endpoint) never arrived: wrongly excluded as the agent's mirror\n{}",
+                context()
+            )
+        });
+    drop(server);
+    agent.stop().assert_success();
+}

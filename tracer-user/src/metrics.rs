@@ -358,6 +358,12 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             vec![Sample::plain(k.agent_mirrors_ignored)],
         ),
         Family::counter(
+            "tracer_kernel_agent_table_full_total",
+            "The agent's own sockets the kernel could not remember because their table was full \
+             (their other end may be captured; the User-Agent mark still drops those exchanges).",
+            vec![Sample::plain(k.agent_table_full)],
+        ),
+        Family::counter(
             "tracer_events_read_total",
             "Records the agent read from the ring buffer.",
             vec![Sample::plain(s.events_read)],
@@ -941,6 +947,7 @@ mod tests {
                 conns_sniffed: 109,
                 filter_table_full: 110,
                 agent_mirrors_ignored: 111,
+                agent_table_full: 112,
             },
             events_read: 201,
             decode_errors: 202,
@@ -985,7 +992,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=111).chain(201..=233).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=112).chain(201..=233).map(|v| v as f64).collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(
@@ -1018,6 +1025,10 @@ mod tests {
         assert_eq!(
             parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),
             111.0
+        );
+        assert_eq!(
+            parsed.value("tracer_kernel_agent_table_full_total", &[]),
+            112.0
         );
         assert_eq!(
             parsed.value("tracer_kernel_events_submitted_total", &[]),

@@ -127,6 +127,8 @@ pub struct KernelCounters {
     pub filter_table_full: u64,
     /// Connections whose other end is one of the agent's own sockets, never tracked.
     pub agent_mirrors_ignored: u64,
+    /// The agent's own sockets not remembered because their table was full.
+    pub agent_table_full: u64,
 }
 
 impl KernelCounters {
@@ -426,6 +428,7 @@ impl Probes {
         out.conns_sniffed = read(counter::CONNS_SNIFFED);
         out.filter_table_full = read(counter::FILTER_TABLE_FULL);
         out.agent_mirrors_ignored = read(counter::AGENT_MIRRORS_IGNORED);
+        out.agent_table_full = read(counter::AGENT_TABLE_FULL);
         out
     }
 }
@@ -444,7 +447,31 @@ fn bump_memlock_rlimit() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_field_offset;
+    use super::{EBPF_OBJECT, parse_field_offset};
+
+    /// The tables of the agent's own sockets never evict: an evicted socket would orphan its
+    /// local endpoint, excluding an unrelated application connection that reuses it later.
+    #[test]
+    fn agent_socket_tables_are_plain_hash_maps() {
+        assert!(
+            !EBPF_OBJECT.is_empty(),
+            "the eBPF object is not embedded (built with AYA_BUILD_SKIP?): run `cargo xtask build`"
+        );
+        let object = aya_obj::Object::parse(EBPF_OBJECT)
+            .unwrap_or_else(|e| panic!("parsing the embedded eBPF object: {e}"));
+        for name in ["AGENT_SOCKS", "AGENT_ENDPOINTS"] {
+            let map = object
+                .maps
+                .get(name)
+                .unwrap_or_else(|| panic!("no map {name} in the eBPF object"));
+            assert_eq!(
+                map.map_type(),
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
+                "{name} must be a plain hash map (no silent eviction)"
+            );
+            assert_eq!(map.max_entries(), tracer_common::MAX_AGENT_CONNECTIONS);
+        }
+    }
 
     #[test]
     fn finds_field_offsets_in_both_fork_layouts() {
