@@ -384,6 +384,26 @@ fn agent_in_its_own_pid_namespace_never_traces_itself() {
         "the agent's own exchanges reached its pipeline: the kernel did not recognise it\n{}",
         context()
     );
+    // The app runs outside the agent's pid namespace: its /proc entries are not the agent's to
+    // read (a host tgid there may be another process's pid), so none were read, counted.
+    let unmapped = sample(&scrape(metrics), "tracer_proc_pid_unmapped_total", "");
+    assert!(
+        unmapped.is_some_and(|n| n >= 1),
+        "tracer_proc_pid_unmapped_total is {unmapped:?}\n{}",
+        context()
+    );
+    let app_span = backend
+        .spans()
+        .into_iter()
+        .find(|s| s.attr_int("server.port") == Some(i64::from(app.port())))
+        .unwrap_or_else(|| unreachable!());
+    assert!(
+        app_span
+            .service_name()
+            .is_some_and(|n| n.starts_with("unknown_service:")),
+        "a process outside the agent's namespace must not be named from its /proc: {}",
+        app_span.summary()
+    );
     let stderr = agent.stderr().text();
     let recognised = stderr
         .lines()
@@ -455,6 +475,18 @@ fn tracer_run_in_its_own_pid_namespace_traces_its_command_and_not_itself() {
                 run.output_report()
             )
         });
+    // The agent reads its own namespace's /proc: the kernel's host tgid of the command is
+    // translated to the command's pid there, never read as another process's pid.
+    let client = spans
+        .iter()
+        .find(|s| s.kind == ObservedKind::Client)
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(
+        client.service_name(),
+        Some("curl"),
+        "the command's resource must come from its own /proc entry\n{}",
+        describe(&spans)
+    );
     let about: Vec<&ObservedSpan> = spans
         .iter()
         .filter(|s| about_telemetry(s, &[backend.addr().port()]))

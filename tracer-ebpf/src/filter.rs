@@ -7,7 +7,7 @@ use tracer_common::Config;
 
 use crate::maps::{
     AGENT_ENDPOINTS, AGENT_SOCKS, CONFIG, Endpoints, FILTER_PIDS, FILTER_PORTS, NS_FILTER_PIDS,
-    PeerKey, config,
+    NS_PIDS, PeerKey, config,
 };
 
 /// The current task's tgid and pid in the agent's pid namespace, when it lives there.
@@ -60,6 +60,9 @@ pub fn pid_traced(tgid: u32) -> bool {
     if is_agent(&cfg, tgid) {
         return false;
     }
+    if cfg.agent_ns_tgid != 0 {
+        remember_namespaced_pid(&cfg, tgid);
+    }
     if cfg.filter_pids != 0 {
         // SAFETY: read-only lookup of a plain value.
         if unsafe { FILTER_PIDS.get(&tgid) }.is_some() {
@@ -68,6 +71,23 @@ pub fn pid_traced(tgid: u32) -> bool {
         return joins_by_namespaced_pid(&cfg, tgid);
     }
     true
+}
+
+/// A namespaced agent reads `/proc` of its own namespace: keep `NS_PIDS` right for `tgid` (its
+/// pid there, or no entry when it lives elsewhere: a host tgid may have been reused).
+#[inline(always)]
+fn remember_namespaced_pid(cfg: &Config, tgid: u32) {
+    // SAFETY: value copied out.
+    let known = unsafe { NS_PIDS.get(&tgid) }.copied();
+    match in_agent_namespace(cfg) {
+        Some(info) if known != Some(info.tgid) => {
+            let _ = NS_PIDS.insert(&tgid, &info.tgid, 0);
+        }
+        None if known.is_some() => {
+            let _ = NS_PIDS.remove(&tgid);
+        }
+        _ => {}
+    }
 }
 
 /// A namespaced agent names traced processes by their pids in its namespace: the first time such

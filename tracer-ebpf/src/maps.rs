@@ -47,6 +47,12 @@ pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_
 #[map]
 pub static NS_FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
 
+/// Host tgid -> tgid in the agent's pid namespace, for tasks of that namespace, filled only when
+/// the agent runs in a child pid namespace: its /proc names processes by the latter. A missing
+/// entry (evicted, or a process outside the namespace) means no /proc lookups for that process.
+#[map]
+pub static NS_PIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// Traced ports when port filtering is on.
 #[map]
 pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);

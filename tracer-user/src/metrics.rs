@@ -51,6 +51,8 @@ pub struct AgentSnapshot {
     pub exchanges_own_telemetry: u64,
     /// OTLP export exchanges of other programs, dropped by default.
     pub exchanges_telemetry_pipeline: u64,
+    /// Processes not looked up in `/proc` because the agent's `/proc` does not show them.
+    pub proc_pid_unmapped: u64,
     /// Gauge: connections in the agent's table now.
     pub connections_tracked: u64,
     pub connections_opened: u64,
@@ -445,6 +447,12 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
                     s.exchanges_telemetry_pipeline,
                 ),
             ],
+        ),
+        Family::counter(
+            "tracer_proc_pid_unmapped_total",
+            "Processes described without /proc (no executable name, pod or sniffed endpoints) \
+             because the agent runs in a child pid namespace that does not show them.",
+            vec![Sample::plain(s.proc_pid_unmapped)],
         ),
         Family::counter(
             "tracer_spans_built_total",
@@ -957,6 +965,7 @@ mod tests {
             records_unknown_connection: 205,
             exchanges_own_telemetry: 232,
             exchanges_telemetry_pipeline: 233,
+            proc_pid_unmapped: 234,
             connections_tracked: 206,
             connections_opened: 207,
             connections_closed: 208,
@@ -992,7 +1001,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=112).chain(201..=233).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=112).chain(201..=234).map(|v| v as f64).collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(
@@ -1022,6 +1031,7 @@ mod tests {
             |reason| parsed.value("tracer_exchanges_dropped_total", &[("reason", reason)]);
         assert_eq!(exchanges("own_telemetry"), 232.0);
         assert_eq!(exchanges("telemetry_pipeline"), 233.0);
+        assert_eq!(parsed.value("tracer_proc_pid_unmapped_total", &[]), 234.0);
         assert_eq!(
             parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),
             111.0

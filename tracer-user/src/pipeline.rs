@@ -52,6 +52,9 @@ pub struct PipelineStats {
     pub own_telemetry_dropped: u64,
     /// OTLP export exchanges of other programs, dropped unless `include_telemetry`.
     pub telemetry_pipeline_dropped: u64,
+    /// Processes (resources, sniffed sockets) not looked up in `/proc` because the agent's `/proc`
+    /// does not show them (an agent in a child pid namespace, a process outside it).
+    pub proc_pid_unmapped: u64,
 }
 
 /// Options of the userspace side.
@@ -116,8 +119,32 @@ impl Pipeline {
         self
     }
 
+    /// Names processes under `/proc` through `map` (an agent in a child pid namespace).
+    pub fn with_pid_map(mut self, map: Option<crate::resource::PidMap>) -> Self {
+        let resources = std::mem::replace(
+            &mut self.resources,
+            ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
+        );
+        self.resources = resources.with_pid_map(map);
+        self
+    }
+
     pub fn stats(&self) -> PipelineStats {
-        self.stats
+        let mut stats = self.stats;
+        stats.proc_pid_unmapped += self.resources.unmapped();
+        stats
+    }
+
+    /// What `/proc` says about `fd` of host tgid `pid`; `Unknown` (counted) when the agent's
+    /// `/proc` does not show that process.
+    fn inspect_fd(&mut self, pid: u32, fd: i32) -> FdKind {
+        match self.resources.proc_pid(pid) {
+            Some(proc_pid) => procnet::inspect_fd(&self.opts.proc_root, proc_pid, fd),
+            None => {
+                self.stats.proc_pid_unmapped += 1;
+                FdKind::Unknown
+            }
+        }
     }
 
     pub fn table_stats(&self) -> TableStats {
@@ -147,7 +174,7 @@ impl Pipeline {
         if self.presolved.len() >= SNIFF_MEMORY {
             self.presolved.clear();
         }
-        let kind = procnet::inspect_fd(&self.opts.proc_root, pid, fd);
+        let kind = self.inspect_fd(pid, fd);
         self.presolved.insert(conn_id, kind);
     }
 
@@ -303,9 +330,12 @@ impl Pipeline {
         let (pid, fd) = (conn.meta.pid, conn.meta.fd);
         let kind = match self.presolved.remove(&conn_id) {
             Some(kind) => kind,
-            None => procnet::inspect_fd(&self.opts.proc_root, pid, fd),
+            None => self.inspect_fd(pid, fd),
         };
         tracing::trace!(conn_id, pid, fd, ?kind, "sniffed connection resolved");
+        let Some(conn) = self.table.get_mut(conn_id) else {
+            return;
+        };
         match kind {
             FdKind::Socket { local, peer } => {
                 conn.meta.local = conn.meta.local.or(local);

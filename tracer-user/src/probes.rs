@@ -395,6 +395,28 @@ impl Probes {
         }
     }
 
+    /// How userspace names a process the kernel reports by host tgid in the agent's `/proc`:
+    /// `None` when the agent runs in the host's pid namespace (the same number). In a child pid
+    /// namespace, the kernel-filled `NS_PIDS` table; a process without an entry (outside the
+    /// namespace) cannot be read from `/proc` at all.
+    pub fn proc_pid_map(&mut self) -> Result<Option<crate::resource::PidMap>, ProbeError> {
+        if !self.namespaced_pids {
+            return Ok(None);
+        }
+        let map = self
+            .ebpf
+            .take_map("NS_PIDS")
+            .ok_or(ProbeError::MissingMap("NS_PIDS"))?;
+        let table: HashMap<MapData, u32, u32> =
+            HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "NS_PIDS",
+                source: Box::new(source),
+            })?;
+        Ok(Some(std::sync::Arc::new(move |host_tgid: u32| {
+            table.get(&host_tgid, 0).ok()
+        })))
+    }
+
     /// Takes the ring buffer for the reader task.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
