@@ -449,6 +449,7 @@ fn snapshot(
         exchanges_own_telemetry: p.own_telemetry_dropped,
         exchanges_telemetry_pipeline: p.telemetry_pipeline_dropped,
         proc_pid_unmapped: p.proc_pid_unmapped,
+        exchanges_telemetry_descendant: p.telemetry_descendants_dropped,
         connections_tracked: pipeline.connections() as u64,
         connections_opened: t.opened + t.opened_late,
         connections_closed: t.closed,

@@ -53,6 +53,8 @@ pub struct AgentSnapshot {
     pub exchanges_telemetry_pipeline: u64,
     /// Processes not looked up in `/proc` because the agent's `/proc` does not show them.
     pub proc_pid_unmapped: u64,
+    /// Exchanges linked under a dropped telemetry request.
+    pub exchanges_telemetry_descendant: u64,
     /// Gauge: connections in the agent's table now.
     pub connections_tracked: u64,
     pub connections_opened: u64,
@@ -445,6 +447,10 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
                 Sample::labelled(
                     &[("reason", "telemetry_pipeline")],
                     s.exchanges_telemetry_pipeline,
+                ),
+                Sample::labelled(
+                    &[("reason", "telemetry_descendant")],
+                    s.exchanges_telemetry_descendant,
                 ),
             ],
         ),
@@ -966,6 +972,7 @@ mod tests {
             exchanges_own_telemetry: 232,
             exchanges_telemetry_pipeline: 233,
             proc_pid_unmapped: 234,
+            exchanges_telemetry_descendant: 235,
             connections_tracked: 206,
             connections_opened: 207,
             connections_closed: 208,
@@ -1001,7 +1008,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=112).chain(201..=234).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=112).chain(201..=235).map(|v| v as f64).collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(
@@ -1031,6 +1038,7 @@ mod tests {
             |reason| parsed.value("tracer_exchanges_dropped_total", &[("reason", reason)]);
         assert_eq!(exchanges("own_telemetry"), 232.0);
         assert_eq!(exchanges("telemetry_pipeline"), 233.0);
+        assert_eq!(exchanges("telemetry_descendant"), 235.0);
         assert_eq!(parsed.value("tracer_proc_pid_unmapped_total", &[]), 234.0);
         assert_eq!(
             parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),

@@ -376,6 +376,92 @@ mod tests {
         assert_eq!(stats.own_telemetry_dropped, 1);
     }
 
+    /// A server request (by thread 7) during which the same thread makes a client call; returns
+    /// the exported spans' names and parents, and the stats.
+    fn server_with_a_client_call(server_request: &'static [u8]) -> (Vec<String>, PipelineStats) {
+        let mut pipeline = Pipeline::new(
+            PipelineOptions {
+                limits: TableLimits::default(),
+                proc_root: "/nonexistent-proc-for-tests".into(),
+                host_name: "test-host".into(),
+                ports: Vec::new(),
+                include_telemetry: false,
+            },
+            Clock::from_offset(1_700_000_000_000_000_000),
+        );
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().ok();
+        let header = |fd, conn_id, ts_ns| RecordHeader {
+            tgid: 7,
+            tid: 7,
+            fd,
+            conn_id,
+            ts_ns,
+        };
+        let data = |fd, conn_id, ts, direction, role, payload: &'static [u8]| KernelEvent::Data {
+            header: header(fd, conn_id, ts),
+            direction,
+            role: Some(role),
+            true_len: payload.len() as u32,
+            syscall_ns: 0,
+            loss_before: false,
+            payload,
+        };
+        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let events = [
+            KernelEvent::ConnOpen {
+                header: header(3, 1, 1_000),
+                role: Some(Role::Server),
+                local: addr("127.0.0.1:4318"),
+                peer: addr("127.0.0.1:40000"),
+            },
+            data(
+                3,
+                1,
+                2_000,
+                Direction::Ingress,
+                Role::Server,
+                server_request,
+            ),
+            KernelEvent::ConnOpen {
+                header: header(4, 2, 3_000),
+                role: Some(Role::Client),
+                local: addr("127.0.0.1:40001"),
+                peer: addr("127.0.0.1:8080"),
+            },
+            data(4, 2, 4_000, Direction::Egress, Role::Client, APP.as_bytes()),
+            data(4, 2, 5_000, Direction::Ingress, Role::Client, ok),
+            data(3, 1, 6_000, Direction::Egress, Role::Server, ok),
+            KernelEvent::ConnClose {
+                header: header(4, 2, 7_000),
+            },
+            KernelEvent::ConnClose {
+                header: header(3, 1, 8_000),
+            },
+        ];
+        let mut out: Vec<ExportItem> = Vec::new();
+        for event in events {
+            pipeline.on_event(event, &mut out);
+        }
+        let names = out.into_iter().map(|item| item.span.name).collect();
+        (names, pipeline.stats())
+    }
+
+    #[test]
+    fn calls_made_while_serving_dropped_telemetry_are_dropped_with_it() {
+        // Control: an application request's client call is exported (linked by thread).
+        let (names, stats) = server_with_a_client_call(APP.as_bytes());
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(stats.telemetry_descendants_dropped, 0);
+        for request in [MARKED, FORWARDED] {
+            let (names, stats) = server_with_a_client_call(request.as_bytes());
+            assert!(
+                names.is_empty(),
+                "{names:?} exported under a dropped parent"
+            );
+            assert_eq!(stats.telemetry_descendants_dropped, 1);
+        }
+    }
+
     #[test]
     fn pid_identity_is_the_host_pid_only_in_the_initial_namespace() {
         assert_eq!(

@@ -55,6 +55,8 @@ pub struct PipelineStats {
     /// Processes (resources, sniffed sockets) not looked up in `/proc` because the agent's `/proc`
     /// does not show them (an agent in a child pid namespace, a process outside it).
     pub proc_pid_unmapped: u64,
+    /// Exchanges linked under a dropped telemetry request (same thread, connection pair).
+    pub telemetry_descendants_dropped: u64,
 }
 
 /// Options of the userspace side.
@@ -282,6 +284,10 @@ impl Pipeline {
                         let mut next = conn.linked_upto;
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
                             self.linker.request_started(&conn.meta, role, &start);
+                            if dropped_as_telemetry(start.request, self.opts.include_telemetry) {
+                                self.linker
+                                    .mark_telemetry(conn.meta.conn_id, start.sequence);
+                            }
                             next = next.max(start.sequence + 1);
                         }
                         conn.linked_upto = next;
@@ -391,6 +397,11 @@ impl Pipeline {
                 }
                 _ => {}
             }
+            if identity.as_ref().is_some_and(|id| id.telemetry) {
+                // Linked under a dropped telemetry request: its parent never arrives.
+                self.stats.telemetry_descendants_dropped += 1;
+                continue;
+            }
             let (parent, ids) = match identity {
                 Some(id) => identity_parts(id),
                 None => (
@@ -409,6 +420,15 @@ impl Pipeline {
             self.stats.spans += 1;
             out.emit(ExportItem { span, resource });
         }
+    }
+}
+
+/// Whether `request` is telemetry whose exchange is dropped (see `own::classify`).
+fn dropped_as_telemetry(request: &crate::model::HttpRequest, include_telemetry: bool) -> bool {
+    match own::classify(request) {
+        Some(Telemetry::Own) => true,
+        Some(Telemetry::Pipeline) => !include_telemetry,
+        None => false,
     }
 }
 
