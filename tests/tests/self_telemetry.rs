@@ -107,6 +107,8 @@ struct LoopCounters {
     own_telemetry: u64,
     telemetry_pipeline: u64,
     mirrors_ignored: u64,
+    /// Mirrors found by userspace among connections resolved from /proc.
+    proc_mirrors_ignored: u64,
     spans_built: u64,
 }
 
@@ -124,6 +126,7 @@ impl LoopCounters {
                 "reason=\"telemetry_pipeline\"",
             ),
             mirrors_ignored: get("tracer_kernel_agent_mirrors_ignored_total", ""),
+            proc_mirrors_ignored: get("tracer_agent_mirrors_ignored_total", ""),
             spans_built: get("tracer_spans_built_total", ""),
         }
     }
@@ -966,5 +969,66 @@ fn application_connection_reusing_the_agents_local_endpoint_is_traced() {
             )
         });
     drop(server);
+    agent.stop().assert_success();
+}
+
+/// A collector that accepts with `accept4(fd, NULL, NULL)` (Node's libuv) gives the kernel no
+/// peer to recognise the agent's socket by: the connection is adopted by sniffing, and userspace,
+/// which reads its endpoints from /proc, must recognise it and ignore it.
+#[test]
+fn collector_accepting_without_a_peer_address_is_recognised_from_proc() {
+    let collector_port = free_port();
+    let script = format!(
+        "require('http').createServer((q, s) => {{ q.resume(); q.on('end', () => {{ \
+         s.writeHead(200, {{'content-type': 'application/x-protobuf'}}); s.end(); }}); }})\
+         .listen({collector_port}, '127.0.0.1', () => console.log('listening'));"
+    );
+    let mut command = Command::new("node");
+    command.args(["-e", &script]);
+    let collector = ChildGuard::spawn("node collector", command);
+    assert!(
+        wait_for_port(collector_port, Duration::from_secs(20)),
+        "the node collector did not listen\n{}",
+        collector.output_report()
+    );
+    let app = PythonServer::start(free_port(), "null-accept-app");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let agent = AgentConfig::new()
+        .ports(&[app.port(), collector_port])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector_port}"),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env(
+            "OTEL_BSP_SCHEDULE_DELAY",
+            EXPORT_INTERVAL.as_millis().to_string(),
+        )
+        .start();
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(20)),
+        "--metrics-addr never listened\n{}",
+        agent.stderr_text()
+    );
+    curl(&[&app.url("/ok?null-accept")]);
+    let context = || {
+        format!(
+            "--- agent stderr ---\n{}\n{}",
+            agent.stderr_text(),
+            collector.output_report()
+        )
+    };
+    let counters = LoopCounters::wait(metrics, "the export to reach the collector", context, |c| {
+        c.proc_mirrors_ignored + c.own_telemetry >= 1
+    });
+    assert_eq!(
+        (counters.own_telemetry, counters.proc_mirrors_ignored >= 1),
+        (0, true),
+        "the collector's end of the export was adopted and parsed instead of ignored\n{}",
+        context()
+    );
     agent.stop().assert_success();
 }

@@ -55,6 +55,8 @@ pub struct AgentSnapshot {
     pub proc_pid_unmapped: u64,
     /// Exchanges linked under a dropped telemetry request.
     pub exchanges_telemetry_descendant: u64,
+    /// Connections resolved from /proc that are the other end of the agent's own connections.
+    pub connections_agent_mirrors: u64,
     /// Gauge: connections in the agent's table now.
     pub connections_tracked: u64,
     pub connections_opened: u64,
@@ -453,6 +455,12 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
                     s.exchanges_telemetry_descendant,
                 ),
             ],
+        ),
+        Family::counter(
+            "tracer_agent_mirrors_ignored_total",
+            "Connections whose endpoints the agent read from /proc (the kernel saw no peer at \
+             accept) found to be the other end of the agent's own connections, and ignored.",
+            vec![Sample::plain(s.connections_agent_mirrors)],
         ),
         Family::counter(
             "tracer_proc_pid_unmapped_total",
@@ -973,6 +981,7 @@ mod tests {
             exchanges_telemetry_pipeline: 233,
             proc_pid_unmapped: 234,
             exchanges_telemetry_descendant: 235,
+            connections_agent_mirrors: 236,
             connections_tracked: 206,
             connections_opened: 207,
             connections_closed: 208,
@@ -1008,7 +1017,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=112).chain(201..=235).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=112).chain(201..=236).map(|v| v as f64).collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(
@@ -1040,6 +1049,10 @@ mod tests {
         assert_eq!(exchanges("telemetry_pipeline"), 233.0);
         assert_eq!(exchanges("telemetry_descendant"), 235.0);
         assert_eq!(parsed.value("tracer_proc_pid_unmapped_total", &[]), 234.0);
+        assert_eq!(
+            parsed.value("tracer_agent_mirrors_ignored_total", &[]),
+            236.0
+        );
         assert_eq!(
             parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),
             111.0

@@ -3,6 +3,7 @@
 //! which exchanges are telemetry (the agent's own, or any OTLP export) rather than application
 //! traffic.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -107,6 +108,10 @@ fn path_of(target: &str) -> &str {
         None => without_query,
     }
 }
+
+/// Whether a connection accepted on this host with (local, peer) endpoints is the other end of
+/// one of the agent's own connections (answered by the kernel's table of the agent's sockets).
+pub type MirrorCheck = std::sync::Arc<dyn Fn(SocketAddr, SocketAddr) -> bool + Send + Sync>;
 
 /// Inode of the initial pid namespace (`PROC_PID_INIT_INO`, fixed by the kernel since 3.8).
 const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;

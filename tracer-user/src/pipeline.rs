@@ -57,6 +57,9 @@ pub struct PipelineStats {
     pub proc_pid_unmapped: u64,
     /// Exchanges linked under a dropped telemetry request (same thread, connection pair).
     pub telemetry_descendants_dropped: u64,
+    /// Connections whose endpoints came from /proc and turned out to be the other end of one of
+    /// the agent's own connections: ignored.
+    pub sniffed_agent_mirrors: u64,
 }
 
 /// Options of the userspace side.
@@ -90,6 +93,8 @@ pub struct Pipeline {
     /// /proc facts about sniffed connections, read when their record left the ring buffer
     /// (before the reorder window: a short-lived process may be gone after it).
     presolved: IdHashMap<u64, FdKind>,
+    /// Recognises the other end of the agent's own connections among those resolved from /proc.
+    agent_mirror: Option<own::MirrorCheck>,
 }
 
 /// Bound of the ignored and presolved sets (cleared when exceeded).
@@ -108,6 +113,7 @@ impl Pipeline {
             not_sockets: Vec::new(),
             ignored: IdHashSet::default(),
             presolved: IdHashMap::default(),
+            agent_mirror: None,
         }
     }
 
@@ -118,6 +124,12 @@ impl Pipeline {
             ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
         );
         self.resources = resources.with_pods(pods);
+        self
+    }
+
+    /// Ignores connections resolved from /proc that `check` says are the agent's own mirrors.
+    pub fn with_agent_mirror(mut self, check: Option<own::MirrorCheck>) -> Self {
+        self.agent_mirror = check;
         self
     }
 
@@ -347,7 +359,16 @@ impl Pipeline {
                 conn.meta.local = conn.meta.local.or(local);
                 conn.meta.peer = conn.meta.peer.or(peer);
                 let meta = conn.meta.clone();
-                if !self.port_allowed(&meta) {
+                let mirror = match (&self.agent_mirror, meta.local, meta.peer) {
+                    (Some(check), Some(local), Some(peer)) => check(local, peer),
+                    _ => false,
+                };
+                if mirror {
+                    // The kernel saw no peer at accept, so it could not exclude the other end
+                    // of the agent's own export or watch: do it now.
+                    self.stats.sniffed_agent_mirrors += 1;
+                    self.ignore(conn_id, pid, fd);
+                } else if !self.port_allowed(&meta) {
                     // Adopted by sniffing, so the kernel could not apply the port filter: stop
                     // its records at the source.
                     self.stats.sniffed_filtered_out += 1;
