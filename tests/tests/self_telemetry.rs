@@ -21,8 +21,6 @@ use tracer_tests::{
 const WAIT: Duration = Duration::from_secs(40);
 /// The exporters' batch delay in these tests.
 const EXPORT_INTERVAL: Duration = Duration::from_millis(200);
-/// Export intervals watched, once traffic stopped, for spans that should not come.
-const QUIET_INTERVALS: u32 = 10;
 
 /// `peers/otlp_forwarder.py`: receives OTLP/HTTP on `port`, re-exports to `upstream_port`.
 struct Forwarder {
@@ -268,12 +266,16 @@ fn forwarding_collector_beside_host_wide_agent_and_second_tracer_gets_no_telemet
         "the backend got spans beyond the application's\n{}",
         context()
     );
+    // Wait on state, not time: every re-export the collector made has been captured on both
+    // ends (its client, the backend's server) and dropped by the guard. A loop would have turned
+    // them into spans by then, and spans into more exports.
+    let settled = LoopCounters::wait(
+        metrics,
+        "both ends of every forward to be dropped as telemetry",
+        context,
+        |c| c.telemetry_pipeline >= 2 * forwarder.forwards() as u64,
+    );
     let forwards = forwarder.forwards();
-    let mut settled = moved;
-    for _ in 0..QUIET_INTERVALS {
-        std::thread::sleep(EXPORT_INTERVAL);
-        settled = LoopCounters::read(metrics);
-    }
     let spans = backend.spans();
     let about: Vec<ObservedSpan> = spans
         .iter()
@@ -490,14 +492,14 @@ fn tracer_run_in_its_own_pid_namespace_traces_its_command_and_not_itself() {
         "the command's resource must come from its own /proc entry\n{}",
         describe(&spans)
     );
-    let about: Vec<&ObservedSpan> = spans
+    let others: Vec<&ObservedSpan> = spans
         .iter()
-        .filter(|s| about_telemetry(s, &[backend.addr().port()]))
+        .filter(|s| s.service_name() != Some("curl"))
         .collect();
     assert!(
-        about.is_empty(),
-        "spans of the agent's own export:\n{}",
-        describe(about)
+        others.is_empty(),
+        "spans of processes other than the command (the agent's own export?):\n{}",
+        describe(others)
     );
 }
 
@@ -636,10 +638,11 @@ fn grpc_export_is_never_captured_on_the_collector_side() {
                 .any(|s| s.attr_str("url.query") == Some("over-grpc"))
         })
         .unwrap_or_else(|_| panic!("the app's span never arrived\n{}", context()));
-    let counters = LoopCounters::wait(metrics, "the collector's end to be ignored", context, |c| {
+    // The kernel recognised the collector's end (HTTP/2 is not parsed, so no userspace guard
+    // could have: this is the assertion).
+    LoopCounters::wait(metrics, "the collector's end to be ignored", context, |c| {
         c.mirrors_ignored >= 1
     });
-    assert_eq!(counters.own_telemetry, 0, "{}", context());
     agent.stop().assert_success();
 }
 
