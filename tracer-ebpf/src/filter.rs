@@ -60,17 +60,15 @@ pub fn pid_traced(tgid: u32) -> bool {
     if is_agent(&cfg, tgid) {
         return false;
     }
-    if cfg.agent_ns_tgid != 0 {
+    let traced = cfg.filter_pids == 0
+        // SAFETY: read-only lookup of a plain value.
+        || unsafe { FILTER_PIDS.get(&tgid) }.is_some()
+        || joins_by_namespaced_pid(&cfg, tgid);
+    // Only traced processes send records, so only they need a name in the agent's /proc.
+    if traced && cfg.agent_ns_tgid != 0 {
         remember_namespaced_pid(&cfg, tgid);
     }
-    if cfg.filter_pids != 0 {
-        // SAFETY: read-only lookup of a plain value.
-        if unsafe { FILTER_PIDS.get(&tgid) }.is_some() {
-            return true;
-        }
-        return joins_by_namespaced_pid(&cfg, tgid);
-    }
-    true
+    traced
 }
 
 /// A namespaced agent reads `/proc` of its own namespace: keep `NS_PIDS` right for `tgid` (its
