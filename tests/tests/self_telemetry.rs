@@ -652,6 +652,10 @@ fn grpc_export_is_never_captured_on_the_collector_side() {
 struct NattedNamespace {
     name: String,
     nat_rule: Vec<String>,
+    /// A source NAT rule (POSTROUTING), when `rewrite_source` added one.
+    snat_rule: Vec<String>,
+    /// The host's end of the veth pair.
+    host_if: String,
     host_addr: String,
     ns_addr: String,
     service_addr: String,
@@ -671,16 +675,21 @@ fn run_ok(program: &str, args: &[&str]) {
 
 impl NattedNamespace {
     fn create(port: u16) -> NattedNamespace {
+        // Unique per test process and per instance (tests of one process run in parallel).
+        static INSTANCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2;
         let id = std::process::id();
-        let subnet = format!("10.231.{}", id % 250 + 1);
-        let name = format!("tracer-loops-{id}");
+        let subnet = format!("10.231.{}", (id % 125) * 2 + instance + 1);
+        let name = format!("tracer-loops-{id}-{instance}");
         let (host_if, ns_if) = (
-            format!("tlh{}", id % 100_000),
-            format!("tln{}", id % 100_000),
+            format!("tlh{}-{instance}", id % 100_000),
+            format!("tln{}-{instance}", id % 100_000),
         );
         let natted = NattedNamespace {
+            host_if: host_if.clone(),
             name: name.clone(),
             nat_rule: Vec::new(),
+            snat_rule: Vec::new(),
             host_addr: format!("{subnet}.1"),
             ns_addr: format!("{subnet}.2"),
             service_addr: format!("{subnet}.9"),
@@ -743,6 +752,48 @@ impl NattedNamespace {
         natted
     }
 
+    /// Rewrites the source of connections to the namespace's `port` to another address of the
+    /// host (10.231.N.3 on the host's end of the veth), as a masquerading Service or portmap
+    /// does: the collector then sees a peer the agent never had.
+    fn rewrite_source(&mut self, port: u16) -> String {
+        let subnet = self
+            .host_addr
+            .strip_suffix(".1")
+            .unwrap_or_else(|| unreachable!());
+        let snat_addr = format!("{subnet}.3");
+        run_ok(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{snat_addr}/24"),
+                "dev",
+                &self.host_if,
+            ],
+        );
+        let port = port.to_string();
+        self.snat_rule = [
+            "POSTROUTING",
+            "-d",
+            &self.ns_addr,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "SNAT",
+            "--to-source",
+            &snat_addr,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut add = vec!["-t", "nat", "-A"];
+        add.extend(self.snat_rule.iter().map(String::as_str));
+        run_ok("iptables", &add);
+        snat_addr
+    }
+
     /// `command` run inside the namespace.
     fn command(&self, program: &std::path::Path) -> Command {
         let mut command = Command::new("ip");
@@ -753,6 +804,12 @@ impl NattedNamespace {
 
 impl Drop for NattedNamespace {
     fn drop(&mut self) {
+        if !self.snat_rule.is_empty() {
+            let _ = Command::new("iptables")
+                .args(["-t", "nat", "-D"])
+                .args(&self.snat_rule)
+                .status();
+        }
         if !self.nat_rule.is_empty() {
             let _ = Command::new("iptables")
                 .args(["-t", "nat", "-D"])
@@ -767,8 +824,23 @@ impl Drop for NattedNamespace {
 
 #[test]
 fn collector_behind_a_dnat_on_this_host_never_captures_the_export() {
+    export_through_a_nat(false);
+}
+
+/// A NAT that rewrites the source (masquerade, SNAT) defeats the kernel's recognition of the
+/// collector's end: the collector's side is captured, and the agent's `User-Agent` mark is what
+/// keeps the export from becoming spans (the documented fallback).
+#[test]
+fn collector_behind_a_source_rewriting_nat_is_kept_out_by_the_mark() {
+    export_through_a_nat(true);
+}
+
+fn export_through_a_nat(rewrite_source: bool) {
     let collector_port = free_port();
-    let natted = NattedNamespace::create(collector_port);
+    let mut natted = NattedNamespace::create(collector_port);
+    if rewrite_source {
+        natted.rewrite_source(collector_port);
+    }
     // The collector: an HTTP server in the namespace (it answers the export 404; what matters
     // is the connection), reached by the agent through the DNAT'd service address.
     let mut collector_command = natted.command(python());
@@ -818,12 +890,27 @@ fn collector_behind_a_dnat_on_this_host_never_captures_the_export() {
     let counters = LoopCounters::wait(metrics, "the collector's end to be seen", context, |c| {
         c.mirrors_ignored + c.own_telemetry >= 1
     });
-    assert_eq!(
-        (counters.own_telemetry, counters.mirrors_ignored >= 1),
-        (0, true),
-        "the collector's end of the export was captured\n{}",
-        context()
-    );
+    if rewrite_source {
+        // The collector's peer is the rewritten source: captured, then dropped by the mark.
+        assert_eq!(
+            (
+                counters.own_telemetry >= 1,
+                counters.mirrors_ignored,
+                counters.spans_built
+            ),
+            (true, 0, 2),
+            "behind a source NAT, the mark must drop the captured export (and only the app's \
+             two spans be built)\n{}",
+            context()
+        );
+    } else {
+        assert_eq!(
+            (counters.own_telemetry, counters.mirrors_ignored >= 1),
+            (0, true),
+            "the collector's end of the export was captured\n{}",
+            context()
+        );
+    }
     assert!(
         collector.stderr().text().contains("POST /v1/traces"),
         "the export did not reach the collector through the DNAT\n{}",
