@@ -21,8 +21,6 @@ use tracer_tests::{
 const WAIT: Duration = Duration::from_secs(40);
 /// The exporters' batch delay in these tests.
 const EXPORT_INTERVAL: Duration = Duration::from_millis(200);
-/// Export intervals watched, once traffic stopped, for spans that should not come.
-const QUIET_INTERVALS: u32 = 10;
 
 /// `peers/otlp_forwarder.py`: receives OTLP/HTTP on `port`, re-exports to `upstream_port`.
 struct Forwarder {
@@ -107,6 +105,8 @@ struct LoopCounters {
     own_telemetry: u64,
     telemetry_pipeline: u64,
     mirrors_ignored: u64,
+    /// Mirrors found by userspace among connections resolved from /proc.
+    proc_mirrors_ignored: u64,
     spans_built: u64,
 }
 
@@ -124,6 +124,7 @@ impl LoopCounters {
                 "reason=\"telemetry_pipeline\"",
             ),
             mirrors_ignored: get("tracer_kernel_agent_mirrors_ignored_total", ""),
+            proc_mirrors_ignored: get("tracer_agent_mirrors_ignored_total", ""),
             spans_built: get("tracer_spans_built_total", ""),
         }
     }
@@ -265,12 +266,16 @@ fn forwarding_collector_beside_host_wide_agent_and_second_tracer_gets_no_telemet
         "the backend got spans beyond the application's\n{}",
         context()
     );
+    // Wait on state, not time: every re-export the collector made has been captured on both
+    // ends (its client, the backend's server) and dropped by the guard. A loop would have turned
+    // them into spans by then, and spans into more exports.
+    let settled = LoopCounters::wait(
+        metrics,
+        "both ends of every forward to be dropped as telemetry",
+        context,
+        |c| c.telemetry_pipeline >= 2 * forwarder.forwards() as u64,
+    );
     let forwards = forwarder.forwards();
-    let mut settled = moved;
-    for _ in 0..QUIET_INTERVALS {
-        std::thread::sleep(EXPORT_INTERVAL);
-        settled = LoopCounters::read(metrics);
-    }
     let spans = backend.spans();
     let about: Vec<ObservedSpan> = spans
         .iter()
@@ -384,6 +389,26 @@ fn agent_in_its_own_pid_namespace_never_traces_itself() {
         "the agent's own exchanges reached its pipeline: the kernel did not recognise it\n{}",
         context()
     );
+    // The app runs outside the agent's pid namespace: its /proc entries are not the agent's to
+    // read (a host tgid there may be another process's pid), so none were read, counted.
+    let unmapped = sample(&scrape(metrics), "tracer_proc_pid_unmapped_total", "");
+    assert!(
+        unmapped.is_some_and(|n| n >= 1),
+        "tracer_proc_pid_unmapped_total is {unmapped:?}\n{}",
+        context()
+    );
+    let app_span = backend
+        .spans()
+        .into_iter()
+        .find(|s| s.attr_int("server.port") == Some(i64::from(app.port())))
+        .unwrap_or_else(|| unreachable!());
+    assert!(
+        app_span
+            .service_name()
+            .is_some_and(|n| n.starts_with("unknown_service:")),
+        "a process outside the agent's namespace must not be named from its /proc: {}",
+        app_span.summary()
+    );
     let stderr = agent.stderr().text();
     let recognised = stderr
         .lines()
@@ -455,14 +480,26 @@ fn tracer_run_in_its_own_pid_namespace_traces_its_command_and_not_itself() {
                 run.output_report()
             )
         });
-    let about: Vec<&ObservedSpan> = spans
+    // The agent reads its own namespace's /proc: the kernel's host tgid of the command is
+    // translated to the command's pid there, never read as another process's pid.
+    let client = spans
         .iter()
-        .filter(|s| about_telemetry(s, &[backend.addr().port()]))
+        .find(|s| s.kind == ObservedKind::Client)
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(
+        client.service_name(),
+        Some("curl"),
+        "the command's resource must come from its own /proc entry\n{}",
+        describe(&spans)
+    );
+    let others: Vec<&ObservedSpan> = spans
+        .iter()
+        .filter(|s| s.service_name() != Some("curl"))
         .collect();
     assert!(
-        about.is_empty(),
-        "spans of the agent's own export:\n{}",
-        describe(about)
+        others.is_empty(),
+        "spans of processes other than the command (the agent's own export?):\n{}",
+        describe(others)
     );
 }
 
@@ -601,10 +638,11 @@ fn grpc_export_is_never_captured_on_the_collector_side() {
                 .any(|s| s.attr_str("url.query") == Some("over-grpc"))
         })
         .unwrap_or_else(|_| panic!("the app's span never arrived\n{}", context()));
-    let counters = LoopCounters::wait(metrics, "the collector's end to be ignored", context, |c| {
+    // The kernel recognised the collector's end (HTTP/2 is not parsed, so no userspace guard
+    // could have: this is the assertion).
+    LoopCounters::wait(metrics, "the collector's end to be ignored", context, |c| {
         c.mirrors_ignored >= 1
     });
-    assert_eq!(counters.own_telemetry, 0, "{}", context());
     agent.stop().assert_success();
 }
 
@@ -614,6 +652,10 @@ fn grpc_export_is_never_captured_on_the_collector_side() {
 struct NattedNamespace {
     name: String,
     nat_rule: Vec<String>,
+    /// A source NAT rule (POSTROUTING), when `rewrite_source` added one.
+    snat_rule: Vec<String>,
+    /// The host's end of the veth pair.
+    host_if: String,
     host_addr: String,
     ns_addr: String,
     service_addr: String,
@@ -633,16 +675,21 @@ fn run_ok(program: &str, args: &[&str]) {
 
 impl NattedNamespace {
     fn create(port: u16) -> NattedNamespace {
+        // Unique per test process and per instance (tests of one process run in parallel).
+        static INSTANCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2;
         let id = std::process::id();
-        let subnet = format!("10.231.{}", id % 250 + 1);
-        let name = format!("tracer-loops-{id}");
+        let subnet = format!("10.231.{}", (id % 125) * 2 + instance + 1);
+        let name = format!("tracer-loops-{id}-{instance}");
         let (host_if, ns_if) = (
-            format!("tlh{}", id % 100_000),
-            format!("tln{}", id % 100_000),
+            format!("tlh{}-{instance}", id % 100_000),
+            format!("tln{}-{instance}", id % 100_000),
         );
         let natted = NattedNamespace {
+            host_if: host_if.clone(),
             name: name.clone(),
             nat_rule: Vec::new(),
+            snat_rule: Vec::new(),
             host_addr: format!("{subnet}.1"),
             ns_addr: format!("{subnet}.2"),
             service_addr: format!("{subnet}.9"),
@@ -705,6 +752,48 @@ impl NattedNamespace {
         natted
     }
 
+    /// Rewrites the source of connections to the namespace's `port` to another address of the
+    /// host (10.231.N.3 on the host's end of the veth), as a masquerading Service or portmap
+    /// does: the collector then sees a peer the agent never had.
+    fn rewrite_source(&mut self, port: u16) -> String {
+        let subnet = self
+            .host_addr
+            .strip_suffix(".1")
+            .unwrap_or_else(|| unreachable!());
+        let snat_addr = format!("{subnet}.3");
+        run_ok(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{snat_addr}/24"),
+                "dev",
+                &self.host_if,
+            ],
+        );
+        let port = port.to_string();
+        self.snat_rule = [
+            "POSTROUTING",
+            "-d",
+            &self.ns_addr,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "SNAT",
+            "--to-source",
+            &snat_addr,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut add = vec!["-t", "nat", "-A"];
+        add.extend(self.snat_rule.iter().map(String::as_str));
+        run_ok("iptables", &add);
+        snat_addr
+    }
+
     /// `command` run inside the namespace.
     fn command(&self, program: &std::path::Path) -> Command {
         let mut command = Command::new("ip");
@@ -715,6 +804,12 @@ impl NattedNamespace {
 
 impl Drop for NattedNamespace {
     fn drop(&mut self) {
+        if !self.snat_rule.is_empty() {
+            let _ = Command::new("iptables")
+                .args(["-t", "nat", "-D"])
+                .args(&self.snat_rule)
+                .status();
+        }
         if !self.nat_rule.is_empty() {
             let _ = Command::new("iptables")
                 .args(["-t", "nat", "-D"])
@@ -729,8 +824,23 @@ impl Drop for NattedNamespace {
 
 #[test]
 fn collector_behind_a_dnat_on_this_host_never_captures_the_export() {
+    export_through_a_nat(false);
+}
+
+/// A NAT that rewrites the source (masquerade, SNAT) defeats the kernel's recognition of the
+/// collector's end: the collector's side is captured, and the agent's `User-Agent` mark is what
+/// keeps the export from becoming spans (the documented fallback).
+#[test]
+fn collector_behind_a_source_rewriting_nat_is_kept_out_by_the_mark() {
+    export_through_a_nat(true);
+}
+
+fn export_through_a_nat(rewrite_source: bool) {
     let collector_port = free_port();
-    let natted = NattedNamespace::create(collector_port);
+    let mut natted = NattedNamespace::create(collector_port);
+    if rewrite_source {
+        natted.rewrite_source(collector_port);
+    }
     // The collector: an HTTP server in the namespace (it answers the export 404; what matters
     // is the connection), reached by the agent through the DNAT'd service address.
     let mut collector_command = natted.command(python());
@@ -780,15 +890,234 @@ fn collector_behind_a_dnat_on_this_host_never_captures_the_export() {
     let counters = LoopCounters::wait(metrics, "the collector's end to be seen", context, |c| {
         c.mirrors_ignored + c.own_telemetry >= 1
     });
-    assert_eq!(
-        (counters.own_telemetry, counters.mirrors_ignored >= 1),
-        (0, true),
-        "the collector's end of the export was captured\n{}",
-        context()
-    );
+    if rewrite_source {
+        // The collector's peer is the rewritten source: captured, then dropped by the mark.
+        assert_eq!(
+            (
+                counters.own_telemetry >= 1,
+                counters.mirrors_ignored,
+                counters.spans_built
+            ),
+            (true, 0, 2),
+            "behind a source NAT, the mark must drop the captured export (and only the app's \
+             two spans be built)\n{}",
+            context()
+        );
+    } else {
+        assert_eq!(
+            (counters.own_telemetry, counters.mirrors_ignored >= 1),
+            (0, true),
+            "the collector's end of the export was captured\n{}",
+            context()
+        );
+    }
     assert!(
         collector.stderr().text().contains("POST /v1/traces"),
         "the export did not reach the collector through the DNAT\n{}",
+        context()
+    );
+    agent.stop().assert_success();
+}
+
+/// The local port of this host's established TCP connection to `127.0.0.1:remote_port` from
+/// another port (the agent's export connection; the receiver's end has the port itself).
+fn local_port_towards(remote_port: u16) -> Option<u16> {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+    let remote = format!("0100007F:{remote_port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, peer, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+        if *peer != remote || *state != "01" {
+            return None;
+        }
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        (port != remote_port).then_some(port)
+    })
+}
+
+/// A network namespace with only its loopback up (its own 127.0.0.1 and port space), deleted on
+/// drop.
+struct LoopbackNamespace {
+    name: String,
+}
+
+impl LoopbackNamespace {
+    fn create() -> LoopbackNamespace {
+        let name = format!("tracer-loops-lo-{}", std::process::id());
+        run_ok("ip", &["netns", "add", &name]);
+        let namespace = LoopbackNamespace { name };
+        run_ok(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &namespace.name,
+                "ip",
+                "link",
+                "set",
+                "lo",
+                "up",
+            ],
+        );
+        namespace
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+}
+
+impl Drop for LoopbackNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// The kernel exclusion of the agent's own connections is not fooled by an application
+/// connection whose peer endpoint happens to equal the agent's local endpoint: here a pod-like
+/// network namespace's client on its own 127.0.0.1 with the very port the host agent exports
+/// from (the same holds on one host when connect() reuses a port towards another server).
+#[test]
+fn application_connection_reusing_the_agents_local_endpoint_is_traced() {
+    let backend = OtlpReceiver::start_or_panic(OtlpProtocol::Grpc);
+    let trigger = PythonServer::start(free_port(), "reuse-trigger");
+    let server_port = free_port();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let agent = AgentConfig::new()
+        .ports(&[trigger.port(), server_port])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1")
+        .export_to(&backend)
+        .start();
+    let context = || {
+        format!(
+            "backend spans:\n{}\n--- agent stderr ---\n{}",
+            describe(&backend.spans()),
+            agent.stderr_text()
+        )
+    };
+    // A first span opens the agent's export connection (gRPC keeps it).
+    curl(&[&trigger.url("/first")]);
+    backend
+        .wait_for(WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.attr_str("url.path") == Some("/first"))
+        })
+        .unwrap_or_else(|_| panic!("the trigger span never arrived\n{}", context()));
+    let agent_port = local_port_towards(backend.addr().port()).unwrap_or_else(|| {
+        panic!(
+            "no established connection to the receiver's port {}\n{}",
+            backend.addr().port(),
+            context()
+        )
+    });
+
+    let namespace = LoopbackNamespace::create();
+    let mut server_command = namespace.command(python());
+    server_command
+        .arg("-u")
+        .arg(peer_script("http_server.py"))
+        .args(["--port", &server_port.to_string()])
+        .args(["--host", "127.0.0.1"])
+        .env("OTEL_SERVICE_NAME", "netns-app");
+    let server = ChildGuard::spawn("http_server.py in a netns", server_command);
+    // The namespace's client takes the agent's local port (free in its own port space).
+    let url = format!("http://127.0.0.1:{server_port}/reused");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut client = namespace.command("curl");
+        client.args(["-s", "-o", "/dev/null", "--max-time", "5"]);
+        client.args(["--local-port", &agent_port.to_string(), &url]);
+        let (status, _) = run_with_timeout("curl in a netns", client, Duration::from_secs(10));
+        if status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl from port {agent_port} in the namespace never got an answer\n{}",
+            server.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    backend
+        .wait_for(WAIT, |spans| {
+            spans.iter().any(|s| {
+                s.kind == ObservedKind::Server && s.attr_str("url.path") == Some("/reused")
+            })
+        })
+        .unwrap_or_else(|_| {
+            panic!(
+                "the namespace server's span (peer 127.0.0.1:{agent_port}, the agent's local \
+                 endpoint) never arrived: wrongly excluded as the agent's mirror\n{}",
+                context()
+            )
+        });
+    drop(server);
+    agent.stop().assert_success();
+}
+
+/// A collector that accepts with `accept4(fd, NULL, NULL)` (Node's libuv) gives the kernel no
+/// peer to recognise the agent's socket by: the connection is adopted by sniffing, and userspace,
+/// which reads its endpoints from /proc, must recognise it and ignore it.
+#[test]
+fn collector_accepting_without_a_peer_address_is_recognised_from_proc() {
+    let collector_port = free_port();
+    let script = format!(
+        "require('http').createServer((q, s) => {{ q.resume(); q.on('end', () => {{ \
+         s.writeHead(200, {{'content-type': 'application/x-protobuf'}}); s.end(); }}); }})\
+         .listen({collector_port}, '127.0.0.1', () => console.log('listening'));"
+    );
+    let mut command = Command::new("node");
+    command.args(["-e", &script]);
+    let collector = ChildGuard::spawn("node collector", command);
+    assert!(
+        wait_for_port(collector_port, Duration::from_secs(20)),
+        "the node collector did not listen\n{}",
+        collector.output_report()
+    );
+    let app = PythonServer::start(free_port(), "null-accept-app");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let agent = AgentConfig::new()
+        .ports(&[app.port(), collector_port])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("NO_COLOR", "1")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector_port}"),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env(
+            "OTEL_BSP_SCHEDULE_DELAY",
+            EXPORT_INTERVAL.as_millis().to_string(),
+        )
+        .start();
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(20)),
+        "--metrics-addr never listened\n{}",
+        agent.stderr_text()
+    );
+    curl(&[&app.url("/ok?null-accept")]);
+    let context = || {
+        format!(
+            "--- agent stderr ---\n{}\n{}",
+            agent.stderr_text(),
+            collector.output_report()
+        )
+    };
+    let counters = LoopCounters::wait(metrics, "the export to reach the collector", context, |c| {
+        c.proc_mirrors_ignored + c.own_telemetry >= 1
+    });
+    assert_eq!(
+        (counters.own_telemetry, counters.proc_mirrors_ignored >= 1),
+        (0, true),
+        "the collector's end of the export was adopted and parsed instead of ignored\n{}",
         context()
     );
     agent.stop().assert_success();

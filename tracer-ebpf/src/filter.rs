@@ -7,7 +7,7 @@ use tracer_common::Config;
 
 use crate::maps::{
     AGENT_ENDPOINTS, AGENT_SOCKS, CONFIG, Endpoints, FILTER_PIDS, FILTER_PORTS, NS_FILTER_PIDS,
-    PeerKey, config,
+    NS_PIDS, PeerKey, config,
 };
 
 /// The current task's tgid and pid in the agent's pid namespace, when it lives there.
@@ -33,7 +33,8 @@ fn in_agent_namespace(cfg: &Config) -> Option<bpf_pidns_info> {
 ///
 /// An agent in a child pid namespace only knows its namespaced pid: the first time one of its
 /// tasks gets here, `bpf_get_ns_current_pid_tgid` names it and its host tgid is written back
-/// into the configuration, so later checks are a plain comparison.
+/// into the configuration, so later checks are a plain comparison. `cfg` must be a copy, not a
+/// reference into the map that is written here.
 #[inline(always)]
 pub fn is_agent(cfg: &Config, tgid: u32) -> bool {
     if cfg.agent_tgid != 0 {
@@ -43,7 +44,8 @@ pub fn is_agent(cfg: &Config, tgid: u32) -> bool {
         return false;
     }
     if let Some(slot) = CONFIG.get_ptr_mut(tracer_common::CONFIG_KEY) {
-        // SAFETY: the single config entry; every writer stores the same value.
+        // SAFETY: the single config entry; every writer stores the same value, and no reference
+        // into the map is live (callers hold a copy).
         unsafe { (*slot).agent_tgid = tgid };
     }
     true
@@ -52,18 +54,38 @@ pub fn is_agent(cfg: &Config, tgid: u32) -> bool {
 /// Whether process `tgid` is traced.
 #[inline(always)]
 pub fn pid_traced(tgid: u32) -> bool {
-    let Some(cfg) = config() else { return false };
-    if is_agent(cfg, tgid) {
+    let Some(cfg) = config().copied() else {
+        return false;
+    };
+    if is_agent(&cfg, tgid) {
         return false;
     }
-    if cfg.filter_pids != 0 {
+    let traced = cfg.filter_pids == 0
         // SAFETY: read-only lookup of a plain value.
-        if unsafe { FILTER_PIDS.get(&tgid) }.is_some() {
-            return true;
-        }
-        return joins_by_namespaced_pid(cfg, tgid);
+        || unsafe { FILTER_PIDS.get(&tgid) }.is_some()
+        || joins_by_namespaced_pid(&cfg, tgid);
+    // Only traced processes send records, so only they need a name in the agent's /proc.
+    if traced && cfg.agent_ns_tgid != 0 {
+        remember_namespaced_pid(&cfg, tgid);
     }
-    true
+    traced
+}
+
+/// A namespaced agent reads `/proc` of its own namespace: keep `NS_PIDS` right for `tgid` (its
+/// pid there, or no entry when it lives elsewhere: a host tgid may have been reused).
+#[inline(always)]
+fn remember_namespaced_pid(cfg: &Config, tgid: u32) {
+    // SAFETY: value copied out.
+    let known = unsafe { NS_PIDS.get(&tgid) }.copied();
+    match in_agent_namespace(cfg) {
+        Some(info) if known != Some(info.tgid) => {
+            let _ = NS_PIDS.insert(&tgid, &info.tgid, 0);
+        }
+        None if known.is_some() => {
+            let _ = NS_PIDS.remove(&tgid);
+        }
+        _ => {}
+    }
 }
 
 /// A namespaced agent names traced processes by their pids in its namespace: the first time such
@@ -86,19 +108,21 @@ fn joins_by_namespaced_pid(cfg: &Config, tgid: u32) -> bool {
 /// inet_sock_set_state SYN_SENT, in the connecting task: remember the agent's own sockets.
 #[inline(always)]
 pub fn on_connecting(tgid: u32, sk: u64) {
-    let Some(cfg) = config() else { return };
-    if is_agent(cfg, tgid) {
+    let Some(cfg) = config().copied() else { return };
+    if is_agent(&cfg, tgid) {
         let unknown = PeerKey {
             addr: [0; 16],
             port: 0,
             _pad: [0; 6],
         };
-        let _ = AGENT_SOCKS.insert(&sk, &unknown, 0);
+        if AGENT_SOCKS.insert(&sk, &unknown, 0).is_err() {
+            crate::maps::count(tracer_common::counter::AGENT_TABLE_FULL, 1);
+        }
     }
 }
 
 /// inet_sock_set_state ESTABLISHED of a client socket: when it is the agent's, its local
-/// endpoint joins the set whose peers are never traced.
+/// endpoint joins the set whose peers are never traced, with the destination it connected to.
 #[inline(always)]
 pub fn on_established(sk: u64, ep: &Endpoints) {
     // SAFETY: read-only lookup.
@@ -110,8 +134,11 @@ pub fn on_established(sk: u64, ep: &Endpoints) {
         port: ep.local_port,
         _pad: [0; 6],
     };
-    let _ = AGENT_SOCKS.insert(&sk, &local, 0);
-    let _ = AGENT_ENDPOINTS.insert(&local, &1, 0);
+    // Both tables are plain hash maps (nothing is evicted): an entry lives until TCP_CLOSE.
+    if AGENT_SOCKS.insert(&sk, &local, 0).is_err() || AGENT_ENDPOINTS.insert(&local, ep, 0).is_err()
+    {
+        crate::maps::count(tracer_common::counter::AGENT_TABLE_FULL, 1);
+    }
 }
 
 /// inet_sock_set_state CLOSE: forget the agent's socket and its local endpoint.
@@ -124,8 +151,27 @@ pub fn on_closed(sk: u64) {
     }
 }
 
-/// Whether an accepted connection whose peer is `ep`'s is the other end of one of the agent's
-/// own connections (counted when it is).
+/// `AF_INET` (other families' addresses are IPv6 here).
+const AF_INET: u16 = 2;
+
+/// Whether `addr` (of `family`, IPv4 in the first 4 bytes) is a loopback address.
+#[inline(always)]
+fn is_loopback(family: u16, addr: &[u8; 16]) -> bool {
+    if family == AF_INET {
+        return addr[0] == 127;
+    }
+    addr[..15].iter().all(|b| *b == 0) && addr[15] == 1
+}
+
+/// Whether a connection accepted on this host, with endpoints `ep`, is the other end of one of
+/// the agent's own connections (counted when it is).
+///
+/// Its peer must be the agent's local endpoint. When the agent connected to an address of this
+/// host (loopback, or its own source address), no address translation is possible on the way,
+/// so the accepted local endpoint must be exactly the agent's destination: the same local
+/// endpoint can belong to another socket towards another server (connect() reuses a port when
+/// the 4-tuple differs), and every network namespace has its own loopback. Only when the agent
+/// connected elsewhere (a Service address, translated to this host) does the peer alone decide.
 #[inline(always)]
 pub fn mirrors_agent(ep: &Endpoints) -> bool {
     if ep.peer_port == 0 {
@@ -136,8 +182,15 @@ pub fn mirrors_agent(ep: &Endpoints) -> bool {
         port: ep.peer_port,
         _pad: [0; 6],
     };
-    // SAFETY: read-only lookup.
-    let hit = unsafe { AGENT_ENDPOINTS.get(&peer) }.is_some();
+    // SAFETY: value copied out.
+    let Some(agent) = (unsafe { AGENT_ENDPOINTS.get(&peer) }).copied() else {
+        return false;
+    };
+    let exact =
+        ep.local_port != 0 && ep.local_port == agent.peer_port && ep.local_addr == agent.peer_addr;
+    let to_this_host =
+        is_loopback(agent.family, &agent.peer_addr) || agent.peer_addr == agent.local_addr;
+    let hit = exact || !to_this_host;
     if hit {
         crate::maps::count(tracer_common::counter::AGENT_MIRRORS_IGNORED, 1);
     }
@@ -147,7 +200,9 @@ pub fn mirrors_agent(ep: &Endpoints) -> bool {
 /// Whether a connection with these ports is traced (0 means unknown and never matches).
 #[inline(always)]
 pub fn ports_traced(local_port: u16, peer_port: u16) -> bool {
-    let Some(cfg) = config() else { return false };
+    let Some(cfg) = config().copied() else {
+        return false;
+    };
     if cfg.filter_ports == 0 {
         return true;
     }
@@ -164,7 +219,7 @@ pub fn ports_traced(local_port: u16, peer_port: u16) -> bool {
 #[inline(always)]
 pub fn on_new_task(ctx: &TracePointContext) {
     const CLONE_THREAD: u64 = 0x0001_0000;
-    let Some(cfg) = config() else { return };
+    let Some(cfg) = config().copied() else { return };
     // SAFETY: the offsets come from the tracepoint's format file; the reads are bounds-checked
     // by the probe-read helper.
     let (Ok(child), Ok(flags)) = (unsafe {
@@ -183,8 +238,12 @@ pub fn on_new_task(ctx: &TracePointContext) {
     if cfg.filter_pids == 0 || cfg.follow_forks == 0 {
         return;
     }
+    let parent_tgid = ctx.tgid();
     // SAFETY: read-only lookup.
-    if unsafe { FILTER_PIDS.get(&ctx.tgid()) }.is_none() {
+    if unsafe { FILTER_PIDS.get(&parent_tgid) }.is_none()
+        // A parent named by its namespaced pid that forks before its first hooked syscall.
+        && !joins_by_namespaced_pid(&cfg, parent_tgid)
+    {
         return;
     }
     if FILTER_PIDS.insert(&(child as u32), &1, 0).is_err() {
@@ -195,7 +254,7 @@ pub fn on_new_task(ctx: &TracePointContext) {
 /// sched_process_exit: forget an exiting process that had joined the filter set.
 #[inline(always)]
 pub fn on_exit(ctx: &TracePointContext) {
-    let Some(cfg) = config() else { return };
+    let Some(cfg) = config().copied() else { return };
     if cfg.filter_pids == 0 || cfg.follow_forks == 0 {
         return;
     }
@@ -205,7 +264,7 @@ pub fn on_exit(ctx: &TracePointContext) {
     let id = ctx.pid();
     if id == ctx.tgid() {
         let _ = FILTER_PIDS.remove(&id);
-        if let Some(info) = in_agent_namespace(cfg) {
+        if let Some(info) = in_agent_namespace(&cfg) {
             let _ = NS_FILTER_PIDS.remove(&info.tgid);
         }
     }

@@ -66,6 +66,12 @@ pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_
 #[map]
 pub static NS_FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
 
+/// Host tgid -> tgid in the agent's pid namespace, for tasks of that namespace, filled only when
+/// the agent runs in a child pid namespace: its /proc names processes by the latter. A missing
+/// entry (evicted, or a process outside the namespace) means no /proc lookups for that process.
+#[map]
+pub static NS_PIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// Traced ports when port filtering is on.
 #[map]
 pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
@@ -87,17 +93,17 @@ pub static ACCEPTED: LruHashMap<PeerKey, Endpoints> = LruHashMap::with_max_entri
 
 /// The agent's own TCP sockets by socket address: an unknown (zero) endpoint from `connect`
 /// (SYN_SENT, in the agent's context) until ESTABLISHED fills in its local endpoint; removed at
-/// TCP_CLOSE.
+/// TCP_CLOSE. A plain hash map: an evicted socket would orphan its endpoint below, excluding an
+/// unrelated connection later; a full table is counted (`AGENT_TABLE_FULL`).
 #[map]
-pub static AGENT_SOCKS: LruHashMap<u64, PeerKey> =
-    LruHashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);
+pub static AGENT_SOCKS: HashMap<u64, PeerKey> = HashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);
 
-/// Local endpoints of the agent's own established TCP connections. A connection accepted on this
-/// host whose peer is one of them is the other end of the agent's export or API watch, even
-/// behind a DNAT (a Service or hostPort in front of the collector keeps the source endpoint).
+/// The agent's own established TCP connections by local endpoint (the value holds both ends).
+/// A connection accepted on this host whose peer is one of them is the other end of the agent's
+/// export or API watch (see `filter::mirrors_agent`). Removed at TCP_CLOSE; full is counted.
 #[map]
-pub static AGENT_ENDPOINTS: LruHashMap<PeerKey, u8> =
-    LruHashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);
+pub static AGENT_ENDPOINTS: HashMap<PeerKey, Endpoints> =
+    HashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);
 
 /// What sys_enter saw, for sys_exit.
 #[repr(C)]

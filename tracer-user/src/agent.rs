@@ -261,6 +261,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     // The Kubernetes API client connects only now, so the kernel programs know its sockets as the
     // agent's and never capture the API server's end on this host (loading its configuration
     // takes milliseconds; the ring buffer holds what arrives meanwhile).
+    pipeline = pipeline.with_pid_map(probes.proc_pid_map()?);
+    pipeline = pipeline.with_agent_mirror(Some(probes.agent_mirror_check()?));
     pipeline = pipeline.with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
@@ -467,6 +469,9 @@ fn snapshot(
         records_unknown_connection: p.records_unknown_connection,
         exchanges_own_telemetry: p.own_telemetry_dropped,
         exchanges_telemetry_pipeline: p.telemetry_pipeline_dropped,
+        proc_pid_unmapped: p.proc_pid_unmapped,
+        exchanges_telemetry_descendant: p.telemetry_descendants_dropped,
+        connections_agent_mirrors: p.sniffed_agent_mirrors,
         connections_tracked: pipeline.connections() as u64,
         connections_opened: t.opened + t.opened_late,
         connections_closed: t.closed,

@@ -41,6 +41,9 @@ pub struct SpanIdentity {
     pub sampled: bool,
     pub trace_state: Option<String>,
     pub link: LinkSource,
+    /// The request is telemetry that is never exported (see `own`), or descends from one: its
+    /// span is dropped too, or it would name a parent that never arrives.
+    pub telemetry: bool,
 }
 
 impl SpanIdentity {
@@ -52,6 +55,7 @@ impl SpanIdentity {
             sampled: true,
             trace_state: None,
             link: LinkSource::Root,
+            telemetry: false,
         }
     }
 
@@ -63,6 +67,7 @@ impl SpanIdentity {
             sampled: parent.sampled,
             trace_state: parent.trace_state.clone(),
             link,
+            telemetry: parent.telemetry,
         }
     }
 
@@ -74,6 +79,7 @@ impl SpanIdentity {
             sampled: ctx.sampled,
             trace_state: ctx.trace_state,
             link: LinkSource::Header,
+            telemetry: false,
         }
     }
 }
@@ -249,6 +255,14 @@ impl Linker {
             }
         };
         self.insert_identity(key, identity);
+    }
+
+    /// The request whose head was just parsed is telemetry that will not be exported: requests
+    /// linked to it from now on (same thread, connection pair) are dropped with it.
+    pub fn mark_telemetry(&mut self, conn_id: u64, sequence: u64) {
+        if let Some(identity) = self.identities.get_mut(&(conn_id, sequence)) {
+            identity.telemetry = true;
+        }
     }
 
     fn insert_identity(&mut self, key: RequestKey, identity: SpanIdentity) {

@@ -35,6 +35,12 @@ pub struct AgentSnapshot {
     pub exchanges_own_telemetry: u64,
     /// OTLP export exchanges of other programs, dropped by default.
     pub exchanges_telemetry_pipeline: u64,
+    /// Processes not looked up in `/proc` because the agent's `/proc` does not show them.
+    pub proc_pid_unmapped: u64,
+    /// Exchanges linked under a dropped telemetry request.
+    pub exchanges_telemetry_descendant: u64,
+    /// Connections resolved from /proc that are the other end of the agent's own connections.
+    pub connections_agent_mirrors: u64,
     /// Gauge: connections in the agent's table now.
     pub connections_tracked: u64,
     pub connections_opened: u64,
@@ -401,6 +407,12 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             vec![Sample::plain(k.agent_mirrors_ignored)],
         ),
         Family::counter(
+            "tracer_kernel_agent_table_full_total",
+            "The agent's own sockets the kernel could not remember because their table was full \
+             (their other end may be captured; the User-Agent mark still drops those exchanges).",
+            vec![Sample::plain(k.agent_table_full)],
+        ),
+        Family::counter(
             "tracer_events_read_total",
             "Records the agent read from the ring buffer.",
             vec![Sample::plain(s.events_read)],
@@ -485,7 +497,23 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
                     &[("reason", "telemetry_pipeline")],
                     s.exchanges_telemetry_pipeline,
                 ),
+                Sample::labelled(
+                    &[("reason", "telemetry_descendant")],
+                    s.exchanges_telemetry_descendant,
+                ),
             ],
+        ),
+        Family::counter(
+            "tracer_agent_mirrors_ignored_total",
+            "Connections whose endpoints the agent read from /proc (the kernel saw no peer at \
+             accept) found to be the other end of the agent's own connections, and ignored.",
+            vec![Sample::plain(s.connections_agent_mirrors)],
+        ),
+        Family::counter(
+            "tracer_proc_pid_unmapped_total",
+            "Processes described without /proc (no executable name, pod or sniffed endpoints) \
+             because the agent runs in a child pid namespace that does not show them.",
+            vec![Sample::plain(s.proc_pid_unmapped)],
         ),
         Family::counter(
             "tracer_spans_built_total",
@@ -842,6 +870,7 @@ mod tests {
                 peeks_skipped: 117,
                 lifecycle_args_missing: 118,
                 agent_mirrors_ignored: 119,
+                agent_table_full: 120,
             },
             events_read: 201,
             decode_errors: 202,
@@ -851,6 +880,9 @@ mod tests {
             records_unknown_connection: 205,
             exchanges_own_telemetry: 232,
             exchanges_telemetry_pipeline: 233,
+            proc_pid_unmapped: 234,
+            exchanges_telemetry_descendant: 235,
+            connections_agent_mirrors: 236,
             connections_tracked: 206,
             connections_opened: 207,
             connections_closed: 208,
@@ -905,8 +937,8 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=119)
-            .chain(201..=233)
+        let mut want: Vec<f64> = (101..=120)
+            .chain(201..=236)
             .chain(301..=317)
             .map(|v| v as f64)
             .collect();
@@ -939,9 +971,19 @@ mod tests {
             |reason| parsed.value("tracer_exchanges_dropped_total", &[("reason", reason)]);
         assert_eq!(exchanges("own_telemetry"), 232.0);
         assert_eq!(exchanges("telemetry_pipeline"), 233.0);
+        assert_eq!(exchanges("telemetry_descendant"), 235.0);
+        assert_eq!(parsed.value("tracer_proc_pid_unmapped_total", &[]), 234.0);
+        assert_eq!(
+            parsed.value("tracer_agent_mirrors_ignored_total", &[]),
+            236.0
+        );
         assert_eq!(
             parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),
             111.0
+        );
+        assert_eq!(
+            parsed.value("tracer_kernel_agent_table_full_total", &[]),
+            112.0
         );
         assert_eq!(
             parsed.value("tracer_kernel_events_submitted_total", &[]),

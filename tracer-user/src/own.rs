@@ -3,6 +3,7 @@
 //! which exchanges are telemetry (the agent's own, or any OTLP export) rather than application
 //! traffic.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -47,7 +48,7 @@ pub fn carries_mark(headers: &[Header]) -> bool {
 pub enum Telemetry {
     /// Sent by a tracer agent (marked): never traced, whatever the options.
     Own,
-    /// An OTLP export (`POST .../v1/{traces,metrics,logs}` or a gRPC
+    /// An OTLP export (`POST /v1/{traces,metrics,logs}` or a gRPC
     /// `/opentelemetry.proto.collector.*` call) by someone else, such as a collector forwarding
     /// to a backend: not traced unless asked for.
     Pipeline,
@@ -58,12 +59,32 @@ pub fn classify(request: &HttpRequest) -> Option<Telemetry> {
     if carries_mark(&request.headers) {
         return Some(Telemetry::Own);
     }
-    is_otlp_export(&request.method, &request.target).then_some(Telemetry::Pipeline)
+    is_otlp_export(
+        &request.method,
+        &request.target,
+        content_type(&request.headers),
+    )
+    .then_some(Telemetry::Pipeline)
 }
 
-/// OTLP export paths: HTTP `POST` to `.../v1/traces|metrics|logs` (a path prefix is allowed, as
-/// vendors mount the receiver under one), or any gRPC method of the OTLP collector services.
-pub fn is_otlp_export(method: &str, target: &str) -> bool {
+/// The media type of the first `Content-Type` header (parameters and case dropped).
+fn content_type(headers: &[Header]) -> Option<String> {
+    let header = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-type"))?;
+    let value = std::str::from_utf8(&header.value).ok()?;
+    let media = value.split(';').next().unwrap_or_default().trim();
+    Some(media.to_ascii_lowercase())
+}
+
+/// The OTLP/HTTP signal paths.
+const OTLP_HTTP_PATHS: [&str; 3] = ["/v1/traces", "/v1/metrics", "/v1/logs"];
+
+/// OTLP export requests: HTTP `POST` to exactly `/v1/traces|metrics|logs` (origin or absolute
+/// form), or under a path prefix (vendors mount the receiver under one) only when the body is
+/// OTLP protobuf (`application/x-protobuf`): a JSON `POST /api/v1/logs` is an ordinary
+/// application endpoint. Any gRPC method of the OTLP collector services is an export.
+pub fn is_otlp_export(method: &str, target: &str, content_type: Option<String>) -> bool {
     let path = path_of(target);
     if path.starts_with("/opentelemetry.proto.collector.") {
         return true;
@@ -72,9 +93,11 @@ pub fn is_otlp_export(method: &str, target: &str) -> bool {
         return false;
     }
     let path = path.strip_suffix('/').unwrap_or(path);
-    ["/v1/traces", "/v1/metrics", "/v1/logs"]
-        .iter()
-        .any(|suffix| path.ends_with(suffix))
+    if OTLP_HTTP_PATHS.contains(&path) {
+        return true;
+    }
+    content_type.as_deref() == Some("application/x-protobuf")
+        && OTLP_HTTP_PATHS.iter().any(|suffix| path.ends_with(suffix))
 }
 
 /// The path of a request target: origin-form `path?query`, or absolute-form `scheme://host/path`.
@@ -85,6 +108,10 @@ fn path_of(target: &str) -> &str {
         None => without_query,
     }
 }
+
+/// Whether a connection accepted on this host with (local, peer) endpoints is the other end of
+/// one of the agent's own connections (answered by the kernel's table of the agent's sockets).
+pub type MirrorCheck = std::sync::Arc<dyn Fn(SocketAddr, SocketAddr) -> bool + Send + Sync>;
 
 /// Inode of the initial pid namespace (`PROC_PID_INIT_INO`, fixed by the kernel since 3.8).
 const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
@@ -215,7 +242,6 @@ mod tests {
             ("POST", "/v1/traces"),
             ("POST", "/v1/metrics"),
             ("post", "/v1/logs"),
-            ("POST", "/otlp/v1/traces"),
             ("POST", "/v1/traces/"),
             ("POST", "/v1/traces?x=1"),
             ("POST", "http://collector:4318/v1/traces"),
@@ -239,10 +265,35 @@ mod tests {
             ("POST", "/v1/traces-and-more"),
             ("GET", "http://h/v1/users"),
             ("POST", "/grpc.health.v1.Health/Check"),
+            ("POST", "/api/v1/logs"),
+            ("POST", "/admin/v1/metrics"),
+            ("POST", "/otlp/v1/traces"),
+            ("POST", "http://h/api/v1/traces"),
         ] {
             let r = request(method, target, &[]);
             assert_eq!(classify(&r), None, "{method} {target}");
         }
+        // Ordinary JSON APIs that happen to end like an OTLP path are application traffic.
+        for target in ["/api/v1/logs", "/admin/v1/metrics", "/otlp/v1/traces"] {
+            let r = request("POST", target, &[("Content-Type", "application/json")]);
+            assert_eq!(classify(&r), None, "{target}");
+        }
+        // Under a prefix, only an OTLP protobuf body makes it an export.
+        for target in [
+            "/otlp/v1/traces",
+            "/api/v2/otlp/v1/metrics/",
+            "https://ingest.example/otlp/v1/logs?k=1",
+        ] {
+            let ct = [("Content-Type", "Application/X-Protobuf; charset=binary")];
+            let r = request("POST", target, &ct);
+            assert_eq!(classify(&r), Some(Telemetry::Pipeline), "{target}");
+        }
+        let r = request(
+            "POST",
+            "/otlp/v1/tracesx",
+            &[("Content-Type", "application/x-protobuf")],
+        );
+        assert_eq!(classify(&r), None);
     }
 
     /// Runs one server-side exchange per request through a pipeline; returns the span names.
@@ -328,6 +379,92 @@ mod tests {
         assert_eq!(names, vec!["GET".to_owned(), "POST".to_owned()]);
         assert_eq!(stats.telemetry_pipeline_dropped, 0);
         assert_eq!(stats.own_telemetry_dropped, 1);
+    }
+
+    /// A server request (by thread 7) during which the same thread makes a client call; returns
+    /// the exported spans' names and parents, and the stats.
+    fn server_with_a_client_call(server_request: &'static [u8]) -> (Vec<String>, PipelineStats) {
+        let mut pipeline = Pipeline::new(
+            PipelineOptions {
+                limits: TableLimits::default(),
+                proc_root: "/nonexistent-proc-for-tests".into(),
+                host_name: "test-host".into(),
+                ports: Vec::new(),
+                include_telemetry: false,
+            },
+            Clock::from_offset(1_700_000_000_000_000_000),
+        );
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().ok();
+        let header = |fd, conn_id, ts_ns| RecordHeader {
+            tgid: 7,
+            tid: 7,
+            fd,
+            conn_id,
+            ts_ns,
+        };
+        let data = |fd, conn_id, ts, direction, role, payload: &'static [u8]| KernelEvent::Data {
+            header: header(fd, conn_id, ts),
+            direction,
+            role: Some(role),
+            true_len: payload.len() as u32,
+            syscall_ns: 0,
+            loss_before: false,
+            payload,
+        };
+        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let events = [
+            KernelEvent::ConnOpen {
+                header: header(3, 1, 1_000),
+                role: Some(Role::Server),
+                local: addr("127.0.0.1:4318"),
+                peer: addr("127.0.0.1:40000"),
+            },
+            data(
+                3,
+                1,
+                2_000,
+                Direction::Ingress,
+                Role::Server,
+                server_request,
+            ),
+            KernelEvent::ConnOpen {
+                header: header(4, 2, 3_000),
+                role: Some(Role::Client),
+                local: addr("127.0.0.1:40001"),
+                peer: addr("127.0.0.1:8080"),
+            },
+            data(4, 2, 4_000, Direction::Egress, Role::Client, APP.as_bytes()),
+            data(4, 2, 5_000, Direction::Ingress, Role::Client, ok),
+            data(3, 1, 6_000, Direction::Egress, Role::Server, ok),
+            KernelEvent::ConnClose {
+                header: header(4, 2, 7_000),
+            },
+            KernelEvent::ConnClose {
+                header: header(3, 1, 8_000),
+            },
+        ];
+        let mut out: Vec<ExportItem> = Vec::new();
+        for event in events {
+            pipeline.on_event(event, &mut out);
+        }
+        let names = out.into_iter().map(|item| item.span.name).collect();
+        (names, pipeline.stats())
+    }
+
+    #[test]
+    fn calls_made_while_serving_dropped_telemetry_are_dropped_with_it() {
+        // Control: an application request's client call is exported (linked by thread).
+        let (names, stats) = server_with_a_client_call(APP.as_bytes());
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(stats.telemetry_descendants_dropped, 0);
+        for request in [MARKED, FORWARDED] {
+            let (names, stats) = server_with_a_client_call(request.as_bytes());
+            assert!(
+                names.is_empty(),
+                "{names:?} exported under a dropped parent"
+            );
+            assert_eq!(stats.telemetry_descendants_dropped, 1);
+        }
     }
 
     #[test]

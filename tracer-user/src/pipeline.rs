@@ -54,6 +54,14 @@ pub struct PipelineStats {
     pub own_telemetry_dropped: u64,
     /// OTLP export exchanges of other programs, dropped unless `include_telemetry`.
     pub telemetry_pipeline_dropped: u64,
+    /// Processes (resources, sniffed sockets) not looked up in `/proc` because the agent's `/proc`
+    /// does not show them (an agent in a child pid namespace, a process outside it).
+    pub proc_pid_unmapped: u64,
+    /// Exchanges linked under a dropped telemetry request (same thread, connection pair).
+    pub telemetry_descendants_dropped: u64,
+    /// Connections whose endpoints came from /proc and turned out to be the other end of one of
+    /// the agent's own connections: ignored.
+    pub sniffed_agent_mirrors: u64,
 }
 
 /// Options of the userspace side.
@@ -95,6 +103,8 @@ pub struct Pipeline {
     procnet: ProcNet,
     /// When the per-process caches were last swept of exited processes.
     last_process_sweep_ns: u64,
+    /// Recognises the other end of the agent's own connections among those resolved from /proc.
+    agent_mirror: Option<own::MirrorCheck>,
 }
 
 /// How often per-process caches drop processes that exited (after one such interval of grace).
@@ -121,6 +131,7 @@ impl Pipeline {
             presolved: IdHashMap::default(),
             procnet,
             last_process_sweep_ns: 0,
+            agent_mirror: None,
         }
     }
 
@@ -151,8 +162,39 @@ impl Pipeline {
         self
     }
 
+
+    /// Ignores connections resolved from /proc that `check` says are the agent's own mirrors.
+    pub fn with_agent_mirror(mut self, check: Option<own::MirrorCheck>) -> Self {
+        self.agent_mirror = check;
+        self
+    }
+
+    /// Names processes under `/proc` through `map` (an agent in a child pid namespace).
+    pub fn with_pid_map(mut self, map: Option<crate::resource::PidMap>) -> Self {
+        let resources = std::mem::replace(
+            &mut self.resources,
+            ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
+        );
+        self.resources = resources.with_pid_map(map);
+        self
+    }
+
     pub fn stats(&self) -> PipelineStats {
-        self.stats
+        let mut stats = self.stats;
+        stats.proc_pid_unmapped += self.resources.unmapped();
+        stats
+    }
+
+    /// What `/proc` says about `fd` of host tgid `pid`; `Unknown` (counted) when the agent's
+    /// `/proc` does not show that process.
+    fn inspect_fd(&mut self, pid: u32, fd: i32) -> FdKind {
+        match self.resources.proc_pid(pid) {
+            Some(proc_pid) => self.procnet.inspect_fd(proc_pid, fd),
+            None => {
+                self.stats.proc_pid_unmapped += 1;
+                FdKind::Unknown
+            }
+        }
     }
 
     pub fn table_stats(&self) -> TableStats {
@@ -214,7 +256,7 @@ impl Pipeline {
         if self.presolved.len() >= SNIFF_MEMORY {
             self.presolved.clear();
         }
-        let kind = self.procnet.inspect_fd(pid, fd);
+        let kind = self.inspect_fd(pid, fd);
         self.presolved.insert(conn_id, kind);
     }
 
@@ -324,6 +366,10 @@ impl Pipeline {
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
                             self.linker
                                 .request_started(&conn.meta, role, &start, threads);
+                            if dropped_as_telemetry(start.request, self.opts.include_telemetry) {
+                                self.linker
+                                    .mark_telemetry(conn.meta.conn_id, start.sequence);
+                            }
                             next = next.max(start.sequence + 1);
                         }
                         conn.linked_upto = next;
@@ -384,15 +430,27 @@ impl Pipeline {
         let (pid, fd) = (conn.meta.pid, conn.meta.fd);
         let kind = match self.presolved.remove(&conn_id) {
             Some(kind) => kind,
-            None => self.procnet.inspect_fd(pid, fd),
+            None => self.inspect_fd(pid, fd),
         };
         tracing::trace!(conn_id, pid, fd, ?kind, "sniffed connection resolved");
+        let Some(conn) = self.table.get_mut(conn_id) else {
+            return;
+        };
         match kind {
             FdKind::Socket { local, peer } => {
                 conn.meta.local = conn.meta.local.or(local);
                 conn.meta.peer = conn.meta.peer.or(peer);
                 let meta = conn.meta.clone();
-                if !self.port_allowed(&meta) {
+                let mirror = match (&self.agent_mirror, meta.local, meta.peer) {
+                    (Some(check), Some(local), Some(peer)) => check(local, peer),
+                    _ => false,
+                };
+                if mirror {
+                    // The kernel saw no peer at accept, so it could not exclude the other end
+                    // of the agent's own export or watch: do it now.
+                    self.stats.sniffed_agent_mirrors += 1;
+                    self.ignore(conn_id, pid, fd);
+                } else if !self.port_allowed(&meta) {
                     // Adopted by sniffing, so the kernel could not apply the port filter: stop
                     // its records at the source.
                     self.stats.sniffed_filtered_out += 1;
@@ -442,6 +500,11 @@ impl Pipeline {
                 }
                 _ => {}
             }
+            if identity.as_ref().is_some_and(|id| id.telemetry) {
+                // Linked under a dropped telemetry request: its parent never arrives.
+                self.stats.telemetry_descendants_dropped += 1;
+                continue;
+            }
             let (parent, ids) = match identity {
                 Some(id) => identity_parts(id),
                 None => (
@@ -463,6 +526,15 @@ impl Pipeline {
             self.stats.spans += 1;
             out.emit(ExportItem { span, resource });
         }
+    }
+}
+
+/// Whether `request` is telemetry whose exchange is dropped (see `own::classify`).
+fn dropped_as_telemetry(request: &crate::model::HttpRequest, include_telemetry: bool) -> bool {
+    match own::classify(request) {
+        Some(Telemetry::Own) => true,
+        Some(Telemetry::Pipeline) => !include_telemetry,
+        None => false,
     }
 }
 

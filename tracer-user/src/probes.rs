@@ -155,6 +155,8 @@ pub struct KernelCounters {
     pub unhooked_transfers: u64,
     pub peeks_skipped: u64,
     pub lifecycle_args_missing: u64,
+    /// The agent's own sockets not remembered because their table was full.
+    pub agent_table_full: u64,
 }
 
 impl KernelCounters {
@@ -166,6 +168,64 @@ impl KernelCounters {
             + self.scratch_unavailable
             + self.filter_table_full
     }
+}
+
+/// Key of `AGENT_ENDPOINTS` (the kernel's `maps::PeerKey`: address, IPv4 in the first 4
+/// bytes, and port in host order). `HashMap::try_from` checks its size against the map's.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EndpointKey {
+    addr: [u8; 16],
+    port: u16,
+    _pad: [u8; 6],
+}
+
+/// Value of `AGENT_ENDPOINTS` (the kernel's `maps::Endpoints`): both ends of an agent socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AgentEndpoints {
+    family: u16,
+    local_port: u16,
+    peer_port: u16,
+    _pad: u16,
+    local_addr: [u8; 16],
+    peer_addr: [u8; 16],
+}
+
+// SAFETY: plain `repr(C)` data without padding bytes left implicit, valid for any bit pattern.
+unsafe impl aya::Pod for EndpointKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for AgentEndpoints {}
+
+const _: () = assert!(std::mem::size_of::<EndpointKey>() == 24);
+const _: () = assert!(std::mem::size_of::<AgentEndpoints>() == 40);
+
+/// An address as the kernel programs store it: IPv4 (also v4-mapped IPv6) in the first 4 bytes.
+fn kernel_addr(ip: std::net::IpAddr) -> (u16, [u8; 16]) {
+    let mut out = [0u8; 16];
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (libc::AF_INET as u16, out)
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => {
+                out[..4].copy_from_slice(&v4.octets());
+                (libc::AF_INET as u16, out)
+            }
+            None => (libc::AF_INET6 as u16, v6.octets()),
+        },
+    }
+}
+
+/// Whether an agent socket connected to an address of this host (loopback or its own source).
+fn agent_destination_is_local(agent: &AgentEndpoints) -> bool {
+    let loopback = if agent.family == libc::AF_INET as u16 {
+        agent.peer_addr[0] == 127
+    } else {
+        agent.peer_addr == std::net::Ipv6Addr::LOCALHOST.octets()
+    };
+    loopback || agent.peer_addr == agent.local_addr
 }
 
 /// The loaded and attached programs. Dropping it detaches them.
@@ -493,6 +553,59 @@ impl Probes {
         }
     }
 
+    /// How userspace names a process the kernel reports by host tgid in the agent's `/proc`:
+    /// `None` when the agent runs in the host's pid namespace (the same number). In a child pid
+    /// namespace, the kernel-filled `NS_PIDS` table; a process without an entry (outside the
+    /// namespace) cannot be read from `/proc` at all.
+    pub fn proc_pid_map(&mut self) -> Result<Option<crate::resource::PidMap>, ProbeError> {
+        if !self.namespaced_pids {
+            return Ok(None);
+        }
+        let map = self
+            .ebpf
+            .take_map("NS_PIDS")
+            .ok_or(ProbeError::MissingMap("NS_PIDS"))?;
+        let table: HashMap<MapData, u32, u32> =
+            HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "NS_PIDS",
+                source: Box::new(source),
+            })?;
+        Ok(Some(std::sync::Arc::new(move |host_tgid: u32| {
+            table.get(&host_tgid, 0).ok()
+        })))
+    }
+
+    /// Whether a connection accepted on this host with `local` and `peer` is the other end of
+    /// one of the agent's own connections, by the kernel's `AGENT_ENDPOINTS` and the same rule
+    /// as `filter::mirrors_agent`: for connections whose peer the kernel did not see at accept
+    /// (`accept(fd, NULL, NULL)`, an accept already blocked when the probes attached).
+    pub fn agent_mirror_check(&mut self) -> Result<crate::own::MirrorCheck, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("AGENT_ENDPOINTS")
+            .ok_or(ProbeError::MissingMap("AGENT_ENDPOINTS"))?;
+        let table: HashMap<MapData, EndpointKey, AgentEndpoints> =
+            HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "AGENT_ENDPOINTS",
+                source: Box::new(source),
+            })?;
+        Ok(std::sync::Arc::new(move |local, peer| {
+            let (_, addr) = kernel_addr(peer.ip());
+            let key = EndpointKey {
+                addr,
+                port: peer.port(),
+                _pad: [0; 6],
+            };
+            let Ok(agent) = table.get(&key, 0) else {
+                return false;
+            };
+            let (_, local_addr) = kernel_addr(local.ip());
+            let exact = local.port() == agent.peer_port && local_addr == agent.peer_addr;
+            let to_this_host = agent_destination_is_local(&agent);
+            exact || !to_this_host
+        }))
+    }
+
     /// Takes the ring buffer for the reader task.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
@@ -536,6 +649,7 @@ impl Probes {
             out.conn_table_entries = census.results.entries.load(Ordering::Relaxed);
             out.conns_evicted = census.results.evicted.load(Ordering::Relaxed);
         }
+        out.agent_table_full = read(counter::AGENT_TABLE_FULL);
         out
     }
 
@@ -576,7 +690,70 @@ fn bump_memlock_rlimit() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_field_offset;
+    use super::{
+        AgentEndpoints, EBPF_OBJECT, agent_destination_is_local, kernel_addr, parse_field_offset,
+    };
+
+    #[test]
+    fn addresses_match_the_kernel_encoding_and_local_destinations_are_recognised() {
+        let v4 = |s: &str| {
+            s.parse::<std::net::IpAddr>()
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (family, addr) = kernel_addr(v4("10.1.2.3"));
+        assert_eq!(
+            (family, &addr[..4], &addr[4..]),
+            (2, &[10, 1, 2, 3][..], &[0; 12][..])
+        );
+        assert_eq!(
+            kernel_addr(v4("::ffff:10.1.2.3")),
+            kernel_addr(v4("10.1.2.3"))
+        );
+        assert_eq!(kernel_addr(v4("::1")).0, 10);
+        let agent = |local: &str, peer: &str| {
+            let (family, local_addr) = kernel_addr(v4(local));
+            let (_, peer_addr) = kernel_addr(v4(peer));
+            AgentEndpoints {
+                family,
+                local_port: 1,
+                peer_port: 2,
+                _pad: 0,
+                local_addr,
+                peer_addr,
+            }
+        };
+        assert!(agent_destination_is_local(&agent("127.0.0.1", "127.0.0.2")));
+        assert!(agent_destination_is_local(&agent("10.0.0.5", "10.0.0.5")));
+        assert!(agent_destination_is_local(&agent("::1", "::1")));
+        assert!(!agent_destination_is_local(&agent(
+            "10.0.0.5",
+            "10.96.0.10"
+        )));
+    }
+
+    /// The tables of the agent's own sockets never evict: an evicted socket would orphan its
+    /// local endpoint, excluding an unrelated application connection that reuses it later.
+    #[test]
+    fn agent_socket_tables_are_plain_hash_maps() {
+        assert!(
+            !EBPF_OBJECT.is_empty(),
+            "the eBPF object is not embedded (built with AYA_BUILD_SKIP?): run `cargo xtask build`"
+        );
+        let object = aya_obj::Object::parse(EBPF_OBJECT)
+            .unwrap_or_else(|e| panic!("parsing the embedded eBPF object: {e}"));
+        for name in ["AGENT_SOCKS", "AGENT_ENDPOINTS"] {
+            let map = object
+                .maps
+                .get(name)
+                .unwrap_or_else(|| panic!("no map {name} in the eBPF object"));
+            assert_eq!(
+                map.map_type(),
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
+                "{name} must be a plain hash map (no silent eviction)"
+            );
+            assert_eq!(map.max_entries(), tracer_common::MAX_AGENT_CONNECTIONS);
+        }
+    }
 
     #[test]
     fn finds_field_offsets_in_both_fork_layouts() {

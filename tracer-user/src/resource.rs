@@ -58,6 +58,10 @@ const PROTECTED_KEYS: [&str; 6] = [
     "telemetry.distro.version",
 ];
 
+/// Host tgid (as the kernel reports it) to the pid naming the process under the agent's `/proc`,
+/// `None` when that `/proc` does not show it (an agent in a child pid namespace).
+pub type PidMap = Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>;
+
 /// Resources by pid, read from `/proc` once per pid. Bounded: when full, the least recently used
 /// eighth of the entries is evicted (and counted).
 pub struct ResourceCache {
@@ -75,6 +79,10 @@ pub struct ResourceCache {
     pid_reuses: u64,
     /// Entries removed because their process exited.
     exited_removed: u64,
+    /// Set when the agent's `/proc` numbers processes differently from the kernel.
+    pid_map: Option<PidMap>,
+    /// Processes whose resource was built without `/proc`: the agent cannot name them there.
+    unmapped: u64,
 }
 
 #[derive(Debug)]
@@ -108,6 +116,8 @@ impl ResourceCache {
             evictions: 0,
             pid_reuses: 0,
             exited_removed: 0,
+            pid_map: None,
+            unmapped: 0,
         }
     }
 
@@ -148,11 +158,23 @@ impl ResourceCache {
         if self.entries.len() >= self.capacity {
             self.evict_least_recent();
         }
-        let (mut resource, named_by_env) =
-            discover_inner(&self.proc_root, pid, &self.host_name, self.command_line);
+        let proc_pid = match &self.pid_map {
+            None => Some(pid),
+            Some(map) => map(pid),
+        };
+        if proc_pid.is_none() {
+            // Reading /proc/<host tgid> here would describe another process of this namespace.
+            self.unmapped += 1;
+        }
+        let (mut resource, named_by_env) = discover_inner(
+            proc_pid.map(|_| self.proc_root.as_path()),
+            proc_pid.unwrap_or(pid),
+            &self.host_name,
+            self.command_line,
+        );
         let mut pod_miss_generation = None;
-        if let Some(pods) = &self.pods {
-            match pods.attributes_for_pid(&self.proc_root, pid) {
+        if let (Some(pods), Some(proc_pid)) = (&self.pods, proc_pid) {
+            match pods.attributes_for_pid(&self.proc_root, proc_pid) {
                 Some(pod) => merge_pod(&mut resource, pod, named_by_env),
                 None => pod_miss_generation = generation,
             }
@@ -169,6 +191,25 @@ impl ResourceCache {
         };
         self.entries.insert(pid, entry);
         resource
+    }
+
+    /// Names processes under `/proc` through `map` (an agent in a child pid namespace).
+    pub fn with_pid_map(mut self, map: Option<PidMap>) -> Self {
+        self.pid_map = map;
+        self
+    }
+
+    /// The `/proc` pid of host tgid `pid`, when this agent's `/proc` shows it.
+    pub fn proc_pid(&self, pid: u32) -> Option<u32> {
+        match &self.pid_map {
+            None => Some(pid),
+            Some(map) => map(pid),
+        }
+    }
+
+    /// Processes described without `/proc` because the agent could not name them there.
+    pub fn unmapped(&self) -> u64 {
+        self.unmapped
     }
 
     /// Drop `pid` (the process exited; its pid may be reused).
@@ -238,7 +279,7 @@ impl ResourceCache {
 /// Read the resource of `pid` under `proc_root` (without `process.command_line`). Never fails:
 /// what cannot be read is left out.
 pub fn discover(proc_root: &Path, pid: u32, host_name: &str) -> ProcessResource {
-    discover_inner(proc_root, pid, host_name, CommandLine::Omitted).0
+    discover_inner(Some(proc_root), pid, host_name, CommandLine::Omitted).0
 }
 
 /// Pod attributes join the resource; the pod's name hint (label, workload, container) replaces
@@ -262,19 +303,23 @@ fn merge_pod(resource: &mut ProcessResource, pod: crate::k8s::PodAttributes, nam
 }
 
 /// The resource, and whether its service.name came from the process's own environment.
+/// With no `proc_root`, nothing is read (a process the agent's `/proc` does not show).
 fn discover_inner(
-    proc_root: &Path,
+    proc_root: Option<&Path>,
     pid: u32,
     host_name: &str,
     wants_command_line: CommandLine,
 ) -> (ProcessResource, bool) {
-    let dir = proc_root.join(pid.to_string());
-    let environ = read_bounded(&dir.join("environ"), MAX_ENVIRON_BYTES)
+    let dir = proc_root.map(|root| root.join(pid.to_string()));
+    let dir = dir.as_deref();
+    let environ = dir
+        .and_then(|d| read_bounded(&d.join("environ"), MAX_ENVIRON_BYTES))
         .map(|bytes| complete_entries(bytes, MAX_ENVIRON_BYTES));
-    let exe_path = std::fs::read_link(dir.join("exe"))
-        .ok()
+    let exe_path = dir
+        .and_then(|d| std::fs::read_link(d.join("exe")).ok())
         .map(|p| executable_path(&p));
-    let comm = read_bounded(&dir.join("comm"), MAX_COMM_BYTES)
+    let comm = dir
+        .and_then(|d| read_bounded(&d.join("comm"), MAX_COMM_BYTES))
         .map(|b| {
             String::from_utf8_lossy(&b)
                 .trim_end_matches('\n')
@@ -283,9 +328,9 @@ fn discover_inner(
         .filter(|c| !c.is_empty());
     let command_line = match wants_command_line {
         CommandLine::Omitted => None,
-        CommandLine::Redacted => {
-            read_bounded(&dir.join("cmdline"), MAX_COMMAND_LINE_READ).map(|b| command_line(&b))
-        }
+        CommandLine::Redacted => dir
+            .and_then(|d| read_bounded(&d.join("cmdline"), MAX_COMMAND_LINE_READ))
+            .map(|b| command_line(&b)),
     }
     .filter(|c| !c.is_empty());
 
@@ -551,6 +596,26 @@ mod tests {
             }
             self.file("environ", &block)
         }
+    }
+
+    #[test]
+    fn pid_map_reads_the_namespaced_pid_and_never_an_unmapped_host_pid() {
+        let proc = FakeProc::new();
+        // In the agent's namespace, 7 is the process the kernel knows as 4242; 4242 there is an
+        // unrelated process, and host tgid 5000 is not in the namespace at all.
+        proc.process(7).exe("/usr/bin/curl");
+        proc.process(4242).exe("/usr/bin/unrelated");
+        proc.process(5000).exe("/usr/bin/also-unrelated");
+        let map: PidMap = Arc::new(|host| (host == 4242).then_some(7));
+        let mut cache = ResourceCache::new(proc.root.clone(), "h".into()).with_pid_map(Some(map));
+        assert_eq!(cache.get(4242).service_name, "curl");
+        assert_eq!(cache.unmapped(), 0);
+        let outside = cache.get(5000);
+        assert_eq!(outside.service_name, "unknown_service:5000");
+        assert_eq!(attr(&outside, "process.executable.name"), None);
+        assert_eq!(cache.unmapped(), 1);
+        assert_eq!(cache.proc_pid(4242), Some(7));
+        assert_eq!(cache.proc_pid(5000), None);
     }
 
     fn attr<'a>(resource: &'a ProcessResource, key: &str) -> Option<&'a AttrValue> {

@@ -117,8 +117,11 @@ pub mod counter {
     /// Connections on this host not tracked because their other end is one of the agent's own
     /// sockets (the collector's side of our export, an API server's side of our watch).
     pub const AGENT_MIRRORS_IGNORED: u32 = 16;
+    /// The agent's own sockets not remembered because their table was full (their other end
+    /// may then be captured; the `User-Agent` mark still drops the exchanges).
+    pub const AGENT_TABLE_FULL: u32 = 17;
     /// Number of counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 /// Index of the single configuration entry.

@@ -119,7 +119,7 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_sniff: bool,
 
-    /// Also make spans of other programs' OTLP exports (POST .../v1/traces|metrics|logs, gRPC
+    /// Also make spans of other programs' OTLP exports (POST /v1/traces|metrics|logs, gRPC
     /// opentelemetry.proto.collector.*). Off by default: a collector forwarding to a backend is
     /// telemetry, not application traffic. A tracer's own requests are never traced.
     #[arg(long)]
