@@ -979,11 +979,11 @@ mod tests {
         );
         assert_eq!(
             parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),
-            111.0
+            119.0
         );
         assert_eq!(
             parsed.value("tracer_kernel_agent_table_full_total", &[]),
-            112.0
+            120.0
         );
         assert_eq!(
             parsed.value("tracer_kernel_events_submitted_total", &[]),
