@@ -162,7 +162,6 @@ impl Pipeline {
         self
     }
 
-
     /// Ignores connections resolved from /proc that `check` says are the agent's own mirrors.
     pub fn with_agent_mirror(mut self, check: Option<own::MirrorCheck>) -> Self {
         self.agent_mirror = check;
