@@ -50,7 +50,6 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sys_enter_dup2", "syscalls", "sys_enter_dup2"),
     ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
-    ("sys_enter_close_range", "syscalls", "sys_enter_close_range"),
     ("sys_enter_splice", "syscalls", "sys_enter_splice"),
     ("sys_exit_splice", "syscalls", "sys_exit_splice"),
     ("sys_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
@@ -58,9 +57,12 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 ];
 
 /// Tracepoints attached when the kernel has them (a kernel without io_uring has no
-/// `io_uring:io_uring_file_get`); a missing one is logged, not fatal.
-const OPTIONAL_TRACEPOINTS: &[(&str, &str, &str)] =
-    &[("io_uring_file_get", "io_uring", "io_uring_file_get")];
+/// `io_uring:io_uring_file_get`; close_range exists since 5.9, the oldest supported kernel is
+/// 5.8); a missing one is logged and counted in `tracer_optional_probes_attached`, not fatal.
+const OPTIONAL_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("io_uring_file_get", "io_uring", "io_uring_file_get"),
+    ("sys_enter_close_range", "syscalls", "sys_enter_close_range"),
+];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -371,7 +373,7 @@ impl Probes {
                         })
                 });
             if let Err(err) = attached {
-                tracing::warn!(%err, "optional probe not attached; transfers through it are not marked as gaps");
+                tracing::warn!(%err, "optional probe not attached (this kernel lacks it): what it watches is not seen");
             }
         }
         probes.census = match (probes.map_id("CONNS"), probes.map_id("COUNTERS")) {
@@ -516,7 +518,33 @@ fn bump_memlock_rlimit() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_field_offset;
+    use super::{OPTIONAL_TRACEPOINTS, TRACEPOINTS, parse_field_offset};
+
+    /// Tracepoints of syscalls newer than the oldest supported kernel (5.8, for the ring
+    /// buffer): the agent must start without them.
+    const NEWER_THAN_5_8: &[&str] = &[
+        "sys_enter_close_range",
+        "sys_exit_close_range",
+        "sys_enter_epoll_pwait2",
+        "sys_enter_process_madvise",
+        "sys_enter_mount_setattr",
+        "sys_enter_futex_waitv",
+    ];
+
+    #[test]
+    fn required_tracepoints_exist_on_the_oldest_supported_kernel() {
+        for (_, _, tracepoint) in TRACEPOINTS {
+            assert!(
+                !NEWER_THAN_5_8.contains(tracepoint),
+                "{tracepoint} is newer than 5.8: it belongs in OPTIONAL_TRACEPOINTS"
+            );
+        }
+        assert!(
+            OPTIONAL_TRACEPOINTS
+                .iter()
+                .any(|(_, _, tp)| *tp == "sys_enter_close_range")
+        );
+    }
 
     #[test]
     fn finds_field_offsets_in_both_fork_layouts() {
