@@ -142,8 +142,7 @@ fn settle_metrics(addr: SocketAddr, condition: impl Fn(&str) -> bool) -> String 
 
 const KERNEL_TABLE_FULL: &str =
     "tracer_connections_dropped_total{stage=\"kernel\",reason=\"table_full\"}";
-const KERNEL_EVICTED: &str =
-    "tracer_connections_dropped_total{stage=\"kernel\",reason=\"evicted\"}";
+const KERNEL_EVICTED: &str = "tracer_kernel_connection_table_evicted_total";
 
 /// Thousands of processes connect, send a request and `_exit` without closing: every one leaves
 /// its socket's entry in the kernel connection table (no close syscall). With a table of 256,

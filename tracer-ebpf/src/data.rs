@@ -11,7 +11,7 @@ use tracer_common::{
 
 use crate::conn::{
     PidTgid, announce_endpoints, header, live_conn, mark_lost, save_args, save_candidate, sys_arg,
-    sys_ret, take_args, track,
+    sys_ret, take_candidate_args, take_tracked_args, track,
 };
 use crate::filter::pid_traced;
 use crate::maps::{CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count};
@@ -96,6 +96,7 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         gap_only: u8::from(flags & MSG_TRUNC != 0),
         egress: 0,
         _pad: [0; 5],
+        conn_id: state.map(|s| s.conn_id).unwrap_or(0),
     };
     if state.is_some() {
         save_args(ctx, &args);
@@ -113,12 +114,16 @@ pub fn enter_splice(ctx: &TracePointContext) {
         return;
     }
     let (fd_in, fd_out) = (sys_arg(ctx, 0) as i64, sys_arg(ctx, 2) as i64);
-    let tracked =
-        |fd: i64| fd >= 0 && live_conn(tgid, fd as u32).is_some_and(|s| s.role != role::IGNORED);
-    let (fd, egress) = if tracked(fd_out) {
-        (fd_out, 1)
-    } else if tracked(fd_in) {
-        (fd_in, 0)
+    let tracked = |fd: i64| {
+        if fd < 0 {
+            return None;
+        }
+        live_conn(tgid, fd as u32).filter(|s| s.role != role::IGNORED)
+    };
+    let (fd, egress, conn) = if let Some(c) = tracked(fd_out) {
+        (fd_out, 1, c)
+    } else if let Some(c) = tracked(fd_in) {
+        (fd_in, 0, c)
     } else {
         return;
     };
@@ -132,6 +137,7 @@ pub fn enter_splice(ctx: &TracePointContext) {
         gap_only: 1,
         egress,
         _pad: [0; 5],
+        conn_id: conn.conn_id,
     };
     save_args(ctx, &args);
 }
@@ -249,8 +255,18 @@ fn msg_iov(msg: u64) -> Option<(u64, u64)> {
 /// carries only its own path (the verifier's budget is per program).
 #[inline(always)]
 pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
-    let Some(args) = take_args(ctx.pid_tgid_raw()) else {
-        return;
+    let id = ctx.pid_tgid_raw();
+    // Only syscalls on untracked fds, kept for sniffing, are in the candidate table: look there
+    // only when sniffing is on (splice is saved for tracked connections only).
+    let args = match take_tracked_args(id) {
+        Some(args) => args,
+        None if SYS != syscall::SPLICE && config().is_some_and(|c| c.sniff_untracked != 0) => {
+            let Some(args) = take_candidate_args(id) else {
+                return;
+            };
+            args
+        }
+        None => return,
     };
     if args.kind != SYS {
         return;
@@ -263,14 +279,26 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     let tid = ctx.pid();
     let fd = args.fd as i32;
     // SAFETY: value copied out.
+    // The fd must still be what it was at sys_enter: the same connection, or (for sniffing)
+    // still untracked. Otherwise another thread closed it and got the number back for another
+    // connection while this syscall ran: these bytes are not the new connection's.
     let conn = match unsafe { CONNS.get(&conn_key(tgid, fd as u32)) }.copied() {
         Some(c) if c.role == role::IGNORED => return,
+        Some(c) if c.conn_id != args.conn_id => {
+            count(counter::FD_REUSED_IN_SYSCALL, 1);
+            return;
+        }
         Some(mut c) => {
             announce_endpoints(tgid, tid, fd, &mut c, args.enter_ns.saturating_sub(1));
             c
         }
+        None if args.conn_id != 0 => {
+            // Closed during the syscall (its close record is already sent).
+            return;
+        }
         None => {
-            if !looks_like_http(first_buffer(&args), ret) {
+            // MSG_TRUNC: the buffer holds nothing the kernel wrote; never sniff it.
+            if args.gap_only != 0 || !looks_like_http(first_buffer(&args), ret) {
                 return;
             }
             let ep = Endpoints::UNKNOWN;

@@ -43,7 +43,8 @@ pub static CANDIDATES: LruHashMap<u64, SyscallArgs> =
 
 /// Per process (tgid): CLOCK_MONOTONIC ns since which its fds are what the connection table
 /// says (set when a process is born, and at exec). Older entries are stale: pid reuse, or fds
-/// closed by exec. LRU: a forgotten generation only means no staleness check for that pid.
+/// closed by exec. LRU: an entry whose process has no generation here is treated as stale
+/// (fail closed, counted), so an evicted generation costs missed connections, never wrong ones.
 #[map]
 pub static GENERATIONS: LruHashMap<u32, u64> =
     LruHashMap::with_max_entries(MAX_PROCESS_GENERATIONS, 0);
@@ -99,6 +100,10 @@ pub struct SyscallArgs {
     /// For splice: the tracked fd is the destination (egress) rather than the source.
     pub egress: u8,
     pub _pad: [u8; 5],
+    /// The connection the fd was at sys_enter (0: untracked, kept for sniffing). The exit
+    /// reports bytes only when the fd is still that connection: another thread may close the
+    /// fd and get the number back from accept/connect while this syscall blocks.
+    pub conn_id: u64,
 }
 
 /// Both endpoints of a TCP connection, as the tracepoint reports them.

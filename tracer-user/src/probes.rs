@@ -153,6 +153,18 @@ pub struct KernelCounters {
     pub unhooked_transfers: u64,
     pub peeks_skipped: u64,
     pub lifecycle_args_missing: u64,
+    /// Connection entries whose process generation was missing (treated as stale).
+    pub generations_missing: u64,
+    /// Data syscalls whose fd became another connection before they returned (not reported).
+    pub fd_reused_in_syscall: u64,
+    /// Gauge: 1 while the connection table census runs, 0 when it could not start.
+    pub census_running: u64,
+    /// Census walks dropped because reading the table failed part way.
+    pub census_failed_walks: u64,
+    /// Gauge: optional probes attached (of `optional_probes_total`).
+    pub optional_probes_attached: u64,
+    /// Gauge: optional probes this agent knows.
+    pub optional_probes_total: u64,
 }
 
 impl KernelCounters {
@@ -171,6 +183,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// Walks the kernel connection table in the background (none when it could not start).
     census: Option<crate::census::Census>,
+    /// Optional tracepoints that attached on this kernel.
+    optional_attached: u64,
 }
 
 /// Whether the embedded object is the real one.
@@ -300,7 +314,11 @@ impl Probes {
                     source: Box::new(source),
                 })?;
         }
-        let mut probes = Probes { ebpf, census: None };
+        let mut probes = Probes {
+            ebpf,
+            census: None,
+            optional_attached: 0,
+        };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
             .pids
@@ -372,11 +390,16 @@ impl Probes {
                             source: Box::new(source),
                         })
                 });
+            if attached.is_ok() {
+                probes.optional_attached += 1;
+            }
             if let Err(err) = attached {
                 tracing::warn!(%err, "optional probe not attached (this kernel lacks it): what it watches is not seen");
             }
         }
-        probes.census = match (probes.map_id("CONNS"), probes.map_id("COUNTERS")) {
+        // Second handles on the agent's own map fds (dup): opening maps by id would need
+        // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
+        probes.census = match (probes.map_fd("CONNS"), probes.map_fd("COUNTERS")) {
             (Some(conns), Some(counters)) => crate::census::Census::start(conns, counters)
                 .map_err(|err| tracing::warn!(%err, "kernel connection table census not started"))
                 .ok(),
@@ -474,20 +497,31 @@ impl Probes {
         out.unhooked_transfers = read(counter::UNHOOKED_TRANSFERS);
         out.peeks_skipped = read(counter::PEEKS_SKIPPED);
         out.lifecycle_args_missing = read(counter::LIFECYCLE_ARGS_MISSING);
+        out.generations_missing = read(counter::GENERATIONS_MISSING);
+        out.fd_reused_in_syscall = read(counter::FD_REUSED_IN_SYSCALL);
+        out.optional_probes_attached = self.optional_attached;
+        out.optional_probes_total = OPTIONAL_TRACEPOINTS.len() as u64;
         if let Some(census) = &self.census {
+            out.census_running = 1;
             out.conn_table_entries = census.results.entries.load(Ordering::Relaxed);
             out.conns_evicted = census.results.evicted.load(Ordering::Relaxed);
+            out.census_failed_walks = census.results.failed_walks.load(Ordering::Relaxed);
         }
         out
     }
 
-    /// The kernel id of map `name` (for a second handle on it).
-    fn map_id(&self, name: &str) -> Option<u32> {
+    /// A duplicate of the agent's fd of map `name` (for a second handle on it).
+    fn map_fd(&self, name: &str) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
         let data = match self.ebpf.map(name)? {
             Map::LruHashMap(data) | Map::HashMap(data) | Map::PerCpuArray(data) => data,
             _ => return None,
         };
-        data.info().ok().map(|info| info.id())
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|err| tracing::warn!(%err, map = name, "could not duplicate a map fd"))
+            .ok()
     }
 }
 

@@ -111,8 +111,15 @@ pub mod counter {
     /// accept/connect exits whose arguments were no longer in the candidate table (evicted by
     /// newer syscalls, or the syscall began before the probes attached).
     pub const LIFECYCLE_ARGS_MISSING: u32 = 15;
+    // 16: reserved (agent mirrors, branch loops)
+    /// Connection entries whose process generation was missing (evicted from its LRU table, or
+    /// never stored because the insert failed): treated as stale, never used (missed, not wrong).
+    pub const GENERATIONS_MISSING: u32 = 17;
+    /// Data syscalls whose fd was closed and reused by another connection (or file) between
+    /// sys_enter and sys_exit: their bytes are not reported under the new connection.
+    pub const FD_REUSED_IN_SYSCALL: u32 = 18;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 19;
 }
 
 /// Index of the single configuration entry.
