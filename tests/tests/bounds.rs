@@ -198,8 +198,14 @@ fn connections_of_processes_that_exit_without_closing_do_not_fill_the_table() {
         0.0,
         "the LRU table never refuses a connection\n{page}"
     );
+    let entries = metric(&page, "tracer_kernel_connection_table_entries");
     assert!(
-        metric(&page, "tracer_kernel_connection_table_entries") <= 256.0,
+        entries > 0.0 && entries <= 256.0,
+        "the census measured the full table ({entries} entries)\n{page}"
+    );
+    assert_eq!(
+        metric(&page, "tracer_kernel_census_failed_walks_total"),
+        0.0,
         "{page}"
     );
     let inserted = metric(&page, "tracer_kernel_connections_inserted_total");
@@ -225,8 +231,21 @@ fn threads_blocked_on_pipes_do_not_blind_the_tracer() {
     let _server = PythonServer::start(port, "e2e-pipes");
     let (mut session, metrics) = session_with_metrics(AgentConfig::new().ports(&[port]));
     let threads = THREADS.to_string();
-    let (_blockers, line) = start_peer("pipe_blockers.py", &["--threads", &threads], "blocked");
+    let (blockers, line) = start_peer("pipe_blockers.py", &["--threads", &threads], "blocked");
     assert_eq!(line, format!("blocked {THREADS}"));
+    // The line is printed as the threads are about to read: wait until they are in read(2).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reading = threads_in_syscall(blockers.pid(), SYS_READ);
+        if reading >= THREADS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {reading} of {THREADS} threads blocked in read(2)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let url = local_url(port, "/ok?behind=pipes");
     assert_eq!(curl(&[&url]).status, 200);
@@ -248,6 +267,24 @@ fn threads_blocked_on_pipes_do_not_blind_the_tracer() {
         "blocked pipe readers never fill the table of tracked connections\n{page}"
     );
     session.finish();
+}
+
+/// read(2) on x86_64 (the number `/proc/<pid>/task/<tid>/syscall` starts with).
+const SYS_READ: u32 = 0;
+
+/// How many threads of process `pid` are blocked in syscall `nr`.
+fn threads_in_syscall(pid: u32, nr: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("syscall")).is_ok_and(|line| {
+                line.split(' ').next().and_then(|n| n.parse::<u32>().ok()) == Some(nr)
+            })
+        })
+        .count()
 }
 
 /// Three requests on one keep-alive connection to `peek_server.py` (with `extra` arguments);
@@ -488,5 +525,122 @@ fn fds_closed_by_dup2_or_close_range_are_forgotten() {
         wrong.is_empty(),
         "a file read on a reused fd became a response:\n{}",
         describe(wrong)
+    );
+}
+
+/// A thread blocked in read(2) on a client connection while another thread closes the fd and
+/// connects a new connection on the same number: the old connection's answer (418), which the
+/// blocked read returns, never answers the new connection's request (answered 200 afterwards).
+#[test]
+fn bytes_read_on_an_fd_reused_during_the_read_stay_with_their_connection() {
+    let (old_port, new_port) = (free_port(), free_port());
+    let (mut session, metrics) =
+        session_with_metrics(AgentConfig::new().ports(&[old_port, new_port]));
+    let mut command = Command::new(python());
+    command.arg("-u").arg(peer_script("fd_swap.py")).args([
+        "--old-port",
+        &old_port.to_string(),
+        "--new-port",
+        &new_port.to_string(),
+    ]);
+    let (status, run) = run_with_timeout("fd_swap.py", command, Duration::from_secs(60));
+    assert!(status.success(), "{}", run.output_report());
+    let spans = session.wait_for("the SERVER span of the new connection", |spans| {
+        server_spans(spans, new_port)
+            .iter()
+            .any(|s| s.attr_int("http.response.status_code") == Some(200))
+    });
+    let page = wait_metrics(metrics, "the fd reuse to be counted", |page| {
+        metric(page, "tracer_kernel_fd_reused_in_syscall_total") >= 1.0
+    });
+    let wrong: Vec<&ObservedSpan> = client_spans(&spans, new_port)
+        .into_iter()
+        .filter(|s| s.attr_int("http.response.status_code") != Some(200))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the old connection's answer became the new connection's:\n{}\n{page}",
+        describe(wrong)
+    );
+    session.finish();
+}
+
+/// A process exits without closing its connection (its entry stays in the kernel table); a new
+/// process gets the same pid and reads a file on the same fd number: the entry is stale for it
+/// (counted), and the file's `500` never answers the dead process's request.
+#[test]
+fn an_entry_left_by_a_dead_process_is_stale_for_the_next_process_with_its_pid() {
+    const FAKE: &str = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
+    let port = free_port();
+    let _server = PythonServer::start(port, "e2e-pid-reuse");
+    let dir = tracer_tests::ScratchDir::new("pid-reuse");
+    let fake = dir.path().join("fake-response");
+    std::fs::write(&fake, FAKE).expect("writing the fake response");
+    let (mut session, metrics) = session_with_metrics(AgentConfig::new().ports(&[port]));
+    let mut command = Command::new(python());
+    command.arg("-u").arg(peer_script("pid_reuse.py")).args([
+        "--port",
+        &port.to_string(),
+        "--file",
+        &fake.to_string_lossy(),
+    ]);
+    let (status, run) = run_with_timeout("pid_reuse.py", command, Duration::from_secs(60));
+    assert!(status.success(), "{}", run.output_report());
+    wait_metrics(
+        metrics,
+        "the dead process's entry to be found stale",
+        |page| metric(page, "tracer_kernel_connections_stale_total") >= 1.0,
+    );
+    let url = local_url(port, "/ok?stale=done");
+    assert_eq!(curl(&[&url]).status, 200);
+    let spans = session.wait_for("the last request's CLIENT span", |spans| {
+        spans_with_query(spans, "stale=done")
+            .iter()
+            .any(|s| s.kind == tracer_tests::ObservedKind::Client)
+    });
+    let wrong: Vec<&ObservedSpan> = spans
+        .iter()
+        .filter(|s| s.attr_int("http.response.status_code") == Some(500))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "a file read by a new process with a reused pid became a response:\n{}",
+        describe(wrong)
+    );
+    session.finish();
+}
+
+/// With only the capabilities of the least-privilege DaemonSet (no CAP_SYS_ADMIN), the agent
+/// loads its probes and its connection table census runs.
+#[test]
+fn the_census_runs_with_the_least_privilege_capabilities() {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new("setpriv");
+    command
+        .arg("--bounding-set")
+        .arg("-all,+bpf,+perfmon,+sys_ptrace,+dac_read_search,+sys_resource")
+        .arg("--")
+        .arg(tracer_tests::tracer_bin())
+        .args([
+            "agent",
+            "--port",
+            "1",
+            "--metrics-addr",
+            &metrics.to_string(),
+        ]);
+    let agent = ChildGuard::spawn("tracer (least privilege)", command);
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(30)),
+        "--metrics-addr {metrics} never listened\n{}",
+        agent.output_report()
+    );
+    let page = wait_metrics(metrics, "the probes to be loaded", |page| {
+        metric_or_zero(page, "tracer_kernel_optional_probes") > 0.0
+    });
+    assert_eq!(
+        metric(&page, "tracer_kernel_census_running"),
+        1.0,
+        "the census opened the kernel maps without CAP_SYS_ADMIN\n{page}\n{}",
+        agent.output_report()
     );
 }
