@@ -271,6 +271,64 @@ fn threads_blocked_on_pipes_do_not_blind_the_tracer() {
 
 /// read(2) on x86_64 (the number `/proc/<pid>/task/<tid>/syscall` starts with).
 const SYS_READ: u32 = 0;
+/// recvfrom(2) on x86_64 (what recv(2) is).
+const SYS_RECVFROM: u32 = 45;
+
+/// A process with more threads blocked in recv(2) on its own tracked loopback connections than
+/// the in-flight syscall table holds (16384) takes only its quota of it: a request of another
+/// process afterwards is traced, and the refused syscalls are counted.
+#[test]
+fn threads_blocked_on_tracked_connections_take_only_their_quota() {
+    const THREADS: usize = 17_000;
+    let _heavy = heavy();
+    let (port, blocked_port) = (free_port(), free_port());
+    let _server = PythonServer::start(port, "e2e-quota");
+    let (mut session, metrics) =
+        session_with_metrics(AgentConfig::new().ports(&[port, blocked_port]));
+    let threads = THREADS.to_string();
+    let blocked_port_arg = blocked_port.to_string();
+    let (blockers, line) = start_peer(
+        "socket_blockers.py",
+        &["--threads", &threads, "--port", &blocked_port_arg],
+        "blocked",
+    );
+    assert_eq!(line, format!("blocked {THREADS}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reading = threads_in_syscall(blockers.pid(), SYS_RECVFROM);
+        if reading >= THREADS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {reading} of {THREADS} threads blocked in recv(2)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let url = local_url(port, "/ok?behind=sockets");
+    assert_eq!(curl(&[&url]).status, 200);
+    session.wait_for("SERVER and CLIENT spans of the request", |spans| {
+        let seen = spans_with_query(spans, "behind=sockets");
+        seen.iter()
+            .any(|s| s.kind == tracer_tests::ObservedKind::Server)
+            && seen
+                .iter()
+                .any(|s| s.kind == tracer_tests::ObservedKind::Client)
+    });
+    let page = wait_metrics(metrics, "the refused syscalls to be counted", |page| {
+        metric(page, "tracer_kernel_args_process_quota_total") > 0.0
+    });
+    assert_eq!(
+        metric(
+            &page,
+            "tracer_events_dropped_total{stage=\"kernel\",reason=\"args_table_full\"}"
+        ),
+        0.0,
+        "one process never fills the table of tracked connections\n{page}"
+    );
+    session.finish();
+}
 
 /// How many threads of process `pid` are blocked in syscall `nr`.
 fn threads_in_syscall(pid: u32, nr: u32) -> usize {

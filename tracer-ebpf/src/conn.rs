@@ -7,14 +7,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, conn_key, counter, kind,
-    role,
+    CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, MAX_INFLIGHT_PER_PROCESS,
+    conn_key, counter, kind, role,
 };
 
 use crate::filter::{pid_traced, ports_traced};
 use crate::maps::{
-    ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT, PeerKey,
-    SOCK_ENDPOINTS, SyscallArgs, count, next_conn_id,
+    ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT,
+    INFLIGHT_PER_PROCESS, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count, next_conn_id,
 };
 
 const AF_INET: u16 = 2;
@@ -275,12 +275,56 @@ fn ignore(tgid: u32, fd: i32) {
 }
 
 /// Keeps the arguments of a data syscall on a tracked connection for its exit. When the table
-/// is full the connection's stream gets a hole: it is marked lost (and the miss counted).
+/// is full, or the process already holds its quota of it, the connection's stream gets a hole:
+/// it is marked lost (and the miss counted).
 #[inline(always)]
 pub fn save_args(ctx: &TracePointContext, args: &SyscallArgs) {
+    let tgid = ctx.tgid();
+    let Some(held) = process_inflight(tgid) else {
+        count(counter::ARGS_PROCESS_QUOTA, 1);
+        mark_lost(tgid, args.fd as u32);
+        return;
+    };
+    // SAFETY: `held` points at this process's count (an LRU slot: at worst a recycled one,
+    // which only makes the quota lenient).
+    if unsafe { *held } >= MAX_INFLIGHT_PER_PROCESS {
+        count(counter::ARGS_PROCESS_QUOTA, 1);
+        mark_lost(tgid, args.fd as u32);
+        return;
+    }
     if INFLIGHT.insert(&ctx.pid_tgid_raw(), args, 0).is_err() {
         count(counter::ARGS_TABLE_FULL, 1);
-        mark_lost(ctx.tgid(), args.fd as u32);
+        mark_lost(tgid, args.fd as u32);
+        return;
+    }
+    add_inflight(held, 1);
+}
+
+/// The count of `tgid`'s tracked in-flight syscalls (made when missing); None when the count
+/// cannot be stored (the quota then refuses: fail closed, counted by the caller).
+#[inline(always)]
+fn process_inflight(tgid: u32) -> Option<*mut i64> {
+    const BPF_NOEXIST: u64 = 1;
+    if let Some(held) = INFLIGHT_PER_PROCESS.get_ptr_mut(&tgid) {
+        return Some(held);
+    }
+    let _ = INFLIGHT_PER_PROCESS.insert(&tgid, &0, BPF_NOEXIST);
+    INFLIGHT_PER_PROCESS.get_ptr_mut(&tgid)
+}
+
+/// Atomically adds `by` to a per-process count: BPF_ATOMIC add without fetch (BPF_XADD), which
+/// every kernel's verifier accepts (core has no atomic read-modify-write for this target).
+#[inline(always)]
+fn add_inflight(held: *mut i64, by: i64) {
+    // SAFETY: `held` is a valid, aligned map value slot for as long as this program runs; the
+    // instruction only adds to it.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) held,
+            v = in(reg) by,
+            options(nostack),
+        );
     }
 }
 
@@ -296,7 +340,13 @@ pub fn save_candidate(ctx: &TracePointContext, args: &SyscallArgs) {
 pub fn take_tracked_args(id: u64) -> Option<SyscallArgs> {
     // SAFETY: the value is copied out before removal.
     let args = unsafe { INFLIGHT.get(&id) }.copied()?;
-    let _ = INFLIGHT.remove(&id);
+    if INFLIGHT.remove(&id).is_ok()
+        && let Some(held) = INFLIGHT_PER_PROCESS.get_ptr_mut(&((id >> 32) as u32))
+        // SAFETY: as in `save_args`.
+        && unsafe { *held } > 0
+    {
+        add_inflight(held, -1);
+    }
     Some(args)
 }
 

@@ -34,6 +34,13 @@ pub static CONNS: LruHashMap<u64, ConnState> =
 pub static INFLIGHT: HashMap<u64, SyscallArgs> =
     HashMap::with_max_entries(MAX_INFLIGHT_SYSCALLS, 0);
 
+/// Per process (tgid): its entries in `INFLIGHT` (at most `MAX_INFLIGHT_PER_PROCESS`). LRU: a
+/// forgotten count restarts at 0 (more lenient, never blocking). Signed: a decrement whose
+/// increment was forgotten only makes it lenient too.
+#[map]
+pub static INFLIGHT_PER_PROCESS: LruHashMap<u32, i64> =
+    LruHashMap::with_max_entries(MAX_PROCESS_GENERATIONS, 0);
+
 /// Arguments of in-flight syscalls that may not concern a connection: accept, connect, and
 /// reads/writes on untracked fds kept for sniffing (pipes and files among them). LRU, so threads
 /// blocked for long (16k readers of a pipe) are evicted by newer syscalls instead of filling it.

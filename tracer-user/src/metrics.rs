@@ -405,6 +405,12 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
              returned; their bytes are not reported.",
             vec![Sample::plain(k.fd_reused_in_syscall)],
         ),
+        Family::counter(
+            "tracer_kernel_args_process_quota_total",
+            "Data syscalls on tracked connections not followed because their process held its \
+             quota (a quarter) of the in-flight syscall table; the connection is marked lost.",
+            vec![Sample::plain(k.args_process_quota)],
+        ),
         Family::gauge(
             "tracer_kernel_census_running",
             "1 while the kernel connection table census runs (0: it could not start, so the \
@@ -1015,6 +1021,7 @@ mod tests {
                 lifecycle_args_missing: 118,
                 generations_missing: 119,
                 fd_reused_in_syscall: 120,
+                args_process_quota: 125,
                 census_running: 121,
                 census_failed_walks: 122,
                 optional_probes_attached: 123,
@@ -1061,7 +1068,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=124).chain(201..=231).map(|v| v as f64).collect();
+        let mut want: Vec<f64> = (101..=125).chain(201..=231).map(|v| v as f64).collect();
         want.push(0.25);
         want.sort_by(f64::total_cmp);
         assert_eq!(

@@ -157,6 +157,8 @@ pub struct KernelCounters {
     pub generations_missing: u64,
     /// Data syscalls whose fd became another connection before they returned (not reported).
     pub fd_reused_in_syscall: u64,
+    /// Tracked data syscalls refused because their process held its quota of the table.
+    pub args_process_quota: u64,
     /// Gauge: 1 while the connection table census runs, 0 when it could not start.
     pub census_running: u64,
     /// Census walks dropped because reading the table failed part way.
@@ -499,6 +501,7 @@ impl Probes {
         out.lifecycle_args_missing = read(counter::LIFECYCLE_ARGS_MISSING);
         out.generations_missing = read(counter::GENERATIONS_MISSING);
         out.fd_reused_in_syscall = read(counter::FD_REUSED_IN_SYSCALL);
+        out.args_process_quota = read(counter::ARGS_PROCESS_QUOTA);
         out.optional_probes_attached = self.optional_attached;
         out.optional_probes_total = OPTIONAL_TRACEPOINTS.len() as u64;
         if let Some(census) = &self.census {
