@@ -227,9 +227,20 @@ pub fn on_exec(ctx: &TracePointContext) {
 /// userspace does not pair across the hole.
 #[inline(always)]
 pub fn mark_lost(tgid: u32, fd: u32) {
+    mark_lost_as(tgid, fd, 1);
+}
+
+/// Sets the loss flag of a tracked connection to `how` (1: the next record says so;
+/// `LOST_UNTIL_CLOSE`: every record does); never lowers it.
+#[inline(always)]
+pub fn mark_lost_as(tgid: u32, fd: u32, how: u8) {
     if let Some(slot) = CONNS.get_ptr_mut(&conn_key(tgid, fd)) {
         // SAFETY: the slot is this connection's entry; only the flag changes.
-        unsafe { (*slot).lost = 1 };
+        unsafe {
+            if (*slot).lost < how {
+                (*slot).lost = how;
+            }
+        }
     }
 }
 

@@ -5,13 +5,13 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user, programs::TracePointContext};
 use tracer_common::{
-    ConnState, DATA_FLAG_LOSS_BEFORE, DATA_HEADER_LEN, DataEventHeader, MAX_CAPTURE, MAX_IOVECS,
-    conn_key, counter, direction, kind, role, syscall,
+    ConnState, DATA_FLAG_LOSS_BEFORE, DATA_HEADER_LEN, DataEventHeader, LOST_UNTIL_CLOSE,
+    MAX_CAPTURE, MAX_IOVECS, conn_key, counter, direction, kind, role, syscall,
 };
 
 use crate::conn::{
-    PidTgid, announce_endpoints, header, live_conn, mark_lost, save_args, save_candidate, sys_arg,
-    sys_ret, take_candidate_args, take_tracked_args, track,
+    PidTgid, announce_endpoints, header, live_conn, mark_lost_as, save_args, save_candidate,
+    sys_arg, sys_ret, take_candidate_args, take_tracked_args, track,
 };
 use crate::filter::pid_traced;
 use crate::maps::{CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count};
@@ -146,7 +146,7 @@ pub fn enter_splice(ctx: &TracePointContext) {
 /// stream of a tracked connection.
 #[inline(always)]
 pub fn enter_unhooked(ctx: &TracePointContext) {
-    hole_if_tracked(ctx, sys_arg(ctx, 0) as i64);
+    hole_if_tracked(ctx, sys_arg(ctx, 0) as i64, 1);
 }
 
 /// io_uring:io_uring_file_get: an io_uring request on `fd` moves bytes without a syscall on it;
@@ -161,15 +161,17 @@ pub fn on_io_uring_file(ctx: &TracePointContext) {
     }
     // SAFETY: the offset comes from the tracepoint's format file; the read is bounds-checked.
     if let Ok(fd) = unsafe { ctx.read_at::<i32>(offset as usize) } {
-        hole_if_tracked(ctx, fd as i64);
+        // One request may transfer many times (multishot receive): lost until closed.
+        hole_if_tracked(ctx, fd as i64, LOST_UNTIL_CLOSE);
     }
 }
 
 /// When `fd` of the current process is a tracked connection, marks a hole in its stream: the
 /// connection is flagged lost and a zero-length record carrying the flag is sent at once, so
-/// userspace drops what was pending (never pairs across bytes it did not see). Counted.
+/// userspace drops what was pending (never pairs across bytes it did not see). Counted. `how`
+/// is the loss flag to set (`LOST_UNTIL_CLOSE`: every later record carries it too).
 #[inline(always)]
-fn hole_if_tracked(ctx: &TracePointContext, fd: i64) {
+fn hole_if_tracked(ctx: &TracePointContext, fd: i64, how: u8) {
     let tgid = ctx.tgid();
     if fd < 0 || !pid_traced(tgid) {
         return;
@@ -177,7 +179,7 @@ fn hole_if_tracked(ctx: &TracePointContext, fd: i64) {
     let Some(conn) = live_conn(tgid, fd as u32).filter(|s| s.role != role::IGNORED) else {
         return;
     };
-    mark_lost(tgid, fd as u32);
+    mark_lost_as(tgid, fd as u32, how);
     count(counter::UNHOOKED_TRANSFERS, 1);
     // SAFETY: plain helper call.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
@@ -475,7 +477,9 @@ fn emit(
         let record = core::slice::from_raw_parts(ev as *const u8, size);
         match EVENTS.output::<[u8]>(record, 0) {
             Ok(()) => {
-                if lost_before && let Some(s) = slot {
+                if let Some(s) = slot
+                    && (*s).lost == 1
+                {
                     (*s).lost = 0;
                 }
                 count(counter::EVENTS_SUBMITTED, 1);
@@ -486,7 +490,9 @@ fn emit(
             }
             Err(_) => {
                 // The connection's stream now has a hole: its next record says so.
-                if let Some(s) = slot {
+                if let Some(s) = slot
+                    && (*s).lost == 0
+                {
                     (*s).lost = 1;
                 }
                 count(counter::RINGBUF_FULL, 1)

@@ -76,6 +76,11 @@ pub mod syscall {
     pub const UNHOOKED: u8 = 11;
 }
 
+/// `ConnState::lost` of a connection an io_uring request touched: a multishot receive fires
+/// the tracepoint once for many transfers, so every later record carries the loss flag and
+/// nothing on it is paired again (missed, never wrong).
+pub const LOST_UNTIL_CLOSE: u8 = 2;
+
 /// Indices into the per-CPU counter array. Every way an event can be lost has one.
 pub mod counter {
     /// Records written to the ring buffer.
@@ -242,7 +247,8 @@ pub struct ConnState {
     pub role: u8,
     /// Non-zero once userspace has been sent both endpoints of this connection.
     pub endpoints_sent: u8,
-    /// Non-zero when a record of this connection was lost since the last one sent.
+    /// Non-zero when a record of this connection was lost since the last one sent
+    /// (`LOST_UNTIL_CLOSE`: every record says so, for good).
     pub lost: u8,
     pub _pad: [u8; 5],
     /// CLOCK_MONOTONIC nanoseconds when the entry was made: an entry older than its process's
