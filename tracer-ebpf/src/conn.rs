@@ -303,12 +303,18 @@ pub fn save_args(ctx: &TracePointContext, args: &SyscallArgs) {
         mark_lost(tgid, args.fd as u32);
         return;
     }
-    if INFLIGHT.insert(&ctx.pid_tgid_raw(), args, 0).is_err() {
-        count(counter::ARGS_TABLE_FULL, 1);
-        mark_lost(tgid, args.fd as u32);
+    const BPF_NOEXIST: u64 = 1;
+    let id = ctx.pid_tgid_raw();
+    if INFLIGHT.insert(&id, args, BPF_NOEXIST).is_ok() {
+        add_inflight(held, 1);
         return;
     }
-    add_inflight(held, 1);
+    // The thread's previous entry (an exit never seen) is replaced without counting it twice;
+    // a full table refuses both inserts.
+    if INFLIGHT.insert(&id, args, 0).is_err() {
+        count(counter::ARGS_TABLE_FULL, 1);
+        mark_lost(tgid, args.fd as u32);
+    }
 }
 
 /// The count of `tgid`'s tracked in-flight syscalls (made when missing); None when the count
