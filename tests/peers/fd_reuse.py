@@ -13,8 +13,18 @@ Usage: fd_reuse.py --port PORT --via MODE --file PATH
 """
 
 import argparse
+import ctypes
 import os
 import socket
+
+SYS_CLOSE_RANGE = 436  # x86_64 and aarch64
+
+
+def close_range(first, last):
+    """close_range(2) itself: CPython's os.closerange may close fds one by one instead."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0)) != 0:
+        raise OSError(ctypes.get_errno(), "close_range")
 
 
 def main():
@@ -31,7 +41,7 @@ def main():
         os.dup2(f, fd)
         os.close(f)
     else:
-        os.closerange(fd, fd + 1 if args.via == "close_range" else 2**31 - 1)
+        close_range(fd, fd if args.via == "close_range" else 2**32 - 1)
         f = os.open(args.file, os.O_RDONLY)
         assert f == fd, (f, fd)
     data = os.read(fd, 4096)

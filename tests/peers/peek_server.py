@@ -4,9 +4,10 @@ inspectors do: every chunk is first peeked (recv with MSG_PEEK, then recvmsg wit
 only then consumed with recv. Answers every request `200` with body `peeked <path>`; with
 `--splice` the head is sent with send and the body moves from a pipe to the socket with splice(2)
 (as proxies forward bodies), so the body's bytes never pass through user memory; `--no-peek`
-leaves the peeks out; `--uring` sends whole responses through io_uring (IORING_OP_SEND).
+leaves the peeks out; `--uring` sends whole responses through io_uring (IORING_OP_SEND),
+`--uring-first` only the first one on each connection.
 
-Usage: peek_server.py --port PORT [--splice] [--no-peek] [--uring]
+Usage: peek_server.py --port PORT [--splice] [--no-peek] [--uring | --uring-first]
 """
 
 import argparse
@@ -30,9 +31,9 @@ def send_body(conn, body, splice):
         os.close(write_end)
 
 
-def serve(conn, splice, peek, uring):
+def serve(conn, splice, peek, uring, uring_first):
     ring = None
-    if uring:
+    if uring or uring_first:
         from uring import Uring  # noqa: PLC0415 (only this mode needs it)
 
         ring = Uring()
@@ -59,6 +60,8 @@ def serve(conn, splice, peek, uring):
                     )
                     while response:
                         response = response[ring.send(conn.fileno(), response):]
+                    if uring_first:
+                        ring = None
                     continue
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n"
@@ -73,6 +76,7 @@ def main():
     parser.add_argument("--splice", action="store_true")
     parser.add_argument("--no-peek", action="store_true")
     parser.add_argument("--uring", action="store_true")
+    parser.add_argument("--uring-first", action="store_true")
     args = parser.parse_args()
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,7 +84,7 @@ def main():
     srv.listen(64)
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn, args.splice, not args.no_peek, args.uring), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, args.splice, not args.no_peek, args.uring, args.uring_first), daemon=True).start()
 
 
 if __name__ == "__main__":

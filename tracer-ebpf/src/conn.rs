@@ -7,14 +7,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, conn_key, counter, kind,
-    role,
+    CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, MAX_INFLIGHT_PER_PROCESS,
+    conn_key, counter, kind, role,
 };
 
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
-    ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT, PeerKey,
-    SOCK_ENDPOINTS, SyscallArgs, count, next_conn_id,
+    ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT,
+    INFLIGHT_PER_PROCESS, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count, next_conn_id,
 };
 
 const AF_INET: u16 = 2;
@@ -166,14 +166,19 @@ pub fn remove_conn(key: u64) {
 
 /// The connection entry of `fd` in `tgid`, unless it is stale: made before the process's
 /// current generation (the pid now belongs to a newer process, or the process exec'd and the
-/// fd was closed on exec). A stale entry is removed (counted) and reported as absent.
+/// fd was closed on exec), or the process has no generation any more (evicted: nothing says
+/// the entry is still the process's; fail closed). A stale entry is removed (counted) and
+/// reported as absent.
 #[inline(always)]
 pub fn live_conn(tgid: u32, fd: u32) -> Option<ConnState> {
     let key = conn_key(tgid, fd);
     // SAFETY: values copied out.
     let state = unsafe { CONNS.get(&key) }.copied()?;
-    let generation = unsafe { GENERATIONS.get(&tgid) }.copied().unwrap_or(0);
-    if state.opened_ns < generation {
+    let generation = unsafe { GENERATIONS.get(&tgid) }.copied();
+    if generation.is_none() {
+        count(counter::GENERATIONS_MISSING, 1);
+    }
+    if generation.is_none_or(|g| state.opened_ns < g) {
         remove_conn(key);
         count(counter::CONNS_STALE, 1);
         return None;
@@ -182,11 +187,35 @@ pub fn live_conn(tgid: u32, fd: u32) -> Option<ConnState> {
 }
 
 /// A new generation of process `tgid` (born, or exec'd): its older connection entries are stale.
+/// When the new value cannot be stored the old one is removed, so the entries still read as
+/// stale (fail closed, counted).
 #[inline(always)]
 pub fn renew_generation(tgid: u32) {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = GENERATIONS.insert(&tgid, &now, 0);
+    if GENERATIONS.insert(&tgid, &now, 0).is_err() {
+        let _ = GENERATIONS.remove(&tgid);
+        count(counter::GENERATIONS_MISSING, 1);
+    }
+}
+
+/// The opening time of an entry made now for process `tgid`, making sure the process has a
+/// generation not newer than it (a process born before the probes attached, or whose
+/// generation was evicted, gets one now: its older entries become stale, never live again).
+#[inline(always)]
+fn opening_now(tgid: u32) -> u64 {
+    const BPF_NOEXIST: u64 = 1;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: read-only lookup.
+    if unsafe { GENERATIONS.get(&tgid) }.is_none()
+        && GENERATIONS.insert(&tgid, &now, BPF_NOEXIST).is_err()
+        // SAFETY: read-only lookup.
+        && unsafe { GENERATIONS.get(&tgid) }.is_none()
+    {
+        count(counter::GENERATIONS_MISSING, 1);
+    }
+    now
 }
 
 /// sched_process_exec: fds were closed on exec; what the table knew of this process is stale.
@@ -198,9 +227,20 @@ pub fn on_exec(ctx: &TracePointContext) {
 /// userspace does not pair across the hole.
 #[inline(always)]
 pub fn mark_lost(tgid: u32, fd: u32) {
+    mark_lost_as(tgid, fd, 1);
+}
+
+/// Sets the loss flag of a tracked connection to `how` (1: the next record says so;
+/// `LOST_UNTIL_CLOSE`: every record does); never lowers it.
+#[inline(always)]
+pub fn mark_lost_as(tgid: u32, fd: u32, how: u8) {
     if let Some(slot) = CONNS.get_ptr_mut(&conn_key(tgid, fd)) {
         // SAFETY: the slot is this connection's entry; only the flag changes.
-        unsafe { (*slot).lost = 1 };
+        unsafe {
+            if (*slot).lost < how {
+                (*slot).lost = how;
+            }
+        }
     }
 }
 
@@ -221,8 +261,7 @@ pub fn track(
         endpoints_sent: u8::from(ep.local_port != 0 && ep.peer_port != 0),
         lost: 0,
         _pad: [0; 5],
-        // SAFETY: plain helper call.
-        opened_ns: unsafe { bpf_ktime_get_ns() },
+        opened_ns: opening_now(tgid),
     };
     if !insert_conn(conn_key(tgid, fd as u32), &state) {
         return None;
@@ -241,19 +280,68 @@ fn ignore(tgid: u32, fd: i32) {
         endpoints_sent: 1,
         lost: 0,
         _pad: [0; 5],
-        // SAFETY: plain helper call.
-        opened_ns: unsafe { bpf_ktime_get_ns() },
+        opened_ns: opening_now(tgid),
     };
     insert_conn(conn_key(tgid, fd as u32), &state);
 }
 
 /// Keeps the arguments of a data syscall on a tracked connection for its exit. When the table
-/// is full the connection's stream gets a hole: it is marked lost (and the miss counted).
+/// is full, or the process already holds its quota of it, the connection's stream gets a hole:
+/// it is marked lost (and the miss counted).
 #[inline(always)]
 pub fn save_args(ctx: &TracePointContext, args: &SyscallArgs) {
-    if INFLIGHT.insert(&ctx.pid_tgid_raw(), args, 0).is_err() {
+    let tgid = ctx.tgid();
+    let Some(held) = process_inflight(tgid) else {
+        count(counter::ARGS_PROCESS_QUOTA, 1);
+        mark_lost(tgid, args.fd as u32);
+        return;
+    };
+    // SAFETY: `held` points at this process's count (an LRU slot: at worst a recycled one,
+    // which only makes the quota lenient).
+    if unsafe { *held } >= MAX_INFLIGHT_PER_PROCESS {
+        count(counter::ARGS_PROCESS_QUOTA, 1);
+        mark_lost(tgid, args.fd as u32);
+        return;
+    }
+    const BPF_NOEXIST: u64 = 1;
+    let id = ctx.pid_tgid_raw();
+    if INFLIGHT.insert(&id, args, BPF_NOEXIST).is_ok() {
+        add_inflight(held, 1);
+        return;
+    }
+    // The thread's previous entry (an exit never seen) is replaced without counting it twice;
+    // a full table refuses both inserts.
+    if INFLIGHT.insert(&id, args, 0).is_err() {
         count(counter::ARGS_TABLE_FULL, 1);
-        mark_lost(ctx.tgid(), args.fd as u32);
+        mark_lost(tgid, args.fd as u32);
+    }
+}
+
+/// The count of `tgid`'s tracked in-flight syscalls (made when missing); None when the count
+/// cannot be stored (the quota then refuses: fail closed, counted by the caller).
+#[inline(always)]
+fn process_inflight(tgid: u32) -> Option<*mut i64> {
+    const BPF_NOEXIST: u64 = 1;
+    if let Some(held) = INFLIGHT_PER_PROCESS.get_ptr_mut(&tgid) {
+        return Some(held);
+    }
+    let _ = INFLIGHT_PER_PROCESS.insert(&tgid, &0, BPF_NOEXIST);
+    INFLIGHT_PER_PROCESS.get_ptr_mut(&tgid)
+}
+
+/// Atomically adds `by` to a per-process count: BPF_ATOMIC add without fetch (BPF_XADD), which
+/// every kernel's verifier accepts (core has no atomic read-modify-write for this target).
+#[inline(always)]
+fn add_inflight(held: *mut i64, by: i64) {
+    // SAFETY: `held` is a valid, aligned map value slot for as long as this program runs; the
+    // instruction only adds to it.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) held,
+            v = in(reg) by,
+            options(nostack),
+        );
     }
 }
 
@@ -264,14 +352,25 @@ pub fn save_candidate(ctx: &TracePointContext, args: &SyscallArgs) {
     let _ = CANDIDATES.insert(&ctx.pid_tgid_raw(), args, 0);
 }
 
-/// Takes (and removes) the arguments sys_enter stored for this thread, from either table.
+/// Takes (and removes) the arguments sys_enter stored for this thread in the tracked table.
 #[inline(always)]
-pub fn take_args(id: u64) -> Option<SyscallArgs> {
-    // SAFETY: the values are copied out before removal.
-    if let Some(args) = unsafe { INFLIGHT.get(&id) }.copied() {
-        let _ = INFLIGHT.remove(&id);
-        return Some(args);
+pub fn take_tracked_args(id: u64) -> Option<SyscallArgs> {
+    // SAFETY: the value is copied out before removal.
+    let args = unsafe { INFLIGHT.get(&id) }.copied()?;
+    if INFLIGHT.remove(&id).is_ok()
+        && let Some(held) = INFLIGHT_PER_PROCESS.get_ptr_mut(&((id >> 32) as u32))
+        // SAFETY: as in `save_args`.
+        && unsafe { *held } > 0
+    {
+        add_inflight(held, -1);
     }
+    Some(args)
+}
+
+/// Takes (and removes) the arguments sys_enter stored for this thread in the candidate table.
+#[inline(always)]
+pub fn take_candidate_args(id: u64) -> Option<SyscallArgs> {
+    // SAFETY: the value is copied out before removal.
     let args = unsafe { CANDIDATES.get(&id) }.copied()?;
     let _ = CANDIDATES.remove(&id);
     Some(args)
@@ -303,13 +402,14 @@ pub fn enter_lifecycle(ctx: &TracePointContext, kind: u8) {
         gap_only: 0,
         egress: 0,
         _pad: [0; 5],
+        conn_id: 0,
     };
     save_candidate(ctx, &args);
 }
 
 pub fn exit_accept(ctx: &TracePointContext) {
     let fd = sys_ret(ctx);
-    let args = take_args(ctx.pid_tgid_raw());
+    let args = take_candidate_args(ctx.pid_tgid_raw());
     if fd < 0 {
         return;
     }
@@ -357,7 +457,7 @@ pub fn exit_accept(ctx: &TracePointContext) {
 
 pub fn exit_connect(ctx: &TracePointContext) {
     let id = ctx.pid_tgid_raw();
-    let Some(args) = take_args(id) else {
+    let Some(args) = take_candidate_args(id) else {
         let ret = sys_ret(ctx);
         if (ret == 0 || ret == -EINPROGRESS) && pid_traced(ctx.tgid()) {
             // Evicted from the candidate table: this connection is not tracked (sniffing may

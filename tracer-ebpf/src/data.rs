@@ -5,13 +5,13 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user, programs::TracePointContext};
 use tracer_common::{
-    ConnState, DATA_FLAG_LOSS_BEFORE, DATA_HEADER_LEN, DataEventHeader, MAX_CAPTURE, MAX_IOVECS,
-    conn_key, counter, direction, kind, role, syscall,
+    ConnState, DATA_FLAG_LOSS_BEFORE, DATA_HEADER_LEN, DataEventHeader, LOST_UNTIL_CLOSE,
+    MAX_CAPTURE, MAX_IOVECS, conn_key, counter, direction, kind, role, syscall,
 };
 
 use crate::conn::{
-    PidTgid, announce_endpoints, header, live_conn, mark_lost, save_args, save_candidate, sys_arg,
-    sys_ret, take_args, track,
+    PidTgid, announce_endpoints, header, live_conn, mark_lost_as, save_args, save_candidate,
+    sys_arg, sys_ret, take_candidate_args, take_tracked_args, track,
 };
 use crate::filter::pid_traced;
 use crate::maps::{CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count};
@@ -96,6 +96,7 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         gap_only: u8::from(flags & MSG_TRUNC != 0),
         egress: 0,
         _pad: [0; 5],
+        conn_id: state.map(|s| s.conn_id).unwrap_or(0),
     };
     if state.is_some() {
         save_args(ctx, &args);
@@ -113,12 +114,16 @@ pub fn enter_splice(ctx: &TracePointContext) {
         return;
     }
     let (fd_in, fd_out) = (sys_arg(ctx, 0) as i64, sys_arg(ctx, 2) as i64);
-    let tracked =
-        |fd: i64| fd >= 0 && live_conn(tgid, fd as u32).is_some_and(|s| s.role != role::IGNORED);
-    let (fd, egress) = if tracked(fd_out) {
-        (fd_out, 1)
-    } else if tracked(fd_in) {
-        (fd_in, 0)
+    let tracked = |fd: i64| {
+        if fd < 0 {
+            return None;
+        }
+        live_conn(tgid, fd as u32).filter(|s| s.role != role::IGNORED)
+    };
+    let (fd, egress, conn) = if let Some(c) = tracked(fd_out) {
+        (fd_out, 1, c)
+    } else if let Some(c) = tracked(fd_in) {
+        (fd_in, 0, c)
     } else {
         return;
     };
@@ -132,6 +137,7 @@ pub fn enter_splice(ctx: &TracePointContext) {
         gap_only: 1,
         egress,
         _pad: [0; 5],
+        conn_id: conn.conn_id,
     };
     save_args(ctx, &args);
 }
@@ -140,7 +146,7 @@ pub fn enter_splice(ctx: &TracePointContext) {
 /// stream of a tracked connection.
 #[inline(always)]
 pub fn enter_unhooked(ctx: &TracePointContext) {
-    hole_if_tracked(ctx, sys_arg(ctx, 0) as i64);
+    hole_if_tracked(ctx, sys_arg(ctx, 0) as i64, 1);
 }
 
 /// io_uring:io_uring_file_get: an io_uring request on `fd` moves bytes without a syscall on it;
@@ -155,15 +161,17 @@ pub fn on_io_uring_file(ctx: &TracePointContext) {
     }
     // SAFETY: the offset comes from the tracepoint's format file; the read is bounds-checked.
     if let Ok(fd) = unsafe { ctx.read_at::<i32>(offset as usize) } {
-        hole_if_tracked(ctx, fd as i64);
+        // One request may transfer many times (multishot receive): lost until closed.
+        hole_if_tracked(ctx, fd as i64, LOST_UNTIL_CLOSE);
     }
 }
 
 /// When `fd` of the current process is a tracked connection, marks a hole in its stream: the
 /// connection is flagged lost and a zero-length record carrying the flag is sent at once, so
-/// userspace drops what was pending (never pairs across bytes it did not see). Counted.
+/// userspace drops what was pending (never pairs across bytes it did not see). Counted. `how`
+/// is the loss flag to set (`LOST_UNTIL_CLOSE`: every later record carries it too).
 #[inline(always)]
-fn hole_if_tracked(ctx: &TracePointContext, fd: i64) {
+fn hole_if_tracked(ctx: &TracePointContext, fd: i64, how: u8) {
     let tgid = ctx.tgid();
     if fd < 0 || !pid_traced(tgid) {
         return;
@@ -171,7 +179,7 @@ fn hole_if_tracked(ctx: &TracePointContext, fd: i64) {
     let Some(conn) = live_conn(tgid, fd as u32).filter(|s| s.role != role::IGNORED) else {
         return;
     };
-    mark_lost(tgid, fd as u32);
+    mark_lost_as(tgid, fd as u32, how);
     count(counter::UNHOOKED_TRANSFERS, 1);
     // SAFETY: plain helper call.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
@@ -249,8 +257,18 @@ fn msg_iov(msg: u64) -> Option<(u64, u64)> {
 /// carries only its own path (the verifier's budget is per program).
 #[inline(always)]
 pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
-    let Some(args) = take_args(ctx.pid_tgid_raw()) else {
-        return;
+    let id = ctx.pid_tgid_raw();
+    // Only syscalls on untracked fds, kept for sniffing, are in the candidate table: look there
+    // only when sniffing is on (splice is saved for tracked connections only).
+    let args = match take_tracked_args(id) {
+        Some(args) => args,
+        None if SYS != syscall::SPLICE && config().is_some_and(|c| c.sniff_untracked != 0) => {
+            let Some(args) = take_candidate_args(id) else {
+                return;
+            };
+            args
+        }
+        None => return,
     };
     if args.kind != SYS {
         return;
@@ -263,14 +281,26 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     let tid = ctx.pid();
     let fd = args.fd as i32;
     // SAFETY: value copied out.
+    // The fd must still be what it was at sys_enter: the same connection, or (for sniffing)
+    // still untracked. Otherwise another thread closed it and got the number back for another
+    // connection while this syscall ran: these bytes are not the new connection's.
     let conn = match unsafe { CONNS.get(&conn_key(tgid, fd as u32)) }.copied() {
         Some(c) if c.role == role::IGNORED => return,
+        Some(c) if c.conn_id != args.conn_id => {
+            count(counter::FD_REUSED_IN_SYSCALL, 1);
+            return;
+        }
         Some(mut c) => {
             announce_endpoints(tgid, tid, fd, &mut c, args.enter_ns.saturating_sub(1));
             c
         }
+        None if args.conn_id != 0 => {
+            // Closed during the syscall (its close record is already sent).
+            return;
+        }
         None => {
-            if !looks_like_http(first_buffer(&args), ret) {
+            // MSG_TRUNC: the buffer holds nothing the kernel wrote; never sniff it.
+            if args.gap_only != 0 || !looks_like_http(first_buffer(&args), ret) {
                 return;
             }
             let ep = Endpoints::UNKNOWN;
@@ -447,7 +477,9 @@ fn emit(
         let record = core::slice::from_raw_parts(ev as *const u8, size);
         match EVENTS.output::<[u8]>(record, 0) {
             Ok(()) => {
-                if lost_before && let Some(s) = slot {
+                if let Some(s) = slot
+                    && (*s).lost == 1
+                {
                     (*s).lost = 0;
                 }
                 count(counter::EVENTS_SUBMITTED, 1);
@@ -458,7 +490,9 @@ fn emit(
             }
             Err(_) => {
                 // The connection's stream now has a hole: its next record says so.
-                if let Some(s) = slot {
+                if let Some(s) = slot
+                    && (*s).lost == 0
+                {
                     (*s).lost = 1;
                 }
                 count(counter::RINGBUF_FULL, 1)

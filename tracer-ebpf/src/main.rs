@@ -2,6 +2,9 @@
 //! lifecycle), `data` (byte capture) and `filter` (which processes and ports are traced).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for the one atomic add (`conn::add_inflight`): core has no atomic
+// read-modify-write for the BPF target.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod conn;

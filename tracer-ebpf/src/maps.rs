@@ -35,6 +35,13 @@ pub static CONNS: LruHashMap<u64, ConnState> =
 pub static INFLIGHT: HashMap<u64, SyscallArgs> =
     HashMap::with_max_entries(MAX_INFLIGHT_SYSCALLS, 0);
 
+/// Per process (tgid): its entries in `INFLIGHT` (at most `MAX_INFLIGHT_PER_PROCESS`). LRU: a
+/// forgotten count restarts at 0 (more lenient, never blocking). Signed: a decrement whose
+/// increment was forgotten only makes it lenient too.
+#[map]
+pub static INFLIGHT_PER_PROCESS: LruHashMap<u32, i64> =
+    LruHashMap::with_max_entries(MAX_PROCESS_GENERATIONS, 0);
+
 /// Arguments of in-flight syscalls that may not concern a connection: accept, connect, and
 /// reads/writes on untracked fds kept for sniffing (pipes and files among them). LRU, so threads
 /// blocked for long (16k readers of a pipe) are evicted by newer syscalls instead of filling it.
@@ -44,7 +51,8 @@ pub static CANDIDATES: LruHashMap<u64, SyscallArgs> =
 
 /// Per process (tgid): CLOCK_MONOTONIC ns since which its fds are what the connection table
 /// says (set when a process is born, and at exec). Older entries are stale: pid reuse, or fds
-/// closed by exec. LRU: a forgotten generation only means no staleness check for that pid.
+/// closed by exec. LRU: an entry whose process has no generation here is treated as stale
+/// (fail closed, counted), so an evicted generation costs missed connections, never wrong ones.
 #[map]
 pub static GENERATIONS: LruHashMap<u32, u64> =
     LruHashMap::with_max_entries(MAX_PROCESS_GENERATIONS, 0);
@@ -125,6 +133,10 @@ pub struct SyscallArgs {
     /// For splice: the tracked fd is the destination (egress) rather than the source.
     pub egress: u8,
     pub _pad: [u8; 5],
+    /// The connection the fd was at sys_enter (0: untracked, kept for sniffing). The exit
+    /// reports bytes only when the fd is still that connection: another thread may close the
+    /// fd and get the number back from accept/connect while this syscall blocks.
+    pub conn_id: u64,
 }
 
 /// Both endpoints of a TCP connection, as the tracepoint reports them.

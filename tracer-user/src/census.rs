@@ -2,6 +2,7 @@
 //! `CENSUS_EVERY` (a walk over up to `--max-connections` keys takes about 100 ms at 65536
 //! entries, so it stays off the event loop) and derives how many entries the LRU table evicted.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -19,6 +20,9 @@ pub struct CensusResults {
     pub entries: AtomicU64,
     /// Entries evicted so far (never over-estimated, never decreasing).
     pub evicted: AtomicU64,
+    /// Walks dropped because a key could not be read (a partial walk under-counts the entries
+    /// and would over-estimate evictions, permanently through `fetch_max`).
+    pub failed_walks: AtomicU64,
 }
 
 /// The running census; dropping it stops the thread (at once: it waits on a channel).
@@ -37,12 +41,13 @@ pub fn evictions(inserted_before: u64, removed_after: u64, entries: u64) -> u64 
 }
 
 impl Census {
-    /// Starts walking the maps with these ids (second handles on `CONNS` and `COUNTERS`).
-    pub fn start(conns_id: u32, counters_id: u32) -> std::io::Result<Census> {
-        let conns = MapData::from_id(conns_id)
+    /// Starts walking the maps behind these fds (duplicates of the agent's `CONNS` and
+    /// `COUNTERS` fds: opening a map by id needs CAP_SYS_ADMIN).
+    pub fn start(conns_fd: OwnedFd, counters_fd: OwnedFd) -> std::io::Result<Census> {
+        let conns = MapData::from_fd(conns_fd)
             .and_then(|m| HashMap::<MapData, u64, ConnState>::try_from(Map::LruHashMap(m)))
             .map_err(std::io::Error::other)?;
-        let counters = MapData::from_id(counters_id)
+        let counters = MapData::from_fd(counters_fd)
             .and_then(|m| PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(m)))
             .map_err(std::io::Error::other)?;
         let results = Arc::new(CensusResults::default());
@@ -51,26 +56,34 @@ impl Census {
         std::thread::Builder::new()
             .name("conn-census".into())
             .spawn(move || {
-                let read = |i: u32| {
-                    counters
-                        .get(&i, 0)
-                        .map(|v| v.iter().sum::<u64>())
-                        .unwrap_or(0)
-                };
+                let read = |i: u32| counters.get(&i, 0).ok().map(|v| v.iter().sum::<u64>());
                 loop {
                     let inserted = read(counter::CONNS_INSERTED);
                     let started = std::time::Instant::now();
-                    let entries = conns.keys().filter(Result::is_ok).count() as u64;
+                    let walked: Result<u64, _> =
+                        conns.keys().try_fold(0u64, |n, key| key.map(|_| n + 1));
                     let removed = read(counter::CONNS_REMOVED);
-                    tracing::debug!(
-                        entries,
-                        walk_us = started.elapsed().as_micros() as u64,
-                        "walked the kernel connection table"
-                    );
-                    shared.entries.store(entries, Ordering::Relaxed);
-                    shared
-                        .evicted
-                        .fetch_max(evictions(inserted, removed, entries), Ordering::Relaxed);
+                    match (walked, inserted, removed) {
+                        (Ok(entries), Some(inserted), Some(removed)) => {
+                            tracing::debug!(
+                                entries,
+                                walk_us = started.elapsed().as_micros() as u64,
+                                "walked the kernel connection table"
+                            );
+                            shared.entries.store(entries, Ordering::Relaxed);
+                            shared.evicted.fetch_max(
+                                evictions(inserted, removed, entries),
+                                Ordering::Relaxed,
+                            );
+                        }
+                        (walked, ..) => {
+                            tracing::debug!(
+                                error = ?walked.err(),
+                                "connection table walk failed; sample dropped"
+                            );
+                            shared.failed_walks.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     match stopped.recv_timeout(CENSUS_EVERY) {
                         Err(mpsc::RecvTimeoutError::Timeout) => continue,
                         _ => return,

@@ -384,8 +384,8 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_kernel_unhooked_transfers_total",
-            "Transfers on tracked connections through uncaptured syscalls (sendmmsg, recvmmsg); \
-             the connection is marked as having lost records.",
+            "Transfers on tracked connections through uncaptured paths (sendmmsg, recvmmsg, \
+             io_uring requests); the connection is marked as having lost records.",
             vec![Sample::plain(k.unhooked_transfers)],
         ),
         Family::counter(
@@ -411,6 +411,52 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             "The agent's own sockets the kernel could not remember because their table was full \
              (their other end may be captured; the User-Agent mark still drops those exchanges).",
             vec![Sample::plain(k.agent_table_full)],
+        ),
+        Family::counter(
+            "tracer_kernel_connection_table_evicted_total",
+            "Entries the kernel's LRU connection table evicted to make room (mostly left behind \
+             by processes that exited without closing: normal churn), derived every 10 seconds.",
+            vec![Sample::plain(k.conns_evicted)],
+        ),
+        Family::counter(
+            "tracer_kernel_generations_missing_total",
+            "Connection entries whose process generation was evicted or could not be stored: \
+             treated as stale and not used.",
+            vec![Sample::plain(k.generations_missing)],
+        ),
+        Family::counter(
+            "tracer_kernel_fd_reused_in_syscall_total",
+            "Data syscalls whose fd was closed and reused for another connection before they \
+             returned; their bytes are not reported.",
+            vec![Sample::plain(k.fd_reused_in_syscall)],
+        ),
+        Family::counter(
+            "tracer_kernel_args_process_quota_total",
+            "Data syscalls on tracked connections not followed because their process held its \
+             quota (a quarter) of the in-flight syscall table; the connection is marked lost.",
+            vec![Sample::plain(k.args_process_quota)],
+        ),
+        Family::gauge(
+            "tracer_kernel_census_running",
+            "1 while the kernel connection table census runs (0: it could not start, so the \
+             table's entries and evictions are not measured).",
+            vec![Sample::plain(k.census_running)],
+        ),
+        Family::counter(
+            "tracer_kernel_census_failed_walks_total",
+            "Walks of the kernel connection table dropped because a key could not be read.",
+            vec![Sample::plain(k.census_failed_walks)],
+        ),
+        Family::gauge(
+            "tracer_kernel_optional_probes_attached",
+            "Optional probes attached on this kernel (io_uring_file_get, close_range); a \
+             missing one leaves what it watches unseen.",
+            vec![Sample::plain(k.optional_probes_attached)],
+        ),
+        Family::gauge(
+            "tracer_kernel_optional_probes",
+            "Optional probes this agent knows.",
+            vec![Sample::plain(k.optional_probes_total)],
         ),
         Family::counter(
             "tracer_events_read_total",
@@ -448,10 +494,6 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
                 Sample::labelled(
                     &[("stage", "agent"), ("reason", "table_full")],
                     s.connections_evicted_full,
-                ),
-                Sample::labelled(
-                    &[("stage", "kernel"), ("reason", "evicted")],
-                    k.conns_evicted,
                 ),
             ],
         ),
@@ -869,8 +911,15 @@ mod tests {
                 unhooked_transfers: 116,
                 peeks_skipped: 117,
                 lifecycle_args_missing: 118,
-                agent_mirrors_ignored: 119,
-                agent_table_full: 120,
+                generations_missing: 119,
+                fd_reused_in_syscall: 120,
+                args_process_quota: 125,
+                census_running: 121,
+                census_failed_walks: 122,
+                optional_probes_attached: 123,
+                optional_probes_total: 124,
+                agent_mirrors_ignored: 126,
+                agent_table_full: 127,
             },
             events_read: 201,
             decode_errors: 202,
@@ -937,7 +986,7 @@ mod tests {
         let parsed = parse(&text);
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
-        let mut want: Vec<f64> = (101..=120)
+        let mut want: Vec<f64> = (101..=127)
             .chain(201..=236)
             .chain(301..=317)
             .map(|v| v as f64)
@@ -979,11 +1028,11 @@ mod tests {
         );
         assert_eq!(
             parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),
-            119.0
+            126.0
         );
         assert_eq!(
             parsed.value("tracer_kernel_agent_table_full_total", &[]),
-            120.0
+            127.0
         );
         assert_eq!(
             parsed.value("tracer_kernel_events_submitted_total", &[]),

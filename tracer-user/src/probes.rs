@@ -52,7 +52,6 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sys_enter_dup2", "syscalls", "sys_enter_dup2"),
     ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
-    ("sys_enter_close_range", "syscalls", "sys_enter_close_range"),
     ("sys_enter_splice", "syscalls", "sys_enter_splice"),
     ("sys_exit_splice", "syscalls", "sys_exit_splice"),
     ("sys_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
@@ -60,9 +59,12 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 ];
 
 /// Tracepoints attached when the kernel has them (a kernel without io_uring has no
-/// `io_uring:io_uring_file_get`); a missing one is logged, not fatal.
-const OPTIONAL_TRACEPOINTS: &[(&str, &str, &str)] =
-    &[("io_uring_file_get", "io_uring", "io_uring_file_get")];
+/// `io_uring:io_uring_file_get`; close_range exists since 5.9, the oldest supported kernel is
+/// 5.8); a missing one is logged and counted in `tracer_optional_probes_attached`, not fatal.
+const OPTIONAL_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("io_uring_file_get", "io_uring", "io_uring_file_get"),
+    ("sys_enter_close_range", "syscalls", "sys_enter_close_range"),
+];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -157,6 +159,20 @@ pub struct KernelCounters {
     pub lifecycle_args_missing: u64,
     /// The agent's own sockets not remembered because their table was full.
     pub agent_table_full: u64,
+    /// Connection entries whose process generation was missing (treated as stale).
+    pub generations_missing: u64,
+    /// Data syscalls whose fd became another connection before they returned (not reported).
+    pub fd_reused_in_syscall: u64,
+    /// Tracked data syscalls refused because their process held its quota of the table.
+    pub args_process_quota: u64,
+    /// Gauge: 1 while the connection table census runs, 0 when it could not start.
+    pub census_running: u64,
+    /// Census walks dropped because reading the table failed part way.
+    pub census_failed_walks: u64,
+    /// Gauge: optional probes attached (of `optional_probes_total`).
+    pub optional_probes_attached: u64,
+    /// Gauge: optional probes this agent knows.
+    pub optional_probes_total: u64,
 }
 
 impl KernelCounters {
@@ -235,6 +251,8 @@ pub struct Probes {
     namespaced_pids: bool,
     /// Walks the kernel connection table in the background (none when it could not start).
     census: Option<crate::census::Census>,
+    /// Optional tracepoints that attached on this kernel.
+    optional_attached: u64,
 }
 
 /// Whether the embedded object is the real one.
@@ -381,6 +399,7 @@ impl Probes {
             ebpf,
             namespaced_pids: matches!(identity, PidIdentity::Namespaced { .. }),
             census: None,
+            optional_attached: 0,
         };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
@@ -453,11 +472,16 @@ impl Probes {
                             source: Box::new(source),
                         })
                 });
+            if attached.is_ok() {
+                probes.optional_attached += 1;
+            }
             if let Err(err) = attached {
-                tracing::warn!(%err, "optional probe not attached; transfers through it are not marked as gaps");
+                tracing::warn!(%err, "optional probe not attached (this kernel lacks it): what it watches is not seen");
             }
         }
-        probes.census = match (probes.map_id("CONNS"), probes.map_id("COUNTERS")) {
+        // Second handles on the agent's own map fds (dup): opening maps by id would need
+        // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
+        probes.census = match (probes.map_fd("CONNS"), probes.map_fd("COUNTERS")) {
             (Some(conns), Some(counters)) => crate::census::Census::start(conns, counters)
                 .map_err(|err| tracing::warn!(%err, "kernel connection table census not started"))
                 .ok(),
@@ -645,21 +669,33 @@ impl Probes {
         out.unhooked_transfers = read(counter::UNHOOKED_TRANSFERS);
         out.peeks_skipped = read(counter::PEEKS_SKIPPED);
         out.lifecycle_args_missing = read(counter::LIFECYCLE_ARGS_MISSING);
+        out.generations_missing = read(counter::GENERATIONS_MISSING);
+        out.fd_reused_in_syscall = read(counter::FD_REUSED_IN_SYSCALL);
+        out.args_process_quota = read(counter::ARGS_PROCESS_QUOTA);
+        out.optional_probes_attached = self.optional_attached;
+        out.optional_probes_total = OPTIONAL_TRACEPOINTS.len() as u64;
         if let Some(census) = &self.census {
+            out.census_running = 1;
             out.conn_table_entries = census.results.entries.load(Ordering::Relaxed);
             out.conns_evicted = census.results.evicted.load(Ordering::Relaxed);
+            out.census_failed_walks = census.results.failed_walks.load(Ordering::Relaxed);
         }
         out.agent_table_full = read(counter::AGENT_TABLE_FULL);
         out
     }
 
-    /// The kernel id of map `name` (for a second handle on it).
-    fn map_id(&self, name: &str) -> Option<u32> {
+    /// A duplicate of the agent's fd of map `name` (for a second handle on it).
+    fn map_fd(&self, name: &str) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
         let data = match self.ebpf.map(name)? {
             Map::LruHashMap(data) | Map::HashMap(data) | Map::PerCpuArray(data) => data,
             _ => return None,
         };
-        data.info().ok().map(|info| info.id())
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|err| tracing::warn!(%err, map = name, "could not duplicate a map fd"))
+            .ok()
     }
 }
 
@@ -691,7 +727,8 @@ fn bump_memlock_rlimit() {
 #[cfg(test)]
 mod tests {
     use super::{
-        AgentEndpoints, EBPF_OBJECT, agent_destination_is_local, kernel_addr, parse_field_offset,
+        AgentEndpoints, EBPF_OBJECT, OPTIONAL_TRACEPOINTS, TRACEPOINTS, agent_destination_is_local,
+        kernel_addr, parse_field_offset,
     };
 
     #[test]
@@ -753,6 +790,32 @@ mod tests {
             );
             assert_eq!(map.max_entries(), tracer_common::MAX_AGENT_CONNECTIONS);
         }
+    }
+
+    /// Tracepoints of syscalls newer than the oldest supported kernel (5.8, for the ring
+    /// buffer): the agent must start without them.
+    const NEWER_THAN_5_8: &[&str] = &[
+        "sys_enter_close_range",
+        "sys_exit_close_range",
+        "sys_enter_epoll_pwait2",
+        "sys_enter_process_madvise",
+        "sys_enter_mount_setattr",
+        "sys_enter_futex_waitv",
+    ];
+
+    #[test]
+    fn required_tracepoints_exist_on_the_oldest_supported_kernel() {
+        for (_, _, tracepoint) in TRACEPOINTS {
+            assert!(
+                !NEWER_THAN_5_8.contains(tracepoint),
+                "{tracepoint} is newer than 5.8: it belongs in OPTIONAL_TRACEPOINTS"
+            );
+        }
+        assert!(
+            OPTIONAL_TRACEPOINTS
+                .iter()
+                .any(|(_, _, tp)| *tp == "sys_enter_close_range")
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub const MAX_INFLIGHT_SYSCALLS: u32 = 16384;
 pub const MAX_CANDIDATE_SYSCALLS: u32 = 16384;
 /// Entries of the process generation table (pid -> when its fds were last renewed: birth or exec).
 pub const MAX_PROCESS_GENERATIONS: u32 = 32768;
+/// In-flight syscalls on tracked connections one process may hold in the tracked table: a
+/// process with thousands of threads blocked on its own connections cannot fill it for all.
+pub const MAX_INFLIGHT_PER_PROCESS: i64 = (MAX_INFLIGHT_SYSCALLS / 4) as i64;
 /// Default number of tracked connections in the kernel table.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
 /// Entries of the pid filter set.
@@ -76,6 +79,11 @@ pub mod syscall {
     pub const UNHOOKED: u8 = 11;
 }
 
+/// `ConnState::lost` of a connection an io_uring request touched: a multishot receive fires
+/// the tracepoint once for many transfers, so every later record carries the loss flag and
+/// nothing on it is paired again (missed, never wrong).
+pub const LOST_UNTIL_CLOSE: u8 = 2;
+
 /// Indices into the per-CPU counter array. Every way an event can be lost has one.
 pub mod counter {
     /// Records written to the ring buffer.
@@ -117,11 +125,20 @@ pub mod counter {
     /// Connections on this host not tracked because their other end is one of the agent's own
     /// sockets (the collector's side of our export, an API server's side of our watch).
     pub const AGENT_MIRRORS_IGNORED: u32 = 16;
+    /// Connection entries whose process generation was missing (evicted from its LRU table, or
+    /// never stored because the insert failed): treated as stale, never used (missed, not wrong).
+    pub const GENERATIONS_MISSING: u32 = 17;
+    /// Data syscalls whose fd was closed and reused by another connection (or file) between
+    /// sys_enter and sys_exit: their bytes are not reported under the new connection.
+    pub const FD_REUSED_IN_SYSCALL: u32 = 18;
+    /// Data syscalls on tracked connections not followed because their process already had
+    /// `MAX_INFLIGHT_PER_PROCESS` in flight: that connection is marked lost.
+    pub const ARGS_PROCESS_QUOTA: u32 = 19;
     /// The agent's own sockets not remembered because their table was full (their other end
     /// may then be captured; the `User-Agent` mark still drops the exchanges).
-    pub const AGENT_TABLE_FULL: u32 = 17;
+    pub const AGENT_TABLE_FULL: u32 = 20;
     /// Number of counters.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
 }
 
 /// Index of the single configuration entry.
@@ -248,7 +265,8 @@ pub struct ConnState {
     pub role: u8,
     /// Non-zero once userspace has been sent both endpoints of this connection.
     pub endpoints_sent: u8,
-    /// Non-zero when a record of this connection was lost since the last one sent.
+    /// Non-zero when a record of this connection was lost since the last one sent
+    /// (`LOST_UNTIL_CLOSE`: every record says so, for good).
     pub lost: u8,
     pub _pad: [u8; 5],
     /// CLOCK_MONOTONIC nanoseconds when the entry was made: an entry older than its process's
