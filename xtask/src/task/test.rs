@@ -26,9 +26,10 @@ pub struct TestArgs {
     /// the container and Kubernetes ones by default.
     #[arg(long, value_delimiter = ',', requires = "kernels")]
     pub tests: Vec<String>,
-    /// With --kernel: a libtest name filter passed to every test executable.
-    #[arg(long, requires = "kernels")]
-    pub filter: Option<String>,
+    /// With --kernel: an argument for every test executable (libtest name filters, `--skip X`),
+    /// repeatable.
+    #[arg(long = "test-arg", requires = "kernels", allow_hyphen_values = true)]
+    pub test_args: Vec<String>,
     /// Skip the smoke run on the extra kernel (`kernel::CI_KERNEL`) after the host run.
     #[arg(long)]
     pub no_kernel_smoke: bool,
@@ -38,7 +39,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     setup::run()?;
     build::build_agent(false)?;
     if !args.kernels.is_empty() {
-        return kernel_matrix(&args.kernels, &args.tests, args.filter.as_deref(), args);
+        return kernel_matrix(&args.kernels, &args.tests, &args.test_args, args);
     }
     let root = workspace::root();
     // The image tests/container.rs runs as the manifest's pod: this very build, packaged.
@@ -60,7 +61,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The smoke subset on one more kernel than the host's, in a VM.
     if !args.no_kernel_smoke {
         let smoke: Vec<String> = kernel::SMOKE_TESTS.iter().map(|t| t.to_string()).collect();
-        kernel_matrix(&[kernel::CI_KERNEL.to_owned()], &smoke, None, args)?;
+        let filters: Vec<String> = kernel::SMOKE_FILTERS
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        kernel_matrix(&[kernel::CI_KERNEL.to_owned()], &smoke, &filters, args)?;
     }
 
     // A short fuzzing pass over the parsers of captured bytes (longer runs: `fuzz/run.sh 600`).
@@ -95,7 +100,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 fn kernel_matrix(
     kernels: &[String],
     targets: &[String],
-    filter: Option<&str>,
+    test_args: &[String],
     args: &TestArgs,
 ) -> Result<()> {
     kernel::vm_prerequisites()?;
@@ -110,7 +115,7 @@ fn kernel_matrix(
             &agent,
             &executables,
             args.test_threads.max(1),
-            filter,
+            test_args,
         )?);
     }
     let table = kernel::markdown_table(&results);
