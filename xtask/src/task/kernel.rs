@@ -337,7 +337,9 @@ pub fn build_test_executables(targets: &[String]) -> Result<Vec<(String, PathBuf
     let mut command = step::cargo();
     command
         .current_dir(workspace::root())
-        .args(["test", "-p", "tracer-tests", "--no-run"])
+        // The whole workspace, as `cargo xtask test` builds it just before: the same feature
+        // resolution, so nothing is rebuilt.
+        .args(["test", "--workspace", "--no-run"])
         .args(["--message-format", "json-render-diagnostics"]);
     if targets.is_empty() {
         command.arg("--tests");
@@ -369,7 +371,10 @@ pub fn build_test_executables(targets: &[String]) -> Result<Vec<(String, PathBuf
         ) else {
             continue;
         };
-        if is_test_target && !HOST_ONLY_TESTS.contains(&name) {
+        let in_e2e_package = message["package_id"]
+            .as_str()
+            .is_some_and(|id| id.contains("tracer-tests"));
+        if is_test_target && in_e2e_package && !HOST_ONLY_TESTS.contains(&name) {
             executables.push((name.to_owned(), PathBuf::from(executable)));
         }
     }
