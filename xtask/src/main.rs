@@ -19,7 +19,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and running the tracer needs (idempotent): the nightly rust-src
-    /// component, bpf-linker, nginx/curl/python3 for the tests, and a mounted tracefs.
+    /// component, bpf-linker, nginx/curl/python3 for the tests, and a mounted tracefs; plus qemu,
+    /// virtme-ng and the extra kernel `cargo xtask test` boots in a VM.
     Setup,
     /// Set up, then build the agent (`tracer`).
     Build(task::build::BuildArgs),
@@ -47,7 +48,7 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup => task::setup::run(),
+        Task::Setup => task::setup::run().and_then(|()| task::kernel::setup_vm()),
         Task::Build(args) => task::build::run(&args),
         Task::Run(args) => task::run::run(&args),
         Task::Test(args) => task::test::run(&args),
