@@ -30,9 +30,11 @@ pub struct TestArgs {
     /// repeatable.
     #[arg(long = "test-arg", requires = "kernels", allow_hyphen_values = true)]
     pub test_args: Vec<String>,
-    /// Skip the smoke run on the extra kernel (`kernel::CI_KERNEL`) after the host run.
+    /// After the host run, also run the smoke subset on one more kernel (`kernel::CI_KERNEL`) in
+    /// an emulated VM. Off by default until its run time and stability on CI machines are known
+    /// (these machines' KVM cannot boot stock kernels, so the VM is emulated).
     #[arg(long)]
-    pub no_kernel_smoke: bool,
+    pub kernel_smoke: bool,
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
@@ -59,7 +61,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     step::run("test", tests)?;
 
     // The smoke subset on one more kernel than the host's, in a VM.
-    if !args.no_kernel_smoke {
+    if args.kernel_smoke {
         let smoke: Vec<String> = kernel::SMOKE_TESTS.iter().map(|t| t.to_string()).collect();
         let filters: Vec<String> = kernel::SMOKE_FILTERS
             .iter()
