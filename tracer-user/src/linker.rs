@@ -483,8 +483,13 @@ mod tests {
             start_ns: 42 * 1_000_000_000 + 5,
             ..start(0, 100, &r)
         };
-        l.request_started(&curl, Role::Client, &started);
-        l.request_started(&hub_in, Role::Server, &start(0, 201, &r));
+        l.request_started(&curl, Role::Client, &started, Threads::Dedicated);
+        l.request_started(
+            &hub_in,
+            Role::Server,
+            &start(0, 201, &r),
+            Threads::Dedicated,
+        );
         let root = l.take(1, 0).unwrap();
         let child = l.take(2, 0).unwrap();
         assert_eq!(
@@ -503,7 +508,12 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )]);
         let other = conn(3, 300, Role::Server, "127.0.0.1:8001", "127.0.0.2:5000");
-        l.request_started(&other, Role::Server, &start(0, 301, &with_header));
+        l.request_started(
+            &other,
+            Role::Server,
+            &start(0, 301, &with_header),
+            Threads::Dedicated,
+        );
         assert_eq!(
             l.take(3, 0).unwrap().trace_id[..4],
             [0x4b, 0xf9, 0x2f, 0x35],

@@ -626,7 +626,7 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_buffer_budget_sheds_total",
-            "Connections whose buffers and pending requests were dropped to stay within the budget.",
+            "Connections whose buffers and pending requests were dropped to stay within the budget (not parsed again until they close).",
             vec![Sample::plain(b.budget_sheds)],
         ),
         Family::counter(

@@ -13,7 +13,7 @@ use crate::ids::{IdGenerator, TraceIds};
 use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
 use crate::model::{ConnMeta, Exchange, ExportItem, Role};
 use crate::own::{self, Telemetry};
-use crate::procnet::{self, FdKind, ProcNet};
+use crate::procnet::{FdKind, ProcNet};
 use crate::propagation::{self, ContextSource, TraceContext};
 use crate::resource::ResourceCache;
 use crate::runtime::{RuntimeCache, RuntimeStats};
@@ -161,7 +161,6 @@ impl Pipeline {
         self.resources = resources.with_command_line(command_line);
         self
     }
-
 
     /// Ignores connections resolved from /proc that `check` says are the agent's own mirrors.
     pub fn with_agent_mirror(mut self, check: Option<own::MirrorCheck>) -> Self {

@@ -691,7 +691,7 @@ mod tests {
             None,
             "not exported unless asked for"
         );
-        let r = discover_inner(&proc.root, 77, "node-a", CommandLine::Redacted).0;
+        let r = discover_inner(Some(&proc.root), 77, "node-a", CommandLine::Redacted).0;
         assert_eq!(attr(&r, "process.pid"), Some(&AttrValue::Int(77)));
         assert_eq!(str_attr(&r, "process.executable.name"), Some("server"));
         assert_eq!(
@@ -750,7 +750,7 @@ mod tests {
                 &filler,
                 "OTEL_RESOURCE_ATTRIBUTES=late=1",
             ]);
-        let r = discover_inner(&proc.root, 10, "h", CommandLine::Redacted).0;
+        let r = discover_inner(Some(&proc.root), 10, "h", CommandLine::Redacted).0;
         assert_eq!(r.service_name, "early");
         assert_eq!(
             str_attr(&r, "late"),
@@ -783,7 +783,7 @@ mod tests {
         proc.process(13)
             .file("cmdline", b"bin\xff\0arg\0")
             .environ(&["OTEL_RESOURCE_ATTRIBUTES=k=%ff%zz%4"]);
-        let r = discover_inner(&proc.root, 13, "h", CommandLine::Redacted).0;
+        let r = discover_inner(Some(&proc.root), 13, "h", CommandLine::Redacted).0;
         assert_eq!(
             str_attr(&r, "process.command_line"),
             Some("bin\u{fffd} arg")
@@ -896,8 +896,13 @@ mod tests {
     #[test]
     fn real_proc_for_this_process() {
         let pid = std::process::id();
-        let resource =
-            discover_inner(Path::new("/proc"), pid, "test-host", CommandLine::Redacted).0;
+        let resource = discover_inner(
+            Some(Path::new("/proc")),
+            pid,
+            "test-host",
+            CommandLine::Redacted,
+        )
+        .0;
         let exe = std::env::current_exe().expect("current exe");
         let exe_name = exe.file_name().and_then(|n| n.to_str()).expect("exe name");
         assert_eq!(resource.pid, pid);
