@@ -92,6 +92,8 @@ pub enum Threads {
     #[default]
     Dedicated,
     Multiplexed,
+    /// The runtime could not be determined: treated like `Multiplexed` (fail closed).
+    Unknown,
 }
 
 /// Bounds of the linker's tables.
@@ -121,8 +123,10 @@ pub struct LinkerStats {
     /// CLIENT requests left unlinked because their thread served several requests at once.
     pub ambiguous_thread: u64,
     /// CLIENT requests not linked by thread because their process multiplexes requests over
-    /// threads (Go).
+    /// threads (Go, Node).
     pub multiplexed_thread: u64,
+    /// CLIENT requests not linked by thread because their process's runtime is unknown.
+    pub unknown_runtime_thread: u64,
     pub roots: u64,
     /// Identities dropped because the table was full (their spans get fresh ids on completion).
     pub identities_evicted: u64,
@@ -239,6 +243,10 @@ impl Linker {
                         Threads::Dedicated => self.thread_parent(meta.pid, start.tid),
                         Threads::Multiplexed => {
                             self.stats.multiplexed_thread += 1;
+                            None
+                        }
+                        Threads::Unknown => {
+                            self.stats.unknown_runtime_thread += 1;
                             None
                         }
                     })

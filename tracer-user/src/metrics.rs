@@ -86,6 +86,9 @@ pub struct BoundsSnapshot {
     pub budget_requests_shed: u64,
     /// CLIENT requests not linked by thread because their runtime multiplexes threads (Go).
     pub links_skipped_multiplexed: u64,
+    pub links_skipped_unknown_runtime: u64,
+    pub runtime_unknown: u64,
+    pub runtime_refused: u64,
     /// Gauge: processes in the resource cache.
     pub resource_cache_entries: u64,
     pub resource_cache_evictions: u64,
@@ -642,10 +645,16 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
         Family::counter(
             "tracer_parent_links_skipped_total",
             "Parent links not attempted because the heuristic is unsafe for the process, by reason.",
-            vec![Sample::labelled(
-                &[("reason", "multiplexed_threads")],
-                b.links_skipped_multiplexed,
-            )],
+            vec![
+                Sample::labelled(
+                    &[("reason", "multiplexed_threads")],
+                    b.links_skipped_multiplexed,
+                ),
+                Sample::labelled(
+                    &[("reason", "unknown_runtime")],
+                    b.links_skipped_unknown_runtime,
+                ),
+            ],
         ),
         Family::gauge(
             "tracer_process_cache_entries",
@@ -675,8 +684,18 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_runtime_multiplexed_total",
-            "Inspected executables whose runtime multiplexes requests over threads (Go).",
+            "Inspected executables whose runtime multiplexes requests over threads (Go, Node).",
             vec![Sample::plain(b.runtime_multiplexed)],
+        ),
+        Family::counter(
+            "tracer_runtime_unknown_total",
+            "Inspected processes whose runtime could not be determined (unreadable, gone, unnamed, unrecognised, or headers refused as too large): no thread links.",
+            vec![Sample::plain(b.runtime_unknown)],
+        ),
+        Family::counter(
+            "tracer_runtime_refused_total",
+            "Executables not inspected because their headers claim too much to read safely.",
+            vec![Sample::plain(b.runtime_refused)],
         ),
         Family::gauge(
             "tracer_linker_pending_identities",
@@ -916,6 +935,9 @@ mod tests {
                 budget_bytes_shed: 304,
                 budget_requests_shed: 305,
                 links_skipped_multiplexed: 306,
+                links_skipped_unknown_runtime: 318,
+                runtime_unknown: 319,
+                runtime_refused: 320,
                 resource_cache_entries: 307,
                 resource_cache_evictions: 308,
                 resource_pid_reuses: 309,
@@ -939,7 +961,7 @@ mod tests {
         values.sort_by(f64::total_cmp);
         let mut want: Vec<f64> = (101..=120)
             .chain(201..=236)
-            .chain(301..=317)
+            .chain(301..=320)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
@@ -979,11 +1001,11 @@ mod tests {
         );
         assert_eq!(
             parsed.value("tracer_kernel_agent_mirrors_ignored_total", &[]),
-            111.0
+            119.0
         );
         assert_eq!(
             parsed.value("tracer_kernel_agent_table_full_total", &[]),
-            112.0
+            120.0
         );
         assert_eq!(
             parsed.value("tracer_kernel_events_submitted_total", &[]),

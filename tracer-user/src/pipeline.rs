@@ -219,6 +219,9 @@ impl Pipeline {
             budget_bytes_shed: t.budget_bytes_shed,
             budget_requests_shed: t.budget_requests_shed,
             links_skipped_multiplexed: self.linker.stats().multiplexed_thread,
+            links_skipped_unknown_runtime: self.linker.stats().unknown_runtime_thread,
+            runtime_unknown: r.unknown,
+            runtime_refused: r.refused,
             resource_cache_entries: self.resources.len() as u64,
             resource_cache_evictions: self.resources.evictions(),
             resource_pid_reuses: self.resources.pid_reuses(),
@@ -245,8 +248,10 @@ impl Pipeline {
     /// events, and a short-lived client may be gone by the time its span is built.
     /// The process is identified by its start time too, so a reused pid is noticed here.
     pub fn prefetch_resource(&mut self, pid: u32) {
-        let start_time = crate::proc_identity::start_time(&self.opts.proc_root, pid);
-        self.runtimes.observe(pid, start_time);
+        let proc_pid = self.resources.proc_pid(pid);
+        let start_time =
+            proc_pid.and_then(|p| crate::proc_identity::start_time(&self.opts.proc_root, p));
+        self.runtimes.observe(pid, proc_pid, start_time);
         self.resources.get_started(pid, start_time);
     }
 
@@ -361,7 +366,9 @@ impl Pipeline {
                     );
                     if let Some(role) = conn.role() {
                         let mut next = conn.linked_upto;
-                        let threads = self.runtimes.threads(conn.meta.pid);
+                        let threads = self
+                            .runtimes
+                            .threads(conn.meta.pid, self.resources.proc_pid(conn.meta.pid));
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
                             self.linker
                                 .request_started(&conn.meta, role, &start, threads);
