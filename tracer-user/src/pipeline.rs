@@ -10,8 +10,8 @@ use crate::export::SpanSink;
 use crate::http::HttpStats;
 use crate::idhash::{IdHashMap, IdHashSet};
 use crate::ids::{IdGenerator, TraceIds};
-use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
-use crate::model::{ConnMeta, Exchange, ExportItem, Role};
+use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity, Threads};
+use crate::model::{ConnMeta, Exchange, ExportItem, ProcessResource, Role};
 use crate::own::{self, Telemetry};
 use crate::procnet::{FdKind, ProcNet};
 use crate::propagation::{self, ContextSource, TraceContext};
@@ -105,6 +105,16 @@ pub struct Pipeline {
     last_process_sweep_ns: u64,
     /// Recognises the other end of the agent's own connections among those resolved from /proc.
     agent_mirror: Option<own::MirrorCheck>,
+    /// The process of each tracked connection, resolved once when the connection opened (or
+    /// was adopted): spans emitted late (timeouts, closes after exit) keep their process even
+    /// if its pid now belongs to another one. Entries leave with their connection.
+    conn_procs: IdHashMap<u64, ConnProcess>,
+}
+
+/// What a connection's spans need from its process.
+struct ConnProcess {
+    resource: std::sync::Arc<ProcessResource>,
+    threads: Threads,
 }
 
 /// How often per-process caches drop processes that exited (after one such interval of grace).
@@ -132,6 +142,7 @@ impl Pipeline {
             procnet,
             last_process_sweep_ns: 0,
             agent_mirror: None,
+            conn_procs: IdHashMap::default(),
         }
     }
 
@@ -255,6 +266,18 @@ impl Pipeline {
         self.resources.get_started(pid, start_time);
     }
 
+    /// Resolves the process of a connection the table just opened, once (a second announcement
+    /// of the same connection keeps the first answer).
+    fn bind_process(&mut self, conn_id: u64, pid: u32) {
+        if self.conn_procs.contains_key(&conn_id) || self.table.get_mut(conn_id).is_none() {
+            return;
+        }
+        let resource = self.resources.get(pid);
+        let threads = self.runtimes.threads(pid, self.resources.proc_pid(pid));
+        self.conn_procs
+            .insert(conn_id, ConnProcess { resource, threads });
+    }
+
     /// Reads /proc for a connection adopted by sniffing, now, while the process surely runs.
     pub fn presolve_sniffed(&mut self, conn_id: u64, pid: u32, fd: i32) {
         if self.presolved.len() >= SNIFF_MEMORY {
@@ -318,8 +341,8 @@ impl Pipeline {
                 );
                 // Read the process's resource now, while it surely still runs (a short-lived
                 // client may be gone by the time its span is built).
-                self.resources.get(header.tgid);
                 self.table.open(meta, header.ts_ns, false, &mut done);
+                self.bind_process(header.conn_id, header.tgid);
                 if needs_proc(role, peer) {
                     self.resolve_sniffed(header.conn_id);
                 }
@@ -337,8 +360,8 @@ impl Pipeline {
                 if self.table.get_mut(header.conn_id).is_none() {
                     self.stats.records_unknown_connection += 1;
                     let meta = Self::meta_from(&header, role);
-                    self.resources.get(header.tgid);
                     self.table.open(meta, header.ts_ns, true, &mut done);
+                    self.bind_process(header.conn_id, header.tgid);
                     self.resolve_sniffed(header.conn_id);
                 }
                 if let Some(conn) = self.table.get_mut(header.conn_id) {
@@ -367,8 +390,9 @@ impl Pipeline {
                     if let Some(role) = conn.role() {
                         let mut next = conn.linked_upto;
                         let threads = self
-                            .runtimes
-                            .threads(conn.meta.pid, self.resources.proc_pid(conn.meta.pid));
+                            .conn_procs
+                            .get(&header.conn_id)
+                            .map_or(Threads::Unknown, |p| p.threads);
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
                             self.linker
                                 .request_started(&conn.meta, role, &start, threads);
@@ -405,6 +429,7 @@ impl Pipeline {
         self.scratch = done;
         for conn_id in self.table.take_removed() {
             self.linker.conn_closed(conn_id);
+            self.conn_procs.remove(&conn_id);
         }
     }
 
@@ -421,6 +446,7 @@ impl Pipeline {
         self.scratch = done;
         for conn_id in self.table.take_removed() {
             self.linker.conn_closed(conn_id);
+            self.conn_procs.remove(&conn_id);
         }
     }
 
@@ -528,7 +554,10 @@ impl Pipeline {
                 clock: &self.clock,
             };
             let span = spans::build_span(&input, parent.as_ref(), ids);
-            let resource = self.resources.get(meta.pid);
+            let resource = match self.conn_procs.get(&meta.conn_id) {
+                Some(process) => std::sync::Arc::clone(&process.resource),
+                None => self.resources.get(meta.pid),
+            };
             self.stats.spans += 1;
             out.emit(ExportItem { span, resource });
         }
@@ -569,5 +598,92 @@ pub fn needs_proc(role: Option<Role>, peer: Option<std::net::SocketAddr>) -> boo
         None => true,
         Some(Role::Server) => peer.is_none(),
         Some(Role::Client) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Direction;
+
+    /// Writes `<root>/<pid>/{comm,stat}` for a process named `comm` started at `start`.
+    fn fake_process(root: &std::path::Path, pid: u32, comm: &str, start: u64) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).expect("fake proc dir");
+        std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
+        let zeros = "0 ".repeat(18);
+        std::fs::write(
+            dir.join("stat"),
+            format!("{pid} ({comm}) S {zeros}{start} 0\n"),
+        )
+        .expect("stat");
+    }
+
+    /// P1 has a request pending when P2 takes its pid (and the agent prefetches P2's resource):
+    /// P1's span still carries P1's service.name.
+    #[test]
+    fn a_reused_pid_does_not_rename_the_previous_process_spans() {
+        let root = std::env::temp_dir().join(format!("tracer-pipeline-{}", std::process::id()));
+        let pid = 4242;
+        fake_process(&root, pid, "first", 100);
+        let mut pipeline = Pipeline::new(
+            PipelineOptions {
+                limits: TableLimits::default(),
+                proc_root: root.clone(),
+                host_name: "test-host".into(),
+                ports: Vec::new(),
+                include_telemetry: false,
+            },
+            Clock::from_offset(1_700_000_000_000_000_000),
+        );
+        let header = |ts_ns| RecordHeader {
+            tgid: pid,
+            tid: pid,
+            fd: 3,
+            conn_id: 1,
+            ts_ns,
+        };
+        let data = |ts, direction, payload: &'static [u8]| KernelEvent::Data {
+            header: header(ts),
+            direction,
+            role: Some(Role::Server),
+            true_len: payload.len() as u32,
+            syscall_ns: 0,
+            loss_before: false,
+            payload,
+        };
+        let mut out: Vec<ExportItem> = Vec::new();
+        pipeline.prefetch_resource(pid);
+        pipeline.on_event(
+            KernelEvent::ConnOpen {
+                header: header(1_000),
+                role: Some(Role::Server),
+                local: "127.0.0.1:8000".parse().ok(),
+                peer: "127.0.0.1:40000".parse().ok(),
+            },
+            &mut out,
+        );
+        pipeline.on_event(
+            data(
+                2_000,
+                Direction::Ingress,
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+            &mut out,
+        );
+        // P1 exits; P2 gets the pid and opens a connection of its own.
+        fake_process(&root, pid, "second", 200);
+        pipeline.prefetch_resource(pid);
+        pipeline.on_event(
+            data(
+                3_000,
+                Direction::Egress,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            ),
+            &mut out,
+        );
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].resource.service_name, "first");
     }
 }
