@@ -674,7 +674,7 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_process_pid_reuses_total",
-            "Cached process resources read again because their pid now belongs to another process.",
+            "Cached process resources read again because their pid now belongs to another process (or it exec'd another program).",
             vec![Sample::plain(b.resource_pid_reuses)],
         ),
         Family::counter(

@@ -1,6 +1,7 @@
 //! A process's identity across pid reuse: its pid plus its start time (field 22 of
 //! `/proc/<pid>/stat`, clock ticks since boot). Caches keyed by pid check it to notice that a pid
-//! now belongs to another process.
+//! now belongs to another process. Across exec the start time stays: the executable's identity
+//! (device and inode of `/proc/<pid>/exe`) tells a process that exec'd another program.
 
 use std::fs::File;
 use std::io::Read;
@@ -49,4 +50,12 @@ mod tests {
         assert_eq!(start_time(proc_root, me), Some(first));
         assert_eq!(start_time(proc_root, u32::MAX), None);
     }
+}
+
+/// Device and inode of the executable of `pid` under `proc_root` (they change on exec), or
+/// `None` when the process is gone or the link unreadable.
+pub fn exe_id(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(proc_root.join(pid.to_string()).join("exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
 }

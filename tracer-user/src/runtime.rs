@@ -12,7 +12,7 @@
 //! exec).
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::idhash::IdHashMap;
@@ -319,8 +319,7 @@ impl RuntimeCache {
     }
 
     fn exe_id(&self, proc_pid: Option<u32>) -> Option<ExeId> {
-        let meta = std::fs::metadata(self.exe_path(proc_pid?)).ok()?;
-        Some((meta.dev(), meta.ino()))
+        crate::proc_identity::exe_id(&self.proc_root, proc_pid?)
     }
 
     /// The process `pid` (named `proc_pid` under the agent's /proc, `None` when it cannot be
@@ -693,5 +692,29 @@ mod tests {
             );
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A launcher that execs a Go server keeps its pid and start time: the executable's
+    /// identity tells the cache to look again.
+    #[test]
+    fn exec_into_go_is_noticed() {
+        let root = std::env::temp_dir().join(format!("tracer-runtime-exec-{}", std::process::id()));
+        let dir = root.join("50");
+        std::fs::create_dir_all(&dir).expect("fake proc dir");
+        let mut info = GO_BUILDINFO_MAGIC.to_vec();
+        info.extend_from_slice(&[8, 2, 0, 0]);
+        let go = root.join("go-server");
+        std::fs::write(&go, elf_with_section(".go.buildinfo", &info)).expect("go elf");
+        let launcher = root.join("launcher");
+        std::fs::write(&launcher, elf_with_section(".data", b"x")).expect("c elf");
+        std::os::unix::fs::symlink(&launcher, dir.join("exe")).expect("exe link");
+        let mut cache = RuntimeCache::new(root.clone(), 16);
+        cache.observe(50, Some(50), Some(9));
+        assert_eq!(cache.threads(50, Some(50)), Threads::Dedicated);
+        std::fs::remove_file(dir.join("exe")).expect("unlink");
+        std::os::unix::fs::symlink(&go, dir.join("exe")).expect("exe relink");
+        cache.observe(50, Some(50), Some(9));
+        assert_eq!(cache.threads(50, Some(50)), Threads::Multiplexed);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
