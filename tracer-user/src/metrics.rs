@@ -107,6 +107,12 @@ pub struct BoundsSnapshot {
     /// Per-process cache entries removed because their process exited.
     pub resource_exited_removed: u64,
     pub runtime_exited_removed: u64,
+    /// /proc socket-table fallback: tables read, cache hits, reads cut at the size bound,
+    /// non-INET sockets skipped.
+    pub procnet_table_reads: u64,
+    pub procnet_table_cache_hits: u64,
+    pub procnet_table_reads_truncated: u64,
+    pub procnet_non_inet_sockets: u64,
 }
 
 /// Counters of the metrics server itself.
@@ -715,6 +721,26 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
                 Sample::labelled(&[("cache", "runtime")], b.runtime_exited_removed),
             ],
         ),
+        Family::counter(
+            "tracer_procnet_table_reads_total",
+            "Socket tables read from /proc for connections whose addresses the kernel did not report.",
+            vec![Sample::plain(b.procnet_table_reads)],
+        ),
+        Family::counter(
+            "tracer_procnet_table_reads_truncated_total",
+            "Of those reads, the ones stopped at the size bound (sockets past it are not found).",
+            vec![Sample::plain(b.procnet_table_reads_truncated)],
+        ),
+        Family::counter(
+            "tracer_procnet_table_cache_hits_total",
+            "Socket lookups answered from a socket table read less than a second before.",
+            vec![Sample::plain(b.procnet_table_cache_hits)],
+        ),
+        Family::counter(
+            "tracer_procnet_non_inet_sockets_total",
+            "Adopted file descriptors skipped because they are not INET sockets (unix, netlink...).",
+            vec![Sample::plain(b.procnet_non_inet_sockets)],
+        ),
     ]
 }
 
@@ -949,6 +975,10 @@ mod tests {
                 linker_identities_evicted: 315,
                 resource_exited_removed: 316,
                 runtime_exited_removed: 317,
+                procnet_table_reads: 321,
+                procnet_table_cache_hits: 322,
+                procnet_table_reads_truncated: 323,
+                procnet_non_inet_sockets: 324,
             },
         }
     }
@@ -961,7 +991,7 @@ mod tests {
         values.sort_by(f64::total_cmp);
         let mut want: Vec<f64> = (101..=120)
             .chain(201..=236)
-            .chain(301..=320)
+            .chain(301..=324)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);

@@ -223,6 +223,7 @@ impl Pipeline {
     pub fn bounds_snapshot(&self) -> crate::metrics::BoundsSnapshot {
         let t = self.table.stats();
         let r = self.runtimes.stats();
+        let n = self.procnet.stats();
         crate::metrics::BoundsSnapshot {
             buffered_bytes: self.table.buffered_bytes() as u64,
             buffer_budget_bytes: self.opts.limits.max_buffered_bytes as u64,
@@ -244,6 +245,10 @@ impl Pipeline {
             linker_identities_evicted: self.linker.stats().identities_evicted,
             resource_exited_removed: self.resources.exited_removed(),
             runtime_exited_removed: r.exited_removed,
+            procnet_table_reads: n.table_reads,
+            procnet_table_cache_hits: n.table_cache_hits,
+            procnet_table_reads_truncated: n.table_reads_truncated,
+            procnet_non_inet_sockets: n.non_inet_sockets,
         }
     }
 
