@@ -29,6 +29,14 @@ pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// Device and inode of the executable of `pid` under `proc_root` (they change on exec), or
+/// `None` when the process is gone or the link unreadable.
+pub fn exe_id(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(proc_root.join(pid.to_string()).join("exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,12 +58,4 @@ mod tests {
         assert_eq!(start_time(proc_root, me), Some(first));
         assert_eq!(start_time(proc_root, u32::MAX), None);
     }
-}
-
-/// Device and inode of the executable of `pid` under `proc_root` (they change on exec), or
-/// `None` when the process is gone or the link unreadable.
-pub fn exe_id(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(proc_root.join(pid.to_string()).join("exe")).ok()?;
-    Some((meta.dev(), meta.ino()))
 }

@@ -668,7 +668,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("main.go"), "package main\nfunc main() {}\n").expect("main.go");
         std::fs::write(dir.join("go.mod"), "module m\n\ngo 1.17\n").expect("go.mod");
-        let builds: [(&str, &[&str], &[(&str, &str)]); 3] = [
+        type Build<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+        let builds: [Build<'_>; 3] = [
             ("stripped", &["-ldflags=-s -w"], &[]),
             ("pie", &["-buildmode=pie"], &[]),
             ("i386", &[], &[("GOARCH", "386")]),
