@@ -113,6 +113,7 @@ pub struct BoundsSnapshot {
     pub procnet_table_cache_hits: u64,
     pub procnet_table_reads_truncated: u64,
     pub procnet_non_inet_sockets: u64,
+    pub procnet_table_reads_deferred: u64,
 }
 
 /// Counters of the metrics server itself.
@@ -737,6 +738,11 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
             vec![Sample::plain(b.procnet_table_cache_hits)],
         ),
         Family::counter(
+            "tracer_procnet_table_reads_deferred_total",
+            "Socket lookups left without addresses because the per-second bound on socket-table reads was reached.",
+            vec![Sample::plain(b.procnet_table_reads_deferred)],
+        ),
+        Family::counter(
             "tracer_procnet_non_inet_sockets_total",
             "Adopted file descriptors skipped because they are not INET sockets (unix, netlink...).",
             vec![Sample::plain(b.procnet_non_inet_sockets)],
@@ -979,6 +985,7 @@ mod tests {
                 procnet_table_cache_hits: 322,
                 procnet_table_reads_truncated: 323,
                 procnet_non_inet_sockets: 324,
+                procnet_table_reads_deferred: 325,
             },
         }
     }
@@ -991,7 +998,7 @@ mod tests {
         values.sort_by(f64::total_cmp);
         let mut want: Vec<f64> = (101..=120)
             .chain(201..=236)
-            .chain(301..=324)
+            .chain(301..=325)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);

@@ -249,6 +249,7 @@ impl Pipeline {
             procnet_table_cache_hits: n.table_cache_hits,
             procnet_table_reads_truncated: n.table_reads_truncated,
             procnet_non_inet_sockets: n.non_inet_sockets,
+            procnet_table_reads_deferred: n.table_reads_deferred,
         }
     }
 
