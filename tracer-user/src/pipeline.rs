@@ -268,8 +268,9 @@ impl Pipeline {
         let proc_pid = self.resources.proc_pid(pid);
         let start_time =
             proc_pid.and_then(|p| crate::proc_identity::start_time(&self.opts.proc_root, p));
-        self.runtimes.observe(pid, proc_pid, start_time);
+        // The resource first: a short-lived process may exit while its executable is read.
         self.resources.get_started(pid, start_time);
+        self.runtimes.observe(pid, proc_pid, start_time);
     }
 
     /// Resolves the process of a connection the table just opened, once (a second announcement
