@@ -1,8 +1,10 @@
 //! The agent's memory stays bounded under hostile load: 10,000 slowloris connections each send
 //! an unterminated 15 KiB request head to a traced server (150 MB the agent would buffer on each
-//! side). With a byte budget, the agent's peak RSS grows by less than budget + 40 MiB over its
-//! pre-attack RSS, the budget's sheds are counted on /metrics, and normal requests sent
-//! afterwards are still traced.
+//! side). With a byte budget, the bytes the agent holds for connections (`tracer_buffered_bytes`,
+//! exact) stay within the budget once it has read the whole attack, the budget's sheds are
+//! counted on /metrics, normal requests sent afterwards are still traced, and, as a loose check
+//! that nothing else grows with the attack, the agent's peak RSS grows by less than
+//! budget + 80 MiB over its pre-attack RSS.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,8 +23,10 @@ const HEAD_BYTES: u32 = 15 * 1024;
 /// The agent's byte budget in this test (--max-buffer-mib).
 const BUDGET_MIB: u64 = 16;
 /// Allowed on top of the budget: ring buffer pages touched under load (mapped twice), the
-/// connection table of 20,000 connections, the reorder window.
-const SLACK_MIB: u64 = 40;
+/// connection table of 20,000 connections, the reorder window (up to 16 MiB of records, outside
+/// the budget), allocator slack. Loose on purpose: RSS depends on load; the exact check is on
+/// `tracer_buffered_bytes`.
+const SLACK_MIB: u64 = 80;
 /// Normal requests sent while the slowloris connections are held.
 const NORMAL_REQUESTS: usize = 5;
 /// Longest the attack may take to be in place.
@@ -132,6 +136,12 @@ fn slowloris_heads_stay_within_the_byte_budget_and_normal_requests_are_traced() 
         std::thread::sleep(Duration::from_millis(250));
     }
     let (rss_attack, _) = rss_kib(agent_pid);
+    let during = scrape(metrics_addr);
+    let buffered_attack = metric(&during, "tracer_buffered_bytes").unwrap_or(f64::MAX);
+    assert!(
+        buffered_attack <= (BUDGET_MIB * 1024 * 1024) as f64,
+        "buffered bytes {buffered_attack} above the budget with the attack in place\n{during}"
+    );
 
     let mut curl_pids = Vec::new();
     for _ in 0..NORMAL_REQUESTS {

@@ -158,17 +158,24 @@ fn go_fanout_under_concurrency_has_no_wrong_links_and_keeps_connection_pairs() {
     let _ = session.receiver.wait_for(SPAN_TIMEOUT, |spans| {
         spans.iter().filter(|s| ours(s)).count() >= want
     });
-    // Anything late or duplicated would arrive within a few export intervals.
-    std::thread::sleep(Duration::from_millis(600));
-    // The agent refreshes /metrics every second: wait until it counts the spans it sent.
-    let received = session.receiver.spans().len();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // The agent refreshes /metrics every second: wait until it has built every span and counted
+    // the hub's skipped thread links. Anything late or duplicated is flushed when the agent
+    // stops, before the spans are read below.
+    let skipped_key = "tracer_parent_links_skipped_total{reason=\"multiplexed_threads\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let metrics = loop {
         let text = scrape(metrics_addr);
         let built = metric(&text, "tracer_spans_built_total ").unwrap_or(0.0);
-        if built >= received as f64 || std::time::Instant::now() >= deadline {
+        let skipped = metric(&text, skipped_key).unwrap_or(0.0);
+        if built >= want as f64 && skipped >= f64::from(2 * REQUESTS) {
             break text;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's /metrics did not reach {want} spans built and {} skipped thread links \
+             within 15 s:\n{text}",
+            2 * REQUESTS
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let exit = session.stop_agent();
@@ -247,10 +254,7 @@ fn go_fanout_under_concurrency_has_no_wrong_links_and_keeps_connection_pairs() {
     );
 
     // 3. The hub was recognised as Go, and its skipped thread links were counted.
-    let skipped = metric(
-        &metrics,
-        "tracer_parent_links_skipped_total{reason=\"multiplexed_threads\"}",
-    );
+    let skipped = metric(&metrics, skipped_key);
     assert!(
         skipped.is_some_and(|n| n >= f64::from(2 * REQUESTS)),
         "expected at least {} skipped thread links (the hub's CLIENT calls), got {skipped:?}\n{metrics}",

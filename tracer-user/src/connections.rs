@@ -50,7 +50,7 @@ pub struct TableStats {
     /// Replaced because a new connection reused the same (pid, fd) before its close was seen.
     pub replaced_fd_reuse: u64,
     /// Connections whose buffered bytes and pending requests were dropped to stay within
-    /// `max_buffered_bytes`.
+    /// `max_buffered_bytes`; they are not parsed again until they close.
     pub budget_sheds: u64,
     /// Bytes released by those sheds.
     pub budget_bytes_shed: u64,
@@ -126,9 +126,11 @@ impl ConnectionTable {
     }
 
     /// Brings the table under seven eighths of its byte budget by shedding the buffers and
-    /// pending requests of the least recently active connections that hold any (they stay
-    /// tracked and resynchronise on their next message). Complete exchanges go to `out`; returns
-    /// the (connection, discarded sequences) for the linker.
+    /// pending requests of the least recently active connections that hold any; a shed
+    /// connection stays tracked but is not parsed again until it closes (see
+    /// [`HttpConnection::shed`]). Complete exchanges go to `out`; returns the (connection,
+    /// discarded sequences) for the linker. Candidates are picked a sixteenth at a time with a
+    /// selection, not a sort of the whole table.
     pub fn shed(
         &mut self,
         out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>,
@@ -140,28 +142,35 @@ impl ConnectionTable {
             .filter(|(_, c)| c.accounted > 0)
             .map(|(id, c)| (c.last_activity_ns, *id))
             .collect();
-        holders.sort_unstable();
         let mut discarded = Vec::new();
-        for (_, id) in holders {
-            if self.buffered <= target {
-                break;
+        while self.buffered > target && !holders.is_empty() {
+            let n = (holders.len() / 16).max(1).min(holders.len());
+            if holders.len() > n {
+                holders.select_nth_unstable(n - 1);
             }
-            let Some(c) = self.conns.get_mut(&id) else {
-                continue;
-            };
-            let mut exchanges = Vec::new();
-            let seqs = c.http.shed(&mut exchanges);
-            c.linked_upto = c.http.next_sequence();
-            let now = c.http.memory_bytes();
-            let freed = c.accounted.saturating_sub(now);
-            self.buffered = self.buffered - c.accounted + now;
-            c.accounted = now;
-            self.stats.budget_sheds += 1;
-            self.stats.budget_bytes_shed += freed as u64;
-            self.stats.budget_requests_shed += seqs.len() as u64;
-            let role = c.role();
-            out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
-            discarded.push((id, seqs));
+            let mut batch: Vec<(u64, u64)> = holders.drain(..n).collect();
+            batch.sort_unstable();
+            for (_, id) in batch {
+                if self.buffered <= target {
+                    break;
+                }
+                let Some(c) = self.conns.get_mut(&id) else {
+                    continue;
+                };
+                let mut exchanges = Vec::new();
+                let seqs = c.http.shed(&mut exchanges);
+                c.linked_upto = c.http.next_sequence();
+                let now = c.http.memory_bytes();
+                let freed = c.accounted.saturating_sub(now);
+                self.buffered = self.buffered - c.accounted + now;
+                c.accounted = now;
+                self.stats.budget_sheds += 1;
+                self.stats.budget_bytes_shed += freed as u64;
+                self.stats.budget_requests_shed += seqs.len() as u64;
+                let role = c.role();
+                out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
+                discarded.push((id, seqs));
+            }
         }
         tracing::debug!(
             buffered = self.buffered,

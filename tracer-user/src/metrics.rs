@@ -86,6 +86,9 @@ pub struct BoundsSnapshot {
     pub budget_requests_shed: u64,
     /// CLIENT requests not linked by thread because their runtime multiplexes threads (Go).
     pub links_skipped_multiplexed: u64,
+    pub links_skipped_unknown_runtime: u64,
+    pub runtime_unknown: u64,
+    pub runtime_refused: u64,
     /// Gauge: processes in the resource cache.
     pub resource_cache_entries: u64,
     pub resource_cache_evictions: u64,
@@ -104,6 +107,13 @@ pub struct BoundsSnapshot {
     /// Per-process cache entries removed because their process exited.
     pub resource_exited_removed: u64,
     pub runtime_exited_removed: u64,
+    /// /proc socket-table fallback: tables read, cache hits, reads cut at the size bound,
+    /// non-INET sockets skipped.
+    pub procnet_table_reads: u64,
+    pub procnet_table_cache_hits: u64,
+    pub procnet_table_reads_truncated: u64,
+    pub procnet_non_inet_sockets: u64,
+    pub procnet_table_reads_deferred: u64,
 }
 
 /// Counters of the metrics server itself.
@@ -668,7 +678,7 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_buffer_budget_sheds_total",
-            "Connections whose buffers and pending requests were dropped to stay within the budget.",
+            "Connections whose buffers and pending requests were dropped to stay within the budget (not parsed again until they close).",
             vec![Sample::plain(b.budget_sheds)],
         ),
         Family::counter(
@@ -684,10 +694,16 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
         Family::counter(
             "tracer_parent_links_skipped_total",
             "Parent links not attempted because the heuristic is unsafe for the process, by reason.",
-            vec![Sample::labelled(
-                &[("reason", "multiplexed_threads")],
-                b.links_skipped_multiplexed,
-            )],
+            vec![
+                Sample::labelled(
+                    &[("reason", "multiplexed_threads")],
+                    b.links_skipped_multiplexed,
+                ),
+                Sample::labelled(
+                    &[("reason", "unknown_runtime")],
+                    b.links_skipped_unknown_runtime,
+                ),
+            ],
         ),
         Family::gauge(
             "tracer_process_cache_entries",
@@ -707,7 +723,7 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_process_pid_reuses_total",
-            "Cached process resources read again because their pid now belongs to another process.",
+            "Cached process resources read again because their pid now belongs to another process (or it exec'd another program).",
             vec![Sample::plain(b.resource_pid_reuses)],
         ),
         Family::counter(
@@ -717,8 +733,18 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_runtime_multiplexed_total",
-            "Inspected executables whose runtime multiplexes requests over threads (Go).",
+            "Inspected executables whose runtime multiplexes requests over threads (Go, Node).",
             vec![Sample::plain(b.runtime_multiplexed)],
+        ),
+        Family::counter(
+            "tracer_runtime_unknown_total",
+            "Inspected processes whose runtime could not be determined (unreadable, gone, unnamed, unrecognised, or headers refused as too large): no thread links.",
+            vec![Sample::plain(b.runtime_unknown)],
+        ),
+        Family::counter(
+            "tracer_runtime_refused_total",
+            "Executables not inspected because their headers claim too much to read safely.",
+            vec![Sample::plain(b.runtime_refused)],
         ),
         Family::gauge(
             "tracer_linker_pending_identities",
@@ -737,6 +763,31 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
                 Sample::labelled(&[("cache", "resource")], b.resource_exited_removed),
                 Sample::labelled(&[("cache", "runtime")], b.runtime_exited_removed),
             ],
+        ),
+        Family::counter(
+            "tracer_procnet_table_reads_total",
+            "Socket tables read from /proc for connections whose addresses the kernel did not report.",
+            vec![Sample::plain(b.procnet_table_reads)],
+        ),
+        Family::counter(
+            "tracer_procnet_table_reads_truncated_total",
+            "Of those reads, the ones stopped at the size bound (sockets past it are not found).",
+            vec![Sample::plain(b.procnet_table_reads_truncated)],
+        ),
+        Family::counter(
+            "tracer_procnet_table_cache_hits_total",
+            "Socket lookups answered from a socket table read less than a second before.",
+            vec![Sample::plain(b.procnet_table_cache_hits)],
+        ),
+        Family::counter(
+            "tracer_procnet_table_reads_deferred_total",
+            "Socket lookups left without addresses because the per-second bound on socket-table reads was reached.",
+            vec![Sample::plain(b.procnet_table_reads_deferred)],
+        ),
+        Family::counter(
+            "tracer_procnet_non_inet_sockets_total",
+            "Adopted file descriptors skipped because they are not INET sockets (unix, netlink...).",
+            vec![Sample::plain(b.procnet_non_inet_sockets)],
         ),
     ]
 }
@@ -965,6 +1016,9 @@ mod tests {
                 budget_bytes_shed: 304,
                 budget_requests_shed: 305,
                 links_skipped_multiplexed: 306,
+                links_skipped_unknown_runtime: 318,
+                runtime_unknown: 319,
+                runtime_refused: 320,
                 resource_cache_entries: 307,
                 resource_cache_evictions: 308,
                 resource_pid_reuses: 309,
@@ -976,6 +1030,11 @@ mod tests {
                 linker_identities_evicted: 315,
                 resource_exited_removed: 316,
                 runtime_exited_removed: 317,
+                procnet_table_reads: 321,
+                procnet_table_cache_hits: 322,
+                procnet_table_reads_truncated: 323,
+                procnet_non_inet_sockets: 324,
+                procnet_table_reads_deferred: 325,
             },
         }
     }
@@ -988,7 +1047,7 @@ mod tests {
         values.sort_by(f64::total_cmp);
         let mut want: Vec<f64> = (101..=127)
             .chain(201..=236)
-            .chain(301..=317)
+            .chain(301..=325)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);

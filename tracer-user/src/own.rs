@@ -387,7 +387,8 @@ mod tests {
         let mut pipeline = Pipeline::new(
             PipelineOptions {
                 limits: TableLimits::default(),
-                proc_root: "/nonexistent-proc-for-tests".into(),
+                // Thread links need a process whose runtime is known: this test process (not Go).
+                proc_root: "/proc".into(),
                 host_name: "test-host".into(),
                 ports: Vec::new(),
                 include_telemetry: false,
@@ -396,7 +397,7 @@ mod tests {
         );
         let addr = |s: &str| s.parse::<std::net::SocketAddr>().ok();
         let header = |fd, conn_id, ts_ns| RecordHeader {
-            tgid: 7,
+            tgid: std::process::id(),
             tid: 7,
             fd,
             conn_id,

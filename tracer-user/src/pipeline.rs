@@ -10,8 +10,8 @@ use crate::export::SpanSink;
 use crate::http::HttpStats;
 use crate::idhash::{IdHashMap, IdHashSet};
 use crate::ids::{IdGenerator, TraceIds};
-use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity};
-use crate::model::{ConnMeta, Exchange, ExportItem, Role};
+use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity, Threads};
+use crate::model::{ConnMeta, Exchange, ExportItem, ProcessResource, Role};
 use crate::own::{self, Telemetry};
 use crate::procnet::{FdKind, ProcNet};
 use crate::propagation::{self, ContextSource, TraceContext};
@@ -105,6 +105,16 @@ pub struct Pipeline {
     last_process_sweep_ns: u64,
     /// Recognises the other end of the agent's own connections among those resolved from /proc.
     agent_mirror: Option<own::MirrorCheck>,
+    /// The process of each tracked connection, resolved once when the connection opened (or
+    /// was adopted): spans emitted late (timeouts, closes after exit) keep their process even
+    /// if its pid now belongs to another one. Entries leave with their connection.
+    conn_procs: IdHashMap<u64, ConnProcess>,
+}
+
+/// What a connection's spans need from its process.
+struct ConnProcess {
+    resource: std::sync::Arc<ProcessResource>,
+    threads: Threads,
 }
 
 /// How often per-process caches drop processes that exited (after one such interval of grace).
@@ -132,6 +142,7 @@ impl Pipeline {
             procnet,
             last_process_sweep_ns: 0,
             agent_mirror: None,
+            conn_procs: IdHashMap::default(),
         }
     }
 
@@ -212,6 +223,7 @@ impl Pipeline {
     pub fn bounds_snapshot(&self) -> crate::metrics::BoundsSnapshot {
         let t = self.table.stats();
         let r = self.runtimes.stats();
+        let n = self.procnet.stats();
         crate::metrics::BoundsSnapshot {
             buffered_bytes: self.table.buffered_bytes() as u64,
             buffer_budget_bytes: self.opts.limits.max_buffered_bytes as u64,
@@ -219,6 +231,9 @@ impl Pipeline {
             budget_bytes_shed: t.budget_bytes_shed,
             budget_requests_shed: t.budget_requests_shed,
             links_skipped_multiplexed: self.linker.stats().multiplexed_thread,
+            links_skipped_unknown_runtime: self.linker.stats().unknown_runtime_thread,
+            runtime_unknown: r.unknown,
+            runtime_refused: r.refused,
             resource_cache_entries: self.resources.len() as u64,
             resource_cache_evictions: self.resources.evictions(),
             resource_pid_reuses: self.resources.pid_reuses(),
@@ -230,6 +245,11 @@ impl Pipeline {
             linker_identities_evicted: self.linker.stats().identities_evicted,
             resource_exited_removed: self.resources.exited_removed(),
             runtime_exited_removed: r.exited_removed,
+            procnet_table_reads: n.table_reads,
+            procnet_table_cache_hits: n.table_cache_hits,
+            procnet_table_reads_truncated: n.table_reads_truncated,
+            procnet_non_inet_sockets: n.non_inet_sockets,
+            procnet_table_reads_deferred: n.table_reads_deferred,
         }
     }
 
@@ -245,9 +265,24 @@ impl Pipeline {
     /// events, and a short-lived client may be gone by the time its span is built.
     /// The process is identified by its start time too, so a reused pid is noticed here.
     pub fn prefetch_resource(&mut self, pid: u32) {
-        let start_time = crate::proc_identity::start_time(&self.opts.proc_root, pid);
-        self.runtimes.observe(pid, start_time);
+        let proc_pid = self.resources.proc_pid(pid);
+        let start_time =
+            proc_pid.and_then(|p| crate::proc_identity::start_time(&self.opts.proc_root, p));
+        // The resource first: a short-lived process may exit while its executable is read.
         self.resources.get_started(pid, start_time);
+        self.runtimes.observe(pid, proc_pid, start_time);
+    }
+
+    /// Resolves the process of a connection the table just opened, once (a second announcement
+    /// of the same connection keeps the first answer).
+    fn bind_process(&mut self, conn_id: u64, pid: u32) {
+        if self.conn_procs.contains_key(&conn_id) || self.table.get_mut(conn_id).is_none() {
+            return;
+        }
+        let resource = self.resources.get(pid);
+        let threads = self.runtimes.threads(pid, self.resources.proc_pid(pid));
+        self.conn_procs
+            .insert(conn_id, ConnProcess { resource, threads });
     }
 
     /// Reads /proc for a connection adopted by sniffing, now, while the process surely runs.
@@ -313,8 +348,8 @@ impl Pipeline {
                 );
                 // Read the process's resource now, while it surely still runs (a short-lived
                 // client may be gone by the time its span is built).
-                self.resources.get(header.tgid);
                 self.table.open(meta, header.ts_ns, false, &mut done);
+                self.bind_process(header.conn_id, header.tgid);
                 if needs_proc(role, peer) {
                     self.resolve_sniffed(header.conn_id);
                 }
@@ -332,8 +367,8 @@ impl Pipeline {
                 if self.table.get_mut(header.conn_id).is_none() {
                     self.stats.records_unknown_connection += 1;
                     let meta = Self::meta_from(&header, role);
-                    self.resources.get(header.tgid);
                     self.table.open(meta, header.ts_ns, true, &mut done);
+                    self.bind_process(header.conn_id, header.tgid);
                     self.resolve_sniffed(header.conn_id);
                 }
                 if let Some(conn) = self.table.get_mut(header.conn_id) {
@@ -361,7 +396,10 @@ impl Pipeline {
                     );
                     if let Some(role) = conn.role() {
                         let mut next = conn.linked_upto;
-                        let threads = self.runtimes.threads(conn.meta.pid);
+                        let threads = self
+                            .conn_procs
+                            .get(&header.conn_id)
+                            .map_or(Threads::Unknown, |p| p.threads);
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
                             self.linker
                                 .request_started(&conn.meta, role, &start, threads);
@@ -398,6 +436,7 @@ impl Pipeline {
         self.scratch = done;
         for conn_id in self.table.take_removed() {
             self.linker.conn_closed(conn_id);
+            self.conn_procs.remove(&conn_id);
         }
     }
 
@@ -414,6 +453,7 @@ impl Pipeline {
         self.scratch = done;
         for conn_id in self.table.take_removed() {
             self.linker.conn_closed(conn_id);
+            self.conn_procs.remove(&conn_id);
         }
     }
 
@@ -521,7 +561,10 @@ impl Pipeline {
                 clock: &self.clock,
             };
             let span = spans::build_span(&input, parent.as_ref(), ids);
-            let resource = self.resources.get(meta.pid);
+            let resource = match self.conn_procs.get(&meta.conn_id) {
+                Some(process) => std::sync::Arc::clone(&process.resource),
+                None => self.resources.get(meta.pid),
+            };
             self.stats.spans += 1;
             out.emit(ExportItem { span, resource });
         }
@@ -562,5 +605,92 @@ pub fn needs_proc(role: Option<Role>, peer: Option<std::net::SocketAddr>) -> boo
         None => true,
         Some(Role::Server) => peer.is_none(),
         Some(Role::Client) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Direction;
+
+    /// Writes `<root>/<pid>/{comm,stat}` for a process named `comm` started at `start`.
+    fn fake_process(root: &std::path::Path, pid: u32, comm: &str, start: u64) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).expect("fake proc dir");
+        std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
+        let zeros = "0 ".repeat(18);
+        std::fs::write(
+            dir.join("stat"),
+            format!("{pid} ({comm}) S {zeros}{start} 0\n"),
+        )
+        .expect("stat");
+    }
+
+    /// P1 has a request pending when P2 takes its pid (and the agent prefetches P2's resource):
+    /// P1's span still carries P1's service.name.
+    #[test]
+    fn a_reused_pid_does_not_rename_the_previous_process_spans() {
+        let root = std::env::temp_dir().join(format!("tracer-pipeline-{}", std::process::id()));
+        let pid = 4242;
+        fake_process(&root, pid, "first", 100);
+        let mut pipeline = Pipeline::new(
+            PipelineOptions {
+                limits: TableLimits::default(),
+                proc_root: root.clone(),
+                host_name: "test-host".into(),
+                ports: Vec::new(),
+                include_telemetry: false,
+            },
+            Clock::from_offset(1_700_000_000_000_000_000),
+        );
+        let header = |ts_ns| RecordHeader {
+            tgid: pid,
+            tid: pid,
+            fd: 3,
+            conn_id: 1,
+            ts_ns,
+        };
+        let data = |ts, direction, payload: &'static [u8]| KernelEvent::Data {
+            header: header(ts),
+            direction,
+            role: Some(Role::Server),
+            true_len: payload.len() as u32,
+            syscall_ns: 0,
+            loss_before: false,
+            payload,
+        };
+        let mut out: Vec<ExportItem> = Vec::new();
+        pipeline.prefetch_resource(pid);
+        pipeline.on_event(
+            KernelEvent::ConnOpen {
+                header: header(1_000),
+                role: Some(Role::Server),
+                local: "127.0.0.1:8000".parse().ok(),
+                peer: "127.0.0.1:40000".parse().ok(),
+            },
+            &mut out,
+        );
+        pipeline.on_event(
+            data(
+                2_000,
+                Direction::Ingress,
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+            &mut out,
+        );
+        // P1 exits; P2 gets the pid and opens a connection of its own.
+        fake_process(&root, pid, "second", 200);
+        pipeline.prefetch_resource(pid);
+        pipeline.on_event(
+            data(
+                3_000,
+                Direction::Egress,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            ),
+            &mut out,
+        );
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].resource.service_name, "first");
     }
 }

@@ -1,6 +1,7 @@
 //! A process's identity across pid reuse: its pid plus its start time (field 22 of
 //! `/proc/<pid>/stat`, clock ticks since boot). Caches keyed by pid check it to notice that a pid
-//! now belongs to another process.
+//! now belongs to another process. Across exec the start time stays: the executable's identity
+//! (device and inode of `/proc/<pid>/exe`) tells a process that exec'd another program.
 
 use std::fs::File;
 use std::io::Read;
@@ -26,6 +27,14 @@ pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     // After `comm`: field 3 (state) is the first; field 22 is the 20th.
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Device and inode of the executable of `pid` under `proc_root` (they change on exec), or
+/// `None` when the process is gone or the link unreadable.
+pub fn exe_id(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(proc_root.join(pid.to_string()).join("exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 #[cfg(test)]

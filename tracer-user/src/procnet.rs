@@ -3,7 +3,9 @@
 //! socket with `pidfd_getfd` and asks it (`getsockname`/`getpeername`, O(1)); other families
 //! (unix sockets, netlink) are not connections. The fallback scans /proc/<pid>/net/tcp{,6}: at
 //! most [`MAX_TABLE_BYTES`] of it, and once per network namespace per [`TABLE_TTL`] (the
-//! parsed rows are cached), so a host with a huge socket table never stalls the event loop.
+//! parsed rows are cached), and at most [`MAX_NAMESPACE_READS_PER_TTL`] namespaces are read per
+//! [`TABLE_TTL`] (further lookups go without addresses, counted), so a host with a huge socket
+//! table or many namespaces never stalls the event loop.
 
 use std::{
     fs,
@@ -21,6 +23,9 @@ pub const MAX_TABLE_BYTES: u64 = 4 * 1024 * 1024;
 pub const TABLE_TTL: Duration = Duration::from_secs(1);
 /// Network namespaces whose tables are cached at once (the cache is cleared past it).
 const MAX_CACHED_NAMESPACES: usize = 64;
+/// Namespaces whose tables may be read per [`TABLE_TTL`]: at most 2 x 4 x `MAX_TABLE_BYTES`
+/// parsed per second on the event loop.
+pub const MAX_NAMESPACE_READS_PER_TTL: u32 = 4;
 
 /// Socket inode -> (local, peer), from one namespace's tcp and tcp6 tables.
 type SocketRows = IdHashMap<u64, (SocketAddr, SocketAddr)>;
@@ -36,6 +41,8 @@ pub struct ProcNetStats {
     pub table_reads_truncated: u64,
     /// Sockets skipped because they are not INET (unix, netlink...).
     pub non_inet_sockets: u64,
+    /// Lookups left without addresses because the per-second read bound was reached.
+    pub table_reads_deferred: u64,
 }
 
 /// [`inspect_fd`] with the fallback's tables cached per network namespace.
@@ -43,6 +50,8 @@ pub struct ProcNet {
     proc_root: PathBuf,
     tables: IdHashMap<u64, (Instant, SocketRows)>,
     stats: ProcNetStats,
+    /// Start of the current read-bound period and the namespaces read in it.
+    period: Option<(Instant, u32)>,
 }
 
 impl ProcNet {
@@ -51,6 +60,7 @@ impl ProcNet {
             proc_root,
             tables: IdHashMap::default(),
             stats: ProcNetStats::default(),
+            period: None,
         }
     }
 
@@ -104,6 +114,18 @@ impl ProcNet {
         if fresh {
             self.stats.table_cache_hits += 1;
         } else {
+            let reads = match self.period {
+                Some((start, reads)) if now.duration_since(start) < TABLE_TTL => reads,
+                _ => {
+                    self.period = Some((now, 0));
+                    0
+                }
+            };
+            if reads >= MAX_NAMESPACE_READS_PER_TTL {
+                self.stats.table_reads_deferred += 1;
+                return None;
+            }
+            self.period = self.period.map(|(start, n)| (start, n + 1));
             if self.tables.len() >= MAX_CACHED_NAMESPACES {
                 self.tables.clear();
             }
@@ -450,6 +472,26 @@ mod tests {
         let mut rows = SocketRows::default();
         assert!(read_rows(huge.as_bytes(), MAX_TABLE_BYTES, &mut rows));
         assert_eq!(rows.len(), 1);
+
+        // Many namespaces at once: at most MAX_NAMESPACE_READS_PER_TTL tables are read per
+        // period; the others go without addresses (counted), never stalling the loop.
+        let mut procnet = ProcNet::new(root.clone());
+        let n = MAX_NAMESPACE_READS_PER_TTL + 2;
+        for pid in 10..10 + n {
+            let dir = root.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("fd")).unwrap();
+            std::fs::create_dir_all(dir.join("net")).unwrap();
+            std::fs::create_dir_all(dir.join("ns")).unwrap();
+            std::os::unix::fs::symlink("socket:[31337]", dir.join("fd/3")).unwrap();
+            std::os::unix::fs::symlink(format!("net:[{}]", 5000 + pid), dir.join("ns/net"))
+                .unwrap();
+            std::fs::write(dir.join("net/tcp"), TCP).unwrap();
+        }
+        let resolved = (10..10 + n)
+            .filter(|pid| procnet.inspect_fd(*pid, 3) == want)
+            .count();
+        assert_eq!(resolved, MAX_NAMESPACE_READS_PER_TTL as usize);
+        assert_eq!(procnet.stats().table_reads_deferred, 2);
         let _ = std::fs::remove_dir_all(&root);
     }
 }

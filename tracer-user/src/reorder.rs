@@ -1,8 +1,10 @@
 //! A short reorder window between the ring buffer and the pipeline: records are released in
 //! causal-time order once they are older than the window, so that a client's write is handled
 //! before the server's read of the same bytes even when the two CPUs recorded them the other way
-//! round. Bounded: past `max_records`, or past `max_bytes` of held record bytes, the oldest are
-//! released early (and counted).
+//! round. Bounded: past `max_records`, or past `max_bytes` of held record bytes (record lengths;
+//! a reused buffer is at most twice its record plus 512 bytes, so allocations stay within about
+//! 2 x `max_bytes` + 512 B x `max_records`), the oldest are released early (and counted). This
+//! bound is separate from the connections' `--max-buffer-mib`.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -32,7 +34,7 @@ pub struct ReorderWindow {
     forced_early: u64,
     /// Spare buffers, reused to avoid an allocation per record.
     spare: Vec<Vec<u8>>,
-    /// Bytes allocated by held records, and their bound.
+    /// Record bytes held, and their bound.
     held_bytes: usize,
     max_bytes: usize,
     /// Bytes allocated by the spare buffers.
@@ -63,7 +65,7 @@ impl ReorderWindow {
         self
     }
 
-    /// Bytes allocated by held records now.
+    /// Record bytes held now.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
     }
@@ -92,15 +94,21 @@ impl ReorderWindow {
                 break;
             };
             self.forced_early += 1;
-            self.held_bytes -= old.bytes.capacity();
+            self.held_bytes -= old.bytes.len();
             release(&old.bytes);
             self.recycle(old.bytes);
         }
-        let mut bytes = self.spare.pop().unwrap_or_default();
-        self.spare_bytes -= bytes.capacity();
+        let fits = |spare: &Vec<u8>| spare.capacity() <= record.len() * 2 + 512;
+        let mut bytes = match self.spare.pop_if(|spare| fits(spare)) {
+            Some(spare) => {
+                self.spare_bytes -= spare.capacity();
+                spare
+            }
+            None => Vec::with_capacity(record.len()),
+        };
         bytes.clear();
         bytes.extend_from_slice(record);
-        self.held_bytes += bytes.capacity();
+        self.held_bytes += bytes.len();
         self.arrivals += 1;
         self.heap.push(Reverse(Held {
             causal_ts,
@@ -118,7 +126,7 @@ impl ReorderWindow {
                 break;
             }
             if let Some(Reverse(held)) = self.heap.pop() {
-                self.held_bytes -= held.bytes.capacity();
+                self.held_bytes -= held.bytes.len();
                 release(&held.bytes);
                 self.recycle(held.bytes);
             }
@@ -206,5 +214,22 @@ mod tests {
         let rest: Vec<u8> = collect(&mut w, u64::MAX).iter().map(|b| b[0]).collect();
         assert_eq!(rest, vec![7, 8, 9]);
         assert_eq!(w.held_bytes(), 0);
+    }
+
+    /// Small records after large ones: the byte bound counts record lengths, not the capacity
+    /// of the reused buffers, so nothing is released early.
+    #[test]
+    fn byte_bound_counts_record_lengths() {
+        let mut w = ReorderWindow::new(1_000, 1_000).with_max_bytes(64 * 1024);
+        let mut early = 0;
+        for ts in 0..4u64 {
+            w.push(ts, &[1u8; 15 * 1024], &mut |_| early += 1);
+        }
+        w.release_ready(u64::MAX, &mut |_| {});
+        for ts in 10..1_000u64 {
+            w.push(ts, &[2u8; 32], &mut |_| early += 1);
+        }
+        assert_eq!(early, 0, "32 KiB of records stay within a 64 KiB bound");
+        assert_eq!(w.held_bytes(), 990 * 32);
     }
 }

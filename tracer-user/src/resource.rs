@@ -75,7 +75,8 @@ pub struct ResourceCache {
     entries: HashMap<u32, CacheEntry>,
     clock: u64,
     evictions: u64,
-    /// Cached entries replaced because their pid now belongs to another process.
+    /// Cached entries replaced because their pid now belongs to another process (or the process
+    /// exec'd another program).
     pid_reuses: u64,
     /// Entries removed because their process exited.
     exited_removed: u64,
@@ -93,6 +94,8 @@ struct CacheEntry {
     pod_miss_generation: Option<u64>,
     /// Start time of the process read (with the pid, its identity across pid reuse).
     start_time: Option<u64>,
+    /// Its executable's (device, inode): changes when the process execs another program.
+    exe: Option<(u64, u64)>,
     /// The process was gone at the last sweep (removed at the next one if still gone).
     gone: bool,
 }
@@ -143,8 +146,16 @@ impl ResourceCache {
     pub fn get_started(&mut self, pid: u32, start_time: Option<u64>) -> Arc<ProcessResource> {
         self.clock += 1;
         let generation = self.pods.as_ref().map(|p| p.generation());
+        let exe = match start_time {
+            // The caller saw the process now: also notice an exec since it was read.
+            Some(_) => self
+                .proc_pid(pid)
+                .and_then(|p| crate::proc_identity::exe_id(&self.proc_root, p)),
+            None => None,
+        };
         if let Some(entry) = self.entries.get_mut(&pid) {
-            let reused = start_time.is_some() && entry.start_time != start_time;
+            let reused = (start_time.is_some() && entry.start_time != start_time)
+                || (exe.is_some() && entry.exe.is_some() && entry.exe != exe);
             if reused {
                 self.pid_reuses += 1;
             }
@@ -182,11 +193,14 @@ impl ResourceCache {
         let resource = Arc::new(resource);
         let start_time =
             start_time.or_else(|| crate::proc_identity::start_time(&self.proc_root, pid));
+        let exe =
+            exe.or_else(|| proc_pid.and_then(|p| crate::proc_identity::exe_id(&self.proc_root, p)));
         let entry = CacheEntry {
             resource: Arc::clone(&resource),
             last_used: self.clock,
             pod_miss_generation,
             start_time,
+            exe,
             gone: false,
         };
         self.entries.insert(pid, entry);
@@ -675,6 +689,27 @@ mod tests {
             );
             assert_eq!(resource.pid, pid);
         }
+    }
+
+    /// exec keeps the pid and the start time; the executable changes: the resource is re-read.
+    #[test]
+    fn exec_is_noticed_by_the_executable_identity() {
+        let proc = FakeProc::new();
+        let launcher = proc.root.join("launcher-bin");
+        let server = proc.root.join("server-bin");
+        std::fs::write(&launcher, b"a").expect("launcher file");
+        std::fs::write(&server, b"b").expect("server file");
+        proc.process(40)
+            .file("comm", b"launcher\n")
+            .exe(launcher.to_str().expect("utf-8 path"));
+        let mut cache = ResourceCache::new(proc.root.clone(), "h".into());
+        assert_eq!(cache.get_started(40, Some(7)).service_name, "launcher-bin");
+        let dir = proc.root.join("40");
+        std::fs::remove_file(dir.join("exe")).expect("unlink exe");
+        std::os::unix::fs::symlink(&server, dir.join("exe")).expect("relink exe");
+        std::fs::write(dir.join("comm"), b"server\n").expect("comm");
+        assert_eq!(cache.get_started(40, Some(7)).service_name, "server-bin");
+        assert_eq!(cache.pid_reuses(), 1);
     }
 
     #[test]

@@ -83,8 +83,9 @@ pub struct TraceArgs {
     pub max_connections: u32,
 
     /// MiB the agent may hold in unfinished request/response heads and pending requests, over
-    /// all connections; past it the least recently active connections' buffers are dropped
-    /// (counted in tracer_buffer_budget_sheds_total).
+    /// all connections; past it the least recently active connections' buffers are dropped and
+    /// those connections are not parsed again until they close (counted in
+    /// tracer_buffer_budget_sheds_total).
     #[arg(long, default_value_t = 64, value_name = "MIB",
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_buffer_mib: u32,

@@ -209,7 +209,10 @@ impl HttpConnection {
         self.ingress.buffered_bytes() + self.egress.buffered_bytes()
     }
 
-    /// Heap bytes this connection holds: head buffers and pending requests. O(pending).
+    /// Heap bytes this connection holds: head buffers being filled and pending requests.
+    /// O(pending). The small capacity an idle stream keeps between messages is left out (it is
+    /// bounded per connection by the table's connection limit), so an idle keep-alive connection
+    /// is never shed.
     pub fn memory_bytes(&self) -> usize {
         let pending: usize = self
             .pending
@@ -222,14 +225,17 @@ impl HttpConnection {
     }
 
     /// The agent's byte budget is exhausted: forget buffered head bytes and every pending
-    /// request that is not complete (complete ones are still handed out), and resynchronise on
-    /// the next start line, as after a loss. Returns the sequence numbers discarded.
+    /// request that is not complete (complete ones are still handed out), and stop parsing this
+    /// connection until it closes. Resynchronising instead would search the middle of a body
+    /// for a start line, and a body that carries HTTP (`$batch`, `application/http`, a proxied
+    /// page) would pair a fake message with a real one. Returns the sequence numbers discarded.
     pub fn shed(&mut self, out: &mut Vec<Exchange>) -> Vec<u64> {
         let lost_before = self.stats.lost_to_drops;
         let discarded = self.on_loss(out);
         // Counted by the caller as budget evictions, not as kernel losses.
         self.stats.lost_to_drops = lost_before;
-        self.pending.shrink_to_fit();
+        self.stop();
+        self.pending = VecDeque::new();
         discarded
     }
 

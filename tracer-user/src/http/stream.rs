@@ -153,9 +153,14 @@ impl MessageStream {
         self.buf.len()
     }
 
-    /// Bytes allocated for the head buffer (what the agent's byte budget counts).
+    /// Bytes allocated for a head being buffered (what the agent's byte budget counts); the
+    /// capacity an empty buffer keeps between messages is not counted.
     pub fn buffer_capacity(&self) -> usize {
-        self.buf.capacity()
+        if self.buf.is_empty() {
+            0
+        } else {
+            self.buf.capacity()
+        }
     }
 
     pub fn is_stopped(&self) -> bool {

@@ -1120,3 +1120,52 @@ fn fuzz_entry_runs_on_scripted_and_random_inputs() {
         fuzz_entry(&data);
     }
 }
+
+#[test]
+fn shed_mid_body_stops_parsing_instead_of_finding_requests_inside_the_body() {
+    let mut h = Harness::new(Some(Role::Server));
+    let inner = b"GET /inside-the-body HTTP/1.1\r\nHost: x\r\n\r\n";
+    let head = format!(
+        "POST /batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/http\r\nContent-Length: {}\r\n\r\n",
+        4 + inner.len()
+    );
+    h.send(IN, head.as_bytes(), 1);
+    h.send(IN, b"--b\n", 1);
+    let discarded = h.conn.shed(&mut h.out);
+    assert_eq!(discarded.len(), 1, "the open POST is discarded by the shed");
+    assert!(
+        h.conn.is_stopped(),
+        "a shed connection is not parsed until it closes"
+    );
+    assert_eq!(h.conn.memory_bytes(), 0);
+    // The rest of the body carries a request line; the real response follows.
+    h.send(IN, inner, 1);
+    h.send(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1);
+    h.send(IN, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+    h.send(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1);
+    h.close();
+    let exchanges = h.take();
+    assert!(
+        exchanges.is_empty(),
+        "nothing is paired after a shed: {:?}",
+        exchanges
+            .iter()
+            .map(|e| e.request.target.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_idle_keep_alive_stream_holds_no_budgeted_bytes() {
+    let mut h = Harness::new(Some(Role::Server));
+    // A head split over two records is buffered; the buffer is kept between messages.
+    h.send(IN, b"GET / HTTP/1.1\r\nHo", 1);
+    h.send(IN, b"st: x\r\n\r\n", 1);
+    h.send(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1);
+    assert_eq!(h.take().len(), 1);
+    assert_eq!(
+        h.conn.memory_bytes(),
+        0,
+        "retained buffer capacity is not budgeted"
+    );
+}
