@@ -177,6 +177,11 @@ fn merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(target), Value::Object(patch)) => {
             for (key, value) in patch {
+                if value.is_null() {
+                    // A strategic merge patch deletes a key set to null.
+                    target.remove(key);
+                    continue;
+                }
                 match target.get_mut(key) {
                     Some(existing) => merge(existing, value),
                     None => {
@@ -238,6 +243,12 @@ fn render(variant: &Variant, name: &str, image: &str) -> Value {
         security.insert("seccompProfile".into(), json!({ "type": "RuntimeDefault" }));
     }
     let profile = security.remove("seccompProfile").expect("seccompProfile");
+    // The API server refuses `localhostProfile` with any type but Localhost (the privileged
+    // overlay must delete the base's).
+    assert!(
+        profile["type"] == "Localhost" || profile.get("localhostProfile").is_none(),
+        "seccompProfile {profile} would be rejected by Kubernetes"
+    );
     let annotation = match profile["type"].as_str() {
         Some("Localhost") => format!(
             "localhost/{}",

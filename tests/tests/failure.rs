@@ -1602,11 +1602,16 @@ mod http_load {
     }
 
     impl LoadServer {
-        /// Listens on 127.0.0.1:`port` with `workers` threads, each serving one connection at a
-        /// time; with `keep_alive` false every response closes its connection.
+        /// Listens on 127.0.0.1:`port` (0: any free port, see `port()`) with `workers` threads,
+        /// each serving one connection at a time; with `keep_alive` false every response closes
+        /// its connection.
         pub fn start(port: u16, workers: usize, keep_alive: bool) -> LoadServer {
             let listener = TcpListener::bind(("127.0.0.1", port))
                 .unwrap_or_else(|e| panic!("load server: binding {port}: {e}"));
+            let port = listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("load server: local address: {e}"))
+                .port();
             let stop = Arc::new(AtomicBool::new(false));
             let served = Arc::new(AtomicU64::new(0));
             let workers = (0..workers.max(1))
@@ -1635,6 +1640,11 @@ mod http_load {
         /// Responses sent so far.
         pub fn served(&self) -> u64 {
             self.served.load(Ordering::Relaxed)
+        }
+
+        /// The port it listens on.
+        pub fn port(&self) -> u16 {
+            self.port
         }
     }
 
@@ -1830,8 +1840,9 @@ mod http_load {
 
     #[test]
     fn serves_status_paths_once_and_keep_alive() {
-        let port = tracer_tests::free_port();
-        let server = LoadServer::start(port, 2, true);
+        // Port 0: the kernel picks a free one, so no other test can take it in between.
+        let server = LoadServer::start(0, 2, true);
+        let port = server.port();
         let mut client = KeepAliveClient::connect(port).expect("connect");
         assert_eq!(
             client.get("/status/404?size=5000").expect("get"),
@@ -1849,10 +1860,15 @@ mod http_load {
         assert_eq!(server.served(), 4);
         drop(server);
 
-        let port = tracer_tests::free_port();
-        let closing = LoadServer::start(port, 1, false);
+        let closing = LoadServer::start(0, 1, false);
+        let port = closing.port();
         for _ in 0..3 {
             assert_eq!(get_once(port, "/status/200").expect("get"), 200);
+        }
+        // As above: the count follows the answer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while closing.served() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(closing.served(), 3);
     }
