@@ -13,3 +13,6 @@ pub mod propagation;
 
 #[path = "../../tracer-user/src/decode.rs"]
 pub mod decode;
+
+#[path = "../../tracer-user/src/redact.rs"]
+pub mod redact;
