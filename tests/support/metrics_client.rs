@@ -73,6 +73,23 @@ pub fn http_get(addr: SocketAddr, path: &str, deadline: Duration) -> std::io::Re
     })
 }
 
+/// The body of `GET /metrics` on the agent's metrics port; panics unless it answers 200.
+pub fn scrape(addr: SocketAddr) -> String {
+    let attempt = || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: tracer\r\nConnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.take(16 << 20).read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    let answer = attempt().unwrap_or_else(|e| panic!("scraping {addr}/metrics: {e}"));
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_owned(),
+        _ => panic!("unexpected answer from {addr}/metrics:\n{answer}"),
+    }
+}
+
 /// The value of the sample `name{labels}` (labels exactly as rendered, e.g. `reason="busy"`; empty
 /// for none) in Prometheus text.
 pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {

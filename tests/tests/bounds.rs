@@ -4,10 +4,11 @@
 //! reads are not captured twice, and `--pid` follows a process's existing children without its
 //! threads filling the pid set.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tracer_tests::metrics_client::scrape;
 use tracer_tests::peers::{peer_script, python};
 use tracer_tests::process::LineWait;
 use tracer_tests::query::{client_spans, describe, server_spans};
@@ -74,23 +75,6 @@ fn session_with_metrics(config: AgentConfig) -> (TracedSession, SocketAddr) {
 }
 
 /// The `/metrics` page of the agent at `addr`.
-fn scrape(addr: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tracer\r\nConnection: close\r\n\r\n")
-        .expect("writing the scrape");
-    let mut answer = String::new();
-    let _ = stream.take(16 << 20).read_to_string(&mut answer);
-    match answer.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_owned(),
-        _ => panic!("unexpected answer from {addr}/metrics:\n{answer}"),
-    }
-}
 
 /// The value of sample `series` (name plus labels exactly as rendered, e.g.
 /// `tracer_x_total{reason="y"}`) on a `/metrics` page.

@@ -1309,10 +1309,10 @@ mod agent_counters {
     //! its drop summary lines and the final `tracer stopped` line on stderr.
 
     use std::collections::BTreeMap;
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
     use std::sync::OnceLock;
     use std::time::Duration;
+
+    pub use tracer_tests::metrics_client::scrape;
 
     use tracer_tests::{run_with_timeout, tracer_command};
 
@@ -1482,22 +1482,6 @@ mod agent_counters {
     }
 
     /// `GET /metrics` from the agent; panics with the reason when it cannot be read.
-    pub fn scrape(addr: SocketAddr) -> String {
-        let attempt = || -> std::io::Result<String> {
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: tracer\r\nConnection: close\r\n\r\n")?;
-            let mut answer = String::new();
-            stream.take(16 << 20).read_to_string(&mut answer)?;
-            Ok(answer)
-        };
-        let answer = attempt().unwrap_or_else(|e| panic!("scraping {addr}/metrics: {e}"));
-        match answer.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_owned(),
-            _ => panic!("unexpected answer from {addr}/metrics:\n{answer}"),
-        }
-    }
 
     /// The value of sample `name` with exactly `labels` in Prometheus text.
     pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

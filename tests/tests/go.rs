@@ -7,13 +7,13 @@
 //! connection-pair link (driver CLIENT -> hub SERVER, hub CLIENT -> backend SERVER).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use tracer_tests::metrics_client::scrape;
 use tracer_tests::peers::PEER_START_TIMEOUT;
 use tracer_tests::query::describe;
 use tracer_tests::{
@@ -78,18 +78,6 @@ fn on_port(span: &ObservedSpan, kind: ObservedKind, port: u16) -> bool {
 }
 
 /// GET /metrics from the agent.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text
-}
 
 /// The value of the first sample line starting with `prefix`.
 fn metric(text: &str, prefix: &str) -> Option<f64> {

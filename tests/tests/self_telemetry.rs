@@ -3,12 +3,12 @@
 //! second tracer (`tracer run`) stops producing spans once application traffic stops; an agent
 //! running in its own pid namespace still recognises itself in the kernel.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tracer_tests::agent::READY_LINE;
+use tracer_tests::metrics_client::scrape;
 use tracer_tests::peers::{peer_script, python};
 use tracer_tests::process::LineWait;
 use tracer_tests::query::describe;
@@ -75,17 +75,6 @@ impl Forwarder {
 }
 
 /// `GET /metrics` from the agent.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting to the agent's metrics at {addr}: {e}"));
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
-        .unwrap_or_else(|e| panic!("asking {addr} for /metrics: {e}"));
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text
-}
 
 /// The value of sample `name{labels}` on a metrics page.
 fn sample(text: &str, name: &str, labels: &str) -> Option<u64> {
