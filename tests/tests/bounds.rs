@@ -74,8 +74,6 @@ fn session_with_metrics(config: AgentConfig) -> (TracedSession, SocketAddr) {
     (session, metrics)
 }
 
-/// The `/metrics` page of the agent at `addr`.
-
 /// The value of sample `series` (name plus labels exactly as rendered, e.g.
 /// `tracer_x_total{reason="y"}`) on a `/metrics` page.
 fn metric(page: &str, series: &str) -> f64 {

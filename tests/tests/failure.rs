@@ -1481,8 +1481,6 @@ mod agent_counters {
         })
     }
 
-    /// `GET /metrics` from the agent; panics with the reason when it cannot be read.
-
     /// The value of sample `name` with exactly `labels` in Prometheus text.
     pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut want: Vec<(String, String)> = labels

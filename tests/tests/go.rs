@@ -77,8 +77,6 @@ fn on_port(span: &ObservedSpan, kind: ObservedKind, port: u16) -> bool {
     span.kind == kind && span.attr_int("server.port") == Some(i64::from(port))
 }
 
-/// GET /metrics from the agent.
-
 /// The value of the first sample line starting with `prefix`.
 fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()

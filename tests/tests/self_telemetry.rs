@@ -74,8 +74,6 @@ impl Forwarder {
     }
 }
 
-/// `GET /metrics` from the agent.
-
 /// The value of sample `name{labels}` on a metrics page.
 fn sample(text: &str, name: &str, labels: &str) -> Option<u64> {
     let prefix = if labels.is_empty() {
