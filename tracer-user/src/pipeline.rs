@@ -613,14 +613,16 @@ mod tests {
     use super::*;
     use crate::model::Direction;
 
-    /// Writes `<root>/<pid>/{comm,stat}` for a process named `comm` started at `start`.
+    /// Writes `<root>/<pid>/comm` and `<root>/<pid>/task/<pid>/stat` for a process named `comm`
+    /// started at `start`.
     fn fake_process(root: &std::path::Path, pid: u32, comm: &str, start: u64) {
         let dir = root.join(pid.to_string());
-        std::fs::create_dir_all(&dir).expect("fake proc dir");
+        let main_thread = dir.join("task").join(pid.to_string());
+        std::fs::create_dir_all(&main_thread).expect("fake proc dir");
         std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
         let zeros = "0 ".repeat(18);
         std::fs::write(
-            dir.join("stat"),
+            main_thread.join("stat"),
             format!("{pid} ({comm}) S {zeros}{start} 0\n"),
         )
         .expect("stat");

@@ -1,5 +1,5 @@
-//! A process's identity across pid reuse: its pid plus its start time (field 22 of
-//! `/proc/<pid>/stat`, clock ticks since boot). Caches keyed by pid check it to notice that a pid
+//! A process's identity across pid reuse: its pid plus its start time (field 22 of the `stat` of
+//! its main thread, clock ticks since boot). Caches keyed by pid check it to notice that a pid
 //! now belongs to another process. Across exec the start time stays: the executable's identity
 //! (device and inode of `/proc/<pid>/exe`) tells a process that exec'd another program.
 
@@ -13,8 +13,16 @@ const MAX_STAT_BYTES: u64 = 4096;
 
 /// The start time of `pid` under `proc_root`, or `None` when the process is gone or the file is
 /// unreadable.
+///
+/// Read from `<pid>/task/<pid>/stat` (the main thread, which starts with the process and stays,
+/// as a zombie, until the whole group exits), not `<pid>/stat`: the process-wide file sums CPU
+/// times and fault counts over every thread, so its cost grows with the thread count (measured:
+/// 337 µs for a 2,753-thread process against 16 µs for its main thread's file), and the agent
+/// reads it at every connection a process opens.
 pub fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
-    let file = File::open(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let pid = pid.to_string();
+    let path = proc_root.join(&pid).join("task").join(&pid).join("stat");
+    let file = File::open(path).ok()?;
     let mut bytes = Vec::with_capacity(512);
     file.take(MAX_STAT_BYTES).read_to_end(&mut bytes).ok()?;
     parse_start_time(&bytes)
@@ -57,5 +65,8 @@ mod tests {
         let first = start_time(proc_root, me).expect("own stat");
         assert_eq!(start_time(proc_root, me), Some(first));
         assert_eq!(start_time(proc_root, u32::MAX), None);
+        // The main thread's start time is the process's.
+        let process_wide = std::fs::read(format!("/proc/{me}/stat")).expect("own stat");
+        assert_eq!(parse_start_time(&process_wide), Some(first));
     }
 }
