@@ -1,5 +1,6 @@
-//! The tracer agent under test: started for one round (its pids and port only, exporting OTLP
-//! over HTTP to the bench's receiver), sampled from /proc, and stopped with SIGTERM. Its drop
+//! The tracer agent under test: started for one round (given the server's pids and port, or
+//! host-wide with no filter as a DaemonSet runs it, exporting OTLP over HTTP to the bench's
+//! receiver), sampled from /proc, and stopped with SIGTERM. Its drop
 //! counters come from `/metrics` when the agent has `--metrics-addr`, else from its stderr
 //! summaries (`events or spans were dropped ...` and `tracer stopped ...`).
 
@@ -43,8 +44,10 @@ pub struct DropCounters {
 #[derive(Clone, Debug)]
 pub struct AgentSpec {
     pub binary: PathBuf,
+    /// `--pid` filters; none traces the whole host.
     pub pids: Vec<u32>,
-    pub port: u16,
+    /// `--port` filter; none traces every port.
+    pub port: Option<u16>,
     pub endpoint: String,
     /// More agent arguments, as given.
     pub extra_args: Vec<String>,
@@ -60,6 +63,23 @@ pub fn has_metrics_flag(binary: &Path) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--metrics-addr"))
 }
 
+/// `tracer --version` of a binary (its first line), or `unknown`.
+pub fn version(binary: &Path) -> String {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub struct RunningAgent {
     process: Spawned,
     metrics_port: Option<u16>,
@@ -72,7 +92,10 @@ impl RunningAgent {
         for pid in &spec.pids {
             command.args(["--pid", &pid.to_string()]);
         }
-        command.args(["--port", &spec.port.to_string(), "--summary-interval", "1"]);
+        if let Some(port) = spec.port {
+            command.args(["--port", &port.to_string()]);
+        }
+        command.args(["--summary-interval", "1"]);
         let metrics_port = if spec.metrics {
             Some(free_port()?)
         } else {
