@@ -12,6 +12,7 @@ mod criterion;
 mod history;
 mod json;
 mod peer;
+mod perf;
 pub(crate) mod process;
 pub(crate) mod procfs;
 pub(crate) mod receiver;
@@ -120,6 +121,10 @@ pub struct BenchArgs {
     /// Extra argument for every `tracer agent` (repeatable), e.g. `--agent-arg=--ring-buffer-mib=4`.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
+    /// Profile one extra host-wide (else pid) paced round per agent binary with `perf record -a
+    /// -g`; its figures are kept out of the tables, its top symbols are reported.
+    #[arg(long)]
+    pub perf: bool,
     /// Do not pin the server and wrk to separate CPUs.
     #[arg(long)]
     pub no_pin: bool,
@@ -142,6 +147,10 @@ struct Bench {
     agent_args: Vec<String>,
     ticks: f64,
     pinning: Option<(usize, usize)>,
+    /// `perf`, with `--perf`.
+    perf: Option<PathBuf>,
+    /// The scenario whose extra paced round is profiled.
+    profiled: Option<Scenario>,
 }
 
 /// One agent binary under test.
@@ -285,17 +294,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         agent_args: args.agent_args.clone(),
         ticks: procfs::clock_ticks_per_second(),
         pinning,
+        perf: if args.perf {
+            Some(program("perf")?)
+        } else {
+            None
+        },
+        profiled: scenarios
+            .iter()
+            .copied()
+            .find(|s| *s == Scenario::HostWide)
+            .or_else(|| scenarios.iter().copied().find(|s| *s == Scenario::Pid)),
     };
     let load_at_start = host_load();
 
     let mut rounds = Vec::new();
+    let mut profiles = Vec::new();
     let nginx_scenarios: Vec<Scenario> = scenarios
         .iter()
         .copied()
         .filter(|s| s.server() == "nginx")
         .collect();
     if !nginx_scenarios.is_empty() {
-        nginx_rounds(&bench, args, &nginx_scenarios, &mut rounds)?;
+        nginx_rounds(&bench, args, &nginx_scenarios, &mut rounds, &mut profiles)?;
     }
     if scenarios.contains(&Scenario::Python) {
         python_rounds(&bench, args, &mut rounds)?;
@@ -359,6 +379,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         comparisons: &comparisons,
         costs: &costs,
         pipeline: &pipeline,
+        profiles: &profiles,
         history: Vec::new(),
     };
     let entry = history::entry(&results);
@@ -398,6 +419,7 @@ fn nginx_rounds(
     args: &BenchArgs,
     scenarios: &[Scenario],
     rounds: &mut Vec<Round>,
+    profiles: &mut Vec<report::Profile>,
 ) -> Result<()> {
     let nginx = Server::nginx(
         &program("nginx")?,
@@ -430,6 +452,25 @@ fn nginx_rounds(
                 load,
             };
             alternate(bench, &nginx, plan, count, &captures, rounds)?;
+        }
+        if bench.perf.is_some() && bench.profiled == Some(*scenario) {
+            let plan = LoadPlan {
+                scenario: *scenario,
+                kind: LoadKind::Paced,
+                load: paced,
+            };
+            for agent in &bench.agents {
+                let capture = Capture::Tracer(agent.label);
+                let (_, summary) = measure(bench, &nginx, plan, capture, args.paced_rounds, true)
+                    .with_context(|| format!("profiled round of {}", agent.label))?;
+                if let Some(summary) = summary {
+                    profiles.push(report::Profile {
+                        scenario: *scenario,
+                        label: agent.label,
+                        summary,
+                    });
+                }
+            }
         }
     }
     nginx.stop()
@@ -505,15 +546,16 @@ fn alternate(
 ) -> Result<()> {
     for index in 0..count {
         for capture in round_order(captures, index) {
-            let round = measure(bench, server, plan, capture, index).with_context(|| {
-                format!(
-                    "{} {} round {} with {}",
-                    plan.scenario.label(),
-                    plan.kind.label(),
-                    index + 1,
-                    capture.label()
-                )
-            })?;
+            let (round, _) =
+                measure(bench, server, plan, capture, index, false).with_context(|| {
+                    format!(
+                        "{} {} round {} with {}",
+                        plan.scenario.label(),
+                        plan.kind.label(),
+                        index + 1,
+                        capture.label()
+                    )
+                })?;
             step::note(
                 "bench",
                 &format!(
@@ -570,7 +612,8 @@ fn measure(
     plan: LoadPlan,
     capture: Capture,
     index: usize,
-) -> Result<Round> {
+    profile: bool,
+) -> Result<(Round, Option<perf::PerfSummary>)> {
     let name = format!(
         "{}-{}-{}-{}",
         plan.scenario.label(),
@@ -626,6 +669,19 @@ fn measure(
         Running::Agent(a) => Some(a.sample(bench.ticks)?),
         Running::Bpftrace(b) => Some(b.sample(bench.ticks)?),
     };
+    let recording = match (&bench.perf, profile) {
+        (Some(perf), true) => Some(perf::Recording::start(
+            perf,
+            &bench.scratch,
+            &name,
+            plan.load.duration,
+        )?),
+        _ => None,
+    };
+    let agent_pid = match &running {
+        Running::Agent(a) => Some(a.pid()),
+        _ => None,
+    };
     let (server_before, children_before, system_before) = cpu_now(server, bench.ticks)?;
 
     let wrk = wrk::run(
@@ -635,6 +691,7 @@ fn measure(
         plan.load,
     )?;
     let (server_after, children_after, system_after) = cpu_now(server, bench.ticks)?;
+    let recorded = recording.map(perf::Recording::finish).transpose()?;
     let load_cpu = LoadCpu {
         server_seconds: server_after - server_before,
         client_seconds: children_after - children_before,
@@ -686,7 +743,16 @@ fn measure(
             })
         }
     };
-    Ok(Round {
+    let summary = match (recorded, &bench.perf, agent_pid) {
+        (Some(recorded), Some(perf), Some(pid)) => {
+            let path = workspace::target_dir()
+                .join("bench")
+                .join(format!("perf-{}.txt", capture.label()));
+            Some(recorded.summarise(perf, pid, &path)?)
+        }
+        _ => None,
+    };
+    let round = Round {
         scenario: plan.scenario,
         load: plan.kind,
         capture,
@@ -697,7 +763,8 @@ fn measure(
         cost,
         load_cpu,
         host_load: host_load(),
-    })
+    };
+    Ok((round, summary))
 }
 
 fn minus(after: SpanCounts, before: SpanCounts) -> SpanCounts {

@@ -8,6 +8,7 @@ use super::agent::DropCounters;
 use super::criterion::PipelineFigure;
 use super::history;
 use super::json::Json;
+use super::perf::PerfSummary;
 use super::procfs::Machine;
 use super::rounds::{
     Capture, Comparison, CostSummary, LoadKind, Round, Scenario, Spread, kib_to_mb,
@@ -66,6 +67,14 @@ pub struct RunInfo {
     pub export_requests_refused: u64,
 }
 
+/// The perf summary of one agent binary's profiled round.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub scenario: Scenario,
+    pub label: &'static str,
+    pub summary: PerfSummary,
+}
+
 /// Everything measured in one run.
 pub struct Results<'a> {
     pub info: &'a RunInfo,
@@ -73,6 +82,7 @@ pub struct Results<'a> {
     pub comparisons: &'a [Comparison],
     pub costs: &'a [CostSummary],
     pub pipeline: &'a [PipelineFigure],
+    pub profiles: &'a [Profile],
     /// Every run of the history, this one last.
     pub history: Vec<serde_json::Value>,
 }
@@ -129,9 +139,14 @@ fn signed_us(d: f64) -> String {
     format!("{}{}", if d >= 0.0 { "+" } else { "−" }, d.abs().round())
 }
 
+/// More than one round, and not all equal.
+fn varies(s: Spread) -> bool {
+    s.count > 1 && s.min != s.max
+}
+
 /// `median (min–max)`, or just the value for one round.
 fn spread(s: Spread, f: impl Fn(f64) -> String) -> String {
-    if s.count <= 1 || s.min == s.max {
+    if !varies(s) {
         f(s.median)
     } else {
         format!("{} ({}–{})", f(s.median), f(s.min), f(s.max))
@@ -271,6 +286,13 @@ pub fn markdown(r: &Results<'_>) -> String {
         i.counters_source,
     );
 
+    if i.agents.iter().any(|a| !a.release) {
+        let _ = writeln!(
+            md,
+            "> **A debug build was measured**: its CPU, latency and memory figures say nothing about a \
+             release build's.\n"
+        );
+    }
     targets(&mut md, r);
 
     let _ = writeln!(md, "## Trend across runs\n");
@@ -287,6 +309,7 @@ pub fn markdown(r: &Results<'_>) -> String {
     completeness(&mut md, r);
     peer(&mut md, r);
     pipeline(&mut md, r);
+    profiles(&mut md, r);
     raw_rounds(&mut md, r);
     md
 }
@@ -309,6 +332,7 @@ fn target_row(
             }
         })
         .collect();
+    let target = if target.is_empty() { "—" } else { target };
     let _ = writeln!(md, "| {figure} | {target} | {} |", cells.join(" | "));
 }
 
@@ -371,7 +395,7 @@ fn targets(md: &mut String, r: &Results<'_>) {
             .map_or_else(na, |c| (delta_spread(c.p99_delta_us), None))
     });
     for (load, target) in [
-        (LoadKind::Paced, format!("≤ {TARGET_CPU_PER_10K} CPU-s")),
+        (LoadKind::Paced, format!("≤ {TARGET_CPU_PER_10K:.2} CPU-s")),
         (LoadKind::Saturation, String::new()),
     ] {
         target_row(
@@ -383,7 +407,7 @@ fn targets(md: &mut String, r: &Results<'_>) {
                 find_cost(r, hw, load, c).map_or_else(na, |cost| {
                     let total = cost.cpu_seconds_per_10k();
                     let text = match cost.cpu_per_10k {
-                        Some(s) if s.count > 1 => {
+                        Some(s) if varies(s) => {
                             format!("{total:.3} ({:.3}–{:.3}) CPU-s", s.min, s.max)
                         }
                         _ => format!("{total:.3} CPU-s"),
@@ -583,7 +607,9 @@ fn completeness(md: &mut String, r: &Results<'_>) {
     );
     for c in r.costs.iter().filter(|c| c.capture.is_tracer()) {
         let per_round = match c.cpu_per_10k {
-            Some(s) if s.count > 1 => format!(" ({:.3}–{:.3})", s.min, s.max),
+            Some(s) if varies(s) => {
+                format!(" ({:.3}–{:.3})", s.min, s.max)
+            }
             _ => String::new(),
         };
         let _ = writeln!(
@@ -707,6 +733,44 @@ fn pipeline(md: &mut String, r: &Results<'_>) {
         let _ = writeln!(md, "| (not run) | | | | |");
     }
     let _ = writeln!(md);
+}
+
+fn profiles(md: &mut String, r: &Results<'_>) {
+    if r.profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Profile (`--perf`)\n");
+    let _ = writeln!(
+        md,
+        "`perf record -a -g` during one extra paced round per agent binary (not in the tables above), summarised \
+         by `perf report --stdio --no-children`; full reports in `target/bench/perf-<agent>.txt`. `[k]`: \
+         kernel, `[.]`: user space; eBPF programs appear as `bpf_prog_*` in the traced processes.\n"
+    );
+    for p in r.profiles {
+        let s = &p.summary;
+        let _ = writeln!(
+            md,
+            "### `{}` ({} scenario)\n\n| % of the agent | agent symbol | % of nginx + wrk | nginx / wrk symbol | % of all samples | command |\n|---|---|---|---|---|---|",
+            p.label,
+            p.scenario.label()
+        );
+        let rows = s.agent.len().max(s.traced.len()).max(s.commands.len());
+        let cell = |lines: &[super::perf::PerfLine], i: usize| {
+            lines.get(i).map_or(" | ".to_string(), |l| {
+                format!("{:.1} % | `{}`", l.percent, l.what.replace('|', "\\|"))
+            })
+        };
+        for i in 0..rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                cell(&s.agent, i),
+                cell(&s.traced, i),
+                cell(&s.commands, i)
+            );
+        }
+        let _ = writeln!(md);
+    }
 }
 
 fn raw_rounds(md: &mut String, r: &Results<'_>) {
@@ -995,4 +1059,168 @@ pub fn json(r: &Results<'_>) -> Json {
         ("pipeline", Json::Array(pipeline.collect())),
         ("rounds", Json::Array(rounds.collect())),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::bench::receiver::SpanCounts;
+    use crate::task::bench::rounds::{self, CaptureCost, LoadCpu};
+    use crate::task::bench::wrk::WrkResult;
+
+    fn round(
+        load: LoadKind,
+        capture: Capture,
+        index: usize,
+        rps: u64,
+        p50: u64,
+        spans: Option<(u64, u64)>,
+    ) -> Round {
+        Round {
+            scenario: Scenario::HostWide,
+            load,
+            capture,
+            index,
+            wrk: WrkResult {
+                requests: rps * 10,
+                duration_us: 10_000_000,
+                p50_us: p50,
+                p99_us: p50 * 4,
+                ..WrkResult::default()
+            },
+            requests: rps * 10,
+            requests_from_log: true,
+            cost: spans.map(|(server, client)| CaptureCost {
+                cpu_seconds: rps as f64 * 10.0 / 10_000.0 * 0.08,
+                peak_rss_kib: 30_000,
+                spans: Some(SpanCounts {
+                    server,
+                    client,
+                    other: 0,
+                }),
+                ..CaptureCost::default()
+            }),
+            load_cpu: LoadCpu {
+                server_seconds: 1.0,
+                client_seconds: 1.0,
+                system_seconds: 3.0,
+            },
+            host_load: 0.5,
+        }
+    }
+
+    #[test]
+    fn targets_have_a_column_per_agent_binary() {
+        let (old, new) = (Capture::Tracer("baseline"), Capture::Tracer("current"));
+        let mut rs = Vec::new();
+        for i in 0..2 {
+            rs.push(round(
+                LoadKind::Saturation,
+                Capture::Untraced,
+                i,
+                30_000,
+                400,
+                None,
+            ));
+            rs.push(round(
+                LoadKind::Saturation,
+                old,
+                i,
+                10_000,
+                900,
+                Some((1, 1)),
+            ));
+            rs.push(round(
+                LoadKind::Saturation,
+                new,
+                i,
+                28_500,
+                420,
+                Some((1, 1)),
+            ));
+            rs.push(round(
+                LoadKind::Paced,
+                Capture::Untraced,
+                i,
+                3_000,
+                100,
+                None,
+            ));
+            rs.push(round(
+                LoadKind::Paced,
+                old,
+                i,
+                3_000,
+                300,
+                Some((30_000, 29_000)),
+            ));
+            rs.push(round(
+                LoadKind::Paced,
+                new,
+                i,
+                3_000,
+                120,
+                Some((30_000, 30_000)),
+            ));
+        }
+        let info = RunInfo {
+            scenarios: vec![Scenario::HostWide],
+            agents: vec![
+                AgentInfo {
+                    label: "baseline",
+                    version: "tracer 0.1.0".into(),
+                    built: false,
+                    release: true,
+                },
+                AgentInfo {
+                    label: "current",
+                    version: "tracer 0.1.0".into(),
+                    built: true,
+                    release: true,
+                },
+            ],
+            ..RunInfo::default()
+        };
+        let comparisons = rounds::comparisons(&rs);
+        let costs = rounds::costs(&rs);
+        let results = Results {
+            info: &info,
+            rounds: &rs,
+            comparisons: &comparisons,
+            costs: &costs,
+            pipeline: &[],
+            profiles: &[],
+            history: Vec::new(),
+        };
+        let md = markdown(&results);
+        let row = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no `{start}` row in\n{md}"))
+                .to_string()
+        };
+        assert!(row("| figure |").contains("| `baseline` | `current` |"));
+        let ratio = row("| throughput ratio");
+        assert!(
+            ratio.contains("| 0.333 — **no** | 0.950 — yes |"),
+            "{ratio}"
+        );
+        let p50 = row("| p50 latency delta");
+        assert!(p50.contains("+200 µs — **no** | +20 µs — yes"), "{p50}");
+        let client = row("| CLIENT spans / requests");
+        assert!(
+            client.contains("96.67 % — **no** | 100.00 % — yes"),
+            "{client}"
+        );
+        let cpu = row("| agent CPU per 10,000 requests (paced)");
+        assert!(cpu.contains("0.080 CPU-s — yes"), "{cpu}");
+        assert!(row("| agent peak RSS").contains("30.7 MB — yes"));
+        // Paired deltas of CPU per request: nothing changes between rounds here.
+        assert!(row("| nginx + wrk CPU per request").contains("+0 µs"));
+        assert!(md.contains("no run recorded yet"));
+        // The JSON has the spreads.
+        let json = json(&results).render();
+        assert!(json.contains("\"throughput_ratio\": {"), "{json}");
+        assert!(json.contains("\"client_completeness\""));
+    }
 }
