@@ -664,6 +664,7 @@ fn measure(
     };
     let logged_before = server.logged_requests()?;
     let spans_before = bench.receiver.counts_for_port(server.port);
+    let all_spans_before = bench.receiver.counts();
     let cpu_before = match &running {
         Running::Nothing => None,
         Running::Agent(a) => Some(a.sample(bench.ticks)?),
@@ -721,11 +722,14 @@ fn measure(
             let after = agent.sample(bench.ticks)?;
             let drops = agent.stop()?;
             let spans = minus(bench.receiver.counts_for_port(server.port), spans_before);
+            let all = minus(bench.receiver.counts(), all_spans_before);
+            let total = |c: SpanCounts| c.server + c.client + c.other;
             Some(CaptureCost {
                 cpu_seconds: after.cpu_seconds - cpu_before.map_or(0.0, |s| s.cpu_seconds),
                 peak_rss_kib: after.peak_rss_kib,
                 anon_rss_kib: after.anon_rss_kib,
                 spans: Some(spans),
+                other_spans: Some(total(all).saturating_sub(total(spans))),
                 drops: Some(drops),
                 ..CaptureCost::default()
             })

@@ -268,7 +268,8 @@ pub fn markdown(r: &Results<'_>) -> String {
          runs untraced first, then every agent binary (their order rotates from one round number to the next), \
          then bpftrace: {} saturation and {} paced rounds of each. {pin}. Scenarios: `host-wide` runs \
          `tracer agent` with no `--pid`/`--port` filter, as the DaemonSet does, so wrk (CLIENT) and nginx (SERVER) \
-         are both traced, and so is any other traffic on the host; `pid` runs `tracer agent --pid <nginx pids> \
+         are both traced, and so is any other traffic on the host (its spans are counted per round as \
+         `other spans`; the agent's CPU includes their cost); `pid` runs `tracer agent --pid <nginx pids> \
          --port <nginx port>` (server side only); `python` does the same for a Python server. The agent exports \
          OTLP/HTTP to a counting receiver in the harness, which counts only the spans whose `server.port` is the \
          server's; it is started before and stopped after each of its rounds, and its CPU is the utime+stime \
@@ -777,28 +778,25 @@ fn raw_rounds(md: &mut String, r: &Results<'_>) {
     let _ = writeln!(md, "## Rounds\n");
     let _ = writeln!(
         md,
-        "| scenario | load | capture | # | req/s | p50 | p99 | wrk errors | requests | server + client µs/req | machine µs/req | capture CPU-s | SERVER / CLIENT spans | peak RSS | host load |"
+        "| scenario | load | capture | # | req/s | p50 | p99 | wrk errors | requests | server + client µs/req | machine µs/req | capture CPU-s | SERVER / CLIENT spans | other spans | peak RSS | host load |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for round in r.rounds {
-        let (cpu, rss, spans) =
-            round
-                .cost
-                .as_ref()
-                .map_or((String::new(), String::new(), String::new()), |c| {
-                    (
-                        format!("{:.2}", c.cpu_seconds),
-                        format!("{:.1} MB", kib_to_mb(c.peak_rss_kib)),
-                        c.spans
-                            .map_or(String::new(), |s| format!("{} / {}", s.server, s.client)),
-                    )
-                });
+        let (cpu, rss, spans, other) = round.cost.as_ref().map_or_else(Default::default, |c| {
+            (
+                format!("{:.2}", c.cpu_seconds),
+                format!("{:.1} MB", kib_to_mb(c.peak_rss_kib)),
+                c.spans
+                    .map_or(String::new(), |s| format!("{} / {}", s.server, s.client)),
+                c.other_spans.map_or(String::new(), |o| o.to_string()),
+            )
+        });
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {cpu} | {spans} | {rss} | {:.2} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {cpu} | {spans} | {other} | {rss} | {:.2} |",
             round.scenario.label(),
             round.load.label(),
             round.capture.label(),
@@ -866,6 +864,7 @@ pub fn json(r: &Results<'_>) -> Json {
                         ])
                     }),
                 ),
+                ("other_spans", opt_u64(c.other_spans)),
                 ("drops", c.drops.as_ref().map_or(Json::Null, drops_json)),
                 ("lost_events", opt_u64(c.lost_events)),
                 ("printed_bytes", opt_u64(c.printed_bytes)),

@@ -94,6 +94,9 @@ pub struct CaptureCost {
     pub anon_rss_kib: u64,
     /// Spans of the server's port the receiver got during the round (tracer only).
     pub spans: Option<SpanCounts>,
+    /// Spans of other traffic on the host during the round (host-wide: other work on a shared
+    /// machine, which the agent's CPU also pays for).
+    pub other_spans: Option<u64>,
     pub drops: Option<DropCounters>,
     /// Events bpftrace reported lost.
     pub lost_events: Option<u64>,
