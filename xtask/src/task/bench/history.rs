@@ -166,9 +166,9 @@ pub fn trend_markdown(entries: &[Value]) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| date (UTC) | commit | agent | host-wide sat. ratio | host-wide paced p50 Δ | host-wide CPU-s/10k paced | host-wide CPU-s/10k sat. | host-wide SERVER / CLIENT spans | host-wide peak RSS | pid sat. ratio | pid CPU-s/10k paced | pipeline+OTLP, both ends |"
+        "| date (UTC) | commit | host load | agent | host-wide sat. ratio | host-wide paced p50 Δ | host-wide CPU-s/10k paced | host-wide CPU-s/10k sat. | host-wide SERVER / CLIENT spans | host-wide peak RSS | pid sat. ratio | pid CPU-s/10k paced | pipeline+OTLP, both ends |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for e in entries {
         let date = e.get("date").and_then(Value::as_str).unwrap_or("?");
@@ -177,6 +177,7 @@ pub fn trend_markdown(entries: &[Value]) -> String {
             .get("uncommitted_changes")
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let load = num(e, "/machine/load_at_start");
         let pipeline = num(
             e,
             "/pipeline_exchanges_per_second/pipeline_otlp~1client_server",
@@ -207,10 +208,11 @@ pub fn trend_markdown(entries: &[Value]) -> String {
                 ),
             };
             rows.push(format!(
-                "| {} | `{}`{} | {}{}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | `{}`{} | {} | {}{}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 date.get(..16).unwrap_or(date),
                 commit,
                 if dirty { "+" } else { "" },
+                cell(load, |v| format!("{v:.1}")),
                 label,
                 if version.is_empty() {
                     String::new()
@@ -231,7 +233,7 @@ pub fn trend_markdown(entries: &[Value]) -> String {
         }
     }
     if rows.is_empty() {
-        let _ = writeln!(md, "| (no run recorded yet) | | | | | | | | | | | |");
+        let _ = writeln!(md, "| (no run recorded yet) | | | | | | | | | | | | |");
     }
     let skip = rows.len().saturating_sub(TREND_ROWS);
     for row in &rows[skip..] {
@@ -249,6 +251,7 @@ mod tests {
             "date": "2026-11-27T05:00:00Z",
             "commit": commit,
             "uncommitted_changes": false,
+            "machine": { "load_at_start": 1.25 },
             "pipeline_exchanges_per_second": { "pipeline_otlp/client_server": 420000.0 },
             "agents": [
                 {
@@ -284,7 +287,11 @@ mod tests {
         let md = trend_markdown(&[sample_entry("aaaa", 0.9), sample_entry("bbbb", 0.95)]);
         let rows: Vec<&str> = md.lines().skip(2).collect();
         assert_eq!(rows.len(), 4, "{md}");
-        assert!(rows[0].contains("`aaaa`") && rows[0].contains("baseline (tracer 0.1.0)"));
+        assert!(
+            rows[0].contains("`aaaa` | 1.2 | baseline (tracer 0.1.0)"),
+            "{}",
+            rows[0]
+        );
         assert!(
             rows[0].contains("| 0.340 | +212 µs | 1.200 |"),
             "{}",

@@ -300,7 +300,8 @@ pub fn markdown(r: &Results<'_>) -> String {
     let _ = writeln!(
         md,
         "From `docs/bench/history.json` (one row per run and agent binary; medians; `+` after a commit: \
-         uncommitted changes). Compare rows of the same machine and settings.\n"
+         uncommitted changes; host load: the 1-minute load average when the run started, high on a shared \
+         machine). Compare rows of the same machine and settings.\n"
     );
     md.push_str(&history::trend_markdown(&r.history));
     let _ = writeln!(md);
