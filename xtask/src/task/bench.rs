@@ -86,14 +86,14 @@ pub struct BenchArgs {
     /// Seconds of load per saturation round.
     #[arg(long, default_value_t = 10)]
     pub round_secs: u64,
-    /// Saturation rounds per capture mode (untraced, tracer, bpftrace alternate).
+    /// Saturation rounds per capture mode (untraced, each agent binary, bpftrace alternate).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Seconds of load per paced round.
     #[arg(long, default_value_t = 15)]
     pub paced_secs: u64,
     /// Paced rounds per capture mode.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     pub paced_rounds: usize,
     /// Connections of the paced load; each pauses --paced-delay-ms before every request.
     #[arg(long, default_value_t = 20)]
