@@ -684,6 +684,7 @@ fn measure(
         _ => None,
     };
     let (server_before, children_before, system_before) = cpu_now(server, bench.ticks)?;
+    let load_started = Instant::now();
 
     let wrk = wrk::run(
         &bench.wrk,
@@ -692,11 +693,23 @@ fn measure(
         plan.load,
     )?;
     let (server_after, children_after, system_after) = cpu_now(server, bench.ticks)?;
+    let wall_seconds = load_started.elapsed().as_secs_f64();
+    let capture_after_load = match &running {
+        Running::Nothing => None,
+        Running::Agent(a) => Some(a.sample(bench.ticks)?),
+        Running::Bpftrace(b) => Some(b.sample(bench.ticks)?),
+    };
     let recorded = recording.map(perf::Recording::finish).transpose()?;
     let load_cpu = LoadCpu {
         server_seconds: server_after - server_before,
         client_seconds: children_after - children_before,
         system_seconds: system_after - system_before,
+        capture_seconds: match (cpu_before, capture_after_load) {
+            (Some(before), Some(after)) => after.cpu_seconds - before.cpu_seconds,
+            _ => 0.0,
+        },
+        wall_seconds,
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
     };
 
     // nginx logs a request when it finishes it; give the last ones a moment.

@@ -779,11 +779,17 @@ fn raw_rounds(md: &mut String, r: &Results<'_>) {
     let _ = writeln!(md, "## Rounds\n");
     let _ = writeln!(
         md,
-        "| scenario | load | capture | # | req/s | p50 | p99 | wrk errors | requests | server + client µs/req | machine µs/req | capture CPU-s | SERVER / CLIENT spans | other spans | peak RSS | host load |"
+        "`others' CPU`: the share of the machine's capacity that other work used during the load (all CPUs' \
+         busy time minus the server's, wrk's and the capture's): a round disturbed by other work on a shared \
+         machine shows here. `host load`: the 1-minute load average at the end of the round.\n"
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| scenario | load | capture | # | req/s | p50 | p99 | wrk errors | requests | server + client µs/req | machine µs/req | capture CPU-s | SERVER / CLIENT spans | other spans | peak RSS | others' CPU | host load |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for round in r.rounds {
         let (cpu, rss, spans, other) = round.cost.as_ref().map_or_else(Default::default, |c| {
@@ -797,7 +803,7 @@ fn raw_rounds(md: &mut String, r: &Results<'_>) {
         });
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {cpu} | {spans} | {other} | {rss} | {:.2} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {cpu} | {spans} | {other} | {rss} | {} | {:.2} |",
             round.scenario.label(),
             round.load.label(),
             round.capture.label(),
@@ -809,6 +815,10 @@ fn raw_rounds(md: &mut String, r: &Results<'_>) {
             round.requests,
             round.traced_cpu_us_per_request(),
             round.system_cpu_us_per_request(),
+            fmt_opt(Some(round.load_cpu.others_share()), |v| format!(
+                "{:.0} %",
+                v * 100.0
+            )),
             round.host_load
         );
     }
@@ -907,6 +917,11 @@ pub fn json(r: &Results<'_>) -> Json {
                 "machine_cpu_seconds",
                 Json::num(round.load_cpu.system_seconds),
             ),
+            (
+                "capture_cpu_seconds_during_load",
+                Json::num(round.load_cpu.capture_seconds),
+            ),
+            ("others_cpu_share", Json::num(round.load_cpu.others_share())),
             ("capture_cost", cost),
         ])
     });
@@ -1104,6 +1119,7 @@ mod tests {
                 server_seconds: 1.0,
                 client_seconds: 1.0,
                 system_seconds: 3.0,
+                ..LoadCpu::default()
             },
             host_load: 0.5,
         }

@@ -114,6 +114,29 @@ pub struct LoadCpu {
     pub client_seconds: f64,
     /// Busy time of all CPUs (/proc/stat: user, nice, system, irq, softirq, steal).
     pub system_seconds: f64,
+    /// utime + stime of the capture process (agent or bpftrace) over the same window.
+    pub capture_seconds: f64,
+    /// Wall-clock length of the window, and the machine's CPUs.
+    pub wall_seconds: f64,
+    pub cpus: usize,
+}
+
+impl LoadCpu {
+    /// Share of the machine's capacity used by other work during the load (busy time minus
+    /// server, client and capture): how disturbed the round was on a shared machine.
+    pub fn others_share(&self) -> f64 {
+        let capacity = self.wall_seconds * self.cpus as f64;
+        if capacity > 0.0 {
+            ((self.system_seconds
+                - self.server_seconds
+                - self.client_seconds
+                - self.capture_seconds)
+                / capacity)
+                .max(0.0)
+        } else {
+            f64::NAN
+        }
+    }
 }
 
 /// One measured round.
@@ -421,6 +444,7 @@ mod tests {
                 server_seconds: rps as f64 / 1e4,
                 client_seconds: rps as f64 / 1e4,
                 system_seconds: rps as f64 / 2e3,
+                ..LoadCpu::default()
             },
             host_load: 0.0,
         }
@@ -510,6 +534,20 @@ mod tests {
         assert_eq!(costs.len(), 2);
         assert_eq!(costs[0].client_completeness(), None);
         assert_eq!(costs[0].completeness(), Some(1.0));
+    }
+
+    #[test]
+    fn others_share_is_what_the_round_did_not_use_itself() {
+        let cpu = LoadCpu {
+            server_seconds: 5.0,
+            client_seconds: 4.0,
+            system_seconds: 15.0,
+            capture_seconds: 2.0,
+            wall_seconds: 10.0,
+            cpus: 2,
+        };
+        assert!((cpu.others_share() - 0.2).abs() < 1e-12);
+        assert!(LoadCpu::default().others_share().is_nan());
     }
 
     #[test]
