@@ -114,6 +114,7 @@ pub fn entry(r: &Results<'_>) -> Value {
             "cpus": i.machine.cpus,
             "kernel": i.machine.kernel,
             "load_at_start": finite(i.load_at_start),
+            "others_cpu_share": spread(super::rounds::others_share(r.rounds)),
         },
         "settings": {
             "round_secs": i.round_secs,
@@ -166,9 +167,12 @@ pub fn trend_markdown(entries: &[Value]) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| date (UTC) | commit | host load | agent | host-wide sat. ratio | host-wide paced p50 Δ | host-wide CPU-s/10k paced | host-wide CPU-s/10k sat. | host-wide SERVER / CLIENT spans | host-wide peak RSS | pid sat. ratio | pid CPU-s/10k paced | pipeline+OTLP, both ends |"
+        "| date (UTC) | commit | host load | others' CPU | agent | host-wide sat. ratio | host-wide paced p50 Δ | host-wide CPU-s/10k paced | host-wide CPU-s/10k sat. | host-wide SERVER / CLIENT spans | host-wide peak RSS | pid sat. ratio | pid CPU-s/10k paced | pipeline+OTLP, both ends |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     let mut rows = Vec::new();
     for e in entries {
         let date = e.get("date").and_then(Value::as_str).unwrap_or("?");
@@ -178,6 +182,7 @@ pub fn trend_markdown(entries: &[Value]) -> String {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let load = num(e, "/machine/load_at_start");
+        let others = num(e, "/machine/others_cpu_share/median");
         let pipeline = num(
             e,
             "/pipeline_exchanges_per_second/pipeline_otlp~1client_server",
@@ -208,11 +213,12 @@ pub fn trend_markdown(entries: &[Value]) -> String {
                 ),
             };
             rows.push(format!(
-                "| {} | `{}`{} | {} | {}{}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | `{}`{} | {} | {} | {}{}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 date.get(..16).unwrap_or(date),
                 commit,
                 if dirty { "+" } else { "" },
                 cell(load, |v| format!("{v:.1}")),
+                cell(others, |v| format!("{:.0} %", v * 100.0)),
                 label,
                 if version.is_empty() {
                     String::new()
@@ -233,7 +239,7 @@ pub fn trend_markdown(entries: &[Value]) -> String {
         }
     }
     if rows.is_empty() {
-        let _ = writeln!(md, "| (no run recorded yet) | | | | | | | | | | | | |");
+        let _ = writeln!(md, "| (no run recorded yet) | | | | | | | | | | | | | |");
     }
     let skip = rows.len().saturating_sub(TREND_ROWS);
     for row in &rows[skip..] {
@@ -251,7 +257,7 @@ mod tests {
             "date": "2026-11-27T05:00:00Z",
             "commit": commit,
             "uncommitted_changes": false,
-            "machine": { "load_at_start": 1.25 },
+            "machine": { "load_at_start": 1.25, "others_cpu_share": { "median": 0.05 } },
             "pipeline_exchanges_per_second": { "pipeline_otlp/client_server": 420000.0 },
             "agents": [
                 {
@@ -288,7 +294,7 @@ mod tests {
         let rows: Vec<&str> = md.lines().skip(2).collect();
         assert_eq!(rows.len(), 4, "{md}");
         assert!(
-            rows[0].contains("`aaaa` | 1.2 | baseline (tracer 0.1.0)"),
+            rows[0].contains("`aaaa` | 1.2 | 5 % | baseline (tracer 0.1.0)"),
             "{}",
             rows[0]
         );

@@ -11,7 +11,7 @@ use super::json::Json;
 use super::perf::PerfSummary;
 use super::procfs::Machine;
 use super::rounds::{
-    Capture, Comparison, CostSummary, LoadKind, Round, Scenario, Spread, kib_to_mb,
+    self, Capture, Comparison, CostSummary, LoadKind, Round, Scenario, Spread, kib_to_mb,
 };
 
 /// Targets of the host-wide scenario (reported against, never asserted).
@@ -22,6 +22,9 @@ pub const TARGET_P50_DELTA_US: f64 = 30.0;
 pub const TARGET_RSS_MB: f64 = 32.0;
 /// Pipeline with OTLP encoding, exchanges per second on one core.
 pub const TARGET_PIPELINE_PER_SEC: f64 = 400_000.0;
+
+/// Above this median share of the machine used by other work, the report warns.
+pub const NOISY_OTHERS_SHARE: f64 = 0.2;
 
 /// One agent binary of the run.
 #[derive(Clone, Debug, Default)]
@@ -287,6 +290,20 @@ pub fn markdown(r: &Results<'_>) -> String {
         i.counters_source,
     );
 
+    let others = rounds::others_share(r.rounds);
+    let _ = writeln!(
+        md,
+        "Other work on the machine during the load: {} of its CPU capacity, median (min–max) over the rounds.\n",
+        spread_opt(others, |v| format!("{:.0} %", v * 100.0))
+    );
+    if others.is_some_and(|o| o.median > NOISY_OTHERS_SHARE) {
+        let _ = writeln!(
+            md,
+            "> **A shared, busy machine**: other work used more than {:.0} % of the CPUs during most rounds; \
+             ratios and latency deltas vary widely between rounds (see the min–max) and are not a verdict.\n",
+            NOISY_OTHERS_SHARE * 100.0
+        );
+    }
     if i.agents.iter().any(|a| !a.release) {
         let _ = writeln!(
             md,
@@ -300,8 +317,8 @@ pub fn markdown(r: &Results<'_>) -> String {
     let _ = writeln!(
         md,
         "From `docs/bench/history.json` (one row per run and agent binary; medians; `+` after a commit: \
-         uncommitted changes; host load: the 1-minute load average when the run started, high on a shared \
-         machine). Compare rows of the same machine and settings.\n"
+         uncommitted changes; host load: the 1-minute load average when the run started; others' CPU: the \
+         median share of the machine other work used during the load). Compare rows of the same machine and settings.\n"
     );
     md.push_str(&history::trend_markdown(&r.history));
     let _ = writeln!(md);

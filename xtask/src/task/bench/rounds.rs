@@ -304,6 +304,11 @@ impl CostSummary {
     }
 }
 
+/// Others' share of the machine over all rounds (see [`LoadCpu::others_share`]).
+pub fn others_share(rounds: &[Round]) -> Option<Spread> {
+    Spread::of(rounds.iter().map(|r| r.load_cpu.others_share()))
+}
+
 /// KiB to MB (10^6 bytes).
 pub fn kib_to_mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1e6
