@@ -559,7 +559,7 @@ fn alternate(
             step::note(
                 "bench",
                 &format!(
-                    "{} {} {} #{}: {:.0} req/s, p50 {} µs, p99 {} µs, nginx+wrk {:.1} µs/req, machine {:.1} µs/req{}",
+                    "{} {} {} #{}: {:.0} req/s, p50 {} µs, p99 {} µs, server+wrk {:.1} µs/req, machine {:.1} µs/req{}",
                     plan.scenario.label(),
                     plan.kind.label(),
                     capture.label(),
