@@ -33,9 +33,11 @@ enum Task {
     /// Build the agent, start an uninstrumented topology (curl → Python hub → two Python
     /// backends and nginx), trace three requests and print one trace tree per request.
     Demo,
-    /// Benchmark the agent: overhead on nginx and Python under wrk (untraced, traced and bpftrace
-    /// rounds alternating), span completeness and drops at a paced load, the agent's CPU and
-    /// memory, and the kernel-free pipeline (criterion). Writes docs/BENCHMARKS.md and JSON.
+    /// Benchmark the agent: host-wide (no filter, nginx and wrk both traced) and --pid scenarios
+    /// under wrk, untraced rounds interleaved with each agent binary's (--agent-bin,
+    /// --baseline-bin) and bpftrace's; overhead, completeness, drops, the agent's, the traced
+    /// processes' and the machine's CPU per request, memory, and the kernel-free pipeline
+    /// (criterion). Writes docs/BENCHMARKS.md, JSON, and appends to docs/bench/history.json.
     Bench(task::bench::BenchArgs),
     /// Build the agent's container image from k8s/Containerfile with podman (FROM scratch: the
     /// binary and the libraries it links), tagged as k8s/kustomization.yaml deploys it.

@@ -77,7 +77,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     let spec = AgentSpec {
         binary: workspace::tracer_binary(true),
         pids: Vec::new(),
-        port: nginx.port,
+        port: Some(nginx.port),
         endpoint: receiver.endpoint(),
         extra_args: Vec::new(),
         metrics: true,

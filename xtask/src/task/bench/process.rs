@@ -122,6 +122,24 @@ impl Spawned {
         Ok(child.wait()?)
     }
 
+    /// Waits up to `timeout` for the process to exit by itself, then SIGTERM as `stop` does.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.child.as_mut() {
+                Some(child) => {
+                    if let Some(status) = child.try_wait()? {
+                        self.child = None;
+                        return Ok(status);
+                    }
+                }
+                None => bail!("{} was already stopped", self.name),
+            }
+            sleep(POLL);
+        }
+        self.stop(Duration::from_secs(10))
+    }
+
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         self.child

@@ -1,4 +1,5 @@
-//! What the bench reads from /proc: a process's CPU time and peak RSS, its children, and the
+//! What the bench reads from /proc: a process's CPU time and peak RSS, the CPU time of the
+//! bench's reaped children (wrk), the whole machine's busy time, a process's children, and the
 //! machine's description.
 
 use std::process::Command;
@@ -42,6 +43,44 @@ pub fn cpu_ticks_from_stat(stat: &str) -> Option<u64> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// cutime + cstime in ticks from the text of /proc/<pid>/stat: the CPU time of the children the
+/// process has waited for (fields 16 and 17).
+pub fn children_ticks_from_stat(stat: &str) -> Option<u64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(13);
+    let cutime: u64 = fields.next()?.parse().ok()?;
+    let cstime: u64 = fields.next()?.parse().ok()?;
+    Some(cutime + cstime)
+}
+
+/// CPU seconds of the children this process has reaped so far. Around a child run with
+/// `Command::output` (and no other child reaped meanwhile) its delta is that child's CPU time.
+pub fn reaped_children_cpu_seconds(ticks_per_second: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    let ticks = children_ticks_from_stat(&stat).context("parsing /proc/self/stat")?;
+    Ok(ticks as f64 / ticks_per_second)
+}
+
+/// Busy ticks of all CPUs from the text of /proc/stat: user, nice, system, irq, softirq and
+/// steal of the `cpu` line (guest time is already in user; idle and iowait are not busy).
+pub fn busy_ticks_from_proc_stat(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| values.get(i).copied();
+    Some(at(0)? + at(1)? + at(2)? + at(5)? + at(6)? + at(7).unwrap_or(0))
+}
+
+/// Busy CPU seconds of the whole machine since boot.
+pub fn system_busy_seconds(ticks_per_second: f64) -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = busy_ticks_from_proc_stat(&text).context("parsing /proc/stat")?;
+    Ok(ticks as f64 / ticks_per_second)
 }
 
 /// A `Name: N kB` field of /proc/<pid>/status, in KiB.
@@ -145,8 +184,35 @@ mod tests {
         let stat = "1234 (tokio (w) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 9 0 \
                     100 2000000 3000 18446744073709551615";
         assert_eq!(cpu_ticks_from_stat(stat), Some(325));
+        assert_eq!(children_ticks_from_stat(stat), Some(0));
+        let waited = "99 (xtask) S 1 99 99 0 -1 0 0 0 0 0 10 20 300 40 20 0 1 0 100 1 1";
+        assert_eq!(children_ticks_from_stat(waited), Some(340));
         assert_eq!(parent_from_stat(stat), Some(1));
         assert_eq!(cpu_ticks_from_stat("1234 (x) S 1"), None);
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        let text = "cpu  100 5 50 9000 70 3 7 2 0 0\ncpu0 50 2 25 4500 35 1 3 1 0 0\nintr 1\n";
+        assert_eq!(
+            busy_ticks_from_proc_stat(text),
+            Some(100 + 5 + 50 + 3 + 7 + 2)
+        );
+        assert_eq!(busy_ticks_from_proc_stat("cpu  1 2\n"), None);
+        assert!(system_busy_seconds(clock_ticks_per_second()).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn reaped_children_time_grows_when_a_child_ran() {
+        let ticks = clock_ticks_per_second();
+        let before = reaped_children_cpu_seconds(ticks).unwrap();
+        // A child that burns some CPU, waited for.
+        std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .output()
+            .unwrap();
+        let after = reaped_children_cpu_seconds(ticks).unwrap();
+        assert!(after > before, "{before} -> {after}");
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! A minimal OTLP/HTTP receiver for the bench: accepts `POST /v1/traces` with protobuf bodies on
 //! 127.0.0.1, answers 200, and counts the spans by kind by walking the protobuf wire format
 //! (`ExportTraceServiceRequest.resource_spans[].scope_spans[].spans[].kind`) without generated
-//! code, so xtask needs no protobuf dependency and counting costs next to nothing.
+//! code, so xtask needs no protobuf dependency and counting costs next to nothing. Spans are
+//! also counted by their `server.port` attribute: a host-wide agent on a shared machine traces
+//! other work too, and the bench counts only the spans of its own server's port.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,6 +21,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// `Span.kind` values (opentelemetry.proto.trace.v1.Span.SpanKind).
 const KIND_SERVER: u64 = 2;
 const KIND_CLIENT: u64 = 3;
+/// The attribute naming the server's port on SERVER and CLIENT spans alike.
+const SERVER_PORT_KEY: &[u8] = b"server.port";
 
 /// Spans seen so far, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,28 +105,81 @@ fn submessages(buf: &[u8], number: u32) -> Result<Vec<&[u8]>, WireError> {
         .collect())
 }
 
-/// Counts the spans of one `ExportTraceServiceRequest` by kind.
-pub fn count_spans(request: &[u8]) -> Result<SpanCounts, WireError> {
-    let mut counts = SpanCounts::default();
+impl SpanCounts {
+    fn add_kind(&mut self, kind: u64) {
+        match kind {
+            KIND_SERVER => self.server += 1,
+            KIND_CLIENT => self.client += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    fn add(&mut self, other: SpanCounts) {
+        self.server += other.server;
+        self.client += other.client;
+        self.other += other.other;
+    }
+}
+
+/// Spans of one export request: all of them, and those with a `server.port` by port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub total: SpanCounts,
+    pub by_port: BTreeMap<u16, SpanCounts>,
+}
+
+/// The integer value (`AnyValue.int_value`) of a `KeyValue` whose key is `key`.
+fn int_attribute(key_value: &[u8], key: &[u8]) -> Result<Option<i64>, WireError> {
+    let mut named = false;
+    let mut value = None;
+    for field in fields(key_value)? {
+        match field {
+            Field::Bytes(1, k) => named = k == key,
+            Field::Bytes(2, any_value) => value = Some(any_value),
+            _ => {}
+        }
+    }
+    let Some(any_value) = value.filter(|_| named) else {
+        return Ok(None);
+    };
+    Ok(fields(any_value)?.into_iter().find_map(|f| match f {
+        Field::Varint(3, v) => Some(v as i64),
+        _ => None,
+    }))
+}
+
+/// Counts the spans of one `ExportTraceServiceRequest` by kind, in total and by `server.port`.
+pub fn count_spans_by_port(request: &[u8]) -> Result<RequestCounts, WireError> {
+    let mut counts = RequestCounts::default();
     for resource_spans in submessages(request, 1)? {
         for scope_spans in submessages(resource_spans, 2)? {
             for span in submessages(scope_spans, 2)? {
-                let kind = fields(span)?
-                    .into_iter()
-                    .find_map(|f| match f {
-                        Field::Varint(6, kind) => Some(kind),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                match kind {
-                    KIND_SERVER => counts.server += 1,
-                    KIND_CLIENT => counts.client += 1,
-                    _ => counts.other += 1,
+                let mut kind = 0;
+                let mut port = None;
+                for field in fields(span)? {
+                    match field {
+                        Field::Varint(6, k) => kind = k,
+                        Field::Bytes(9, attribute) if port.is_none() => {
+                            port = int_attribute(attribute, SERVER_PORT_KEY)?
+                                .and_then(|p| u16::try_from(p).ok());
+                        }
+                        _ => {}
+                    }
+                }
+                counts.total.add_kind(kind);
+                if let Some(port) = port {
+                    counts.by_port.entry(port).or_default().add_kind(kind);
                 }
             }
         }
     }
     Ok(counts)
+}
+
+/// Counts the spans of one `ExportTraceServiceRequest` by kind.
+#[cfg(test)]
+pub fn count_spans(request: &[u8]) -> Result<SpanCounts, WireError> {
+    Ok(count_spans_by_port(request)?.total)
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +189,7 @@ struct Counters {
     other: AtomicU64,
     requests: AtomicU64,
     rejected: AtomicU64,
+    by_port: Mutex<BTreeMap<u16, SpanCounts>>,
 }
 
 /// The running receiver; stops accepting when dropped.
@@ -171,6 +230,15 @@ impl CountingReceiver {
             client: self.counters.client.load(Ordering::Relaxed),
             other: self.counters.other.load(Ordering::Relaxed),
         }
+    }
+
+    /// Spans whose `server.port` is `port`, by kind.
+    pub fn counts_for_port(&self, port: u16) -> SpanCounts {
+        self.counters
+            .by_port
+            .lock()
+            .map(|m| m.get(&port).copied().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Export requests answered, and requests refused (unparseable or too large).
@@ -226,11 +294,17 @@ fn serve(stream: TcpStream, counters: &Counters) -> std::io::Result<()> {
         let gzip = head
             .header("content-encoding")
             .is_some_and(|v| v.contains("gzip"));
-        match (head.is_traces_post(), gzip, count_spans(&body)) {
+        match (head.is_traces_post(), gzip, count_spans_by_port(&body)) {
             (true, false, Ok(counts)) => {
-                counters.server.fetch_add(counts.server, Ordering::Relaxed);
-                counters.client.fetch_add(counts.client, Ordering::Relaxed);
-                counters.other.fetch_add(counts.other, Ordering::Relaxed);
+                if let Ok(mut by_port) = counters.by_port.lock() {
+                    for (port, c) in &counts.by_port {
+                        by_port.entry(*port).or_default().add(*c);
+                    }
+                }
+                let total = counts.total;
+                counters.server.fetch_add(total.server, Ordering::Relaxed);
+                counters.client.fetch_add(total.client, Ordering::Relaxed);
+                counters.other.fetch_add(total.other, Ordering::Relaxed);
                 counters.requests.fetch_add(1, Ordering::Relaxed);
                 respond(&mut writer, "200 OK")?;
             }
@@ -367,12 +441,41 @@ mod tests {
     }
 
     fn span(kind: Option<u64>) -> Vec<u8> {
+        span_with_port(kind, None)
+    }
+
+    /// A `KeyValue` attribute with an int or a string value.
+    fn attribute(key: &str, int: Option<i64>, text: Option<&str>) -> Vec<u8> {
+        let mut any_value = Vec::new();
+        if let Some(text) = text {
+            len_field(1, text.as_bytes(), &mut any_value);
+        }
+        if let Some(int) = int {
+            varint(3 << 3, &mut any_value);
+            varint(int as u64, &mut any_value);
+        }
+        let mut kv = Vec::new();
+        len_field(1, key.as_bytes(), &mut kv);
+        len_field(2, &any_value, &mut kv);
+        kv
+    }
+
+    fn span_with_port(kind: Option<u64>, port: Option<i64>) -> Vec<u8> {
         let mut s = Vec::new();
         len_field(1, &[0xab; 16], &mut s); // trace_id
         len_field(5, b"GET", &mut s); // name
         if let Some(kind) = kind {
             varint(6 << 3, &mut s);
             varint(kind, &mut s);
+        }
+        len_field(
+            9,
+            &attribute("http.request.method", None, Some("GET")),
+            &mut s,
+        );
+        len_field(9, &attribute("client.port", Some(40000), None), &mut s);
+        if let Some(port) = port {
+            len_field(9, &attribute("server.port", Some(port), None), &mut s);
         }
         varint(7 << 3 | 1, &mut s); // start_time_unix_nano (fixed64)
         s.extend_from_slice(&1_700_000_000_000_000_000u64.to_le_bytes());
@@ -420,6 +523,46 @@ mod tests {
             }
         );
         assert_eq!(count_spans(&[]).unwrap(), SpanCounts::default());
+    }
+
+    #[test]
+    fn spans_are_also_counted_by_server_port() {
+        let mut scope = Vec::new();
+        for (kind, port) in [
+            (KIND_SERVER, Some(8080)),
+            (KIND_CLIENT, Some(8080)),
+            (KIND_CLIENT, Some(8080)),
+            (KIND_SERVER, Some(9090)),
+            (KIND_SERVER, None),
+            (KIND_SERVER, Some(70_000)),
+            (KIND_CLIENT, Some(-1)),
+        ] {
+            len_field(2, &span_with_port(Some(kind), port), &mut scope);
+        }
+        let mut resource = Vec::new();
+        len_field(2, &scope, &mut resource);
+        let mut request = Vec::new();
+        len_field(1, &resource, &mut request);
+        let counts = count_spans_by_port(&request).unwrap();
+        assert_eq!(
+            counts.total,
+            SpanCounts {
+                server: 4,
+                client: 3,
+                other: 0
+            }
+        );
+        assert_eq!(
+            counts.by_port.get(&8080),
+            Some(&SpanCounts {
+                server: 1,
+                client: 2,
+                other: 0
+            })
+        );
+        assert_eq!(counts.by_port.get(&9090).map(|c| c.server), Some(1));
+        // No port, or a value that is no port: counted in the total only.
+        assert_eq!(counts.by_port.len(), 2);
     }
 
     #[test]
