@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 use crate::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanRecord, SpanStatus};
 
@@ -68,36 +68,59 @@ mod tag {
 }
 
 /// Encoded size of a length-delimited field holding `len` bytes.
+#[inline]
 fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 /// Encoded size of a proto3 string/bytes field (left out when empty).
+#[inline]
 fn optional_bytes_len(tag: u32, len: usize) -> usize {
     if len == 0 { 0 } else { delimited_len(tag, len) }
 }
 
+/// Writes a base-128 varint (the hot path of encoding: inlined, one push per byte into a buffer
+/// reserved beforehand).
+#[inline]
+fn encode_varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+#[inline]
+fn encode_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
+    encode_varint(u64::from(tag << 3 | wire_type as u32), out);
+}
+
+#[inline]
 fn put_delimited_header(tag: u32, len: usize, out: &mut Vec<u8>) {
     encode_key(tag, WireType::LengthDelimited, out);
     encode_varint(len as u64, out);
 }
 
+#[inline]
 fn put_bytes(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
     put_delimited_header(tag, bytes.len(), out);
     out.extend_from_slice(bytes);
 }
 
+#[inline]
 fn put_optional_bytes(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
     if !bytes.is_empty() {
         put_bytes(tag, bytes, out);
     }
 }
 
+#[inline]
 fn put_varint_field(tag: u32, value: u64, out: &mut Vec<u8>) {
     encode_key(tag, WireType::Varint, out);
     encode_varint(value, out);
 }
 
+#[inline]
 fn put_fixed64(tag: u32, value: u64, out: &mut Vec<u8>) {
     if value != 0 {
         encode_key(tag, WireType::SixtyFourBit, out);
@@ -110,6 +133,7 @@ fn fixed64_len(tag: u32, value: u64) -> usize {
 }
 
 /// `AnyValue` body size (the `oneof` member is always written).
+#[inline]
 fn any_value_len(value: &AttrValue) -> usize {
     match value {
         AttrValue::Str(s) => delimited_len(tag::ANY_STRING, s.len()),
@@ -118,6 +142,7 @@ fn any_value_len(value: &AttrValue) -> usize {
     }
 }
 
+#[inline]
 fn put_any_value(value: &AttrValue, out: &mut Vec<u8>) {
     match value {
         AttrValue::Str(s) => put_bytes(tag::ANY_STRING, s.as_bytes(), out),
@@ -128,11 +153,13 @@ fn put_any_value(value: &AttrValue, out: &mut Vec<u8>) {
 }
 
 /// `KeyValue` body size.
+#[inline]
 fn key_value_len(key: &str, value: &AttrValue) -> usize {
     optional_bytes_len(tag::KV_KEY, key.len()) + delimited_len(tag::KV_VALUE, any_value_len(value))
 }
 
 /// Writes one `KeyValue` as field `field` of the enclosing message.
+#[inline]
 fn put_key_value(field: u32, key: &str, value: &AttrValue, out: &mut Vec<u8>) {
     put_delimited_header(field, key_value_len(key, value), out);
     put_optional_bytes(tag::KV_KEY, key.as_bytes(), out);
@@ -147,6 +174,7 @@ fn string_key_value_len(key: &str, value: &str) -> usize {
 }
 
 /// Writes one `KeyValue` with a string value as field `field` of the enclosing message.
+#[inline]
 fn put_string_key_value(field: u32, key: &str, value: &str, out: &mut Vec<u8>) {
     put_delimited_header(field, string_key_value_len(key, value), out);
     put_optional_bytes(tag::KV_KEY, key.as_bytes(), out);
