@@ -241,7 +241,21 @@ async fn round_trip(protocol: OtlpProtocol, compression: Option<OtlpCompression>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_round_trip() {
-    round_trip(OtlpProtocol::Grpc, None).await;
+    let receiver = round_trip(OtlpProtocol::Grpc, None).await;
+    for request in receiver.recorder.seen() {
+        // The configured 5 s timeout travels as the gRPC deadline.
+        let timeout = request
+            .headers
+            .iter()
+            .find(|(k, _)| k == "grpc-timeout")
+            .map(|(_, v)| v.clone());
+        assert_eq!(
+            timeout.as_deref(),
+            Some("5000000u"),
+            "{:?}",
+            request.headers
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
