@@ -291,7 +291,10 @@ fn groups_follow_resources_not_just_pids() {
         Arc::new(ProcessResource {
             pid,
             service_name: name.into(),
-            attributes: vec![("service.name".into(), AttrValue::Str(name.into()))],
+            attributes: vec![(
+                "service.name".into(),
+                AttrValue::Str(name.to_string().into()),
+            )],
         })
     };
     let item = |r: &Arc<ProcessResource>, byte: u8| {
