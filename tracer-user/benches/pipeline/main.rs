@@ -1,6 +1,7 @@
 //! Pipeline throughput without a kernel: recorded event streams -> spans per second on one core
 //! (decode + connections + HTTP framing + linking + span building), the same behind the agent's
-//! reorder window, and the same followed by OTLP protobuf encoding of every span.
+//! reorder window, and the same followed by OTLP protobuf encoding of every span (the agent's
+//! direct encoder, and the replaced SDK path for comparison; also encoding alone).
 //!
 //! Throughput is reported in spans (one per exchange and traced side). Every stream is checked
 //! once before it is measured: it must yield exactly the spans it was built for.
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tracer::connections::TableLimits;
 use tracer::decode::decode;
+use tracer::export::TraceEncoder;
 use tracer::model::{ExportItem, SpanKind};
 use tracer::pipeline::{Pipeline, PipelineOptions};
 use tracer::reorder::ReorderWindow;
@@ -143,12 +145,39 @@ fn pipeline_benches(c: &mut Criterion) {
         });
         group.finish();
 
-        let (_, encoded) = otlp::encode_all(&run_pipeline(&stream));
+        let items = run_pipeline(&stream);
+        let mut encoder = TraceEncoder::new();
+        let mut out = Vec::new();
+        let (_, encoded) = otlp::encode_all(&mut encoder, &mut out, &items);
         assert_eq!(encoded as u64, spans, "OTLP encoding covers every span");
+        let (_, encoded) = otlp::encode_all_sdk(&items);
+        assert_eq!(encoded as u64, spans, "SDK-path encoding covers every span");
+
+        // Encoding alone, from finished span records: the agent's encoder, then the replaced
+        // SDK path, in the same run.
+        let mut group = c.benchmark_group("otlp_encode");
+        group.throughput(Throughput::Elements(spans));
+        group.bench_with_input(BenchmarkId::new("direct", name), &items, |b, items| {
+            b.iter(|| black_box(otlp::encode_all(&mut encoder, &mut out, items)))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("sdk_replaced", name),
+            &items,
+            |b, items| b.iter(|| black_box(otlp::encode_all_sdk(items))),
+        );
+        group.finish();
+
         let mut group = c.benchmark_group("pipeline_otlp");
         group.throughput(Throughput::Elements(spans));
         group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, s| {
-            b.iter(|| black_box(otlp::encode_all(&run_pipeline(s))))
+            b.iter(|| black_box(otlp::encode_all(&mut encoder, &mut out, &run_pipeline(s))))
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group("pipeline_otlp_sdk_replaced");
+        group.throughput(Throughput::Elements(spans));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, s| {
+            b.iter(|| black_box(otlp::encode_all_sdk(&run_pipeline(s))))
         });
         group.finish();
     }

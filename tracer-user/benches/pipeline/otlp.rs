@@ -1,9 +1,11 @@
-//! OTLP protobuf encoding of finished spans, the way the agent's batch exporter does it: batches
-//! of at most [`MAX_BATCH`] spans in arrival order, grouped by process resource, each group
-//! converted to SDK `SpanData` and encoded as one `ExportTraceServiceRequest`.
-//!
-//! The agent's own record -> `SpanData` conversion is private to its export module, so the
-//! conversion below mirrors it field for field (ids, flags, kind, times, attributes, status).
+//! OTLP protobuf encoding of finished spans in batches of at most [`MAX_BATCH`] spans in arrival
+//! order, two ways:
+//! - [`encode_all`]: the agent's encoder (`tracer::export::TraceEncoder`), one request per batch
+//!   with one `ResourceSpans` per process resource, written straight from the span records;
+//! - [`encode_all_sdk`]: the REPLACED path, kept for comparison: each resource group converted to
+//!   SDK `SpanData` and encoded through `opentelemetry-proto`'s transform and prost, as
+//!   `opentelemetry-otlp` did (without the exporter's per-attempt batch clones, so it flatters
+//!   the replaced path a little).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_sc
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use prost::Message;
+use tracer::export::TraceEncoder;
 use tracer::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanRecord, SpanStatus};
 
 /// Spans per export request (the OTLP batch default, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
@@ -25,7 +28,7 @@ pub const MAX_BATCH: usize = 512;
 
 fn value_of(value: &AttrValue) -> Value {
     match value {
-        AttrValue::Str(s) => Value::from(s.clone()),
+        AttrValue::Str(s) => Value::from(s.to_string()),
         AttrValue::Int(i) => Value::I64(*i),
         AttrValue::Bool(b) => Value::Bool(*b),
     }
@@ -58,7 +61,7 @@ fn span_data(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
             SpanKind::Server => opentelemetry::trace::SpanKind::Server,
             SpanKind::Client => opentelemetry::trace::SpanKind::Client,
         },
-        name: Cow::Owned(record.name.clone()),
+        name: Cow::Owned(record.name.to_string()),
         start_time: UNIX_EPOCH + Duration::from_nanos(record.start_unix_ns),
         end_time: UNIX_EPOCH + Duration::from_nanos(record.end_unix_ns.max(record.start_unix_ns)),
         attributes: record
@@ -71,7 +74,7 @@ fn span_data(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
         links: SpanLinks::default(),
         status: match &record.status {
             SpanStatus::Unset => Status::Unset,
-            SpanStatus::Error { description } => Status::error(description.clone()),
+            SpanStatus::Error { description } => Status::error(description.to_string()),
         },
         instrumentation_scope: scope.clone(),
     }
@@ -81,15 +84,31 @@ fn otel_resource(resource: &ProcessResource) -> Resource {
     let attributes = resource
         .attributes
         .iter()
-        .map(|(key, value)| KeyValue::new(key.clone(), value_of(value)));
+        .map(|(key, value)| KeyValue::new(key.to_string(), value_of(value)));
     Resource::builder_empty()
         .with_attributes(attributes)
         .build()
 }
 
-/// Encodes every span; returns the protobuf bytes produced (so the work cannot be optimised
-/// away) and the number of spans encoded.
-pub fn encode_all(items: &[ExportItem]) -> (usize, usize) {
+/// Encodes every span with the agent's encoder; returns the protobuf bytes produced (so the work
+/// cannot be optimised away) and the number of spans encoded.
+pub fn encode_all(
+    encoder: &mut TraceEncoder,
+    out: &mut Vec<u8>,
+    items: &[ExportItem],
+) -> (usize, usize) {
+    let mut bytes = 0;
+    for batch in items.chunks(MAX_BATCH) {
+        out.clear();
+        encoder.encode(batch, out);
+        bytes += out.len();
+    }
+    (bytes, items.len())
+}
+
+/// Encodes every span the replaced way (SDK `SpanData`, one request per resource group); returns
+/// the protobuf bytes produced and the number of spans encoded.
+pub fn encode_all_sdk(items: &[ExportItem]) -> (usize, usize) {
     let scope = InstrumentationScope::builder("tracer")
         .with_version("bench")
         .build();

@@ -1,13 +1,12 @@
 //! The OTLP sink: a bounded queue in front of one background task that groups spans into batches
-//! (full batch or schedule delay, whichever first), splits each batch by process resource, and
-//! exports each group with retries. Everything dropped is counted in [`ExportStats`].
+//! (full batch or schedule delay, whichever first), encodes each batch once as one request (one
+//! `ResourceSpans` per process resource) and exports it with retries. Everything dropped is
+//! counted in [`ExportStats`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry_sdk::trace::SpanData;
+use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -15,12 +14,11 @@ use tokio::time::Instant;
 
 use super::ExportError;
 use super::config::{BatchConfig, OtlpConfig, RetryConfig};
-use super::convert::{otel_resource, span_data, tracer_scope};
 use super::otlp::OtlpTransport;
 use super::queue::{DropOldestQueue, Pushed};
 use super::retry::{FailureClass, backoff_delay};
 use super::stats::{ExportStats, ExportStatsSnapshot};
-use crate::model::{ExportItem, ProcessResource};
+use crate::model::ExportItem;
 
 /// Batching OTLP exporter. `submit` never waits; `shutdown` flushes within a deadline.
 #[derive(Debug)]
@@ -47,7 +45,6 @@ impl BatchExporter {
             retry_cfg: cfg.retry.clone(),
             stats: Arc::clone(&stats),
             deadline_rx,
-            scope: tracer_scope(),
         };
         let worker = tokio::spawn(worker.run(queue_rx));
         tracing::info!(
@@ -110,7 +107,6 @@ struct BatchWorker {
     retry_cfg: RetryConfig,
     stats: Arc<ExportStats>,
     deadline_rx: watch::Receiver<Option<Instant>>,
-    scope: InstrumentationScope,
 }
 
 impl BatchWorker {
@@ -141,26 +137,39 @@ impl BatchWorker {
         }
     }
 
-    /// Splits a batch by process resource and exports each group.
+    /// Encodes a batch as one request and exports it. The records are released once encoded,
+    /// so a batch waiting on retries holds only its bytes.
     async fn export_batch(&mut self, batch: Vec<ExportItem>) {
         if batch.is_empty() {
             return;
         }
-        for (resource, spans) in group_by_resource(batch, &self.scope) {
-            self.export_group(&resource, spans).await;
+        let count = batch.len() as u64;
+        let encoded = self.transport.encode(&batch);
+        drop(batch);
+        match encoded {
+            Ok(body) => self.export_request(body, count).await,
+            Err(failure) => {
+                tracing::warn!(spans = count, error = %failure.message, "dropping span batch: cannot encode it");
+                self.give_up(count);
+            }
         }
     }
 
-    async fn export_group(&mut self, resource: &ProcessResource, spans: Vec<SpanData>) {
-        let count = spans.len() as u64;
-        let otel = otel_resource(resource);
+    async fn export_request(&mut self, body: Bytes, count: u64) {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let failure = match self.transport.export(&otel, spans.clone()).await {
-                Ok(latency) => {
+            let failure = match self.transport.export(body.clone()).await {
+                Ok(delivered) => {
+                    if delivered.rejected_spans > 0 {
+                        tracing::debug!(
+                            spans = count,
+                            rejected = delivered.rejected_spans,
+                            "OTLP partial success"
+                        );
+                    }
                     self.stats.add_exported(count);
-                    self.stats.add_batch(latency);
+                    self.stats.add_batch(delivered.latency);
                     return;
                 }
                 Err(failure) => failure,
@@ -223,100 +232,5 @@ impl BatchWorker {
                 }
             }
         }
-    }
-}
-
-/// Groups spans by their process resource (same pid and same resource contents), converting them
-/// to SDK spans. Group order follows first appearance.
-fn group_by_resource(
-    batch: Vec<ExportItem>,
-    scope: &InstrumentationScope,
-) -> Vec<(Arc<ProcessResource>, Vec<SpanData>)> {
-    let mut groups: Vec<(Arc<ProcessResource>, Vec<SpanData>)> = Vec::new();
-    let mut by_pid: HashMap<u32, Vec<usize>> = HashMap::new();
-    for item in batch {
-        let candidates = by_pid.entry(item.resource.pid).or_default();
-        let found = candidates.iter().copied().find(|&i| {
-            groups
-                .get(i)
-                .is_some_and(|(r, _)| Arc::ptr_eq(r, &item.resource) || **r == *item.resource)
-        });
-        let data = span_data(&item.span, scope);
-        match found.and_then(|i| groups.get_mut(i)) {
-            Some((_, spans)) => spans.push(data),
-            None => {
-                candidates.push(groups.len());
-                groups.push((item.resource, vec![data]));
-            }
-        }
-    }
-    groups
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{AttrValue, SpanKind, SpanRecord, SpanStatus};
-
-    fn item(pid: u32, resource: &Arc<ProcessResource>, span_byte: u8) -> ExportItem {
-        ExportItem {
-            span: SpanRecord {
-                trace_id: [1; 16],
-                span_id: [span_byte; 8],
-                parent_span_id: None,
-                trace_state: None,
-                sampled: true,
-                name: "GET".into(),
-                kind: SpanKind::Server,
-                start_unix_ns: 1,
-                end_unix_ns: 2,
-                attributes: vec![],
-                status: SpanStatus::Unset,
-                pid,
-            },
-            resource: Arc::clone(resource),
-        }
-    }
-
-    fn resource(pid: u32, name: &str) -> Arc<ProcessResource> {
-        Arc::new(ProcessResource {
-            pid,
-            service_name: name.into(),
-            attributes: vec![("service.name".into(), AttrValue::Str(name.into()))],
-        })
-    }
-
-    #[test]
-    fn groups_follow_resources_not_just_pids() {
-        let a = resource(1, "a");
-        let a_copy = resource(1, "a");
-        let a_after_exec = resource(1, "a2");
-        let b = resource(2, "b");
-        let batch = vec![
-            item(1, &a, 1),
-            item(2, &b, 2),
-            item(1, &a_copy, 3),
-            item(1, &a_after_exec, 4),
-            item(2, &b, 5),
-        ];
-        let groups = group_by_resource(batch, &tracer_scope());
-        let summary: Vec<(String, Vec<u8>)> = groups
-            .iter()
-            .map(|(r, spans)| {
-                let ids = spans
-                    .iter()
-                    .map(|s| s.span_context.span_id().to_bytes()[0])
-                    .collect();
-                (r.service_name.clone(), ids)
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                ("a".to_string(), vec![1, 3]),
-                ("b".to_string(), vec![2, 5]),
-                ("a2".to_string(), vec![4]),
-            ]
-        );
     }
 }

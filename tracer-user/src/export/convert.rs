@@ -1,5 +1,7 @@
-//! Conversion of our span and resource records into the OpenTelemetry SDK types the OTLP exporter
-//! consumes (`SpanData`, `Resource`).
+//! The replaced OTLP path, kept for tests only: our span and resource records converted into the
+//! OpenTelemetry SDK types (`SpanData`, `Resource`) that `opentelemetry-otlp` consumed, and from
+//! there into the `opentelemetry-proto` request it sent. The direct encoder (`encode.rs`) is checked
+//! against this output field for field.
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -10,21 +12,26 @@ use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use crate::model::{AttrValue, ProcessResource, SpanKind, SpanRecord, SpanStatus};
+use std::sync::Arc;
 
-/// Instrumentation scope name on every exported span.
-pub const SCOPE_NAME: &str = "tracer";
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+
+use crate::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanRecord, SpanStatus};
+
+use super::encode::{SCOPE_NAME, SCOPE_VERSION};
 
 /// The instrumentation scope naming this tracer.
 pub fn tracer_scope() -> InstrumentationScope {
     InstrumentationScope::builder(SCOPE_NAME)
-        .with_version(env!("CARGO_PKG_VERSION"))
+        .with_version(SCOPE_VERSION)
         .build()
 }
 
 fn otel_value(value: &AttrValue) -> Value {
     match value {
-        AttrValue::Str(s) => Value::from(s.clone()),
+        AttrValue::Str(s) => Value::from(s.to_string()),
         AttrValue::Int(i) => Value::I64(*i),
         AttrValue::Bool(b) => Value::Bool(*b),
     }
@@ -61,7 +68,7 @@ pub fn span_data(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData 
     };
     let status = match &record.status {
         SpanStatus::Unset => Status::Unset,
-        SpanStatus::Error { description } => Status::error(description.clone()),
+        SpanStatus::Error { description } => Status::error(description.to_string()),
     };
     let parent_span_id = record
         .parent_span_id
@@ -73,7 +80,7 @@ pub fn span_data(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData 
         // a CLIENT span's parent is the SERVER span of the same process.
         parent_span_is_remote: record.parent_span_id.is_some() && record.kind == SpanKind::Server,
         span_kind: kind,
-        name: Cow::Owned(record.name.clone()),
+        name: Cow::Owned(record.name.to_string()),
         start_time: unix_time(record.start_unix_ns),
         end_time: unix_time(record.end_unix_ns.max(record.start_unix_ns)),
         attributes: record
@@ -94,18 +101,45 @@ pub fn otel_resource(resource: &ProcessResource) -> Resource {
     let mut attributes: Vec<KeyValue> = resource
         .attributes
         .iter()
-        .map(|(key, value)| KeyValue::new(key.clone(), otel_value(value)))
+        .map(|(key, value)| KeyValue::new(key.to_string(), otel_value(value)))
         .collect();
     if !resource
         .attributes
         .iter()
         .any(|(key, _)| key == "service.name")
     {
-        attributes.push(KeyValue::new("service.name", resource.service_name.clone()));
+        attributes.push(KeyValue::new(
+            "service.name",
+            resource.service_name.to_string(),
+        ));
     }
     Resource::builder_empty()
         .with_attributes(attributes)
         .build()
+}
+
+/// The request the replaced path sent for one batch: spans grouped by process resource (same pid
+/// and equal contents, in order of first appearance), each group converted through the SDK's
+/// `group_spans_by_resource_and_scope`, all groups in one request.
+pub fn sdk_request(items: &[ExportItem]) -> ExportTraceServiceRequest {
+    let scope = tracer_scope();
+    let mut groups: Vec<(Arc<ProcessResource>, Vec<SpanData>)> = Vec::new();
+    for item in items {
+        let data = span_data(&item.span, &scope);
+        match groups
+            .iter_mut()
+            .find(|(r, _)| r.pid == item.resource.pid && **r == *item.resource)
+        {
+            Some((_, spans)) => spans.push(data),
+            None => groups.push((Arc::clone(&item.resource), vec![data])),
+        }
+    }
+    let mut resource_spans = Vec::new();
+    for (resource, spans) in groups {
+        let resource = ResourceAttributesWithSchema::from(&otel_resource(&resource));
+        resource_spans.extend(group_spans_by_resource_and_scope(spans, &resource));
+    }
+    ExportTraceServiceRequest { resource_spans }
 }
 
 #[cfg(test)]

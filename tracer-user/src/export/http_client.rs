@@ -1,122 +1,220 @@
-//! The HTTP client handed to the OTLP exporter: a `reqwest` client that also remembers the outcome
-//! of its last request (status code, `Retry-After`, transport error), because the exporter reports
-//! failures only as text and drops `Retry-After` when its own retries are disabled.
+//! OTLP over HTTP (http/protobuf and http/json): one `reqwest` client that POSTs encoded batches
+//! and returns the outcome typed (status code and `Retry-After`, or a transport error).
 //!
 //! The client never follows redirects: a redirect would carry the configured headers (API keys,
 //! tenant tokens) to whatever host the `Location` names. A 3xx answer is a failed export, counted
-//! like any other. Transport errors are logged without their URL (it may carry credentials).
+//! like any other. Transport errors are reported without their URL (it may carry credentials).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::io::Write as _;
 
-use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message as _;
 
-use super::retry::parse_retry_after;
+use super::ExportError;
+use super::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
+use super::otlp::{AttemptFailure, header_map};
+use super::retry::{classify_http_status, parse_retry_after};
 
-/// What happened to the last request sent through an [`ObservedHttpClient`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HttpAttemptOutcome {
-    /// A response arrived (any status).
-    Status {
-        code: u16,
-        retry_after: Option<Duration>,
-    },
-    /// No response: connection failure, timeout, reset.
-    Transport,
+/// Most response-body bytes read for a partial-success answer (the rest is ignored).
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Sends OTLP/HTTP requests to one endpoint.
+pub struct HttpSender {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: http::HeaderMap,
+    json: bool,
+    gzip: bool,
 }
 
-/// Shared slot holding the last outcome.
-pub type OutcomeSlot = Arc<Mutex<Option<HttpAttemptOutcome>>>;
-
-/// `reqwest::Client` plus an outcome slot.
-#[derive(Debug)]
-pub struct ObservedHttpClient {
-    inner: reqwest::Client,
-    last_outcome: OutcomeSlot,
-}
-
-impl ObservedHttpClient {
-    /// Builds a client whose requests (including reading the body) time out after `timeout`
-    /// and that does not follow redirects.
-    pub fn new(timeout: Duration) -> Result<(Self, OutcomeSlot), reqwest::Error> {
-        let inner = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let last_outcome: OutcomeSlot = Arc::default();
-        Ok((
-            ObservedHttpClient {
-                inner,
-                last_outcome: Arc::clone(&last_outcome),
-            },
-            last_outcome,
-        ))
+/// Without header values or the URL's credentials.
+impl std::fmt::Debug for HttpSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSender")
+            .field("url", &crate::redact::url(self.url.as_str()))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("json", &self.json)
+            .field("gzip", &self.gzip)
+            .finish()
     }
+}
 
-    fn record(&self, outcome: HttpAttemptOutcome) {
-        if let Ok(mut slot) = self.last_outcome.lock() {
-            *slot = Some(outcome);
+impl HttpSender {
+    /// A client whose requests (including reading the body) time out after the configured
+    /// timeout and that does not follow redirects. Nothing is contacted here.
+    pub fn new(cfg: &OtlpConfig, headers: &[(String, String)]) -> Result<Self, ExportError> {
+        let mut headers = header_map(headers)?;
+        let json = cfg.protocol == OtlpProtocol::HttpJson;
+        let content_type = if json {
+            "application/json"
+        } else {
+            "application/x-protobuf"
+        };
+        headers.insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        let gzip = cfg.compression == Some(OtlpCompression::Gzip);
+        if gzip {
+            headers.insert(CONTENT_ENCODING, http::HeaderValue::from_static("gzip"));
         }
-    }
-}
-
-/// Takes the recorded outcome, leaving the slot empty for the next attempt.
-pub fn take_outcome(slot: &OutcomeSlot) -> Option<HttpAttemptOutcome> {
-    slot.lock().ok().and_then(|mut s| s.take())
-}
-
-// The trait is declared with `async_trait`; this is the signature that macro generates.
-impl HttpClient for ObservedHttpClient {
-    fn send_bytes<'life0, 'async_trait>(
-        &'life0 self,
-        request: Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let result = HttpClient::send_bytes(&self.inner, request).await;
-            match &result {
-                Ok(response) => {
-                    let retry_after = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
-                    self.record(HttpAttemptOutcome::Status {
-                        code: response.status().as_u16(),
-                        retry_after,
-                    });
-                }
-                Err(error) => {
-                    tracing::debug!(error = %without_url(error), "OTLP HTTP request failed");
-                    self.record(HttpAttemptOutcome::Transport);
-                }
-            }
-            result
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ExportError::HttpClient(crate::redact::urls_in(&error_chain(&e))))?;
+        // The message may quote the URL: shown redacted.
+        let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| {
+            ExportError::HttpClient(format!(
+                "invalid endpoint {}: {e}",
+                crate::redact::url(&cfg.endpoint)
+            ))
+        })?;
+        Ok(HttpSender {
+            client,
+            url,
+            headers,
+            json,
+            gzip,
         })
     }
+
+    /// POSTs one encoded request; returns the spans the receiver reported as rejected.
+    pub async fn send(&self, body: Bytes) -> Result<u64, AttemptFailure> {
+        let body = if self.gzip {
+            gzip(&body).map_err(|e| AttemptFailure::permanent(format!("gzip: {e}")))?
+        } else {
+            body
+        };
+        let response = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                let message = without_url(&e);
+                tracing::debug!(error = %message, "OTLP HTTP request failed");
+                AttemptFailure::transient(format!("HTTP export failed: {message}"))
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let class = classify_http_status(status.as_u16(), retry_after);
+            return Err(AttemptFailure {
+                class,
+                message: format!("HTTP export failed with status {}", status.as_u16()),
+            });
+        }
+        Ok(rejected_spans(&read_bounded(response).await, self.json))
+    }
 }
 
-/// An error's text without the request URL reqwest adds to it; other errors by their chain.
-fn without_url(error: &HttpError) -> String {
-    match error.downcast_ref::<reqwest::Error>() {
-        Some(e) => {
-            let mut text = match e.url() {
-                Some(url) => e.to_string().replace(url.as_str(), "(url not shown)"),
-                None => e.to_string(),
-            };
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            crate::redact::urls_in(&text)
+fn gzip(body: &[u8]) -> std::io::Result<Bytes> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::default());
+    encoder.write_all(body)?;
+    encoder.finish().map(Bytes::from)
+}
+
+/// Up to [`MAX_RESPONSE_BODY`] bytes of the response body (a read error ends it early: the
+/// export itself was accepted).
+async fn read_bounded(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
+        body.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        if body.len() >= MAX_RESPONSE_BODY {
+            break;
         }
-        None => crate::redact::urls_in(&error.to_string()),
+    }
+    body
+}
+
+/// `partial_success.rejected_spans` of a success answer (0 when absent or unreadable).
+pub fn rejected_spans(body: &[u8], json: bool) -> u64 {
+    if body.is_empty() {
+        return 0;
+    }
+    let response = if json {
+        serde_json::from_slice::<ExportTraceServiceResponse>(body).ok()
+    } else {
+        ExportTraceServiceResponse::decode(body).ok()
+    };
+    let Some(partial) = response.and_then(|r| r.partial_success) else {
+        return 0;
+    };
+    if partial.rejected_spans > 0 || !partial.error_message.is_empty() {
+        tracing::warn!(
+            rejected_spans = partial.rejected_spans,
+            // The receiver's text, which could echo anything: only its length-bounded redacted form.
+            message = %crate::redact::urls_in(&partial.error_message.chars().take(200).collect::<String>()),
+            "OTLP receiver rejected part of a batch"
+        );
+    }
+    u64::try_from(partial.rejected_spans).unwrap_or(0)
+}
+
+/// A reqwest error's text and causes, without the request URL reqwest adds to it.
+fn without_url(error: &reqwest::Error) -> String {
+    let text = error_chain(error);
+    let text = match error.url() {
+        Some(url) => text.replace(url.as_str(), "(url not shown)"),
+        None => text,
+    };
+    crate::redact::urls_in(&text)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+
+    #[test]
+    fn partial_success_is_read_from_protobuf_and_json() {
+        let response = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 7,
+                error_message: "too old".into(),
+            }),
+        };
+        assert_eq!(rejected_spans(&response.encode_to_vec(), false), 7);
+        let json = serde_json::to_vec(&response).unwrap();
+        assert_eq!(rejected_spans(&json, true), 7);
+        assert_eq!(rejected_spans(b"", false), 0);
+        assert_eq!(rejected_spans(b"\xff\xff garbage", false), 0);
+        assert_eq!(rejected_spans(b"{}", true), 0);
+        assert_eq!(
+            rejected_spans(b"{\"partialSuccess\":{\"rejectedSpans\":-3}}", true),
+            0
+        );
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let body = vec![7u8; 10_000];
+        let packed = gzip(&body).unwrap();
+        assert!(packed.len() < body.len());
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut out)
+            .unwrap();
+        assert_eq!(out, body);
     }
 }

@@ -6,7 +6,8 @@
 
 mod batch;
 mod config;
-mod convert;
+mod encode;
+mod grpc;
 mod http_client;
 mod json;
 mod otlp;
@@ -16,6 +17,12 @@ mod stats;
 mod stream;
 mod terminal;
 
+/// The replaced SDK conversion (`SpanData` -> opentelemetry-proto), kept as the reference the
+/// direct encoder is checked against.
+#[cfg(test)]
+mod convert;
+#[cfg(test)]
+mod encode_tests;
 #[cfg(test)]
 mod otlp_tests;
 #[cfg(test)]
@@ -31,7 +38,9 @@ pub use config::{
     BatchConfig, ConfigError, EnvLookup, OtlpCompression, OtlpConfig, OtlpOverrides, OtlpProtocol,
     RetryConfig, otlp_configured,
 };
-pub use convert::SCOPE_NAME;
+pub use encode::{
+    JsonEncodeError, SCOPE_NAME, SCOPE_VERSION, TraceEncoder, encode_traces, traces_json,
+};
 pub use json::{JsonFormatter, JsonSink, write_span_line};
 pub use stats::{ExportStats, ExportStatsSnapshot};
 pub use stream::{BoxedWriter, StreamSink};
@@ -46,9 +55,9 @@ use crate::model::ExportItem;
 pub enum ExportError {
     #[error("invalid OTLP configuration: {0}")]
     Config(#[from] ConfigError),
-    /// Shown without URL credentials: the exporter's message may quote the endpoint.
-    #[error("cannot build the OTLP exporter: {}", crate::redact::urls_in(&.0.to_string()))]
-    Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// Shown without URL credentials (built from the redacted endpoint).
+    #[error("invalid OTLP endpoint {}", crate::redact::urls_in(.0))]
+    Endpoint(String),
     #[error("cannot build the OTLP HTTP client: {0}")]
     HttpClient(String),
     #[error("invalid OTLP header: {0}")]

@@ -1,28 +1,22 @@
-//! One OTLP export request: builds the `opentelemetry-otlp` span exporter (gRPC via tonic or
-//! HTTP protobuf/JSON via reqwest) from [`OtlpConfig`], and sends one resource's spans at a time,
-//! reporting failures with a retry classification.
+//! One OTLP export request over the configured transport: the batch encoded straight from our
+//! span records ([`TraceEncoder`]), sent by our own HTTP client ([`HttpSender`]: http/protobuf and
+//! http/json) or gRPC client ([`GrpcSender`]), with the outcome typed: an HTTP status with its
+//! `Retry-After`, a gRPC status code, or a transport error, classified for retry.
 //!
-//! The exporter's built-in retry is disabled; the batch worker retries so it can count retries and
-//! honour the shutdown deadline. Neither transport builds its own runtime: both run on the caller's
-//! tokio runtime, and the gRPC channel connects lazily, so an unreachable endpoint at start is not
-//! an error.
+//! Neither transport builds its own runtime: both run on the caller's tokio runtime, and both
+//! connect lazily, so an unreachable endpoint at start is not an error.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
-use opentelemetry_otlp::{
-    Compression, Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig,
-    WithTonicConfig,
-};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkError;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use bytes::Bytes;
 
 use super::ExportError;
-use super::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
-use super::http_client::{HttpAttemptOutcome, ObservedHttpClient, OutcomeSlot, take_outcome};
-use super::retry::{FailureClass, classify_grpc_error_text, classify_http_status};
+use super::config::{OtlpConfig, OtlpProtocol};
+use super::encode::{TraceEncoder, traces_json};
+use super::grpc::GrpcSender;
+use super::http_client::HttpSender;
+use super::retry::FailureClass;
+use crate::model::ExportItem;
 
 /// Extra time beyond the configured timeout before an attempt is abandoned locally.
 const ATTEMPT_GRACE: Duration = Duration::from_secs(5);
@@ -34,124 +28,108 @@ pub struct AttemptFailure {
     pub message: String,
 }
 
-/// The exporter plus what is needed to classify its failures.
+impl AttemptFailure {
+    pub fn transient(message: String) -> Self {
+        AttemptFailure {
+            class: FailureClass::Transient { retry_after: None },
+            message,
+        }
+    }
+
+    pub fn permanent(message: String) -> Self {
+        AttemptFailure {
+            class: FailureClass::Permanent,
+            message,
+        }
+    }
+}
+
+/// A request the receiver accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub latency: Duration,
+    /// Spans the receiver said it rejected (OTLP partial success).
+    pub rejected_spans: u64,
+}
+
+#[derive(Debug)]
+enum Sender {
+    Http(HttpSender),
+    Grpc(GrpcSender),
+}
+
+/// The encoder plus the configured sender.
 #[derive(Debug)]
 pub struct OtlpTransport {
-    exporter: SpanExporter,
+    sender: Sender,
     protocol: OtlpProtocol,
     timeout: Duration,
-    /// Present for HTTP transports.
-    http_outcome: Option<OutcomeSlot>,
+    encoder: TraceEncoder,
+    /// Reused protobuf output.
+    scratch: Vec<u8>,
 }
 
 impl OtlpTransport {
-    /// Builds the exporter. Must run inside a tokio runtime (the gRPC channel spawns its worker).
+    /// Builds the sender. Must run inside a tokio runtime (the gRPC channel spawns its worker).
     pub fn new(cfg: &OtlpConfig) -> Result<Self, ExportError> {
-        let compression = cfg
-            .compression
-            .map(|OtlpCompression::Gzip| Compression::Gzip);
         // Every request carries the agent's mark, so no tracer ever makes spans of it.
         let headers = marked_headers(&cfg.headers);
-        let (exporter, http_outcome) = match cfg.protocol {
-            OtlpProtocol::Grpc => {
-                let mut builder = SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(cfg.endpoint.clone())
-                    .with_protocol(Protocol::Grpc)
-                    .with_timeout(cfg.timeout)
-                    .with_metadata(grpc_metadata(&headers)?)
-                    .with_retry_policy(RetryPolicy::disabled());
-                if let Some(c) = compression {
-                    builder = builder.with_compression(c);
-                }
-                (builder.build()?, None)
-            }
+        let sender = match cfg.protocol {
+            OtlpProtocol::Grpc => Sender::Grpc(GrpcSender::new(cfg, &headers)?),
             OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-                let (client, slot) = ObservedHttpClient::new(cfg.timeout)
-                    .map_err(|e| ExportError::HttpClient(e.to_string()))?;
-                let protocol = if cfg.protocol == OtlpProtocol::HttpJson {
-                    Protocol::HttpJson
-                } else {
-                    Protocol::HttpBinary
-                };
-                let headers: HashMap<String, String> = headers.into_iter().collect();
-                let mut builder = SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(cfg.endpoint.clone())
-                    .with_protocol(protocol)
-                    .with_timeout(cfg.timeout)
-                    .with_headers(headers)
-                    .with_http_client(client)
-                    .with_retry_policy(RetryPolicy::disabled());
-                if let Some(c) = compression {
-                    builder = builder.with_compression(c);
-                }
-                (builder.build()?, Some(slot))
+                Sender::Http(HttpSender::new(cfg, &headers)?)
             }
         };
         Ok(OtlpTransport {
-            exporter,
+            sender,
             protocol: cfg.protocol,
             timeout: cfg.timeout,
-            http_outcome,
+            encoder: TraceEncoder::new(),
+            scratch: Vec::new(),
         })
     }
 
-    /// Sends `spans` (all from the process described by `resource`) in one request.
-    /// Returns the request latency on success.
-    pub async fn export(
-        &mut self,
-        resource: &Resource,
-        spans: Vec<SpanData>,
-    ) -> Result<Duration, AttemptFailure> {
-        self.exporter.set_resource(resource);
-        if let Some(slot) = &self.http_outcome {
-            take_outcome(slot);
-        }
-        let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.timeout + ATTEMPT_GRACE, self.exporter.export(spans)).await;
-        match result {
-            Ok(Ok(())) => Ok(started.elapsed()),
-            Ok(Err(error)) => Err(self.classify(&error)),
-            Err(_) => Err(AttemptFailure {
-                class: FailureClass::Transient { retry_after: None },
-                message: format!(
-                    "export did not finish within {:?}",
-                    self.timeout + ATTEMPT_GRACE
-                ),
-            }),
+    /// Encodes `items` as one request body (protobuf, or JSON for http/json; compressed later by
+    /// the sender when configured). The body is reference-counted, so retries do not copy it.
+    pub fn encode(&mut self, items: &[ExportItem]) -> Result<Bytes, AttemptFailure> {
+        self.scratch.clear();
+        self.encoder.encode(items, &mut self.scratch);
+        match self.protocol {
+            OtlpProtocol::Grpc | OtlpProtocol::HttpProtobuf => {
+                Ok(Bytes::copy_from_slice(&self.scratch))
+            }
+            OtlpProtocol::HttpJson => traces_json(&self.scratch)
+                .map(Bytes::from)
+                .map_err(|e| AttemptFailure::permanent(e.to_string())),
         }
     }
 
-    fn classify(&self, error: &OTelSdkError) -> AttemptFailure {
-        let message = error.to_string();
-        let class = match error {
-            OTelSdkError::Timeout(_) => FailureClass::Transient { retry_after: None },
-            OTelSdkError::AlreadyShutdown => FailureClass::Permanent,
-            OTelSdkError::InternalFailure(text) => match self.protocol {
-                OtlpProtocol::Grpc => classify_grpc_error_text(text),
-                OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-                    match self.http_outcome.as_ref().and_then(take_outcome) {
-                        Some(HttpAttemptOutcome::Status { code, retry_after }) => {
-                            classify_http_status(code, retry_after)
-                        }
-                        Some(HttpAttemptOutcome::Transport) => {
-                            FailureClass::Transient { retry_after: None }
-                        }
-                        // Failed before sending (encoding, body size): retrying cannot help.
-                        None => FailureClass::Permanent,
-                    }
-                }
-            },
+    /// Sends one encoded request. Returns the request latency on success.
+    pub async fn export(&mut self, body: Bytes) -> Result<Delivered, AttemptFailure> {
+        let started = Instant::now();
+        let limit = self.timeout + ATTEMPT_GRACE;
+        let attempt = async {
+            match &mut self.sender {
+                Sender::Http(http) => http.send(body).await,
+                Sender::Grpc(grpc) => grpc.send(body).await,
+            }
         };
-        AttemptFailure { class, message }
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(rejected_spans)) => Ok(Delivered {
+                latency: started.elapsed(),
+                rejected_spans,
+            }),
+            Ok(Err(failure)) => Err(failure),
+            Err(_) => Err(AttemptFailure::transient(format!(
+                "export did not finish within {limit:?}"
+            ))),
+        }
     }
 }
 
 /// The configured headers with `User-Agent` replaced by the agent's mark (the configured value,
-/// if any, kept after it). The key is spelled as the exporter's default so it replaces it.
-fn marked_headers(configured: &[(String, String)]) -> Vec<(String, String)> {
+/// if any, kept after it).
+pub fn marked_headers(configured: &[(String, String)]) -> Vec<(String, String)> {
     let theirs = configured
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
@@ -168,16 +146,18 @@ fn marked_headers(configured: &[(String, String)]) -> Vec<(String, String)> {
     headers
 }
 
-/// Builds gRPC metadata from validated header pairs (validated again by the `http` builder).
-fn grpc_metadata(headers: &[(String, String)]) -> Result<MetadataMap, ExportError> {
-    let mut builder = opentelemetry_http::Request::builder();
+/// Validated header pairs as an HTTP header map.
+pub fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, ExportError> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
     for (key, value) in headers {
-        builder = builder.header(key.as_str(), value.as_str());
+        let name = http::HeaderName::from_bytes(key.as_bytes())
+            .map_err(|e| ExportError::Header(format!("{key}: {e}")))?;
+        // The value may be a credential: never quoted in the error.
+        let value = http::HeaderValue::from_str(value)
+            .map_err(|e| ExportError::Header(format!("{key}: {e}")))?;
+        map.append(name, value);
     }
-    let request = builder
-        .body(())
-        .map_err(|e| ExportError::Header(e.to_string()))?;
-    Ok(MetadataMap::from_headers(request.into_parts().0.headers))
+    Ok(map)
 }
 
 #[cfg(test)]
@@ -185,15 +165,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metadata_carries_headers_and_rejects_invalid_ones() {
+    fn header_map_carries_headers_and_rejects_invalid_ones() {
         let headers = vec![("x-tenant".to_string(), "team-a".to_string())];
-        let metadata = grpc_metadata(&headers).unwrap();
+        let map = header_map(&headers).unwrap();
         assert_eq!(
-            metadata.get("x-tenant").and_then(|v| v.to_str().ok()),
+            map.get("x-tenant").and_then(|v| v.to_str().ok()),
             Some("team-a")
         );
-        assert!(grpc_metadata(&[("bad key".to_string(), "v".to_string())]).is_err());
-        assert!(grpc_metadata(&[("k".to_string(), "line\nbreak".to_string())]).is_err());
+        assert!(header_map(&[("bad key".to_string(), "v".to_string())]).is_err());
+        let error = header_map(&[("k".to_string(), "secret\nbreak".to_string())]).unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
     }
 
     #[test]
@@ -214,9 +195,9 @@ mod tests {
                 format!("{} acme/1", crate::own::user_agent())
             )]
         );
-        let metadata = grpc_metadata(&plain).unwrap();
+        let map = header_map(&plain).unwrap();
         assert_eq!(
-            metadata.get("user-agent").and_then(|v| v.to_str().ok()),
+            map.get("user-agent").and_then(|v| v.to_str().ok()),
             Some(crate::own::user_agent().as_str())
         );
     }

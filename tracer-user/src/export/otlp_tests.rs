@@ -206,12 +206,16 @@ async fn round_trip(protocol: OtlpProtocol, compression: Option<OtlpCompression>
     let stats = sink.shutdown(PATIENCE).await;
     assert_eq!(stats.spans_enqueued, 3);
     assert_eq!(stats.spans_exported, 3, "{stats:?}");
-    assert_eq!(stats.export_batches, 2, "one request per process resource");
+    assert_eq!(stats.export_batches, 1, "one request per batch");
     assert_eq!(stats.export_retries, 0);
     assert_sample_received(receiver.recorder.accepted_spans());
     for request in receiver.recorder.seen() {
         let body = request.body.expect("decoded body");
-        assert_eq!(body.resource_spans.len(), 1, "one resource per request");
+        assert_eq!(
+            body.resource_spans.len(),
+            2,
+            "one ResourceSpans per process resource"
+        );
         assert!(
             request
                 .headers
@@ -237,7 +241,21 @@ async fn round_trip(protocol: OtlpProtocol, compression: Option<OtlpCompression>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_round_trip() {
-    round_trip(OtlpProtocol::Grpc, None).await;
+    let receiver = round_trip(OtlpProtocol::Grpc, None).await;
+    for request in receiver.recorder.seen() {
+        // The configured 5 s timeout travels as the gRPC deadline.
+        let timeout = request
+            .headers
+            .iter()
+            .find(|(k, _)| k == "grpc-timeout")
+            .map(|(_, v)| v.clone());
+        assert_eq!(
+            timeout.as_deref(),
+            Some("5000000u"),
+            "{:?}",
+            request.headers
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,4 +527,31 @@ async fn shutdown_deadline_bounds_an_unreachable_endpoint() {
         3,
         "{stats:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_https_is_refused_at_start_not_sent_in_clear() {
+    let mut cfg = config(OtlpProtocol::Grpc, unused_addr().await);
+    cfg.endpoint = "https://user:secret@collector.invalid:4317".into();
+    let error = build_sink(&SinkConfig::Otlp(cfg))
+        .await
+        .expect_err("no TLS for gRPC in this build");
+    let text = error.to_string();
+    assert!(text.contains("http/protobuf"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_gzip_round_trip() {
+    let receiver = round_trip(OtlpProtocol::HttpProtobuf, Some(OtlpCompression::Gzip)).await;
+    for request in receiver.recorder.seen() {
+        assert!(
+            request
+                .headers
+                .iter()
+                .any(|(k, v)| k == "content-encoding" && v == "gzip"),
+            "{:?}",
+            request.headers
+        );
+    }
 }

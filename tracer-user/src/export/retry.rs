@@ -3,7 +3,7 @@
 //! Retried (transient): HTTP 429, 502, 503, 504 and transport errors (connection refused or reset,
 //! timeouts); gRPC UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED, OUT_OF_RANGE, DATA_LOSS.
 //! Everything else (other 4xx/5xx, other gRPC codes including RESOURCE_EXHAUSTED, whose retry
-//! hint we cannot see, and encoding errors) is permanent: the batch is dropped and counted.
+//! hint we do not read, and encoding errors) is permanent: the batch is dropped and counted.
 //! HTTP `Retry-After` in delta-seconds form is honoured (capped at [`MAX_SERVER_DELAY`]); the
 //! HTTP-date form falls back to the computed backoff.
 
@@ -31,21 +31,16 @@ pub fn classify_http_status(status: u16, retry_after: Option<Duration>) -> Failu
     }
 }
 
-/// Classifies a gRPC failure from the exporter's error text, which embeds the status code as
-/// `gRPC code: <Code>` (the exporter reports failures only as text).
-pub fn classify_grpc_error_text(text: &str) -> FailureClass {
-    const MARKER: &str = "gRPC code: ";
-    let Some(at) = text.find(MARKER) else {
-        return FailureClass::Permanent;
-    };
-    let rest = text.get(at + MARKER.len()..).unwrap_or("");
-    let code: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect();
-    match code.as_str() {
-        "Unavailable" | "DeadlineExceeded" | "Aborted" | "Cancelled" | "OutOfRange"
-        | "DataLoss" => FailureClass::Transient { retry_after: None },
+/// Classifies a failed gRPC call by its status code (OTLP/gRPC's retryable codes).
+pub fn classify_grpc_code(code: tonic::Code) -> FailureClass {
+    use tonic::Code;
+    match code {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::Cancelled
+        | Code::OutOfRange
+        | Code::DataLoss => FailureClass::Transient { retry_after: None },
         _ => FailureClass::Permanent,
     }
 }
@@ -113,44 +108,38 @@ mod tests {
     }
 
     #[test]
-    fn grpc_codes_from_error_text() {
-        let t = |code: &str| {
-            classify_grpc_error_text(&format!(
-                "TonicTracesClient export failed with gRPC code: {code}: transport error"
-            ))
-        };
+    fn grpc_codes() {
+        use tonic::Code;
         for code in [
-            "Unavailable",
-            "DeadlineExceeded",
-            "Aborted",
-            "Cancelled",
-            "OutOfRange",
-            "DataLoss",
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::Cancelled,
+            Code::OutOfRange,
+            Code::DataLoss,
         ] {
             assert_eq!(
-                t(code),
+                classify_grpc_code(code),
                 FailureClass::Transient { retry_after: None },
-                "{code}"
+                "{code:?}"
             );
         }
         for code in [
-            "InvalidArgument",
-            "Unauthenticated",
-            "PermissionDenied",
-            "ResourceExhausted",
-            "Internal",
-            "Unimplemented",
+            Code::Ok,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::Internal,
+            Code::Unimplemented,
         ] {
-            assert_eq!(t(code), FailureClass::Permanent, "{code}");
+            assert_eq!(
+                classify_grpc_code(code),
+                FailureClass::Permanent,
+                "{code:?}"
+            );
         }
-        assert_eq!(
-            classify_grpc_error_text("something else"),
-            FailureClass::Permanent
-        );
-        assert_eq!(
-            classify_grpc_error_text("gRPC code: "),
-            FailureClass::Permanent
-        );
     }
 
     #[test]

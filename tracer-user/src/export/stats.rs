@@ -30,7 +30,7 @@ pub struct ExportStatsSnapshot {
     pub spans_dropped_export_failed: u64,
     /// Spans still queued or in flight when the shutdown deadline passed (or submitted after).
     pub spans_dropped_shutdown: u64,
-    /// Export requests that succeeded (one per resource group per batch).
+    /// Export requests that succeeded (OTLP: one per batch, holding every process resource in it).
     pub export_batches: u64,
     /// Export requests given up on.
     pub export_batches_failed: u64,

@@ -1,6 +1,7 @@
 //! Real in-process OTLP receivers for tests: a tonic `TraceServiceServer` (gRPC) and a minimal
-//! HTTP/1.1 server decoding `ExportTraceServiceRequest` bodies (protobuf or JSON). Both follow a
-//! script of replies (accept, or fail with a given status) and record what they received.
+//! HTTP/1.1 server decoding `ExportTraceServiceRequest` bodies (protobuf or JSON, gzip or not).
+//! Both follow a script of replies (accept, or fail with a given status) and record what they
+//! received.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -263,8 +264,16 @@ async fn serve_http_connection(mut stream: TcpStream, recorder: Recorder) {
                 Ok(_) => {}
             }
         }
-        let body: Vec<u8> = buf[head_end..head_end + length].to_vec();
+        let mut body: Vec<u8> = buf[head_end..head_end + length].to_vec();
         buf.drain(..head_end + length);
+        if header("content-encoding").as_deref() == Some("gzip") {
+            let mut plain = Vec::new();
+            let inflated = std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(body.as_slice()),
+                &mut plain,
+            );
+            body = if inflated.is_ok() { plain } else { Vec::new() };
+        }
 
         let content_type = header("content-type").unwrap_or_default();
         let decoded = if content_type.starts_with("application/json") {
