@@ -114,7 +114,7 @@ pub fn header(kind_: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> EventHea
 
 #[inline(always)]
 fn submit_open(ev: &ConnOpenEvent) {
-    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags()) {
+    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags(true)) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
         Err(_) => count(counter::RINGBUF_FULL, 1),
     }
@@ -584,7 +584,7 @@ fn close_fd(ctx: &TracePointContext, fd: i32) {
     let ev = ConnCloseEvent {
         header: header(kind::CONN_CLOSE, tgid, ctx.pid(), fd, state.conn_id),
     };
-    match EVENTS.output::<ConnCloseEvent>(&ev, events_output_flags()) {
+    match EVENTS.output::<ConnCloseEvent>(&ev, events_output_flags(false)) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
         Err(_) => count(counter::RINGBUF_FULL, 1),
     }

@@ -477,7 +477,7 @@ fn emit(
         };
         let size = DATA_HEADER_LEN + (n as usize & (MAX_CAPTURE * 2 - 1));
         let record = core::slice::from_raw_parts(ev as *const u8, size);
-        match EVENTS.output::<[u8]>(record, events_output_flags()) {
+        match EVENTS.output::<[u8]>(record, events_output_flags(false)) {
             Ok(()) => {
                 if let Some(s) = slot
                     && (*s).lost == 1
