@@ -981,7 +981,7 @@ mod tests {
             },
             events_read: 201,
             decode_errors: 202,
-            event_loop_wakeups: 231,
+            event_loop_wakeups: 4001,
             spans_built: 203,
             exchanges_without_role: 204,
             exchanges_lost_to_drops: 231,
@@ -1059,6 +1059,7 @@ mod tests {
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
+        want.push(4001.0); // event_loop_wakeups
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
