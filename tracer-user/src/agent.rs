@@ -10,6 +10,7 @@
 //! to a span's delivery (4 ms under load, 64 ms after a quiet spell), on top of the reorder window.
 
 use std::{
+    collections::HashSet,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     process::ExitCode,
@@ -316,6 +317,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         stop: Arc::clone(&stop),
         summary_every: args.summary_interval.max(1),
         out: Vec::with_capacity(SPANS_PER_BATCH),
+        prefetched: HashSet::new(),
     };
     std::thread::Builder::new()
         .name("tracer-events".into())
@@ -433,6 +435,8 @@ struct EventLoop {
     summary_every: u64,
     /// Spans built since the last hand-over (reused).
     out: Vec<ExportItem>,
+    /// Processes whose /proc entry was read in the current drain cycle (reused).
+    prefetched: HashSet<u32>,
 }
 
 /// What the event thread hands back when it stops.
@@ -514,11 +518,20 @@ impl EventLoop {
             probes,
             sink,
             mut out,
+            mut prefetched,
             ..
         } = self;
         drop(probes);
         for _ in 0..64 {
-            if drain(&mut ring, &mut window, &mut pipeline, &sink, &mut out) == 0 {
+            if drain(
+                &mut ring,
+                &mut window,
+                &mut pipeline,
+                &sink,
+                &mut out,
+                &mut prefetched,
+            ) == 0
+            {
                 break;
             }
         }
@@ -547,6 +560,7 @@ impl EventLoop {
                 &mut self.pipeline,
                 &self.sink,
                 &mut self.out,
+                &mut self.prefetched,
             );
             let now = monotonic_now_ns();
             self.window.release_ready(now, &mut |bytes| {
@@ -604,7 +618,9 @@ fn drain(
     pipeline: &mut Pipeline,
     sink: &SpanSink,
     out: &mut Vec<ExportItem>,
+    prefetched: &mut HashSet<u32>,
 ) -> usize {
+    prefetched.clear();
     let mut n = 0;
     while n < RECORDS_PER_WAKE {
         let Some(item) = ring.next() else { break };
@@ -615,7 +631,12 @@ fn drain(
                     header, role, peer, ..
                 } = &event
                 {
-                    pipeline.prefetch_resource(header.tgid);
+                    // Once per process per cycle: reading /proc/<pid>/stat costs the kernel a
+                    // walk over all the process's threads, and a batch may hold thousands of
+                    // opens of one process (the reads would all see the same process anyway).
+                    if prefetched.insert(header.tgid) {
+                        pipeline.prefetch_resource(header.tgid);
+                    }
                     if crate::pipeline::needs_proc(*role, *peer) {
                         pipeline.presolve_sniffed(header.conn_id, header.tgid, header.fd);
                     }
