@@ -705,3 +705,52 @@ fn the_census_runs_with_the_least_privilege_capabilities() {
         agent.output_report()
     );
 }
+
+/// The event thread wakes up at a bounded rate, not once per record: a burst of 2000 keep-alive
+/// requests (client and server traced, thousands of ring-buffer records) costs far fewer
+/// wake-ups than records. Counts, not time: the burst would need seconds of 4 ms polls to come
+/// near the bound even on a loaded machine.
+#[test]
+fn event_thread_wakeups_stay_far_below_the_records_read() {
+    const REQUESTS: u64 = 2000;
+    let port = free_port();
+    let nginx = Nginx::start(port);
+    let (mut session, metrics) = session_with_metrics(AgentConfig::new());
+    // Warm up: the agent has seen this client and server once before counting starts.
+    assert_eq!(
+        curl(&[&local_url(port, "/index.html?burst=warm")]).status,
+        200
+    );
+    let before = wait_metrics(metrics, "the warm-up spans", |page| {
+        metric_or_zero(page, "tracer_spans_built_total") >= 2.0
+    });
+    let url = local_url(port, &format!("/index.html?burst=[1-{REQUESTS}]"));
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "--noproxy", "*", "--max-time", "120", &url])
+        .stdout(std::process::Stdio::null());
+    let (status, child) = run_with_timeout("curl burst", command, Duration::from_secs(150));
+    assert!(
+        status.success(),
+        "curl burst failed ({status})\n{}\n{}",
+        child.output_report(),
+        nginx.output_report()
+    );
+    let built_before = metric(&before, "tracer_spans_built_total");
+    let after = wait_metrics(metrics, "a SERVER and a CLIENT span per request", |page| {
+        metric_or_zero(page, "tracer_spans_built_total") >= built_before + 2.0 * REQUESTS as f64
+    });
+    let records =
+        metric(&after, "tracer_events_read_total") - metric(&before, "tracer_events_read_total");
+    let wakeups = metric(&after, "tracer_event_loop_wakeups_total")
+        - metric(&before, "tracer_event_loop_wakeups_total");
+    assert!(
+        records >= 4.0 * REQUESTS as f64,
+        "at least a request and a response record per side per request: {records}"
+    );
+    assert!(
+        wakeups * 4.0 < records,
+        "{wakeups} wake-ups for {records} records: the event thread must not wake per record\n{after}"
+    );
+    session.finish();
+}

@@ -14,7 +14,8 @@ use tracer_common::{
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
     ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT,
-    INFLIGHT_PER_PROCESS, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count, next_conn_id,
+    INFLIGHT_PER_PROCESS, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count, events_output_flags,
+    next_conn_id,
 };
 
 const AF_INET: u16 = 2;
@@ -113,7 +114,7 @@ pub fn header(kind_: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> EventHea
 
 #[inline(always)]
 fn submit_open(ev: &ConnOpenEvent) {
-    match EVENTS.output::<ConnOpenEvent>(ev, 0) {
+    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags(true)) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
         Err(_) => count(counter::RINGBUF_FULL, 1),
     }
@@ -583,7 +584,7 @@ fn close_fd(ctx: &TracePointContext, fd: i32) {
     let ev = ConnCloseEvent {
         header: header(kind::CONN_CLOSE, tgid, ctx.pid(), fd, state.conn_id),
     };
-    match EVENTS.output::<ConnCloseEvent>(&ev, 0) {
+    match EVENTS.output::<ConnCloseEvent>(&ev, events_output_flags(false)) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
         Err(_) => count(counter::RINGBUF_FULL, 1),
     }

@@ -14,7 +14,9 @@ use crate::conn::{
     sys_arg, sys_ret, take_candidate_args, take_tracked_args, track,
 };
 use crate::filter::pid_traced;
-use crate::maps::{CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count};
+use crate::maps::{
+    CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count, events_output_flags,
+};
 
 /// A user-space `struct iovec`.
 #[repr(C)]
@@ -475,7 +477,7 @@ fn emit(
         };
         let size = DATA_HEADER_LEN + (n as usize & (MAX_CAPTURE * 2 - 1));
         let record = core::slice::from_raw_parts(ev as *const u8, size);
-        match EVENTS.output::<[u8]>(record, 0) {
+        match EVENTS.output::<[u8]>(record, events_output_flags(false)) {
             Ok(()) => {
                 if let Some(s) = slot
                     && (*s).lost == 1

@@ -22,6 +22,30 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
+/// Flags for every `EVENTS.output`: submit without waking the reader (it polls on an adaptive
+/// interval), unless the ring holds more than an eighth of its size, then wake it at once so a
+/// burst cannot fill the ring while the reader sleeps. Wake-ups stay bounded, never one per record.
+///
+/// `wake_if_caught_up` (connection opens): let the kernel wake the reader when it has read
+/// everything before this record (the ring's default). The agent looks a new connection's
+/// process up in /proc at once; a short-lived client (`curl`) may be gone after one poll
+/// interval. Under load the reader is never caught up, so this adds no wake-ups there.
+#[inline(always)]
+pub fn events_output_flags(wake_if_caught_up: bool) -> u64 {
+    use aya_ebpf::bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    };
+    let held = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if held > size / 8 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else if wake_if_caught_up {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 /// Tracked connections, keyed by `conn_key(tgid, fd)`. LRU: an fd closed without a close
 /// syscall (process exit, exec, close_range) leaves its entry behind, never used again; a full
 /// table evicts those first instead of refusing new connections.

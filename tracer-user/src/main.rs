@@ -19,8 +19,10 @@ fn main() -> ExitCode {
         // Colour only on a terminal: `kubectl logs`, journald and files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // One worker: records are read and turned into spans on the agent's own event thread; the
+    // runtime only carries signals, the traced command, /metrics, the exporter and k8s watches.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
     {

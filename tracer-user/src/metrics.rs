@@ -26,6 +26,8 @@ pub struct AgentSnapshot {
     pub kernel: KernelSnapshot,
     pub events_read: u64,
     pub decode_errors: u64,
+    /// Wake-ups of the event thread (its rate is the hand-off cost the design bounds).
+    pub event_loop_wakeups: u64,
     pub spans_built: u64,
     pub exchanges_without_role: u64,
     /// Exchanges discarded because records of their connection were lost in the kernel.
@@ -646,6 +648,11 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             "Exchanges released from the reorder buffer before their wait ended (buffer full).",
             vec![Sample::plain(s.reorder_forced_early)],
         ),
+        Family::counter(
+            "tracer_event_loop_wakeups_total",
+            "Times the event thread woke up to read the ring buffer (bounded rate, not per record).",
+            vec![Sample::plain(s.event_loop_wakeups)],
+        ),
     ]
 }
 
@@ -974,6 +981,7 @@ mod tests {
             },
             events_read: 201,
             decode_errors: 202,
+            event_loop_wakeups: 4001,
             spans_built: 203,
             exchanges_without_role: 204,
             exchanges_lost_to_drops: 231,
@@ -1051,6 +1059,7 @@ mod tests {
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
+        want.push(4001.0); // event_loop_wakeups
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,

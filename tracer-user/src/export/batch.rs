@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::ExportError;
 use super::config::{BatchConfig, OtlpConfig, RetryConfig};
 use super::otlp::OtlpTransport;
-use super::queue::{DropOldestQueue, Pushed};
+use super::queue::{DropOldestQueue, Pushed, PushedMany};
 use super::retry::{FailureClass, backoff_delay};
 use super::stats::{ExportStats, ExportStatsSnapshot};
 use crate::model::ExportItem;
@@ -69,6 +69,21 @@ impl BatchExporter {
                 self.stats.add_dropped_queue_full(1);
             }
             Pushed::Closed => self.stats.add_dropped_shutdown(1),
+        }
+    }
+
+    /// Queues a batch of spans with one lock and one wake-up of the worker (`items` is left
+    /// empty for reuse); evictions of the oldest spans are counted as with `submit`.
+    pub fn submit_batch(&self, items: &mut Vec<ExportItem>) {
+        let n = items.len() as u64;
+        match self.queue.push_many(items) {
+            Some(PushedMany { queued, evicted }) => {
+                self.stats.add_enqueued(queued);
+                if evicted > 0 {
+                    self.stats.add_dropped_queue_full(evicted);
+                }
+            }
+            None => self.stats.add_dropped_shutdown(n),
         }
     }
 

@@ -281,18 +281,70 @@ mod tests {
         assert_eq!(stats.spans_exported, 2);
     }
 
-    /// Spans already queued when the writer runs go out in one write, not one write each.
+    /// A batch of spans goes out in one write, not one write each.
     #[tokio::test]
     async fn queued_spans_are_written_together() {
         let buffer = SharedBuffer::default();
         let sink = JsonSink::to_writer(Box::new(buffer.clone()));
-        // The current-thread test runtime runs the writer only once this test awaits.
-        for _ in 0..100 {
-            sink.submit(item(None, SpanStatus::Unset));
-        }
+        let mut batch: Vec<ExportItem> = (0..100).map(|_| item(None, SpanStatus::Unset)).collect();
+        sink.submit_batch(&mut batch);
+        assert!(batch.is_empty());
         let stats = sink.shutdown(Duration::from_secs(10)).await;
         assert_eq!(stats.spans_exported, 100);
         assert_eq!(buffer.contents().lines().count(), 100);
         assert_eq!(buffer.writes(), 1, "100 queued spans, one write");
+    }
+
+    /// A writer whose first write blocks until the test lets it go.
+    struct GatedWriter {
+        entered: std::sync::mpsc::Sender<()>,
+        gate: std::sync::mpsc::Receiver<()>,
+        inner: SharedBuffer,
+        first: bool,
+    }
+
+    impl std::io::Write for GatedWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.first {
+                self.first = false;
+                let _ = self.entered.send(());
+                let _ = self.gate.recv();
+            }
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A stuck stdout blocks only the writer thread: submitting never waits, and spans beyond
+    /// the queue's room are dropped and counted.
+    #[tokio::test]
+    async fn a_blocked_writer_never_blocks_submit_and_overflow_is_counted() {
+        let buffer = SharedBuffer::default();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+        let writer = GatedWriter {
+            entered: entered_tx,
+            gate: gate_rx,
+            inner: buffer.clone(),
+            first: true,
+        };
+        let sink = StreamSink::start(JsonFormatter, Box::new(writer), 4);
+        sink.submit(item(None, SpanStatus::Unset));
+        entered_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the writer thread took the first span");
+        let mut batch: Vec<ExportItem> = (0..10).map(|_| item(None, SpanStatus::Unset)).collect();
+        sink.submit_batch(&mut batch);
+        assert!(batch.is_empty());
+        let during = sink.stats().snapshot();
+        assert_eq!(during.spans_enqueued, 5, "1 in the writer + 4 queued");
+        assert_eq!(during.spans_dropped_queue_full, 6);
+        gate_tx.send(()).unwrap();
+        let stats = sink.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(stats.spans_exported, 5);
+        assert_eq!(stats.spans_dropped_shutdown, 0);
+        assert_eq!(buffer.contents().lines().count(), 5);
     }
 }

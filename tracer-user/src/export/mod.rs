@@ -95,6 +95,19 @@ impl SpanSink {
         }
     }
 
+    /// Hands a batch of spans to the sink without waiting (one queue lock, one wake-up of the
+    /// sink's worker); `items` is left empty, its capacity kept for the next batch.
+    pub fn submit_batch(&self, items: &mut Vec<ExportItem>) {
+        if items.is_empty() {
+            return;
+        }
+        match self {
+            SpanSink::Otlp(s) => s.submit_batch(items),
+            SpanSink::Terminal(s) => s.submit_batch(items),
+            SpanSink::Json(s) => s.submit_batch(items),
+        }
+    }
+
     /// Live counters.
     pub fn stats(&self) -> Arc<ExportStats> {
         match self {

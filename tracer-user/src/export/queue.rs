@@ -27,6 +27,15 @@ pub enum Pushed {
     Closed,
 }
 
+/// What `push_many` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PushedMany {
+    /// Items queued (all of them).
+    pub queued: u64,
+    /// Older items evicted to make room (possibly some of this very batch).
+    pub evicted: u64,
+}
+
 impl<T> DropOldestQueue<T> {
     pub fn new(capacity: usize) -> Self {
         DropOldestQueue {
@@ -65,6 +74,34 @@ impl<T> DropOldestQueue<T> {
         } else {
             Pushed::Queued
         }
+    }
+
+    /// Pushes every item of `items` (leaving it empty, its capacity kept for reuse) under one
+    /// lock and with one wake-up of the consumer. Evictions are counted exactly as `push` would
+    /// count them one by one. Returns how many were queued and how many older items were evicted,
+    /// or `None` when the queue is closed (nothing queued; `items` is still emptied).
+    pub fn push_many(&self, items: &mut Vec<T>) -> Option<PushedMany> {
+        if items.is_empty() {
+            return Some(PushedMany::default());
+        }
+        if self.closed.load(Ordering::Acquire) {
+            items.clear();
+            return None;
+        }
+        let mut result = PushedMany::default();
+        {
+            let mut queue = self.lock();
+            for item in items.drain(..) {
+                if queue.len() >= self.capacity {
+                    queue.pop_front();
+                    result.evicted += 1;
+                }
+                queue.push_back(item);
+                result.queued += 1;
+            }
+        }
+        self.ready.notify_one();
+        Some(result)
     }
 
     /// Moves up to `max` items into `out`, waiting for at least one. Returns `false` once the
@@ -115,6 +152,54 @@ mod tests {
         assert!(q.recv_many(&mut out, 10).await);
         assert_eq!(out, vec![2, 3, 4]);
         assert!(!q.recv_many(&mut out, 10).await);
+    }
+
+    #[tokio::test]
+    async fn push_many_counts_evictions_like_push_and_keeps_the_newest() {
+        let q = DropOldestQueue::new(3);
+        assert_eq!(q.push(0), Pushed::Queued);
+        let mut batch = vec![1, 2, 3, 4];
+        assert_eq!(
+            q.push_many(&mut batch),
+            Some(PushedMany {
+                queued: 4,
+                evicted: 2
+            })
+        );
+        assert!(batch.is_empty(), "the batch is handed over");
+        // A batch larger than the queue: its own oldest items are evicted too.
+        let mut batch: Vec<i32> = (10..15).collect();
+        assert_eq!(
+            q.push_many(&mut batch),
+            Some(PushedMany {
+                queued: 5,
+                evicted: 5
+            })
+        );
+        let mut out = Vec::new();
+        assert!(q.recv_many(&mut out, 10).await);
+        assert_eq!(out, vec![12, 13, 14]);
+        q.close();
+        let mut batch = vec![1];
+        assert_eq!(q.push_many(&mut batch), None);
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_wakes_on_push_many() {
+        let q = std::sync::Arc::new(DropOldestQueue::new(8));
+        let consumer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                q.recv_many(&mut out, 8).await;
+                out
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        q.push_many(&mut vec![7, 8]);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), consumer).await;
+        assert_eq!(got.ok().and_then(|r| r.ok()), Some(vec![7, 8]));
     }
 
     #[tokio::test]

@@ -1,12 +1,10 @@
-//! Text sinks' plumbing: a bounded queue and one writer task that turns spans into text with a
-//! [`SpanFormatter`] (terminal tree or JSON lines) and writes it to stdout or any async writer.
+//! Text sinks' plumbing: a bounded queue and one writer thread that turns spans into text with a
+//! [`SpanFormatter`] (terminal tree or JSON lines) and writes it to stdout or any writer.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::stats::{ExportStats, ExportStatsSnapshot};
@@ -31,10 +29,6 @@ impl Rendered {
     }
 }
 
-/// Spans already queued that are formatted together into one write (one syscall, one hop to the
-/// blocking pool for stdout) instead of one write per span.
-const MAX_SPANS_PER_WRITE: usize = 512;
-
 /// Turns spans into text, possibly holding them for a while (to group a trace).
 pub trait SpanFormatter: Send + 'static {
     /// Takes one span; returns whatever is ready to print now.
@@ -47,46 +41,119 @@ pub trait SpanFormatter: Send + 'static {
     fn take_all(&mut self) -> Rendered;
 }
 
-/// Destination of a text sink.
-pub type BoxedWriter = Box<dyn AsyncWrite + Send + Unpin>;
+/// Destination of a text sink. Written by the sink's own writer thread, so a slow terminal or
+/// pipe blocks only that thread, never the event thread or the async runtime.
+pub type BoxedWriter = Box<dyn Write + Send>;
 
-/// An async writer on a duplicate of the process's stdout descriptor (writes run on tokio's
-/// blocking pool, so a slow terminal never stalls the runtime's workers).
+/// A writer on a duplicate of the process's stdout descriptor (unbuffered: the writer thread
+/// hands it one string per batch, so one `write` per batch).
 pub fn stdout_writer() -> std::io::Result<BoxedWriter> {
     use std::os::fd::AsFd;
     let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
-    Ok(Box::new(tokio::fs::File::from_std(std::fs::File::from(fd))))
+    Ok(Box::new(std::fs::File::from(fd)))
 }
 
-/// A queue plus writer task around a formatter.
+/// Spans waiting for the writer thread.
+#[derive(Debug, Default)]
+struct Pending {
+    items: Vec<ExportItem>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A Vec and a flag cannot be left half-updated by a panic: keep going.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A bounded queue plus one writer thread around a formatter. Submitting takes one lock and
+/// wakes the writer at most once per batch; the writer formats everything queued and writes it
+/// with one `write_all`.
 #[derive(Debug)]
 pub struct StreamSink<F> {
-    queue: mpsc::Sender<ExportItem>,
+    shared: Arc<Shared>,
+    capacity: usize,
     stats: Arc<ExportStats>,
-    worker: JoinHandle<()>,
+    /// Resolves (with an error) when the writer thread has finished.
+    finished: tokio::sync::oneshot::Receiver<()>,
     _formatter: std::marker::PhantomData<fn() -> F>,
 }
 
 impl<F: SpanFormatter> StreamSink<F> {
-    /// Starts the writer task on the current tokio runtime.
+    /// Starts the writer thread.
     pub fn start(formatter: F, writer: BoxedWriter, queue_size: usize) -> Self {
-        let (queue, queue_rx) = mpsc::channel(queue_size.max(1));
+        let shared = Arc::new(Shared::default());
         let stats = Arc::new(ExportStats::default());
-        let worker = tokio::spawn(run_writer(formatter, writer, queue_rx, Arc::clone(&stats)));
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        {
+            let shared = Arc::clone(&shared);
+            let stats = Arc::clone(&stats);
+            let spawned = std::thread::Builder::new()
+                .name("tracer-output".into())
+                .spawn(move || {
+                    run_writer(formatter, writer, &shared, &stats);
+                    drop(done);
+                });
+            if let Err(error) = spawned {
+                // The sender went down with the closure: shutdown sees the end at once, and
+                // every span submitted stays counted as lost at shutdown.
+                tracing::warn!(%error, "cannot start the span output thread; spans are discarded");
+            }
+        }
         StreamSink {
-            queue,
+            shared,
+            capacity: queue_size.max(1),
             stats,
-            worker,
+            finished,
             _formatter: std::marker::PhantomData,
         }
     }
 
     /// Queues a span; when the queue is full the span is dropped and counted.
     pub fn submit(&self, item: ExportItem) {
-        match self.queue.try_send(item) {
-            Ok(()) => self.stats.add_enqueued(1),
-            Err(mpsc::error::TrySendError::Full(_)) => self.stats.add_dropped_queue_full(1),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.stats.add_dropped_shutdown(1),
+        let mut one = vec![item];
+        self.submit_batch(&mut one);
+    }
+
+    /// Queues a batch of spans under one lock with at most one wake-up of the writer; spans
+    /// beyond the queue's room are dropped and counted. `items` is left empty.
+    pub fn submit_batch(&self, items: &mut Vec<ExportItem>) {
+        let offered = items.len();
+        if offered == 0 {
+            return;
+        }
+        let (accepted, closed) = {
+            let mut pending = self.shared.lock();
+            if pending.closed {
+                (0, true)
+            } else {
+                let room = self.capacity.saturating_sub(pending.items.len());
+                let accepted = offered.min(room);
+                pending.items.extend(items.drain(..accepted));
+                (accepted, false)
+            }
+        };
+        items.clear();
+        let refused = (offered - accepted) as u64;
+        if closed {
+            self.stats.add_dropped_shutdown(refused);
+            return;
+        }
+        if accepted > 0 {
+            self.stats.add_enqueued(accepted as u64);
+            self.shared.ready.notify_one();
+        }
+        if refused > 0 {
+            self.stats.add_dropped_queue_full(refused);
         }
     }
 
@@ -94,17 +161,18 @@ impl<F: SpanFormatter> StreamSink<F> {
         Arc::clone(&self.stats)
     }
 
-    /// Prints everything queued or held, giving up at `deadline` from now.
+    /// Prints everything queued or held, giving up at `deadline` from now (the writer thread,
+    /// blocked on a stuck stdout, is then left behind; its spans count as lost at shutdown).
     pub async fn shutdown(self, deadline: Duration) -> ExportStatsSnapshot {
         let StreamSink {
-            queue,
+            shared,
             stats,
-            mut worker,
+            finished,
             ..
         } = self;
-        drop(queue);
-        if tokio::time::timeout(deadline, &mut worker).await.is_err() {
-            worker.abort();
+        shared.lock().closed = true;
+        shared.ready.notify_one();
+        if tokio::time::timeout(deadline, finished).await.is_err() {
             tracing::warn!(
                 ?deadline,
                 "span output did not finish before the shutdown deadline"
@@ -115,47 +183,62 @@ impl<F: SpanFormatter> StreamSink<F> {
     }
 }
 
-async fn run_writer<F: SpanFormatter>(
+/// The writer thread: waits for spans (or a held trace's due time), formats everything queued
+/// and writes it at once; at close, prints what is held and returns.
+fn run_writer<F: SpanFormatter>(
     mut formatter: F,
     mut writer: BoxedWriter,
-    mut queue_rx: mpsc::Receiver<ExportItem>,
-    stats: Arc<ExportStats>,
+    shared: &Shared,
+    stats: &ExportStats,
 ) {
     let mut broken = false;
+    let mut batch: Vec<ExportItem> = Vec::new();
     loop {
-        let due = formatter.next_due();
-        let ready = tokio::select! {
-            received = queue_rx.recv() => match received {
-                Some(item) => {
-                    let now = Instant::now();
-                    let mut ready = formatter.accept(item, now);
-                    for _ in 1..MAX_SPANS_PER_WRITE {
-                        match queue_rx.try_recv() {
-                            Ok(item) => ready.append(formatter.accept(item, now)),
-                            Err(_) => break,
-                        }
+        let closed = {
+            let mut pending = shared.lock();
+            loop {
+                if !pending.items.is_empty() || pending.closed {
+                    break;
+                }
+                match formatter.next_due() {
+                    None => {
+                        pending = shared
+                            .ready
+                            .wait(pending)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
                     }
-                    ready
+                    Some(due) => {
+                        let now = Instant::now();
+                        if due <= now {
+                            break;
+                        }
+                        pending = shared
+                            .ready
+                            .wait_timeout(pending, due - now)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .0;
+                    }
                 }
-                None => {
-                    let rest = formatter.take_all();
-                    write_rendered(&mut writer, rest, &stats, &mut broken).await;
-                    return;
-                }
-            },
-            () = sleep_until_due(due), if due.is_some() => formatter.take_due(Instant::now()),
+            }
+            std::mem::swap(&mut batch, &mut pending.items);
+            pending.closed
         };
-        write_rendered(&mut writer, ready, &stats, &mut broken).await;
+        let now = Instant::now();
+        let mut ready = Rendered::default();
+        for item in batch.drain(..) {
+            ready.append(formatter.accept(item, now));
+        }
+        ready.append(formatter.take_due(now));
+        if closed {
+            ready.append(formatter.take_all());
+            write_rendered(&mut writer, ready, stats, &mut broken);
+            return;
+        }
+        write_rendered(&mut writer, ready, stats, &mut broken);
     }
 }
 
-async fn sleep_until_due(due: Option<Instant>) {
-    if let Some(at) = due {
-        tokio::time::sleep_until(at).await;
-    }
-}
-
-async fn write_rendered(
+fn write_rendered(
     writer: &mut BoxedWriter,
     rendered: Rendered,
     stats: &ExportStats,
@@ -168,11 +251,9 @@ async fn write_rendered(
         stats.add_dropped_export_failed(rendered.spans);
         return;
     }
-    let result = async {
-        writer.write_all(rendered.text.as_bytes()).await?;
-        writer.flush().await
-    }
-    .await;
+    let result = writer
+        .write_all(rendered.text.as_bytes())
+        .and_then(|()| writer.flush());
     match result {
         Ok(()) => stats.add_exported(rendered.spans),
         Err(error) => {
@@ -185,13 +266,9 @@ async fn write_rendered(
 
 #[cfg(test)]
 pub(crate) mod test_writer {
-    //! An in-memory async writer for sink tests.
-    use std::pin::Pin;
+    //! An in-memory writer for sink tests.
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::task::{Context, Poll};
-
-    use tokio::io::AsyncWrite;
 
     #[derive(Clone, Default)]
     pub struct SharedBuffer(pub Arc<Mutex<Vec<u8>>>, Arc<AtomicUsize>);
@@ -201,27 +278,20 @@ pub(crate) mod test_writer {
             String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
         }
 
-        /// How many `poll_write` calls the buffer received.
+        /// How many `write` calls the buffer received.
         pub fn writes(&self) -> usize {
             self.1.load(Ordering::Relaxed)
         }
     }
 
-    impl AsyncWrite for SharedBuffer {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
+    impl std::io::Write for SharedBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
             self.1.fetch_add(1, Ordering::Relaxed);
-            Poll::Ready(Ok(buf.len()))
+            Ok(buf.len())
         }
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 }
