@@ -487,6 +487,7 @@ fn snapshot(
         spans_dropped_queue_full: e.spans_dropped_queue_full,
         spans_dropped_export_failed: e.spans_dropped_export_failed,
         spans_dropped_shutdown: e.spans_dropped_shutdown,
+        spans_dropped_rejected: e.spans_dropped_rejected,
         export_batches: e.export_batches,
         export_batches_failed: e.export_batches_failed,
         export_retries: e.export_retries,

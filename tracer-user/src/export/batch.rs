@@ -161,14 +161,14 @@ impl BatchWorker {
             attempt += 1;
             let failure = match self.transport.export(body.clone()).await {
                 Ok(delivered) => {
-                    if delivered.rejected_spans > 0 {
-                        tracing::debug!(
-                            spans = count,
-                            rejected = delivered.rejected_spans,
-                            "OTLP partial success"
-                        );
+                    // Spans the receiver rejected (partial success) were not delivered; the
+                    // count it reports is capped by what we sent, so the totals still balance.
+                    let rejected = delivered.rejected_spans.min(count);
+                    if rejected > 0 {
+                        tracing::debug!(spans = count, rejected, "OTLP partial success");
+                        self.stats.add_dropped_rejected(rejected);
                     }
-                    self.stats.add_exported(count);
+                    self.stats.add_exported(count - rejected);
                     self.stats.add_batch(delivered.latency);
                     return;
                 }

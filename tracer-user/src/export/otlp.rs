@@ -127,6 +127,72 @@ impl OtlpTransport {
     }
 }
 
+/// Shortest time between two partial-success warnings (the first is logged at once).
+pub const PARTIAL_SUCCESS_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Rate limit for a repeated warning: the first occurrence, then at most one per interval, with
+/// the number of occurrences not logged in between.
+#[derive(Debug, Default)]
+pub struct WarnLimiter {
+    state: std::sync::Mutex<WarnState>,
+}
+
+#[derive(Debug, Default)]
+struct WarnState {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimiter {
+    pub const fn new() -> Self {
+        WarnLimiter {
+            state: std::sync::Mutex::new(WarnState {
+                last: None,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// `Some(occurrences suppressed since the last logged one)` when this occurrence at `now`
+    /// should be logged, `None` when it is suppressed.
+    pub fn admit(&self, now: Instant, interval: Duration) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.last {
+            Some(last) if now.saturating_duration_since(last) < interval => {
+                state.suppressed += 1;
+                None
+            }
+            _ => {
+                state.last = Some(now);
+                Some(std::mem::take(&mut state.suppressed))
+            }
+        }
+    }
+}
+
+static PARTIAL_SUCCESS_WARNINGS: WarnLimiter = WarnLimiter::new();
+
+/// Logs an OTLP partial success (rate-limited: first occurrence, then at most once a minute).
+/// The receiver's text could echo anything: only a length-bounded, URL-redacted form is shown.
+pub fn warn_partial_success(rejected_spans: i64, error_message: &str) {
+    if rejected_spans <= 0 && error_message.is_empty() {
+        return;
+    }
+    let Some(suppressed) =
+        PARTIAL_SUCCESS_WARNINGS.admit(Instant::now(), PARTIAL_SUCCESS_LOG_INTERVAL)
+    else {
+        return;
+    };
+    let text: String = error_message.chars().take(200).collect();
+    tracing::warn!(
+        rejected_spans,
+        message = %crate::redact::urls_in(&text),
+        similar_warnings_suppressed = suppressed,
+        "OTLP receiver rejected part of a batch (counted as dropped, reason rejected_by_receiver; \
+         logged at most once a minute)"
+    );
+}
+
 /// The configured headers with `User-Agent` replaced by the agent's mark (the configured value,
 /// if any, kept after it).
 pub fn marked_headers(configured: &[(String, String)]) -> Vec<(String, String)> {
@@ -175,6 +241,30 @@ mod tests {
         assert!(header_map(&[("bad key".to_string(), "v".to_string())]).is_err());
         let error = header_map(&[("k".to_string(), "secret\nbreak".to_string())]).unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn partial_success_warnings_are_rate_limited() {
+        let limiter = WarnLimiter::new();
+        let minute = Duration::from_secs(60);
+        let t0 = Instant::now();
+        assert_eq!(
+            limiter.admit(t0, minute),
+            Some(0),
+            "the first one is logged"
+        );
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(1), minute), None);
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(59), minute), None);
+        assert_eq!(
+            limiter.admit(t0 + Duration::from_secs(60), minute),
+            Some(2),
+            "one a minute, saying how many were not logged"
+        );
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(61), minute), None);
+        assert_eq!(
+            limiter.admit(t0 + Duration::from_secs(200), minute),
+            Some(1)
+        );
     }
 
     #[test]

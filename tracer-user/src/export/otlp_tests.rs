@@ -555,3 +555,61 @@ async fn http_gzip_round_trip() {
         );
     }
 }
+
+/// Exports the three sample spans (one request) to a receiver answering a partial success.
+async fn partial_success(protocol: OtlpProtocol, rejected: i64) -> super::ExportStatsSnapshot {
+    let receiver = start_receiver(
+        protocol,
+        listen(None).await,
+        Recorder::with_script(vec![Reply::PartialSuccess(rejected)]),
+    )
+    .await;
+    let sink = build_sink(&SinkConfig::Otlp(config(protocol, receiver.addr)))
+        .await
+        .unwrap();
+    for item in sample_items() {
+        sink.submit(item);
+    }
+    let stats = sink.shutdown(PATIENCE).await;
+    assert_eq!(
+        receiver.recorder.seen().len(),
+        1,
+        "a partial success is not retried"
+    );
+    assert_eq!(stats.spans_enqueued, 3);
+    assert_eq!(stats.export_batches, 1);
+    assert_eq!(stats.export_retries, 0);
+    assert_eq!(stats.spans_dropped_shutdown, 0, "{stats:?}");
+    assert_eq!(
+        stats.spans_exported + stats.spans_dropped_rejected,
+        3,
+        "every span is accounted for once: {stats:?}"
+    );
+    stats
+}
+
+async fn rejected_spans_are_not_counted_as_exported(protocol: OtlpProtocol) {
+    let stats = partial_success(protocol, 2).await;
+    assert_eq!(stats.spans_exported, 1, "{protocol:?}: {stats:?}");
+    assert_eq!(stats.spans_dropped_rejected, 2, "{protocol:?}: {stats:?}");
+    // A receiver claiming more rejections than the request held: capped at the request.
+    let stats = partial_success(protocol, 1000).await;
+    assert_eq!(stats.spans_exported, 0, "{protocol:?}: {stats:?}");
+    assert_eq!(stats.spans_dropped_rejected, 3, "{protocol:?}: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_partial_success_counts_rejected_spans_as_dropped() {
+    rejected_spans_are_not_counted_as_exported(OtlpProtocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_partial_success_counts_rejected_spans_as_dropped() {
+    rejected_spans_are_not_counted_as_exported(OtlpProtocol::HttpProtobuf).await;
+}
+
+/// The receiver answers in protobuf JSON as the Collector does, `"rejectedSpans":"2"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_partial_success_counts_rejected_spans_as_dropped() {
+    rejected_spans_are_not_counted_as_exported(OtlpProtocol::HttpJson).await;
+}
