@@ -81,13 +81,10 @@ impl HttpSender {
         })
     }
 
-    /// POSTs one encoded request; returns the spans the receiver reported as rejected.
+    /// POSTs one encoded request (already gzip-compressed when configured: see
+    /// [`OtlpTransport::encode`](super::otlp::OtlpTransport::encode)); returns the spans the
+    /// receiver reported as rejected.
     pub async fn send(&self, body: Bytes) -> Result<u64, AttemptFailure> {
-        let body = if self.gzip {
-            gzip(&body).map_err(|e| AttemptFailure::permanent(format!("gzip: {e}")))?
-        } else {
-            body
-        };
         let response = self
             .client
             .post(self.url.clone())
@@ -117,7 +114,8 @@ impl HttpSender {
     }
 }
 
-fn gzip(body: &[u8]) -> std::io::Result<Bytes> {
+/// Gzip-compresses a request body.
+pub fn gzip(body: &[u8]) -> std::io::Result<Bytes> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::default());
     encoder.write_all(body)?;
     encoder.finish().map(Bytes::from)

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::ExportError;
-use super::config::{OtlpConfig, OtlpProtocol};
+use super::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
 use super::encode::{TraceEncoder, traces_json};
 use super::grpc::GrpcSender;
-use super::http_client::HttpSender;
+use super::http_client::{HttpSender, gzip};
 use super::retry::FailureClass;
 use crate::model::ExportItem;
 
@@ -44,6 +44,19 @@ impl AttemptFailure {
     }
 }
 
+/// Largest encoded protobuf request (before compression) sent in one export call: below the
+/// Collector's default 4 MiB gRPC receive limit, with room for framing. Larger batches are cut
+/// into several requests, each exported (and retried) on its own.
+pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
+
+/// One request's body, ready to send (compressed when configured for HTTP), and how many spans
+/// it holds; or why it could not be encoded.
+#[derive(Debug)]
+pub struct EncodedRequest {
+    pub spans: u64,
+    pub body: Result<Bytes, AttemptFailure>,
+}
+
 /// A request the receiver accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivered {
@@ -67,6 +80,12 @@ pub struct OtlpTransport {
     encoder: TraceEncoder,
     /// Reused protobuf output.
     scratch: Vec<u8>,
+    /// Requests are cut to stay at or below this many protobuf bytes (one oversized span still
+    /// goes alone).
+    max_request_bytes: usize,
+    /// HTTP with gzip: bodies are compressed once at encoding, not per attempt (gRPC compresses
+    /// in tonic's framing).
+    gzip_body: bool,
 }
 
 impl OtlpTransport {
@@ -86,22 +105,65 @@ impl OtlpTransport {
             timeout: cfg.timeout,
             encoder: TraceEncoder::new(),
             scratch: Vec::new(),
+            max_request_bytes: MAX_REQUEST_BYTES,
+            gzip_body: cfg.protocol != OtlpProtocol::Grpc
+                && cfg.compression == Some(OtlpCompression::Gzip),
         })
     }
 
-    /// Encodes `items` as one request body (protobuf, or JSON for http/json; compressed later by
-    /// the sender when configured). The body is reference-counted, so retries do not copy it.
-    pub fn encode(&mut self, items: &[ExportItem]) -> Result<Bytes, AttemptFailure> {
-        self.scratch.clear();
-        self.encoder.encode(items, &mut self.scratch);
-        match self.protocol {
+    /// Encodes `items` as request bodies (protobuf, or JSON for http/json; gzip-compressed here
+    /// for HTTP when configured), in batch order: one request unless its protobuf form would pass
+    /// [`MAX_REQUEST_BYTES`], then as many as needed, cut between spans. Every item is in exactly
+    /// one request. Bodies are reference-counted, so retries neither copy nor re-compress them.
+    pub fn encode(&mut self, items: &[ExportItem]) -> Vec<EncodedRequest> {
+        let mut requests = Vec::with_capacity(1);
+        // Ranges still to encode, the next one last.
+        let mut pending = vec![(0, items.len())];
+        while let Some((start, end)) = pending.pop() {
+            let Some(chunk) = items.get(start..end).filter(|c| !c.is_empty()) else {
+                continue;
+            };
+            self.scratch.clear();
+            self.encoder.encode(chunk, &mut self.scratch);
+            let size = self.scratch.len();
+            if size > self.max_request_bytes && chunk.len() > 1 {
+                // Cut where the size says the first part fits (spans are usually alike); a part
+                // still too large is cut again.
+                let keep =
+                    (chunk.len() as u128 * self.max_request_bytes as u128 / size as u128) as usize;
+                let keep = keep.clamp(1, chunk.len() - 1);
+                pending.push((start + keep, end));
+                pending.push((start, start + keep));
+                continue;
+            }
+            requests.push(EncodedRequest {
+                spans: chunk.len() as u64,
+                body: self.body(),
+            });
+        }
+        requests
+    }
+
+    /// Lowers the request size cap (tests).
+    #[cfg(test)]
+    pub fn set_max_request_bytes(&mut self, cap: usize) {
+        self.max_request_bytes = cap;
+    }
+
+    /// The wire body of the request in `scratch`.
+    fn body(&self) -> Result<Bytes, AttemptFailure> {
+        let body = match self.protocol {
             OtlpProtocol::Grpc | OtlpProtocol::HttpProtobuf => {
-                Ok(Bytes::copy_from_slice(&self.scratch))
+                Bytes::copy_from_slice(&self.scratch)
             }
             OtlpProtocol::HttpJson => traces_json(&self.scratch)
                 .map(Bytes::from)
-                .map_err(|e| AttemptFailure::permanent(e.to_string())),
+                .map_err(|e| AttemptFailure::permanent(e.to_string()))?,
+        };
+        if self.gzip_body {
+            return gzip(&body).map_err(|e| AttemptFailure::permanent(format!("gzip: {e}")));
         }
+        Ok(body)
     }
 
     /// Sends one encoded request. Returns the request latency on success.

@@ -33,7 +33,8 @@ pub struct ExportStatsSnapshot {
     pub spans_dropped_shutdown: u64,
     /// Spans in accepted requests that the receiver said it rejected (OTLP partial success).
     pub spans_dropped_rejected: u64,
-    /// Export requests that succeeded (OTLP: one per batch, holding every process resource in it).
+    /// Export requests that succeeded (OTLP: one per batch, holding every process resource in it;
+    /// more when a batch passes the request size cap).
     pub export_batches: u64,
     /// Export requests given up on.
     pub export_batches_failed: u64,
