@@ -770,3 +770,65 @@ async fn http_gzip_retry_resends_a_readable_body() {
     );
     assert_sample_received(receiver.recorder.accepted_spans());
 }
+
+/// A TCP proxy to `upstream` that closes its first connection once `recorder` has seen a
+/// request (so the call is cut after it was sent, before any answer); later connections pass.
+async fn proxy_cutting_the_first_call(
+    upstream: SocketAddr,
+    recorder: Recorder,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = listen(None).await;
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            let cut = std::mem::take(&mut first);
+            let recorder = recorder.clone();
+            tokio::spawn(async move {
+                let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
+                if cut {
+                    let seen = async {
+                        while recorder.seen().is_empty() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = relay => {},
+                        () = seen => {},
+                    }
+                } else {
+                    let _ = relay.await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A gRPC call whose connection drops after the request went out (no grpc-status received) is
+/// retried, like the same failure over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connection_dropped_mid_call_is_retried() {
+    let receiver = start_grpc(
+        listen(None).await,
+        Recorder::with_script(vec![Reply::Stall]),
+    );
+    let (proxy, proxy_task) =
+        proxy_cutting_the_first_call(receiver.addr, receiver.recorder.clone()).await;
+    let sink = build_sink(&SinkConfig::Otlp(config(OtlpProtocol::Grpc, proxy)))
+        .await
+        .unwrap();
+    for item in sample_items() {
+        sink.submit(item);
+    }
+    let stats = sink.shutdown(PATIENCE).await;
+    proxy_task.abort();
+    assert_eq!(receiver.recorder.seen().len(), 2, "cut call, then retried");
+    assert_eq!(stats.export_retries, 1, "{stats:?}");
+    assert_eq!(stats.spans_exported, 3, "{stats:?}");
+    assert_eq!(stats.spans_dropped_export_failed, 0, "{stats:?}");
+    assert_sample_received(receiver.recorder.accepted_spans());
+}

@@ -29,6 +29,8 @@ pub enum Reply {
     /// Accept, answering that this many spans were rejected (OTLP partial success; over HTTP/JSON
     /// with the count as a string, as the Collector writes int64).
     PartialSuccess(i64),
+    /// Record the request but never answer (gRPC; the test cuts the connection meanwhile).
+    Stall,
     Grpc(tonic::Code),
     Http {
         status: u16,
@@ -184,6 +186,10 @@ impl TraceService for GrpcCollector {
                 Ok(tonic::Response::new(ExportTraceServiceResponse {
                     partial_success: Some(partial_success(rejected)),
                 }))
+            }
+            Reply::Stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err(tonic::Status::deadline_exceeded("stalled"))
             }
             Reply::Grpc(code) => Err(tonic::Status::new(code, "scripted failure")),
             Reply::Http { .. } => Err(tonic::Status::internal("HTTP reply scripted for gRPC")),
@@ -342,7 +348,7 @@ async fn serve_http_connection(mut stream: TcpStream, recorder: Recorder) {
                 let retry = retry_after.map(|s| format!("retry-after: {s}\r\n")).unwrap_or_default();
                 format!("HTTP/1.1 {status} Scripted\r\n{retry}content-length: 0\r\n\r\n")
             }
-            Reply::Grpc(_) => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_string(),
+            Reply::Grpc(_) | Reply::Stall => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_string(),
         };
         if stream.write_all(response.as_bytes()).await.is_err() {
             return;
