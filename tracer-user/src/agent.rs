@@ -376,6 +376,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         dropped_queue_full = final_stats.spans_dropped_queue_full,
         dropped_export_failed = final_stats.spans_dropped_export_failed,
         dropped_shutdown = final_stats.spans_dropped_shutdown,
+        dropped_rejected_by_receiver = final_stats.spans_dropped_rejected,
         kernel_events = kernel.events_submitted,
         kernel_lost = kernel.lost(),
         "tracer stopped"
