@@ -379,6 +379,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         dropped_queue_full = final_stats.spans_dropped_queue_full,
         dropped_export_failed = final_stats.spans_dropped_export_failed,
         dropped_shutdown = final_stats.spans_dropped_shutdown,
+        dropped_rejected_by_receiver = final_stats.spans_dropped_rejected,
         kernel_events = end.kernel.events_submitted,
         kernel_lost = end.kernel.lost(),
         "tracer stopped"
@@ -715,6 +716,7 @@ fn snapshot(
         spans_dropped_queue_full: e.spans_dropped_queue_full,
         spans_dropped_export_failed: e.spans_dropped_export_failed,
         spans_dropped_shutdown: e.spans_dropped_shutdown,
+        spans_dropped_rejected: e.spans_dropped_rejected,
         export_batches: e.export_batches,
         export_batches_failed: e.export_batches_failed,
         export_retries: e.export_retries,

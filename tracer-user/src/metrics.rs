@@ -59,6 +59,8 @@ pub struct AgentSnapshot {
     pub spans_dropped_queue_full: u64,
     pub spans_dropped_export_failed: u64,
     pub spans_dropped_shutdown: u64,
+    /// Spans the OTLP receiver rejected in an accepted request (partial success).
+    pub spans_dropped_rejected: u64,
     pub export_batches: u64,
     pub export_batches_failed: u64,
     pub export_retries: u64,
@@ -594,6 +596,10 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
                     s.spans_dropped_export_failed,
                 ),
                 Sample::labelled(&[("reason", "shutdown")], s.spans_dropped_shutdown),
+                Sample::labelled(
+                    &[("reason", "rejected_by_receiver")],
+                    s.spans_dropped_rejected,
+                ),
             ],
         ),
         Family::counter(
@@ -1006,6 +1012,7 @@ mod tests {
             spans_dropped_queue_full: 218,
             spans_dropped_export_failed: 219,
             spans_dropped_shutdown: 220,
+            spans_dropped_rejected: 401,
             export_batches: 221,
             export_batches_failed: 222,
             export_retries: 223,
@@ -1060,6 +1067,7 @@ mod tests {
             .collect();
         want.push(0.25);
         want.push(4001.0); // event_loop_wakeups
+        want.push(401.0); // spans_dropped_rejected
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -1083,6 +1091,7 @@ mod tests {
         let spans = |reason| parsed.value("tracer_spans_dropped_total", &[("reason", reason)]);
         assert_eq!(spans("queue_full"), 218.0);
         assert_eq!(spans("export_failed"), 219.0);
+        assert_eq!(spans("rejected_by_receiver"), 401.0);
         assert_eq!(spans("shutdown"), 220.0);
         let exchanges =
             |reason| parsed.value("tracer_exchanges_dropped_total", &[("reason", reason)]);

@@ -152,20 +152,23 @@ impl BatchWorker {
         }
     }
 
-    /// Encodes a batch as one request and exports it. The records are released once encoded,
-    /// so a batch waiting on retries holds only its bytes.
+    /// Encodes a batch as one request (several when it passes the request size cap) and exports
+    /// each on its own. The records are released once encoded, so a batch waiting on retries
+    /// holds only its bytes.
     async fn export_batch(&mut self, batch: Vec<ExportItem>) {
         if batch.is_empty() {
             return;
         }
-        let count = batch.len() as u64;
-        let encoded = self.transport.encode(&batch);
+        let requests = self.transport.encode(&batch);
         drop(batch);
-        match encoded {
-            Ok(body) => self.export_request(body, count).await,
-            Err(failure) => {
-                tracing::warn!(spans = count, error = %failure.message, "dropping span batch: cannot encode it");
-                self.give_up(count);
+        for request in requests {
+            let count = request.spans;
+            match request.body {
+                Ok(body) => self.export_request(body, count).await,
+                Err(failure) => {
+                    tracing::warn!(spans = count, error = %failure.message, "dropping span batch: cannot encode it");
+                    self.give_up(count);
+                }
             }
         }
     }
@@ -176,14 +179,14 @@ impl BatchWorker {
             attempt += 1;
             let failure = match self.transport.export(body.clone()).await {
                 Ok(delivered) => {
-                    if delivered.rejected_spans > 0 {
-                        tracing::debug!(
-                            spans = count,
-                            rejected = delivered.rejected_spans,
-                            "OTLP partial success"
-                        );
+                    // Spans the receiver rejected (partial success) were not delivered; the
+                    // count it reports is capped by what we sent, so the totals still balance.
+                    let rejected = delivered.rejected_spans.min(count);
+                    if rejected > 0 {
+                        tracing::debug!(spans = count, rejected, "OTLP partial success");
+                        self.stats.add_dropped_rejected(rejected);
                     }
-                    self.stats.add_exported(count);
+                    self.stats.add_exported(count - rejected);
                     self.stats.add_batch(delivered.latency);
                     return;
                 }

@@ -31,6 +31,28 @@ pub const ENV_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
 pub const ENV_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
 pub const ENV_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
 
+/// TLS settings of the OTLP exporter spec this build does not read: a warning at start names the
+/// ones set (TLS works with an `https://` endpoint over http/protobuf or http/json, verified
+/// against the system's roots; gRPC needs an `http://` endpoint).
+pub const IGNORED_TLS_SETTINGS: [&str; 8] = [
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+];
+
+/// Which of [`IGNORED_TLS_SETTINGS`] are set (to anything not blank).
+pub fn ignored_tls_settings(env: EnvLookup<'_>) -> Vec<&'static str> {
+    IGNORED_TLS_SETTINGS
+        .into_iter()
+        .filter(|name| lookup(env, name).is_some())
+        .collect()
+}
+
 /// Default gRPC endpoint (used as is).
 pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 /// Default HTTP base endpoint (the traces path is appended).
@@ -269,6 +291,16 @@ impl OtlpConfig {
         env: EnvLookup<'_>,
         overrides: &OtlpOverrides,
     ) -> Result<OtlpConfig, ConfigError> {
+        let ignored = ignored_tls_settings(env);
+        if !ignored.is_empty() {
+            // Names only: a value could be a path to a key.
+            tracing::warn!(
+                settings = %ignored.join(","),
+                "OTLP TLS settings are not supported and are ignored: for TLS use an https:// \
+                 endpoint with http/protobuf or http/json (server verified against the system's \
+                 roots; no client certificates); grpc needs an http:// endpoint"
+            );
+        }
         let protocol = match pick(
             env,
             "--otlp-protocol",
@@ -592,6 +624,29 @@ fn percent_decode(input: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tls_setting_tests {
+    use super::*;
+
+    #[test]
+    fn ignored_tls_settings_are_named() {
+        let set = |name: &str| {
+            (name == "OTEL_EXPORTER_OTLP_CERTIFICATE"
+                || name == "OTEL_EXPORTER_OTLP_TRACES_INSECURE")
+                .then(|| "x".to_string())
+                .or_else(|| (name == "OTEL_EXPORTER_OTLP_CLIENT_KEY").then(|| " ".to_string()))
+        };
+        assert_eq!(
+            ignored_tls_settings(&set),
+            vec![
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_TRACES_INSECURE"
+            ]
+        );
+        assert!(ignored_tls_settings(&|_| None).is_empty());
+    }
 }
 
 #[cfg(test)]

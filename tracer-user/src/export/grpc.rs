@@ -19,7 +19,7 @@ use tonic::{Request, Status};
 use super::ExportError;
 use super::config::{OtlpCompression, OtlpConfig};
 use super::otlp::{AttemptFailure, header_map};
-use super::retry::classify_grpc_code;
+use super::retry::classify_grpc_status;
 
 /// The OTLP trace export method.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -102,7 +102,7 @@ impl GrpcSender {
 fn failure(status: &Status) -> AttemptFailure {
     let text: String = status.message().chars().take(200).collect();
     AttemptFailure {
-        class: classify_grpc_code(status.code()),
+        class: classify_grpc_status(status),
         message: format!(
             "gRPC export failed with {:?}: {}",
             status.code(),
@@ -115,14 +115,7 @@ fn rejected_spans(response: &ExportTraceServiceResponse) -> u64 {
     let Some(partial) = &response.partial_success else {
         return 0;
     };
-    if partial.rejected_spans > 0 || !partial.error_message.is_empty() {
-        let text: String = partial.error_message.chars().take(200).collect();
-        tracing::warn!(
-            rejected_spans = partial.rejected_spans,
-            message = %crate::redact::urls_in(&text),
-            "OTLP receiver rejected part of a batch"
-        );
-    }
+    super::otlp::warn_partial_success(partial.rejected_spans, &partial.error_message);
     u64::try_from(partial.rejected_spans).unwrap_or(0)
 }
 

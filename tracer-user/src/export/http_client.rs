@@ -81,13 +81,10 @@ impl HttpSender {
         })
     }
 
-    /// POSTs one encoded request; returns the spans the receiver reported as rejected.
+    /// POSTs one encoded request (already gzip-compressed when configured: see
+    /// [`OtlpTransport::encode`](super::otlp::OtlpTransport::encode)); returns the spans the
+    /// receiver reported as rejected.
     pub async fn send(&self, body: Bytes) -> Result<u64, AttemptFailure> {
-        let body = if self.gzip {
-            gzip(&body).map_err(|e| AttemptFailure::permanent(format!("gzip: {e}")))?
-        } else {
-            body
-        };
         let response = self
             .client
             .post(self.url.clone())
@@ -117,7 +114,8 @@ impl HttpSender {
     }
 }
 
-fn gzip(body: &[u8]) -> std::io::Result<Bytes> {
+/// Gzip-compresses a request body.
+pub fn gzip(body: &[u8]) -> std::io::Result<Bytes> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::default());
     encoder.write_all(body)?;
     encoder.finish().map(Bytes::from)
@@ -142,23 +140,65 @@ pub fn rejected_spans(body: &[u8], json: bool) -> u64 {
     if body.is_empty() {
         return 0;
     }
-    let response = if json {
-        serde_json::from_slice::<ExportTraceServiceResponse>(body).ok()
+    let (rejected, message) = if json {
+        let Ok(response) = serde_json::from_slice::<JsonResponse>(body) else {
+            return 0;
+        };
+        let Some(partial) = response.partial_success else {
+            return 0;
+        };
+        (partial.rejected_spans.0, partial.error_message)
     } else {
-        ExportTraceServiceResponse::decode(body).ok()
+        let Some(partial) = ExportTraceServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+        else {
+            return 0;
+        };
+        (partial.rejected_spans, partial.error_message)
     };
-    let Some(partial) = response.and_then(|r| r.partial_success) else {
-        return 0;
-    };
-    if partial.rejected_spans > 0 || !partial.error_message.is_empty() {
-        tracing::warn!(
-            rejected_spans = partial.rejected_spans,
-            // The receiver's text, which could echo anything: only its length-bounded redacted form.
-            message = %crate::redact::urls_in(&partial.error_message.chars().take(200).collect::<String>()),
-            "OTLP receiver rejected part of a batch"
-        );
+    super::otlp::warn_partial_success(rejected, &message);
+    u64::try_from(rejected).unwrap_or(0)
+}
+
+/// The OTLP/JSON `ExportTraceServiceResponse`, read leniently: protobuf JSON writes int64 as a
+/// string (`"rejectedSpans":"7"`, as the Collector does) but parsers accept a number too, and
+/// the proto field names are accepted besides the camelCase ones.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct JsonResponse {
+    #[serde(alias = "partial_success")]
+    partial_success: Option<JsonPartialSuccess>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct JsonPartialSuccess {
+    #[serde(alias = "rejected_spans")]
+    rejected_spans: JsonInt64,
+    #[serde(alias = "error_message")]
+    error_message: String,
+}
+
+/// A protobuf JSON int64: a number or a decimal string (0 when neither).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct JsonInt64(i64);
+
+impl<'de> serde::Deserialize<'de> for JsonInt64 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Number(i64),
+            Text(String),
+            Other(serde::de::IgnoredAny),
+        }
+        Ok(JsonInt64(match Form::deserialize(deserializer)? {
+            Form::Number(n) => n,
+            Form::Text(text) => text.trim().parse().unwrap_or(0),
+            Form::Other(_) => 0,
+        }))
     }
-    u64::try_from(partial.rejected_spans).unwrap_or(0)
 }
 
 /// A reqwest error's text and causes, without the request URL reqwest adds to it.
@@ -205,6 +245,32 @@ mod tests {
             rejected_spans(b"{\"partialSuccess\":{\"rejectedSpans\":-3}}", true),
             0
         );
+    }
+
+    #[test]
+    fn json_partial_success_int64_as_string_or_number() {
+        // The Collector's protobuf JSON writes int64 as a string.
+        let collector = br#"{"partialSuccess":{"rejectedSpans":"7","errorMessage":"too old"}}"#;
+        assert_eq!(rejected_spans(collector, true), 7);
+        let number = br#"{"partialSuccess":{"rejectedSpans":7}}"#;
+        assert_eq!(rejected_spans(number, true), 7);
+        let proto_names = br#"{"partial_success":{"rejected_spans":"12"}}"#;
+        assert_eq!(rejected_spans(proto_names, true), 12);
+        assert_eq!(
+            rejected_spans(br#"{"partialSuccess":{"rejectedSpans":"-3"}}"#, true),
+            0
+        );
+        assert_eq!(
+            rejected_spans(br#"{"partialSuccess":{"rejectedSpans":"x"}}"#, true),
+            0
+        );
+        assert_eq!(
+            rejected_spans(br#"{"partialSuccess":{"rejectedSpans":1.5}}"#, true),
+            0
+        );
+        assert_eq!(rejected_spans(br#"{"partialSuccess":{}}"#, true), 0);
+        assert_eq!(rejected_spans(br#"{"partialSuccess":null}"#, true), 0);
+        assert_eq!(rejected_spans(br#"[1,2]"#, true), 0);
     }
 
     #[test]

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::ExportError;
-use super::config::{OtlpConfig, OtlpProtocol};
+use super::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
 use super::encode::{TraceEncoder, traces_json};
 use super::grpc::GrpcSender;
-use super::http_client::HttpSender;
+use super::http_client::{HttpSender, gzip};
 use super::retry::FailureClass;
 use crate::model::ExportItem;
 
@@ -44,6 +44,19 @@ impl AttemptFailure {
     }
 }
 
+/// Largest encoded protobuf request (before compression) sent in one export call: below the
+/// Collector's default 4 MiB gRPC receive limit, with room for framing. Larger batches are cut
+/// into several requests, each exported (and retried) on its own.
+pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
+
+/// One request's body, ready to send (compressed when configured for HTTP), and how many spans
+/// it holds; or why it could not be encoded.
+#[derive(Debug)]
+pub struct EncodedRequest {
+    pub spans: u64,
+    pub body: Result<Bytes, AttemptFailure>,
+}
+
 /// A request the receiver accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivered {
@@ -67,6 +80,12 @@ pub struct OtlpTransport {
     encoder: TraceEncoder,
     /// Reused protobuf output.
     scratch: Vec<u8>,
+    /// Requests are cut to stay at or below this many protobuf bytes (one oversized span still
+    /// goes alone).
+    max_request_bytes: usize,
+    /// HTTP with gzip: bodies are compressed once at encoding, not per attempt (gRPC compresses
+    /// in tonic's framing).
+    gzip_body: bool,
 }
 
 impl OtlpTransport {
@@ -86,22 +105,65 @@ impl OtlpTransport {
             timeout: cfg.timeout,
             encoder: TraceEncoder::new(),
             scratch: Vec::new(),
+            max_request_bytes: MAX_REQUEST_BYTES,
+            gzip_body: cfg.protocol != OtlpProtocol::Grpc
+                && cfg.compression == Some(OtlpCompression::Gzip),
         })
     }
 
-    /// Encodes `items` as one request body (protobuf, or JSON for http/json; compressed later by
-    /// the sender when configured). The body is reference-counted, so retries do not copy it.
-    pub fn encode(&mut self, items: &[ExportItem]) -> Result<Bytes, AttemptFailure> {
-        self.scratch.clear();
-        self.encoder.encode(items, &mut self.scratch);
-        match self.protocol {
+    /// Encodes `items` as request bodies (protobuf, or JSON for http/json; gzip-compressed here
+    /// for HTTP when configured), in batch order: one request unless its protobuf form would pass
+    /// [`MAX_REQUEST_BYTES`], then as many as needed, cut between spans. Every item is in exactly
+    /// one request. Bodies are reference-counted, so retries neither copy nor re-compress them.
+    pub fn encode(&mut self, items: &[ExportItem]) -> Vec<EncodedRequest> {
+        let mut requests = Vec::with_capacity(1);
+        // Ranges still to encode, the next one last.
+        let mut pending = vec![(0, items.len())];
+        while let Some((start, end)) = pending.pop() {
+            let Some(chunk) = items.get(start..end).filter(|c| !c.is_empty()) else {
+                continue;
+            };
+            self.scratch.clear();
+            self.encoder.encode(chunk, &mut self.scratch);
+            let size = self.scratch.len();
+            if size > self.max_request_bytes && chunk.len() > 1 {
+                // Cut where the size says the first part fits (spans are usually alike); a part
+                // still too large is cut again.
+                let keep =
+                    (chunk.len() as u128 * self.max_request_bytes as u128 / size as u128) as usize;
+                let keep = keep.clamp(1, chunk.len() - 1);
+                pending.push((start + keep, end));
+                pending.push((start, start + keep));
+                continue;
+            }
+            requests.push(EncodedRequest {
+                spans: chunk.len() as u64,
+                body: self.body(),
+            });
+        }
+        requests
+    }
+
+    /// Lowers the request size cap (tests).
+    #[cfg(test)]
+    pub fn set_max_request_bytes(&mut self, cap: usize) {
+        self.max_request_bytes = cap;
+    }
+
+    /// The wire body of the request in `scratch`.
+    fn body(&self) -> Result<Bytes, AttemptFailure> {
+        let body = match self.protocol {
             OtlpProtocol::Grpc | OtlpProtocol::HttpProtobuf => {
-                Ok(Bytes::copy_from_slice(&self.scratch))
+                Bytes::copy_from_slice(&self.scratch)
             }
             OtlpProtocol::HttpJson => traces_json(&self.scratch)
                 .map(Bytes::from)
-                .map_err(|e| AttemptFailure::permanent(e.to_string())),
+                .map_err(|e| AttemptFailure::permanent(e.to_string()))?,
+        };
+        if self.gzip_body {
+            return gzip(&body).map_err(|e| AttemptFailure::permanent(format!("gzip: {e}")));
         }
+        Ok(body)
     }
 
     /// Sends one encoded request. Returns the request latency on success.
@@ -125,6 +187,72 @@ impl OtlpTransport {
             ))),
         }
     }
+}
+
+/// Shortest time between two partial-success warnings (the first is logged at once).
+pub const PARTIAL_SUCCESS_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Rate limit for a repeated warning: the first occurrence, then at most one per interval, with
+/// the number of occurrences not logged in between.
+#[derive(Debug, Default)]
+pub struct WarnLimiter {
+    state: std::sync::Mutex<WarnState>,
+}
+
+#[derive(Debug, Default)]
+struct WarnState {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimiter {
+    pub const fn new() -> Self {
+        WarnLimiter {
+            state: std::sync::Mutex::new(WarnState {
+                last: None,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// `Some(occurrences suppressed since the last logged one)` when this occurrence at `now`
+    /// should be logged, `None` when it is suppressed.
+    pub fn admit(&self, now: Instant, interval: Duration) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.last {
+            Some(last) if now.saturating_duration_since(last) < interval => {
+                state.suppressed += 1;
+                None
+            }
+            _ => {
+                state.last = Some(now);
+                Some(std::mem::take(&mut state.suppressed))
+            }
+        }
+    }
+}
+
+static PARTIAL_SUCCESS_WARNINGS: WarnLimiter = WarnLimiter::new();
+
+/// Logs an OTLP partial success (rate-limited: first occurrence, then at most once a minute).
+/// The receiver's text could echo anything: only a length-bounded, URL-redacted form is shown.
+pub fn warn_partial_success(rejected_spans: i64, error_message: &str) {
+    if rejected_spans <= 0 && error_message.is_empty() {
+        return;
+    }
+    let Some(suppressed) =
+        PARTIAL_SUCCESS_WARNINGS.admit(Instant::now(), PARTIAL_SUCCESS_LOG_INTERVAL)
+    else {
+        return;
+    };
+    let text: String = error_message.chars().take(200).collect();
+    tracing::warn!(
+        rejected_spans,
+        message = %crate::redact::urls_in(&text),
+        similar_warnings_suppressed = suppressed,
+        "OTLP receiver rejected part of a batch (counted as dropped, reason rejected_by_receiver; \
+         logged at most once a minute)"
+    );
 }
 
 /// The configured headers with `User-Agent` replaced by the agent's mark (the configured value,
@@ -175,6 +303,30 @@ mod tests {
         assert!(header_map(&[("bad key".to_string(), "v".to_string())]).is_err());
         let error = header_map(&[("k".to_string(), "secret\nbreak".to_string())]).unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn partial_success_warnings_are_rate_limited() {
+        let limiter = WarnLimiter::new();
+        let minute = Duration::from_secs(60);
+        let t0 = Instant::now();
+        assert_eq!(
+            limiter.admit(t0, minute),
+            Some(0),
+            "the first one is logged"
+        );
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(1), minute), None);
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(59), minute), None);
+        assert_eq!(
+            limiter.admit(t0 + Duration::from_secs(60), minute),
+            Some(2),
+            "one a minute, saying how many were not logged"
+        );
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(61), minute), None);
+        assert_eq!(
+            limiter.admit(t0 + Duration::from_secs(200), minute),
+            Some(1)
+        );
     }
 
     #[test]

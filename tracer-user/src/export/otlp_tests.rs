@@ -555,3 +555,280 @@ async fn http_gzip_round_trip() {
         );
     }
 }
+
+/// Exports the three sample spans (one request) to a receiver answering a partial success.
+async fn partial_success(protocol: OtlpProtocol, rejected: i64) -> super::ExportStatsSnapshot {
+    let receiver = start_receiver(
+        protocol,
+        listen(None).await,
+        Recorder::with_script(vec![Reply::PartialSuccess(rejected)]),
+    )
+    .await;
+    let sink = build_sink(&SinkConfig::Otlp(config(protocol, receiver.addr)))
+        .await
+        .unwrap();
+    for item in sample_items() {
+        sink.submit(item);
+    }
+    let stats = sink.shutdown(PATIENCE).await;
+    assert_eq!(
+        receiver.recorder.seen().len(),
+        1,
+        "a partial success is not retried"
+    );
+    assert_eq!(stats.spans_enqueued, 3);
+    assert_eq!(stats.export_batches, 1);
+    assert_eq!(stats.export_retries, 0);
+    assert_eq!(stats.spans_dropped_shutdown, 0, "{stats:?}");
+    assert_eq!(
+        stats.spans_exported + stats.spans_dropped_rejected,
+        3,
+        "every span is accounted for once: {stats:?}"
+    );
+    stats
+}
+
+async fn rejected_spans_are_not_counted_as_exported(protocol: OtlpProtocol) {
+    let stats = partial_success(protocol, 2).await;
+    assert_eq!(stats.spans_exported, 1, "{protocol:?}: {stats:?}");
+    assert_eq!(stats.spans_dropped_rejected, 2, "{protocol:?}: {stats:?}");
+    // A receiver claiming more rejections than the request held: capped at the request.
+    let stats = partial_success(protocol, 1000).await;
+    assert_eq!(stats.spans_exported, 0, "{protocol:?}: {stats:?}");
+    assert_eq!(stats.spans_dropped_rejected, 3, "{protocol:?}: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_partial_success_counts_rejected_spans_as_dropped() {
+    rejected_spans_are_not_counted_as_exported(OtlpProtocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_partial_success_counts_rejected_spans_as_dropped() {
+    rejected_spans_are_not_counted_as_exported(OtlpProtocol::HttpProtobuf).await;
+}
+
+/// The receiver answers in protobuf JSON as the Collector does, `"rejectedSpans":"2"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_partial_success_counts_rejected_spans_as_dropped() {
+    rejected_spans_are_not_counted_as_exported(OtlpProtocol::HttpJson).await;
+}
+
+/// `n` spans alternating between two processes, each carrying `blob` bytes in an attribute.
+fn large_items(n: u8, blob: usize) -> Vec<ExportItem> {
+    let resources = [resource(100, "frontend"), resource(200, "cart")];
+    (0..n)
+        .map(|i| {
+            let resource = Arc::clone(&resources[usize::from(i % 2)]);
+            let mut span = record(
+                resource.pid,
+                i + 1,
+                None,
+                SpanKind::Server,
+                SpanStatus::Unset,
+            );
+            span.attributes
+                .push(crate::model::Attribute::str("test.blob", "x".repeat(blob)));
+            ExportItem { span, resource }
+        })
+        .collect()
+}
+
+/// Decodes each request, checks it against the cap, and returns the span ids in request order.
+fn span_ids_of(requests: Vec<super::otlp::EncodedRequest>, cap: usize) -> Vec<Vec<u8>> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let mut ids = Vec::new();
+    for request in requests {
+        let body = request.body.expect("encodes");
+        assert!(
+            body.len() <= cap,
+            "request of {} bytes > cap {cap}",
+            body.len()
+        );
+        let decoded = ExportTraceServiceRequest::decode(body).expect("valid request");
+        let spans: Vec<Span> = decoded
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+            .collect();
+        assert_eq!(
+            spans.len() as u64,
+            request.spans,
+            "span count of the request"
+        );
+        ids.extend(spans.into_iter().map(|s| s.span_id));
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_are_cut_into_requests_below_the_cap() {
+    use super::otlp::{MAX_REQUEST_BYTES, OtlpTransport};
+    let mut transport =
+        OtlpTransport::new(&config(OtlpProtocol::HttpProtobuf, unused_addr().await)).unwrap();
+    // 12 spans of 700 KiB (about 8.2 MiB): at least three requests.
+    let items = large_items(12, 700 * 1024);
+    let requests = transport.encode(&items);
+    assert!(requests.len() >= 3, "{} requests", requests.len());
+    let mut ids = span_ids_of(requests, MAX_REQUEST_BYTES);
+    ids.sort();
+    let want: Vec<Vec<u8>> = (1..=12u8).map(|i| vec![i; 8]).collect();
+    assert_eq!(ids, want, "every span in exactly one request");
+
+    // A small batch stays one request.
+    assert_eq!(transport.encode(&sample_items()).len(), 1);
+
+    // Many small spans under a small cap: cut (and re-cut) between spans, nothing lost.
+    transport.set_max_request_bytes(2_000);
+    let items = large_items(100, 100);
+    let requests = transport.encode(&items);
+    assert!(requests.len() >= 5, "{} requests", requests.len());
+    let mut ids = span_ids_of(requests, 2_000);
+    ids.sort();
+    let want: Vec<Vec<u8>> = (1..=100u8).map(|i| vec![i; 8]).collect();
+    assert_eq!(ids, want);
+
+    // One span larger than the cap still goes, alone.
+    let requests = transport.encode(&large_items(3, 4_000));
+    assert_eq!(requests.len(), 3);
+    assert!(requests.iter().all(|r| r.spans == 1));
+}
+
+/// The Collector's gRPC receiver (and tonic's, here) refuses messages over 4 MiB by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_batch_over_the_receive_limit_is_sent_in_parts() {
+    let receiver = start_grpc(listen(None).await, Recorder::default());
+    let mut cfg = config(OtlpProtocol::Grpc, receiver.addr);
+    cfg.batch.schedule_delay = Duration::from_secs(3600);
+    let sink = build_sink(&SinkConfig::Otlp(cfg)).await.unwrap();
+    for item in large_items(8, 1024 * 1024) {
+        sink.submit(item);
+    }
+    let stats = sink.shutdown(PATIENCE).await;
+    assert_eq!(stats.spans_exported, 8, "{stats:?}");
+    assert_eq!(stats.spans_dropped_export_failed, 0, "{stats:?}");
+    assert_eq!(stats.export_batches_failed, 0, "{stats:?}");
+    assert!(stats.export_batches >= 3, "{stats:?}");
+    assert_eq!(receiver.recorder.accepted_spans().len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_gzip_body_is_compressed_once_at_encoding() {
+    use super::otlp::OtlpTransport;
+    let mut cfg = config(OtlpProtocol::HttpProtobuf, unused_addr().await);
+    cfg.compression = Some(OtlpCompression::Gzip);
+    let mut transport = OtlpTransport::new(&cfg).unwrap();
+    let mut requests = transport.encode(&sample_items());
+    assert_eq!(requests.len(), 1);
+    let body = requests.remove(0).body.unwrap();
+    assert_eq!(body.get(..2), Some(&[0x1f, 0x8b][..]), "gzip magic");
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain).unwrap();
+    let decoded = {
+        use prost::Message as _;
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+            plain.as_slice(),
+        )
+        .unwrap()
+    };
+    assert_eq!(decoded.resource_spans.len(), 2);
+
+    // gRPC compresses in its own framing: the body stays plain protobuf.
+    let mut cfg = config(OtlpProtocol::Grpc, unused_addr().await);
+    cfg.compression = Some(OtlpCompression::Gzip);
+    let mut transport = OtlpTransport::new(&cfg).unwrap();
+    let body = transport.encode(&sample_items()).remove(0).body.unwrap();
+    assert_ne!(body.get(..2), Some(&[0x1f, 0x8b][..]));
+}
+
+/// A retried gzip request is the same compressed body, still readable by the receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_gzip_retry_resends_a_readable_body() {
+    let receiver = start_http(
+        listen(None).await,
+        Recorder::with_script(vec![Reply::Http {
+            status: 503,
+            retry_after: None,
+        }]),
+    );
+    let mut cfg = config(OtlpProtocol::HttpProtobuf, receiver.addr);
+    cfg.compression = Some(OtlpCompression::Gzip);
+    let sink = build_sink(&SinkConfig::Otlp(cfg)).await.unwrap();
+    for item in sample_items() {
+        sink.submit(item);
+    }
+    let stats = sink.shutdown(PATIENCE).await;
+    assert_eq!(stats.export_retries, 1);
+    assert_eq!(stats.spans_exported, 3);
+    let seen = receiver.recorder.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|r| r.body.is_some()),
+        "both attempts decoded"
+    );
+    assert_sample_received(receiver.recorder.accepted_spans());
+}
+
+/// A TCP proxy to `upstream` that closes its first connection once `recorder` has seen a
+/// request (so the call is cut after it was sent, before any answer); later connections pass.
+async fn proxy_cutting_the_first_call(
+    upstream: SocketAddr,
+    recorder: Recorder,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = listen(None).await;
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            let cut = std::mem::take(&mut first);
+            let recorder = recorder.clone();
+            tokio::spawn(async move {
+                let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
+                if cut {
+                    let seen = async {
+                        while recorder.seen().is_empty() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = relay => {},
+                        () = seen => {},
+                    }
+                } else {
+                    let _ = relay.await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A gRPC call whose connection drops after the request went out (no grpc-status received) is
+/// retried, like the same failure over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connection_dropped_mid_call_is_retried() {
+    let receiver = start_grpc(
+        listen(None).await,
+        Recorder::with_script(vec![Reply::Stall]),
+    );
+    let (proxy, proxy_task) =
+        proxy_cutting_the_first_call(receiver.addr, receiver.recorder.clone()).await;
+    let sink = build_sink(&SinkConfig::Otlp(config(OtlpProtocol::Grpc, proxy)))
+        .await
+        .unwrap();
+    for item in sample_items() {
+        sink.submit(item);
+    }
+    let stats = sink.shutdown(PATIENCE).await;
+    proxy_task.abort();
+    assert_eq!(receiver.recorder.seen().len(), 2, "cut call, then retried");
+    assert_eq!(stats.export_retries, 1, "{stats:?}");
+    assert_eq!(stats.spans_exported, 3, "{stats:?}");
+    assert_eq!(stats.spans_dropped_export_failed, 0, "{stats:?}");
+    assert_sample_received(receiver.recorder.accepted_spans());
+}

@@ -1,7 +1,7 @@
 //! Which export failures are worth retrying, and how long to wait before the next attempt.
 //!
 //! Retried (transient): HTTP 429, 502, 503, 504 and transport errors (connection refused or reset,
-//! timeouts); gRPC UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED, OUT_OF_RANGE, DATA_LOSS.
+//! timeouts); gRPC transport failures mid-call (reported as UNKNOWN with a source error), UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED, OUT_OF_RANGE, DATA_LOSS.
 //! Everything else (other 4xx/5xx, other gRPC codes including RESOURCE_EXHAUSTED, whose retry
 //! hint we do not read, and encoding errors) is permanent: the batch is dropped and counted.
 //! HTTP `Retry-After` in delta-seconds form is honoured (capped at [`MAX_SERVER_DELAY`]); the
@@ -43,6 +43,17 @@ pub fn classify_grpc_code(code: tonic::Code) -> FailureClass {
         | Code::DataLoss => FailureClass::Transient { retry_after: None },
         _ => FailureClass::Permanent,
     }
+}
+
+/// Classifies a failed gRPC call. A transport failure mid-call (connection reset or closed, an
+/// I/O error: tonic reports it as `Unknown` carrying the underlying error as its source, no
+/// `grpc-status` received) is transient, like the same failure over HTTP; an `Unknown` status the
+/// server sent (no source) stays permanent.
+pub fn classify_grpc_status(status: &tonic::Status) -> FailureClass {
+    if status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some() {
+        return FailureClass::Transient { retry_after: None };
+    }
+    classify_grpc_code(status.code())
 }
 
 /// Parses a `Retry-After` value in delta-seconds form.
@@ -140,6 +151,30 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn grpc_transport_failure_mid_call_is_transient() {
+        use tonic::{Code, Status};
+        // What tonic makes of an I/O or hyper error during the call: Unknown, with the source.
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let transport = Status::from_error(Box::new(reset));
+        assert_eq!(transport.code(), Code::Unknown);
+        assert_eq!(
+            classify_grpc_status(&transport),
+            FailureClass::Transient { retry_after: None }
+        );
+        // An Unknown status the server sent has no source: permanent, as before.
+        let sent = Status::new(Code::Unknown, "handler failed");
+        assert_eq!(classify_grpc_status(&sent), FailureClass::Permanent);
+        assert_eq!(
+            classify_grpc_status(&Status::unavailable("down")),
+            FailureClass::Transient { retry_after: None }
+        );
+        assert_eq!(
+            classify_grpc_status(&Status::invalid_argument("bad")),
+            FailureClass::Permanent
+        );
     }
 
     #[test]

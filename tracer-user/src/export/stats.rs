@@ -11,6 +11,7 @@ pub struct ExportStats {
     spans_dropped_queue_full: AtomicU64,
     spans_dropped_export_failed: AtomicU64,
     spans_dropped_shutdown: AtomicU64,
+    spans_dropped_rejected: AtomicU64,
     export_batches: AtomicU64,
     export_batches_failed: AtomicU64,
     export_retries: AtomicU64,
@@ -30,7 +31,10 @@ pub struct ExportStatsSnapshot {
     pub spans_dropped_export_failed: u64,
     /// Spans still queued or in flight when the shutdown deadline passed (or submitted after).
     pub spans_dropped_shutdown: u64,
-    /// Export requests that succeeded (OTLP: one per batch, holding every process resource in it).
+    /// Spans in accepted requests that the receiver said it rejected (OTLP partial success).
+    pub spans_dropped_rejected: u64,
+    /// Export requests that succeeded (OTLP: one per batch, holding every process resource in it;
+    /// more when a batch passes the request size cap).
     pub export_batches: u64,
     /// Export requests given up on.
     pub export_batches_failed: u64,
@@ -48,6 +52,7 @@ impl ExportStats {
             spans_dropped_queue_full: self.spans_dropped_queue_full.load(Ordering::Relaxed),
             spans_dropped_export_failed: self.spans_dropped_export_failed.load(Ordering::Relaxed),
             spans_dropped_shutdown: self.spans_dropped_shutdown.load(Ordering::Relaxed),
+            spans_dropped_rejected: self.spans_dropped_rejected.load(Ordering::Relaxed),
             export_batches: self.export_batches.load(Ordering::Relaxed),
             export_batches_failed: self.export_batches_failed.load(Ordering::Relaxed),
             export_retries: self.export_retries.load(Ordering::Relaxed),
@@ -74,6 +79,9 @@ impl ExportStats {
     pub(crate) fn add_dropped_shutdown(&self, n: u64) {
         self.spans_dropped_shutdown.fetch_add(n, Ordering::Relaxed);
     }
+    pub(crate) fn add_dropped_rejected(&self, n: u64) {
+        self.spans_dropped_rejected.fetch_add(n, Ordering::Relaxed);
+    }
     pub(crate) fn add_batch(&self, latency: Duration) {
         self.export_batches.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
@@ -91,7 +99,10 @@ impl ExportStats {
     pub(crate) fn settle_shutdown_losses(&self) {
         let s = self.snapshot();
         // Every submitted span is enqueued; evictions (queue full) remove enqueued spans.
-        let settled = s.spans_exported + s.spans_dropped_export_failed + s.spans_dropped_queue_full;
+        let settled = s.spans_exported
+            + s.spans_dropped_export_failed
+            + s.spans_dropped_queue_full
+            + s.spans_dropped_rejected;
         let lost = s.spans_enqueued.saturating_sub(settled);
         if lost > 0 {
             self.add_dropped_shutdown(lost);
@@ -111,9 +122,10 @@ mod tests {
         stats.add_exported(6);
         stats.add_dropped_export_failed(1);
         stats.add_dropped_queue_full(5);
+        stats.add_dropped_rejected(1);
         stats.settle_shutdown_losses();
         let s = stats.snapshot();
-        assert_eq!(s.spans_dropped_shutdown, 2);
+        assert_eq!(s.spans_dropped_shutdown, 1);
         assert_eq!(s.spans_dropped_queue_full, 5);
     }
 

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -26,6 +26,11 @@ use tokio::task::JoinHandle;
 #[derive(Clone, Debug)]
 pub enum Reply {
     Accept,
+    /// Accept, answering that this many spans were rejected (OTLP partial success; over HTTP/JSON
+    /// with the count as a string, as the Collector writes int64).
+    PartialSuccess(i64),
+    /// Record the request but never answer (gRPC; the test cuts the connection meanwhile).
+    Stall,
     Grpc(tonic::Code),
     Http {
         status: u16,
@@ -165,7 +170,7 @@ impl TraceService for GrpcCollector {
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
             .collect();
         let reply = self.recorder.next_reply();
-        let accepted = matches!(reply, Reply::Accept);
+        let accepted = matches!(reply, Reply::Accept | Reply::PartialSuccess(_));
         self.recorder.record(SeenRequest {
             at: Instant::now(),
             accepted,
@@ -177,9 +182,25 @@ impl TraceService for GrpcCollector {
             Reply::Accept => Ok(tonic::Response::new(ExportTraceServiceResponse {
                 partial_success: None,
             })),
+            Reply::PartialSuccess(rejected) => {
+                Ok(tonic::Response::new(ExportTraceServiceResponse {
+                    partial_success: Some(partial_success(rejected)),
+                }))
+            }
+            Reply::Stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err(tonic::Status::deadline_exceeded("stalled"))
+            }
             Reply::Grpc(code) => Err(tonic::Status::new(code, "scripted failure")),
             Reply::Http { .. } => Err(tonic::Status::internal("HTTP reply scripted for gRPC")),
         }
+    }
+}
+
+fn partial_success(rejected: i64) -> ExportTracePartialSuccess {
+    ExportTracePartialSuccess {
+        rejected_spans: rejected,
+        error_message: "scripted".into(),
     }
 }
 
@@ -282,7 +303,8 @@ async fn serve_http_connection(mut stream: TcpStream, recorder: Recorder) {
             ExportTraceServiceRequest::decode(body.as_slice()).ok()
         };
         let reply = recorder.next_reply();
-        let accepted = matches!(reply, Reply::Accept) && decoded.is_some();
+        let accepted =
+            matches!(reply, Reply::Accept | Reply::PartialSuccess(_)) && decoded.is_some();
         recorder.record(SeenRequest {
             at: Instant::now(),
             accepted,
@@ -295,12 +317,38 @@ async fn serve_http_connection(mut stream: TcpStream, recorder: Recorder) {
                 "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
                     .to_string()
             }
-            Reply::Accept => "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n".to_string(),
+            Reply::PartialSuccess(rejected) if accepted => {
+                let (kind, body) = if content_type.starts_with("application/json") {
+                    (
+                        "application/json",
+                        format!(
+                            "{{\"partialSuccess\":{{\"rejectedSpans\":\"{rejected}\",\"errorMessage\":\"scripted\"}}}}"
+                        )
+                        .into_bytes(),
+                    )
+                } else {
+                    let response = ExportTraceServiceResponse {
+                        partial_success: Some(partial_success(rejected)),
+                    };
+                    ("application/x-protobuf", response.encode_to_vec())
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream.write_all(&body).await.is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Reply::Accept | Reply::PartialSuccess(_) => "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n".to_string(),
             Reply::Http { status, retry_after } => {
                 let retry = retry_after.map(|s| format!("retry-after: {s}\r\n")).unwrap_or_default();
                 format!("HTTP/1.1 {status} Scripted\r\n{retry}content-length: 0\r\n\r\n")
             }
-            Reply::Grpc(_) => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_string(),
+            Reply::Grpc(_) | Reply::Stall => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_string(),
         };
         if stream.write_all(response.as_bytes()).await.is_err() {
             return;
