@@ -5,8 +5,12 @@
 //! Throughput is reported in spans (one per exchange and traced side). Every stream is checked
 //! once before it is measured: it must yield exactly the spans it was built for.
 
+mod counting;
 mod otlp;
 mod recorded;
+
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -122,11 +126,39 @@ fn shapes() -> [(&'static str, StreamShape); 2] {
     ]
 }
 
+/// Prints heap allocations per span (one per exchange and traced side) of both paths: over the
+/// whole stream (connection set-up included), and in the steady state (the extra allocations of
+/// a stream with twice the requests per connection, per extra span).
+fn report_allocations(name: &str, shape: StreamShape) {
+    let stream = recorded::record(shape);
+    let longer = recorded::record(StreamShape {
+        requests_per_connection: shape.requests_per_connection * 2,
+        ..shape
+    });
+    let spans = shape.expected_spans() as f64;
+    for (path, run) in [
+        (
+            "pipeline",
+            run_pipeline as fn(&RecordedStream) -> Vec<ExportItem>,
+        ),
+        ("reorder_pipeline", run_agent_path),
+    ] {
+        let (whole, _) = counting::count(|| run(&stream));
+        let (twice, _) = counting::count(|| run(&longer));
+        println!(
+            "allocations {path}/{name}: {:.2} per span over the stream, {:.2} per span in the steady state",
+            whole as f64 / spans,
+            (twice.saturating_sub(whole)) as f64 / spans
+        );
+    }
+}
+
 fn pipeline_benches(c: &mut Criterion) {
     for (name, shape) in shapes() {
         let stream = recorded::record(shape);
         check(&stream, &run_pipeline(&stream), "pipeline");
         check(&stream, &run_agent_path(&stream), "agent path");
+        report_allocations(name, shape);
         let spans = shape.expected_spans();
 
         let mut group = c.benchmark_group("pipeline");

@@ -5,7 +5,6 @@
 //! The agent's own record -> `SpanData` conversion is private to its export module, so the
 //! conversion below mirrors it field for field (ids, flags, kind, times, attributes, status).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -58,7 +57,7 @@ fn span_data(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
             SpanKind::Server => opentelemetry::trace::SpanKind::Server,
             SpanKind::Client => opentelemetry::trace::SpanKind::Client,
         },
-        name: Cow::Owned(record.name.clone()),
+        name: record.name.clone().into(),
         start_time: UNIX_EPOCH + Duration::from_nanos(record.start_unix_ns),
         end_time: UNIX_EPOCH + Duration::from_nanos(record.end_unix_ns.max(record.start_unix_ns)),
         attributes: record

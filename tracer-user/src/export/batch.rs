@@ -282,7 +282,10 @@ mod tests {
         Arc::new(ProcessResource {
             pid,
             service_name: name.into(),
-            attributes: vec![("service.name".into(), AttrValue::Str(name.into()))],
+            attributes: vec![(
+                "service.name".into(),
+                AttrValue::Str(name.to_string().into()),
+            )],
         })
     }
 

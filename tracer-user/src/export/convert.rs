@@ -1,7 +1,6 @@
 //! Conversion of our span and resource records into the OpenTelemetry SDK types the OTLP exporter
 //! consumes (`SpanData`, `Resource`).
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -73,7 +72,7 @@ pub fn span_data(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData 
         // a CLIENT span's parent is the SERVER span of the same process.
         parent_span_is_remote: record.parent_span_id.is_some() && record.kind == SpanKind::Server,
         span_kind: kind,
-        name: Cow::Owned(record.name.clone()),
+        name: record.name.clone().into(),
         start_time: unix_time(record.start_unix_ns),
         end_time: unix_time(record.end_unix_ns.max(record.start_unix_ns)),
         attributes: record

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion};
+use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion, Text, method_text};
 
 use super::HttpLimits;
 use super::framing::FramingHeaders;
@@ -92,7 +92,7 @@ fn parse_with<'b>(
             };
             let (headers, framing) = convert_headers(request.headers, limits.max_headers, limits);
             let head = HttpRequest {
-                method: method.to_owned(),
+                method: method_text(method),
                 target: target.to_owned(),
                 version: version(minor)?,
                 headers,
@@ -137,32 +137,114 @@ fn version(minor: u8) -> Result<HttpVersion, HeadError> {
     }
 }
 
-/// Copies up to `keep` headers (values cut to `max_header_value_bytes`) and reads the framing
-/// facts from all of them.
+/// Keeps up to `keep` headers (values cut to `max_header_value_bytes`) and reads the framing
+/// facts from all of them. The kept values are copied once, into one shared buffer that every
+/// value slices; common names are static (see [`header_name`]).
 fn convert_headers(
     parsed: &[httparse::Header<'_>],
     keep: usize,
     limits: &HttpLimits,
 ) -> (Vec<Header>, FramingHeaders) {
     let mut framing = FramingHeaders::default();
-    let mut headers = Vec::with_capacity(parsed.len().min(keep));
+    let kept = &parsed[..parsed.len().min(keep)];
+    let mut total = 0;
     for header in parsed {
         framing.observe(header.name, header.value);
-        if headers.len() < keep {
-            // A Host userinfo is dropped before the cut, which could drop its `@` and keep it.
-            let value = if header.name.eq_ignore_ascii_case("host") {
-                crate::redact::authority_bytes_without_userinfo(header.value)
-            } else {
-                header.value
-            };
-            let kept = value.get(..limits.max_header_value_bytes).unwrap_or(value);
-            headers.push(Header {
-                name: header.name.to_owned(),
-                value: kept.to_vec(),
-            });
-        }
+    }
+    for header in kept {
+        total += kept_value(header, limits).len();
+    }
+    if kept.is_empty() {
+        return (Vec::new(), framing);
+    }
+    let mut values = Vec::with_capacity(total);
+    for header in kept {
+        values.extend_from_slice(kept_value(header, limits));
+    }
+    let values = bytes::Bytes::from(values);
+    let mut headers = Vec::with_capacity(kept.len());
+    let mut at = 0;
+    for header in kept {
+        let len = kept_value(header, limits).len();
+        headers.push(Header {
+            name: header_name(header.name),
+            value: values.slice(at..at + len),
+        });
+        at += len;
     }
     (headers, framing)
+}
+
+/// The part of a header's value that is kept.
+fn kept_value<'a>(header: &httparse::Header<'a>, limits: &HttpLimits) -> &'a [u8] {
+    // A Host userinfo is dropped before the cut, which could drop its `@` and keep it.
+    let value = if header.name.eq_ignore_ascii_case("host") {
+        crate::redact::authority_bytes_without_userinfo(header.value)
+    } else {
+        header.value
+    };
+    value.get(..limits.max_header_value_bytes).unwrap_or(value)
+}
+
+/// A header name as sent: common names (in their usual spellings) are static, others owned.
+fn header_name(name: &str) -> Text {
+    let known = match name {
+        "Host" => "Host",
+        "host" => "host",
+        "User-Agent" => "User-Agent",
+        "user-agent" => "user-agent",
+        "Accept" => "Accept",
+        "accept" => "accept",
+        "Accept-Encoding" => "Accept-Encoding",
+        "accept-encoding" => "accept-encoding",
+        "Accept-Language" => "Accept-Language",
+        "accept-language" => "accept-language",
+        "Connection" => "Connection",
+        "connection" => "connection",
+        "Content-Type" => "Content-Type",
+        "content-type" => "content-type",
+        "Content-Length" => "Content-Length",
+        "content-length" => "content-length",
+        "Transfer-Encoding" => "Transfer-Encoding",
+        "transfer-encoding" => "transfer-encoding",
+        "Cookie" => "Cookie",
+        "cookie" => "cookie",
+        "Authorization" => "Authorization",
+        "authorization" => "authorization",
+        "Cache-Control" => "Cache-Control",
+        "cache-control" => "cache-control",
+        "Referer" => "Referer",
+        "referer" => "referer",
+        "Origin" => "Origin",
+        "origin" => "origin",
+        "Upgrade" => "Upgrade",
+        "upgrade" => "upgrade",
+        "Expect" => "Expect",
+        "expect" => "expect",
+        "traceparent" => "traceparent",
+        "tracestate" => "tracestate",
+        "Traceparent" => "Traceparent",
+        "Tracestate" => "Tracestate",
+        "b3" => "b3",
+        "X-B3-TraceId" => "X-B3-TraceId",
+        "X-B3-SpanId" => "X-B3-SpanId",
+        "X-B3-ParentSpanId" => "X-B3-ParentSpanId",
+        "X-B3-Sampled" => "X-B3-Sampled",
+        "X-B3-Flags" => "X-B3-Flags",
+        "x-b3-traceid" => "x-b3-traceid",
+        "x-b3-spanid" => "x-b3-spanid",
+        "x-b3-parentspanid" => "x-b3-parentspanid",
+        "x-b3-sampled" => "x-b3-sampled",
+        "x-b3-flags" => "x-b3-flags",
+        "X-Amzn-Trace-Id" => "X-Amzn-Trace-Id",
+        "x-amzn-trace-id" => "x-amzn-trace-id",
+        "X-Forwarded-For" => "X-Forwarded-For",
+        "x-forwarded-for" => "x-forwarded-for",
+        "X-Request-Id" => "X-Request-Id",
+        "x-request-id" => "x-request-id",
+        _ => return Text::Owned(name.to_owned()),
+    };
+    Text::Static(known)
 }
 
 #[cfg(test)]
@@ -193,7 +275,7 @@ mod tests {
             request.headers[0],
             Header {
                 name: "Host".into(),
-                value: b"x".to_vec()
+                value: b"x".to_vec().into()
             }
         );
         assert_eq!(framing.content_length, ContentLength::Valid(12));
@@ -241,7 +323,7 @@ mod tests {
         };
         assert_eq!(response.headers.len(), 3);
         assert_eq!(response.headers[2].name, "X-2");
-        assert_eq!(response.headers[2].value, b"value");
+        assert_eq!(response.headers[2].value, &b"value"[..]);
         assert_eq!(framing.content_length, ContentLength::Valid(3));
     }
 
@@ -257,8 +339,8 @@ mod tests {
         let ParsedHead::Request(request, _) = head else {
             panic!("not a request")
         };
-        assert_eq!(request.headers[0].value, b"api.example");
-        assert_eq!(request.headers[1].value, b"b");
+        assert_eq!(request.headers[0].value, &b"api.example"[..]);
+        assert_eq!(request.headers[1].value, &b"b"[..]);
     }
 
     #[test]

@@ -77,7 +77,7 @@ fn header<'a>(headers: &'a [crate::model::Header], name: &str) -> Option<&'a [u8
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_slice())
+        .map(|h| &h.value[..])
 }
 
 fn get(path: &str) -> Vec<u8> {
