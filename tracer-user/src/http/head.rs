@@ -3,6 +3,8 @@
 
 use std::mem::MaybeUninit;
 
+use bytes::BytesMut;
+
 use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion, Text, method_text};
 
 use super::HttpLimits;
@@ -50,22 +52,36 @@ fn parser_config() -> httparse::ParserConfig {
     config
 }
 
-/// Parses the head of a `kind` message at the start of `bytes`.
+/// Parses the head of a `kind` message at the start of `bytes` (kept header values in a buffer
+/// of their own).
+#[cfg(test)]
 pub(crate) fn parse_head(
     bytes: &[u8],
     kind: MessageKind,
     limits: &HttpLimits,
 ) -> Result<HeadParse, HeadError> {
+    parse_head_into(bytes, kind, limits, &mut BytesMut::new())
+}
+
+/// Parses the head of a `kind` message at the start of `bytes`. Kept header values are copied
+/// into `values`, an arena the stream reuses: once the previous message's values are dropped
+/// its space is reclaimed, so a keep-alive connection allocates nothing per message.
+pub(crate) fn parse_head_into(
+    bytes: &[u8],
+    kind: MessageKind,
+    limits: &HttpLimits,
+    values: &mut BytesMut,
+) -> Result<HeadParse, HeadError> {
     let config = parser_config();
     let mut stack = [const { MaybeUninit::uninit() }; STACK_HEADERS];
-    match parse_with(bytes, kind, limits, &config, &mut stack) {
+    match parse_with(bytes, kind, limits, &config, &mut stack, values) {
         Err(HeadError::Malformed(httparse::Error::TooManyHeaders)) => {
             // Every header line takes at least three bytes (`a:` and a line feed).
             let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> =
                 std::iter::repeat_with(MaybeUninit::uninit)
                     .take(bytes.len() / 3 + 1)
                     .collect();
-            parse_with(bytes, kind, limits, &config, &mut heap)
+            parse_with(bytes, kind, limits, &config, &mut heap, values)
         }
         other => other,
     }
@@ -77,6 +93,7 @@ fn parse_with<'b>(
     limits: &HttpLimits,
     config: &httparse::ParserConfig,
     table: &mut [MaybeUninit<httparse::Header<'b>>],
+    values: &mut BytesMut,
 ) -> Result<HeadParse, HeadError> {
     match kind {
         MessageKind::Request => {
@@ -90,7 +107,8 @@ fn parse_with<'b>(
             else {
                 return Err(HeadError::MissingStartLine);
             };
-            let (headers, framing) = convert_headers(request.headers, limits.max_headers, limits);
+            let (headers, framing) =
+                convert_headers(request.headers, limits.max_headers, limits, values);
             let head = HttpRequest {
                 method: method_text(method),
                 target: target.to_owned(),
@@ -114,7 +132,7 @@ fn parse_with<'b>(
                 return Err(HeadError::MissingStartLine);
             };
             let kept = limits.max_headers.min(limits.max_response_headers);
-            let (headers, framing) = convert_headers(response.headers, kept, limits);
+            let (headers, framing) = convert_headers(response.headers, kept, limits, values);
             let head = HttpResponse {
                 version: version(minor)?,
                 status,
@@ -138,12 +156,13 @@ fn version(minor: u8) -> Result<HttpVersion, HeadError> {
 }
 
 /// Keeps up to `keep` headers (values cut to `max_header_value_bytes`) and reads the framing
-/// facts from all of them. The kept values are copied once, into one shared buffer that every
+/// facts from all of them. The kept values are copied once, into the `values` arena that every
 /// value slices; common names are static (see [`header_name`]).
 fn convert_headers(
     parsed: &[httparse::Header<'_>],
     keep: usize,
     limits: &HttpLimits,
+    values: &mut BytesMut,
 ) -> (Vec<Header>, FramingHeaders) {
     let mut framing = FramingHeaders::default();
     let kept = &parsed[..parsed.len().min(keep)];
@@ -157,11 +176,20 @@ fn convert_headers(
     if kept.is_empty() {
         return (Vec::new(), framing);
     }
-    let mut values = Vec::with_capacity(total);
+    // Large heads get a buffer of their own, so the arena a connection keeps stays small.
+    let mut own = BytesMut::new();
+    let arena = if total > MAX_ARENA_BYTES {
+        &mut own
+    } else {
+        values
+    };
+    arena.clear();
+    // Reclaims the arena's space when no earlier message still holds a slice of it.
+    arena.reserve(total.max(MIN_ARENA_BYTES));
     for header in kept {
-        values.extend_from_slice(kept_value(header, limits));
+        arena.extend_from_slice(kept_value(header, limits));
     }
-    let values = bytes::Bytes::from(values);
+    let values = arena.split().freeze();
     let mut headers = Vec::with_capacity(kept.len());
     let mut at = 0;
     for header in kept {
@@ -174,6 +202,11 @@ fn convert_headers(
     }
     (headers, framing)
 }
+
+/// Smallest allocation of a header value arena (most heads' kept values fit), and the most
+/// value bytes of one head that go to the arena.
+const MIN_ARENA_BYTES: usize = 512;
+const MAX_ARENA_BYTES: usize = 2048;
 
 /// The part of a header's value that is kept.
 fn kept_value<'a>(header: &httparse::Header<'a>, limits: &HttpLimits) -> &'a [u8] {
