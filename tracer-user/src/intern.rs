@@ -22,9 +22,12 @@ pub const MAX_INTERNED_LEN: usize = 256;
 /// Scratch capacity kept between formatted strings.
 const MAX_SCRATCH: usize = 4096;
 
+/// One slot of the address cache: the address and its text.
+type IpSlot = Option<(IpAddr, Arc<str>)>;
+
 thread_local! {
     static STRINGS: RefCell<Vec<Option<Arc<str>>>> = const { RefCell::new(Vec::new()) };
-    static IPS: RefCell<Vec<Option<(IpAddr, Arc<str>)>>> = const { RefCell::new(Vec::new()) };
+    static IPS: RefCell<Vec<IpSlot>> = const { RefCell::new(Vec::new()) };
     static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
