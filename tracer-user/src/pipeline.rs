@@ -532,7 +532,14 @@ impl Pipeline {
             // The identity was assigned when the request head was parsed (see `linker`); an
             // exchange whose head the linker never saw falls back to its own headers.
             let identity = self.linker.take(meta.conn_id, exchange.sequence);
-            match own::classify(&exchange.request) {
+            // A request the linker named was classified when its head was parsed: unless it was
+            // marked telemetry (itself or by descent), it is not dropped, so it is not classified
+            // twice.
+            let telemetry = match &identity {
+                Some(id) if !id.telemetry => None,
+                _ => own::classify(&exchange.request),
+            };
+            match telemetry {
                 Some(Telemetry::Own) => {
                     self.stats.own_telemetry_dropped += 1;
                     continue;

@@ -388,7 +388,12 @@ impl<'a> RequestTarget<'a> {
         if target == "*" {
             return RequestTarget::Asterisk;
         }
-        if method == "CONNECT" && !target.starts_with('/') {
+        if target.starts_with('/') {
+            // Origin form (nearly every request): no scheme can start with `/`.
+            let (path, query) = split_query(target);
+            return RequestTarget::Origin { path, query };
+        }
+        if method == "CONNECT" {
             return RequestTarget::Authority(target);
         }
         if let Some(redact::UrlParts {

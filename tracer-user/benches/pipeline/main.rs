@@ -15,7 +15,7 @@ static ALLOCATOR: counting::Counting = counting::Counting;
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use tracer::connections::TableLimits;
 use tracer::decode::decode;
 use tracer::model::{ExportItem, SpanKind};
@@ -186,5 +186,41 @@ fn pipeline_benches(c: &mut Criterion) {
     }
 }
 
+/// `PIPELINE_RUN_ONCE=<server|client_server>:<pipeline|reorder_pipeline>:<requests per
+/// connection>` runs that path once over that stream and exits, for instruction counts under
+/// an instruction-counting tool (`valgrind --tool=callgrind`): unlike wall time on a shared
+/// machine, they do not vary from run to run.
+fn run_once(spec: &str) {
+    let mut parts = spec.split(':');
+    let (Some(name), Some(path), Some(requests)) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("PIPELINE_RUN_ONCE={spec}: expected <shape>:<path>:<requests per connection>");
+    };
+    let (_, shape) = shapes()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("unknown shape {name}"));
+    let shape = StreamShape {
+        requests_per_connection: requests.parse().expect("requests per connection"),
+        ..shape
+    };
+    let stream = recorded::record(shape);
+    let spans = match path {
+        "pipeline" => run_pipeline(&stream),
+        "reorder_pipeline" => run_agent_path(&stream),
+        other => panic!("unknown path {other}"),
+    };
+    check(&stream, &spans, path);
+    println!("{} spans", spans.len());
+}
+
 criterion_group!(benches, pipeline_benches);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("PIPELINE_RUN_ONCE") {
+        run_once(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
