@@ -204,9 +204,11 @@ fn convert_headers(
 }
 
 /// Smallest allocation of a header value arena (most heads' kept values fit), and the most
-/// value bytes of one head that go to the arena.
-const MIN_ARENA_BYTES: usize = 512;
-const MAX_ARENA_BYTES: usize = 2048;
+/// value bytes of one head that go to the arena. An idle connection keeps its arena (at most
+/// `MAX_ARENA_BYTES`, like the 1 KiB head buffer a stream keeps), bounded in total by the
+/// table's connection limit.
+const MIN_ARENA_BYTES: usize = 256;
+const MAX_ARENA_BYTES: usize = 1024;
 
 /// The part of a header's value that is kept.
 fn kept_value<'a>(header: &httparse::Header<'a>, limits: &HttpLimits) -> &'a [u8] {
