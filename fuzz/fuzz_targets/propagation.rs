@@ -17,8 +17,8 @@ fn headers_of(data: &[u8]) -> Vec<Header> {
             let colon = line.iter().position(|b| *b == b':')?;
             let (name, value) = line.split_at(colon);
             Some(Header {
-                name: String::from_utf8_lossy(name).into_owned(),
-                value: value.get(1..).unwrap_or_default().to_vec(),
+                name: String::from_utf8_lossy(name).into_owned().into(),
+                value: value.get(1..).unwrap_or_default().to_vec().into(),
             })
         })
         .collect()

@@ -14,6 +14,7 @@ pub mod export;
 pub mod http;
 pub mod idhash;
 pub mod ids;
+pub mod intern;
 pub mod k8s;
 pub mod linker;
 pub mod metrics;

@@ -134,6 +134,10 @@ pub struct LinkerStats {
 
 type RequestKey = (u64, u64);
 
+/// Emptied sets and lists kept for reuse, and the most entries one may have room for.
+const MAX_SPARES: usize = 256;
+const MAX_SPARE_CAPACITY: usize = 64;
+
 /// A request in `open_by_thread`. Its comparisons are counted in tests: the complexity test
 /// counts the entries a removal really visits (a scan of the set would show).
 #[derive(Clone, Copy, Debug, Eq)]
@@ -178,6 +182,10 @@ pub struct Linker {
     /// Trace ids of the traces this linker starts.
     trace_ids: TraceIds,
     stats: LinkerStats,
+    /// Emptied per-thread sets and per-connection lists, reused instead of allocating a new
+    /// one for nearly every request (bounded in count and in the capacity each keeps).
+    spare_sets: Vec<IdHashSet<OpenKey>>,
+    spare_lists: Vec<Vec<(u32, u32, u64)>>,
     /// Entries visited by list scans, for the complexity test.
     #[cfg(test)]
     work: u64,
@@ -250,14 +258,13 @@ impl Linker {
                 if threads == Threads::Dedicated {
                     self.open_by_thread
                         .entry((meta.pid, start.tid))
-                        .or_default()
+                        .or_insert_with(|| self.spare_sets.pop().unwrap_or_default())
                         .insert(OpenKey(key));
                 }
-                self.open_by_conn.entry(meta.conn_id).or_default().push((
-                    meta.pid,
-                    start.tid,
-                    start.sequence,
-                ));
+                self.open_by_conn
+                    .entry(meta.conn_id)
+                    .or_insert_with(|| self.spare_lists.pop().unwrap_or_default())
+                    .push((meta.pid, start.tid, start.sequence));
                 identity
             }
             Role::Client => {
@@ -349,20 +356,33 @@ impl Linker {
     /// The server started writing on this connection: its open requests are no longer being
     /// served "before the response", so they stop adopting the thread's client calls.
     pub fn response_started(&mut self, conn_id: u64) {
-        let Some(open) = self.open_by_conn.remove(&conn_id) else {
+        let Some(mut open) = self.open_by_conn.remove(&conn_id) else {
             return;
         };
-        for (pid, tid, seq) in open {
+        for &(pid, tid, seq) in &open {
             self.close_open(pid, tid, (conn_id, seq));
         }
+        open.clear();
+        self.recycle_list(open);
     }
 
     fn close_open(&mut self, pid: u32, tid: u32, key: RequestKey) {
         if let Some(set) = self.open_by_thread.get_mut(&(pid, tid)) {
             set.remove(&OpenKey(key));
-            if set.is_empty() {
-                self.open_by_thread.remove(&(pid, tid));
+            if set.is_empty()
+                && let Some(set) = self.open_by_thread.remove(&(pid, tid))
+                && self.spare_sets.len() < MAX_SPARES
+                && set.capacity() <= MAX_SPARE_CAPACITY
+            {
+                self.spare_sets.push(set);
             }
+        }
+    }
+
+    /// Keeps an emptied per-connection list for reuse (bounded).
+    fn recycle_list(&mut self, list: Vec<(u32, u32, u64)>) {
+        if self.spare_lists.len() < MAX_SPARES && list.capacity() <= MAX_SPARE_CAPACITY {
+            self.spare_lists.push(list);
         }
     }
 
@@ -378,8 +398,10 @@ impl Linker {
                 self.work += pos as u64 + 1;
             }
             let (pid, tid, _) = open.remove(pos);
-            if open.is_empty() {
-                self.open_by_conn.remove(&conn_id);
+            if open.is_empty()
+                && let Some(list) = self.open_by_conn.remove(&conn_id)
+            {
+                self.recycle_list(list);
             }
             self.close_open(pid, tid, key);
         }
@@ -414,8 +436,8 @@ mod tests {
             headers: headers
                 .iter()
                 .map(|(n, v)| Header {
-                    name: n.to_string(),
-                    value: v.as_bytes().to_vec(),
+                    name: n.to_string().into(),
+                    value: v.as_bytes().to_vec().into(),
                 })
                 .collect(),
             body_len: 0,

@@ -2,7 +2,181 @@
 //! and per-process resources. No behaviour lives here beyond small helpers.
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
+
+/// A string of the span model: a `&'static str` for known values (methods, schemes, versions,
+/// header names), shared for values interned across spans (addresses, hosts), owned otherwise.
+/// Derefs to `&str`; equality, ordering and hashing are the string's.
+#[derive(Clone)]
+pub enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+
+    /// Heap bytes this value holds on its own (shared values count their length).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Text::Static(_) => 0,
+            Text::Shared(s) => s.len(),
+            Text::Owned(s) => s.capacity(),
+        }
+    }
+}
+
+impl Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text::Static("")
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for str {
+    fn eq(&self, other: &Text) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for &str {
+    fn eq(&self, other: &Text) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for String {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Self {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Owned(s)
+    }
+}
+
+impl From<Arc<str>> for Text {
+    fn from(s: Arc<str>) -> Self {
+        Text::Shared(s)
+    }
+}
+
+impl From<std::borrow::Cow<'static, str>> for Text {
+    fn from(s: std::borrow::Cow<'static, str>) -> Self {
+        match s {
+            std::borrow::Cow::Borrowed(s) => Text::Static(s),
+            std::borrow::Cow::Owned(s) => Text::Owned(s),
+        }
+    }
+}
+
+impl From<Text> for String {
+    fn from(t: Text) -> Self {
+        match t {
+            Text::Owned(s) => s,
+            other => other.as_str().to_owned(),
+        }
+    }
+}
+
+impl From<Text> for std::borrow::Cow<'static, str> {
+    fn from(t: Text) -> Self {
+        match t {
+            Text::Static(s) => std::borrow::Cow::Borrowed(s),
+            other => std::borrow::Cow::Owned(String::from(other)),
+        }
+    }
+}
 
 /// Which side of a connection the traced process is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,17 +226,32 @@ impl HttpVersion {
     }
 }
 
-/// One header as captured. Values are kept as bytes (they may not be UTF-8).
+/// One header as captured. Values are kept as bytes (they may not be UTF-8); the framer slices
+/// all the values of one head from a single shared buffer, and common names are static.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
+    pub name: Text,
+    pub value: bytes::Bytes,
+}
+
+/// The methods the HTTP semantic conventions know by name (case-sensitive).
+pub const HTTP_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// `method` as [`Text`]: one of [`HTTP_METHODS`] without an allocation, else owned.
+pub fn method_text(method: &str) -> Text {
+    match HTTP_METHODS.iter().find(|known| **known == method) {
+        Some(known) => Text::Static(known),
+        None => Text::Owned(method.to_owned()),
+    }
 }
 
 /// A request head and what is known of its body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRequest {
-    pub method: String,
+    /// Known methods are static (see [`method_text`]).
+    pub method: Text,
     /// The request target as sent (origin-form path?query, absolute-form, or `*`).
     pub target: String,
     pub version: HttpVersion,
@@ -120,7 +309,7 @@ pub struct Exchange {
 /// An attribute value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(Text),
     Int(i64),
     Bool(bool),
 }
@@ -133,7 +322,7 @@ pub struct Attribute {
 }
 
 impl Attribute {
-    pub fn str(key: &'static str, value: impl Into<String>) -> Self {
+    pub fn str(key: &'static str, value: impl Into<Text>) -> Self {
         Attribute {
             key,
             value: AttrValue::Str(value.into()),
@@ -170,7 +359,8 @@ pub struct SpanRecord {
     /// W3C tracestate carried from the incoming request, when valid.
     pub trace_state: Option<String>,
     pub sampled: bool,
-    pub name: String,
+    /// The method (known ones are static) or `HTTP`.
+    pub name: Text,
     pub kind: SpanKind,
     /// Wall-clock Unix-epoch nanoseconds.
     pub start_unix_ns: u64,

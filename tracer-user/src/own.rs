@@ -179,14 +179,14 @@ mod tests {
 
     fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> HttpRequest {
         HttpRequest {
-            method: method.to_owned(),
+            method: crate::model::method_text(method),
             target: target.to_owned(),
             version: HttpVersion::Http11,
             headers: headers
                 .iter()
                 .map(|(n, v)| Header {
-                    name: (*n).to_owned(),
-                    value: v.as_bytes().to_vec(),
+                    name: (*n).to_owned().into(),
+                    value: v.as_bytes().to_vec().into(),
                 })
                 .collect(),
             body_len: 0,
@@ -217,7 +217,7 @@ mod tests {
         }
         let bytes = Header {
             name: "User-Agent".into(),
-            value: vec![0xff, b' ', b't', 0xfe],
+            value: vec![0xff, b' ', b't', 0xfe].into(),
         };
         assert!(!carries_mark(&[bytes]));
     }
@@ -353,7 +353,10 @@ mod tests {
                 pipeline.on_event(event, &mut out);
             }
         }
-        let names = out.into_iter().map(|item| item.span.name).collect();
+        let names = out
+            .into_iter()
+            .map(|item| String::from(item.span.name))
+            .collect();
         (names, pipeline.stats())
     }
 
@@ -448,7 +451,10 @@ mod tests {
         for event in events {
             pipeline.on_event(event, &mut out);
         }
-        let names = out.into_iter().map(|item| item.span.name).collect();
+        let names = out
+            .into_iter()
+            .map(|item| String::from(item.span.name))
+            .collect();
         (names, pipeline.stats())
     }
 

@@ -90,6 +90,8 @@ pub struct Pipeline {
     opts: PipelineOptions,
     stats: PipelineStats,
     scratch: Vec<(ConnMeta, Option<Role>, Exchange)>,
+    /// Exchanges one record completed (reused from record to record).
+    exchanges: Vec<Exchange>,
     /// (pid, fd) adopted by the kernel that must not be followed (not sockets, or outside the
     /// port filter): the agent marks them ignored in the kernel table.
     not_sockets: Vec<(u32, i32)>,
@@ -136,6 +138,7 @@ impl Pipeline {
             opts,
             stats: PipelineStats::default(),
             scratch: Vec::new(),
+            exchanges: Vec::new(),
             not_sockets: Vec::new(),
             ignored: IdHashSet::default(),
             presolved: IdHashMap::default(),
@@ -364,6 +367,7 @@ impl Pipeline {
                 ..
             } => {
                 self.stats.data_bytes += u64::from(true_len);
+                let mut exchanges = std::mem::take(&mut self.exchanges);
                 if self.table.get_mut(header.conn_id).is_none() {
                     self.stats.records_unknown_connection += 1;
                     let meta = Self::meta_from(&header, role);
@@ -378,7 +382,6 @@ impl Pipeline {
                     {
                         self.linker.response_started(header.conn_id);
                     }
-                    let mut exchanges = Vec::new();
                     if loss_before {
                         // Never pair across a hole: drop what was pending (counted) and resync.
                         for sequence in conn.http.on_loss(&mut exchanges) {
@@ -414,9 +417,10 @@ impl Pipeline {
                     if !exchanges.is_empty() {
                         let role = conn.role();
                         let meta = conn.meta.clone();
-                        done.extend(exchanges.into_iter().map(|e| (meta.clone(), role, e)));
+                        done.extend(exchanges.drain(..).map(|e| (meta.clone(), role, e)));
                     }
                 }
+                self.exchanges = exchanges;
                 if self.table.account(header.conn_id) {
                     for (conn_id, sequences) in self.table.shed(&mut done) {
                         for sequence in sequences {
@@ -528,7 +532,14 @@ impl Pipeline {
             // The identity was assigned when the request head was parsed (see `linker`); an
             // exchange whose head the linker never saw falls back to its own headers.
             let identity = self.linker.take(meta.conn_id, exchange.sequence);
-            match own::classify(&exchange.request) {
+            // A request the linker named was classified when its head was parsed: unless it was
+            // marked telemetry (itself or by descent), it is not dropped, so it is not classified
+            // twice.
+            let telemetry = match &identity {
+                Some(id) if !id.telemetry => None,
+                _ => own::classify(&exchange.request),
+            };
+            match telemetry {
                 Some(Telemetry::Own) => {
                     self.stats.own_telemetry_dropped += 1;
                     continue;

@@ -306,7 +306,7 @@ fn merge_pod(resource: &mut ProcessResource, pod: crate::k8s::PodAttributes, nam
             .iter_mut()
             .find(|(k, _)| k == "service.name")
         {
-            *v = AttrValue::Str(hint);
+            *v = AttrValue::Str(hint.into());
         }
     }
     for (key, value) in pod.attributes {
@@ -367,20 +367,32 @@ fn discover_inner(
         .unwrap_or_else(|| format!("unknown_service:{pid}"));
 
     let mut attributes: Vec<(String, AttrValue)> = vec![
-        ("service.name".into(), AttrValue::Str(service_name.clone())),
+        (
+            "service.name".into(),
+            AttrValue::Str(service_name.clone().into()),
+        ),
         ("process.pid".into(), AttrValue::Int(i64::from(pid))),
     ];
     if let Some(name) = exe_name {
-        attributes.push(("process.executable.name".into(), AttrValue::Str(name)));
+        attributes.push((
+            "process.executable.name".into(),
+            AttrValue::Str(name.into()),
+        ));
     }
     if let Some(path) = exe_path {
-        attributes.push(("process.executable.path".into(), AttrValue::Str(path)));
+        attributes.push((
+            "process.executable.path".into(),
+            AttrValue::Str(path.into()),
+        ));
     }
     if let Some(line) = command_line {
-        attributes.push(("process.command_line".into(), AttrValue::Str(line)));
+        attributes.push(("process.command_line".into(), AttrValue::Str(line.into())));
     }
     if !host_name.is_empty() {
-        attributes.push(("host.name".into(), AttrValue::Str(host_name.to_string())));
+        attributes.push((
+            "host.name".into(),
+            AttrValue::Str(host_name.to_string().into()),
+        ));
     }
     let version = env!("CARGO_PKG_VERSION");
     attributes.push(("telemetry.sdk.name".into(), AttrValue::Str("tracer".into())));
@@ -401,8 +413,8 @@ fn discover_inner(
             continue;
         }
         match attributes.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, existing)) => *existing = AttrValue::Str(value),
-            None => attributes.push((key, AttrValue::Str(value))),
+            Some((_, existing)) => *existing = AttrValue::Str(value.into()),
+            None => attributes.push((key, AttrValue::Str(value.into()))),
         }
     }
     (

@@ -6,12 +6,15 @@
 //! CLIENT spans), and a missing response is an Error with a short `error.type` class; no status
 //! code is ever invented. Attribute strings are bounded and converted from bytes lossily.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::ids::random_nonzero;
+use crate::intern;
 use crate::model::{
-    Attribute, Exchange, ExchangeOutcome, Header, HttpRequest, Role, SpanKind, SpanRecord,
-    SpanStatus,
+    Attribute, Exchange, ExchangeOutcome, HTTP_METHODS, Header, HttpRequest, Role, SpanKind,
+    SpanRecord, SpanStatus, Text,
 };
 use crate::propagation::{TraceContext, trim_ows};
 use crate::redact;
@@ -22,11 +25,6 @@ pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_USER_AGENT_LEN: usize = 2048;
 /// Longest host name or original method kept, in bytes.
 pub const MAX_SHORT_ATTR_LEN: usize = 256;
-
-/// Methods the conventions know by name (case-sensitive); anything else is `_OTHER`.
-const KNOWN_METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
 
 /// Everything [`build_span`] needs about one exchange.
 #[derive(Clone, Copy, Debug)]
@@ -200,18 +198,19 @@ fn own_span_id(candidate: [u8; 8], incoming: Option<[u8; 8]>) -> [u8; 8] {
     id
 }
 
-/// Push `http.request.method` (and the original when unknown); return the span name.
-fn method_attributes(method: &str, attributes: &mut Vec<Attribute>) -> String {
-    if KNOWN_METHODS.contains(&method) {
-        attributes.push(Attribute::str("http.request.method", method));
-        method.to_string()
+/// Push `http.request.method` (and the original when unknown); return the span name. Methods
+/// the conventions know by name (case-sensitive) are static; anything else is `_OTHER`.
+fn method_attributes(method: &str, attributes: &mut Vec<Attribute>) -> Text {
+    if let Some(known) = HTTP_METHODS.iter().find(|known| **known == method) {
+        attributes.push(Attribute::str("http.request.method", *known));
+        Text::Static(known)
     } else {
         attributes.push(Attribute::str("http.request.method", "_OTHER"));
         attributes.push(Attribute::str(
             "http.request.method_original",
             bounded(method, MAX_SHORT_ATTR_LEN),
         ));
-        "HTTP".to_string()
+        Text::Static("HTTP")
     }
 }
 
@@ -234,12 +233,13 @@ fn server_attributes(
             bounded(&redact::query(query), MAX_URL_LEN),
         ));
     }
+    let host_authority = host_header_authority(request);
     let host = target
         .authority()
         .and_then(HostPort::parse)
-        .or_else(|| host_header(request));
+        .or_else(|| host_authority.as_deref().and_then(HostPort::parse));
     if let Some(host) = &host {
-        out.push(Attribute::str("server.address", host.host.clone()));
+        out.push(Attribute::str("server.address", intern::text(host.host)));
     }
     let port = host
         .as_ref()
@@ -249,8 +249,8 @@ fn server_attributes(
         out.push(Attribute::int("server.port", i64::from(port)));
     }
     if let Some(peer) = conn.peer {
-        // The client is the peer: one formatting serves both attributes.
-        let address = ip_string(peer.ip());
+        // The client is the peer: one string serves both attributes.
+        let address = intern::ip(peer.ip());
         out.push(Attribute::str("client.address", address.clone()));
         out.push(Attribute::int("client.port", i64::from(peer.port())));
         out.push(Attribute::str("network.peer.address", address));
@@ -274,16 +274,17 @@ fn client_attributes(
     out: &mut Vec<Attribute>,
 ) {
     let target = RequestTarget::parse(&request.method, &request.target);
+    let host_authority = host_header_authority(request);
     let host = target
         .authority()
         .and_then(HostPort::parse)
-        .or_else(|| host_header(request));
+        .or_else(|| host_authority.as_deref().and_then(HostPort::parse));
     let peer = conn
         .peer
         .map(|a| SocketAddr::new(canonical_ip(a.ip()), a.port()));
     match (&host, peer) {
-        (Some(host), _) => out.push(Attribute::str("server.address", host.host.clone())),
-        (None, Some(peer)) => out.push(Attribute::str("server.address", ip_string(peer.ip()))),
+        (Some(host), _) => out.push(Attribute::str("server.address", intern::text(host.host))),
+        (None, Some(peer)) => out.push(Attribute::str("server.address", intern::ip(peer.ip()))),
         (None, None) => {}
     }
     if let Some(port) = host
@@ -293,8 +294,8 @@ fn client_attributes(
     {
         out.push(Attribute::int("server.port", i64::from(port)));
     }
-    if let Some(url) = client_url_full(&target, request, peer) {
-        out.push(Attribute::str("url.full", bounded(&url, MAX_URL_LEN)));
+    if let Some(url) = client_url_full(&target, request, host_authority.as_deref(), peer) {
+        out.push(Attribute::str("url.full", url));
     }
     peer_attributes(conn, out);
     out.push(Attribute::str(
@@ -305,33 +306,60 @@ fn client_attributes(
 
 fn peer_attributes(conn: &crate::model::ConnMeta, out: &mut Vec<Attribute>) {
     if let Some(peer) = conn.peer {
-        out.push(Attribute::str("network.peer.address", ip_string(peer.ip())));
+        out.push(Attribute::str(
+            "network.peer.address",
+            intern::ip(peer.ip()),
+        ));
         out.push(Attribute::int("network.peer.port", i64::from(peer.port())));
     }
 }
 
-/// `url.full` of a client request: the absolute-form target as is (credentials and signed query
-/// values redacted), else `http://{Host or peer}{target}`. Userinfo in a Host header or a
-/// CONNECT target is not a URL credential anyone should send: it is dropped.
+/// `url.full` of a client request (at most [`MAX_URL_LEN`] bytes): the absolute-form target as
+/// is (credentials and signed query values redacted), else `http://{Host or peer}{target}`.
+/// Userinfo in a Host header or a CONNECT target is not a URL credential anyone should send: it
+/// is dropped. `host_authority` is the Host header's (see [`host_header_authority`]).
 fn client_url_full(
     target: &RequestTarget<'_>,
     request: &HttpRequest,
+    host_authority: Option<&str>,
     peer: Option<SocketAddr>,
-) -> Option<String> {
-    let authority =
-        || -> Option<String> { host_header_authority(request).or(peer.map(|p| p.to_string())) };
-    let url = match target {
-        RequestTarget::Absolute { .. } => redact::url(&request.target).into_owned(),
-        RequestTarget::Origin { .. } => format!(
-            "http://{}{}",
-            authority()?,
-            redact::path_and_query(&request.target)
-        ),
-        RequestTarget::Asterisk => format!("http://{}", authority()?),
-        RequestTarget::Authority(host) => {
-            format!("http://{}", redact::authority_without_userinfo(host))
+) -> Option<Text> {
+    if host_authority.is_none()
+        && peer.is_none()
+        && matches!(
+            target,
+            RequestTarget::Origin { .. } | RequestTarget::Asterisk
+        )
+    {
+        return None;
+    }
+    let authority = |out: &mut String| match (host_authority, peer) {
+        (Some(host), _) => out.push_str(host),
+        (None, Some(peer)) => {
+            let _ = write!(out, "{peer}");
         }
+        (None, None) => {}
     };
+    let url = intern::text_fmt(|out| {
+        match target {
+            RequestTarget::Absolute { .. } => out.push_str(&redact::url(&request.target)),
+            RequestTarget::Origin { .. } => {
+                out.push_str("http://");
+                authority(out);
+                out.push_str(&redact::path_and_query(&request.target));
+            }
+            RequestTarget::Asterisk => {
+                out.push_str("http://");
+                authority(out);
+            }
+            RequestTarget::Authority(host) => {
+                out.push_str("http://");
+                out.push_str(redact::authority_without_userinfo(host));
+            }
+        }
+        let keep = prefix_on_boundary(out, MAX_URL_LEN).len();
+        out.truncate(keep);
+    });
     Some(url)
 }
 
@@ -360,7 +388,12 @@ impl<'a> RequestTarget<'a> {
         if target == "*" {
             return RequestTarget::Asterisk;
         }
-        if method == "CONNECT" && !target.starts_with('/') {
+        if target.starts_with('/') {
+            // Origin form (nearly every request): no scheme can start with `/`.
+            let (path, query) = split_query(target);
+            return RequestTarget::Origin { path, query };
+        }
+        if method == "CONNECT" {
             return RequestTarget::Authority(target);
         }
         if let Some(redact::UrlParts {
@@ -380,10 +413,14 @@ impl<'a> RequestTarget<'a> {
         RequestTarget::Origin { path, query }
     }
 
-    fn scheme(&self) -> String {
+    fn scheme(&self) -> Text {
         match self {
-            RequestTarget::Absolute { scheme, .. } => scheme.to_ascii_lowercase(),
-            _ => "http".to_string(),
+            RequestTarget::Absolute { scheme, .. } => match *scheme {
+                "http" => Text::Static("http"),
+                "https" => Text::Static("https"),
+                other => Text::Owned(other.to_ascii_lowercase()),
+            },
+            _ => Text::Static("http"),
         }
     }
 
@@ -434,16 +471,16 @@ fn split_query(target: &str) -> (&str, Option<&str>) {
 
 /// A `host[:port]` as found in a Host header or URL authority.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct HostPort {
-    /// Host name or IP literal (IPv6 without brackets).
-    host: String,
+struct HostPort<'a> {
+    /// Host name or IP literal (IPv6 without brackets), at most [`MAX_SHORT_ATTR_LEN`] bytes.
+    host: &'a str,
     port: Option<u16>,
 }
 
-impl HostPort {
+impl<'a> HostPort<'a> {
     /// Parse `host`, `host:port`, `[v6]` or `[v6]:port` (userinfo before `@` is skipped).
     /// An unparseable port is dropped; an empty host gives `None`.
-    fn parse(authority: &str) -> Option<HostPort> {
+    fn parse(authority: &'a str) -> Option<HostPort<'a>> {
         let authority = authority.trim_matches([' ', '\t']);
         let authority = redact::authority_without_userinfo(authority);
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
@@ -460,14 +497,10 @@ impl HostPort {
             return None;
         }
         Some(HostPort {
-            host: bounded(host, MAX_SHORT_ATTR_LEN),
+            host: prefix_on_boundary(host, MAX_SHORT_ATTR_LEN),
             port: port.and_then(|p| p.parse::<u16>().ok()),
         })
     }
-}
-
-fn host_header(request: &HttpRequest) -> Option<HostPort> {
-    HostPort::parse(&host_header_authority(request)?)
 }
 
 /// The longest authority a Host header can name: a 253-byte DNS name and `:65535`.
@@ -476,13 +509,13 @@ const MAX_HOST_AUTHORITY_LEN: usize = 253 + 6;
 /// The Host header's `host[:port]`: userinfo removed from the whole value first (a cut could
 /// hide its `@`), then `None` when empty or longer than any real authority (a cut host would be
 /// a wrong one; the caller falls back to the peer).
-fn host_header_authority(request: &HttpRequest) -> Option<String> {
+fn host_header_authority(request: &HttpRequest) -> Option<Cow<'_, str>> {
     let value = header_value(&request.headers, "host")?;
     let authority = trim_ows(redact::authority_bytes_without_userinfo(trim_ows(value)));
     if authority.is_empty() || authority.len() > MAX_HOST_AUTHORITY_LEN {
         return None;
     }
-    Some(String::from_utf8_lossy(authority).into_owned())
+    Some(String::from_utf8_lossy(authority))
 }
 
 /// The first header named `name` (ASCII case-insensitive).
@@ -490,7 +523,7 @@ fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_slice())
+        .map(|h| &h.value[..])
 }
 
 /// IPv4-mapped IPv6 addresses are reported as IPv4.
@@ -498,32 +531,8 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// The canonical address as text. IPv4 (nearly every span) is written digit by digit: going
-/// through `Display` cost a tenth of the whole pipeline.
-fn ip_string(ip: IpAddr) -> String {
-    match canonical_ip(ip) {
-        IpAddr::V4(v4) => {
-            let mut out = String::with_capacity(15);
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
-            }
-            out
-        }
-        v6 => v6.to_string(),
-    }
-}
-
 /// Status and `error.type` per the conventions.
-fn span_status(role: Role, exchange: &Exchange) -> (SpanStatus, Option<String>) {
+fn span_status(role: Role, exchange: &Exchange) -> (SpanStatus, Option<Text>) {
     let Some(response) = &exchange.response else {
         let (class, description) = match exchange.outcome {
             ExchangeOutcome::ConnectionClosed => {
@@ -539,7 +548,7 @@ fn span_status(role: Role, exchange: &Exchange) -> (SpanStatus, Option<String>) 
             SpanStatus::Error {
                 description: description.to_string(),
             },
-            Some(class.to_string()),
+            Some(Text::Static(class)),
         );
     };
     let code = response.status;
@@ -550,22 +559,24 @@ fn span_status(role: Role, exchange: &Exchange) -> (SpanStatus, Option<String>) 
             SpanStatus::Error {
                 description: String::new(),
             },
-            Some(code.to_string()),
+            Some(intern::text_fmt(|out| {
+                let _ = write!(out, "{code}");
+            })),
         )
     } else {
         (SpanStatus::Unset, None)
     }
 }
 
-/// Lossy UTF-8 of at most `max` bytes.
-fn bounded_lossy(bytes: &[u8], max: usize) -> String {
+/// Lossy UTF-8 of at most `max` bytes (interned).
+fn bounded_lossy(bytes: &[u8], max: usize) -> Text {
     let head = bytes.get(..max).unwrap_or(bytes);
     bounded(&String::from_utf8_lossy(head), max)
 }
 
-/// At most `max` bytes, cut on a character boundary.
-fn bounded(text: &str, max: usize) -> String {
-    prefix_on_boundary(text, max).to_string()
+/// At most `max` bytes, cut on a character boundary (interned: a value seen before is shared).
+fn bounded(text: &str, max: usize) -> Text {
+    intern::text(prefix_on_boundary(text, max))
 }
 
 /// The longest prefix of at most `max` bytes that ends on a character boundary.
@@ -588,14 +599,14 @@ mod tests {
 
     fn request(method: &str, target: &str, headers: &[(&str, &[u8])]) -> HttpRequest {
         HttpRequest {
-            method: method.to_string(),
+            method: crate::model::method_text(method),
             target: target.to_string(),
             version: HttpVersion::Http11,
             headers: headers
                 .iter()
                 .map(|(n, v)| Header {
-                    name: n.to_string(),
-                    value: v.to_vec(),
+                    name: n.to_string().into(),
+                    value: v.to_vec().into(),
                 })
                 .collect(),
             body_len: 0,
@@ -1288,15 +1299,15 @@ mod tests {
             v4s.push(std::net::Ipv4Addr::from((state >> 16) as u32));
         }
         for v4 in v4s {
-            assert_eq!(ip_string(IpAddr::V4(v4)), v4.to_string());
+            assert_eq!(intern::ip(IpAddr::V4(v4)), v4.to_string());
             assert_eq!(
-                ip_string(IpAddr::V6(v4.to_ipv6_mapped())),
+                intern::ip(IpAddr::V6(v4.to_ipv6_mapped())),
                 v4.to_string(),
                 "mapped"
             );
         }
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(ip_string(v6), "2001:db8::1");
+        assert_eq!(intern::ip(v6), "2001:db8::1");
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //! Throughput is reported in spans (one per exchange and traced side). Every stream is checked
 //! once before it is measured: it must yield exactly the spans it was built for.
 
+mod counting;
 mod otlp;
 mod recorded;
+
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use tracer::connections::TableLimits;
 use tracer::decode::decode;
 use tracer::export::TraceEncoder;
@@ -124,11 +128,39 @@ fn shapes() -> [(&'static str, StreamShape); 2] {
     ]
 }
 
+/// Prints heap allocations per span (one per exchange and traced side) of both paths: over the
+/// whole stream (connection set-up included), and in the steady state (the extra allocations of
+/// a stream with twice the requests per connection, per extra span).
+fn report_allocations(name: &str, shape: StreamShape) {
+    let stream = recorded::record(shape);
+    let longer = recorded::record(StreamShape {
+        requests_per_connection: shape.requests_per_connection * 2,
+        ..shape
+    });
+    let spans = shape.expected_spans() as f64;
+    for (path, run) in [
+        (
+            "pipeline",
+            run_pipeline as fn(&RecordedStream) -> Vec<ExportItem>,
+        ),
+        ("reorder_pipeline", run_agent_path),
+    ] {
+        let (whole, _) = counting::count(|| run(&stream));
+        let (twice, _) = counting::count(|| run(&longer));
+        println!(
+            "allocations {path}/{name}: {:.2} per span over the stream, {:.2} per span in the steady state",
+            whole as f64 / spans,
+            (twice.saturating_sub(whole)) as f64 / spans
+        );
+    }
+}
+
 fn pipeline_benches(c: &mut Criterion) {
     for (name, shape) in shapes() {
         let stream = recorded::record(shape);
         check(&stream, &run_pipeline(&stream), "pipeline");
         check(&stream, &run_agent_path(&stream), "agent path");
+        report_allocations(name, shape);
         let spans = shape.expected_spans();
 
         let mut group = c.benchmark_group("pipeline");
@@ -183,5 +215,41 @@ fn pipeline_benches(c: &mut Criterion) {
     }
 }
 
+/// `PIPELINE_RUN_ONCE=<server|client_server>:<pipeline|reorder_pipeline>:<requests per
+/// connection>` runs that path once over that stream and exits, for instruction counts under
+/// an instruction-counting tool (`valgrind --tool=callgrind`): unlike wall time on a shared
+/// machine, they do not vary from run to run.
+fn run_once(spec: &str) {
+    let mut parts = spec.split(':');
+    let (Some(name), Some(path), Some(requests)) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("PIPELINE_RUN_ONCE={spec}: expected <shape>:<path>:<requests per connection>");
+    };
+    let (_, shape) = shapes()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("unknown shape {name}"));
+    let shape = StreamShape {
+        requests_per_connection: requests.parse().expect("requests per connection"),
+        ..shape
+    };
+    let stream = recorded::record(shape);
+    let spans = match path {
+        "pipeline" => run_pipeline(&stream),
+        "reorder_pipeline" => run_agent_path(&stream),
+        other => panic!("unknown path {other}"),
+    };
+    check(&stream, &spans, path);
+    println!("{} spans", spans.len());
+}
+
 criterion_group!(benches, pipeline_benches);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("PIPELINE_RUN_ONCE") {
+        run_once(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -53,7 +53,10 @@ fn resource(pid: u32, service: &str) -> Arc<ProcessResource> {
         pid,
         service_name: service.into(),
         attributes: vec![
-            ("service.name".into(), AttrValue::Str(service.into())),
+            (
+                "service.name".into(),
+                AttrValue::Str(service.to_string().into()),
+            ),
             ("process.pid".into(), AttrValue::Int(i64::from(pid))),
         ],
     })

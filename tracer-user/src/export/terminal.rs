@@ -476,7 +476,7 @@ mod tests {
             start_ms,
             dur_us: 12_346,
             attrs: vec![
-                Attribute::str("url.path", path),
+                Attribute::str("url.path", path.to_string()),
                 Attribute::int("http.response.status_code", code),
             ],
             service: "frontend",
@@ -493,7 +493,7 @@ mod tests {
             start_ms,
             dur_us: 3_100,
             attrs: vec![
-                Attribute::str("url.full", url),
+                Attribute::str("url.full", url.to_string()),
                 Attribute::int("http.response.status_code", code),
             ],
             service: "frontend",

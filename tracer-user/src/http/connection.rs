@@ -33,12 +33,12 @@ struct PendingExchange {
 
 /// Heap bytes a parsed request holds (for the agent's byte budget).
 fn request_bytes(request: &HttpRequest) -> usize {
-    request.method.capacity()
+    request.method.heap_bytes()
         + request.target.capacity()
         + request
             .headers
             .iter()
-            .map(|h| std::mem::size_of_val(h) + h.name.capacity() + h.value.capacity())
+            .map(|h| std::mem::size_of_val(h) + h.name.heap_bytes() + h.value.len())
             .sum::<usize>()
 }
 

@@ -3,7 +3,9 @@
 
 use std::mem::MaybeUninit;
 
-use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion};
+use bytes::BytesMut;
+
+use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion, Text, method_text};
 
 use super::HttpLimits;
 use super::framing::FramingHeaders;
@@ -50,22 +52,36 @@ fn parser_config() -> httparse::ParserConfig {
     config
 }
 
-/// Parses the head of a `kind` message at the start of `bytes`.
+/// Parses the head of a `kind` message at the start of `bytes` (kept header values in a buffer
+/// of their own).
+#[cfg(test)]
 pub(crate) fn parse_head(
     bytes: &[u8],
     kind: MessageKind,
     limits: &HttpLimits,
 ) -> Result<HeadParse, HeadError> {
+    parse_head_into(bytes, kind, limits, &mut BytesMut::new())
+}
+
+/// Parses the head of a `kind` message at the start of `bytes`. Kept header values are copied
+/// into `values`, an arena the stream reuses: once the previous message's values are dropped
+/// its space is reclaimed, so a keep-alive connection allocates nothing per message.
+pub(crate) fn parse_head_into(
+    bytes: &[u8],
+    kind: MessageKind,
+    limits: &HttpLimits,
+    values: &mut BytesMut,
+) -> Result<HeadParse, HeadError> {
     let config = parser_config();
     let mut stack = [const { MaybeUninit::uninit() }; STACK_HEADERS];
-    match parse_with(bytes, kind, limits, &config, &mut stack) {
+    match parse_with(bytes, kind, limits, &config, &mut stack, values) {
         Err(HeadError::Malformed(httparse::Error::TooManyHeaders)) => {
             // Every header line takes at least three bytes (`a:` and a line feed).
             let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> =
                 std::iter::repeat_with(MaybeUninit::uninit)
                     .take(bytes.len() / 3 + 1)
                     .collect();
-            parse_with(bytes, kind, limits, &config, &mut heap)
+            parse_with(bytes, kind, limits, &config, &mut heap, values)
         }
         other => other,
     }
@@ -77,6 +93,7 @@ fn parse_with<'b>(
     limits: &HttpLimits,
     config: &httparse::ParserConfig,
     table: &mut [MaybeUninit<httparse::Header<'b>>],
+    values: &mut BytesMut,
 ) -> Result<HeadParse, HeadError> {
     match kind {
         MessageKind::Request => {
@@ -90,9 +107,10 @@ fn parse_with<'b>(
             else {
                 return Err(HeadError::MissingStartLine);
             };
-            let (headers, framing) = convert_headers(request.headers, limits.max_headers, limits);
+            let (headers, framing) =
+                convert_headers(request.headers, limits.max_headers, limits, values);
             let head = HttpRequest {
-                method: method.to_owned(),
+                method: method_text(method),
                 target: target.to_owned(),
                 version: version(minor)?,
                 headers,
@@ -114,7 +132,7 @@ fn parse_with<'b>(
                 return Err(HeadError::MissingStartLine);
             };
             let kept = limits.max_headers.min(limits.max_response_headers);
-            let (headers, framing) = convert_headers(response.headers, kept, limits);
+            let (headers, framing) = convert_headers(response.headers, kept, limits, values);
             let head = HttpResponse {
                 version: version(minor)?,
                 status,
@@ -137,32 +155,131 @@ fn version(minor: u8) -> Result<HttpVersion, HeadError> {
     }
 }
 
-/// Copies up to `keep` headers (values cut to `max_header_value_bytes`) and reads the framing
-/// facts from all of them.
+/// Keeps up to `keep` headers (values cut to `max_header_value_bytes`) and reads the framing
+/// facts from all of them. The kept values are copied once, into the `values` arena that every
+/// value slices; common names are static (see [`header_name`]).
 fn convert_headers(
     parsed: &[httparse::Header<'_>],
     keep: usize,
     limits: &HttpLimits,
+    values: &mut BytesMut,
 ) -> (Vec<Header>, FramingHeaders) {
     let mut framing = FramingHeaders::default();
-    let mut headers = Vec::with_capacity(parsed.len().min(keep));
+    let kept = &parsed[..parsed.len().min(keep)];
+    let mut total = 0;
     for header in parsed {
         framing.observe(header.name, header.value);
-        if headers.len() < keep {
-            // A Host userinfo is dropped before the cut, which could drop its `@` and keep it.
-            let value = if header.name.eq_ignore_ascii_case("host") {
-                crate::redact::authority_bytes_without_userinfo(header.value)
-            } else {
-                header.value
-            };
-            let kept = value.get(..limits.max_header_value_bytes).unwrap_or(value);
-            headers.push(Header {
-                name: header.name.to_owned(),
-                value: kept.to_vec(),
-            });
-        }
+    }
+    for header in kept {
+        total += kept_value(header, limits).len();
+    }
+    if kept.is_empty() {
+        return (Vec::new(), framing);
+    }
+    // Large heads get a buffer of their own, so the arena a connection keeps stays small.
+    let mut own = BytesMut::new();
+    let arena = if total > MAX_ARENA_BYTES {
+        &mut own
+    } else {
+        values
+    };
+    arena.clear();
+    // Reclaims the arena's space when no earlier message still holds a slice of it.
+    arena.reserve(total.max(MIN_ARENA_BYTES));
+    for header in kept {
+        arena.extend_from_slice(kept_value(header, limits));
+    }
+    let values = arena.split().freeze();
+    let mut headers = Vec::with_capacity(kept.len());
+    let mut at = 0;
+    for header in kept {
+        let len = kept_value(header, limits).len();
+        headers.push(Header {
+            name: header_name(header.name),
+            value: values.slice(at..at + len),
+        });
+        at += len;
     }
     (headers, framing)
+}
+
+/// Smallest allocation of a header value arena (most heads' kept values fit), and the most
+/// value bytes of one head that go to the arena. An idle connection keeps its arena (at most
+/// `MAX_ARENA_BYTES`, like the 1 KiB head buffer a stream keeps), bounded in total by the
+/// table's connection limit.
+const MIN_ARENA_BYTES: usize = 256;
+const MAX_ARENA_BYTES: usize = 1024;
+
+/// The part of a header's value that is kept.
+fn kept_value<'a>(header: &httparse::Header<'a>, limits: &HttpLimits) -> &'a [u8] {
+    // A Host userinfo is dropped before the cut, which could drop its `@` and keep it.
+    let value = if header.name.eq_ignore_ascii_case("host") {
+        crate::redact::authority_bytes_without_userinfo(header.value)
+    } else {
+        header.value
+    };
+    value.get(..limits.max_header_value_bytes).unwrap_or(value)
+}
+
+/// A header name as sent: common names (in their usual spellings) are static, others owned.
+fn header_name(name: &str) -> Text {
+    let known = match name {
+        "Host" => "Host",
+        "host" => "host",
+        "User-Agent" => "User-Agent",
+        "user-agent" => "user-agent",
+        "Accept" => "Accept",
+        "accept" => "accept",
+        "Accept-Encoding" => "Accept-Encoding",
+        "accept-encoding" => "accept-encoding",
+        "Accept-Language" => "Accept-Language",
+        "accept-language" => "accept-language",
+        "Connection" => "Connection",
+        "connection" => "connection",
+        "Content-Type" => "Content-Type",
+        "content-type" => "content-type",
+        "Content-Length" => "Content-Length",
+        "content-length" => "content-length",
+        "Transfer-Encoding" => "Transfer-Encoding",
+        "transfer-encoding" => "transfer-encoding",
+        "Cookie" => "Cookie",
+        "cookie" => "cookie",
+        "Authorization" => "Authorization",
+        "authorization" => "authorization",
+        "Cache-Control" => "Cache-Control",
+        "cache-control" => "cache-control",
+        "Referer" => "Referer",
+        "referer" => "referer",
+        "Origin" => "Origin",
+        "origin" => "origin",
+        "Upgrade" => "Upgrade",
+        "upgrade" => "upgrade",
+        "Expect" => "Expect",
+        "expect" => "expect",
+        "traceparent" => "traceparent",
+        "tracestate" => "tracestate",
+        "Traceparent" => "Traceparent",
+        "Tracestate" => "Tracestate",
+        "b3" => "b3",
+        "X-B3-TraceId" => "X-B3-TraceId",
+        "X-B3-SpanId" => "X-B3-SpanId",
+        "X-B3-ParentSpanId" => "X-B3-ParentSpanId",
+        "X-B3-Sampled" => "X-B3-Sampled",
+        "X-B3-Flags" => "X-B3-Flags",
+        "x-b3-traceid" => "x-b3-traceid",
+        "x-b3-spanid" => "x-b3-spanid",
+        "x-b3-parentspanid" => "x-b3-parentspanid",
+        "x-b3-sampled" => "x-b3-sampled",
+        "x-b3-flags" => "x-b3-flags",
+        "X-Amzn-Trace-Id" => "X-Amzn-Trace-Id",
+        "x-amzn-trace-id" => "x-amzn-trace-id",
+        "X-Forwarded-For" => "X-Forwarded-For",
+        "x-forwarded-for" => "x-forwarded-for",
+        "X-Request-Id" => "X-Request-Id",
+        "x-request-id" => "x-request-id",
+        _ => return Text::Owned(name.to_owned()),
+    };
+    Text::Static(known)
 }
 
 #[cfg(test)]
@@ -193,7 +310,7 @@ mod tests {
             request.headers[0],
             Header {
                 name: "Host".into(),
-                value: b"x".to_vec()
+                value: b"x".to_vec().into()
             }
         );
         assert_eq!(framing.content_length, ContentLength::Valid(12));
@@ -241,7 +358,7 @@ mod tests {
         };
         assert_eq!(response.headers.len(), 3);
         assert_eq!(response.headers[2].name, "X-2");
-        assert_eq!(response.headers[2].value, b"value");
+        assert_eq!(response.headers[2].value, &b"value"[..]);
         assert_eq!(framing.content_length, ContentLength::Valid(3));
     }
 
@@ -257,8 +374,8 @@ mod tests {
         let ParsedHead::Request(request, _) = head else {
             panic!("not a request")
         };
-        assert_eq!(request.headers[0].value, b"api.example");
-        assert_eq!(request.headers[1].value, b"b");
+        assert_eq!(request.headers[0].value, &b"api.example"[..]);
+        assert_eq!(request.headers[1].value, &b"b"[..]);
     }
 
     #[test]

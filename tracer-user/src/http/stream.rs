@@ -2,6 +2,8 @@
 //! (also mid-stream, after garbage or capture gaps), hands out parsed heads, and follows bodies by
 //! the framing the connection chooses for each head. Knows nothing of pairing or roles.
 
+use bytes::BytesMut;
+
 use super::chunked::{ChunkProgress, ChunkedBody};
 use super::head::{self, HeadParse, ParsedHead};
 use super::start_line::{self, Accept, MessageKind, StartLine};
@@ -129,6 +131,8 @@ pub(crate) struct MessageStream {
     /// Head bytes gathered across records. Always ends at the current stream position and never
     /// holds more than `max_head_bytes`.
     buf: Vec<u8>,
+    /// Arena of the kept header values of parsed heads (see [`head::parse_head_into`]).
+    values: BytesMut,
 }
 
 /// Result of one step of the state machine.
@@ -145,6 +149,7 @@ impl MessageStream {
         MessageStream {
             state: StreamState::Idle,
             buf: Vec::new(),
+            values: BytesMut::new(),
         }
     }
 
@@ -222,6 +227,7 @@ impl MessageStream {
     /// The stream leaves HTTP/1.x for good.
     pub fn stop(&mut self) {
         self.buf = Vec::new();
+        self.values = BytesMut::new();
         self.state = StreamState::Stopped;
     }
 
@@ -301,7 +307,9 @@ impl MessageStream {
         // (the parser checks the same grammar). Anything else goes the careful way.
         if let Some(kind) = likely_kind(rest, accept) {
             let window = rest.get(..limits.max_head_bytes).unwrap_or(rest);
-            if let Ok(HeadParse::Complete { head, len }) = head::parse_head(window, kind, limits) {
+            if let Ok(HeadParse::Complete { head, len }) =
+                head::parse_head_into(window, kind, limits, &mut self.values)
+            {
                 return self.head_in_record(input, head, len, stats);
             }
         }
@@ -357,7 +365,7 @@ impl MessageStream {
                 // Fast path: the whole head is in this record; parse it in place.
                 let rest = input.rest();
                 let window = rest.get(..limits.max_head_bytes).unwrap_or(rest);
-                match head::parse_head(window, kind, limits) {
+                match head::parse_head_into(window, kind, limits, &mut self.values) {
                     Ok(HeadParse::Complete { head, len }) => {
                         self.head_in_record(input, head, len, stats)
                     }
@@ -512,7 +520,7 @@ impl MessageStream {
         };
         let (first_ts, first_tid) = (progress.first_ts, progress.first_tid);
         let parsed = match progress.kind {
-            Some(kind) => head::parse_head(&self.buf, kind, limits),
+            Some(kind) => head::parse_head_into(&self.buf, kind, limits, &mut self.values),
             None => Ok(HeadParse::Partial),
         };
         match parsed {

@@ -77,7 +77,7 @@ fn header<'a>(headers: &'a [crate::model::Header], name: &str) -> Option<&'a [u8
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_slice())
+        .map(|h| &h.value[..])
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -1168,4 +1168,49 @@ fn an_idle_keep_alive_stream_holds_no_budgeted_bytes() {
         0,
         "retained buffer capacity is not budgeted"
     );
+}
+
+/// Header values share a per-stream arena that is reused from message to message: values of
+/// exchanges still held (pipelined, or kept by the caller) are never overwritten by later heads,
+/// and a head too large for the arena gets a buffer of its own.
+#[test]
+fn header_values_of_held_exchanges_survive_later_heads() {
+    let mut h = Harness::new(Some(Role::Server));
+    let request = |host: &str, agent: &str| {
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\n\r\n").into_bytes()
+    };
+    // Two pipelined requests, then their responses.
+    h.send(IN, &request("first.test", "a/1"), 1);
+    h.send(IN, &request("second.test", "b/2"), 1);
+    h.send(OUT, &ok("1"), 1);
+    h.send(OUT, &ok("2"), 1);
+    let mut held = h.take();
+    // Kept by the caller while many more heads (one of them too large for the arena) arrive.
+    let large = "x".repeat(4096);
+    for i in 0..50 {
+        let agent = if i == 25 {
+            large.clone()
+        } else {
+            format!("c/{i}")
+        };
+        h.send(IN, &request(&format!("host{i}.test"), &agent), 1);
+        h.send(OUT, &ok("3"), 1);
+        held.extend(h.take());
+    }
+    assert_eq!(held.len(), 52);
+    let host = |e: &Exchange| header(&e.request.headers, "host").map(<[u8]>::to_vec);
+    let agent = |e: &Exchange| header(&e.request.headers, "user-agent").map(<[u8]>::to_vec);
+    assert_eq!(host(&held[0]), Some(b"first.test".to_vec()));
+    assert_eq!(agent(&held[0]), Some(b"a/1".to_vec()));
+    assert_eq!(host(&held[1]), Some(b"second.test".to_vec()));
+    assert_eq!(agent(&held[1]), Some(b"b/2".to_vec()));
+    for (i, e) in held[2..].iter().enumerate() {
+        assert_eq!(host(e), Some(format!("host{i}.test").into_bytes()));
+        let expected = if i == 25 {
+            large.clone()
+        } else {
+            format!("c/{i}")
+        };
+        assert_eq!(agent(e), Some(expected.into_bytes()));
+    }
 }

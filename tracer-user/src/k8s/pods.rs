@@ -219,7 +219,7 @@ pub fn pod_attributes(
 ) -> PodAttributes {
     let mut attributes: Vec<(String, AttrValue)> = Vec::with_capacity(12);
     let mut push = |key: &str, value: &str| {
-        attributes.push((key.to_string(), AttrValue::Str(value.to_string())));
+        attributes.push((key.to_string(), AttrValue::Str(value.to_string().into())));
     };
     push("k8s.namespace.name", &pod.namespace);
     push("k8s.pod.name", &pod.name);

@@ -7,8 +7,8 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<Header> {
     pairs
         .iter()
         .map(|(n, v)| Header {
-            name: n.to_string(),
-            value: v.as_bytes().to_vec(),
+            name: n.to_string().into(),
+            value: v.as_bytes().to_vec().into(),
         })
         .collect()
 }

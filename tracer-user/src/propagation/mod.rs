@@ -126,7 +126,7 @@ fn from_w3c(headers: &[Header]) -> Result<Option<TraceContext>, PropagationError
     let states = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("tracestate"))
-        .map(|h| h.value.as_slice());
+        .map(|h| &h.value[..]);
     let trace_state = parse_tracestate(states).unwrap_or_else(|error| {
         tracing::trace!(%error, "dropping tracestate");
         None

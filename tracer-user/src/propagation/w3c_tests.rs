@@ -9,8 +9,8 @@ const PARENT: &str = "1234567890123456";
 
 fn header(name: &str, value: &str) -> Header {
     Header {
-        name: name.to_string(),
-        value: value.as_bytes().to_vec(),
+        name: name.to_string().into(),
+        value: value.as_bytes().to_vec().into(),
     }
 }
 
@@ -612,8 +612,8 @@ fn garbage_never_panics() {
             "x-amzn-trace-id",
         ] {
             let _ = extract(&[Header {
-                name: name.to_string(),
-                value: input.clone(),
+                name: name.to_string().into(),
+                value: input.clone().into(),
             }]);
         }
     }

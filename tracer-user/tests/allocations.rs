@@ -1,0 +1,76 @@
+//! Heap allocations of the pipeline (decode -> connections -> HTTP framing -> linking -> spans)
+//! per span in the steady state, counted by a global allocator over the benchmark's recorded
+//! kernel streams: bringing back an allocation per record, header or attribute fails here.
+//! Allocation counts are deterministic; nothing is timed.
+
+#[allow(dead_code)]
+#[path = "../benches/pipeline/counting.rs"]
+mod counting;
+#[allow(dead_code)]
+#[path = "../benches/pipeline/recorded.rs"]
+mod recorded;
+
+use std::path::PathBuf;
+
+use recorded::StreamShape;
+use tracer::connections::TableLimits;
+use tracer::decode::decode;
+use tracer::model::ExportItem;
+use tracer::pipeline::{Pipeline, PipelineOptions};
+use tracer::spans::Clock;
+
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
+
+/// Most allocations per span in the steady state: the request's target, its list of kept
+/// headers, and the span's attribute list. Everything else (method, scheme, version, span name,
+/// addresses, host, user agent, path) is static or interned, header values live in a per-stream
+/// arena that is reclaimed from message to message, and every per-record buffer is reused.
+const MAX_ALLOCATIONS_PER_SPAN: f64 = 3.5;
+
+fn run(stream: &recorded::RecordedStream) -> Vec<ExportItem> {
+    let options = PipelineOptions {
+        limits: TableLimits::default(),
+        proc_root: PathBuf::from("/nonexistent-proc-for-allocation-test"),
+        host_name: "test-host".to_string(),
+        ports: Vec::new(),
+        include_telemetry: false,
+    };
+    let mut pipeline = Pipeline::new(options, Clock::from_offset(1_700_000_000_000_000_000));
+    let mut out = Vec::with_capacity(stream.shape.expected_spans() as usize);
+    for record in &stream.records {
+        if let Ok(event) = decode(record) {
+            pipeline.on_event(event, &mut out);
+        }
+    }
+    out
+}
+
+#[test]
+fn steady_state_allocations_per_span_are_bounded() {
+    for client_side in [false, true] {
+        let shape = StreamShape {
+            connections: 16,
+            requests_per_connection: 16,
+            client_side,
+        };
+        let longer = StreamShape {
+            requests_per_connection: 48,
+            ..shape
+        };
+        let (short, long) = (recorded::record(shape), recorded::record(longer));
+        // Warm the per-thread caches (interned strings, the id generator) first.
+        assert_eq!(run(&short).len() as u64, shape.expected_spans());
+        let (short_allocations, short_spans) = counting::count(|| run(&short).len());
+        let (long_allocations, long_spans) = counting::count(|| run(&long).len());
+        assert_eq!(long_spans as u64, longer.expected_spans());
+        let per_span = long_allocations.saturating_sub(short_allocations) as f64
+            / (long_spans - short_spans) as f64;
+        assert!(
+            per_span <= MAX_ALLOCATIONS_PER_SPAN,
+            "client_side={client_side}: {per_span:.2} allocations per span in the steady state \
+             (at most {MAX_ALLOCATIONS_PER_SPAN})"
+        );
+        println!("client_side={client_side}: {per_span:.2} allocations per span");
+    }
+}
