@@ -29,7 +29,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// `wake_if_caught_up` (connection opens): let the kernel wake the reader when it has read
 /// everything before this record (the ring's default). The agent looks a new connection's
 /// process up in /proc at once; a short-lived client (`curl`) may be gone after one poll
-/// interval. Under load the reader is never caught up, so this adds no wake-ups there.
+/// interval. Under load the reader is never caught up, so this adds no wake-ups there; by the
+/// same token an open behind unread records wakes nobody, and its lookup waits for the next poll
+/// (up to the idle interval, 64 ms).
 #[inline(always)]
 pub fn events_output_flags(wake_if_caught_up: bool) -> u64 {
     use aya_ebpf::bindings::{
