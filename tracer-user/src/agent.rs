@@ -346,7 +346,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     metrics.set_ready(true);
     let mut exit_code = ExitCode::SUCCESS;
 
-    let mut finished: Option<EventLoopEnd> = None;
+    let mut finished: Option<anyhow::Result<EventLoopEnd>> = None;
     tokio::select! {
         status = async {
             match child.as_mut() {
@@ -377,14 +377,15 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         }
         _ = sigint.recv() => tracing::info!("SIGINT: flushing and exiting"),
         _ = sigterm.recv() => tracing::info!("SIGTERM: flushing and exiting"),
-        end = &mut done_rx => finished = Some(end.context("the event thread stopped unexpectedly")?),
+        // Even if the thread is gone, the command is still stopped and reaped below.
+        end = &mut done_rx => finished = Some(end.context("the event thread stopped unexpectedly")),
     }
     // The event thread detaches the probes, reads what the ring buffer already holds (those
     // records belong to exchanges that happened), releases the window and hands the last spans
     // over, then gives the sink back.
     stop.request();
     let end = match finished {
-        Some(end) => Ok(end),
+        Some(end) => end,
         None => match tokio::time::timeout(FLUSH_DEADLINE, done_rx).await {
             Ok(end) => end.context("the event thread stopped unexpectedly"),
             Err(_) => {
