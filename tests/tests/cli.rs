@@ -113,6 +113,23 @@ fn run_exits_with_the_command_status() {
     }
 }
 
+/// A command that cannot be started fails `tracer run` like a shell: 127 when it does not exist
+/// (1 for other errors), with one line saying what could not run.
+#[test]
+fn run_fails_when_the_command_cannot_start() {
+    let missing = "tracer-e2e-no-such-binary";
+    let mut command = tracer_command();
+    command.args(["run", "--format", "json", "--", missing, "arg"]);
+    let (status, child) = run_with_timeout("tracer run", command, RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(127), "{}", child.output_report());
+    let stderr = child.stderr().text();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cannot run") && l.contains(missing))
+        .unwrap_or_else(|| panic!("no error line naming {missing}:\n{stderr}"));
+    assert!(line.starts_with("tracer: error:"), "{line}");
+}
+
 #[test]
 fn run_traces_the_command_and_its_children_only() {
     let port = free_port();

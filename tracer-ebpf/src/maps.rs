@@ -22,6 +22,11 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
+/// The size of `EVENTS` in bytes, set by userspace at load time (with the map's size), so that
+/// each record costs one `bpf_ringbuf_query` instead of two.
+#[unsafe(no_mangle)]
+static EVENTS_RING_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Flags for every `EVENTS.output`: submit without waking the reader (it polls on an adaptive
 /// interval), unless the ring holds more than an eighth of its size, then wake it at once so a
 /// burst cannot fill the ring while the reader sleeps. Wake-ups stay bounded, never one per record.
@@ -29,14 +34,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// `wake_if_caught_up` (connection opens): let the kernel wake the reader when it has read
 /// everything before this record (the ring's default). The agent looks a new connection's
 /// process up in /proc at once; a short-lived client (`curl`) may be gone after one poll
-/// interval. Under load the reader is never caught up, so this adds no wake-ups there.
+/// interval. Under load the reader is never caught up, so this adds no wake-ups there; by the
+/// same token an open behind unread records wakes nobody, and its lookup waits for the next poll
+/// (up to the idle interval, 64 ms).
 #[inline(always)]
 pub fn events_output_flags(wake_if_caught_up: bool) -> u64 {
-    use aya_ebpf::bindings::{
-        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
-    };
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
     let held = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    // SAFETY: a plain read of a read-only global; volatile so the load-time value is used.
+    let size = unsafe { core::ptr::read_volatile(&EVENTS_RING_BYTES) };
     if held > size / 8 {
         BPF_RB_FORCE_WAKEUP as u64
     } else if wake_if_caught_up {

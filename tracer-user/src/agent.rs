@@ -7,8 +7,14 @@
 //! the reader unless the ring buffer is more than an eighth full, and the event thread polls on
 //! an adaptive interval ([`BUSY_POLL_MS`] while records flow, doubling to [`IDLE_POLL_MS`] when
 //! idle, never past the reorder window's next deadline, never sooner than the busy interval for
-//! it). That adds at most 4 ms to a span's delivery (the first records after a quiet spell: up to
-//! 64 ms), on top of the reorder window.
+//! it). On top of the reorder window that adds up to ~4 ms before a record is read, ~4 ms more
+//! before it is released past its window deadline, and ~1 ms of rounding (about 9 ms under a
+//! steady flow); the first records after a quiet spell may wait a whole idle interval (64 ms or
+//! more). A connection open wakes the reader at once only if the reader has caught up with
+//! everything before it (see `events_output_flags` in the eBPF maps).
+//!
+//! A panic on the event thread is caught there: the probes are detached and the sink is handed
+//! back with the failure, so queued spans are delivered or counted and the agent exits non-zero.
 
 use std::{
     collections::HashSet,
@@ -49,6 +55,8 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(15);
 const REORDER_MAX_RECORDS: usize = 65_536;
 /// ... and at most this many bytes of them (a burst of full-size records would hold 512 MiB).
 const REORDER_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Consecutive failed polls (other than EINTR) after which the event thread gives up.
+const MAX_WAIT_ERRORS: u32 = 100;
 /// After the traced command exits, records still in the ring buffer are read for this long.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 
@@ -215,6 +223,14 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// The exit code for a command that could not be started, as shells report it.
+fn exec_failure_code(err: &std::io::Error) -> u8 {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 1,
+    }
+}
+
 /// Runs the agent until `until` says stop. Returns the process exit code.
 pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     let sink_cfg = sink_config(&args)?;
@@ -323,14 +339,14 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     std::thread::Builder::new()
         .name("tracer-events".into())
         .spawn(move || {
-            // A panic drops the sender: the runtime side sees the thread gone.
+            // A panic inside is caught there: the sink comes back with a failure marker.
             let _ = done_tx.send(event_loop.run());
         })
         .context("starting the event thread")?;
     metrics.set_ready(true);
     let mut exit_code = ExitCode::SUCCESS;
 
-    let mut finished: Option<EventLoopEnd> = None;
+    let mut finished: Option<anyhow::Result<EventLoopEnd>> = None;
     tokio::select! {
         status = async {
             match child.as_mut() {
@@ -344,7 +360,16 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
                     exit_code = ExitCode::from(exit_code_of(status));
                     tracing::info!(%status, "command exited");
                 }
-                Err(err) => tracing::warn!(%err, "running the command"),
+                Err(err) => {
+                    // The command could not be started (exec failed after the fork): exit like
+                    // a shell would, 127 when it does not exist, 1 otherwise.
+                    let program = match &until {
+                        Until::Child(command) => command.first().map(String::as_str).unwrap_or(""),
+                        Until::Signal => "",
+                    };
+                    eprintln!("tracer: error: cannot run {program}: {err}");
+                    exit_code = ExitCode::from(exec_failure_code(&err));
+                }
             }
             // Records of the command's last exchanges may still be on their way: the event
             // thread keeps reading for a moment.
@@ -352,7 +377,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         }
         _ = sigint.recv() => tracing::info!("SIGINT: flushing and exiting"),
         _ = sigterm.recv() => tracing::info!("SIGTERM: flushing and exiting"),
-        end = &mut done_rx => finished = Some(end.context("the event thread stopped unexpectedly")?),
+        // Even if the thread is gone, the command is still stopped and reaped below.
+        end = &mut done_rx => finished = Some(end.context("the event thread stopped unexpectedly")),
     }
     // The event thread detaches the probes, reads what the ring buffer already holds (those
     // records belong to exchanges that happened), releases the window and hands the last spans
@@ -360,9 +386,18 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     stop.request();
     let end = match finished {
         Some(end) => end,
-        None => done_rx
-            .await
-            .context("the event thread stopped unexpectedly")?,
+        None => match tokio::time::timeout(FLUSH_DEADLINE, done_rx).await {
+            Ok(end) => end.context("the event thread stopped unexpectedly"),
+            Err(_) => {
+                tracing::error!(
+                    deadline = ?FLUSH_DEADLINE,
+                    "the event thread did not stop in time; spans it holds are lost"
+                );
+                Err(anyhow::anyhow!(
+                    "the event thread did not stop within {FLUSH_DEADLINE:?}"
+                ))
+            }
+        },
     };
     if let Some(c) = child.take() {
         // A signal stopped us before the command ended: pass it on, then reap.
@@ -372,6 +407,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             exit_code = ExitCode::from(exit_code_of(status));
         }
     }
+    let end = end?;
     let final_stats = end.sink.shutdown(FLUSH_DEADLINE).await;
     tracing::info!(
         spans = end.spans,
@@ -485,13 +521,13 @@ impl Waiter {
         Ok(Waiter { epoll })
     }
 
-    /// Sleeps until a kernel wake-up, a stop request or `timeout_ms`.
-    fn wait(&self, timeout_ms: u64) {
+    /// Sleeps until a kernel wake-up, a stop request or `timeout_ms`. An interrupted sleep
+    /// (EINTR) is a short one; any other error is returned.
+    fn wait(&self, timeout_ms: u64) -> std::io::Result<()> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
         let timeout = i32::try_from(timeout_ms).unwrap_or(i32::MAX);
-        // SAFETY: valid epoll fd and event array of the given length. EINTR and the like only
-        // shorten the sleep.
-        unsafe {
+        // SAFETY: valid epoll fd and event array of the given length.
+        let n = unsafe {
             libc::epoll_wait(
                 self.epoll.as_raw_fd(),
                 events.as_mut_ptr(),
@@ -500,12 +536,22 @@ impl Waiter {
             )
         };
         EVENT_LOOP_WAKEUPS.fetch_add(1, Ordering::Relaxed);
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 }
 
 impl EventLoop {
     fn run(mut self) -> EventLoopEnd {
-        let failure = self.main_loop().err();
+        let failure = match catch_panic(|| self.main_loop()) {
+            Ok(result) => result.err(),
+            Err(panic) => return self.after_panic(panic),
+        };
         if let Some(err) = &failure {
             tracing::error!("event thread: {err:#}");
         }
@@ -549,12 +595,38 @@ impl EventLoop {
         }
     }
 
+    /// After a panic in the loop: the pipeline's state is suspect, so nothing more is read or
+    /// released; the probes are detached and the sink goes back to be shut down (what it holds
+    /// is delivered or counted) with the failure, so the agent exits non-zero.
+    fn after_panic(self, panic: String) -> EventLoopEnd {
+        tracing::error!(%panic, "event thread panicked; spans still in the pipeline are lost");
+        self.metrics.set_ready(false);
+        let kernel = self.probes.counters();
+        let EventLoop {
+            probes,
+            sink,
+            pipeline,
+            mut out,
+            ..
+        } = self;
+        drop(probes);
+        // Spans already built are whole: hand them over rather than lose them.
+        sink.submit_batch(&mut out);
+        EventLoopEnd {
+            sink,
+            kernel,
+            spans: pipeline.stats().spans,
+            failure: Some(anyhow::anyhow!("the event thread panicked: {panic}")),
+        }
+    }
+
     fn main_loop(&mut self) -> anyhow::Result<()> {
         let waiter = Waiter::new(self.ring.as_raw_fd(), self.stop.event.as_raw_fd())?;
         let mut interval_ms = BUSY_POLL_MS;
         let mut next_tick = monotonic_now_ns() + 1_000_000_000;
         let mut seconds = 0u64;
         let mut reported = DropReport::default();
+        let mut wait_errors = 0u32;
         loop {
             let drained = drain(
                 &mut self.ring,
@@ -572,7 +644,11 @@ impl EventLoop {
                 self.probes.ignore_connection(pid, fd);
             }
             if now >= next_tick {
-                next_tick = now + 1_000_000_000;
+                // One tick per second on average; after a stall, one tick, not a burst of them.
+                next_tick += 1_000_000_000;
+                if next_tick <= now {
+                    next_tick = now + 1_000_000_000;
+                }
                 self.pipeline.tick(now, &mut self.out);
                 self.metrics.update(snapshot(
                     &self.probes,
@@ -610,9 +686,32 @@ impl EventLoop {
             }
             wait_ns = wait_ns.min(next_tick.saturating_sub(now));
             // Round up: waking a little after a deadline is fine, spinning before it is not.
-            waiter.wait(wait_ns.div_ceil(1_000_000));
+            match waiter.wait(wait_ns.div_ceil(1_000_000)) {
+                Ok(()) => wait_errors = 0,
+                Err(err) => {
+                    // Failing polls return at once: give up rather than spin.
+                    wait_errors += 1;
+                    if wait_errors == 1 {
+                        tracing::warn!(%err, "waiting for ring buffer records failed");
+                    }
+                    if wait_errors >= MAX_WAIT_ERRORS {
+                        return Err(err).context("waiting for ring buffer records keeps failing");
+                    }
+                }
+            }
         }
     }
+}
+
+/// Runs `f`, turning a panic into its message (the panic hook has already printed it).
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string())
+    })
 }
 
 /// Moves up to `RECORDS_PER_WAKE` records from the ring buffer into the reorder window; returns
@@ -769,4 +868,26 @@ fn report_drops(
         );
     }
     now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_the_event_loop_becomes_its_message() {
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        let caught = catch_panic(|| -> u32 { panic!("record {} broke it", 3) });
+        assert_eq!(caught, Err("record 3 broke it".to_string()));
+        let caught = catch_panic(|| -> u32 { panic!("static message") });
+        assert_eq!(caught, Err("static message".to_string()));
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_exits_like_in_a_shell() {
+        let not_found = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(exec_failure_code(&not_found), 127);
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(exec_failure_code(&denied), 1);
+    }
 }

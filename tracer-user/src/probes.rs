@@ -345,6 +345,11 @@ impl Probes {
         bump_memlock_rlimit();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .override_global(
+                "EVENTS_RING_BYTES",
+                &u64::from(opts.ring_buffer_bytes),
+                true,
+            )
             .map_max_entries("CONNS", opts.max_connections)
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;

@@ -339,12 +339,99 @@ mod tests {
         sink.submit_batch(&mut batch);
         assert!(batch.is_empty());
         let during = sink.stats().snapshot();
-        assert_eq!(during.spans_enqueued, 5, "1 in the writer + 4 queued");
+        assert_eq!(
+            during.spans_enqueued, 11,
+            "every submitted span counts: 1 in the writer + 4 queued + 6 refused"
+        );
         assert_eq!(during.spans_dropped_queue_full, 6);
         gate_tx.send(()).unwrap();
         let stats = sink.shutdown(Duration::from_secs(10)).await;
         assert_eq!(stats.spans_exported, 5);
         assert_eq!(stats.spans_dropped_shutdown, 0);
         assert_eq!(buffer.contents().lines().count(), 5);
+    }
+
+    /// A stdout stuck past the shutdown deadline: the spans in the writer and in the queue count
+    /// as lost at shutdown, next to the ones refused when the queue was full, and every submitted
+    /// span is accounted for exactly once.
+    #[tokio::test]
+    async fn a_writer_stuck_past_the_shutdown_deadline_settles_every_span() {
+        let buffer = SharedBuffer::default();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+        let writer = GatedWriter {
+            entered: entered_tx,
+            gate: gate_rx,
+            inner: buffer.clone(),
+            first: true,
+        };
+        let sink = StreamSink::start(JsonFormatter, Box::new(writer), 4);
+        sink.submit(item(None, SpanStatus::Unset));
+        entered_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the writer thread took the first span");
+        let mut batch: Vec<ExportItem> = (0..10).map(|_| item(None, SpanStatus::Unset)).collect();
+        sink.submit_batch(&mut batch);
+        let stats = sink.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(stats.spans_exported, 0);
+        assert_eq!(stats.spans_dropped_queue_full, 6);
+        assert_eq!(
+            stats.spans_dropped_shutdown, 5,
+            "1 in the writer + 4 queued"
+        );
+        assert_eq!(
+            stats.spans_enqueued,
+            stats.spans_exported
+                + stats.spans_dropped_export_failed
+                + stats.spans_dropped_queue_full
+                + stats.spans_dropped_shutdown,
+            "{stats:?}"
+        );
+        // Let the writer thread finish.
+        gate_tx.send(()).unwrap();
+    }
+
+    /// Panics on the first write.
+    struct PanickingWriter;
+
+    impl std::io::Write for PanickingWriter {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            panic!("writer broke");
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A panic on the output thread closes the sink: later spans are refused and counted at
+    /// once instead of piling up in a queue nobody reads.
+    #[tokio::test]
+    async fn a_panicking_writer_closes_the_sink_and_counts_the_rest() {
+        let sink = StreamSink::start(JsonFormatter, Box::new(PanickingWriter), 1000);
+        sink.submit(item(None, SpanStatus::Unset));
+        let mut submitted = 1u64;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            sink.submit(item(None, SpanStatus::Unset));
+            submitted += 1;
+            if sink.stats().snapshot().spans_dropped_shutdown > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sink still accepts spans after its writer panicked: {:?}",
+                sink.stats().snapshot()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stats = sink.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(stats.spans_exported, 0);
+        assert_eq!(
+            stats.spans_dropped_export_failed
+                + stats.spans_dropped_queue_full
+                + stats.spans_dropped_shutdown,
+            submitted,
+            "every span is counted once: {stats:?}"
+        );
     }
 }

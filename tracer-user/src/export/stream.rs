@@ -100,7 +100,12 @@ impl<F: SpanFormatter> StreamSink<F> {
             let spawned = std::thread::Builder::new()
                 .name("tracer-output".into())
                 .spawn(move || {
-                    run_writer(formatter, writer, &shared, &stats);
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        run_writer(formatter, writer, &shared, &stats)
+                    });
+                    if let Err(panic) = std::panic::catch_unwind(run) {
+                        writer_panicked(panic.as_ref(), &shared, &stats);
+                    }
                     drop(done);
                 });
             if let Err(error) = spawned {
@@ -148,8 +153,11 @@ impl<F: SpanFormatter> StreamSink<F> {
             self.stats.add_dropped_shutdown(refused);
             return;
         }
+        // Every submitted span counts as enqueued and a refused one as enqueued then dropped
+        // (queue full), as in the OTLP sink: the shutdown settlement subtracts queue-full drops
+        // from the enqueued total.
+        self.stats.add_enqueued(offered as u64);
         if accepted > 0 {
-            self.stats.add_enqueued(accepted as u64);
             self.shared.ready.notify_one();
         }
         if refused > 0 {
@@ -181,6 +189,27 @@ impl<F: SpanFormatter> StreamSink<F> {
         stats.settle_shutdown_losses();
         stats.snapshot()
     }
+}
+
+/// After a panic on the writer thread: no more spans are taken, those queued count as failed
+/// (the batch being written when it panicked is settled as lost at shutdown).
+fn writer_panicked(panic: &(dyn std::any::Any + Send), shared: &Shared, stats: &ExportStats) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let pending = {
+        let mut pending = shared.lock();
+        pending.closed = true;
+        std::mem::take(&mut pending.items)
+    };
+    stats.add_dropped_export_failed(pending.len() as u64);
+    tracing::error!(
+        panic = %message,
+        spans_dropped = pending.len(),
+        "the span output thread panicked; further spans are discarded"
+    );
 }
 
 /// The writer thread: waits for spans (or a held trace's due time), formats everything queued
