@@ -578,7 +578,7 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_spans_enqueued_total",
-            "Spans accepted into the export queue.",
+            "Spans handed to the sink (those a full queue evicted or refused are also in tracer_spans_dropped_total{reason=\"queue_full\"}).",
             vec![Sample::plain(s.spans_enqueued)],
         ),
         Family::counter(
