@@ -216,18 +216,7 @@ fn threads_blocked_on_pipes_do_not_blind_the_tracer() {
     let (blockers, line) = start_peer("pipe_blockers.py", &["--threads", &threads], "blocked");
     assert_eq!(line, format!("blocked {THREADS}"));
     // The line is printed as the threads are about to read: wait until they are in read(2).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let reading = threads_in_syscall(blockers.pid(), SYS_READ);
-        if reading >= THREADS {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {reading} of {THREADS} threads blocked in read(2)"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_threads_in_syscall(blockers.pid(), SYS_READ, "read", THREADS);
 
     let url = local_url(port, "/ok?behind=pipes");
     assert_eq!(curl(&[&url]).status, 200);
@@ -275,18 +264,7 @@ fn threads_blocked_on_tracked_connections_take_only_their_quota() {
         "blocked",
     );
     assert_eq!(line, format!("blocked {THREADS}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let reading = threads_in_syscall(blockers.pid(), SYS_RECVFROM);
-        if reading >= THREADS {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {reading} of {THREADS} threads blocked in recv(2)"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_threads_in_syscall(blockers.pid(), SYS_RECVFROM, "recv", THREADS);
 
     let url = local_url(port, "/ok?behind=sockets");
     assert_eq!(curl(&[&url]).status, 200);
@@ -310,6 +288,23 @@ fn threads_blocked_on_tracked_connections_take_only_their_quota() {
         "one process never fills the table of tracked connections\n{page}"
     );
     session.finish();
+}
+
+/// Waits (at most 60 s, failing after) until `count` threads of `pid` are blocked in syscall `nr`
+/// (called `name` in the failure message).
+fn wait_for_threads_in_syscall(pid: u32, nr: u32, name: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let blocked = threads_in_syscall(pid, nr);
+        if blocked >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {blocked} of {count} threads blocked in {name}(2)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// How many threads of process `pid` are blocked in syscall `nr`.

@@ -317,10 +317,15 @@ mod tests {
         }
     }
 
-    /// A stuck stdout blocks only the writer thread: submitting never waits, and spans beyond
-    /// the queue's room are dropped and counted.
-    #[tokio::test]
-    async fn a_blocked_writer_never_blocks_submit_and_overflow_is_counted() {
+    /// A sink with a 4-span queue whose writer is stuck in the write of its first span, after
+    /// one span and then a batch of 10 were submitted (1 in the writer, 4 queued, 6 refused).
+    /// Returns the sink, what was written, the writer's gate and the emptied batch.
+    fn sink_behind_a_stuck_writer() -> (
+        JsonSink,
+        SharedBuffer,
+        std::sync::mpsc::Sender<()>,
+        Vec<ExportItem>,
+    ) {
         let buffer = SharedBuffer::default();
         let (entered_tx, entered_rx) = std::sync::mpsc::channel();
         let (gate_tx, gate_rx) = std::sync::mpsc::channel();
@@ -337,6 +342,14 @@ mod tests {
             .expect("the writer thread took the first span");
         let mut batch: Vec<ExportItem> = (0..10).map(|_| item(None, SpanStatus::Unset)).collect();
         sink.submit_batch(&mut batch);
+        (sink, buffer, gate_tx, batch)
+    }
+
+    /// A stuck stdout blocks only the writer thread: submitting never waits, and spans beyond
+    /// the queue's room are dropped and counted.
+    #[tokio::test]
+    async fn a_blocked_writer_never_blocks_submit_and_overflow_is_counted() {
+        let (sink, buffer, gate_tx, batch) = sink_behind_a_stuck_writer();
         assert!(batch.is_empty());
         let during = sink.stats().snapshot();
         assert_eq!(
@@ -356,22 +369,7 @@ mod tests {
     /// span is accounted for exactly once.
     #[tokio::test]
     async fn a_writer_stuck_past_the_shutdown_deadline_settles_every_span() {
-        let buffer = SharedBuffer::default();
-        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-        let (gate_tx, gate_rx) = std::sync::mpsc::channel();
-        let writer = GatedWriter {
-            entered: entered_tx,
-            gate: gate_rx,
-            inner: buffer.clone(),
-            first: true,
-        };
-        let sink = StreamSink::start(JsonFormatter, Box::new(writer), 4);
-        sink.submit(item(None, SpanStatus::Unset));
-        entered_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("the writer thread took the first span");
-        let mut batch: Vec<ExportItem> = (0..10).map(|_| item(None, SpanStatus::Unset)).collect();
-        sink.submit_batch(&mut batch);
+        let (sink, _written, gate_tx, _) = sink_behind_a_stuck_writer();
         let stats = sink.shutdown(Duration::from_millis(100)).await;
         assert_eq!(stats.spans_exported, 0);
         assert_eq!(stats.spans_dropped_queue_full, 6);

@@ -53,21 +53,21 @@ impl<T> DropOldestQueue<T> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Appends `item` to the locked queue, evicting the oldest when full; returns whether it did.
+    fn enqueue(&self, queue: &mut VecDeque<T>, item: T) -> bool {
+        let evicted = queue.len() >= self.capacity;
+        if evicted {
+            queue.pop_front();
+        }
+        queue.push_back(item);
+        evicted
+    }
+
     pub fn push(&self, item: T) -> Pushed {
         if self.closed.load(Ordering::Acquire) {
             return Pushed::Closed;
         }
-        let evicted = {
-            let mut items = self.lock();
-            let evicted = if items.len() >= self.capacity {
-                items.pop_front();
-                true
-            } else {
-                false
-            };
-            items.push_back(item);
-            evicted
-        };
+        let evicted = self.enqueue(&mut self.lock(), item);
         self.ready.notify_one();
         if evicted {
             Pushed::EvictedOldest
@@ -92,11 +92,9 @@ impl<T> DropOldestQueue<T> {
         {
             let mut queue = self.lock();
             for item in items.drain(..) {
-                if queue.len() >= self.capacity {
-                    queue.pop_front();
+                if self.enqueue(&mut queue, item) {
                     result.evicted += 1;
                 }
-                queue.push_back(item);
                 result.queued += 1;
             }
         }
@@ -185,8 +183,10 @@ mod tests {
         assert!(batch.is_empty());
     }
 
-    #[tokio::test]
-    async fn a_waiting_consumer_wakes_on_push_many() {
+    /// What a consumer already waiting in `recv_many` receives after `push` (None: it never woke).
+    async fn received_by_a_waiting_consumer(
+        push: impl FnOnce(&DropOldestQueue<i32>),
+    ) -> Option<Vec<i32>> {
         let q = std::sync::Arc::new(DropOldestQueue::new(8));
         let consumer = {
             let q = q.clone();
@@ -197,25 +197,26 @@ mod tests {
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        q.push_many(&mut vec![7, 8]);
+        push(&q);
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), consumer).await;
-        assert_eq!(got.ok().and_then(|r| r.ok()), Some(vec![7, 8]));
+        got.ok().and_then(|r| r.ok())
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_wakes_on_push_many() {
+        let got = received_by_a_waiting_consumer(|q| {
+            q.push_many(&mut vec![7, 8]);
+        })
+        .await;
+        assert_eq!(got, Some(vec![7, 8]));
     }
 
     #[tokio::test]
     async fn a_waiting_consumer_wakes_on_push() {
-        let q = std::sync::Arc::new(DropOldestQueue::new(8));
-        let consumer = {
-            let q = q.clone();
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                q.recv_many(&mut out, 8).await;
-                out
-            })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        q.push(7);
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), consumer).await;
-        assert_eq!(got.ok().and_then(|r| r.ok()), Some(vec![7]));
+        let got = received_by_a_waiting_consumer(|q| {
+            q.push(7);
+        })
+        .await;
+        assert_eq!(got, Some(vec![7]));
     }
 }
