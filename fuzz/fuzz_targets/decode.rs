@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::decode::{KernelEvent, decode};
+use tracer::capture::decode::{KernelEvent, decode};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(event) = decode(data) else {

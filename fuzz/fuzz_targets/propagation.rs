@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tracer::model::Header;
-use tracer::propagation::{
+use tracer::protocols::propagation::{
     B3Single, ContextSource, MAX_TRACESTATE_MEMBERS, TraceContext, extract, parse_b3_multi,
     parse_b3_single, parse_traceparent, parse_tracestate, parse_xray,
 };

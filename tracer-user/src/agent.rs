@@ -30,16 +30,16 @@ use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::capture::decode::decode;
+use crate::capture::probes::{KernelCounters, ProbeOptions, Probes};
+use crate::capture::reorder::ReorderWindow;
 use crate::cli::{OutputFormat, TraceArgs};
-use crate::connections::TableLimits;
-use crate::decode::decode;
+use crate::correlate::connections::TableLimits;
 use crate::export::{self, OtlpConfig, OtlpOverrides, SinkConfig, SpanSink, TerminalOptions};
-use crate::metrics::{AgentSnapshot, MetricsState};
 use crate::model::ExportItem;
 use crate::pipeline::{Pipeline, PipelineOptions};
-use crate::probes::{KernelCounters, ProbeOptions, Probes};
-use crate::reorder::ReorderWindow;
-use crate::spans::Clock;
+use crate::telemetry::metrics::{AgentSnapshot, MetricsState};
+use crate::telemetry::spans::Clock;
 
 /// Records handled per wake-up before housekeeping gets a turn.
 const RECORDS_PER_WAKE: usize = 8192;
@@ -81,7 +81,7 @@ fn sink_config(args: &TraceArgs) -> anyhow::Result<SinkConfig> {
     };
     if args.otlp_endpoint.is_some() || export::otlp_configured(&env_lookup) {
         let cfg = OtlpConfig::from_env_and_overrides(&env_lookup, &overrides)?;
-        tracing::info!(endpoint = %crate::redact::url(&cfg.endpoint), protocol = cfg.protocol.as_str(), "exporting spans over OTLP");
+        tracing::info!(endpoint = %crate::telemetry::redact::url(&cfg.endpoint), protocol = cfg.protocol.as_str(), "exporting spans over OTLP");
         return Ok(SinkConfig::Otlp(cfg));
     }
     Ok(match args.format {
@@ -94,8 +94,8 @@ fn sink_config(args: &TraceArgs) -> anyhow::Result<SinkConfig> {
 }
 
 /// Pod metadata when a cluster is reachable; the agent runs without it otherwise.
-async fn start_pod_metadata(node: Option<String>) -> Option<crate::k8s::PodMetadata> {
-    match crate::k8s::PodMetadata::start(node).await {
+async fn start_pod_metadata(node: Option<String>) -> Option<crate::telemetry::k8s::PodMetadata> {
+    match crate::telemetry::k8s::PodMetadata::start(node).await {
         Ok(Some(pods)) => {
             tracing::info!("Kubernetes pod metadata enabled");
             Some(pods)
@@ -252,7 +252,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     };
     let metrics = MetricsState::new();
     if let Some(addr) = args.metrics_addr {
-        let (bound, _server) = crate::metrics::serve(addr, metrics.clone())
+        let (bound, _server) = crate::telemetry::metrics::serve(addr, metrics.clone())
             .await
             .with_context(|| format!("serving metrics on {addr}"))?;
         tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
@@ -277,16 +277,16 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     .with_id_generator(args.id_generator);
 
     let mut pipeline = pipeline.with_command_line(if args.export_command_line {
-        crate::resource::CommandLine::Redacted
+        crate::telemetry::resource::CommandLine::Redacted
     } else {
-        crate::resource::CommandLine::Omitted
+        crate::telemetry::resource::CommandLine::Omitted
     });
 
     // Probes last: from the moment they attach, records arrive and must be read at once.
-    let privileges = crate::privilege::Privileges::of_self();
+    let privileges = crate::capture::privilege::Privileges::of_self();
     let mut probes = Probes::load(&probe_opts)
-        .map_err(|e| anyhow::anyhow!(crate::privilege::describe(&e, &privileges)))?;
-    for gap in crate::privilege::degrading_gaps(&privileges) {
+        .map_err(|e| anyhow::anyhow!(crate::capture::privilege::describe(&e, &privileges)))?;
+    for gap in crate::capture::privilege::degrading_gaps(&privileges) {
         tracing::warn!("{gap}");
     }
     // The Kubernetes API client connects only now, so the kernel programs know its sockets as the
@@ -301,7 +301,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     let mut child = match &until {
         Until::Child(command) => {
             let gated = spawn_gated(command, &mut probes).await?;
-            let shown = crate::redact::command_line_args(command).join(" ");
+            let shown = crate::telemetry::redact::command_line_args(command).join(" ");
             tracing::info!(pid = gated.pid, command = %shown, "tracing command");
             Some(gated)
         }
@@ -313,7 +313,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             SinkConfig::Otlp(c) => format!(
                 "exporting OTLP ({}) to {}",
                 c.protocol.as_str(),
-                crate::redact::url(&c.endpoint)
+                crate::telemetry::redact::url(&c.endpoint)
             ),
             SinkConfig::Terminal(_) => "printing spans to the terminal".to_string(),
             SinkConfig::Json => "printing spans as JSON lines".to_string(),
@@ -732,7 +732,7 @@ fn drain(
         n += 1;
         match decode(&item) {
             Ok(event) => {
-                if let crate::decode::KernelEvent::ConnOpen {
+                if let crate::capture::decode::KernelEvent::ConnOpen {
                     header, role, peer, ..
                 } = &event
                 {

@@ -4,20 +4,20 @@
 
 use std::path::PathBuf;
 
-use crate::connections::{ConnectionTable, TableLimits, TableStats};
-use crate::decode::{KernelEvent, RecordHeader};
+use crate::capture::decode::{KernelEvent, RecordHeader};
+use crate::capture::own::{self, Telemetry};
+use crate::capture::procnet::{FdKind, ProcNet};
+use crate::correlate::connections::{ConnectionTable, TableLimits, TableStats};
+use crate::correlate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity, Threads};
+use crate::correlate::runtime::{RuntimeCache, RuntimeStats};
 use crate::export::SpanSink;
-use crate::http::HttpStats;
 use crate::idhash::{IdHashMap, IdHashSet};
-use crate::ids::{IdGenerator, TraceIds};
-use crate::linker::{Linker, LinkerLimits, LinkerStats, SpanIdentity, Threads};
 use crate::model::{ConnMeta, Exchange, ExportItem, ProcessResource, Role};
-use crate::own::{self, Telemetry};
-use crate::procnet::{FdKind, ProcNet};
-use crate::propagation::{self, ContextSource, TraceContext};
-use crate::resource::ResourceCache;
-use crate::runtime::{RuntimeCache, RuntimeStats};
-use crate::spans::{self, Clock, SpanInput};
+use crate::protocols::http1::HttpStats;
+use crate::protocols::propagation::{self, ContextSource, TraceContext};
+use crate::telemetry::ids::{IdGenerator, TraceIds};
+use crate::telemetry::resource::ResourceCache;
+use crate::telemetry::spans::{self, Clock, SpanInput};
 
 /// Where finished spans go.
 pub trait SpanOutput {
@@ -131,7 +131,10 @@ impl Pipeline {
         Pipeline {
             table: ConnectionTable::new(opts.limits),
             resources: ResourceCache::new(opts.proc_root.clone(), opts.host_name.clone()),
-            runtimes: RuntimeCache::new(opts.proc_root.clone(), crate::runtime::DEFAULT_CAPACITY),
+            runtimes: RuntimeCache::new(
+                opts.proc_root.clone(),
+                crate::correlate::runtime::DEFAULT_CAPACITY,
+            ),
             clock,
             linker: Linker::new(LinkerLimits::default()),
             trace_ids: TraceIds::default(),
@@ -150,7 +153,7 @@ impl Pipeline {
     }
 
     /// Adds Kubernetes pod metadata to process resources.
-    pub fn with_pods(mut self, pods: Option<crate::k8s::PodMetadata>) -> Self {
+    pub fn with_pods(mut self, pods: Option<crate::telemetry::k8s::PodMetadata>) -> Self {
         let resources = std::mem::replace(
             &mut self.resources,
             ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
@@ -167,7 +170,10 @@ impl Pipeline {
     }
 
     /// Exports a redacted `process.command_line` in process resources (off by default).
-    pub fn with_command_line(mut self, command_line: crate::resource::CommandLine) -> Self {
+    pub fn with_command_line(
+        mut self,
+        command_line: crate::telemetry::resource::CommandLine,
+    ) -> Self {
         let resources = std::mem::replace(
             &mut self.resources,
             ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
@@ -183,7 +189,7 @@ impl Pipeline {
     }
 
     /// Names processes under `/proc` through `map` (an agent in a child pid namespace).
-    pub fn with_pid_map(mut self, map: Option<crate::resource::PidMap>) -> Self {
+    pub fn with_pid_map(mut self, map: Option<crate::telemetry::resource::PidMap>) -> Self {
         let resources = std::mem::replace(
             &mut self.resources,
             ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
@@ -223,11 +229,11 @@ impl Pipeline {
     }
 
     /// Memory bounds and cache counters, for /metrics.
-    pub fn bounds_snapshot(&self) -> crate::metrics::BoundsSnapshot {
+    pub fn bounds_snapshot(&self) -> crate::telemetry::metrics::BoundsSnapshot {
         let t = self.table.stats();
         let r = self.runtimes.stats();
         let n = self.procnet.stats();
-        crate::metrics::BoundsSnapshot {
+        crate::telemetry::metrics::BoundsSnapshot {
             buffered_bytes: self.table.buffered_bytes() as u64,
             buffer_budget_bytes: self.opts.limits.max_buffered_bytes as u64,
             budget_sheds: t.budget_sheds,
@@ -269,8 +275,8 @@ impl Pipeline {
     /// The process is identified by its start time too, so a reused pid is noticed here.
     pub fn prefetch_resource(&mut self, pid: u32) {
         let proc_pid = self.resources.proc_pid(pid);
-        let start_time =
-            proc_pid.and_then(|p| crate::proc_identity::start_time(&self.opts.proc_root, p));
+        let start_time = proc_pid
+            .and_then(|p| crate::telemetry::proc_identity::start_time(&self.opts.proc_root, p));
         // The resource first: a short-lived process may exit while its executable is read.
         self.resources.get_started(pid, start_time);
         self.runtimes.observe(pid, proc_pid, start_time);

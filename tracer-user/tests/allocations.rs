@@ -13,11 +13,11 @@ mod recorded;
 use std::path::PathBuf;
 
 use recorded::StreamShape;
-use tracer::connections::TableLimits;
-use tracer::decode::decode;
+use tracer::capture::decode::decode;
+use tracer::correlate::connections::TableLimits;
 use tracer::model::ExportItem;
 use tracer::pipeline::{Pipeline, PipelineOptions};
-use tracer::spans::Clock;
+use tracer::telemetry::spans::Clock;
 
 #[global_allocator]
 static ALLOCATOR: counting::Counting = counting::Counting;

@@ -2,7 +2,7 @@
 //! buffer, the configuration and counter maps' layouts, and the limits both sides agree on.
 //!
 //! Every struct is `#[repr(C)]` with explicit padding so that the kernel and userspace see the same
-//! bytes. Userspace never trusts a record: it checks lengths before reading (see `tracer::decode`).
+//! bytes. Userspace never trusts a record: it checks lengths before reading (see `tracer::capture::decode`).
 #![no_std]
 
 /// Largest number of payload bytes one data record can carry (the capture limit's ceiling).

@@ -17,13 +17,13 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use tracer::connections::TableLimits;
-use tracer::decode::decode;
+use tracer::capture::decode::decode;
+use tracer::capture::reorder::ReorderWindow;
+use tracer::correlate::connections::TableLimits;
 use tracer::export::TraceEncoder;
 use tracer::model::{ExportItem, SpanKind};
 use tracer::pipeline::{Pipeline, PipelineOptions};
-use tracer::reorder::ReorderWindow;
-use tracer::spans::Clock;
+use tracer::telemetry::spans::Clock;
 
 use recorded::{RecordedStream, StreamShape};
 

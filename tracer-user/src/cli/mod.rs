@@ -56,7 +56,7 @@ pub struct TraceArgs {
 
     /// OTLP endpoint (overrides OTEL_EXPORTER_OTLP_ENDPOINT), e.g. http://collector:4317.
     #[arg(long, value_name = "URL")]
-    pub otlp_endpoint: Option<crate::redact::Secret>,
+    pub otlp_endpoint: Option<crate::telemetry::redact::Secret>,
 
     /// OTLP protocol: grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL).
     #[arg(long, value_name = "PROTOCOL")]
@@ -64,7 +64,7 @@ pub struct TraceArgs {
 
     /// Extra OTLP headers, k1=v1,k2=v2 (merged over OTEL_EXPORTER_OTLP_HEADERS).
     #[arg(long, value_name = "HEADERS")]
-    pub otlp_headers: Option<crate::redact::Secret>,
+    pub otlp_headers: Option<crate::telemetry::redact::Secret>,
 
     /// Payload bytes captured per syscall (max 16384). Headers beyond it are not seen.
     #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, value_name = "BYTES",
@@ -134,8 +134,8 @@ pub struct TraceArgs {
     /// digits are the trace's start in Unix seconds; X-Ray drops other ids). Ids that arrive in
     /// headers are always kept.
     #[arg(long, env = "TRACER_ID_GENERATOR", value_enum,
-          default_value_t = crate::ids::IdGenerator::Random, value_name = "GENERATOR")]
-    pub id_generator: crate::ids::IdGenerator,
+          default_value_t = crate::telemetry::ids::IdGenerator::Random, value_name = "GENERATOR")]
+    pub id_generator: crate::telemetry::ids::IdGenerator,
 }
 
 impl TraceArgs {

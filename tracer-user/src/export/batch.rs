@@ -48,7 +48,7 @@ impl BatchExporter {
         };
         let worker = tokio::spawn(worker.run(queue_rx));
         tracing::info!(
-            endpoint = %crate::redact::url(&cfg.endpoint),
+            endpoint = %crate::telemetry::redact::url(&cfg.endpoint),
             protocol = cfg.protocol.as_str(),
             "OTLP export configured"
         );

@@ -7,7 +7,7 @@
 //!
 //! Header values and the endpoint's userinfo are credentials: they never appear in an error, a
 //! log line or a `Debug` rendering (errors show the header name only, endpoints pass through
-//! [`crate::redact::url`]).
+//! [`crate::telemetry::redact::url`]).
 
 use std::time::Duration;
 
@@ -167,11 +167,11 @@ impl std::fmt::Debug for OtlpConfig {
         let header_names: Vec<String> = self
             .headers
             .iter()
-            .map(|(name, _)| format!("{name}={}", crate::redact::REDACTED))
+            .map(|(name, _)| format!("{name}={}", crate::telemetry::redact::REDACTED))
             .collect();
         f.debug_struct("OtlpConfig")
             .field("protocol", &self.protocol)
-            .field("endpoint", &crate::redact::url(&self.endpoint))
+            .field("endpoint", &crate::telemetry::redact::url(&self.endpoint))
             .field("headers", &header_names)
             .field("timeout", &self.timeout)
             .field("compression", &self.compression)
@@ -205,12 +205,15 @@ impl std::fmt::Debug for OtlpOverrides {
         f.debug_struct("OtlpOverrides")
             .field(
                 "endpoint",
-                &self.endpoint.as_deref().map(crate::redact::url),
+                &self.endpoint.as_deref().map(crate::telemetry::redact::url),
             )
             .field("protocol", &self.protocol)
             .field(
                 "headers",
-                &self.headers.as_ref().map(|_| crate::redact::REDACTED),
+                &self
+                    .headers
+                    .as_ref()
+                    .map(|_| crate::telemetry::redact::REDACTED),
             )
             .field("timeout", &self.timeout)
             .field("compression", &self.compression)
@@ -455,7 +458,7 @@ fn resolve_endpoint(
     } else {
         ("default", DEFAULT_GRPC_ENDPOINT.to_string())
     };
-    tracing::debug!(source = setting, endpoint = %crate::redact::url(&value), protocol = protocol.as_str(), "OTLP endpoint");
+    tracing::debug!(source = setting, endpoint = %crate::telemetry::redact::url(&value), protocol = protocol.as_str(), "OTLP endpoint");
     Ok(value)
 }
 
@@ -464,13 +467,13 @@ fn resolve_endpoint(
 /// it in connection-pool traces; a header is sent as intended and never logged.
 fn split_credentials(endpoint: &str) -> (String, Option<String>) {
     use base64::Engine as _;
-    let Some(parts) = crate::redact::url_parts(endpoint) else {
+    let Some(parts) = crate::telemetry::redact::url_parts(endpoint) else {
         return (endpoint.to_string(), None);
     };
     let Some((userinfo, _)) = parts.authority.rsplit_once('@') else {
         return (endpoint.to_string(), None);
     };
-    let host = crate::redact::authority_without_userinfo(parts.authority);
+    let host = crate::telemetry::redact::authority_without_userinfo(parts.authority);
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
     let basic = format!(
@@ -486,14 +489,14 @@ fn join_traces_path(base: &str) -> String {
 }
 
 fn check_url(setting: &str, raw: &str) -> Result<(), ConfigError> {
-    let shown = crate::redact::url(raw);
+    let shown = crate::telemetry::redact::url(raw);
     let value: &str = &shown;
     let rest = raw
         .strip_prefix("http://")
         .or_else(|| raw.strip_prefix("https://"))
         .ok_or_else(|| ConfigError::new(setting, value, "must start with http:// or https://"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if crate::redact::authority_without_userinfo(authority).is_empty() {
+    if crate::telemetry::redact::authority_without_userinfo(authority).is_empty() {
         return Err(ConfigError::new(setting, value, "missing host"));
     }
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -566,7 +569,7 @@ pub fn parse_headers(setting: &str, input: &str) -> Result<Vec<(String, String)>
                 "invalid header name",
             ));
         }
-        let shown = format!("{key}={}", crate::redact::REDACTED);
+        let shown = format!("{key}={}", crate::telemetry::redact::REDACTED);
         if key.ends_with("-bin") {
             return Err(ConfigError::new(
                 setting,

@@ -54,7 +54,7 @@ impl GrpcSender {
     /// (retried) exports, not here.
     pub fn new(cfg: &OtlpConfig, headers: &[(String, String)]) -> Result<Self, ExportError> {
         let metadata = MetadataMap::from_headers(header_map(headers)?);
-        let shown = crate::redact::url(&cfg.endpoint);
+        let shown = crate::telemetry::redact::url(&cfg.endpoint);
         let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
             .map_err(|e| ExportError::Endpoint(format!("{shown}: {e}")))?;
         if endpoint.uri().scheme_str() == Some("https") {
@@ -106,7 +106,7 @@ fn failure(status: &Status) -> AttemptFailure {
         message: format!(
             "gRPC export failed with {:?}: {}",
             status.code(),
-            crate::redact::urls_in(&text)
+            crate::telemetry::redact::urls_in(&text)
         ),
     }
 }

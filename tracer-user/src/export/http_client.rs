@@ -35,7 +35,7 @@ pub struct HttpSender {
 impl std::fmt::Debug for HttpSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpSender")
-            .field("url", &crate::redact::url(self.url.as_str()))
+            .field("url", &crate::telemetry::redact::url(self.url.as_str()))
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("json", &self.json)
             .field("gzip", &self.gzip)
@@ -64,12 +64,14 @@ impl HttpSender {
             .connect_timeout(cfg.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| ExportError::HttpClient(crate::redact::urls_in(&error_chain(&e))))?;
+            .map_err(|e| {
+                ExportError::HttpClient(crate::telemetry::redact::urls_in(&error_chain(&e)))
+            })?;
         // The message may quote the URL: shown redacted.
         let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| {
             ExportError::HttpClient(format!(
                 "invalid endpoint {}: {e}",
-                crate::redact::url(&cfg.endpoint)
+                crate::telemetry::redact::url(&cfg.endpoint)
             ))
         })?;
         Ok(HttpSender {
@@ -208,7 +210,7 @@ fn without_url(error: &reqwest::Error) -> String {
         Some(url) => text.replace(url.as_str(), "(url not shown)"),
         None => text,
     };
-    crate::redact::urls_in(&text)
+    crate::telemetry::redact::urls_in(&text)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

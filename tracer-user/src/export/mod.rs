@@ -56,7 +56,7 @@ pub enum ExportError {
     #[error("invalid OTLP configuration: {0}")]
     Config(#[from] ConfigError),
     /// Shown without URL credentials (built from the redacted endpoint).
-    #[error("invalid OTLP endpoint {}", crate::redact::urls_in(.0))]
+    #[error("invalid OTLP endpoint {}", crate::telemetry::redact::urls_in(.0))]
     Endpoint(String),
     #[error("cannot build the OTLP HTTP client: {0}")]
     HttpClient(String),

@@ -248,7 +248,7 @@ pub fn warn_partial_success(rejected_spans: i64, error_message: &str) {
     let text: String = error_message.chars().take(200).collect();
     tracing::warn!(
         rejected_spans,
-        message = %crate::redact::urls_in(&text),
+        message = %crate::telemetry::redact::urls_in(&text),
         similar_warnings_suppressed = suppressed,
         "OTLP receiver rejected part of a batch (counted as dropped, reason rejected_by_receiver; \
          logged at most once a minute)"
@@ -269,7 +269,7 @@ pub fn marked_headers(configured: &[(String, String)]) -> Vec<(String, String)> 
         .collect();
     headers.push((
         "User-Agent".to_owned(),
-        crate::own::marked_user_agent(theirs),
+        crate::capture::own::marked_user_agent(theirs),
     ));
     headers
 }
@@ -336,7 +336,7 @@ mod tests {
             plain,
             vec![
                 ("x-tenant".to_string(), "a".to_string()),
-                ("User-Agent".to_string(), crate::own::user_agent()),
+                ("User-Agent".to_string(), crate::capture::own::user_agent()),
             ]
         );
         let theirs = marked_headers(&[("user-agent".to_string(), "acme/1".to_string())]);
@@ -344,13 +344,13 @@ mod tests {
             theirs,
             vec![(
                 "User-Agent".to_string(),
-                format!("{} acme/1", crate::own::user_agent())
+                format!("{} acme/1", crate::capture::own::user_agent())
             )]
         );
         let map = header_map(&plain).unwrap();
         assert_eq!(
             map.get("user-agent").and_then(|v| v.to_str().ok()),
-            Some(crate::own::user_agent().as_str())
+            Some(crate::capture::own::user_agent().as_str())
         );
     }
 }

@@ -227,14 +227,14 @@ async fn round_trip(protocol: OtlpProtocol, compression: Option<OtlpCompression>
             "{:?}",
             request.headers
         );
-        // The agent's mark, so that no tracer makes spans of this request (see `crate::own`).
+        // The agent's mark, so that no tracer makes spans of this request (see `crate::capture::own`).
         let user_agent = request
             .headers
             .iter()
             .find(|(k, _)| k == "user-agent")
             .map(|(_, v)| v.as_str());
         assert!(
-            user_agent.is_some_and(|ua| ua.starts_with(&crate::own::user_agent())),
+            user_agent.is_some_and(|ua| ua.starts_with(&crate::capture::own::user_agent())),
             "{:?}",
             request.headers
         );

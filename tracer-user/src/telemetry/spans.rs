@@ -10,14 +10,14 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::ids::random_nonzero;
 use crate::intern;
 use crate::model::{
     Attribute, Exchange, ExchangeOutcome, HTTP_METHODS, Header, HttpRequest, Role, SpanKind,
     SpanRecord, SpanStatus, Text,
 };
-use crate::propagation::{TraceContext, trim_ows};
-use crate::redact;
+use crate::protocols::propagation::{TraceContext, trim_ows};
+use crate::telemetry::ids::random_nonzero;
+use crate::telemetry::redact;
 
 /// Longest `url.*` value kept, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
@@ -592,7 +592,7 @@ fn prefix_on_boundary(text: &str, max: usize) -> &str {
 mod tests {
     use super::*;
     use crate::model::{AttrValue, ConnMeta, HttpResponse, HttpVersion};
-    use crate::propagation::ContextSource;
+    use crate::protocols::propagation::ContextSource;
 
     const MONO_START: u64 = 5_000_000_000;
     const OFFSET: i128 = 1_700_000_000_000_000_000;

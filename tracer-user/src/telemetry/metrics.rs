@@ -18,7 +18,7 @@ pub use server::{
 };
 
 /// The kernel programs' counters, summed over CPUs (all monotonic).
-pub use crate::probes::KernelCounters as KernelSnapshot;
+pub use crate::capture::probes::KernelCounters as KernelSnapshot;
 
 /// Everything the agent reports about itself. All fields are monotonic counters unless noted.
 #[derive(Clone, Debug, Default, PartialEq)]

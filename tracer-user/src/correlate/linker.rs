@@ -16,12 +16,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
-use crate::http::RequestStart;
 use crate::idhash::{IdHashMap, IdHashSet};
-use crate::ids::TraceIds;
 use crate::model::{ConnMeta, Role};
-use crate::propagation::{self, TraceContext};
-use crate::spans::new_ids;
+use crate::protocols::http1::RequestStart;
+use crate::protocols::propagation::{self, TraceContext};
+use crate::telemetry::ids::TraceIds;
+use crate::telemetry::spans::new_ids;
 
 /// Why a span has the parent it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -521,9 +521,10 @@ mod tests {
     /// and a header's id is kept as it came.
     #[test]
     fn xray_roots_are_dated_by_their_start_and_children_share_them() {
-        use crate::ids::{IdGenerator, TraceIds};
+        use crate::telemetry::ids::{IdGenerator, TraceIds};
         let boot_unix_s: u64 = 1_800_000_000;
-        let clock = crate::spans::Clock::from_offset(i128::from(boot_unix_s) * 1_000_000_000);
+        let clock =
+            crate::telemetry::spans::Clock::from_offset(i128::from(boot_unix_s) * 1_000_000_000);
         let mut l = Linker::default();
         l.set_trace_ids(TraceIds::new(IdGenerator::Xray, &clock));
         let r = request(&[]);

@@ -167,7 +167,7 @@ fn with_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{AgentSnapshot, serve};
+    use crate::telemetry::metrics::{AgentSnapshot, serve};
     use std::sync::PoisonError;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;

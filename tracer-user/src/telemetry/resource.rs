@@ -7,7 +7,7 @@
 //!
 //! `process.command_line` is only exported when asked for ([`CommandLine::Redacted`]):
 //! arguments carry passwords and tokens, so even then their secret-looking values are redacted
-//! (see [`crate::redact`]). By default the process is described by `process.executable.name`
+//! (see [`crate::telemetry::redact`]). By default the process is described by `process.executable.name`
 //! and `process.executable.path`.
 
 use std::collections::HashMap;
@@ -66,7 +66,7 @@ pub type PidMap = Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>;
 /// eighth of the entries is evicted (and counted).
 pub struct ResourceCache {
     /// Pod metadata when running on a Kubernetes node.
-    pods: Option<crate::k8s::PodMetadata>,
+    pods: Option<crate::telemetry::k8s::PodMetadata>,
     /// Whether resources carry a (redacted) `process.command_line`.
     command_line: CommandLine,
     proc_root: PathBuf,
@@ -126,7 +126,7 @@ impl ResourceCache {
 
     /// The resource of `pid`, discovered on first use.
     /// Adds Kubernetes pod attributes (and the pod's service.name rule) to every resource.
-    pub fn with_pods(mut self, pods: Option<crate::k8s::PodMetadata>) -> Self {
+    pub fn with_pods(mut self, pods: Option<crate::telemetry::k8s::PodMetadata>) -> Self {
         self.pods = pods;
         self
     }
@@ -150,7 +150,7 @@ impl ResourceCache {
             // The caller saw the process now: also notice an exec since it was read.
             Some(_) => self
                 .proc_pid(pid)
-                .and_then(|p| crate::proc_identity::exe_id(&self.proc_root, p)),
+                .and_then(|p| crate::telemetry::proc_identity::exe_id(&self.proc_root, p)),
             None => None,
         };
         if let Some(entry) = self.entries.get_mut(&pid) {
@@ -191,10 +191,11 @@ impl ResourceCache {
             }
         }
         let resource = Arc::new(resource);
-        let start_time =
-            start_time.or_else(|| crate::proc_identity::start_time(&self.proc_root, pid));
-        let exe =
-            exe.or_else(|| proc_pid.and_then(|p| crate::proc_identity::exe_id(&self.proc_root, p)));
+        let start_time = start_time
+            .or_else(|| crate::telemetry::proc_identity::start_time(&self.proc_root, pid));
+        let exe = exe.or_else(|| {
+            proc_pid.and_then(|p| crate::telemetry::proc_identity::exe_id(&self.proc_root, p))
+        });
         let entry = CacheEntry {
             resource: Arc::clone(&resource),
             last_used: self.clock,
@@ -298,7 +299,11 @@ pub fn discover(proc_root: &Path, pid: u32, host_name: &str) -> ProcessResource 
 
 /// Pod attributes join the resource; the pod's name hint (label, workload, container) replaces
 /// the executable-name fallback, never a name the process gave itself.
-fn merge_pod(resource: &mut ProcessResource, pod: crate::k8s::PodAttributes, named_by_env: bool) {
+fn merge_pod(
+    resource: &mut ProcessResource,
+    pod: crate::telemetry::k8s::PodAttributes,
+    named_by_env: bool,
+) {
     if !named_by_env && let Some(hint) = pod.service_name_hint {
         resource.service_name = hint.clone();
         if let Some((_, v)) = resource
@@ -550,7 +555,7 @@ fn command_line(raw: &[u8]) -> String {
         .split(|b| *b == 0)
         .map(|arg| String::from_utf8_lossy(arg).into_owned())
         .collect();
-    let text = crate::redact::command_line_args(&args).join(" ");
+    let text = crate::telemetry::redact::command_line_args(&args).join(" ");
     truncate(text.trim_end().to_string(), MAX_COMMAND_LINE_BYTES)
 }
 

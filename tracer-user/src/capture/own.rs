@@ -171,11 +171,11 @@ pub fn kernel_dev(st_dev: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connections::TableLimits;
-    use crate::decode::{KernelEvent, RecordHeader};
+    use crate::capture::decode::{KernelEvent, RecordHeader};
+    use crate::correlate::connections::TableLimits;
     use crate::model::{Direction, ExportItem, HttpVersion, Role};
     use crate::pipeline::{Pipeline, PipelineOptions, PipelineStats};
-    use crate::spans::Clock;
+    use crate::telemetry::spans::Clock;
 
     fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> HttpRequest {
         HttpRequest {

@@ -3,8 +3,8 @@
 
 use crate::idhash::IdHashMap;
 
-use crate::http::{HttpConnection, HttpLimits, HttpStats};
 use crate::model::{ConnMeta, Exchange, Role};
+use crate::protocols::http1::{HttpConnection, HttpLimits, HttpStats};
 
 /// Bounds of the table.
 #[derive(Clone, Copy, Debug)]

@@ -235,8 +235,9 @@ impl PodMetadata {
         node_name: String,
         backoff: Box<dyn Backoff>,
     ) -> Result<PodMetadata, K8sError> {
-        // The agent's mark: no tracer makes spans of its API watch (see `crate::own`).
-        if let Ok(mark) = reqwest::header::HeaderValue::from_str(&crate::own::user_agent()) {
+        // The agent's mark: no tracer makes spans of its API watch (see `crate::capture::own`).
+        if let Ok(mark) = reqwest::header::HeaderValue::from_str(&crate::capture::own::user_agent())
+        {
             config.headers.push((reqwest::header::USER_AGENT, mark));
         }
         info!(cluster = %config.cluster_url, node = %node_name, "watching pods of this node");

@@ -214,7 +214,7 @@ const MAX_ARENA_BYTES: usize = 1024;
 fn kept_value<'a>(header: &httparse::Header<'a>, limits: &HttpLimits) -> &'a [u8] {
     // A Host userinfo is dropped before the cut, which could drop its `@` and keep it.
     let value = if header.name.eq_ignore_ascii_case("host") {
-        crate::redact::authority_bytes_without_userinfo(header.value)
+        crate::telemetry::redact::authority_bytes_without_userinfo(header.value)
     } else {
         header.value
     };
@@ -285,7 +285,7 @@ fn header_name(name: &str) -> Text {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::framing::ContentLength;
+    use crate::protocols::http1::framing::ContentLength;
 
     fn complete(bytes: &[u8], kind: MessageKind, limits: &HttpLimits) -> (ParsedHead, usize) {
         match parse_head(bytes, kind, limits) {

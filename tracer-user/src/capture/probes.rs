@@ -14,7 +14,7 @@ use aya::{
 };
 use tracer_common::{Config, ConnState, MAX_CAPTURE, conn_key, counter, role};
 
-use crate::own::PidIdentity;
+use crate::capture::own::PidIdentity;
 
 /// The eBPF object built by `build.rs` (empty when the eBPF toolchain was missing at build time).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -250,7 +250,7 @@ pub struct Probes {
     /// The agent runs in a child pid namespace: pids it is given are pids of that namespace.
     namespaced_pids: bool,
     /// Walks the kernel connection table in the background (none when it could not start).
-    census: Option<crate::census::Census>,
+    census: Option<crate::capture::census::Census>,
     /// Optional tracepoints that attached on this kernel.
     optional_attached: u64,
 }
@@ -410,7 +410,10 @@ impl Probes {
         let roots: Vec<u32> = opts
             .pids
             .iter()
-            .map(|pid| crate::proctree::thread_group_of(Path::new("/proc"), *pid).unwrap_or(*pid))
+            .map(|pid| {
+                crate::correlate::proctree::thread_group_of(Path::new("/proc"), *pid)
+                    .unwrap_or(*pid)
+            })
             .collect();
         for pid in &roots {
             probes.add_pid(*pid)?;
@@ -487,7 +490,7 @@ impl Probes {
         // Second handles on the agent's own map fds (dup): opening maps by id would need
         // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
         probes.census = match (probes.map_fd("CONNS"), probes.map_fd("COUNTERS")) {
-            (Some(conns), Some(counters)) => crate::census::Census::start(conns, counters)
+            (Some(conns), Some(counters)) => crate::capture::census::Census::start(conns, counters)
                 .map_err(|err| tracing::warn!(%err, "kernel connection table census not started"))
                 .ok(),
             _ => None,
@@ -496,7 +499,7 @@ impl Probes {
         // workers): the fork tracepoint follows children forked from now on, this walk those
         // already running. After attaching, so no child is forked unseen in between.
         if opts.follow_forks && !roots.is_empty() {
-            let existing = crate::proctree::descendants(Path::new("/proc"), &roots);
+            let existing = crate::correlate::proctree::descendants(Path::new("/proc"), &roots);
             for pid in &existing {
                 if let Err(err) = probes.add_pid(*pid) {
                     tracing::warn!(pid, %err, "could not follow an existing child");
@@ -586,7 +589,9 @@ impl Probes {
     /// `None` when the agent runs in the host's pid namespace (the same number). In a child pid
     /// namespace, the kernel-filled `NS_PIDS` table; a process without an entry (outside the
     /// namespace) cannot be read from `/proc` at all.
-    pub fn proc_pid_map(&mut self) -> Result<Option<crate::resource::PidMap>, ProbeError> {
+    pub fn proc_pid_map(
+        &mut self,
+    ) -> Result<Option<crate::telemetry::resource::PidMap>, ProbeError> {
         if !self.namespaced_pids {
             return Ok(None);
         }
@@ -608,7 +613,7 @@ impl Probes {
     /// one of the agent's own connections, by the kernel's `AGENT_ENDPOINTS` and the same rule
     /// as `filter::mirrors_agent`: for connections whose peer the kernel did not see at accept
     /// (`accept(fd, NULL, NULL)`, an accept already blocked when the probes attached).
-    pub fn agent_mirror_check(&mut self) -> Result<crate::own::MirrorCheck, ProbeError> {
+    pub fn agent_mirror_check(&mut self) -> Result<crate::capture::own::MirrorCheck, ProbeError> {
         let map = self
             .ebpf
             .take_map("AGENT_ENDPOINTS")

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use crate::probes::ProbeError;
+use crate::capture::probes::ProbeError;
 
 /// Capability numbers (linux/capability.h).
 pub mod cap {

@@ -204,7 +204,7 @@ impl JobOwners {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::pods::{ContainerEntry, ControllerRef};
+    use crate::telemetry::k8s::pods::{ContainerEntry, ControllerRef};
 
     fn id(n: char) -> ContainerId {
         ContainerId::parse(&n.to_string().repeat(64)).unwrap_or_else(|| panic!("bad id"))

@@ -15,8 +15,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::correlate::linker::Threads;
 use crate::idhash::IdHashMap;
-use crate::linker::Threads;
 
 /// Default number of processes remembered.
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -319,7 +319,7 @@ impl RuntimeCache {
     }
 
     fn exe_id(&self, proc_pid: Option<u32>) -> Option<ExeId> {
-        crate::proc_identity::exe_id(&self.proc_root, proc_pid?)
+        crate::telemetry::proc_identity::exe_id(&self.proc_root, proc_pid?)
     }
 
     /// The process `pid` (named `proc_pid` under the agent's /proc, `None` when it cannot be
@@ -341,8 +341,8 @@ impl RuntimeCache {
         match self.entries.get(&pid) {
             Some(entry) => entry.threads,
             None => {
-                let start_time =
-                    proc_pid.and_then(|p| crate::proc_identity::start_time(&self.proc_root, p));
+                let start_time = proc_pid
+                    .and_then(|p| crate::telemetry::proc_identity::start_time(&self.proc_root, p));
                 let exe = self.exe_id(proc_pid);
                 self.inspect(pid, proc_pid, start_time, exe)
             }

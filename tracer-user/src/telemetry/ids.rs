@@ -4,7 +4,7 @@
 
 use rand::Rng;
 
-use crate::spans::Clock;
+use crate::telemetry::spans::Clock;
 
 /// How the trace id of a trace the tracer starts is made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

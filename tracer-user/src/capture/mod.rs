@@ -1,0 +1,11 @@
+//! Capture: loading and attaching the eBPF programs, turning kernel records into typed events in
+//! order, and the socket and process facts the kernel cannot give (sniffed connections, the agent's
+//! own footprint).
+
+pub mod census;
+pub mod decode;
+pub mod own;
+pub mod privilege;
+pub mod probes;
+pub mod procnet;
+pub mod reorder;

@@ -1,0 +1,7 @@
+//! Correlation: the table of traced connections, parent links with and without headers, and the
+//! per-process facts (thread model, process tree) that decide which links are safe.
+
+pub mod connections;
+pub mod linker;
+pub mod proctree;
+pub mod runtime;

@@ -1,0 +1,5 @@
+//! Protocols: one transform per wire protocol from captured bytes to exchanges (HTTP/1.x, HTTP/2),
+//! and the trace context requests carry (propagation).
+
+pub mod http1;
+pub mod propagation;
