@@ -14,6 +14,7 @@ pub mod capture {
 #[path = "../../tracer-user/src/protocols"]
 pub mod protocols {
     pub mod http1;
+    pub mod http2;
     pub mod propagation;
 }
 

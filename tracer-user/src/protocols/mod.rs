@@ -2,4 +2,5 @@
 //! and the trace context requests carry (propagation).
 
 pub mod http1;
+pub mod http2;
 pub mod propagation;
