@@ -3,6 +3,7 @@
 //! stream. See [`events`] for the contract between the two.
 
 pub mod events;
+pub mod hpack;
 
 pub use events::{
     H2Direction, H2Event, H2Limits, H2WireStats, PREFACE, looks_like_h2_frames, starts_with_preface,
