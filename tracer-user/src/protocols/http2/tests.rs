@@ -688,3 +688,23 @@ fn the_fuzz_harness_runs_its_seeds_shapes() {
     fuzz_entry(&[0b100, 5, 0x81, 0, 0, 0, 1]);
     fuzz_entry(&[]);
 }
+
+/// The committed fuzz seeds run through both harnesses on stable (the fuzz pass needs nightly).
+#[test]
+fn the_fuzz_seeds_pass_their_harnesses() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    for (target, entry) in [
+        ("h2_frames", fuzz_entry as fn(&[u8])),
+        ("hpack", hpack::fuzz_entry as fn(&[u8])),
+    ] {
+        let dir = seeds.join(target);
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert!(files.len() >= 5, "{target}: {} seeds", files.len());
+        for file in files {
+            entry(&std::fs::read(&file).unwrap());
+        }
+    }
+}

@@ -364,5 +364,51 @@ impl Decoder {
     }
 }
 
+/// Fuzzing harness: `data` is a series of header blocks for one decoder; checks that nothing
+/// panics and that lists and memory stay within their bounds.
+///
+/// Layout: byte 0 picks the setup (bit 0: table known, bit 1: tiny bounds); then blocks, each
+/// a length byte and that many bytes (fewer if the script ends). A block that fails to decode
+/// makes the decoder lose track, as the wire layer does.
+#[doc(hidden)]
+pub fn fuzz_entry(data: &[u8]) {
+    let Some((&setup, mut script)) = data.split_first() else {
+        return;
+    };
+    let (max_table, max_list) = if setup & 2 != 0 {
+        (96, 80)
+    } else {
+        (64 * 1024, 64 * 1024)
+    };
+    let mut decoder = Decoder::new(max_table, setup & 1 != 0);
+    while let Some((&len, rest)) = script.split_first() {
+        let (block, rest) = rest.split_at(usize::from(len).min(rest.len()));
+        script = rest;
+        match decoder.decode(block, max_list) {
+            Ok(decoded) => {
+                let list: usize = decoded
+                    .fields
+                    .iter()
+                    .map(|h| h.name.len() + h.value.len() + ENTRY_OVERHEAD)
+                    .sum();
+                assert!(list <= max_list, "list over its bound");
+                assert!(
+                    decoded.fields.len() + decoded.undecoded as usize <= block.len(),
+                    "more fields than representations"
+                );
+            }
+            Err(_) => decoder.lose_track(),
+        }
+        assert!(decoder.table.size() <= max_table, "table over its bound");
+        assert!(
+            decoder.memory_bytes()
+                <= 8 * max_table
+                    + 1024
+                    + KEPT_PENDING_FIELDS * std::mem::size_of::<(Text, Value)>(),
+            "memory over its bound"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests;

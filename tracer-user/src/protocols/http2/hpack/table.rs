@@ -176,7 +176,6 @@ impl DynamicTable {
     }
 
     /// Size as RFC 7541 counts it.
-    #[cfg(test)]
     pub fn size(&self) -> usize {
         self.size
     }

@@ -308,3 +308,22 @@ fn names_are_static_when_known() {
     ));
     assert_eq!(decoded.fields[0].value, "0");
 }
+
+#[test]
+fn the_fuzz_harness_accepts_rfc_blocks() {
+    let mut script = vec![1u8];
+    for block in [
+        "828684410f7777772e6578616d706c652e636f6d",
+        "828684be58086e6f2d6361636865",
+        "ff",
+        "be",
+    ] {
+        let block = hex(block);
+        script.push(block.len() as u8);
+        script.extend_from_slice(&block);
+    }
+    fuzz_entry(&script);
+    script[0] = 2;
+    fuzz_entry(&script);
+    fuzz_entry(&[]);
+}
