@@ -8,6 +8,8 @@ pub mod frame;
 pub mod hpack;
 
 #[cfg(test)]
+mod interop_tests;
+#[cfg(test)]
 mod tests;
 
 pub use direction::fuzz_entry;
