@@ -26,6 +26,7 @@ const CODE_LENGTHS: [u8; 257] = [
     30,
 ];
 
+const MIN_LEN: usize = 5;
 const MAX_LEN: usize = 30;
 const EOS: u16 = 256;
 
@@ -39,6 +40,11 @@ struct Canonical {
     offset: [u16; MAX_LEN + 1],
     /// Symbols ordered by (length, symbol).
     symbols: [u16; 257],
+    /// Exclusive bound of the codes of each length, left-justified to `MAX_LEN` bits: a window
+    /// below it starts with a code of at most that length.
+    limit: [u32; MAX_LEN + 1],
+    /// Codes of at most 8 bits by the window's top byte: `len << 8 | symbol`, 0 when longer.
+    short: [u16; 256],
 }
 
 const fn canonical() -> Canonical {
@@ -60,6 +66,12 @@ const fn canonical() -> Canonical {
         index += count[len] as u16;
         len += 1;
     }
+    let mut limit = [0u32; MAX_LEN + 1];
+    let mut len = 1;
+    while len <= MAX_LEN {
+        limit[len] = (first[len] + count[len]) << (MAX_LEN - len);
+        len += 1;
+    }
     let mut next = offset;
     let mut symbols = [0u16; 257];
     let mut s = 0;
@@ -69,11 +81,29 @@ const fn canonical() -> Canonical {
         next[len] += 1;
         s += 1;
     }
+    let mut short = [0u16; 256];
+    let mut len = MIN_LEN;
+    while len <= 8 {
+        let mut rank = 0;
+        while rank < count[len] {
+            let symbol = symbols[offset[len] as usize + rank as usize];
+            let base = ((first[len] + rank) << (8 - len)) as usize;
+            let mut suffix = 0;
+            while suffix < 1 << (8 - len) {
+                short[base + suffix] = ((len as u16) << 8) | symbol;
+                suffix += 1;
+            }
+            rank += 1;
+        }
+        len += 1;
+    }
     Canonical {
         first,
         count,
         offset,
         symbols,
+        limit,
+        short,
     }
 }
 
@@ -89,35 +119,62 @@ pub enum HuffmanError {
 }
 
 /// Appends the decoding of `input` to `out`; on error `out` keeps whatever was appended.
+///
+/// Reads through a 64-bit window: codes of at most 8 bits (every letter, digit and common
+/// punctuation) come from a 256-entry table of the top byte; longer ones by the first length whose
+/// left-justified limit exceeds the window's top 30 bits (canonical codes ascend with their
+/// length).
 pub fn decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), HuffmanError> {
     let tables = &TABLES;
-    let mut code = 0u32;
-    let mut len = 0usize;
-    for &byte in input {
-        for shift in (0..8).rev() {
-            code = (code << 1) | u32::from((byte >> shift) & 1);
-            len += 1;
-            let rank = code.wrapping_sub(tables.first[len]);
-            if rank < tables.count[len] {
-                let symbol = tables.symbols[usize::from(tables.offset[len]) + rank as usize];
-                if symbol == EOS {
-                    return Err(HuffmanError::Eos);
-                }
-                out.push(symbol as u8);
-                code = 0;
-                len = 0;
-            } else if len == MAX_LEN {
-                // Unreachable for a complete code (every 30-bit string has a code as prefix),
-                // kept so a table mistake cannot index out of bounds.
-                return Err(HuffmanError::Eos);
-            }
+    let mut acc = 0u64;
+    let mut nbits = 0usize;
+    let mut pos = 0usize;
+    loop {
+        while nbits <= 56 {
+            let Some(&byte) = input.get(pos) else { break };
+            acc |= u64::from(byte) << (56 - nbits);
+            nbits += 8;
+            pos += 1;
         }
+        if nbits == 0 {
+            return Ok(());
+        }
+        let short = tables.short[(acc >> 56) as usize];
+        let short_len = usize::from(short >> 8);
+        if short_len != 0 && short_len <= nbits {
+            out.push(short as u8);
+            acc <<= short_len;
+            nbits -= short_len;
+            continue;
+        }
+        let window = (acc >> (64 - MAX_LEN)) as u32;
+        let mut len = MIN_LEN;
+        while len < MAX_LEN && window >= tables.limit[len] {
+            len += 1;
+        }
+        if len > nbits {
+            // The input ends inside a code: the rest must be a prefix of EOS (all ones),
+            // shorter than a byte.
+            let rest = (acc >> (64 - nbits)) as u32;
+            if nbits > 7 || rest != (1u32 << nbits) - 1 {
+                return Err(HuffmanError::BadPadding);
+            }
+            return Ok(());
+        }
+        let rank = (window >> (MAX_LEN - len)).wrapping_sub(tables.first[len]);
+        if rank >= tables.count[len] {
+            // Unreachable for a complete code, kept so a table mistake cannot index out of
+            // bounds.
+            return Err(HuffmanError::Eos);
+        }
+        let symbol = tables.symbols[usize::from(tables.offset[len]) + rank as usize];
+        if symbol == EOS {
+            return Err(HuffmanError::Eos);
+        }
+        out.push(symbol as u8);
+        acc <<= len;
+        nbits -= len;
     }
-    // The rest must be a prefix of EOS (all ones), shorter than a byte.
-    if len > 7 || code != (1u32 << len) - 1 {
-        return Err(HuffmanError::BadPadding);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -194,6 +251,38 @@ mod tests {
             decode(&hex(encoded), &mut out).unwrap();
             assert_eq!(out, text.as_bytes());
         }
+    }
+
+    /// Encodes `bytes` with the canonical codes, padded with ones.
+    fn encode(bytes: &[u8]) -> Vec<u8> {
+        let (mut acc, mut nbits, mut out) = (0u64, 0usize, Vec::new());
+        for &byte in bytes {
+            let (code, len) = code_of(usize::from(byte));
+            acc = (acc << len) | u64::from(code);
+            nbits += len;
+            while nbits >= 8 {
+                out.push((acc >> (nbits - 8)) as u8);
+                nbits -= 8;
+            }
+        }
+        if nbits > 0 {
+            out.push(((acc << (8 - nbits)) | ((1 << (8 - nbits)) - 1)) as u8);
+        }
+        out
+    }
+
+    #[test]
+    fn every_symbol_decodes_alone_and_in_sequence() {
+        let all: Vec<u8> = (0..=255).collect();
+        for &byte in &all {
+            let mut out = Vec::new();
+            decode(&encode(&[byte]), &mut out).unwrap();
+            assert_eq!(out, [byte]);
+        }
+        let mixed: Vec<u8> = all.iter().chain(all.iter().rev()).copied().collect();
+        let mut out = Vec::new();
+        decode(&encode(&mixed), &mut out).unwrap();
+        assert_eq!(out, mixed);
     }
 
     #[test]

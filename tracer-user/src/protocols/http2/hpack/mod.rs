@@ -328,6 +328,12 @@ impl Decoder {
             self.lookup_name(name_index)
         };
         let (huffman, raw) = read_string(block, pos)?;
+        if out.values.capacity() == 0 {
+            // One buffer for every value of the block: the rest of the block bounds them
+            // (a Huffman code is at least 5 bits per byte).
+            let rest = block.len() - *pos + raw.len();
+            out.values.reserve(rest * 8 / 5 + 1);
+        }
         let value = decode_string(huffman, raw, &mut out.values);
         if insert {
             let value_len = value.map_or(raw.len(), |(start, end)| end - start);
