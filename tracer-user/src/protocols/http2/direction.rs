@@ -190,6 +190,16 @@ impl H2Direction {
         }
     }
 
+    /// Records of this direction were lost before the next one (dropped by the kernel, unknown
+    /// length): the frame boundary and any header block in flight are lost. Desyncs (emitting
+    /// `Desync`) unless already resynchronising; the next record that starts a plausible run
+    /// of frames resyncs.
+    pub fn on_records_lost(&mut self, ts_ns: u64, out: &mut Vec<H2Event>) {
+        if self.state != State::Desynced {
+            self.desync(Ctx { tid: 0, ts_ns }, out);
+        }
+    }
+
     /// SETTINGS_HEADER_TABLE_SIZE announced by the receiver of this direction (capped at
     /// `max_table_bytes`).
     pub fn set_max_table_size(&mut self, bytes: u32) {
@@ -583,7 +593,8 @@ impl H2Direction {
 /// Layout: byte 0 picks the setup (bit 0: expect the preface, bit 1: table known, bit 2: tiny
 /// limits). Then records: a length byte `n`, a gap byte `g` (`g * 16` uncaptured bytes when its
 /// bit 7 is clear, `(g & 0x7f) * 4096` when set), then `n` captured bytes (fewer if the script
-/// ends). A `0xff` length byte sets the next table size from the following byte (`* 256`).
+/// ends). A `0xff` length byte sets the table size from the following byte (`* 256`), `0xfe`
+/// reports records lost.
 #[doc(hidden)]
 pub fn fuzz_entry(data: &[u8]) {
     let Some((&setup, mut script)) = data.split_first() else {
@@ -603,6 +614,11 @@ pub fn fuzz_entry(data: &[u8]) {
     let mut ts = 0u64;
     while let Some((&n, rest)) = script.split_first() {
         ts += 1;
+        if n == 0xfe {
+            direction.on_records_lost(ts, &mut out);
+            script = rest;
+            continue;
+        }
         if n == 0xff {
             let Some((&size, rest)) = rest.split_first() else {
                 break;

@@ -708,3 +708,41 @@ fn the_fuzz_seeds_pass_their_harnesses() {
         }
     }
 }
+
+#[test]
+fn lost_records_desync_until_a_run_of_frames() {
+    let first = frame(HEADERS, FLAG_END_HEADERS, 1, &request_block()[..6]);
+    let mut direction = client_without_preface();
+    let mut out = Vec::new();
+    // The block is still collecting when records are lost: it is reported lost.
+    direction.feed(
+        &first[..first.len() - 2],
+        first.len() as u32 - 2,
+        1,
+        1,
+        &mut out,
+    );
+    direction.on_records_lost(2, &mut out);
+    assert_eq!(
+        out,
+        vec![
+            H2Event::Desync { ts_ns: 2 },
+            H2Event::HeadersLost {
+                stream_id: 1,
+                ts_ns: 2
+            },
+        ]
+    );
+    assert!(!direction.in_sync());
+    // Losing more while resynchronising adds nothing; a record of frames resyncs.
+    out.clear();
+    direction.on_records_lost(3, &mut out);
+    assert!(out.is_empty());
+    let next = frame(HEADERS, FLAG_END_HEADERS, 3, &hex("82 86 84"));
+    direction.feed(&next, next.len() as u32, 1, 4, &mut out);
+    assert_eq!(
+        fields(&out[0]),
+        pairs(&[(":method", "GET"), (":scheme", "http"), (":path", "/")])
+    );
+    assert_eq!(direction.stats().desyncs, 1);
+}
