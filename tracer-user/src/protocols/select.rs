@@ -86,6 +86,12 @@ impl ProtocolConnection {
                     _ => None,
                 };
                 if let Some(from_start) = h2 {
+                    // Whoever writes the preface is the client.
+                    let role = match (role, preface, dir) {
+                        (None, true, Direction::Egress) => Some(Role::Client),
+                        (None, true, Direction::Ingress) => Some(Role::Server),
+                        (role, _, _) => role,
+                    };
                     self.http1_before = http1.stats().clone();
                     self.proto = Proto::Http2(Box::new(Http2Connection::new(
                         role,
@@ -210,7 +216,8 @@ mod tests {
             c.on_record(dir, PREFACE, 24, 1, 1, &mut out);
             assert!(c.is_http2(), "{role:?}");
             assert_eq!(c.http2_stats().map(|s| s.connections), Some(1));
-            assert_eq!(c.role(), role);
+            // An adopted connection whose preface is seen: the writer is the client.
+            assert_eq!(c.role(), role.or(Some(Role::Client)));
         }
         let mut c = ProtocolConnection::new(
             Some(Role::Server),
@@ -230,5 +237,6 @@ mod tests {
         c.on_record(Direction::Ingress, b"", 100, 1, 1, &mut out);
         c.on_record(Direction::Ingress, PREFACE, 24, 1, 2, &mut out);
         assert!(c.is_http2());
+        assert_eq!(c.role(), Some(Role::Server));
     }
 }

@@ -652,6 +652,153 @@ fn kept_response_fields(fields: Vec<Header>) -> Vec<Header> {
 /// The gRPC status trailer (or trailers-only response header).
 pub const GRPC_STATUS: &str = "grpc-status";
 
+/// Fuzzing harness of the exchange layer: interprets `data` as a script of wire events on one
+/// connection and checks its invariants (open streams bounded, one exchange per stream id at
+/// most, sane timestamps, nothing invented: a response only with a `:status`).
+///
+/// Layout: byte 0 picks the role (`% 3`: unknown, server, client) and, with bit 7, a bound of 4
+/// open streams. Then operations of two bytes `op, arg`: direction `op & 1`, kind `(op >> 1) % 8`
+/// (request-like headers, response-like headers, DATA, RST_STREAM, GOAWAY, lost block, desync,
+/// close/expire/loss), stream id `arg % 16` (request heads: above the last one unless `arg` has
+/// bit 7), flags from the high bits of `op`.
+#[doc(hidden)]
+pub fn fuzz_entry(data: &[u8]) {
+    let Some((&setup, mut script)) = data.split_first() else {
+        return;
+    };
+    let role = match setup % 3 {
+        0 => None,
+        1 => Some(Role::Server),
+        _ => Some(Role::Client),
+    };
+    let limits = Http2Limits {
+        max_open_streams: if setup & 0x80 != 0 { 4 } else { 1024 },
+        ..Http2Limits::default()
+    };
+    let mut conn = Http2Connection::new(role, limits, setup & 0x40 != 0);
+    let mut out = Vec::new();
+    let mut ts = 0u64;
+    let mut last_request_id = 0u32;
+    let field = |name: &'static str, value: &'static str| Header {
+        name: Text::Static(name),
+        value: Bytes::from_static(value.as_bytes()),
+    };
+    while let [op, arg, rest @ ..] = script {
+        script = rest;
+        ts += 1;
+        let dir = if op & 1 == 0 {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let stream_id = u32::from(*arg % 16);
+        let end_stream = op & 0x80 != 0;
+        let event = match (op >> 1) % 8 {
+            0 => {
+                let stream_id = if arg & 0x80 == 0 {
+                    last_request_id + 1 + u32::from(arg % 3)
+                } else {
+                    stream_id
+                };
+                last_request_id = last_request_id.max(stream_id);
+                let mut fields = vec![field(":method", "POST")];
+                if op & 0x60 != 0x60 {
+                    fields.push(field(":path", "/a.B/C"));
+                }
+                if op & 0x20 != 0 {
+                    fields.push(field("content-type", "application/grpc"));
+                }
+                H2Event::Headers {
+                    stream_id,
+                    end_stream,
+                    fields,
+                    undecoded: 0,
+                    truncated: false,
+                    ts_ns: ts,
+                    tid: 1,
+                }
+            }
+            1 => {
+                let status = ["100", "200", "503", "2x0"][usize::from(*arg >> 6)];
+                let mut fields = Vec::new();
+                if op & 0x40 != 0 {
+                    fields.push(field(":status", status));
+                }
+                if op & 0x20 != 0 {
+                    fields.push(field("grpc-status", "5"));
+                }
+                H2Event::Headers {
+                    stream_id,
+                    end_stream,
+                    fields,
+                    undecoded: 0,
+                    truncated: false,
+                    ts_ns: ts,
+                    tid: 2,
+                }
+            }
+            2 => H2Event::Data {
+                stream_id,
+                len: u32::from(*arg),
+                end_stream,
+                ts_ns: ts,
+                tid: 3,
+            },
+            3 => H2Event::RstStream {
+                stream_id,
+                error_code: u32::from(*arg >> 4),
+                ts_ns: ts,
+                tid: 4,
+            },
+            4 => H2Event::GoAway {
+                last_stream_id: stream_id,
+                error_code: 0,
+                ts_ns: ts,
+            },
+            5 => H2Event::HeadersLost {
+                stream_id,
+                ts_ns: ts,
+            },
+            6 => H2Event::Desync { ts_ns: ts },
+            _ => {
+                match arg % 3 {
+                    0 => conn.on_close(ts, &mut out),
+                    1 => conn.on_expire(ts, &mut out),
+                    _ => {
+                        conn.on_loss(&mut out);
+                    }
+                }
+                continue;
+            }
+        };
+        conn.on_events(dir, &mut vec![event], &mut out);
+        assert!(
+            conn.pending_requests() <= limits.max_open_streams,
+            "open streams past the bound"
+        );
+        let _ = conn.take_discarded();
+    }
+    conn.on_close(ts + 1, &mut out);
+    let mut seen = std::collections::HashSet::new();
+    for exchange in &out {
+        assert!(
+            seen.insert(exchange.sequence),
+            "two exchanges of one stream"
+        );
+        assert!(
+            exchange.start_ns <= exchange.end_ns,
+            "ends before it starts"
+        );
+        assert!(exchange.start_ns <= exchange.request_end_ns);
+        if let Some(response) = &exchange.response {
+            assert!(
+                response.status >= 200,
+                "interim status kept as the response"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "exchange_tests.rs"]
 mod tests;
