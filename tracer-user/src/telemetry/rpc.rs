@@ -116,7 +116,8 @@ pub fn grpc_attributes(
     }
     server_endpoint(input, out);
     peer_attributes(input.conn, out);
-    let (status, error_type) = match grpc_status(exchange) {
+    let code = grpc_status(exchange);
+    let (error, error_type) = match code {
         Some(code) => {
             let name = status_name(code);
             out.push(Attribute::str(RPC_RESPONSE_STATUS_CODE, name));
@@ -134,8 +135,8 @@ pub fn grpc_attributes(
     if let Some(error_type) = error_type {
         out.push(Attribute::str("error.type", error_type));
     }
-    let status = if status {
-        let description = match (grpc_status(exchange), exchange.outcome) {
+    let status = if error {
+        let description = match (code, exchange.outcome) {
             (None, outcome) if outcome != ExchangeOutcome::Complete => outcome_class(outcome).1,
             (None, _) => "no grpc-status",
             (Some(_), _) => "",

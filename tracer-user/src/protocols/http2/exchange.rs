@@ -337,9 +337,8 @@ impl Http2Connection {
             } => {
                 self.learn_role(dir, &fields);
                 match self.side(dir) {
-                    Some(Side::Request) => {
-                        self.request_headers(stream_id, end_stream, fields, ts_ns, tid)
-                    }
+                    // The request's END_STREAM changes nothing: the exchange ends with its response.
+                    Some(Side::Request) => self.request_headers(stream_id, fields, ts_ns, tid),
                     Some(Side::Response) => {
                         self.response_headers(stream_id, end_stream, fields, ts_ns, tid, out)
                     }
@@ -461,15 +460,7 @@ impl Http2Connection {
         }
     }
 
-    fn request_headers(
-        &mut self,
-        stream_id: u32,
-        end_stream: bool,
-        fields: Vec<Header>,
-        ts_ns: u64,
-        tid: u32,
-    ) {
-        let _ = end_stream;
+    fn request_headers(&mut self, stream_id: u32, fields: Vec<Header>, ts_ns: u64, tid: u32) {
         if let Some(stream) = self.streams.get_mut(&stream_id) {
             // Request trailers: nothing of them is kept.
             stream.request_end_ns = ts_ns;
