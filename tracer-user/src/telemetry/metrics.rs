@@ -769,6 +769,16 @@ fn http2_families(h: &crate::protocols::http2::Http2Stats) -> Vec<Family> {
             vec![Sample::plain(w.bytes_skipped)],
         ),
         Family::counter(
+            "tracer_http2_header_blocks_too_large_total",
+            "HTTP/2 header blocks given up for exceeding the block bound (also counted as lost).",
+            vec![Sample::plain(w.frames_too_large)],
+        ),
+        Family::counter(
+            "tracer_http2_control_frames_lost_total",
+            "HTTP/2 RST_STREAM, GOAWAY or SETTINGS frames whose payload was not captured.",
+            vec![Sample::plain(w.control_frames_lost)],
+        ),
+        Family::counter(
             "tracer_http2_hpack_table_unknown_total",
             "Times an HPACK dynamic table became unknown (an insert that could not be followed).",
             vec![Sample::plain(w.table_unknown)],
@@ -1171,6 +1181,8 @@ mod tests {
                     desyncs: 516,
                     bytes_skipped: 517,
                     table_unknown: 518,
+                    frames_too_large: 519,
+                    control_frames_lost: 520,
                 },
             },
         }
@@ -1185,7 +1197,7 @@ mod tests {
         let mut want: Vec<f64> = (101..=127)
             .chain(201..=236)
             .chain(301..=325)
-            .chain(501..=518)
+            .chain(501..=520)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
