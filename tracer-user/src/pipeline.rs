@@ -634,6 +634,10 @@ pub fn needs_proc(role: Option<Role>, peer: Option<std::net::SocketAddr>) -> boo
 }
 
 #[cfg(test)]
+#[path = "pipeline_h2_tests.rs"]
+mod h2_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Direction;
