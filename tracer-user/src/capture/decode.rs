@@ -142,6 +142,47 @@ fn header_at(b: &[u8]) -> RecordHeader {
     }
 }
 
+/// Logs the shape of a data record at TRACE level (target `tracer::records`): its connection,
+/// direction, lengths, and its first 9 bytes read as an HTTP/2 frame header (length, type,
+/// flags; numbers only, no payload). For tests and for debugging the kernel's capture.
+pub fn trace_record(event: &KernelEvent<'_>) {
+    if !tracing::enabled!(target: "tracer::records", tracing::Level::TRACE) {
+        return;
+    }
+    if let KernelEvent::Data {
+        header,
+        direction,
+        role,
+        true_len,
+        payload,
+        ..
+    } = event
+    {
+        let (frame_len, frame_type, frame_flags) = match payload.get(..5) {
+            Some(h) if payload.len() >= 9 => (
+                i64::from(u32::from_be_bytes([0, h[0], h[1], h[2]])),
+                i64::from(h[3]),
+                i64::from(h[4]),
+            ),
+            _ => (-1, -1, -1),
+        };
+        tracing::trace!(
+            target: "tracer::records",
+            conn = header.conn_id,
+            tgid = header.tgid,
+            fd = header.fd,
+            direction = ?direction,
+            role = ?role,
+            true_len = *true_len,
+            captured = payload.len(),
+            frame_len,
+            frame_type,
+            frame_flags,
+            "data record"
+        );
+    }
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
     let Some(&kind_byte) = record.first() else {
