@@ -5,6 +5,8 @@ frame) follow them on the wire.
 
   serve --port P --size N         serve until killed; prints "listening P"
   call --port P --calls K         K unary calls on one channel; prints "ok <bytes>" per call
+  burst --port P --calls K       K concurrent unary calls on one channel (their frames share
+                                  writes); prints "ok <bytes>" per call
   hold --port P --calls K --go F  one call on a new channel, prints "first ok", waits until file F
                                   exists, then K more calls on the same connection ("ok <bytes>")
 """
@@ -62,6 +64,14 @@ def call(port, calls):
             print(f"ok {call_once(stub)}", flush=True)
 
 
+def burst(port, calls):
+    with channel(port) as ch:
+        stub = ch.unary_unary(METHOD, request_serializer=identity, response_deserializer=identity)
+        pending = [stub.future(b"burst", timeout=30) for _ in range(calls)]
+        for f in pending:
+            print(f"ok {len(f.result())}", flush=True)
+
+
 def hold(port, calls, go):
     with channel(port) as ch:
         stub = ch.unary_unary(METHOD, request_serializer=identity, response_deserializer=identity)
@@ -78,7 +88,7 @@ def hold(port, calls, go):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["serve", "call", "hold"])
+    parser.add_argument("mode", choices=["serve", "call", "burst", "hold"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--size", type=int, default=100 * 1024)
     parser.add_argument("--calls", type=int, default=1)
@@ -88,6 +98,8 @@ def main():
         serve(args.port, args.size)
     elif args.mode == "call":
         call(args.port, args.calls)
+    elif args.mode == "burst":
+        burst(args.port, args.calls)
     else:
         hold(args.port, args.calls, args.go)
 

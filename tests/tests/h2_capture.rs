@@ -270,3 +270,63 @@ fn grpc_connection_opened_before_the_agent_is_adopted_by_its_frames() {
         summary(&r)
     );
 }
+
+#[test]
+fn concurrent_calls_sharing_writes_keep_every_trailers_frame() {
+    // 200 calls at once on one channel: grpcio writes the frames of many streams with one
+    // sendmsg of hundreds of iovecs, and reads them back in large chunks; the walk covers them
+    // (several runs of the walker) and every call's trailers reach userspace on both ends.
+    const CALLS: usize = 200;
+    let port = free_port();
+    let server = ChildGuard::spawn(
+        "h2_capture_grpc.py serve",
+        grpc_peer("serve", port, &["--size", "1024"]),
+    );
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "the grpcio server did not listen on {port}\n{}",
+        server.output_report()
+    );
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = start_agent(port, metrics);
+    let calls = CALLS.to_string();
+    let mut client = ChildGuard::spawn(
+        "h2_capture_grpc.py burst",
+        grpc_peer("burst", port, &["--calls", &calls]),
+    );
+    let status = client.wait_timeout(WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the grpcio client failed ({status:?})\n{}",
+        client.output_report()
+    );
+    assert_eq!(
+        client
+            .stdout()
+            .lines()
+            .iter()
+            .filter(|l| *l == "ok 1024")
+            .count(),
+        CALLS,
+        "{}",
+        client.output_report()
+    );
+    let seen = wait_until(|| {
+        let r = records(&agent);
+        trailers(&r, "Some(Server)", "Egress").len() >= CALLS
+            && trailers(&r, "Some(Client)", "Ingress").len() >= CALLS
+    });
+    agent.assert_running();
+    let r = records(&agent);
+    let (written, read) = (
+        trailers(&r, "Some(Server)", "Egress").len(),
+        trailers(&r, "Some(Client)", "Ingress").len(),
+    );
+    assert!(
+        seen,
+        "trailers frames at the start of a record: {written} written by the server, {read} read \
+         by the client, of {CALLS}\n{}",
+        summary(&r)
+    );
+    assert_eq!((written, read), (CALLS, CALLS), "no trailers frame twice");
+}

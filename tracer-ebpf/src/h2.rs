@@ -24,10 +24,14 @@ use crate::maps::{
     count, events_output_flags,
 };
 
-/// Steps of one walk (a step is a frame, a piece of a frame, or a move to the next iovec).
+/// Steps of one run of the walker (a step is a frame, a piece of a frame, or a move to the next
+/// iovec): what the verifier checks, iteration by iteration.
 pub const WALK_STEPS: u32 = 128;
-/// Iovecs one walk covers.
-pub const WALK_IOVECS: u64 = 64;
+/// Further runs of the walker (tail calls of itself) one syscall may take: a walk covers at
+/// most `WALK_STEPS * (WALK_ROUNDS + 1)` steps (the kernel allows 33 tail calls in a row).
+pub const WALK_ROUNDS: u64 = 15;
+/// Iovecs one walk covers (the kernel's own limit, UIO_MAXIOV; the steps bound the work).
+pub const WALK_IOVECS: u64 = 1024;
 
 /// What the sniff found at the start of a transfer.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -249,6 +253,13 @@ fn arm_walk<const SYS: u8>(
         (*rec).enter_ns = args.enter_ns;
         (*rec).key = key;
         (*rec).elided = 0;
+        (*rec).split = 0;
+        (*rec).records = 0;
+        (*rec).ring_full = 0;
+        (*rec).sent_cap = 0;
+        (*rec).sent_gap = 0;
+        (*rec).truncated = 0;
+        (*rec).read_failed = 0;
         (*rec).walk = Walk {
             left: (cursor.left & !h2::LEFT_ELIDE) as u64,
             elide: u64::from(cursor.left & h2::LEFT_ELIDE != 0),
@@ -270,6 +281,11 @@ fn arm_walk<const SYS: u8>(
             dir: dir as u64,
             flags: flags as u64,
             armed: 1,
+            p_src: 0,
+            p_len: 0,
+            p_gap: 0,
+            p_split: 0,
+            rounds: 0,
         };
     }
     true
@@ -279,28 +295,58 @@ fn arm_walk<const SYS: u8>(
 /// once instead of once per syscall program): walks the armed syscall, sends its records, and
 /// stores the advanced cursor in the connection's entry.
 ///
-/// The walk's state lives in the per-CPU scratch, not in registers: the verifier then sees the
-/// same state at the top of every iteration whatever path the previous one took, and prunes.
+/// Verifier cost: every iteration of the loop is verified on its own, so the loop body is kept
+/// small: the walk's state lives in the per-CPU scratch (not registers), each step makes at
+/// most one copy through one call site (`keep`, deferred to the start of the next step), and
+/// records are sent from one place (`send`, inside `keep`) with their counters and loss flag
+/// kept in the scratch and applied once at the end.
 #[inline(always)]
-pub fn walk_program() {
+pub fn walk_program(ctx: &TracePointContext) {
     let Some(rec) = H2_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: this CPU's scratch entry, armed by the data program that tail-called us.
-    unsafe {
-        if (*rec).walk.armed == 0 {
+    // SAFETY: this CPU's scratch entry, armed by the data program that tail-called us (1) or
+    // by this program continuing a long walk (2).
+    let (key, armed) = unsafe {
+        let armed = (*rec).walk.armed;
+        if armed == 0 {
             return;
         }
         (*rec).walk.armed = 0;
+        ((*rec).key, armed)
+    };
+    if armed == 1 {
+        let slot = CONNS.get_ptr_mut(&key);
+        // SAFETY: as above; the slot is this connection's entry (read only here).
+        unsafe {
+            (*rec).lost = match slot {
+                Some(s) => (*s).lost as u64,
+                None => 0,
+            };
+            (*rec).lost_initial = (*rec).lost;
+        }
     }
+    let mut stopped = false;
     for _ in 0..WALK_STEPS {
         if step(rec) != 0 {
+            stopped = true;
             break;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        if !stopped && (*rec).walk.rounds < WALK_ROUNDS {
+            // Out of steps: the walk goes on in a fresh run of this program (state in scratch).
+            (*rec).walk.rounds += 1;
+            (*rec).walk.armed = 2;
+            let _ = H2_WALKER.tail_call(ctx, 0);
+            (*rec).walk.armed = 0;
         }
     }
     // SAFETY: as above.
     let w = unsafe { &mut (*rec).walk };
     let ok = w.finished != 0;
+    pending(rec);
     if !ok {
         // Out of steps or iovecs, or an unreadable header: the rest is a gap.
         if w.pos <= w.seg_len && w.run <= w.pos {
@@ -316,10 +362,29 @@ pub fn walk_program() {
     }
     send(rec);
     // SAFETY: as above.
-    let (elided, key, w) = unsafe { ((*rec).elided, (*rec).key, &(*rec).walk) };
-    if elided > 0 {
-        count(counter::H2_DATA_ELIDED_BYTES, elided);
+    let r = unsafe { &*rec };
+    if r.records > 0 {
+        count(counter::EVENTS_SUBMITTED, r.records);
     }
+    if r.ring_full > 0 {
+        count(counter::RINGBUF_FULL, r.ring_full);
+    }
+    if r.sent_cap > 0 {
+        count(counter::BYTES_CAPTURED, r.sent_cap);
+    }
+    if r.sent_gap > 0 {
+        count(counter::BYTES_SKIPPED, r.sent_gap);
+    }
+    if r.elided > 0 {
+        count(counter::H2_DATA_ELIDED_BYTES, r.elided);
+    }
+    if r.truncated > 0 {
+        count(counter::H2_KEPT_TRUNCATED, r.truncated);
+    }
+    if r.read_failed > 0 {
+        count(counter::READ_USER_FAILED, r.read_failed);
+    }
+    let w = &r.walk;
     let cursor = H2Cursor {
         left: (w.left as u32 & !h2::LEFT_ELIDE) | if w.elide != 0 { h2::LEFT_ELIDE } else { 0 },
         head: w.head as u32,
@@ -333,7 +398,8 @@ pub fn walk_program() {
         w.flags as u8 & !framed
     };
     if let Some(slot) = CONNS.get_ptr_mut(&key) {
-        // SAFETY: this connection's entry (checked by conn_id); only the HTTP/2 fields change.
+        // SAFETY: this connection's entry (checked by conn_id); only the HTTP/2 fields and
+        // the loss flag (as the records sent left it) change.
         unsafe {
             if (*slot).conn_id == w.conn_id {
                 (*slot).h2_flags = flags;
@@ -342,7 +408,34 @@ pub fn walk_program() {
                 } else {
                     (*slot).h2[1] = cursor;
                 }
+                if r.lost != r.lost_initial {
+                    (*slot).lost = r.lost as u8;
+                }
             }
+        }
+    }
+}
+
+/// Carries out what the previous step deferred: copy its run, add its elided gap, and close
+/// the record when the run filled it.
+#[inline(always)]
+fn pending(rec: *mut H2Scratch) {
+    // SAFETY: `rec` is this CPU's scratch entry.
+    let w = unsafe { &mut (*rec).walk };
+    if w.p_len > 0 {
+        keep(rec, w.p_src, w.p_len);
+        w.p_len = 0;
+    }
+    // SAFETY: as above.
+    unsafe {
+        if w.p_gap > 0 {
+            (*rec).gap += w.p_gap;
+            (*rec).elided += w.p_gap;
+            w.p_gap = 0;
+        }
+        if w.p_split != 0 {
+            (*rec).split = 1;
+            w.p_split = 0;
         }
     }
 }
@@ -351,12 +444,14 @@ pub fn walk_program() {
 /// Returns non-zero when the walk is over (`finished` says whether it reached the end).
 #[inline(never)]
 fn step(rec: *mut H2Scratch) -> u64 {
+    pending(rec);
     // SAFETY: `rec` is this CPU's scratch entry; every value read back from it is range-checked
     // before it sizes a copy (`keep`).
     let w = unsafe { &mut (*rec).walk };
     if w.pos >= w.seg_len {
-        if w.run <= w.pos {
-            keep(rec, w.base + w.run, w.pos - w.run);
+        if w.run < w.pos {
+            w.p_src = w.base + w.run;
+            w.p_len = w.pos - w.run;
         }
         w.done += w.seg_len;
         w.seg_len = 0;
@@ -390,14 +485,11 @@ fn step(rec: *mut H2Scratch) -> u64 {
     if w.left > 0 {
         let take = if w.left < avail { w.left } else { avail };
         if w.elide != 0 {
-            if w.run <= w.pos {
-                keep(rec, w.base + w.run, w.pos - w.run);
+            if w.run < w.pos {
+                w.p_src = w.base + w.run;
+                w.p_len = w.pos - w.run;
             }
-            // SAFETY: as above.
-            unsafe {
-                (*rec).gap += take;
-                (*rec).elided += take;
-            }
+            w.p_gap = take;
             w.pos += take;
             w.run = w.pos;
         } else {
@@ -413,10 +505,19 @@ fn step(rec: *mut H2Scratch) -> u64 {
             return 1;
         };
         let c = frame_cursor(u32::from_be_bytes(h));
-        room(rec, h2::FRAME_HEADER_LEN);
-        w.pos += h2::FRAME_HEADER_LEN;
-        w.left = (c & !h2::LEFT_ELIDE) as u64;
-        w.elide = u64::from(c & h2::LEFT_ELIDE != 0);
+        let len = (c & !h2::LEFT_ELIDE) as u64;
+        let elide = c & h2::LEFT_ELIDE != 0;
+        // A whole kept frame in this buffer takes one step; otherwise its header does.
+        let whole = !elide && h2::FRAME_HEADER_LEN + len <= avail;
+        let add = if whole {
+            h2::FRAME_HEADER_LEN + len
+        } else {
+            h2::FRAME_HEADER_LEN
+        };
+        room(rec, add);
+        w.pos += add;
+        w.left = if whole { 0 } else { len };
+        w.elide = u64::from(elide);
     } else if w.head_len < 4 {
         // A header cut by the end of a buffer: its length and type byte by byte.
         // SAFETY: probe-read of user memory; failure handled.
@@ -443,21 +544,25 @@ fn step(rec: *mut H2Scratch) -> u64 {
 }
 
 /// Makes room for `add` more kept bytes after the current run: when they would not fit in the
-/// record, the run is copied and the record sent first.
+/// record, the run is copied (next step) and the record closed after it.
 #[inline(always)]
 fn room(rec: *mut H2Scratch, add: u64) {
     // SAFETY: `rec` is this CPU's scratch entry.
     let (cap, w) = unsafe { ((*rec).cap, &mut (*rec).walk) };
     if w.run <= w.pos && cap + (w.pos - w.run) + add > MAX_CAPTURE as u64 {
-        keep(rec, w.base + w.run, w.pos - w.run);
+        if w.run < w.pos {
+            w.p_src = w.base + w.run;
+            w.p_len = w.pos - w.run;
+        }
+        w.p_split = 1;
         w.run = w.pos;
-        send(rec);
     }
 }
 
 /// Appends `n` kept bytes at user address `src` to the record. Kept bytes after a gap start a
-/// new record (a record is its bytes, then its gap); a run larger than a record keeps its first
-/// `MAX_CAPTURE` bytes and the rest becomes the gap (counted).
+/// new record (a record is its bytes, then its gap), as do bytes that would not fit; a run
+/// larger than a record keeps its first `MAX_CAPTURE` bytes and the rest becomes the gap
+/// (counted).
 #[inline(never)]
 fn keep(rec: *mut H2Scratch, src: u64, n: u64) {
     if n == 0 {
@@ -466,12 +571,16 @@ fn keep(rec: *mut H2Scratch, src: u64, n: u64) {
     // SAFETY: `rec` is this CPU's scratch entry.
     unsafe {
         let cap = (*rec).cap;
-        if (*rec).gap > 0 || cap + n > MAX_CAPTURE as u64 || cap >= H2_COPY_OFFSET_LIMIT as u64 {
+        if (*rec).gap > 0
+            || (*rec).split != 0
+            || cap + n > MAX_CAPTURE as u64
+            || cap >= H2_COPY_OFFSET_LIMIT as u64
+        {
             send(rec);
         }
         let mut take = n;
         if take > MAX_CAPTURE as u64 {
-            count(counter::H2_KEPT_TRUNCATED, 1);
+            (*rec).truncated += 1;
             take = MAX_CAPTURE as u64;
         }
         let off = (*rec).cap as usize & (H2_COPY_OFFSET_LIMIT - 1);
@@ -479,7 +588,7 @@ fn keep(rec: *mut H2Scratch, src: u64, n: u64) {
         let len = if len > MAX_CAPTURE { MAX_CAPTURE } else { len };
         let dst = core::slice::from_raw_parts_mut((*rec).data.as_mut_ptr().add(off), len);
         if bpf_probe_read_user_buf(src as *const u8, dst).is_err() {
-            count(counter::READ_USER_FAILED, 1);
+            (*rec).read_failed += 1;
             // The bytes stay in the stream as a gap.
             (*rec).gap += n;
             return;
@@ -489,13 +598,15 @@ fn keep(rec: *mut H2Scratch, src: u64, n: u64) {
     }
 }
 
-/// Sends the record assembled so far (nothing when empty) and starts a new one.
+/// Sends the record assembled so far (nothing when empty) and starts a new one. Its loss flag
+/// and counters are kept in the scratch (`walk_program` applies them).
 #[inline(never)]
 fn send(rec: *mut H2Scratch) {
-    // SAFETY: `rec` is this CPU's scratch entry; `cap` is below 2 x MAX_CAPTURE (masked).
+    // SAFETY: `rec` is this CPU's scratch entry; the size is masked and clamped below.
     unsafe {
         let cap = (*rec).cap;
         let gap = (*rec).gap;
+        (*rec).split = 0;
         if cap == 0 && gap == 0 {
             return;
         }
@@ -504,14 +615,9 @@ fn send(rec: *mut H2Scratch) {
         let len = cap + gap;
         let now = bpf_ktime_get_ns();
         let took = now.saturating_sub((*rec).enter_ns);
-        let slot = CONNS.get_ptr_mut(&(*rec).key);
-        let lost_before = slot.is_some_and(|s| (*s).lost != 0);
+        let lost = (*rec).lost;
         (*rec).meta.header.ts_ns = now;
-        (*rec).meta.flags = if lost_before {
-            DATA_FLAG_LOSS_BEFORE
-        } else {
-            0
-        };
+        (*rec).meta.flags = if lost != 0 { DATA_FLAG_LOSS_BEFORE } else { 0 };
         (*rec).meta.true_len = if len > u32::MAX as u64 {
             u32::MAX
         } else {
@@ -526,25 +632,22 @@ fn send(rec: *mut H2Scratch) {
         let c = cap as usize & (2 * MAX_CAPTURE - 1);
         let size = DATA_HEADER_LEN + if c > MAX_CAPTURE { MAX_CAPTURE } else { c };
         let record = core::slice::from_raw_parts(rec as *const u8, size);
-        match EVENTS.output::<[u8]>(record, events_output_flags(false)) {
-            Ok(()) => {
-                if let Some(s) = slot
-                    && (*s).lost == 1
-                {
-                    (*s).lost = 0;
-                }
-                count(counter::EVENTS_SUBMITTED, 1);
-                count(counter::BYTES_CAPTURED, cap);
-                count(counter::BYTES_SKIPPED, gap);
+        if EVENTS
+            .output::<[u8]>(record, events_output_flags(false))
+            .is_ok()
+        {
+            if lost == 1 {
+                (*rec).lost = 0;
             }
-            Err(_) => {
-                if let Some(s) = slot
-                    && (*s).lost == 0
-                {
-                    (*s).lost = 1;
-                }
-                count(counter::RINGBUF_FULL, 1)
+            (*rec).records += 1;
+            (*rec).sent_cap += cap;
+            (*rec).sent_gap += gap;
+        } else {
+            // The connection's stream now has a hole: its next record says so.
+            if lost == 0 {
+                (*rec).lost = 1;
             }
+            (*rec).ring_full += 1;
         }
     }
 }

@@ -141,8 +141,8 @@ mod programs {
     }
     /// Not attached: the HTTP/2 frame walker, tail-called by the data programs.
     #[tracepoint]
-    pub fn h2_walk(_ctx: TracePointContext) -> u32 {
-        crate::h2::walk_program();
+    pub fn h2_walk(ctx: TracePointContext) -> u32 {
+        crate::h2::walk_program(&ctx);
         0
     }
     #[tracepoint]

@@ -117,6 +117,18 @@ pub struct H2Scratch {
     pub key: u64,
     /// Payload bytes elided as DATA during this walk.
     pub elided: u64,
+    /// Non-zero: the next kept bytes start a new record.
+    pub split: u64,
+    /// The connection's loss flag as the records sent so far leave it, and as it was.
+    pub lost: u64,
+    pub lost_initial: u64,
+    /// Counters of this walk, added to `COUNTERS` once at its end.
+    pub records: u64,
+    pub ring_full: u64,
+    pub sent_cap: u64,
+    pub sent_gap: u64,
+    pub truncated: u64,
+    pub read_failed: u64,
     pub walk: Walk,
 }
 
@@ -152,6 +164,14 @@ pub struct Walk {
     pub flags: u64,
     /// Set by the data program before its tail call, cleared by the walker.
     pub armed: u64,
+    /// What a step deferred to the next: copy `p_len` bytes at `p_src`, then a gap of `p_gap`
+    /// elided bytes; `p_split` non-zero: the record is closed after the copy.
+    pub p_src: u64,
+    pub p_len: u64,
+    pub p_gap: u64,
+    pub p_split: u64,
+    /// Runs of the walker after the first (tail calls of itself).
+    pub rounds: u64,
 }
 
 /// The HTTP/2 frame walker (`h2_walk`) at index 0, tail-called by the data programs; filled

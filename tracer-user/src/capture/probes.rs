@@ -679,6 +679,13 @@ impl Probes {
                 .ok_or("program missing from the object")?;
             let program: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
             program.load().map_err(|e| format!("{e}"))?;
+            if let Ok(info) = program.info() {
+                tracing::debug!(
+                    verified_insns = info.verified_instruction_count(),
+                    xlated_bytes = info.size_translated(),
+                    "HTTP/2 frame walker loaded"
+                );
+            }
             let fd = program
                 .fd()
                 .map_err(|e| format!("{e}"))?
