@@ -299,7 +299,9 @@ fn arm_walk<const SYS: u8>(
 /// small: the walk's state lives in the per-CPU scratch (not registers), each step makes at
 /// most one copy through one call site (`keep`, deferred to the start of the next step), and
 /// records are sent from one place (`send`, inside `keep`) with their counters and loss flag
-/// kept in the scratch and applied once at the end.
+/// kept in the scratch and applied once at the end (about 250k instructions verified on 6.18).
+/// Everything is inlined: kernels before 5.10 refuse tail calls in programs with BPF-to-BPF
+/// calls.
 #[inline(always)]
 pub fn walk_program(ctx: &TracePointContext) {
     let Some(rec) = H2_SCRATCH.get_ptr_mut(0) else {
@@ -442,7 +444,7 @@ fn pending(rec: *mut H2Scratch) {
 
 /// One step of the walk: a frame header, a piece of a frame, or the move to the next buffer.
 /// Returns non-zero when the walk is over (`finished` says whether it reached the end).
-#[inline(never)]
+#[inline(always)]
 fn step(rec: *mut H2Scratch) -> u64 {
     pending(rec);
     // SAFETY: `rec` is this CPU's scratch entry; every value read back from it is range-checked
@@ -563,7 +565,7 @@ fn room(rec: *mut H2Scratch, add: u64) {
 /// new record (a record is its bytes, then its gap), as do bytes that would not fit; a run
 /// larger than a record keeps its first `MAX_CAPTURE` bytes and the rest becomes the gap
 /// (counted).
-#[inline(never)]
+#[inline(always)]
 fn keep(rec: *mut H2Scratch, src: u64, n: u64) {
     if n == 0 {
         return;
@@ -600,7 +602,7 @@ fn keep(rec: *mut H2Scratch, src: u64, n: u64) {
 
 /// Sends the record assembled so far (nothing when empty) and starts a new one. Its loss flag
 /// and counters are kept in the scratch (`walk_program` applies them).
-#[inline(never)]
+#[inline(always)]
 fn send(rec: *mut H2Scratch) {
     // SAFETY: `rec` is this CPU's scratch entry; the size is masked and clamped below.
     unsafe {
