@@ -153,7 +153,7 @@ pub fn capture<const SYS: u8>(
         let found = sniff_user(base, seg_len, total);
         if found == Sniffed::No {
             if first {
-                set_flags(key, flags | started);
+                update_flags(key, started, 0);
             }
             return false;
         }
@@ -175,7 +175,7 @@ pub fn capture<const SYS: u8>(
     let _ = unsafe { H2_WALKER.tail_call(ctx, 0) };
     // No walker (it failed to load): the usual capture, and the cursor is lost.
     count(counter::H2_CURSOR_LOST, 1);
-    set_flags(key, flags & !framed);
+    update_flags(key, 0, framed);
     false
 }
 
@@ -186,18 +186,18 @@ pub fn unknown_bytes(tgid: u32, fd: i32, conn: &ConnState, dir: u8) {
     let framed = h2::FRAMED << (dir & 1);
     if conn.h2_flags & framed != 0 {
         count(counter::H2_CURSOR_LOST, 1);
-        set_flags(
-            tracer_common::conn_key(tgid, fd as u32),
-            conn.h2_flags & !framed,
-        );
+        update_flags(tracer_common::conn_key(tgid, fd as u32), 0, framed);
     }
 }
 
+/// Sets `set` and clears `clear` in the connection's HTTP/2 flags. Only the bits of one
+/// direction (and `h2::CONN`) are ever given: a thread on the other direction may be updating
+/// its own bits at the same time, from its own copy of the entry.
 #[inline(always)]
-fn set_flags(key: u64, flags: u8) {
+fn update_flags(key: u64, set: u8, clear: u8) {
     if let Some(slot) = CONNS.get_ptr_mut(&key) {
         // SAFETY: this connection's entry; only its HTTP/2 flags change.
-        unsafe { (*slot).h2_flags = flags };
+        unsafe { (*slot).h2_flags = ((*slot).h2_flags | set) & !clear };
     }
 }
 
@@ -393,18 +393,18 @@ pub fn walk_program(ctx: &TracePointContext) {
         head_len: w.head_len as u8,
         _pad: [0; 3],
     };
+    // Only this direction's bits (and CONN) change: the other direction may be walked on
+    // another CPU at the same time.
     let framed = h2::FRAMED << (w.dir & 1);
-    let flags = if ok {
-        w.flags as u8
-    } else {
-        w.flags as u8 & !framed
-    };
+    let mine = h2::CONN | framed | (h2::STARTED << (w.dir & 1));
+    let set = w.flags as u8 & mine & if ok { 0xff } else { !framed };
+    let clear = if ok { 0 } else { framed };
     if let Some(slot) = CONNS.get_ptr_mut(&key) {
         // SAFETY: this connection's entry (checked by conn_id); only the HTTP/2 fields and
         // the loss flag (as the records sent left it) change.
         unsafe {
             if (*slot).conn_id == w.conn_id {
-                (*slot).h2_flags = flags;
+                (*slot).h2_flags = ((*slot).h2_flags | set) & !clear;
                 if w.dir & 1 == 0 {
                     (*slot).h2[0] = cursor;
                 } else {
