@@ -53,9 +53,11 @@ fn start_server(port: u16) -> ChildGuard {
     server
 }
 
-/// An agent tracing `port`, logging its data records, serving /metrics on `metrics`.
+/// An agent tracing `port` of this test's children (the peers: no records of other programs on
+/// the host in its log), logging its data records, serving /metrics on `metrics`.
 fn start_agent(port: u16, metrics: SocketAddr) -> tracer_tests::agent::Agent {
     AgentConfig::new()
+        .pid(std::process::id())
         .ports(&[port])
         .arg("--metrics-addr")
         .arg(metrics.to_string())

@@ -74,7 +74,7 @@ pub fn sniff_user(base: u64, seg_len: u64, total: u64) -> Sniffed {
         return Sniffed::No;
     }
     // Most bytes fail here, on the first header: one read for them.
-    if h2::sniff_step(&first, 0, total).is_none() {
+    if h2::sniff_step(&first, 0).is_none() {
         return Sniffed::No;
     }
     let mut offset = 0u64;
@@ -87,7 +87,7 @@ pub fn sniff_user(base: u64, seg_len: u64, total: u64) -> Sniffed {
         let Ok(h) = (unsafe { bpf_probe_read_user((base + offset) as *const [u8; 9]) }) else {
             return Sniffed::No;
         };
-        match h2::sniff_step(&h, offset, total) {
+        match h2::sniff_step(&h, offset) {
             Some(end) => {
                 offset = end;
                 frames += 1;

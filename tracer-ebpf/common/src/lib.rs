@@ -529,15 +529,18 @@ pub mod h2 {
             return None;
         }
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        // Bytes the PADDED flag's pad length and HEADERS' PRIORITY fields take in the payload.
+        let pad = (flags >> 3) as u32 & 1;
+        let priority = if flags & 0x20 != 0 { 5 } else { 0 };
         let ok = match ty {
-            DATA => stream != 0 && flags & !0x09 == 0,
-            HEADERS => stream != 0 && flags & !0x2d == 0,
+            DATA => stream != 0 && flags & !0x09 == 0 && len >= pad,
+            HEADERS => stream != 0 && flags & !0x2d == 0 && len >= pad + priority,
             PRIORITY => stream != 0 && len == 5 && flags == 0,
             RST_STREAM => stream != 0 && len == 4 && flags == 0,
             SETTINGS => {
                 stream == 0 && len.is_multiple_of(6) && (flags == 0 || (flags == 1 && len == 0))
             }
-            PUSH_PROMISE => stream != 0 && len >= 4 && flags & !0x0c == 0,
+            PUSH_PROMISE => stream != 0 && len >= pad + 4 && flags & !0x0c == 0,
             PING => stream == 0 && len == 8 && flags & !0x01 == 0,
             GOAWAY => stream == 0 && len >= 8 && flags == 0,
             WINDOW_UPDATE => len == 4 && flags == 0,
@@ -553,21 +556,21 @@ pub mod h2 {
         (0x14..=0x18).contains(&h[0]) && h[1] == 0x03 && h[2] <= 0x04
     }
 
-    /// One step of the adoption sniff: the frame header `h` found `offset` bytes into a transfer
-    /// of `total` bytes. Returns the offset of the next frame, or None when `h` is not a
-    /// plausible frame lying wholly inside the transfer.
+    /// One step of the adoption sniff: the frame header `h` found `offset` bytes into a transfer.
+    /// Returns where the frame ends (possibly past the transfer: a read often ends inside a
+    /// frame), or None when `h` is not a plausible frame header.
     #[inline(always)]
-    pub fn sniff_step(h: &[u8; 9], offset: u64, total: u64) -> Option<u64> {
+    pub fn sniff_step(h: &[u8; 9], offset: u64) -> Option<u64> {
         if offset == 0 && looks_like_tls(h) {
             return None;
         }
         let len = plausible_frame(h)? as u64;
-        let end = offset + FRAME_HEADER_LEN + len;
-        if end > total { None } else { Some(end) }
+        Some(offset + FRAME_HEADER_LEN + len)
     }
 
-    /// The sniff's verdict after `frames` plausible frames ending at `end` of `total` bytes: at
-    /// least two in a row, or exactly one that is the whole transfer.
+    /// The sniff's verdict after `frames` plausible frame headers, the last frame ending at `end`
+    /// of `total` bytes: at least two in a row (the last one may reach past the transfer), or
+    /// exactly one that is the whole transfer.
     #[inline(always)]
     pub const fn sniff_verdict(frames: u32, end: u64, total: u64) -> bool {
         frames >= 2 || (frames == 1 && end == total)
@@ -587,7 +590,7 @@ pub mod h2 {
             };
             let mut head = [0u8; 9];
             head.copy_from_slice(h);
-            match sniff_step(&head, offset, total) {
+            match sniff_step(&head, offset) {
                 Some(end) => {
                     offset = end;
                     frames += 1;
@@ -654,10 +657,11 @@ mod tests {
         let mut server = frame(12, h2::SETTINGS, 0, 0);
         server.extend(frame(4, h2::WINDOW_UPDATE, 0, 0));
         assert!(sniff(&server));
-        // HEADERS + DATA of a gRPC call, the DATA payload reaching past what was read so far.
+        // HEADERS + DATA of a gRPC call, then the same read ending inside the DATA payload.
         let mut call = frame(40, h2::HEADERS, 0x04, 1);
         call.extend(frame(300, h2::DATA, 0x01, 1));
         assert!(sniff(&call));
+        assert!(h2::sniff(&call[..100], 100));
         // One frame that is the whole transfer (a SETTINGS ACK, a PING).
         assert!(sniff(&frame(0, h2::SETTINGS, 1, 0)));
         assert!(sniff(&frame(8, h2::PING, 0, 0)));
