@@ -439,6 +439,42 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             vec![Sample::plain(k.agent_table_full)],
         ),
         Family::counter(
+            "tracer_kernel_http2_connections_sniffed_total",
+            "Connections the kernel adopted by sniffing HTTP/2 bytes (the client preface or a run \
+             of valid frames); also counted in tracer_kernel_connections_sniffed_total.",
+            vec![Sample::plain(k.h2_conns_sniffed)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_directions_framed_total",
+            "Connection directions whose HTTP/2 frames the kernel started following (preface, \
+             first bytes, adoption, or a resync after losing its place).",
+            vec![Sample::plain(k.h2_directions_framed)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_walk_limit_total",
+            "HTTP/2 syscalls holding more frames or iovecs than one kernel walk covers: the rest \
+             is a gap and the direction loses its frame cursor until a resync.",
+            vec![Sample::plain(k.h2_walk_limit)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_frames_truncated_total",
+            "Kept HTTP/2 frames (not DATA payloads) larger than a record: their tail is a gap, so \
+             a header block may still be lost.",
+            vec![Sample::plain(k.h2_kept_truncated)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_cursor_lost_total",
+            "Times a direction of an HTTP/2 connection lost the kernel's frame cursor (bytes moved \
+             unseen, a walk limit, an unreadable frame header).",
+            vec![Sample::plain(k.h2_cursor_lost)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_data_elided_bytes_total",
+            "HTTP/2 DATA payload bytes sent as length-only gaps instead of copied (part of \
+             tracer_kernel_bytes_skipped_total).",
+            vec![Sample::plain(k.h2_data_elided_bytes)],
+        ),
+        Family::counter(
             "tracer_kernel_connection_table_evicted_total",
             "Entries the kernel's LRU connection table evicted to make room (mostly left behind \
              by processes that exited without closing: normal churn), derived every 10 seconds.",
@@ -1094,6 +1130,12 @@ mod tests {
                 optional_probes_total: 124,
                 agent_mirrors_ignored: 126,
                 agent_table_full: 127,
+                h2_conns_sniffed: 128,
+                h2_directions_framed: 129,
+                h2_walk_limit: 130,
+                h2_kept_truncated: 131,
+                h2_cursor_lost: 132,
+                h2_data_elided_bytes: 133,
             },
             events_read: 201,
             decode_errors: 202,
@@ -1203,6 +1245,7 @@ mod tests {
         want.push(0.25);
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
+        want.extend((128..=133).map(|v| v as f64)); // kernel HTTP/2 capture
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -1249,6 +1292,14 @@ mod tests {
         assert_eq!(
             parsed.value("tracer_kernel_events_submitted_total", &[]),
             101.0
+        );
+        assert_eq!(
+            parsed.value("tracer_kernel_http2_connections_sniffed_total", &[]),
+            128.0
+        );
+        assert_eq!(
+            parsed.value("tracer_kernel_http2_data_elided_bytes_total", &[]),
+            133.0
         );
         assert_eq!(parsed.value("tracer_connections_tracked", &[]), 206.0);
         let h2 = |name, reason| parsed.value(name, &[("reason", reason)]);
