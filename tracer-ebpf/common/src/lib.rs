@@ -3,7 +3,7 @@
 //!
 //! Every struct is `#[repr(C)]` with explicit padding so that the kernel and userspace see the same
 //! bytes. Userspace never trusts a record: it checks lengths before reading (see `tracer::capture::decode`).
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Largest number of payload bytes one data record can carry (the capture limit's ceiling).
 pub const MAX_CAPTURE: usize = 16384;
@@ -34,34 +34,108 @@ pub const MAX_FILTER_PORTS: u32 = 256;
 /// watches).
 pub const MAX_AGENT_CONNECTIONS: u32 = 4096;
 
-/// Record kinds, the first byte of every ring-buffer record.
+/// Declares a `#[repr(u8)]` enum of wire values with `TryFrom<u8>` (unknown values are an error
+/// the caller counts: a raw byte from the kernel is never transmuted into an enum).
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:expr,)+ }) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl TryFrom<u8> for $name {
+            /// The unknown value.
+            type Error = u8;
+            fn try_from(value: u8) -> Result<Self, u8> {
+                match value {
+                    $($value => Ok($name::$variant),)+
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// Record kinds, the first byte of every ring-buffer record.
+    RecordKind {
+        ConnOpen = 1,
+        Data = 2,
+        ConnClose = 3,
+    }
+}
+
+wire_enum! {
+    /// Which side of the connection the traced process is on.
+    ConnRole {
+        /// Found by sniffing bytes on an fd opened before the agent started.
+        Unknown = 0,
+        /// The process accepted the connection.
+        Server = 1,
+        /// The process connected.
+        Client = 2,
+        /// Kernel table only: a connection excluded by the port filter (never sniffed, never sent).
+        Ignored = 3,
+    }
+}
+
+wire_enum! {
+    /// Data direction from the traced process's point of view.
+    DataDirection {
+        /// Bytes the process read from the socket.
+        Ingress = 0,
+        /// Bytes the process wrote to the socket.
+        Egress = 1,
+    }
+}
+
+wire_enum! {
+    /// Address family of the endpoints in a connection record (the kernel's `AF_*` values).
+    AddressFamily {
+        /// Not known (sniffed connections).
+        Unspecified = 0,
+        Unix = 1,
+        Inet = 2,
+        Inet6 = 10,
+    }
+}
+
+/// Record kinds as raw bytes, for the eBPF programs (see [`RecordKind`]).
 pub mod kind {
-    pub const CONN_OPEN: u8 = 1;
-    pub const DATA: u8 = 2;
-    pub const CONN_CLOSE: u8 = 3;
+    use super::RecordKind;
+    pub const CONN_OPEN: u8 = RecordKind::ConnOpen as u8;
+    pub const DATA: u8 = RecordKind::Data as u8;
+    pub const CONN_CLOSE: u8 = RecordKind::ConnClose as u8;
 }
 
-/// Which side of the connection the traced process is on.
+/// Roles as raw bytes, for the eBPF programs (see [`ConnRole`]).
 pub mod role {
-    /// Found by sniffing HTTP bytes on an fd opened before the agent started.
-    pub const UNKNOWN: u8 = 0;
-    /// The process accepted the connection.
-    pub const SERVER: u8 = 1;
-    /// The process connected.
-    pub const CLIENT: u8 = 2;
-    /// Kernel table only: a connection excluded by the port filter (never sniffed, never sent).
-    pub const IGNORED: u8 = 3;
+    use super::ConnRole;
+    pub const UNKNOWN: u8 = ConnRole::Unknown as u8;
+    pub const SERVER: u8 = ConnRole::Server as u8;
+    pub const CLIENT: u8 = ConnRole::Client as u8;
+    pub const IGNORED: u8 = ConnRole::Ignored as u8;
 }
 
-/// Data direction from the traced process's point of view.
+/// Directions as raw bytes, for the eBPF programs (see [`DataDirection`]).
 pub mod direction {
-    /// Bytes the process read from the socket.
-    pub const INGRESS: u8 = 0;
-    /// Bytes the process wrote to the socket.
-    pub const EGRESS: u8 = 1;
+    use super::DataDirection;
+    pub const INGRESS: u8 = DataDirection::Ingress as u8;
+    pub const EGRESS: u8 = DataDirection::Egress as u8;
 }
 
-/// The syscall that produced a data record (diagnostics only).
+/// Address families as raw values, for the eBPF programs (see [`AddressFamily`]).
+pub mod family {
+    use super::AddressFamily;
+    pub const UNIX: u16 = AddressFamily::Unix as u16;
+    pub const INET: u16 = AddressFamily::Inet as u16;
+    pub const INET6: u16 = AddressFamily::Inet6 as u16;
+}
+
+/// The syscall that produced a data record (diagnostics only), or whose arguments the kernel
+/// keeps from sys_enter to sys_exit.
 pub mod syscall {
     pub const READ: u8 = 1;
     pub const WRITE: u8 = 2;
@@ -77,6 +151,11 @@ pub mod syscall {
     /// A zero-length record marking a hole: bytes moved through an uncaptured path (sendmmsg,
     /// recvmmsg, io_uring). It carries `DATA_FLAG_LOSS_BEFORE`.
     pub const UNHOOKED: u8 = 11;
+    /// accept/accept4: only in the kernel's argument tables (sys_enter to sys_exit), never in
+    /// a record.
+    pub const ACCEPT: u8 = 12;
+    /// connect: only in the kernel's argument tables, never in a record.
+    pub const CONNECT: u8 = 13;
 }
 
 /// `ConnState::lost` of a connection an io_uring request touched: a multishot receive fires
@@ -137,9 +216,116 @@ pub mod counter {
     /// The agent's own sockets not remembered because their table was full (their other end
     /// may then be captured; the `User-Agent` mark still drops the exchanges).
     pub const AGENT_TABLE_FULL: u32 = 20;
+    /// Connections adopted by sniffing HTTP/2 bytes (client preface or a run of valid frames) on
+    /// an untracked fd (also counted in `CONNS_SNIFFED`).
+    pub const CONNS_SNIFFED_H2: u32 = 21;
+    /// Directions of connections whose HTTP/2 frames the kernel started following (preface,
+    /// first bytes, adoption or a resync).
+    pub const H2_FRAMED: u32 = 22;
+    /// HTTP/2 syscalls with more frames (or iovecs) than one walk covers: the rest is reported
+    /// as a gap and the direction loses its frame cursor until a later syscall resyncs it.
+    pub const H2_WALK_LIMIT: u32 = 23;
+    /// HTTP/2 frames kept (not DATA payload) that were larger than a record: their tail is a gap.
+    pub const H2_KEPT_TRUNCATED: u32 = 24;
+    /// Directions of HTTP/2 connections that lost their frame cursor (a hole in the stream, a
+    /// walk limit, an unreadable frame header).
+    pub const H2_CURSOR_LOST: u32 = 25;
+    /// HTTP/2 DATA payload bytes sent as length-only gaps (included in `BYTES_SKIPPED`).
+    pub const H2_DATA_ELIDED_BYTES: u32 = 26;
     /// Number of counters.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 27;
 }
+
+/// A tracepoint program of the eBPF object: its name in the object (the function's name in
+/// `tracer-ebpf/src/main.rs`) and the tracepoint userspace attaches it to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointProgram {
+    pub name: &'static str,
+    pub category: &'static str,
+    pub tracepoint: &'static str,
+    /// Attached when the kernel has the tracepoint; a missing one is logged and counted, not
+    /// fatal.
+    pub optional: bool,
+}
+
+macro_rules! tracepoints {
+    ($($category:literal : $name:ident $(optional $optional:tt)?),+ $(,)?) => {
+        &[$(TracepointProgram {
+            name: stringify!($name),
+            category: $category,
+            tracepoint: stringify!($name),
+            optional: tracepoints!(@optional $($optional)?),
+        }),+]
+    };
+    (@optional) => { false };
+    (@optional $flag:tt) => { true };
+}
+
+/// Every program of the eBPF object, the one list both sides follow: userspace attaches exactly
+/// these and refuses an object whose programs differ (a program added on one side only). The
+/// function in `tracer-ebpf/src/main.rs` has the tracepoint's name.
+pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = tracepoints![
+    "syscalls": sys_enter_accept,
+    "syscalls": sys_exit_accept,
+    "syscalls": sys_enter_accept4,
+    "syscalls": sys_exit_accept4,
+    "syscalls": sys_enter_connect,
+    "syscalls": sys_exit_connect,
+    "syscalls": sys_enter_close,
+    "syscalls": sys_enter_read,
+    "syscalls": sys_exit_read,
+    "syscalls": sys_enter_write,
+    "syscalls": sys_exit_write,
+    "syscalls": sys_enter_readv,
+    "syscalls": sys_exit_readv,
+    "syscalls": sys_enter_writev,
+    "syscalls": sys_exit_writev,
+    "syscalls": sys_enter_recvfrom,
+    "syscalls": sys_exit_recvfrom,
+    "syscalls": sys_enter_sendto,
+    "syscalls": sys_exit_sendto,
+    "syscalls": sys_enter_recvmsg,
+    "syscalls": sys_exit_recvmsg,
+    "syscalls": sys_enter_sendmsg,
+    "syscalls": sys_exit_sendmsg,
+    "syscalls": sys_enter_sendfile64,
+    "syscalls": sys_exit_sendfile64,
+    "sock": inet_sock_set_state,
+    "task": task_newtask,
+    "sched": sched_process_exit,
+    "sched": sched_process_exec,
+    "syscalls": sys_enter_dup2,
+    "syscalls": sys_enter_dup3,
+    "syscalls": sys_enter_splice,
+    "syscalls": sys_exit_splice,
+    "syscalls": sys_enter_sendmmsg,
+    "syscalls": sys_enter_recvmmsg,
+    // A kernel without io_uring has no io_uring:io_uring_file_get; close_range exists since 5.9.
+    "io_uring": io_uring_file_get optional!,
+    "syscalls": sys_enter_close_range optional!,
+];
+
+/// Names of the eBPF object's maps that userspace opens (the `static` names in
+/// `tracer-ebpf/src/maps.rs`).
+pub mod map_name {
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const CONNS: &str = "CONNS";
+    pub const FILTER_PIDS: &str = "FILTER_PIDS";
+    pub const NS_FILTER_PIDS: &str = "NS_FILTER_PIDS";
+    pub const NS_PIDS: &str = "NS_PIDS";
+    pub const FILTER_PORTS: &str = "FILTER_PORTS";
+    pub const AGENT_SOCKS: &str = "AGENT_SOCKS";
+    pub const AGENT_ENDPOINTS: &str = "AGENT_ENDPOINTS";
+    /// The program array holding the HTTP/2 frame walker (`H2_WALKER_PROGRAM`).
+    pub const H2_WALKER: &str = "H2_WALKER";
+}
+
+/// The one program of the object that is not a tracepoint attachment: the HTTP/2 frame walker,
+/// loaded into `map_name::H2_WALKER` and tail-called by the data programs (the function of that
+/// name in `tracer-ebpf/src/main.rs`).
+pub const H2_WALKER_PROGRAM: &str = "h2_walk";
 
 /// Index of the single configuration entry.
 pub const CONFIG_KEY: u32 = 0;
@@ -207,7 +393,7 @@ pub struct ConnOpenEvent {
     /// One of `role::*`.
     pub role: u8,
     pub _pad: u8,
-    /// AF_INET (2), AF_INET6 (10), AF_UNIX (1), or 0 when unknown.
+    /// One of [`AddressFamily`] (0 when unknown).
     pub family: u16,
     /// Host byte order; 0 when unknown.
     pub local_port: u16,
@@ -272,6 +458,148 @@ pub struct ConnState {
     /// CLOCK_MONOTONIC nanoseconds when the entry was made: an entry older than its process's
     /// generation (the process was born or exec'd later: pid reuse, CLOEXEC) is stale.
     pub opened_ns: u64,
+    /// HTTP/2 frame cursor per direction (indexed by `direction::*`), valid while the
+    /// direction's `h2::FRAMED_*` bit is set.
+    pub h2: [H2Cursor; 2],
+    /// `h2::*` bits.
+    pub h2_flags: u8,
+    pub _pad2: [u8; 7],
+}
+
+/// Where the last syscall of one direction left the HTTP/2 frame stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct H2Cursor {
+    /// Payload bytes left in the current frame (`h2::LEFT_ELIDE` set: a DATA payload that is
+    /// sent as a gap).
+    pub left: u32,
+    /// The first bytes of a frame header cut by the end of a syscall (big-endian, the latest
+    /// byte lowest), `head_len` of them (0: the next byte starts a frame).
+    pub head: u32,
+    pub head_len: u8,
+    pub _pad: [u8; 3],
+}
+
+/// HTTP/2 (RFC 9113) facts the kernel's adoption sniff and frame-aware capture share. The
+/// checks are pure functions so that they are unit-tested here and run unchanged in the kernel.
+pub mod h2 {
+    /// The client connection preface.
+    pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const FRAME_HEADER_LEN: u64 = 9;
+    /// `ConnState::h2_flags`: the connection speaks HTTP/2 (preface or adopted by its frames).
+    pub const CONN: u8 = 1;
+    /// `ConnState::h2_flags`: the cursor of direction d is valid (`FRAMED << d`).
+    pub const FRAMED: u8 = 2;
+    /// `ConnState::h2_flags`: direction d has carried bytes (`STARTED << d`).
+    pub const STARTED: u8 = 8;
+    /// `H2Cursor::left` bit: the rest of the frame is a DATA payload sent as a gap.
+    pub const LEFT_ELIDE: u32 = 1 << 31;
+    /// DATA payloads of at least this many bytes are sent as gaps (smaller ones are kept: a gap
+    /// record would cost more than the bytes).
+    pub const ELIDE_MIN: u32 = 256;
+    /// Frames the adoption sniff checks at most.
+    pub const SNIFF_FRAMES: u32 = 4;
+
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const PRIORITY: u8 = 2;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const PUSH_PROMISE: u8 = 5;
+    pub const PING: u8 = 6;
+    pub const GOAWAY: u8 = 7;
+    pub const WINDOW_UPDATE: u8 = 8;
+    pub const CONTINUATION: u8 = 9;
+
+    /// Payload length and type from the first 4 bytes of a frame header.
+    #[inline(always)]
+    pub const fn length_and_type(head4: u32) -> (u32, u8) {
+        (head4 >> 8, head4 as u8)
+    }
+
+    /// The payload length of a frame whose 9-byte header is `h`, when the header is one a
+    /// conforming peer sends (known type, flags that type defines, reserved bit clear, the
+    /// stream-id and fixed-length rules); None otherwise. Strict on purpose: it decides whether
+    /// unknown bytes are HTTP/2 at all.
+    #[inline(always)]
+    pub fn plausible_frame(h: &[u8; 9]) -> Option<u32> {
+        let len = ((h[0] as u32) << 16) | ((h[1] as u32) << 8) | h[2] as u32;
+        let (ty, flags) = (h[3], h[4]);
+        if h[5] & 0x80 != 0 {
+            return None;
+        }
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        // Bytes the PADDED flag's pad length and HEADERS' PRIORITY fields take in the payload.
+        let pad = (flags >> 3) as u32 & 1;
+        let priority = if flags & 0x20 != 0 { 5 } else { 0 };
+        let ok = match ty {
+            DATA => stream != 0 && flags & !0x09 == 0 && len >= pad,
+            HEADERS => stream != 0 && flags & !0x2d == 0 && len >= pad + priority,
+            PRIORITY => stream != 0 && len == 5 && flags == 0,
+            RST_STREAM => stream != 0 && len == 4 && flags == 0,
+            SETTINGS => {
+                stream == 0 && len.is_multiple_of(6) && (flags == 0 || (flags == 1 && len == 0))
+            }
+            PUSH_PROMISE => stream != 0 && len >= pad + 4 && flags & !0x0c == 0,
+            PING => stream == 0 && len == 8 && flags & !0x01 == 0,
+            GOAWAY => stream == 0 && len >= 8 && flags == 0,
+            WINDOW_UPDATE => len == 4 && flags == 0,
+            CONTINUATION => stream != 0 && flags & !0x04 == 0,
+            _ => false,
+        };
+        if ok { Some(len) } else { None }
+    }
+
+    /// Whether `h` starts like a TLS record (content type 20-24, version 3.x): never HTTP/2.
+    #[inline(always)]
+    pub fn looks_like_tls(h: &[u8; 9]) -> bool {
+        (0x14..=0x18).contains(&h[0]) && h[1] == 0x03 && h[2] <= 0x04
+    }
+
+    /// One step of the adoption sniff: the frame header `h` found `offset` bytes into a transfer.
+    /// Returns where the frame ends (possibly past the transfer: a read often ends inside a
+    /// frame), or None when `h` is not a plausible frame header.
+    #[inline(always)]
+    pub fn sniff_step(h: &[u8; 9], offset: u64) -> Option<u64> {
+        if offset == 0 && looks_like_tls(h) {
+            return None;
+        }
+        let len = plausible_frame(h)? as u64;
+        Some(offset + FRAME_HEADER_LEN + len)
+    }
+
+    /// The sniff's verdict after `frames` plausible frame headers, the last frame ending at `end`
+    /// of `total` bytes: at least two in a row (the last one may reach past the transfer), or
+    /// exactly one that is the whole transfer.
+    #[inline(always)]
+    pub const fn sniff_verdict(frames: u32, end: u64, total: u64) -> bool {
+        frames >= 2 || (frames == 1 && end == total)
+    }
+
+    /// The adoption sniff over a contiguous buffer (the kernel runs the same steps on user
+    /// memory; this form is for tests and userspace).
+    pub fn sniff(bytes: &[u8], total: u64) -> bool {
+        if bytes.len() >= PREFACE.len() && bytes[..PREFACE.len()] == PREFACE[..] {
+            return true;
+        }
+        let (mut offset, mut frames) = (0u64, 0u32);
+        while frames < SNIFF_FRAMES && offset < total {
+            let start = offset as usize;
+            let Some(h) = bytes.get(start..start + 9) else {
+                break;
+            };
+            let mut head = [0u8; 9];
+            head.copy_from_slice(h);
+            match sniff_step(&head, offset) {
+                Some(end) => {
+                    offset = end;
+                    frames += 1;
+                }
+                None => return false,
+            }
+        }
+        sniff_verdict(frames, offset, total)
+    }
 }
 
 /// Data record flag: records of this connection were lost before this one (ring buffer full);
@@ -296,11 +624,116 @@ const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(CONN_CLOSE_LEN == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C) plain data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ConnState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::h2;
+
+    fn frame(len: u32, ty: u8, flags: u8, stream: u32) -> Vec<u8> {
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend(std::iter::repeat_n(0x41u8, len as usize));
+        f
+    }
+
+    fn sniff(bytes: &[u8]) -> bool {
+        h2::sniff(bytes, bytes.len() as u64)
+    }
+
+    #[test]
+    fn the_preface_and_runs_of_frames_are_http2() {
+        let mut preface = h2::PREFACE.to_vec();
+        preface.extend(frame(18, h2::SETTINGS, 0, 0));
+        assert!(sniff(&preface));
+        // A server's first write: SETTINGS then WINDOW_UPDATE.
+        let mut server = frame(12, h2::SETTINGS, 0, 0);
+        server.extend(frame(4, h2::WINDOW_UPDATE, 0, 0));
+        assert!(sniff(&server));
+        // HEADERS + DATA of a gRPC call, then the same read ending inside the DATA payload.
+        let mut call = frame(40, h2::HEADERS, 0x04, 1);
+        call.extend(frame(300, h2::DATA, 0x01, 1));
+        assert!(sniff(&call));
+        assert!(h2::sniff(&call[..100], 100));
+        // One frame that is the whole transfer (a SETTINGS ACK, a PING).
+        assert!(sniff(&frame(0, h2::SETTINGS, 1, 0)));
+        assert!(sniff(&frame(8, h2::PING, 0, 0)));
+        // The second header cut off by the end of the buffer: one frame, not the whole.
+        let mut cut = frame(8, h2::PING, 1, 0);
+        cut.extend_from_slice(&[0, 0, 4]);
+        assert!(!h2::sniff(&cut, cut.len() as u64));
+    }
+
+    #[test]
+    fn frames_breaking_the_rules_are_rejected() {
+        let bad = [
+            frame(7, h2::SETTINGS, 0, 0),             // not a multiple of 6
+            frame(6, h2::SETTINGS, 0, 1),             // on a stream
+            frame(6, h2::SETTINGS, 1, 0),             // ACK with a payload
+            frame(7, h2::PING, 0, 0),                 // PING is 8
+            frame(3, h2::RST_STREAM, 0, 1),           // RST_STREAM is 4
+            frame(4, h2::RST_STREAM, 0, 0),           // on stream 0
+            frame(4, h2::PRIORITY, 0, 1),             // PRIORITY is 5
+            frame(5, h2::WINDOW_UPDATE, 0, 1),        // WINDOW_UPDATE is 4
+            frame(4, h2::DATA, 0, 0),                 // DATA on stream 0
+            frame(4, h2::DATA, 0x02, 1),              // undefined flag
+            frame(4, 10, 0, 1),                       // unknown type
+            frame(4, h2::HEADERS, 0x04, 0x8000_0001), // reserved bit
+        ];
+        for f in bad {
+            assert!(!sniff(&f), "{f:02x?}");
+        }
+        // A frame claiming more bytes than the transfer holds.
+        let mut long = frame(100, h2::HEADERS, 0x04, 1);
+        long.truncate(50);
+        assert!(!sniff(&long));
+    }
+
+    #[test]
+    fn tls_http1_and_text_are_not_http2() {
+        // TLS application data (17 03 03) with a small length reads as a DATA-typed frame of
+        // 0x170303 bytes; a handshake record (16 03 01) likewise: both rejected.
+        let mut tls = vec![0x17, 0x03, 0x03, 0x00, 0x08, 0, 0, 0, 1];
+        tls.extend(std::iter::repeat_n(7u8, 0x17_0303 + 64));
+        assert!(!sniff(&tls));
+        let mut hello = vec![
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        hello.extend(std::iter::repeat_n(0u8, 0x16_0301 + 64));
+        assert!(!sniff(&hello));
+        assert!(!sniff(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!sniff(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!sniff(b"{\"resourceSpans\":[]}"));
+    }
+
+    #[test]
+    fn random_bytes_are_not_http2() {
+        // xorshift: deterministic random buffers of many sizes.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut passed = 0;
+        for i in 0..50_000u32 {
+            let len = 9 + (next() % 4096) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 2 == 0 {
+                // Small first length bytes, the likeliest way for noise to pass.
+                buf[0] = 0;
+                buf[1] = 0;
+            }
+            passed += u32::from(sniff(&buf));
+        }
+        assert!(passed == 0, "{passed} random buffers taken for HTTP/2");
+    }
 }
