@@ -294,8 +294,10 @@ impl Pipeline {
         let start_time = proc_pid
             .and_then(|p| crate::telemetry::proc_identity::start_time(&self.opts.proc_root, p));
         // The resource first: a short-lived process may exit while its executable is read.
-        self.resources.get_started(pid, start_time);
+        let resource = self.resources.get_started(pid, start_time);
         self.runtimes.observe(pid, proc_pid, start_time);
+        // And its network namespace, for connection pairing on loopback.
+        self.netns_of(pid, &resource);
     }
 
     /// Resolves the process of a connection the table just opened, once (a second announcement
