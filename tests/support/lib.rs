@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod faulty_receiver;
 mod grpc_receiver;
+pub mod h2peers;
 mod http_receiver;
 pub mod metrics_client;
 pub mod nginx;

@@ -26,12 +26,18 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     // The Go net/http peer of tests/tests/go.rs is built with it.
     ("go", "golang-go"),
+    // Node's built-in http2 server and client (tests/peers/h2_peer.js).
+    ("node", "nodejs"),
 ];
+/// Python modules the end-to-end peers import, and the pip requirement providing each: the gRPC
+/// peer of tests/tests/grpc.rs (pinned: the tests assert what its HTTP/2 wire looks like).
+const TEST_PYTHON_PACKAGES: &[(&str, &str)] = &[("grpc", "grpcio==1.85.3")];
 
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     test_programs()?;
+    python_packages()?;
     container_runtime()?;
     tracefs()?;
     step::note("setup", "done");
@@ -234,6 +240,51 @@ fn test_programs() -> Result<()> {
         return Ok(());
     }
     apt_install(STEP, &missing)
+}
+
+/// True when `python3 -c "import MODULE"` succeeds.
+fn python_module_present(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn python_packages() -> Result<()> {
+    const STEP: &str = "setup: python packages";
+    let missing: Vec<&str> = TEST_PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| !python_module_present(module))
+        .map(|(_, requirement)| *requirement)
+        .collect();
+    if missing.is_empty() {
+        step::note(STEP, "python test packages present; skipping pip");
+        return Ok(());
+    }
+    pip_install(STEP, &missing)
+}
+
+/// `python3 -m pip install REQUIREMENTS` into the interpreter the tests run; where that
+/// interpreter is the distribution's externally managed one, again with
+/// `--break-system-packages` (a test machine, root, nothing else depends on it).
+pub fn pip_install(step_name: &str, requirements: &[&str]) -> Result<()> {
+    let pip = |extra: &[&str]| {
+        let mut command = Command::new("python3");
+        command
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            .args(["-m", "pip", "install", "--no-input", "--quiet"])
+            .args(extra)
+            .args(requirements);
+        command
+    };
+    if step::run(step_name, pip(&[])).is_ok() {
+        return Ok(());
+    }
+    step::note(
+        step_name,
+        "pip refused (externally managed interpreter?); retrying with --break-system-packages",
+    );
+    step::run(step_name, pip(&["--break-system-packages"]))
 }
 
 /// The container runtime the image task and `tests/container.rs` use, and its Debian packages:
