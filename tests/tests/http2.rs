@@ -106,6 +106,57 @@ fn h2_pair<'a>(
     (server, client)
 }
 
+/// Every parent link among the spans on `port` joins a SERVER span to the CLIENT span of the same
+/// request (curl and Node send no trace context: only the agent's header-less pairing can link
+/// them); returns how many SERVER spans have one.
+#[track_caller]
+fn assert_no_wrong_parent(spans: &[ObservedSpan], port: u16) -> usize {
+    let ours: Vec<&ObservedSpan> = spans
+        .iter()
+        .filter(|s| s.attr_int("server.port") == Some(i64::from(port)))
+        .collect();
+    let path_of = |s: &ObservedSpan| -> Option<String> {
+        match s.kind {
+            ObservedKind::Server => s.attr_str("url.path").map(str::to_owned),
+            _ => s
+                .attr_str("url.full")
+                .and_then(|u| u.strip_prefix(&local_url(port, "")))
+                .map(|p| p.split('?').next().unwrap_or_default().to_owned()),
+        }
+    };
+    let mut linked = 0;
+    let mut wrong = Vec::new();
+    for span in &ours {
+        let Some(parent_id) = span.parent_span_id.as_deref() else {
+            continue;
+        };
+        let parent = ours.iter().find(|p| p.span_id == parent_id);
+        let right = parent.is_some_and(|p| {
+            span.kind == ObservedKind::Server
+                && p.kind == ObservedKind::Client
+                && p.trace_id == span.trace_id
+                && path_of(p) == path_of(span)
+                && p.attr("http.response.status_code") == span.attr("http.response.status_code")
+        });
+        if right {
+            linked += 1;
+        } else {
+            wrong.push(format!(
+                "  {}\n    -> parent {}",
+                span.summary(),
+                parent.map_or_else(|| parent_id.to_owned(), |p| p.summary())
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong parent link(s):\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    linked
+}
+
 #[test]
 fn curl_against_nginx_h2c_gives_one_server_and_one_client_span_per_request() {
     let port = free_port();
@@ -168,6 +219,8 @@ fn curl_against_nginx_h2c_gives_one_server_and_one_client_span_per_request() {
     let (server, client) = h2_pair(&spans, port, "GET", "/unavailable", 503);
     assert_eq!(server.status, ObservedStatus::Error, "{}", server.summary());
     assert_eq!(client.status, ObservedStatus::Error, "{}", client.summary());
+    let linked = assert_no_wrong_parent(&spans, port);
+    println!("nginx h2c: {linked} of 3 SERVER spans linked to their CLIENT span (header-less)");
 }
 
 #[test]
@@ -247,4 +300,6 @@ fn node_http2_server_with_curl_and_the_node_client_on_one_connection() {
         i(503),
     );
     assert!(mismatched.is_empty(), "{}", describe(mismatched));
+    let linked = assert_no_wrong_parent(&spans, port);
+    println!("node h2c: {linked} of 6 SERVER spans linked to their CLIENT span (header-less)");
 }
