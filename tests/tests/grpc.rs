@@ -638,3 +638,49 @@ fn large_response_status_is_read_from_the_trailers_after_100_kib_of_data() {
     }
     assert_no_wrong_parent(&spans, port);
 }
+
+/// Waits until some `count` lines of the agent's terminal output each contain every one of
+/// `parts`; panics with the output otherwise.
+fn wait_for_terminal_lines(agent: &mut tracer_tests::Agent, parts: &[&str], count: usize) {
+    let deadline = Instant::now() + tracer_tests::SPAN_TIMEOUT;
+    loop {
+        let lines = agent.stdout_lines();
+        let matching = lines
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count();
+        if matching >= count {
+            return;
+        }
+        agent.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the terminal did not show {count} line(s) with {parts:?} within {:?}:\n{}\n--- stderr ---\n{}",
+            tracer_tests::SPAN_TIMEOUT,
+            lines.join("\n"),
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_new_user_sees_grpc_calls_and_their_status_in_the_terminal() {
+    let server = GrpcServer::start("e2e-grpc-terminal-server");
+    let port = server.port();
+    // `tracer agent` as the README shows it: no exporter, spans printed as trees.
+    let mut agent = AgentConfig::new()
+        .ports(&[port])
+        .env("NO_COLOR", "1")
+        .start();
+    let run = grpc_client(
+        port,
+        &["unary:SayHello:world", "unary:SayHello:missing"],
+        "e2e-grpc-terminal-client",
+    );
+    assert_eq!(run.call("unary:SayHello:missing").code, "NOT_FOUND");
+    // One SERVER and one CLIENT line per call.
+    wait_for_terminal_lines(&mut agent, &["helloworld.Greeter/SayHello", "OK"], 2);
+    wait_for_terminal_lines(&mut agent, &["helloworld.Greeter/SayHello", "NOT_FOUND"], 2);
+    agent.stop().assert_success();
+}
