@@ -2,12 +2,14 @@
 //! arguments and environment, and the `Agent` guard that waits for `probes attached` and
 //! stops the agent with SIGTERM (SIGKILL if stuck) when dropped.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use crate::process::{ChildGuard, LineWait};
+use crate::process::{ChildGuard, LineWait, free_port};
 use crate::receiver::OtlpReceiver;
+use crate::settle::{wait_for_metrics, wait_settled};
 use crate::span::ObservedSpan;
 
 /// What the agent prints on stderr once its probes are attached.
@@ -115,8 +117,24 @@ impl AgentConfig {
             .collect()
     }
 
+    /// The `--metrics-addr` given, if any.
+    fn metrics_arg(&self) -> Option<SocketAddr> {
+        let at = self.args.iter().position(|a| a == "--metrics-addr")?;
+        self.args.get(at + 1)?.parse().ok()
+    }
+
     /// Starts the agent and waits for its probes; panics with its stderr when they do not attach.
-    pub fn start(self) -> Agent {
+    /// Every agent serves `/metrics` (on a free loopback port unless `--metrics-addr` was given),
+    /// which [`Agent::wait_settled`] reads.
+    pub fn start(mut self) -> Agent {
+        let metrics = match self.metrics_arg() {
+            Some(addr) => addr,
+            None => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                self = self.arg("--metrics-addr").arg(addr.to_string());
+                addr
+            }
+        };
         let mut command = tracer_command();
         command.args(self.command_line());
         for (key, value) in &self.env {
@@ -130,6 +148,7 @@ impl AgentConfig {
             LineWait::Found(_) => Agent {
                 child,
                 config: self,
+                metrics,
             },
             LineWait::Closed => {
                 let status = child
@@ -157,6 +176,7 @@ impl AgentConfig {
 pub struct Agent {
     child: ChildGuard,
     config: AgentConfig,
+    metrics: SocketAddr,
 }
 
 /// How an agent ended.
@@ -206,6 +226,27 @@ impl Agent {
     /// Spans printed so far with `--format json`.
     pub fn json_spans(&self) -> Vec<ObservedSpan> {
         json_spans(&self.stdout_lines(), &self.stderr_text())
+    }
+
+    /// Where the agent serves `/metrics`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    /// Waits until the agent has caught up with everything its probes saw before this call
+    /// (records read, reorder window empty, spans delivered or counted) and returns that
+    /// `/metrics` page: the barrier before asserting that something did not happen.
+    pub fn wait_settled(&mut self) -> String {
+        self.assert_running();
+        let page = wait_settled(self.metrics, || self.child.output_report());
+        self.assert_running();
+        page
+    }
+
+    /// Waits until `condition` holds on a `/metrics` page taken after this call; returns it.
+    pub fn wait_metrics(&mut self, what: &str, condition: impl Fn(&str) -> bool) -> String {
+        self.assert_running();
+        wait_for_metrics(self.metrics, what, condition, || self.child.output_report())
     }
 
     /// Panics with the agent's output if it has exited.

@@ -3,9 +3,12 @@
 //! and port helpers, and span queries. Helpers panic with context: they serve tests.
 
 pub mod agent;
+pub mod agent_counters;
+pub mod bpf_objects;
 pub mod faulty_receiver;
 mod grpc_receiver;
 pub mod h2peers;
+pub mod http_load;
 mod http_receiver;
 pub mod metrics_client;
 pub mod nginx;
@@ -15,10 +18,12 @@ pub mod query;
 pub mod receiver;
 pub mod recording_endpoint;
 pub mod session;
+pub mod settle;
 pub mod span;
 pub mod store;
 #[cfg(test)]
 mod test_data;
+pub mod vitals;
 
 pub use agent::{Agent, AgentConfig, AgentExit, tracer_bin, tracer_command};
 pub use http_receiver::TRACES_PATH;

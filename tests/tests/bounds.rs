@@ -12,6 +12,7 @@ use tracer_tests::metrics_client::scrape;
 use tracer_tests::peers::{peer_script, python};
 use tracer_tests::process::LineWait;
 use tracer_tests::query::{client_spans, describe, server_spans};
+use tracer_tests::settle::wait_for_metrics;
 use tracer_tests::{
     AgentConfig, ChildGuard, Nginx, ObservedSpan, OtlpProtocol, PythonServer, TracedSession, curl,
     free_port, local_url, run_with_timeout, wait_for_port,
@@ -87,17 +88,7 @@ fn metric(page: &str, series: &str) -> f64 {
 
 /// Waits until `condition` holds on the agent's metrics page; panics with the page.
 fn wait_metrics(addr: SocketAddr, what: &str, condition: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let page = scrape(addr);
-        if condition(&page) {
-            return page;
-        }
-        if Instant::now() >= deadline {
-            panic!("waited for {what}; /metrics:\n{page}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_metrics(addr, what, condition, String::new)
 }
 
 /// `metric`, or 0 when the page does not have it.
@@ -108,18 +99,6 @@ fn metric_or_zero(page: &str, series: &str) -> f64 {
             (name == series).then(|| value.parse().ok())?
         })
         .unwrap_or(0.0)
-}
-
-/// The metrics page once `condition` holds, or after 5 seconds regardless (the caller asserts).
-fn settle_metrics(addr: SocketAddr, condition: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let page = scrape(addr);
-        if condition(&page) || Instant::now() >= deadline {
-            return page;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 const KERNEL_TABLE_FULL: &str =
@@ -339,7 +318,10 @@ fn three_requests_to_peek_server(extra: &[&str]) -> (u16, Vec<ObservedSpan>, Str
         "peek_server.py did not listen\n{}",
         server.output_report()
     );
-    let (mut session, metrics) = session_with_metrics(AgentConfig::new().ports(&[port]));
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::HttpProtobuf,
+        AgentConfig::new().ports(&[port]),
+    );
     let urls: Vec<String> = (1..=3)
         .map(|i| local_url(port, &format!("/peek?n={i}")))
         .collect();
@@ -356,16 +338,8 @@ fn three_requests_to_peek_server(extra: &[&str]) -> (u16, Vec<ObservedSpan>, Str
     session.wait_for("the requests' SERVER and CLIENT spans", |spans| {
         server_spans(spans, port).len() >= servers_expected && client_spans(spans, port).len() >= 3
     });
-    // The counters reach /metrics within a second or two; the spans are judged first.
-    let page = settle_metrics(metrics, |page| {
-        if uring {
-            let sends = if extra.contains(&"--uring") { 3.0 } else { 1.0 };
-            metric_or_zero(page, "tracer_kernel_unhooked_transfers_total") >= sends
-        } else {
-            metric_or_zero(page, "tracer_kernel_peeks_skipped_total") >= 6.0
-                || extra.contains(&"--no-peek")
-        }
-    });
+    // The counters of everything the probes saw so far (the caller asserts on them).
+    let page = session.agent().wait_settled();
     (port, session.finish(), page)
 }
 

@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tracer_tests::metrics_client::sample;
 use tracer_tests::query::{
     assert_attrs, assert_count, at_least, client_spans, describe, is_valid_id, server_spans,
     the_only, touching_port, with_attr,
@@ -269,13 +270,16 @@ fn sigterm_flushes_spans_still_waiting_for_the_batch() {
     let server = PythonServer::start(port, "e2e-cli-sigterm");
     let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::Grpc);
     // A batch delay far longer than the test: only the shutdown flush can deliver the spans.
-    let agent = AgentConfig::new()
+    let mut agent = AgentConfig::new()
         .ports(&[port])
         .export_to(&receiver)
         .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
         .start();
     assert_eq!(curl(&[&server.url("/ok?flush=1")]).status, 200);
-    std::thread::sleep(Duration::from_secs(2));
+    // Both spans are in the export queue: from here only the batch delay or SIGTERM sends them.
+    agent.wait_metrics("both spans handed to the exporter", |page| {
+        sample(page, "tracer_spans_enqueued_total", "").is_some_and(|n| n >= 2.0)
+    });
     let early = receiver.spans();
     assert!(
         early.is_empty(),

@@ -17,9 +17,10 @@ use tracer_tests::{
     PythonServer, free_port, run_client, wait_for_port,
 };
 
-use agent_counters::{DropTotals, StoppedLine};
-use http_load::{KeepAliveClient, LoadServer, get_once};
-use vitals::Vitals;
+use tracer_tests::agent_counters::{self, DropTotals, StoppedLine};
+use tracer_tests::bpf_objects;
+use tracer_tests::http_load::{KeepAliveClient, LoadServer, get_once};
+use tracer_tests::vitals::Vitals;
 
 /// CPU an idle agent may burn in `CPU_WINDOW` while its endpoint fails: a busy loop burns ~10 s.
 /// These tests measure an agent's CPU, memory and drop counters under loads they generate; a
@@ -44,13 +45,12 @@ const WAIT: Duration = Duration::from_secs(40);
 /// The agent under test plus where its counters can be read.
 struct WatchedAgent {
     agent: Agent,
-    /// `--metrics-addr` when this build of the agent has it.
-    metrics: Option<SocketAddr>,
+    metrics: SocketAddr,
 }
 
 impl WatchedAgent {
-    /// Starts `config` with drop summaries every second, plain logs, and `--metrics-addr` when
-    /// the agent supports it; exports to `receiver` when given.
+    /// Starts `config` with drop summaries every second and plain logs; exports to `receiver`
+    /// when given.
     fn start(config: AgentConfig, receiver: Option<&FaultyReceiver>) -> WatchedAgent {
         let mut config = config
             .arg("--summary-interval")
@@ -61,17 +61,11 @@ impl WatchedAgent {
                 config = config.env(key, value);
             }
         }
-        let metrics = agent_counters::metrics_flag_supported()
-            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        if let Some(addr) = metrics {
-            config = config.arg("--metrics-addr").arg(addr.to_string());
-        }
         let agent = config.start();
-        if let Some(addr) = metrics
-            && !wait_for_port(addr.port(), Duration::from_secs(20))
-        {
+        let metrics = agent.metrics_addr();
+        if !wait_for_port(metrics.port(), Duration::from_secs(20)) {
             panic!(
-                "--metrics-addr {addr} never accepted connections\n{}",
+                "--metrics-addr {metrics} never accepted connections\n{}",
                 agent.stderr_text()
             );
         }
@@ -94,12 +88,9 @@ impl WatchedAgent {
         self.vitals().cpu.saturating_sub(before)
     }
 
-    /// Drop totals so far: from `/metrics` when available, else from the latest summary line.
+    /// Drop totals so far.
     fn drops(&self) -> DropTotals {
-        match self.metrics {
-            Some(addr) => DropTotals::from_metrics(&agent_counters::scrape(addr)),
-            None => DropTotals::from_logs(&self.agent.stderr_text()),
-        }
+        DropTotals::from_metrics(&agent_counters::scrape(self.metrics))
     }
 
     /// Waits until `condition` holds on the drop totals; panics with the agent's stderr.
@@ -125,10 +116,9 @@ impl WatchedAgent {
         }
     }
 
-    /// The connection table and the event backlog, when the agent serves metrics.
-    fn table(&self) -> Option<agent_counters::TableState> {
-        self.metrics
-            .map(|addr| agent_counters::TableState::from_metrics(&agent_counters::scrape(addr)))
+    /// The connection table and the event backlog.
+    fn table(&self) -> agent_counters::TableState {
+        agent_counters::TableState::from_metrics(&agent_counters::scrape(self.metrics))
     }
 
     fn stderr(&self) -> String {
@@ -701,37 +691,28 @@ fn connection_churn_returns_table_and_memory_to_baseline() {
     );
 
     // The agent catches up with the backlog, then its connection table is empty again.
-    match table_baseline {
-        Some(before) => {
-            let deadline = Instant::now() + Duration::from_secs(180);
-            loop {
-                agent.agent.assert_running();
-                let table = agent.table().unwrap_or(before);
-                // Open and close on both sides at least: a snapshot from before the churn has
-                // fewer.
-                let covers_churn = table.events_submitted >= 4 * CONNECTIONS;
-                if covers_churn && table.tracked == 0 && table.events_read >= table.events_submitted
-                {
-                    eprintln!(
-                        "churn: caught up {:?} after the churn ended: {table:?} (before: {before:?})",
-                        churn_started.elapsed().saturating_sub(churn_took)
-                    );
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "connection table not back to 0 within 180 s of the churn: {table:?}; drops \
-                     {:?}\n{}",
-                    agent.drops(),
-                    agent.stderr()
-                );
-                std::thread::sleep(Duration::from_millis(500));
-            }
+    let before = table_baseline;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        agent.agent.assert_running();
+        let table = agent.table();
+        // Open and close on both sides at least: a snapshot from before the churn has fewer.
+        let covers_churn = table.events_submitted >= 4 * CONNECTIONS;
+        if covers_churn && table.tracked == 0 && table.events_read >= table.events_submitted {
+            eprintln!(
+                "churn: caught up {:?} after the churn ended: {table:?} (before: {before:?})",
+                churn_started.elapsed().saturating_sub(churn_took)
+            );
+            break;
         }
-        None => eprintln!(
-            "SKIPPED ASSERTION: tracked connections return to 0 — this agent has no \
-             --metrics-addr, so tracer_connections_tracked cannot be read"
-        ),
+        assert!(
+            Instant::now() < deadline,
+            "connection table not back to 0 within 180 s of the churn: {table:?}; drops \
+             {:?}\n{}",
+            agent.drops(),
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let settled = loop {
@@ -860,18 +841,8 @@ fn burst_beyond_the_ring_buffer_counts_drops_and_never_mixes_exchanges() {
     });
     eprintln!("burst drops: {drops:?}");
 
-    // Let the agent settle: no new spans for 3 s.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last = (receiver.spans().len(), Instant::now());
-    while last.1.elapsed() < Duration::from_secs(3) {
-        agent.agent.assert_running();
-        assert!(Instant::now() < deadline, "spans kept arriving for 90 s");
-        std::thread::sleep(Duration::from_millis(250));
-        let now = receiver.spans().len();
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-    }
+    // Let the agent catch up with the burst before the fresh request.
+    agent.agent.wait_settled();
 
     // A single fresh request afterwards is traced exactly.
     assert_eq!(
@@ -890,7 +861,8 @@ fn burst_beyond_the_ring_buffer_counts_drops_and_never_mixes_exchanges() {
         "the SERVER and CLIENT span of the fresh request",
         pairs_with_status(202, 1),
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // Any duplicate of the fresh spans would have been delivered by now.
+    agent.agent.wait_settled();
     let (_exit, stopped) = agent.stop();
     eprintln!("burst: {stopped:?}");
     let spans = receiver.spans();
@@ -1223,832 +1195,4 @@ fn sigkill_leaves_no_bpf_programs_and_the_next_agent_starts_clean() {
         std::thread::sleep(Duration::from_millis(200));
     }
     next.stop().assert_success();
-}
-
-mod vitals {
-    //! Memory and CPU time of a process, from `/proc/<pid>/status` and `/proc/<pid>/stat`.
-
-    use std::time::Duration;
-
-    /// One reading.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Vitals {
-        /// Resident set size now.
-        pub rss_kib: u64,
-        /// Peak resident set size.
-        pub hwm_kib: u64,
-        /// User plus system CPU time so far.
-        pub cpu: Duration,
-    }
-
-    impl Vitals {
-        /// Reads `pid`'s vitals; panics when the process is gone or the files are unreadable.
-        pub fn read(pid: u32) -> Vitals {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
-            let field = |key| {
-                status_kib(&status, key)
-                    .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status:\n{status}"))
-            };
-            Vitals {
-                rss_kib: field("VmRSS"),
-                hwm_kib: field("VmHWM"),
-                cpu: cpu_time(&stat, clock_ticks_per_second())
-                    .unwrap_or_else(|| panic!("unparsable /proc/{pid}/stat: {stat}")),
-            }
-        }
-    }
-
-    /// `Key:   1234 kB` from a status file.
-    pub fn status_kib(status: &str, key: &str) -> Option<u64> {
-        status.lines().find_map(|line| {
-            let value = line.strip_prefix(key)?.strip_prefix(':')?;
-            value.trim().strip_suffix("kB")?.trim().parse().ok()
-        })
-    }
-
-    /// utime + stime (fields 14 and 15) of a stat line. The command name (field 2) may hold
-    /// spaces and parentheses, so fields are counted after its last `)`.
-    pub fn cpu_time(stat: &str, ticks_per_second: u64) -> Option<Duration> {
-        let after_name = stat.get(stat.rfind(')')? + 1..)?;
-        let mut fields = after_name.split_whitespace().skip(11);
-        let utime: u64 = fields.next()?.parse().ok()?;
-        let stime: u64 = fields.next()?.parse().ok()?;
-        let ticks = utime.checked_add(stime)?;
-        let per_second = ticks_per_second.max(1);
-        Some(
-            Duration::from_secs(ticks / per_second)
-                + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second),
-        )
-    }
-
-    fn clock_ticks_per_second() -> u64 {
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
-    }
-
-    #[test]
-    fn parses_status_and_stat() {
-        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
-        assert_eq!(status_kib(status, "VmRSS"), Some(1024));
-        assert_eq!(status_kib(status, "VmHWM"), Some(2048));
-        assert_eq!(status_kib(status, "VmSwap"), None);
-        let stat = "42 (a b) c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 5 0 0";
-        assert_eq!(cpu_time(stat, 100), Some(Duration::from_secs(3)));
-        assert_eq!(cpu_time("42 (x", 100), None);
-        let own = Vitals::read(std::process::id());
-        assert!(own.rss_kib > 0 && own.hwm_kib >= own.rss_kib, "{own:?}");
-    }
-}
-
-mod agent_counters {
-    //! The agent's loss counters: from its Prometheus `/metrics` when it serves them, else from
-    //! its drop summary lines and the final `tracer stopped` line on stderr.
-
-    use std::collections::BTreeMap;
-    use std::sync::OnceLock;
-    use std::time::Duration;
-
-    pub use tracer_tests::metrics_client::scrape;
-
-    use tracer_tests::{run_with_timeout, tracer_command};
-
-    /// Message of the periodic drop summary.
-    const DROP_SUMMARY: &str = "events or spans were dropped";
-    /// Message of the last log line.
-    const STOPPED: &str = "tracer stopped";
-
-    /// Loss counters, totals since the agent started.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct DropTotals {
-        pub kernel_ringbuf_full: u64,
-        pub spans_dropped_queue_full: u64,
-        pub spans_dropped_export_failed: u64,
-    }
-
-    impl DropTotals {
-        /// From the latest drop summary line (all zero when none was printed: nothing dropped).
-        pub fn from_logs(stderr: &str) -> DropTotals {
-            let Some(fields) = stderr
-                .lines()
-                .rev()
-                .find_map(|l| fields_after(l, DROP_SUMMARY))
-            else {
-                return DropTotals::default();
-            };
-            let get = |key: &str| fields.get(key).copied().unwrap_or(0);
-            DropTotals {
-                kernel_ringbuf_full: get("kernel_ringbuf_full"),
-                spans_dropped_queue_full: get("spans_dropped_queue_full"),
-                spans_dropped_export_failed: get("spans_dropped_export_failed"),
-            }
-        }
-
-        /// From a `/metrics` page.
-        pub fn from_metrics(text: &str) -> DropTotals {
-            let get = |name, labels: &[(&str, &str)]| {
-                sample(text, name, labels).unwrap_or_else(|| {
-                    panic!("metric {name}{labels:?} missing from /metrics:\n{text}")
-                }) as u64
-            };
-            DropTotals {
-                kernel_ringbuf_full: get(
-                    "tracer_events_dropped_total",
-                    &[("stage", "kernel"), ("reason", "ringbuf_full")],
-                ),
-                spans_dropped_queue_full: get(
-                    "tracer_spans_dropped_total",
-                    &[("reason", "queue_full")],
-                ),
-                spans_dropped_export_failed: get(
-                    "tracer_spans_dropped_total",
-                    &[("reason", "export_failed")],
-                ),
-            }
-        }
-    }
-
-    /// The agent's connection table and how far it has read the kernel's records.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct TableState {
-        pub tracked: u64,
-        pub events_read: u64,
-        pub events_submitted: u64,
-    }
-
-    impl TableState {
-        pub fn from_metrics(text: &str) -> TableState {
-            let get = |name| {
-                sample(text, name, &[])
-                    .unwrap_or_else(|| panic!("metric {name} missing from /metrics:\n{text}"))
-                    as u64
-            };
-            TableState {
-                tracked: get("tracer_connections_tracked"),
-                events_read: get("tracer_events_read_total"),
-                events_submitted: get("tracer_kernel_events_submitted_total"),
-            }
-        }
-    }
-
-    /// The counters of the final `tracer stopped` line.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct StoppedLine {
-        pub spans: u64,
-        pub exported: u64,
-        pub dropped_queue_full: u64,
-        pub dropped_export_failed: u64,
-        pub dropped_shutdown: u64,
-    }
-
-    impl StoppedLine {
-        pub fn from_logs(stderr: &str) -> Option<StoppedLine> {
-            let fields = stderr
-                .lines()
-                .rev()
-                .find_map(|l| fields_after(l, STOPPED))?;
-            let get = |key: &str| fields.get(key).copied();
-            Some(StoppedLine {
-                spans: get("spans")?,
-                exported: get("exported")?,
-                dropped_queue_full: get("dropped_queue_full")?,
-                dropped_export_failed: get("dropped_export_failed")?,
-                dropped_shutdown: get("dropped_shutdown")?,
-            })
-        }
-
-        /// Every span lost, whatever the reason.
-        pub fn dropped(&self) -> u64 {
-            self.dropped_queue_full + self.dropped_export_failed + self.dropped_shutdown
-        }
-    }
-
-    /// The numeric `key=value` fields after `message` in a log line (ANSI colours removed).
-    pub fn fields_after(line: &str, message: &str) -> Option<BTreeMap<String, u64>> {
-        let plain = strip_ansi(line);
-        let at = plain.find(message)?;
-        let rest = plain.get(at + message.len()..)?;
-        Some(
-            rest.split_whitespace()
-                .filter_map(|token| {
-                    let (key, value) = token.split_once('=')?;
-                    Some((key.to_owned(), value.parse().ok()?))
-                })
-                .collect(),
-        )
-    }
-
-    fn strip_ansi(text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // CSI: ESC [ parameters final-byte
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    /// Whether this agent build has `--metrics-addr` (asked once per test binary).
-    pub fn metrics_flag_supported() -> bool {
-        static SUPPORTED: OnceLock<bool> = OnceLock::new();
-        *SUPPORTED.get_or_init(|| {
-            let mut command = tracer_command();
-            command.args(["agent", "--help"]);
-            let (status, child) =
-                run_with_timeout("tracer agent --help", command, Duration::from_secs(30));
-            assert!(status.success(), "{}", child.output_report());
-            let supported = child.stdout().text().contains("--metrics-addr");
-            eprintln!(
-                "agent counters come from {}",
-                if supported {
-                    "/metrics"
-                } else {
-                    "stderr log lines (no --metrics-addr)"
-                }
-            );
-            supported
-        })
-    }
-
-    /// The value of sample `name` with exactly `labels` in Prometheus text.
-    pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut want: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        want.sort();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (series_name, series_labels) = match series.split_once('{') {
-                    Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}')?)?),
-                    None => (series, Vec::new()),
-                };
-                (series_name == name && series_labels == want).then(|| value.parse().ok())?
-            })
-    }
-
-    /// `a="x",b="y"` (no escapes needed for the agent's label values), sorted.
-    fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
-        let mut labels = Vec::new();
-        for pair in text.split(',').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=')?;
-            let value = value.strip_prefix('"')?.strip_suffix('"')?;
-            labels.push((key.to_owned(), value.to_owned()));
-        }
-        labels.sort();
-        Some(labels)
-    }
-
-    #[test]
-    fn parses_log_lines_and_metrics() {
-        let line = "\u{1b}[2m2026-01-01T00:00:00Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m tracer::agent: \
-                    events or spans were dropped (totals since start) \
-                    \u{1b}[3mkernel_ringbuf_full\u{1b}[0m\u{1b}[2m=\u{1b}[0m7 \
-                    spans_dropped_queue_full=2 spans_dropped_export_failed=3 decode_errors=0";
-        let stderr = format!(
-            "first\n{line}\nINFO tracer stopped spans=9 exported=4 \
-                              dropped_queue_full=2 dropped_export_failed=3 dropped_shutdown=0\n"
-        );
-        assert_eq!(
-            DropTotals::from_logs(&stderr),
-            DropTotals {
-                kernel_ringbuf_full: 7,
-                spans_dropped_queue_full: 2,
-                spans_dropped_export_failed: 3
-            }
-        );
-        let stopped = StoppedLine::from_logs(&stderr).expect("stopped line");
-        assert_eq!(
-            (stopped.spans, stopped.exported, stopped.dropped()),
-            (9, 4, 5)
-        );
-        assert_eq!(DropTotals::from_logs("nothing"), DropTotals::default());
-
-        let metrics = "# TYPE tracer_spans_dropped_total counter\n\
-                       tracer_spans_dropped_total{reason=\"queue_full\"} 5\n\
-                       tracer_spans_dropped_total{reason=\"export_failed\"} 6\n\
-                       tracer_events_dropped_total{stage=\"kernel\",reason=\"ringbuf_full\"} 8\n\
-                       tracer_connections_tracked 0\n";
-        assert_eq!(
-            DropTotals::from_metrics(metrics),
-            DropTotals {
-                kernel_ringbuf_full: 8,
-                spans_dropped_queue_full: 5,
-                spans_dropped_export_failed: 6
-            }
-        );
-        assert_eq!(
-            sample(metrics, "tracer_connections_tracked", &[]),
-            Some(0.0)
-        );
-        assert_eq!(sample(metrics, "tracer_spans_dropped_total", &[]), None);
-    }
-}
-
-mod http_load {
-    //! A small HTTP/1.1 server and clients on std sockets, fast enough for tens of thousands of
-    //! exchanges: `/status/NNN?size=N` answers status NNN with an N-byte body.
-
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::thread::JoinHandle;
-    use std::time::Duration;
-
-    /// Largest request or response head read.
-    const MAX_HEAD: usize = 64 * 1024;
-    /// Largest body the server sends.
-    const MAX_BODY: usize = 1 << 20;
-    const IO_TIMEOUT: Duration = Duration::from_secs(15);
-
-    /// Worker threads accepting on one listener; stopped and joined on drop.
-    pub struct LoadServer {
-        port: u16,
-        stop: Arc<AtomicBool>,
-        served: Arc<AtomicU64>,
-        workers: Vec<JoinHandle<()>>,
-    }
-
-    impl LoadServer {
-        /// Listens on 127.0.0.1:`port` (0: any free port, see `port()`) with `workers` threads,
-        /// each serving one connection at a time; with `keep_alive` false every response closes
-        /// its connection.
-        pub fn start(port: u16, workers: usize, keep_alive: bool) -> LoadServer {
-            let listener = TcpListener::bind(("127.0.0.1", port))
-                .unwrap_or_else(|e| panic!("load server: binding {port}: {e}"));
-            let port = listener
-                .local_addr()
-                .unwrap_or_else(|e| panic!("load server: local address: {e}"))
-                .port();
-            let stop = Arc::new(AtomicBool::new(false));
-            let served = Arc::new(AtomicU64::new(0));
-            let workers = (0..workers.max(1))
-                .map(|_| {
-                    let listener = listener.try_clone().expect("clone listener");
-                    let stop = Arc::clone(&stop);
-                    let served = Arc::clone(&served);
-                    std::thread::spawn(move || {
-                        while let Ok((stream, _)) = listener.accept() {
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            serve(stream, keep_alive, &served);
-                        }
-                    })
-                })
-                .collect();
-            LoadServer {
-                port,
-                stop,
-                served,
-                workers,
-            }
-        }
-
-        /// Responses sent so far.
-        pub fn served(&self) -> u64 {
-            self.served.load(Ordering::Relaxed)
-        }
-
-        /// The port it listens on.
-        pub fn port(&self) -> u16 {
-            self.port
-        }
-    }
-
-    impl Drop for LoadServer {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::Relaxed);
-            // Wake every worker blocked in accept.
-            for _ in &self.workers {
-                let _ = TcpStream::connect(("127.0.0.1", self.port));
-            }
-            for worker in self.workers.drain(..) {
-                let _ = worker.join();
-            }
-        }
-    }
-
-    fn serve(mut stream: TcpStream, keep_alive: bool, served: &AtomicU64) {
-        if stream.set_read_timeout(Some(IO_TIMEOUT)).is_err()
-            || stream.set_write_timeout(Some(IO_TIMEOUT)).is_err()
-        {
-            return;
-        }
-        let mut buffer = Vec::with_capacity(1024);
-        loop {
-            let Some(head_len) = read_head(&mut stream, &mut buffer) else {
-                return;
-            };
-            let head = buffer
-                .get(..head_len)
-                .map(|head| String::from_utf8_lossy(head).into_owned())
-                .unwrap_or_default();
-            let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
-            let close = !keep_alive
-                || head
-                    .to_ascii_lowercase()
-                    .contains("\r\nconnection: close\r\n");
-            buffer.drain(..head_len);
-            let (status, size) = route(&target);
-            let mut response = format!(
-                "HTTP/1.1 {status} {}\r\nContent-Length: {size}\r\nConnection: {}\r\n\r\n",
-                reason(status),
-                if close { "close" } else { "keep-alive" }
-            )
-            .into_bytes();
-            response.resize(response.len() + size, b'x');
-            if stream.write_all(&response).is_err() {
-                return;
-            }
-            served.fetch_add(1, Ordering::Relaxed);
-            if close {
-                let _ = stream.shutdown(Shutdown::Write);
-                return;
-            }
-        }
-    }
-
-    /// Status and body size for a request target.
-    fn route(target: &str) -> (u16, usize) {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let status = match path.strip_prefix("/status/").map(str::parse::<u16>) {
-            Some(Ok(code)) if (200..=599).contains(&code) && code != 204 && code != 304 => code,
-            Some(_) => 400,
-            None => 404,
-        };
-        let size = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("size="))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2)
-            .min(MAX_BODY);
-        (status, size)
-    }
-
-    fn reason(status: u16) -> &'static str {
-        match status {
-            200 => "OK",
-            201 => "Created",
-            202 => "Accepted",
-            404 => "Not Found",
-            410 => "Gone",
-            500 => "Internal Server Error",
-            503 => "Service Unavailable",
-            _ => "Whatever",
-        }
-    }
-
-    /// Reads until `buffer` holds a whole head; its length including the blank line, or `None`
-    /// at end of stream, on error, or when the head is too large.
-    fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<usize> {
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                return Some(end + 4);
-            }
-            if buffer.len() > MAX_HEAD {
-                return None;
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buffer.extend_from_slice(chunk.get(..n)?),
-            }
-        }
-    }
-
-    /// Status code and Content-Length of a response head.
-    fn parse_response_head(head: &[u8]) -> std::io::Result<(u16, usize)> {
-        let bad = |what: &str| {
-            std::io::Error::other(format!("{what}: {:?}", String::from_utf8_lossy(head)))
-        };
-        let text = std::str::from_utf8(head).map_err(|_| bad("not UTF-8"))?;
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("no status"))?;
-        let length = text
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        Ok((status, length))
-    }
-
-    /// One request on a fresh connection with `Connection: close`; the response status.
-    pub fn get_once(port: u16, target: &str) -> std::io::Result<u16> {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.write_all(
-            format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )?;
-        let mut response = Vec::new();
-        stream
-            .take(MAX_HEAD as u64 + MAX_BODY as u64)
-            .read_to_end(&mut response)?;
-        let end = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other("no response head"))?;
-        parse_response_head(response.get(..end).unwrap_or_default()).map(|(status, _)| status)
-    }
-
-    /// One keep-alive connection sending one request at a time.
-    pub struct KeepAliveClient {
-        stream: TcpStream,
-        port: u16,
-        buffer: Vec<u8>,
-    }
-
-    impl KeepAliveClient {
-        pub fn connect(port: u16) -> std::io::Result<KeepAliveClient> {
-            let stream = TcpStream::connect(("127.0.0.1", port))?;
-            stream.set_read_timeout(Some(IO_TIMEOUT))?;
-            stream.set_write_timeout(Some(IO_TIMEOUT))?;
-            Ok(KeepAliveClient {
-                stream,
-                port,
-                buffer: Vec::new(),
-            })
-        }
-
-        /// Sends `GET target` and reads the whole response: its status and body length.
-        pub fn get(&mut self, target: &str) -> std::io::Result<(u16, usize)> {
-            self.stream.write_all(
-                format!(
-                    "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
-                    self.port
-                )
-                .as_bytes(),
-            )?;
-            let head_len = read_head(&mut self.stream, &mut self.buffer)
-                .ok_or_else(|| std::io::Error::other("connection ended before a response"))?;
-            let (status, length) =
-                parse_response_head(self.buffer.get(..head_len).unwrap_or_default())?;
-            self.buffer.drain(..head_len);
-            let mut chunk = [0u8; 16 * 1024];
-            while self.buffer.len() < length {
-                match self.stream.read(&mut chunk)? {
-                    0 => return Err(std::io::Error::other("connection ended inside a body")),
-                    n => self
-                        .buffer
-                        .extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                }
-            }
-            self.buffer.drain(..length);
-            Ok((status, length))
-        }
-    }
-
-    #[test]
-    fn serves_status_paths_once_and_keep_alive() {
-        // Port 0: the kernel picks a free one, so no other test can take it in between.
-        let server = LoadServer::start(0, 2, true);
-        let port = server.port();
-        let mut client = KeepAliveClient::connect(port).expect("connect");
-        assert_eq!(
-            client.get("/status/404?size=5000").expect("get"),
-            (404, 5000)
-        );
-        assert_eq!(client.get("/status/201").expect("get"), (201, 2));
-        assert_eq!(client.get("/elsewhere").expect("get"), (404, 2));
-        drop(client);
-        assert_eq!(get_once(port, "/status/503").expect("get"), 503);
-        // The server counts after it has answered: give its thread a moment.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while server.served() < 4 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(server.served(), 4);
-        drop(server);
-
-        let closing = LoadServer::start(0, 1, false);
-        let port = closing.port();
-        for _ in 0..3 {
-            assert_eq!(get_once(port, "/status/200").expect("get"), 200);
-        }
-        // As above: the count follows the answer.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while closing.served() < 3 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(closing.served(), 3);
-    }
-}
-
-mod bpf_objects {
-    //! BPF programs, maps and links a process holds (from `/proc/<pid>/fdinfo`) and whether the
-    //! kernel still has them, by id through the bpf(2) syscall.
-
-    use std::collections::BTreeSet;
-
-    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
-    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-    const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
-    /// Upper bound on ids walked by `loaded_ids`.
-    const MAX_WALK: usize = 1_000_000;
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Kind {
-        Program,
-        Map,
-        Link,
-    }
-
-    impl Kind {
-        fn next_id_cmd(self) -> libc::c_long {
-            match self {
-                Kind::Program => BPF_PROG_GET_NEXT_ID,
-                Kind::Map => BPF_MAP_GET_NEXT_ID,
-                Kind::Link => BPF_LINK_GET_NEXT_ID,
-            }
-        }
-
-        fn fd_by_id_cmd(self) -> libc::c_long {
-            match self {
-                Kind::Program => BPF_PROG_GET_FD_BY_ID,
-                Kind::Map => BPF_MAP_GET_FD_BY_ID,
-                Kind::Link => BPF_LINK_GET_FD_BY_ID,
-            }
-        }
-    }
-
-    /// The id part of `union bpf_attr` for the *_GET_NEXT_ID and *_GET_FD_BY_ID commands.
-    #[repr(C)]
-    #[derive(Default)]
-    struct IdAttr {
-        id: u32,
-        next_id: u32,
-        open_flags: u32,
-    }
-
-    /// The `info` part of `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
-    #[repr(C)]
-    #[derive(Default)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-
-    /// `struct bpf_prog_info` up to and including `name` (the kernel fills what fits).
-    #[repr(C, align(8))]
-    struct ProgInfoPrefix {
-        bytes: [u8; 80],
-    }
-    const PROG_INFO_NAME: std::ops::Range<usize> = 64..80;
-
-    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
-        // SAFETY: `attr` is a live, exclusively borrowed repr(C) value of the size passed; the
-        // kernel reads and writes at most that many bytes.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                std::ptr::from_mut(attr),
-                std::mem::size_of::<T>(),
-            )
-        };
-        if ret < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
-    }
-
-    /// An fd from the bpf syscall, closed on drop.
-    struct Fd(libc::c_int);
-
-    impl Drop for Fd {
-        fn drop(&mut self) {
-            // SAFETY: we own this fd and close it once.
-            unsafe { libc::close(self.0) };
-        }
-    }
-
-    fn fd_by_id(kind: Kind, id: u32) -> std::io::Result<Fd> {
-        let mut attr = IdAttr {
-            id,
-            ..Default::default()
-        };
-        let fd = bpf(kind.fd_by_id_cmd(), &mut attr)?;
-        libc::c_int::try_from(fd)
-            .map(Fd)
-            .map_err(|_| std::io::Error::other("fd out of range"))
-    }
-
-    /// Whether the kernel still has object `id` of `kind`; panics on errors other than ENOENT.
-    pub fn is_loaded(kind: Kind, id: u32) -> bool {
-        match fd_by_id(kind, id) {
-            Ok(_fd) => true,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
-            Err(e) => panic!("bpf GET_FD_BY_ID for {kind:?} {id}: {e}"),
-        }
-    }
-
-    /// Every id of `kind` the kernel has now.
-    pub fn loaded_ids(kind: Kind) -> BTreeSet<u32> {
-        let mut ids = BTreeSet::new();
-        let mut attr = IdAttr::default();
-        for _ in 0..MAX_WALK {
-            match bpf(kind.next_id_cmd(), &mut attr) {
-                Ok(_) => {
-                    ids.insert(attr.next_id);
-                    attr.id = attr.next_id;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return ids,
-                Err(e) => panic!("bpf GET_NEXT_ID for {kind:?}: {e}"),
-            }
-        }
-        panic!("more than {MAX_WALK} {kind:?} ids");
-    }
-
-    /// The name a program was loaded with, if it is still loaded.
-    pub fn program_name(id: u32) -> Option<String> {
-        let fd = fd_by_id(Kind::Program, id).ok()?;
-        let mut info = ProgInfoPrefix { bytes: [0; 80] };
-        let mut attr = InfoAttr {
-            bpf_fd: u32::try_from(fd.0).ok()?,
-            info_len: 80,
-            info: std::ptr::from_mut(&mut info) as u64,
-        };
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).ok()?;
-        let name = info.bytes.get(PROG_INFO_NAME)?;
-        let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
-        Some(String::from_utf8_lossy(name.get(..end)?).into_owned())
-    }
-
-    /// BPF object ids behind a process's file descriptors.
-    #[derive(Clone, Debug, Default)]
-    pub struct Held {
-        pub programs: BTreeSet<u32>,
-        pub maps: BTreeSet<u32>,
-        pub links: BTreeSet<u32>,
-    }
-
-    impl Held {
-        /// Reads `/proc/<pid>/fd` and the fdinfo of each BPF fd.
-        pub fn by_pid(pid: u32) -> Held {
-            let dir = format!("/proc/{pid}/fd");
-            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {dir}: {e}"));
-            let mut held = Held::default();
-            for entry in entries.flatten() {
-                let Ok(target) = std::fs::read_link(entry.path()) else {
-                    continue;
-                };
-                let target = target.to_string_lossy().into_owned();
-                let (set, key) = match target.as_str() {
-                    "anon_inode:bpf-prog" => (&mut held.programs, "prog_id:"),
-                    "anon_inode:bpf-map" => (&mut held.maps, "map_id:"),
-                    "anon_inode:bpf_link" => (&mut held.links, "link_id:"),
-                    _ => continue,
-                };
-                let info_path =
-                    format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
-                let Ok(info) = std::fs::read_to_string(&info_path) else {
-                    continue;
-                };
-                if let Some(id) = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|v| v.trim().parse().ok())
-                {
-                    set.insert(id);
-                }
-            }
-            held
-        }
-
-        pub fn all(&self) -> Vec<(Kind, &BTreeSet<u32>)> {
-            vec![
-                (Kind::Program, &self.programs),
-                (Kind::Map, &self.maps),
-                (Kind::Link, &self.links),
-            ]
-        }
-    }
 }

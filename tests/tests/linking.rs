@@ -405,8 +405,8 @@ fn collect_spans(
     let _ = session.receiver.wait_for(SPAN_TIMEOUT, |spans| {
         spans.iter().filter(|s| ownership.owns(s)).count() >= count
     });
-    // Anything late or duplicated would arrive within a few export intervals.
-    std::thread::sleep(Duration::from_millis(600));
+    // Anything late or duplicated has been delivered once the agent has caught up.
+    session.agent().wait_settled();
     let exit = session.stop_agent();
     exit.assert_success();
     let (spans, foreign): (Vec<ObservedSpan>, Vec<ObservedSpan>) = session

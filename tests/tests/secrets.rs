@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tracer_tests::metrics_client::{http_get, sample};
+use tracer_tests::metrics_client::sample;
 use tracer_tests::peers::python;
 use tracer_tests::process::{ChildGuard, LineWait};
 use tracer_tests::query::{client_spans, describe, server_spans};
@@ -358,24 +358,6 @@ fn command_lines_are_exported_only_on_request_and_redacted() {
     );
 }
 
-/// `GET /metrics` from the agent, retried until `condition` holds on the text (or a deadline).
-fn wait_for_metrics(addr: SocketAddr, what: &str, condition: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + SPAN_TIMEOUT;
-    loop {
-        let text = http_get(addr, "/metrics", Duration::from_secs(5))
-            .map(|answer| answer.body)
-            .unwrap_or_default();
-        if condition(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {SPAN_TIMEOUT:?} for {what}; last /metrics:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn exporter_headers_never_follow_a_redirect() {
     let target = RecordingEndpoint::start(Answer::Ok);
@@ -385,7 +367,7 @@ fn exporter_headers_never_follow_a_redirect() {
     let server = PythonServer::start(port, "e2e-secrets-redirect");
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let api_key = secret(80);
-    let agent = AgentConfig::new()
+    let mut agent = AgentConfig::new()
         .ports(&[port])
         .arg("--metrics-addr")
         .arg(metrics.to_string())
@@ -410,7 +392,7 @@ fn exporter_headers_never_follow_a_redirect() {
         )
     });
     assert_eq!(first.header("x-api-key"), Some(api_key.as_str()));
-    let text = wait_for_metrics(metrics, "the redirected export to finish", |text| {
+    let text = agent.wait_metrics("the redirected export to finish", |text| {
         let failed = sample(
             text,
             "tracer_spans_dropped_total",

@@ -18,17 +18,17 @@ use crate::maps::{
     next_conn_id,
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+const AF_INET: u16 = tracer_common::family::INET;
+const AF_INET6: u16 = tracer_common::family::INET6;
 const EINPROGRESS: i64 = 115;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
-/// Argument kinds for lifecycle syscalls stored in `INFLIGHT` (data syscalls use `syscall::*`).
-pub const ARG_ACCEPT: u8 = 100;
-pub const ARG_CONNECT: u8 = 101;
+/// Argument kinds of the lifecycle syscalls in the argument tables (beside the data syscalls').
+pub const ARG_ACCEPT: u8 = tracer_common::syscall::ACCEPT;
+pub const ARG_CONNECT: u8 = tracer_common::syscall::CONNECT;
 
 /// Offsets in the syscall tracepoint records (stable ABI: args start after id).
 pub const SYS_ARG0: usize = 16;

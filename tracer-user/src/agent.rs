@@ -643,13 +643,21 @@ impl EventLoop {
             for (pid, fd) in self.pipeline.take_ignored_fds() {
                 self.probes.ignore_connection(pid, fd);
             }
-            if now >= next_tick {
+            let tick = now >= next_tick;
+            if tick {
                 // One tick per second on average; after a stall, one tick, not a burst of them.
                 next_tick += 1_000_000_000;
                 if next_tick <= now {
                     next_tick = now + 1_000_000_000;
                 }
                 self.pipeline.tick(now, &mut self.out);
+            }
+            // One hand-over per cycle: one queue lock, one wake-up of the sink's worker.
+            self.sink.submit_batch(&mut self.out);
+            if tick {
+                // After the hand-over, so a snapshot never shows spans built but not yet handed
+                // to the sink: records read, reorder window empty and every enqueued span
+                // settled then means the agent has caught up (tests wait on exactly that).
                 self.metrics.update(snapshot(
                     &self.probes,
                     &self.pipeline,
@@ -661,8 +669,6 @@ impl EventLoop {
                     reported = report_drops(&self.probes, &self.pipeline, &self.sink, reported);
                 }
             }
-            // One hand-over per cycle: one queue lock, one wake-up of the sink's worker.
-            self.sink.submit_batch(&mut self.out);
             if self.stop.requested() {
                 return Ok(());
             }

@@ -18,3 +18,5 @@ pub mod model;
 pub mod pipeline;
 pub mod protocols;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;

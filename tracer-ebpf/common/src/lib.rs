@@ -34,34 +34,108 @@ pub const MAX_FILTER_PORTS: u32 = 256;
 /// watches).
 pub const MAX_AGENT_CONNECTIONS: u32 = 4096;
 
-/// Record kinds, the first byte of every ring-buffer record.
+/// Declares a `#[repr(u8)]` enum of wire values with `TryFrom<u8>` (unknown values are an error
+/// the caller counts: a raw byte from the kernel is never transmuted into an enum).
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:expr,)+ }) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl TryFrom<u8> for $name {
+            /// The unknown value.
+            type Error = u8;
+            fn try_from(value: u8) -> Result<Self, u8> {
+                match value {
+                    $($value => Ok($name::$variant),)+
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// Record kinds, the first byte of every ring-buffer record.
+    RecordKind {
+        ConnOpen = 1,
+        Data = 2,
+        ConnClose = 3,
+    }
+}
+
+wire_enum! {
+    /// Which side of the connection the traced process is on.
+    ConnRole {
+        /// Found by sniffing bytes on an fd opened before the agent started.
+        Unknown = 0,
+        /// The process accepted the connection.
+        Server = 1,
+        /// The process connected.
+        Client = 2,
+        /// Kernel table only: a connection excluded by the port filter (never sniffed, never sent).
+        Ignored = 3,
+    }
+}
+
+wire_enum! {
+    /// Data direction from the traced process's point of view.
+    DataDirection {
+        /// Bytes the process read from the socket.
+        Ingress = 0,
+        /// Bytes the process wrote to the socket.
+        Egress = 1,
+    }
+}
+
+wire_enum! {
+    /// Address family of the endpoints in a connection record (the kernel's `AF_*` values).
+    AddressFamily {
+        /// Not known (sniffed connections).
+        Unspecified = 0,
+        Unix = 1,
+        Inet = 2,
+        Inet6 = 10,
+    }
+}
+
+/// Record kinds as raw bytes, for the eBPF programs (see [`RecordKind`]).
 pub mod kind {
-    pub const CONN_OPEN: u8 = 1;
-    pub const DATA: u8 = 2;
-    pub const CONN_CLOSE: u8 = 3;
+    use super::RecordKind;
+    pub const CONN_OPEN: u8 = RecordKind::ConnOpen as u8;
+    pub const DATA: u8 = RecordKind::Data as u8;
+    pub const CONN_CLOSE: u8 = RecordKind::ConnClose as u8;
 }
 
-/// Which side of the connection the traced process is on.
+/// Roles as raw bytes, for the eBPF programs (see [`ConnRole`]).
 pub mod role {
-    /// Found by sniffing HTTP bytes on an fd opened before the agent started.
-    pub const UNKNOWN: u8 = 0;
-    /// The process accepted the connection.
-    pub const SERVER: u8 = 1;
-    /// The process connected.
-    pub const CLIENT: u8 = 2;
-    /// Kernel table only: a connection excluded by the port filter (never sniffed, never sent).
-    pub const IGNORED: u8 = 3;
+    use super::ConnRole;
+    pub const UNKNOWN: u8 = ConnRole::Unknown as u8;
+    pub const SERVER: u8 = ConnRole::Server as u8;
+    pub const CLIENT: u8 = ConnRole::Client as u8;
+    pub const IGNORED: u8 = ConnRole::Ignored as u8;
 }
 
-/// Data direction from the traced process's point of view.
+/// Directions as raw bytes, for the eBPF programs (see [`DataDirection`]).
 pub mod direction {
-    /// Bytes the process read from the socket.
-    pub const INGRESS: u8 = 0;
-    /// Bytes the process wrote to the socket.
-    pub const EGRESS: u8 = 1;
+    use super::DataDirection;
+    pub const INGRESS: u8 = DataDirection::Ingress as u8;
+    pub const EGRESS: u8 = DataDirection::Egress as u8;
 }
 
-/// The syscall that produced a data record (diagnostics only).
+/// Address families as raw values, for the eBPF programs (see [`AddressFamily`]).
+pub mod family {
+    use super::AddressFamily;
+    pub const UNIX: u16 = AddressFamily::Unix as u16;
+    pub const INET: u16 = AddressFamily::Inet as u16;
+    pub const INET6: u16 = AddressFamily::Inet6 as u16;
+}
+
+/// The syscall that produced a data record (diagnostics only), or whose arguments the kernel
+/// keeps from sys_enter to sys_exit.
 pub mod syscall {
     pub const READ: u8 = 1;
     pub const WRITE: u8 = 2;
@@ -77,6 +151,11 @@ pub mod syscall {
     /// A zero-length record marking a hole: bytes moved through an uncaptured path (sendmmsg,
     /// recvmmsg, io_uring). It carries `DATA_FLAG_LOSS_BEFORE`.
     pub const UNHOOKED: u8 = 11;
+    /// accept/accept4: only in the kernel's argument tables (sys_enter to sys_exit), never in
+    /// a record.
+    pub const ACCEPT: u8 = 12;
+    /// connect: only in the kernel's argument tables, never in a record.
+    pub const CONNECT: u8 = 13;
 }
 
 /// `ConnState::lost` of a connection an io_uring request touched: a multishot receive fires
@@ -139,6 +218,90 @@ pub mod counter {
     pub const AGENT_TABLE_FULL: u32 = 20;
     /// Number of counters.
     pub const COUNT: u32 = 21;
+}
+
+/// A tracepoint program of the eBPF object: its name in the object (the function's name in
+/// `tracer-ebpf/src/main.rs`) and the tracepoint userspace attaches it to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointProgram {
+    pub name: &'static str,
+    pub category: &'static str,
+    pub tracepoint: &'static str,
+    /// Attached when the kernel has the tracepoint; a missing one is logged and counted, not
+    /// fatal.
+    pub optional: bool,
+}
+
+macro_rules! tracepoints {
+    ($($category:literal : $name:ident $(optional $optional:tt)?),+ $(,)?) => {
+        &[$(TracepointProgram {
+            name: stringify!($name),
+            category: $category,
+            tracepoint: stringify!($name),
+            optional: tracepoints!(@optional $($optional)?),
+        }),+]
+    };
+    (@optional) => { false };
+    (@optional $flag:tt) => { true };
+}
+
+/// Every program of the eBPF object, the one list both sides follow: userspace attaches exactly
+/// these and refuses an object whose programs differ (a program added on one side only). The
+/// function in `tracer-ebpf/src/main.rs` has the tracepoint's name.
+pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = tracepoints![
+    "syscalls": sys_enter_accept,
+    "syscalls": sys_exit_accept,
+    "syscalls": sys_enter_accept4,
+    "syscalls": sys_exit_accept4,
+    "syscalls": sys_enter_connect,
+    "syscalls": sys_exit_connect,
+    "syscalls": sys_enter_close,
+    "syscalls": sys_enter_read,
+    "syscalls": sys_exit_read,
+    "syscalls": sys_enter_write,
+    "syscalls": sys_exit_write,
+    "syscalls": sys_enter_readv,
+    "syscalls": sys_exit_readv,
+    "syscalls": sys_enter_writev,
+    "syscalls": sys_exit_writev,
+    "syscalls": sys_enter_recvfrom,
+    "syscalls": sys_exit_recvfrom,
+    "syscalls": sys_enter_sendto,
+    "syscalls": sys_exit_sendto,
+    "syscalls": sys_enter_recvmsg,
+    "syscalls": sys_exit_recvmsg,
+    "syscalls": sys_enter_sendmsg,
+    "syscalls": sys_exit_sendmsg,
+    "syscalls": sys_enter_sendfile64,
+    "syscalls": sys_exit_sendfile64,
+    "sock": inet_sock_set_state,
+    "task": task_newtask,
+    "sched": sched_process_exit,
+    "sched": sched_process_exec,
+    "syscalls": sys_enter_dup2,
+    "syscalls": sys_enter_dup3,
+    "syscalls": sys_enter_splice,
+    "syscalls": sys_exit_splice,
+    "syscalls": sys_enter_sendmmsg,
+    "syscalls": sys_enter_recvmmsg,
+    // A kernel without io_uring has no io_uring:io_uring_file_get; close_range exists since 5.9.
+    "io_uring": io_uring_file_get optional!,
+    "syscalls": sys_enter_close_range optional!,
+];
+
+/// Names of the eBPF object's maps that userspace opens (the `static` names in
+/// `tracer-ebpf/src/maps.rs`).
+pub mod map_name {
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const CONNS: &str = "CONNS";
+    pub const FILTER_PIDS: &str = "FILTER_PIDS";
+    pub const NS_FILTER_PIDS: &str = "NS_FILTER_PIDS";
+    pub const NS_PIDS: &str = "NS_PIDS";
+    pub const FILTER_PORTS: &str = "FILTER_PORTS";
+    pub const AGENT_SOCKS: &str = "AGENT_SOCKS";
+    pub const AGENT_ENDPOINTS: &str = "AGENT_ENDPOINTS";
 }
 
 /// Index of the single configuration entry.
@@ -207,7 +370,7 @@ pub struct ConnOpenEvent {
     /// One of `role::*`.
     pub role: u8,
     pub _pad: u8,
-    /// AF_INET (2), AF_INET6 (10), AF_UNIX (1), or 0 when unknown.
+    /// One of [`AddressFamily`] (0 when unknown).
     pub family: u16,
     /// Host byte order; 0 when unknown.
     pub local_port: u16,

@@ -3,9 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use std::mem::offset_of;
+
 use tracer_common::{
-    CONN_CLOSE_LEN, CONN_OPEN_LEN, DATA_HEADER_LEN, EVENT_HEADER_LEN, MAX_CAPTURE, direction, kind,
-    role,
+    AddressFamily, CONN_CLOSE_LEN, CONN_OPEN_LEN, ConnOpenEvent, ConnRole, DATA_HEADER_LEN,
+    DataDirection, DataEventHeader, EVENT_HEADER_LEN, EventHeader, MAX_CAPTURE, RecordKind,
 };
 
 use crate::model::{Direction, Role};
@@ -85,6 +87,8 @@ pub enum DecodeError {
     BadCapturedLen { captured: usize, carried: usize },
     #[error("unknown direction {0}")]
     UnknownDirection(u8),
+    #[error("unknown connection role {0}")]
+    UnknownRole(u8),
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -123,22 +127,38 @@ fn socket_addr(family: u16, addr: [u8; 16], port: u16) -> Option<SocketAddr> {
     if port == 0 && addr == [0; 16] {
         return None;
     }
+    let family = u8::try_from(family)
+        .ok()
+        .and_then(|f| AddressFamily::try_from(f).ok())?;
     let ip = match family {
-        2 => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
-        10 => IpAddr::V6(Ipv6Addr::from(addr)),
-        _ => return None,
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::from(addr)),
+        AddressFamily::Unspecified | AddressFamily::Unix => return None,
     };
     Some(SocketAddr::new(ip, port))
 }
 
+/// The role a record carries: `None` when the kernel does not know it (sniffed connections).
+/// `Ignored` never leaves the kernel; seeing it, or an unknown value, rejects the record.
+fn role_at(b: &[u8], at: usize) -> Result<Option<Role>, DecodeError> {
+    let raw = b.get(at).copied().unwrap_or_default();
+    match ConnRole::try_from(raw) {
+        Ok(ConnRole::Server) => Ok(Some(Role::Server)),
+        Ok(ConnRole::Client) => Ok(Some(Role::Client)),
+        Ok(ConnRole::Unknown) => Ok(None),
+        Ok(ConnRole::Ignored) | Err(_) => Err(DecodeError::UnknownRole(raw)),
+    }
+}
+
+/// Field offsets come from the `#[repr(C)]` ABI structs themselves (`offset_of!`), after the
+/// caller checked the record is at least the struct's length.
 fn header_at(b: &[u8]) -> RecordHeader {
-    // Offsets follow `tracer_common::EventHeader` (checked by the layout asserts there).
     RecordHeader {
-        tgid: u32_at(b, 4),
-        tid: u32_at(b, 8),
-        fd: u32_at(b, 12) as i32,
-        conn_id: u64_at(b, 16),
-        ts_ns: u64_at(b, 24),
+        tgid: u32_at(b, offset_of!(EventHeader, tgid)),
+        tid: u32_at(b, offset_of!(EventHeader, tid)),
+        fd: u32_at(b, offset_of!(EventHeader, fd)) as i32,
+        conn_id: u64_at(b, offset_of!(EventHeader, conn_id)),
+        ts_ns: u64_at(b, offset_of!(EventHeader, ts_ns)),
     }
 }
 
@@ -150,11 +170,11 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             need: EVENT_HEADER_LEN,
         });
     };
-    let need = match kind_byte {
-        kind::CONN_OPEN => CONN_OPEN_LEN,
-        kind::DATA => DATA_HEADER_LEN,
-        kind::CONN_CLOSE => CONN_CLOSE_LEN,
-        other => return Err(DecodeError::UnknownKind(other)),
+    let kind = RecordKind::try_from(kind_byte).map_err(DecodeError::UnknownKind)?;
+    let need = match kind {
+        RecordKind::ConnOpen => CONN_OPEN_LEN,
+        RecordKind::Data => DATA_HEADER_LEN,
+        RecordKind::ConnClose => CONN_CLOSE_LEN,
     };
     if record.len() < need {
         return Err(DecodeError::Short {
@@ -163,19 +183,22 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         });
     }
     let header = header_at(record);
-    match kind_byte {
-        kind::CONN_OPEN => {
-            let b = EVENT_HEADER_LEN;
-            let role = match record[b] {
-                role::SERVER => Some(Role::Server),
-                role::CLIENT => Some(Role::Client),
-                _ => None,
-            };
-            let family = u16_at(record, b + 2);
-            let local_port = u16_at(record, b + 4);
-            let peer_port = u16_at(record, b + 6);
-            let local = socket_addr(family, addr16_at(record, b + 8), local_port);
-            let peer = socket_addr(family, addr16_at(record, b + 24), peer_port);
+    match kind {
+        RecordKind::ConnOpen => {
+            let role = role_at(record, offset_of!(ConnOpenEvent, role))?;
+            let family = u16_at(record, offset_of!(ConnOpenEvent, family));
+            let local_port = u16_at(record, offset_of!(ConnOpenEvent, local_port));
+            let peer_port = u16_at(record, offset_of!(ConnOpenEvent, peer_port));
+            let local = socket_addr(
+                family,
+                addr16_at(record, offset_of!(ConnOpenEvent, local_addr)),
+                local_port,
+            );
+            let peer = socket_addr(
+                family,
+                addr16_at(record, offset_of!(ConnOpenEvent, peer_addr)),
+                peer_port,
+            );
             Ok(KernelEvent::ConnOpen {
                 header,
                 role,
@@ -183,22 +206,19 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 peer,
             })
         }
-        kind::DATA => {
-            let b = EVENT_HEADER_LEN;
-            let direction = match record[b] {
-                direction::INGRESS => Direction::Ingress,
-                direction::EGRESS => Direction::Egress,
-                other => return Err(DecodeError::UnknownDirection(other)),
+        RecordKind::Data => {
+            let raw_direction = record[offset_of!(DataEventHeader, direction)];
+            let direction = match DataDirection::try_from(raw_direction) {
+                Ok(DataDirection::Ingress) => Direction::Ingress,
+                Ok(DataDirection::Egress) => Direction::Egress,
+                Err(other) => return Err(DecodeError::UnknownDirection(other)),
             };
-            let role = match record[b + 2] {
-                role::SERVER => Some(Role::Server),
-                role::CLIENT => Some(Role::Client),
-                _ => None,
-            };
-            let true_len = u32_at(record, b + 4);
-            let captured = u32_at(record, b + 8) as usize;
-            let syscall_ns = u32_at(record, b + 12);
-            let loss_before = record[b + 3] & tracer_common::DATA_FLAG_LOSS_BEFORE != 0;
+            let role = role_at(record, offset_of!(DataEventHeader, role))?;
+            let true_len = u32_at(record, offset_of!(DataEventHeader, true_len));
+            let captured = u32_at(record, offset_of!(DataEventHeader, captured_len)) as usize;
+            let syscall_ns = u32_at(record, offset_of!(DataEventHeader, syscall_ns));
+            let flags = record[offset_of!(DataEventHeader, flags)];
+            let loss_before = flags & tracer_common::DATA_FLAG_LOSS_BEFORE != 0;
             let carried = record.len() - DATA_HEADER_LEN;
             if captured > carried || captured > MAX_CAPTURE || captured as u64 > true_len as u64 {
                 return Err(DecodeError::BadCapturedLen { captured, carried });
@@ -214,14 +234,14 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 payload,
             })
         }
-        _ => Ok(KernelEvent::ConnClose { header }),
+        RecordKind::ConnClose => Ok(KernelEvent::ConnClose { header }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{ConnOpenEvent, DataEventHeader, EventHeader};
+    use tracer_common::{direction, kind, role};
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: T is a repr(C) plain-data ABI struct in these tests.
@@ -351,6 +371,44 @@ mod tests {
             decode(&b),
             Err(DecodeError::BadCapturedLen { .. })
         ));
+    }
+
+    #[test]
+    fn rejects_roles_that_never_leave_the_kernel() {
+        for raw in [role::IGNORED, 7] {
+            let meta = DataEventHeader {
+                header: hdr(kind::DATA),
+                role: raw,
+                ..Default::default()
+            };
+            assert_eq!(decode(&bytes_of(&meta)), Err(DecodeError::UnknownRole(raw)));
+            let open = ConnOpenEvent {
+                header: hdr(kind::CONN_OPEN),
+                role: raw,
+                ..Default::default()
+            };
+            assert_eq!(decode(&bytes_of(&open)), Err(DecodeError::UnknownRole(raw)));
+        }
+    }
+
+    #[test]
+    fn wire_enums_round_trip_their_raw_values() {
+        for raw in 0..=u8::MAX {
+            if let Ok(kind) = RecordKind::try_from(raw) {
+                assert_eq!(kind as u8, raw);
+            }
+            if let Ok(role) = ConnRole::try_from(raw) {
+                assert_eq!(role as u8, raw);
+            }
+            if let Ok(direction) = DataDirection::try_from(raw) {
+                assert_eq!(direction as u8, raw);
+            }
+            if let Ok(family) = AddressFamily::try_from(raw) {
+                assert_eq!(family as u8, raw);
+            }
+        }
+        assert_eq!(RecordKind::try_from(0), Err(0));
+        assert_eq!(DataDirection::try_from(2), Err(2));
     }
 
     #[test]

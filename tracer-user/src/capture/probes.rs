@@ -12,59 +12,15 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tracer_common::{Config, ConnState, MAX_CAPTURE, conn_key, counter, role};
+use tracer_common::{
+    Config, ConnState, MAX_CAPTURE, TRACEPOINT_PROGRAMS, TracepointProgram, conn_key, counter,
+    map_name, role,
+};
 
 use crate::capture::own::PidIdentity;
 
 /// The eBPF object built by `build.rs` (empty when the eBPF toolchain was missing at build time).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
-
-/// Tracepoints attached, as (program name, category, tracepoint name).
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
-    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
-    ("sys_enter_accept4", "syscalls", "sys_enter_accept4"),
-    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ("sys_enter_close", "syscalls", "sys_enter_close"),
-    ("sys_enter_read", "syscalls", "sys_enter_read"),
-    ("sys_exit_read", "syscalls", "sys_exit_read"),
-    ("sys_enter_write", "syscalls", "sys_enter_write"),
-    ("sys_exit_write", "syscalls", "sys_exit_write"),
-    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
-    ("sys_exit_readv", "syscalls", "sys_exit_readv"),
-    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
-    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
-    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
-    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
-    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("task_newtask", "task", "task_newtask"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("sys_enter_dup2", "syscalls", "sys_enter_dup2"),
-    ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
-    ("sys_enter_splice", "syscalls", "sys_enter_splice"),
-    ("sys_exit_splice", "syscalls", "sys_exit_splice"),
-    ("sys_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
-    ("sys_enter_recvmmsg", "syscalls", "sys_enter_recvmmsg"),
-];
-
-/// Tracepoints attached when the kernel has them (a kernel without io_uring has no
-/// `io_uring:io_uring_file_get`; close_range exists since 5.9, the oldest supported kernel is
-/// 5.8); a missing one is logged and counted in `tracer_optional_probes_attached`, not fatal.
-const OPTIONAL_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("io_uring_file_get", "io_uring", "io_uring_file_get"),
-    ("sys_enter_close_range", "syscalls", "sys_enter_close_range"),
-];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -100,6 +56,16 @@ pub enum ProbeError {
     },
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
+    #[error(
+        "eBPF program {0} is missing from the object: the object and this agent were built from \
+         different sources; rebuild both with `cargo xtask build`"
+    )]
+    MissingProgram(&'static str),
+    #[error(
+        "the eBPF object has program {0}, which this agent does not attach: add it to \
+         tracer_common::TRACEPOINT_PROGRAMS"
+    )]
+    UnlistedProgram(String),
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -344,13 +310,13 @@ impl Probes {
         let tracefs = ensure_tracefs()?;
         bump_memlock_rlimit();
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .map_max_entries(map_name::EVENTS, opts.ring_buffer_bytes)
             .override_global(
                 "EVENTS_RING_BYTES",
                 &u64::from(opts.ring_buffer_bytes),
                 true,
             )
-            .map_max_entries("CONNS", opts.max_connections)
+            .map_max_entries(map_name::CONNS, opts.max_connections)
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
@@ -386,17 +352,17 @@ impl Probes {
         };
         {
             let map = ebpf
-                .map_mut("CONFIG")
-                .ok_or(ProbeError::MissingMap("CONFIG"))?;
+                .map_mut(map_name::CONFIG)
+                .ok_or(ProbeError::MissingMap(map_name::CONFIG))?;
             let mut config: Array<&mut MapData, Config> =
                 Array::try_from(map).map_err(|source| ProbeError::Map {
-                    name: "CONFIG",
+                    name: map_name::CONFIG,
                     source: Box::new(source),
                 })?;
             config
                 .set(tracer_common::CONFIG_KEY, cfg, 0)
                 .map_err(|source| ProbeError::Map {
-                    name: "CONFIG",
+                    name: map_name::CONFIG,
                     source: Box::new(source),
                 })?;
         }
@@ -421,75 +387,78 @@ impl Probes {
         {
             let map = probes
                 .ebpf
-                .map_mut("FILTER_PORTS")
-                .ok_or(ProbeError::MissingMap("FILTER_PORTS"))?;
+                .map_mut(map_name::FILTER_PORTS)
+                .ok_or(ProbeError::MissingMap(map_name::FILTER_PORTS))?;
             let mut ports: HashMap<&mut MapData, u16, u8> =
                 HashMap::try_from(map).map_err(|source| ProbeError::Map {
-                    name: "FILTER_PORTS",
+                    name: map_name::FILTER_PORTS,
                     source: Box::new(source),
                 })?;
             for port in &opts.ports {
                 ports.insert(port, 1, 0).map_err(|source| ProbeError::Map {
-                    name: "FILTER_PORTS",
+                    name: map_name::FILTER_PORTS,
                     source: Box::new(source),
                 })?;
             }
         }
-        // Verify every program before attaching any: attached programs produce records at once,
-        // and nobody reads them until loading is over.
+        // One list of programs on both sides: a program added to the object but not here (or
+        // the reverse) is refused, never left unattached.
+        if let Some((name, _)) = probes
+            .ebpf
+            .programs()
+            .find(|(name, _)| !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name))
+        {
+            return Err(ProbeError::UnlistedProgram(name.to_owned()));
+        }
+        let program_error = |p: &TracepointProgram, source| ProbeError::Program {
+            name: p.name,
+            category: p.category,
+            tracepoint: p.tracepoint,
+            source: Box::new(source),
+        };
+        // Verify every required program before attaching any: attached programs produce
+        // records at once, and nobody reads them until loading is over.
         for attach in [false, true] {
-            for &(name, category, tracepoint) in TRACEPOINTS {
-                let err = |source| ProbeError::Program {
-                    name,
-                    category,
-                    tracepoint,
-                    source: Box::new(source),
-                };
+            for p in TRACEPOINT_PROGRAMS.iter().filter(|p| !p.optional) {
                 let program = probes
                     .ebpf
-                    .program_mut(name)
-                    .ok_or(ProbeError::MissingMap(name))?;
-                let program: &mut TracePoint = program.try_into().map_err(err)?;
+                    .program_mut(p.name)
+                    .ok_or(ProbeError::MissingProgram(p.name))?;
+                let program: &mut TracePoint =
+                    program.try_into().map_err(|e| program_error(p, e))?;
                 if attach {
-                    program.attach(category, tracepoint).map_err(err)?;
+                    program
+                        .attach(p.category, p.tracepoint)
+                        .map_err(|e| program_error(p, e))?;
                 } else {
-                    program.load().map_err(err)?;
+                    program.load().map_err(|e| program_error(p, e))?;
                 }
             }
         }
-        for &(name, category, tracepoint) in OPTIONAL_TRACEPOINTS {
-            let attached = probes
+        for p in TRACEPOINT_PROGRAMS.iter().filter(|p| p.optional) {
+            let program = probes
                 .ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingMap(name))
-                .and_then(|program| {
-                    let program: &mut TracePoint =
-                        program.try_into().map_err(|source| ProbeError::Program {
-                            name,
-                            category,
-                            tracepoint,
-                            source: Box::new(source),
-                        })?;
-                    program
-                        .load()
-                        .and_then(|()| program.attach(category, tracepoint).map(drop))
-                        .map_err(|source| ProbeError::Program {
-                            name,
-                            category,
-                            tracepoint,
-                            source: Box::new(source),
-                        })
-                });
-            if attached.is_ok() {
-                probes.optional_attached += 1;
-            }
-            if let Err(err) = attached {
-                tracing::warn!(%err, "optional probe not attached (this kernel lacks it): what it watches is not seen");
+                .program_mut(p.name)
+                .ok_or(ProbeError::MissingProgram(p.name))?;
+            let attached = <&mut TracePoint>::try_from(program).and_then(|program| {
+                program
+                    .load()
+                    .and_then(|()| program.attach(p.category, p.tracepoint).map(drop))
+            });
+            match attached {
+                Ok(()) => probes.optional_attached += 1,
+                Err(source) => {
+                    let err = program_error(p, source);
+                    tracing::warn!(%err, "optional probe not attached (this kernel lacks it): what it watches is not seen");
+                }
             }
         }
         // Second handles on the agent's own map fds (dup): opening maps by id would need
         // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
-        probes.census = match (probes.map_fd("CONNS"), probes.map_fd("COUNTERS")) {
+        probes.census = match (
+            probes.map_fd(map_name::CONNS),
+            probes.map_fd(map_name::COUNTERS),
+        ) {
             (Some(conns), Some(counters)) => crate::capture::census::Census::start(conns, counters)
                 .map_err(|err| tracing::warn!(%err, "kernel connection table census not started"))
                 .ok(),
@@ -538,7 +507,7 @@ impl Probes {
             libc::read(-1, std::ptr::null_mut(), 0);
             libc::connect(-1, std::ptr::null(), 0);
         }
-        let map = self.ebpf.map("CONFIG")?;
+        let map = self.ebpf.map(map_name::CONFIG)?;
         let config: Array<&MapData, Config> = Array::try_from(map).ok()?;
         let cfg = config.get(&tracer_common::CONFIG_KEY, 0).ok()?;
         (cfg.agent_tgid != 0).then_some(cfg.agent_tgid)
@@ -549,9 +518,9 @@ impl Probes {
     /// when the process next makes a syscall.
     pub fn add_pid(&mut self, pid: u32) -> Result<(), ProbeError> {
         let name = if self.namespaced_pids {
-            "NS_FILTER_PIDS"
+            map_name::NS_FILTER_PIDS
         } else {
-            "FILTER_PIDS"
+            map_name::FILTER_PIDS
         };
         let map = self
             .ebpf
@@ -571,7 +540,7 @@ impl Probes {
     /// Stops following an fd the kernel adopted by sniffing (not a socket, or outside the port
     /// filter): it stays in the table as IGNORED so sniffing does not adopt it again.
     pub fn ignore_connection(&mut self, pid: u32, fd: i32) {
-        if let Some(map) = self.ebpf.map_mut("CONNS")
+        if let Some(map) = self.ebpf.map_mut(map_name::CONNS)
             && let Ok(mut conns) = HashMap::<&mut MapData, u64, ConnState>::try_from(map)
         {
             let ignored = ConnState {
@@ -597,11 +566,11 @@ impl Probes {
         }
         let map = self
             .ebpf
-            .take_map("NS_PIDS")
-            .ok_or(ProbeError::MissingMap("NS_PIDS"))?;
+            .take_map(map_name::NS_PIDS)
+            .ok_or(ProbeError::MissingMap(map_name::NS_PIDS))?;
         let table: HashMap<MapData, u32, u32> =
             HashMap::try_from(map).map_err(|source| ProbeError::Map {
-                name: "NS_PIDS",
+                name: map_name::NS_PIDS,
                 source: Box::new(source),
             })?;
         Ok(Some(std::sync::Arc::new(move |host_tgid: u32| {
@@ -616,11 +585,11 @@ impl Probes {
     pub fn agent_mirror_check(&mut self) -> Result<crate::capture::own::MirrorCheck, ProbeError> {
         let map = self
             .ebpf
-            .take_map("AGENT_ENDPOINTS")
-            .ok_or(ProbeError::MissingMap("AGENT_ENDPOINTS"))?;
+            .take_map(map_name::AGENT_ENDPOINTS)
+            .ok_or(ProbeError::MissingMap(map_name::AGENT_ENDPOINTS))?;
         let table: HashMap<MapData, EndpointKey, AgentEndpoints> =
             HashMap::try_from(map).map_err(|source| ProbeError::Map {
-                name: "AGENT_ENDPOINTS",
+                name: map_name::AGENT_ENDPOINTS,
                 source: Box::new(source),
             })?;
         Ok(std::sync::Arc::new(move |local, peer| {
@@ -644,10 +613,10 @@ impl Probes {
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+            .take_map(map_name::EVENTS)
+            .ok_or(ProbeError::MissingMap(map_name::EVENTS))?;
         RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: "EVENTS",
+            name: map_name::EVENTS,
             source: Box::new(source),
         })
     }
@@ -655,7 +624,7 @@ impl Probes {
     /// Reads the kernel counters, summed over CPUs.
     pub fn counters(&self) -> KernelCounters {
         let mut out = KernelCounters::default();
-        let Some(map) = self.ebpf.map("COUNTERS") else {
+        let Some(map) = self.ebpf.map(map_name::COUNTERS) else {
             return out;
         };
         let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
@@ -683,7 +652,8 @@ impl Probes {
         out.fd_reused_in_syscall = read(counter::FD_REUSED_IN_SYSCALL);
         out.args_process_quota = read(counter::ARGS_PROCESS_QUOTA);
         out.optional_probes_attached = self.optional_attached;
-        out.optional_probes_total = OPTIONAL_TRACEPOINTS.len() as u64;
+        out.optional_probes_total =
+            TRACEPOINT_PROGRAMS.iter().filter(|p| p.optional).count() as u64;
         if let Some(census) = &self.census {
             out.census_running = 1;
             out.conn_table_entries = census.results.entries.load(Ordering::Relaxed);
@@ -737,8 +707,8 @@ fn bump_memlock_rlimit() {
 #[cfg(test)]
 mod tests {
     use super::{
-        AgentEndpoints, EBPF_OBJECT, OPTIONAL_TRACEPOINTS, TRACEPOINTS, agent_destination_is_local,
-        kernel_addr, parse_field_offset,
+        AgentEndpoints, EBPF_OBJECT, TRACEPOINT_PROGRAMS, agent_destination_is_local, kernel_addr,
+        map_name, parse_field_offset,
     };
 
     #[test]
@@ -788,7 +758,7 @@ mod tests {
         );
         let object = aya_obj::Object::parse(EBPF_OBJECT)
             .unwrap_or_else(|e| panic!("parsing the embedded eBPF object: {e}"));
-        for name in ["AGENT_SOCKS", "AGENT_ENDPOINTS"] {
+        for name in [map_name::AGENT_SOCKS, map_name::AGENT_ENDPOINTS] {
             let map = object
                 .maps
                 .get(name)
@@ -815,16 +785,17 @@ mod tests {
 
     #[test]
     fn required_tracepoints_exist_on_the_oldest_supported_kernel() {
-        for (_, _, tracepoint) in TRACEPOINTS {
+        for p in TRACEPOINT_PROGRAMS.iter().filter(|p| !p.optional) {
             assert!(
-                !NEWER_THAN_5_8.contains(tracepoint),
-                "{tracepoint} is newer than 5.8: it belongs in OPTIONAL_TRACEPOINTS"
+                !NEWER_THAN_5_8.contains(&p.tracepoint),
+                "{} is newer than 5.8: it must be optional in TRACEPOINT_PROGRAMS",
+                p.tracepoint
             );
         }
         assert!(
-            OPTIONAL_TRACEPOINTS
+            TRACEPOINT_PROGRAMS
                 .iter()
-                .any(|(_, _, tp)| *tp == "sys_enter_close_range")
+                .any(|p| p.optional && p.tracepoint == "sys_enter_close_range")
         );
     }
 

@@ -25,8 +25,6 @@ mod convert;
 mod encode_tests;
 #[cfg(test)]
 mod otlp_tests;
-#[cfg(test)]
-mod test_receivers;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
 
-use super::test_receivers::{
-    Receiver, Recorder, Reply, listen, start_grpc, start_http, unused_addr,
-};
 use super::{
     BatchConfig, BatchExporter, OtlpCompression, OtlpConfig, OtlpProtocol, RetryConfig, SinkConfig,
     SpanSink, build_sink,
 };
 use crate::model::{
     AttrValue, Attribute, ExportItem, ProcessResource, SpanKind, SpanRecord, SpanStatus,
+};
+use crate::testing::otlp_receivers::{
+    Receiver, Recorder, Reply, listen, start_grpc, start_http, unused_addr,
 };
 
 const PATIENCE: Duration = Duration::from_secs(30);

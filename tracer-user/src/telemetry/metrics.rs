@@ -134,6 +134,8 @@ struct ServerCounters {
 #[derive(Debug, Default)]
 pub struct MetricsState {
     snapshot: Mutex<AgentSnapshot>,
+    /// Times `snapshot` was replaced.
+    snapshots: AtomicU64,
     ready: AtomicBool,
     server: ServerCounters,
 }
@@ -157,6 +159,7 @@ impl MetricsState {
     /// Replaces the snapshot the server renders.
     pub fn update(&self, snapshot: AgentSnapshot) {
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+        self.snapshots.fetch_add(1, Ordering::Release);
     }
 
     /// A copy of the latest snapshot.
@@ -178,6 +181,13 @@ impl MetricsState {
                 "tracer_ready",
                 "1 once the agent has attached its probes and runs its pipeline, else 0.",
                 vec![Sample::plain(ready)],
+            ),
+            Family::counter(
+                "tracer_metrics_snapshots_total",
+                "Times the agent refreshed the values on this page (about once a second, after \
+                 handing that cycle's spans to the sink); wait for it to advance to read values \
+                 taken after a given moment.",
+                vec![Sample::plain(self.snapshots.load(Ordering::Acquire))],
             ),
             Family::counter(
                 "tracer_metrics_requests_total",
@@ -1173,7 +1183,12 @@ mod tests {
     fn state_keeps_the_latest_snapshot() {
         let state = MetricsState::new();
         assert!(!state.is_ready());
+        let snapshots = |state: &MetricsState| {
+            parse(&state.render()).value("tracer_metrics_snapshots_total", &[])
+        };
+        assert_eq!(snapshots(&state), 0.0);
         state.update(distinct_snapshot());
+        assert_eq!(snapshots(&state), 1.0);
         let mut newer = distinct_snapshot();
         newer.spans_built = 999;
         state.update(newer.clone());

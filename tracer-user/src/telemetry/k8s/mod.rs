@@ -407,6 +407,4 @@ fn read_bounded(path: &Path) -> Option<String> {
 }
 
 #[cfg(test)]
-mod fake_api;
-#[cfg(test)]
 mod tests;

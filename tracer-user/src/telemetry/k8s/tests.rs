@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use kube::runtime::utils::Backoff;
 use serde_json::{Value, json};
 
-use super::fake_api::FakeApi;
 use super::*;
+use crate::testing::fake_k8s_api::FakeApi;
 
 const NODE: &str = "node-a";
 const WAIT: Duration = Duration::from_secs(20);
