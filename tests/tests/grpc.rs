@@ -10,15 +10,13 @@
 //! other span.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracer_tests::h2peers::{GrpcClientChild, GrpcServer, grpc_client};
-use tracer_tests::metrics_client::scrape;
+use tracer_tests::metrics_client::sample;
 use tracer_tests::query::{assert_attrs, assert_no_attr, describe, the_only};
 use tracer_tests::{
-    AgentConfig, AttrValue, ObservedKind, ObservedSpan, ObservedStatus, OtlpProtocol,
-    TracedSession, free_port,
+    AgentConfig, AttrValue, ObservedKind, ObservedSpan, ObservedStatus, OtlpProtocol, TracedSession,
 };
 
 const SERVICE: &str = "helloworld.Greeter";
@@ -224,8 +222,15 @@ fn unary_ok_and_not_found_follow_the_stable_rpc_conventions() {
     );
     assert_attrs(client_span, &[("error.type", s("NOT_FOUND"))]);
 
+    // Same-host pairing by stream id (grpcio sends no context): each CLIENT the parent of its
+    // SERVER.
     let linked = assert_no_wrong_parent(&spans, port);
-    println!("grpc unary: {linked} of 2 SERVER spans linked to their CLIENT span (header-less)");
+    assert_eq!(
+        linked,
+        2,
+        "SERVER spans linked to their CLIENT span:\n{}",
+        describe(&spans)
+    );
 }
 
 #[test]
@@ -370,7 +375,13 @@ fn streaming_calls_give_one_span_per_call() {
         "one SERVER and one CLIENT span per call:\n{}",
         describe(&spans)
     );
-    assert_no_wrong_parent(&spans, port);
+    let linked = assert_no_wrong_parent(&spans, port);
+    assert_eq!(
+        linked,
+        2,
+        "SERVER spans linked to their CLIENT span:\n{}",
+        describe(&spans)
+    );
 }
 
 #[test]
@@ -441,24 +452,13 @@ fn two_hundred_concurrent_calls_on_one_channel_never_mix() {
         2 * CALLS,
         problems.join("\n")
     );
+    // Each CLIENT the parent of its SERVER (pairing by stream id, whatever order they end in).
     let linked = assert_no_wrong_parent(&spans, port);
-    println!(
-        "grpc 200 concurrent calls: {linked} of {CALLS} SERVER spans linked to their CLIENT span"
-    );
+    assert_eq!(linked, CALLS, "SERVER spans linked to their CLIENT span");
 }
 
-/// The samples of every `tracer_http2_*` metric whose name contains `part`, added up.
-fn http2_metric_sum(text: &str, part: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with("tracer_http2_"))
-        .filter(|l| {
-            l.split(['{', ' '])
-                .next()
-                .is_some_and(|name| name.contains(part))
-        })
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
+/// Header fields the wire layer could not decode (unknown dynamic-table index), never guessed.
+const UNDECODED: &str = "tracer_http2_header_fields_undecoded_total";
 
 #[test]
 fn channel_opened_before_the_agent_is_traced_where_the_static_table_suffices() {
@@ -481,10 +481,7 @@ fn channel_opened_before_the_agent_is_traced_where_the_static_table_suffices() {
         "e2e-grpc-adopt-client",
     );
     client.wait_paused();
-    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut session = session(port, |c| {
-        c.arg("--metrics-addr").arg(metrics_addr.to_string())
-    });
+    let mut session = session(port, |c| c);
     client.resume();
     let run = client.finish();
     assert!(run.calls.iter().all(|c| c.code == "OK"), "{run:?}");
@@ -510,19 +507,15 @@ fn channel_opened_before_the_agent_is_traced_where_the_static_table_suffices() {
             .filter(|s| on_port(s))
             .any(|s| path_of(s).is_some_and(|p| wanted.contains(&p)))
     });
-    // Undecodable fields are counted; /metrics refreshes every second.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let metrics = loop {
-        let text = scrape(metrics_addr);
-        if http2_metric_sum(&text, "undecoded") > 0.0 {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no tracer_http2_*undecoded* sample above 0 on /metrics within 15 s:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // Every record read and every span settled: the fields the agent could not decode are
+    // counted by now.
+    let metrics = session.agent().wait_settled();
+    let undecoded = sample(&metrics, UNDECODED, "").unwrap_or(0.0);
+    assert!(
+        undecoded > 0.0,
+        "{UNDECODED} is {undecoded} after calls on a connection whose HPACK tables were filled \
+         before the agent started:\n{metrics}"
+    );
     let spans = session.finish();
     let ours: Vec<&ObservedSpan> = spans.iter().filter(|s| on_port(s)).collect();
 
@@ -564,7 +557,6 @@ fn channel_opened_before_the_agent_is_traced_where_the_static_table_suffices() {
         describe(ours.iter().copied())
     );
     assert_no_wrong_parent(&spans, port);
-    let undecoded = http2_metric_sum(&metrics, "undecoded");
     println!(
         "grpc adoption: {} of 4 after-calls' spans traced by path, {undecoded} undecoded field(s) \
          counted, {} span(s) on the connection",
@@ -593,6 +585,8 @@ fn own_otlp_grpc_exports_are_not_traced_host_wide() {
                 && !rpc_spans(spans, ObservedKind::Client, port, round).is_empty()
         });
     }
+    // Everything the probes saw up to here (the exports of both rounds included) is processed.
+    session.agent().wait_settled();
     let spans = session.finish();
     let own: Vec<&ObservedSpan> = spans
         .iter()
@@ -636,7 +630,13 @@ fn large_response_status_is_read_from_the_trailers_after_100_kib_of_data() {
             assert_no_attr(span, "error.type");
         }
     }
-    assert_no_wrong_parent(&spans, port);
+    let linked = assert_no_wrong_parent(&spans, port);
+    assert_eq!(
+        linked,
+        2,
+        "SERVER spans linked to their CLIENT span:\n{}",
+        describe(&spans)
+    );
 }
 
 /// Waits until some `count` lines of the agent's terminal output each contain every one of
