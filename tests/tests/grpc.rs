@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use tracer_tests::h2peers::{GrpcClientChild, GrpcServer, grpc_client};
-use tracer_tests::metrics_client::sample;
+use tracer_tests::metrics_client::{sample, scrape};
 use tracer_tests::query::{assert_attrs, assert_no_attr, describe, the_only};
 use tracer_tests::{
-    AgentConfig, AttrValue, ObservedKind, ObservedSpan, ObservedStatus, OtlpProtocol, TracedSession,
+    AgentConfig, AttrValue, ObservedKind, ObservedSpan, ObservedStatus, OtlpProtocol, SPAN_TIMEOUT,
+    TracedSession,
 };
 
 const SERVICE: &str = "helloworld.Greeter";
@@ -501,12 +502,43 @@ fn channel_opened_before_the_agent_is_traced_where_the_static_table_suffices() {
     let after = |name: &str| format!("/{SERVICE}/{name}");
     let on_port = |span: &ObservedSpan| span.attr_int("server.port") == Some(i64::from(port));
     let wanted = [after("SayHello_after1"), after("SayHello_after2")];
-    session.wait_for("a span of a call made after the agent started", |spans| {
-        spans
-            .iter()
-            .filter(|s| on_port(s))
-            .any(|s| path_of(s).is_some_and(|p| wanted.contains(&p)))
-    });
+    // Both new methods' `:path` is a literal: each call is traced on both sides.
+    let both_sides = |spans: &[ObservedSpan]| {
+        wanted.iter().all(|path| {
+            [ObservedKind::Server, ObservedKind::Client]
+                .iter()
+                .all(|kind| {
+                    spans.iter().any(|s| {
+                        on_port(s) && s.kind == *kind && path_of(s).as_deref() == Some(path)
+                    })
+                })
+        })
+    };
+    if let Err(timed_out) = session.receiver.wait_for(SPAN_TIMEOUT, both_sides) {
+        // Say what the agent saw of the connection: adopted or not, frames, header blocks.
+        let page = scrape(session.agent().metrics_addr());
+        let seen: Vec<&str> = page
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && !l.ends_with(" 0")
+                    && [
+                        "http2", "sniffed", "span", "conn", "link", "filter", "exchange",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .collect();
+        panic!(
+            "no SERVER and CLIENT spans of both calls made after the agent started within \
+             {SPAN_TIMEOUT:?}; {} span(s):\n{}\n--- /metrics (HTTP/2, adoption) ---\n{}\n\
+             --- agent stderr ---\n{}",
+            timed_out.last_seen.len(),
+            describe(&timed_out.last_seen),
+            seen.join("\n"),
+            session.agent().stderr_text()
+        );
+    }
     // Every record read and every span settled: the fields the agent could not decode are
     // counted by now.
     let metrics = session.agent().wait_settled();
@@ -542,7 +574,7 @@ fn channel_opened_before_the_agent_is_traced_where_the_static_table_suffices() {
     }
     problems.extend(
         seen.iter()
-            .filter(|(_, n)| **n > 1)
+            .filter(|(_, n)| **n != 1)
             .map(|((path, server), n)| {
                 format!(
                     "{n} {} spans of {path}",
@@ -642,7 +674,7 @@ fn large_response_status_is_read_from_the_trailers_after_100_kib_of_data() {
 /// Waits until some `count` lines of the agent's terminal output each contain every one of
 /// `parts`; panics with the output otherwise.
 fn wait_for_terminal_lines(agent: &mut tracer_tests::Agent, parts: &[&str], count: usize) {
-    let deadline = Instant::now() + tracer_tests::SPAN_TIMEOUT;
+    let deadline = Instant::now() + SPAN_TIMEOUT;
     loop {
         let lines = agent.stdout_lines();
         let matching = lines
@@ -656,7 +688,7 @@ fn wait_for_terminal_lines(agent: &mut tracer_tests::Agent, parts: &[&str], coun
         assert!(
             Instant::now() < deadline,
             "the terminal did not show {count} line(s) with {parts:?} within {:?}:\n{}\n--- stderr ---\n{}",
-            tracer_tests::SPAN_TIMEOUT,
+            SPAN_TIMEOUT,
             lines.join("\n"),
             agent.stderr_text()
         );
