@@ -241,6 +241,12 @@ pub fn mark_lost_as(tgid: u32, fd: u32, how: u8) {
             if (*slot).lost < how {
                 (*slot).lost = how;
             }
+            // Bytes went by unseen: where HTTP/2 frames start is unknown until a resync.
+            let framed = tracer_common::h2::FRAMED | (tracer_common::h2::FRAMED << 1);
+            if (*slot).h2_flags & framed != 0 {
+                (*slot).h2_flags &= !framed;
+                count(counter::H2_CURSOR_LOST, 1);
+            }
         }
     }
 }
@@ -263,6 +269,9 @@ pub fn track(
         lost: 0,
         _pad: [0; 5],
         opened_ns: opening_now(tgid),
+        h2: [tracer_common::H2Cursor::default(); 2],
+        h2_flags: 0,
+        _pad2: [0; 7],
     };
     if !insert_conn(conn_key(tgid, fd as u32), &state) {
         return None;
@@ -282,6 +291,9 @@ fn ignore(tgid: u32, fd: i32) {
         lost: 0,
         _pad: [0; 5],
         opened_ns: opening_now(tgid),
+        h2: [tracer_common::H2Cursor::default(); 2],
+        h2_flags: 0,
+        _pad2: [0; 7],
     };
     insert_conn(conn_key(tgid, fd as u32), &state);
 }

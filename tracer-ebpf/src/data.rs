@@ -14,6 +14,7 @@ use crate::conn::{
     sys_arg, sys_ret, take_candidate_args, take_tracked_args, track,
 };
 use crate::filter::pid_traced;
+use crate::h2;
 use crate::maps::{
     CONNS, EVENTS, Endpoints, SCRATCH, SyscallArgs, config, count, events_output_flags,
 };
@@ -21,9 +22,9 @@ use crate::maps::{
 /// A user-space `struct iovec`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct IoVec {
-    base: u64,
-    len: u64,
+pub struct IoVec {
+    pub base: u64,
+    pub len: u64,
 }
 
 /// Offsets in a user-space `struct msghdr`.
@@ -236,7 +237,7 @@ fn first_buffer(args: &SyscallArgs) -> u64 {
 }
 
 #[inline(always)]
-fn read_iovec(iov: u64, index: u32) -> Option<IoVec> {
+pub fn read_iovec(iov: u64, index: u32) -> Option<IoVec> {
     if iov == 0 {
         return None;
     }
@@ -245,7 +246,7 @@ fn read_iovec(iov: u64, index: u32) -> Option<IoVec> {
 }
 
 #[inline(always)]
-fn msg_iov(msg: u64) -> Option<(u64, u64)> {
+pub fn msg_iov(msg: u64) -> Option<(u64, u64)> {
     if msg == 0 {
         return None;
     }
@@ -302,13 +303,31 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
         }
         None => {
             // MSG_TRUNC: the buffer holds nothing the kernel wrote; never sniff it.
-            if args.gap_only != 0 || !looks_like_http(first_buffer(&args), ret) {
+            if args.gap_only != 0 {
+                return;
+            }
+            let http1 = looks_like_http(first_buffer(&args), ret);
+            let http2 = !http1 && {
+                let (first, first_len) = h2::first_segment::<SYS>(&args, ret as u64);
+                h2::sniff_user(first, first_len, ret as u64) != h2::Sniffed::No
+            };
+            if !http1 && !http2 {
                 return;
             }
             let ep = Endpoints::UNKNOWN;
             count(counter::CONNS_SNIFFED, 1);
+            if http2 {
+                count(counter::CONNS_SNIFFED_H2, 1);
+            }
             match track(tgid, tid, fd, role::UNKNOWN, 0, &ep) {
-                Some(c) => c,
+                Some(mut c) => {
+                    if http2 {
+                        // Frame-aware capture below sniffs these bytes again and frames the
+                        // direction; the other one is framed when its bytes look like frames.
+                        c.h2_flags = tracer_common::h2::CONN;
+                    }
+                    c
+                }
                 None => return,
             }
         }
@@ -326,7 +345,13 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     let total = ret as u64;
     if args.gap_only != 0 {
         // Bytes transferred but not in user memory (MSG_TRUNC, splice): their length only.
+        h2::unknown_bytes(tgid, fd, &conn, dir);
         emit(ctx, &conn, fd, dir, SYS, 0, total, 0, args.enter_ns);
+        return;
+    }
+    if SYS == syscall::SENDFILE {
+        h2::unknown_bytes(tgid, fd, &conn, dir);
+    } else if h2::capture::<SYS>(ctx, tgid, tid, fd, &conn, dir, &args, total) {
         return;
     }
     match SYS {

@@ -13,6 +13,8 @@ mod data;
 #[cfg(target_arch = "bpf")]
 mod filter;
 #[cfg(target_arch = "bpf")]
+mod h2;
+#[cfg(target_arch = "bpf")]
 mod maps;
 
 #[cfg(target_arch = "bpf")]
@@ -135,6 +137,12 @@ mod programs {
     #[tracepoint]
     pub fn io_uring_file_get(ctx: TracePointContext) -> u32 {
         data::on_io_uring_file(&ctx);
+        0
+    }
+    /// Not attached: the HTTP/2 frame walker, tail-called by the data programs.
+    #[tracepoint]
+    pub fn h2_walk(ctx: TracePointContext) -> u32 {
+        crate::h2::walk_program(&ctx);
         0
     }
     #[tracepoint]

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tracer_common::{
-    Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, MAX_AGENT_CONNECTIONS,
-    MAX_CANDIDATE_SYSCALLS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_INFLIGHT_SYSCALLS,
+    Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, DataEventHeader, MAX_AGENT_CONNECTIONS,
+    MAX_CANDIDATE_SYSCALLS, MAX_CAPTURE, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_INFLIGHT_SYSCALLS,
     MAX_PROCESS_GENERATIONS, counter,
 };
 
@@ -90,6 +90,94 @@ pub static GENERATIONS: LruHashMap<u32, u64> =
 /// Per-CPU scratch for data records (too large for the 512-byte stack).
 #[map]
 pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch of the HTTP/2 frame-aware capture (see `h2`): the record being assembled
+/// from the kept byte runs of one syscall, and the walk's record state.
+#[map]
+pub static H2_SCRATCH: PerCpuArray<H2Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies into an assembled record start below this offset (a record already holding this
+/// many bytes is sent first), so that the verifier can prove a copy of up to `MAX_CAPTURE`
+/// bytes stays inside `H2Scratch::data` (a per-CPU value is at most 32 KiB).
+pub const H2_COPY_OFFSET_LIMIT: usize = MAX_CAPTURE / 2;
+
+/// A data record assembled from several byte runs.
+#[repr(C)]
+pub struct H2Scratch {
+    /// Sent as is, with `captured_len` bytes of `data`.
+    pub meta: DataEventHeader,
+    pub data: [u8; H2_COPY_OFFSET_LIMIT + MAX_CAPTURE],
+    /// Bytes of `data` filled.
+    pub cap: u64,
+    /// Stream bytes after them not copied (the record's gap).
+    pub gap: u64,
+    /// sys_enter time of the syscall, for `syscall_ns`.
+    pub enter_ns: u64,
+    /// The connection's key, for its loss flag.
+    pub key: u64,
+    /// Payload bytes elided as DATA during this walk.
+    pub elided: u64,
+    /// Non-zero: the next kept bytes start a new record.
+    pub split: u64,
+    /// The connection's loss flag as the records sent so far leave it, and as it was.
+    pub lost: u64,
+    pub lost_initial: u64,
+    /// Counters of this walk, added to `COUNTERS` once at its end.
+    pub records: u64,
+    pub ring_full: u64,
+    pub sent_cap: u64,
+    pub sent_gap: u64,
+    pub truncated: u64,
+    pub read_failed: u64,
+    pub walk: Walk,
+}
+
+/// Where a frame walk is (see `h2::walk`): the cursor being advanced, and the buffer walked.
+#[repr(C)]
+pub struct Walk {
+    /// Payload bytes left in the current frame; `elide` non-zero: sent as a gap.
+    pub left: u64,
+    pub elide: u64,
+    /// A frame header's first bytes seen so far, and how many.
+    pub head: u64,
+    pub head_len: u64,
+    /// Next iovec index; the current buffer, its length, the position in it and the start of
+    /// the kept run not copied yet.
+    pub seg_i: u64,
+    pub base: u64,
+    pub seg_len: u64,
+    pub pos: u64,
+    pub run: u64,
+    /// Bytes of the transfer before the current buffer, and the transfer's length.
+    pub done: u64,
+    pub total: u64,
+    /// The iovec array and its length; `single` non-zero: one buffer at `ptr`.
+    pub iov: u64,
+    pub nseg: u64,
+    pub single: u64,
+    pub ptr: u64,
+    /// Non-zero once the whole transfer was walked.
+    pub finished: u64,
+    /// The connection, direction and HTTP/2 flags to store with the advanced cursor.
+    pub conn_id: u64,
+    pub dir: u64,
+    pub flags: u64,
+    /// Set by the data program before its tail call, cleared by the walker.
+    pub armed: u64,
+    /// What a step deferred to the next: copy `p_len` bytes at `p_src`, then a gap of `p_gap`
+    /// elided bytes; `p_split` non-zero: the record is closed after the copy.
+    pub p_src: u64,
+    pub p_len: u64,
+    pub p_gap: u64,
+    pub p_split: u64,
+    /// Runs of the walker after the first (tail calls of itself).
+    pub rounds: u64,
+}
+
+/// The HTTP/2 frame walker (`h2_walk`) at index 0, tail-called by the data programs; filled
+/// by userspace at load time.
+#[map]
+pub static H2_WALKER: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Per-CPU connection id sequence.
 #[map]

@@ -768,6 +768,7 @@ fn drain(
 /// Runs one record through the pipeline; hands the spans over once a batch is full.
 fn process(bytes: &[u8], pipeline: &mut Pipeline, sink: &SpanSink, out: &mut Vec<ExportItem>) {
     if let Ok(event) = decode(bytes) {
+        crate::capture::decode::trace_record(&event);
         pipeline.on_event(event, out);
         if out.len() >= SPANS_PER_BATCH {
             sink.submit_batch(out);
@@ -834,6 +835,7 @@ fn snapshot(
         reorder_buffered: r.held,
         reorder_forced_early: r.forced_early,
         bounds: pipeline.bounds_snapshot(),
+        http2: pipeline.http2_stats(),
     }
 }
 

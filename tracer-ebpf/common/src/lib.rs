@@ -3,7 +3,7 @@
 //!
 //! Every struct is `#[repr(C)]` with explicit padding so that the kernel and userspace see the same
 //! bytes. Userspace never trusts a record: it checks lengths before reading (see `tracer::capture::decode`).
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Largest number of payload bytes one data record can carry (the capture limit's ceiling).
 pub const MAX_CAPTURE: usize = 16384;
@@ -216,8 +216,24 @@ pub mod counter {
     /// The agent's own sockets not remembered because their table was full (their other end
     /// may then be captured; the `User-Agent` mark still drops the exchanges).
     pub const AGENT_TABLE_FULL: u32 = 20;
+    /// Connections adopted by sniffing HTTP/2 bytes (client preface or a run of valid frames) on
+    /// an untracked fd (also counted in `CONNS_SNIFFED`).
+    pub const CONNS_SNIFFED_H2: u32 = 21;
+    /// Directions of connections whose HTTP/2 frames the kernel started following (preface,
+    /// first bytes, adoption or a resync).
+    pub const H2_FRAMED: u32 = 22;
+    /// HTTP/2 syscalls with more frames (or iovecs) than one walk covers: the rest is reported
+    /// as a gap and the direction loses its frame cursor until a later syscall resyncs it.
+    pub const H2_WALK_LIMIT: u32 = 23;
+    /// HTTP/2 frames kept (not DATA payload) that were larger than a record: their tail is a gap.
+    pub const H2_KEPT_TRUNCATED: u32 = 24;
+    /// Directions of HTTP/2 connections that lost their frame cursor (a hole in the stream, a
+    /// walk limit, an unreadable frame header).
+    pub const H2_CURSOR_LOST: u32 = 25;
+    /// HTTP/2 DATA payload bytes sent as length-only gaps (included in `BYTES_SKIPPED`).
+    pub const H2_DATA_ELIDED_BYTES: u32 = 26;
     /// Number of counters.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 27;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -302,7 +318,14 @@ pub mod map_name {
     pub const FILTER_PORTS: &str = "FILTER_PORTS";
     pub const AGENT_SOCKS: &str = "AGENT_SOCKS";
     pub const AGENT_ENDPOINTS: &str = "AGENT_ENDPOINTS";
+    /// The program array holding the HTTP/2 frame walker (`H2_WALKER_PROGRAM`).
+    pub const H2_WALKER: &str = "H2_WALKER";
 }
+
+/// The one program of the object that is not a tracepoint attachment: the HTTP/2 frame walker,
+/// loaded into `map_name::H2_WALKER` and tail-called by the data programs (the function of that
+/// name in `tracer-ebpf/src/main.rs`).
+pub const H2_WALKER_PROGRAM: &str = "h2_walk";
 
 /// Index of the single configuration entry.
 pub const CONFIG_KEY: u32 = 0;
@@ -435,6 +458,148 @@ pub struct ConnState {
     /// CLOCK_MONOTONIC nanoseconds when the entry was made: an entry older than its process's
     /// generation (the process was born or exec'd later: pid reuse, CLOEXEC) is stale.
     pub opened_ns: u64,
+    /// HTTP/2 frame cursor per direction (indexed by `direction::*`), valid while the
+    /// direction's `h2::FRAMED_*` bit is set.
+    pub h2: [H2Cursor; 2],
+    /// `h2::*` bits.
+    pub h2_flags: u8,
+    pub _pad2: [u8; 7],
+}
+
+/// Where the last syscall of one direction left the HTTP/2 frame stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct H2Cursor {
+    /// Payload bytes left in the current frame (`h2::LEFT_ELIDE` set: a DATA payload that is
+    /// sent as a gap).
+    pub left: u32,
+    /// The first bytes of a frame header cut by the end of a syscall (big-endian, the latest
+    /// byte lowest), `head_len` of them (0: the next byte starts a frame).
+    pub head: u32,
+    pub head_len: u8,
+    pub _pad: [u8; 3],
+}
+
+/// HTTP/2 (RFC 9113) facts the kernel's adoption sniff and frame-aware capture share. The
+/// checks are pure functions so that they are unit-tested here and run unchanged in the kernel.
+pub mod h2 {
+    /// The client connection preface.
+    pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const FRAME_HEADER_LEN: u64 = 9;
+    /// `ConnState::h2_flags`: the connection speaks HTTP/2 (preface or adopted by its frames).
+    pub const CONN: u8 = 1;
+    /// `ConnState::h2_flags`: the cursor of direction d is valid (`FRAMED << d`).
+    pub const FRAMED: u8 = 2;
+    /// `ConnState::h2_flags`: direction d has carried bytes (`STARTED << d`).
+    pub const STARTED: u8 = 8;
+    /// `H2Cursor::left` bit: the rest of the frame is a DATA payload sent as a gap.
+    pub const LEFT_ELIDE: u32 = 1 << 31;
+    /// DATA payloads of at least this many bytes are sent as gaps (smaller ones are kept: a gap
+    /// record would cost more than the bytes).
+    pub const ELIDE_MIN: u32 = 256;
+    /// Frames the adoption sniff checks at most.
+    pub const SNIFF_FRAMES: u32 = 4;
+
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const PRIORITY: u8 = 2;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const PUSH_PROMISE: u8 = 5;
+    pub const PING: u8 = 6;
+    pub const GOAWAY: u8 = 7;
+    pub const WINDOW_UPDATE: u8 = 8;
+    pub const CONTINUATION: u8 = 9;
+
+    /// Payload length and type from the first 4 bytes of a frame header.
+    #[inline(always)]
+    pub const fn length_and_type(head4: u32) -> (u32, u8) {
+        (head4 >> 8, head4 as u8)
+    }
+
+    /// The payload length of a frame whose 9-byte header is `h`, when the header is one a
+    /// conforming peer sends (known type, flags that type defines, reserved bit clear, the
+    /// stream-id and fixed-length rules); None otherwise. Strict on purpose: it decides whether
+    /// unknown bytes are HTTP/2 at all.
+    #[inline(always)]
+    pub fn plausible_frame(h: &[u8; 9]) -> Option<u32> {
+        let len = ((h[0] as u32) << 16) | ((h[1] as u32) << 8) | h[2] as u32;
+        let (ty, flags) = (h[3], h[4]);
+        if h[5] & 0x80 != 0 {
+            return None;
+        }
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        // Bytes the PADDED flag's pad length and HEADERS' PRIORITY fields take in the payload.
+        let pad = (flags >> 3) as u32 & 1;
+        let priority = if flags & 0x20 != 0 { 5 } else { 0 };
+        let ok = match ty {
+            DATA => stream != 0 && flags & !0x09 == 0 && len >= pad,
+            HEADERS => stream != 0 && flags & !0x2d == 0 && len >= pad + priority,
+            PRIORITY => stream != 0 && len == 5 && flags == 0,
+            RST_STREAM => stream != 0 && len == 4 && flags == 0,
+            SETTINGS => {
+                stream == 0 && len.is_multiple_of(6) && (flags == 0 || (flags == 1 && len == 0))
+            }
+            PUSH_PROMISE => stream != 0 && len >= pad + 4 && flags & !0x0c == 0,
+            PING => stream == 0 && len == 8 && flags & !0x01 == 0,
+            GOAWAY => stream == 0 && len >= 8 && flags == 0,
+            WINDOW_UPDATE => len == 4 && flags == 0,
+            CONTINUATION => stream != 0 && flags & !0x04 == 0,
+            _ => false,
+        };
+        if ok { Some(len) } else { None }
+    }
+
+    /// Whether `h` starts like a TLS record (content type 20-24, version 3.x): never HTTP/2.
+    #[inline(always)]
+    pub fn looks_like_tls(h: &[u8; 9]) -> bool {
+        (0x14..=0x18).contains(&h[0]) && h[1] == 0x03 && h[2] <= 0x04
+    }
+
+    /// One step of the adoption sniff: the frame header `h` found `offset` bytes into a transfer.
+    /// Returns where the frame ends (possibly past the transfer: a read often ends inside a
+    /// frame), or None when `h` is not a plausible frame header.
+    #[inline(always)]
+    pub fn sniff_step(h: &[u8; 9], offset: u64) -> Option<u64> {
+        if offset == 0 && looks_like_tls(h) {
+            return None;
+        }
+        let len = plausible_frame(h)? as u64;
+        Some(offset + FRAME_HEADER_LEN + len)
+    }
+
+    /// The sniff's verdict after `frames` plausible frame headers, the last frame ending at `end`
+    /// of `total` bytes: at least two in a row (the last one may reach past the transfer), or
+    /// exactly one that is the whole transfer.
+    #[inline(always)]
+    pub const fn sniff_verdict(frames: u32, end: u64, total: u64) -> bool {
+        frames >= 2 || (frames == 1 && end == total)
+    }
+
+    /// The adoption sniff over a contiguous buffer (the kernel runs the same steps on user
+    /// memory; this form is for tests and userspace).
+    pub fn sniff(bytes: &[u8], total: u64) -> bool {
+        if bytes.len() >= PREFACE.len() && bytes[..PREFACE.len()] == PREFACE[..] {
+            return true;
+        }
+        let (mut offset, mut frames) = (0u64, 0u32);
+        while frames < SNIFF_FRAMES && offset < total {
+            let start = offset as usize;
+            let Some(h) = bytes.get(start..start + 9) else {
+                break;
+            };
+            let mut head = [0u8; 9];
+            head.copy_from_slice(h);
+            match sniff_step(&head, offset) {
+                Some(end) => {
+                    offset = end;
+                    frames += 1;
+                }
+                None => return false,
+            }
+        }
+        sniff_verdict(frames, offset, total)
+    }
 }
 
 /// Data record flag: records of this connection were lost before this one (ring buffer full);
@@ -459,11 +624,116 @@ const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(CONN_CLOSE_LEN == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C) plain data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ConnState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::h2;
+
+    fn frame(len: u32, ty: u8, flags: u8, stream: u32) -> Vec<u8> {
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend(std::iter::repeat_n(0x41u8, len as usize));
+        f
+    }
+
+    fn sniff(bytes: &[u8]) -> bool {
+        h2::sniff(bytes, bytes.len() as u64)
+    }
+
+    #[test]
+    fn the_preface_and_runs_of_frames_are_http2() {
+        let mut preface = h2::PREFACE.to_vec();
+        preface.extend(frame(18, h2::SETTINGS, 0, 0));
+        assert!(sniff(&preface));
+        // A server's first write: SETTINGS then WINDOW_UPDATE.
+        let mut server = frame(12, h2::SETTINGS, 0, 0);
+        server.extend(frame(4, h2::WINDOW_UPDATE, 0, 0));
+        assert!(sniff(&server));
+        // HEADERS + DATA of a gRPC call, then the same read ending inside the DATA payload.
+        let mut call = frame(40, h2::HEADERS, 0x04, 1);
+        call.extend(frame(300, h2::DATA, 0x01, 1));
+        assert!(sniff(&call));
+        assert!(h2::sniff(&call[..100], 100));
+        // One frame that is the whole transfer (a SETTINGS ACK, a PING).
+        assert!(sniff(&frame(0, h2::SETTINGS, 1, 0)));
+        assert!(sniff(&frame(8, h2::PING, 0, 0)));
+        // The second header cut off by the end of the buffer: one frame, not the whole.
+        let mut cut = frame(8, h2::PING, 1, 0);
+        cut.extend_from_slice(&[0, 0, 4]);
+        assert!(!h2::sniff(&cut, cut.len() as u64));
+    }
+
+    #[test]
+    fn frames_breaking_the_rules_are_rejected() {
+        let bad = [
+            frame(7, h2::SETTINGS, 0, 0),             // not a multiple of 6
+            frame(6, h2::SETTINGS, 0, 1),             // on a stream
+            frame(6, h2::SETTINGS, 1, 0),             // ACK with a payload
+            frame(7, h2::PING, 0, 0),                 // PING is 8
+            frame(3, h2::RST_STREAM, 0, 1),           // RST_STREAM is 4
+            frame(4, h2::RST_STREAM, 0, 0),           // on stream 0
+            frame(4, h2::PRIORITY, 0, 1),             // PRIORITY is 5
+            frame(5, h2::WINDOW_UPDATE, 0, 1),        // WINDOW_UPDATE is 4
+            frame(4, h2::DATA, 0, 0),                 // DATA on stream 0
+            frame(4, h2::DATA, 0x02, 1),              // undefined flag
+            frame(4, 10, 0, 1),                       // unknown type
+            frame(4, h2::HEADERS, 0x04, 0x8000_0001), // reserved bit
+        ];
+        for f in bad {
+            assert!(!sniff(&f), "{f:02x?}");
+        }
+        // A frame claiming more bytes than the transfer holds.
+        let mut long = frame(100, h2::HEADERS, 0x04, 1);
+        long.truncate(50);
+        assert!(!sniff(&long));
+    }
+
+    #[test]
+    fn tls_http1_and_text_are_not_http2() {
+        // TLS application data (17 03 03) with a small length reads as a DATA-typed frame of
+        // 0x170303 bytes; a handshake record (16 03 01) likewise: both rejected.
+        let mut tls = vec![0x17, 0x03, 0x03, 0x00, 0x08, 0, 0, 0, 1];
+        tls.extend(std::iter::repeat_n(7u8, 0x17_0303 + 64));
+        assert!(!sniff(&tls));
+        let mut hello = vec![
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        hello.extend(std::iter::repeat_n(0u8, 0x16_0301 + 64));
+        assert!(!sniff(&hello));
+        assert!(!sniff(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!sniff(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!sniff(b"{\"resourceSpans\":[]}"));
+    }
+
+    #[test]
+    fn random_bytes_are_not_http2() {
+        // xorshift: deterministic random buffers of many sizes.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut passed = 0;
+        for i in 0..50_000u32 {
+            let len = 9 + (next() % 4096) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 2 == 0 {
+                // Small first length bytes, the likeliest way for noise to pass.
+                buf[0] = 0;
+                buf[1] = 0;
+            }
+            passed += u32::from(sniff(&buf));
+        }
+        assert!(passed == 0, "{passed} random buffers taken for HTTP/2");
+    }
 }

@@ -162,6 +162,47 @@ fn header_at(b: &[u8]) -> RecordHeader {
     }
 }
 
+/// Logs the shape of a data record at TRACE level (target `tracer::records`): its connection,
+/// direction, lengths, and its first 9 bytes read as an HTTP/2 frame header (length, type,
+/// flags; numbers only, no payload). For tests and for debugging the kernel's capture.
+pub fn trace_record(event: &KernelEvent<'_>) {
+    if !tracing::enabled!(target: "tracer::records", tracing::Level::TRACE) {
+        return;
+    }
+    if let KernelEvent::Data {
+        header,
+        direction,
+        role,
+        true_len,
+        payload,
+        ..
+    } = event
+    {
+        let (frame_len, frame_type, frame_flags) = match payload.get(..5) {
+            Some(h) if payload.len() >= 9 => (
+                i64::from(u32::from_be_bytes([0, h[0], h[1], h[2]])),
+                i64::from(h[3]),
+                i64::from(h[4]),
+            ),
+            _ => (-1, -1, -1),
+        };
+        tracing::trace!(
+            target: "tracer::records",
+            conn = header.conn_id,
+            tgid = header.tgid,
+            fd = header.fd,
+            direction = ?direction,
+            role = ?role,
+            true_len = *true_len,
+            captured = payload.len(),
+            frame_len,
+            frame_type,
+            frame_flags,
+            "data record"
+        );
+    }
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
     let Some(&kind_byte) = record.first() else {
@@ -444,6 +485,49 @@ mod tests {
             m[i] = (state >> 32) as u8;
             m[0] = [kind::CONN_OPEN, kind::DATA, kind::CONN_CLOSE][(state >> 40) as usize % 3];
             let _ = decode(&m);
+        }
+    }
+}
+
+/// The kernel's HTTP/2 sniff (`tracer_common::h2`, which must stay `no_std` and verifier-sized)
+/// and the wire layer's plausibility rules (`protocols::http2::frame`) state one fact twice:
+/// they must judge every frame header alike.
+#[cfg(test)]
+mod h2_rules_agree {
+    use crate::protocols::http2::frame::FrameHeader;
+
+    #[test]
+    fn kernel_and_wire_layer_judge_frame_headers_alike() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..200_000u32 {
+            let r = next().to_le_bytes();
+            // Small lengths, every type and flag combination, stream 0/1/reserved bit.
+            let len = if i % 2 == 0 {
+                u32::from(r[0] % 24)
+            } else {
+                u32::from(r[0]) << 8 | u32::from(r[1])
+            };
+            let stream: u32 = match r[2] % 3 {
+                0 => 0,
+                1 => 1 + u32::from(r[3]),
+                _ => 0x8000_0001,
+            };
+            let mut h = [0u8; 9];
+            h[..3].copy_from_slice(&len.to_be_bytes()[1..]);
+            h[3] = r[4] % 12;
+            h[4] = r[5];
+            h[5..].copy_from_slice(&stream.to_be_bytes());
+            assert_eq!(
+                tracer_common::h2::plausible_frame(&h).is_some(),
+                FrameHeader::parse(&h).is_plausible(),
+                "{h:02x?}"
+            );
         }
     }
 }

@@ -9,12 +9,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::TracePoint,
 };
 use tracer_common::{
-    Config, ConnState, MAX_CAPTURE, TRACEPOINT_PROGRAMS, TracepointProgram, conn_key, counter,
-    map_name, role,
+    Config, ConnState, H2_WALKER_PROGRAM, MAX_CAPTURE, TRACEPOINT_PROGRAMS, TracepointProgram,
+    conn_key, counter, map_name, role,
 };
 
 use crate::capture::own::PidIdentity;
@@ -139,6 +139,18 @@ pub struct KernelCounters {
     pub optional_probes_attached: u64,
     /// Gauge: optional probes this agent knows.
     pub optional_probes_total: u64,
+    /// Connections adopted by sniffing HTTP/2 bytes (also in `conns_sniffed`).
+    pub h2_conns_sniffed: u64,
+    /// Connection directions whose HTTP/2 frames the kernel started following.
+    pub h2_directions_framed: u64,
+    /// HTTP/2 syscalls with more frames or iovecs than one walk covers (rest sent as a gap).
+    pub h2_walk_limit: u64,
+    /// Kept HTTP/2 frames larger than a record (their tail sent as a gap).
+    pub h2_kept_truncated: u64,
+    /// HTTP/2 directions that lost their frame cursor.
+    pub h2_cursor_lost: u64,
+    /// HTTP/2 DATA payload bytes sent as gaps (part of `bytes_skipped`).
+    pub h2_data_elided_bytes: u64,
 }
 
 impl KernelCounters {
@@ -403,13 +415,12 @@ impl Probes {
         }
         // One list of programs on both sides: a program added to the object but not here (or
         // the reverse) is refused, never left unattached.
-        if let Some((name, _)) = probes
-            .ebpf
-            .programs()
-            .find(|(name, _)| !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name))
-        {
+        if let Some((name, _)) = probes.ebpf.programs().find(|(name, _)| {
+            !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name) && *name != H2_WALKER_PROGRAM
+        }) {
             return Err(ProbeError::UnlistedProgram(name.to_owned()));
         }
+        probes.load_h2_walker();
         let program_error = |p: &TracepointProgram, source| ProbeError::Program {
             name: p.name,
             category: p.category,
@@ -621,6 +632,41 @@ impl Probes {
         })
     }
 
+    /// Loads the HTTP/2 frame walker (tail-called by the data programs, never attached) into
+    /// its program array. Without it HTTP/2 is captured like any stream (a prefix per syscall):
+    /// warned, and every miss is counted in `tracer_kernel_http2_cursor_lost_total`.
+    fn load_h2_walker(&mut self) {
+        let result = (|| -> Result<(), String> {
+            let program = self
+                .ebpf
+                .program_mut(H2_WALKER_PROGRAM)
+                .ok_or("program missing from the object")?;
+            let program: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            program.load().map_err(|e| format!("{e}"))?;
+            if let Ok(info) = program.info() {
+                tracing::debug!(
+                    verified_insns = info.verified_instruction_count(),
+                    xlated_bytes = info.size_translated(),
+                    "HTTP/2 frame walker loaded"
+                );
+            }
+            let fd = program
+                .fd()
+                .map_err(|e| format!("{e}"))?
+                .try_clone()
+                .map_err(|e| format!("{e}"))?;
+            let map = self
+                .ebpf
+                .map_mut(map_name::H2_WALKER)
+                .ok_or("map H2_WALKER missing from the object")?;
+            let mut walkers = ProgramArray::try_from(map).map_err(|e| format!("{e}"))?;
+            walkers.set(0, &fd, 0).map_err(|e| format!("{e}"))
+        })();
+        if let Err(err) = result {
+            tracing::warn!(%err, "HTTP/2 frame walker not loaded: HTTP/2 is captured without frame awareness");
+        }
+    }
+
     /// Reads the kernel counters, summed over CPUs.
     pub fn counters(&self) -> KernelCounters {
         let mut out = KernelCounters::default();
@@ -661,6 +707,12 @@ impl Probes {
             out.census_failed_walks = census.results.failed_walks.load(Ordering::Relaxed);
         }
         out.agent_table_full = read(counter::AGENT_TABLE_FULL);
+        out.h2_conns_sniffed = read(counter::CONNS_SNIFFED_H2);
+        out.h2_directions_framed = read(counter::H2_FRAMED);
+        out.h2_walk_limit = read(counter::H2_WALK_LIMIT);
+        out.h2_kept_truncated = read(counter::H2_KEPT_TRUNCATED);
+        out.h2_cursor_lost = read(counter::H2_CURSOR_LOST);
+        out.h2_data_elided_bytes = read(counter::H2_DATA_ELIDED_BYTES);
         out
     }
 

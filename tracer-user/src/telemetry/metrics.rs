@@ -76,6 +76,8 @@ pub struct AgentSnapshot {
     pub reorder_forced_early: u64,
     /// Byte budget, per-process caches and thread-link safety.
     pub bounds: BoundsSnapshot,
+    /// HTTP/2 streams, exchanges and wire counters.
+    pub http2: crate::protocols::http2::Http2Stats,
 }
 
 /// The agent's memory bounds and what they cost. Monotonic counters unless noted.
@@ -437,6 +439,42 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             vec![Sample::plain(k.agent_table_full)],
         ),
         Family::counter(
+            "tracer_kernel_http2_connections_sniffed_total",
+            "Connections the kernel adopted by sniffing HTTP/2 bytes (the client preface or a run \
+             of valid frames); also counted in tracer_kernel_connections_sniffed_total.",
+            vec![Sample::plain(k.h2_conns_sniffed)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_directions_framed_total",
+            "Connection directions whose HTTP/2 frames the kernel started following (preface, \
+             first bytes, adoption, or a resync after losing its place).",
+            vec![Sample::plain(k.h2_directions_framed)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_walk_limit_total",
+            "HTTP/2 syscalls holding more frames or iovecs than one kernel walk covers: the rest \
+             is a gap and the direction loses its frame cursor until a resync.",
+            vec![Sample::plain(k.h2_walk_limit)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_frames_truncated_total",
+            "Kept HTTP/2 frames (not DATA payloads) larger than a record: their tail is a gap, so \
+             a header block may still be lost.",
+            vec![Sample::plain(k.h2_kept_truncated)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_cursor_lost_total",
+            "Times a direction of an HTTP/2 connection lost the kernel's frame cursor (bytes moved \
+             unseen, a walk limit, an unreadable frame header).",
+            vec![Sample::plain(k.h2_cursor_lost)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_data_elided_bytes_total",
+            "HTTP/2 DATA payload bytes sent as length-only gaps instead of copied (part of \
+             tracer_kernel_bytes_skipped_total).",
+            vec![Sample::plain(k.h2_data_elided_bytes)],
+        ),
+        Family::counter(
             "tracer_kernel_connection_table_evicted_total",
             "Entries the kernel's LRU connection table evicted to make room (mostly left behind \
              by processes that exited without closing: normal churn), derived every 10 seconds.",
@@ -683,7 +721,105 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in bounds_families(&s.bounds) {
         family.render_into(&mut out);
     }
+    for family in http2_families(&s.http2) {
+        family.render_into(&mut out);
+    }
     out
+}
+
+/// Families of the HTTP/2 counters.
+fn http2_families(h: &crate::protocols::http2::Http2Stats) -> Vec<Family> {
+    let w = &h.wire;
+    vec![
+        Family::counter(
+            "tracer_http2_connections_total",
+            "Connections recognised as HTTP/2 (client preface, or frames on an adopted connection).",
+            vec![Sample::plain(h.connections)],
+        ),
+        Family::counter(
+            "tracer_http2_streams_total",
+            "HTTP/2 request heads decoded (streams opened).",
+            vec![Sample::plain(h.streams)],
+        ),
+        Family::counter(
+            "tracer_http2_exchanges_total",
+            "HTTP/2 streams handed out as exchanges (including reset and cut-short ones).",
+            vec![Sample::plain(h.exchanges)],
+        ),
+        Family::counter(
+            "tracer_http2_streams_ended_early_total",
+            "HTTP/2 streams that ended before their response completed, by reason (exchanges with the outcome marked).",
+            vec![
+                Sample::labelled(&[("reason", "rst_stream")], h.streams_reset),
+                Sample::labelled(&[("reason", "goaway")], h.streams_refused),
+                Sample::labelled(&[("reason", "desync")], h.streams_desync),
+            ],
+        ),
+        Family::counter(
+            "tracer_http2_streams_dropped_total",
+            "HTTP/2 streams that gave no exchange, by reason.",
+            vec![
+                Sample::labelled(&[("reason", "request_head_lost")], h.requests_lost),
+                Sample::labelled(&[("reason", "open_streams_full")], h.streams_evicted),
+                Sample::labelled(&[("reason", "records_lost_or_shed")], h.streams_discarded),
+            ],
+        ),
+        Family::counter(
+            "tracer_http2_frames_unknown_stream_total",
+            "HTTP/2 response frames of streams whose request head was never seen (skipped).",
+            vec![Sample::plain(h.frames_unknown_stream)],
+        ),
+        Family::counter(
+            "tracer_http2_frames_total",
+            "HTTP/2 frames decoded.",
+            vec![Sample::plain(w.frames)],
+        ),
+        Family::counter(
+            "tracer_http2_header_blocks_total",
+            "HTTP/2 header blocks (HEADERS + CONTINUATION) decoded.",
+            vec![Sample::plain(w.header_blocks)],
+        ),
+        Family::counter(
+            "tracer_http2_header_blocks_lost_total",
+            "HTTP/2 header blocks lost (capture gap inside, or over the block bound).",
+            vec![Sample::plain(w.header_blocks_lost)],
+        ),
+        Family::counter(
+            "tracer_http2_header_fields_undecoded_total",
+            "HPACK fields that could not be decoded (unknown dynamic-table index, bad Huffman): never guessed.",
+            vec![Sample::plain(w.fields_undecoded)],
+        ),
+        Family::counter(
+            "tracer_http2_header_lists_truncated_total",
+            "HTTP/2 header lists cut at the header-list bound.",
+            vec![Sample::plain(w.header_lists_truncated)],
+        ),
+        Family::counter(
+            "tracer_http2_desyncs_total",
+            "Times an HTTP/2 direction lost its place in the frame sequence.",
+            vec![Sample::plain(w.desyncs)],
+        ),
+        Family::counter(
+            "tracer_http2_bytes_skipped_total",
+            "Captured HTTP/2 bytes skipped while out of sync.",
+            vec![Sample::plain(w.bytes_skipped)],
+        ),
+        Family::counter(
+            "tracer_http2_header_blocks_too_large_total",
+            "HTTP/2 header blocks given up for exceeding the block bound (also counted as lost).",
+            vec![Sample::plain(w.frames_too_large)],
+        ),
+        Family::counter(
+            "tracer_http2_control_frames_lost_total",
+            "HTTP/2 RST_STREAM, GOAWAY or SETTINGS frames whose payload was not captured.",
+            vec![Sample::plain(w.control_frames_lost)],
+        ),
+        Family::counter(
+            "tracer_http2_hpack_table_unknown_total",
+            "Times an HPACK dynamic table became unknown (an insert that could not be followed).",
+            vec![Sample::plain(w.table_unknown)],
+        ),
+    ]
 }
 
 /// Families of [`BoundsSnapshot`].
@@ -994,6 +1130,12 @@ mod tests {
                 optional_probes_total: 124,
                 agent_mirrors_ignored: 126,
                 agent_table_full: 127,
+                h2_conns_sniffed: 128,
+                h2_directions_framed: 129,
+                h2_walk_limit: 130,
+                h2_kept_truncated: 131,
+                h2_cursor_lost: 132,
+                h2_data_elided_bytes: 133,
             },
             events_read: 201,
             decode_errors: 202,
@@ -1061,6 +1203,30 @@ mod tests {
                 procnet_non_inet_sockets: 324,
                 procnet_table_reads_deferred: 325,
             },
+            http2: crate::protocols::http2::Http2Stats {
+                connections: 501,
+                streams: 502,
+                exchanges: 503,
+                streams_reset: 504,
+                streams_refused: 505,
+                requests_lost: 506,
+                streams_desync: 507,
+                streams_evicted: 508,
+                frames_unknown_stream: 509,
+                streams_discarded: 510,
+                wire: crate::protocols::http2::H2WireStats {
+                    frames: 511,
+                    header_blocks: 512,
+                    header_blocks_lost: 513,
+                    fields_undecoded: 514,
+                    header_lists_truncated: 515,
+                    desyncs: 516,
+                    bytes_skipped: 517,
+                    table_unknown: 518,
+                    frames_too_large: 519,
+                    control_frames_lost: 520,
+                },
+            },
         }
     }
 
@@ -1073,11 +1239,13 @@ mod tests {
         let mut want: Vec<f64> = (101..=127)
             .chain(201..=236)
             .chain(301..=325)
+            .chain(501..=520)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
+        want.extend((128..=133).map(|v| v as f64)); // kernel HTTP/2 capture
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -1125,7 +1293,29 @@ mod tests {
             parsed.value("tracer_kernel_events_submitted_total", &[]),
             101.0
         );
+        assert_eq!(
+            parsed.value("tracer_kernel_http2_connections_sniffed_total", &[]),
+            128.0
+        );
+        assert_eq!(
+            parsed.value("tracer_kernel_http2_data_elided_bytes_total", &[]),
+            133.0
+        );
         assert_eq!(parsed.value("tracer_connections_tracked", &[]), 206.0);
+        let h2 = |name, reason| parsed.value(name, &[("reason", reason)]);
+        assert_eq!(parsed.value("tracer_http2_connections_total", &[]), 501.0);
+        assert_eq!(
+            h2("tracer_http2_streams_ended_early_total", "rst_stream"),
+            504.0
+        );
+        assert_eq!(
+            h2("tracer_http2_streams_dropped_total", "open_streams_full"),
+            508.0
+        );
+        assert_eq!(
+            parsed.value("tracer_http2_header_fields_undecoded_total", &[]),
+            514.0
+        );
         assert_eq!(
             parsed.value(
                 "tracer_connections_dropped_total",

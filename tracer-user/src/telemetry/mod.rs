@@ -8,4 +8,5 @@ pub mod metrics;
 pub mod proc_identity;
 pub mod redact;
 pub mod resource;
+pub mod rpc;
 pub mod spans;

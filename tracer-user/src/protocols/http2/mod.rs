@@ -16,3 +16,7 @@ pub use direction::fuzz_entry;
 pub use events::{
     H2Direction, H2Event, H2Limits, H2WireStats, PREFACE, looks_like_h2_frames, starts_with_preface,
 };
+
+pub mod exchange;
+
+pub use exchange::{Http2Connection, Http2Limits, Http2Stats};

@@ -1,0 +1,334 @@
+//! The kernel's HTTP/2 capture, seen through its records and counters (the agent's
+//! `tracer::records` trace log and /metrics), with a real gRPC peer (grpcio, C-core: it writes a
+//! response's HEADERS, DATA frames and trailers with one sendmsg when flow control allows).
+//!
+//! - A gRPC call answering 100 KiB: DATA payloads travel as length-only gaps, and every frame
+//!   header and the trailers (a HEADERS frame after 100 KiB of DATA, far past the capture size)
+//!   reach userspace on both ends; the kernel copies a few KiB per call instead of ~200 KiB.
+//! - A gRPC connection opened before the agent: adopted by its frames (not by an HTTP/1 start
+//!   line), and captured frame by frame from then on.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tracer_tests::metrics_client::{sample, scrape};
+use tracer_tests::peers::{peer_script, python};
+use tracer_tests::process::LineWait;
+use tracer_tests::{AgentConfig, ChildGuard, ScratchDir, free_port, wait_for_port};
+
+/// The response message of every call.
+const RESPONSE_BYTES: u64 = 100 * 1024;
+/// How long the test waits for counters or records it expects.
+const WAIT: Duration = Duration::from_secs(40);
+/// Kernel bytes copied per call at most (both ends together): frame headers, request and
+/// response headers, trailers, SETTINGS/WINDOW_UPDATE/PING. Copying the DATA would be ~200 KiB.
+const MAX_COPIED_PER_CALL: f64 = 8.0 * 1024.0;
+
+fn grpc_peer(mode: &str, port: u16, extra: &[&str]) -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg("-u")
+        .arg(peer_script("h2_capture_grpc.py"))
+        .args([mode, "--port", &port.to_string()])
+        .args(extra)
+        // grpcio must not pick up a proxy from the environment for 127.0.0.1.
+        .env("no_grpc_proxy", "*")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy");
+    command
+}
+
+fn start_server(port: u16) -> ChildGuard {
+    let size = RESPONSE_BYTES.to_string();
+    let server = ChildGuard::spawn(
+        "h2_capture_grpc.py serve",
+        grpc_peer("serve", port, &["--size", &size]),
+    );
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "the grpcio server did not listen on {port} (is grpcio installed? `cargo xtask setup`)\n{}",
+        server.output_report()
+    );
+    server
+}
+
+/// An agent tracing `port` of this test's children (the peers: no records of other programs on
+/// the host in its log), logging its data records, serving /metrics on `metrics`.
+fn start_agent(port: u16, metrics: SocketAddr) -> tracer_tests::agent::Agent {
+    AgentConfig::new()
+        .pid(std::process::id())
+        .ports(&[port])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("RUST_LOG", "info,tracer::records=trace")
+        .start()
+}
+
+fn metric(metrics: SocketAddr, name: &str) -> f64 {
+    sample(&scrape(metrics), name, "").unwrap_or_else(|| panic!("{name} missing on /metrics"))
+}
+
+/// One data record of the agent's trace log.
+#[derive(Debug)]
+struct Record {
+    role: String,
+    direction: String,
+    true_len: u64,
+    captured: u64,
+    frame_type: i64,
+    frame_flags: i64,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[start..].split_whitespace().next()
+}
+
+fn records(agent: &tracer_tests::agent::Agent) -> Vec<Record> {
+    agent
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("tracer::records") && l.contains("data record"))
+        .filter_map(|l| {
+            Some(Record {
+                role: field(l, "role")?.to_owned(),
+                direction: field(l, "direction")?.to_owned(),
+                true_len: field(l, "true_len")?.parse().ok()?,
+                captured: field(l, "captured")?.parse().ok()?,
+                frame_type: field(l, "frame_type")?.parse().ok()?,
+                frame_flags: field(l, "frame_flags")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Records that start with a trailers frame: HEADERS with END_STREAM and END_HEADERS.
+fn trailers<'a>(records: &'a [Record], role: &str, direction: &str) -> Vec<&'a Record> {
+    records
+        .iter()
+        .filter(|r| r.role == role && r.direction == direction)
+        .filter(|r| r.frame_type == 1 && r.frame_flags & 0x05 == 0x05)
+        .collect()
+}
+
+/// Polls until `done` holds (or WAIT passes); returns whether it did.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+fn summary(records: &[Record]) -> String {
+    records
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} true={} captured={} type={} flags={:#x}",
+                r.role, r.direction, r.true_len, r.captured, r.frame_type, r.frame_flags
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn grpc_response_data_is_elided_and_its_trailers_are_kept() {
+    const CALLS: u64 = 3;
+    let port = free_port();
+    let _server = start_server(port);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = start_agent(port, metrics);
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(20)),
+        "--metrics-addr {metrics} never listened"
+    );
+
+    let calls = CALLS.to_string();
+    let mut client = ChildGuard::spawn(
+        "h2_capture_grpc.py call",
+        grpc_peer("call", port, &["--calls", &calls]),
+    );
+    let status = client.wait_timeout(WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the grpcio client failed ({status:?})\n{}",
+        client.output_report()
+    );
+    let ok = format!("ok {RESPONSE_BYTES}");
+    assert_eq!(
+        client.stdout().lines().iter().filter(|l| **l == ok).count() as u64,
+        CALLS,
+        "{}",
+        client.output_report()
+    );
+
+    // Both ends' records of every call have reached the agent (the server wrote and the client
+    // read CALLS trailers frames, each at the start of a record), every direction of the
+    // connection was followed frame by frame, and the DATA payloads went as gaps on both ends.
+    let response_total = (2 * CALLS * RESPONSE_BYTES) as f64;
+    let (mut framed, mut elided) = (0.0, 0.0);
+    let seen = wait_until(|| {
+        let r = records(&agent);
+        framed = metric(metrics, "tracer_kernel_http2_directions_framed_total");
+        elided = metric(metrics, "tracer_kernel_http2_data_elided_bytes_total");
+        trailers(&r, "Some(Server)", "Egress").len() as u64 >= CALLS
+            && trailers(&r, "Some(Client)", "Ingress").len() as u64 >= CALLS
+            && framed >= 4.0
+            && elided >= 0.95 * response_total
+    });
+    agent.assert_running();
+    let r = records(&agent);
+    assert!(
+        seen,
+        "not all of: trailers of {CALLS} calls at the start of a record on both ends, 4 \
+         directions framed ({framed}), {response_total} DATA bytes elided ({elided})\n{}",
+        summary(&r)
+    );
+    // What the kernel copied for this connection (both ends: its records carry a role; records
+    // of connections adopted by sniffing, from other tests, carry none).
+    let copied: u64 = r
+        .iter()
+        .filter(|x| x.role != "None")
+        .map(|x| x.captured)
+        .sum();
+    assert!(
+        copied as f64 <= MAX_COPIED_PER_CALL * CALLS as f64,
+        "the kernel copied {copied} bytes for {CALLS} calls\n{}",
+        summary(&r)
+    );
+    // The DATA payloads of this connection went as gaps: at least one record per response on
+    // each end stands for more bytes than it carries.
+    let gaps = r
+        .iter()
+        .filter(|x| x.role != "None" && x.captured < x.true_len)
+        .count();
+    assert!(gaps as u64 >= 2 * CALLS, "{}", summary(&r));
+    eprintln!(
+        "h2_capture: {CALLS} calls of {RESPONSE_BYTES} B: kernel copied {copied} B in {} records",
+        r.iter().filter(|x| x.role != "None").count()
+    );
+}
+
+#[test]
+fn grpc_connection_opened_before_the_agent_is_adopted_by_its_frames() {
+    const CALLS: u64 = 2;
+    let port = free_port();
+    let _server = start_server(port);
+    let scratch = ScratchDir::new("h2-capture-adopt");
+    let go = scratch.path().join("go");
+    let calls = CALLS.to_string();
+    let go_arg = go.to_string_lossy().into_owned();
+    let mut client = ChildGuard::spawn(
+        "h2_capture_grpc.py hold",
+        grpc_peer("hold", port, &["--calls", &calls, "--go", &go_arg]),
+    );
+    match client.stdout().wait_for_line(WAIT, |l| l == "first ok") {
+        LineWait::Found(_) => {}
+        other => panic!(
+            "the first call (before the agent) did not finish: {other:?}\n{}",
+            client.output_report()
+        ),
+    }
+
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = start_agent(port, metrics);
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(20)),
+        "--metrics-addr {metrics} never listened"
+    );
+    std::fs::write(&go, b"go").expect("writing the go file");
+    let status = client.wait_timeout(WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the grpcio client failed ({status:?})\n{}",
+        client.output_report()
+    );
+
+    // Adopted connections have no role; both ends (client and server process) are adopted.
+    let response_total = (2 * CALLS * RESPONSE_BYTES) as f64;
+    let (mut sniffed, mut elided) = (0.0, 0.0);
+    let seen = wait_until(|| {
+        let r = records(&agent);
+        sniffed = metric(metrics, "tracer_kernel_http2_connections_sniffed_total");
+        elided = metric(metrics, "tracer_kernel_http2_data_elided_bytes_total");
+        trailers(&r, "None", "Egress").len() as u64 >= CALLS
+            && trailers(&r, "None", "Ingress").len() as u64 >= CALLS
+            && sniffed >= 2.0
+            && elided >= 0.95 * response_total
+    });
+    agent.assert_running();
+    let r = records(&agent);
+    assert!(
+        seen,
+        "not all of: trailers of the {CALLS} calls on the adopted connection at the start of a \
+         record on both ends, 2 connections sniffed as HTTP/2 ({sniffed}), {response_total} \
+         DATA bytes elided ({elided})\n{}",
+        summary(&r)
+    );
+}
+
+#[test]
+fn concurrent_calls_sharing_writes_keep_every_trailers_frame() {
+    // 200 calls at once on one channel: grpcio writes the frames of many streams with one
+    // sendmsg of hundreds of iovecs, and reads them back in large chunks; the walk covers them
+    // (several runs of the walker) and every call's trailers reach userspace on both ends.
+    const CALLS: usize = 200;
+    let port = free_port();
+    let server = ChildGuard::spawn(
+        "h2_capture_grpc.py serve",
+        grpc_peer("serve", port, &["--size", "1024"]),
+    );
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "the grpcio server did not listen on {port}\n{}",
+        server.output_report()
+    );
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = start_agent(port, metrics);
+    let calls = CALLS.to_string();
+    let mut client = ChildGuard::spawn(
+        "h2_capture_grpc.py burst",
+        grpc_peer("burst", port, &["--calls", &calls]),
+    );
+    let status = client.wait_timeout(WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the grpcio client failed ({status:?})\n{}",
+        client.output_report()
+    );
+    assert_eq!(
+        client
+            .stdout()
+            .lines()
+            .iter()
+            .filter(|l| *l == "ok 1024")
+            .count(),
+        CALLS,
+        "{}",
+        client.output_report()
+    );
+    let seen = wait_until(|| {
+        let r = records(&agent);
+        trailers(&r, "Some(Server)", "Egress").len() >= CALLS
+            && trailers(&r, "Some(Client)", "Ingress").len() >= CALLS
+    });
+    agent.assert_running();
+    let r = records(&agent);
+    let (written, read) = (
+        trailers(&r, "Some(Server)", "Egress").len(),
+        trailers(&r, "Some(Client)", "Ingress").len(),
+    );
+    assert!(
+        seen,
+        "trailers frames at the start of a record: {written} written by the server, {read} read \
+         by the client, of {CALLS}\n{}",
+        summary(&r)
+    );
+    assert_eq!((written, read), (CALLS, CALLS), "no trailers frame twice");
+}
