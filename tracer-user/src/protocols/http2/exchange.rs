@@ -792,7 +792,7 @@ pub const GRPC_STATUS: &str = "grpc-status";
 /// open streams. Then operations of two bytes `op, arg`: direction `op & 1`, kind `(op >> 1) % 8`
 /// (request-like headers, response-like headers, DATA, RST_STREAM, GOAWAY, lost block, desync,
 /// close/expire/loss), stream id `arg % 16` (request heads: above the last one unless `arg` has
-/// bit 7), flags from the high bits of `op`.
+/// bit 7), flags from the high bits of `op` (bit 4: the block had an undecoded field).
 #[doc(hidden)]
 pub fn fuzz_entry(data: &[u8]) {
     let Some((&setup, mut script)) = data.split_first() else {
@@ -844,7 +844,7 @@ pub fn fuzz_entry(data: &[u8]) {
                     stream_id,
                     end_stream,
                     fields,
-                    undecoded: 0,
+                    undecoded: u32::from(op & 0x10 != 0),
                     truncated: false,
                     ts_ns: ts,
                     tid: 1,
@@ -863,7 +863,7 @@ pub fn fuzz_entry(data: &[u8]) {
                     stream_id,
                     end_stream,
                     fields,
-                    undecoded: 0,
+                    undecoded: u32::from(op & 0x10 != 0),
                     truncated: false,
                     ts_ns: ts,
                     tid: 2,
@@ -908,6 +908,11 @@ pub fn fuzz_entry(data: &[u8]) {
             conn.pending_requests() <= limits.max_open_streams,
             "open streams past the bound"
         );
+        assert_eq!(
+            conn.streams_bytes,
+            conn.streams.values().map(Stream::heap_bytes).sum::<usize>(),
+            "running memory total drifted"
+        );
         let _ = conn.take_discarded();
     }
     conn.on_close(ts + 1, &mut out);
@@ -926,6 +931,10 @@ pub fn fuzz_entry(data: &[u8]) {
             assert!(
                 response.status >= 200,
                 "interim status kept as the response"
+            );
+            assert!(
+                response.headers.len() <= 1,
+                "more than one grpc-status kept"
             );
         }
     }
