@@ -7,6 +7,7 @@ pub mod agent_counters;
 pub mod bpf_objects;
 pub mod faulty_receiver;
 mod grpc_receiver;
+pub mod h2peers;
 pub mod http_load;
 mod http_receiver;
 pub mod metrics_client;

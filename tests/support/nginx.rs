@@ -1,6 +1,6 @@
 //! A throwaway nginx (master + one worker) on 127.0.0.1:<port> with its config, pid file, logs,
 //! temp paths and web root in a scratch directory: `/index.html` (static) and `/unavailable`
-//! (`return 503`).
+//! (`return 503`); `Nginx::start_h2c` listens with HTTP/2 in cleartext (prior knowledge).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,6 +33,16 @@ pub fn nginx_binary() -> PathBuf {
 
 /// The nginx configuration for `port` rooted at `dir`.
 pub fn nginx_config(dir: &std::path::Path, port: u16) -> String {
+    nginx_config_listen(dir, port, "")
+}
+
+/// `listen` parameters for HTTP/2 in cleartext (h2c, prior knowledge). `listen ... http2` works
+/// from nginx 1.9.5 on (Debian 12 ships 1.22, before the `http2 on;` directive of 1.25.1); newer
+/// nginx only warns that it is deprecated.
+pub const H2C_LISTEN: &str = " http2";
+
+/// The nginx configuration for `port` rooted at `dir`, with `listen_params` after the address.
+pub fn nginx_config_listen(dir: &std::path::Path, port: u16, listen_params: &str) -> String {
     let d = dir.display();
     format!(
         "worker_processes 1;
@@ -51,7 +61,7 @@ http {{
     default_type text/html;
     keepalive_timeout 30s;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_params};
         root {d}/www;
         location = /unavailable {{ return 503; }}
     }}
@@ -69,14 +79,26 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(port: u16) -> Nginx {
+        Self::start_listen(port, "")
+    }
+
+    /// nginx speaking HTTP/2 in cleartext (prior knowledge) on `port`.
+    pub fn start_h2c(port: u16) -> Nginx {
+        Self::start_listen(port, H2C_LISTEN)
+    }
+
+    fn start_listen(port: u16, listen_params: &str) -> Nginx {
         let dir = ScratchDir::new("nginx");
         let www = dir.path().join("www");
         std::fs::create_dir_all(&www).unwrap_or_else(|e| panic!("creating {}: {e}", www.display()));
         std::fs::write(www.join("index.html"), INDEX_BODY)
             .unwrap_or_else(|e| panic!("writing index.html: {e}"));
         let config = dir.path().join("nginx.conf");
-        std::fs::write(&config, nginx_config(dir.path(), port))
-            .unwrap_or_else(|e| panic!("writing nginx.conf: {e}"));
+        std::fs::write(
+            &config,
+            nginx_config_listen(dir.path(), port, listen_params),
+        )
+        .unwrap_or_else(|e| panic!("writing nginx.conf: {e}"));
         let mut command = Command::new(nginx_binary());
         command
             .arg("-c")

@@ -207,6 +207,9 @@ pub struct ConnMeta {
     pub role: Option<Role>,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// Inode of the process's network namespace (`/proc/<pid>/ns/net`), `None` when unknown:
+    /// loopback tuples pair client and server only within one namespace.
+    pub netns: Option<u64>,
 }
 
 /// HTTP protocol version of a message.
@@ -271,6 +274,9 @@ pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<Header>,
     pub body_len: u64,
+    /// HTTP/2: a header block of the response (head or trailers) had fields HPACK could not
+    /// decode, so a header missing from `headers` may have been sent (never guessed).
+    pub undecoded_fields: bool,
 }
 
 /// How an exchange ended.

@@ -111,6 +111,16 @@ pub struct Pipeline {
     /// was adopted): spans emitted late (timeouts, closes after exit) keep their process even
     /// if its pid now belongs to another one. Entries leave with their connection.
     conn_procs: IdHashMap<u64, ConnProcess>,
+    /// Network namespace inode per process (host tgid), read once with the resource it was
+    /// read for: a resource read again (pid reused) reads the namespace again.
+    netns_by_pid: IdHashMap<u32, (std::sync::Arc<ProcessResource>, Option<u64>)>,
+}
+
+/// The inode of `/proc/<proc_pid>/ns/net` (its link reads `net:[<inode>]`).
+fn netns_inode(proc_root: &std::path::Path, proc_pid: u32) -> Option<u64> {
+    let link = std::fs::read_link(proc_root.join(proc_pid.to_string()).join("ns/net")).ok()?;
+    let link = link.to_str()?;
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// What a connection's spans need from its process.
@@ -149,6 +159,7 @@ impl Pipeline {
             last_process_sweep_ns: 0,
             agent_mirror: None,
             conn_procs: IdHashMap::default(),
+            netns_by_pid: IdHashMap::default(),
         }
     }
 
@@ -241,6 +252,7 @@ impl Pipeline {
             budget_requests_shed: t.budget_requests_shed,
             links_skipped_multiplexed: self.linker.stats().multiplexed_thread,
             links_skipped_unknown_runtime: self.linker.stats().unknown_runtime_thread,
+            links_skipped_netns_unknown: self.linker.stats().pair_netns_unknown,
             runtime_unknown: r.unknown,
             runtime_refused: r.refused,
             resource_cache_entries: self.resources.len() as u64,
@@ -282,8 +294,10 @@ impl Pipeline {
         let start_time = proc_pid
             .and_then(|p| crate::telemetry::proc_identity::start_time(&self.opts.proc_root, p));
         // The resource first: a short-lived process may exit while its executable is read.
-        self.resources.get_started(pid, start_time);
+        let resource = self.resources.get_started(pid, start_time);
         self.runtimes.observe(pid, proc_pid, start_time);
+        // And its network namespace, for connection pairing on loopback.
+        self.netns_of(pid, &resource);
     }
 
     /// Resolves the process of a connection the table just opened, once (a second announcement
@@ -294,8 +308,33 @@ impl Pipeline {
         }
         let resource = self.resources.get(pid);
         let threads = self.runtimes.threads(pid, self.resources.proc_pid(pid));
+        let netns = self.netns_of(pid, &resource);
+        if let Some(conn) = self.table.get_mut(conn_id) {
+            conn.meta.netns = netns;
+        }
         self.conn_procs
             .insert(conn_id, ConnProcess { resource, threads });
+    }
+
+    /// The network namespace of `pid` (whose resource is `resource`), read from `/proc` once
+    /// per process and only through the pid map (`None` when the agent's `/proc` does not show
+    /// the process).
+    fn netns_of(&mut self, pid: u32, resource: &std::sync::Arc<ProcessResource>) -> Option<u64> {
+        if let Some((cached, netns)) = self.netns_by_pid.get(&pid)
+            && std::sync::Arc::ptr_eq(cached, resource)
+        {
+            return *netns;
+        }
+        let netns = self
+            .resources
+            .proc_pid(pid)
+            .and_then(|p| netns_inode(&self.opts.proc_root, p));
+        if self.netns_by_pid.len() >= SNIFF_MEMORY {
+            self.netns_by_pid.clear();
+        }
+        self.netns_by_pid
+            .insert(pid, (std::sync::Arc::clone(resource), netns));
+        netns
     }
 
     /// Reads /proc for a connection adopted by sniffing, now, while the process surely runs.
@@ -330,6 +369,7 @@ impl Pipeline {
             role,
             local: None,
             peer: None,
+            netns: None,
         }
     }
 
@@ -464,6 +504,9 @@ impl Pipeline {
             self.last_process_sweep_ns = now_mono_ns;
             self.resources.sweep_exited();
             self.runtimes.sweep_exited();
+            // Processes whose resource nobody holds any more (exited, evicted, re-read).
+            self.netns_by_pid
+                .retain(|_, (resource, _)| std::sync::Arc::strong_count(resource) > 1);
         }
         let mut done = std::mem::take(&mut self.scratch);
         self.table.sweep(now_mono_ns, &mut done);

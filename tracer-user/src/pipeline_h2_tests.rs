@@ -76,7 +76,15 @@ fn response(stream_id: u32, grpc_status: &str) -> Vec<u8> {
     out
 }
 
+/// The host's network namespace in the fake `/proc`.
+const HOST_NETNS: u64 = 4026531840;
+
 fn fake_process(root: &std::path::Path, pid: u32, comm: &str) {
+    fake_process_in(root, pid, comm, Some(HOST_NETNS));
+}
+
+/// A fake process in network namespace `netns` (`None`: `ns/net` unreadable).
+fn fake_process_in(root: &std::path::Path, pid: u32, comm: &str, netns: Option<u64>) {
     let dir = root.join(pid.to_string());
     let main_thread = dir.join("task").join(pid.to_string());
     std::fs::create_dir_all(&main_thread).expect("fake proc dir");
@@ -87,6 +95,10 @@ fn fake_process(root: &std::path::Path, pid: u32, comm: &str) {
         format!("{pid} ({comm}) S {zeros}100 0\n"),
     )
     .expect("stat");
+    if let Some(netns) = netns {
+        std::fs::create_dir_all(dir.join("ns")).expect("ns dir");
+        std::os::unix::fs::symlink(format!("net:[{netns}]"), dir.join("ns/net")).expect("ns/net");
+    }
 }
 
 struct Harness {
@@ -294,4 +306,61 @@ fn same_host_ends_pair_by_stream_id() {
         assert_eq!(client.parent_span_id, None);
     }
     assert_eq!(h.pipeline.linker_stats().by_connection_pair, 3);
+}
+
+/// Two pods on one host each have their own loopback: a client in one namespace and a server in
+/// another with the same loopback 4-tuple are not the two ends of one connection, and a
+/// server whose namespace is unknown pairs with nothing (counted). Before the fix both paired.
+#[test]
+fn loopback_tuples_pair_only_within_one_network_namespace() {
+    const OTHER_POD_PID: u32 = 5300;
+    const UNKNOWN_NS_PID: u32 = 5400;
+    let mut h = Harness::new("netns");
+    fake_process_in(&h.root, OTHER_POD_PID, "other-pod", Some(HOST_NETNS + 7));
+    fake_process_in(&h.root, UNKNOWN_NS_PID, "no-ns", None);
+    h.open(
+        CLIENT_PID,
+        20,
+        Role::Client,
+        "127.0.0.1:40000",
+        "127.0.0.1:50051",
+    );
+    let mut flight = PREFACE.to_vec();
+    flight.extend(frame(SETTINGS, 0, 0, &[]));
+    flight.extend(request(1, "A"));
+    h.data(CLIENT_PID, 20, Role::Client, Direction::Egress, &flight);
+    for (pid, conn_id) in [(OTHER_POD_PID, 21), (UNKNOWN_NS_PID, 22)] {
+        h.open(
+            pid,
+            conn_id,
+            Role::Server,
+            "127.0.0.1:50051",
+            "127.0.0.1:40000",
+        );
+        h.data(pid, conn_id, Role::Server, Direction::Ingress, &flight);
+        let mut answer = frame(SETTINGS, 0, 0, &[]);
+        answer.extend(response(1, "0"));
+        h.data(pid, conn_id, Role::Server, Direction::Egress, &answer);
+    }
+    let spans = h.spans();
+    assert_eq!(spans.len(), 2, "two SERVER spans");
+    for span in &spans {
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!(span.parent_span_id, None, "paired across namespaces");
+    }
+    assert_eq!(h.pipeline.linker_stats().by_connection_pair, 0);
+    assert_eq!(h.pipeline.linker_stats().pair_netns_unknown, 1);
+    // The same tuple within the client's namespace does pair.
+    h.open(
+        SERVER_PID,
+        23,
+        Role::Server,
+        "127.0.0.1:50051",
+        "127.0.0.1:40000",
+    );
+    h.data(SERVER_PID, 23, Role::Server, Direction::Ingress, &flight);
+    let mut answer = frame(SETTINGS, 0, 0, &[]);
+    answer.extend(response(1, "0"));
+    h.data(SERVER_PID, 23, Role::Server, Direction::Egress, &answer);
+    assert_eq!(h.pipeline.linker_stats().by_connection_pair, 1);
 }

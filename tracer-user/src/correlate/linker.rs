@@ -130,6 +130,27 @@ pub struct LinkerStats {
     pub roots: u64,
     /// Identities dropped because the table was full (their spans get fresh ids on completion).
     pub identities_evicted: u64,
+    /// Connections left out of connection pairing: a loopback tuple whose network namespace is
+    /// unknown (another namespace may hold the same tuple).
+    pub pair_netns_unknown: u64,
+}
+
+/// A connection as its mirror end would name it: (network namespace, local, peer). Loopback
+/// tuples carry the namespace (each namespace has its own loopback: two pods may use the same
+/// tuple); others do not (a client and server in two pods of one host see the same tuple from
+/// two namespaces).
+type PairKey = (Option<u64>, SocketAddr, SocketAddr);
+
+/// The pairing key of `local`/`peer` in namespace `netns`; `None` when the tuple is loopback and
+/// the namespace unknown (never paired: a wrong pair is worse than none).
+fn pair_key(netns: Option<u64>, local: SocketAddr, peer: SocketAddr) -> Option<PairKey> {
+    let loopback =
+        local.ip().to_canonical().is_loopback() || peer.ip().to_canonical().is_loopback();
+    match (loopback, netns) {
+        (false, _) => Some((None, local, peer)),
+        (true, Some(ns)) => Some((Some(ns), local, peer)),
+        (true, None) => None,
+    }
 }
 
 type RequestKey = (u64, u64);
@@ -174,9 +195,12 @@ pub struct Linker {
     open_by_thread: IdHashMap<(u32, u32), IdHashSet<OpenKey>>,
     /// Open SERVER requests per connection, with the thread serving each.
     open_by_conn: IdHashMap<u64, Vec<(u32, u32, u64)>>,
-    /// CLIENT connections by (local, peer).
-    clients_by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
-    client_tuples: IdHashMap<u64, (SocketAddr, SocketAddr)>,
+    /// CLIENT connections by (namespace if loopback, local, peer).
+    clients_by_tuple: HashMap<PairKey, u64>,
+    client_tuples: IdHashMap<u64, PairKey>,
+    /// CLIENT connections whose requests are HTTP/2 streams (sequences are stream ids): only
+    /// these pair with SERVER streams, so HTTP/1 sequence numbers never meet stream ids.
+    http2_clients: IdHashSet<u64>,
     /// CLIENT requests not yet claimed by a traced server, oldest first.
     unclaimed: IdHashMap<u64, VecDeque<u64>>,
     /// Trace ids of the traces this linker starts.
@@ -218,9 +242,23 @@ impl Linker {
             return;
         }
         if let (Some(local), Some(peer)) = (meta.local, meta.peer) {
-            self.clients_by_tuple.insert((local, peer), meta.conn_id);
-            self.client_tuples.insert(meta.conn_id, (local, peer));
+            let Some(key) = pair_key(meta.netns, local, peer) else {
+                self.stats.pair_netns_unknown += 1;
+                return;
+            };
+            self.clients_by_tuple.insert(key, meta.conn_id);
+            self.client_tuples.insert(meta.conn_id, key);
         }
+    }
+
+    /// The CLIENT connection mirroring SERVER connection `meta`, if traced here.
+    fn mirror_client(&mut self, meta: &ConnMeta) -> Option<u64> {
+        let (local, peer) = (meta.local?, meta.peer?);
+        let Some(key) = pair_key(meta.netns, peer, local) else {
+            self.stats.pair_netns_unknown += 1;
+            return None;
+        };
+        self.clients_by_tuple.get(&key).copied()
     }
 
     /// The head of a request was parsed: assign its identity. `threads` says whether the
@@ -318,6 +356,7 @@ impl Linker {
             Role::Server => self.paired_stream_parent(meta, stream_id),
             Role::Client => {
                 self.register_client(meta);
+                self.http2_clients.insert(meta.conn_id);
                 None
             }
         };
@@ -331,9 +370,11 @@ impl Linker {
     }
 
     /// SERVER stream whose client end (same stream id) is traced here.
-    fn paired_stream_parent(&self, meta: &ConnMeta, stream_id: u32) -> Option<SpanIdentity> {
-        let (local, peer) = (meta.local?, meta.peer?);
-        let client_conn = *self.clients_by_tuple.get(&(peer, local))?;
+    fn paired_stream_parent(&mut self, meta: &ConnMeta, stream_id: u32) -> Option<SpanIdentity> {
+        let client_conn = self.mirror_client(meta)?;
+        if !self.http2_clients.contains(&client_conn) {
+            return None;
+        }
         let parent = self.identities.get(&(client_conn, u64::from(stream_id)))?;
         Some(SpanIdentity::child_of(parent, LinkSource::ConnectionPair))
     }
@@ -370,8 +411,7 @@ impl Linker {
 
     /// SERVER request on an accepted connection whose client end is traced here.
     fn paired_parent(&mut self, meta: &ConnMeta) -> Option<SpanIdentity> {
-        let (local, peer) = (meta.local?, meta.peer?);
-        let client_conn = *self.clients_by_tuple.get(&(peer, local))?;
+        let client_conn = self.mirror_client(meta)?;
         let seq = self.unclaimed.get_mut(&client_conn)?.pop_front()?;
         let parent = self.identities.get(&(client_conn, seq))?;
         Some(SpanIdentity::child_of(parent, LinkSource::ConnectionPair))
@@ -462,6 +502,7 @@ impl Linker {
             self.clients_by_tuple.remove(&tuple);
         }
         self.unclaimed.remove(&conn_id);
+        self.http2_clients.remove(&conn_id);
     }
 }
 
@@ -494,6 +535,7 @@ mod tests {
             role: Some(role),
             local: Some(local.parse().unwrap()),
             peer: Some(peer.parse().unwrap()),
+            netns: Some(1),
         }
     }
 
@@ -909,5 +951,66 @@ mod tests {
         assert_eq!(l.take(5, 1).unwrap().link, LinkSource::Root);
         assert_eq!(l.stats().by_same_thread, 0);
         assert_eq!(l.stats().by_connection_pair, 3);
+    }
+
+    /// An HTTP/2 SERVER stream never pairs with an HTTP/1 CLIENT connection on the mirror tuple
+    /// (sequence 1 of HTTP/1 is not stream 1). Before the fix it did.
+    #[test]
+    fn http2_streams_pair_only_with_http2_clients() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let client = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:50051");
+        let server = conn(2, 200, Role::Server, "127.0.0.1:50051", "127.0.0.1:40000");
+        for seq in 0..3 {
+            l.request_started(
+                &client,
+                Role::Client,
+                &start(seq, 100, &r),
+                Threads::Unknown,
+            );
+        }
+        l.request_started(
+            &server,
+            Role::Server,
+            &h2_start(1, 201, &r),
+            Threads::Unknown,
+        );
+        assert_eq!(l.take(2, 1).unwrap().link, LinkSource::Root);
+        assert_eq!(l.stats().by_connection_pair, 0);
+    }
+
+    /// Loopback tuples pair only within one network namespace, and not at all when either
+    /// end's namespace is unknown (counted); other addresses pair across namespaces (two
+    /// pods of one host).
+    #[test]
+    fn loopback_pairs_need_one_known_namespace() {
+        let r = request(&[]);
+        let with_ns = |mut meta: ConnMeta, netns| {
+            meta.netns = netns;
+            meta
+        };
+        for (client_ns, server_ns, local, remote, paired) in [
+            (Some(1), Some(1), "127.0.0.1:40000", "127.0.0.1:8000", true),
+            (Some(1), Some(2), "127.0.0.1:40000", "127.0.0.1:8000", false),
+            (None, Some(1), "127.0.0.1:40000", "127.0.0.1:8000", false),
+            (Some(1), None, "127.0.0.1:40000", "127.0.0.1:8000", false),
+            (Some(1), Some(2), "10.0.0.1:40000", "10.0.0.2:8000", true),
+            (None, None, "10.0.0.1:40000", "10.0.0.2:8000", true),
+        ] {
+            let mut l = Linker::default();
+            let client = with_ns(conn(1, 100, Role::Client, local, remote), client_ns);
+            let server = with_ns(conn(2, 200, Role::Server, remote, local), server_ns);
+            l.request_started(&client, Role::Client, &start(0, 100, &r), Threads::Unknown);
+            l.request_started(&server, Role::Server, &start(0, 200, &r), Threads::Unknown);
+            let link = l.take(2, 0).unwrap().link;
+            assert_eq!(
+                link == LinkSource::ConnectionPair,
+                paired,
+                "{client_ns:?} {server_ns:?} {local}"
+            );
+            let unknown = client_ns.is_none() || server_ns.is_none();
+            let loopback = local.starts_with("127.");
+            assert_eq!(l.stats().pair_netns_unknown > 0, unknown && loopback);
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! The protocol of one connection, chosen on its first captured bytes: the HTTP/2 client preface
 //! (either role), or on a connection of unknown role (adopted mid-stream) a run of valid HTTP/2
 //! frames, or on a server the HTTP/2 frames it writes before reading the preface (servers send
-//! their SETTINGS first) -> HTTP/2; anything else stays on the HTTP/1.x path unchanged.
+//! their SETTINGS first), or on a connection of known role whose records were lost before its
+//! first captured one a run of frames (adopted mid-stream) -> HTTP/2; anything else stays on
+//! the HTTP/1.x path unchanged. A run may end in an uncaptured payload: one frame whose
+//! payload is the rest of the syscall's (partly captured) bytes counts.
 
 use crate::model::{Direction, Exchange, Role};
 use crate::protocols::http1::{HttpConnection, HttpLimits, HttpStats, RequestStart};
-use crate::protocols::http2::{
-    Http2Connection, Http2Limits, Http2Stats, looks_like_h2_frames, starts_with_preface,
-};
+use crate::protocols::http2::frame::plausible_run;
+use crate::protocols::http2::{Http2Connection, Http2Limits, Http2Stats, starts_with_preface};
 
 /// HTTP/1.x or HTTP/2 state of one connection.
 #[derive(Debug)]
@@ -17,6 +19,9 @@ pub struct ProtocolConnection {
     h2_limits: Http2Limits,
     /// HTTP/1 counters of a connection that turned out to be HTTP/2 (bytes before the choice).
     http1_before: HttpStats,
+    /// Records were lost before the protocol was chosen: the first captured bytes may be in
+    /// the middle of the connection.
+    lost_before_decided: bool,
 }
 
 /// HTTP/1.x (nearly every connection) stays inline; HTTP/2's larger state is boxed.
@@ -54,6 +59,7 @@ impl ProtocolConnection {
             proto: Proto::Http1(HttpConnection::new(role, limits)),
             h2_limits,
             http1_before: HttpStats::default(),
+            lost_before_decided: false,
         }
     }
 
@@ -78,11 +84,13 @@ impl ProtocolConnection {
             if let Proto::Http1(http1) = &self.proto {
                 let role = http1.role();
                 let preface = starts_with_preface(captured);
-                let frames = !preface && looks_like_h2_frames(captured);
+                let true_len = (true_len as usize).max(captured.len());
+                let frames = !preface && plausible_run(captured, true_len);
                 let h2 = match (role, dir) {
                     _ if preface => Some(true),
                     (None, _) if frames => Some(false),
                     (Some(Role::Server), Direction::Egress) if frames => Some(true),
+                    (Some(_), _) if frames && self.lost_before_decided => Some(false),
                     _ => None,
                 };
                 if let Some(from_start) = h2 {
@@ -122,6 +130,9 @@ impl ProtocolConnection {
     }
 
     pub fn on_loss(&mut self, out: &mut Vec<Exchange>) -> Vec<u64> {
+        if !self.decided {
+            self.lost_before_decided = true;
+        }
         match &mut self.proto {
             Proto::Http1(c) => c.on_loss(out),
             Proto::Http2(c) => c.on_loss(out),
@@ -238,5 +249,49 @@ mod tests {
         c.on_record(Direction::Ingress, PREFACE, 24, 1, 2, &mut out);
         assert!(c.is_http2());
         assert_eq!(c.role(), Some(Role::Server));
+    }
+
+    /// One HEADERS frame whose payload was not captured (the kernel copied only its header)
+    /// is a run of frames: the syscall moved exactly that frame. Before the fix only the
+    /// captured bytes were looked at and the adopted connection stayed HTTP/1.
+    #[test]
+    fn one_frame_with_an_uncaptured_payload_selects_http2() {
+        let mut header = vec![0, 0x10, 0, 1, 0x4, 0, 0, 0, 1];
+        let mut c = ProtocolConnection::new(None, HttpLimits::default(), Http2Limits::default());
+        let mut out = Vec::new();
+        c.on_record(Direction::Ingress, &header, 9 + 0x1000, 1, 1, &mut out);
+        assert!(c.is_http2());
+        // A payload shorter than the syscall moved is not one exact frame.
+        header[1] = 0x08;
+        let mut c = ProtocolConnection::new(None, HttpLimits::default(), Http2Limits::default());
+        c.on_record(Direction::Ingress, &header, 9 + 0x1000, 1, 1, &mut out);
+        assert!(!c.is_http2());
+    }
+
+    /// A connection of known role whose records were lost before its first captured one may
+    /// start mid-stream in HTTP/2 frames: adopted (not from the start). Without the loss, a
+    /// client's frames without a preface stay HTTP/1.
+    #[test]
+    fn a_known_role_connection_after_a_loss_is_adopted_on_frames() {
+        let mut frames = vec![0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        frames.extend_from_slice(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let len = frames.len() as u32;
+        let mut out = Vec::new();
+        let mut c = ProtocolConnection::new(
+            Some(Role::Client),
+            HttpLimits::default(),
+            Http2Limits::default(),
+        );
+        c.on_record(Direction::Egress, &frames, len, 1, 1, &mut out);
+        assert!(!c.is_http2());
+        let mut c = ProtocolConnection::new(
+            Some(Role::Client),
+            HttpLimits::default(),
+            Http2Limits::default(),
+        );
+        c.on_loss(&mut out);
+        c.on_record(Direction::Egress, &frames, len, 1, 1, &mut out);
+        assert!(c.is_http2());
+        assert_eq!(c.role(), Some(Role::Client));
     }
 }

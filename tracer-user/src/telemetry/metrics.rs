@@ -93,6 +93,9 @@ pub struct BoundsSnapshot {
     /// CLIENT requests not linked by thread because their runtime multiplexes threads (Go).
     pub links_skipped_multiplexed: u64,
     pub links_skipped_unknown_runtime: u64,
+    /// Connection pairs not attempted: a loopback tuple whose process's network namespace is
+    /// unknown (the same tuple may exist in another namespace).
+    pub links_skipped_netns_unknown: u64,
     pub runtime_unknown: u64,
     pub runtime_refused: u64,
     /// Gauge: processes in the resource cache.
@@ -762,7 +765,21 @@ fn http2_families(h: &crate::protocols::http2::Http2Stats) -> Vec<Family> {
                 Sample::labelled(&[("reason", "request_head_lost")], h.requests_lost),
                 Sample::labelled(&[("reason", "open_streams_full")], h.streams_evicted),
                 Sample::labelled(&[("reason", "records_lost_or_shed")], h.streams_discarded),
+                Sample::labelled(
+                    &[("reason", "request_undecoded_no_content_type")],
+                    h.requests_undecoded,
+                ),
             ],
+        ),
+        Family::counter(
+            "tracer_http2_grpc_status_undecoded_total",
+            "gRPC calls completed without a decodable grpc-status while their response had undecoded HPACK fields: no status reported, span status unset.",
+            vec![Sample::plain(h.grpc_status_undecoded)],
+        ),
+        Family::counter(
+            "tracer_http2_events_role_unknown_total",
+            "HTTP/2 events on an adopted connection before its client/server role was learnt: skipped.",
+            vec![Sample::plain(h.events_role_unknown)],
         ),
         Family::counter(
             "tracer_http2_frames_unknown_stream_total",
@@ -801,7 +818,7 @@ fn http2_families(h: &crate::protocols::http2::Http2Stats) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_http2_bytes_skipped_total",
-            "Captured HTTP/2 bytes skipped while out of sync.",
+            "HTTP/2 bytes skipped while out of sync, captured or not (uncaptured gap bytes count too).",
             vec![Sample::plain(w.bytes_skipped)],
         ),
         Family::counter(
@@ -861,6 +878,10 @@ fn bounds_families(b: &BoundsSnapshot) -> Vec<Family> {
                 Sample::labelled(
                     &[("reason", "unknown_runtime")],
                     b.links_skipped_unknown_runtime,
+                ),
+                Sample::labelled(
+                    &[("reason", "loopback_netns_unknown")],
+                    b.links_skipped_netns_unknown,
                 ),
             ],
         ),
@@ -1184,6 +1205,7 @@ mod tests {
                 budget_requests_shed: 305,
                 links_skipped_multiplexed: 306,
                 links_skipped_unknown_runtime: 318,
+                links_skipped_netns_unknown: 326,
                 runtime_unknown: 319,
                 runtime_refused: 320,
                 resource_cache_entries: 307,
@@ -1214,6 +1236,9 @@ mod tests {
                 streams_evicted: 508,
                 frames_unknown_stream: 509,
                 streams_discarded: 510,
+                requests_undecoded: 521,
+                grpc_status_undecoded: 522,
+                events_role_unknown: 523,
                 wire: crate::protocols::http2::H2WireStats {
                     frames: 511,
                     header_blocks: 512,
@@ -1238,8 +1263,8 @@ mod tests {
         values.sort_by(f64::total_cmp);
         let mut want: Vec<f64> = (101..=127)
             .chain(201..=236)
-            .chain(301..=325)
-            .chain(501..=520)
+            .chain(301..=326)
+            .chain(501..=523)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);

@@ -2,7 +2,8 @@
 //! 1.40+): name = `rpc.method` = `package.Service/Method`, `rpc.system.name` `grpc`,
 //! `rpc.response.status_code` the status NAME from `grpc-status`, errors per side (every non-OK
 //! status on CLIENT spans; only server-fault statuses on SERVER spans). A call without a
-//! `grpc-status` (reset, refused, cut short) gets an `error.type` class and no invented status.
+//! `grpc-status` (reset, refused, cut short) gets an `error.type` class and no invented status;
+//! a completed one whose status may be an undecoded HPACK field gets neither (status Unset).
 //! No HTTP attributes: the method, path and HTTP status of a gRPC call say nothing the RPC keys
 //! do not. With `rpc/dup` the older experimental keys are added too.
 
@@ -130,6 +131,9 @@ pub fn grpc_attributes(
             };
             (error, error.then_some(Text::Static(name)))
         }
+        // Completed, but a response header block had undecoded fields: the grpc-status may be
+        // one of them. No status is reported and the span is not called an error.
+        None if status_maybe_undecoded(exchange) => (false, None),
         None => (true, Some(no_status_class(exchange))),
     };
     if let Some(error_type) = error_type {
@@ -148,6 +152,16 @@ pub fn grpc_attributes(
         SpanStatus::Unset
     };
     (name, status)
+}
+
+/// Whether a completed call's missing `grpc-status` may be among its response's undecoded
+/// HPACK fields.
+fn status_maybe_undecoded(exchange: &Exchange) -> bool {
+    exchange.outcome == ExchangeOutcome::Complete
+        && exchange
+            .response
+            .as_ref()
+            .is_some_and(|response| response.undecoded_fields)
 }
 
 /// `error.type` of a call that ended without a `grpc-status`: the outcome's class (a reset by

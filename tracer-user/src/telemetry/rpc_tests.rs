@@ -46,6 +46,7 @@ fn exchange(
                 .into_iter()
                 .collect(),
             body_len: 0,
+            undecoded_fields: false,
         }),
         outcome,
         start_ns: 1_000,
@@ -65,6 +66,7 @@ fn conn() -> ConnMeta {
         role: None,
         local: "10.0.0.1:50051".parse().ok(),
         peer: "10.0.0.2:51000".parse().ok(),
+        netns: None,
     }
 }
 
@@ -354,4 +356,75 @@ fn http2_spans_are_http_spans_with_version_2() {
     let span = span(&reset, Role::Server);
     assert_eq!(str_attr(&span, "error.type"), Some("INTERNAL_ERROR"));
     assert!(attr(&span, "http.response.status_code").is_none());
+}
+
+/// One HTTP/2 frame: HEADERS (type 1) with END_HEADERS, END_STREAM as given.
+fn headers_frame(stream_id: u32, end_stream: bool, block: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(block.len()).unwrap_or(0);
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.push(1);
+    frame.push(0x4 | u8::from(end_stream));
+    frame.extend_from_slice(&stream_id.to_be_bytes());
+    frame.extend_from_slice(block);
+    frame
+}
+
+/// A gRPC call on a connection adopted mid-stream whose trailer `grpc-status` is an index into
+/// the dynamic table (unknown after adoption): completed, status unknown. Before the fix the
+/// call was reported as an error (`error.type` `_OTHER`) although the server said OK.
+#[test]
+fn an_undecodable_grpc_status_trailer_is_no_error_and_no_invented_status() {
+    use crate::model::Direction;
+    use crate::protocols::http2::{Http2Connection, Http2Limits};
+    let mut conn = Http2Connection::new(Some(Role::Server), Http2Limits::default(), false);
+    let mut request = vec![0x83, 0x86, 0x04, GREETER.len() as u8];
+    request.extend_from_slice(GREETER.as_bytes());
+    // content-type (static name 31), literal value, without indexing.
+    request.extend_from_slice(&[0x0f, 0x10, 0x10]);
+    request.extend_from_slice(b"application/grpc");
+    let mut out = Vec::new();
+    let frame = headers_frame(1, false, &request);
+    conn.on_record(
+        Direction::Ingress,
+        &frame,
+        frame.len() as u32,
+        1,
+        10,
+        &mut out,
+    );
+    // :status 200 (static 8), then trailers: index 62, the newest dynamic entry, never seen.
+    let frame = headers_frame(1, false, &[0x88]);
+    conn.on_record(
+        Direction::Egress,
+        &frame,
+        frame.len() as u32,
+        1,
+        20,
+        &mut out,
+    );
+    let frame = headers_frame(1, true, &[0xbe]);
+    conn.on_record(
+        Direction::Egress,
+        &frame,
+        frame.len() as u32,
+        1,
+        30,
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "one exchange: {out:?}");
+    let ex = &out[0];
+    assert_eq!(ex.outcome, ExchangeOutcome::Complete);
+    assert!(ex.response.as_ref().is_some_and(|r| r.undecoded_fields));
+    assert_eq!(conn.stats().grpc_status_undecoded, 1);
+    for role in [Role::Client, Role::Server] {
+        let span = span(ex, role);
+        assert_eq!(span.name.as_str(), "helloworld.Greeter/SayHello");
+        assert!(attr(&span, RPC_RESPONSE_STATUS_CODE).is_none());
+        assert!(attr(&span, "error.type").is_none());
+        assert!(
+            matches!(span.status, SpanStatus::Unset),
+            "{:?}",
+            span.status
+        );
+    }
 }

@@ -719,6 +719,7 @@ mod tests {
                 status,
                 headers: Vec::new(),
                 body_len: 0,
+                undecoded_fields: false,
             }),
             outcome,
             start_ns: MONO_START,
@@ -742,6 +743,7 @@ mod tests {
             role: None,
             local: Some(local.parse().expect("local addr")),
             peer: Some(peer.parse().expect("peer addr")),
+            netns: None,
         }
     }
 

@@ -138,6 +138,7 @@ fn parse_with<'b>(
                 status,
                 headers,
                 body_len: 0,
+                undecoded_fields: false,
             };
             Ok(HeadParse::Complete {
                 head: ParsedHead::Response(head, framing),

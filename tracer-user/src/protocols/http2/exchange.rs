@@ -67,6 +67,14 @@ pub struct Http2Stats {
     /// Open streams discarded because records of their connection were lost in the kernel or
     /// the agent's byte budget shed them.
     pub streams_discarded: u64,
+    /// Request heads with undecoded fields and no decodable `content-type`: dropped rather than
+    /// called HTTP (the content-type that made them gRPC may be the undecoded field).
+    pub requests_undecoded: u64,
+    /// gRPC calls that completed without a decodable `grpc-status` while a response header
+    /// block had undecoded fields (the status may be one of them): no status reported.
+    pub grpc_status_undecoded: u64,
+    /// Events of an adopted connection before its role was learnt: skipped.
+    pub events_role_unknown: u64,
     /// Wire-layer counters of both directions.
     pub wire: H2WireStats,
 }
@@ -83,6 +91,9 @@ impl Http2Stats {
         self.streams_evicted += other.streams_evicted;
         self.frames_unknown_stream += other.frames_unknown_stream;
         self.streams_discarded += other.streams_discarded;
+        self.requests_undecoded += other.requests_undecoded;
+        self.grpc_status_undecoded += other.grpc_status_undecoded;
+        self.events_role_unknown += other.events_role_unknown;
         self.wire.merge(&other.wire);
     }
 }
@@ -96,6 +107,16 @@ struct Stream {
     request_end_ns: u64,
     response: Option<HttpResponse>,
     response_tid: Option<u32>,
+}
+
+impl Stream {
+    /// Heap bytes this stream holds (its map slot, request and response).
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Stream>()
+            + 16
+            + request_bytes(&self.request)
+            + self.response.as_ref().map_or(0, response_bytes)
+    }
 }
 
 /// Which end of the stream's frames a record belongs to.
@@ -124,7 +145,13 @@ pub struct Http2Connection {
     wire_before: H2WireStats,
     stats: Http2Stats,
     events: Vec<H2Event>,
+    /// Running total of [`Stream::heap_bytes`] over `streams` (kept on insert, change and
+    /// removal so [`Http2Connection::memory_bytes`] is O(1)).
+    streams_bytes: usize,
 }
+
+/// Event list capacity kept between records (a larger one, after a burst, is released).
+const KEPT_EVENTS: usize = 64;
 
 impl Http2Connection {
     /// A connection whose first captured bytes were HTTP/2. `from_start`: the connection was
@@ -153,6 +180,7 @@ impl Http2Connection {
                 ..Http2Stats::default()
             },
             events: Vec::new(),
+            streams_bytes: 0,
         }
     }
 
@@ -194,6 +222,9 @@ impl Http2Connection {
                 .feed(captured, true_len, tid, ts_ns, &mut events),
         }
         self.on_events(dir, &mut events, out);
+        if events.capacity() > KEPT_EVENTS {
+            events = Vec::new();
+        }
         self.events = events;
     }
 
@@ -241,14 +272,34 @@ impl Http2Connection {
         std::mem::take(&mut self.discarded)
     }
 
-    /// Heap bytes held: the wire buffers and tables, and the open streams.
+    /// Heap bytes held: the wire buffers and tables, the open streams (requests and responses
+    /// so far) and the event list. O(1): the streams' total is kept as they change.
     pub fn memory_bytes(&self) -> usize {
-        let streams: usize = self
-            .streams
-            .values()
-            .map(|s| std::mem::size_of::<Stream>() + 16 + request_bytes(&s.request))
-            .sum();
-        self.ingress.memory_bytes() + self.egress.memory_bytes() + streams
+        self.ingress.memory_bytes()
+            + self.egress.memory_bytes()
+            + self.streams_bytes
+            + self.events.capacity() * std::mem::size_of::<H2Event>()
+    }
+
+    /// Inserts an open stream, accounting its bytes.
+    fn insert_stream(&mut self, id: u32, stream: Stream) {
+        self.streams_bytes += stream.heap_bytes();
+        if let Some(old) = self.streams.insert(id, stream) {
+            self.streams_bytes = self.streams_bytes.saturating_sub(old.heap_bytes());
+        }
+    }
+
+    /// Removes an open stream, accounting its bytes.
+    fn remove_stream(&mut self, id: u32) -> Option<Stream> {
+        let stream = self.streams.remove(&id)?;
+        self.streams_bytes = self.streams_bytes.saturating_sub(stream.heap_bytes());
+        Some(stream)
+    }
+
+    /// Takes every open stream (the total drops to zero).
+    fn take_streams(&mut self) -> BTreeMap<u32, Stream> {
+        self.streams_bytes = 0;
+        std::mem::take(&mut self.streams)
     }
 
     /// The connection closed: every open stream is handed out as `ConnectionClosed`.
@@ -287,13 +338,13 @@ impl Http2Connection {
     }
 
     fn discard_all(&mut self) -> Vec<u64> {
-        let streams = std::mem::take(&mut self.streams);
+        let streams = self.take_streams();
         self.stats.streams_discarded += streams.len() as u64;
         streams.into_keys().map(u64::from).collect()
     }
 
     fn flush(&mut self, outcome: ExchangeOutcome, ts_ns: u64, out: &mut Vec<Exchange>) {
-        let streams = std::mem::take(&mut self.streams);
+        let streams = self.take_streams();
         for (id, stream) in streams {
             self.emit(id, stream, outcome, ts_ns, out);
         }
@@ -331,25 +382,29 @@ impl Http2Connection {
                 stream_id,
                 end_stream,
                 fields,
+                undecoded,
                 ts_ns,
                 tid,
                 ..
             } => {
                 self.learn_role(dir, &fields);
+                let undecoded = undecoded > 0;
                 match self.side(dir) {
                     // The request's END_STREAM changes nothing: the exchange ends with its response.
-                    Some(Side::Request) => self.request_headers(stream_id, fields, ts_ns, tid),
-                    Some(Side::Response) => {
-                        self.response_headers(stream_id, end_stream, fields, ts_ns, tid, out)
+                    Some(Side::Request) => {
+                        self.request_headers(stream_id, fields, undecoded, ts_ns, tid)
                     }
-                    None => {}
+                    Some(Side::Response) => self.response_headers(
+                        stream_id, end_stream, fields, undecoded, ts_ns, tid, out,
+                    ),
+                    None => self.stats.events_role_unknown += 1,
                 }
             }
             H2Event::HeadersLost { stream_id, ts_ns } => match self.side(dir) {
                 Some(Side::Request) if !self.streams.contains_key(&stream_id) => {
                     self.stats.requests_lost += 1;
                 }
-                Some(Side::Response) => match self.streams.remove(&stream_id) {
+                Some(Side::Response) => match self.remove_stream(stream_id) {
                     Some(stream) => {
                         self.stats.streams_desync += 1;
                         self.emit(stream_id, stream, ExchangeOutcome::StreamDesync, ts_ns, out);
@@ -357,7 +412,8 @@ impl Http2Connection {
                     None => self.stats.frames_unknown_stream += 1,
                 },
                 // Lost request trailers: nothing of them was kept anyway.
-                Some(Side::Request) | None => {}
+                Some(Side::Request) => {}
+                None => self.stats.events_role_unknown += 1,
             },
             H2Event::Data {
                 stream_id,
@@ -368,8 +424,10 @@ impl Http2Connection {
             } => {
                 let side = self.side(dir);
                 let Some(stream) = self.streams.get_mut(&stream_id) else {
-                    if side == Some(Side::Response) {
-                        self.stats.frames_unknown_stream += 1;
+                    match side {
+                        Some(Side::Response) => self.stats.frames_unknown_stream += 1,
+                        None => self.stats.events_role_unknown += 1,
+                        Some(Side::Request) => {}
                     }
                     return;
                 };
@@ -385,7 +443,7 @@ impl Http2Connection {
                         };
                         response.body_len += u64::from(len);
                         stream.response_tid.get_or_insert(tid);
-                        if end_stream && let Some(stream) = self.streams.remove(&stream_id) {
+                        if end_stream && let Some(stream) = self.remove_stream(stream_id) {
                             self.emit(stream_id, stream, ExchangeOutcome::Complete, ts_ns, out);
                         }
                     }
@@ -399,7 +457,7 @@ impl Http2Connection {
                 ..
             } => {
                 let by_client = self.side(dir) == Some(Side::Request);
-                if let Some(stream) = self.streams.remove(&stream_id) {
+                if let Some(stream) = self.remove_stream(stream_id) {
                     self.stats.streams_reset += 1;
                     let outcome = ExchangeOutcome::StreamReset {
                         error_code,
@@ -420,9 +478,10 @@ impl Http2Connection {
                 }
                 let refused = self.streams.split_off(&last_stream_id.saturating_add(1));
                 for (id, stream) in refused {
+                    self.streams_bytes = self.streams_bytes.saturating_sub(stream.heap_bytes());
                     if id <= last_stream_id {
                         // Only when last_stream_id is u32::MAX (saturated): nothing is refused.
-                        self.streams.insert(id, stream);
+                        self.insert_stream(id, stream);
                         continue;
                     }
                     self.stats.streams_refused += 1;
@@ -450,7 +509,7 @@ impl Http2Connection {
                 // END_STREAM: they end now, marked. A request-side one only loses requests not
                 // yet seen (never mis-attributed: responses are keyed by stream id).
                 if self.side(dir) == Some(Side::Response) {
-                    let streams = std::mem::take(&mut self.streams);
+                    let streams = self.take_streams();
                     for (id, stream) in streams {
                         self.stats.streams_desync += 1;
                         self.emit(id, stream, ExchangeOutcome::StreamDesync, ts_ns, out);
@@ -460,7 +519,14 @@ impl Http2Connection {
         }
     }
 
-    fn request_headers(&mut self, stream_id: u32, fields: Vec<Header>, ts_ns: u64, tid: u32) {
+    fn request_headers(
+        &mut self,
+        stream_id: u32,
+        fields: Vec<Header>,
+        undecoded: bool,
+        ts_ns: u64,
+        tid: u32,
+    ) {
         if let Some(stream) = self.streams.get_mut(&stream_id) {
             // Request trailers: nothing of them is kept.
             stream.request_end_ns = ts_ns;
@@ -475,16 +541,28 @@ impl Http2Connection {
             self.stats.requests_lost += 1;
             return;
         };
+        if undecoded
+            && !request
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("content-type"))
+        {
+            // The undecoded field may be the content-type that makes this a gRPC call: calling
+            // it HTTP would be a wrong span, so none is made.
+            self.stats.requests_undecoded += 1;
+            return;
+        }
         while self.streams.len() >= self.limits.max_open_streams.max(1) {
-            let Some((oldest, _)) = self.streams.pop_first() else {
+            let Some((oldest, old)) = self.streams.pop_first() else {
                 break;
             };
+            self.streams_bytes = self.streams_bytes.saturating_sub(old.heap_bytes());
             self.stats.streams_evicted += 1;
             self.discarded.push(u64::from(oldest));
         }
         self.stats.streams += 1;
         self.max_stream_id = stream_id;
-        self.streams.insert(
+        self.insert_stream(
             stream_id,
             Stream {
                 request,
@@ -497,44 +575,57 @@ impl Http2Connection {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn response_headers(
         &mut self,
         stream_id: u32,
         end_stream: bool,
         fields: Vec<Header>,
+        undecoded: bool,
         ts_ns: u64,
         tid: u32,
         out: &mut Vec<Exchange>,
     ) {
-        let Some(stream) = self.streams.get_mut(&stream_id) else {
+        let Some(mut stream) = self.remove_stream(stream_id) else {
             self.stats.frames_unknown_stream += 1;
             return;
         };
         stream.response_tid.get_or_insert(tid);
         match stream.response.as_mut() {
             None => match status_of(&fields) {
-                Some(status) if (100..200).contains(&status) => return,
+                Some(status) if (100..200).contains(&status) => {
+                    self.insert_stream(stream_id, stream);
+                    return;
+                }
                 Some(status) => {
                     stream.response = Some(HttpResponse {
                         version: HttpVersion::Http2,
                         status,
-                        headers: kept_response_fields(fields),
+                        headers: kept_response_fields(&fields).into_iter().collect(),
                         body_len: 0,
+                        undecoded_fields: undecoded,
                     });
                 }
                 None => {
                     // No (decodable) :status: the response is unknown, never guessed.
-                    if let Some(stream) = self.streams.remove(&stream_id) {
-                        self.stats.streams_desync += 1;
-                        self.emit(stream_id, stream, ExchangeOutcome::StreamDesync, ts_ns, out);
-                    }
+                    self.stats.streams_desync += 1;
+                    self.emit(stream_id, stream, ExchangeOutcome::StreamDesync, ts_ns, out);
                     return;
                 }
             },
-            Some(response) => response.headers.extend(kept_response_fields(fields)),
+            Some(response) => {
+                // Trailers (or further blocks): one grpc-status kept, the last one wins.
+                if let Some(status) = kept_response_fields(&fields) {
+                    response.headers.clear();
+                    response.headers.push(status);
+                }
+                response.undecoded_fields |= undecoded;
+            }
         }
-        if end_stream && let Some(stream) = self.streams.remove(&stream_id) {
+        if end_stream {
             self.emit(stream_id, stream, ExchangeOutcome::Complete, ts_ns, out);
+        } else {
+            self.insert_stream(stream_id, stream);
         }
     }
 
@@ -547,6 +638,17 @@ impl Http2Connection {
         out: &mut Vec<Exchange>,
     ) {
         self.stats.exchanges += 1;
+        if outcome == ExchangeOutcome::Complete
+            && let Some(response) = &stream.response
+            && response.undecoded_fields
+            && crate::telemetry::spans::is_grpc(&stream.request)
+            && !response
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(GRPC_STATUS))
+        {
+            self.stats.grpc_status_undecoded += 1;
+        }
         out.push(Exchange {
             request: stream.request,
             response: stream.response,
@@ -572,34 +674,62 @@ fn request_bytes(request: &HttpRequest) -> usize {
             .sum::<usize>()
 }
 
+/// Request header names kept per stream (lowercase, as HTTP/2 sends them): what spans and
+/// propagation read. Everything else (authorization, cookie, ...) is never held.
+const KEPT_REQUEST_HEADERS: [&str; 16] = [
+    ":authority",
+    ":scheme",
+    "host",
+    "content-type",
+    "user-agent",
+    "te",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-amzn-trace-id",
+    "grpc-trace-bin",
+];
+
+/// Whether a request header is kept ([`KEPT_REQUEST_HEADERS`]).
+fn kept_request_header(name: &str) -> bool {
+    KEPT_REQUEST_HEADERS
+        .iter()
+        .any(|kept| kept.eq_ignore_ascii_case(name))
+}
+
 /// The request of a decoded header block: `:method` and `:path` (`:authority` for CONNECT) are
-/// required; regular fields, `:authority` and `:scheme` are kept (bounded).
+/// required; the allowlisted fields ([`KEPT_REQUEST_HEADERS`]) are kept (bounded), their values
+/// copied out of the block's buffer so the buffer is not held.
 fn request_from(fields: Vec<Header>, limits: &Http2Limits) -> Option<HttpRequest> {
     let mut method: Option<Bytes> = None;
     let mut path: Option<Bytes> = None;
     let mut authority: Option<Bytes> = None;
-    let mut headers = Vec::with_capacity(fields.len().min(limits.max_request_headers));
+    let mut headers = Vec::new();
     for field in fields {
         match field.name.as_str() {
             ":method" => method = Some(field.value),
             ":path" => path = Some(field.value),
-            ":authority" | ":scheme" => {
+            name if !kept_request_header(name) => {}
+            // Pseudo-headers kept whatever the count bound.
+            name if !name.starts_with(':') && headers.len() >= limits.max_request_headers => {}
+            _ => {
                 if field.name == ":authority" {
                     authority = Some(field.value.clone());
                 }
-                headers.push(field);
-            }
-            name if name.starts_with(':') => {}
-            _ if headers.len() >= limits.max_request_headers => {}
-            _ => {
-                let mut field = field;
-                if field.value.len() > limits.max_header_value_bytes {
-                    field.value = field.value.slice(..limits.max_header_value_bytes);
-                }
-                headers.push(field);
+                let len = field.value.len().min(limits.max_header_value_bytes);
+                headers.push(Header {
+                    name: field.name,
+                    value: Bytes::copy_from_slice(&field.value[..len]),
+                });
             }
         }
     }
+    headers.shrink_to_fit();
     let method = std::str::from_utf8(&method?).ok()?.to_owned();
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_graphic()) {
         return None;
@@ -627,17 +757,28 @@ fn status_of(fields: &[Header]) -> Option<u16> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// The response fields kept: `grpc-status` only (the gRPC outcome). Nothing else downstream
-/// reads response headers, and `grpc-message` is free text from the application.
-fn kept_response_fields(fields: Vec<Header>) -> Vec<Header> {
-    fields
-        .into_iter()
-        .filter(|f| f.name.eq_ignore_ascii_case(GRPC_STATUS))
-        .map(|f| Header {
-            name: Text::Static(GRPC_STATUS),
-            value: f.value,
-        })
-        .collect()
+/// Heap bytes a response holds.
+fn response_bytes(response: &HttpResponse) -> usize {
+    response.headers.capacity() * std::mem::size_of::<Header>()
+        + response
+            .headers
+            .iter()
+            .map(|h| h.name.heap_bytes() + h.value.len())
+            .sum::<usize>()
+}
+
+/// The response field kept: the last `grpc-status` (the gRPC outcome), copied out of the
+/// block's buffer so the buffer is not held. Nothing else downstream reads response headers,
+/// and `grpc-message` is free text from the application.
+fn kept_response_fields(fields: &[Header]) -> Option<Header> {
+    let status = fields
+        .iter()
+        .rev()
+        .find(|f| f.name.eq_ignore_ascii_case(GRPC_STATUS))?;
+    Some(Header {
+        name: Text::Static(GRPC_STATUS),
+        value: Bytes::copy_from_slice(&status.value),
+    })
 }
 
 /// The gRPC status trailer (or trailers-only response header).
@@ -651,7 +792,7 @@ pub const GRPC_STATUS: &str = "grpc-status";
 /// open streams. Then operations of two bytes `op, arg`: direction `op & 1`, kind `(op >> 1) % 8`
 /// (request-like headers, response-like headers, DATA, RST_STREAM, GOAWAY, lost block, desync,
 /// close/expire/loss), stream id `arg % 16` (request heads: above the last one unless `arg` has
-/// bit 7), flags from the high bits of `op`.
+/// bit 7), flags from the high bits of `op` (bit 4: the block had an undecoded field).
 #[doc(hidden)]
 pub fn fuzz_entry(data: &[u8]) {
     let Some((&setup, mut script)) = data.split_first() else {
@@ -703,7 +844,7 @@ pub fn fuzz_entry(data: &[u8]) {
                     stream_id,
                     end_stream,
                     fields,
-                    undecoded: 0,
+                    undecoded: u32::from(op & 0x10 != 0),
                     truncated: false,
                     ts_ns: ts,
                     tid: 1,
@@ -722,7 +863,7 @@ pub fn fuzz_entry(data: &[u8]) {
                     stream_id,
                     end_stream,
                     fields,
-                    undecoded: 0,
+                    undecoded: u32::from(op & 0x10 != 0),
                     truncated: false,
                     ts_ns: ts,
                     tid: 2,
@@ -767,6 +908,11 @@ pub fn fuzz_entry(data: &[u8]) {
             conn.pending_requests() <= limits.max_open_streams,
             "open streams past the bound"
         );
+        assert_eq!(
+            conn.streams_bytes,
+            conn.streams.values().map(Stream::heap_bytes).sum::<usize>(),
+            "running memory total drifted"
+        );
         let _ = conn.take_discarded();
     }
     conn.on_close(ts + 1, &mut out);
@@ -785,6 +931,10 @@ pub fn fuzz_entry(data: &[u8]) {
             assert!(
                 response.status >= 200,
                 "interim status kept as the response"
+            );
+            assert!(
+                response.headers.len() <= 1,
+                "more than one grpc-status kept"
             );
         }
     }

@@ -94,7 +94,7 @@ fn two_hundred_interleaved_streams_never_mix() {
         requests.push(request_block(
             id,
             &format!("/pkg.Svc/M{id}"),
-            &[("x-id", &id.to_string())],
+            &[("tracestate", &id.to_string())],
             false,
         ));
     }
@@ -142,7 +142,7 @@ fn two_hundred_interleaved_streams_never_mix() {
         assert_eq!(exchange.outcome, ExchangeOutcome::Complete);
         assert_eq!(exchange.request.target, format!("/pkg.Svc/M{id}"));
         assert_eq!(
-            header(&exchange.request, "x-id"),
+            header(&exchange.request, "tracestate"),
             Some(id.to_string().as_bytes())
         );
         assert_eq!(exchange.request.body_len, u64::from(id));
@@ -465,9 +465,9 @@ fn request_fields_are_bounded() {
         field(":method", "GET"),
         field(":path", "/x?y=1"),
         field(":authority", "h:1"),
-        field("a", "123456"),
-        field("b", "1"),
-        field("c", "1"),
+        field("user-agent", "123456"),
+        field("te", "1"),
+        field("traceparent", "1"),
     ];
     let request = request_from(fields, &limits).expect("request");
     assert_eq!(
@@ -475,7 +475,7 @@ fn request_fields_are_bounded() {
         ("GET", "/x?y=1")
     );
     let names: Vec<&str> = request.headers.iter().map(|h| h.name.as_str()).collect();
-    assert_eq!(names, vec![":authority", "a"]);
+    assert_eq!(names, vec![":authority", "user-agent"]);
     assert_eq!(&request.headers[1].value[..], b"123");
     let connect = request_from(
         vec![field(":method", "CONNECT"), field(":authority", "h:443")],
@@ -512,4 +512,235 @@ fn fuzz_harness_holds_on_random_scripts() {
         }
         fuzz_entry(&script);
     }
+}
+
+/// Only the allowlisted request headers are held: secrets (authorization, cookie) and anything
+/// else never stay in memory. Before the fix every header was kept.
+#[test]
+fn request_headers_kept_are_an_allowlist_without_secrets() {
+    let mut conn = server();
+    let extra = [
+        ("authorization", "Bearer secret"),
+        ("cookie", "session=secret"),
+        ("x-api-key", "secret"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("tracestate", "a=b"),
+        ("x-b3-traceid", "1"),
+        ("grpc-trace-bin", "AA"),
+        ("x-amzn-trace-id", "Root=1"),
+        ("user-agent", "grpc-python/1"),
+        ("te", "trailers"),
+    ];
+    feed(
+        &mut conn,
+        IN,
+        vec![request_block(1, "/a.B/C", &extra, true)],
+    );
+    let request = conn
+        .pending_heads_from(1)
+        .next()
+        .expect("open stream")
+        .request;
+    for secret in ["authorization", "cookie", "x-api-key"] {
+        assert!(header(request, secret).is_none(), "{secret} kept");
+    }
+    for kept in [
+        ":scheme",
+        ":authority",
+        "content-type",
+        "traceparent",
+        "tracestate",
+        "x-b3-traceid",
+        "grpc-trace-bin",
+        "x-amzn-trace-id",
+        "user-agent",
+        "te",
+    ] {
+        assert!(header(request, kept).is_some(), "{kept} dropped");
+    }
+}
+
+fn undecoded_block(stream_id: u32, fields: &[(&str, &str)], end: bool, ts_ns: u64) -> H2Event {
+    match block(stream_id, fields, end, ts_ns) {
+        H2Event::Headers {
+            stream_id,
+            end_stream,
+            fields,
+            truncated,
+            ts_ns,
+            tid,
+            ..
+        } => H2Event::Headers {
+            stream_id,
+            end_stream,
+            fields,
+            undecoded: 1,
+            truncated,
+            ts_ns,
+            tid,
+        },
+        other => other,
+    }
+}
+
+/// A request block with undecoded fields and no decodable content-type is dropped and counted
+/// (it may be gRPC); one whose content-type decoded is kept. Before the fix it became an HTTP
+/// exchange.
+#[test]
+fn undecoded_requests_without_content_type_are_dropped() {
+    let mut conn = server();
+    feed(
+        &mut conn,
+        IN,
+        vec![
+            undecoded_block(1, &[(":method", "POST"), (":path", "/a.B/C")], true, 1),
+            undecoded_block(
+                3,
+                &[
+                    (":method", "POST"),
+                    (":path", "/a.B/C"),
+                    ("content-type", "application/grpc"),
+                ],
+                true,
+                2,
+            ),
+        ],
+    );
+    assert_eq!(conn.pending_requests(), 1);
+    assert_eq!(conn.stats().requests_undecoded, 1);
+    assert!(conn.pending_heads_from(0).all(|h| h.sequence == 3));
+}
+
+/// Trailers with undecoded fields mark the response; the grpc-status kept is one value,
+/// replaced by a later block (never appended), and copied out of the block's buffer.
+#[test]
+fn response_keeps_one_grpc_status_copied_and_marks_undecoded_trailers() {
+    let mut conn = server();
+    feed(&mut conn, IN, vec![request_block(1, "/a.B/C", &[], true)]);
+    let trailer_buf = Bytes::from_static(b"13xxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+    let trailers = H2Event::Headers {
+        stream_id: 1,
+        end_stream: false,
+        fields: vec![Header {
+            name: Text::Static(GRPC_STATUS),
+            value: trailer_buf.slice(..2),
+        }],
+        undecoded: 0,
+        truncated: false,
+        ts_ns: 4,
+        tid: 8,
+    };
+    let before = conn.memory_bytes();
+    let out = feed(
+        &mut conn,
+        OUT,
+        vec![
+            block(1, &[(":status", "200"), ("grpc-status", "2")], false, 2),
+            trailers,
+        ],
+    );
+    assert!(out.is_empty());
+    assert!(
+        conn.memory_bytes() > before,
+        "responses are counted in memory"
+    );
+    let out = feed(&mut conn, OUT, vec![undecoded_block(1, &[], true, 5)]);
+    let response = out[0].response.as_ref().expect("response");
+    assert_eq!(response.headers.len(), 1, "{:?}", response.headers);
+    assert_eq!(grpc_status(&out[0]), Some(&b"13"[..]));
+    assert!(response.undecoded_fields);
+    // Copied: the kept value does not point into the block's buffer.
+    let kept = response.headers[0].value.as_ptr() as usize;
+    let buf = trailer_buf.as_ptr() as usize;
+    assert!(kept < buf || kept >= buf + trailer_buf.len());
+    // A gRPC call whose status decoded is not counted as undecoded.
+    assert_eq!(conn.stats().grpc_status_undecoded, 0);
+    assert_eq!(conn.streams_bytes, 0);
+}
+
+/// The running total of open streams' bytes equals a recount after every kind of change.
+#[test]
+fn memory_running_total_matches_a_recount() {
+    let limits = Http2Limits {
+        max_open_streams: 3,
+        ..Http2Limits::default()
+    };
+    let mut conn = Http2Connection::new(Some(Role::Server), limits, true);
+    let recount = |conn: &Http2Connection| -> usize {
+        conn.streams.values().map(Stream::heap_bytes).sum::<usize>()
+    };
+    for id in [1, 3, 5, 7, 9] {
+        feed(
+            &mut conn,
+            IN,
+            vec![request_block(id, "/a.B/C", &[("te", "trailers")], true)],
+        );
+        assert_eq!(conn.streams_bytes, recount(&conn));
+    }
+    feed(
+        &mut conn,
+        OUT,
+        vec![block(7, &[(":status", "200")], false, 50)],
+    );
+    assert_eq!(conn.streams_bytes, recount(&conn));
+    feed(
+        &mut conn,
+        OUT,
+        vec![block(7, &[("grpc-status", "0")], false, 51)],
+    );
+    assert_eq!(conn.streams_bytes, recount(&conn));
+    feed(
+        &mut conn,
+        OUT,
+        vec![H2Event::GoAway {
+            last_stream_id: 7,
+            error_code: 0,
+            ts_ns: 52,
+        }],
+    );
+    assert_eq!(conn.streams_bytes, recount(&conn));
+    feed(&mut conn, OUT, vec![data(7, 3, true, 53)]);
+    assert_eq!(conn.streams_bytes, recount(&conn));
+    let mut out = Vec::new();
+    conn.on_close(60, &mut out);
+    assert_eq!(conn.streams_bytes, 0);
+}
+
+/// Events before an adopted connection's role is known are counted (they were skipped
+/// silently before the fix); the event list does not keep a burst's capacity.
+#[test]
+fn role_unknown_events_are_counted_and_event_capacity_is_released() {
+    let mut conn = Http2Connection::new(None, Http2Limits::default(), false);
+    feed(
+        &mut conn,
+        IN,
+        vec![
+            block(1, &[("content-type", "x")], false, 1),
+            data(1, 5, false, 2),
+            H2Event::HeadersLost {
+                stream_id: 1,
+                ts_ns: 3,
+            },
+        ],
+    );
+    assert_eq!(conn.stats().events_role_unknown, 3);
+    // A record of many frames (PING, 8-byte payload each) fills the event list only while it
+    // is decoded.
+    let mut record = Vec::new();
+    for _ in 0..200 {
+        record.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0]);
+        record.extend_from_slice(&[0; 8]);
+        record.extend_from_slice(&[0, 0, 4, 0, 0, 0, 0, 0, 1]);
+        record.extend_from_slice(&[0; 4]);
+    }
+    let mut out = Vec::new();
+    conn.on_record(IN, &record, record.len() as u32, 1, 10, &mut out);
+    assert!(
+        conn.events.capacity() <= KEPT_EVENTS,
+        "{}",
+        conn.events.capacity()
+    );
 }

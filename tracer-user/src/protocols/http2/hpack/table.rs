@@ -180,15 +180,10 @@ impl DynamicTable {
         self.size
     }
 
-    /// Heap bytes held (entries and their texts).
+    /// Heap bytes held (entries and their texts), O(1): the table's RFC 7541 size (name +
+    /// value + 32 per entry, placeholders included) bounds the texts' bytes from above.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self
-                .entries
-                .iter()
-                .filter_map(|e| e.field.as_ref())
-                .map(|(name, value)| name.heap_bytes() + value.len())
-                .sum::<usize>()
+        self.entries.capacity() * std::mem::size_of::<Entry>() + self.size
     }
 }
 
