@@ -32,6 +32,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     test_programs()?;
+    python_test_modules()?;
     container_runtime()?;
     tracefs()?;
     step::note("setup", "done");
@@ -231,6 +232,32 @@ fn test_programs() -> Result<()> {
         .collect();
     if missing.is_empty() {
         step::note(STEP, "test programs present; skipping apt-get");
+        return Ok(());
+    }
+    apt_install(STEP, &missing)
+}
+
+/// Python modules the tests import, and their Debian packages: `tests/red_metrics.rs` parses the
+/// agent's `/metrics` page with the Prometheus client library's parser. Checked with the system
+/// interpreter (`/usr/bin/python3`), where the Debian packages install them.
+const PYTHON_TEST_MODULES: &[(&str, &str)] = &[("prometheus_client", "python3-prometheus-client")];
+
+fn python_test_modules() -> Result<()> {
+    const STEP: &str = "setup: python test modules";
+    let missing: Vec<&str> = PYTHON_TEST_MODULES
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("/usr/bin/python3")
+                .args(["-c", &format!("import {module}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        step::note(STEP, "python test modules present; skipping apt-get");
         return Ok(());
     }
     apt_install(STEP, &missing)
