@@ -446,11 +446,13 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         }
     }
     let end = end?;
-    let final_stats = end.sink.shutdown(FLUSH_DEADLINE).await;
-    if let Some(exporter) = metrics_exporter {
-        // A last export with every span the event thread handed over.
-        exporter.shutdown(FLUSH_DEADLINE).await;
-    }
+    // The spans' flush and the metrics' last export (with every span the event thread handed
+    // over) run side by side, within the same deadline.
+    let (final_stats, ()) = tokio::join!(end.sink.shutdown(FLUSH_DEADLINE), async {
+        if let Some(exporter) = metrics_exporter {
+            exporter.shutdown(FLUSH_DEADLINE).await;
+        }
+    });
     tracing::info!(
         spans = end.spans,
         exported = final_stats.spans_exported,

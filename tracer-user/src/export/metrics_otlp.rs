@@ -336,10 +336,12 @@ impl Worker {
     async fn run(mut self) {
         let mut next = Instant::now() + self.cfg.interval;
         loop {
-            let stopping = tokio::select! {
-                () = tokio::time::sleep_until(next) => false,
-                changed = self.stop.changed() => changed.is_err() || self.stop.borrow().is_some(),
-            };
+            // A stop seen during a retry wait is not signalled again: check first.
+            let stopping = self.stop.borrow().is_some()
+                || tokio::select! {
+                    () = tokio::time::sleep_until(next) => false,
+                    changed = self.stop.changed() => changed.is_err() || self.stop.borrow().is_some(),
+                };
             next = Instant::now() + self.cfg.interval;
             self.export_once().await;
             if stopping {
@@ -416,8 +418,13 @@ impl Worker {
                     "metrics export did not finish within {limit:?}"
                 )),
             };
+            // The last export at shutdown is tried once: the span sink's flush runs meanwhile
+            // and a collector that is down must not hold the agent's exit.
+            let stopping = self.stop.borrow().is_some();
             let retry_after = match failure.class {
-                FailureClass::Transient { retry_after } if attempt < retry.max_attempts => {
+                FailureClass::Transient { retry_after }
+                    if attempt < retry.max_attempts && !stopping =>
+                {
                     retry_after
                 }
                 _ => {
@@ -428,15 +435,15 @@ impl Worker {
             };
             let jitter: f64 = rand::rng().random_range(0.0..=1.0);
             let delay = backoff_delay(&retry, attempt - 1, jitter, retry_after);
-            let wake = Instant::now() + delay;
-            if let Some(deadline) = *self.stop.borrow()
-                && wake >= deadline
-            {
-                counters.failed(points);
-                return;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => counters.retried(),
+                _ = self.stop.changed() => {
+                    // Shutting down: this interval's points are given up (cumulative points
+                    // are in the last export anyway).
+                    counters.failed(points);
+                    return;
+                }
             }
-            counters.retried();
-            tokio::time::sleep_until(wake).await;
         }
     }
 }
@@ -605,5 +612,34 @@ mod tests {
         );
         let (_, n) = red.with_delta(200, |r| encode_request(r, Temporality::Delta, 200));
         assert_eq!(n, 0);
+    }
+
+    /// A collector that is down: the last export at shutdown is tried once, given up and
+    /// counted, and the worker ends by itself (an aborted worker would count nothing).
+    #[tokio::test]
+    async fn shutdown_with_an_unreachable_collector_tries_once_and_counts_it() {
+        let addr = crate::testing::otlp_receivers::unused_addr().await;
+        let e = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{addr}"))]);
+        let cfg = MetricsExportConfig::from_env_and_overrides(&e, &OtlpOverrides::default())
+            .unwrap()
+            .unwrap();
+        let red = RedMetrics::new(Limits::default());
+        let resource = Arc::new(ProcessResource {
+            pid: 1,
+            service_name: "a".into(),
+            attributes: vec![],
+        });
+        red.record_batch(&[ExportItem {
+            span: span(200, 1, 1),
+            resource,
+        }]);
+        let exporter = MetricsExporter::start(cfg, Arc::clone(&red)).unwrap();
+        exporter.shutdown(Duration::from_secs(60)).await;
+        let c = red.export_counters();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(load(&c.requests), 1);
+        assert_eq!(load(&c.requests_failed), 1);
+        assert_eq!(load(&c.retries), 0);
+        assert_eq!(load(&c.points_dropped), 1);
     }
 }
