@@ -598,6 +598,11 @@ mod tests {
         let ids: Vec<_> = p.exemplars.iter().map(|e| e.trace_id.clone()).collect();
         assert_eq!(ids, [vec![2u8; 16], vec![1u8; 16]]); // most recent, slowest
 
+        // OTLP/JSON (http/json) round-trips too.
+        let json = serde_json::to_vec(&request).unwrap();
+        let back: ExportMetricsServiceRequest = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, request);
+
         // Delta: the interval's points only; nothing new -> no point.
         let (first, n) = red.with_delta(100, |r| encode_request(r, Temporality::Delta, 100));
         assert_eq!(n, 1);
