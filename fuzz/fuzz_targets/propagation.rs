@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use tracer::model::Header;
 use tracer::protocols::propagation::{
     B3Single, ContextSource, MAX_TRACESTATE_MEMBERS, TraceContext, extract, parse_b3_multi,
-    parse_b3_single, parse_traceparent, parse_tracestate, parse_xray,
+    parse_b3_single, parse_grpc_trace_bin, parse_traceparent, parse_tracestate, parse_xray,
 };
 
 fn headers_of(data: &[u8]) -> Vec<Header> {
@@ -71,6 +71,9 @@ fuzz_target!(|data: &[u8]| {
         check_context(&ctx);
     }
     if let Ok(ctx) = parse_xray(data) {
+        check_context(&ctx);
+    }
+    if let Ok(ctx) = parse_grpc_trace_bin(data) {
         check_context(&ctx);
     }
     if let Ok(Some(state)) = parse_tracestate(data.split(|b| *b == b'\n')) {

@@ -878,6 +878,7 @@ fn snapshot(
         reorder_buffered: r.held,
         reorder_forced_early: r.forced_early,
         bounds: pipeline.bounds_snapshot(),
+        http2: pipeline.http2_stats(),
     }
 }
 

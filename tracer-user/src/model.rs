@@ -214,6 +214,8 @@ pub struct ConnMeta {
 pub enum HttpVersion {
     Http10,
     Http11,
+    /// HTTP/2 (one exchange per stream).
+    Http2,
 }
 
 impl HttpVersion {
@@ -222,6 +224,7 @@ impl HttpVersion {
         match self {
             HttpVersion::Http10 => "1.0",
             HttpVersion::Http11 => "1.1",
+            HttpVersion::Http2 => "2",
         }
     }
 }
@@ -282,6 +285,11 @@ pub enum ExchangeOutcome {
     /// The stream lost sync (capture gap inside a message head, unparseable bytes) before the
     /// response completed.
     StreamDesync,
+    /// HTTP/2: the stream was reset (RST_STREAM) before its response completed; the h2 error code
+    /// and whether the client sent it.
+    StreamReset { error_code: u32, by_client: bool },
+    /// HTTP/2: the server's GOAWAY said the stream was never processed (id above last_stream_id).
+    GoAway { error_code: u32 },
 }
 
 /// A request paired with its final response: the unit that becomes one span.

@@ -266,6 +266,10 @@ impl Pipeline {
         self.table.http_stats()
     }
 
+    pub fn http2_stats(&self) -> crate::protocols::http2::Http2Stats {
+        self.table.http2_stats()
+    }
+
     pub fn connections(&self) -> usize {
         self.table.len()
     }
@@ -403,6 +407,10 @@ impl Pipeline {
                         header.ts_ns,
                         &mut exchanges,
                     );
+                    // HTTP/2 streams dropped at the open-stream bound: release their identities.
+                    for sequence in conn.http.take_discarded() {
+                        self.linker.take(header.conn_id, sequence);
+                    }
                     if let Some(role) = conn.role() {
                         let mut next = conn.linked_upto;
                         let threads = self
@@ -626,6 +634,10 @@ pub fn needs_proc(role: Option<Role>, peer: Option<std::net::SocketAddr>) -> boo
 }
 
 #[cfg(test)]
+#[path = "pipeline_h2_tests.rs"]
+mod h2_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Direction;
@@ -711,5 +723,43 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].resource.service_name, "first");
+    }
+
+    /// The telemetry rules hold for HTTP/2 requests as the exchange layer builds them: a gRPC
+    /// OTLP export (`:path` `/opentelemetry.proto.collector.*`) is pipeline telemetry, and the
+    /// agent's mark travels in the HPACK-decoded `user-agent`.
+    #[test]
+    fn http2_exports_are_telemetry() {
+        use crate::model::{Header, HttpRequest, HttpVersion, Text};
+        let request = |path: &str, agent: &str| HttpRequest {
+            method: "POST".into(),
+            target: path.to_owned(),
+            version: HttpVersion::Http2,
+            headers: vec![
+                Header {
+                    name: Text::Static(":authority"),
+                    value: bytes::Bytes::from_static(b"collector:4317"),
+                },
+                Header {
+                    name: Text::Static("content-type"),
+                    value: bytes::Bytes::from_static(b"application/grpc"),
+                },
+                Header {
+                    name: Text::Static("user-agent"),
+                    value: bytes::Bytes::copy_from_slice(agent.as_bytes()),
+                },
+            ],
+            body_len: 0,
+        };
+        let export = request(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            "grpc-go/1.60",
+        );
+        assert!(dropped_as_telemetry(&export, false));
+        assert!(!dropped_as_telemetry(&export, true));
+        let ours = request("/helloworld.Greeter/SayHello", "tracer-agent/0.1 grpc");
+        assert!(dropped_as_telemetry(&ours, true));
+        let app = request("/helloworld.Greeter/SayHello", "grpc-python/1.60");
+        assert!(!dropped_as_telemetry(&app, false));
     }
 }

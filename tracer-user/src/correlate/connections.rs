@@ -4,7 +4,9 @@
 use crate::idhash::IdHashMap;
 
 use crate::model::{ConnMeta, Exchange, Role};
-use crate::protocols::http1::{HttpConnection, HttpLimits, HttpStats};
+use crate::protocols::http1::{HttpLimits, HttpStats};
+use crate::protocols::http2::{Http2Limits, Http2Stats};
+use crate::protocols::select::ProtocolConnection;
 
 /// Bounds of the table.
 #[derive(Clone, Copy, Debug)]
@@ -19,6 +21,8 @@ pub struct TableLimits {
     /// Heap bytes all connections may hold in head buffers and pending requests together; past
     /// it the least recently active connections holding bytes are shed (counted).
     pub max_buffered_bytes: usize,
+    /// Bounds of HTTP/2 connections.
+    pub http2: Http2Limits,
 }
 
 /// Default of [`TableLimits::max_buffered_bytes`].
@@ -32,6 +36,7 @@ impl Default for TableLimits {
             idle_timeout_ns: 300_000_000_000,
             http: HttpLimits::default(),
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            http2: Http2Limits::default(),
         }
     }
 }
@@ -61,7 +66,8 @@ pub struct TableStats {
 /// One traced connection.
 pub struct Tracked {
     pub meta: ConnMeta,
-    pub http: HttpConnection,
+    /// The HTTP/1.x or HTTP/2 state (chosen on the first captured bytes).
+    pub http: ProtocolConnection,
     pub last_activity_ns: u64,
     /// Whether /proc has been consulted for this (sniffed) connection's addresses.
     pub resolved: bool,
@@ -86,6 +92,8 @@ pub struct ConnectionTable {
     stats: TableStats,
     /// Framer counters of connections already removed.
     http_totals: HttpStats,
+    /// HTTP/2 counters of connections already removed.
+    http2_totals: Http2Stats,
     /// Ids of connections removed since the last `take_removed` (for the linker's cleanup).
     removed: Vec<u64>,
     /// Sum of `accounted` over the table.
@@ -100,6 +108,7 @@ impl ConnectionTable {
             by_fd: IdHashMap::default(),
             stats: TableStats::default(),
             http_totals: HttpStats::default(),
+            http2_totals: Http2Stats::default(),
             removed: Vec::new(),
             buffered: 0,
         }
@@ -128,7 +137,7 @@ impl ConnectionTable {
     /// Brings the table under seven eighths of its byte budget by shedding the buffers and
     /// pending requests of the least recently active connections that hold any; a shed
     /// connection stays tracked but is not parsed again until it closes (see
-    /// [`HttpConnection::shed`]). Complete exchanges go to `out`; returns the (connection,
+    /// `HttpConnection::shed`). Complete exchanges go to `out`; returns the (connection,
     /// discarded sequences) for the linker. Candidates are picked a sixteenth at a time with a
     /// selection, not a sort of the whole table.
     pub fn shed(
@@ -206,6 +215,25 @@ impl ConnectionTable {
         total
     }
 
+    /// HTTP/2 counters of all connections, live and removed.
+    pub fn http2_stats(&self) -> Http2Stats {
+        let mut total = self.http2_totals.clone();
+        for c in self.conns.values() {
+            if let Some(stats) = c.http.http2_stats() {
+                total.merge(&stats);
+            }
+        }
+        total
+    }
+
+    /// Keeps the counters of a connection that leaves the table.
+    fn retire_stats(&mut self, c: &Tracked) {
+        self.http_totals.merge(c.http.stats());
+        if let Some(stats) = c.http.http2_stats() {
+            self.http2_totals.merge(&stats);
+        }
+    }
+
     pub fn get_mut(&mut self, conn_id: u64) -> Option<&mut Tracked> {
         self.conns.get_mut(&conn_id)
     }
@@ -241,7 +269,7 @@ impl ConnectionTable {
             self.stats.opened += 1;
         }
         self.by_fd.insert(fd_key, meta.conn_id);
-        let http = HttpConnection::new(meta.role, self.limits.http);
+        let http = ProtocolConnection::new(meta.role, self.limits.http, self.limits.http2);
         let resolved = meta.local.is_some() && meta.peer.is_some();
         self.conns.insert(
             meta.conn_id,
@@ -275,7 +303,7 @@ impl ConnectionTable {
         let mut exchanges = Vec::new();
         c.http.on_close(now_ns, &mut exchanges);
         let role = c.role();
-        self.http_totals.merge(c.http.stats());
+        self.retire_stats(&c);
         out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
     }
 
@@ -301,7 +329,7 @@ impl ConnectionTable {
                 self.unaccount(&c);
                 self.stats.expired_idle += 1;
                 self.removed.push(id);
-                self.http_totals.merge(c.http.stats());
+                self.retire_stats(&c);
                 if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&id) {
                     self.by_fd.remove(&(c.meta.pid, c.meta.fd));
                 }
@@ -328,7 +356,7 @@ impl ConnectionTable {
                 let mut exchanges = Vec::new();
                 c.http.on_expire(now_ns, &mut exchanges);
                 let role = c.role();
-                self.http_totals.merge(c.http.stats());
+                self.retire_stats(&c);
                 if self.by_fd.get(&(c.meta.pid, c.meta.fd)) == Some(&id) {
                     self.by_fd.remove(&(c.meta.pid, c.meta.fd));
                 }

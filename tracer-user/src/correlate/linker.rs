@@ -243,6 +243,11 @@ impl Linker {
             }
             None => None,
         };
+        if let Some(stream_id) = start.stream_id {
+            let identity = self.http2_identity(meta, role, stream_id, identity, start.start_ns);
+            self.insert_identity(key, identity);
+            return;
+        }
         let identity = match role {
             Role::Server => {
                 // Always claim the paired client request, even when a header wins, so later
@@ -294,6 +299,43 @@ impl Linker {
             }
         };
         self.insert_identity(key, identity);
+    }
+
+    /// An HTTP/2 stream's identity: its headers, else on a SERVER stream the CLIENT stream of
+    /// the same id on the same-host mirror connection (both ends see the same stream ids, so
+    /// the pairing holds whatever order streams complete in). No same-thread links either way:
+    /// HTTP/2 runtimes (grpcio's completion-queue threads, Go, Node) read and write streams of
+    /// many calls on one thread, so a thread says nothing about which call it serves.
+    fn http2_identity(
+        &mut self,
+        meta: &ConnMeta,
+        role: Role,
+        stream_id: u32,
+        from_header: Option<SpanIdentity>,
+        start_ns: u64,
+    ) -> SpanIdentity {
+        let paired = match role {
+            Role::Server => self.paired_stream_parent(meta, stream_id),
+            Role::Client => {
+                self.register_client(meta);
+                None
+            }
+        };
+        if from_header.is_none() && paired.is_some() {
+            self.stats.by_connection_pair += 1;
+        }
+        from_header.or(paired).unwrap_or_else(|| {
+            self.stats.roots += 1;
+            SpanIdentity::root(self.trace_ids.new_trace_id(start_ns))
+        })
+    }
+
+    /// SERVER stream whose client end (same stream id) is traced here.
+    fn paired_stream_parent(&self, meta: &ConnMeta, stream_id: u32) -> Option<SpanIdentity> {
+        let (local, peer) = (meta.local?, meta.peer?);
+        let client_conn = *self.clients_by_tuple.get(&(peer, local))?;
+        let parent = self.identities.get(&(client_conn, u64::from(stream_id)))?;
+        Some(SpanIdentity::child_of(parent, LinkSource::ConnectionPair))
     }
 
     /// The request whose head was just parsed is telemetry that will not be exported: requests
@@ -461,6 +503,7 @@ mod tests {
             start_ns: 0,
             tid,
             request: req,
+            stream_id: None,
         }
     }
 
@@ -805,5 +848,66 @@ mod tests {
         );
         assert_eq!(l.pending(), 0);
         assert!(l.unclaimed.is_empty() && l.client_tuples.is_empty());
+    }
+
+    fn h2_start<'a>(stream_id: u32, tid: u32, req: &'a HttpRequest) -> RequestStart<'a> {
+        RequestStart {
+            stream_id: Some(stream_id),
+            ..start(u64::from(stream_id), tid, req)
+        }
+    }
+
+    /// HTTP/2: the server end of a same-host connection pairs with the client stream of the same
+    /// id, whatever order the streams start and complete in; no same-thread link is made from
+    /// or to an HTTP/2 stream.
+    #[test]
+    fn http2_streams_pair_by_stream_id_and_never_by_thread() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let client = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:50051");
+        let server = conn(2, 200, Role::Server, "127.0.0.1:50051", "127.0.0.1:40000");
+        for id in [1, 3, 5, 7] {
+            l.request_started(
+                &client,
+                Role::Client,
+                &h2_start(id, 100, &r),
+                Threads::Dedicated,
+            );
+        }
+        // The server reads them in another order (a different connection's view is the same
+        // ids) and on one thread; stream 7 never reaches it.
+        for id in [5, 1, 3] {
+            l.request_started(
+                &server,
+                Role::Server,
+                &h2_start(id, 201, &r),
+                Threads::Dedicated,
+            );
+        }
+        // An HTTP/1 call written by the server's reading thread is not adopted by any stream,
+        // and an HTTP/2 call by a thread serving one HTTP/1 request is not adopted either.
+        let out1 = conn(3, 200, Role::Client, "127.0.0.1:40001", "127.0.0.1:9000");
+        l.request_started(&out1, Role::Client, &start(0, 201, &r), Threads::Dedicated);
+        let h1_in = conn(4, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40002");
+        l.request_started(&h1_in, Role::Server, &start(0, 202, &r), Threads::Dedicated);
+        let out2 = conn(5, 200, Role::Client, "127.0.0.1:40003", "127.0.0.1:50052");
+        l.request_started(
+            &out2,
+            Role::Client,
+            &h2_start(1, 202, &r),
+            Threads::Dedicated,
+        );
+        for id in [3u32, 1, 5] {
+            let child = l.take(2, u64::from(id)).unwrap();
+            let parent = l.take(1, u64::from(id)).unwrap();
+            assert_eq!(child.link, LinkSource::ConnectionPair);
+            assert_eq!(child.parent_span_id, Some(parent.span_id));
+            assert_eq!(child.trace_id, parent.trace_id);
+        }
+        assert_eq!(l.take(1, 7).unwrap().link, LinkSource::Root);
+        assert_eq!(l.take(3, 0).unwrap().link, LinkSource::Root);
+        assert_eq!(l.take(5, 1).unwrap().link, LinkSource::Root);
+        assert_eq!(l.stats().by_same_thread, 0);
+        assert_eq!(l.stats().by_connection_pair, 3);
     }
 }

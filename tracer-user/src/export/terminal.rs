@@ -357,10 +357,13 @@ fn render_line(out: &mut String, item: &ExportItem, connector: &str, colour: boo
         _ => None,
     };
     let is_error = matches!(span.status, SpanStatus::Error { .. });
-    let outcome = match (code, attr_str(item, "error.type")) {
-        (Some(code), _) => code.to_string(),
-        (None, Some(error_type)) => format!("no response ({})", sanitise(error_type)),
-        (None, None) => "no response".to_string(),
+    // gRPC spans carry the status name instead of an HTTP code.
+    let rpc_code = attr_str(item, crate::telemetry::rpc::RPC_RESPONSE_STATUS_CODE);
+    let outcome = match (code, rpc_code, attr_str(item, "error.type")) {
+        (Some(code), _, _) => code.to_string(),
+        (None, Some(rpc), _) => sanitise(rpc),
+        (None, None, Some(error_type)) => format!("no response ({})", sanitise(error_type)),
+        (None, None, None) => "no response".to_string(),
     };
     let outcome = if is_error {
         format!("{outcome} ERROR")
@@ -370,6 +373,7 @@ fn render_line(out: &mut String, item: &ExportItem, connector: &str, colour: boo
     let outcome_colour = match code {
         _ if is_error => RED,
         Some(c) if (200..400).contains(&c) => GREEN,
+        None if rpc_code.is_some() => GREEN,
         _ => YELLOW,
     };
     let duration_ms = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e6;

@@ -4,3 +4,4 @@
 pub mod http1;
 pub mod http2;
 pub mod propagation;
+pub mod select;

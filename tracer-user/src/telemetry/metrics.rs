@@ -76,6 +76,8 @@ pub struct AgentSnapshot {
     pub reorder_forced_early: u64,
     /// Byte budget, per-process caches and thread-link safety.
     pub bounds: BoundsSnapshot,
+    /// HTTP/2 streams, exchanges and wire counters.
+    pub http2: crate::protocols::http2::Http2Stats,
 }
 
 /// The agent's memory bounds and what they cost. Monotonic counters unless noted.
@@ -693,7 +695,105 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in bounds_families(&s.bounds) {
         family.render_into(&mut out);
     }
+    for family in http2_families(&s.http2) {
+        family.render_into(&mut out);
+    }
     out
+}
+
+/// Families of the HTTP/2 counters.
+fn http2_families(h: &crate::protocols::http2::Http2Stats) -> Vec<Family> {
+    let w = &h.wire;
+    vec![
+        Family::counter(
+            "tracer_http2_connections_total",
+            "Connections recognised as HTTP/2 (client preface, or frames on an adopted connection).",
+            vec![Sample::plain(h.connections)],
+        ),
+        Family::counter(
+            "tracer_http2_streams_total",
+            "HTTP/2 request heads decoded (streams opened).",
+            vec![Sample::plain(h.streams)],
+        ),
+        Family::counter(
+            "tracer_http2_exchanges_total",
+            "HTTP/2 streams handed out as exchanges (including reset and cut-short ones).",
+            vec![Sample::plain(h.exchanges)],
+        ),
+        Family::counter(
+            "tracer_http2_streams_ended_early_total",
+            "HTTP/2 streams that ended before their response completed, by reason (exchanges with the outcome marked).",
+            vec![
+                Sample::labelled(&[("reason", "rst_stream")], h.streams_reset),
+                Sample::labelled(&[("reason", "goaway")], h.streams_refused),
+                Sample::labelled(&[("reason", "desync")], h.streams_desync),
+            ],
+        ),
+        Family::counter(
+            "tracer_http2_streams_dropped_total",
+            "HTTP/2 streams that gave no exchange, by reason.",
+            vec![
+                Sample::labelled(&[("reason", "request_head_lost")], h.requests_lost),
+                Sample::labelled(&[("reason", "open_streams_full")], h.streams_evicted),
+                Sample::labelled(&[("reason", "records_lost_or_shed")], h.streams_discarded),
+            ],
+        ),
+        Family::counter(
+            "tracer_http2_frames_unknown_stream_total",
+            "HTTP/2 response frames of streams whose request head was never seen (skipped).",
+            vec![Sample::plain(h.frames_unknown_stream)],
+        ),
+        Family::counter(
+            "tracer_http2_frames_total",
+            "HTTP/2 frames decoded.",
+            vec![Sample::plain(w.frames)],
+        ),
+        Family::counter(
+            "tracer_http2_header_blocks_total",
+            "HTTP/2 header blocks (HEADERS + CONTINUATION) decoded.",
+            vec![Sample::plain(w.header_blocks)],
+        ),
+        Family::counter(
+            "tracer_http2_header_blocks_lost_total",
+            "HTTP/2 header blocks lost (capture gap inside, or over the block bound).",
+            vec![Sample::plain(w.header_blocks_lost)],
+        ),
+        Family::counter(
+            "tracer_http2_header_fields_undecoded_total",
+            "HPACK fields that could not be decoded (unknown dynamic-table index, bad Huffman): never guessed.",
+            vec![Sample::plain(w.fields_undecoded)],
+        ),
+        Family::counter(
+            "tracer_http2_header_lists_truncated_total",
+            "HTTP/2 header lists cut at the header-list bound.",
+            vec![Sample::plain(w.header_lists_truncated)],
+        ),
+        Family::counter(
+            "tracer_http2_desyncs_total",
+            "Times an HTTP/2 direction lost its place in the frame sequence.",
+            vec![Sample::plain(w.desyncs)],
+        ),
+        Family::counter(
+            "tracer_http2_bytes_skipped_total",
+            "Captured HTTP/2 bytes skipped while out of sync.",
+            vec![Sample::plain(w.bytes_skipped)],
+        ),
+        Family::counter(
+            "tracer_http2_header_blocks_too_large_total",
+            "HTTP/2 header blocks given up for exceeding the block bound (also counted as lost).",
+            vec![Sample::plain(w.frames_too_large)],
+        ),
+        Family::counter(
+            "tracer_http2_control_frames_lost_total",
+            "HTTP/2 RST_STREAM, GOAWAY or SETTINGS frames whose payload was not captured.",
+            vec![Sample::plain(w.control_frames_lost)],
+        ),
+        Family::counter(
+            "tracer_http2_hpack_table_unknown_total",
+            "Times an HPACK dynamic table became unknown (an insert that could not be followed).",
+            vec![Sample::plain(w.table_unknown)],
+        ),
+    ]
 }
 
 /// Families of [`BoundsSnapshot`].
@@ -1071,6 +1171,30 @@ mod tests {
                 procnet_non_inet_sockets: 324,
                 procnet_table_reads_deferred: 325,
             },
+            http2: crate::protocols::http2::Http2Stats {
+                connections: 501,
+                streams: 502,
+                exchanges: 503,
+                streams_reset: 504,
+                streams_refused: 505,
+                requests_lost: 506,
+                streams_desync: 507,
+                streams_evicted: 508,
+                frames_unknown_stream: 509,
+                streams_discarded: 510,
+                wire: crate::protocols::http2::H2WireStats {
+                    frames: 511,
+                    header_blocks: 512,
+                    header_blocks_lost: 513,
+                    fields_undecoded: 514,
+                    header_lists_truncated: 515,
+                    desyncs: 516,
+                    bytes_skipped: 517,
+                    table_unknown: 518,
+                    frames_too_large: 519,
+                    control_frames_lost: 520,
+                },
+            },
         }
     }
 
@@ -1083,6 +1207,7 @@ mod tests {
         let mut want: Vec<f64> = (101..=127)
             .chain(201..=236)
             .chain(301..=325)
+            .chain(501..=520)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
@@ -1136,6 +1261,20 @@ mod tests {
             101.0
         );
         assert_eq!(parsed.value("tracer_connections_tracked", &[]), 206.0);
+        let h2 = |name, reason| parsed.value(name, &[("reason", reason)]);
+        assert_eq!(parsed.value("tracer_http2_connections_total", &[]), 501.0);
+        assert_eq!(
+            h2("tracer_http2_streams_ended_early_total", "rst_stream"),
+            504.0
+        );
+        assert_eq!(
+            h2("tracer_http2_streams_dropped_total", "open_streams_full"),
+            508.0
+        );
+        assert_eq!(
+            parsed.value("tracer_http2_header_fields_undecoded_total", &[]),
+            514.0
+        );
         assert_eq!(
             parsed.value(
                 "tracer_connections_dropped_total",

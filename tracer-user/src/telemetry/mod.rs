@@ -9,4 +9,5 @@ pub mod proc_identity;
 pub mod red;
 pub mod redact;
 pub mod resource;
+pub mod rpc;
 pub mod spans;

@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::intern;
 use crate::model::{
-    Attribute, Exchange, ExchangeOutcome, HTTP_METHODS, Header, HttpRequest, Role, SpanKind,
-    SpanRecord, SpanStatus, Text,
+    Attribute, Exchange, ExchangeOutcome, HTTP_METHODS, Header, HttpRequest, HttpVersion, Role,
+    SpanKind, SpanRecord, SpanStatus, Text,
 };
 use crate::protocols::propagation::{TraceContext, trim_ows};
 use crate::telemetry::ids::random_nonzero;
@@ -135,21 +135,26 @@ pub fn build_span(
     let exchange = input.exchange;
     let request = &exchange.request;
     let mut attributes = Vec::with_capacity(16);
-    let name = method_attributes(&request.method, &mut attributes);
-    match input.role {
-        Role::Server => server_attributes(request, input.conn, &mut attributes),
-        Role::Client => client_attributes(request, input.conn, &mut attributes),
-    }
-    if let Some(response) = &exchange.response {
-        attributes.push(Attribute::int(
-            "http.response.status_code",
-            i64::from(response.status),
-        ));
-    }
-    let (status, error_type) = span_status(input.role, exchange);
-    if let Some(error_type) = error_type {
-        attributes.push(Attribute::str("error.type", error_type));
-    }
+    let (name, status) = if is_grpc(request) {
+        crate::telemetry::rpc::grpc_attributes(input, rpc_dup(), &mut attributes)
+    } else {
+        let name = method_attributes(&request.method, &mut attributes);
+        match input.role {
+            Role::Server => server_attributes(request, input.conn, &mut attributes),
+            Role::Client => client_attributes(request, input.conn, &mut attributes),
+        }
+        if let Some(response) = &exchange.response {
+            attributes.push(Attribute::int(
+                "http.response.status_code",
+                i64::from(response.status),
+            ));
+        }
+        let (status, error_type) = span_status(input.role, exchange);
+        if let Some(error_type) = error_type {
+            attributes.push(Attribute::str("error.type", error_type));
+        }
+        (name, status)
+    };
 
     let span_id = own_span_id(ids.span_id, parent.map(|p| p.parent_span_id));
     let (trace_id, parent_span_id, trace_state, sampled) = match parent {
@@ -220,7 +225,11 @@ fn server_attributes(
     out: &mut Vec<Attribute>,
 ) {
     let target = RequestTarget::parse(&request.method, &request.target);
-    out.push(Attribute::str("url.scheme", target.scheme()));
+    let scheme = match (&target, pseudo_scheme(request)) {
+        (RequestTarget::Absolute { .. }, _) | (_, None) => target.scheme(),
+        (_, Some(scheme)) => Text::Static(scheme),
+    };
+    out.push(Attribute::str("url.scheme", scheme));
     if let Some(path) = target.path() {
         out.push(Attribute::str(
             "url.path",
@@ -304,7 +313,7 @@ fn client_attributes(
     ));
 }
 
-fn peer_attributes(conn: &crate::model::ConnMeta, out: &mut Vec<Attribute>) {
+pub(crate) fn peer_attributes(conn: &crate::model::ConnMeta, out: &mut Vec<Attribute>) {
     if let Some(peer) = conn.peer {
         out.push(Attribute::str(
             "network.peer.address",
@@ -340,20 +349,24 @@ fn client_url_full(
         }
         (None, None) => {}
     };
+    let origin = match pseudo_scheme(request) {
+        Some("https") => "https://",
+        _ => "http://",
+    };
     let url = intern::text_fmt(|out| {
         match target {
             RequestTarget::Absolute { .. } => out.push_str(&redact::url(&request.target)),
             RequestTarget::Origin { .. } => {
-                out.push_str("http://");
+                out.push_str(origin);
                 authority(out);
                 out.push_str(&redact::path_and_query(&request.target));
             }
             RequestTarget::Asterisk => {
-                out.push_str("http://");
+                out.push_str(origin);
                 authority(out);
             }
             RequestTarget::Authority(host) => {
-                out.push_str("http://");
+                out.push_str(origin);
                 out.push_str(redact::authority_without_userinfo(host));
             }
         }
@@ -471,16 +484,16 @@ fn split_query(target: &str) -> (&str, Option<&str>) {
 
 /// A `host[:port]` as found in a Host header or URL authority.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct HostPort<'a> {
+pub(crate) struct HostPort<'a> {
     /// Host name or IP literal (IPv6 without brackets), at most [`MAX_SHORT_ATTR_LEN`] bytes.
-    host: &'a str,
-    port: Option<u16>,
+    pub(crate) host: &'a str,
+    pub(crate) port: Option<u16>,
 }
 
 impl<'a> HostPort<'a> {
     /// Parse `host`, `host:port`, `[v6]` or `[v6]:port` (userinfo before `@` is skipped).
     /// An unparseable port is dropped; an empty host gives `None`.
-    fn parse(authority: &'a str) -> Option<HostPort<'a>> {
+    pub(crate) fn parse(authority: &'a str) -> Option<HostPort<'a>> {
         let authority = authority.trim_matches([' ', '\t']);
         let authority = redact::authority_without_userinfo(authority);
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
@@ -509,8 +522,11 @@ const MAX_HOST_AUTHORITY_LEN: usize = 253 + 6;
 /// The Host header's `host[:port]`: userinfo removed from the whole value first (a cut could
 /// hide its `@`), then `None` when empty or longer than any real authority (a cut host would be
 /// a wrong one; the caller falls back to the peer).
-fn host_header_authority(request: &HttpRequest) -> Option<Cow<'_, str>> {
-    let value = header_value(&request.headers, "host")?;
+pub(crate) fn host_header_authority(request: &HttpRequest) -> Option<Cow<'_, str>> {
+    // HTTP/2 carries the authority in `:authority` (RFC 9113 8.3.1: it wins over Host).
+    let value = header_value(&request.headers, ":authority")
+        .filter(|_| request.version == HttpVersion::Http2)
+        .or_else(|| header_value(&request.headers, "host"))?;
     let authority = trim_ows(redact::authority_bytes_without_userinfo(trim_ows(value)));
     if authority.is_empty() || authority.len() > MAX_HOST_AUTHORITY_LEN {
         return None;
@@ -518,8 +534,50 @@ fn host_header_authority(request: &HttpRequest) -> Option<Cow<'_, str>> {
     Some(String::from_utf8_lossy(authority))
 }
 
+/// HTTP/2's `:scheme` when it is `http` or `https` (static).
+fn pseudo_scheme(request: &HttpRequest) -> Option<&'static str> {
+    if request.version != HttpVersion::Http2 {
+        return None;
+    }
+    let value = header_value(&request.headers, ":scheme")?;
+    if value.eq_ignore_ascii_case(b"https") {
+        Some("https")
+    } else if value.eq_ignore_ascii_case(b"http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
+/// Whether the request is a gRPC call: HTTP/2 with content-type `application/grpc` or
+/// `application/grpc+{codec}` (parameters allowed; `application/grpc-web` is not gRPC).
+pub fn is_grpc(request: &HttpRequest) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    request.version == HttpVersion::Http2
+        && header_value(&request.headers, "content-type").is_some_and(|value| {
+            let value = trim_ows(value);
+            value.len() >= GRPC.len()
+                && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+                && matches!(value.get(GRPC.len()), None | Some(b'+' | b';' | b' '))
+        })
+}
+
+/// Whether `OTEL_SEMCONV_STABILITY_OPT_IN` (read once, in the agent's environment) asks for
+/// the older experimental RPC keys beside the stable ones (`rpc/dup`).
+pub fn rpc_dup() -> bool {
+    static DUP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DUP.get_or_init(|| {
+        std::env::var("OTEL_SEMCONV_STABILITY_OPT_IN").is_ok_and(|v| opt_in_has(&v, "rpc/dup"))
+    })
+}
+
+/// Whether a comma-separated opt-in list names `token`.
+pub fn opt_in_has(list: &str, token: &str) -> bool {
+    list.split(',').any(|t| t.trim() == token)
+}
+
 /// The first header named `name` (ASCII case-insensitive).
-fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
@@ -531,19 +589,59 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// The `error.type` class and status description of an exchange without a (complete) response.
+pub(crate) fn outcome_class(outcome: ExchangeOutcome) -> (&'static str, &'static str) {
+    match outcome {
+        ExchangeOutcome::ConnectionClosed => {
+            ("connection_closed", "connection closed before the response")
+        }
+        ExchangeOutcome::Expired => ("timeout", "no response before the expiry deadline"),
+        ExchangeOutcome::StreamDesync => ("stream_desync", "capture lost sync before the response"),
+        ExchangeOutcome::StreamReset {
+            error_code,
+            by_client,
+        } => (
+            h2_reset_class(error_code),
+            if by_client {
+                "stream reset by the client"
+            } else {
+                "stream reset by the server"
+            },
+        ),
+        ExchangeOutcome::GoAway { .. } => ("goaway", "connection going away; stream not processed"),
+        ExchangeOutcome::Complete => ("_OTHER", "no response"),
+    }
+}
+
+/// `error.type` of a reset HTTP/2 stream: `cancelled` for CANCEL, else the RFC 9113 error name.
+pub fn h2_reset_class(error_code: u32) -> &'static str {
+    const NAMES: [&str; 14] = [
+        "NO_ERROR",
+        "PROTOCOL_ERROR",
+        "INTERNAL_ERROR",
+        "FLOW_CONTROL_ERROR",
+        "SETTINGS_TIMEOUT",
+        "STREAM_CLOSED",
+        "FRAME_SIZE_ERROR",
+        "REFUSED_STREAM",
+        "cancelled",
+        "COMPRESSION_ERROR",
+        "CONNECT_ERROR",
+        "ENHANCE_YOUR_CALM",
+        "INADEQUATE_SECURITY",
+        "HTTP_1_1_REQUIRED",
+    ];
+    usize::try_from(error_code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
 /// Status and `error.type` per the conventions.
 fn span_status(role: Role, exchange: &Exchange) -> (SpanStatus, Option<Text>) {
     let Some(response) = &exchange.response else {
-        let (class, description) = match exchange.outcome {
-            ExchangeOutcome::ConnectionClosed => {
-                ("connection_closed", "connection closed before the response")
-            }
-            ExchangeOutcome::Expired => ("timeout", "no response before the expiry deadline"),
-            ExchangeOutcome::StreamDesync => {
-                ("stream_desync", "capture lost sync before the response")
-            }
-            ExchangeOutcome::Complete => ("_OTHER", "no response"),
-        };
+        let (class, description) = outcome_class(exchange.outcome);
         return (
             SpanStatus::Error {
                 description: description.to_string(),
@@ -575,7 +673,7 @@ fn bounded_lossy(bytes: &[u8], max: usize) -> Text {
 }
 
 /// At most `max` bytes, cut on a character boundary (interned: a value seen before is shared).
-fn bounded(text: &str, max: usize) -> Text {
+pub(crate) fn bounded(text: &str, max: usize) -> Text {
     intern::text(prefix_on_boundary(text, max))
 }
 

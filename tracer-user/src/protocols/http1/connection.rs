@@ -50,6 +50,9 @@ pub struct RequestStart<'a> {
     /// Thread that read (server) or wrote (client) the first request bytes.
     pub tid: u32,
     pub request: &'a HttpRequest,
+    /// HTTP/2 stream id (`None` for HTTP/1.x): both ends of a connection see the same ids, so
+    /// the linker pairs a same-host client and server by it instead of in FIFO order.
+    pub stream_id: Option<u32>,
 }
 
 /// Where a head came from: the record of its first byte and the record of its last.
@@ -261,6 +264,7 @@ impl HttpConnection {
                     start_ns: p.start_ns,
                     tid: p.request_tid,
                     request,
+                    stream_id: None,
                 })
             })
     }

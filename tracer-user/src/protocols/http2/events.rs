@@ -92,6 +92,11 @@ pub struct H2WireStats {
     pub bytes_skipped: u64,
     /// Times the HPACK dynamic table became unknown (an insert we could not follow).
     pub table_unknown: u64,
+    /// Header blocks given up for exceeding `max_header_block_bytes` (also in
+    /// `header_blocks_lost`).
+    pub frames_too_large: u64,
+    /// RST_STREAM, GOAWAY or SETTINGS frames whose payload was not captured (no event emitted).
+    pub control_frames_lost: u64,
 }
 
 impl H2WireStats {
@@ -104,67 +109,12 @@ impl H2WireStats {
         self.desyncs += other.desyncs;
         self.bytes_skipped += other.bytes_skipped;
         self.table_unknown += other.table_unknown;
+        self.frames_too_large += other.frames_too_large;
+        self.control_frames_lost += other.control_frames_lost;
     }
 }
 
-/// One direction of an HTTP/2 connection: frame reassembly across records and the HPACK decoder.
-#[derive(Debug)]
-pub struct H2Direction {
-    limits: H2Limits,
-    expect_preface: bool,
-    stats: H2WireStats,
-}
-
-impl H2Direction {
-    /// `expect_preface`: this direction carries the client preface first (client -> server) and
-    /// the connection was seen from its start. `table_known`: false for a connection adopted
-    /// mid-stream (its HPACK dynamic table is unknown).
-    pub fn new(limits: H2Limits, expect_preface: bool, table_known: bool) -> Self {
-        let _ = table_known;
-        H2Direction {
-            limits,
-            expect_preface,
-            stats: H2WireStats::default(),
-        }
-    }
-
-    /// Feeds one record: `payload` is what was captured, `true_len` what was transferred (the
-    /// `true_len - payload.len()` bytes after `payload` were not captured: a gap of known length).
-    pub fn feed(
-        &mut self,
-        payload: &[u8],
-        true_len: u32,
-        tid: u32,
-        ts_ns: u64,
-        out: &mut Vec<H2Event>,
-    ) {
-        // Placeholder until the wire layer lands: nothing is decoded.
-        let _ = (
-            payload,
-            true_len,
-            tid,
-            ts_ns,
-            out,
-            self.expect_preface,
-            self.limits,
-        );
-    }
-
-    /// SETTINGS_HEADER_TABLE_SIZE announced by the receiver of this direction (capped at
-    /// `max_table_bytes`).
-    pub fn set_max_table_size(&mut self, bytes: u32) {
-        let _ = bytes;
-    }
-
-    pub fn stats(&self) -> &H2WireStats {
-        &self.stats
-    }
-
-    /// Heap bytes held (buffers, dynamic table), for the connection table's memory bound.
-    pub fn memory_bytes(&self) -> usize {
-        0
-    }
-}
+pub use super::direction::H2Direction;
 
 /// Whether `bytes` start with the client connection preface.
 pub fn starts_with_preface(bytes: &[u8]) -> bool {
@@ -175,6 +125,5 @@ pub fn starts_with_preface(bytes: &[u8]) -> bool {
 /// in a row, or one valid frame covering all of `bytes`): adoption of connections seen mid-stream
 /// and resynchronisation.
 pub fn looks_like_h2_frames(bytes: &[u8]) -> bool {
-    let _ = bytes;
-    false
+    super::frame::plausible_run(bytes, bytes.len())
 }

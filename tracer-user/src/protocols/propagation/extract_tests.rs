@@ -26,6 +26,8 @@ const B3_DENY: (&str, &str) = ("b3", "0");
 const B3_BAD: (&str, &str) = ("b3", "22222222222222222222222222222222");
 const B3M_TRACE: (&str, &str) = ("X-B3-TraceId", "33333333333333333333333333333333");
 const B3M_SPAN: (&str, &str) = ("X-B3-SpanId", "3333333333333333");
+const GRPC_BIN: (&str, &str) = ("grpc-trace-bin", "AABVVVVVVVVVVVVVVVVVVVVVAVVVVVVVVVVVAgE");
+const GRPC_BIN_BAD: (&str, &str) = ("grpc-trace-bin", "AQ");
 const XRAY: (&str, &str) = (
     "X-Amzn-Trace-Id",
     "Root=1-44444444-444444444444444444444444;Parent=4444444444444444",
@@ -59,6 +61,31 @@ fn precedence_table() {
             Some(ContextSource::B3Multi),
         ),
         ("xray alone", &[XRAY], Some(ContextSource::XRay)),
+        (
+            "grpc-trace-bin over xray",
+            &[XRAY, GRPC_BIN],
+            Some(ContextSource::GrpcTraceBin),
+        ),
+        (
+            "b3 multi over grpc-trace-bin",
+            &[GRPC_BIN, B3M_TRACE, B3M_SPAN],
+            Some(ContextSource::B3Multi),
+        ),
+        (
+            "traceparent over grpc-trace-bin",
+            &[GRPC_BIN, TP],
+            Some(ContextSource::TraceParent),
+        ),
+        (
+            "invalid grpc-trace-bin falls to xray",
+            &[GRPC_BIN_BAD, XRAY],
+            Some(ContextSource::XRay),
+        ),
+        (
+            "repeated grpc-trace-bin is ignored",
+            &[GRPC_BIN, GRPC_BIN],
+            None,
+        ),
         (
             "invalid traceparent falls to b3",
             &[TP_BAD, B3],
@@ -101,6 +128,7 @@ fn precedence_table() {
                 ContextSource::B3Single => '2',
                 ContextSource::B3Multi => '3',
                 ContextSource::XRay => '4',
+                ContextSource::GrpcTraceBin => '5',
             };
             assert_eq!(hex(&ctx.trace_id), digit.to_string().repeat(32), "{case}");
             assert_eq!(

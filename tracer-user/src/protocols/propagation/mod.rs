@@ -7,12 +7,14 @@
 //! 2. the B3 single header `b3` (a valid `b3` without ids, such as the deny value `0`, ends the
 //!    search: it overrides the multi-header form and means "start a new trace");
 //! 3. the B3 multi headers `X-B3-TraceId` + `X-B3-SpanId`;
-//! 4. `X-Amzn-Trace-Id`.
+//! 4. `grpc-trace-bin` (OpenCensus binary, base64 in HTTP/2 `-bin` headers);
+//! 5. `X-Amzn-Trace-Id`.
 //!
 //! An invalid, duplicated or unparseable header of one format is ignored and the next format is
 //! tried. Every parser is total over arbitrary bytes and runs in time linear in its input.
 
 mod b3;
+mod grpc_bin;
 mod hexid;
 mod w3c;
 mod xray;
@@ -27,6 +29,7 @@ mod w3c_tests;
 mod xray_tests;
 
 pub use b3::{B3Single, parse_b3_multi, parse_b3_single};
+pub use grpc_bin::parse_grpc_trace_bin;
 pub use w3c::{MAX_TRACESTATE_MEMBERS, TraceParent, parse_traceparent, parse_tracestate};
 pub use xray::parse_xray;
 
@@ -39,6 +42,7 @@ pub enum ContextSource {
     B3Single,
     B3Multi,
     XRay,
+    GrpcTraceBin,
 }
 
 /// The remote parent a span adopts: it joins `trace_id` as a child of `parent_span_id`.
@@ -103,6 +107,14 @@ pub fn extract(headers: &[Header]) -> Option<TraceContext> {
         Ok(Some(ctx)) => return Some(ctx),
         Ok(None) => {}
         Err(error) => tracing::trace!(%error, "ignoring X-B3 headers"),
+    }
+    match single_header(headers, "grpc-trace-bin") {
+        HeaderLookup::One(value) => match parse_grpc_trace_bin(value) {
+            Ok(ctx) => return Some(ctx),
+            Err(error) => tracing::trace!(%error, "ignoring grpc-trace-bin"),
+        },
+        HeaderLookup::Many => tracing::trace!("ignoring repeated grpc-trace-bin headers"),
+        HeaderLookup::Absent => {}
     }
     match single_header(headers, "x-amzn-trace-id") {
         HeaderLookup::One(value) => match parse_xray(value) {

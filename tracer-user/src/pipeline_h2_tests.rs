@@ -1,0 +1,297 @@
+//! The pipeline on HTTP/2 bytes (wire layer, exchange layer, linker, spans together): gRPC calls
+//! become RPC spans, interleaved streams keep their own attributes, and the same-host client and
+//! server ends of one connection pair by stream id.
+
+use super::*;
+use crate::model::{AttrValue, Direction, SpanKind, SpanRecord, SpanStatus};
+use crate::protocols::http2::PREFACE;
+
+const SERVER_PID: u32 = 5100;
+const CLIENT_PID: u32 = 5200;
+
+fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream_id.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A header block of literal fields without indexing (new names, no Huffman).
+fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+const HEADERS: u8 = 0x1;
+const DATA: u8 = 0x0;
+const SETTINGS: u8 = 0x4;
+const RST_STREAM: u8 = 0x3;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn request(stream_id: u32, method: &str) -> Vec<u8> {
+    let path = format!("/helloworld.Greeter/{method}");
+    let mut out = frame(
+        HEADERS,
+        END_HEADERS,
+        stream_id,
+        &block(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", &path),
+            (":authority", "127.0.0.1:50051"),
+            ("content-type", "application/grpc"),
+            ("user-agent", "grpc-python/1.85"),
+        ]),
+    );
+    out.extend(frame(DATA, END_STREAM, stream_id, &[0, 0, 0, 0, 0]));
+    out
+}
+
+fn response(stream_id: u32, grpc_status: &str) -> Vec<u8> {
+    let mut out = frame(
+        HEADERS,
+        END_HEADERS,
+        stream_id,
+        &block(&[(":status", "200"), ("content-type", "application/grpc")]),
+    );
+    out.extend(frame(DATA, 0, stream_id, &[0, 0, 0, 0, 2, b'o', b'k']));
+    out.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        stream_id,
+        &block(&[
+            ("grpc-status", grpc_status),
+            ("grpc-message", "secret detail"),
+        ]),
+    ));
+    out
+}
+
+fn fake_process(root: &std::path::Path, pid: u32, comm: &str) {
+    let dir = root.join(pid.to_string());
+    let main_thread = dir.join("task").join(pid.to_string());
+    std::fs::create_dir_all(&main_thread).expect("fake proc dir");
+    std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
+    let zeros = "0 ".repeat(18);
+    std::fs::write(
+        main_thread.join("stat"),
+        format!("{pid} ({comm}) S {zeros}100 0\n"),
+    )
+    .expect("stat");
+}
+
+struct Harness {
+    pipeline: Pipeline,
+    root: std::path::PathBuf,
+    ts: u64,
+    out: Vec<ExportItem>,
+}
+
+impl Harness {
+    fn new(name: &str) -> Harness {
+        let root =
+            std::env::temp_dir().join(format!("tracer-pipeline-h2-{name}-{}", std::process::id()));
+        fake_process(&root, SERVER_PID, "greeter-server");
+        fake_process(&root, CLIENT_PID, "greeter-client");
+        let pipeline = Pipeline::new(
+            PipelineOptions {
+                limits: TableLimits::default(),
+                proc_root: root.clone(),
+                host_name: "test-host".into(),
+                ports: Vec::new(),
+                include_telemetry: false,
+            },
+            Clock::from_offset(1_700_000_000_000_000_000),
+        );
+        Harness {
+            pipeline,
+            root,
+            ts: 1_000,
+            out: Vec::new(),
+        }
+    }
+
+    fn header(&mut self, pid: u32, conn_id: u64) -> RecordHeader {
+        self.ts += 1_000;
+        RecordHeader {
+            tgid: pid,
+            tid: pid,
+            fd: conn_id as i32,
+            conn_id,
+            ts_ns: self.ts,
+        }
+    }
+
+    fn open(&mut self, pid: u32, conn_id: u64, role: Role, local: &str, peer: &str) {
+        let header = self.header(pid, conn_id);
+        self.pipeline.on_event(
+            KernelEvent::ConnOpen {
+                header,
+                role: Some(role),
+                local: local.parse().ok(),
+                peer: peer.parse().ok(),
+            },
+            &mut self.out,
+        );
+    }
+
+    fn data(&mut self, pid: u32, conn_id: u64, role: Role, direction: Direction, bytes: &[u8]) {
+        let header = self.header(pid, conn_id);
+        self.pipeline.on_event(
+            KernelEvent::Data {
+                header,
+                direction,
+                role: Some(role),
+                true_len: bytes.len() as u32,
+                syscall_ns: 0,
+                loss_before: false,
+                payload: bytes,
+            },
+            &mut self.out,
+        );
+    }
+
+    fn spans(&self) -> Vec<&SpanRecord> {
+        self.out.iter().map(|item| &item.span).collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn str_attr<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a str> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| match &a.value {
+            AttrValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+/// A gRPC server's connection from its first bytes: one RPC span per call, named by the
+/// method, with the status NAME from the trailers and nothing of grpc-message.
+#[test]
+fn a_grpc_server_connection_gives_rpc_spans() {
+    let mut h = Harness::new("server");
+    let srv = |h: &mut Harness, dir, bytes: &[u8]| h.data(SERVER_PID, 1, Role::Server, dir, bytes);
+    h.open(
+        SERVER_PID,
+        1,
+        Role::Server,
+        "127.0.0.1:50051",
+        "127.0.0.1:40000",
+    );
+    let mut client_flight = PREFACE.to_vec();
+    client_flight.extend(frame(SETTINGS, 0, 0, &[]));
+    client_flight.extend(request(1, "SayHello"));
+    client_flight.extend(request(3, "SayHello_missing"));
+    srv(&mut h, Direction::Ingress, &client_flight);
+    let mut server_flight = frame(SETTINGS, 0, 0, &[]);
+    server_flight.extend(response(3, "5"));
+    srv(&mut h, Direction::Egress, &server_flight);
+    srv(&mut h, Direction::Egress, &response(1, "0"));
+    // A third call the client abandons.
+    srv(&mut h, Direction::Ingress, &request(5, "Slow"));
+    srv(
+        &mut h,
+        Direction::Ingress,
+        &frame(RST_STREAM, 0, 5, &8u32.to_be_bytes()),
+    );
+    let spans = h.spans();
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "helloworld.Greeter/SayHello_missing",
+            "helloworld.Greeter/SayHello",
+            "helloworld.Greeter/Slow"
+        ]
+    );
+    let codes: Vec<Option<&str>> = spans
+        .iter()
+        .map(|s| str_attr(s, "rpc.response.status_code"))
+        .collect();
+    assert_eq!(codes, vec![Some("NOT_FOUND"), Some("OK"), None]);
+    assert!(spans.iter().all(|s| s.kind == SpanKind::Server));
+    // NOT_FOUND is not the server's fault; the abandoned call is cancelled.
+    assert_eq!(spans[0].status, SpanStatus::Unset);
+    assert_eq!(str_attr(spans[2], "error.type"), Some("cancelled"));
+    assert_eq!(str_attr(spans[1], "server.address"), Some("127.0.0.1"));
+    for span in &spans {
+        assert!(
+            span.attributes.iter().all(|a| match &a.value {
+                AttrValue::Str(s) => !s.contains("secret"),
+                _ => true,
+            }),
+            "grpc-message exported: {:?}",
+            span.attributes
+        );
+    }
+    assert_eq!(h.pipeline.http2_stats().exchanges, 3);
+    assert_eq!(h.pipeline.http2_stats().streams_reset, 1);
+    assert_eq!(h.out[0].resource.service_name, "greeter-server");
+}
+
+/// Both ends of one connection traced on this host: each SERVER span is the child of the
+/// CLIENT span of the same stream id, whatever order the calls complete in.
+#[test]
+fn same_host_ends_pair_by_stream_id() {
+    let mut h = Harness::new("pair");
+    h.open(
+        CLIENT_PID,
+        10,
+        Role::Client,
+        "127.0.0.1:40000",
+        "127.0.0.1:50051",
+    );
+    h.open(
+        SERVER_PID,
+        11,
+        Role::Server,
+        "127.0.0.1:50051",
+        "127.0.0.1:40000",
+    );
+    let mut flight = PREFACE.to_vec();
+    flight.extend(frame(SETTINGS, 0, 0, &[]));
+    for (id, method) in [(1, "A"), (3, "B"), (5, "C")] {
+        flight.extend(request(id, method));
+    }
+    h.data(CLIENT_PID, 10, Role::Client, Direction::Egress, &flight);
+    h.data(SERVER_PID, 11, Role::Server, Direction::Ingress, &flight);
+    let mut answers = frame(SETTINGS, 0, 0, &[]);
+    for id in [5, 1, 3] {
+        answers.extend(response(id, "0"));
+    }
+    h.data(SERVER_PID, 11, Role::Server, Direction::Egress, &answers);
+    h.data(CLIENT_PID, 10, Role::Client, Direction::Ingress, &answers);
+    let spans = h.spans();
+    assert_eq!(spans.len(), 6);
+    for method in ["A", "B", "C"] {
+        let name = format!("helloworld.Greeter/{method}");
+        let of = |kind| {
+            spans
+                .iter()
+                .find(|s| s.kind == kind && s.name == name.as_str())
+                .copied()
+                .expect("span")
+        };
+        let (server, client) = (of(SpanKind::Server), of(SpanKind::Client));
+        assert_eq!(server.parent_span_id, Some(client.span_id), "{method}");
+        assert_eq!(server.trace_id, client.trace_id, "{method}");
+        assert_eq!(client.parent_span_id, None);
+    }
+    assert_eq!(h.pipeline.linker_stats().by_connection_pair, 3);
+}
