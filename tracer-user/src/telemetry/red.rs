@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanRecord};
+use crate::telemetry::rpc;
 
 /// The semconv explicit bucket boundaries (seconds) for the HTTP and RPC duration histograms.
 pub const BOUNDARIES: [f64; 14] = [
@@ -70,9 +71,9 @@ const HTTP_CLIENT_KEYS: &[&str] = &[
     "http.route",
 ];
 const RPC_KEYS: &[&str] = &[
-    "rpc.system.name",
-    "rpc.method",
-    "rpc.response.status_code",
+    rpc::RPC_SYSTEM_NAME,
+    rpc::RPC_METHOD,
+    rpc::RPC_RESPONSE_STATUS_CODE,
     "error.type",
     "server.address",
     "server.port",
@@ -134,11 +135,11 @@ impl Instrument {
     /// `http.request.method`, none otherwise.
     pub fn of(span: &SpanRecord) -> Option<Instrument> {
         let has = |key: &str| span.attributes.iter().any(|a| a.key == key);
-        let rpc = has("rpc.system.name");
-        if !rpc && !has("http.request.method") {
+        let is_rpc = has(rpc::RPC_SYSTEM_NAME);
+        if !is_rpc && !has("http.request.method") {
             return None;
         }
-        Some(match (rpc, span.kind) {
+        Some(match (is_rpc, span.kind) {
             (true, SpanKind::Server) => Instrument::RpcServer,
             (true, SpanKind::Client) => Instrument::RpcClient,
             (false, SpanKind::Server) => Instrument::HttpServer,
