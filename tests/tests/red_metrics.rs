@@ -205,7 +205,7 @@ fn red_histograms_count_every_request_on_otlp_and_prometheus() {
         get("/ok?user=42", 200);
     }
     for _ in 0..2 {
-        get("/slow?ms=300", 200);
+        get("/slow?ms=600", 200);
     }
     for _ in 0..2 {
         get("/status/404", 404);
@@ -265,14 +265,14 @@ fn red_histograms_count_every_request_on_otlp_and_prometheus() {
     let ok = by_status("200");
     assert_eq!(ok.len(), 1, "{server_points:#?}");
     assert_eq!(ok[0].count, 8);
-    // The two 300 ms requests fall in (0.25, 0.5]; the quick ones below 0.25 s.
+    // The two 600 ms requests fall in (0.5, 0.75]; the quick ones at or below 0.5 s.
     assert_eq!(
-        ok[0].bucket_counts[7], 2,
-        "slow requests in (0.25, 0.5]: {:?}",
+        ok[0].bucket_counts[8], 2,
+        "slow requests in (0.5, 0.75]: {:?}",
         ok[0]
     );
     assert_eq!(
-        ok[0].bucket_counts[..7].iter().sum::<u64>(),
+        ok[0].bucket_counts[..8].iter().sum::<u64>(),
         6,
         "{:?}",
         ok[0]
@@ -356,7 +356,7 @@ fn red_histograms_count_every_request_on_otlp_and_prometheus() {
         sum_of("http_server_request_duration_seconds_bucket", &|l| ours(l)
             && l.get("http_response_status_code").map(String::as_str)
                 == Some("200")
-            && l.get("le").map(String::as_str) == Some("0.25")),
+            && l.get("le").map(String::as_str) == Some("0.5")),
         6.0,
         "cumulative buckets"
     );
@@ -464,14 +464,10 @@ fn delta_temporality_sends_each_request_once() {
     });
     agent.wait_settled();
     agent.stop().assert_success();
-    // Summed over every delta point, each request counts once (cumulative points would add up
-    // to more).
-    let requests = if requests.len() < receiver.metric_requests().len() {
-        receiver.metric_requests()
-    } else {
-        requests
-    };
-    let seen = all_server_points(&requests);
+    // Summed over every delta point sent (the last export at shutdown included), each request
+    // counts once: cumulative points would add up to more.
+    assert!(!requests.is_empty());
+    let seen = all_server_points(&receiver.metric_requests());
     assert_eq!(total(&seen), 3, "{seen:#?}");
     assert!(
         seen.iter()
