@@ -412,6 +412,11 @@ async fn handle(
     behaviour: Behaviour,
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Agents also export RED metrics (at least once, at shutdown): accepted, not counted, so the
+    // counters describe trace exports only.
+    if request.uri().path() == crate::http_receiver::METRICS_PATH {
+        return Ok(text_response(StatusCode::OK, ""));
+    }
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let export = match read_export(request).await {
         Ok(export) => export,

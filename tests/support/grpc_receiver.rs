@@ -2,6 +2,12 @@
 
 use std::future::Future;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -36,17 +42,40 @@ impl TraceService for TraceCollector {
     }
 }
 
+struct MetricsCollector {
+    store: SpanStore,
+}
+
+#[tonic::async_trait]
+impl MetricsService for MetricsCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.store.record_metrics(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 /// Serves OTLP/gRPC on `listener` until `stopped` resolves.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     store: SpanStore,
     stopped: impl Future<Output = ()>,
 ) {
+    let metrics = MetricsServiceServer::new(MetricsCollector {
+        store: store.clone(),
+    })
+    .accept_compressed(CompressionEncoding::Gzip)
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let service = TraceServiceServer::new(TraceCollector { store })
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let result = Server::builder()
         .add_service(service)
+        .add_service(metrics)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped)
         .await;
     if let Err(e) = result {

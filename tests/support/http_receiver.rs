@@ -14,6 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -24,8 +25,16 @@ use crate::store::SpanStore;
 
 /// The OTLP/HTTP traces path.
 pub const TRACES_PATH: &str = "/v1/traces";
+/// The OTLP/HTTP metrics path.
+pub const METRICS_PATH: &str = "/v1/metrics";
 /// Largest accepted body, compressed or not.
 const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// An accepted export request.
+enum Export {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+}
 
 /// Body encodings OTLP/HTTP allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +114,10 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match read_export(request).await {
         Ok((export, encoding)) => {
-            store.record(ObservedSpan::from_otlp(&export));
+            match export {
+                Export::Traces(export) => store.record(ObservedSpan::from_otlp(&export)),
+                Export::Metrics(export) => store.record_metrics(export),
+            }
             success_response(encoding)
         }
         Err(rejection) => {
@@ -119,12 +131,12 @@ async fn handle(
     Ok(response)
 }
 
-async fn read_export(
-    request: Request<Incoming>,
-) -> Result<(ExportTraceServiceRequest, Encoding), Rejection> {
-    if request.uri().path() != TRACES_PATH {
-        return Err(Rejection::NotFound(request.uri().path().to_owned()));
-    }
+async fn read_export(request: Request<Incoming>) -> Result<(Export, Encoding), Rejection> {
+    let metrics = match request.uri().path() {
+        TRACES_PATH => false,
+        METRICS_PATH => true,
+        other => return Err(Rejection::NotFound(other.to_owned())),
+    };
     if request.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed(request.method().clone()));
     }
@@ -164,12 +176,19 @@ async fn read_export(
         })?
         .to_bytes();
     let body = if gzipped { gunzip(&body)? } else { body };
-    let export = match encoding {
-        Encoding::Protobuf => {
-            ExportTraceServiceRequest::decode(body).map_err(|e| Rejection::Decode(e.to_string()))?
+    let decode_error = |e: &dyn std::fmt::Display| Rejection::Decode(e.to_string());
+    let export = match (encoding, metrics) {
+        (Encoding::Protobuf, false) => {
+            Export::Traces(ExportTraceServiceRequest::decode(body).map_err(|e| decode_error(&e))?)
         }
-        Encoding::Json => {
-            serde_json::from_slice(&body).map_err(|e| Rejection::Decode(e.to_string()))?
+        (Encoding::Json, false) => {
+            Export::Traces(serde_json::from_slice(&body).map_err(|e| decode_error(&e))?)
+        }
+        (Encoding::Protobuf, true) => Export::Metrics(
+            ExportMetricsServiceRequest::decode(body).map_err(|e| decode_error(&e))?,
+        ),
+        (Encoding::Json, true) => {
+            Export::Metrics(serde_json::from_slice(&body).map_err(|e| decode_error(&e))?)
         }
     };
     Ok((export, encoding))
@@ -335,7 +354,7 @@ mod tests {
         assert_eq!(
             post(
                 &receiver,
-                "/v1/metrics",
+                "/v1/logs",
                 &[("Content-Type", "application/x-protobuf")],
                 &body
             )

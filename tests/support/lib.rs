@@ -26,7 +26,7 @@ mod test_data;
 pub mod vitals;
 
 pub use agent::{Agent, AgentConfig, AgentExit, tracer_bin, tracer_command};
-pub use http_receiver::TRACES_PATH;
+pub use http_receiver::{METRICS_PATH, TRACES_PATH};
 pub use nginx::Nginx;
 pub use peers::{ClientMode, ClientRun, PythonServer, curl, local_url, run_client};
 pub use process::{ChildGuard, ScratchDir, free_port, run_with_timeout, wait_for_port};

@@ -145,6 +145,27 @@ impl OtlpReceiver {
         self.store.stats()
     }
 
+    /// Every OTLP metrics export request received so far (oldest first).
+    pub fn metric_requests(
+        &self,
+    ) -> Vec<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest> {
+        self.store.metric_requests()
+    }
+
+    /// Blocks until `condition` holds on the metrics requests received or `timeout` passes.
+    pub fn wait_for_metrics(
+        &self,
+        timeout: Duration,
+        condition: impl FnMut(
+            &[opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest],
+        ) -> bool,
+    ) -> Result<
+        Vec<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+        Vec<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+    > {
+        self.store.wait_for_metrics(timeout, condition)
+    }
+
     /// Blocks until `condition` holds on the received spans or `timeout` passes.
     pub fn wait_for(
         &self,

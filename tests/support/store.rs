@@ -5,10 +5,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+
 use crate::span::ObservedSpan;
 
 /// Spans kept per store; more are dropped and counted.
 pub const MAX_STORED_SPANS: usize = 100_000;
+
+/// Metrics export requests kept per store; the oldest are dropped past it (each cumulative
+/// request supersedes the earlier ones).
+pub const MAX_STORED_METRIC_REQUESTS: usize = 1000;
 
 /// Counters of a store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,6 +30,8 @@ pub struct StoreStats {
 #[derive(Default)]
 struct StoreInner {
     spans: Mutex<Vec<ObservedSpan>>,
+    /// OTLP metrics export requests, in arrival order (bounded by [`MAX_STORED_METRIC_REQUESTS`]).
+    metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
     changed: Condvar,
     export_requests: AtomicU64,
     rejected_requests: AtomicU64,
@@ -69,6 +77,60 @@ impl SpanStore {
         }
         drop(stored);
         self.inner.changed.notify_all();
+    }
+
+    /// Adds one accepted OTLP metrics export request.
+    /// (Not counted in `export_requests`, which counts trace exports.)
+    pub fn record_metrics(&self, request: ExportMetricsServiceRequest) {
+        let mut stored = self
+            .inner
+            .metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if stored.len() >= MAX_STORED_METRIC_REQUESTS {
+            stored.remove(0);
+        }
+        stored.push(request);
+        drop(stored);
+        // Waiters hold the spans lock while they wait on `changed`.
+        drop(self.lock());
+        self.inner.changed.notify_all();
+    }
+
+    /// Every metrics export request received so far (oldest first).
+    pub fn metric_requests(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.inner
+            .metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Blocks until `condition` holds on the metrics requests received (checked on every
+    /// arrival) or `timeout` passes; returns them, or the last seen as the error.
+    pub fn wait_for_metrics(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(&[ExportMetricsServiceRequest]) -> bool,
+    ) -> Result<Vec<ExportMetricsServiceRequest>, Vec<ExportMetricsServiceRequest>> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.lock();
+        loop {
+            let requests = self.metric_requests();
+            if condition(&requests) {
+                return Ok(requests);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(requests);
+            }
+            guard = self
+                .inner
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Counts a refused request.

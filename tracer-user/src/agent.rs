@@ -35,10 +35,11 @@ use crate::capture::probes::{KernelCounters, ProbeOptions, Probes};
 use crate::capture::reorder::ReorderWindow;
 use crate::cli::{OutputFormat, TraceArgs};
 use crate::correlate::connections::TableLimits;
-use crate::export::{self, OtlpConfig, OtlpOverrides, SinkConfig, SpanSink, TerminalOptions};
+use crate::export::{self, OtlpConfig, OtlpOverrides, SinkConfig, TerminalOptions};
 use crate::model::ExportItem;
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::telemetry::metrics::{AgentSnapshot, MetricsState};
+use crate::telemetry::red::{Handover, Limits, RedMetrics};
 use crate::telemetry::spans::Clock;
 
 /// Records handled per wake-up before housekeeping gets a turn.
@@ -72,13 +73,30 @@ fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-fn sink_config(args: &TraceArgs) -> anyhow::Result<SinkConfig> {
-    let overrides = OtlpOverrides {
+fn otlp_overrides(args: &TraceArgs) -> OtlpOverrides {
+    OtlpOverrides {
         endpoint: args.otlp_endpoint.as_ref().map(|s| s.expose().to_string()),
         protocol: args.otlp_protocol.clone(),
         headers: args.otlp_headers.as_ref().map(|s| s.expose().to_string()),
         ..Default::default()
+    }
+}
+
+/// The OTLP metrics exporter of the RED histograms, when an endpoint is configured.
+fn start_metrics_export(
+    args: &TraceArgs,
+    red: &Arc<RedMetrics>,
+) -> anyhow::Result<Option<export::MetricsExporter>> {
+    let Some(cfg) =
+        export::MetricsExportConfig::from_env_and_overrides(&env_lookup, &otlp_overrides(args))?
+    else {
+        return Ok(None);
     };
+    Ok(Some(export::MetricsExporter::start(cfg, Arc::clone(red))?))
+}
+
+fn sink_config(args: &TraceArgs) -> anyhow::Result<SinkConfig> {
+    let overrides = otlp_overrides(args);
     if args.otlp_endpoint.is_some() || export::otlp_configured(&env_lookup) {
         let cfg = OtlpConfig::from_env_and_overrides(&env_lookup, &overrides)?;
         tracing::info!(endpoint = %crate::telemetry::redact::url(&cfg.endpoint), protocol = cfg.protocol.as_str(), "exporting spans over OTLP");
@@ -257,6 +275,21 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("serving metrics on {addr}"))?;
         tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
     }
+    // RED metrics: fed by the event thread's hand-over (telemetry/red.rs), read by /metrics and
+    // the OTLP metrics exporter.
+    let red = (!args.no_metrics).then(|| {
+        RedMetrics::new(Limits {
+            series_per_instrument: args.metrics_cardinality_limit as usize,
+            ..Default::default()
+        })
+    });
+    let metrics_exporter = match &red {
+        Some(red) => {
+            metrics.set_red(Arc::clone(red));
+            start_metrics_export(&args, red)?
+        }
+        None => None,
+    };
     let sink = export::build_sink(&sink_cfg).await?;
     let limits = TableLimits {
         max_connections: args.max_connections.max(64) as usize,
@@ -310,6 +343,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     eprintln!(
         "tracer: probes attached; {}",
         match &sink_cfg {
+            _ if args.no_spans => "not exporting spans (--no-spans)".to_string(),
             SinkConfig::Otlp(c) => format!(
                 "exporting OTLP ({}) to {}",
                 c.protocol.as_str(),
@@ -329,7 +363,11 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         window,
         pipeline,
         probes,
-        sink,
+        sink: Handover {
+            sink,
+            red: red.clone(),
+            spans: !args.no_spans,
+        },
         metrics: Arc::clone(&metrics),
         stop: Arc::clone(&stop),
         summary_every: args.summary_interval.max(1),
@@ -408,7 +446,13 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         }
     }
     let end = end?;
-    let final_stats = end.sink.shutdown(FLUSH_DEADLINE).await;
+    // The spans' flush and the metrics' last export (with every span the event thread handed
+    // over) run side by side, within the same deadline.
+    let (final_stats, ()) = tokio::join!(end.sink.shutdown(FLUSH_DEADLINE), async {
+        if let Some(exporter) = metrics_exporter {
+            exporter.shutdown(FLUSH_DEADLINE).await;
+        }
+    });
     tracing::info!(
         spans = end.spans,
         exported = final_stats.spans_exported,
@@ -467,7 +511,7 @@ struct EventLoop {
     window: ReorderWindow,
     pipeline: Pipeline,
     probes: Probes,
-    sink: SpanSink,
+    sink: Handover,
     metrics: Arc<MetricsState>,
     stop: Arc<StopSignal>,
     summary_every: u64,
@@ -479,7 +523,7 @@ struct EventLoop {
 
 /// What the event thread hands back when it stops.
 struct EventLoopEnd {
-    sink: SpanSink,
+    sink: crate::export::SpanSink,
     kernel: KernelCounters,
     spans: u64,
     /// Why the loop ended early, if it did.
@@ -588,7 +632,7 @@ impl EventLoop {
         });
         sink.submit_batch(&mut out);
         EventLoopEnd {
-            sink,
+            sink: sink.sink,
             kernel,
             spans: pipeline.stats().spans,
             failure,
@@ -613,7 +657,7 @@ impl EventLoop {
         // Spans already built are whole: hand them over rather than lose them.
         sink.submit_batch(&mut out);
         EventLoopEnd {
-            sink,
+            sink: sink.sink,
             kernel,
             spans: pipeline.stats().spans,
             failure: Some(anyhow::anyhow!("the event thread panicked: {panic}")),
@@ -727,7 +771,7 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     window: &mut ReorderWindow,
     pipeline: &mut Pipeline,
-    sink: &SpanSink,
+    sink: &Handover,
     out: &mut Vec<ExportItem>,
     prefetched: &mut HashSet<u32>,
 ) -> usize {
@@ -766,7 +810,7 @@ fn drain(
 }
 
 /// Runs one record through the pipeline; hands the spans over once a batch is full.
-fn process(bytes: &[u8], pipeline: &mut Pipeline, sink: &SpanSink, out: &mut Vec<ExportItem>) {
+fn process(bytes: &[u8], pipeline: &mut Pipeline, sink: &Handover, out: &mut Vec<ExportItem>) {
     if let Ok(event) = decode(bytes) {
         crate::capture::decode::trace_record(&event);
         pipeline.on_event(event, out);
@@ -783,7 +827,7 @@ pub static DECODE_ERRORS: AtomicU64 = AtomicU64::new(0);
 fn snapshot(
     probes: &Probes,
     pipeline: &Pipeline,
-    sink: &SpanSink,
+    sink: &Handover,
     window: &ReorderWindow,
 ) -> AgentSnapshot {
     let k = probes.counters();
@@ -851,7 +895,7 @@ struct DropReport {
 fn report_drops(
     probes: &Probes,
     pipeline: &Pipeline,
-    sink: &SpanSink,
+    sink: &Handover,
     last: DropReport,
 ) -> DropReport {
     let k = probes.counters();

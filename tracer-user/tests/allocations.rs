@@ -46,8 +46,14 @@ fn run(stream: &recorded::RecordedStream) -> Vec<ExportItem> {
     out
 }
 
+/// The allocation counter is process-wide: tests that count run one at a time.
+static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn steady_state_allocations_per_span_are_bounded() {
+    let _serial = COUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for client_side in [false, true] {
         let shape = StreamShape {
             connections: 16,
@@ -72,5 +78,35 @@ fn steady_state_allocations_per_span_are_bounded() {
              (at most {MAX_ALLOCATIONS_PER_SPAN})"
         );
         println!("client_side={client_side}: {per_span:.2} allocations per span");
+    }
+}
+
+/// The RED aggregation on the event thread's hand-over (telemetry/red.rs): once a series exists,
+/// measuring a span allocates nothing (series are found by a hash of borrowed attribute values).
+#[test]
+fn red_metrics_allocate_nothing_per_span_once_series_exist() {
+    use tracer::telemetry::red::{Limits, RedMetrics};
+    let _serial = COUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for client_side in [false, true] {
+        let shape = StreamShape {
+            connections: 16,
+            requests_per_connection: 48,
+            client_side,
+        };
+        let spans = run(&recorded::record(shape));
+        let red = RedMetrics::new(Limits::default());
+        // The first pass creates the series.
+        red.record_batch(&spans);
+        let (allocations, ()) = counting::count(|| red.record_batch(&spans));
+        assert_eq!(
+            allocations,
+            0,
+            "client_side={client_side}: {allocations} allocations for {} spans",
+            spans.len()
+        );
+        let points = red.stats().points;
+        assert_eq!(points, 2 * spans.len() as u64, "every span is measured");
     }
 }

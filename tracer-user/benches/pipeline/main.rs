@@ -199,6 +199,16 @@ fn pipeline_benches(c: &mut Criterion) {
         );
         group.finish();
 
+        // RED metrics at the hand-over: measuring finished spans in existing series.
+        let red = tracer::telemetry::red::RedMetrics::new(Default::default());
+        red.record_batch(&items);
+        let mut group = c.benchmark_group("red_record");
+        group.throughput(Throughput::Elements(spans));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &items, |b, items| {
+            b.iter(|| red.record_batch(black_box(items)))
+        });
+        group.finish();
+
         let mut group = c.benchmark_group("pipeline_otlp");
         group.throughput(Throughput::Elements(spans));
         group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, s| {

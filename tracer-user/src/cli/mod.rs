@@ -126,6 +126,22 @@ pub struct TraceArgs {
     #[arg(long)]
     pub include_telemetry: bool,
 
+    /// Do not output spans (no OTLP traces, nothing printed); RED metrics are still aggregated
+    /// and exported. With --no-metrics too, the agent only serves its own counters.
+    #[arg(long)]
+    pub no_spans: bool,
+
+    /// Do not aggregate RED metrics (the http.*/rpc.* duration histograms): nothing on /metrics
+    /// but the agent's own counters, no OTLP metrics export.
+    #[arg(long)]
+    pub no_metrics: bool,
+
+    /// Series per RED histogram (over all processes) before further attribute sets go to the
+    /// overflow series (otel.metric.overflow=true), counted in tracer_red_overflow_points_total.
+    #[arg(long, default_value_t = crate::telemetry::red::DEFAULT_SERIES_LIMIT as u32, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub metrics_cardinality_limit: u32,
+
     /// Seconds between log lines summarising drops (only printed when something was dropped).
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub summary_interval: u64,

@@ -93,7 +93,7 @@ impl OtlpProtocol {
         }
     }
 
-    fn is_http(self) -> bool {
+    pub fn is_http(self) -> bool {
         !matches!(self, OtlpProtocol::Grpc)
     }
 }

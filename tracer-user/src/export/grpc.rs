@@ -29,6 +29,8 @@ pub struct GrpcSender {
     client: tonic::client::Grpc<Channel>,
     metadata: MetadataMap,
     timeout: Duration,
+    /// The export method ([`EXPORT_PATH`] unless set by [`GrpcSender::with_path`]).
+    path: &'static str,
 }
 
 /// Without metadata values (they may be credentials).
@@ -77,7 +79,15 @@ impl GrpcSender {
             client,
             metadata,
             timeout: cfg.timeout,
+            path: EXPORT_PATH,
         })
+    }
+
+    /// Calls another OTLP export method (the metrics service); its response has the same
+    /// partial-success layout (field 1: rejected count, field 2: message).
+    pub fn with_path(mut self, path: &'static str) -> Self {
+        self.path = path;
+        self
     }
 
     /// Sends one encoded request; returns the spans the receiver reported as rejected.
@@ -89,7 +99,7 @@ impl GrpcSender {
         let mut request = Request::new(body);
         *request.metadata_mut() = self.metadata.clone();
         request.set_timeout(self.timeout);
-        let path = PathAndQuery::from_static(EXPORT_PATH);
+        let path = PathAndQuery::from_static(self.path);
         match self.client.unary(request, path, RawCodec).await {
             Ok(response) => Ok(rejected_spans(&response.into_inner())),
             Err(status) => Err(failure(&status)),

@@ -10,6 +10,7 @@ mod encode;
 mod grpc;
 mod http_client;
 mod json;
+mod metrics_otlp;
 mod otlp;
 mod queue;
 mod retry;
@@ -40,6 +41,7 @@ pub use encode::{
     JsonEncodeError, SCOPE_NAME, SCOPE_VERSION, TraceEncoder, encode_traces, traces_json,
 };
 pub use json::{JsonFormatter, JsonSink, write_span_line};
+pub use metrics_otlp::{MetricsExportConfig, MetricsExporter, Temporality};
 pub use stats::{ExportStats, ExportStatsSnapshot};
 pub use stream::{BoxedWriter, StreamSink};
 pub use terminal::{

@@ -143,6 +143,8 @@ pub struct MetricsState {
     snapshots: AtomicU64,
     ready: AtomicBool,
     server: ServerCounters,
+    /// RED histograms rendered after the agent's own metrics, when metrics are on.
+    red: std::sync::OnceLock<Arc<crate::telemetry::red::RedMetrics>>,
 }
 
 impl MetricsState {
@@ -159,6 +161,11 @@ impl MetricsState {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Adds the RED histograms to the page (once).
+    pub fn set_red(&self, red: Arc<crate::telemetry::red::RedMetrics>) {
+        let _ = self.red.set(red);
     }
 
     /// Replaces the snapshot the server renders.
@@ -215,6 +222,9 @@ impl MetricsState {
         ];
         for family in &families {
             family.render_into(&mut out);
+        }
+        if let Some(red) = self.red.get() {
+            red.render_prometheus(&mut out);
         }
         out
     }

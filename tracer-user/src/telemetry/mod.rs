@@ -6,6 +6,7 @@ pub mod ids;
 pub mod k8s;
 pub mod metrics;
 pub mod proc_identity;
+pub mod red;
 pub mod redact;
 pub mod resource;
 pub mod rpc;

@@ -38,6 +38,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     test_programs()?;
     python_packages()?;
+    python_test_modules()?;
     container_runtime()?;
     tracefs()?;
     step::note("setup", "done");
@@ -285,6 +286,32 @@ pub fn pip_install(step_name: &str, requirements: &[&str]) -> Result<()> {
         "pip refused (externally managed interpreter?); retrying with --break-system-packages",
     );
     step::run(step_name, pip(&["--break-system-packages"]))
+}
+
+/// Python modules the tests import, and their Debian packages: `tests/red_metrics.rs` parses the
+/// agent's `/metrics` page with the Prometheus client library's parser. Checked with the system
+/// interpreter (`/usr/bin/python3`), where the Debian packages install them.
+const PYTHON_TEST_MODULES: &[(&str, &str)] = &[("prometheus_client", "python3-prometheus-client")];
+
+fn python_test_modules() -> Result<()> {
+    const STEP: &str = "setup: python test modules";
+    let missing: Vec<&str> = PYTHON_TEST_MODULES
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("/usr/bin/python3")
+                .args(["-c", &format!("import {module}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        step::note(STEP, "python test modules present; skipping apt-get");
+        return Ok(());
+    }
+    apt_install(STEP, &missing)
 }
 
 /// The container runtime the image task and `tests/container.rs` use, and its Debian packages:
