@@ -332,3 +332,95 @@ fn concurrent_calls_sharing_writes_keep_every_trailers_frame() {
     );
     assert_eq!((written, read), (CALLS, CALLS), "no trailers frame twice");
 }
+
+/// An HTTP/1 keep-alive connection opened before the agent, whose first bytes after the agent
+/// started are a body chunk that parses as two HTTP/2 frames: the kernel adopts it as HTTP/2
+/// (nothing else could tell), but the next response's start line is no frame header. The
+/// direction is then captured as usual (no more than --capture-bytes per syscall, never a fake
+/// frame copied in full) and the implausible header is counted.
+#[test]
+fn http1_connection_adopted_on_a_binary_body_falls_back_at_its_next_start_line() {
+    const CAPTURE: u64 = 64;
+    let port = free_port();
+    let scratch = ScratchDir::new("h2-capture-h1-binary");
+    let go = scratch.path().join("go");
+    let peer = |mode: &str, extra: &[&str]| {
+        let mut command = Command::new(python());
+        command
+            .arg("-u")
+            .arg(peer_script("h1_binary_body.py"))
+            .args([mode, "--port", &port.to_string()])
+            .args(extra);
+        command
+    };
+    let go_arg = go.to_string_lossy().into_owned();
+    let mut server =
+        ChildGuard::spawn("h1_binary_body.py serve", peer("serve", &["--go", &go_arg]));
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "the HTTP/1 server did not listen on {port}\n{}",
+        server.output_report()
+    );
+    let mut client = ChildGuard::spawn("h1_binary_body.py client", peer("client", &[]));
+    for (child, line) in [(&mut client, "got part1"), (&mut server, "part1 sent")] {
+        match child.stdout().wait_for_line(WAIT, |l| l == line) {
+            LineWait::Found(_) => {}
+            other => panic!(
+                "no {line:?} before the agent: {other:?}\n{}",
+                child.output_report()
+            ),
+        }
+    }
+
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = AgentConfig::new()
+        .pid(std::process::id())
+        .ports(&[port])
+        .arg("--capture-bytes")
+        .arg(CAPTURE.to_string())
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("RUST_LOG", "info,tracer::records=trace")
+        .start();
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(20)),
+        "--metrics-addr {metrics} never listened"
+    );
+    std::fs::write(&go, b"go").expect("writing the go file");
+    let status = client.wait_timeout(WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the HTTP/1 client failed ({status:?})\n{}",
+        client.output_report()
+    );
+
+    // Both ends saw the frames first (the server's write, the client's read) and a start line
+    // next; the /next response is 4000+ bytes in each direction's records.
+    let (mut sniffed, mut implausible) = (0.0, 0.0);
+    let seen = wait_until(|| {
+        let r = records(&agent);
+        sniffed = metric(metrics, "tracer_kernel_http2_connections_sniffed_total");
+        implausible = metric(metrics, "tracer_kernel_http2_implausible_frames_total");
+        let next_bytes: u64 = r.iter().map(|r| r.true_len).sum();
+        sniffed >= 1.0 && implausible >= 1.0 && next_bytes >= 4000
+    });
+    agent.assert_running();
+    let r = records(&agent);
+    assert!(
+        seen,
+        "not all of: the connection adopted as HTTP/2 by its body ({sniffed}), an implausible \
+         frame header counted ({implausible}), the /next response's records\n{}",
+        summary(&r)
+    );
+    let over: Vec<&Record> = r.iter().filter(|r| r.captured > CAPTURE).collect();
+    assert!(
+        over.is_empty(),
+        "records copied more than --capture-bytes {CAPTURE} (HTTP/1 bytes walked as frames):\n{}",
+        summary(&r)
+    );
+    assert_eq!(
+        metric(metrics, "tracer_kernel_http2_walker_loaded"),
+        1.0,
+        "the HTTP/2 walker is loaded on this kernel"
+    );
+}

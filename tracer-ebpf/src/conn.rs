@@ -241,11 +241,12 @@ pub fn mark_lost_as(tgid: u32, fd: u32, how: u8) {
             if (*slot).lost < how {
                 (*slot).lost = how;
             }
-            // Bytes went by unseen: where HTTP/2 frames start is unknown until a resync.
-            let framed = tracer_common::h2::FRAMED | (tracer_common::h2::FRAMED << 1);
-            if (*slot).h2_flags & framed != 0 {
-                (*slot).h2_flags &= !framed;
-                count(counter::H2_CURSOR_LOST, 1);
+            // Bytes went by unseen: where HTTP/2 frames start is unknown until a resync. The
+            // flags belong to the directions' own syscalls: a hole is a new count, which each
+            // framed direction notices (and counts) on its next syscall.
+            let framed = tracer_common::h2::FRAMED;
+            if ((*slot).h2_flags[0] | (*slot).h2_flags[1]) & framed != 0 {
+                (*slot).h2_holes = (*slot).h2_holes.wrapping_add(1);
             }
         }
     }
@@ -270,8 +271,10 @@ pub fn track(
         _pad: [0; 5],
         opened_ns: opening_now(tgid),
         h2: [tracer_common::H2Cursor::default(); 2],
-        h2_flags: 0,
-        _pad2: [0; 7],
+        h2_flags: [0; 2],
+        h2_holes: 0,
+        h2_holes_seen: [0; 2],
+        _pad2: [0; 3],
     };
     if !insert_conn(conn_key(tgid, fd as u32), &state) {
         return None;
@@ -292,8 +295,10 @@ fn ignore(tgid: u32, fd: i32) {
         _pad: [0; 5],
         opened_ns: opening_now(tgid),
         h2: [tracer_common::H2Cursor::default(); 2],
-        h2_flags: 0,
-        _pad2: [0; 7],
+        h2_flags: [0; 2],
+        h2_holes: 0,
+        h2_holes_seen: [0; 2],
+        _pad2: [0; 3],
     };
     insert_conn(conn_key(tgid, fd as u32), &state);
 }

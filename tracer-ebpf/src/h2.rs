@@ -21,7 +21,7 @@ use tracer_common::{
 use crate::data::{IoVec, msg_iov, read_iovec};
 use crate::maps::{
     CONNS, EVENTS, H2_COPY_OFFSET_LIMIT, H2_SCRATCH, H2_WALKER, H2Scratch, SyscallArgs, Walk,
-    count, events_output_flags,
+    count, events_output_flags, h2_walk_enabled,
 };
 
 /// Steps of one run of the walker (a step is a frame, a piece of a frame, or a move to the next
@@ -53,9 +53,10 @@ const PREFACE_WORDS: [u64; 3] = {
 };
 
 /// The adoption sniff (`tracer_common::h2::sniff`) on user memory: the first `seg_len` bytes of
-/// a transfer of `total` bytes at `base`. Headers must lie in that first buffer.
+/// a transfer of `total` bytes at `base`. Headers must lie in that first buffer. `untracked`:
+/// the fd is not a known connection yet, and `h2::ADOPT_FRAMES` frames in a row are needed.
 #[inline(always)]
-pub fn sniff_user(base: u64, seg_len: u64, total: u64) -> Sniffed {
+pub fn sniff_user(base: u64, seg_len: u64, total: u64, untracked: bool) -> Sniffed {
     if base == 0 || seg_len < h2::FRAME_HEADER_LEN {
         return Sniffed::No;
     }
@@ -95,7 +96,12 @@ pub fn sniff_user(base: u64, seg_len: u64, total: u64) -> Sniffed {
             None => return Sniffed::No,
         }
     }
-    if h2::sniff_verdict(frames, offset, total) {
+    let verdict = if untracked {
+        frames >= h2::ADOPT_FRAMES
+    } else {
+        h2::sniff_verdict(frames, offset, total)
+    };
+    if verdict {
         Sniffed::Frames
     } else {
         Sniffed::No
@@ -137,67 +143,152 @@ pub fn capture<const SYS: u8>(
     args: &SyscallArgs,
     total: u64,
 ) -> bool {
-    let d = (dir & 1) as usize;
-    let framed = h2::FRAMED << d;
-    let started = h2::STARTED << d;
-    let mut flags = conn.h2_flags;
+    if !h2_walk_enabled() {
+        // No walker (refused by this kernel): HTTP/2 is captured like any stream, and no
+        // syscall tries to frame it.
+        return false;
+    }
+    let d = dir & 1;
     let key = tracer_common::conn_key(tgid, fd as u32);
+    let mut flags = own_flags(conn, d);
+    let holes = conn.h2_holes;
     let mut cursor = if d == 0 { conn.h2[0] } else { conn.h2[1] };
-    if flags & framed == 0 {
-        let first = flags & started == 0;
-        if !first && flags & h2::CONN == 0 {
+    let mut newly_framed = false;
+    if flags & h2::FRAMED != 0 && own_holes_seen(conn, d) != holes {
+        // Bytes went by unseen since this direction's last walk: its cursor is lost.
+        count(counter::H2_CURSOR_LOST, 1);
+        flags &= !h2::FRAMED;
+    }
+    if flags & h2::FRAMED == 0 {
+        let speaks = (conn.h2_flags[0] | conn.h2_flags[1] | flags) & h2::CONN != 0;
+        let first = flags & h2::STARTED == 0;
+        if !first && !speaks {
             // Not HTTP/2 (its first bytes said so): the usual capture.
             return false;
         }
         let (base, seg_len) = first_segment::<SYS>(args, total);
-        let found = sniff_user(base, seg_len, total);
+        let found = sniff_user(base, seg_len, total, false);
         if found == Sniffed::No {
-            if first {
-                update_flags(key, started, 0);
+            let now = flags | h2::STARTED;
+            if now != own_flags(conn, d) {
+                store_flags(key, d, now, holes);
             }
             return false;
         }
-        count(counter::H2_FRAMED, 1);
-        flags |= started | framed | h2::CONN;
+        newly_framed = true;
+        flags |= h2::STARTED | h2::FRAMED | h2::CONN;
         cursor = H2Cursor {
             left: if found == Sniffed::Preface {
                 h2::PREFACE.len() as u32
             } else {
                 0
             },
-            ..H2Cursor::default()
+            head: 0,
+            head_len: 0,
+            _pad: [0; 3],
         };
+    } else if cursor.left == 0 && cursor.head_len == 0 {
+        // The syscall starts on a frame header: one that is no frame means these are not
+        // HTTP/2 bytes (an HTTP/1 connection adopted on a binary body): captured as usual.
+        let (base, seg_len) = first_segment::<SYS>(args, total);
+        if header_implausible(base, seg_len) {
+            count(counter::H2_IMPLAUSIBLE_FRAME, 1);
+            store_flags(key, d, flags & !(h2::FRAMED | h2::CONN), holes);
+            return false;
+        }
     }
-    if !arm_walk::<SYS>(tgid, tid, fd, conn, dir, args, total, key, flags, &cursor) {
+    if !arm_walk::<SYS>(
+        tgid,
+        tid,
+        fd,
+        conn,
+        dir,
+        args,
+        total,
+        key,
+        flags,
+        &cursor,
+        holes,
+        newly_framed,
+    ) {
         return false;
     }
     // SAFETY: the walker is a program of this object; on success this call does not return.
     let _ = unsafe { H2_WALKER.tail_call(ctx, 0) };
-    // No walker (it failed to load): the usual capture, and the cursor is lost.
+    // No walker in the array (userspace turns `H2_WALK` off when it cannot load one): the
+    // usual capture, and the cursor is lost.
     count(counter::H2_CURSOR_LOST, 1);
-    update_flags(key, 0, framed);
+    store_flags(key, d, flags & !h2::FRAMED, holes);
     false
+}
+
+/// Whether a frame header readable at the start of the buffer (`base`, `seg_len` bytes) is
+/// not a plausible frame. A header cut by the buffer's end (or unreadable) is left to the walker.
+#[inline(always)]
+fn header_implausible(base: u64, seg_len: u64) -> bool {
+    if base == 0 || seg_len < h2::FRAME_HEADER_LEN {
+        return false;
+    }
+    // SAFETY: probe-read of user memory; failure handled.
+    match unsafe { bpf_probe_read_user(base as *const [u8; 9]) } {
+        Ok(h) => h2::plausible_frame(&h).is_none(),
+        Err(_) => false,
+    }
 }
 
 /// Bytes of direction `dir` moved without the kernel seeing them (splice, sendfile, MSG_TRUNC):
 /// its frame cursor is lost (counted) until a later syscall resyncs it.
 #[inline(always)]
 pub fn unknown_bytes(tgid: u32, fd: i32, conn: &ConnState, dir: u8) {
-    let framed = h2::FRAMED << (dir & 1);
-    if conn.h2_flags & framed != 0 {
+    let d = dir & 1;
+    let flags = own_flags(conn, d);
+    if flags & h2::FRAMED != 0 {
         count(counter::H2_CURSOR_LOST, 1);
-        update_flags(tracer_common::conn_key(tgid, fd as u32), 0, framed);
+        store_flags(
+            tracer_common::conn_key(tgid, fd as u32),
+            d,
+            flags & !h2::FRAMED,
+            conn.h2_holes,
+        );
     }
 }
 
-/// Sets `set` and clears `clear` in the connection's HTTP/2 flags. Only the bits of one
-/// direction (and `h2::CONN`) are ever given: a thread on the other direction may be updating
-/// its own bits at the same time, from its own copy of the entry.
+/// Direction `d`'s HTTP/2 flags in `conn`.
 #[inline(always)]
-fn update_flags(key: u64, set: u8, clear: u8) {
+fn own_flags(conn: &ConnState, d: u8) -> u8 {
+    if d == 0 {
+        conn.h2_flags[0]
+    } else {
+        conn.h2_flags[1]
+    }
+}
+
+/// The hole count direction `d` of `conn` last walked with.
+#[inline(always)]
+fn own_holes_seen(conn: &ConnState, d: u8) -> u8 {
+    if d == 0 {
+        conn.h2_holes_seen[0]
+    } else {
+        conn.h2_holes_seen[1]
+    }
+}
+
+/// Stores direction `d`'s HTTP/2 flags and the hole count they were judged with. Only the
+/// syscalls of direction `d` write its bytes: the other direction may be walked on another
+/// CPU at the same time (single-byte stores, no read-modify-write of a shared byte).
+#[inline(always)]
+fn store_flags(key: u64, d: u8, flags: u8, holes: u8) {
     if let Some(slot) = CONNS.get_ptr_mut(&key) {
-        // SAFETY: this connection's entry; only its HTTP/2 flags change.
-        unsafe { (*slot).h2_flags = ((*slot).h2_flags | set) & !clear };
+        // SAFETY: this connection's entry; only direction d's HTTP/2 bytes change.
+        unsafe {
+            if d == 0 {
+                (*slot).h2_flags[0] = flags;
+                (*slot).h2_holes_seen[0] = holes;
+            } else {
+                (*slot).h2_flags[1] = flags;
+                (*slot).h2_holes_seen[1] = holes;
+            }
+        }
     }
 }
 
@@ -227,6 +318,8 @@ fn arm_walk<const SYS: u8>(
     key: u64,
     flags: u8,
     cursor: &H2Cursor,
+    holes: u8,
+    newly_framed: bool,
 ) -> bool {
     let Some(rec) = H2_SCRATCH.get_ptr_mut(0) else {
         count(counter::SCRATCH_UNAVAILABLE, 1);
@@ -286,6 +379,9 @@ fn arm_walk<const SYS: u8>(
             p_gap: 0,
             p_split: 0,
             rounds: 0,
+            holes: holes as u64,
+            newly_framed: u64::from(newly_framed),
+            implausible: 0,
         };
     }
     true
@@ -327,6 +423,10 @@ pub fn walk_program(ctx: &TracePointContext) {
             };
             (*rec).lost_initial = (*rec).lost;
         }
+        // SAFETY: as above.
+        if unsafe { (*rec).walk.newly_framed } != 0 {
+            count(counter::H2_FRAMED, 1);
+        }
     }
     let mut stopped = false;
     for _ in 0..WALK_STEPS {
@@ -359,8 +459,14 @@ pub fn walk_program(ctx: &TracePointContext) {
             // SAFETY: as above.
             unsafe { (*rec).gap += w.total - consumed };
         }
-        count(counter::H2_WALK_LIMIT, 1);
-        count(counter::H2_CURSOR_LOST, 1);
+        if w.implausible != 0 {
+            // Not HTTP/2 after all (counted): the direction is captured as usual from the
+            // next syscall.
+            count(counter::H2_IMPLAUSIBLE_FRAME, 1);
+        } else {
+            count(counter::H2_WALK_LIMIT, 1);
+            count(counter::H2_CURSOR_LOST, 1);
+        }
     }
     send(rec);
     // SAFETY: as above.
@@ -393,25 +499,39 @@ pub fn walk_program(ctx: &TracePointContext) {
         head_len: w.head_len as u8,
         _pad: [0; 3],
     };
-    // Only this direction's bits (and CONN) change: the other direction may be walked on
-    // another CPU at the same time.
-    let framed = h2::FRAMED << (w.dir & 1);
-    let mine = h2::CONN | framed | (h2::STARTED << (w.dir & 1));
-    let set = w.flags as u8 & mine & if ok { 0xff } else { !framed };
-    let clear = if ok { 0 } else { framed };
+    // Only this direction's bytes change: the other direction may be walked on another CPU at
+    // the same time.
+    let mut flags = w.flags as u8;
+    if !ok {
+        flags &= !h2::FRAMED;
+    }
+    if w.implausible != 0 {
+        flags &= !h2::CONN;
+    }
+    let d = w.dir & 1;
     if let Some(slot) = CONNS.get_ptr_mut(&key) {
-        // SAFETY: this connection's entry (checked by conn_id); only the HTTP/2 fields and
-        // the loss flag (as the records sent left it) change.
+        // SAFETY: this connection's entry (checked by conn_id); only direction d's HTTP/2
+        // fields and the loss flag (as the records sent left it) change.
         unsafe {
             if (*slot).conn_id == w.conn_id {
-                (*slot).h2_flags = ((*slot).h2_flags | set) & !clear;
-                if w.dir & 1 == 0 {
+                if d == 0 {
+                    (*slot).h2_flags[0] = flags;
+                    (*slot).h2_holes_seen[0] = w.holes as u8;
                     (*slot).h2[0] = cursor;
                 } else {
+                    (*slot).h2_flags[1] = flags;
+                    (*slot).h2_holes_seen[1] = w.holes as u8;
                     (*slot).h2[1] = cursor;
                 }
                 if r.lost != r.lost_initial {
-                    (*slot).lost = r.lost as u8;
+                    // Re-read: another CPU may have changed it during the walk. A hole for
+                    // good (LOST_UNTIL_CLOSE) is never lowered; only a 1 is cleared.
+                    let now = (*slot).lost;
+                    if r.lost == 0 && now == 1 {
+                        (*slot).lost = 0;
+                    } else if r.lost == 1 && now == 0 {
+                        (*slot).lost = 1;
+                    }
                 }
             }
         }
@@ -503,10 +623,15 @@ fn step(rec: *mut H2Scratch) -> u64 {
     }
     if w.head_len == 0 && avail >= h2::FRAME_HEADER_LEN {
         // SAFETY: probe-read of user memory; failure handled.
-        let Ok(h) = (unsafe { bpf_probe_read_user((w.base + w.pos) as *const [u8; 4]) }) else {
+        let Ok(h) = (unsafe { bpf_probe_read_user((w.base + w.pos) as *const [u8; 9]) }) else {
             return 1;
         };
-        let c = frame_cursor(u32::from_be_bytes(h));
+        if h2::plausible_frame(&h).is_none() {
+            // Not a frame: the rest is a gap and the direction is no longer HTTP/2.
+            w.implausible = 1;
+            return 1;
+        }
+        let c = frame_cursor(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
         let len = (c & !h2::LEFT_ELIDE) as u64;
         let elide = c & h2::LEFT_ELIDE != 0;
         // A whole kept frame in this buffer takes one step; otherwise its header does.
@@ -526,12 +651,14 @@ fn step(rec: *mut H2Scratch) -> u64 {
         let Ok(b) = (unsafe { bpf_probe_read_user((w.base + w.pos) as *const u8) }) else {
             return 1;
         };
+        room(rec, 1);
         w.head = ((w.head << 8) | b as u64) & 0xffff_ffff;
         w.head_len += 1;
         w.pos += 1;
     } else {
         let need = h2::FRAME_HEADER_LEN.saturating_sub(w.head_len);
         let take = if need < avail { need } else { avail };
+        room(rec, take);
         w.pos += take;
         w.head_len += take;
         if w.head_len >= h2::FRAME_HEADER_LEN {

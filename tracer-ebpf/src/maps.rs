@@ -27,6 +27,20 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[unsafe(no_mangle)]
 static EVENTS_RING_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Non-zero: HTTP/2 directions are walked frame by frame (the data programs tail-call
+/// `h2_walk`). Set by userspace at load time; with 0 the verifier drops the tail call from the
+/// data programs, which kernels before 5.10 (and JITs without tail calls from programs with
+/// BPF-to-BPF calls) require.
+#[unsafe(no_mangle)]
+static H2_WALK: u8 = 0;
+
+/// Whether the HTTP/2 frame walker is on (`H2_WALK`).
+#[inline(always)]
+pub fn h2_walk_enabled() -> bool {
+    // SAFETY: a plain read of a read-only global; volatile so the load-time value is used.
+    unsafe { core::ptr::read_volatile(&H2_WALK) != 0 }
+}
+
 /// Flags for every `EVENTS.output`: submit without waking the reader (it polls on an adaptive
 /// interval), unless the ring holds more than an eighth of its size, then wake it at once so a
 /// burst cannot fill the ring while the reader sleeps. Wake-ups stay bounded, never one per record.
@@ -172,6 +186,12 @@ pub struct Walk {
     pub p_split: u64,
     /// Runs of the walker after the first (tail calls of itself).
     pub rounds: u64,
+    /// `ConnState::h2_holes` when the syscall began (stored as seen with the cursor).
+    pub holes: u64,
+    /// Non-zero: the direction was framed by this syscall (counted once the walker runs).
+    pub newly_framed: u64,
+    /// Non-zero: the walk stopped at a frame header that is not a plausible frame.
+    pub implausible: u64,
 }
 
 /// The HTTP/2 frame walker (`h2_walk`) at index 0, tail-called by the data programs; filled

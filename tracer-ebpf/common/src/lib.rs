@@ -232,8 +232,12 @@ pub mod counter {
     pub const H2_CURSOR_LOST: u32 = 25;
     /// HTTP/2 DATA payload bytes sent as length-only gaps (included in `BYTES_SKIPPED`).
     pub const H2_DATA_ELIDED_BYTES: u32 = 26;
+    /// Frame headers of a framed HTTP/2 direction that are not plausible frames (an HTTP/1
+    /// connection adopted on a binary body, or a lost place): the direction is no longer taken
+    /// for HTTP/2 (the syscall's bytes from there on are captured as usual, or sent as a gap).
+    pub const H2_IMPLAUSIBLE_FRAME: u32 = 27;
     /// Number of counters.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 28;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -459,11 +463,17 @@ pub struct ConnState {
     /// generation (the process was born or exec'd later: pid reuse, CLOEXEC) is stale.
     pub opened_ns: u64,
     /// HTTP/2 frame cursor per direction (indexed by `direction::*`), valid while the
-    /// direction's `h2::FRAMED_*` bit is set.
+    /// direction's `h2::FRAMED` bit is set and `h2_holes_seen` of it equals `h2_holes`.
     pub h2: [H2Cursor; 2],
-    /// `h2::*` bits.
-    pub h2_flags: u8,
-    pub _pad2: [u8; 7],
+    /// `h2::*` bits per direction (indexed by `direction::*`). Each byte is written only by
+    /// syscalls of its own direction: the two directions may be walked on two CPUs at once.
+    pub h2_flags: [u8; 2],
+    /// Holes in the stream (bytes moved unseen), bumped by whoever finds one (any thread).
+    pub h2_holes: u8,
+    /// `h2_holes` when each direction last walked its frames: a different value now means a
+    /// hole came since and that direction's cursor is lost.
+    pub h2_holes_seen: [u8; 2],
+    pub _pad2: [u8; 3],
 }
 
 /// Where the last syscall of one direction left the HTTP/2 frame stream.
@@ -486,11 +496,12 @@ pub mod h2 {
     /// The client connection preface.
     pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     pub const FRAME_HEADER_LEN: u64 = 9;
-    /// `ConnState::h2_flags`: the connection speaks HTTP/2 (preface or adopted by its frames).
+    /// `ConnState::h2_flags[d]`: the connection speaks HTTP/2 (preface or adopted by its
+    /// frames) as far as direction d knows (either direction's bit says so).
     pub const CONN: u8 = 1;
-    /// `ConnState::h2_flags`: the cursor of direction d is valid (`FRAMED << d`).
+    /// `ConnState::h2_flags[d]`: the cursor of direction d is valid.
     pub const FRAMED: u8 = 2;
-    /// `ConnState::h2_flags`: direction d has carried bytes (`STARTED << d`).
+    /// `ConnState::h2_flags[d]`: direction d has carried bytes.
     pub const STARTED: u8 = 8;
     /// `H2Cursor::left` bit: the rest of the frame is a DATA payload sent as a gap.
     pub const LEFT_ELIDE: u32 = 1 << 31;
@@ -499,6 +510,10 @@ pub mod h2 {
     pub const ELIDE_MIN: u32 = 256;
     /// Frames the adoption sniff checks at most.
     pub const SNIFF_FRAMES: u32 = 4;
+    /// Plausible frame headers in a row the kernel needs to adopt an untracked fd (one whole
+    /// frame alone, as `sniff_verdict` accepts on a known connection, is too easily a binary
+    /// HTTP/1 body chunk).
+    pub const ADOPT_FRAMES: u32 = 2;
 
     pub const DATA: u8 = 0;
     pub const HEADERS: u8 = 1;

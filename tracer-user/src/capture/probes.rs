@@ -72,6 +72,8 @@ pub enum ProbeError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("the HTTP/2 frame walker ({H2_WALKER_PROGRAM}) could not be loaded: {0}")]
+    H2Walker(String),
 }
 
 /// Options that shape what the kernel side captures.
@@ -151,6 +153,10 @@ pub struct KernelCounters {
     pub h2_cursor_lost: u64,
     /// HTTP/2 DATA payload bytes sent as gaps (part of `bytes_skipped`).
     pub h2_data_elided_bytes: u64,
+    /// Frame headers of framed HTTP/2 directions that were no plausible frame (not HTTP/2).
+    pub h2_implausible_frame: u64,
+    /// Gauge: 1 when the HTTP/2 frame walker is loaded, 0 when this kernel refused it.
+    pub h2_walker_loaded: u64,
 }
 
 impl KernelCounters {
@@ -231,6 +237,8 @@ pub struct Probes {
     census: Option<crate::capture::census::Census>,
     /// Optional tracepoints that attached on this kernel.
     optional_attached: u64,
+    /// The HTTP/2 frame walker is loaded and the data programs tail-call it (`H2_WALK`).
+    h2_walker_loaded: bool,
 }
 
 /// Whether the embedded object is the real one.
@@ -311,7 +319,28 @@ fn check_privileges() -> Result<(), ProbeError> {
 
 impl Probes {
     /// Loads the programs, writes the configuration and filters, and attaches every tracepoint.
+    ///
+    /// First with the HTTP/2 frame walker on. When the walker, or a data program that
+    /// tail-calls it, is refused (kernels before 5.10 refuse tail calls in programs with
+    /// BPF-to-BPF calls; so do some JITs), everything is loaded again with the walker off
+    /// (`H2_WALK` = 0: the verifier drops the tail call): HTTP/2 is then captured like any
+    /// stream, a prefix per syscall. Warned once; `tracer_kernel_http2_walker_loaded` says which.
     pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
+        match Self::load_with(opts, true) {
+            Err(err @ (ProbeError::H2Walker(_) | ProbeError::Program { .. })) => {
+                let probes = Self::load_with(opts, false)?;
+                tracing::warn!(
+                    %err,
+                    "HTTP/2 frame walker refused by this kernel: loaded without it (HTTP/2 is \
+                     captured without frame awareness)"
+                );
+                Ok(probes)
+            }
+            other => other,
+        }
+    }
+
+    fn load_with(opts: &ProbeOptions, h2_walk: bool) -> Result<Probes, ProbeError> {
         if !object_is_real() {
             return Err(ProbeError::StubObject);
         }
@@ -328,6 +357,7 @@ impl Probes {
                 &u64::from(opts.ring_buffer_bytes),
                 true,
             )
+            .override_global("H2_WALK", &u8::from(h2_walk), true)
             .map_max_entries(map_name::CONNS, opts.max_connections)
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
@@ -383,6 +413,7 @@ impl Probes {
             namespaced_pids: matches!(identity, PidIdentity::Namespaced { .. }),
             census: None,
             optional_attached: 0,
+            h2_walker_loaded: false,
         };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
@@ -420,7 +451,10 @@ impl Probes {
         }) {
             return Err(ProbeError::UnlistedProgram(name.to_owned()));
         }
-        probes.load_h2_walker();
+        if h2_walk {
+            probes.load_h2_walker().map_err(ProbeError::H2Walker)?;
+            probes.h2_walker_loaded = true;
+        }
         let program_error = |p: &TracepointProgram, source| ProbeError::Program {
             name: p.name,
             category: p.category,
@@ -443,6 +477,13 @@ impl Probes {
                         .map_err(|e| program_error(p, e))?;
                 } else {
                     program.load().map_err(|e| program_error(p, e))?;
+                    if let Ok(info) = program.info() {
+                        tracing::debug!(
+                            program = p.name,
+                            verified_insns = info.verified_instruction_count(),
+                            "program loaded"
+                        );
+                    }
                 }
             }
         }
@@ -633,10 +674,9 @@ impl Probes {
     }
 
     /// Loads the HTTP/2 frame walker (tail-called by the data programs, never attached) into
-    /// its program array. Without it HTTP/2 is captured like any stream (a prefix per syscall):
-    /// warned, and every miss is counted in `tracer_kernel_http2_cursor_lost_total`.
-    fn load_h2_walker(&mut self) {
-        let result = (|| -> Result<(), String> {
+    /// its program array. On failure `load` loads everything again with the walker off.
+    fn load_h2_walker(&mut self) -> Result<(), String> {
+        (|| -> Result<(), String> {
             let program = self
                 .ebpf
                 .program_mut(H2_WALKER_PROGRAM)
@@ -661,10 +701,7 @@ impl Probes {
                 .ok_or("map H2_WALKER missing from the object")?;
             let mut walkers = ProgramArray::try_from(map).map_err(|e| format!("{e}"))?;
             walkers.set(0, &fd, 0).map_err(|e| format!("{e}"))
-        })();
-        if let Err(err) = result {
-            tracing::warn!(%err, "HTTP/2 frame walker not loaded: HTTP/2 is captured without frame awareness");
-        }
+        })()
     }
 
     /// Reads the kernel counters, summed over CPUs.
@@ -713,6 +750,8 @@ impl Probes {
         out.h2_kept_truncated = read(counter::H2_KEPT_TRUNCATED);
         out.h2_cursor_lost = read(counter::H2_CURSOR_LOST);
         out.h2_data_elided_bytes = read(counter::H2_DATA_ELIDED_BYTES);
+        out.h2_implausible_frame = read(counter::H2_IMPLAUSIBLE_FRAME);
+        out.h2_walker_loaded = u64::from(self.h2_walker_loaded);
         out
     }
 

@@ -465,8 +465,9 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_kernel_http2_walk_limit_total",
-            "HTTP/2 syscalls holding more frames or iovecs than one kernel walk covers: the rest \
-             is a gap and the direction loses its frame cursor until a resync.",
+            "HTTP/2 syscalls the kernel's walk could not finish (more frames or iovecs than one \
+             walk covers, an unreadable frame header or iovec): the rest is a gap and the \
+             direction loses its frame cursor until a resync.",
             vec![Sample::plain(k.h2_walk_limit)],
         ),
         Family::counter(
@@ -486,6 +487,19 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             "HTTP/2 DATA payload bytes sent as length-only gaps instead of copied (part of \
              tracer_kernel_bytes_skipped_total).",
             vec![Sample::plain(k.h2_data_elided_bytes)],
+        ),
+        Family::counter(
+            "tracer_kernel_http2_implausible_frames_total",
+            "Frame headers of connection directions the kernel followed as HTTP/2 that are no \
+             plausible frame (an HTTP/1 connection adopted on a binary body): the direction is \
+             no longer taken for HTTP/2, its bytes from there are captured as usual or a gap.",
+            vec![Sample::plain(k.h2_implausible_frame)],
+        ),
+        Family::gauge(
+            "tracer_kernel_http2_walker_loaded",
+            "1 when the kernel's HTTP/2 frame walker is loaded; 0 when this kernel refused it \
+             (HTTP/2 is then captured like any stream, a prefix per syscall).",
+            vec![Sample::plain(k.h2_walker_loaded)],
         ),
         Family::counter(
             "tracer_kernel_connection_table_evicted_total",
@@ -1167,6 +1181,8 @@ mod tests {
                 h2_kept_truncated: 131,
                 h2_cursor_lost: 132,
                 h2_data_elided_bytes: 133,
+                h2_implausible_frame: 134,
+                h2_walker_loaded: 135,
             },
             events_read: 201,
             decode_errors: 202,
@@ -1280,7 +1296,7 @@ mod tests {
         want.push(0.25);
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
-        want.extend((128..=133).map(|v| v as f64)); // kernel HTTP/2 capture
+        want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -1335,6 +1351,14 @@ mod tests {
         assert_eq!(
             parsed.value("tracer_kernel_http2_data_elided_bytes_total", &[]),
             133.0
+        );
+        assert_eq!(
+            parsed.value("tracer_kernel_http2_implausible_frames_total", &[]),
+            134.0
+        );
+        assert_eq!(
+            parsed.value("tracer_kernel_http2_walker_loaded", &[]),
+            135.0
         );
         assert_eq!(parsed.value("tracer_connections_tracked", &[]), 206.0);
         let h2 = |name, reason| parsed.value(name, &[("reason", reason)]);
