@@ -424,3 +424,68 @@ fn http1_connection_adopted_on_a_binary_body_falls_back_at_its_next_start_line()
         "the HTTP/2 walker is loaded on this kernel"
     );
 }
+
+/// With the walker off (`TRACER_H2_WALKER=off`, what the agent falls back to when a kernel
+/// refuses it): the data programs load without the tail call, HTTP/2 is captured like any
+/// stream (a prefix per syscall, no frame awareness), and no syscall tries to frame it.
+#[test]
+fn without_the_walker_http2_is_captured_as_a_plain_stream() {
+    let port = free_port();
+    let _server = start_server(port);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = AgentConfig::new()
+        .pid(std::process::id())
+        .ports(&[port])
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("RUST_LOG", "info,tracer::records=trace")
+        .env("TRACER_H2_WALKER", "off")
+        .start();
+    assert!(
+        wait_for_port(metrics.port(), Duration::from_secs(20)),
+        "--metrics-addr {metrics} never listened"
+    );
+    let mut client = ChildGuard::spawn(
+        "h2_capture_grpc.py call",
+        grpc_peer("call", port, &["--calls", "1"]),
+    );
+    let status = client.wait_timeout(WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the grpcio client failed ({status:?})\n{}",
+        client.output_report()
+    );
+    // Both ends' records of the response (100 KiB each way) reached the agent.
+    let seen = wait_until(|| {
+        let r = records(&agent);
+        let server: u64 = r
+            .iter()
+            .filter(|x| x.role == "Some(Server)" && x.direction == "Egress")
+            .map(|x| x.true_len)
+            .sum();
+        let client: u64 = r
+            .iter()
+            .filter(|x| x.role == "Some(Client)" && x.direction == "Ingress")
+            .map(|x| x.true_len)
+            .sum();
+        server >= RESPONSE_BYTES && client >= RESPONSE_BYTES
+    });
+    agent.assert_running();
+    let r = records(&agent);
+    assert!(seen, "the response's records on both ends\n{}", summary(&r));
+    assert_eq!(metric(metrics, "tracer_kernel_http2_walker_loaded"), 0.0);
+    assert_eq!(
+        metric(metrics, "tracer_kernel_http2_directions_framed_total"),
+        0.0,
+        "no direction is framed without the walker"
+    );
+    assert_eq!(
+        metric(metrics, "tracer_kernel_http2_cursor_lost_total"),
+        0.0,
+        "no syscall tries to frame HTTP/2 without the walker"
+    );
+    assert_eq!(
+        metric(metrics, "tracer_kernel_http2_data_elided_bytes_total"),
+        0.0
+    );
+}

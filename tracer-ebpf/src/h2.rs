@@ -68,7 +68,10 @@ pub fn sniff_user(base: u64, seg_len: u64, total: u64, untracked: bool) -> Sniff
         if seg_len >= 24
             // SAFETY: probe-read of user memory; failure handled.
             && let Ok(w) = unsafe { bpf_probe_read_user(base as *const [u64; 3]) }
-            && w == PREFACE_WORDS
+            // Word by word: an array compare becomes a call to memcmp (a BPF-to-BPF call).
+            && w[0] == PREFACE_WORDS[0]
+            && w[1] == PREFACE_WORDS[1]
+            && w[2] == PREFACE_WORDS[2]
         {
             return Sniffed::Preface;
         }

@@ -325,7 +325,13 @@ impl Probes {
     /// BPF-to-BPF calls; so do some JITs), everything is loaded again with the walker off
     /// (`H2_WALK` = 0: the verifier drops the tail call): HTTP/2 is then captured like any
     /// stream, a prefix per syscall. Warned once; `tracer_kernel_http2_walker_loaded` says which.
+    ///
+    /// `TRACER_H2_WALKER=off` in the environment loads without the walker from the start.
     pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
+        if std::env::var_os("TRACER_H2_WALKER").is_some_and(|v| v == "off") {
+            tracing::info!("TRACER_H2_WALKER=off: HTTP/2 is captured without frame awareness");
+            return Self::load_with(opts, false);
+        }
         match Self::load_with(opts, true) {
             Err(err @ (ProbeError::H2Walker(_) | ProbeError::Program { .. })) => {
                 let probes = Self::load_with(opts, false)?;
