@@ -10,7 +10,10 @@
 //! current frame, a frame header cut by the end of a syscall) carries over to the next syscall.
 //! A walk that cannot finish (too many frames, an unreadable header) reports the rest as a gap
 //! and drops the cursor (counted); the direction is framed again when a later syscall starts
-//! with a plausible run of frames (the adoption sniff).
+//! with a plausible run of frames (the adoption sniff). Every frame header is checked whole
+//! (`h2::plausible_frame`): one that is no frame ends HTTP/2 for the direction (counted), at
+//! the start of a syscall the bytes are captured as usual, mid-walk the rest is a gap.
+//! Everything here is behind the load-time global `H2_WALK` (`maps::h2_walk_enabled`).
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf};
 use aya_ebpf::programs::TracePointContext;

@@ -222,8 +222,9 @@ pub mod counter {
     /// Directions of connections whose HTTP/2 frames the kernel started following (preface,
     /// first bytes, adoption or a resync).
     pub const H2_FRAMED: u32 = 22;
-    /// HTTP/2 syscalls with more frames (or iovecs) than one walk covers: the rest is reported
-    /// as a gap and the direction loses its frame cursor until a later syscall resyncs it.
+    /// HTTP/2 syscalls the walk could not finish (more frames or iovecs than one walk covers,
+    /// an unreadable frame header or iovec): the rest is reported as a gap and the direction
+    /// loses its frame cursor until a later syscall resyncs it.
     pub const H2_WALK_LIMIT: u32 = 23;
     /// HTTP/2 frames kept (not DATA payload) that were larger than a record: their tail is a gap.
     pub const H2_KEPT_TRUNCATED: u32 = 24;
