@@ -267,6 +267,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         sniff_untracked: !args.no_sniff,
         ring_buffer_bytes: ring_bytes,
         max_connections: args.max_connections.max(64),
+        kernel_log_level: args.kernel_log_level,
     };
     let metrics = MetricsState::new();
     if let Some(addr) = args.metrics_addr {

@@ -17,6 +17,7 @@ use tracer_common::{
     conn_key, counter, map_name, role,
 };
 
+use crate::capture::kernel_log::{KernelLog, KernelLogLevel, LOG_RING, LOG_RING_BYTES_WHEN_OFF};
 use crate::capture::own::PidIdentity;
 
 /// The eBPF object built by `build.rs` (empty when the eBPF toolchain was missing at build time).
@@ -92,6 +93,8 @@ pub struct ProbeOptions {
     pub ring_buffer_bytes: u32,
     /// Kernel connection table size.
     pub max_connections: u32,
+    /// What the eBPF programs log (fixed at load; off by default).
+    pub kernel_log_level: KernelLogLevel,
 }
 
 /// Kernel-side counters summed over CPUs.
@@ -231,6 +234,8 @@ pub struct Probes {
     census: Option<crate::capture::census::Census>,
     /// Optional tracepoints that attached on this kernel.
     optional_attached: u64,
+    /// Forwards the programs' diagnostics when `--kernel-log-level` is not off.
+    kernel_log: Option<KernelLog>,
 }
 
 /// Whether the embedded object is the real one.
@@ -321,14 +326,19 @@ impl Probes {
         }
         let tracefs = ensure_tracefs()?;
         bump_memlock_rlimit();
-        let mut ebpf = EbpfLoader::new()
+        let ring_bytes_global = u64::from(opts.ring_buffer_bytes);
+        let log_level_global = opts.kernel_log_level.global_value();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_name::EVENTS, opts.ring_buffer_bytes)
-            .override_global(
-                "EVENTS_RING_BYTES",
-                &u64::from(opts.ring_buffer_bytes),
-                true,
-            )
+            .override_global("EVENTS_RING_BYTES", &ring_bytes_global, true)
             .map_max_entries(map_name::CONNS, opts.max_connections)
+            .override_global(aya_log::LEVEL, &log_level_global, true);
+        if opts.kernel_log_level == KernelLogLevel::Off {
+            // Never read: the smallest ring the kernel accepts.
+            loader.map_max_entries(LOG_RING, LOG_RING_BYTES_WHEN_OFF);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
@@ -383,6 +393,7 @@ impl Probes {
             namespaced_pids: matches!(identity, PidIdentity::Namespaced { .. }),
             census: None,
             optional_attached: 0,
+            kernel_log: None,
         };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
@@ -466,6 +477,9 @@ impl Probes {
         }
         // Second handles on the agent's own map fds (dup): opening maps by id would need
         // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
+        if opts.kernel_log_level != KernelLogLevel::Off {
+            probes.kernel_log = KernelLog::start(&mut probes.ebpf);
+        }
         probes.census = match (
             probes.map_fd(map_name::CONNS),
             probes.map_fd(map_name::COUNTERS),

@@ -77,6 +77,13 @@ pub struct TraceArgs {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub ring_buffer_mib: u32,
 
+    /// Diagnostics of the eBPF programs (why a connection was adopted, a record dropped), logged
+    /// under the target `tracer::kernel` (also set RUST_LOG, e.g. `tracer=debug`). Fixed when the
+    /// programs load; `off` removes the log statements, so they cost nothing.
+    #[arg(long, value_enum, default_value_t = crate::capture::kernel_log::KernelLogLevel::Off,
+          value_name = "LEVEL")]
+    pub kernel_log_level: crate::capture::kernel_log::KernelLogLevel,
+
     /// Connections tracked at once (kernel and userspace tables).
     #[arg(long, default_value_t = tracer_common::DEFAULT_MAX_CONNECTIONS, value_name = "N",
           value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
