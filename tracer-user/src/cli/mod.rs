@@ -66,7 +66,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "HEADERS")]
     pub otlp_headers: Option<crate::telemetry::redact::Secret>,
 
-    /// Payload bytes captured per syscall (max 16384). Headers beyond it are not seen.
+    /// Payload bytes captured per syscall (max 16384); HTTP/1 headers beyond it are not seen. On
+    /// HTTP/2 connections the kernel follows the frames instead (headers kept, DATA not copied).
     #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(64..=tracer_common::MAX_CAPTURE as i64))]
     pub capture_bytes: u32,
