@@ -568,21 +568,9 @@ fn channel_opened_before_the_agent_is_never_mis_attributed_and_its_undecoded_fie
         describe(ours.iter().copied())
     );
     assert_no_wrong_parent(&spans, port);
-    // Nothing lost silently. Every request head given an identity became a span or was
-    // released with a counter (before the fix, exchanges a port filter could not judge left
-    // their identities pending, nothing counted).
-    let pending = sample(&metrics, "tracer_linker_pending_identities", "").unwrap_or(0.0);
-    let ports_unknown = sample(
-        &metrics,
-        "tracer_exchanges_dropped_total",
-        "reason=\"ports_unknown\"",
-    )
-    .unwrap_or(0.0);
-    assert!(
-        pending == 0.0 && ports_unknown == 0.0,
-        "{pending} identities pending, {ports_unknown} exchanges dropped for unknown ports:\n{}",
-        counters_of_interest(&metrics)
-    );
+    // (Exchanges a port filter cannot judge now release their linker identity and are counted,
+    // `ports_unknown`: see the pipeline's unit test. Those counters are host-wide, so other
+    // programs' sniffed connections move them: not asserted here.)
     // Both new calls traced on both sides is NOT asserted: their `content-type` (like `te` and
     // `user-agent`) is a dynamic-table index grpcio inserted before the agent, so whether they
     // are gRPC cannot be known; an HTTP span could hide a gRPC error behind `200`, so the
