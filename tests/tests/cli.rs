@@ -114,6 +114,38 @@ fn run_exits_with_the_command_status() {
     }
 }
 
+/// The eBPF programs' own diagnostics reach the agent's log (target `tracer::kernel`) only when
+/// `--kernel-log-level` asks for them: here the fork of a traced command's child, logged by the
+/// kernel when the child joins the pid filter. By default the statements are not even loaded.
+#[test]
+fn kernel_diagnostics_are_forwarded_only_when_asked_for() {
+    let script = "sleep 0.2 & wait";
+    let run = |extra: &[&str]| {
+        let mut command = tracer_command();
+        command
+            .env("RUST_LOG", "tracer=debug")
+            .env("NO_COLOR", "1")
+            .arg("run")
+            .args(extra)
+            .args(["--format", "json", "--", "sh", "-c", script]);
+        let (status, child) = run_with_timeout("tracer run", command, RUN_TIMEOUT);
+        assert_eq!(status.code(), Some(0), "{}", child.output_report());
+        child.stderr().text()
+    };
+    let asked = run(&["--kernel-log-level", "debug"]);
+    assert!(
+        asked
+            .lines()
+            .any(|l| l.contains("tracer::kernel") && l.contains("following child")),
+        "no kernel diagnostic about the forked child:\n{asked}"
+    );
+    let default = run(&[]);
+    assert!(
+        !default.contains("tracer::kernel"),
+        "kernel diagnostics without --kernel-log-level:\n{default}"
+    );
+}
+
 /// A command that cannot be started fails `tracer run` like a shell: 127 when it does not exist
 /// (1 for other errors), with one line saying what could not run.
 #[test]

@@ -568,10 +568,33 @@ fn channel_opened_before_the_agent_is_never_mis_attributed_and_its_undecoded_fie
         describe(ours.iter().copied())
     );
     assert_no_wrong_parent(&spans, port);
-    // Not asserted yet: that both new calls are traced on both sides (their `:path` is a
-    // literal, the static table gives `:method` and `:status`). They are in most runs, but about
-    // one run in four loses one side's or both sides' spans without a counter (exchanges built,
-    // identities left pending in the linker): assert `seen.len() == 4` once that is fixed.
+    // (Exchanges a port filter cannot judge now release their linker identity and are counted,
+    // `ports_unknown`: see the pipeline's unit test. Those counters are host-wide, so other
+    // programs' sniffed connections move them: not asserted here.)
+    // Both new calls traced on both sides is NOT asserted: their `content-type` (like `te` and
+    // `user-agent`) is a dynamic-table index grpcio inserted before the agent, so whether they
+    // are gRPC cannot be known; an HTTP span could hide a gRPC error behind `200`, so the
+    // request is dropped and counted instead (never a wrong span). And a side whose adopted
+    // direction resynchronises only after the calls skips them as bytes (counted). So a
+    // missing span needs a counter that says why.
+    let dropped = |reason: &str| {
+        sample(
+            &metrics,
+            "tracer_http2_streams_dropped_total",
+            &format!("reason=\"{reason}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    let counted = dropped("request_undecoded_no_content_type")
+        + dropped("request_head_lost")
+        + sample(&metrics, "tracer_http2_bytes_skipped_total", "").unwrap_or(0.0);
+    assert!(
+        seen.len() == wanted.len() * 2 || counted > 0.0,
+        "{} of {} after-call spans traced and no drop counted:\n{}",
+        seen.len(),
+        wanted.len() * 2,
+        counters_of_interest(&metrics)
+    );
     println!(
         "grpc adoption: {} of 4 after-calls' spans traced by path, {undecoded} undecoded field(s) \
          counted, {} span(s) on the connection",

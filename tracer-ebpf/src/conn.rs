@@ -437,6 +437,12 @@ pub fn exit_accept(ctx: &TracePointContext) {
         // applies the port filter, which the kernel cannot here).
         if pid_traced(ctx.tgid()) {
             count(counter::LIFECYCLE_ARGS_MISSING, 1);
+            aya_log_ebpf::debug!(
+                ctx,
+                "accept of fd {} in pid {} without its arguments: endpoints left to /proc",
+                fd,
+                ctx.tgid()
+            );
             let ep = Endpoints::UNKNOWN;
             track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
         }
@@ -481,6 +487,11 @@ pub fn exit_connect(ctx: &TracePointContext) {
             // Evicted from the candidate table: this connection is not tracked (sniffing may
             // still adopt it when HTTP bytes flow).
             count(counter::LIFECYCLE_ARGS_MISSING, 1);
+            aya_log_ebpf::debug!(
+                ctx,
+                "connect in pid {} without its arguments: not tracked",
+                ctx.tgid()
+            );
         }
         let _ = CONNECTING.remove(&id);
         return;
@@ -603,7 +614,15 @@ fn close_fd(ctx: &TracePointContext, fd: i32) {
     };
     match EVENTS.output::<ConnCloseEvent>(&ev, events_output_flags(false)) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
-        Err(_) => count(counter::RINGBUF_FULL, 1),
+        Err(_) => {
+            count(counter::RINGBUF_FULL, 1);
+            aya_log_ebpf::debug!(
+                ctx,
+                "ring buffer full: the close of fd {} in pid {} is lost",
+                fd,
+                tgid
+            );
+        }
     }
 }
 

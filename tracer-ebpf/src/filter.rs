@@ -248,6 +248,19 @@ pub fn on_new_task(ctx: &TracePointContext) {
     }
     if FILTER_PIDS.insert(&(child as u32), &1, 0).is_err() {
         crate::maps::count(tracer_common::counter::FILTER_TABLE_FULL, 1);
+        aya_log_ebpf::warn!(
+            ctx,
+            "pid filter full: child {} of traced pid {} is not followed",
+            child,
+            parent_tgid
+        );
+    } else {
+        aya_log_ebpf::debug!(
+            ctx,
+            "following child {} of traced pid {}",
+            child,
+            parent_tgid
+        );
     }
 }
 

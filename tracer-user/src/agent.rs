@@ -267,6 +267,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         sniff_untracked: !args.no_sniff,
         ring_buffer_bytes: ring_bytes,
         max_connections: args.max_connections.max(64),
+        kernel_log_level: args.kernel_log_level,
     };
     let metrics = MetricsState::new();
     if let Some(addr) = args.metrics_addr {
@@ -844,6 +845,7 @@ fn snapshot(
         event_loop_wakeups: EVENT_LOOP_WAKEUPS.load(Ordering::Relaxed),
         spans_built: p.spans,
         exchanges_without_role: p.exchanges_without_role,
+        exchanges_ports_unknown: p.exchanges_ports_unknown,
         exchanges_lost_to_drops: h.lost_to_drops,
         records_unknown_connection: p.records_unknown_connection,
         exchanges_own_telemetry: p.own_telemetry_dropped,

@@ -44,6 +44,9 @@ pub struct PipelineStats {
     pub spans: u64,
     /// Exchanges dropped because their connection's role never became known.
     pub exchanges_without_role: u64,
+    /// Exchanges dropped under a port filter because neither address of their connection is
+    /// known (adopted by sniffing, `/proc` gave no endpoints): the filter cannot admit them.
+    pub exchanges_ports_unknown: u64,
     /// Sniffed fds that turned out not to be sockets.
     pub sniffed_not_socket: u64,
     /// Sniffed connections outside the port filter.
@@ -581,9 +584,15 @@ impl Pipeline {
         for (meta, role, exchange) in done.drain(..) {
             let Some(role) = role else {
                 self.stats.exchanges_without_role += 1;
+                self.linker.take(meta.conn_id, exchange.sequence);
                 continue;
             };
             if !self.port_allowed(&meta) {
+                // Its head may have been given an identity: release it (never left pending).
+                self.linker.take(meta.conn_id, exchange.sequence);
+                if meta.local.is_none() && meta.peer.is_none() {
+                    self.stats.exchanges_ports_unknown += 1;
+                }
                 continue;
             }
             // The identity was assigned when the request head was parsed (see `linker`); an

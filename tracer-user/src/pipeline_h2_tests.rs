@@ -364,3 +364,51 @@ fn loopback_tuples_pair_only_within_one_network_namespace() {
     h.data(SERVER_PID, 23, Role::Server, Direction::Egress, &answer);
     assert_eq!(h.pipeline.linker_stats().by_connection_pair, 1);
 }
+
+/// A connection adopted by sniffing whose addresses `/proc` could not give, under a port
+/// filter: the filter cannot admit its exchanges. Before the fix they vanished with nothing
+/// counted and the identity the linker gave their request head stayed pending forever.
+#[test]
+fn exchanges_a_port_filter_cannot_judge_are_counted_and_release_their_identity() {
+    let mut h = Harness::new("ports-unknown");
+    h.pipeline.opts.ports = vec![50051];
+    let header = h.header(SERVER_PID, 9);
+    h.pipeline.on_event(
+        KernelEvent::ConnOpen {
+            header,
+            role: None,
+            local: None,
+            peer: None,
+        },
+        &mut h.out,
+    );
+    let data = |h: &mut Harness, direction, bytes: &[u8]| {
+        let header = h.header(SERVER_PID, 9);
+        h.pipeline.on_event(
+            KernelEvent::Data {
+                header,
+                direction,
+                role: None,
+                true_len: bytes.len() as u32,
+                syscall_ns: 0,
+                loss_before: false,
+                payload: bytes,
+            },
+            &mut h.out,
+        );
+    };
+    let mut client_flight = PREFACE.to_vec();
+    client_flight.extend(frame(SETTINGS, 0, 0, &[]));
+    client_flight.extend(request(1, "SayHello"));
+    data(&mut h, Direction::Ingress, &client_flight);
+    assert_eq!(
+        h.pipeline.linker.pending(),
+        1,
+        "the head was given an identity"
+    );
+    data(&mut h, Direction::Egress, &response(1, "0"));
+    assert!(h.spans().is_empty());
+    assert_eq!(h.pipeline.http2_stats().exchanges, 1);
+    assert_eq!(h.pipeline.stats().exchanges_ports_unknown, 1);
+    assert_eq!(h.pipeline.linker.pending(), 0, "identity released");
+}

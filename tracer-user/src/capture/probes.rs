@@ -17,6 +17,7 @@ use tracer_common::{
     conn_key, counter, map_name, role,
 };
 
+use crate::capture::kernel_log::{KernelLog, KernelLogLevel, LOG_RING, LOG_RING_BYTES_WHEN_OFF};
 use crate::capture::own::PidIdentity;
 
 /// The eBPF object built by `build.rs` (empty when the eBPF toolchain was missing at build time).
@@ -94,6 +95,8 @@ pub struct ProbeOptions {
     pub ring_buffer_bytes: u32,
     /// Kernel connection table size.
     pub max_connections: u32,
+    /// What the eBPF programs log (fixed at load; off by default).
+    pub kernel_log_level: KernelLogLevel,
 }
 
 /// Kernel-side counters summed over CPUs.
@@ -239,6 +242,8 @@ pub struct Probes {
     optional_attached: u64,
     /// The HTTP/2 frame walker is loaded and the data programs tail-call it (`H2_WALK`).
     h2_walker_loaded: bool,
+    /// Forwards the programs' diagnostics when `--kernel-log-level` is not off.
+    kernel_log: Option<KernelLog>,
 }
 
 /// Whether the embedded object is the real one.
@@ -356,15 +361,21 @@ impl Probes {
         }
         let tracefs = ensure_tracefs()?;
         bump_memlock_rlimit();
-        let mut ebpf = EbpfLoader::new()
+        let ring_bytes_global = u64::from(opts.ring_buffer_bytes);
+        let h2_walk_global = u8::from(h2_walk);
+        let log_level_global = opts.kernel_log_level.global_value();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_name::EVENTS, opts.ring_buffer_bytes)
-            .override_global(
-                "EVENTS_RING_BYTES",
-                &u64::from(opts.ring_buffer_bytes),
-                true,
-            )
-            .override_global("H2_WALK", &u8::from(h2_walk), true)
+            .override_global("EVENTS_RING_BYTES", &ring_bytes_global, true)
+            .override_global("H2_WALK", &h2_walk_global, true)
             .map_max_entries(map_name::CONNS, opts.max_connections)
+            .override_global(aya_log::LEVEL, &log_level_global, true);
+        if opts.kernel_log_level == KernelLogLevel::Off {
+            // Never read: the smallest ring the kernel accepts.
+            loader.map_max_entries(LOG_RING, LOG_RING_BYTES_WHEN_OFF);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
@@ -420,6 +431,7 @@ impl Probes {
             census: None,
             optional_attached: 0,
             h2_walker_loaded: false,
+            kernel_log: None,
         };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
@@ -513,6 +525,9 @@ impl Probes {
         }
         // Second handles on the agent's own map fds (dup): opening maps by id would need
         // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
+        if opts.kernel_log_level != KernelLogLevel::Off {
+            probes.kernel_log = KernelLog::start(&mut probes.ebpf);
+        }
         probes.census = match (
             probes.map_fd(map_name::CONNS),
             probes.map_fd(map_name::COUNTERS),

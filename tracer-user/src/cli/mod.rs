@@ -66,7 +66,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "HEADERS")]
     pub otlp_headers: Option<crate::telemetry::redact::Secret>,
 
-    /// Payload bytes captured per syscall (max 16384). Headers beyond it are not seen.
+    /// Payload bytes captured per syscall (max 16384); HTTP/1 headers beyond it are not seen. On
+    /// HTTP/2 connections the kernel follows the frames instead (headers kept, DATA not copied).
     #[arg(long, default_value_t = tracer_common::DEFAULT_CAPTURE, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(64..=tracer_common::MAX_CAPTURE as i64))]
     pub capture_bytes: u32,
@@ -76,6 +77,13 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 8, value_name = "MIB",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub ring_buffer_mib: u32,
+
+    /// Diagnostics of the eBPF programs (why a connection was adopted, a record dropped), logged
+    /// under the target `tracer::kernel` (also set RUST_LOG, e.g. `tracer=debug`). Fixed when the
+    /// programs load; `off` removes the log statements, so they cost nothing.
+    #[arg(long, value_enum, default_value_t = crate::capture::kernel_log::KernelLogLevel::Off,
+          value_name = "LEVEL")]
+    pub kernel_log_level: crate::capture::kernel_log::KernelLogLevel,
 
     /// Connections tracked at once (kernel and userspace tables).
     #[arg(long, default_value_t = tracer_common::DEFAULT_MAX_CONNECTIONS, value_name = "N",

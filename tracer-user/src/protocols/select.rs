@@ -100,12 +100,20 @@ impl ProtocolConnection {
                         (None, true, Direction::Ingress) => Some(Role::Server),
                         (role, _, _) => role,
                     };
+                    // A preface written by the end the kernel saw accept (or read by the end
+                    // that connected) contradicts the kernel: neither guess is safe.
+                    let conflict = preface
+                        && matches!(
+                            (role, dir),
+                            (Some(Role::Server), Direction::Egress)
+                                | (Some(Role::Client), Direction::Ingress)
+                        );
                     self.http1_before = http1.stats().clone();
-                    self.proto = Proto::Http2(Box::new(Http2Connection::new(
-                        role,
-                        self.h2_limits,
-                        from_start,
-                    )));
+                    self.proto = Proto::Http2(Box::new(if conflict {
+                        Http2Connection::role_conflict(role, self.h2_limits)
+                    } else {
+                        Http2Connection::new(role, self.h2_limits, from_start)
+                    }));
                 }
             }
         }
@@ -293,5 +301,42 @@ mod tests {
         c.on_record(Direction::Egress, &frames, len, 1, 1, &mut out);
         assert!(c.is_http2());
         assert_eq!(c.role(), Some(Role::Client));
+    }
+
+    /// A preface in the direction contradicting the kernel's role (the end that accepted writes
+    /// it, or the end that connected reads it): counted, and nothing of the connection is
+    /// decoded (either guess of which end is the client could make wrong spans).
+    #[test]
+    fn a_preface_against_the_kernel_role_is_counted_and_not_decoded() {
+        for (role, dir) in [
+            (Role::Server, Direction::Egress),
+            (Role::Client, Direction::Ingress),
+        ] {
+            let mut c =
+                ProtocolConnection::new(Some(role), HttpLimits::default(), Http2Limits::default());
+            let mut out = Vec::new();
+            c.on_record(dir, PREFACE, 24, 1, 1, &mut out);
+            assert!(c.is_http2());
+            let stats = c.http2_stats().unwrap();
+            assert_eq!(stats.preface_role_conflicts, 1, "{role:?}");
+            assert_eq!(c.role(), Some(role));
+            // Frames after it are not followed.
+            let settings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+            let other = match dir {
+                Direction::Egress => Direction::Ingress,
+                Direction::Ingress => Direction::Egress,
+            };
+            c.on_record(other, &settings, 9, 1, 2, &mut out);
+            assert_eq!(c.http2_stats().unwrap().wire.frames, 0);
+        }
+        // The preface where the role expects it is no conflict.
+        let mut c = ProtocolConnection::new(
+            Some(Role::Server),
+            HttpLimits::default(),
+            Http2Limits::default(),
+        );
+        let mut out = Vec::new();
+        c.on_record(Direction::Ingress, PREFACE, 24, 1, 1, &mut out);
+        assert_eq!(c.http2_stats().unwrap().preface_role_conflicts, 0);
     }
 }

@@ -30,6 +30,8 @@ pub struct AgentSnapshot {
     pub event_loop_wakeups: u64,
     pub spans_built: u64,
     pub exchanges_without_role: u64,
+    /// Exchanges dropped under a port filter because their connection's addresses are unknown.
+    pub exchanges_ports_unknown: u64,
     /// Exchanges discarded because records of their connection were lost in the kernel.
     pub exchanges_lost_to_drops: u64,
     pub records_unknown_connection: u64,
@@ -619,6 +621,7 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             "Request/response exchanges that did not become spans, by reason.",
             vec![
                 Sample::labelled(&[("reason", "role_unknown")], s.exchanges_without_role),
+                Sample::labelled(&[("reason", "ports_unknown")], s.exchanges_ports_unknown),
                 Sample::labelled(
                     &[("reason", "kernel_records_lost")],
                     s.exchanges_lost_to_drops,
@@ -793,12 +796,21 @@ fn http2_families(h: &crate::protocols::http2::Http2Stats) -> Vec<Family> {
                     &[("reason", "request_undecoded_no_content_type")],
                     h.requests_undecoded,
                 ),
+                Sample::labelled(
+                    &[("reason", "request_stream_id_implausible")],
+                    h.requests_implausible_stream,
+                ),
             ],
         ),
         Family::counter(
             "tracer_http2_grpc_status_undecoded_total",
             "gRPC calls completed without a decodable grpc-status while their response had undecoded HPACK fields: no status reported, span status unset.",
             vec![Sample::plain(h.grpc_status_undecoded)],
+        ),
+        Family::counter(
+            "tracer_http2_preface_role_conflicts_total",
+            "HTTP/2 connections whose client preface came from the end the kernel saw as the server (or the reverse): not decoded.",
+            vec![Sample::plain(h.preface_role_conflicts)],
         ),
         Family::counter(
             "tracer_http2_events_role_unknown_total",
@@ -1189,6 +1201,7 @@ mod tests {
             event_loop_wakeups: 4001,
             spans_built: 203,
             exchanges_without_role: 204,
+            exchanges_ports_unknown: 237,
             exchanges_lost_to_drops: 231,
             records_unknown_connection: 205,
             exchanges_own_telemetry: 232,
@@ -1263,6 +1276,8 @@ mod tests {
                 frames_unknown_stream: 509,
                 streams_discarded: 510,
                 requests_undecoded: 521,
+                requests_implausible_stream: 524,
+                preface_role_conflicts: 525,
                 grpc_status_undecoded: 522,
                 events_role_unknown: 523,
                 wire: crate::protocols::http2::H2WireStats {
@@ -1288,9 +1303,9 @@ mod tests {
         let mut values: Vec<f64> = parsed.samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
         let mut want: Vec<f64> = (101..=127)
-            .chain(201..=236)
+            .chain(201..=237)
             .chain(301..=326)
-            .chain(501..=523)
+            .chain(501..=525)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
@@ -1325,6 +1340,7 @@ mod tests {
         let exchanges =
             |reason| parsed.value("tracer_exchanges_dropped_total", &[("reason", reason)]);
         assert_eq!(exchanges("own_telemetry"), 232.0);
+        assert_eq!(exchanges("ports_unknown"), 237.0);
         assert_eq!(exchanges("telemetry_pipeline"), 233.0);
         assert_eq!(exchanges("telemetry_descendant"), 235.0);
         assert_eq!(parsed.value("tracer_proc_pid_unmapped_total", &[]), 234.0);

@@ -5,8 +5,9 @@
 //! Gaps: inside a DATA payload (or padding, or a PING/WINDOW_UPDATE/PRIORITY payload) they are
 //! harmless, the frame length keeps us in sync; inside a header block the block is lost
 //! (`HeadersLost`, the HPACK table forgets what it held); inside a frame header the frame
-//! boundary is lost and the direction desyncs, skipping bytes until a plausible run of frames
-//! starts a record's remaining bytes (see [`frame::plausible_run`]).
+//! boundary is lost and the direction desyncs, skipping bytes until the frames from some offset
+//! are all plausible and add up exactly to the record's remaining bytes (see
+//! [`frame::exact_run`]).
 
 use super::events::{H2Event, H2Limits, H2WireStats, PREFACE};
 use super::frame::{self, FRAME_HEADER_LEN, FrameHeader};
@@ -23,7 +24,7 @@ enum State {
     FrameHeader,
     /// Inside the payload of `frame`.
     Payload,
-    /// Frame boundary unknown: skipping until a plausible run of frames.
+    /// Frame boundary unknown: skipping until an exact run of frames (see [`frame::exact_run`]).
     Desynced,
 }
 
@@ -63,6 +64,7 @@ struct FrameState {
     entry: [u8; 6],
     entry_len: usize,
     header_table_size: Option<u32>,
+    max_frame_size: Option<u32>,
 }
 
 impl FrameState {
@@ -139,13 +141,18 @@ pub struct H2Direction {
     block: Block,
     block_buf: Vec<u8>,
     hpack: Decoder,
+    /// Largest payload the receiver of this direction accepts (its SETTINGS_MAX_FRAME_SIZE,
+    /// forwarded by the connection): a larger frame of an unknown type is read as a desync.
+    max_frame_size: u32,
+    /// SETTINGS_MAX_FRAME_SIZE last announced by the sender of this direction.
+    announced_max_frame_size: Option<u32>,
 }
 
 impl H2Direction {
     /// `expect_preface`: this direction carries the client preface first (client -> server) and
     /// the connection was seen from its start. `table_known`: false for a connection adopted
     /// mid-stream (its HPACK dynamic table is unknown); such a direction also waits for a
-    /// plausible run of frames before it trusts a frame boundary.
+    /// exact run of frames before it trusts a frame boundary.
     pub fn new(limits: H2Limits, expect_preface: bool, table_known: bool) -> Self {
         let state = if expect_preface {
             State::Preface { matched: 0 }
@@ -164,6 +171,8 @@ impl H2Direction {
             block: Block::None,
             block_buf: Vec::new(),
             hpack: Decoder::new(limits.max_table_bytes, table_known),
+            max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+            announced_max_frame_size: None,
         }
     }
 
@@ -192,7 +201,7 @@ impl H2Direction {
 
     /// Records of this direction were lost before the next one (dropped by the kernel, unknown
     /// length): the frame boundary and any header block in flight are lost. Desyncs (emitting
-    /// `Desync`) unless already resynchronising; the next record that starts a plausible run
+    /// `Desync`) unless already resynchronising; the next record that starts an exact run
     /// of frames resyncs.
     pub fn on_records_lost(&mut self, ts_ns: u64, out: &mut Vec<H2Event>) {
         if self.state != State::Desynced {
@@ -205,6 +214,17 @@ impl H2Direction {
     pub fn set_max_table_size(&mut self, bytes: u32) {
         let capped = (bytes as usize).min(self.limits.max_table_bytes);
         self.hpack.set_max_table_size(capped as u32);
+    }
+
+    /// SETTINGS_MAX_FRAME_SIZE announced by the receiver of this direction (never below the
+    /// protocol's default).
+    pub fn set_max_frame_size(&mut self, bytes: u32) {
+        self.max_frame_size = bytes.max(frame::DEFAULT_MAX_FRAME_SIZE);
+    }
+
+    /// SETTINGS_MAX_FRAME_SIZE the sender of this direction announced last, if any.
+    pub fn announced_max_frame_size(&self) -> Option<u32> {
+        self.announced_max_frame_size
     }
 
     pub fn stats(&self) -> &H2WireStats {
@@ -264,7 +284,7 @@ impl H2Direction {
             }
             State::Desynced => {
                 let rest = data.len() + gap;
-                let start = (0..data.len()).find(|&p| frame::plausible_run(&data[p..], rest - p));
+                let start = (0..data.len()).find(|&p| frame::exact_run(&data[p..], rest - p));
                 match start {
                     Some(p) => {
                         self.stats.bytes_skipped += p as u64;
@@ -364,6 +384,12 @@ impl H2Direction {
     fn on_frame_header(&mut self, header: FrameHeader, ctx: Ctx, out: &mut Vec<H2Event>) {
         if header.is_known_type() && !header.is_well_formed() {
             // No conforming peer sends this: more likely we are not where we think we are.
+            self.desync(ctx, out);
+            return;
+        }
+        if !header.is_known_type() && header.len > self.max_frame_size {
+            // Larger than the receiver accepts: not a frame (e.g. a preface where frames were
+            // expected, read as a 5 MB frame), and following it would skip real frames.
             self.desync(ctx, out);
             return;
         }
@@ -489,10 +515,13 @@ impl H2Direction {
                         if f.entry_len == f.entry.len() {
                             f.entry_len = 0;
                             let id = u16::from_be_bytes([f.entry[0], f.entry[1]]);
+                            let value = u32::from_be_bytes([
+                                f.entry[2], f.entry[3], f.entry[4], f.entry[5],
+                            ]);
                             if id == frame::SETTINGS_HEADER_TABLE_SIZE {
-                                f.header_table_size = Some(u32::from_be_bytes([
-                                    f.entry[2], f.entry[3], f.entry[4], f.entry[5],
-                                ]));
+                                f.header_table_size = Some(value);
+                            } else if id == frame::SETTINGS_MAX_FRAME_SIZE {
+                                f.max_frame_size = Some(value);
                             }
                         }
                     }
@@ -531,6 +560,9 @@ impl H2Direction {
                 ts_ns: ctx.ts_ns,
             }),
             frame::SETTINGS if !header.has(frame::FLAG_ACK) && !f.body_lost => {
+                if f.max_frame_size.is_some() {
+                    self.announced_max_frame_size = f.max_frame_size;
+                }
                 out.push(H2Event::Settings {
                     header_table_size: f.header_table_size,
                     ts_ns: ctx.ts_ns,

@@ -75,6 +75,13 @@ pub struct Http2Stats {
     pub grpc_status_undecoded: u64,
     /// Events of an adopted connection before its role was learnt: skipped.
     pub events_role_unknown: u64,
+    /// Request heads on a stream id no client opens (even: server-initiated), or beyond
+    /// [`MAX_STREAM_ID_JUMP`] past the highest id seen (a false resync read an id out of
+    /// other bytes): dropped.
+    pub requests_implausible_stream: u64,
+    /// HTTP/2 connections whose client preface came in the direction contradicting the
+    /// kernel's role (the preface writer is the client): not decoded.
+    pub preface_role_conflicts: u64,
     /// Wire-layer counters of both directions.
     pub wire: H2WireStats,
 }
@@ -94,6 +101,8 @@ impl Http2Stats {
         self.requests_undecoded += other.requests_undecoded;
         self.grpc_status_undecoded += other.grpc_status_undecoded;
         self.events_role_unknown += other.events_role_unknown;
+        self.requests_implausible_stream += other.requests_implausible_stream;
+        self.preface_role_conflicts += other.preface_role_conflicts;
         self.wire.merge(&other.wire);
     }
 }
@@ -150,6 +159,11 @@ pub struct Http2Connection {
     streams_bytes: usize,
 }
 
+/// Largest step between the highest request stream id seen and a new one (client ids grow by
+/// 2 per stream: half a million streams lost in a capture gap). A 31-bit id read from bytes
+/// that are not a frame header lands farther away nearly always.
+pub const MAX_STREAM_ID_JUMP: u32 = 1 << 20;
+
 /// Event list capacity kept between records (a larger one, after a burst, is released).
 const KEPT_EVENTS: usize = 64;
 
@@ -160,6 +174,24 @@ impl Http2Connection {
     /// first decoded header block (`:method` read -> server, written -> client; `:status` the
     /// opposite).
     pub fn new(role: Option<Role>, limits: Http2Limits, from_start: bool) -> Self {
+        Self::with_state(role, limits, from_start, false)
+    }
+
+    /// A connection whose client preface came in the direction opposite to the kernel's role:
+    /// which end is the client is contradictory, so nothing is decoded (counted in
+    /// `preface_role_conflicts`); a wrong span would follow either guess.
+    pub fn role_conflict(role: Option<Role>, limits: Http2Limits) -> Self {
+        let mut conn = Self::with_state(role, limits, true, true);
+        conn.stats.preface_role_conflicts = 1;
+        conn
+    }
+
+    fn with_state(
+        role: Option<Role>,
+        limits: Http2Limits,
+        from_start: bool,
+        stopped: bool,
+    ) -> Self {
         let (ingress_preface, egress_preface) = match (from_start, role) {
             (true, Some(Role::Server)) => (true, false),
             (true, Some(Role::Client)) => (false, true),
@@ -173,7 +205,7 @@ impl Http2Connection {
             streams: BTreeMap::new(),
             max_stream_id: 0,
             discarded: Vec::new(),
-            stopped: false,
+            stopped,
             wire_before: H2WireStats::default(),
             stats: Http2Stats {
                 connections: 1,
@@ -503,6 +535,14 @@ impl Http2Connection {
                         Direction::Egress => self.ingress.set_max_table_size(bytes),
                     }
                 }
+                // The sender's SETTINGS_MAX_FRAME_SIZE bounds what the other direction sends.
+                let (sender, receiver) = match dir {
+                    Direction::Ingress => (&self.ingress, &mut self.egress),
+                    Direction::Egress => (&self.egress, &mut self.ingress),
+                };
+                if let Some(bytes) = sender.announced_max_frame_size() {
+                    receiver.set_max_frame_size(bytes);
+                }
             }
             H2Event::Desync { ts_ns } => {
                 // A response-side desync may have swallowed any open stream's response head or
@@ -535,6 +575,14 @@ impl Http2Connection {
         if stream_id == 0 || stream_id <= self.max_stream_id {
             // Stream 0 is the connection; a lower id than one seen is a closed stream.
             self.stats.frames_unknown_stream += 1;
+            return;
+        }
+        if stream_id.is_multiple_of(2)
+            || (self.max_stream_id > 0 && stream_id - self.max_stream_id > MAX_STREAM_ID_JUMP)
+        {
+            // Clients open odd ids only, and in order: this head was not a client's request
+            // (bytes misread as a frame after a resync), so no stream is invented.
+            self.stats.requests_implausible_stream += 1;
             return;
         }
         let Some(request) = request_from(fields, &self.limits) else {

@@ -744,3 +744,58 @@ fn role_unknown_events_are_counted_and_event_capacity_is_released() {
         conn.events.capacity()
     );
 }
+
+/// A request head on an even stream id (server-initiated) or far past the highest id seen is
+/// what bytes misread after a false resync look like: no stream is opened, it is counted, and
+/// the streams that follow in order still are.
+#[test]
+fn implausible_request_stream_ids_open_no_stream() {
+    let mut conn = server();
+    feed(
+        &mut conn,
+        IN,
+        vec![request_block(4, "/a.S/Even", &[], true)],
+    );
+    assert_eq!(conn.pending_requests(), 0);
+    assert_eq!(conn.stats().requests_implausible_stream, 1);
+    feed(&mut conn, IN, vec![request_block(3, "/a.S/Odd", &[], true)]);
+    assert_eq!(conn.pending_requests(), 1);
+    let far = 3 + MAX_STREAM_ID_JUMP + 2;
+    feed(
+        &mut conn,
+        IN,
+        vec![request_block(far, "/a.S/Far", &[], true)],
+    );
+    assert_eq!(conn.pending_requests(), 1);
+    assert_eq!(conn.stats().requests_implausible_stream, 2);
+    // Within the bound (streams lost in a gap) is a request.
+    let near = 3 + MAX_STREAM_ID_JUMP;
+    feed(
+        &mut conn,
+        IN,
+        vec![request_block(near, "/a.S/Near", &[], true)],
+    );
+    assert_eq!(conn.pending_requests(), 2);
+    // Its response on the even id finds no stream: nothing is made of it.
+    let out = feed(
+        &mut conn,
+        OUT,
+        vec![block(4, &[(":status", "200")], true, 100)],
+    );
+    assert!(out.is_empty());
+    assert_eq!(conn.stats().frames_unknown_stream, 1);
+}
+
+/// A role conflict connection decodes nothing and says so.
+#[test]
+fn a_role_conflict_connection_decodes_nothing() {
+    let mut conn = Http2Connection::role_conflict(Some(Role::Server), Http2Limits::default());
+    let mut out = Vec::new();
+    let mut preface = crate::protocols::http2::PREFACE.to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    conn.on_record(OUT, &preface, preface.len() as u32, 1, 1, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(conn.pending_requests(), 0);
+    assert_eq!(conn.stats().preface_role_conflicts, 1);
+    assert_eq!(conn.stats().wire.frames, 0);
+}

@@ -25,6 +25,10 @@ pub const FLAG_PRIORITY: u8 = 0x20;
 
 /// SETTINGS_HEADER_TABLE_SIZE (RFC 9113 §6.5.2).
 pub const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+/// SETTINGS_MAX_FRAME_SIZE (RFC 9113 §6.5.2).
+pub const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+/// The largest frame payload a peer accepts until its SETTINGS raise it (RFC 9113 §4.2).
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16_384;
 
 /// Frame headers checked by [`plausible_run`] at most (more valid headers add little).
 const MAX_RUN_CHECKED: usize = 4;
@@ -137,6 +141,26 @@ pub fn plausible_run(bytes: &[u8], total_len: usize) -> bool {
     seen >= 2
 }
 
+/// Whether a desynchronised direction may resume at the start of `bytes`, the first captured
+/// bytes of the `total_len` left in the record (`total_len >= bytes.len()`): every frame from
+/// here is plausible and their lengths add up exactly to `total_len` (only the last frame may
+/// extend past the captured bytes, and no frame header may fall in the uncaptured tail).
+/// Stricter than [`plausible_run`]: a false resync would invent frames, and a stream, out of
+/// payload bytes.
+pub fn exact_run(bytes: &[u8], total_len: usize) -> bool {
+    let mut at = 0usize;
+    while at < total_len {
+        let Some(header) = bytes.get(at..).and_then(FrameHeader::peek) else {
+            return false;
+        };
+        if !header.is_plausible() {
+            return false;
+        }
+        at = at + FRAME_HEADER_LEN + header.len as usize;
+    }
+    at == total_len && total_len > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +236,32 @@ mod tests {
         assert!(!plausible_run(&garbage, garbage.len()));
         assert!(!plausible_run(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27));
         assert!(!plausible_run(&[], 0));
+    }
+
+    #[test]
+    fn a_resync_needs_frames_that_add_up_to_the_record() {
+        let settings = frame(SETTINGS, 0, 0, &[0, 1, 0, 0, 0x10, 0]);
+        let ack = frame(SETTINGS, FLAG_ACK, 0, &[]);
+        let two = [settings.clone(), ack.clone()].concat();
+        assert!(exact_run(&two, two.len()));
+        // Two plausible headers followed by bytes no frame accounts for: a plausible run, not
+        // an exact one.
+        let trailing = [two.clone(), vec![0; 4]].concat();
+        assert!(plausible_run(&trailing, trailing.len()));
+        assert!(!exact_run(&trailing, trailing.len()));
+        // The last frame's payload may run into the uncaptured tail, to its exact end.
+        let data = frame(DATA, 0, 1, &[7; 100]);
+        let run = [settings.clone(), data.clone()].concat();
+        let captured = &run[..settings.len() + 9];
+        assert!(exact_run(captured, run.len()));
+        assert!(!exact_run(captured, run.len() + 1));
+        assert!(!exact_run(captured, run.len() - 1));
+        // A frame header in the uncaptured tail cannot be checked.
+        let three = [settings.clone(), ack.clone(), ack.clone()].concat();
+        assert!(!exact_run(&three[..two.len() + 4], three.len()));
+        // Any implausible header anywhere in the run rejects it.
+        let bad = [two.clone(), vec![0, 0, 0, 0x0a, 0, 0, 0, 0, 0]].concat();
+        assert!(!exact_run(&bad, bad.len()));
+        assert!(!exact_run(&[], 0));
     }
 }

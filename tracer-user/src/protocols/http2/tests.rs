@@ -746,3 +746,108 @@ fn lost_records_desync_until_a_run_of_frames() {
     );
     assert_eq!(direction.stats().desyncs, 1);
 }
+
+/// A false resync: after a desync, a record whose first bytes look like two plausible frame
+/// headers but whose frames do not add up to the record (payload bytes after them) must not
+/// resync, or the bytes after would be read as frames and could invent a stream. The next
+/// record of whole frames resyncs.
+#[test]
+fn a_resync_needs_whole_frames_to_the_end_of_the_record() {
+    let mut direction = client_without_preface();
+    let mut out = Vec::new();
+    direction.on_records_lost(1, &mut out);
+    out.clear();
+    // SETTINGS ACK + PING, then 9 bytes that would read as HEADERS on stream 5, then 3 more
+    // bytes no frame accounts for.
+    let misleading = [
+        frame(SETTINGS, FLAG_ACK, 0, &[]),
+        frame(PING, 0, 0, &[0; 8]),
+        frame(HEADERS, FLAG_END_HEADERS, 5, &hex("82 86 84")),
+        vec![0xaa; 3],
+    ]
+    .concat();
+    direction.feed(&misleading, misleading.len() as u32, 1, 2, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(!direction.in_sync());
+    let next = [
+        frame(SETTINGS, FLAG_ACK, 0, &[]),
+        frame(HEADERS, FLAG_END_HEADERS, 7, &hex("82 86 84")),
+    ]
+    .concat();
+    direction.feed(&next, next.len() as u32, 1, 3, &mut out);
+    assert!(direction.in_sync());
+    assert!(
+        matches!(out[..], [H2Event::Headers { stream_id: 7, .. }]),
+        "{out:?}"
+    );
+}
+
+/// Bytes read as a frame of an unknown type larger than the receiver accepts (the client
+/// preface where frames were expected reads as a 5 MB frame of type 0x20) desync instead of
+/// swallowing the frames after them; once the receiver's SETTINGS raise the limit, such a
+/// frame is followed.
+#[test]
+fn an_unknown_frame_larger_than_the_receiver_accepts_desyncs() {
+    let mut direction = server();
+    let mut out = Vec::new();
+    let bytes = [PREFACE.to_vec(), frame(SETTINGS, 0, 0, &[])].concat();
+    direction.feed(&bytes, bytes.len() as u32, 1, 1, &mut out);
+    assert_eq!(direction.stats().desyncs, 1, "{out:?}");
+    // The SETTINGS after the preface are an exact run: the direction resyncs on them.
+    assert!(direction.in_sync());
+
+    let big = frame(0x20, 0, 0, &vec![0; DEFAULT_MAX_FRAME_SIZE as usize + 1]);
+    let after = frame(HEADERS, FLAG_END_HEADERS, 1, &hex("88"));
+    let record = [big.clone(), after.clone()].concat();
+    let mut direction = server();
+    out.clear();
+    direction.feed(&record, record.len() as u32, 1, 1, &mut out);
+    assert_eq!(direction.stats().desyncs, 1);
+    let mut direction = server();
+    direction.set_max_frame_size(1 << 20);
+    out.clear();
+    direction.feed(&record, record.len() as u32, 1, 1, &mut out);
+    assert_eq!(direction.stats().desyncs, 0);
+    assert!(
+        matches!(out[..], [H2Event::Headers { stream_id: 1, .. }]),
+        "{out:?}"
+    );
+    // At the default limit exactly, an unknown frame is followed.
+    let at_limit = frame(0x20, 0, 0, &vec![0; DEFAULT_MAX_FRAME_SIZE as usize]);
+    let mut direction = server();
+    out.clear();
+    direction.feed(&at_limit, at_limit.len() as u32, 1, 1, &mut out);
+    assert_eq!(direction.stats().desyncs, 0);
+}
+
+/// SETTINGS_MAX_FRAME_SIZE announced in one direction raises the limit of the other.
+#[test]
+fn settings_max_frame_size_raises_the_other_directions_limit() {
+    let mut conn = Http2Connection::new(
+        Some(crate::model::Role::Server),
+        Http2Limits::default(),
+        true,
+    );
+    let mut out = Vec::new();
+    // The server announces 1 MiB frames: the client may now send big unknown frames.
+    let server_settings = settings(&[(SETTINGS_MAX_FRAME_SIZE, 1 << 20)]);
+    conn.on_record(
+        crate::model::Direction::Egress,
+        &server_settings,
+        server_settings.len() as u32,
+        1,
+        1,
+        &mut out,
+    );
+    let big = frame(0x20, 0, 0, &vec![0; DEFAULT_MAX_FRAME_SIZE as usize + 1]);
+    let bytes = [PREFACE.to_vec(), big].concat();
+    conn.on_record(
+        crate::model::Direction::Ingress,
+        &bytes,
+        bytes.len() as u32,
+        1,
+        2,
+        &mut out,
+    );
+    assert_eq!(conn.stats().wire.desyncs, 0);
+}
