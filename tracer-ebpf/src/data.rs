@@ -309,7 +309,7 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
             let http1 = looks_like_http(first_buffer(&args), ret);
             let http2 = !http1 && {
                 let (first, first_len) = h2::first_segment::<SYS>(&args, ret as u64);
-                h2::sniff_user(first, first_len, ret as u64, true) != h2::Sniffed::No
+                h2::sniff_user(first, first_len, ret as u64) != h2::Sniffed::No
             };
             if !http1 && !http2 {
                 return;

@@ -56,10 +56,11 @@ const PREFACE_WORDS: [u64; 3] = {
 };
 
 /// The adoption sniff (`tracer_common::h2::sniff`) on user memory: the first `seg_len` bytes of
-/// a transfer of `total` bytes at `base`. Headers must lie in that first buffer. `untracked`:
-/// the fd is not a known connection yet, and `h2::ADOPT_FRAMES` frames in a row are needed.
+/// a transfer of `total` bytes at `base`. Headers must lie in that first buffer. One whole
+/// frame is enough, on an untracked fd too (a server's first write is its SETTINGS frame
+/// alone): a false adoption ends at the first header that is no frame (`capture`).
 #[inline(always)]
-pub fn sniff_user(base: u64, seg_len: u64, total: u64, untracked: bool) -> Sniffed {
+pub fn sniff_user(base: u64, seg_len: u64, total: u64) -> Sniffed {
     if base == 0 || seg_len < h2::FRAME_HEADER_LEN {
         return Sniffed::No;
     }
@@ -102,12 +103,7 @@ pub fn sniff_user(base: u64, seg_len: u64, total: u64, untracked: bool) -> Sniff
             None => return Sniffed::No,
         }
     }
-    let verdict = if untracked {
-        frames >= h2::ADOPT_FRAMES
-    } else {
-        h2::sniff_verdict(frames, offset, total)
-    };
-    if verdict {
+    if h2::sniff_verdict(frames, offset, total) {
         Sniffed::Frames
     } else {
         Sniffed::No
@@ -173,7 +169,7 @@ pub fn capture<const SYS: u8>(
             return false;
         }
         let (base, seg_len) = first_segment::<SYS>(args, total);
-        let found = sniff_user(base, seg_len, total, false);
+        let found = sniff_user(base, seg_len, total);
         if found == Sniffed::No {
             let now = flags | h2::STARTED;
             if now != own_flags(conn, d) {

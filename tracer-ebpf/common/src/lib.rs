@@ -511,10 +511,6 @@ pub mod h2 {
     pub const ELIDE_MIN: u32 = 256;
     /// Frames the adoption sniff checks at most.
     pub const SNIFF_FRAMES: u32 = 4;
-    /// Plausible frame headers in a row the kernel needs to adopt an untracked fd (one whole
-    /// frame alone, as `sniff_verdict` accepts on a known connection, is too easily a binary
-    /// HTTP/1 body chunk).
-    pub const ADOPT_FRAMES: u32 = 2;
 
     pub const DATA: u8 = 0;
     pub const HEADERS: u8 = 1;
