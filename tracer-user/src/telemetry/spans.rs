@@ -549,18 +549,7 @@ fn pseudo_scheme(request: &HttpRequest) -> Option<&'static str> {
     }
 }
 
-/// Whether the request is a gRPC call: HTTP/2 with content-type `application/grpc` or
-/// `application/grpc+{codec}` (parameters allowed; `application/grpc-web` is not gRPC).
-pub fn is_grpc(request: &HttpRequest) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    request.version == HttpVersion::Http2
-        && header_value(&request.headers, "content-type").is_some_and(|value| {
-            let value = trim_ows(value);
-            value.len() >= GRPC.len()
-                && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
-                && matches!(value.get(GRPC.len()), None | Some(b'+' | b';' | b' '))
-        })
-}
+pub use crate::protocols::http2::is_grpc;
 
 /// Whether `OTEL_SEMCONV_STABILITY_OPT_IN` (read once, in the agent's environment) asks for
 /// the older experimental RPC keys beside the stable ones (`rpc/dup`).

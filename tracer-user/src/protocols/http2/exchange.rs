@@ -689,7 +689,7 @@ impl Http2Connection {
         if outcome == ExchangeOutcome::Complete
             && let Some(response) = &stream.response
             && response.undecoded_fields
-            && crate::telemetry::spans::is_grpc(&stream.request)
+            && super::is_grpc(&stream.request)
             && !response
                 .headers
                 .iter()

@@ -20,3 +20,24 @@ pub use events::{
 pub mod exchange;
 
 pub use exchange::{Http2Connection, Http2Limits, Http2Stats};
+
+/// Whether an HTTP/2 request is a gRPC call: its content-type is `application/grpc`, alone or
+/// followed by `+format`, `;params` or a space (RFC-style, case-insensitive), as the gRPC spec
+/// defines it (`application/grpc-web` is not).
+pub fn is_grpc(request: &crate::model::HttpRequest) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    if request.version != crate::model::HttpVersion::Http2 {
+        return false;
+    }
+    let Some(header) = request
+        .headers
+        .iter()
+        .find(|h| h.name.as_str().eq_ignore_ascii_case("content-type"))
+    else {
+        return false;
+    };
+    let value = header.value.trim_ascii();
+    value.len() >= GRPC.len()
+        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(value.get(GRPC.len()), None | Some(b'+' | b';' | b' '))
+}
