@@ -65,42 +65,38 @@ impl Backlog {
 /// `/metrics` page. Panics after [`SETTLE_TIMEOUT`] with the last page and `context()` (e.g. the
 /// agent's stderr).
 pub fn wait_settled(addr: SocketAddr, context: impl Fn() -> String) -> String {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
     // The snapshot current at the call may predate it; the one after next was surely taken after.
-    let mut first: Option<f64> = None;
-    let mut last = String::new();
-    loop {
-        if let Ok(answer) = http_get(addr, "/metrics", Duration::from_secs(10))
-            && answer.status == 200
-        {
-            match Backlog::from_page(&answer.body) {
-                Some(backlog) => {
-                    let start = *first.get_or_insert(backlog.snapshots);
-                    if backlog.snapshots >= start + 2.0 && backlog.caught_up() {
-                        return answer.body;
-                    }
-                }
-                None => panic!(
-                    "the agent's /metrics lacks a counter the settle barrier reads:\n{}",
-                    answer.body
-                ),
+    poll_snapshots(
+        addr,
+        2.0,
+        "the agent to catch up (records read vs submitted, reorder window, spans settled vs \
+         enqueued)",
+        |page| match Backlog::from_page(page) {
+            Some(backlog) => backlog.caught_up(),
+            None => {
+                panic!("the agent's /metrics lacks a counter the settle barrier reads:\n{page}")
             }
-            last = answer.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not catch up within {SETTLE_TIMEOUT:?} (records read vs submitted, \
-             reorder window, spans settled vs enqueued); last /metrics:\n{last}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        },
+        context,
+    )
 }
 
 /// Waits until `condition` holds on a `/metrics` page of a snapshot taken after this call, and
 /// returns that page. Panics after [`SETTLE_TIMEOUT`] with `what`, the last page and `context()`.
 pub fn wait_for_metrics(
     addr: SocketAddr,
+    what: &str,
+    condition: impl Fn(&str) -> bool,
+    context: impl Fn() -> String,
+) -> String {
+    poll_snapshots(addr, 1.0, what, condition, context)
+}
+
+/// Polls `/metrics` until a page whose `tracer_metrics_snapshots_total` is at least `newer` above
+/// the first one read satisfies `condition`; returns that page.
+fn poll_snapshots(
+    addr: SocketAddr,
+    newer: f64,
     what: &str,
     condition: impl Fn(&str) -> bool,
     context: impl Fn() -> String,
@@ -114,7 +110,7 @@ pub fn wait_for_metrics(
         {
             if let Some(snapshots) = sample(&answer.body, "tracer_metrics_snapshots_total", "") {
                 let start = *first.get_or_insert(snapshots);
-                if snapshots > start && condition(&answer.body) {
+                if snapshots >= start + newer && condition(&answer.body) {
                     return answer.body;
                 }
             }
