@@ -156,6 +156,24 @@ pub mod syscall {
     pub const ACCEPT: u8 = 12;
     /// connect: only in the kernel's argument tables, never in a record.
     pub const CONNECT: u8 = 13;
+    /// Plaintext OpenSSL's `SSL_read`/`SSL_read_ex` returned (a uprobe record, `DATA_FLAG_TLS`).
+    pub const SSL_READ: u8 = 14;
+    /// Plaintext given to OpenSSL's `SSL_write`/`SSL_write_ex` (a uprobe record, `DATA_FLAG_TLS`).
+    pub const SSL_WRITE: u8 = 15;
+    /// Plaintext Go's `crypto/tls.(*Conn).Read` returned (a uprobe record, `DATA_FLAG_TLS`).
+    pub const GO_TLS_READ: u8 = 16;
+    /// Plaintext given to Go's `crypto/tls.(*Conn).Write` (a uprobe record, `DATA_FLAG_TLS`).
+    pub const GO_TLS_WRITE: u8 = 17;
+}
+
+/// Which TLS library's uprobes captured a connection's plaintext (`ConnState::tls`).
+pub mod tls {
+    /// Not a TLS connection as far as the kernel knows (its bytes are captured from syscalls).
+    pub const NONE: u8 = 0;
+    /// OpenSSL (libssl.so.3 / 1.1, or a binary linking it statically with its symbols).
+    pub const OPENSSL: u8 = 1;
+    /// Go's crypto/tls.
+    pub const GO: u8 = 2;
 }
 
 /// `ConnState::lost` of a connection an io_uring request touched: a multishot receive fires
@@ -459,7 +477,11 @@ pub struct ConnState {
     /// Non-zero when a record of this connection was lost since the last one sent
     /// (`LOST_UNTIL_CLOSE`: every record says so, for good).
     pub lost: u8,
-    pub _pad: [u8; 5],
+    /// Non-zero (a `tls::*` library) once a TLS library uprobe captured plaintext of this
+    /// connection: the data programs send none of its ciphertext from then on (userspace frames
+    /// the plaintext records instead, see `DATA_FLAG_TLS`).
+    pub tls: u8,
+    pub _pad: [u8; 4],
     /// CLOCK_MONOTONIC nanoseconds when the entry was made: an entry older than its process's
     /// generation (the process was born or exec'd later: pid reuse, CLOEXEC) is stale.
     pub opened_ns: u64,
@@ -617,6 +639,10 @@ pub mod h2 {
 /// Data record flag: records of this connection were lost before this one (ring buffer full);
 /// userspace must not pair across the hole.
 pub const DATA_FLAG_LOSS_BEFORE: u8 = 1;
+/// Data record flag: the payload is plaintext read at a TLS library's boundary by a uprobe (the
+/// record's `syscall` says which library call), in the same stream positions the application
+/// saw. Userspace frames these records and drops the connection's ciphertext records.
+pub const DATA_FLAG_TLS: u8 = 2;
 
 /// Key of the connection table: process id in the high half, fd in the low half.
 #[inline(always)]
