@@ -73,6 +73,10 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
     if state.is_some_and(|s| s.role == role::IGNORED) {
         return;
     }
+    // A TLS library's uprobes send this connection's plaintext: its ciphertext is not sent.
+    if state.is_some_and(|s| s.tls != 0) {
+        return;
+    }
     if state.is_none() {
         let sniff = config().map(|c| c.sniff_untracked != 0).unwrap_or(false);
         // sendfile's destination cannot be sniffed (its bytes come from a file).

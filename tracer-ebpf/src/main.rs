@@ -13,6 +13,8 @@ mod data;
 #[cfg(target_arch = "bpf")]
 mod filter;
 #[cfg(target_arch = "bpf")]
+mod gotls;
+#[cfg(target_arch = "bpf")]
 mod h2;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -148,6 +150,33 @@ mod programs {
     #[tracepoint]
     pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         filter::on_exit(&ctx);
+        0
+    }
+
+    // Go crypto/tls (`tracer_common::go_tls_program`): attached by userspace per Go binary.
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_read_entry(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::entry(&ctx, syscall::GO_TLS_READ);
+        0
+    }
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_read_return(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::ret(&ctx, syscall::GO_TLS_READ);
+        0
+    }
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_write_entry(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::entry(&ctx, syscall::GO_TLS_WRITE);
+        0
+    }
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_handshake_entry(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::handshake(&ctx);
+        0
+    }
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_write_return(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::ret(&ctx, syscall::GO_TLS_WRITE);
         0
     }
 }

@@ -688,6 +688,7 @@ impl EventLoop {
             for (pid, fd) in self.pipeline.take_ignored_fds() {
                 self.probes.ignore_connection(pid, fd);
             }
+            self.probes.go_tls_poll();
             let tick = now >= next_tick;
             if tick {
                 // One tick per second on average; after a stall, one tick, not a burst of them.
@@ -882,6 +883,7 @@ fn snapshot(
         reorder_forced_early: r.forced_early,
         bounds: pipeline.bounds_snapshot(),
         http2: pipeline.http2_stats(),
+        go_tls: probes.go_tls_snapshot(),
     }
 }
 

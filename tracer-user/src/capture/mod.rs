@@ -4,6 +4,7 @@
 
 pub mod census;
 pub mod decode;
+pub mod gotls;
 pub mod kernel_log;
 pub mod own;
 pub mod privilege;

@@ -244,6 +244,9 @@ pub struct Probes {
     h2_walker_loaded: bool,
     /// Forwards the programs' diagnostics when `--kernel-log-level` is not off.
     kernel_log: Option<KernelLog>,
+    /// Go crypto/tls: the uprobes and the discovery of Go binaries (none when they could not
+    /// be loaded).
+    go_tls: Option<crate::capture::gotls::GoTls>,
 }
 
 /// Whether the embedded object is the real one.
@@ -432,6 +435,7 @@ impl Probes {
             optional_attached: 0,
             h2_walker_loaded: false,
             kernel_log: None,
+            go_tls: None,
         };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
@@ -465,7 +469,9 @@ impl Probes {
         // One list of programs on both sides: a program added to the object but not here (or
         // the reverse) is refused, never left unattached.
         if let Some((name, _)) = probes.ebpf.programs().find(|(name, _)| {
-            !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name) && *name != H2_WALKER_PROGRAM
+            !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name)
+                && *name != H2_WALKER_PROGRAM
+                && !tracer_common::go_tls_program::ALL.contains(name)
         }) {
             return Err(ProbeError::UnlistedProgram(name.to_owned()));
         }
@@ -523,6 +529,7 @@ impl Probes {
                 }
             }
         }
+        probes.go_tls = crate::capture::gotls::GoTls::start(&mut probes.ebpf, opts);
         // Second handles on the agent's own map fds (dup): opening maps by id would need
         // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
         if opts.kernel_log_level != KernelLogLevel::Off {
@@ -776,8 +783,36 @@ impl Probes {
         out
     }
 
+    /// Attaches the Go crypto/tls uprobes to binaries discovery has analysed since the last
+    /// call (cheap when there are none: the event loop calls it every cycle).
+    pub fn go_tls_poll(&mut self) {
+        if let Some(go_tls) = &mut self.go_tls {
+            go_tls.poll(&mut self.ebpf);
+        }
+    }
+
+    /// The Go crypto/tls counters (userspace discovery and the kernel's), for /metrics.
+    pub fn go_tls_snapshot(&self) -> crate::capture::gotls::GoTlsSnapshot {
+        let mut out = match &self.go_tls {
+            Some(go_tls) => go_tls.snapshot(),
+            None => crate::capture::gotls::GoTlsSnapshot::default(),
+        };
+        if let Some(map) = self.ebpf.map(map_name::COUNTERS)
+            && let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map)
+        {
+            let read = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+            out.kernel_not_tcp = read(counter::GO_TLS_NOT_TCP);
+            out.kernel_unreadable = read(counter::GO_TLS_UNREADABLE);
+            out.kernel_untracked = read(counter::GO_TLS_UNTRACKED);
+            out.kernel_calls_full = read(counter::GO_TLS_CALLS_FULL);
+            out.kernel_fd_reused = read(counter::GO_TLS_FD_REUSED);
+            out.kernel_no_layout = read(counter::GO_TLS_NO_LAYOUT);
+        }
+        out
+    }
+
     /// A duplicate of the agent's fd of map `name` (for a second handle on it).
-    fn map_fd(&self, name: &str) -> Option<std::os::fd::OwnedFd> {
+    pub(crate) fn map_fd(&self, name: &str) -> Option<std::os::fd::OwnedFd> {
         use std::os::fd::AsFd;
         let data = match self.ebpf.map(name)? {
             Map::LruHashMap(data) | Map::HashMap(data) | Map::PerCpuArray(data) => data,

@@ -80,6 +80,8 @@ pub struct AgentSnapshot {
     pub bounds: BoundsSnapshot,
     /// HTTP/2 streams, exchanges and wire counters.
     pub http2: crate::protocols::http2::Http2Stats,
+    /// Go crypto/tls uprobes: binaries covered and skipped, calls not captured.
+    pub go_tls: crate::capture::gotls::GoTlsSnapshot,
 }
 
 /// The agent's memory bounds and what they cost. Monotonic counters unless noted.
@@ -754,7 +756,68 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in http2_families(&s.http2) {
         family.render_into(&mut out);
     }
+    for family in go_tls_families(&s.go_tls) {
+        family.render_into(&mut out);
+    }
     out
+}
+
+/// Families of the Go crypto/tls uprobes (`capture::gotls`).
+fn go_tls_families(g: &crate::capture::gotls::GoTlsSnapshot) -> Vec<Family> {
+    vec![
+        Family::gauge(
+            "tracer_go_tls_probes_loaded",
+            "1 when the Go crypto/tls uprobe programs loaded (0: Go TLS plaintext is not captured).",
+            vec![Sample::plain(g.loaded)],
+        ),
+        Family::gauge(
+            "tracer_go_tls_binaries_attached",
+            "Distinct Go executables (device, inode) with crypto/tls uprobes attached.",
+            vec![Sample::plain(g.binaries_attached)],
+        ),
+        Family::gauge(
+            "tracer_go_tls_uprobes_attached",
+            "Uprobes attached to Go executables (entries and return instructions of \
+             crypto/tls.(*Conn).Read and Write).",
+            vec![Sample::plain(g.uprobes_attached)],
+        ),
+        Family::counter(
+            "tracer_go_tls_binaries_skipped_total",
+            "Go executables of traced processes without crypto/tls uprobes, by reason.",
+            vec![
+                Sample::labelled(&[("reason", "not_amd64")], g.skipped_not_amd64),
+                Sample::labelled(&[("reason", "stack_abi")], g.skipped_stack_abi),
+                Sample::labelled(&[("reason", "unknown_layout")], g.skipped_unknown_layout),
+                Sample::labelled(&[("reason", "no_symbols")], g.skipped_no_symbols),
+                Sample::labelled(&[("reason", "no_crypto_tls")], g.skipped_no_crypto_tls),
+                Sample::labelled(
+                    &[("reason", "no_tcp_conn_type")],
+                    g.skipped_no_tcp_conn_type,
+                ),
+                Sample::labelled(&[("reason", "disassembly")], g.skipped_disassembly),
+                Sample::labelled(&[("reason", "attach_failed")], g.skipped_attach_failed),
+                Sample::labelled(&[("reason", "table_full")], g.skipped_table_full),
+                Sample::labelled(&[("reason", "exe_unreadable")], g.skipped_exe_unreadable),
+            ],
+        ),
+        Family::counter(
+            "tracer_go_tls_calls_swept_total",
+            "In-flight Go crypto/tls calls of exited processes removed from the kernel's table.",
+            vec![Sample::plain(g.calls_swept)],
+        ),
+        Family::counter(
+            "tracer_kernel_go_tls_calls_skipped_total",
+            "Go crypto/tls Read/Write calls whose plaintext was not captured, by reason.",
+            vec![
+                Sample::labelled(&[("reason", "not_tcp_conn")], g.kernel_not_tcp),
+                Sample::labelled(&[("reason", "unreadable")], g.kernel_unreadable),
+                Sample::labelled(&[("reason", "untracked_connection")], g.kernel_untracked),
+                Sample::labelled(&[("reason", "call_table_full")], g.kernel_calls_full),
+                Sample::labelled(&[("reason", "fd_reused")], g.kernel_fd_reused),
+                Sample::labelled(&[("reason", "no_layout")], g.kernel_no_layout),
+            ],
+        ),
+    ]
 }
 
 /// Families of the HTTP/2 counters.
@@ -1293,6 +1356,28 @@ mod tests {
                     control_frames_lost: 520,
                 },
             },
+            go_tls: crate::capture::gotls::GoTlsSnapshot {
+                loaded: 601,
+                binaries_attached: 602,
+                uprobes_attached: 603,
+                skipped_not_amd64: 604,
+                skipped_stack_abi: 605,
+                skipped_unknown_layout: 606,
+                skipped_no_symbols: 607,
+                skipped_no_crypto_tls: 608,
+                skipped_no_tcp_conn_type: 609,
+                skipped_disassembly: 610,
+                skipped_attach_failed: 611,
+                skipped_table_full: 612,
+                skipped_exe_unreadable: 613,
+                calls_swept: 614,
+                kernel_not_tcp: 615,
+                kernel_unreadable: 616,
+                kernel_untracked: 617,
+                kernel_calls_full: 618,
+                kernel_fd_reused: 619,
+                kernel_no_layout: 620,
+            },
         }
     }
 
@@ -1306,6 +1391,7 @@ mod tests {
             .chain(201..=237)
             .chain(301..=326)
             .chain(501..=525)
+            .chain(601..=620)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
