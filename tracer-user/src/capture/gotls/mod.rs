@@ -95,6 +95,8 @@ struct Plan {
     /// The executable, open: attached through `/proc/self/fd/N` so the process may be gone.
     file: File,
     pid: u32,
+    /// The executable's path as the process's /proc entry names it (for the log).
+    exe: std::path::PathBuf,
     info: GoTlsBinaryInfo,
 }
 
@@ -290,6 +292,7 @@ impl GoTls {
         self.stats.binaries_attached.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             pid = plan.pid,
+            exe = %plan.exe.display(),
             go = %plan.info.version,
             uprobes = links.len(),
             "Go crypto/tls uprobes attached"
@@ -408,7 +411,13 @@ impl Discovery {
             Ok(info) => {
                 self.seen.remove(&id);
                 self.attached.insert(id);
-                let _ = self.plans.send(Plan { file, pid, info });
+                let exe = std::fs::read_link(&exe).unwrap_or_default();
+                let _ = self.plans.send(Plan {
+                    file,
+                    pid,
+                    exe,
+                    info,
+                });
             }
             Err(Skip::NotElf | Skip::NotGo) => {}
             Err(reason) => {
