@@ -9,6 +9,10 @@ pub mod model;
 #[path = "../../tracer-user/src/capture"]
 pub mod capture {
     pub mod decode;
+    pub mod gotls {
+        pub mod elf;
+        pub mod layout;
+    }
 }
 
 #[path = "../../tracer-user/src/protocols"]
