@@ -882,6 +882,7 @@ fn snapshot(
         reorder_forced_early: r.forced_early,
         bounds: pipeline.bounds_snapshot(),
         http2: pipeline.http2_stats(),
+        tls: pipeline.tls_stats(),
     }
 }
 

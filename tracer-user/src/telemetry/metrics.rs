@@ -80,6 +80,8 @@ pub struct AgentSnapshot {
     pub bounds: BoundsSnapshot,
     /// HTTP/2 streams, exchanges and wire counters.
     pub http2: crate::protocols::http2::Http2Stats,
+    /// TLS connections: ciphertext skipped, plaintext (uprobe records) framed.
+    pub tls: crate::protocols::select::TlsStats,
 }
 
 /// The agent's memory bounds and what they cost. Monotonic counters unless noted.
@@ -754,7 +756,51 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in http2_families(&s.http2) {
         family.render_into(&mut out);
     }
+    for family in tls_families(&s.tls) {
+        family.render_into(&mut out);
+    }
     out
+}
+
+/// Families of the userspace TLS counters (the kernel's uprobe counters are `tracer_kernel_tls_*`).
+fn tls_families(t: &crate::protocols::select::TlsStats) -> Vec<Family> {
+    vec![
+        Family::counter(
+            "tracer_tls_ciphertext_connections_total",
+            "Connections whose first captured socket bytes were a TLS record (never framed as HTTP).",
+            vec![Sample::plain(t.ciphertext_connections)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_connections_total",
+            "Connections switched to the plaintext a TLS library's uprobes captured.",
+            vec![Sample::plain(t.plaintext_connections)],
+        ),
+        Family::counter(
+            "tracer_tls_ciphertext_records_skipped_total",
+            "Socket records of TLS connections skipped (ciphertext).",
+            vec![Sample::plain(t.ciphertext_records_skipped)],
+        ),
+        Family::counter(
+            "tracer_tls_ciphertext_bytes_skipped_total",
+            "Bytes of the skipped ciphertext records.",
+            vec![Sample::plain(t.ciphertext_bytes_skipped)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_records_total",
+            "Plaintext records (TLS library uprobes) framed.",
+            vec![Sample::plain(t.plaintext_records)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_bytes_total",
+            "Bytes of the framed plaintext records (captured or gap).",
+            vec![Sample::plain(t.plaintext_bytes)],
+        ),
+        Family::counter(
+            "tracer_tls_switched_after_framing_total",
+            "TLS connections whose ciphertext had been framed as cleartext (records lost at their start) when plaintext arrived: what it left pending was discarded.",
+            vec![Sample::plain(t.switched_after_framing)],
+        ),
+    ]
 }
 
 /// Families of the HTTP/2 counters.
@@ -1293,6 +1339,15 @@ mod tests {
                     control_frames_lost: 520,
                 },
             },
+            tls: crate::protocols::select::TlsStats {
+                ciphertext_connections: 601,
+                plaintext_connections: 602,
+                ciphertext_records_skipped: 603,
+                ciphertext_bytes_skipped: 604,
+                plaintext_records: 605,
+                plaintext_bytes: 606,
+                switched_after_framing: 607,
+            },
         }
     }
 
@@ -1306,6 +1361,7 @@ mod tests {
             .chain(201..=237)
             .chain(301..=326)
             .chain(501..=525)
+            .chain(601..=607)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
