@@ -20,6 +20,7 @@ pub mod protocols {
     pub mod http1;
     pub mod http2;
     pub mod propagation;
+    pub mod select;
 }
 
 #[path = "../../tracer-user/src/telemetry"]

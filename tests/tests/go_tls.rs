@@ -3,7 +3,7 @@
 //! keep-alive connections, over HTTP/1.1 (`GODEBUG=http2client=0,http2server=0`) and over HTTP/2
 //! (negotiated by ALPN, Go's default), and `curl -k` against the Go server. Exact SERVER and
 //! CLIENT span counts, the right path and status, and every SERVER span the child of its
-//! CLIENT span (same-host connection pairing across TLS). Loopback only.
+//! CLIENT span (same-host connection pairing across TLS), scheme https. Loopback only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -196,8 +196,17 @@ fn assert_exchanges(spans: &[ObservedSpan], protocol: &str, stderr: &str) {
                 problems.push(format!("request {id}: {}", span.summary()));
             }
         }
-        if server.attr_str("url.path") != Some("/item") {
-            problems.push(format!("request {id}: path of {}", server.summary()));
+        if server.attr_str("url.path") != Some("/item")
+            || server.attr_str("url.scheme") != Some("https")
+            || !client
+                .attr_str("url.full")
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            problems.push(format!(
+                "request {id}: path or scheme of\n  {}\n  {}",
+                server.summary(),
+                client.summary()
+            ));
         }
         if server.parent_span_id.as_deref() != Some(client.span_id.as_str())
             || server.trace_id != client.trace_id
@@ -292,6 +301,7 @@ fn curl_against_the_go_https_server_gives_server_spans() {
         .collect();
     let seen: BTreeSet<(String, i64, String)> = servers
         .iter()
+        .filter(|s| s.attr_str("url.scheme") == Some("https"))
         .map(|s| {
             (
                 s.attr_str("url.path").unwrap_or_default().to_owned(),

@@ -154,7 +154,8 @@ pub fn entry(ctx: &ProbeContext, op: u8) {
         // SAFETY: plain helper call.
         enter_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
         fd: fd as i32,
-        _pad: 0,
+        role: state.role,
+        _pad: [0; 3],
     };
     if GO_TLS_CALLS.insert(&key, &call, 0).is_err() {
         count(counter::GO_TLS_CALLS_FULL, 1);
@@ -186,37 +187,23 @@ pub fn ret(ctx: &ProbeContext, op: u8) {
     if n > call.len {
         n = call.len;
     }
-    let conn = match live_conn(tgid, call.fd as u32) {
-        Some(c) if c.conn_id == call.conn_id => c,
-        Some(_) => {
-            count(counter::GO_TLS_FD_REUSED, 1);
-            return;
-        }
-        // Closed meanwhile (its close record is already sent).
-        None => return,
-    };
+    // The bytes are the connection's the receiver was at entry, even when another goroutine
+    // closed it between the last syscall and this return (a peer closing right after the
+    // response): the record keeps that connection's id, and its causal time (the call's start
+    // for a Write) puts it before the close in userspace's reorder window.
     let dir = if op == syscall::GO_TLS_WRITE {
         direction::EGRESS
     } else {
         direction::INGRESS
     };
-    emit(ctx, &conn, call.fd, dir, op, call.buf, n, call.enter_ns);
+    emit(ctx, &call, dir, op, n);
 }
 
 /// Sends one plaintext record of `len` bytes at `src`, copying at most the capture size (the
 /// rest is the record's gap, so userspace keeps its place in the stream).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(
-    ctx: &ProbeContext,
-    conn: &ConnState,
-    fd: i32,
-    dir: u8,
-    sys: u8,
-    src: u64,
-    len: u64,
-    enter_ns: u64,
-) {
+fn emit(ctx: &ProbeContext, call: &GoTlsCall, dir: u8, sys: u8, len: u64) {
+    let (fd, src, enter_ns) = (call.fd, call.buf, call.enter_ns);
     let Some(ev) = GO_TLS_SCRATCH.get_ptr_mut(0) else {
         count(counter::SCRATCH_UNAVAILABLE, 1);
         return;
@@ -235,16 +222,19 @@ fn emit(
                 n = 0;
             }
         }
-        let hdr = header(kind::DATA, ctx.tgid(), ctx.pid(), fd, conn.conn_id);
+        let hdr = header(kind::DATA, ctx.tgid(), ctx.pid(), fd, call.conn_id);
         let took = hdr.ts_ns.saturating_sub(enter_ns);
         let key = conn_key(hdr.tgid, fd as u32);
-        let slot = CONNS.get_ptr_mut(&key);
+        // The loss flag only while the fd is still this connection.
+        let slot = CONNS
+            .get_ptr_mut(&key)
+            .filter(|s| (**s).conn_id == call.conn_id);
         let lost_before = slot.is_some_and(|s| (*s).lost != 0);
         (*ev).meta = DataEventHeader {
             header: hdr,
             direction: dir,
             syscall: sys,
-            role: conn.role,
+            role: call.role,
             flags: DATA_FLAG_TLS
                 | if lost_before {
                     DATA_FLAG_LOSS_BEFORE

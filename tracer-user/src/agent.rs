@@ -883,6 +883,7 @@ fn snapshot(
         reorder_forced_early: r.forced_early,
         bounds: pipeline.bounds_snapshot(),
         http2: pipeline.http2_stats(),
+        tls: pipeline.tls_stats(),
         go_tls: probes.go_tls_snapshot(),
     }
 }

@@ -267,12 +267,10 @@ pub mod counter {
     /// Go crypto/tls calls not followed because the per-goroutine call table was full: the
     /// connection is marked lost.
     pub const GO_TLS_CALLS_FULL: u32 = 31;
-    /// Go crypto/tls calls whose fd was closed and reused before they returned: not reported.
-    pub const GO_TLS_FD_REUSED: u32 = 32;
     /// Go crypto/tls uprobes that fired without a layout for their binary (attach cookie).
-    pub const GO_TLS_NO_LAYOUT: u32 = 33;
+    pub const GO_TLS_NO_LAYOUT: u32 = 32;
     /// Number of counters.
-    pub const COUNT: u32 = 34;
+    pub const COUNT: u32 = 33;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -435,7 +433,9 @@ pub struct GoTlsCall {
     pub conn_id: u64,
     pub enter_ns: u64,
     pub fd: i32,
-    pub _pad: u32,
+    /// The connection's `role::*` at entry.
+    pub role: u8,
+    pub _pad: [u8; 3],
 }
 
 const _: () = assert!(core::mem::size_of::<GoTlsBinary>() == 32);

@@ -805,7 +805,6 @@ impl Probes {
             out.kernel_unreadable = read(counter::GO_TLS_UNREADABLE);
             out.kernel_untracked = read(counter::GO_TLS_UNTRACKED);
             out.kernel_calls_full = read(counter::GO_TLS_CALLS_FULL);
-            out.kernel_fd_reused = read(counter::GO_TLS_FD_REUSED);
             out.kernel_no_layout = read(counter::GO_TLS_NO_LAYOUT);
         }
         out

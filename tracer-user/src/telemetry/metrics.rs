@@ -80,6 +80,8 @@ pub struct AgentSnapshot {
     pub bounds: BoundsSnapshot,
     /// HTTP/2 streams, exchanges and wire counters.
     pub http2: crate::protocols::http2::Http2Stats,
+    /// TLS connections: ciphertext skipped, plaintext (uprobe records) framed.
+    pub tls: crate::protocols::select::TlsStats,
     /// Go crypto/tls uprobes: binaries covered and skipped, calls not captured.
     pub go_tls: crate::capture::gotls::GoTlsSnapshot,
 }
@@ -759,6 +761,9 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in go_tls_families(&s.go_tls) {
         family.render_into(&mut out);
     }
+    for family in tls_families(&s.tls) {
+        family.render_into(&mut out);
+    }
     out
 }
 
@@ -813,9 +818,49 @@ fn go_tls_families(g: &crate::capture::gotls::GoTlsSnapshot) -> Vec<Family> {
                 Sample::labelled(&[("reason", "unreadable")], g.kernel_unreadable),
                 Sample::labelled(&[("reason", "untracked_connection")], g.kernel_untracked),
                 Sample::labelled(&[("reason", "call_table_full")], g.kernel_calls_full),
-                Sample::labelled(&[("reason", "fd_reused")], g.kernel_fd_reused),
                 Sample::labelled(&[("reason", "no_layout")], g.kernel_no_layout),
             ],
+        ),
+    ]
+}
+
+/// Families of the userspace TLS counters (the kernel's uprobe counters are `tracer_kernel_tls_*`).
+fn tls_families(t: &crate::protocols::select::TlsStats) -> Vec<Family> {
+    vec![
+        Family::counter(
+            "tracer_tls_ciphertext_connections_total",
+            "Connections whose first captured socket bytes were a TLS record (never framed as HTTP).",
+            vec![Sample::plain(t.ciphertext_connections)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_connections_total",
+            "Connections switched to the plaintext a TLS library's uprobes captured.",
+            vec![Sample::plain(t.plaintext_connections)],
+        ),
+        Family::counter(
+            "tracer_tls_ciphertext_records_skipped_total",
+            "Socket records of TLS connections skipped (ciphertext).",
+            vec![Sample::plain(t.ciphertext_records_skipped)],
+        ),
+        Family::counter(
+            "tracer_tls_ciphertext_bytes_skipped_total",
+            "Bytes of the skipped ciphertext records.",
+            vec![Sample::plain(t.ciphertext_bytes_skipped)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_records_total",
+            "Plaintext records (TLS library uprobes) framed.",
+            vec![Sample::plain(t.plaintext_records)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_bytes_total",
+            "Bytes of the framed plaintext records (captured or gap).",
+            vec![Sample::plain(t.plaintext_bytes)],
+        ),
+        Family::counter(
+            "tracer_tls_switched_after_framing_total",
+            "TLS connections whose ciphertext had been framed as cleartext (records lost at their start) when plaintext arrived: what it left pending was discarded.",
+            vec![Sample::plain(t.switched_after_framing)],
         ),
     ]
 }
@@ -1356,27 +1401,35 @@ mod tests {
                     control_frames_lost: 520,
                 },
             },
+            tls: crate::protocols::select::TlsStats {
+                ciphertext_connections: 601,
+                plaintext_connections: 602,
+                ciphertext_records_skipped: 603,
+                ciphertext_bytes_skipped: 604,
+                plaintext_records: 605,
+                plaintext_bytes: 606,
+                switched_after_framing: 607,
+            },
             go_tls: crate::capture::gotls::GoTlsSnapshot {
-                loaded: 601,
-                binaries_attached: 602,
-                uprobes_attached: 603,
-                skipped_not_amd64: 604,
-                skipped_stack_abi: 605,
-                skipped_unknown_layout: 606,
-                skipped_no_symbols: 607,
-                skipped_no_crypto_tls: 608,
-                skipped_no_tcp_conn_type: 609,
-                skipped_disassembly: 610,
-                skipped_attach_failed: 611,
-                skipped_table_full: 612,
-                skipped_exe_unreadable: 613,
-                calls_swept: 614,
-                kernel_not_tcp: 615,
-                kernel_unreadable: 616,
-                kernel_untracked: 617,
-                kernel_calls_full: 618,
-                kernel_fd_reused: 619,
-                kernel_no_layout: 620,
+                loaded: 701,
+                binaries_attached: 702,
+                uprobes_attached: 703,
+                skipped_not_amd64: 704,
+                skipped_stack_abi: 705,
+                skipped_unknown_layout: 706,
+                skipped_no_symbols: 707,
+                skipped_no_crypto_tls: 708,
+                skipped_no_tcp_conn_type: 709,
+                skipped_disassembly: 710,
+                skipped_attach_failed: 711,
+                skipped_table_full: 712,
+                skipped_exe_unreadable: 713,
+                calls_swept: 714,
+                kernel_not_tcp: 715,
+                kernel_unreadable: 716,
+                kernel_untracked: 717,
+                kernel_calls_full: 718,
+                kernel_no_layout: 719,
             },
         }
     }
@@ -1391,7 +1444,8 @@ mod tests {
             .chain(201..=237)
             .chain(301..=326)
             .chain(501..=525)
-            .chain(601..=620)
+            .chain(601..=607)
+            .chain(701..=719)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);

@@ -225,11 +225,10 @@ fn server_attributes(
     out: &mut Vec<Attribute>,
 ) {
     let target = RequestTarget::parse(&request.method, &request.target);
-    let scheme = match (&target, pseudo_scheme(request)) {
-        (RequestTarget::Absolute { .. }, _) | (_, None) => target.scheme(),
-        (_, Some(scheme)) => Text::Static(scheme),
-    };
-    out.push(Attribute::str("url.scheme", scheme));
+    out.push(Attribute::str(
+        "url.scheme",
+        url_scheme(&target, request, conn),
+    ));
     if let Some(path) = target.path() {
         out.push(Attribute::str(
             "url.path",
@@ -303,9 +302,13 @@ fn client_attributes(
     {
         out.push(Attribute::int("server.port", i64::from(port)));
     }
-    if let Some(url) = client_url_full(&target, request, host_authority.as_deref(), peer) {
+    if let Some(url) = client_url_full(&target, request, host_authority.as_deref(), peer, conn) {
         out.push(Attribute::str("url.full", url));
     }
+    out.push(Attribute::str(
+        "url.scheme",
+        url_scheme(&target, request, conn),
+    ));
     peer_attributes(conn, out);
     out.push(Attribute::str(
         "network.protocol.version",
@@ -332,6 +335,7 @@ fn client_url_full(
     request: &HttpRequest,
     host_authority: Option<&str>,
     peer: Option<SocketAddr>,
+    conn: &crate::model::ConnMeta,
 ) -> Option<Text> {
     if host_authority.is_none()
         && peer.is_none()
@@ -349,8 +353,8 @@ fn client_url_full(
         }
         (None, None) => {}
     };
-    let origin = match pseudo_scheme(request) {
-        Some("https") => "https://",
+    let origin = match (pseudo_scheme(request), conn.tls) {
+        (Some("https"), _) | (None, true) => "https://",
         _ => "http://",
     };
     let url = intern::text_fmt(|out| {
@@ -374,6 +378,21 @@ fn client_url_full(
         out.truncate(keep);
     });
     Some(url)
+}
+
+/// `url.scheme`: an absolute-form target's own, else HTTP/2's `:scheme`, else `https` on a
+/// connection whose plaintext came from a TLS library (`http` otherwise).
+fn url_scheme(
+    target: &RequestTarget<'_>,
+    request: &HttpRequest,
+    conn: &crate::model::ConnMeta,
+) -> Text {
+    match (target, pseudo_scheme(request)) {
+        (RequestTarget::Absolute { .. }, _) => target.scheme(),
+        (_, Some(scheme)) => Text::Static(scheme),
+        _ if conn.tls => Text::Static("https"),
+        _ => target.scheme(),
+    }
 }
 
 /// The request target split by form (RFC 9112 section 3.2).
@@ -733,6 +752,7 @@ mod tests {
             local: Some(local.parse().expect("local addr")),
             peer: Some(peer.parse().expect("peer addr")),
             netns: None,
+            tls: false,
         }
     }
 

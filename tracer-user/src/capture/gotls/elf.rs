@@ -117,10 +117,8 @@ pub fn analyse(data: &[u8]) -> Result<GoTlsBinaryInfo, Skip> {
             READ_SYMBOL => read = Some((sym.address(), sym.size())),
             WRITE_SYMBOL => write = Some((sym.address(), sym.size())),
             HANDSHAKE_SYMBOL => handshake = Some(sym.address()),
-            n if TCP_CONN_TYPE_SYMBOLS.contains(&n) => {
-                if tcp_type.is_none() {
-                    tcp_type = Some(sym.address());
-                }
+            n if TCP_CONN_TYPE_SYMBOLS.contains(&n) && tcp_type.is_none() => {
+                tcp_type = Some(sym.address());
             }
             _ => {}
         }

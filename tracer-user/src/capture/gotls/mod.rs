@@ -86,7 +86,6 @@ pub struct GoTlsSnapshot {
     pub kernel_unreadable: u64,
     pub kernel_untracked: u64,
     pub kernel_calls_full: u64,
-    pub kernel_fd_reused: u64,
     pub kernel_no_layout: u64,
 }
 
