@@ -27,14 +27,25 @@ const HTTP1_ONLY: &str = "http2client=0,http2server=0";
 /// The Go peer, built once per test run into the target directory.
 fn gotls() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    BIN.get_or_init(|| build_peer("gotls", &[]))
+}
+
+/// The Go peer built without its symbol table (`-ldflags=-s -w`).
+fn gotls_stripped() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_peer("gotls-stripped", &["-ldflags=-s -w"]))
+}
+
+fn build_peer(name: &str, flags: &[&str]) -> PathBuf {
+    {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-peers");
         std::fs::create_dir_all(&out).expect("create the Go peer's directory");
-        let bin = out.join("gotls");
+        let bin = out.join(name);
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/gotls/main.go");
         let mut build = Command::new("go");
         build
             .arg("build")
+            .args(flags)
             .arg("-o")
             .arg(&bin)
             .arg(&source)
@@ -49,11 +60,15 @@ fn gotls() -> &'static Path {
             );
         }
         bin
-    })
+    }
 }
 
 fn start_server(port: u16, godebug: Option<&str>) -> ChildGuard {
-    let mut command = Command::new(gotls());
+    start_server_of(gotls(), port, godebug)
+}
+
+fn start_server_of(binary: &Path, port: u16, godebug: Option<&str>) -> ChildGuard {
+    let mut command = Command::new(binary);
     command.args(["serve", "--port", &port.to_string()]);
     if let Some(godebug) = godebug {
         command.env("GODEBUG", godebug);
@@ -329,4 +344,32 @@ fn curl_against_the_go_https_server_gives_server_spans() {
         exit.stderr
     );
     drop(server);
+}
+
+/// `--pid` is respected: a Go TLS server outside the traced processes gets no uprobes; the
+/// traced one, built without symbols, is skipped and counted (`no_symbols`), never attached.
+#[test]
+fn only_traced_go_binaries_are_attached_and_stripped_ones_are_counted() {
+    let untraced = start_server_of(gotls(), free_port(), None);
+    let traced = start_server_of(gotls_stripped(), free_port(), None);
+    let mut agent = AgentConfig::new().pid(traced.pid()).json().start();
+    // Every process present is looked at by each scan: after three, both servers were.
+    let page = agent.wait_metrics("three scans of /proc for Go executables", |page| {
+        sample(page, "tracer_go_tls_scans_total", "").is_some_and(|n| n >= 3.0)
+    });
+    let skipped = sample(
+        &page,
+        "tracer_go_tls_binaries_skipped_total",
+        "reason=\"no_symbols\"",
+    );
+    let attached = sample(&page, "tracer_go_tls_binaries_attached", "");
+    let exit = agent.stop();
+    exit.assert_success();
+    assert_eq!(
+        (skipped, attached),
+        (Some(1.0), Some(0.0)),
+        "want the stripped traced server counted and nothing attached\n{page}\n--- agent stderr ---\n{}",
+        exit.stderr
+    );
+    drop((untraced, traced));
 }

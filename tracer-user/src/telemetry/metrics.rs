@@ -811,6 +811,11 @@ fn go_tls_families(g: &crate::capture::gotls::GoTlsSnapshot) -> Vec<Family> {
             vec![Sample::plain(g.calls_swept)],
         ),
         Family::counter(
+            "tracer_go_tls_scans_total",
+            "Scans of /proc for Go executables (every 500 ms).",
+            vec![Sample::plain(g.scans)],
+        ),
+        Family::counter(
             "tracer_kernel_go_tls_calls_skipped_total",
             "Go crypto/tls Read/Write calls whose plaintext was not captured, by reason.",
             vec![
@@ -1425,6 +1430,7 @@ mod tests {
                 skipped_table_full: 712,
                 skipped_exe_unreadable: 713,
                 calls_swept: 714,
+                scans: 720,
                 kernel_not_tcp: 715,
                 kernel_unreadable: 716,
                 kernel_untracked: 717,
@@ -1445,7 +1451,7 @@ mod tests {
             .chain(301..=326)
             .chain(501..=525)
             .chain(601..=607)
-            .chain(701..=719)
+            .chain(701..=720)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);

@@ -35,7 +35,7 @@ use crate::capture::probes::ProbeOptions;
 /// How often /proc is scanned for new Go executables.
 pub const RESCAN_EVERY: Duration = Duration::from_millis(500);
 /// Executables larger than this are not read.
-const MAX_EXE_BYTES: u64 = 1 << 30;
+const MAX_EXE_BYTES: u64 = 256 << 20;
 /// Distinct non-Go executables remembered (then forgotten all at once and read again).
 const MAX_SEEN: usize = 8192;
 /// Scans between two sweeps of the in-flight call table (entries of exited processes).
@@ -51,6 +51,7 @@ struct Stats {
     table_full: AtomicU64,
     exe_unreadable: AtomicU64,
     calls_swept: AtomicU64,
+    scans: AtomicU64,
 }
 
 /// Reasons a binary is skipped, in the order of `Stats::skipped`.
@@ -82,6 +83,8 @@ pub struct GoTlsSnapshot {
     pub skipped_table_full: u64,
     pub skipped_exe_unreadable: u64,
     pub calls_swept: u64,
+    /// Scans of /proc done (a test waits on it before asserting what was not attached).
+    pub scans: u64,
     pub kernel_not_tcp: u64,
     pub kernel_unreadable: u64,
     pub kernel_untracked: u64,
@@ -324,6 +327,7 @@ impl GoTls {
             skipped_table_full: get(&s.table_full),
             skipped_exe_unreadable: get(&s.exe_unreadable),
             calls_swept: get(&s.calls_swept),
+            scans: get(&s.scans),
             ..Default::default()
         }
     }
@@ -375,6 +379,7 @@ impl Discovery {
             }
             self.consider(pid);
         }
+        self.stats.scans.fetch_add(1, Ordering::Relaxed);
     }
 
     fn consider(&mut self, pid: u32) {
@@ -395,6 +400,12 @@ impl Discovery {
             self.seen.remove(&id);
             return;
         };
+        // Most executables are not Go: tell from the ELF headers and one section before reading
+        // the whole file.
+        let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
+        if !crate::correlate::runtime::is_go_executable(Path::new(&opened)) {
+            return;
+        }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut data = Vec::new();
         if size > MAX_EXE_BYTES
