@@ -13,8 +13,8 @@ use aya::{
     programs::TracePoint,
 };
 use tracer_common::{
-    Config, ConnState, H2_WALKER_PROGRAM, MAX_CAPTURE, TRACEPOINT_PROGRAMS, TracepointProgram,
-    conn_key, counter, map_name, role,
+    Config, ConnState, H2_WALKER_PROGRAM, MAX_CAPTURE, OPENSSL_UPROBE_PROGRAMS,
+    TRACEPOINT_PROGRAMS, TracepointProgram, conn_key, counter, map_name, role,
 };
 
 use crate::capture::kernel_log::{KernelLog, KernelLogLevel, LOG_RING, LOG_RING_BYTES_WHEN_OFF};
@@ -97,6 +97,8 @@ pub struct ProbeOptions {
     pub max_connections: u32,
     /// What the eBPF programs log (fixed at load; off by default).
     pub kernel_log_level: KernelLogLevel,
+    /// Capture TLS plaintext with the OpenSSL uprobes (`--no-tls` turns it off).
+    pub tls: bool,
 }
 
 /// Kernel-side counters summed over CPUs.
@@ -160,6 +162,22 @@ pub struct KernelCounters {
     pub h2_implausible_frame: u64,
     /// Gauge: 1 when the HTTP/2 frame walker is loaded, 0 when this kernel refused it.
     pub h2_walker_loaded: u64,
+    /// Plaintext records the OpenSSL uprobes sent.
+    pub tls_records: u64,
+    /// OpenSSL calls whose socket was unknown (memory BIO, or no syscall seen yet): lost.
+    pub tls_no_socket: u64,
+    /// OpenSSL calls on a socket that is not a tracked connection.
+    pub tls_untracked: u64,
+    /// OpenSSL calls that touched two tracked connections (no fd guessed): lost.
+    pub tls_ambiguous_fd: u64,
+    /// OpenSSL calls not followed because the per-thread call table was full.
+    pub tls_calls_table_full: u64,
+    /// `_ex` calls whose size out-pointer was unreadable: lost.
+    pub tls_size_unreadable: u64,
+    /// Gauge: OpenSSL copies (libraries or executables) the uprobes are attached to.
+    pub tls_libraries_attached: u64,
+    /// OpenSSL copies the uprobes could not be attached to.
+    pub tls_attach_failed: u64,
 }
 
 impl KernelCounters {
@@ -244,6 +262,8 @@ pub struct Probes {
     h2_walker_loaded: bool,
     /// Forwards the programs' diagnostics when `--kernel-log-level` is not off.
     kernel_log: Option<KernelLog>,
+    /// The OpenSSL copies found and attached (`None`: TLS capture off or not loadable).
+    tls: Option<crate::capture::tls::TlsTargets>,
 }
 
 /// Whether the embedded object is the real one.
@@ -432,6 +452,7 @@ impl Probes {
             optional_attached: 0,
             h2_walker_loaded: false,
             kernel_log: None,
+            tls: None,
         };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
@@ -465,7 +486,9 @@ impl Probes {
         // One list of programs on both sides: a program added to the object but not here (or
         // the reverse) is refused, never left unattached.
         if let Some((name, _)) = probes.ebpf.programs().find(|(name, _)| {
-            !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name) && *name != H2_WALKER_PROGRAM
+            !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name)
+                && !OPENSSL_UPROBE_PROGRAMS.iter().any(|p| p.name == *name)
+                && *name != H2_WALKER_PROGRAM
         }) {
             return Err(ProbeError::UnlistedProgram(name.to_owned()));
         }
@@ -521,6 +544,19 @@ impl Probes {
                     let err = program_error(p, source);
                     tracing::warn!(%err, "optional probe not attached (this kernel lacks it): what it watches is not seen");
                 }
+            }
+        }
+        if opts.tls {
+            match probes.load_tls_programs() {
+                Ok(()) => {
+                    probes.tls = Some(crate::capture::tls::TlsTargets::new(PathBuf::from("/proc")));
+                    // The OpenSSL copies already mapped, before records flow.
+                    probes.rescan_tls(monotonic_ns());
+                }
+                Err(err) => tracing::warn!(
+                    %err,
+                    "OpenSSL uprobes not loaded by this kernel: TLS traffic is not seen"
+                ),
             }
         }
         // Second handles on the agent's own map fds (dup): opening maps by id would need
@@ -773,7 +809,129 @@ impl Probes {
         out.h2_data_elided_bytes = read(counter::H2_DATA_ELIDED_BYTES);
         out.h2_implausible_frame = read(counter::H2_IMPLAUSIBLE_FRAME);
         out.h2_walker_loaded = u64::from(self.h2_walker_loaded);
+        out.tls_records = read(counter::TLS_RECORDS);
+        out.tls_no_socket = read(counter::TLS_NO_SOCKET);
+        out.tls_untracked = read(counter::TLS_UNTRACKED);
+        out.tls_ambiguous_fd = read(counter::TLS_AMBIGUOUS_FD);
+        out.tls_calls_table_full = read(counter::TLS_CALLS_TABLE_FULL);
+        out.tls_size_unreadable = read(counter::TLS_SIZE_UNREADABLE);
+        if let Some(tls) = &self.tls {
+            out.tls_libraries_attached = tls.stats.libraries_attached;
+            out.tls_attach_failed = tls.stats.attach_failed;
+        }
         out
+    }
+
+    /// Scans processes for OpenSSL copies not seen yet (at most every
+    /// `tls::RESCAN_EVERY_NS`) and attaches the OpenSSL uprobes to each. Nothing when TLS
+    /// capture is off.
+    pub fn rescan_tls(&mut self, now_ns: u64) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        if !tls.due(now_ns) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let targets = tls.scan(now_ns, None);
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            new = targets.len(),
+            "scanned processes for OpenSSL copies"
+        );
+        for target in targets {
+            if self.tls.as_ref().is_some_and(|tls| tls.is_done(&target)) {
+                continue;
+            }
+            match self.attach_openssl(&target.path) {
+                Ok(()) => {
+                    tracing::info!(
+                        pid = target.pid,
+                        file = %target.shown,
+                        kind = ?target.kind,
+                        "OpenSSL uprobes attached"
+                    );
+                    if let Some(tls) = self.tls.as_mut() {
+                        tls.attached(&target);
+                        tls.stats.libraries_attached += 1;
+                    }
+                }
+                Err(err) => {
+                    let retry = self
+                        .tls
+                        .as_mut()
+                        .is_some_and(|tls| tls.attach_failed(&target));
+                    if retry {
+                        tracing::debug!(
+                            pid = target.pid,
+                            file = %target.shown,
+                            %err,
+                            "OpenSSL uprobes not attached yet (tried again at the next scan)"
+                        );
+                    } else {
+                        tracing::warn!(
+                            pid = target.pid,
+                            file = %target.shown,
+                            %err,
+                            "OpenSSL uprobes not attached: its TLS traffic is not seen"
+                        );
+                        if let Some(tls) = self.tls.as_mut() {
+                            tls.stats.attach_failed += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attaches every OpenSSL uprobe to the file at `path` (all processes mapping it; the kernel
+    /// programs apply the pid filter and skip the agent). `SSL_read`/`SSL_write` are required,
+    /// the `_ex` variants optional (OpenSSL before 1.1.1 lacks them).
+    fn attach_openssl(&mut self, path: &Path) -> Result<(), String> {
+        use aya::programs::{UProbe, uprobe::UProbeScope};
+        for p in OPENSSL_UPROBE_PROGRAMS {
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(p.name)
+                .ok_or_else(|| format!("program {} missing", p.name))?
+                .try_into()
+                .map_err(|e| format!("{}: {e}", p.name))?;
+            if let Err(err) = program.attach(p.symbol, path, UProbeScope::AllProcesses) {
+                let mut e = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(inner) = source {
+                    e.push_str(": ");
+                    e.push_str(&inner.to_string());
+                    source = inner.source();
+                }
+                if p.symbol.ends_with("_ex") {
+                    tracing::debug!(symbol = p.symbol, %e, "optional OpenSSL symbol not attached");
+                    continue;
+                }
+                return Err(format!("{} at {}: {e}", p.name, p.symbol));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the OpenSSL uprobe programs (attached later, per library found).
+    fn load_tls_programs(&mut self) -> Result<(), String> {
+        use aya::programs::UProbe;
+        let mut loaded: Vec<&str> = Vec::new();
+        for p in OPENSSL_UPROBE_PROGRAMS {
+            if loaded.contains(&p.name) {
+                continue;
+            }
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(p.name)
+                .ok_or_else(|| format!("program {} missing", p.name))?
+                .try_into()
+                .map_err(|e| format!("{}: {e}", p.name))?;
+            program.load().map_err(|e| format!("{}: {e}", p.name))?;
+            loaded.push(p.name);
+        }
+        Ok(())
     }
 
     /// A duplicate of the agent's fd of map `name` (for a second handle on it).
