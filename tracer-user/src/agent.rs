@@ -698,7 +698,7 @@ impl EventLoop {
                 }
                 self.pipeline.tick(now, &mut self.out);
                 // Processes that started or loaded an OpenSSL copy since the last scan.
-                self.probes.rescan_tls(now);
+                self.probes.rescan_tls();
             }
             // One hand-over per cycle: one queue lock, one wake-up of the sink's worker.
             self.sink.submit_batch(&mut self.out);

@@ -263,7 +263,7 @@ pub struct Probes {
     /// Forwards the programs' diagnostics when `--kernel-log-level` is not off.
     kernel_log: Option<KernelLog>,
     /// The OpenSSL copies found and attached (`None`: TLS capture off or not loadable).
-    tls: Option<crate::capture::tls::TlsTargets>,
+    tls: Option<crate::capture::tls::TlsSearch>,
 }
 
 /// Whether the embedded object is the real one.
@@ -549,9 +549,12 @@ impl Probes {
         if opts.tls {
             match probes.load_tls_programs() {
                 Ok(()) => {
-                    probes.tls = Some(crate::capture::tls::TlsTargets::new(PathBuf::from("/proc")));
-                    // The OpenSSL copies already mapped, before records flow.
-                    probes.rescan_tls(monotonic_ns());
+                    // The libraries already mapped are attached before this returns.
+                    probes.tls = Some(crate::capture::tls::TlsSearch::start(
+                        PathBuf::from("/proc"),
+                        monotonic_ns(),
+                    ));
+                    probes.rescan_tls();
                 }
                 Err(err) => tracing::warn!(
                     %err,
@@ -816,31 +819,21 @@ impl Probes {
         out.tls_calls_table_full = read(counter::TLS_CALLS_TABLE_FULL);
         out.tls_size_unreadable = read(counter::TLS_SIZE_UNREADABLE);
         if let Some(tls) = &self.tls {
-            out.tls_libraries_attached = tls.stats.libraries_attached;
-            out.tls_attach_failed = tls.stats.attach_failed;
+            let stats = tls.stats();
+            out.tls_libraries_attached = stats.libraries_attached;
+            out.tls_attach_failed = stats.attach_failed;
         }
         out
     }
 
-    /// Scans processes for OpenSSL copies not seen yet (at most every
-    /// `tls::RESCAN_EVERY_NS`) and attaches the OpenSSL uprobes to each. Nothing when TLS
-    /// capture is off.
-    pub fn rescan_tls(&mut self, now_ns: u64) {
-        let Some(tls) = self.tls.as_mut() else {
+    /// Attaches the OpenSSL uprobes to the copies the search thread found since the last call
+    /// (`capture::tls`). Nothing when TLS capture is off.
+    pub fn rescan_tls(&mut self) {
+        let Some(search) = self.tls.take() else {
             return;
         };
-        if !tls.due(now_ns) {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let targets = tls.scan(now_ns, None);
-        tracing::debug!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            new = targets.len(),
-            "scanned processes for OpenSSL copies"
-        );
-        for target in targets {
-            if self.tls.as_ref().is_some_and(|tls| tls.is_done(&target)) {
+        for target in search.take_pending() {
+            if search.is_done(&target) {
                 continue;
             }
             match self.attach_openssl(&target.path) {
@@ -851,37 +844,23 @@ impl Probes {
                         kind = ?target.kind,
                         "OpenSSL uprobes attached"
                     );
-                    if let Some(tls) = self.tls.as_mut() {
-                        tls.attached(&target);
-                        tls.stats.libraries_attached += 1;
-                    }
+                    search.attached(&target);
                 }
-                Err(err) => {
-                    let retry = self
-                        .tls
-                        .as_mut()
-                        .is_some_and(|tls| tls.attach_failed(&target));
-                    if retry {
-                        tracing::debug!(
-                            pid = target.pid,
-                            file = %target.shown,
-                            %err,
-                            "OpenSSL uprobes not attached yet (tried again at the next scan)"
-                        );
-                    } else {
-                        tracing::warn!(
-                            pid = target.pid,
-                            file = %target.shown,
-                            %err,
-                            "OpenSSL uprobes not attached: its TLS traffic is not seen"
-                        );
-                        if let Some(tls) = self.tls.as_mut() {
-                            tls.stats.attach_failed += 1;
-                        }
-                    }
-                }
+                Err(err) if search.attach_failed(&target) => tracing::debug!(
+                    pid = target.pid,
+                    file = %target.shown,
+                    %err,
+                    "OpenSSL uprobes not attached yet (tried again at the next scan)"
+                ),
+                Err(err) => tracing::warn!(
+                    pid = target.pid,
+                    file = %target.shown,
+                    %err,
+                    "OpenSSL uprobes not attached: its TLS traffic is not seen"
+                ),
             }
         }
+        self.tls = Some(search);
     }
 
     /// Attaches every OpenSSL uprobe to the file at `path` (all processes mapping it; the kernel

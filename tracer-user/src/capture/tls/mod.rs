@@ -7,8 +7,12 @@
 //!
 //! Processes that start later, or `dlopen` libssl after they started (Python imports `ssl`
 //! lazily), are found by a periodic rescan (`RESCAN_EVERY_NS`): an exec hook alone would miss a
-//! library loaded after exec. The rescan reads only `/proc/<pid>/maps` and stats `/proc/<pid>/exe`
-//! of at most `MAX_PIDS_PER_SCAN` processes; an executable's symbols are read once per inode.
+//! library loaded after exec. The rescan reads `/proc/<pid>/maps` of at most `MAX_PIDS_PER_SCAN`
+//! processes; an executable's symbols are read once per inode. It runs on its own thread
+//! ([`TlsSearch`]): the event thread only attaches what it found (tens of milliseconds per scan
+//! on a busy host, a second for the first look at every executable, never on the event loop).
+//! The search at start-up covers the libraries only, synchronously, so that processes already
+//! running are traced from the moment the agent says its probes are attached.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -68,7 +72,6 @@ pub struct TlsTargets {
     /// Failed attaches per file (a process that exits between the scan and the attach takes its
     /// `/proc/<pid>/root` path with it: tried again from another process, a few times).
     failures: std::collections::HashMap<(u64, u64), u8>,
-    last_scan_ns: Option<u64>,
     pub stats: TlsAttachStats,
 }
 
@@ -79,7 +82,6 @@ impl TlsTargets {
             own_pid: std::process::id(),
             done: HashSet::new(),
             failures: std::collections::HashMap::new(),
-            last_scan_ns: None,
             stats: TlsAttachStats::default(),
         }
     }
@@ -107,17 +109,12 @@ impl TlsTargets {
         self.done.contains(&target.id)
     }
 
-    /// Whether a rescan is due at `now_ns`.
-    pub fn due(&self, now_ns: u64) -> bool {
-        self.last_scan_ns
-            .is_none_or(|last| now_ns.saturating_sub(last) >= RESCAN_EVERY_NS)
-    }
-
     /// Scans processes (all, or `pids` only) and returns the OpenSSL copies not attached yet,
     /// each through up to `MAX_ATTACH_ATTEMPTS` processes that map it (a short-lived one may be
-    /// gone by the time its path is opened).
-    pub fn scan(&mut self, now_ns: u64, pids: Option<&[u32]>) -> Vec<Target> {
-        self.last_scan_ns = Some(now_ns);
+    /// gone by the time its path is opened). Executables are inspected for exported OpenSSL
+    /// symbols only with `executables`.
+    pub fn scan(&mut self, now_ns: u64, pids: Option<&[u32]>, executables: bool) -> Vec<Target> {
+        let _ = now_ns;
         self.stats.scans += 1;
         let listed: Vec<u32> = match pids {
             Some(pids) => pids.to_vec(),
@@ -136,7 +133,7 @@ impl TlsTargets {
                 // Never the agent itself (the kernel programs skip it too).
                 continue;
             }
-            self.scan_process(pid, &mut offered, &mut out);
+            self.scan_process(pid, executables, &mut offered, &mut out);
         }
         out
     }
@@ -144,6 +141,7 @@ impl TlsTargets {
     fn scan_process(
         &mut self,
         pid: u32,
+        executables: bool,
         offered: &mut std::collections::HashMap<(u64, u64), u8>,
         out: &mut Vec<Target>,
     ) {
@@ -159,7 +157,7 @@ impl TlsTargets {
             };
             let kind = if is_libssl(mapping.path) {
                 TargetKind::SharedLibrary
-            } else if exe.as_deref() == Some(mapping.path) {
+            } else if executables && exe.as_deref() == Some(mapping.path) {
                 TargetKind::Executable
             } else {
                 continue;
@@ -217,6 +215,132 @@ fn open_path(dir: &Path, path: &str, id: (u64, u64)) -> PathBuf {
         }
     }
     dir.join("root").join(path.trim_start_matches('/'))
+}
+
+/// The search on its own thread: targets it finds wait in `pending` for the event thread,
+/// which attaches them and reports back through [`TlsSearch::attached`] /
+/// [`TlsSearch::attach_failed`].
+pub struct TlsSearch {
+    shared: std::sync::Arc<std::sync::Mutex<Shared>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    targets: TlsTargets,
+    pending: Vec<Target>,
+}
+
+impl TlsSearch {
+    /// Scans for the libraries now (the caller attaches them before it reports ready), then
+    /// rescans everything (executables too) every `RESCAN_EVERY_NS` on a thread.
+    pub fn start(proc_root: PathBuf, now_ns: u64) -> TlsSearch {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let mut targets = TlsTargets::new(proc_root);
+        let pending = targets.scan(now_ns, None, false);
+        let shared = Arc::new(Mutex::new(Shared { targets, pending }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("tls-search".into())
+                .spawn(move || search_loop(&shared, &stop))
+                .map_err(|err| tracing::warn!(%err, "TLS library search thread not started"))
+                .ok()
+        };
+        TlsSearch {
+            shared,
+            stop,
+            thread,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Targets found and not attached yet (empty while a scan holds the state).
+    pub fn take_pending(&self) -> Vec<Target> {
+        match self.shared.try_lock() {
+            Ok(mut shared) => {
+                let pending = std::mem::take(&mut shared.pending);
+                pending
+                    .into_iter()
+                    .filter(|t| !shared.targets.is_done(t))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn is_done(&self, target: &Target) -> bool {
+        self.lock().targets.is_done(target)
+    }
+
+    pub fn attached(&self, target: &Target) {
+        let mut shared = self.lock();
+        shared.targets.attached(target);
+        shared.targets.stats.libraries_attached += 1;
+    }
+
+    /// See [`TlsTargets::attach_failed`]; a file given up is counted.
+    pub fn attach_failed(&self, target: &Target) -> bool {
+        let mut shared = self.lock();
+        let retry = shared.targets.attach_failed(target);
+        if !retry {
+            shared.targets.stats.attach_failed += 1;
+        }
+        retry
+    }
+
+    pub fn stats(&self) -> TlsAttachStats {
+        self.lock().targets.stats
+    }
+}
+
+impl Drop for TlsSearch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let step = std::time::Duration::from_millis(100);
+    let mut next = std::time::Duration::from_nanos(RESCAN_EVERY_NS);
+    while !stop.load(Ordering::Relaxed) {
+        if started.elapsed() < next {
+            std::thread::sleep(step);
+            continue;
+        }
+        next = started.elapsed() + std::time::Duration::from_nanos(RESCAN_EVERY_NS);
+        let mut shared = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let began = std::time::Instant::now();
+        let now_ns = started.elapsed().as_nanos() as u64;
+        let found = shared.targets.scan(now_ns, None, true);
+        tracing::debug!(
+            elapsed_us = began.elapsed().as_micros() as u64,
+            new = found.len(),
+            "scanned processes for OpenSSL copies"
+        );
+        for target in found {
+            if !shared
+                .pending
+                .iter()
+                .any(|t| t.id == target.id && t.pid == target.pid)
+            {
+                shared.pending.push(target);
+            }
+        }
+    }
 }
 
 /// One line of `/proc/<pid>/maps` with a file: its device, inode and path.
@@ -328,11 +452,14 @@ mod tests {
     fn a_scan_of_this_process_skips_it_and_files_are_tried_once() {
         let mut targets = TlsTargets::new(PathBuf::from("/proc"));
         let own = std::process::id();
-        assert!(targets.scan(1, Some(&[own])).is_empty());
+        assert!(targets.scan(1, Some(&[own]), true).is_empty());
         targets.own_pid = 0;
-        for target in targets.scan(3, Some(&[own])) {
+        for target in targets.scan(3, Some(&[own]), true) {
             targets.attached(&target);
         }
-        assert!(targets.scan(4, Some(&[own])).is_empty(), "offered again");
+        assert!(
+            targets.scan(4, Some(&[own]), true).is_empty(),
+            "offered again"
+        );
     }
 }
