@@ -263,33 +263,7 @@ fn nginx_with_ssl_is_traced() {
     let dir = ScratchDir::new("tls-nginx");
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).expect("www");
-    std::fs::write(www.join("index.html"), "hello over tls\n").expect("index");
-    let config = nginx_config_listen(dir.path(), port, " ssl").replace(
-        "        root ",
-        &format!(
-            "        ssl_certificate {};\n        ssl_certificate_key {};\n        root ",
-            cert.display(),
-            key.display()
-        ),
-    );
-    let config_path = dir.path().join("nginx.conf");
-    std::fs::write(&config_path, config).expect("nginx.conf");
-    let mut command = Command::new(nginx_binary());
-    command
-        .arg("-c")
-        .arg(&config_path)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-e")
-        .arg(dir.path().join("error.log"));
-    let nginx = ChildGuard::spawn("nginx", command);
-    assert!(
-        wait_for_port(port, START_TIMEOUT),
-        "nginx did not listen on {port}\n{}",
-        nginx.output_report()
-    );
+    let nginx = start_nginx_tls(dir.path(), port, &cert, &key, " ssl");
     let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
     curl_k(&https(port, "/index.html"), &[]);
     curl_k(&https(port, "/index.html"), &[]);
@@ -311,6 +285,45 @@ fn nginx_with_ssl_is_traced() {
         );
     }
     assert_count(&client_spans(&spans, port), 2, "curl CLIENT spans", &spans);
+    drop(nginx);
+}
+
+/// nginx (Debian's build) serving `dir/www` on `port` with `listen_params` and the certificate.
+fn start_nginx_tls(
+    dir: &Path,
+    port: u16,
+    cert: &Path,
+    key: &Path,
+    listen_params: &str,
+) -> ChildGuard {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("index.html"), "hello over tls\n").expect("index");
+    let config = nginx_config_listen(dir, port, listen_params).replace(
+        "        root ",
+        &format!(
+            "        ssl_certificate {};\n        ssl_certificate_key {};\n        root ",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let config_path = dir.join("nginx.conf");
+    std::fs::write(&config_path, config).expect("nginx.conf");
+    let mut command = Command::new(nginx_binary());
+    command
+        .arg("-c")
+        .arg(&config_path)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    let nginx = ChildGuard::spawn("nginx", command);
+    assert!(
+        wait_for_port(port, START_TIMEOUT),
+        "nginx did not listen on {port}\n{}",
+        nginx.output_report()
+    );
+    nginx
 }
 
 /// A server started after the agent that loads its own copy of libssl (another path, another
@@ -387,4 +400,76 @@ fn no_tls_turns_capture_off() {
     );
     let spans: Vec<ObservedSpan> = session.finish();
     assert!(spans.is_empty(), "no span without TLS capture: {spans:?}");
+}
+
+/// HTTP/2 over TLS (ALPN h2): nginx `listen ... ssl http2` and `curl --http2`: the plaintext
+/// starts with the client preface and is framed as HTTP/2; spans are https, version 2.
+#[test]
+fn http2_over_tls_with_alpn_is_traced() {
+    let dir = ScratchDir::new("tls-h2");
+    let (cert, key) = self_signed(dir.path());
+    let port = free_port();
+    let nginx = start_nginx_tls(dir.path(), port, &cert, &key, " ssl http2");
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    curl_k(&https(port, "/index.html"), &["--http2"]);
+    session.wait_for("the HTTP/2 SERVER and CLIENT spans", |spans| {
+        !server_spans(spans, port).is_empty() && !client_spans(spans, port).is_empty()
+    });
+    session.agent().wait_settled();
+    let spans = session.finish();
+    for span in [
+        the_only(server_spans(&spans, port), "SERVER span", &spans),
+        the_only(client_spans(&spans, port), "CLIENT span", &spans),
+    ] {
+        assert_attrs(
+            span,
+            &[
+                ("url.scheme", s("https")),
+                ("network.protocol.version", s("2")),
+                ("http.response.status_code", i(200)),
+            ],
+        );
+    }
+    drop(nginx);
+}
+
+/// Node.js links OpenSSL into its binary and the probes attach to it, but Node drives OpenSSL
+/// through memory BIOs: no socket syscall happens inside SSL_read/SSL_write, so the connection
+/// is unknown. Counted (`no_socket`), and its ciphertext is skipped: no span, nothing mis-parsed.
+#[test]
+fn node_https_is_counted_as_unsupported_not_misparsed() {
+    let dir = ScratchDir::new("tls-node");
+    let (cert, key) = self_signed(dir.path());
+    let port = free_port();
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut command = Command::new("node");
+    command
+        .arg(peer_script("tls_node.js"))
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .arg("3");
+    let (status, child) = run_with_timeout("tls_node.js", command, CLIENT_TIMEOUT);
+    assert!(status.success(), "{}", child.output_report());
+    let page =
+        session
+            .agent()
+            .wait_metrics("OpenSSL calls of node counted without a socket", |page| {
+                sample(
+                    page,
+                    "tracer_kernel_tls_calls_lost_total",
+                    "reason=\"no_socket\"",
+                )
+                .unwrap_or(0.0)
+                    >= 6.0
+            });
+    assert!(libraries_attached(&page) >= 1.0, "{page}");
+    let page = session.agent().wait_settled();
+    assert_eq!(
+        sample(&page, "tracer_http_desyncs_total", ""),
+        Some(0.0),
+        "{page}"
+    );
+    let spans = session.finish();
+    assert!(spans.is_empty(), "no span from node's TLS: {spans:?}");
 }
