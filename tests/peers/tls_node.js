@@ -1,12 +1,19 @@
 // Node.js HTTPS server and client in one process (Node's OpenSSL is linked into its binary):
-// serves GET on 127.0.0.1:PORT with CERT/KEY, sends COUNT requests to itself over one keep-alive
-// agent, prints `done N` and exits 0 when all answered 200.
-// Usage: node tls_node.js PORT CERT KEY COUNT
+// serves GET on 127.0.0.1:PORT with CERT/KEY; once the file GO exists, sends COUNT requests to
+// itself over one keep-alive agent, prints `done N` and exits 0 when all answered 200.
+// Usage: node tls_node.js PORT CERT KEY COUNT GO
 'use strict';
 const fs = require('fs');
 const https = require('https');
 
-const [port, cert, key, count] = process.argv.slice(2);
+const [port, cert, key, count, go] = process.argv.slice(2);
+
+function waitForFile(path) {
+  return new Promise((resolve) => {
+    const poll = () => (fs.existsSync(path) ? resolve() : setTimeout(poll, 20));
+    poll();
+  });
+}
 const server = https.createServer(
   { cert: fs.readFileSync(cert), key: fs.readFileSync(key) },
   (req, res) => {
@@ -15,6 +22,8 @@ const server = https.createServer(
   },
 );
 server.listen(Number(port), '127.0.0.1', async () => {
+  console.log('listening');
+  await waitForFile(go);
   const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
   let ok = 0;
   for (let i = 0; i < Number(count); i++) {

@@ -442,15 +442,42 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
     let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let go = dir.path().join("go");
     let mut command = Command::new("node");
     command
         .arg(peer_script("tls_node.js"))
         .arg(port.to_string())
         .arg(&cert)
         .arg(&key)
-        .arg("3");
-    let (status, child) = run_with_timeout("tls_node.js", command, CLIENT_TIMEOUT);
-    assert!(status.success(), "{}", child.output_report());
+        .arg("3")
+        .arg(&go);
+    let mut node = ChildGuard::spawn("tls_node.js", command);
+    assert!(
+        wait_for_port(port, START_TIMEOUT),
+        "node did not listen on {port}\n{}",
+        node.output_report()
+    );
+    // The agent finds node's binary (it exports OpenSSL's symbols) at its next full scan:
+    // two scans after node listens, it is surely attached (by now or before).
+    let scans =
+        |page: &str| sample(page, "tracer_kernel_tls_search_scans_total", "").unwrap_or(0.0);
+    let listening = scans(&session.agent().wait_settled());
+    let page = session
+        .agent()
+        .wait_metrics("two scans for OpenSSL copies after node started", |page| {
+            scans(page) >= listening + 2.0
+        });
+    assert!(
+        libraries_attached(&page) >= 1.0,
+        "node's binary attached: {page}"
+    );
+    std::fs::write(&go, b"go").expect("go file");
+    let status = node.wait_timeout(CLIENT_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "node's requests failed\n{}",
+        node.output_report()
+    );
     let page =
         session
             .agent()
@@ -463,7 +490,6 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
                 .unwrap_or(0.0)
                     >= 6.0
             });
-    assert!(libraries_attached(&page) >= 1.0, "{page}");
     let page = session.agent().wait_settled();
     assert_eq!(
         sample(&page, "tracer_http_desyncs_total", ""),

@@ -50,6 +50,11 @@ mod tls_programs {
         tls::enter(&ctx, syscall::SSL_READ, true);
         0
     }
+    #[uprobe]
+    pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+        tls::enter_handshake(&ctx);
+        0
+    }
     #[uretprobe]
     pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         tls::exit(&ctx);

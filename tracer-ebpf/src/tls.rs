@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
@@ -40,6 +40,21 @@ pub struct SslCall {
     _pad: [u8; 2],
 }
 
+/// `SslCall::kind` of `SSL_do_handshake` (also under `SSL_accept`/`SSL_connect`): it sends no
+/// record, it only learns the `SSL*`'s socket before any data moves (OpenSSL may serve the first
+/// `SSL_read` from bytes the handshake already read, with no syscall).
+const HANDSHAKE: u8 = 0;
+
+/// Value of `SSL_FDS`: the socket and the connection it was when learnt (a reused `SSL*`
+/// address or fd number never sends plaintext to another connection).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslSocket {
+    conn_id: u64,
+    fd: i32,
+    _pad: u32,
+}
+
 /// Key of `SSL_FDS`: the `SSL*` in its process.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -49,13 +64,14 @@ pub struct SslKey {
     _pad: u32,
 }
 
-/// OpenSSL calls in flight, by pid_tgid.
+/// OpenSSL calls in flight, by pid_tgid. LRU: an entry whose return never fired (a thread
+/// killed inside the call) is evicted by newer calls instead of filling the table.
 #[map]
-pub static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(MAX_SSL_CALLS, 0);
+pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(MAX_SSL_CALLS, 0);
 
-/// The socket fd of each `SSL*` seen in a call that made a syscall.
+/// The socket of each `SSL*` seen in a call that made a syscall.
 #[map]
-pub static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(MAX_SSL_FDS, 0);
+pub static SSL_FDS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(MAX_SSL_FDS, 0);
 
 /// Entry of `SSL_read(ssl, buf, num)` / `SSL_write` (`ex` false) or `SSL_read_ex(ssl, buf, num,
 /// size_t *readbytes)` / `SSL_write_ex` (`ex` true).
@@ -90,6 +106,32 @@ pub fn enter(ctx: &ProbeContext, kind_: u8, ex: bool) {
     }
 }
 
+/// Entry of `SSL_do_handshake(ssl)`.
+#[inline(always)]
+pub fn enter_handshake(ctx: &ProbeContext) {
+    if !pid_traced(ctx.tgid()) {
+        return;
+    }
+    let call = SslCall {
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+        buf: 0,
+        out_len: 0,
+        // SAFETY: plain helper call.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: -1,
+        kind: HANDSHAKE,
+        ambiguous: 0,
+        _pad: [0; 2],
+    };
+    if call.ssl != 0
+        && SSL_CALLS
+            .insert(&bpf_get_current_pid_tgid(), &call, 0)
+            .is_err()
+    {
+        count(counter::TLS_CALLS_TABLE_FULL, 1);
+    }
+}
+
 /// From the data programs' sys_enter, for a syscall on tracked connection `fd`: when the thread
 /// is inside an OpenSSL call, that call's socket is `fd`.
 #[inline(always)]
@@ -107,7 +149,7 @@ pub fn note_syscall_fd(pid_tgid: u64, fd: i32) {
     }
 }
 
-/// Return of any of the four functions.
+/// Return of any of the probed functions.
 #[inline(always)]
 pub fn exit(ctx: &RetProbeContext) {
     let id = bpf_get_current_pid_tgid();
@@ -116,6 +158,50 @@ pub fn exit(ctx: &RetProbeContext) {
         return;
     };
     let _ = SSL_CALLS.remove(&id);
+    let tgid = (id >> 32) as u32;
+    let key = SslKey {
+        ssl: call.ssl,
+        tgid,
+        _pad: 0,
+    };
+    // The socket: the one read or written inside this call, else the one remembered for this
+    // SSL* if it is still the same connection.
+    let (fd, conn) = if call.ambiguous != 0 {
+        let _ = SSL_FDS.remove(&key);
+        count(counter::TLS_AMBIGUOUS_FD, 1);
+        return;
+    } else if call.fd >= 0 {
+        let conn = live_conn(tgid, call.fd as u32);
+        if let Some(c) = conn {
+            let socket = SslSocket {
+                conn_id: c.conn_id,
+                fd: call.fd,
+                _pad: 0,
+            };
+            let _ = SSL_FDS.insert(&key, &socket, 0);
+        }
+        (call.fd, conn)
+    } else {
+        // SAFETY: value copied out.
+        let Some(socket) = (unsafe { SSL_FDS.get(&key) }).copied() else {
+            if call.kind != HANDSHAKE {
+                count(counter::TLS_NO_SOCKET, 1);
+            }
+            return;
+        };
+        let conn = live_conn(tgid, socket.fd as u32).filter(|c| c.conn_id == socket.conn_id);
+        if conn.is_none() {
+            let _ = SSL_FDS.remove(&key);
+            if call.kind != HANDSHAKE {
+                count(counter::TLS_NO_SOCKET, 1);
+            }
+            return;
+        }
+        (socket.fd, conn)
+    };
+    if call.kind == HANDSHAKE {
+        return;
+    }
     let ret = ctx.ret::<u64>() as u32 as i32;
     let len: u64 = if call.out_len != 0 {
         if ret != 1 {
@@ -135,33 +221,10 @@ pub fn exit(ctx: &RetProbeContext) {
         }
         ret as u64
     };
-    let tgid = (id >> 32) as u32;
-    let key = SslKey {
-        ssl: call.ssl,
-        tgid,
-        _pad: 0,
-    };
-    let fd = if call.ambiguous != 0 {
-        let _ = SSL_FDS.remove(&key);
-        count(counter::TLS_AMBIGUOUS_FD, 1);
-        return;
-    } else if call.fd >= 0 {
-        let _ = SSL_FDS.insert(&key, &call.fd, 0);
-        call.fd
-    } else {
-        // SAFETY: value copied out.
-        match unsafe { SSL_FDS.get(&key) }.copied() {
-            Some(fd) => fd,
-            None => {
-                count(counter::TLS_NO_SOCKET, 1);
-                return;
-            }
-        }
-    };
     if len == 0 {
         return;
     }
-    let Some(conn) = live_conn(tgid, fd as u32).filter(|c| c.role != role::IGNORED) else {
+    let Some(conn) = conn.filter(|c| c.role != role::IGNORED) else {
         count(counter::TLS_UNTRACKED, 1);
         return;
     };

@@ -352,7 +352,8 @@ pub struct UprobeProgram {
 }
 
 /// The OpenSSL uprobes (libssl.so.3 / .so.1.1, or a binary exporting the symbols): an entry
-/// program per function, and one return program attached to all four.
+/// program per function, and one return program attached to all of them. `SSL_do_handshake`
+/// sends nothing: it learns the `SSL*`'s socket before the first data call.
 pub const OPENSSL_UPROBE_PROGRAMS: &[UprobeProgram] = &[
     UprobeProgram {
         name: "ssl_write_enter",
@@ -392,6 +393,16 @@ pub const OPENSSL_UPROBE_PROGRAMS: &[UprobeProgram] = &[
     UprobeProgram {
         name: "ssl_return",
         symbol: "SSL_read_ex",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_handshake_enter",
+        symbol: "SSL_do_handshake",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_do_handshake",
         ret: true,
     },
 ];

@@ -178,6 +178,8 @@ pub struct KernelCounters {
     pub tls_libraries_attached: u64,
     /// OpenSSL copies the uprobes could not be attached to.
     pub tls_attach_failed: u64,
+    /// Scans of the processes for OpenSSL copies.
+    pub tls_search_scans: u64,
 }
 
 impl KernelCounters {
@@ -822,6 +824,7 @@ impl Probes {
             let stats = tls.stats();
             out.tls_libraries_attached = stats.libraries_attached;
             out.tls_attach_failed = stats.attach_failed;
+            out.tls_search_scans = stats.scans;
         }
         out
     }
@@ -865,7 +868,7 @@ impl Probes {
 
     /// Attaches every OpenSSL uprobe to the file at `path` (all processes mapping it; the kernel
     /// programs apply the pid filter and skip the agent). `SSL_read`/`SSL_write` are required,
-    /// the `_ex` variants optional (OpenSSL before 1.1.1 lacks them).
+    /// the `_ex` variants (OpenSSL before 1.1.1 lacks them) and `SSL_do_handshake` optional.
     fn attach_openssl(&mut self, path: &Path) -> Result<(), String> {
         use aya::programs::{UProbe, uprobe::UProbeScope};
         for p in OPENSSL_UPROBE_PROGRAMS {
@@ -883,7 +886,7 @@ impl Probes {
                     e.push_str(&inner.to_string());
                     source = inner.source();
                 }
-                if p.symbol.ends_with("_ex") {
+                if p.symbol.ends_with("_ex") || p.symbol == "SSL_do_handshake" {
                     tracing::debug!(symbol = p.symbol, %e, "optional OpenSSL symbol not attached");
                     continue;
                 }

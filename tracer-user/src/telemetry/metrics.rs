@@ -793,6 +793,11 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
             vec![Sample::plain(k.tls_attach_failed)],
         ),
         Family::counter(
+            "tracer_kernel_tls_search_scans_total",
+            "Scans of the processes for OpenSSL copies (at start, then every 2 seconds).",
+            vec![Sample::plain(k.tls_search_scans)],
+        ),
+        Family::counter(
             "tracer_tls_ciphertext_connections_total",
             "Connections whose first captured socket bytes were a TLS record (never framed as HTTP).",
             vec![Sample::plain(t.ciphertext_connections)],
@@ -1276,6 +1281,7 @@ mod tests {
                 tls_size_unreadable: 141,
                 tls_libraries_attached: 142,
                 tls_attach_failed: 143,
+                tls_search_scans: 144,
             },
             events_read: 201,
             decode_errors: 202,
@@ -1403,7 +1409,7 @@ mod tests {
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
-        want.extend((136..=143).map(|v| v as f64)); // kernel TLS uprobes
+        want.extend((136..=144).map(|v| v as f64)); // kernel TLS uprobes
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
