@@ -1,7 +1,7 @@
 //! HTTPS between Go programs, traced through the Go crypto/tls uprobes: a real Go net/http TLS
 //! server (self-signed certificate generated at start) and a Go TLS client, 50 requests over 8
 //! keep-alive connections, over HTTP/1.1 (`GODEBUG=http2client=0,http2server=0`) and over HTTP/2
-//! (negotiated by ALPN, Go's default), and `curl -k` against the Go server. Exact SERVER and
+//! (negotiated by ALPN, Go's default), and `curl -k` (OpenSSL) against the Go server. Exact SERVER and
 //! CLIENT span counts, the right path and status, and every SERVER span the child of its
 //! CLIENT span (same-host connection pairing across TLS), scheme https. Loopback only.
 
@@ -282,10 +282,11 @@ fn go_https_http2_by_alpn_is_traced_exactly() {
     drop(server);
 }
 
-/// curl -k against the Go TLS server: the server's side is traced by its Go uprobes, over
-/// HTTP/2 (curl's ALPN default) and HTTP/1.1, with the path and status of each request.
+/// curl -k against the Go TLS server, over HTTP/2 (ALPN) and HTTP/1.1: the server's side is
+/// traced by its Go uprobes (path, status, protocol), curl's by the OpenSSL uprobes, and each
+/// SERVER span is the child of its curl CLIENT span.
 #[test]
-fn curl_against_the_go_https_server_gives_server_spans() {
+fn curl_against_the_go_https_server_is_a_client_server_pair() {
     let port = free_port();
     let server = start_server(port, None);
     let mut agent = start_agent(port);
@@ -301,19 +302,47 @@ fn curl_against_the_go_https_server_gives_server_spans() {
         args.extend(["-k", url.as_str()]);
         assert_eq!(curl(&args).status, *status, "curl {args:?}");
     }
-    agent.wait_metrics("every SERVER span built", |page| {
-        sample(page, "tracer_spans_built_total", "").is_some_and(|n| n >= requests.len() as f64)
+    agent.wait_metrics("every span built", |page| {
+        sample(page, "tracer_spans_built_total", "")
+            .is_some_and(|n| n >= 2.0 * requests.len() as f64)
     });
     agent.wait_settled();
     let exit = agent.stop();
     exit.assert_success();
-    let servers: Vec<ObservedSpan> = exit
+    let spans: Vec<ObservedSpan> = exit
         .json_spans()
         .into_iter()
-        .filter(|s| {
-            s.kind == ObservedKind::Server && s.attr_int("server.port") == Some(i64::from(port))
+        .filter(|s| s.attr_int("server.port") == Some(i64::from(port)))
+        .collect();
+    let servers: Vec<&ObservedSpan> = spans
+        .iter()
+        .filter(|s| s.kind == ObservedKind::Server)
+        .collect();
+    // curl's side goes through OpenSSL's uprobes: each SERVER span is the child of curl's
+    // CLIENT span of the same request (connection pairing across two TLS stacks).
+    let clients: Vec<&ObservedSpan> = spans
+        .iter()
+        .filter(|s| s.kind == ObservedKind::Client)
+        .collect();
+    let unpaired: Vec<&&ObservedSpan> = servers
+        .iter()
+        .filter(|server| {
+            !clients.iter().any(|c| {
+                server.parent_span_id.as_deref() == Some(c.span_id.as_str())
+                    && c.attr_str("url.full").is_some_and(|u| {
+                        u.starts_with("https://")
+                            && server.attr_str("url.path").is_some_and(|p| u.contains(p))
+                    })
+            })
         })
         .collect();
+    assert!(
+        clients.len() == requests.len() && unpaired.is_empty(),
+        "want {} curl CLIENT spans, each the parent of its SERVER span; got:\n{}\n--- agent stderr ---\n{}",
+        requests.len(),
+        describe(&spans),
+        exit.stderr
+    );
     let seen: BTreeSet<(String, i64, String)> = servers
         .iter()
         .filter(|s| s.attr_str("url.scheme") == Some("https"))
@@ -340,7 +369,7 @@ fn curl_against_the_go_https_server_gives_server_spans() {
     assert!(
         servers.len() == requests.len() && seen == want,
         "want one SERVER span per curl request {want:?}, got:\n{}\n--- agent stderr ---\n{}",
-        describe(&servers),
+        describe(servers.iter().copied()),
         exit.stderr
     );
     drop(server);

@@ -73,9 +73,12 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
     if state.is_some_and(|s| s.role == role::IGNORED) {
         return;
     }
-    // A TLS library's uprobes send this connection's plaintext: its ciphertext is not sent.
-    if state.is_some_and(|s| s.tls != 0) {
-        return;
+    if let Some(s) = state {
+        // Inside an OpenSSL call this is its socket; a TLS connection's ciphertext is not sent.
+        crate::tls::note_syscall_fd(ctx.pid_tgid_raw(), fd as i32);
+        if s.tls != 0 {
+            return;
+        }
     }
     if state.is_none() {
         let sniff = config().map(|c| c.sniff_untracked != 0).unwrap_or(false);

@@ -18,6 +18,51 @@ mod gotls;
 mod h2;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod tls;
+
+#[cfg(target_arch = "bpf")]
+mod tls_programs {
+    //! OpenSSL uprobes (`tracer_common::OPENSSL_UPROBE_PROGRAMS`).
+    use aya_ebpf::{
+        macros::{uprobe, uretprobe},
+        programs::{ProbeContext, RetProbeContext},
+    };
+    use tracer_common::syscall;
+
+    use crate::tls;
+
+    #[uprobe]
+    pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+        tls::enter(&ctx, syscall::SSL_WRITE, false);
+        0
+    }
+    #[uprobe]
+    pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+        tls::enter(&ctx, syscall::SSL_WRITE, true);
+        0
+    }
+    #[uprobe]
+    pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+        tls::enter(&ctx, syscall::SSL_READ, false);
+        0
+    }
+    #[uprobe]
+    pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
+        tls::enter(&ctx, syscall::SSL_READ, true);
+        0
+    }
+    #[uprobe]
+    pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+        tls::enter_handshake(&ctx);
+        0
+    }
+    #[uretprobe]
+    pub fn ssl_return(ctx: RetProbeContext) -> u32 {
+        tls::exit(&ctx);
+        0
+    }
+}
 
 #[cfg(target_arch = "bpf")]
 mod programs {

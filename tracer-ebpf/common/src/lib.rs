@@ -255,22 +255,36 @@ pub mod counter {
     /// connection adopted on a binary body, or a lost place): the direction is no longer taken
     /// for HTTP/2 (the syscall's bytes from there on are captured as usual, or sent as a gap).
     pub const H2_IMPLAUSIBLE_FRAME: u32 = 27;
+    /// Plaintext records the OpenSSL uprobes sent (`DATA_FLAG_TLS`).
+    pub const TLS_RECORDS: u32 = 28;
+    /// OpenSSL calls that moved plaintext for an `SSL*` whose socket is unknown (no read/write
+    /// syscall on a tracked connection inside any of its calls yet, or a memory BIO as Node.js
+    /// uses): the plaintext is lost.
+    pub const TLS_NO_SOCKET: u32 = 29;
+    /// OpenSSL calls whose socket is not a tracked connection (opened before the agent, filtered).
+    pub const TLS_UNTRACKED: u32 = 30;
+    /// OpenSSL calls that touched two tracked connections (no fd is guessed: plaintext lost).
+    pub const TLS_AMBIGUOUS_FD: u32 = 31;
+    /// OpenSSL calls not followed because the per-thread call table was full.
+    pub const TLS_CALLS_TABLE_FULL: u32 = 32;
+    /// `SSL_read_ex`/`SSL_write_ex` whose size out-pointer could not be read (plaintext lost).
+    pub const TLS_SIZE_UNREADABLE: u32 = 33;
     /// Go crypto/tls calls on a `tls.Conn` whose `net.Conn` is not a `*net.TCPConn` (wrapped
     /// or custom connections): their plaintext is not captured.
-    pub const GO_TLS_NOT_TCP: u32 = 28;
+    pub const GO_TLS_NOT_TCP: u32 = 34;
     /// Go crypto/tls calls whose receiver could not be followed to its socket (`tls.Conn` ->
     /// `net.Conn` -> `netFD` -> `Sysfd` unreadable): not captured.
-    pub const GO_TLS_UNREADABLE: u32 = 29;
+    pub const GO_TLS_UNREADABLE: u32 = 35;
     /// Go crypto/tls calls on a socket the connection table does not track (port filter, or
     /// opened before the agent and never adopted): not captured.
-    pub const GO_TLS_UNTRACKED: u32 = 30;
+    pub const GO_TLS_UNTRACKED: u32 = 36;
     /// Go crypto/tls calls not followed because the per-goroutine call table was full: the
     /// connection is marked lost.
-    pub const GO_TLS_CALLS_FULL: u32 = 31;
+    pub const GO_TLS_CALLS_FULL: u32 = 37;
     /// Go crypto/tls uprobes that fired without a layout for their binary (attach cookie).
-    pub const GO_TLS_NO_LAYOUT: u32 = 32;
+    pub const GO_TLS_NO_LAYOUT: u32 = 38;
     /// Number of counters.
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 39;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -341,6 +355,76 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = tracepoints![
     "io_uring": io_uring_file_get optional!,
     "syscalls": sys_enter_close_range optional!,
 ];
+
+/// A uprobe program on a TLS library function: the function's name in `tracer-ebpf/src/main.rs`,
+/// the symbol it attaches to, and whether it runs at the function's return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UprobeProgram {
+    pub name: &'static str,
+    pub symbol: &'static str,
+    pub ret: bool,
+}
+
+/// The OpenSSL uprobes (libssl.so.3 / .so.1.1, or a binary exporting the symbols): an entry
+/// program per function, and one return program attached to all of them. `SSL_do_handshake`
+/// sends nothing: it learns the `SSL*`'s socket before the first data call.
+pub const OPENSSL_UPROBE_PROGRAMS: &[UprobeProgram] = &[
+    UprobeProgram {
+        name: "ssl_write_enter",
+        symbol: "SSL_write",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_write_ex_enter",
+        symbol: "SSL_write_ex",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_read_enter",
+        symbol: "SSL_read",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_read_ex_enter",
+        symbol: "SSL_read_ex",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_write",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_write_ex",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_read",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_read_ex",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_handshake_enter",
+        symbol: "SSL_do_handshake",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_do_handshake",
+        ret: true,
+    },
+];
+
+/// OpenSSL calls in flight at once (one per thread inside `SSL_read`/`SSL_write`).
+pub const MAX_SSL_CALLS: u32 = 16384;
+/// `SSL*` -> socket fd remembered (LRU) for calls that make no syscall.
+pub const MAX_SSL_FDS: u32 = 65536;
 
 /// Names of the eBPF object's maps that userspace opens (the `static` names in
 /// `tracer-ebpf/src/maps.rs`).

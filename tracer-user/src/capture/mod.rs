@@ -11,3 +11,4 @@ pub mod privilege;
 pub mod probes;
 pub mod procnet;
 pub mod reorder;
+pub mod tls;

@@ -761,7 +761,7 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in go_tls_families(&s.go_tls) {
         family.render_into(&mut out);
     }
-    for family in tls_families(&s.tls) {
+    for family in tls_families(&s.kernel, &s.tls) {
         family.render_into(&mut out);
     }
     out
@@ -829,9 +829,41 @@ fn go_tls_families(g: &crate::capture::gotls::GoTlsSnapshot) -> Vec<Family> {
     ]
 }
 
-/// Families of the userspace TLS counters (the kernel's uprobe counters are `tracer_kernel_tls_*`).
-fn tls_families(t: &crate::protocols::select::TlsStats) -> Vec<Family> {
+/// Families of the TLS counters: the kernel's OpenSSL uprobes and the attach search
+/// (`tracer_kernel_tls_*`), then userspace's framing of TLS connections (`tracer_tls_*`).
+fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> Vec<Family> {
     vec![
+        Family::counter(
+            "tracer_kernel_tls_records_total",
+            "Plaintext records the OpenSSL uprobes sent.",
+            vec![Sample::plain(k.tls_records)],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_calls_lost_total",
+            "OpenSSL calls whose plaintext was not sent, by reason: no_socket (the SSL* never              touched a tracked socket inside a call: memory BIO as in Node.js, or no syscall              yet), untracked (its socket is no tracked connection), ambiguous_fd (two tracked              sockets in one call), table_full, size_unreadable.",
+            vec![
+                Sample::labelled(&[("reason", "no_socket")], k.tls_no_socket),
+                Sample::labelled(&[("reason", "untracked")], k.tls_untracked),
+                Sample::labelled(&[("reason", "ambiguous_fd")], k.tls_ambiguous_fd),
+                Sample::labelled(&[("reason", "table_full")], k.tls_calls_table_full),
+                Sample::labelled(&[("reason", "size_unreadable")], k.tls_size_unreadable),
+            ],
+        ),
+        Family::gauge(
+            "tracer_kernel_tls_libraries_attached",
+            "OpenSSL copies (libssl files, executables exporting OpenSSL) the uprobes are attached to.",
+            vec![Sample::plain(k.tls_libraries_attached)],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_attach_failed_total",
+            "OpenSSL copies the uprobes could not be attached to (their TLS traffic is not seen).",
+            vec![Sample::plain(k.tls_attach_failed)],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_search_scans_total",
+            "Scans of the processes for OpenSSL copies (at start, then every 2 seconds).",
+            vec![Sample::plain(k.tls_search_scans)],
+        ),
         Family::counter(
             "tracer_tls_ciphertext_connections_total",
             "Connections whose first captured socket bytes were a TLS record (never framed as HTTP).",
@@ -1308,6 +1340,15 @@ mod tests {
                 h2_data_elided_bytes: 133,
                 h2_implausible_frame: 134,
                 h2_walker_loaded: 135,
+                tls_records: 136,
+                tls_no_socket: 137,
+                tls_untracked: 138,
+                tls_ambiguous_fd: 139,
+                tls_calls_table_full: 140,
+                tls_size_unreadable: 141,
+                tls_libraries_attached: 142,
+                tls_attach_failed: 143,
+                tls_search_scans: 144,
             },
             events_read: 201,
             decode_errors: 202,
@@ -1458,6 +1499,7 @@ mod tests {
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
+        want.extend((136..=144).map(|v| v as f64)); // kernel TLS uprobes
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
