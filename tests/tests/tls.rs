@@ -478,18 +478,17 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
         "node's requests failed\n{}",
         node.output_report()
     );
-    let page =
-        session
-            .agent()
-            .wait_metrics("OpenSSL calls of node counted without a socket", |page| {
-                sample(
-                    page,
-                    "tracer_kernel_tls_calls_lost_total",
-                    "reason=\"no_socket\"",
-                )
-                .unwrap_or(0.0)
-                    >= 6.0
-            });
+    session
+        .agent()
+        .wait_metrics("OpenSSL calls of node counted without a socket", |page| {
+            sample(
+                page,
+                "tracer_kernel_tls_calls_lost_total",
+                "reason=\"no_socket\"",
+            )
+            .unwrap_or(0.0)
+                >= 6.0
+        });
     let page = session.agent().wait_settled();
     assert_eq!(
         sample(&page, "tracer_http_desyncs_total", ""),
