@@ -478,18 +478,17 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
         "node's requests failed\n{}",
         node.output_report()
     );
-    let page =
-        session
-            .agent()
-            .wait_metrics("OpenSSL calls of node counted without a socket", |page| {
-                sample(
-                    page,
-                    "tracer_kernel_tls_calls_lost_total",
-                    "reason=\"no_socket\"",
-                )
-                .unwrap_or(0.0)
-                    >= 6.0
-            });
+    session
+        .agent()
+        .wait_metrics("OpenSSL calls of node counted without a socket", |page| {
+            sample(
+                page,
+                "tracer_kernel_tls_calls_lost_total",
+                "reason=\"no_socket\"",
+            )
+            .unwrap_or(0.0)
+                >= 6.0
+        });
     let page = session.agent().wait_settled();
     assert_eq!(
         sample(&page, "tracer_http_desyncs_total", ""),
@@ -498,4 +497,32 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
     );
     let spans = session.finish();
     assert!(spans.is_empty(), "no span from node's TLS: {spans:?}");
+}
+
+/// `--pid` holds for TLS too: of two Python TLS servers only the one given is traced (the
+/// uprobes fire in every process mapping libssl; the kernel programs drop the others' calls).
+#[test]
+fn the_pid_filter_applies_to_tls() {
+    let dir = ScratchDir::new("tls-pid");
+    let (traced_port, other_port) = (free_port(), free_port());
+    let traced = tls_server(traced_port, "tls-traced", dir.path(), &[]);
+    let other_dir = ScratchDir::new("tls-pid-other");
+    let _other = tls_server(other_port, "tls-other", other_dir.path(), &[]);
+    let mut session =
+        TracedSession::start_with(OtlpProtocol::Grpc, AgentConfig::new().pid(traced.pid()));
+    curl_k(&https(other_port, "/ok"), &[]);
+    curl_k(&https(traced_port, "/ok"), &[]);
+    session.wait_for("the traced server's SERVER span", |spans| {
+        !server_spans(spans, traced_port).is_empty()
+    });
+    session.agent().wait_settled();
+    let spans = session.finish();
+    let server = the_only(server_spans(&spans, traced_port), "SERVER span", &spans);
+    assert_eq!(server.attr("url.scheme"), Some(&s("https")));
+    assert_count(
+        &spans.iter().collect::<Vec<_>>(),
+        1,
+        "spans in total (only the --pid process is traced)",
+        &spans,
+    );
 }

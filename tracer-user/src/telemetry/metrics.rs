@@ -864,6 +864,21 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
             "Scans of the processes for OpenSSL copies (at start, then every 2 seconds).",
             vec![Sample::plain(k.tls_search_scans)],
         ),
+        Family::gauge(
+            "tracer_tls_unsupported_processes",
+            "Processes that map a TLS library whose traffic is not traced (its ciphertext is \
+             skipped, never parsed), by library, at the last scan.",
+            {
+                // In `capture::tls::UNSUPPORTED` order (checked by a test there).
+                let n = k.tls_unsupported_processes;
+                vec![
+                    Sample::labelled(&[("library", "gnutls")], n[0]),
+                    Sample::labelled(&[("library", "nss")], n[1]),
+                    Sample::labelled(&[("library", "boringssl")], n[2]),
+                    Sample::labelled(&[("library", "java")], n[3]),
+                ]
+            },
+        ),
         Family::counter(
             "tracer_tls_ciphertext_connections_total",
             "Connections whose first captured socket bytes were a TLS record (never framed as HTTP).",
@@ -1349,6 +1364,7 @@ mod tests {
                 tls_libraries_attached: 142,
                 tls_attach_failed: 143,
                 tls_search_scans: 144,
+                tls_unsupported_processes: [145, 146, 147, 148],
             },
             events_read: 201,
             decode_errors: 202,
@@ -1499,7 +1515,7 @@ mod tests {
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
-        want.extend((136..=144).map(|v| v as f64)); // kernel TLS uprobes
+        want.extend((136..=148).map(|v| v as f64)); // kernel TLS uprobes and search
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,

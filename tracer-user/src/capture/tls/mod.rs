@@ -60,6 +60,28 @@ pub struct TlsAttachStats {
     pub scans: u64,
     /// Executables inspected for exported OpenSSL symbols.
     pub executables_inspected: u64,
+    /// Gauge, per [`UNSUPPORTED`] library: processes that mapped it at the last scan.
+    pub unsupported_processes: [u64; UNSUPPORTED.len()],
+}
+
+/// TLS libraries recognised in `/proc/<pid>/maps` whose traffic is not traced (their ciphertext
+/// is skipped, never parsed): the label, and the file-name prefixes that mean it. rustls (linked
+/// statically, no exported symbols) cannot be seen this way.
+pub const UNSUPPORTED: [(&str, &[&str]); 4] = [
+    ("gnutls", &["libgnutls.so"]),
+    ("nss", &["libnss3.so", "libssl3.so"]),
+    // grpcio's extension module carries BoringSSL.
+    ("boringssl", &["cygrpc.", "libboringssl"]),
+    // The JVM (JSSE).
+    ("java", &["libjvm.so"]),
+];
+
+/// Which [`UNSUPPORTED`] library a mapped file is.
+fn unsupported_library(path: &str) -> Option<usize> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    UNSUPPORTED
+        .iter()
+        .position(|(_, prefixes)| prefixes.iter().any(|p| name.starts_with(p)))
 }
 
 /// The search state: which files were already tried.
@@ -128,13 +150,18 @@ impl TlsTargets {
         };
         let mut out = Vec::new();
         let mut offered = std::collections::HashMap::new();
+        let mut unsupported = [0u64; UNSUPPORTED.len()];
         for pid in listed {
             if pid == self.own_pid {
                 // Never the agent itself (the kernel programs skip it too).
                 continue;
             }
-            self.scan_process(pid, executables, &mut offered, &mut out);
+            let seen = self.scan_process(pid, executables, &mut offered, &mut out);
+            for (i, count) in unsupported.iter_mut().enumerate() {
+                *count += u64::from(seen & (1 << i) != 0);
+            }
         }
+        self.stats.unsupported_processes = unsupported;
         out
     }
 
@@ -144,10 +171,11 @@ impl TlsTargets {
         executables: bool,
         offered: &mut std::collections::HashMap<(u64, u64), u8>,
         out: &mut Vec<Target>,
-    ) {
+    ) -> u8 {
+        let mut unsupported = 0u8;
         let dir = self.proc_root.join(pid.to_string());
         let Some(maps) = read_bounded(&dir.join("maps"), MAX_MAPS_BYTES) else {
-            return;
+            return unsupported;
         };
         let exe = std::fs::read_link(dir.join("exe")).ok();
         let exe = exe.as_deref().and_then(Path::to_str).map(str::to_owned);
@@ -155,6 +183,10 @@ impl TlsTargets {
             let Some(mapping) = Mapping::parse(line) else {
                 continue;
             };
+            if let Some(i) = unsupported_library(mapping.path) {
+                unsupported |= 1 << i;
+                continue;
+            }
             let kind = if is_libssl(mapping.path) {
                 TargetKind::SharedLibrary
             } else if executables && exe.as_deref() == Some(mapping.path) {
@@ -195,6 +227,7 @@ impl TlsTargets {
                 id: (mapping.dev, mapping.inode),
             });
         }
+        unsupported
     }
 }
 
@@ -442,6 +475,25 @@ mod tests {
         assert!(Mapping::parse("7ffd-7ffe rw-p 00000000 00:00 0").is_none());
         assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"));
         assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libssl3.so"));
+        assert_eq!(
+            unsupported_library("/usr/lib/x86_64-linux-gnu/libssl3.so"),
+            Some(1)
+        );
+        assert_eq!(
+            unsupported_library("/venv/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so"),
+            Some(2)
+        );
+        assert_eq!(
+            unsupported_library("/usr/lib/jvm/java-17/lib/server/libjvm.so"),
+            Some(3)
+        );
+        assert_eq!(
+            unsupported_library("/usr/lib/x86_64-linux-gnu/libssl.so.3"),
+            None
+        );
+        // The order `telemetry::metrics` labels its samples in.
+        let names: Vec<&str> = UNSUPPORTED.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["gnutls", "nss", "boringssl", "java"]);
         assert!(is_libssl(
             "/venv/lib/python3/site-packages/x.libs/libssl-8a3c1f.so.3"
         ));
