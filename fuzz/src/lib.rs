@@ -9,6 +9,10 @@ pub mod model;
 #[path = "../../tracer-user/src/capture"]
 pub mod capture {
     pub mod decode;
+    pub mod gotls {
+        pub mod elf;
+        pub mod layout;
+    }
 }
 
 #[path = "../../tracer-user/src/protocols"]
@@ -16,6 +20,7 @@ pub mod protocols {
     pub mod http1;
     pub mod http2;
     pub mod propagation;
+    pub mod select;
 }
 
 #[path = "../../tracer-user/src/telemetry"]

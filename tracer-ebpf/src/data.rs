@@ -73,6 +73,13 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
     if state.is_some_and(|s| s.role == role::IGNORED) {
         return;
     }
+    if let Some(s) = state {
+        // Inside an OpenSSL call this is its socket; a TLS connection's ciphertext is not sent.
+        crate::tls::note_syscall_fd(ctx.pid_tgid_raw(), fd as i32);
+        if s.tls != 0 {
+            return;
+        }
+    }
     if state.is_none() {
         let sniff = config().map(|c| c.sniff_untracked != 0).unwrap_or(false);
         // sendfile's destination cannot be sniffed (its bytes come from a file).

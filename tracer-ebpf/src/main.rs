@@ -13,9 +13,56 @@ mod data;
 #[cfg(target_arch = "bpf")]
 mod filter;
 #[cfg(target_arch = "bpf")]
+mod gotls;
+#[cfg(target_arch = "bpf")]
 mod h2;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod tls;
+
+#[cfg(target_arch = "bpf")]
+mod tls_programs {
+    //! OpenSSL uprobes (`tracer_common::OPENSSL_UPROBE_PROGRAMS`).
+    use aya_ebpf::{
+        macros::{uprobe, uretprobe},
+        programs::{ProbeContext, RetProbeContext},
+    };
+    use tracer_common::syscall;
+
+    use crate::tls;
+
+    #[uprobe]
+    pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+        tls::enter(&ctx, syscall::SSL_WRITE, false);
+        0
+    }
+    #[uprobe]
+    pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+        tls::enter(&ctx, syscall::SSL_WRITE, true);
+        0
+    }
+    #[uprobe]
+    pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+        tls::enter(&ctx, syscall::SSL_READ, false);
+        0
+    }
+    #[uprobe]
+    pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
+        tls::enter(&ctx, syscall::SSL_READ, true);
+        0
+    }
+    #[uprobe]
+    pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+        tls::enter_handshake(&ctx);
+        0
+    }
+    #[uretprobe]
+    pub fn ssl_return(ctx: RetProbeContext) -> u32 {
+        tls::exit(&ctx);
+        0
+    }
+}
 
 #[cfg(target_arch = "bpf")]
 mod programs {
@@ -148,6 +195,33 @@ mod programs {
     #[tracepoint]
     pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         filter::on_exit(&ctx);
+        0
+    }
+
+    // Go crypto/tls (`tracer_common::go_tls_program`): attached by userspace per Go binary.
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_read_entry(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::entry(&ctx, syscall::GO_TLS_READ);
+        0
+    }
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_read_return(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::ret(&ctx, syscall::GO_TLS_READ);
+        0
+    }
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_write_entry(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::entry(&ctx, syscall::GO_TLS_WRITE);
+        0
+    }
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_handshake_entry(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::handshake(&ctx);
+        0
+    }
+    #[aya_ebpf::macros::uprobe]
+    pub fn go_tls_write_return(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        crate::gotls::ret(&ctx, syscall::GO_TLS_WRITE);
         0
     }
 }

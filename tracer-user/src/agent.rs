@@ -268,6 +268,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         ring_buffer_bytes: ring_bytes,
         max_connections: args.max_connections.max(64),
         kernel_log_level: args.kernel_log_level,
+        tls: !args.no_tls,
     };
     let metrics = MetricsState::new();
     if let Some(addr) = args.metrics_addr {
@@ -688,6 +689,7 @@ impl EventLoop {
             for (pid, fd) in self.pipeline.take_ignored_fds() {
                 self.probes.ignore_connection(pid, fd);
             }
+            self.probes.go_tls_poll();
             let tick = now >= next_tick;
             if tick {
                 // One tick per second on average; after a stall, one tick, not a burst of them.
@@ -696,6 +698,8 @@ impl EventLoop {
                     next_tick = now + 1_000_000_000;
                 }
                 self.pipeline.tick(now, &mut self.out);
+                // Processes that started or loaded an OpenSSL copy since the last scan.
+                self.probes.rescan_tls();
             }
             // One hand-over per cycle: one queue lock, one wake-up of the sink's worker.
             self.sink.submit_batch(&mut self.out);
@@ -882,6 +886,8 @@ fn snapshot(
         reorder_forced_early: r.forced_early,
         bounds: pipeline.bounds_snapshot(),
         http2: pipeline.http2_stats(),
+        tls: pipeline.tls_stats(),
+        go_tls: probes.go_tls_snapshot(),
     }
 }
 

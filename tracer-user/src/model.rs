@@ -210,6 +210,9 @@ pub struct ConnMeta {
     /// Inode of the process's network namespace (`/proc/<pid>/ns/net`), `None` when unknown:
     /// loopback tuples pair client and server only within one namespace.
     pub netns: Option<u64>,
+    /// The connection's bytes come from a TLS library's plaintext (uprobe records): its spans
+    /// get the `https` scheme.
+    pub tls: bool,
 }
 
 /// HTTP protocol version of a message.

@@ -285,6 +285,11 @@ impl Pipeline {
         self.table.http2_stats()
     }
 
+    /// TLS counters (ciphertext skipped, plaintext framed).
+    pub fn tls_stats(&self) -> crate::protocols::select::TlsStats {
+        self.table.tls_stats()
+    }
+
     pub fn connections(&self) -> usize {
         self.table.len()
     }
@@ -373,6 +378,7 @@ impl Pipeline {
             local: None,
             peer: None,
             netns: None,
+            tls: false,
         }
     }
 
@@ -417,6 +423,7 @@ impl Pipeline {
                 true_len,
                 payload,
                 loss_before,
+                tls,
                 ..
             } => {
                 self.stats.data_bytes += u64::from(true_len);
@@ -435,21 +442,43 @@ impl Pipeline {
                     {
                         self.linker.response_started(header.conn_id);
                     }
-                    if loss_before {
+                    // A TLS connection's ciphertext never counts as a loss of its plaintext
+                    // stream (the kernel stops sending it; what it sent is skipped).
+                    if loss_before && (tls || !conn.http.is_tls_plaintext()) {
                         // Never pair across a hole: drop what was pending (counted) and resync.
                         for sequence in conn.http.on_loss(&mut exchanges) {
                             self.linker.take(header.conn_id, sequence);
                         }
                         conn.linked_upto = conn.http.next_sequence();
                     }
-                    conn.http.on_record(
-                        direction,
-                        payload,
-                        true_len,
-                        header.tid,
-                        header.ts_ns,
-                        &mut exchanges,
-                    );
+                    if tls {
+                        let switching = !conn.http.is_tls_plaintext();
+                        let discarded = conn.http.on_tls_record(
+                            direction,
+                            payload,
+                            true_len,
+                            header.tid,
+                            header.ts_ns,
+                            &mut exchanges,
+                        );
+                        for sequence in discarded {
+                            self.linker.take(header.conn_id, sequence);
+                        }
+                        if switching {
+                            // A fresh framer numbers its requests from zero again.
+                            conn.meta.tls = true;
+                            conn.linked_upto = 0;
+                        }
+                    } else {
+                        conn.http.on_record(
+                            direction,
+                            payload,
+                            true_len,
+                            header.tid,
+                            header.ts_ns,
+                            &mut exchanges,
+                        );
+                    }
                     // HTTP/2 streams dropped at the open-stream bound: release their identities.
                     for sequence in conn.http.take_discarded() {
                         self.linker.take(header.conn_id, sequence);
@@ -671,6 +700,10 @@ pub fn needs_proc(role: Option<Role>, peer: Option<std::net::SocketAddr>) -> boo
 mod h2_tests;
 
 #[cfg(test)]
+#[path = "pipeline_tls_tests.rs"]
+mod tls_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Direction;
@@ -721,6 +754,7 @@ mod tests {
             true_len: payload.len() as u32,
             syscall_ns: 0,
             loss_before: false,
+            tls: false,
             payload,
         };
         let mut out: Vec<ExportItem> = Vec::new();

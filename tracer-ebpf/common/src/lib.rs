@@ -255,8 +255,36 @@ pub mod counter {
     /// connection adopted on a binary body, or a lost place): the direction is no longer taken
     /// for HTTP/2 (the syscall's bytes from there on are captured as usual, or sent as a gap).
     pub const H2_IMPLAUSIBLE_FRAME: u32 = 27;
+    /// Plaintext records the OpenSSL uprobes sent (`DATA_FLAG_TLS`).
+    pub const TLS_RECORDS: u32 = 28;
+    /// OpenSSL calls that moved plaintext for an `SSL*` whose socket is unknown (no read/write
+    /// syscall on a tracked connection inside any of its calls yet, or a memory BIO as Node.js
+    /// uses): the plaintext is lost.
+    pub const TLS_NO_SOCKET: u32 = 29;
+    /// OpenSSL calls whose socket is not a tracked connection (opened before the agent, filtered).
+    pub const TLS_UNTRACKED: u32 = 30;
+    /// OpenSSL calls that touched two tracked connections (no fd is guessed: plaintext lost).
+    pub const TLS_AMBIGUOUS_FD: u32 = 31;
+    /// OpenSSL calls not followed because the per-thread call table was full.
+    pub const TLS_CALLS_TABLE_FULL: u32 = 32;
+    /// `SSL_read_ex`/`SSL_write_ex` whose size out-pointer could not be read (plaintext lost).
+    pub const TLS_SIZE_UNREADABLE: u32 = 33;
+    /// Go crypto/tls calls on a `tls.Conn` whose `net.Conn` is not a `*net.TCPConn` (wrapped
+    /// or custom connections): their plaintext is not captured.
+    pub const GO_TLS_NOT_TCP: u32 = 34;
+    /// Go crypto/tls calls whose receiver could not be followed to its socket (`tls.Conn` ->
+    /// `net.Conn` -> `netFD` -> `Sysfd` unreadable): not captured.
+    pub const GO_TLS_UNREADABLE: u32 = 35;
+    /// Go crypto/tls calls on a socket the connection table does not track (port filter, or
+    /// opened before the agent and never adopted): not captured.
+    pub const GO_TLS_UNTRACKED: u32 = 36;
+    /// Go crypto/tls calls not followed because the per-goroutine call table was full: the
+    /// connection is marked lost.
+    pub const GO_TLS_CALLS_FULL: u32 = 37;
+    /// Go crypto/tls uprobes that fired without a layout for their binary (attach cookie).
+    pub const GO_TLS_NO_LAYOUT: u32 = 38;
     /// Number of counters.
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 39;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -328,6 +356,76 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = tracepoints![
     "syscalls": sys_enter_close_range optional!,
 ];
 
+/// A uprobe program on a TLS library function: the function's name in `tracer-ebpf/src/main.rs`,
+/// the symbol it attaches to, and whether it runs at the function's return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UprobeProgram {
+    pub name: &'static str,
+    pub symbol: &'static str,
+    pub ret: bool,
+}
+
+/// The OpenSSL uprobes (libssl.so.3 / .so.1.1, or a binary exporting the symbols): an entry
+/// program per function, and one return program attached to all of them. `SSL_do_handshake`
+/// sends nothing: it learns the `SSL*`'s socket before the first data call.
+pub const OPENSSL_UPROBE_PROGRAMS: &[UprobeProgram] = &[
+    UprobeProgram {
+        name: "ssl_write_enter",
+        symbol: "SSL_write",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_write_ex_enter",
+        symbol: "SSL_write_ex",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_read_enter",
+        symbol: "SSL_read",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_read_ex_enter",
+        symbol: "SSL_read_ex",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_write",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_write_ex",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_read",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_read_ex",
+        ret: true,
+    },
+    UprobeProgram {
+        name: "ssl_handshake_enter",
+        symbol: "SSL_do_handshake",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "ssl_return",
+        symbol: "SSL_do_handshake",
+        ret: true,
+    },
+];
+
+/// OpenSSL calls in flight at once (one per thread inside `SSL_read`/`SSL_write`).
+pub const MAX_SSL_CALLS: u32 = 16384;
+/// `SSL*` -> socket fd remembered (LRU) for calls that make no syscall.
+pub const MAX_SSL_FDS: u32 = 65536;
+
 /// Names of the eBPF object's maps that userspace opens (the `static` names in
 /// `tracer-ebpf/src/maps.rs`).
 pub mod map_name {
@@ -349,6 +447,84 @@ pub mod map_name {
 /// loaded into `map_name::H2_WALKER` and tail-called by the data programs (the function of that
 /// name in `tracer-ebpf/src/main.rs`).
 pub const H2_WALKER_PROGRAM: &str = "h2_walk";
+
+/// The Go crypto/tls uprobe programs (functions of these names in `tracer-ebpf/src/main.rs`,
+/// in `tracer-ebpf/src/gotls.rs`): attached by userspace to Go binaries it finds
+/// (`capture::gotls`), at the entry and at every return instruction of
+/// `crypto/tls.(*Conn).Read` and `.Write` (and the entry of `handshakeContext`, so that the
+/// handshake's ciphertext is not sent either), with the binary's `GO_TLS_BINARIES` slot as the
+/// attach cookie.
+pub mod go_tls_program {
+    pub const READ_ENTRY: &str = "go_tls_read_entry";
+    pub const READ_RETURN: &str = "go_tls_read_return";
+    pub const WRITE_ENTRY: &str = "go_tls_write_entry";
+    pub const WRITE_RETURN: &str = "go_tls_write_return";
+    pub const HANDSHAKE_ENTRY: &str = "go_tls_handshake_entry";
+    pub const ALL: &[&str] = &[
+        READ_ENTRY,
+        READ_RETURN,
+        WRITE_ENTRY,
+        WRITE_RETURN,
+        HANDSHAKE_ENTRY,
+    ];
+}
+
+/// Name of the table of Go binaries' layouts (`GoTlsBinary`, indexed by attach cookie).
+pub const GO_TLS_BINARIES_MAP: &str = "GO_TLS_BINARIES";
+/// Name of the table of Go crypto/tls calls in flight (per goroutine), swept by userspace.
+pub const GO_TLS_CALLS_MAP: &str = "GO_TLS_CALLS";
+/// Slots of `GO_TLS_BINARIES`: distinct Go binaries (device, inode) the agent attaches to.
+pub const MAX_GO_TLS_BINARIES: u32 = 256;
+/// Entries of the per-goroutine table of Go crypto/tls calls in flight.
+pub const MAX_GO_TLS_CALLS: u32 = 16384;
+
+/// What the Go crypto/tls uprobes need of one binary to go from a `*tls.Conn` to its fd
+/// (offsets from the binary's Go release, see `capture::gotls::layout`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsBinary {
+    /// Non-zero once userspace filled the slot.
+    pub valid: u32,
+    /// The type hash of `*net.TCPConn` (`runtime._type.hash`, copied into every itab at +16):
+    /// a `net.Conn` whose itab carries another hash is not followed.
+    pub tcp_conn_hash: u32,
+    /// Offset of `conn net.Conn` (an interface: itab, data) in `crypto/tls.Conn`.
+    pub tls_conn_conn: u64,
+    /// Offset of `fd *netFD` in `net.TCPConn` (its embedded `net.conn`).
+    pub tcp_conn_fd: u64,
+    /// Offset of `pfd.Sysfd` in `net.netFD`.
+    pub netfd_sysfd: u64,
+}
+
+/// Key of a Go crypto/tls call in flight: the goroutine (its `g` pointer, R14 on amd64), as a
+/// blocked Read resumes on another OS thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsCallKey {
+    pub g: u64,
+    pub tgid: u32,
+    /// `syscall::GO_TLS_READ` or `GO_TLS_WRITE`.
+    pub op: u32,
+}
+
+/// A Go crypto/tls call in flight, from its entry to its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsCall {
+    /// The `[]byte` argument.
+    pub buf: u64,
+    pub len: u64,
+    pub conn_id: u64,
+    pub enter_ns: u64,
+    pub fd: i32,
+    /// The connection's `role::*` at entry.
+    pub role: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<GoTlsBinary>() == 32);
+const _: () = assert!(core::mem::size_of::<GoTlsCallKey>() == 16);
+const _: () = assert!(core::mem::size_of::<GoTlsCall>() == 40);
 
 /// Index of the single configuration entry.
 pub const CONFIG_KEY: u32 = 0;
@@ -669,6 +845,9 @@ mod pod {
     // SAFETY: all of these are repr(C) plain data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::GoTlsBinary {}
+    unsafe impl aya::Pod for super::GoTlsCallKey {}
+    unsafe impl aya::Pod for super::GoTlsCall {}
 }
 
 #[cfg(test)]

@@ -44,6 +44,9 @@ pub enum KernelEvent<'a> {
         syscall_ns: u32,
         /// Records of this connection were lost before this one (kernel ring buffer full).
         loss_before: bool,
+        /// The payload is plaintext a TLS library's uprobe captured (`DATA_FLAG_TLS`), not the
+        /// socket's bytes.
+        tls: bool,
         payload: &'a [u8],
     },
     ConnClose {
@@ -260,6 +263,7 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             let syscall_ns = u32_at(record, offset_of!(DataEventHeader, syscall_ns));
             let flags = record[offset_of!(DataEventHeader, flags)];
             let loss_before = flags & tracer_common::DATA_FLAG_LOSS_BEFORE != 0;
+            let tls = flags & tracer_common::DATA_FLAG_TLS != 0;
             let carried = record.len() - DATA_HEADER_LEN;
             if captured > carried || captured > MAX_CAPTURE || captured as u64 > true_len as u64 {
                 return Err(DecodeError::BadCapturedLen { captured, carried });
@@ -272,6 +276,7 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 true_len,
                 syscall_ns,
                 loss_before,
+                tls,
                 payload,
             })
         }
@@ -384,6 +389,37 @@ mod tests {
                 assert_eq!(header.conn_id, 77);
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// A uprobe record (plaintext at the TLS library boundary) decodes as data with `tls` set;
+    /// a syscall record has it clear.
+    #[test]
+    fn decodes_the_tls_plaintext_flag() {
+        for (flags, tls) in [
+            (tracer_common::DATA_FLAG_TLS, true),
+            (
+                tracer_common::DATA_FLAG_TLS | tracer_common::DATA_FLAG_LOSS_BEFORE,
+                true,
+            ),
+            (0, false),
+        ] {
+            let meta = DataEventHeader {
+                header: hdr(kind::DATA),
+                direction: direction::INGRESS,
+                syscall: tracer_common::syscall::SSL_READ,
+                role: role::SERVER,
+                flags,
+                true_len: 4,
+                captured_len: 4,
+                syscall_ns: 0,
+            };
+            let mut b = bytes_of(&meta);
+            b.extend_from_slice(b"GET ");
+            match decode(&b).unwrap() {
+                KernelEvent::Data { tls: got, .. } => assert_eq!(got, tls, "flags {flags}"),
+                other => panic!("unexpected {other:?}"),
+            }
         }
     }
 

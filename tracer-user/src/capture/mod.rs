@@ -4,9 +4,11 @@
 
 pub mod census;
 pub mod decode;
+pub mod gotls;
 pub mod kernel_log;
 pub mod own;
 pub mod privilege;
 pub mod probes;
 pub mod procnet;
 pub mod reorder;
+pub mod tls;

@@ -329,6 +329,7 @@ mod tests {
                 true_len: payload.len() as u32,
                 syscall_ns: 0,
                 loss_before: false,
+                tls: false,
                 payload,
             };
             let request: &'static [u8] = Box::leak(request.as_bytes().to_vec().into_boxed_slice());
@@ -413,6 +414,7 @@ mod tests {
             true_len: payload.len() as u32,
             syscall_ns: 0,
             loss_before: false,
+            tls: false,
             payload,
         };
         let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";

@@ -13,8 +13,8 @@ use aya::{
     programs::TracePoint,
 };
 use tracer_common::{
-    Config, ConnState, H2_WALKER_PROGRAM, MAX_CAPTURE, TRACEPOINT_PROGRAMS, TracepointProgram,
-    conn_key, counter, map_name, role,
+    Config, ConnState, H2_WALKER_PROGRAM, MAX_CAPTURE, OPENSSL_UPROBE_PROGRAMS,
+    TRACEPOINT_PROGRAMS, TracepointProgram, conn_key, counter, map_name, role,
 };
 
 use crate::capture::kernel_log::{KernelLog, KernelLogLevel, LOG_RING, LOG_RING_BYTES_WHEN_OFF};
@@ -97,6 +97,8 @@ pub struct ProbeOptions {
     pub max_connections: u32,
     /// What the eBPF programs log (fixed at load; off by default).
     pub kernel_log_level: KernelLogLevel,
+    /// Capture TLS plaintext with the OpenSSL uprobes (`--no-tls` turns it off).
+    pub tls: bool,
 }
 
 /// Kernel-side counters summed over CPUs.
@@ -160,6 +162,26 @@ pub struct KernelCounters {
     pub h2_implausible_frame: u64,
     /// Gauge: 1 when the HTTP/2 frame walker is loaded, 0 when this kernel refused it.
     pub h2_walker_loaded: u64,
+    /// Plaintext records the OpenSSL uprobes sent.
+    pub tls_records: u64,
+    /// OpenSSL calls whose socket was unknown (memory BIO, or no syscall seen yet): lost.
+    pub tls_no_socket: u64,
+    /// OpenSSL calls on a socket that is not a tracked connection.
+    pub tls_untracked: u64,
+    /// OpenSSL calls that touched two tracked connections (no fd guessed): lost.
+    pub tls_ambiguous_fd: u64,
+    /// OpenSSL calls not followed because the per-thread call table was full.
+    pub tls_calls_table_full: u64,
+    /// `_ex` calls whose size out-pointer was unreadable: lost.
+    pub tls_size_unreadable: u64,
+    /// Gauge: OpenSSL copies (libraries or executables) the uprobes are attached to.
+    pub tls_libraries_attached: u64,
+    /// OpenSSL copies the uprobes could not be attached to.
+    pub tls_attach_failed: u64,
+    /// Scans of the processes for OpenSSL copies.
+    pub tls_search_scans: u64,
+    /// Gauge per `capture::tls::UNSUPPORTED` library: processes mapping it (not traced).
+    pub tls_unsupported_processes: [u64; crate::capture::tls::UNSUPPORTED.len()],
 }
 
 impl KernelCounters {
@@ -244,6 +266,11 @@ pub struct Probes {
     h2_walker_loaded: bool,
     /// Forwards the programs' diagnostics when `--kernel-log-level` is not off.
     kernel_log: Option<KernelLog>,
+    /// The OpenSSL copies found and attached (`None`: TLS capture off or not loadable).
+    tls: Option<crate::capture::tls::TlsSearch>,
+    /// Go crypto/tls: the uprobes and the discovery of Go binaries (none when they could not
+    /// be loaded).
+    go_tls: Option<crate::capture::gotls::GoTls>,
 }
 
 /// Whether the embedded object is the real one.
@@ -432,6 +459,8 @@ impl Probes {
             optional_attached: 0,
             h2_walker_loaded: false,
             kernel_log: None,
+            tls: None,
+            go_tls: None,
         };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
@@ -465,7 +494,10 @@ impl Probes {
         // One list of programs on both sides: a program added to the object but not here (or
         // the reverse) is refused, never left unattached.
         if let Some((name, _)) = probes.ebpf.programs().find(|(name, _)| {
-            !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name) && *name != H2_WALKER_PROGRAM
+            !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name)
+                && !OPENSSL_UPROBE_PROGRAMS.iter().any(|p| p.name == *name)
+                && !tracer_common::go_tls_program::ALL.contains(name)
+                && *name != H2_WALKER_PROGRAM
         }) {
             return Err(ProbeError::UnlistedProgram(name.to_owned()));
         }
@@ -522,6 +554,25 @@ impl Probes {
                     tracing::warn!(%err, "optional probe not attached (this kernel lacks it): what it watches is not seen");
                 }
             }
+        }
+        if opts.tls {
+            match probes.load_tls_programs() {
+                Ok(()) => {
+                    // The libraries already mapped are attached before this returns.
+                    probes.tls = Some(crate::capture::tls::TlsSearch::start(
+                        PathBuf::from("/proc"),
+                        monotonic_ns(),
+                    ));
+                    probes.rescan_tls();
+                }
+                Err(err) => tracing::warn!(
+                    %err,
+                    "OpenSSL uprobes not loaded by this kernel: TLS traffic is not seen"
+                ),
+            }
+        }
+        if opts.tls {
+            probes.go_tls = crate::capture::gotls::GoTls::start(&mut probes.ebpf, opts);
         }
         // Second handles on the agent's own map fds (dup): opening maps by id would need
         // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
@@ -773,6 +824,133 @@ impl Probes {
         out.h2_data_elided_bytes = read(counter::H2_DATA_ELIDED_BYTES);
         out.h2_implausible_frame = read(counter::H2_IMPLAUSIBLE_FRAME);
         out.h2_walker_loaded = u64::from(self.h2_walker_loaded);
+        out.tls_records = read(counter::TLS_RECORDS);
+        out.tls_no_socket = read(counter::TLS_NO_SOCKET);
+        out.tls_untracked = read(counter::TLS_UNTRACKED);
+        out.tls_ambiguous_fd = read(counter::TLS_AMBIGUOUS_FD);
+        out.tls_calls_table_full = read(counter::TLS_CALLS_TABLE_FULL);
+        out.tls_size_unreadable = read(counter::TLS_SIZE_UNREADABLE);
+        if let Some(tls) = &self.tls {
+            let stats = tls.stats();
+            out.tls_libraries_attached = stats.libraries_attached;
+            out.tls_attach_failed = stats.attach_failed;
+            out.tls_search_scans = stats.scans;
+            out.tls_unsupported_processes = stats.unsupported_processes;
+        }
+        out
+    }
+
+    /// Attaches the OpenSSL uprobes to the copies the search thread found since the last call
+    /// (`capture::tls`). Nothing when TLS capture is off.
+    pub fn rescan_tls(&mut self) {
+        let Some(search) = self.tls.take() else {
+            return;
+        };
+        for target in search.take_pending() {
+            if search.is_done(&target) {
+                continue;
+            }
+            match self.attach_openssl(&target.path) {
+                Ok(()) => {
+                    tracing::info!(
+                        pid = target.pid,
+                        file = %target.shown,
+                        kind = ?target.kind,
+                        "OpenSSL uprobes attached"
+                    );
+                    search.attached(&target);
+                }
+                Err(err) if search.attach_failed(&target) => tracing::debug!(
+                    pid = target.pid,
+                    file = %target.shown,
+                    %err,
+                    "OpenSSL uprobes not attached yet (tried again at the next scan)"
+                ),
+                Err(err) => tracing::warn!(
+                    pid = target.pid,
+                    file = %target.shown,
+                    %err,
+                    "OpenSSL uprobes not attached: its TLS traffic is not seen"
+                ),
+            }
+        }
+        self.tls = Some(search);
+    }
+
+    /// Attaches every OpenSSL uprobe to the file at `path` (all processes mapping it; the kernel
+    /// programs apply the pid filter and skip the agent). `SSL_read`/`SSL_write` are required,
+    /// the `_ex` variants (OpenSSL before 1.1.1 lacks them) and `SSL_do_handshake` optional.
+    fn attach_openssl(&mut self, path: &Path) -> Result<(), String> {
+        use aya::programs::{UProbe, uprobe::UProbeScope};
+        for p in OPENSSL_UPROBE_PROGRAMS {
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(p.name)
+                .ok_or_else(|| format!("program {} missing", p.name))?
+                .try_into()
+                .map_err(|e| format!("{}: {e}", p.name))?;
+            if let Err(err) = program.attach(p.symbol, path, UProbeScope::AllProcesses) {
+                let mut e = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(inner) = source {
+                    e.push_str(": ");
+                    e.push_str(&inner.to_string());
+                    source = inner.source();
+                }
+                if p.symbol.ends_with("_ex") || p.symbol == "SSL_do_handshake" {
+                    tracing::debug!(symbol = p.symbol, %e, "optional OpenSSL symbol not attached");
+                    continue;
+                }
+                return Err(format!("{} at {}: {e}", p.name, p.symbol));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the OpenSSL uprobe programs (attached later, per library found).
+    fn load_tls_programs(&mut self) -> Result<(), String> {
+        use aya::programs::UProbe;
+        let mut loaded: Vec<&str> = Vec::new();
+        for p in OPENSSL_UPROBE_PROGRAMS {
+            if loaded.contains(&p.name) {
+                continue;
+            }
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(p.name)
+                .ok_or_else(|| format!("program {} missing", p.name))?
+                .try_into()
+                .map_err(|e| format!("{}: {e}", p.name))?;
+            program.load().map_err(|e| format!("{}: {e}", p.name))?;
+            loaded.push(p.name);
+        }
+        Ok(())
+    }
+
+    /// Attaches the Go crypto/tls uprobes to binaries discovery has analysed since the last
+    /// call (cheap when there are none: the event loop calls it every cycle).
+    pub fn go_tls_poll(&mut self) {
+        if let Some(go_tls) = &mut self.go_tls {
+            go_tls.poll(&mut self.ebpf);
+        }
+    }
+
+    /// The Go crypto/tls counters (userspace discovery and the kernel's), for /metrics.
+    pub fn go_tls_snapshot(&self) -> crate::capture::gotls::GoTlsSnapshot {
+        let mut out = match &self.go_tls {
+            Some(go_tls) => go_tls.snapshot(),
+            None => crate::capture::gotls::GoTlsSnapshot::default(),
+        };
+        if let Some(map) = self.ebpf.map(map_name::COUNTERS)
+            && let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map)
+        {
+            let read = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+            out.kernel_not_tcp = read(counter::GO_TLS_NOT_TCP);
+            out.kernel_unreadable = read(counter::GO_TLS_UNREADABLE);
+            out.kernel_untracked = read(counter::GO_TLS_UNTRACKED);
+            out.kernel_calls_full = read(counter::GO_TLS_CALLS_FULL);
+            out.kernel_no_layout = read(counter::GO_TLS_NO_LAYOUT);
+        }
         out
     }
 

@@ -128,6 +128,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_sniff: bool,
 
+    /// Do not capture TLS plaintext (HTTPS). By default the agent attaches uprobes to every
+    /// OpenSSL copy processes map (libssl.so.3, best effort 1.1, and binaries exporting OpenSSL's
+    /// symbols such as node) and traces their HTTPS as it traces HTTP.
+    #[arg(long)]
+    pub no_tls: bool,
+
     /// Also make spans of other programs' OTLP exports (POST /v1/traces|metrics|logs, gRPC
     /// opentelemetry.proto.collector.*). Off by default: a collector forwarding to a backend is
     /// telemetry, not application traffic. A tracer's own requests are never traced.

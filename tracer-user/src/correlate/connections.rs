@@ -6,7 +6,7 @@ use crate::idhash::IdHashMap;
 use crate::model::{ConnMeta, Exchange, Role};
 use crate::protocols::http1::{HttpLimits, HttpStats};
 use crate::protocols::http2::{Http2Limits, Http2Stats};
-use crate::protocols::select::ProtocolConnection;
+use crate::protocols::select::{ProtocolConnection, TlsStats};
 
 /// Bounds of the table.
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +94,8 @@ pub struct ConnectionTable {
     http_totals: HttpStats,
     /// HTTP/2 counters of connections already removed.
     http2_totals: Http2Stats,
+    /// TLS counters of connections already removed.
+    tls_totals: TlsStats,
     /// Ids of connections removed since the last `take_removed` (for the linker's cleanup).
     removed: Vec<u64>,
     /// Sum of `accounted` over the table.
@@ -109,6 +111,7 @@ impl ConnectionTable {
             stats: TableStats::default(),
             http_totals: HttpStats::default(),
             http2_totals: Http2Stats::default(),
+            tls_totals: TlsStats::default(),
             removed: Vec::new(),
             buffered: 0,
         }
@@ -210,7 +213,7 @@ impl ConnectionTable {
     pub fn http_stats(&self) -> HttpStats {
         let mut total = self.http_totals.clone();
         for c in self.conns.values() {
-            total.merge(c.http.stats());
+            total.merge(&c.http.stats());
         }
         total
     }
@@ -226,9 +229,19 @@ impl ConnectionTable {
         total
     }
 
+    /// TLS counters of all connections, live and removed.
+    pub fn tls_stats(&self) -> TlsStats {
+        let mut total = self.tls_totals.clone();
+        for c in self.conns.values() {
+            total.merge(c.http.tls_stats());
+        }
+        total
+    }
+
     /// Keeps the counters of a connection that leaves the table.
     fn retire_stats(&mut self, c: &Tracked) {
-        self.http_totals.merge(c.http.stats());
+        self.tls_totals.merge(c.http.tls_stats());
+        self.http_totals.merge(&c.http.stats());
         if let Some(stats) = c.http.http2_stats() {
             self.http2_totals.merge(&stats);
         }

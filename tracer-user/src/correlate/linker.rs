@@ -475,6 +475,7 @@ mod tests {
             local: Some(local.parse().unwrap()),
             peer: Some(peer.parse().unwrap()),
             netns: Some(1),
+            tls: false,
         }
     }
 

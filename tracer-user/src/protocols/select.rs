@@ -5,6 +5,12 @@
 //! first captured one a run of frames (adopted mid-stream) -> HTTP/2; anything else stays on
 //! the HTTP/1.x path unchanged. A run may end in an uncaptured payload: one frame whose
 //! payload is the rest of the syscall's (partly captured) bytes counts.
+//!
+//! TLS: a connection whose first captured socket bytes are a TLS record header waits for
+//! plaintext (its ciphertext is never framed); the first plaintext record a TLS library's uprobe
+//! captured (`DATA_FLAG_TLS`) switches the connection to its plaintext stream for good: a fresh
+//! framer (HTTP/1.x, or HTTP/2 on the preface / frames, as for socket bytes) and every later
+//! socket record of the connection is ciphertext, skipped and counted.
 
 use crate::model::{Direction, Exchange, Role};
 use crate::protocols::http1::{HttpConnection, HttpLimits, HttpStats, RequestStart};
@@ -16,12 +22,67 @@ use crate::protocols::http2::{Http2Connection, Http2Limits, Http2Stats, starts_w
 pub struct ProtocolConnection {
     decided: bool,
     proto: Proto,
+    http_limits: HttpLimits,
     h2_limits: Http2Limits,
     /// HTTP/1 counters of a connection that turned out to be HTTP/2 (bytes before the choice).
     http1_before: HttpStats,
     /// Records were lost before the protocol was chosen: the first captured bytes may be in
     /// the middle of the connection.
     lost_before_decided: bool,
+    /// Whether the connection's bytes are TLS and where its plaintext is.
+    tls: Tls,
+    tls_stats: TlsStats,
+}
+
+/// TLS state of a connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Tls {
+    /// No TLS seen: socket bytes are framed.
+    #[default]
+    No,
+    /// The first socket bytes were a TLS record: ciphertext, skipped until plaintext comes.
+    Waiting,
+    /// Plaintext records arrived: they are framed, socket records (ciphertext) skipped.
+    Plaintext,
+}
+
+/// TLS counters (monotonic, summed over connections).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsStats {
+    /// Connections whose first captured socket bytes were a TLS record.
+    pub ciphertext_connections: u64,
+    /// Connections that switched to the plaintext a TLS library's uprobes captured.
+    pub plaintext_connections: u64,
+    /// Socket records of TLS connections never framed (ciphertext), and their bytes.
+    pub ciphertext_records_skipped: u64,
+    pub ciphertext_bytes_skipped: u64,
+    /// Plaintext records framed, and their bytes (captured or gap).
+    pub plaintext_records: u64,
+    pub plaintext_bytes: u64,
+    /// Connections whose socket bytes had been framed (not recognised as TLS: records lost at
+    /// its start) when plaintext arrived: what that framer held was discarded.
+    pub switched_after_framing: u64,
+}
+
+impl TlsStats {
+    /// Adds every counter of `other` to `self`.
+    pub fn merge(&mut self, other: &TlsStats) {
+        self.ciphertext_connections += other.ciphertext_connections;
+        self.plaintext_connections += other.plaintext_connections;
+        self.ciphertext_records_skipped += other.ciphertext_records_skipped;
+        self.ciphertext_bytes_skipped += other.ciphertext_bytes_skipped;
+        self.plaintext_records += other.plaintext_records;
+        self.plaintext_bytes += other.plaintext_bytes;
+        self.switched_after_framing += other.switched_after_framing;
+    }
+}
+
+/// Whether `bytes` start with a TLS record header (content type change_cipher_spec, alert,
+/// handshake or application_data; version 3.x with x <= 4): never the start of HTTP/1.x (a
+/// control byte) nor of HTTP/2 (the preface; a frame header would announce over a megabyte).
+pub fn starts_with_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x14..=0x17, 0x03, minor, ..] if *minor <= 0x04)
+        || matches!(bytes, [0x14..=0x17, 0x03])
 }
 
 /// HTTP/1.x (nearly every connection) stays inline; HTTP/2's larger state is boxed.
@@ -57,10 +118,63 @@ impl ProtocolConnection {
         ProtocolConnection {
             decided: false,
             proto: Proto::Http1(HttpConnection::new(role, limits)),
+            http_limits: limits,
             h2_limits,
             http1_before: HttpStats::default(),
             lost_before_decided: false,
+            tls: Tls::No,
+            tls_stats: TlsStats::default(),
         }
+    }
+
+    /// Whether the connection's plaintext comes from a TLS library's uprobes.
+    pub fn is_tls_plaintext(&self) -> bool {
+        self.tls == Tls::Plaintext
+    }
+
+    /// TLS counters of this connection.
+    pub fn tls_stats(&self) -> &TlsStats {
+        &self.tls_stats
+    }
+
+    /// Feeds one plaintext record a TLS library's uprobe captured (`DATA_FLAG_TLS`). The first
+    /// one switches the connection to its plaintext stream: a fresh framer, whatever socket
+    /// bytes came before. Returns the sequences of requests discarded by the switch (for the
+    /// linker: only when ciphertext had been framed, see `TlsStats::switched_after_framing`).
+    pub fn on_tls_record(
+        &mut self,
+        dir: Direction,
+        captured: &[u8],
+        true_len: u32,
+        tid: u32,
+        ts_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) -> Vec<u64> {
+        let mut discarded = Vec::new();
+        if self.tls != Tls::Plaintext {
+            if self.tls == Tls::No && self.decided {
+                // Socket bytes were framed as cleartext: drop whatever they left pending.
+                // Nothing framed from ciphertext becomes a span, and every sequence it used is
+                // released before the fresh framer numbers its requests from zero again.
+                self.tls_stats.switched_after_framing += 1;
+                let mut dropped = Vec::new();
+                discarded = self.on_loss(&mut dropped);
+                discarded.extend(dropped.iter().map(|e| e.sequence));
+                discarded.extend(self.take_discarded());
+            }
+            let role = self.role();
+            let before = self.stats();
+            self.proto = Proto::Http1(HttpConnection::new(role, self.http_limits));
+            self.http1_before = before;
+            self.decided = false;
+            self.lost_before_decided = false;
+            self.tls = Tls::Plaintext;
+            self.tls_stats.plaintext_connections += 1;
+        }
+        self.tls_stats.plaintext_records += 1;
+        self.tls_stats.plaintext_bytes += u64::from(true_len).max(captured.len() as u64);
+        self.frame(dir, captured, true_len, tid, ts_ns, out);
+        discarded
     }
 
     /// Whether the connection carries HTTP/2.
@@ -68,9 +182,35 @@ impl ProtocolConnection {
         matches!(self.proto, Proto::Http2(_))
     }
 
-    /// Feeds one record (see [`HttpConnection::on_record`]); the first record with captured
-    /// bytes decides the protocol.
+    /// Feeds one record of socket bytes (see [`HttpConnection::on_record`]); the first record
+    /// with captured bytes decides the protocol. On a TLS connection (its first bytes a TLS
+    /// record, or plaintext records seen) the record is ciphertext: skipped, counted.
     pub fn on_record(
+        &mut self,
+        dir: Direction,
+        captured: &[u8],
+        true_len: u32,
+        tid: u32,
+        ts_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) {
+        if self.tls == Tls::No && !self.decided && starts_with_tls_record(captured) {
+            self.decided = true;
+            self.tls = Tls::Waiting;
+            self.tls_stats.ciphertext_connections += 1;
+        }
+        if self.tls != Tls::No {
+            self.tls_stats.ciphertext_records_skipped += 1;
+            self.tls_stats.ciphertext_bytes_skipped +=
+                u64::from(true_len).max(captured.len() as u64);
+            return;
+        }
+        self.frame(dir, captured, true_len, tid, ts_ns, out);
+    }
+
+    /// Frames bytes of the connection's application stream (socket bytes of a cleartext
+    /// connection, or a TLS connection's plaintext).
+    fn frame(
         &mut self,
         dir: Direction,
         captured: &[u8],
@@ -108,7 +248,7 @@ impl ProtocolConnection {
                             (Some(Role::Server), Direction::Egress)
                                 | (Some(Role::Client), Direction::Ingress)
                         );
-                    self.http1_before = http1.stats().clone();
+                    self.http1_before.merge(http1.stats());
                     self.proto = Proto::Http2(Box::new(if conflict {
                         Http2Connection::role_conflict(role, self.h2_limits)
                     } else {
@@ -200,12 +340,13 @@ impl ProtocolConnection {
         }
     }
 
-    /// HTTP/1.x counters.
-    pub fn stats(&self) -> &HttpStats {
-        match &self.proto {
-            Proto::Http1(c) => c.stats(),
-            Proto::Http2(_) => &self.http1_before,
+    /// HTTP/1.x counters (of the framer before a switch to HTTP/2 or to TLS plaintext too).
+    pub fn stats(&self) -> HttpStats {
+        let mut stats = self.http1_before.clone();
+        if let Proto::Http1(c) = &self.proto {
+            stats.merge(c.stats());
         }
+        stats
     }
 
     /// HTTP/2 counters, for an HTTP/2 connection.
@@ -215,6 +356,75 @@ impl ProtocolConnection {
             Proto::Http2(c) => Some(c.stats()),
         }
     }
+}
+
+/// Fuzzing harness for the TLS switch: `data` is a script of socket and plaintext records for
+/// one connection. Byte 0 picks the role (`% 3`: unknown, server, client). Each operation starts
+/// with an op byte: `op >> 5 == 7` closes; anything else is a record whose direction is
+/// `op & 1`, plaintext (`DATA_FLAG_TLS`) when `op & 0x40`, lost-before when `op & 0x10`,
+/// followed by a length byte (captured bytes taken from the script) and a gap byte (`g * 64`).
+/// Checks: once the connection follows plaintext, a socket record changes nothing (no exchange,
+/// no buffered byte, no pending request), and every count stays consistent.
+#[doc(hidden)]
+pub fn fuzz_entry(data: &[u8]) {
+    let Some((&setup, mut script)) = data.split_first() else {
+        return;
+    };
+    let role = match setup % 3 {
+        0 => None,
+        1 => Some(Role::Server),
+        _ => Some(Role::Client),
+    };
+    let mut conn = ProtocolConnection::new(role, HttpLimits::default(), Http2Limits::default());
+    let mut out = Vec::new();
+    let mut ts = 0u64;
+    let mut socket_records = 0u64;
+    let mut plaintext_records = 0u64;
+    while let Some((&op, rest)) = script.split_first() {
+        ts += 1;
+        script = rest;
+        if op >> 5 == 7 {
+            conn.on_close(ts, &mut out);
+            continue;
+        }
+        let dir = if op & 1 == 0 {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let (len, gap_unit, rest) = match script {
+            [len, gap, rest @ ..] => (usize::from(*len), u32::from(*gap), rest),
+            [len] => (usize::from(*len), 0, &[][..]),
+            [] => (0, 0, &[][..]),
+        };
+        let take = len.min(rest.len());
+        let (captured, rest) = rest.split_at(take);
+        script = rest;
+        let true_len = u32::try_from(take).unwrap_or(u32::MAX) + gap_unit * 64;
+        if op & 0x10 != 0 {
+            let _ = conn.on_loss(&mut out);
+        }
+        if op & 0x40 != 0 {
+            plaintext_records += 1;
+            let _ = conn.on_tls_record(dir, captured, true_len, 1, ts, &mut out);
+            assert!(conn.is_tls_plaintext());
+        } else {
+            socket_records += 1;
+            let following_plaintext = conn.is_tls_plaintext();
+            let before = (out.len(), conn.memory_bytes(), conn.pending_requests());
+            conn.on_record(dir, captured, true_len, 1, ts, &mut out);
+            if following_plaintext {
+                let after = (out.len(), conn.memory_bytes(), conn.pending_requests());
+                assert_eq!(before, after, "ciphertext changed a plaintext connection");
+            }
+        }
+        let tls = conn.tls_stats();
+        assert_eq!(tls.plaintext_records, plaintext_records);
+        assert!(tls.ciphertext_records_skipped <= socket_records);
+        assert!(tls.plaintext_connections <= 1);
+        assert!(tls.ciphertext_connections <= 1);
+    }
+    conn.on_close(ts + 1, &mut out);
 }
 
 #[cfg(test)]

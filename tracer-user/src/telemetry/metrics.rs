@@ -80,6 +80,10 @@ pub struct AgentSnapshot {
     pub bounds: BoundsSnapshot,
     /// HTTP/2 streams, exchanges and wire counters.
     pub http2: crate::protocols::http2::Http2Stats,
+    /// TLS connections: ciphertext skipped, plaintext (uprobe records) framed.
+    pub tls: crate::protocols::select::TlsStats,
+    /// Go crypto/tls uprobes: binaries covered and skipped, calls not captured.
+    pub go_tls: crate::capture::gotls::GoTlsSnapshot,
 }
 
 /// The agent's memory bounds and what they cost. Monotonic counters unless noted.
@@ -754,7 +758,163 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in http2_families(&s.http2) {
         family.render_into(&mut out);
     }
+    for family in go_tls_families(&s.go_tls) {
+        family.render_into(&mut out);
+    }
+    for family in tls_families(&s.kernel, &s.tls) {
+        family.render_into(&mut out);
+    }
     out
+}
+
+/// Families of the Go crypto/tls uprobes (`capture::gotls`).
+fn go_tls_families(g: &crate::capture::gotls::GoTlsSnapshot) -> Vec<Family> {
+    vec![
+        Family::gauge(
+            "tracer_go_tls_probes_loaded",
+            "1 when the Go crypto/tls uprobe programs loaded (0: Go TLS plaintext is not captured).",
+            vec![Sample::plain(g.loaded)],
+        ),
+        Family::gauge(
+            "tracer_go_tls_binaries_attached",
+            "Distinct Go executables (device, inode) with crypto/tls uprobes attached.",
+            vec![Sample::plain(g.binaries_attached)],
+        ),
+        Family::gauge(
+            "tracer_go_tls_uprobes_attached",
+            "Uprobes attached to Go executables (entries and return instructions of \
+             crypto/tls.(*Conn).Read and Write).",
+            vec![Sample::plain(g.uprobes_attached)],
+        ),
+        Family::counter(
+            "tracer_go_tls_binaries_skipped_total",
+            "Go executables of traced processes without crypto/tls uprobes, by reason.",
+            vec![
+                Sample::labelled(&[("reason", "not_amd64")], g.skipped_not_amd64),
+                Sample::labelled(&[("reason", "stack_abi")], g.skipped_stack_abi),
+                Sample::labelled(&[("reason", "unknown_layout")], g.skipped_unknown_layout),
+                Sample::labelled(&[("reason", "no_symbols")], g.skipped_no_symbols),
+                Sample::labelled(&[("reason", "no_crypto_tls")], g.skipped_no_crypto_tls),
+                Sample::labelled(
+                    &[("reason", "no_tcp_conn_type")],
+                    g.skipped_no_tcp_conn_type,
+                ),
+                Sample::labelled(&[("reason", "disassembly")], g.skipped_disassembly),
+                Sample::labelled(&[("reason", "attach_failed")], g.skipped_attach_failed),
+                Sample::labelled(&[("reason", "table_full")], g.skipped_table_full),
+                Sample::labelled(&[("reason", "exe_unreadable")], g.skipped_exe_unreadable),
+            ],
+        ),
+        Family::counter(
+            "tracer_go_tls_calls_swept_total",
+            "In-flight Go crypto/tls calls of exited processes removed from the kernel's table.",
+            vec![Sample::plain(g.calls_swept)],
+        ),
+        Family::counter(
+            "tracer_go_tls_scans_total",
+            "Scans of /proc for Go executables (every 500 ms).",
+            vec![Sample::plain(g.scans)],
+        ),
+        Family::counter(
+            "tracer_kernel_go_tls_calls_skipped_total",
+            "Go crypto/tls Read/Write calls whose plaintext was not captured, by reason.",
+            vec![
+                Sample::labelled(&[("reason", "not_tcp_conn")], g.kernel_not_tcp),
+                Sample::labelled(&[("reason", "unreadable")], g.kernel_unreadable),
+                Sample::labelled(&[("reason", "untracked_connection")], g.kernel_untracked),
+                Sample::labelled(&[("reason", "call_table_full")], g.kernel_calls_full),
+                Sample::labelled(&[("reason", "no_layout")], g.kernel_no_layout),
+            ],
+        ),
+    ]
+}
+
+/// Families of the TLS counters: the kernel's OpenSSL uprobes and the attach search
+/// (`tracer_kernel_tls_*`), then userspace's framing of TLS connections (`tracer_tls_*`).
+fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> Vec<Family> {
+    vec![
+        Family::counter(
+            "tracer_kernel_tls_records_total",
+            "Plaintext records the OpenSSL uprobes sent.",
+            vec![Sample::plain(k.tls_records)],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_calls_lost_total",
+            "OpenSSL calls whose plaintext was not sent, by reason: no_socket (the SSL* never              touched a tracked socket inside a call: memory BIO as in Node.js, or no syscall              yet), untracked (its socket is no tracked connection), ambiguous_fd (two tracked              sockets in one call), table_full, size_unreadable.",
+            vec![
+                Sample::labelled(&[("reason", "no_socket")], k.tls_no_socket),
+                Sample::labelled(&[("reason", "untracked")], k.tls_untracked),
+                Sample::labelled(&[("reason", "ambiguous_fd")], k.tls_ambiguous_fd),
+                Sample::labelled(&[("reason", "table_full")], k.tls_calls_table_full),
+                Sample::labelled(&[("reason", "size_unreadable")], k.tls_size_unreadable),
+            ],
+        ),
+        Family::gauge(
+            "tracer_kernel_tls_libraries_attached",
+            "OpenSSL copies (libssl files, executables exporting OpenSSL) the uprobes are attached to.",
+            vec![Sample::plain(k.tls_libraries_attached)],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_attach_failed_total",
+            "OpenSSL copies the uprobes could not be attached to (their TLS traffic is not seen).",
+            vec![Sample::plain(k.tls_attach_failed)],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_search_scans_total",
+            "Scans of the processes for OpenSSL copies (at start, then every 2 seconds).",
+            vec![Sample::plain(k.tls_search_scans)],
+        ),
+        Family::gauge(
+            "tracer_tls_unsupported_processes",
+            "Processes that map a TLS library whose traffic is not traced (its ciphertext is \
+             skipped, never parsed), by library, at the last scan.",
+            {
+                // In `capture::tls::UNSUPPORTED` order (checked by a test there).
+                let n = k.tls_unsupported_processes;
+                vec![
+                    Sample::labelled(&[("library", "gnutls")], n[0]),
+                    Sample::labelled(&[("library", "nss")], n[1]),
+                    Sample::labelled(&[("library", "boringssl")], n[2]),
+                    Sample::labelled(&[("library", "java")], n[3]),
+                ]
+            },
+        ),
+        Family::counter(
+            "tracer_tls_ciphertext_connections_total",
+            "Connections whose first captured socket bytes were a TLS record (never framed as HTTP).",
+            vec![Sample::plain(t.ciphertext_connections)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_connections_total",
+            "Connections switched to the plaintext a TLS library's uprobes captured.",
+            vec![Sample::plain(t.plaintext_connections)],
+        ),
+        Family::counter(
+            "tracer_tls_ciphertext_records_skipped_total",
+            "Socket records of TLS connections skipped (ciphertext).",
+            vec![Sample::plain(t.ciphertext_records_skipped)],
+        ),
+        Family::counter(
+            "tracer_tls_ciphertext_bytes_skipped_total",
+            "Bytes of the skipped ciphertext records.",
+            vec![Sample::plain(t.ciphertext_bytes_skipped)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_records_total",
+            "Plaintext records (TLS library uprobes) framed.",
+            vec![Sample::plain(t.plaintext_records)],
+        ),
+        Family::counter(
+            "tracer_tls_plaintext_bytes_total",
+            "Bytes of the framed plaintext records (captured or gap).",
+            vec![Sample::plain(t.plaintext_bytes)],
+        ),
+        Family::counter(
+            "tracer_tls_switched_after_framing_total",
+            "TLS connections whose ciphertext had been framed as cleartext (records lost at their start) when plaintext arrived: what it left pending was discarded.",
+            vec![Sample::plain(t.switched_after_framing)],
+        ),
+    ]
 }
 
 /// Families of the HTTP/2 counters.
@@ -1195,6 +1355,16 @@ mod tests {
                 h2_data_elided_bytes: 133,
                 h2_implausible_frame: 134,
                 h2_walker_loaded: 135,
+                tls_records: 136,
+                tls_no_socket: 137,
+                tls_untracked: 138,
+                tls_ambiguous_fd: 139,
+                tls_calls_table_full: 140,
+                tls_size_unreadable: 141,
+                tls_libraries_attached: 142,
+                tls_attach_failed: 143,
+                tls_search_scans: 144,
+                tls_unsupported_processes: [145, 146, 147, 148],
             },
             events_read: 201,
             decode_errors: 202,
@@ -1293,6 +1463,37 @@ mod tests {
                     control_frames_lost: 520,
                 },
             },
+            tls: crate::protocols::select::TlsStats {
+                ciphertext_connections: 601,
+                plaintext_connections: 602,
+                ciphertext_records_skipped: 603,
+                ciphertext_bytes_skipped: 604,
+                plaintext_records: 605,
+                plaintext_bytes: 606,
+                switched_after_framing: 607,
+            },
+            go_tls: crate::capture::gotls::GoTlsSnapshot {
+                loaded: 701,
+                binaries_attached: 702,
+                uprobes_attached: 703,
+                skipped_not_amd64: 704,
+                skipped_stack_abi: 705,
+                skipped_unknown_layout: 706,
+                skipped_no_symbols: 707,
+                skipped_no_crypto_tls: 708,
+                skipped_no_tcp_conn_type: 709,
+                skipped_disassembly: 710,
+                skipped_attach_failed: 711,
+                skipped_table_full: 712,
+                skipped_exe_unreadable: 713,
+                calls_swept: 714,
+                scans: 720,
+                kernel_not_tcp: 715,
+                kernel_unreadable: 716,
+                kernel_untracked: 717,
+                kernel_calls_full: 718,
+                kernel_no_layout: 719,
+            },
         }
     }
 
@@ -1306,12 +1507,15 @@ mod tests {
             .chain(201..=237)
             .chain(301..=326)
             .chain(501..=525)
+            .chain(601..=607)
+            .chain(701..=720)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
+        want.extend((136..=148).map(|v| v as f64)); // kernel TLS uprobes and search
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,

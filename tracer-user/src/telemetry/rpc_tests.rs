@@ -68,6 +68,7 @@ fn conn() -> ConnMeta {
         local: "10.0.0.1:50051".parse().ok(),
         peer: "10.0.0.2:51000".parse().ok(),
         netns: None,
+        tls: false,
     }
 }
 

@@ -19,6 +19,8 @@ const TRACEFS_MOUNT_POINT: &str = "/sys/kernel/tracing";
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("curl", "curl"),
+    // Self-signed certificates of the TLS tests (tests/tests/tls.rs).
+    ("openssl", "openssl"),
     ("python3", "python3"),
     // The self-telemetry test puts a collector in a network namespace behind a DNAT, as a
     // Kubernetes Service does.

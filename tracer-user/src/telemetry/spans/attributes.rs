@@ -9,7 +9,7 @@ use crate::telemetry::redact;
 
 use super::url::{
     HostPort, RequestTarget, bounded, bounded_lossy, canonical_ip, client_url_full,
-    host_header_authority, pseudo_scheme,
+    host_header_authority, url_scheme,
 };
 use super::{MAX_SHORT_ATTR_LEN, MAX_URL_LEN, MAX_USER_AGENT_LEN};
 use crate::telemetry::semconv;
@@ -36,11 +36,10 @@ pub(super) fn server_attributes(
     out: &mut Vec<Attribute>,
 ) {
     let target = RequestTarget::parse(&request.method, &request.target);
-    let scheme = match (&target, pseudo_scheme(request)) {
-        (RequestTarget::Absolute { .. }, _) | (_, None) => target.scheme(),
-        (_, Some(scheme)) => Text::Static(scheme),
-    };
-    out.push(Attribute::str(semconv::URL_SCHEME, scheme));
+    out.push(Attribute::str(
+        semconv::URL_SCHEME,
+        url_scheme(&target, request, conn),
+    ));
     if let Some(path) = target.path() {
         out.push(Attribute::str(
             semconv::URL_PATH,
@@ -126,9 +125,13 @@ pub(super) fn client_attributes(
     {
         out.push(Attribute::int(semconv::SERVER_PORT, i64::from(port)));
     }
-    if let Some(url) = client_url_full(&target, request, host_authority.as_deref(), peer) {
+    if let Some(url) = client_url_full(&target, request, host_authority.as_deref(), peer, conn) {
         out.push(Attribute::str(semconv::URL_FULL, url));
     }
+    out.push(Attribute::str(
+        semconv::URL_SCHEME,
+        url_scheme(&target, request, conn),
+    ));
     peer_attributes(conn, out);
     out.push(Attribute::str(
         semconv::NETWORK_PROTOCOL_VERSION,

@@ -153,6 +153,7 @@ mod tests {
             local: Some(local.parse().expect("local addr")),
             peer: Some(peer.parse().expect("peer addr")),
             netns: None,
+            tls: false,
         }
     }
 

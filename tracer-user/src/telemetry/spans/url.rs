@@ -23,6 +23,7 @@ pub(super) fn client_url_full(
     request: &HttpRequest,
     host_authority: Option<&str>,
     peer: Option<SocketAddr>,
+    conn: &crate::model::ConnMeta,
 ) -> Option<Text> {
     if host_authority.is_none()
         && peer.is_none()
@@ -40,8 +41,8 @@ pub(super) fn client_url_full(
         }
         (None, None) => {}
     };
-    let origin = match pseudo_scheme(request) {
-        Some("https") => "https://",
+    let origin = match (pseudo_scheme(request), conn.tls) {
+        (Some("https"), _) | (None, true) => "https://",
         _ => "http://",
     };
     let url = intern::text_fmt(|out| {
@@ -65,6 +66,21 @@ pub(super) fn client_url_full(
         out.truncate(keep);
     });
     Some(url)
+}
+
+/// `url.scheme`: an absolute-form target's own, else HTTP/2's `:scheme`, else `https` on a
+/// connection whose plaintext came from a TLS library (`http` otherwise).
+pub(super) fn url_scheme(
+    target: &RequestTarget<'_>,
+    request: &HttpRequest,
+    conn: &crate::model::ConnMeta,
+) -> Text {
+    match (target, pseudo_scheme(request)) {
+        (RequestTarget::Absolute { .. }, _) => target.scheme(),
+        (_, Some(scheme)) => Text::Static(scheme),
+        _ if conn.tls => Text::Static("https"),
+        _ => target.scheme(),
+    }
 }
 
 /// The request target split by form (RFC 9112 section 3.2).

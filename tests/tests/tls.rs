@@ -1,0 +1,528 @@
+//! HTTPS through the OpenSSL uprobes, against real processes: a Python `ssl` server (OpenSSL's
+//! `_ex` calls) with curl (`SSL_read`/`SSL_write`) and a Python HTTPS client, nginx with `ssl`,
+//! and a process that starts after the agent with its own copy of libssl. Certificates are
+//! generated per test with the `openssl` CLI into a scratch directory; loopback only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tracer_tests::metrics_client::sample;
+use tracer_tests::nginx::{nginx_binary, nginx_config_listen};
+use tracer_tests::peers::{peer_script, python};
+use tracer_tests::query::{assert_attrs, assert_count, client_spans, server_spans, the_only};
+use tracer_tests::{
+    AgentConfig, AttrValue, ChildGuard, ObservedSpan, OtlpProtocol, ScratchDir, TracedSession,
+    free_port, run_with_timeout, wait_for_port,
+};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn s(value: &str) -> AttrValue {
+    AttrValue::from(value)
+}
+
+fn i(value: i64) -> AttrValue {
+    AttrValue::Int(value)
+}
+
+/// A self-signed certificate and key for 127.0.0.1 / localhost in `dir`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let mut command = Command::new("openssl");
+    command
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+    let (status, child) = run_with_timeout("openssl req", command, START_TIMEOUT);
+    assert!(
+        status.success(),
+        "generating a test certificate with the openssl CLI failed (is `openssl` installed? \
+         `cargo xtask setup` installs it)\n{}",
+        child.output_report()
+    );
+    (cert, key)
+}
+
+/// `peers/tls_server.py` on `port` with `env` added to its environment.
+fn tls_server(port: u16, service: &str, dir: &Path, env: &[(&str, &str)]) -> ChildGuard {
+    let (cert, key) = self_signed(dir);
+    let mut command = Command::new(python());
+    command
+        .arg("-u")
+        .arg(peer_script("tls_server.py"))
+        .args(["--port", &port.to_string()])
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .env("OTEL_SERVICE_NAME", service);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = ChildGuard::spawn("tls_server.py", command);
+    assert!(
+        wait_for_port(port, START_TIMEOUT),
+        "tls_server.py did not listen on {port}\n{}",
+        child.output_report()
+    );
+    child
+}
+
+/// `curl -k` to `url` with extra `args`; returns curl's pid. Panics unless it got `expect`.
+fn curl_k(url: &str, args: &[&str]) -> u32 {
+    curl_k_expect(url, args, "200")
+}
+
+fn curl_k_expect(url: &str, args: &[&str], expect: &str) -> u32 {
+    let mut command = Command::new("curl");
+    command
+        .args([
+            "-sS",
+            "-k",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .arg(url);
+    let (status, child) = run_with_timeout("curl", command, CLIENT_TIMEOUT);
+    let code = child.stdout().text().trim().to_owned();
+    assert!(
+        status.success() && code == expect,
+        "curl -k {url} answered {code:?} ({status})\n{}",
+        child.output_report()
+    );
+    child.pid()
+}
+
+fn https(port: u16, path: &str) -> String {
+    format!("https://127.0.0.1:{port}{path}")
+}
+
+/// The kernel's count of OpenSSL copies attached, from a /metrics page.
+fn libraries_attached(page: &str) -> f64 {
+    sample(page, "tracer_kernel_tls_libraries_attached", "").unwrap_or(0.0)
+}
+
+/// curl -k against a Python TLS server: one SERVER and one CLIENT span per request, scheme
+/// https, the right path and status, the CLIENT is the SERVER's parent (same host, pairing by
+/// socket); a traceparent curl sends (encrypted) is adopted by the SERVER span. Nothing of the
+/// ciphertext is framed as HTTP (no desync).
+#[test]
+fn curl_to_a_python_tls_server_gives_an_https_client_server_tree() {
+    let dir = ScratchDir::new("tls-python");
+    let port = free_port();
+    let _server = tls_server(port, "tls-python", dir.path(), &[]);
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let curl_pid = curl_k(&https(port, "/ok?x=1"), &[]);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01");
+    curl_k_expect(&https(port, "/status/201"), &["-H", &traceparent], "201");
+    session.wait_for("2 https SERVER and 2 CLIENT spans", |spans| {
+        server_spans(spans, port).len() >= 2 && client_spans(spans, port).len() >= 2
+    });
+    let page = session.agent().wait_settled();
+    let stderr = session.agent().stderr_text();
+    let spans = session.finish();
+    assert_count(
+        &spans.iter().collect::<Vec<_>>(),
+        4,
+        "spans in total (agent filtered to the port)",
+        &spans,
+    );
+    let by_status = |kind: fn(&[ObservedSpan], u16) -> Vec<&ObservedSpan>, status: i64| {
+        let found: Vec<&ObservedSpan> = kind(&spans, port)
+            .into_iter()
+            .filter(|s| s.attr("http.response.status_code") == Some(&i(status)))
+            .collect();
+        the_only(found, &format!("span with status {status}"), &spans)
+    };
+    let server = by_status(server_spans, 200);
+    let client = by_status(client_spans, 200);
+    assert_attrs(
+        server,
+        &[
+            ("url.scheme", s("https")),
+            ("url.path", s("/ok")),
+            ("url.query", s("x=1")),
+            ("http.request.method", s("GET")),
+            ("network.protocol.version", s("1.1")),
+        ],
+    );
+    assert_attrs(
+        client,
+        &[
+            ("url.scheme", s("https")),
+            ("url.full", s(&https(port, "/ok?x=1"))),
+            ("http.request.method", s("GET")),
+        ],
+    );
+    assert_eq!(
+        client.resource_int("process.pid"),
+        Some(i64::from(curl_pid)),
+        "{}",
+        client.summary()
+    );
+    assert_eq!(
+        server.trace_id,
+        client.trace_id,
+        "one trace:\n{}\n{}\n--- agent stderr ---\n{stderr}",
+        server.summary(),
+        client.summary()
+    );
+    assert_eq!(
+        server.parent_span_id.as_deref(),
+        Some(client.span_id.as_str()),
+        "the SERVER span is the CLIENT span's child: {}",
+        server.summary()
+    );
+    let adopted = by_status(server_spans, 201);
+    assert_eq!(adopted.trace_id, trace_id, "curl's traceparent adopted");
+    assert_eq!(adopted.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(adopted.attr("url.scheme"), Some(&s("https")));
+    assert_eq!(
+        sample(&page, "tracer_http_desyncs_total", ""),
+        Some(0.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "tracer_kernel_tls_records_total", "").unwrap_or(0.0) >= 8.0,
+        "{page}"
+    );
+}
+
+/// 50 requests over 8 concurrent keep-alive connections from a Python HTTPS client (OpenSSL's
+/// `_ex` calls on both ends): exactly 50 SERVER and 50 CLIENT spans, all https.
+#[test]
+fn keep_alive_and_concurrency_give_exact_counts() {
+    let dir = ScratchDir::new("tls-load");
+    let port = free_port();
+    let _server = tls_server(port, "tls-load", dir.path(), &[]);
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut command = Command::new(python());
+    command.arg("-u").arg(peer_script("tls_client.py")).args([
+        "--port",
+        &port.to_string(),
+        "--connections",
+        "8",
+        "--requests",
+        "50",
+    ]);
+    let (status, child) = run_with_timeout("tls_client.py", command, CLIENT_TIMEOUT);
+    assert!(status.success(), "{}", child.output_report());
+    session.wait_for("50 SERVER and 50 CLIENT https spans", |spans| {
+        server_spans(spans, port).len() >= 50 && client_spans(spans, port).len() >= 50
+    });
+    session.agent().wait_settled();
+    let spans = session.finish();
+    let servers = server_spans(&spans, port);
+    let clients = client_spans(&spans, port);
+    assert_count(&servers, 50, "SERVER spans", &spans);
+    assert_count(&clients, 50, "CLIENT spans", &spans);
+    for span in servers.iter().chain(&clients) {
+        assert_eq!(
+            span.attr("url.scheme"),
+            Some(&s("https")),
+            "{}",
+            span.summary()
+        );
+    }
+    let linked = servers
+        .iter()
+        .filter(|server| {
+            clients
+                .iter()
+                .any(|c| server.parent_span_id.as_deref() == Some(c.span_id.as_str()))
+        })
+        .count();
+    assert_eq!(linked, 50, "every SERVER span is a CLIENT span's child");
+}
+
+/// nginx (Debian's build, dynamically linked libssl) with `listen ... ssl`: curl -k gives a
+/// SERVER span of the nginx worker with scheme https and the right status.
+#[test]
+fn nginx_with_ssl_is_traced() {
+    let dir = ScratchDir::new("tls-nginx");
+    let (cert, key) = self_signed(dir.path());
+    let port = free_port();
+    let nginx = start_nginx_tls(dir.path(), port, &cert, &key, " ssl");
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    curl_k(&https(port, "/index.html"), &[]);
+    curl_k(&https(port, "/index.html"), &[]);
+    session.wait_for("2 SERVER spans of nginx", |spans| {
+        server_spans(spans, port).len() >= 2
+    });
+    session.agent().wait_settled();
+    let spans = session.finish();
+    let servers = server_spans(&spans, port);
+    assert_count(&servers, 2, "nginx SERVER spans", &spans);
+    for span in &servers {
+        assert_attrs(
+            span,
+            &[
+                ("url.scheme", s("https")),
+                ("url.path", s("/index.html")),
+                ("http.response.status_code", i(200)),
+            ],
+        );
+    }
+    assert_count(&client_spans(&spans, port), 2, "curl CLIENT spans", &spans);
+    drop(nginx);
+}
+
+/// nginx (Debian's build) serving `dir/www` on `port` with `listen_params` and the certificate.
+fn start_nginx_tls(
+    dir: &Path,
+    port: u16,
+    cert: &Path,
+    key: &Path,
+    listen_params: &str,
+) -> ChildGuard {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("index.html"), "hello over tls\n").expect("index");
+    let config = nginx_config_listen(dir, port, listen_params).replace(
+        "        root ",
+        &format!(
+            "        ssl_certificate {};\n        ssl_certificate_key {};\n        root ",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let config_path = dir.join("nginx.conf");
+    std::fs::write(&config_path, config).expect("nginx.conf");
+    let mut command = Command::new(nginx_binary());
+    command
+        .arg("-c")
+        .arg(&config_path)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    let nginx = ChildGuard::spawn("nginx", command);
+    assert!(
+        wait_for_port(port, START_TIMEOUT),
+        "nginx did not listen on {port}\n{}",
+        nginx.output_report()
+    );
+    nginx
+}
+
+/// A server started after the agent that loads its own copy of libssl (another path, another
+/// inode, through LD_LIBRARY_PATH) is found by the agent's rescan and traced.
+#[test]
+fn a_process_started_later_with_its_own_libssl_copy_is_traced() {
+    let dir = ScratchDir::new("tls-copy");
+    let libs = dir.path().join("lib");
+    std::fs::create_dir_all(&libs).expect("lib dir");
+    let system = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("libssl.so.3 (Debian's libssl3) is installed");
+    std::fs::copy(&system, libs.join("libssl.so.3")).expect("copying libssl.so.3");
+    let port = free_port();
+    let mut session =
+        TracedSession::start_with(OtlpProtocol::Grpc, AgentConfig::new().ports(&[port]));
+    let before = libraries_attached(&session.agent().wait_settled());
+    let lib_path = libs.display().to_string();
+    let server = tls_server(
+        port,
+        "tls-copy",
+        dir.path(),
+        &[("LD_LIBRARY_PATH", &lib_path)],
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap_or_default();
+    assert!(
+        maps.contains(&format!("{lib_path}/libssl.so.3")),
+        "the server maps the copy of libssl"
+    );
+    session
+        .agent()
+        .wait_metrics("the agent attached to the new libssl copy", |page| {
+            libraries_attached(page) > before
+        });
+    curl_k(&https(port, "/ok"), &[]);
+    session.wait_for("the SERVER span of the process using the copy", |spans| {
+        !server_spans(spans, port).is_empty()
+    });
+    let spans = session.finish();
+    let server_span = the_only(server_spans(&spans, port), "SERVER span", &spans);
+    assert_eq!(server_span.attr("url.scheme"), Some(&s("https")));
+    assert_eq!(
+        server_span.resource_int("process.pid"),
+        Some(i64::from(server.pid()))
+    );
+}
+
+/// With `--no-tls` nothing is attached and no https span is made (the ciphertext is skipped).
+#[test]
+fn no_tls_turns_capture_off() {
+    let dir = ScratchDir::new("tls-off");
+    let port = free_port();
+    let _server = tls_server(port, "tls-off", dir.path(), &[]);
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--no-tls"),
+    );
+    curl_k(&https(port, "/ok"), &[]);
+    let page = session.agent().wait_settled();
+    assert_eq!(libraries_attached(&page), 0.0, "{page}");
+    assert_eq!(
+        sample(&page, "tracer_http_desyncs_total", ""),
+        Some(0.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "tracer_tls_ciphertext_connections_total", "").unwrap_or(0.0) >= 2.0,
+        "{page}"
+    );
+    let spans: Vec<ObservedSpan> = session.finish();
+    assert!(spans.is_empty(), "no span without TLS capture: {spans:?}");
+}
+
+/// HTTP/2 over TLS (ALPN h2): nginx `listen ... ssl http2` and `curl --http2`: the plaintext
+/// starts with the client preface and is framed as HTTP/2; spans are https, version 2.
+#[test]
+fn http2_over_tls_with_alpn_is_traced() {
+    let dir = ScratchDir::new("tls-h2");
+    let (cert, key) = self_signed(dir.path());
+    let port = free_port();
+    let nginx = start_nginx_tls(dir.path(), port, &cert, &key, " ssl http2");
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    curl_k(&https(port, "/index.html"), &["--http2"]);
+    session.wait_for("the HTTP/2 SERVER and CLIENT spans", |spans| {
+        !server_spans(spans, port).is_empty() && !client_spans(spans, port).is_empty()
+    });
+    session.agent().wait_settled();
+    let spans = session.finish();
+    for span in [
+        the_only(server_spans(&spans, port), "SERVER span", &spans),
+        the_only(client_spans(&spans, port), "CLIENT span", &spans),
+    ] {
+        assert_attrs(
+            span,
+            &[
+                ("url.scheme", s("https")),
+                ("network.protocol.version", s("2")),
+                ("http.response.status_code", i(200)),
+            ],
+        );
+    }
+    drop(nginx);
+}
+
+/// Node.js links OpenSSL into its binary and the probes attach to it, but Node drives OpenSSL
+/// through memory BIOs: no socket syscall happens inside SSL_read/SSL_write, so the connection
+/// is unknown. Counted (`no_socket`), and its ciphertext is skipped: no span, nothing mis-parsed.
+#[test]
+fn node_https_is_counted_as_unsupported_not_misparsed() {
+    let dir = ScratchDir::new("tls-node");
+    let (cert, key) = self_signed(dir.path());
+    let port = free_port();
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let go = dir.path().join("go");
+    let mut command = Command::new("node");
+    command
+        .arg(peer_script("tls_node.js"))
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .arg("3")
+        .arg(&go);
+    let mut node = ChildGuard::spawn("tls_node.js", command);
+    assert!(
+        wait_for_port(port, START_TIMEOUT),
+        "node did not listen on {port}\n{}",
+        node.output_report()
+    );
+    // The agent finds node's binary (it exports OpenSSL's symbols) at its next full scan:
+    // two scans after node listens, it is surely attached (by now or before).
+    let scans =
+        |page: &str| sample(page, "tracer_kernel_tls_search_scans_total", "").unwrap_or(0.0);
+    let listening = scans(&session.agent().wait_settled());
+    let page = session
+        .agent()
+        .wait_metrics("two scans for OpenSSL copies after node started", |page| {
+            scans(page) >= listening + 2.0
+        });
+    assert!(
+        libraries_attached(&page) >= 1.0,
+        "node's binary attached: {page}"
+    );
+    std::fs::write(&go, b"go").expect("go file");
+    let status = node.wait_timeout(CLIENT_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "node's requests failed\n{}",
+        node.output_report()
+    );
+    session
+        .agent()
+        .wait_metrics("OpenSSL calls of node counted without a socket", |page| {
+            sample(
+                page,
+                "tracer_kernel_tls_calls_lost_total",
+                "reason=\"no_socket\"",
+            )
+            .unwrap_or(0.0)
+                >= 6.0
+        });
+    let page = session.agent().wait_settled();
+    assert_eq!(
+        sample(&page, "tracer_http_desyncs_total", ""),
+        Some(0.0),
+        "{page}"
+    );
+    let spans = session.finish();
+    assert!(spans.is_empty(), "no span from node's TLS: {spans:?}");
+}
+
+/// `--pid` holds for TLS too: of two Python TLS servers only the one given is traced (the
+/// uprobes fire in every process mapping libssl; the kernel programs drop the others' calls).
+#[test]
+fn the_pid_filter_applies_to_tls() {
+    let dir = ScratchDir::new("tls-pid");
+    let (traced_port, other_port) = (free_port(), free_port());
+    let traced = tls_server(traced_port, "tls-traced", dir.path(), &[]);
+    let other_dir = ScratchDir::new("tls-pid-other");
+    let _other = tls_server(other_port, "tls-other", other_dir.path(), &[]);
+    let mut session =
+        TracedSession::start_with(OtlpProtocol::Grpc, AgentConfig::new().pid(traced.pid()));
+    curl_k(&https(other_port, "/ok"), &[]);
+    curl_k(&https(traced_port, "/ok"), &[]);
+    session.wait_for("the traced server's SERVER span", |spans| {
+        !server_spans(spans, traced_port).is_empty()
+    });
+    session.agent().wait_settled();
+    let spans = session.finish();
+    let server = the_only(server_spans(&spans, traced_port), "SERVER span", &spans);
+    assert_eq!(server.attr("url.scheme"), Some(&s("https")));
+    assert_count(
+        &spans.iter().collect::<Vec<_>>(),
+        1,
+        "spans in total (only the --pid process is traced)",
+        &spans,
+    );
+}

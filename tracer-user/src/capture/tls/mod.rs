@@ -1,0 +1,517 @@
+//! Finds the OpenSSL copies that processes on this host map, so the agent attaches the OpenSSL
+//! uprobes (`tracer_common::OPENSSL_UPROBE_PROGRAMS`) to each distinct file once: shared
+//! libraries named `libssl*.so*` in `/proc/<pid>/maps` (OpenSSL 3 and, best effort, 1.1), and
+//! executables that link OpenSSL statically and export its symbols (Node.js's `node`). Files are
+//! opened through `/proc/<pid>/root/<path>` so a copy inside another mount namespace (a
+//! container) is found at its real inode; each (device, inode) is tried once.
+//!
+//! Processes that start later, or `dlopen` libssl after they started (Python imports `ssl`
+//! lazily), are found by a periodic rescan (`RESCAN_EVERY_NS`): an exec hook alone would miss a
+//! library loaded after exec. The rescan reads `/proc/<pid>/maps` of at most `MAX_PIDS_PER_SCAN`
+//! processes; an executable's symbols are read once per inode. It runs on its own thread
+//! ([`TlsSearch`]): the event thread only attaches what it found (tens of milliseconds per scan
+//! on a busy host, a second for the first look at every executable, never on the event loop).
+//! The search at start-up covers the libraries only, synchronously, so that processes already
+//! running are traced from the moment the agent says its probes are attached.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// How often processes are scanned again for OpenSSL copies not seen yet.
+pub const RESCAN_EVERY_NS: u64 = 2_000_000_000;
+/// Processes whose maps one scan reads at most.
+pub const MAX_PIDS_PER_SCAN: usize = 8192;
+/// Bytes of one `/proc/<pid>/maps` read at most.
+const MAX_MAPS_BYTES: u64 = 4 << 20;
+/// Attempts to attach to one file before it is given up (counted once in `attach_failed`).
+const MAX_ATTACH_ATTEMPTS: u8 = 4;
+/// Executables larger than this are not inspected for OpenSSL symbols.
+const MAX_EXECUTABLE_BYTES: u64 = 512 << 20;
+
+/// What kind of OpenSSL copy a target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// `libssl.so.*`.
+    SharedLibrary,
+    /// An executable exporting `SSL_read`/`SSL_write` (OpenSSL linked in statically).
+    Executable,
+}
+
+/// One OpenSSL copy to attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The file as this agent opens it (through the mapping process's root).
+    pub path: PathBuf,
+    /// The path inside the process's mount namespace (for logs).
+    pub shown: String,
+    pub kind: TargetKind,
+    pub pid: u32,
+    /// (device, inode) of the file.
+    pub id: (u64, u64),
+}
+
+/// Counters of the search (monotonic unless noted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsAttachStats {
+    /// Gauge: OpenSSL copies the uprobes are attached to.
+    pub libraries_attached: u64,
+    /// OpenSSL copies the uprobes could not be attached to (symbols missing, file gone).
+    pub attach_failed: u64,
+    pub scans: u64,
+    /// Executables inspected for exported OpenSSL symbols.
+    pub executables_inspected: u64,
+    /// Gauge, per [`UNSUPPORTED`] library: processes that mapped it at the last scan.
+    pub unsupported_processes: [u64; UNSUPPORTED.len()],
+}
+
+/// TLS libraries recognised in `/proc/<pid>/maps` whose traffic is not traced (their ciphertext
+/// is skipped, never parsed): the label, and the file-name prefixes that mean it. rustls (linked
+/// statically, no exported symbols) cannot be seen this way.
+pub const UNSUPPORTED: [(&str, &[&str]); 4] = [
+    ("gnutls", &["libgnutls.so"]),
+    ("nss", &["libnss3.so", "libssl3.so"]),
+    // grpcio's extension module carries BoringSSL.
+    ("boringssl", &["cygrpc.", "libboringssl"]),
+    // The JVM (JSSE).
+    ("java", &["libjvm.so"]),
+];
+
+/// Which [`UNSUPPORTED`] library a mapped file is.
+fn unsupported_library(path: &str) -> Option<usize> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    UNSUPPORTED
+        .iter()
+        .position(|(_, prefixes)| prefixes.iter().any(|p| name.starts_with(p)))
+}
+
+/// The search state: which files were already tried.
+pub struct TlsTargets {
+    proc_root: PathBuf,
+    own_pid: u32,
+    /// (device, inode) of every file done with: attached, given up, or an executable without
+    /// OpenSSL.
+    done: HashSet<(u64, u64)>,
+    /// Failed attaches per file (a process that exits between the scan and the attach takes its
+    /// `/proc/<pid>/root` path with it: tried again from another process, a few times).
+    failures: std::collections::HashMap<(u64, u64), u8>,
+    pub stats: TlsAttachStats,
+}
+
+impl TlsTargets {
+    pub fn new(proc_root: PathBuf) -> Self {
+        TlsTargets {
+            proc_root,
+            own_pid: std::process::id(),
+            done: HashSet::new(),
+            failures: std::collections::HashMap::new(),
+            stats: TlsAttachStats::default(),
+        }
+    }
+
+    /// Records that attaching to `target` failed; returns whether it will be tried again at a
+    /// later scan (at most `MAX_ATTACH_ATTEMPTS` attempts per file).
+    pub fn attach_failed(&mut self, target: &Target) -> bool {
+        let failures = self.failures.entry(target.id).or_insert(0);
+        *failures = failures.saturating_add(1);
+        let retry = *failures < MAX_ATTACH_ATTEMPTS;
+        if !retry {
+            self.done.insert(target.id);
+        }
+        retry
+    }
+
+    /// The uprobes are attached to `target`'s file.
+    pub fn attached(&mut self, target: &Target) {
+        self.done.insert(target.id);
+        self.failures.remove(&target.id);
+    }
+
+    /// Whether `target`'s file is done with (attached or given up) since the scan offered it.
+    pub fn is_done(&self, target: &Target) -> bool {
+        self.done.contains(&target.id)
+    }
+
+    /// Scans processes (all, or `pids` only) and returns the OpenSSL copies not attached yet,
+    /// each through up to `MAX_ATTACH_ATTEMPTS` processes that map it (a short-lived one may be
+    /// gone by the time its path is opened). Executables are inspected for exported OpenSSL
+    /// symbols only with `executables`.
+    pub fn scan(&mut self, now_ns: u64, pids: Option<&[u32]>, executables: bool) -> Vec<Target> {
+        let _ = now_ns;
+        self.stats.scans += 1;
+        let listed: Vec<u32> = match pids {
+            Some(pids) => pids.to_vec(),
+            None => std::fs::read_dir(&self.proc_root)
+                .map(|dir| {
+                    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                        .take(MAX_PIDS_PER_SCAN)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut out = Vec::new();
+        let mut offered = std::collections::HashMap::new();
+        let mut unsupported = [0u64; UNSUPPORTED.len()];
+        for pid in listed {
+            if pid == self.own_pid {
+                // Never the agent itself (the kernel programs skip it too).
+                continue;
+            }
+            let seen = self.scan_process(pid, executables, &mut offered, &mut out);
+            for (i, count) in unsupported.iter_mut().enumerate() {
+                *count += u64::from(seen & (1 << i) != 0);
+            }
+        }
+        self.stats.unsupported_processes = unsupported;
+        out
+    }
+
+    fn scan_process(
+        &mut self,
+        pid: u32,
+        executables: bool,
+        offered: &mut std::collections::HashMap<(u64, u64), u8>,
+        out: &mut Vec<Target>,
+    ) -> u8 {
+        let mut unsupported = 0u8;
+        let dir = self.proc_root.join(pid.to_string());
+        let Some(maps) = read_bounded(&dir.join("maps"), MAX_MAPS_BYTES) else {
+            return unsupported;
+        };
+        let exe = std::fs::read_link(dir.join("exe")).ok();
+        let exe = exe.as_deref().and_then(Path::to_str).map(str::to_owned);
+        for line in maps.lines() {
+            let Some(mapping) = Mapping::parse(line) else {
+                continue;
+            };
+            if let Some(i) = unsupported_library(mapping.path) {
+                unsupported |= 1 << i;
+                continue;
+            }
+            let kind = if is_libssl(mapping.path) {
+                TargetKind::SharedLibrary
+            } else if executables && exe.as_deref() == Some(mapping.path) {
+                TargetKind::Executable
+            } else {
+                continue;
+            };
+            let id = (mapping.dev, mapping.inode);
+            if self.done.contains(&id)
+                || out
+                    .last()
+                    .is_some_and(|t: &Target| t.id == id && t.pid == pid)
+            {
+                continue;
+            }
+            let times = offered.entry(id).or_insert(0u8);
+            if *times >= MAX_ATTACH_ATTEMPTS {
+                continue;
+            }
+            let path = open_path(&dir, mapping.path, id);
+            if kind == TargetKind::Executable {
+                self.stats.executables_inspected += 1;
+                match exports_openssl(&path) {
+                    Some(true) => {}
+                    Some(false) => {
+                        self.done.insert(id);
+                        continue;
+                    }
+                    None => continue,
+                }
+            }
+            *times += 1;
+            out.push(Target {
+                path,
+                shown: mapping.path.to_owned(),
+                kind,
+                pid,
+                id: (mapping.dev, mapping.inode),
+            });
+        }
+        unsupported
+    }
+}
+
+/// The path to open the file `path` that a process (`/proc/<pid>` is `dir`) maps as `id`: the
+/// same path in the agent's own mount namespace when it is that very file (nothing depends on
+/// the process living on), else through the process's root (a container's file).
+fn open_path(dir: &Path, path: &str, id: (u64, u64)) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let own = PathBuf::from(path);
+    if let Ok(meta) = std::fs::metadata(&own) {
+        let dev = meta.dev();
+        let same = (
+            u64::from(libc::major(dev)) << 32 | u64::from(libc::minor(dev)),
+            meta.ino(),
+        );
+        if same == id {
+            return own;
+        }
+    }
+    dir.join("root").join(path.trim_start_matches('/'))
+}
+
+/// The search on its own thread: targets it finds wait in `pending` for the event thread,
+/// which attaches them and reports back through [`TlsSearch::attached`] /
+/// [`TlsSearch::attach_failed`].
+pub struct TlsSearch {
+    shared: std::sync::Arc<std::sync::Mutex<Shared>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    targets: TlsTargets,
+    pending: Vec<Target>,
+}
+
+impl TlsSearch {
+    /// Scans for the libraries now (the caller attaches them before it reports ready), then
+    /// rescans everything (executables too) every `RESCAN_EVERY_NS` on a thread.
+    pub fn start(proc_root: PathBuf, now_ns: u64) -> TlsSearch {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let mut targets = TlsTargets::new(proc_root);
+        let pending = targets.scan(now_ns, None, false);
+        let shared = Arc::new(Mutex::new(Shared { targets, pending }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("tls-search".into())
+                .spawn(move || search_loop(&shared, &stop))
+                .map_err(|err| tracing::warn!(%err, "TLS library search thread not started"))
+                .ok()
+        };
+        TlsSearch {
+            shared,
+            stop,
+            thread,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Targets found and not attached yet (empty while a scan holds the state).
+    pub fn take_pending(&self) -> Vec<Target> {
+        match self.shared.try_lock() {
+            Ok(mut shared) => {
+                let pending = std::mem::take(&mut shared.pending);
+                pending
+                    .into_iter()
+                    .filter(|t| !shared.targets.is_done(t))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn is_done(&self, target: &Target) -> bool {
+        self.lock().targets.is_done(target)
+    }
+
+    pub fn attached(&self, target: &Target) {
+        let mut shared = self.lock();
+        shared.targets.attached(target);
+        shared.targets.stats.libraries_attached += 1;
+    }
+
+    /// See [`TlsTargets::attach_failed`]; a file given up is counted.
+    pub fn attach_failed(&self, target: &Target) -> bool {
+        let mut shared = self.lock();
+        let retry = shared.targets.attach_failed(target);
+        if !retry {
+            shared.targets.stats.attach_failed += 1;
+        }
+        retry
+    }
+
+    pub fn stats(&self) -> TlsAttachStats {
+        self.lock().targets.stats
+    }
+}
+
+impl Drop for TlsSearch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let step = std::time::Duration::from_millis(100);
+    let mut next = std::time::Duration::from_nanos(RESCAN_EVERY_NS);
+    while !stop.load(Ordering::Relaxed) {
+        if started.elapsed() < next {
+            std::thread::sleep(step);
+            continue;
+        }
+        next = started.elapsed() + std::time::Duration::from_nanos(RESCAN_EVERY_NS);
+        let mut shared = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let began = std::time::Instant::now();
+        let now_ns = started.elapsed().as_nanos() as u64;
+        let found = shared.targets.scan(now_ns, None, true);
+        tracing::debug!(
+            elapsed_us = began.elapsed().as_micros() as u64,
+            new = found.len(),
+            "scanned processes for OpenSSL copies"
+        );
+        for target in found {
+            if !shared
+                .pending
+                .iter()
+                .any(|t| t.id == target.id && t.pid == target.pid)
+            {
+                shared.pending.push(target);
+            }
+        }
+    }
+}
+
+/// One line of `/proc/<pid>/maps` with a file: its device, inode and path.
+struct Mapping<'a> {
+    dev: u64,
+    inode: u64,
+    path: &'a str,
+}
+
+impl<'a> Mapping<'a> {
+    /// `address perms offset major:minor inode path` (the path may hold spaces; a deleted file
+    /// ends in ` (deleted)` and is skipped: its path names nothing any more).
+    fn parse(line: &'a str) -> Option<Mapping<'a>> {
+        let mut rest = line;
+        let mut fields = [""; 5];
+        for field in &mut fields {
+            rest = rest.trim_start();
+            let end = rest.find(' ')?;
+            *field = &rest[..end];
+            rest = &rest[end..];
+        }
+        let path = rest.trim();
+        if !path.starts_with('/') || path.ends_with(" (deleted)") {
+            return None;
+        }
+        let (major, minor) = fields[3].split_once(':')?;
+        let dev =
+            (u64::from_str_radix(major, 16).ok()? << 32) | u64::from_str_radix(minor, 16).ok()?;
+        let inode = fields[4].parse().ok().filter(|i| *i != 0)?;
+        Some(Mapping { dev, inode, path })
+    }
+}
+
+/// `libssl.so.3`, `libssl.so.1.1`, and bundled copies such as `libssl-1a2b3c.so.3` (not NSS's
+/// `libssl3.so`, another library).
+fn is_libssl(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("libssl.so") || (name.starts_with("libssl-") && name.contains(".so"))
+}
+
+fn read_bounded(path: &Path, max: u64) -> Option<String> {
+    use std::io::Read;
+    let mut out = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(max)
+        .read_to_string(&mut out)
+        .ok()?;
+    Some(out)
+}
+
+/// Whether the ELF file at `path` exports OpenSSL's `SSL_read` and `SSL_write` as defined
+/// dynamic symbols (an executable with OpenSSL linked in statically, as Node.js's binary);
+/// `None` when it cannot be read (its process is gone: ask again through another one).
+pub fn exports_openssl(path: &Path) -> Option<bool> {
+    use object::{Object, ObjectSymbol};
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_EXECUTABLE_BYTES {
+        return Some(false);
+    }
+    let data = std::fs::read(path).ok()?;
+    let Ok(file) = object::File::parse(&*data) else {
+        return Some(false);
+    };
+    let (mut read, mut write) = (false, false);
+    for symbol in file.dynamic_symbols() {
+        if symbol.is_undefined() {
+            continue;
+        }
+        match symbol.name() {
+            Ok("SSL_read") => read = true,
+            Ok("SSL_write") => write = true,
+            _ => {}
+        }
+    }
+    Some(read && write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_name_device_inode_and_path() {
+        let line = "7f1c2a400000-7f1c2a4a0000 r--p 00000000 fd:01 1311234                    /usr/lib/x86_64-linux-gnu/libssl.so.3";
+        let m = Mapping::parse(line).unwrap();
+        assert_eq!((m.dev, m.inode), ((0xfd << 32) | 1, 1311234));
+        assert_eq!(m.path, "/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        assert!(is_libssl(m.path));
+        let spaced = "7f1c2a400000-7f1c2a4a0000 r-xp 00000000 08:02 42 /opt/my app/libssl.so.1.1";
+        assert_eq!(
+            Mapping::parse(spaced).unwrap().path,
+            "/opt/my app/libssl.so.1.1"
+        );
+        assert!(
+            Mapping::parse("7f-80 r--p 00000000 fd:01 99 /tmp/libssl.so.3 (deleted)").is_none()
+        );
+        assert!(Mapping::parse("7ffd-7ffe rw-p 00000000 00:00 0 [stack]").is_none());
+        assert!(Mapping::parse("7ffd-7ffe rw-p 00000000 00:00 0").is_none());
+        assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"));
+        assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libssl3.so"));
+        assert_eq!(
+            unsupported_library("/usr/lib/x86_64-linux-gnu/libssl3.so"),
+            Some(1)
+        );
+        assert_eq!(
+            unsupported_library("/venv/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so"),
+            Some(2)
+        );
+        assert_eq!(
+            unsupported_library("/usr/lib/jvm/java-17/lib/server/libjvm.so"),
+            Some(3)
+        );
+        assert_eq!(
+            unsupported_library("/usr/lib/x86_64-linux-gnu/libssl.so.3"),
+            None
+        );
+        // The order `telemetry::metrics` labels its samples in.
+        let names: Vec<&str> = UNSUPPORTED.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["gnutls", "nss", "boringssl", "java"]);
+        assert!(is_libssl(
+            "/venv/lib/python3/site-packages/x.libs/libssl-8a3c1f.so.3"
+        ));
+    }
+
+    /// The agent's own process is never a target, and each file is tried once.
+    #[test]
+    fn a_scan_of_this_process_skips_it_and_files_are_tried_once() {
+        let mut targets = TlsTargets::new(PathBuf::from("/proc"));
+        let own = std::process::id();
+        assert!(targets.scan(1, Some(&[own]), true).is_empty());
+        targets.own_pid = 0;
+        for target in targets.scan(3, Some(&[own]), true) {
+            targets.attached(&target);
+        }
+        assert!(
+            targets.scan(4, Some(&[own]), true).is_empty(),
+            "offered again"
+        );
+    }
+}
