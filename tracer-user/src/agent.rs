@@ -329,6 +329,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     pipeline = pipeline.with_pid_map(probes.proc_pid_map()?);
     pipeline = pipeline.with_agent_mirror(Some(probes.agent_mirror_check()?));
     pipeline = pipeline.with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
+    pipeline = pipeline.with_service_graph(red.as_ref().map(|r| Arc::clone(r.service_graph())));
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     let window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS)
         .with_max_bytes(REORDER_MAX_BYTES);

@@ -44,6 +44,9 @@ pub struct SpanIdentity {
     /// The request is telemetry that is never exported (see `own`), or descends from one: its
     /// span is dropped too, or it would name a parent that never arrives.
     pub telemetry: bool,
+    /// SERVER request whose parent came from a header although its same-host CLIENT request
+    /// is traced here: that request's span id (the service graph counts the pair once).
+    pub paired_client: Option<[u8; 8]>,
 }
 
 impl SpanIdentity {
@@ -56,6 +59,7 @@ impl SpanIdentity {
             trace_state: None,
             link: LinkSource::Root,
             telemetry: false,
+            paired_client: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl SpanIdentity {
             trace_state: parent.trace_state.clone(),
             link,
             telemetry: parent.telemetry,
+            paired_client: None,
         }
     }
 
@@ -80,6 +85,7 @@ impl SpanIdentity {
             trace_state: ctx.trace_state,
             link: LinkSource::Header,
             telemetry: false,
+            paired_client: None,
         }
     }
 }
@@ -133,6 +139,17 @@ pub struct LinkerStats {
     /// Connections left out of connection pairing: a loopback tuple whose network namespace is
     /// unknown (another namespace may hold the same tuple).
     pub pair_netns_unknown: u64,
+}
+
+/// A header identity of a SERVER request remembers the CLIENT request it was paired with.
+fn with_paired_client(
+    from_header: Option<SpanIdentity>,
+    paired: Option<&SpanIdentity>,
+) -> Option<SpanIdentity> {
+    from_header.map(|mut id| {
+        id.paired_client = paired.and_then(|p| p.parent_span_id);
+        id
+    })
 }
 
 /// A connection as its mirror end would name it: (network namespace, local, peer). Loopback
@@ -294,6 +311,7 @@ impl Linker {
                 if identity.is_none() && paired.is_some() {
                     self.stats.by_connection_pair += 1;
                 }
+                let identity = with_paired_client(identity, paired.as_ref());
                 let identity = identity.or(paired).unwrap_or_else(|| {
                     self.stats.roots += 1;
                     SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
@@ -363,6 +381,7 @@ impl Linker {
         if from_header.is_none() && paired.is_some() {
             self.stats.by_connection_pair += 1;
         }
+        let from_header = with_paired_client(from_header, paired.as_ref());
         from_header.or(paired).unwrap_or_else(|| {
             self.stats.roots += 1;
             SpanIdentity::root(self.trace_ids.new_trace_id(start_ns))
@@ -721,6 +740,12 @@ mod tests {
             Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
         );
         assert_eq!(ho.link, LinkSource::Header);
+        // The pair is still known for the service graph: the hub's SERVER request came from
+        // curl's CLIENT request (a CLIENT request never names one).
+        let curl_id = l.take(1, 0).unwrap();
+        assert_eq!(hi.paired_client, Some(curl_id.span_id));
+        assert_eq!(ho.paired_client, None);
+        assert_eq!(curl_id.paired_client, None);
         let _ = plain;
     }
 
