@@ -434,6 +434,10 @@ fn spans_and_metrics_can_each_be_turned_off() {
         !page.contains("http_server_request_duration_seconds"),
         "{page}"
     );
+    assert!(
+        !page.contains("traces_service_graph"),
+        "the service graph is off with the RED metrics: {page}"
+    );
     agent.stop().assert_success();
     assert!(
         receiver.metric_requests().is_empty(),

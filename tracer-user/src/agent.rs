@@ -328,7 +328,11 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     // takes milliseconds; the ring buffer holds what arrives meanwhile).
     pipeline = pipeline.with_pid_map(probes.proc_pid_map()?);
     pipeline = pipeline.with_agent_mirror(Some(probes.agent_mirror_check()?));
-    pipeline = pipeline.with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
+    let pods = start_pod_metadata(args.k8s_node_name.clone()).await;
+    if let Some(pods) = &pods {
+        metrics.set_pods(pods.clone());
+    }
+    pipeline = pipeline.with_pods(pods);
     pipeline = pipeline.with_service_graph(red.as_ref().map(|r| Arc::clone(r.service_graph())));
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     let window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS)
@@ -883,6 +887,7 @@ fn snapshot(
         reorder_forced_early: r.forced_early,
         bounds: pipeline.bounds_snapshot(),
         http2: pipeline.http2_stats(),
+        stages: pipeline.stage_snapshot(),
     }
 }
 

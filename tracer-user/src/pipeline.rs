@@ -290,6 +290,25 @@ impl Pipeline {
         }
     }
 
+    /// The stages' counters not carried elsewhere on /metrics.
+    pub fn stage_snapshot(&self) -> crate::telemetry::metrics::StageSnapshot {
+        let p = &self.stats;
+        let t = self.table.stats();
+        let h = self.table.http_stats();
+        crate::telemetry::metrics::StageSnapshot {
+            data_bytes: p.data_bytes,
+            sniffed_not_socket: p.sniffed_not_socket,
+            sniffed_filtered_out: p.sniffed_filtered_out,
+            connections_opened_late: t.opened_late,
+            connections_replaced_fd_reuse: t.replaced_fd_reuse,
+            http_exchanges: h.exchanges,
+            http_messages_lost: h.messages_lost,
+            http_unpaired_responses: h.unpaired_responses,
+            http_upgrades: h.upgrades,
+            http_switched_to_http2: h.http2_connections,
+        }
+    }
+
     pub fn http_stats(&self) -> HttpStats {
         self.table.http_stats()
     }
