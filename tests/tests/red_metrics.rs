@@ -757,3 +757,69 @@ fn service_graph_counts_each_request_once_per_edge_without_headers() {
         .count();
     assert_eq!(edges_on_page, 2, "{page}");
 }
+
+/// Both ends traced and the client sends a `traceparent` (an instrumented client): the server's
+/// span takes its parent from the header, not from curl's CLIENT span, yet the linker's
+/// connection pair still joins the two and the request is counted once on curl -> backend, not
+/// twice as two halves with virtual nodes.
+#[test]
+fn service_graph_counts_header_linked_requests_once_when_both_ends_are_traced() {
+    const BACKEND: &str = "sg-header-backend";
+    const SENT: u64 = 3;
+    let port = free_port();
+    let backend = PythonServer::start(port, BACKEND);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent = AgentConfig::new()
+        .ports(&[port])
+        .env("OTEL_METRIC_EXPORT_INTERVAL", INTERVAL_MS)
+        .export_to(&receiver)
+        .start();
+    for i in 0..SENT {
+        let header = format!(
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e47{i:02x}-00f067aa0ba902b{i:x}-01"
+        );
+        assert_eq!(curl(&["-H", &header, &backend.url("/ok")]).status, 200);
+    }
+    let last_total = |r: &[ExportMetricsServiceRequest]| -> Vec<EdgePoint> {
+        r.last()
+            .map(|r| edge_points(r, "traces_service_graph_request_total"))
+            .unwrap_or_default()
+    };
+    if let Err(last) = receiver.wait_for_metrics(WAIT, |r| {
+        edge_value(&last_total(r), "curl", BACKEND, false) == SENT
+    }) {
+        panic!(
+            "waited {WAIT:?} for {SENT} requests on curl -> {BACKEND}; last request_total points \
+             {:#?}\n--- agent stderr ---\n{}",
+            last_total(&last),
+            agent.stderr_text()
+        );
+    }
+    let pending_zero = |page: &str| page.lines().any(|l| l == "tracer_service_graph_pending 0");
+    agent.wait_metrics("no span waiting for its other end", pending_zero);
+    agent.wait_settled();
+    agent.stop().assert_success();
+    let requests = receiver.metric_requests();
+    let total = edge_points(
+        requests.last().expect("metrics requests"),
+        "traces_service_graph_request_total",
+    );
+    let involved: Vec<&EdgePoint> = total
+        .iter()
+        .filter(|(l, _)| {
+            l.get("server").map(String::as_str) == Some(BACKEND)
+                || l.get("client").map(String::as_str) == Some("curl")
+        })
+        .collect();
+    assert_eq!(
+        involved.len(),
+        1,
+        "one edge only, no virtual halves: {involved:#?}"
+    );
+    assert_eq!(
+        edge_value(&total, "curl", BACKEND, false),
+        SENT,
+        "{total:#?}"
+    );
+    drop(backend);
+}
