@@ -447,6 +447,12 @@ impl ServiceGraph {
                         self.count_alone(state, &old);
                     }
                 }
+                // Entries of halves that met their partner stay in `order` until due: keep them
+                // at most as many as the live ones (amortised O(1), no allocation once grown).
+                if state.order.len() > 2 * state.pending.len() + 64 {
+                    let State { order, pending, .. } = &mut *state;
+                    order.retain(|(_, k, seq)| pending.get(k).is_some_and(|h| h.seq == *seq));
+                }
                 state.seq += 1;
                 let seq = state.seq;
                 state.order.push_back((now + self.limits.wait, key, seq));
