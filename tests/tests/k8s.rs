@@ -313,6 +313,20 @@ fn spans_of_processes_in_pods_carry_pod_metadata() {
         );
     }
 
+    // The pod cache's own counters are on /metrics: the list it made, the pods it holds, the
+    // lookups of the traced processes.
+    let at_least = |page: &str, name: &str, min: f64| {
+        tracer_tests::metrics_client::sample(page, name, "").is_some_and(|v| v >= min)
+    };
+    session
+        .agent()
+        .wait_metrics("the pod metadata cache's counters", |page| {
+            at_least(page, "tracer_k8s_relists_total", 1.0)
+                && at_least(page, "tracer_k8s_pods_cached", 2.0)
+                && at_least(page, "tracer_k8s_containers_cached", 2.0)
+                && at_least(page, "tracer_k8s_pod_lookups_total", 2.0)
+        });
+
     session.finish();
     drop(checkout);
     drop(ledger);

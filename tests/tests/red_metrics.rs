@@ -2,7 +2,9 @@
 //! and of the curl processes calling it in the semconv duration histograms, exports them to a real
 //! OTLP metrics receiver and shows the same counts on its Prometheus page (read with the
 //! Prometheus client library's parser). Also: spans and metrics can each be turned off, and the
-//! delta temporality preference sends each measurement once.
+//! delta temporality preference sends each measurement once. And the service graph (Tempo's
+//! metric names) for curl -> hub -> backend with no trace headers: each request counted once per
+//! edge, with curl (not traced) as a virtual client node.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -11,11 +13,15 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, HistogramDataPoint, metric};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, HistogramDataPoint, metric, number_data_point,
+};
 use tracer_tests::metrics_client::scrape;
+use tracer_tests::peers::{PEER_START_TIMEOUT, peer_script, python};
 use tracer_tests::span::hex;
 use tracer_tests::{
-    Agent, AgentConfig, ObservedKind, OtlpProtocol, OtlpReceiver, PythonServer, curl, free_port,
+    Agent, AgentConfig, ChildGuard, ObservedKind, OtlpProtocol, OtlpReceiver, PythonServer, curl,
+    free_port, local_url, wait_for_port,
 };
 
 /// How long a test waits for the metrics it expects.
@@ -428,6 +434,10 @@ fn spans_and_metrics_can_each_be_turned_off() {
         !page.contains("http_server_request_duration_seconds"),
         "{page}"
     );
+    assert!(
+        !page.contains("traces_service_graph"),
+        "the service graph is off with the RED metrics: {page}"
+    );
     agent.stop().assert_success();
     assert!(
         receiver.metric_requests().is_empty(),
@@ -474,4 +484,342 @@ fn delta_temporality_sends_each_request_once() {
             .all(|p| p.temporality == AggregationTemporality::Delta as i32 && p.count > 0),
         "{seen:#?}"
     );
+}
+
+/// One service graph point as received: its labels and its value (a count, or a histogram's
+/// count).
+type EdgePoint = (BTreeMap<String, String>, u64);
+
+/// The points of service graph metric `name` (a monotonic sum or a histogram) in one request.
+fn edge_points(request: &ExportMetricsServiceRequest, name: &str) -> Vec<EdgePoint> {
+    let labels = |attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+        attrs
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    text(kv.value.as_ref().and_then(|v| v.value.as_ref())),
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let mut out = Vec::new();
+    for m in request
+        .resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter(|m| m.name == name)
+    {
+        match &m.data {
+            Some(metric::Data::Sum(sum)) => {
+                assert!(sum.is_monotonic, "{name} is a counter");
+                for p in &sum.data_points {
+                    let Some(number_data_point::Value::AsInt(v)) = p.value else {
+                        panic!("{name}: not an integer point {p:?}")
+                    };
+                    out.push((labels(&p.attributes), v as u64));
+                }
+            }
+            Some(metric::Data::Histogram(h)) => {
+                assert_eq!(m.unit, "s", "{name} is in seconds");
+                for p in &h.data_points {
+                    assert_eq!(
+                        p.explicit_bounds,
+                        [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8],
+                        "Tempo's default service graph buckets"
+                    );
+                    out.push((labels(&p.attributes), p.count));
+                }
+            }
+            other => panic!("{name}: unexpected data {other:?}"),
+        }
+    }
+    out
+}
+
+/// The value of the edge `client -> server` (`virtual_node`: with
+/// `connection_type="virtual_node"`) among `points`; 0 when absent.
+fn edge_value(points: &[EdgePoint], client: &str, server: &str, virtual_node: bool) -> u64 {
+    points
+        .iter()
+        .filter(|(l, _)| {
+            l.get("client").map(String::as_str) == Some(client)
+                && l.get("server").map(String::as_str) == Some(server)
+                && l.get("connection_type").map(String::as_str)
+                    == virtual_node.then_some("virtual_node")
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// curl (not traced: the agent follows the hubs and the backend by pid) -> hub -> backend, no
+/// trace headers. Two hub processes of one service: one calls the backend's `/ok`, the other its
+/// `/status/500` (and answers 502). Each request is counted exactly once on each edge: curl's
+/// side as a virtual client node named by its address, hub -> backend from the two traced ends
+/// (the backend's SERVER span joined with the hub's CLIENT span through the connection pair),
+/// with both durations; the same numbers on the Prometheus page; and nothing else involving these
+/// services (no second count of a request as client-only or server-only after the wait).
+#[test]
+fn service_graph_counts_each_request_once_per_edge_without_headers() {
+    const HUB: &str = "sg-hub";
+    const BACKEND: &str = "sg-backend";
+    const OK: u64 = 5;
+    const FAILING: u64 = 3;
+    const SENT: u64 = OK + FAILING;
+    let backend = PythonServer::start(free_port(), BACKEND);
+    let start_hub = |backend_url: String| {
+        let port = free_port();
+        let mut command = std::process::Command::new(python());
+        command
+            .arg("-u")
+            .arg(peer_script("hub.py"))
+            .arg("serve")
+            .args(["--port", &port.to_string(), "--backend", &backend_url])
+            .env("OTEL_SERVICE_NAME", HUB);
+        let hub = ChildGuard::spawn("hub", command);
+        assert!(
+            wait_for_port(port, PEER_START_TIMEOUT),
+            "the hub did not listen on {port}\n{}",
+            hub.output_report()
+        );
+        (hub, port)
+    };
+    let (hub_ok, ok_port) = start_hub(backend.url("/ok"));
+    let (hub_failing, failing_port) = start_hub(backend.url("/status/500"));
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent = AgentConfig::new()
+        .pid(hub_ok.pid())
+        .pid(hub_failing.pid())
+        .pid(backend.pid())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", INTERVAL_MS)
+        .export_to(&receiver)
+        .start();
+    for id in 0..OK {
+        let url = local_url(ok_port, &format!("/fanout?id={id}"));
+        assert_eq!(curl(&[&url]).status, 200, "{}", hub_ok.output_report());
+    }
+    for id in 0..FAILING {
+        let url = local_url(failing_port, &format!("/fanout?id={id}"));
+        assert_eq!(curl(&[&url]).status, 502, "{}", hub_failing.output_report());
+    }
+
+    let last_total = |r: &[ExportMetricsServiceRequest]| -> Vec<EdgePoint> {
+        r.last()
+            .map(|r| edge_points(r, "traces_service_graph_request_total"))
+            .unwrap_or_default()
+    };
+    if let Err(last) = receiver.wait_for_metrics(WAIT, |r| {
+        let total = last_total(r);
+        edge_value(&total, "127.0.0.1", HUB, true) == SENT
+            && edge_value(&total, HUB, BACKEND, false) == SENT
+    }) {
+        panic!(
+            "waited {WAIT:?} for {SENT} requests on both edges; last request_total points \
+             {:#?}\n--- agent stderr ---\n{}",
+            last_total(&last),
+            agent.stderr_text()
+        );
+    }
+    // Every span has met its other end or been counted alone: nothing is left to count twice.
+    let pending_zero = |page: &str| page.lines().any(|l| l == "tracer_service_graph_pending 0");
+    agent.wait_metrics("no span waiting for its other end", pending_zero);
+    let page = agent.wait_settled();
+    assert!(pending_zero(&page), "{page}");
+    let samples = parse_prometheus(&page);
+    agent.stop().assert_success();
+
+    // The last export (at shutdown, cumulative) holds everything.
+    let requests = receiver.metric_requests();
+    let last = requests.last().expect("metrics requests");
+    let ours = |points: Vec<EdgePoint>| -> Vec<EdgePoint> {
+        points
+            .into_iter()
+            .filter(|(l, _)| {
+                [HUB, BACKEND].iter().any(|s| {
+                    l.get("client") == Some(&s.to_string())
+                        || l.get("server") == Some(&s.to_string())
+                })
+            })
+            .collect()
+    };
+    let total = ours(edge_points(last, "traces_service_graph_request_total"));
+    let failed = ours(edge_points(
+        last,
+        "traces_service_graph_request_failed_total",
+    ));
+    let server_seconds = ours(edge_points(
+        last,
+        "traces_service_graph_request_server_seconds",
+    ));
+    let client_seconds = ours(edge_points(
+        last,
+        "traces_service_graph_request_client_seconds",
+    ));
+    assert_eq!(total.len(), 2, "exactly the two edges: {total:#?}");
+    assert_eq!(
+        edge_value(&total, "127.0.0.1", HUB, true),
+        SENT,
+        "{total:#?}"
+    );
+    assert_eq!(edge_value(&total, HUB, BACKEND, false), SENT, "{total:#?}");
+    assert_eq!(
+        edge_value(&failed, "127.0.0.1", HUB, true),
+        FAILING,
+        "{failed:#?}"
+    );
+    assert_eq!(
+        edge_value(&failed, HUB, BACKEND, false),
+        FAILING,
+        "{failed:#?}"
+    );
+    // Both durations of the traced edge; only the server's of the virtual one.
+    assert_eq!(edge_value(&server_seconds, HUB, BACKEND, false), SENT);
+    assert_eq!(edge_value(&client_seconds, HUB, BACKEND, false), SENT);
+    assert_eq!(edge_value(&server_seconds, "127.0.0.1", HUB, true), SENT);
+    assert_eq!(
+        edge_value(&client_seconds, "127.0.0.1", HUB, true),
+        0,
+        "curl is not traced: no client duration"
+    );
+
+    // The Prometheus page, read by the Prometheus client library's parser.
+    let prom = |name: &str, client: &str, server: &str, virtual_node: bool| -> f64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && l.get("client").map(String::as_str) == Some(client)
+                    && l.get("server").map(String::as_str) == Some(server)
+                    && l.get("connection_type").map(String::as_str)
+                        == virtual_node.then_some("virtual_node")
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    };
+    let n = SENT as f64;
+    let f = FAILING as f64;
+    assert_eq!(
+        prom("traces_service_graph_request_total", "127.0.0.1", HUB, true),
+        n,
+        "{page}"
+    );
+    assert_eq!(
+        prom("traces_service_graph_request_total", HUB, BACKEND, false),
+        n,
+        "{page}"
+    );
+    assert_eq!(
+        prom(
+            "traces_service_graph_request_failed_total",
+            "127.0.0.1",
+            HUB,
+            true
+        ),
+        f
+    );
+    assert_eq!(
+        prom(
+            "traces_service_graph_request_failed_total",
+            HUB,
+            BACKEND,
+            false
+        ),
+        f
+    );
+    assert_eq!(
+        prom(
+            "traces_service_graph_request_server_seconds_count",
+            HUB,
+            BACKEND,
+            false
+        ),
+        n
+    );
+    assert_eq!(
+        prom(
+            "traces_service_graph_request_client_seconds_count",
+            HUB,
+            BACKEND,
+            false
+        ),
+        n
+    );
+    let edges_on_page = samples
+        .iter()
+        .filter(|(name, l, _)| {
+            name == "traces_service_graph_request_total"
+                && [HUB, BACKEND].iter().any(|s| {
+                    l.get("client").map(String::as_str) == Some(s)
+                        || l.get("server").map(String::as_str) == Some(s)
+                })
+        })
+        .count();
+    assert_eq!(edges_on_page, 2, "{page}");
+}
+
+/// Both ends traced and the client sends a `traceparent` (an instrumented client): the server's
+/// span takes its parent from the header, not from curl's CLIENT span, yet the linker's
+/// connection pair still joins the two and the request is counted once on curl -> backend, not
+/// twice as two halves with virtual nodes.
+#[test]
+fn service_graph_counts_header_linked_requests_once_when_both_ends_are_traced() {
+    const BACKEND: &str = "sg-header-backend";
+    const SENT: u64 = 3;
+    let port = free_port();
+    let backend = PythonServer::start(port, BACKEND);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent = AgentConfig::new()
+        .ports(&[port])
+        .env("OTEL_METRIC_EXPORT_INTERVAL", INTERVAL_MS)
+        .export_to(&receiver)
+        .start();
+    for i in 0..SENT {
+        let header = format!(
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e47{i:02x}-00f067aa0ba902b{i:x}-01"
+        );
+        assert_eq!(curl(&["-H", &header, &backend.url("/ok")]).status, 200);
+    }
+    let last_total = |r: &[ExportMetricsServiceRequest]| -> Vec<EdgePoint> {
+        r.last()
+            .map(|r| edge_points(r, "traces_service_graph_request_total"))
+            .unwrap_or_default()
+    };
+    if let Err(last) = receiver.wait_for_metrics(WAIT, |r| {
+        edge_value(&last_total(r), "curl", BACKEND, false) == SENT
+    }) {
+        panic!(
+            "waited {WAIT:?} for {SENT} requests on curl -> {BACKEND}; last request_total points \
+             {:#?}\n--- agent stderr ---\n{}",
+            last_total(&last),
+            agent.stderr_text()
+        );
+    }
+    let pending_zero = |page: &str| page.lines().any(|l| l == "tracer_service_graph_pending 0");
+    agent.wait_metrics("no span waiting for its other end", pending_zero);
+    agent.wait_settled();
+    agent.stop().assert_success();
+    let requests = receiver.metric_requests();
+    let total = edge_points(
+        requests.last().expect("metrics requests"),
+        "traces_service_graph_request_total",
+    );
+    let involved: Vec<&EdgePoint> = total
+        .iter()
+        .filter(|(l, _)| {
+            l.get("server").map(String::as_str) == Some(BACKEND)
+                || l.get("client").map(String::as_str) == Some("curl")
+        })
+        .collect();
+    assert_eq!(
+        involved.len(),
+        1,
+        "one edge only, no virtual halves: {involved:#?}"
+    );
+    assert_eq!(
+        edge_value(&total, "curl", BACKEND, false),
+        SENT,
+        "{total:#?}"
+    );
+    drop(backend);
 }

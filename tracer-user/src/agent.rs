@@ -329,7 +329,12 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     // takes milliseconds; the ring buffer holds what arrives meanwhile).
     pipeline = pipeline.with_pid_map(probes.proc_pid_map()?);
     pipeline = pipeline.with_agent_mirror(Some(probes.agent_mirror_check()?));
-    pipeline = pipeline.with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
+    let pods = start_pod_metadata(args.k8s_node_name.clone()).await;
+    if let Some(pods) = &pods {
+        metrics.set_pods(pods.clone());
+    }
+    pipeline = pipeline.with_pods(pods);
+    pipeline = pipeline.with_service_graph(red.as_ref().map(|r| Arc::clone(r.service_graph())));
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     let window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS)
         .with_max_bytes(REORDER_MAX_BYTES);
@@ -888,6 +893,7 @@ fn snapshot(
         http2: pipeline.http2_stats(),
         tls: pipeline.tls_stats(),
         go_tls: probes.go_tls_snapshot(),
+        stages: pipeline.stage_snapshot(),
     }
 }
 

@@ -117,6 +117,8 @@ pub struct Pipeline {
     /// Network namespace inode per process (host tgid), read once with the resource it was
     /// read for: a resource read again (pid reused) reads the namespace again.
     netns_by_pid: IdHashMap<u32, (std::sync::Arc<ProcessResource>, Option<u64>)>,
+    /// Told of same-host pairs whose SERVER span's parent came from a header instead.
+    service_graph: Option<std::sync::Arc<crate::telemetry::service_graph::ServiceGraph>>,
 }
 
 /// The inode of `/proc/<proc_pid>/ns/net` (its link reads `net:[<inode>]`).
@@ -163,6 +165,7 @@ impl Pipeline {
             agent_mirror: None,
             conn_procs: IdHashMap::default(),
             netns_by_pid: IdHashMap::default(),
+            service_graph: None,
         }
     }
 
@@ -193,6 +196,16 @@ impl Pipeline {
             ResourceCache::new(self.opts.proc_root.clone(), self.opts.host_name.clone()),
         );
         self.resources = resources.with_command_line(command_line);
+        self
+    }
+
+    /// Tells `graph` which CLIENT request each header-linked SERVER request was paired with on
+    /// this host (its span does not say), so the request is counted once on the service graph.
+    pub fn with_service_graph(
+        mut self,
+        graph: Option<std::sync::Arc<crate::telemetry::service_graph::ServiceGraph>>,
+    ) -> Self {
+        self.service_graph = graph;
         self
     }
 
@@ -274,6 +287,25 @@ impl Pipeline {
             procnet_table_reads_truncated: n.table_reads_truncated,
             procnet_non_inet_sockets: n.non_inet_sockets,
             procnet_table_reads_deferred: n.table_reads_deferred,
+        }
+    }
+
+    /// The stages' counters not carried elsewhere on /metrics.
+    pub fn stage_snapshot(&self) -> crate::telemetry::metrics::StageSnapshot {
+        let p = &self.stats;
+        let t = self.table.stats();
+        let h = self.table.http_stats();
+        crate::telemetry::metrics::StageSnapshot {
+            data_bytes: p.data_bytes,
+            sniffed_not_socket: p.sniffed_not_socket,
+            sniffed_filtered_out: p.sniffed_filtered_out,
+            connections_opened_late: t.opened_late,
+            connections_replaced_fd_reuse: t.replaced_fd_reuse,
+            http_exchanges: h.exchanges,
+            http_messages_lost: h.messages_lost,
+            http_unpaired_responses: h.unpaired_responses,
+            http_upgrades: h.upgrades,
+            http_switched_to_http2: h.http2_connections,
         }
     }
 
@@ -650,6 +682,7 @@ impl Pipeline {
                 self.stats.telemetry_descendants_dropped += 1;
                 continue;
             }
+            let paired_client = identity.as_ref().and_then(|id| id.paired_client);
             let identity = identity.unwrap_or_else(|| {
                 SpanIdentity::from_request(
                     propagation::extract(&exchange.request.headers),
@@ -668,6 +701,9 @@ impl Pipeline {
                 Some(process) => std::sync::Arc::clone(&process.resource),
                 None => self.resources.get(meta.pid),
             };
+            if let (Some(graph), Some(client)) = (&self.service_graph, paired_client) {
+                graph.note_pair(span.span_id, client);
+            }
             self.stats.spans += 1;
             out.emit(ExportItem { span, resource });
         }

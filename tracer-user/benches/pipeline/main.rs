@@ -209,6 +209,17 @@ fn pipeline_benches(c: &mut Criterion) {
         });
         group.finish();
 
+        // The service graph alone (also inside red_record): pairing halves and counting edges.
+        let graph = tracer::telemetry::service_graph::ServiceGraph::new(Default::default());
+        graph.record_batch(&items, std::time::Instant::now());
+        graph.record_batch(&items, std::time::Instant::now());
+        let mut group = c.benchmark_group("service_graph_record");
+        group.throughput(Throughput::Elements(spans));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &items, |b, items| {
+            b.iter(|| graph.record_batch(black_box(items), std::time::Instant::now()))
+        });
+        group.finish();
+
         let mut group = c.benchmark_group("pipeline_otlp");
         group.throughput(Throughput::Elements(spans));
         group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, s| {

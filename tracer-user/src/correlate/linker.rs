@@ -74,6 +74,17 @@ pub struct LinkerStats {
     pub pair_netns_unknown: u64,
 }
 
+/// A header identity of a SERVER request remembers the CLIENT request it was paired with.
+fn with_paired_client(
+    from_header: Option<SpanIdentity>,
+    paired: Option<&SpanIdentity>,
+) -> Option<SpanIdentity> {
+    from_header.map(|mut id| {
+        id.paired_client = paired.and_then(|p| p.parent_span_id);
+        id
+    })
+}
+
 /// A connection as its mirror end would name it: (network namespace, local, peer). Loopback
 /// tuples carry the namespace (each namespace has its own loopback: two pods may use the same
 /// tuple); others do not (a client and server in two pods of one host see the same tuple from
@@ -233,6 +244,7 @@ impl Linker {
                 if identity.is_none() && paired.is_some() {
                     self.stats.by_connection_pair += 1;
                 }
+                let identity = with_paired_client(identity, paired.as_ref());
                 let identity = identity.or(paired).unwrap_or_else(|| {
                     self.stats.roots += 1;
                     SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
@@ -302,6 +314,7 @@ impl Linker {
         if from_header.is_none() && paired.is_some() {
             self.stats.by_connection_pair += 1;
         }
+        let from_header = with_paired_client(from_header, paired.as_ref());
         from_header.or(paired).unwrap_or_else(|| {
             self.stats.roots += 1;
             SpanIdentity::root(self.trace_ids.new_trace_id(start_ns))
@@ -661,6 +674,12 @@ mod tests {
             Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
         );
         assert_eq!(ho.link, LinkSource::Header);
+        // The pair is still known for the service graph: the hub's SERVER request came from
+        // curl's CLIENT request (a CLIENT request never names one).
+        let curl_id = l.take(1, 0).unwrap();
+        assert_eq!(hi.paired_client, Some(curl_id.span_id));
+        assert_eq!(ho.paired_client, None);
+        assert_eq!(curl_id.paired_client, None);
         let _ = plain;
     }
 

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Exemplar as ProtoExemplar, Histogram, HistogramDataPoint, Metric,
-    ResourceMetrics, ScopeMetrics, exemplar, metric,
+    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
@@ -35,6 +35,7 @@ use super::otlp::{AttemptFailure, marked_headers};
 use super::retry::{FailureClass, backoff_delay};
 use crate::model::AttrValue;
 use crate::telemetry::red::{BOUNDARIES, Instrument, Point, RedMetrics, ResourceSeries};
+use crate::telemetry::service_graph::{self, Edge, EdgePoint};
 
 pub const ENV_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
 pub const ENV_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
@@ -258,6 +259,147 @@ pub fn encode_request(
     (ExportMetricsServiceRequest { resource_metrics }, points)
 }
 
+fn string_value(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The service graph's metrics (Tempo's names and labels; see `telemetry::service_graph`) as one
+/// `ResourceMetrics` with an empty resource (an edge belongs to two processes), or `None` when
+/// there is no point. Delta: edges without a request in the interval are left out. Returns it
+/// and its number of data points.
+pub fn encode_service_graph(
+    edges: &[Edge],
+    temporality: Temporality,
+    now_unix_ns: u64,
+) -> (Option<ResourceMetrics>, u64) {
+    let point_of = |e: &Edge| -> Option<(Vec<KeyValue>, EdgePoint)> {
+        let p = match temporality {
+            Temporality::Cumulative => &e.total,
+            Temporality::Delta => &e.delta,
+        };
+        (p.requests > 0).then(|| {
+            let attrs = e
+                .labels()
+                .into_iter()
+                .map(|(k, v)| match k {
+                    crate::telemetry::red::OVERFLOW_ATTRIBUTE => {
+                        key_value(k, &AttrValue::Bool(true))
+                    }
+                    _ => string_value(k, v),
+                })
+                .collect();
+            (attrs, p.clone())
+        })
+    };
+    let points: Vec<(Vec<KeyValue>, EdgePoint)> = edges.iter().filter_map(point_of).collect();
+    if points.is_empty() {
+        return (None, 0);
+    }
+    let mut n = 0u64;
+    let mut metrics = Vec::with_capacity(4);
+    for (name, description, value) in [
+        (
+            service_graph::REQUEST_TOTAL,
+            "Total count of requests between two nodes.",
+            (|p: &EdgePoint| p.requests) as fn(&EdgePoint) -> u64,
+        ),
+        (
+            service_graph::REQUEST_FAILED_TOTAL,
+            "Total count of failed requests between two nodes.",
+            |p: &EdgePoint| p.failed,
+        ),
+    ] {
+        let data_points: Vec<NumberDataPoint> = points
+            .iter()
+            .map(|(attrs, p)| NumberDataPoint {
+                attributes: attrs.clone(),
+                start_time_unix_nano: p.start_unix_ns,
+                time_unix_nano: now_unix_ns,
+                value: Some(number_data_point::Value::AsInt(value(p) as i64)),
+                ..Default::default()
+            })
+            .collect();
+        n += data_points.len() as u64;
+        metrics.push(Metric {
+            name: name.to_string(),
+            description: description.to_string(),
+            unit: "{request}".to_string(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points,
+                aggregation_temporality: temporality.proto(),
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        });
+    }
+    for (name, description, histogram) in [
+        (
+            service_graph::REQUEST_SERVER_SECONDS,
+            "Time for a request between two nodes as seen from the server.",
+            (|p: &EdgePoint| &p.server) as fn(&EdgePoint) -> &service_graph::Histogram,
+        ),
+        (
+            service_graph::REQUEST_CLIENT_SECONDS,
+            "Time for a request between two nodes as seen from the client.",
+            |p: &EdgePoint| &p.client,
+        ),
+    ] {
+        let data_points: Vec<HistogramDataPoint> = points
+            .iter()
+            .filter_map(|(attrs, p)| {
+                let h = histogram(p);
+                (h.count > 0).then(|| HistogramDataPoint {
+                    attributes: attrs.clone(),
+                    start_time_unix_nano: p.start_unix_ns,
+                    time_unix_nano: now_unix_ns,
+                    count: h.count,
+                    sum: Some(h.sum),
+                    bucket_counts: h.bucket_counts.to_vec(),
+                    explicit_bounds: service_graph::BOUNDARIES.to_vec(),
+                    exemplars: h.recent.iter().map(exemplar).collect(),
+                    flags: 0,
+                    min: Some(h.min),
+                    max: Some(h.max),
+                })
+            })
+            .collect();
+        if data_points.is_empty() {
+            continue;
+        }
+        n += data_points.len() as u64;
+        metrics.push(Metric {
+            name: name.to_string(),
+            description: description.to_string(),
+            unit: "s".to_string(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points,
+                aggregation_temporality: temporality.proto(),
+            })),
+            ..Default::default()
+        });
+    }
+    let rm = ResourceMetrics {
+        resource: Some(Resource::default()),
+        scope_metrics: vec![ScopeMetrics {
+            scope: Some(InstrumentationScope {
+                name: SCOPE_NAME.to_string(),
+                version: SCOPE_VERSION.to_string(),
+                ..Default::default()
+            }),
+            metrics,
+            schema_url: String::new(),
+        }],
+        schema_url: String::new(),
+    };
+    (Some(rm), n)
+}
+
 fn unix_now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -353,7 +495,7 @@ impl Worker {
     fn body(&self) -> Option<(Bytes, u64)> {
         let now = unix_now_ns();
         let temporality = self.cfg.temporality;
-        let (request, points) = match temporality {
+        let (mut request, mut points) = match temporality {
             Temporality::Cumulative => self
                 .red
                 .with_cumulative(|r| encode_request(r, temporality, now)),
@@ -361,6 +503,17 @@ impl Worker {
                 .red
                 .with_delta(now, |r| encode_request(r, temporality, now)),
         };
+        let graph = self.red.service_graph();
+        let (edges, edge_points) = match temporality {
+            Temporality::Cumulative => {
+                graph.with_cumulative(|e| encode_service_graph(e, temporality, now))
+            }
+            Temporality::Delta => {
+                graph.with_delta(now, |e| encode_service_graph(e, temporality, now))
+            }
+        };
+        request.resource_metrics.extend(edges);
+        points += edge_points;
         if points == 0 {
             return None;
         }
@@ -619,6 +772,87 @@ mod tests {
         assert_eq!(n, 0);
     }
 
+    #[test]
+    fn service_graph_edges_are_sums_and_histograms_with_tempo_names() {
+        let red = RedMetrics::new(Limits::default());
+        let resource = |pid, name: &str| {
+            Arc::new(ProcessResource {
+                pid,
+                service_name: name.into(),
+                attributes: vec![],
+            })
+        };
+        let (hub, backend) = (resource(1, "hub"), resource(2, "backend"));
+        let mut client = span(500, 30, 1);
+        client.kind = SpanKind::Client;
+        client.status = SpanStatus::Error {
+            description: String::new(),
+        };
+        let mut server = span(500, 20, 2);
+        server.parent_span_id = Some([1; 8]);
+        red.record_batch(&[
+            ExportItem {
+                span: server,
+                resource: backend,
+            },
+            ExportItem {
+                span: client,
+                resource: hub,
+            },
+        ]);
+        let graph = red.service_graph();
+        let (rm, points) =
+            graph.with_cumulative(|e| encode_service_graph(e, Temporality::Cumulative, 99));
+        assert_eq!(points, 4);
+        let rm = rm.expect("edges");
+        let metrics = &rm.scope_metrics[0].metrics;
+        let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "traces_service_graph_request_total",
+                "traces_service_graph_request_failed_total",
+                "traces_service_graph_request_server_seconds",
+                "traces_service_graph_request_client_seconds"
+            ]
+        );
+        let Some(metric::Data::Sum(total)) = &metrics[1].data else {
+            panic!("not a sum")
+        };
+        assert!(total.is_monotonic);
+        let p = &total.data_points[0];
+        assert_eq!(p.value, Some(number_data_point::Value::AsInt(1)));
+        let labels: Vec<(String, String)> = p
+            .attributes
+            .iter()
+            .map(|kv| {
+                let Some(any_value::Value::StringValue(v)) =
+                    kv.value.as_ref().and_then(|v| v.value.clone())
+                else {
+                    panic!("{kv:?}")
+                };
+                (kv.key.clone(), v)
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("client".to_string(), "hub".to_string()),
+                ("server".to_string(), "backend".to_string())
+            ]
+        );
+        let Some(metric::Data::Histogram(h)) = &metrics[2].data else {
+            panic!("not a histogram")
+        };
+        assert_eq!(h.data_points[0].explicit_bounds, service_graph::BOUNDARIES);
+        assert_eq!(h.data_points[0].count, 1);
+        // Delta: sent once.
+        let (_, n) = graph.with_delta(100, |e| encode_service_graph(e, Temporality::Delta, 100));
+        assert_eq!(n, 4);
+        let (rm, n) = graph.with_delta(200, |e| encode_service_graph(e, Temporality::Delta, 200));
+        assert_eq!((rm, n), (None, 0));
+    }
+
     /// A collector that is down: the last export at shutdown is tried once, given up and
     /// counted, and the worker ends by itself (an aborted worker would count nothing).
     #[tokio::test]
@@ -649,6 +883,8 @@ mod tests {
         assert_eq!(load(&c.requests), 1);
         assert_eq!(load(&c.requests_failed), 1);
         assert_eq!(load(&c.retries), 0);
-        assert_eq!(load(&c.points_dropped), 1);
+        // The span's RED point, and its service graph edge (a root SERVER span: virtual
+        // client) as request and failed counts and a server histogram.
+        assert_eq!(load(&c.points_dropped), 1 + 3);
     }
 }

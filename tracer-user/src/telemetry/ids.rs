@@ -30,6 +30,9 @@ pub struct SpanIdentity {
     /// The request is telemetry that is never exported (see `capture::own`), or descends from
     /// one: its span is dropped too, or it would name a parent that never arrives.
     pub telemetry: bool,
+    /// SERVER request whose parent came from a header although its same-host CLIENT request
+    /// is traced here: that request's span id (the service graph counts the pair once).
+    pub paired_client: Option<[u8; 8]>,
 }
 
 impl SpanIdentity {
@@ -43,6 +46,7 @@ impl SpanIdentity {
             trace_state: None,
             link: LinkSource::Root,
             telemetry: false,
+            paired_client: None,
         }
     }
 
@@ -56,6 +60,7 @@ impl SpanIdentity {
             trace_state: parent.trace_state.clone(),
             link,
             telemetry: parent.telemetry,
+            paired_client: None,
         }
     }
 
@@ -69,6 +74,7 @@ impl SpanIdentity {
             trace_state: ctx.trace_state,
             link: LinkSource::Header,
             telemetry: false,
+            paired_client: None,
         }
     }
 

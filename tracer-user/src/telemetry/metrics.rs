@@ -84,6 +84,36 @@ pub struct AgentSnapshot {
     pub tls: crate::protocols::select::TlsStats,
     /// Go crypto/tls uprobes: binaries covered and skipped, calls not captured.
     pub go_tls: crate::capture::gotls::GoTlsSnapshot,
+    /// Counters of the pipeline's stages not carried above.
+    pub stages: StageSnapshot,
+}
+
+/// Counters of the pipeline's stages (sniffed sockets, the connection table, HTTP/1 framing)
+/// not carried elsewhere in [`AgentSnapshot`]. All monotonic.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StageSnapshot {
+    /// Payload bytes in the data records the agent read.
+    pub data_bytes: u64,
+    /// Sniffed fds that turned out not to be sockets.
+    pub sniffed_not_socket: u64,
+    /// Sniffed connections outside the port filter.
+    pub sniffed_filtered_out: u64,
+    /// Connections created from a data record whose open record was lost (also counted as
+    /// opened).
+    pub connections_opened_late: u64,
+    /// Connections replaced because a new one reused their (pid, fd) before their close was
+    /// seen.
+    pub connections_replaced_fd_reuse: u64,
+    /// HTTP/1 exchanges handed out.
+    pub http_exchanges: u64,
+    /// HTTP/1 messages whose start line was seen but whose head was lost (also desyncs).
+    pub http_messages_lost: u64,
+    /// HTTP/1 responses with no parsed request to pair with.
+    pub http_unpaired_responses: u64,
+    /// HTTP/1 connections that switched protocol (101, CONNECT): parsing stopped.
+    pub http_upgrades: u64,
+    /// HTTP/1 connections that turned out to carry HTTP/2 (prior-knowledge preface).
+    pub http_switched_to_http2: u64,
 }
 
 /// The agent's memory bounds and what they cost. Monotonic counters unless noted.
@@ -151,6 +181,8 @@ pub struct MetricsState {
     server: ServerCounters,
     /// RED histograms rendered after the agent's own metrics, when metrics are on.
     red: std::sync::OnceLock<Arc<crate::telemetry::red::RedMetrics>>,
+    /// The pod metadata cache, whose counters are read at each scrape (zeros without one).
+    pods: std::sync::OnceLock<crate::telemetry::k8s::PodMetadata>,
 }
 
 impl MetricsState {
@@ -172,6 +204,11 @@ impl MetricsState {
     /// Adds the RED histograms to the page (once).
     pub fn set_red(&self, red: Arc<crate::telemetry::red::RedMetrics>) {
         let _ = self.red.set(red);
+    }
+
+    /// Adds the pod metadata cache's counters to the page (once).
+    pub fn set_pods(&self, pods: crate::telemetry::k8s::PodMetadata) {
+        let _ = self.pods.set(pods);
     }
 
     /// Replaces the snapshot the server renders.
@@ -227,6 +264,10 @@ impl MetricsState {
             ),
         ];
         for family in &families {
+            family.render_into(&mut out);
+        }
+        let pods = self.pods.get().map(|p| p.stats()).unwrap_or_default();
+        for family in pod_families(&pods) {
             family.render_into(&mut out);
         }
         if let Some(red) = self.red.get() {
@@ -764,6 +805,9 @@ pub fn render_prometheus(s: &AgentSnapshot) -> String {
     for family in tls_families(&s.kernel, &s.tls) {
         family.render_into(&mut out);
     }
+    for family in stage_families(&s.stages) {
+        family.render_into(&mut out);
+    }
     out
 }
 
@@ -825,6 +869,67 @@ fn go_tls_families(g: &crate::capture::gotls::GoTlsSnapshot) -> Vec<Family> {
                 Sample::labelled(&[("reason", "call_table_full")], g.kernel_calls_full),
                 Sample::labelled(&[("reason", "no_layout")], g.kernel_no_layout),
             ],
+        ),
+    ]
+}
+
+/// Families of [`StageSnapshot`].
+fn stage_families(s: &StageSnapshot) -> Vec<Family> {
+    vec![
+        Family::counter(
+            "tracer_data_bytes_total",
+            "Payload bytes in the data records the agent read (gaps not included).",
+            vec![Sample::plain(s.data_bytes)],
+        ),
+        Family::counter(
+            "tracer_sniffed_fds_ignored_total",
+            "Descriptors the kernel adopted by sniffing that the agent then ignored, by reason \
+             (not_socket: /proc says it is no socket; port_filter: outside --port).",
+            vec![
+                Sample::labelled(&[("reason", "not_socket")], s.sniffed_not_socket),
+                Sample::labelled(&[("reason", "port_filter")], s.sniffed_filtered_out),
+            ],
+        ),
+        Family::counter(
+            "tracer_connections_opened_late_total",
+            "Connections first seen through a data record because their open record was lost \
+             (also in tracer_connections_opened_total).",
+            vec![Sample::plain(s.connections_opened_late)],
+        ),
+        Family::counter(
+            "tracer_connections_replaced_fd_reuse_total",
+            "Tracked connections replaced because a new connection reused their (pid, fd) \
+             before their close was seen (their pending requests end as incomplete).",
+            vec![Sample::plain(s.connections_replaced_fd_reuse)],
+        ),
+        Family::counter(
+            "tracer_http_exchanges_total",
+            "HTTP/1 request/response exchanges the framer handed out.",
+            vec![Sample::plain(s.http_exchanges)],
+        ),
+        Family::counter(
+            "tracer_http_messages_lost_total",
+            "HTTP/1 messages whose start line was recognised but whose head was lost (gap, \
+             malformed, too large); also in tracer_http_desyncs_total.",
+            vec![Sample::plain(s.http_messages_lost)],
+        ),
+        Family::counter(
+            "tracer_http_responses_unpaired_total",
+            "HTTP/1 responses with no parsed request to pair with (connection adopted \
+             mid-stream, request lost or dropped): framed and skipped.",
+            vec![Sample::plain(s.http_unpaired_responses)],
+        ),
+        Family::counter(
+            "tracer_http_upgrades_total",
+            "HTTP/1 connections that switched protocol (101, or a CONNECT tunnel): parsing \
+             stopped.",
+            vec![Sample::plain(s.http_upgrades)],
+        ),
+        Family::counter(
+            "tracer_http_switched_to_http2_total",
+            "Connections first framed as HTTP/1 that turned out to carry HTTP/2 \
+             (prior-knowledge preface).",
+            vec![Sample::plain(s.http_switched_to_http2)],
         ),
     ]
 }
@@ -913,6 +1018,73 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
             "tracer_tls_switched_after_framing_total",
             "TLS connections whose ciphertext had been framed as cleartext (records lost at their start) when plaintext arrived: what it left pending was discarded.",
             vec![Sample::plain(t.switched_after_framing)],
+        ),
+    ]
+}
+
+/// Families of the pod metadata cache's counters (zeros when the agent has no cache).
+fn pod_families(p: &crate::telemetry::k8s::PodMetadataStats) -> Vec<Family> {
+    vec![
+        Family::gauge(
+            "tracer_k8s_pods_cached",
+            "Pods of this node in the pod metadata cache.",
+            vec![Sample::plain(p.cached_pods as u64)],
+        ),
+        Family::gauge(
+            "tracer_k8s_containers_cached",
+            "Containers indexed by id in the pod metadata cache.",
+            vec![Sample::plain(p.cached_containers as u64)],
+        ),
+        Family::gauge(
+            "tracer_k8s_job_owners_cached",
+            "Jobs whose CronJob owner is cached.",
+            vec![Sample::plain(p.cached_job_owners as u64)],
+        ),
+        Family::counter(
+            "tracer_k8s_relists_total",
+            "Full lists of the node's pods (the first, and one after each watch expiry or outage).",
+            vec![Sample::plain(p.relists)],
+        ),
+        Family::counter(
+            "tracer_k8s_watch_errors_total",
+            "Pod watch or list failures (each retried with backoff).",
+            vec![Sample::plain(p.watch_errors)],
+        ),
+        Family::counter(
+            "tracer_k8s_pod_lookups_total",
+            "Processes looked up in the pod metadata cache.",
+            vec![Sample::plain(p.lookups)],
+        ),
+        Family::counter(
+            "tracer_k8s_pod_lookup_misses_total",
+            "Lookups of a process in a pod-shaped cgroup whose pod was not cached (its spans \
+             carry no k8s.* attributes).",
+            vec![Sample::plain(p.lookup_misses)],
+        ),
+        Family::counter(
+            "tracer_k8s_pod_lookups_not_in_pod_total",
+            "Lookups of processes not in a container (or whose cgroup file could not be read).",
+            vec![Sample::plain(p.lookups_not_in_pod)],
+        ),
+        Family::counter(
+            "tracer_k8s_pods_dropped_total",
+            "Pods not cached because the cache was full.",
+            vec![Sample::plain(p.pods_dropped)],
+        ),
+        Family::counter(
+            "tracer_k8s_job_lookups_dropped_total",
+            "Job owner lookups not queued because their queue was full.",
+            vec![Sample::plain(p.job_lookups_dropped)],
+        ),
+        Family::counter(
+            "tracer_k8s_job_lookup_failures_total",
+            "Job owner lookups that failed (retried on a later pod event).",
+            vec![Sample::plain(p.job_lookup_failures)],
+        ),
+        Family::counter(
+            "tracer_k8s_job_owners_evicted_total",
+            "Cached Job owners evicted because their cache was full.",
+            vec![Sample::plain(p.job_owner_evictions)],
         ),
     ]
 }
@@ -1494,6 +1666,18 @@ mod tests {
                 kernel_calls_full: 718,
                 kernel_no_layout: 719,
             },
+            stages: StageSnapshot {
+                data_bytes: 801,
+                sniffed_not_socket: 802,
+                sniffed_filtered_out: 803,
+                connections_opened_late: 804,
+                connections_replaced_fd_reuse: 805,
+                http_exchanges: 806,
+                http_messages_lost: 807,
+                http_unpaired_responses: 808,
+                http_upgrades: 809,
+                http_switched_to_http2: 810,
+            },
         }
     }
 
@@ -1509,6 +1693,7 @@ mod tests {
             .chain(501..=525)
             .chain(601..=607)
             .chain(701..=720)
+            .chain(801..=810)
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
@@ -1667,5 +1852,180 @@ mod tests {
         assert_eq!(parsed.value("tracer_ready", &[]), 0.0);
         state.set_ready(true);
         assert_eq!(parse(&state.render()).value("tracer_ready", &[]), 1.0);
+    }
+
+    #[test]
+    fn every_pod_metadata_counter_is_rendered_exactly_once() {
+        let stats = crate::telemetry::k8s::PodMetadataStats {
+            cached_pods: 701,
+            cached_containers: 702,
+            cached_job_owners: 703,
+            relists: 704,
+            watch_errors: 705,
+            lookups: 706,
+            lookup_misses: 707,
+            lookups_not_in_pod: 708,
+            pods_dropped: 709,
+            job_lookups_dropped: 710,
+            job_lookup_failures: 711,
+            job_owner_evictions: 712,
+        };
+        let mut text = String::new();
+        for family in pod_families(&stats) {
+            family.render_into(&mut text);
+        }
+        let mut values: Vec<f64> = parse(&text).samples.iter().map(|s| s.value).collect();
+        values.sort_by(f64::total_cmp);
+        let want: Vec<f64> = (701..=712).map(f64::from).collect();
+        assert_eq!(values, want);
+    }
+
+    /// `(type, field, family)` for every field of a counters struct, from an exhaustive pattern:
+    /// a field added to the struct stops this module's tests from compiling until it is named
+    /// here with the family that exports it.
+    macro_rules! exported {
+        ($($ty:ident)::+ { $($field:ident => $family:literal),* $(,)? }) => {{
+            let $($ty)::+ { $($field: _),* } = Default::default();
+            let ty = stringify!($($ty)::+);
+            vec![$((ty, stringify!($field), $family)),*]
+        }};
+    }
+
+    /// Every field of every counters struct of the agent has its family on `/metrics` (with the
+    /// RED metrics and the service graph on). The values' path is checked per snapshot field by
+    /// `every_field_is_rendered_exactly_once`.
+    #[test]
+    fn every_counted_field_is_exported() {
+        let mut fields: Vec<(&str, &str, &str)> = Vec::new();
+        fields.extend(exported!(crate::pipeline::PipelineStats {
+            events => "tracer_events_read_total",
+            data_bytes => "tracer_data_bytes_total",
+            spans => "tracer_spans_built_total",
+            exchanges_without_role => "tracer_exchanges_dropped_total",
+            exchanges_ports_unknown => "tracer_exchanges_dropped_total",
+            sniffed_not_socket => "tracer_sniffed_fds_ignored_total",
+            sniffed_filtered_out => "tracer_sniffed_fds_ignored_total",
+            records_unknown_connection => "tracer_records_unknown_connection_total",
+            own_telemetry_dropped => "tracer_exchanges_dropped_total",
+            telemetry_pipeline_dropped => "tracer_exchanges_dropped_total",
+            proc_pid_unmapped => "tracer_proc_pid_unmapped_total",
+            telemetry_descendants_dropped => "tracer_exchanges_dropped_total",
+            sniffed_agent_mirrors => "tracer_agent_mirrors_ignored_total",
+        }));
+        fields.extend(exported!(crate::correlate::connections::TableStats {
+            opened => "tracer_connections_opened_total",
+            closed => "tracer_connections_closed_total",
+            opened_late => "tracer_connections_opened_late_total",
+            evicted_full => "tracer_connections_dropped_total",
+            expired_idle => "tracer_connections_expired_idle_total",
+            replaced_fd_reuse => "tracer_connections_replaced_fd_reuse_total",
+            budget_sheds => "tracer_buffer_budget_sheds_total",
+            budget_bytes_shed => "tracer_buffer_budget_bytes_shed_total",
+            budget_requests_shed => "tracer_buffer_budget_requests_shed_total",
+        }));
+        fields.extend(exported!(crate::protocols::http1::HttpStats {
+            messages_parsed => "tracer_http_messages_parsed_total",
+            exchanges => "tracer_http_exchanges_total",
+            bytes_skipped => "tracer_http_bytes_skipped_total",
+            desyncs => "tracer_http_desyncs_total",
+            messages_lost => "tracer_http_messages_lost_total",
+            heads_too_large => "tracer_http_messages_dropped_total",
+            pending_overflow => "tracer_http_messages_dropped_total",
+            unpaired_responses => "tracer_http_responses_unpaired_total",
+            upgrades => "tracer_http_upgrades_total",
+            http2_connections => "tracer_http_switched_to_http2_total",
+            lost_to_drops => "tracer_exchanges_dropped_total",
+        }));
+        fields.extend(exported!(crate::correlate::linker::LinkerStats {
+            by_header => "tracer_parent_links_total",
+            by_connection_pair => "tracer_parent_links_total",
+            by_same_thread => "tracer_parent_links_total",
+            ambiguous_thread => "tracer_parent_links_ambiguous_total",
+            multiplexed_thread => "tracer_parent_links_skipped_total",
+            unknown_runtime_thread => "tracer_parent_links_skipped_total",
+            roots => "tracer_root_spans_total",
+            identities_evicted => "tracer_linker_identities_evicted_total",
+            pair_netns_unknown => "tracer_parent_links_skipped_total",
+        }));
+        fields.extend(exported!(crate::correlate::runtime::RuntimeStats {
+            inspected => "tracer_runtime_executables_inspected_total",
+            multiplexed => "tracer_runtime_multiplexed_total",
+            unknown => "tracer_runtime_unknown_total",
+            refused => "tracer_runtime_refused_total",
+            evicted => "tracer_process_cache_evictions_total",
+            exited_removed => "tracer_process_cache_exited_total",
+        }));
+        fields.extend(exported!(crate::capture::procnet::ProcNetStats {
+            table_reads => "tracer_procnet_table_reads_total",
+            table_cache_hits => "tracer_procnet_table_cache_hits_total",
+            table_reads_truncated => "tracer_procnet_table_reads_truncated_total",
+            non_inet_sockets => "tracer_procnet_non_inet_sockets_total",
+            table_reads_deferred => "tracer_procnet_table_reads_deferred_total",
+        }));
+        fields.extend(exported!(crate::capture::reorder::ReorderStats {
+            held => "tracer_reorder_buffered",
+            forced_early => "tracer_reorder_forced_early_total",
+        }));
+        fields.extend(exported!(crate::telemetry::k8s::PodMetadataStats {
+            cached_pods => "tracer_k8s_pods_cached",
+            cached_containers => "tracer_k8s_containers_cached",
+            cached_job_owners => "tracer_k8s_job_owners_cached",
+            relists => "tracer_k8s_relists_total",
+            watch_errors => "tracer_k8s_watch_errors_total",
+            lookups => "tracer_k8s_pod_lookups_total",
+            lookup_misses => "tracer_k8s_pod_lookup_misses_total",
+            lookups_not_in_pod => "tracer_k8s_pod_lookups_not_in_pod_total",
+            pods_dropped => "tracer_k8s_pods_dropped_total",
+            job_lookups_dropped => "tracer_k8s_job_lookups_dropped_total",
+            job_lookup_failures => "tracer_k8s_job_lookup_failures_total",
+            job_owner_evictions => "tracer_k8s_job_owners_evicted_total",
+        }));
+        fields.extend(exported!(crate::export::ExportStatsSnapshot {
+            spans_enqueued => "tracer_spans_enqueued_total",
+            spans_exported => "tracer_spans_exported_total",
+            spans_dropped_queue_full => "tracer_spans_dropped_total",
+            spans_dropped_export_failed => "tracer_spans_dropped_total",
+            spans_dropped_shutdown => "tracer_spans_dropped_total",
+            spans_dropped_rejected => "tracer_spans_dropped_total",
+            export_batches => "tracer_export_batches_total",
+            export_batches_failed => "tracer_export_batches_failed_total",
+            export_retries => "tracer_export_retries_total",
+            last_export_latency => "tracer_export_last_latency_seconds",
+        }));
+        fields.extend(exported!(crate::telemetry::red::RedStats {
+            points => "tracer_red_points_total",
+            overflow_points => "tracer_red_overflow_points_total",
+            dropped_points => "tracer_red_dropped_points_total",
+            series => "tracer_red_series",
+        }));
+        fields.extend(exported!(crate::telemetry::red::MetricsExportCounters {
+            requests => "tracer_red_export_requests_total",
+            requests_failed => "tracer_red_export_requests_failed_total",
+            retries => "tracer_red_export_retries_total",
+            points_exported => "tracer_red_export_points_total",
+            points_dropped => "tracer_red_export_points_dropped_total",
+        }));
+        fields.extend(exported!(crate::telemetry::service_graph::GraphStats {
+            paired => "tracer_service_graph_requests_total",
+            client_only => "tracer_service_graph_requests_total",
+            server_only => "tracer_service_graph_requests_total",
+            pending_overflow => "tracer_service_graph_pending_overflow_total",
+            overflow_requests => "tracer_service_graph_overflow_requests_total",
+            notes_dropped => "tracer_service_graph_pair_notes_dropped_total",
+            pending => "tracer_service_graph_pending",
+            edges => "tracer_service_graph_edges",
+        }));
+        let state = MetricsState::new();
+        state.update(distinct_snapshot());
+        state.set_red(crate::telemetry::red::RedMetrics::new(Default::default()));
+        let page = state.render();
+        let missing: Vec<_> = fields
+            .iter()
+            .filter(|(_, _, family)| {
+                !page.contains(&format!("# TYPE {family} counter\n"))
+                    && !page.contains(&format!("# TYPE {family} gauge\n"))
+            })
+            .collect();
+        assert!(missing.is_empty(), "not on /metrics: {missing:?}");
     }
 }

@@ -11,4 +11,5 @@ pub mod redact;
 pub mod resource;
 pub mod rpc;
 pub mod semconv;
+pub mod service_graph;
 pub mod spans;

@@ -300,6 +300,8 @@ pub struct RedMetrics {
     overflow_points: AtomicU64,
     dropped_points: AtomicU64,
     export: MetricsExportCounters,
+    /// The service graph, fed by the same hand-over.
+    graph: Arc<crate::telemetry::service_graph::ServiceGraph>,
 }
 
 /// Counters of the OTLP metrics export (data points are histogram points of one series).
@@ -363,7 +365,18 @@ impl RedMetrics {
             overflow_points: AtomicU64::new(0),
             dropped_points: AtomicU64::new(0),
             export: MetricsExportCounters::default(),
+            graph: crate::telemetry::service_graph::ServiceGraph::new(
+                crate::telemetry::service_graph::GraphLimits {
+                    max_edges: limits.series_per_instrument,
+                    ..Default::default()
+                },
+            ),
         })
+    }
+
+    /// The service graph aggregated from the same spans.
+    pub fn service_graph(&self) -> &Arc<crate::telemetry::service_graph::ServiceGraph> {
+        &self.graph
     }
 
     /// Counters of the OTLP metrics export.
@@ -391,6 +404,9 @@ impl RedMetrics {
 
     /// Records every span of a batch (one lock).
     pub fn record_batch(&self, items: &[ExportItem]) {
+        // The graph also counts, on empty batches, the spans whose wait for their other end
+        // is over.
+        self.graph.record_batch(items, std::time::Instant::now());
         if items.is_empty() {
             return;
         }
@@ -670,13 +686,15 @@ impl RedMetrics {
             (
                 "tracer_red_export_points_total",
                 "counter",
-                "Histogram data points the OTLP metrics receiver accepted.",
+                "Data points (RED histograms, service graph counts and histograms) the OTLP \
+                 metrics receiver accepted.",
                 load(&e.points_exported),
             ),
             (
                 "tracer_red_export_points_dropped_total",
                 "counter",
-                "Histogram data points not delivered (export failed or rejected by the receiver).",
+                "Data points (RED histograms, service graph counts and histograms) not \
+                 delivered (export failed or rejected by the receiver).",
                 load(&e.points_dropped),
             ),
         ];
@@ -750,6 +768,7 @@ impl RedMetrics {
                 }
             }
         });
+        self.graph.render_prometheus(out);
     }
 }
 
