@@ -2,8 +2,8 @@
 //! causal-time order once they are older than the window, so that a client's write is handled
 //! before the server's read of the same bytes even when the two CPUs recorded them the other way
 //! round. Bounded: past `max_records`, or past `max_bytes` of held record bytes (record lengths;
-//! a buffer is at most twice its record or 256 bytes, so allocations stay within about
-//! 2 x `max_bytes` + 256 B x `max_records`), the oldest are released early (and counted). This
+//! a buffer is at most twice its record or 64 bytes, so allocations stay within about
+//! 2 x `max_bytes` + 64 B x `max_records`), the oldest are released early (and counted). This
 //! bound is separate from the connections' `--max-buffer-mib`. Buffers come in power-of-two size
 //! classes, each with its own pool of spares, so a steady flow of mixed record sizes allocates
 //! nothing (one pool for all sizes kept missing and freeing: malloc was a tenth of the agent).
@@ -47,10 +47,10 @@ pub struct ReorderWindow {
 const MAX_SPARE_BYTES: usize = 2 * 1024 * 1024;
 /// Most spare buffers kept per size class.
 const MAX_SPARES_PER_CLASS: usize = 1024;
-/// Capacity of the smallest size class; each next class doubles it.
-const SMALLEST_CLASS: usize = 256;
-/// Size classes: 256 B to 16 KiB (larger records get a buffer of their own, freed on release).
-const SIZE_CLASSES: usize = 7;
+/// Capacity of the smallest size class (opens and closes fit); each next class doubles it.
+const SMALLEST_CLASS: usize = 64;
+/// Size classes: 64 B to 16 KiB (larger records get a buffer of their own, freed on release).
+const SIZE_CLASSES: usize = 9;
 
 /// The size class of a record of `len` bytes and its buffers' capacity; None past the largest.
 fn size_class(len: usize) -> Option<(usize, usize)> {
@@ -237,12 +237,12 @@ mod tests {
     }
 
     #[test]
-    fn size_classes_double_from_256_bytes_to_16_kib() {
-        assert_eq!(size_class(0), Some((0, 256)));
-        assert_eq!(size_class(256), Some((0, 256)));
-        assert_eq!(size_class(257), Some((1, 512)));
-        assert_eq!(size_class(900), Some((2, 1024)));
-        assert_eq!(size_class(16 * 1024), Some((6, 16 * 1024)));
+    fn size_classes_double_from_64_bytes_to_16_kib() {
+        assert_eq!(size_class(0), Some((0, 64)));
+        assert_eq!(size_class(64), Some((0, 64)));
+        assert_eq!(size_class(65), Some((1, 128)));
+        assert_eq!(size_class(900), Some((4, 1024)));
+        assert_eq!(size_class(16 * 1024), Some((8, 16 * 1024)));
         assert_eq!(size_class(16 * 1024 + 1), None);
     }
 
@@ -263,7 +263,7 @@ mod tests {
                 sizes.len(),
                 "round {round}: every buffer back in its pool"
             );
-            assert_eq!(w.spare_bytes, 256 + 1024 + 256 + 4096 + 256);
+            assert_eq!(w.spare_bytes, 64 + 1024 + 128 + 4096 + 64);
         }
     }
 
