@@ -114,7 +114,7 @@ pub fn header(kind_: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> EventHea
 
 #[inline(always)]
 fn submit_open(ev: &ConnOpenEvent) {
-    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags(true)) {
+    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags(true, CONN_OPEN_LEN as u64)) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
         Err(_) => count(counter::RINGBUF_FULL, 1),
     }
@@ -614,7 +614,10 @@ fn close_fd(ctx: &TracePointContext, fd: i32) {
     let ev = ConnCloseEvent {
         header: header(kind::CONN_CLOSE, tgid, ctx.pid(), fd, state.conn_id),
     };
-    match EVENTS.output::<ConnCloseEvent>(&ev, events_output_flags(false)) {
+    match EVENTS.output::<ConnCloseEvent>(
+        &ev,
+        events_output_flags(false, core::mem::size_of::<ConnCloseEvent>() as u64),
+    ) {
         Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
         Err(_) => {
             count(counter::RINGBUF_FULL, 1);

@@ -86,6 +86,12 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         if !sniff || sys == syscall::SENDFILE {
             return;
         }
+        // A write's bytes are in user memory already: unless they could start HTTP/1 or
+        // HTTP/2, the sniff at its exit cannot adopt the fd, so it needs no candidate entry
+        // (host-wide, nearly every untracked syscall is a file or pipe write or read).
+        if direction_of(sys) == direction::EGRESS && !write_may_sniff(ctx, sys) {
+            return;
+        }
     }
     let flags = recv_flags(ctx, sys);
     if flags & MSG_PEEK != 0 {
@@ -216,8 +222,14 @@ fn looks_like_http(ptr: u64, len: i64) -> bool {
     let Ok(b) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
         return false;
     };
+    http1_start(&b)
+}
+
+/// Whether 8 bytes start an HTTP/1.x request or response start line.
+#[inline(always)]
+fn http1_start(b: &[u8; 8]) -> bool {
     matches!(
-        &b,
+        b,
         [b'G', b'E', b'T', b' ', ..]
             | [b'P', b'O', b'S', b'T', b' ', ..]
             | [b'P', b'U', b'T', b' ', ..]
@@ -227,6 +239,39 @@ fn looks_like_http(ptr: u64, len: i64) -> bool {
             | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
             | [b'H', b'T', b'T', b'P', b'/', b'1', b'.', ..]
     )
+}
+
+/// At sys_enter of a write-family syscall on an untracked fd: whether its first bytes could pass
+/// the sniff its exit runs (`looks_like_http`, `h2::sniff_user`: both look at the first buffer,
+/// and the transfer is at most what was asked). A superset of the exit's checks; an unreadable
+/// buffer says yes (the exit decides).
+#[inline(always)]
+fn write_may_sniff(ctx: &TracePointContext, sys: u8) -> bool {
+    let (base, asked) = match sys {
+        syscall::WRITEV => (read_iovec(sys_arg(ctx, 1), 0).map(|v| v.base), u64::MAX),
+        syscall::SENDMSG => (
+            msg_iov(sys_arg(ctx, 1))
+                .and_then(|(iov, n)| if n > 0 { read_iovec(iov, 0) } else { None })
+                .map(|v| v.base),
+            u64::MAX,
+        ),
+        _ => (Some(sys_arg(ctx, 1)), sys_arg(ctx, 2)),
+    };
+    let Some(base) = base else {
+        return true;
+    };
+    // Both sniffs need at least a frame header (HTTP/1 needs 16 bytes).
+    if base == 0 || asked < tracer_common::h2::FRAME_HEADER_LEN {
+        return false;
+    }
+    // SAFETY: probe-read of user memory; failure handled.
+    let Ok(h) = (unsafe { bpf_probe_read_user(base as *const [u8; 9]) }) else {
+        return true;
+    };
+    let b = [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]];
+    http1_start(&b)
+        || h == [b'P', b'R', b'I', b' ', b'*', b' ', b'H', b'T', b'T']
+        || tracer_common::h2::sniff_step(&h, 0).is_some()
 }
 
 /// First buffer of the transfer, for sniffing.
@@ -509,7 +554,7 @@ fn emit(
         };
         let size = DATA_HEADER_LEN + (n as usize & (MAX_CAPTURE * 2 - 1));
         let record = core::slice::from_raw_parts(ev as *const u8, size);
-        match EVENTS.output::<[u8]>(record, events_output_flags(false)) {
+        match EVENTS.output::<[u8]>(record, events_output_flags(false, size as u64)) {
             Ok(()) => {
                 if let Some(s) = slot
                     && (*s).lost == 1

@@ -764,7 +764,7 @@ fn send(rec: *mut H2Scratch) {
         let size = DATA_HEADER_LEN + if c > MAX_CAPTURE { MAX_CAPTURE } else { c };
         let record = core::slice::from_raw_parts(rec as *const u8, size);
         if EVENTS
-            .output::<[u8]>(record, events_output_flags(false))
+            .output::<[u8]>(record, events_output_flags(false, size as u64))
             .is_ok()
         {
             if lost == 1 {

@@ -41,9 +41,13 @@ pub fn h2_walk_enabled() -> bool {
     unsafe { core::ptr::read_volatile(&H2_WALK) != 0 }
 }
 
-/// Flags for every `EVENTS.output`: submit without waking the reader (it polls on an adaptive
-/// interval), unless the ring holds more than an eighth of its size, then wake it at once so a
-/// burst cannot fill the ring while the reader sleeps. Wake-ups stay bounded, never one per record.
+/// Flags for every `EVENTS.output` of a `len`-byte record: submit without waking the reader (it
+/// polls on an adaptive interval), except when this record fills the ring past one of its
+/// eighths, then wake it at once so a burst cannot fill the ring while
+/// the reader sleeps. Wake-ups stay bounded: at most seven per fill, never one per record. Each
+/// forced wake-up costs the writing process an interrupt (a self-IPI, a VM exit in a guest):
+/// waking on every record while the ring is more than an eighth full made every record of a
+/// lagging reader pay one, when the reader, already awake, needs none.
 ///
 /// `wake_if_caught_up` (connection opens): let the kernel wake the reader when it has read
 /// everything before this record (the ring's default). The agent looks a new connection's
@@ -52,12 +56,15 @@ pub fn h2_walk_enabled() -> bool {
 /// same token an open behind unread records wakes nobody, and its lookup waits for the next poll
 /// (up to the idle interval, 64 ms).
 #[inline(always)]
-pub fn events_output_flags(wake_if_caught_up: bool) -> u64 {
+pub fn events_output_flags(wake_if_caught_up: bool, len: u64) -> u64 {
     use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    /// The ring's own header before every record.
+    const RECORD_HEADER: u64 = 8;
     let held = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     // SAFETY: a plain read of a read-only global; volatile so the load-time value is used.
     let size = unsafe { core::ptr::read_volatile(&EVENTS_RING_BYTES) };
-    if held > size / 8 {
+    let eighth = size / 8;
+    if eighth != 0 && (held + len + RECORD_HEADER) / eighth > held / eighth {
         BPF_RB_FORCE_WAKEUP as u64
     } else if wake_if_caught_up {
         0

@@ -4,8 +4,8 @@
 //! periodic housekeeping and drop summaries, and an orderly shutdown that flushes every span.
 //!
 //! Wake-ups are bounded, never one per record: the kernel programs submit records without waking
-//! the reader unless the ring buffer is more than an eighth full, and the event thread polls on
-//! an adaptive interval ([`BUSY_POLL_MS`] while records flow, doubling to [`IDLE_POLL_MS`] when
+//! the reader unless a record fills the ring past one of its eighths, and the event thread polls
+//! on an adaptive interval ([`BUSY_POLL_MS`] while records flow, doubling to [`IDLE_POLL_MS`] when
 //! idle, never past the reorder window's next deadline, never sooner than the busy interval for
 //! it). On top of the reorder window that adds up to ~4 ms before a record is read, ~4 ms more
 //! before it is released past its window deadline, and ~1 ms of rounding (about 9 ms under a

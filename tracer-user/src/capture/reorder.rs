@@ -2,9 +2,11 @@
 //! causal-time order once they are older than the window, so that a client's write is handled
 //! before the server's read of the same bytes even when the two CPUs recorded them the other way
 //! round. Bounded: past `max_records`, or past `max_bytes` of held record bytes (record lengths;
-//! a reused buffer is at most twice its record plus 512 bytes, so allocations stay within about
-//! 2 x `max_bytes` + 512 B x `max_records`), the oldest are released early (and counted). This
-//! bound is separate from the connections' `--max-buffer-mib`.
+//! a buffer is at most twice its record or 64 bytes, so allocations stay within about
+//! 2 x `max_bytes` + 64 B x `max_records`), the oldest are released early (and counted). This
+//! bound is separate from the connections' `--max-buffer-mib`. Buffers come in power-of-two size
+//! classes, each with its own pool of spares, so a steady flow of mixed record sizes allocates
+//! nothing (one pool for all sizes kept missing and freeing: malloc was a tenth of the agent).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -32,8 +34,8 @@ pub struct ReorderWindow {
     heap: BinaryHeap<Reverse<Held>>,
     arrivals: u64,
     forced_early: u64,
-    /// Spare buffers, reused to avoid an allocation per record.
-    spare: Vec<Vec<u8>>,
+    /// Spare buffers by size class (`size_class`), reused to avoid an allocation per record.
+    spare: [Vec<Vec<u8>>; SIZE_CLASSES],
     /// Record bytes held, and their bound.
     held_bytes: usize,
     max_bytes: usize,
@@ -43,6 +45,19 @@ pub struct ReorderWindow {
 
 /// Most bytes kept in spare buffers.
 const MAX_SPARE_BYTES: usize = 2 * 1024 * 1024;
+/// Most spare buffers kept per size class.
+const MAX_SPARES_PER_CLASS: usize = 1024;
+/// Capacity of the smallest size class (opens and closes fit); each next class doubles it.
+const SMALLEST_CLASS: usize = 64;
+/// Size classes: 64 B to 16 KiB (larger records get a buffer of their own, freed on release).
+const SIZE_CLASSES: usize = 9;
+
+/// The size class of a record of `len` bytes and its buffers' capacity; None past the largest.
+fn size_class(len: usize) -> Option<(usize, usize)> {
+    let capacity = len.max(SMALLEST_CLASS).checked_next_power_of_two()?;
+    let class = (capacity / SMALLEST_CLASS).trailing_zeros() as usize;
+    (class < SIZE_CLASSES).then_some((class, capacity))
+}
 
 impl ReorderWindow {
     pub fn new(window_ns: u64, max_records: usize) -> Self {
@@ -52,7 +67,7 @@ impl ReorderWindow {
             heap: BinaryHeap::new(),
             arrivals: 0,
             forced_early: 0,
-            spare: Vec::new(),
+            spare: Default::default(),
             held_bytes: 0,
             max_bytes: usize::MAX,
             spare_bytes: 0,
@@ -98,12 +113,14 @@ impl ReorderWindow {
             release(&old.bytes);
             self.recycle(old.bytes);
         }
-        let fits = |spare: &Vec<u8>| spare.capacity() <= record.len() * 2 + 512;
-        let mut bytes = match self.spare.pop_if(|spare| fits(spare)) {
-            Some(spare) => {
-                self.spare_bytes -= spare.capacity();
-                spare
-            }
+        let mut bytes = match size_class(record.len()) {
+            Some((class, capacity)) => match self.spare[class].pop() {
+                Some(spare) => {
+                    self.spare_bytes -= spare.capacity();
+                    spare
+                }
+                None => Vec::with_capacity(capacity),
+            },
             None => Vec::with_capacity(record.len()),
         };
         bytes.clear();
@@ -141,13 +158,16 @@ impl ReorderWindow {
     }
 
     fn recycle(&mut self, bytes: Vec<u8>) {
-        // Keep a bounded pool of small buffers; large ones are freed.
-        if self.spare.len() < 1024
-            && bytes.capacity() <= 16 * 1024
-            && self.spare_bytes + bytes.capacity() <= MAX_SPARE_BYTES
+        // Keep bounded pools of class-sized buffers; others (large records) are freed.
+        let Some((class, capacity)) = size_class(bytes.capacity()) else {
+            return;
+        };
+        if capacity == bytes.capacity()
+            && self.spare[class].len() < MAX_SPARES_PER_CLASS
+            && self.spare_bytes + capacity <= MAX_SPARE_BYTES
         {
-            self.spare_bytes += bytes.capacity();
-            self.spare.push(bytes);
+            self.spare_bytes += capacity;
+            self.spare[class].push(bytes);
         }
     }
 }
@@ -214,6 +234,37 @@ mod tests {
         let rest: Vec<u8> = collect(&mut w, u64::MAX).iter().map(|b| b[0]).collect();
         assert_eq!(rest, vec![7, 8, 9]);
         assert_eq!(w.held_bytes(), 0);
+    }
+
+    #[test]
+    fn size_classes_double_from_64_bytes_to_16_kib() {
+        assert_eq!(size_class(0), Some((0, 64)));
+        assert_eq!(size_class(64), Some((0, 64)));
+        assert_eq!(size_class(65), Some((1, 128)));
+        assert_eq!(size_class(900), Some((4, 1024)));
+        assert_eq!(size_class(16 * 1024), Some((8, 16 * 1024)));
+        assert_eq!(size_class(16 * 1024 + 1), None);
+    }
+
+    /// Mixed record sizes reuse their class's buffers: after the first round, nothing new is
+    /// allocated (the spare pools hold exactly the buffers the first round made).
+    #[test]
+    fn mixed_sizes_reuse_class_buffers() {
+        let mut w = ReorderWindow::new(10, 1_000);
+        let sizes = [40usize, 900, 120, 3000, 40];
+        for round in 0..3u64 {
+            for (i, len) in sizes.iter().enumerate() {
+                w.push(round * 100 + i as u64, &vec![7u8; *len], &mut |_| {});
+            }
+            w.release_ready(u64::MAX, &mut |_| {});
+            let pooled: usize = w.spare.iter().map(Vec::len).sum();
+            assert_eq!(
+                pooled,
+                sizes.len(),
+                "round {round}: every buffer back in its pool"
+            );
+            assert_eq!(w.spare_bytes, 64 + 1024 + 128 + 4096 + 64);
+        }
     }
 
     /// Small records after large ones: the byte bound counts record lengths, not the capacity
