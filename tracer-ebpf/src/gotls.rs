@@ -255,7 +255,7 @@ fn emit(ctx: &ProbeContext, call: &GoTlsCall, dir: u8, sys: u8, len: u64) {
         };
         let size = DATA_HEADER_LEN + (n as usize & (MAX_CAPTURE * 2 - 1));
         let record = core::slice::from_raw_parts(ev as *const u8, size);
-        match EVENTS.output::<[u8]>(record, events_output_flags(false)) {
+        match EVENTS.output::<[u8]>(record, events_output_flags(false, size as u64)) {
             Ok(()) => {
                 if let Some(s) = slot
                     && (*s).lost == 1

@@ -280,7 +280,7 @@ pub fn exit(ctx: &RetProbeContext) {
         };
         let size = DATA_HEADER_LEN + (n as usize & (MAX_CAPTURE * 2 - 1));
         let record = core::slice::from_raw_parts(ev as *const u8, size);
-        match EVENTS.output::<[u8]>(record, events_output_flags(false)) {
+        match EVENTS.output::<[u8]>(record, events_output_flags(false, size as u64)) {
             Ok(()) => {
                 if let Some(s) = slot {
                     // From now on the data programs send none of this connection's ciphertext.
