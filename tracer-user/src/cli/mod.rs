@@ -1,4 +1,4 @@
-//! Command-line interface: `tracer agent` and `tracer run`, with the options they share.
+//! Command-line interface: `tracer agent`, `tracer run` and `tracer top`, with the options they share.
 
 pub mod agent;
 pub mod run;

@@ -140,11 +140,18 @@ pub fn kind(kind: SpanKind) -> &'static str {
     }
 }
 
-/// The status line: the agent's own drops and the view's bounds.
+/// The status line: the agent's own losses (as /metrics counts them) and what the view's bounds
+/// kept out (spans in the overflow row, unpaired or overflowing edges, traces not kept for
+/// drill-in). Fits 80 columns with counts of a few digits.
 pub fn status_line(snapshot: &TopSnapshot, drops: &AgentDrops) -> String {
     let s = &snapshot.stats;
+    let decode = if drops.decode_errors > 0 {
+        format!(" decode {}", drops.decode_errors)
+    } else {
+        String::new()
+    };
     format!(
-        "{} spans {} | drops: kernel {} export {} decode {} | overflow rows {} edges {} | traces not kept {}",
+        "{} {} spans | lost: kernel {} export {}{decode} | past bounds: rows {} edges {} traces {}",
         if drops.phase.is_empty() {
             "starting"
         } else {
@@ -153,7 +160,6 @@ pub fn status_line(snapshot: &TopSnapshot, drops: &AgentDrops) -> String {
         s.spans,
         drops.kernel_lost,
         drops.export_dropped,
-        drops.decode_errors,
         s.overflow_spans,
         s.edges.overflow_requests + s.edges.unpaired_dropped,
         s.traces.spans_not_kept,
