@@ -137,6 +137,62 @@ fn without_a_terminal_the_table_counts_each_request_and_the_error_rate() {
     assert!(status.success(), "{status}\n{}", top.output_report());
 }
 
+#[test]
+fn top_with_a_command_traces_it_and_exits_with_its_status_after_a_last_table() {
+    let server = PythonServer::start(free_port(), "top-cmd");
+    let script = format!(
+        "curl -sS --noproxy '*' -o /dev/null {} && curl -sS --noproxy '*' -o /dev/null {}; exit 3",
+        server.url("/ok"),
+        server.url("/items/12345")
+    );
+    let mut command = tracer_command();
+    command.args(["top", "--interval", "600", "--", "sh", "-c", &script]);
+    let mut top = ChildGuard::spawn("tracer top -- sh", command);
+    let status = top
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|| panic!("tracer top did not exit\n{}", top.output_report()));
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the command's status\n{}",
+        top.output_report()
+    );
+    // Only the command is traced (not the server): its two CLIENT spans, in the table printed
+    // at exit. (The service may be `unknown_service:PID` when curl exits before it is named.)
+    assert!(top.stdout().wait_closed(Duration::from_secs(10)));
+    let text = top.stdout().text();
+    let table = last_table(&text).unwrap_or_else(|| panic!("no table\n{}", top.output_report()));
+    for route in ["/ok", "/items/{id}"] {
+        let row = table.lines().find(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.get(1..5) == Some(&["CLIENT", "GET", route, "1"][..])
+        });
+        assert!(
+            row.is_some(),
+            "a CLIENT row for {route} with one request\n{table}"
+        );
+    }
+    assert!(
+        !table
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("SERVER")),
+        "the server is not traced\n{table}"
+    );
+    // Its peer is untraced: at exit the two requests are on the edge to the server's address.
+    let address = format!("127.0.0.1:{}(address)", server.port());
+    let edge = line_cells(&table, &["edge", "curl", &address])
+        .or_else(|| {
+            table.lines().find_map(|l| {
+                let cells: Vec<String> = l.split_whitespace().map(String::from).collect();
+                (cells.first().map(String::as_str) == Some("edge")
+                    && cells.get(2) == Some(&address))
+                .then_some(cells)
+            })
+        })
+        .unwrap_or_else(|| panic!("an edge to {address}\n{table}"));
+    assert_eq!((edge[3].as_str(), edge[4].as_str()), ("2", "1"), "{table}");
+}
+
 /// A private tmux server (its own socket) with one 80x24 pane running a plain bash; killed on
 /// drop, which also ends whatever still runs in the pane.
 struct Tmux {
@@ -312,4 +368,22 @@ fn the_terminal_view_sorts_drills_in_and_restores_the_terminal() {
     assert!(!screen.contains("tracer top: rows"), "{screen}");
     // The agent's log comes back to stderr after the view.
     assert!(screen.contains("tracer stopped"), "{screen}");
+
+    // Ctrl-C quits too (raw mode turns it into a key, not a signal).
+    tmux.run(&["clear-history", "-t", "main"]);
+    tmux.keys(&["clear", "Enter"]);
+    tmux.wait_screen("a cleared screen", |s| !s.contains("tracer stopped"));
+    tmux.keys(&[&command, "Enter"]);
+    tmux.wait_screen("the view again", |s| s.contains("live "));
+    tmux.keys(&["C-c"]);
+    let screen = tmux.wait_screen("the shell prompt after Ctrl-C", |s| {
+        let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines.last().is_some_and(|l| l.trim_end() == PROMPT) && s.contains("tracer stopped")
+    });
+    assert_eq!(
+        tmux.run(&["display", "-p", "-t", "main", "#{alternate_on}"])
+            .trim(),
+        "0",
+        "{screen}"
+    );
 }

@@ -23,10 +23,12 @@ use crate::export::top::view::{self, AgentDrops, SortBy};
 use crate::export::top::{Top, TopLimits, tui};
 use crate::telemetry::metrics::MetricsState;
 
-/// Live table of what the host (or the given pids/ports, or CMD) serves and calls: one row per
-/// service, span kind, method and route with count, rate, error % and p50/p95/p99; the service
-/// edges; drill-in to recent and slowest traces. Spans are exported over OTLP only when an
-/// endpoint is configured, never printed.
+/// Live view of what is served and called: rows, service edges, traces (like `agent`).
+///
+/// One row per service, span kind, method and route with count, rate, error % and
+/// p50/p95/p99; the service edges; drill-in to recent and slowest traces. The host (or the
+/// given pids/ports, or CMD) is traced as by `agent`/`run`; spans are exported over OTLP only
+/// when an endpoint is configured, never printed.
 ///
 /// Keys: ↑/↓ select, Enter traces of the row, Esc back, Tab service edges, s sort column,
 /// ? help, q or Ctrl-C quit. Without a terminal on stdout, a plain table is printed every
@@ -168,6 +170,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let final_table = {
         let (top, drops) = (Arc::clone(&top), drops.clone());
         move || {
+            top.finish();
             view::plain_table(
                 &top.snapshot(),
                 &drops(),

@@ -207,6 +207,13 @@ impl EdgeTable {
         }
     }
 
+    /// At exit, when no more spans come: every CLIENT span still waiting goes to its peer's
+    /// address, SERVER spans still waiting are forgotten.
+    pub fn finish(&mut self) {
+        self.swept_second = 0;
+        self.sweep(u64::MAX);
+    }
+
     fn count(&mut self, client: &str, server: &str, virtual_server: bool, ns: u64, error: bool) {
         let hash = edge_hash(client, server, virtual_server);
         let mut at = self.index.get(&hash).copied();

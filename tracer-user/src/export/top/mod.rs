@@ -460,6 +460,13 @@ impl Top {
         }
     }
 
+    /// At exit, when no more spans come: spans still waiting for their other half are counted
+    /// (see [`EdgeTable::finish`]).
+    pub fn finish(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.edges.finish();
+    }
+
     /// The kept trace trees of row `id`.
     pub fn drill_in(&self, id: usize) -> DrillIn {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);

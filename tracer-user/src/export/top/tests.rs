@@ -322,3 +322,28 @@ fn edges_pair_client_and_server_in_either_order_and_name_untraced_peers() {
         "each request once"
     );
 }
+
+#[test]
+fn at_exit_waiting_client_spans_go_to_their_peers_address() {
+    let top = Top::new(TopLimits::default());
+    let web = resource(1, "web");
+    let call = SpanSpec {
+        kind: SpanKind::Client,
+        path: "/q",
+        status: 503,
+        millis: 4,
+        trace: 7,
+        span: 7,
+        parent: None,
+    };
+    top.record_batch_at(&[item(&web, call)], NOW);
+    assert!(top.snapshot_at(NOW).edges.is_empty(), "still waiting");
+    top.finish();
+    let snap = top.snapshot_at(NOW);
+    assert_eq!(snap.edges.len(), 1);
+    let e = &snap.edges[0];
+    assert_eq!(
+        (e.server.as_str(), e.virtual_server, e.count, e.errors),
+        ("10.0.0.9:8080", true, 1, 1)
+    );
+}
