@@ -377,7 +377,8 @@ impl Top {
         }
         let row = match found {
             Some(i) => i,
-            None if rows.len() - usize::from(overflow.is_some()) < self.limits.rows => {
+            // The overflow row is made only once `limits.rows` rows exist, so this bounds both.
+            None if rows.len() < self.limits.rows => {
                 let mut row = Row::new(service, kind, method, scratch, false);
                 row.next = index.insert(hash, rows.len() as u32);
                 rows.push(row);

@@ -211,15 +211,28 @@ fn drill_in_shows_whole_recent_traces_and_the_slowest() {
     ];
     top.record_batch_at(&batch, NOW);
     top.record_batch_at(&[item(&api, server("/outer", 200, 50, 2, 20))], NOW);
+    top.record_batch_at(&[item(&api, server("/outer", 200, 20, 3, 30))], NOW);
     let snap = top.snapshot_at(NOW);
     let outer = row(&snap, "api", "/outer");
     let drill = top.drill_in(outer.id);
-    assert_eq!(drill.recent.len(), 2);
-    assert_eq!(drill.recent[0][0].span.trace_id, [2; 16], "newest first");
-    assert_eq!(drill.recent[1].len(), 3, "the whole first trace");
-    assert_eq!(drill.slowest[0].0, 50_000_000);
-    assert_eq!(drill.slowest.len(), 2);
-    let tree = crate::export::render_trace(&drill.recent[1], false);
+    assert_eq!(drill.recent.len(), 3);
+    assert_eq!(drill.recent[0][0].span.trace_id, [3; 16], "newest first");
+    assert_eq!(drill.recent[1][0].span.trace_id, [2; 16]);
+    assert_eq!(drill.recent[2].len(), 3, "the whole first trace");
+    let slowest: Vec<u64> = drill.slowest.iter().map(|s| s.0 / 1_000_000).collect();
+    assert_eq!(slowest, [50, 20, 9], "slowest first");
+    // A fourth span: the ring keeps the newest three traces, the slowest list the three slowest.
+    top.record_batch_at(&[item(&api, server("/outer", 200, 30, 4, 40))], NOW);
+    let drill4 = top.drill_in(outer.id);
+    let slowest: Vec<u64> = drill4.slowest.iter().map(|s| s.0 / 1_000_000).collect();
+    assert_eq!(slowest, [50, 30, 20]);
+    let recent: Vec<u8> = drill4
+        .recent
+        .iter()
+        .map(|t| t[0].span.trace_id[0])
+        .collect();
+    assert_eq!(recent, [4, 3, 2]);
+    let tree = crate::export::render_trace(&drill.recent[2], false);
     assert_eq!(tree.lines().count(), 3, "{tree}");
     assert!(tree.contains("└─"), "{tree}");
 }
