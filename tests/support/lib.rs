@@ -1,4 +1,4 @@
-//! Support for the end-to-end tests: an in-process OTLP receiver (gRPC and HTTP/protobuf), the
+//! Support for the end-to-end tests: the OTLP receiver (the `otlp-receiver` crate) keeping spans, the
 //! tracer agent under test, the uninstrumented peers it watches (Python, curl, nginx), process
 //! and port helpers, and span queries. Helpers panic with context: they serve tests.
 
@@ -6,10 +6,8 @@ pub mod agent;
 pub mod agent_counters;
 pub mod bpf_objects;
 pub mod faulty_receiver;
-mod grpc_receiver;
 pub mod h2peers;
 pub mod http_load;
-mod http_receiver;
 pub mod metrics_client;
 pub mod nginx;
 pub mod peers;
@@ -21,13 +19,11 @@ pub mod session;
 pub mod settle;
 pub mod span;
 pub mod store;
-#[cfg(test)]
-mod test_data;
 pub mod vitals;
 
 pub use agent::{Agent, AgentConfig, AgentExit, tracer_bin, tracer_command};
-pub use http_receiver::{METRICS_PATH, TRACES_PATH};
 pub use nginx::Nginx;
+pub use otlp_receiver::{METRICS_PATH, TRACES_PATH};
 pub use peers::{ClientMode, ClientRun, PythonServer, curl, local_url, run_client};
 pub use process::{ChildGuard, ScratchDir, free_port, run_with_timeout, wait_for_port};
 pub use receiver::{OtlpProtocol, OtlpReceiver};

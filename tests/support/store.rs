@@ -21,7 +21,7 @@ pub const MAX_STORED_METRIC_REQUESTS: usize = 1000;
 pub struct StoreStats {
     /// Export requests accepted.
     pub export_requests: u64,
-    /// Requests refused (bad path, method, media type or body).
+    /// Requests refused (bad method, media type, encoding or body): filled by the receiver.
     pub rejected_requests: u64,
     /// Spans dropped because the store was full.
     pub dropped_spans: u64,
@@ -34,7 +34,6 @@ struct StoreInner {
     metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
     changed: Condvar,
     export_requests: AtomicU64,
-    rejected_requests: AtomicU64,
     dropped_spans: AtomicU64,
 }
 
@@ -134,11 +133,6 @@ impl SpanStore {
     }
 
     /// Counts a refused request.
-    pub fn record_rejection(&self) {
-        self.inner.rejected_requests.fetch_add(1, Ordering::Relaxed);
-        self.inner.changed.notify_all();
-    }
-
     /// A copy of everything received so far.
     pub fn spans(&self) -> Vec<ObservedSpan> {
         self.lock().clone()
@@ -147,7 +141,7 @@ impl SpanStore {
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             export_requests: self.inner.export_requests.load(Ordering::Relaxed),
-            rejected_requests: self.inner.rejected_requests.load(Ordering::Relaxed),
+            rejected_requests: 0,
             dropped_spans: self.inner.dropped_spans.load(Ordering::Relaxed),
         }
     }

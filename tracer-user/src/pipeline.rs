@@ -14,7 +14,7 @@ use crate::export::SpanSink;
 use crate::idhash::{IdHashMap, IdHashSet};
 use crate::model::{ConnMeta, Exchange, ExportItem, ProcessResource, Role};
 use crate::protocols::http1::HttpStats;
-use crate::protocols::propagation::{self, ContextSource, TraceContext};
+use crate::protocols::propagation;
 use crate::telemetry::ids::{IdGenerator, TraceIds};
 use crate::telemetry::resource::ResourceCache;
 use crate::telemetry::spans::{self, Clock, SpanInput};
@@ -621,23 +621,20 @@ impl Pipeline {
                 self.stats.telemetry_descendants_dropped += 1;
                 continue;
             }
-            let (parent, ids) = match identity {
-                Some(id) => identity_parts(id),
-                None => (
+            let identity = identity.unwrap_or_else(|| {
+                SpanIdentity::from_request(
                     propagation::extract(&exchange.request.headers),
-                    spans::SpanIds {
-                        trace_id_if_root: self.trace_ids.new_trace_id(exchange.start_ns),
-                        ..spans::new_ids()
-                    },
-                ),
-            };
+                    &self.trace_ids,
+                    exchange.start_ns,
+                )
+            });
             let input = SpanInput {
                 exchange: &exchange,
                 conn: &meta,
                 role,
                 clock: &self.clock,
             };
-            let span = spans::build_span(&input, parent.as_ref(), ids);
+            let span = spans::build_span(&input, &identity);
             let resource = match self.conn_procs.get(&meta.conn_id) {
                 Some(process) => std::sync::Arc::clone(&process.resource),
                 None => self.resources.get(meta.pid),
@@ -655,22 +652,6 @@ fn dropped_as_telemetry(request: &crate::model::HttpRequest, include_telemetry: 
         Some(Telemetry::Pipeline) => !include_telemetry,
         None => false,
     }
-}
-
-/// Splits a linker identity into what `spans::build_span` takes.
-fn identity_parts(id: SpanIdentity) -> (Option<TraceContext>, spans::SpanIds) {
-    let ids = spans::SpanIds {
-        span_id: id.span_id,
-        trace_id_if_root: id.trace_id,
-    };
-    let parent = id.parent_span_id.map(|parent_span_id| TraceContext {
-        trace_id: id.trace_id,
-        parent_span_id,
-        sampled: id.sampled,
-        trace_state: id.trace_state,
-        source: ContextSource::TraceParent,
-    });
-    (parent, ids)
 }
 
 /// Whether a new connection's endpoints must come from /proc: adopted by sniffing, or accepted by

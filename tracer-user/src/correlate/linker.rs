@@ -19,70 +19,9 @@ use std::net::SocketAddr;
 use crate::idhash::{IdHashMap, IdHashSet};
 use crate::model::{ConnMeta, Role};
 use crate::protocols::http1::RequestStart;
-use crate::protocols::propagation::{self, TraceContext};
+use crate::protocols::propagation;
 use crate::telemetry::ids::TraceIds;
-use crate::telemetry::spans::new_ids;
-
-/// Why a span has the parent it has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinkSource {
-    Header,
-    ConnectionPair,
-    SameThread,
-    Root,
-}
-
-/// The identity a span will be exported with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpanIdentity {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent_span_id: Option<[u8; 8]>,
-    pub sampled: bool,
-    pub trace_state: Option<String>,
-    pub link: LinkSource,
-    /// The request is telemetry that is never exported (see `own`), or descends from one: its
-    /// span is dropped too, or it would name a parent that never arrives.
-    pub telemetry: bool,
-}
-
-impl SpanIdentity {
-    fn root(trace_id: [u8; 16]) -> Self {
-        SpanIdentity {
-            trace_id,
-            span_id: new_ids().span_id,
-            parent_span_id: None,
-            sampled: true,
-            trace_state: None,
-            link: LinkSource::Root,
-            telemetry: false,
-        }
-    }
-
-    fn child_of(parent: &SpanIdentity, link: LinkSource) -> Self {
-        SpanIdentity {
-            trace_id: parent.trace_id,
-            span_id: new_ids().span_id,
-            parent_span_id: Some(parent.span_id),
-            sampled: parent.sampled,
-            trace_state: parent.trace_state.clone(),
-            link,
-            telemetry: parent.telemetry,
-        }
-    }
-
-    fn from_header(ctx: TraceContext) -> Self {
-        SpanIdentity {
-            trace_id: ctx.trace_id,
-            span_id: new_ids().span_id,
-            parent_span_id: Some(ctx.parent_span_id),
-            sampled: ctx.sampled,
-            trace_state: ctx.trace_state,
-            link: LinkSource::Header,
-            telemetry: false,
-        }
-    }
-}
+pub use crate::telemetry::ids::{LinkSource, SpanIdentity};
 
 /// Whether a process's OS threads each serve one request at a time (thread-per-request servers,
 /// event loops: the same-thread heuristic applies) or its runtime moves requests between

@@ -623,7 +623,11 @@ mod tests {
     /// counted, and the worker ends by itself (an aborted worker would count nothing).
     #[tokio::test]
     async fn shutdown_with_an_unreachable_collector_tries_once_and_counts_it() {
-        let addr = crate::testing::otlp_receivers::unused_addr().await;
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let e = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{addr}"))]);
         let cfg = MetricsExportConfig::from_env_and_overrides(&e, &OtlpOverrides::default())
             .unwrap()

@@ -14,9 +14,7 @@ use super::{
 use crate::model::{
     AttrValue, Attribute, ExportItem, ProcessResource, SpanKind, SpanRecord, SpanStatus,
 };
-use crate::testing::otlp_receivers::{
-    Receiver, Recorder, Reply, listen, start_grpc, start_http, unused_addr,
-};
+use otlp_receiver::{AttemptLog, Behaviour, Protocol, Receiver};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const BASE_NS: u64 = 1_700_000_000_123_456_789;
@@ -185,20 +183,73 @@ fn assert_sample_received(mut spans: Vec<(String, Span)>) {
     assert_eq!(remote_status.message, "boom");
 }
 
-async fn start_receiver(
+/// The one OTLP receiver (the `otlp-receiver` crate) for `protocol`, on `addr` (a free port when
+/// None), answering `script` first and healthy after, keeping every decoded request.
+fn start_receiver(
     protocol: OtlpProtocol,
-    listener: tokio::net::TcpListener,
-    recorder: Recorder,
+    addr: Option<SocketAddr>,
+    script: Vec<Behaviour>,
 ) -> Receiver {
-    match protocol {
-        OtlpProtocol::Grpc => start_grpc(listener, recorder),
-        _ => start_http(listener, recorder),
+    let mut config = otlp_receiver::Config::new(match protocol {
+        OtlpProtocol::Grpc => Protocol::Grpc,
+        _ => Protocol::HttpProtobuf,
+    });
+    if let Some(addr) = addr {
+        config.bind = addr;
+    }
+    config.script = script;
+    config.keep_requests = true;
+    Receiver::start_with(config).expect("OTLP receiver starts")
+}
+
+/// A local address nothing listens on (bound, then released).
+async fn unused_addr() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// (service.name, span) for every span in accepted requests, in arrival order.
+fn accepted_spans(receiver: &Receiver) -> Vec<(String, Span)> {
+    let mut out = Vec::new();
+    for request in receiver.attempts().into_iter().filter(|r| r.accepted) {
+        for rs in request.traces.into_iter().flat_map(|b| b.resource_spans) {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                let scope = ss.scope.map(|s| s.name).unwrap_or_default();
+                assert_eq!(scope, "tracer", "instrumentation scope name");
+                for span in ss.spans {
+                    out.push((service.clone(), span));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls until `n` spans were accepted or `timeout` passes; returns the accepted spans.
+async fn wait_for_spans(receiver: &Receiver, n: usize, timeout: Duration) -> Vec<(String, Span)> {
+    let until = Instant::now() + timeout;
+    loop {
+        let spans = accepted_spans(receiver);
+        if spans.len() >= n || Instant::now() >= until {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 async fn round_trip(protocol: OtlpProtocol, compression: Option<OtlpCompression>) -> Receiver {
-    let receiver = start_receiver(protocol, listen(None).await, Recorder::default()).await;
-    let mut cfg = config(protocol, receiver.addr);
+    let receiver = start_receiver(protocol, None, Vec::new());
+    let mut cfg = config(protocol, receiver.addr());
     cfg.compression = compression;
     let sink = build_sink(&SinkConfig::Otlp(cfg))
         .await
@@ -211,9 +262,9 @@ async fn round_trip(protocol: OtlpProtocol, compression: Option<OtlpCompression>
     assert_eq!(stats.spans_exported, 3, "{stats:?}");
     assert_eq!(stats.export_batches, 1, "one request per batch");
     assert_eq!(stats.export_retries, 0);
-    assert_sample_received(receiver.recorder.accepted_spans());
-    for request in receiver.recorder.seen() {
-        let body = request.body.expect("decoded body");
+    assert_sample_received(accepted_spans(&receiver));
+    for request in receiver.attempts() {
+        let body = request.traces.expect("decoded body");
         assert_eq!(
             body.resource_spans.len(),
             2,
@@ -245,7 +296,7 @@ async fn round_trip(protocol: OtlpProtocol, compression: Option<OtlpCompression>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_round_trip() {
     let receiver = round_trip(OtlpProtocol::Grpc, None).await;
-    for request in receiver.recorder.seen() {
+    for request in receiver.attempts() {
         // The configured 5 s timeout travels as the gRPC deadline.
         let timeout = request
             .headers
@@ -264,7 +315,7 @@ async fn grpc_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_gzip_round_trip() {
     let receiver = round_trip(OtlpProtocol::Grpc, Some(OtlpCompression::Gzip)).await;
-    for request in receiver.recorder.seen() {
+    for request in receiver.attempts() {
         assert!(
             request
                 .headers
@@ -279,7 +330,7 @@ async fn grpc_gzip_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_round_trip() {
     let receiver = round_trip(OtlpProtocol::HttpProtobuf, None).await;
-    for request in receiver.recorder.seen() {
+    for request in receiver.attempts() {
         assert_eq!(request.path, "/v1/traces");
         assert!(
             request
@@ -295,7 +346,7 @@ async fn http_protobuf_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_json_round_trip() {
     let receiver = round_trip(OtlpProtocol::HttpJson, None).await;
-    for request in receiver.recorder.seen() {
+    for request in receiver.attempts() {
         assert!(
             request
                 .headers
@@ -369,8 +420,8 @@ async fn receiver_down_at_start_then_up(protocol: OtlpProtocol) {
     );
     assert_eq!(stats.snapshot().spans_exported, 0);
 
-    let receiver = start_receiver(protocol, listen(Some(addr)).await, Recorder::default()).await;
-    let spans = receiver.recorder.wait_for_spans(3, PATIENCE).await;
+    let receiver = start_receiver(protocol, Some(addr), Vec::new());
+    let spans = wait_for_spans(&receiver, 3, PATIENCE).await;
     assert_sample_received(spans);
     let final_stats = sink.shutdown(PATIENCE).await;
     assert_eq!(final_stats.spans_exported, 3);
@@ -390,11 +441,10 @@ async fn http_receiver_down_at_start_then_up() {
 /// Exports one span to a receiver following `script`; returns final stats and the receiver.
 async fn export_one_with_script(
     protocol: OtlpProtocol,
-    script: Vec<Reply>,
+    script: Vec<Behaviour>,
 ) -> (super::ExportStatsSnapshot, Receiver) {
-    let receiver =
-        start_receiver(protocol, listen(None).await, Recorder::with_script(script)).await;
-    let cfg = config(protocol, receiver.addr);
+    let receiver = start_receiver(protocol, None, script);
+    let cfg = config(protocol, receiver.addr());
     let sink = SpanSink::Otlp(BatchExporter::start(&cfg).unwrap());
     sink.submit(sample_items().remove(0));
     let stats = sink.shutdown(PATIENCE).await;
@@ -404,17 +454,17 @@ async fn export_one_with_script(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_503_is_retried_honouring_retry_after() {
     let script = vec![
-        Reply::Http {
+        Behaviour::Refuse {
             status: 503,
-            retry_after: Some(1),
+            retry_after: Some(Duration::from_secs(1)),
         },
-        Reply::Http {
+        Behaviour::Refuse {
             status: 429,
             retry_after: None,
         },
     ];
     let (stats, receiver) = export_one_with_script(OtlpProtocol::HttpProtobuf, script).await;
-    let seen = receiver.recorder.seen();
+    let seen = receiver.attempts();
     assert_eq!(seen.len(), 3, "503, 429, then accepted");
     assert!(seen[2].accepted);
     assert!(
@@ -428,12 +478,12 @@ async fn http_503_is_retried_honouring_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_400_is_not_retried() {
-    let script = vec![Reply::Http {
+    let script = vec![Behaviour::Refuse {
         status: 400,
         retry_after: None,
     }];
     let (stats, receiver) = export_one_with_script(OtlpProtocol::HttpProtobuf, script).await;
-    assert_eq!(receiver.recorder.seen().len(), 1);
+    assert_eq!(receiver.attempts().len(), 1);
     assert_eq!(stats.export_retries, 0);
     assert_eq!(stats.spans_exported, 0);
     assert_eq!(stats.spans_dropped_export_failed, 1);
@@ -443,14 +493,14 @@ async fn http_400_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_transient_failures_exhaust_attempts() {
     let script = vec![
-        Reply::Http {
+        Behaviour::Refuse {
             status: 502,
             retry_after: None
         };
         10
     ];
     let (stats, receiver) = export_one_with_script(OtlpProtocol::HttpProtobuf, script).await;
-    assert_eq!(receiver.recorder.seen().len(), 5, "max_attempts");
+    assert_eq!(receiver.attempts().len(), 5, "max_attempts");
     assert_eq!(stats.export_retries, 4);
     assert_eq!(stats.spans_dropped_export_failed, 1);
 }
@@ -458,28 +508,28 @@ async fn http_transient_failures_exhaust_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unavailable_is_retried() {
     let script = vec![
-        Reply::Grpc(tonic::Code::Unavailable),
-        Reply::Grpc(tonic::Code::DeadlineExceeded),
+        Behaviour::GrpcStatus(tonic::Code::Unavailable),
+        Behaviour::GrpcStatus(tonic::Code::DeadlineExceeded),
     ];
     let (stats, receiver) = export_one_with_script(OtlpProtocol::Grpc, script).await;
-    assert_eq!(receiver.recorder.seen().len(), 3);
+    assert_eq!(receiver.attempts().len(), 3);
     assert_eq!(stats.export_retries, 2);
     assert_eq!(stats.spans_exported, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_invalid_argument_is_not_retried() {
-    let script = vec![Reply::Grpc(tonic::Code::InvalidArgument)];
+    let script = vec![Behaviour::GrpcStatus(tonic::Code::InvalidArgument)];
     let (stats, receiver) = export_one_with_script(OtlpProtocol::Grpc, script).await;
-    assert_eq!(receiver.recorder.seen().len(), 1);
+    assert_eq!(receiver.attempts().len(), 1);
     assert_eq!(stats.export_retries, 0);
     assert_eq!(stats.spans_dropped_export_failed, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_a_partial_batch() {
-    let receiver = start_grpc(listen(None).await, Recorder::default());
-    let mut cfg = config(OtlpProtocol::Grpc, receiver.addr);
+    let receiver = start_receiver(OtlpProtocol::Grpc, None, Vec::new());
+    let mut cfg = config(OtlpProtocol::Grpc, receiver.addr());
     cfg.batch.schedule_delay = Duration::from_secs(3600);
     cfg.batch.max_export_batch_size = 256;
     let sink = build_sink(&SinkConfig::Otlp(cfg)).await.unwrap();
@@ -488,26 +538,26 @@ async fn shutdown_flushes_a_partial_batch() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        receiver.recorder.seen().is_empty(),
+        receiver.attempts().is_empty(),
         "partial batch waits for the schedule delay"
     );
     let stats = sink.shutdown(PATIENCE).await;
     assert_eq!(stats.spans_exported, 3);
     assert_eq!(stats.spans_dropped_shutdown, 0);
-    assert_sample_received(receiver.recorder.accepted_spans());
+    assert_sample_received(accepted_spans(&receiver));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_batch_is_sent_without_waiting_for_the_delay() {
-    let receiver = start_http(listen(None).await, Recorder::default());
-    let mut cfg = config(OtlpProtocol::HttpProtobuf, receiver.addr);
+    let receiver = start_receiver(OtlpProtocol::HttpProtobuf, None, Vec::new());
+    let mut cfg = config(OtlpProtocol::HttpProtobuf, receiver.addr());
     cfg.batch.schedule_delay = Duration::from_secs(3600);
     cfg.batch.max_export_batch_size = 3;
     let sink = build_sink(&SinkConfig::Otlp(cfg)).await.unwrap();
     for item in sample_items() {
         sink.submit(item);
     }
-    assert_sample_received(receiver.recorder.wait_for_spans(3, PATIENCE).await);
+    assert_sample_received(wait_for_spans(&receiver, 3, PATIENCE).await);
     sink.shutdown(PATIENCE).await;
 }
 
@@ -547,7 +597,7 @@ async fn grpc_over_https_is_refused_at_start_not_sent_in_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_gzip_round_trip() {
     let receiver = round_trip(OtlpProtocol::HttpProtobuf, Some(OtlpCompression::Gzip)).await;
-    for request in receiver.recorder.seen() {
+    for request in receiver.attempts() {
         assert!(
             request
                 .headers
@@ -561,13 +611,8 @@ async fn http_gzip_round_trip() {
 
 /// Exports the three sample spans (one request) to a receiver answering a partial success.
 async fn partial_success(protocol: OtlpProtocol, rejected: i64) -> super::ExportStatsSnapshot {
-    let receiver = start_receiver(
-        protocol,
-        listen(None).await,
-        Recorder::with_script(vec![Reply::PartialSuccess(rejected)]),
-    )
-    .await;
-    let sink = build_sink(&SinkConfig::Otlp(config(protocol, receiver.addr)))
+    let receiver = start_receiver(protocol, None, vec![Behaviour::PartialSuccess(rejected)]);
+    let sink = build_sink(&SinkConfig::Otlp(config(protocol, receiver.addr())))
         .await
         .unwrap();
     for item in sample_items() {
@@ -575,7 +620,7 @@ async fn partial_success(protocol: OtlpProtocol, rejected: i64) -> super::Export
     }
     let stats = sink.shutdown(PATIENCE).await;
     assert_eq!(
-        receiver.recorder.seen().len(),
+        receiver.attempts().len(),
         1,
         "a partial success is not retried"
     );
@@ -702,8 +747,8 @@ async fn large_batches_are_cut_into_requests_below_the_cap() {
 /// The Collector's gRPC receiver (and tonic's, here) refuses messages over 4 MiB by default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_batch_over_the_receive_limit_is_sent_in_parts() {
-    let receiver = start_grpc(listen(None).await, Recorder::default());
-    let mut cfg = config(OtlpProtocol::Grpc, receiver.addr);
+    let receiver = start_receiver(OtlpProtocol::Grpc, None, Vec::new());
+    let mut cfg = config(OtlpProtocol::Grpc, receiver.addr());
     cfg.batch.schedule_delay = Duration::from_secs(3600);
     let sink = build_sink(&SinkConfig::Otlp(cfg)).await.unwrap();
     for item in large_items(8, 1024 * 1024) {
@@ -714,7 +759,7 @@ async fn grpc_batch_over_the_receive_limit_is_sent_in_parts() {
     assert_eq!(stats.spans_dropped_export_failed, 0, "{stats:?}");
     assert_eq!(stats.export_batches_failed, 0, "{stats:?}");
     assert!(stats.export_batches >= 3, "{stats:?}");
-    assert_eq!(receiver.recorder.accepted_spans().len(), 8);
+    assert_eq!(accepted_spans(&receiver).len(), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -749,14 +794,15 @@ async fn http_gzip_body_is_compressed_once_at_encoding() {
 /// A retried gzip request is the same compressed body, still readable by the receiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_gzip_retry_resends_a_readable_body() {
-    let receiver = start_http(
-        listen(None).await,
-        Recorder::with_script(vec![Reply::Http {
+    let receiver = start_receiver(
+        OtlpProtocol::HttpProtobuf,
+        None,
+        vec![Behaviour::Refuse {
             status: 503,
             retry_after: None,
-        }]),
+        }],
     );
-    let mut cfg = config(OtlpProtocol::HttpProtobuf, receiver.addr);
+    let mut cfg = config(OtlpProtocol::HttpProtobuf, receiver.addr());
     cfg.compression = Some(OtlpCompression::Gzip);
     let sink = build_sink(&SinkConfig::Otlp(cfg)).await.unwrap();
     for item in sample_items() {
@@ -765,22 +811,22 @@ async fn http_gzip_retry_resends_a_readable_body() {
     let stats = sink.shutdown(PATIENCE).await;
     assert_eq!(stats.export_retries, 1);
     assert_eq!(stats.spans_exported, 3);
-    let seen = receiver.recorder.seen();
+    let seen = receiver.attempts();
     assert_eq!(seen.len(), 2);
     assert!(
-        seen.iter().all(|r| r.body.is_some()),
+        seen.iter().all(|r| r.traces.is_some()),
         "both attempts decoded"
     );
-    assert_sample_received(receiver.recorder.accepted_spans());
+    assert_sample_received(accepted_spans(&receiver));
 }
 
-/// A TCP proxy to `upstream` that closes its first connection once `recorder` has seen a
+/// A TCP proxy to `upstream` that closes its first connection once the receiver has logged a
 /// request (so the call is cut after it was sent, before any answer); later connections pass.
 async fn proxy_cutting_the_first_call(
     upstream: SocketAddr,
-    recorder: Recorder,
+    log: AttemptLog,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = listen(None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let mut first = true;
@@ -789,12 +835,12 @@ async fn proxy_cutting_the_first_call(
                 return;
             };
             let cut = std::mem::take(&mut first);
-            let recorder = recorder.clone();
+            let log = log.clone();
             tokio::spawn(async move {
                 let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
                 if cut {
                     let seen = async {
-                        while recorder.seen().is_empty() {
+                        while log.attempts().is_empty() {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                     };
@@ -815,12 +861,8 @@ async fn proxy_cutting_the_first_call(
 /// retried, like the same failure over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_connection_dropped_mid_call_is_retried() {
-    let receiver = start_grpc(
-        listen(None).await,
-        Recorder::with_script(vec![Reply::Stall]),
-    );
-    let (proxy, proxy_task) =
-        proxy_cutting_the_first_call(receiver.addr, receiver.recorder.clone()).await;
+    let receiver = start_receiver(OtlpProtocol::Grpc, None, vec![Behaviour::Stall]);
+    let (proxy, proxy_task) = proxy_cutting_the_first_call(receiver.addr(), receiver.log()).await;
     let sink = build_sink(&SinkConfig::Otlp(config(OtlpProtocol::Grpc, proxy)))
         .await
         .unwrap();
@@ -829,9 +871,9 @@ async fn grpc_connection_dropped_mid_call_is_retried() {
     }
     let stats = sink.shutdown(PATIENCE).await;
     proxy_task.abort();
-    assert_eq!(receiver.recorder.seen().len(), 2, "cut call, then retried");
+    assert_eq!(receiver.attempts().len(), 2, "cut call, then retried");
     assert_eq!(stats.export_retries, 1, "{stats:?}");
     assert_eq!(stats.spans_exported, 3, "{stats:?}");
     assert_eq!(stats.spans_dropped_export_failed, 0, "{stats:?}");
-    assert_sample_received(receiver.recorder.accepted_spans());
+    assert_sample_received(accepted_spans(&receiver));
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::config::EnvLookup;
 use super::stream::{BoxedWriter, Rendered, SpanFormatter, StreamSink, stdout_writer};
 use crate::model::{AttrValue, ExportItem, SpanKind, SpanStatus, hex};
+use crate::telemetry::semconv;
 
 /// Terminal output settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -346,20 +347,22 @@ fn render_line(out: &mut String, item: &ExportItem, connector: &str, colour: boo
     };
     let service = paint(colour, BOLD, &sanitise(&item.resource.service_name));
     let target = match span.kind {
-        SpanKind::Server => attr_str(item, "url.path"),
-        SpanKind::Client => attr_str(item, "url.full").or_else(|| attr_str(item, "url.path")),
+        SpanKind::Server => attr_str(item, semconv::URL_PATH),
+        SpanKind::Client => {
+            attr_str(item, semconv::URL_FULL).or_else(|| attr_str(item, semconv::URL_PATH))
+        }
     }
     .map(sanitise)
     .unwrap_or_default();
 
-    let code = match attr(item, "http.response.status_code") {
+    let code = match attr(item, semconv::HTTP_RESPONSE_STATUS_CODE) {
         Some(AttrValue::Int(code)) => Some(*code),
         _ => None,
     };
     let is_error = matches!(span.status, SpanStatus::Error { .. });
     // gRPC spans carry the status name instead of an HTTP code.
-    let rpc_code = attr_str(item, crate::telemetry::rpc::RPC_RESPONSE_STATUS_CODE);
-    let outcome = match (code, rpc_code, attr_str(item, "error.type")) {
+    let rpc_code = attr_str(item, semconv::RPC_RESPONSE_STATUS_CODE);
+    let outcome = match (code, rpc_code, attr_str(item, semconv::ERROR_TYPE)) {
         (Some(code), _, _) => code.to_string(),
         (None, Some(rpc), _) => sanitise(rpc),
         (None, None, Some(error_type)) => format!("no response ({})", sanitise(error_type)),

@@ -1,10 +1,95 @@
-//! Trace and span id generation: random ids (the W3C recommendation, the default) or AWS X-Ray's
-//! time-prefixed trace ids for traces the tracer starts. Adopted contexts keep their own ids; only
-//! trace ids of new roots come from here.
+//! Span identities and id generation. A [`SpanIdentity`] (trace id, span id, parent) is decided
+//! once per request, when its head is parsed (by `correlate::linker`), and span building takes it
+//! as given: what children were told and what is exported never disagree. Trace ids of new
+//! traces are random (the W3C recommendation, the default) or AWS X-Ray's time-prefixed ids;
+//! adopted contexts keep their own.
 
 use rand::Rng;
 
+use crate::protocols::propagation::TraceContext;
 use crate::telemetry::spans::Clock;
+
+/// Why a span has the parent it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkSource {
+    Header,
+    ConnectionPair,
+    SameThread,
+    Root,
+}
+
+/// The identity a span is exported with. Its span id is never zero and never its parent's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanIdentity {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub sampled: bool,
+    pub trace_state: Option<String>,
+    pub link: LinkSource,
+    /// The request is telemetry that is never exported (see `capture::own`), or descends from
+    /// one: its span is dropped too, or it would name a parent that never arrives.
+    pub telemetry: bool,
+}
+
+impl SpanIdentity {
+    /// The first span of a new, sampled trace.
+    pub fn root(trace_id: [u8; 16]) -> Self {
+        SpanIdentity {
+            trace_id,
+            span_id: random_nonzero(),
+            parent_span_id: None,
+            sampled: true,
+            trace_state: None,
+            link: LinkSource::Root,
+            telemetry: false,
+        }
+    }
+
+    /// A child of `parent` in its trace (keeping its tracestate and sampling decision).
+    pub fn child_of(parent: &SpanIdentity, link: LinkSource) -> Self {
+        SpanIdentity {
+            trace_id: parent.trace_id,
+            span_id: span_id_avoiding(random_nonzero(), parent.span_id),
+            parent_span_id: Some(parent.span_id),
+            sampled: parent.sampled,
+            trace_state: parent.trace_state.clone(),
+            link,
+            telemetry: parent.telemetry,
+        }
+    }
+
+    /// A child of the caller's span named by the request's own trace-context header.
+    pub fn from_header(ctx: TraceContext) -> Self {
+        SpanIdentity {
+            trace_id: ctx.trace_id,
+            span_id: span_id_avoiding(random_nonzero(), ctx.parent_span_id),
+            parent_span_id: Some(ctx.parent_span_id),
+            sampled: ctx.sampled,
+            trace_state: ctx.trace_state,
+            link: LinkSource::Header,
+            telemetry: false,
+        }
+    }
+
+    /// The identity of a request the linker never saw the head of: its own header's context if it
+    /// carries one, else a new root dated by the request's start.
+    pub fn from_request(ctx: Option<TraceContext>, trace_ids: &TraceIds, start_ns: u64) -> Self {
+        match ctx {
+            Some(ctx) => SpanIdentity::from_header(ctx),
+            None => SpanIdentity::root(trace_ids.new_trace_id(start_ns)),
+        }
+    }
+}
+
+/// `candidate`, unless it is zero or equal to `parent` (then a fresh random id that is neither).
+fn span_id_avoiding(candidate: [u8; 8], parent: [u8; 8]) -> [u8; 8] {
+    let mut id = candidate;
+    while id == [0; 8] || id == parent {
+        id = random_nonzero();
+    }
+    id
+}
 
 /// How the trace id of a trace the tracer starts is made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -105,6 +190,34 @@ mod tests {
         let other = ids.new_trace_id(100 * NS);
         assert_eq!(prefix_secs(&other), 1_800_000_100);
         assert_ne!(id[4..], other[4..], "the 96 low bits are random");
+    }
+
+    #[test]
+    fn a_span_id_is_never_zero_nor_its_parents() {
+        assert_ne!(span_id_avoiding([0x22; 8], [0x22; 8]), [0x22; 8]);
+        assert_ne!(span_id_avoiding([0; 8], [0x22; 8]), [0; 8]);
+        assert_eq!(span_id_avoiding([0x11; 8], [0x22; 8]), [0x11; 8]);
+        let header = TraceContext {
+            trace_id: [0x11; 16],
+            parent_span_id: [0x22; 8],
+            sampled: false,
+            trace_state: Some("vendor=abc".to_string()),
+            source: crate::protocols::propagation::ContextSource::TraceParent,
+        };
+        let id = SpanIdentity::from_header(header);
+        assert_eq!(id.trace_id, [0x11; 16]);
+        assert_eq!(id.parent_span_id, Some([0x22; 8]));
+        assert_ne!(id.span_id, [0x22; 8]);
+        assert_eq!(id.trace_state.as_deref(), Some("vendor=abc"));
+        assert!(!id.sampled);
+        let child = SpanIdentity::child_of(&id, LinkSource::SameThread);
+        assert_eq!(
+            (child.trace_id, child.parent_span_id),
+            (id.trace_id, Some(id.span_id))
+        );
+        let root = SpanIdentity::from_request(None, &TraceIds::default(), 0);
+        assert_eq!((root.parent_span_id, root.link), (None, LinkSource::Root));
+        assert!(root.sampled && root.trace_id != [0; 16]);
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod red;
 pub mod redact;
 pub mod resource;
 pub mod rpc;
+pub mod semconv;
 pub mod spans;

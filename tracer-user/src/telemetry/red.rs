@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanRecord};
 use crate::telemetry::rpc;
+use crate::telemetry::semconv;
 
 /// The semconv explicit bucket boundaries (seconds) for the HTTP and RPC duration histograms.
 pub const BOUNDARIES: [f64; 14] = [
@@ -53,30 +54,30 @@ pub enum Instrument {
 }
 
 const HTTP_SERVER_KEYS: &[&str] = &[
-    "http.request.method",
-    "http.response.status_code",
-    "error.type",
-    "url.scheme",
-    "network.protocol.version",
-    "http.route",
+    semconv::HTTP_REQUEST_METHOD,
+    semconv::HTTP_RESPONSE_STATUS_CODE,
+    semconv::ERROR_TYPE,
+    semconv::URL_SCHEME,
+    semconv::NETWORK_PROTOCOL_VERSION,
+    semconv::HTTP_ROUTE,
 ];
 const HTTP_CLIENT_KEYS: &[&str] = &[
-    "http.request.method",
-    "http.response.status_code",
-    "error.type",
-    "url.scheme",
-    "network.protocol.version",
-    "server.address",
-    "server.port",
-    "http.route",
+    semconv::HTTP_REQUEST_METHOD,
+    semconv::HTTP_RESPONSE_STATUS_CODE,
+    semconv::ERROR_TYPE,
+    semconv::URL_SCHEME,
+    semconv::NETWORK_PROTOCOL_VERSION,
+    semconv::SERVER_ADDRESS,
+    semconv::SERVER_PORT,
+    semconv::HTTP_ROUTE,
 ];
 const RPC_KEYS: &[&str] = &[
     rpc::RPC_SYSTEM_NAME,
     rpc::RPC_METHOD,
     rpc::RPC_RESPONSE_STATUS_CODE,
-    "error.type",
-    "server.address",
-    "server.port",
+    semconv::ERROR_TYPE,
+    semconv::SERVER_ADDRESS,
+    semconv::SERVER_PORT,
 ];
 /// Most attribute keys of any instrument.
 const MAX_KEYS: usize = 8;
@@ -92,10 +93,10 @@ impl Instrument {
     /// The OTel metric name.
     pub fn name(self) -> &'static str {
         match self {
-            Instrument::HttpServer => "http.server.request.duration",
-            Instrument::HttpClient => "http.client.request.duration",
-            Instrument::RpcServer => "rpc.server.call.duration",
-            Instrument::RpcClient => "rpc.client.call.duration",
+            Instrument::HttpServer => semconv::HTTP_SERVER_REQUEST_DURATION,
+            Instrument::HttpClient => semconv::HTTP_CLIENT_REQUEST_DURATION,
+            Instrument::RpcServer => semconv::RPC_SERVER_CALL_DURATION,
+            Instrument::RpcClient => semconv::RPC_CLIENT_CALL_DURATION,
         }
     }
 
@@ -136,7 +137,7 @@ impl Instrument {
     pub fn of(span: &SpanRecord) -> Option<Instrument> {
         let has = |key: &str| span.attributes.iter().any(|a| a.key == key);
         let is_rpc = has(rpc::RPC_SYSTEM_NAME);
-        if !is_rpc && !has("http.request.method") {
+        if !is_rpc && !has(semconv::HTTP_REQUEST_METHOD) {
             return None;
         }
         Some(match (is_rpc, span.kind) {

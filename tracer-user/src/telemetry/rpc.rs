@@ -18,14 +18,11 @@ use crate::telemetry::spans::{
     HostPort, MAX_SHORT_ATTR_LEN, SpanInput, host_header_authority, outcome_class, peer_attributes,
 };
 
-/// Stable RPC attribute keys.
-pub const RPC_SYSTEM_NAME: &str = "rpc.system.name";
-pub const RPC_METHOD: &str = "rpc.method";
-pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
-/// Older experimental keys, only with `OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup`.
-pub const RPC_SYSTEM: &str = "rpc.system";
-pub const RPC_SERVICE: &str = "rpc.service";
-pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
+use crate::telemetry::semconv;
+pub use crate::telemetry::semconv::{
+    RPC_GRPC_STATUS_CODE, RPC_METHOD, RPC_RESPONSE_STATUS_CODE, RPC_SERVICE, RPC_SYSTEM,
+    RPC_SYSTEM_NAME,
+};
 
 /// `rpc.method` (and span name) when `:path` is not `/{service}/{method}`.
 pub const OTHER_METHOD: &str = "_OTHER";
@@ -137,7 +134,7 @@ pub fn grpc_attributes(
         None => (true, Some(no_status_class(exchange))),
     };
     if let Some(error_type) = error_type {
-        out.push(Attribute::str("error.type", error_type));
+        out.push(Attribute::str(semconv::ERROR_TYPE, error_type));
     }
     let status = if error {
         let description = match (code, exchange.outcome) {
@@ -192,10 +189,14 @@ fn server_endpoint(input: &SpanInput<'_>, out: &mut Vec<Attribute>) {
             .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())),
     };
     match (&host, input.role, fallback) {
-        (Some(host), _, _) => out.push(Attribute::str("server.address", intern::text(host.host))),
-        (None, Role::Client, Some(peer)) => {
-            out.push(Attribute::str("server.address", intern::ip(peer.ip())))
-        }
+        (Some(host), _, _) => out.push(Attribute::str(
+            semconv::SERVER_ADDRESS,
+            intern::text(host.host),
+        )),
+        (None, Role::Client, Some(peer)) => out.push(Attribute::str(
+            semconv::SERVER_ADDRESS,
+            intern::ip(peer.ip()),
+        )),
         _ => {}
     }
     if let Some(port) = host
@@ -203,7 +204,7 @@ fn server_endpoint(input: &SpanInput<'_>, out: &mut Vec<Attribute>) {
         .and_then(|h| h.port)
         .or(fallback.map(|a| a.port()))
     {
-        out.push(Attribute::int("server.port", i64::from(port)));
+        out.push(Attribute::int(semconv::SERVER_PORT, i64::from(port)));
     }
 }
 

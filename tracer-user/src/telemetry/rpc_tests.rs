@@ -4,7 +4,8 @@ use super::*;
 use crate::model::{
     AttrValue, ConnMeta, Header, HttpRequest, HttpResponse, HttpVersion, SpanKind, SpanRecord,
 };
-use crate::telemetry::spans::{Clock, SpanIds, build_span, is_grpc, opt_in_has};
+use crate::telemetry::ids::SpanIdentity;
+use crate::telemetry::spans::{Clock, build_span, is_grpc, opt_in_has};
 
 fn h2_request(path: &str, content_type: &str, extra: &[(&str, &str)]) -> HttpRequest {
     let mut headers = vec![
@@ -79,14 +80,11 @@ fn span(exchange: &Exchange, role: Role) -> SpanRecord {
         role,
         clock: &clock,
     };
-    build_span(
-        &input,
-        None,
-        SpanIds {
-            span_id: [0xaa; 8],
-            trace_id_if_root: [0xbb; 16],
-        },
-    )
+    let identity = SpanIdentity {
+        span_id: [0xaa; 8],
+        ..SpanIdentity::root([0xbb; 16])
+    };
+    build_span(&input, &identity)
 }
 
 fn attr<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a AttrValue> {

@@ -1,5 +1,5 @@
-//! Test doubles for the unit tests, kept out of the product modules: a loopback Kubernetes API
-//! and in-process OTLP receivers with scripted replies.
+//! Test doubles for the unit tests, kept out of the product modules: a loopback Kubernetes API.
+//! (OTLP receivers come from the `otlp-receiver` crate, shared with the end-to-end tests and the
+//! bench.)
 
 pub mod fake_k8s_api;
-pub mod otlp_receivers;

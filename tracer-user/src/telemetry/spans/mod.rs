@@ -6,18 +6,24 @@
 //! CLIENT spans), and a missing response is an Error with a short `error.type` class; no status
 //! code is ever invented. Attribute strings are bounded and converted from bytes lossily.
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+mod attributes;
+mod clock;
+mod status;
+mod url;
 
-use crate::intern;
-use crate::model::{
-    Attribute, Exchange, ExchangeOutcome, HTTP_METHODS, Header, HttpRequest, HttpVersion, Role,
-    SpanKind, SpanRecord, SpanStatus, Text,
-};
-use crate::protocols::propagation::{TraceContext, trim_ows};
-use crate::telemetry::ids::random_nonzero;
-use crate::telemetry::redact;
+use crate::model::{Attribute, Exchange, Role, SpanKind, SpanRecord};
+use crate::telemetry::ids::SpanIdentity;
+
+pub(crate) use self::attributes::peer_attributes;
+use self::attributes::{client_attributes, method_attributes, server_attributes};
+pub use self::attributes::{opt_in_has, rpc_dup};
+pub use self::clock::Clock;
+pub use self::status::h2_reset_class;
+pub(crate) use self::status::outcome_class;
+use self::status::span_status;
+pub(crate) use self::url::{HostPort, host_header_authority};
+pub use crate::protocols::http2::is_grpc;
+use crate::telemetry::semconv;
 
 /// Longest `url.*` value kept, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
@@ -35,103 +41,9 @@ pub struct SpanInput<'a> {
     pub clock: &'a Clock,
 }
 
-/// Converts kernel monotonic timestamps to Unix time: `wall = monotonic + offset`, with the
-/// offset measured once (per-event clock syscalls would cost more and drift between events).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Clock {
-    boot_offset_ns: i128,
-}
-
-impl Clock {
-    /// Sample pairs to take; the tightest one wins.
-    const MEASURE_TRIES: usize = 7;
-
-    /// Read `CLOCK_REALTIME` between two `CLOCK_MONOTONIC` reads a few times and keep the offset
-    /// from the sample whose monotonic reads were closest together.
-    pub fn measure() -> Clock {
-        let mut best: Option<(i128, i128)> = None;
-        for _ in 0..Self::MEASURE_TRIES {
-            let (Some(before), Some(wall), Some(after)) = (
-                clock_ns(libc::CLOCK_MONOTONIC),
-                clock_ns(libc::CLOCK_REALTIME),
-                clock_ns(libc::CLOCK_MONOTONIC),
-            ) else {
-                continue;
-            };
-            let gap = after - before;
-            let offset = wall - (before + gap / 2);
-            if best.is_none_or(|(best_gap, _)| gap < best_gap) {
-                best = Some((gap, offset));
-            }
-        }
-        match best {
-            Some((_, offset)) => Clock {
-                boot_offset_ns: offset,
-            },
-            None => {
-                tracing::warn!(
-                    "clock_gettime failed; span times will be monotonic, not wall clock"
-                );
-                Clock { boot_offset_ns: 0 }
-            }
-        }
-    }
-
-    /// A clock with a known offset (tests, replays).
-    pub fn from_offset(ns: i128) -> Clock {
-        Clock { boot_offset_ns: ns }
-    }
-
-    /// The measured `wall - monotonic` offset in nanoseconds.
-    pub fn offset_ns(&self) -> i128 {
-        self.boot_offset_ns
-    }
-
-    /// Unix-epoch nanoseconds of a monotonic timestamp, clamped to the `u64` range.
-    pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
-        let wall = i128::from(mono_ns) + self.boot_offset_ns;
-        u64::try_from(wall.max(0)).unwrap_or(u64::MAX)
-    }
-}
-
-/// One clock reading in nanoseconds.
-fn clock_ns(clock: libc::clockid_t) -> Option<i128> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec that outlives the call.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    (rc == 0).then(|| i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec))
-}
-
-/// Fresh ids for one span: its own span id, and the trace id used if it is a root.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpanIds {
-    pub span_id: [u8; 8],
-    pub trace_id_if_root: [u8; 16],
-}
-
-/// Random, never all-zero ids (for a trace id dated for X-Ray, see `ids::TraceIds`).
-pub fn new_ids() -> SpanIds {
-    SpanIds {
-        span_id: random_nonzero(),
-        trace_id_if_root: random_nonzero(),
-    }
-}
-
-fn is_nonzero(id: &[u8]) -> bool {
-    id.iter().any(|b| *b != 0)
-}
-
-/// Build the span for one exchange. With a `parent` the span joins its trace as a child of the
-/// caller's span (keeping its tracestate and sampling decision); without one it is a sampled
-/// root. The span always has its own id, distinct from the incoming parent id.
-pub fn build_span(
-    input: &SpanInput<'_>,
-    parent: Option<&TraceContext>,
-    ids: SpanIds,
-) -> SpanRecord {
+/// Build the span for one exchange with the identity decided for its request (see
+/// [`SpanIdentity`]): taken as given, never re-picked here.
+pub fn build_span(input: &SpanInput<'_>, identity: &SpanIdentity) -> SpanRecord {
     let exchange = input.exchange;
     let request = &exchange.request;
     let mut attributes = Vec::with_capacity(16);
@@ -145,42 +57,25 @@ pub fn build_span(
         }
         if let Some(response) = &exchange.response {
             attributes.push(Attribute::int(
-                "http.response.status_code",
+                semconv::HTTP_RESPONSE_STATUS_CODE,
                 i64::from(response.status),
             ));
         }
         let (status, error_type) = span_status(input.role, exchange);
         if let Some(error_type) = error_type {
-            attributes.push(Attribute::str("error.type", error_type));
+            attributes.push(Attribute::str(semconv::ERROR_TYPE, error_type));
         }
         (name, status)
     };
 
-    let span_id = own_span_id(ids.span_id, parent.map(|p| p.parent_span_id));
-    let (trace_id, parent_span_id, trace_state, sampled) = match parent {
-        Some(ctx) => (
-            ctx.trace_id,
-            Some(ctx.parent_span_id),
-            ctx.trace_state.clone(),
-            ctx.sampled,
-        ),
-        None => {
-            let trace_id = if is_nonzero(&ids.trace_id_if_root) {
-                ids.trace_id_if_root
-            } else {
-                random_nonzero()
-            };
-            (trace_id, None, None, true)
-        }
-    };
     let start_unix_ns = input.clock.to_unix_ns(exchange.start_ns);
     let end_unix_ns = input.clock.to_unix_ns(exchange.end_ns).max(start_unix_ns);
     SpanRecord {
-        trace_id,
-        span_id,
-        parent_span_id,
-        trace_state,
-        sampled,
+        trace_id: identity.trace_id,
+        span_id: identity.span_id,
+        parent_span_id: identity.parent_span_id,
+        trace_state: identity.trace_state.clone(),
+        sampled: identity.sampled,
         name,
         kind: match input.role {
             Role::Server => SpanKind::Server,
@@ -194,492 +89,17 @@ pub fn build_span(
     }
 }
 
-/// The given id unless it is zero or equal to the incoming parent id.
-fn own_span_id(candidate: [u8; 8], incoming: Option<[u8; 8]>) -> [u8; 8] {
-    let mut id = candidate;
-    while !is_nonzero(&id) || Some(id) == incoming {
-        id = random_nonzero();
-    }
-    id
-}
-
-/// Push `http.request.method` (and the original when unknown); return the span name. Methods
-/// the conventions know by name (case-sensitive) are static; anything else is `_OTHER`.
-fn method_attributes(method: &str, attributes: &mut Vec<Attribute>) -> Text {
-    if let Some(known) = HTTP_METHODS.iter().find(|known| **known == method) {
-        attributes.push(Attribute::str("http.request.method", *known));
-        Text::Static(known)
-    } else {
-        attributes.push(Attribute::str("http.request.method", "_OTHER"));
-        attributes.push(Attribute::str(
-            "http.request.method_original",
-            bounded(method, MAX_SHORT_ATTR_LEN),
-        ));
-        Text::Static("HTTP")
-    }
-}
-
-fn server_attributes(
-    request: &HttpRequest,
-    conn: &crate::model::ConnMeta,
-    out: &mut Vec<Attribute>,
-) {
-    let target = RequestTarget::parse(&request.method, &request.target);
-    let scheme = match (&target, pseudo_scheme(request)) {
-        (RequestTarget::Absolute { .. }, _) | (_, None) => target.scheme(),
-        (_, Some(scheme)) => Text::Static(scheme),
-    };
-    out.push(Attribute::str("url.scheme", scheme));
-    if let Some(path) = target.path() {
-        out.push(Attribute::str(
-            "url.path",
-            bounded(&redact::path(path), MAX_URL_LEN),
-        ));
-    }
-    if let Some(query) = target.query().filter(|q| !q.is_empty()) {
-        out.push(Attribute::str(
-            "url.query",
-            bounded(&redact::query(query), MAX_URL_LEN),
-        ));
-    }
-    let host_authority = host_header_authority(request);
-    let host = target
-        .authority()
-        .and_then(HostPort::parse)
-        .or_else(|| host_authority.as_deref().and_then(HostPort::parse));
-    if let Some(host) = &host {
-        out.push(Attribute::str("server.address", intern::text(host.host)));
-    }
-    let port = host
-        .as_ref()
-        .and_then(|h| h.port)
-        .or_else(|| conn.local.map(|a| a.port()));
-    if let Some(port) = port {
-        out.push(Attribute::int("server.port", i64::from(port)));
-    }
-    if let Some(peer) = conn.peer {
-        // The client is the peer: one string serves both attributes.
-        let address = intern::ip(peer.ip());
-        out.push(Attribute::str("client.address", address.clone()));
-        out.push(Attribute::int("client.port", i64::from(peer.port())));
-        out.push(Attribute::str("network.peer.address", address));
-        out.push(Attribute::int("network.peer.port", i64::from(peer.port())));
-    }
-    out.push(Attribute::str(
-        "network.protocol.version",
-        request.version.as_str(),
-    ));
-    if let Some(agent) = header_value(&request.headers, "user-agent") {
-        out.push(Attribute::str(
-            "user_agent.original",
-            bounded_lossy(agent, MAX_USER_AGENT_LEN),
-        ));
-    }
-}
-
-fn client_attributes(
-    request: &HttpRequest,
-    conn: &crate::model::ConnMeta,
-    out: &mut Vec<Attribute>,
-) {
-    let target = RequestTarget::parse(&request.method, &request.target);
-    let host_authority = host_header_authority(request);
-    let host = target
-        .authority()
-        .and_then(HostPort::parse)
-        .or_else(|| host_authority.as_deref().and_then(HostPort::parse));
-    let peer = conn
-        .peer
-        .map(|a| SocketAddr::new(canonical_ip(a.ip()), a.port()));
-    match (&host, peer) {
-        (Some(host), _) => out.push(Attribute::str("server.address", intern::text(host.host))),
-        (None, Some(peer)) => out.push(Attribute::str("server.address", intern::ip(peer.ip()))),
-        (None, None) => {}
-    }
-    if let Some(port) = host
-        .as_ref()
-        .and_then(|h| h.port)
-        .or(peer.map(|p| p.port()))
-    {
-        out.push(Attribute::int("server.port", i64::from(port)));
-    }
-    if let Some(url) = client_url_full(&target, request, host_authority.as_deref(), peer) {
-        out.push(Attribute::str("url.full", url));
-    }
-    peer_attributes(conn, out);
-    out.push(Attribute::str(
-        "network.protocol.version",
-        request.version.as_str(),
-    ));
-}
-
-pub(crate) fn peer_attributes(conn: &crate::model::ConnMeta, out: &mut Vec<Attribute>) {
-    if let Some(peer) = conn.peer {
-        out.push(Attribute::str(
-            "network.peer.address",
-            intern::ip(peer.ip()),
-        ));
-        out.push(Attribute::int("network.peer.port", i64::from(peer.port())));
-    }
-}
-
-/// `url.full` of a client request (at most [`MAX_URL_LEN`] bytes): the absolute-form target as
-/// is (credentials and signed query values redacted), else `http://{Host or peer}{target}`.
-/// Userinfo in a Host header or a CONNECT target is not a URL credential anyone should send: it
-/// is dropped. `host_authority` is the Host header's (see [`host_header_authority`]).
-fn client_url_full(
-    target: &RequestTarget<'_>,
-    request: &HttpRequest,
-    host_authority: Option<&str>,
-    peer: Option<SocketAddr>,
-) -> Option<Text> {
-    if host_authority.is_none()
-        && peer.is_none()
-        && matches!(
-            target,
-            RequestTarget::Origin { .. } | RequestTarget::Asterisk
-        )
-    {
-        return None;
-    }
-    let authority = |out: &mut String| match (host_authority, peer) {
-        (Some(host), _) => out.push_str(host),
-        (None, Some(peer)) => {
-            let _ = write!(out, "{peer}");
-        }
-        (None, None) => {}
-    };
-    let origin = match pseudo_scheme(request) {
-        Some("https") => "https://",
-        _ => "http://",
-    };
-    let url = intern::text_fmt(|out| {
-        match target {
-            RequestTarget::Absolute { .. } => out.push_str(&redact::url(&request.target)),
-            RequestTarget::Origin { .. } => {
-                out.push_str(origin);
-                authority(out);
-                out.push_str(&redact::path_and_query(&request.target));
-            }
-            RequestTarget::Asterisk => {
-                out.push_str(origin);
-                authority(out);
-            }
-            RequestTarget::Authority(host) => {
-                out.push_str(origin);
-                out.push_str(redact::authority_without_userinfo(host));
-            }
-        }
-        let keep = prefix_on_boundary(out, MAX_URL_LEN).len();
-        out.truncate(keep);
-    });
-    Some(url)
-}
-
-/// The request target split by form (RFC 9112 section 3.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RequestTarget<'a> {
-    /// `/path?query` (anything else unrecognised is also read this way).
-    Origin {
-        path: &'a str,
-        query: Option<&'a str>,
-    },
-    /// `scheme://authority/path?query`; `rest` starts at the path.
-    Absolute {
-        scheme: &'a str,
-        authority: &'a str,
-        rest: &'a str,
-    },
-    /// `host:port` of a CONNECT request.
-    Authority(&'a str),
-    /// `*` of a server-wide OPTIONS request.
-    Asterisk,
-}
-
-impl<'a> RequestTarget<'a> {
-    fn parse(method: &str, target: &'a str) -> RequestTarget<'a> {
-        if target == "*" {
-            return RequestTarget::Asterisk;
-        }
-        if target.starts_with('/') {
-            // Origin form (nearly every request): no scheme can start with `/`.
-            let (path, query) = split_query(target);
-            return RequestTarget::Origin { path, query };
-        }
-        if method == "CONNECT" {
-            return RequestTarget::Authority(target);
-        }
-        if let Some(redact::UrlParts {
-            scheme,
-            authority,
-            rest,
-        }) = redact::url_parts(target)
-            && is_scheme(scheme)
-        {
-            return RequestTarget::Absolute {
-                scheme,
-                authority,
-                rest,
-            };
-        }
-        let (path, query) = split_query(target);
-        RequestTarget::Origin { path, query }
-    }
-
-    fn scheme(&self) -> Text {
-        match self {
-            RequestTarget::Absolute { scheme, .. } => match *scheme {
-                "http" => Text::Static("http"),
-                "https" => Text::Static("https"),
-                other => Text::Owned(other.to_ascii_lowercase()),
-            },
-            _ => Text::Static("http"),
-        }
-    }
-
-    fn path(&self) -> Option<&'a str> {
-        match *self {
-            RequestTarget::Origin { path, .. } => Some(path),
-            RequestTarget::Absolute { rest, .. } => {
-                let (path, _) = split_query(rest);
-                Some(if path.is_empty() { "/" } else { path })
-            }
-            RequestTarget::Asterisk => Some("*"),
-            RequestTarget::Authority(_) => None,
-        }
-    }
-
-    fn query(&self) -> Option<&'a str> {
-        match *self {
-            RequestTarget::Origin { query, .. } => query,
-            RequestTarget::Absolute { rest, .. } => split_query(rest).1,
-            _ => None,
-        }
-    }
-
-    fn authority(&self) -> Option<&'a str> {
-        match *self {
-            RequestTarget::Absolute { authority, .. } => Some(authority),
-            RequestTarget::Authority(authority) => Some(authority),
-            _ => None,
-        }
-    }
-}
-
-/// `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`.
-fn is_scheme(scheme: &str) -> bool {
-    let mut chars = scheme.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-}
-
-/// Split `path?query` (query without the `?`); a fragment, if any was sent, is dropped.
-fn split_query(target: &str) -> (&str, Option<&str>) {
-    let target = target.split_once('#').map_or(target, |(before, _)| before);
-    match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    }
-}
-
-/// A `host[:port]` as found in a Host header or URL authority.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct HostPort<'a> {
-    /// Host name or IP literal (IPv6 without brackets), at most [`MAX_SHORT_ATTR_LEN`] bytes.
-    pub(crate) host: &'a str,
-    pub(crate) port: Option<u16>,
-}
-
-impl<'a> HostPort<'a> {
-    /// Parse `host`, `host:port`, `[v6]` or `[v6]:port` (userinfo before `@` is skipped).
-    /// An unparseable port is dropped; an empty host gives `None`.
-    pub(crate) fn parse(authority: &'a str) -> Option<HostPort<'a>> {
-        let authority = authority.trim_matches([' ', '\t']);
-        let authority = redact::authority_without_userinfo(authority);
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']')?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.split_once(':') {
-                Some((host, port)) if !port.contains(':') => (host, Some(port)),
-                Some(_) => (authority, None),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return None;
-        }
-        Some(HostPort {
-            host: prefix_on_boundary(host, MAX_SHORT_ATTR_LEN),
-            port: port.and_then(|p| p.parse::<u16>().ok()),
-        })
-    }
-}
-
-/// The longest authority a Host header can name: a 253-byte DNS name and `:65535`.
-const MAX_HOST_AUTHORITY_LEN: usize = 253 + 6;
-
-/// The Host header's `host[:port]`: userinfo removed from the whole value first (a cut could
-/// hide its `@`), then `None` when empty or longer than any real authority (a cut host would be
-/// a wrong one; the caller falls back to the peer).
-pub(crate) fn host_header_authority(request: &HttpRequest) -> Option<Cow<'_, str>> {
-    // HTTP/2 carries the authority in `:authority` (RFC 9113 8.3.1: it wins over Host).
-    let value = header_value(&request.headers, ":authority")
-        .filter(|_| request.version == HttpVersion::Http2)
-        .or_else(|| header_value(&request.headers, "host"))?;
-    let authority = trim_ows(redact::authority_bytes_without_userinfo(trim_ows(value)));
-    if authority.is_empty() || authority.len() > MAX_HOST_AUTHORITY_LEN {
-        return None;
-    }
-    Some(String::from_utf8_lossy(authority))
-}
-
-/// HTTP/2's `:scheme` when it is `http` or `https` (static).
-fn pseudo_scheme(request: &HttpRequest) -> Option<&'static str> {
-    if request.version != HttpVersion::Http2 {
-        return None;
-    }
-    let value = header_value(&request.headers, ":scheme")?;
-    if value.eq_ignore_ascii_case(b"https") {
-        Some("https")
-    } else if value.eq_ignore_ascii_case(b"http") {
-        Some("http")
-    } else {
-        None
-    }
-}
-
-pub use crate::protocols::http2::is_grpc;
-
-/// Whether `OTEL_SEMCONV_STABILITY_OPT_IN` (read once, in the agent's environment) asks for
-/// the older experimental RPC keys beside the stable ones (`rpc/dup`).
-pub fn rpc_dup() -> bool {
-    static DUP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DUP.get_or_init(|| {
-        std::env::var("OTEL_SEMCONV_STABILITY_OPT_IN").is_ok_and(|v| opt_in_has(&v, "rpc/dup"))
-    })
-}
-
-/// Whether a comma-separated opt-in list names `token`.
-pub fn opt_in_has(list: &str, token: &str) -> bool {
-    list.split(',').any(|t| t.trim() == token)
-}
-
-/// The first header named `name` (ASCII case-insensitive).
-pub(crate) fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| &h.value[..])
-}
-
-/// IPv4-mapped IPv6 addresses are reported as IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
-}
-
-/// The `error.type` class and status description of an exchange without a (complete) response.
-pub(crate) fn outcome_class(outcome: ExchangeOutcome) -> (&'static str, &'static str) {
-    match outcome {
-        ExchangeOutcome::ConnectionClosed => {
-            ("connection_closed", "connection closed before the response")
-        }
-        ExchangeOutcome::Expired => ("timeout", "no response before the expiry deadline"),
-        ExchangeOutcome::StreamDesync => ("stream_desync", "capture lost sync before the response"),
-        ExchangeOutcome::StreamReset {
-            error_code,
-            by_client,
-        } => (
-            h2_reset_class(error_code),
-            if by_client {
-                "stream reset by the client"
-            } else {
-                "stream reset by the server"
-            },
-        ),
-        ExchangeOutcome::GoAway { .. } => ("goaway", "connection going away; stream not processed"),
-        ExchangeOutcome::Complete => ("_OTHER", "no response"),
-    }
-}
-
-/// `error.type` of a reset HTTP/2 stream: `cancelled` for CANCEL, else the RFC 9113 error name.
-pub fn h2_reset_class(error_code: u32) -> &'static str {
-    const NAMES: [&str; 14] = [
-        "NO_ERROR",
-        "PROTOCOL_ERROR",
-        "INTERNAL_ERROR",
-        "FLOW_CONTROL_ERROR",
-        "SETTINGS_TIMEOUT",
-        "STREAM_CLOSED",
-        "FRAME_SIZE_ERROR",
-        "REFUSED_STREAM",
-        "cancelled",
-        "COMPRESSION_ERROR",
-        "CONNECT_ERROR",
-        "ENHANCE_YOUR_CALM",
-        "INADEQUATE_SECURITY",
-        "HTTP_1_1_REQUIRED",
-    ];
-    usize::try_from(error_code)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .copied()
-        .unwrap_or("_OTHER")
-}
-
-/// Status and `error.type` per the conventions.
-fn span_status(role: Role, exchange: &Exchange) -> (SpanStatus, Option<Text>) {
-    let Some(response) = &exchange.response else {
-        let (class, description) = outcome_class(exchange.outcome);
-        return (
-            SpanStatus::Error {
-                description: description.to_string(),
-            },
-            Some(Text::Static(class)),
-        );
-    };
-    let code = response.status;
-    let error = code >= 500 || (role == Role::Client && code >= 400);
-    if error {
-        // The code itself says why: the conventions ask for no description then.
-        (
-            SpanStatus::Error {
-                description: String::new(),
-            },
-            Some(intern::text_fmt(|out| {
-                let _ = write!(out, "{code}");
-            })),
-        )
-    } else {
-        (SpanStatus::Unset, None)
-    }
-}
-
-/// Lossy UTF-8 of at most `max` bytes (interned).
-fn bounded_lossy(bytes: &[u8], max: usize) -> Text {
-    let head = bytes.get(..max).unwrap_or(bytes);
-    bounded(&String::from_utf8_lossy(head), max)
-}
-
-/// At most `max` bytes, cut on a character boundary (interned: a value seen before is shared).
-pub(crate) fn bounded(text: &str, max: usize) -> Text {
-    intern::text(prefix_on_boundary(text, max))
-}
-
-/// The longest prefix of at most `max` bytes that ends on a character boundary.
-fn prefix_on_boundary(text: &str, max: usize) -> &str {
-    let mut cut = text.len().min(max);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    text.get(..cut).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use super::clock::*;
+    use super::url::*;
     use super::*;
+    use crate::intern;
     use crate::model::{AttrValue, ConnMeta, HttpResponse, HttpVersion};
-    use crate::protocols::propagation::ContextSource;
+    use crate::model::{ExchangeOutcome, Header, HttpRequest, SpanStatus};
+    use crate::protocols::propagation::{ContextSource, TraceContext};
 
     const MONO_START: u64 = 5_000_000_000;
     const OFFSET: i128 = 1_700_000_000_000_000_000;
@@ -740,10 +160,11 @@ mod tests {
         conn("10.0.0.1:8080", "10.0.0.2:51000")
     }
 
-    fn ids() -> SpanIds {
-        SpanIds {
+    /// A root identity with recognisable ids.
+    fn ids() -> SpanIdentity {
+        SpanIdentity {
             span_id: [0xaa; 8],
-            trace_id_if_root: [0xbb; 16],
+            ..SpanIdentity::root([0xbb; 16])
         }
     }
 
@@ -756,8 +177,7 @@ mod tests {
                 role,
                 clock: &clock,
             },
-            None,
-            ids(),
+            &ids(),
         )
     }
 
@@ -1233,30 +653,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_ids_are_replaced() {
-        let ex = ok(request("GET", "/", &[]));
-        let c = default_conn();
-        let clock = Clock::from_offset(0);
-        let zero = SpanIds {
-            span_id: [0; 8],
-            trace_id_if_root: [0; 16],
-        };
-        let span = build_span(
-            &SpanInput {
-                exchange: &ex,
-                conn: &c,
-                role: Role::Server,
-                clock: &clock,
-            },
-            None,
-            zero,
-        );
-        assert_ne!(span.span_id, [0; 8]);
-        assert_ne!(span.trace_id, [0; 16]);
-    }
-
-    #[test]
-    fn child_of_incoming_context() {
+    fn the_identity_is_taken_as_given() {
         let parent = TraceContext {
             trace_id: [0x11; 16],
             parent_span_id: [0x22; 8],
@@ -1264,6 +661,7 @@ mod tests {
             trace_state: Some("vendor=abc".to_string()),
             source: ContextSource::TraceParent,
         };
+        let identity = SpanIdentity::from_header(parent);
         let ex = ok(request("GET", "/", &[]));
         let c = default_conn();
         let clock = Clock::from_offset(OFFSET);
@@ -1273,21 +671,12 @@ mod tests {
             role: Role::Server,
             clock: &clock,
         };
-        let span = build_span(&input, Some(&parent), ids());
+        let span = build_span(&input, &identity);
         assert_eq!(span.trace_id, [0x11; 16]);
         assert_eq!(span.parent_span_id, Some([0x22; 8]));
-        assert_eq!(span.span_id, [0xaa; 8]);
+        assert_eq!(span.span_id, identity.span_id);
         assert_eq!(span.trace_state.as_deref(), Some("vendor=abc"));
         assert!(!span.sampled);
-
-        // Even if handed the incoming id, the span never reuses it.
-        let reuse = SpanIds {
-            span_id: [0x22; 8],
-            trace_id_if_root: [0x33; 16],
-        };
-        let span = build_span(&input, Some(&parent), reuse);
-        assert_ne!(span.span_id, [0x22; 8]);
-        assert_ne!(span.span_id, [0; 8]);
     }
 
     #[test]
@@ -1326,14 +715,6 @@ mod tests {
             diff < 1_000_000_000,
             "converted monotonic time is {diff} ns off"
         );
-    }
-
-    #[test]
-    fn new_ids_are_random_and_nonzero() {
-        let a = new_ids();
-        let b = new_ids();
-        assert!(is_nonzero(&a.span_id) && is_nonzero(&a.trace_id_if_root));
-        assert_ne!(a, b);
     }
 
     #[test]

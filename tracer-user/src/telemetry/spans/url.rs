@@ -1,0 +1,266 @@
+//! Request targets, hosts and URLs as spans report them: target forms (RFC 9112), Host and
+//! `:authority`, `url.full` with credentials and signed query values redacted, bounded values.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::intern;
+use crate::model::{HttpRequest, HttpVersion, Text};
+use crate::protocols::propagation::trim_ows;
+use crate::telemetry::redact;
+
+use super::MAX_SHORT_ATTR_LEN;
+use super::MAX_URL_LEN;
+use super::attributes::header_value;
+
+/// `url.full` of a client request (at most [`MAX_URL_LEN`] bytes): the absolute-form target as
+/// is (credentials and signed query values redacted), else `http://{Host or peer}{target}`.
+/// Userinfo in a Host header or a CONNECT target is not a URL credential anyone should send: it
+/// is dropped. `host_authority` is the Host header's (see [`host_header_authority`]).
+pub(super) fn client_url_full(
+    target: &RequestTarget<'_>,
+    request: &HttpRequest,
+    host_authority: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Option<Text> {
+    if host_authority.is_none()
+        && peer.is_none()
+        && matches!(
+            target,
+            RequestTarget::Origin { .. } | RequestTarget::Asterisk
+        )
+    {
+        return None;
+    }
+    let authority = |out: &mut String| match (host_authority, peer) {
+        (Some(host), _) => out.push_str(host),
+        (None, Some(peer)) => {
+            let _ = write!(out, "{peer}");
+        }
+        (None, None) => {}
+    };
+    let origin = match pseudo_scheme(request) {
+        Some("https") => "https://",
+        _ => "http://",
+    };
+    let url = intern::text_fmt(|out| {
+        match target {
+            RequestTarget::Absolute { .. } => out.push_str(&redact::url(&request.target)),
+            RequestTarget::Origin { .. } => {
+                out.push_str(origin);
+                authority(out);
+                out.push_str(&redact::path_and_query(&request.target));
+            }
+            RequestTarget::Asterisk => {
+                out.push_str(origin);
+                authority(out);
+            }
+            RequestTarget::Authority(host) => {
+                out.push_str(origin);
+                out.push_str(redact::authority_without_userinfo(host));
+            }
+        }
+        let keep = prefix_on_boundary(out, MAX_URL_LEN).len();
+        out.truncate(keep);
+    });
+    Some(url)
+}
+
+/// The request target split by form (RFC 9112 section 3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RequestTarget<'a> {
+    /// `/path?query` (anything else unrecognised is also read this way).
+    Origin {
+        path: &'a str,
+        query: Option<&'a str>,
+    },
+    /// `scheme://authority/path?query`; `rest` starts at the path.
+    Absolute {
+        scheme: &'a str,
+        authority: &'a str,
+        rest: &'a str,
+    },
+    /// `host:port` of a CONNECT request.
+    Authority(&'a str),
+    /// `*` of a server-wide OPTIONS request.
+    Asterisk,
+}
+
+impl<'a> RequestTarget<'a> {
+    pub(super) fn parse(method: &str, target: &'a str) -> RequestTarget<'a> {
+        if target == "*" {
+            return RequestTarget::Asterisk;
+        }
+        if target.starts_with('/') {
+            // Origin form (nearly every request): no scheme can start with `/`.
+            let (path, query) = split_query(target);
+            return RequestTarget::Origin { path, query };
+        }
+        if method == "CONNECT" {
+            return RequestTarget::Authority(target);
+        }
+        if let Some(redact::UrlParts {
+            scheme,
+            authority,
+            rest,
+        }) = redact::url_parts(target)
+            && is_scheme(scheme)
+        {
+            return RequestTarget::Absolute {
+                scheme,
+                authority,
+                rest,
+            };
+        }
+        let (path, query) = split_query(target);
+        RequestTarget::Origin { path, query }
+    }
+
+    pub(super) fn scheme(&self) -> Text {
+        match self {
+            RequestTarget::Absolute { scheme, .. } => match *scheme {
+                "http" => Text::Static("http"),
+                "https" => Text::Static("https"),
+                other => Text::Owned(other.to_ascii_lowercase()),
+            },
+            _ => Text::Static("http"),
+        }
+    }
+
+    pub(super) fn path(&self) -> Option<&'a str> {
+        match *self {
+            RequestTarget::Origin { path, .. } => Some(path),
+            RequestTarget::Absolute { rest, .. } => {
+                let (path, _) = split_query(rest);
+                Some(if path.is_empty() { "/" } else { path })
+            }
+            RequestTarget::Asterisk => Some("*"),
+            RequestTarget::Authority(_) => None,
+        }
+    }
+
+    pub(super) fn query(&self) -> Option<&'a str> {
+        match *self {
+            RequestTarget::Origin { query, .. } => query,
+            RequestTarget::Absolute { rest, .. } => split_query(rest).1,
+            _ => None,
+        }
+    }
+
+    pub(super) fn authority(&self) -> Option<&'a str> {
+        match *self {
+            RequestTarget::Absolute { authority, .. } => Some(authority),
+            RequestTarget::Authority(authority) => Some(authority),
+            _ => None,
+        }
+    }
+}
+
+/// `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`.
+pub(super) fn is_scheme(scheme: &str) -> bool {
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Split `path?query` (query without the `?`); a fragment, if any was sent, is dropped.
+pub(super) fn split_query(target: &str) -> (&str, Option<&str>) {
+    let target = target.split_once('#').map_or(target, |(before, _)| before);
+    match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    }
+}
+
+/// A `host[:port]` as found in a Host header or URL authority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HostPort<'a> {
+    /// Host name or IP literal (IPv6 without brackets), at most [`MAX_SHORT_ATTR_LEN`] bytes.
+    pub(crate) host: &'a str,
+    pub(crate) port: Option<u16>,
+}
+
+impl<'a> HostPort<'a> {
+    /// Parse `host`, `host:port`, `[v6]` or `[v6]:port` (userinfo before `@` is skipped).
+    /// An unparseable port is dropped; an empty host gives `None`.
+    pub(crate) fn parse(authority: &'a str) -> Option<HostPort<'a>> {
+        let authority = authority.trim_matches([' ', '\t']);
+        let authority = redact::authority_without_userinfo(authority);
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((host, port)) if !port.contains(':') => (host, Some(port)),
+                Some(_) => (authority, None),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(HostPort {
+            host: prefix_on_boundary(host, MAX_SHORT_ATTR_LEN),
+            port: port.and_then(|p| p.parse::<u16>().ok()),
+        })
+    }
+}
+
+/// The longest authority a Host header can name: a 253-byte DNS name and `:65535`.
+pub(super) const MAX_HOST_AUTHORITY_LEN: usize = 253 + 6;
+
+/// The Host header's `host[:port]`: userinfo removed from the whole value first (a cut could
+/// hide its `@`), then `None` when empty or longer than any real authority (a cut host would be
+/// a wrong one; the caller falls back to the peer).
+pub(crate) fn host_header_authority(request: &HttpRequest) -> Option<Cow<'_, str>> {
+    // HTTP/2 carries the authority in `:authority` (RFC 9113 8.3.1: it wins over Host).
+    let value = header_value(&request.headers, ":authority")
+        .filter(|_| request.version == HttpVersion::Http2)
+        .or_else(|| header_value(&request.headers, "host"))?;
+    let authority = trim_ows(redact::authority_bytes_without_userinfo(trim_ows(value)));
+    if authority.is_empty() || authority.len() > MAX_HOST_AUTHORITY_LEN {
+        return None;
+    }
+    Some(String::from_utf8_lossy(authority))
+}
+
+/// HTTP/2's `:scheme` when it is `http` or `https` (static).
+pub(super) fn pseudo_scheme(request: &HttpRequest) -> Option<&'static str> {
+    if request.version != HttpVersion::Http2 {
+        return None;
+    }
+    let value = header_value(&request.headers, ":scheme")?;
+    if value.eq_ignore_ascii_case(b"https") {
+        Some("https")
+    } else if value.eq_ignore_ascii_case(b"http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are reported as IPv4.
+pub(super) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// Lossy UTF-8 of at most `max` bytes (interned).
+pub(super) fn bounded_lossy(bytes: &[u8], max: usize) -> Text {
+    let head = bytes.get(..max).unwrap_or(bytes);
+    bounded(&String::from_utf8_lossy(head), max)
+}
+
+/// At most `max` bytes, cut on a character boundary (interned: a value seen before is shared).
+pub(crate) fn bounded(text: &str, max: usize) -> Text {
+    intern::text(prefix_on_boundary(text, max))
+}
+
+/// The longest prefix of at most `max` bytes that ends on a character boundary.
+pub(super) fn prefix_on_boundary(text: &str, max: usize) -> &str {
+    let mut cut = text.len().min(max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.get(..cut).unwrap_or_default()
+}
