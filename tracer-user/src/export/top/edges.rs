@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::sketch::LatencySketch;
 use crate::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanStatus};
+use crate::telemetry::semconv;
 
 /// Seconds a CLIENT span waits for its SERVER child (and a SERVER span for its CLIENT parent).
 pub const PAIR_WAIT_SECONDS: u64 = 2;
@@ -120,11 +121,11 @@ impl EdgeTable {
                         error,
                     );
                 } else if self.clients.len() < MAX_PENDING {
-                    let peer = str_attr(item, "server.address")
-                        .or_else(|| str_attr(item, "network.peer.address"))
+                    let peer = str_attr(item, semconv::SERVER_ADDRESS)
+                        .or_else(|| str_attr(item, semconv::NETWORK_PEER_ADDRESS))
                         .map(|a| {
-                            let port = int_attr(item, "server.port")
-                                .or_else(|| int_attr(item, "network.peer.port"));
+                            let port = int_attr(item, semconv::SERVER_PORT)
+                                .or_else(|| int_attr(item, semconv::NETWORK_PEER_PORT));
                             (a.clone(), port)
                         });
                     self.clients.insert(

@@ -25,7 +25,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::model::{AttrValue, ExportItem, SpanKind, SpanStatus, Text};
-use crate::telemetry::rpc;
+use crate::telemetry::semconv;
 use edges::{EdgeStats, EdgeTable};
 use sketch::LatencySketch;
 use traces::{TraceLimits, TraceStats, TraceStore};
@@ -275,7 +275,7 @@ fn str_attr<'a>(item: &'a ExportItem, key: &str) -> Option<&'a Text> {
 
 /// The row key's method and route of a span (the route written into `route`).
 fn method_and_route<'a>(item: &'a ExportItem, route: &mut String) -> &'a str {
-    if let Some(method) = str_attr(item, rpc::RPC_METHOD) {
+    if let Some(method) = str_attr(item, semconv::RPC_METHOD) {
         route.clear();
         route.extend(
             method
@@ -283,12 +283,12 @@ fn method_and_route<'a>(item: &'a ExportItem, route: &mut String) -> &'a str {
                 .take(template::MAX_TEMPLATE_CHARS)
                 .map(|c| if c.is_control() { '?' } else { c }),
         );
-        return match str_attr(item, rpc::RPC_SYSTEM_NAME) {
+        return match str_attr(item, semconv::RPC_SYSTEM_NAME) {
             Some(system) if system.as_str() == "grpc" => "gRPC",
             _ => "RPC",
         };
     }
-    if let Some(known) = str_attr(item, "http.route") {
+    if let Some(known) = str_attr(item, semconv::HTTP_ROUTE) {
         route.clear();
         route.extend(
             known
@@ -297,10 +297,10 @@ fn method_and_route<'a>(item: &'a ExportItem, route: &mut String) -> &'a str {
                 .map(|c| if c.is_control() { '?' } else { c }),
         );
     } else {
-        let path = str_attr(item, "url.path").or_else(|| str_attr(item, "url.full"));
+        let path = str_attr(item, semconv::URL_PATH).or_else(|| str_attr(item, semconv::URL_FULL));
         template::template_into(path.map_or("", |p| p.as_str()), route);
     }
-    match str_attr(item, "http.request.method") {
+    match str_attr(item, semconv::HTTP_REQUEST_METHOD) {
         Some(m) => m.as_str(),
         None => "HTTP",
     }

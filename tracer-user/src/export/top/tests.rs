@@ -38,18 +38,18 @@ fn server(path: &'static str, status: i64, millis: u64, trace: u8, span: u8) -> 
 
 fn item(res: &Arc<ProcessResource>, s: SpanSpec) -> ExportItem {
     let mut attributes = vec![
-        Attribute::str("http.request.method", "GET"),
-        Attribute::int("http.response.status_code", s.status),
+        Attribute::str(semconv::HTTP_REQUEST_METHOD, "GET"),
+        Attribute::int(semconv::HTTP_RESPONSE_STATUS_CODE, s.status),
     ];
     match s.kind {
-        SpanKind::Server => attributes.push(Attribute::str("url.path", s.path)),
+        SpanKind::Server => attributes.push(Attribute::str(semconv::URL_PATH, s.path)),
         SpanKind::Client => {
             attributes.push(Attribute::str(
-                "url.full",
+                semconv::URL_FULL,
                 format!("http://10.0.0.9:8080{}", s.path),
             ));
-            attributes.push(Attribute::str("server.address", "10.0.0.9"));
-            attributes.push(Attribute::int("server.port", 8080));
+            attributes.push(Attribute::str(semconv::SERVER_ADDRESS, "10.0.0.9"));
+            attributes.push(Attribute::int(semconv::SERVER_PORT, 8080));
         }
     }
     let error = match s.kind {
@@ -165,8 +165,8 @@ fn grpc_rows_are_keyed_by_rpc_method() {
     let svc = resource(1, "greeter");
     let mut it = item(&svc, server("/ignored", 200, 3, 1, 1));
     it.span.attributes = vec![
-        Attribute::str(rpc::RPC_SYSTEM_NAME, "grpc"),
-        Attribute::str(rpc::RPC_METHOD, "helloworld.Greeter/SayHello"),
+        Attribute::str(semconv::RPC_SYSTEM_NAME, "grpc"),
+        Attribute::str(semconv::RPC_METHOD, "helloworld.Greeter/SayHello"),
     ];
     top.record_batch_at(&[it], NOW);
     let snap = top.snapshot_at(NOW);
