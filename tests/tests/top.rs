@@ -291,7 +291,7 @@ fn the_terminal_view_sorts_drills_in_and_restores_the_terminal() {
     let server = PythonServer::start(free_port(), "top-tui");
     let tmux = Tmux::start();
     let command = format!(
-        "env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT {} top --port {}",
+        "env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT {} top --port {} --slow-ms 250",
         tracer_bin().display(),
         server.port()
     );
@@ -311,11 +311,33 @@ fn the_terminal_view_sorts_drills_in_and_restores_the_terminal() {
     for _ in 0..2 {
         curl(&[&server.url("/slow?ms=300")]);
     }
+    assert_eq!(curl(&[&server.url("/status/500")]).status, 500);
     let screen = tmux.wait_screen("rows with 5 and 2 requests", |s| {
         let ok = row_line(s, "top-tui", "SRV", "/ok").map(count_of);
         let slow = row_line(s, "top-tui", "SRV", "/slow").map(count_of);
-        ok == Some("5") && slow == Some("2")
+        let failed = row_line(s, "top-tui", "SRV", "/status/{id}").map(count_of);
+        ok == Some("5") && slow == Some("2") && failed == Some("1")
     });
+    // Failing rows are red, rows with a p99 over --slow-ms yellow (the terminal's colours 1
+    // and 3; a line repeating the colour of the line above carries no code of its own).
+    let coloured = tmux.run(&["capture-pane", "-p", "-e", "-t", "main"]);
+    let has = |route: &str, code: &str| {
+        coloured
+            .lines()
+            .any(|l| l.contains(route) && l.contains(code))
+    };
+    assert!(
+        has("/status/{id}", "\u{1b}[38;5;1m"),
+        "red failing rows\n{coloured:?}"
+    );
+    assert!(
+        has("/slow", "\u{1b}[38;5;3m"),
+        "yellow slow rows\n{coloured:?}"
+    );
+    assert!(
+        !has("/ok", "\u{1b}[38;5;1m"),
+        "/ok is not red\n{coloured:?}"
+    );
     // Sorted by count: /ok above /slow.
     let ok = row_line(&screen, "top-tui", "SRV", "/ok").expect("the /ok row");
     let slow = row_line(&screen, "top-tui", "SRV", "/slow").expect("the /slow row");
