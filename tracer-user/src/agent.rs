@@ -249,9 +249,29 @@ fn exec_failure_code(err: &std::io::Error) -> u8 {
     }
 }
 
+/// What `tracer top` adds to a plain agent run (all off by default).
+#[derive(Default)]
+pub struct Hooks {
+    /// Also fed every hand-over batch, beside the RED metrics.
+    pub top: Option<Arc<crate::export::top::Top>>,
+    /// The agent's counters (a fresh one when `None`), so the caller can read what /metrics shows.
+    pub metrics: Option<Arc<MetricsState>>,
+    /// Stops the agent like SIGINT does.
+    pub stop: Option<Arc<tokio::sync::Notify>>,
+    /// Spans go out only over OTLP (when configured); nothing is printed.
+    pub quiet: bool,
+}
+
 /// Runs the agent until `until` says stop. Returns the process exit code.
 pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
+    run_with(args, until, Hooks::default()).await
+}
+
+/// [`run`] with `tracer top`'s hooks.
+pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Result<ExitCode> {
     let sink_cfg = sink_config(&args)?;
+    // `tracer top` (quiet) sends spans only over OTLP, never to the terminal.
+    let spans_out = !args.no_spans && (!hooks.quiet || matches!(sink_cfg, SinkConfig::Otlp(_)));
     let ring_bytes = args
         .ring_buffer_mib
         .max(1)
@@ -270,7 +290,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         kernel_log_level: args.kernel_log_level,
         tls: !args.no_tls,
     };
-    let metrics = MetricsState::new();
+    let metrics = hooks.metrics.clone().unwrap_or_default();
     if let Some(addr) = args.metrics_addr {
         let (bound, _server) = crate::telemetry::metrics::serve(addr, metrics.clone())
             .await
@@ -351,6 +371,7 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         "tracer: probes attached; {}",
         match &sink_cfg {
             _ if args.no_spans => "not exporting spans (--no-spans)".to_string(),
+            _ if !spans_out => "not printing spans".to_string(),
             SinkConfig::Otlp(c) => format!(
                 "exporting OTLP ({}) to {}",
                 c.protocol.as_str(),
@@ -373,7 +394,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         sink: Handover {
             sink,
             red: red.clone(),
-            spans: !args.no_spans,
+            spans: spans_out,
+            top: hooks.top.clone(),
         },
         metrics: Arc::clone(&metrics),
         stop: Arc::clone(&stop),
@@ -422,6 +444,12 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
         }
         _ = sigint.recv() => tracing::info!("SIGINT: flushing and exiting"),
         _ = sigterm.recv() => tracing::info!("SIGTERM: flushing and exiting"),
+        _ = async {
+            match &hooks.stop {
+                Some(stop) => stop.notified().await,
+                None => std::future::pending().await,
+            }
+        } => tracing::info!("stop requested: flushing and exiting"),
         // Even if the thread is gone, the command is still stopped and reaped below.
         end = &mut done_rx => finished = Some(end.context("the event thread stopped unexpectedly")),
     }

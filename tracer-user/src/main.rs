@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Agent(args) => agent::run(args.trace, Until::Signal).await,
             Command::Run(args) => agent::run(args.trace, Until::Child(args.command)).await,
+            Command::Top(args) => tracer::cli::top::run(args).await,
         }
     });
     match result {

@@ -220,6 +220,24 @@ fn pipeline_benches(c: &mut Criterion) {
         });
         group.finish();
 
+        // `tracer top` at the same hand-over: rows found in place. The replayed spans' traces
+        // are all kept already, so this is the steady state with no trace admitted (admission
+        // copies at most `TraceLimits::admit_per_second` traces a second).
+        let top = tracer::export::top::Top::new(Default::default());
+        top.record_batch(&items);
+        top.record_batch(&items);
+        let (allocations, ()) = counting::count(|| top.record_batch(&items));
+        println!(
+            "allocations top_record/{name}: {:.2} per span in the steady state",
+            allocations as f64 / spans as f64
+        );
+        let mut group = c.benchmark_group("top_record");
+        group.throughput(Throughput::Elements(spans));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &items, |b, items| {
+            b.iter(|| top.record_batch(black_box(items)))
+        });
+        group.finish();
+
         let mut group = c.benchmark_group("pipeline_otlp");
         group.throughput(Throughput::Elements(spans));
         group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, s| {

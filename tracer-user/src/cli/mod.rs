@@ -1,7 +1,8 @@
-//! Command-line interface: `tracer agent` and `tracer run`, with the options they share.
+//! Command-line interface: `tracer agent`, `tracer run` and `tracer top`, with the options they share.
 
 pub mod agent;
 pub mod run;
+pub mod top;
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub struct Cli {
 pub enum Command {
     Agent(agent::AgentArgs),
     Run(run::RunArgs),
+    Top(top::TopArgs),
 }
 
 /// How spans are printed when no OTLP endpoint is configured.

@@ -17,6 +17,7 @@ mod retry;
 mod stats;
 mod stream;
 mod terminal;
+pub mod top;
 
 /// The replaced SDK conversion (`SpanData` -> opentelemetry-proto), kept as the reference the
 /// direct encoder is checked against.

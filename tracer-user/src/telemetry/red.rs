@@ -779,6 +779,8 @@ pub struct Handover {
     pub sink: crate::export::SpanSink,
     pub red: Option<Arc<RedMetrics>>,
     pub spans: bool,
+    /// `tracer top`'s aggregation, fed the same batches.
+    pub top: Option<Arc<crate::export::top::Top>>,
 }
 
 impl Handover {
@@ -786,6 +788,9 @@ impl Handover {
     pub fn submit_batch(&self, items: &mut Vec<ExportItem>) {
         if let Some(red) = &self.red {
             red.record_batch(items);
+        }
+        if let Some(top) = &self.top {
+            top.record_batch(items);
         }
         if self.spans {
             self.sink.submit_batch(items);

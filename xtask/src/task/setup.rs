@@ -30,6 +30,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("go", "golang-go"),
     // Node's built-in http2 server and client (tests/peers/h2_peer.js).
     ("node", "nodejs"),
+    // `tracer top`'s full-screen view is driven in a terminal multiplexer (tests/tests/top.rs).
+    ("tmux", "tmux"),
 ];
 /// Python modules the end-to-end peers import, and the pip requirement providing each: the gRPC
 /// peer of tests/tests/grpc.rs (pinned: the tests assert what its HTTP/2 wire looks like).
