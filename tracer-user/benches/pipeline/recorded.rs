@@ -70,9 +70,14 @@ fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
     }
 }
 
-fn ipv4_loopback() -> [u8; 16] {
+/// The server's and the client's addresses: two pods of one host (not loopback: loopback
+/// tuples pair only within a known network namespace, and the recorded pids have no /proc).
+const SERVER_IP: [u8; 4] = [10, 0, 0, 1];
+const CLIENT_IP: [u8; 4] = [10, 0, 0, 2];
+
+fn ipv4(ip: [u8; 4]) -> [u8; 16] {
     let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    addr[..4].copy_from_slice(&ip);
     addr
 }
 
@@ -108,8 +113,16 @@ impl Side {
             family: 2,
             local_port: self.local_port,
             peer_port: self.peer_port,
-            local_addr: ipv4_loopback(),
-            peer_addr: ipv4_loopback(),
+            local_addr: ipv4(if self.role == role::SERVER {
+                SERVER_IP
+            } else {
+                CLIENT_IP
+            }),
+            peer_addr: ipv4(if self.role == role::SERVER {
+                CLIENT_IP
+            } else {
+                SERVER_IP
+            }),
         })
     }
 
