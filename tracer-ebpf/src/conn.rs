@@ -537,7 +537,8 @@ pub fn exit_connect(ctx: &TracePointContext) {
 }
 
 /// Sends the endpoints of a client connection whose connect returned before they were known;
-/// called on its first data record, dated just before the data so it is handled first.
+/// called when it starts its first write (and again, if they were not known yet then, on its
+/// first data record), dated just before the data so it is handled first.
 #[inline(always)]
 pub fn announce_endpoints(tgid: u32, tid: u32, fd: i32, state: &mut ConnState, ts_ns: u64) {
     if state.endpoints_sent != 0 || state.sk == 0 {

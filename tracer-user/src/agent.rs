@@ -56,6 +56,11 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(15);
 const REORDER_MAX_RECORDS: usize = 65_536;
 /// ... and at most this many bytes of them (a burst of full-size records would hold 512 MiB).
 const REORDER_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Longest a server's request waits in the reorder window for its same-host client's write to
+/// be recorded (past it, the request is decided without it: a root, counted). The wait ends as
+/// soon as the client's record is read; it only starts when the client end is known to be
+/// traced and its request missing.
+const CLIENT_WAIT_MAX_NS: u64 = 1_000_000_000;
 /// Consecutive failed polls (other than EINTR) after which the event thread gives up.
 const MAX_WAIT_ERRORS: u32 = 100;
 /// After the traced command exits, records still in the ring buffer are read for this long.
@@ -682,9 +687,17 @@ impl EventLoop {
                 &mut self.prefetched,
             );
             let now = monotonic_now_ns();
-            self.window.release_ready(now, &mut |bytes| {
-                process(bytes, &mut self.pipeline, &self.sink, &mut self.out)
-            });
+            // A server's request waits for its same-host client's (see `Offer`), bounded.
+            self.window
+                .release_ready_waiting(now, CLIENT_WAIT_MAX_NS, &mut |bytes, may_wait| {
+                    offer(
+                        bytes,
+                        may_wait,
+                        &mut self.pipeline,
+                        &self.sink,
+                        &mut self.out,
+                    )
+                });
             for (pid, fd) in self.pipeline.take_ignored_fds() {
                 self.probes.ignore_connection(pid, fd);
             }
@@ -821,6 +834,28 @@ fn process(bytes: &[u8], pipeline: &mut Pipeline, sink: &Handover, out: &mut Vec
     }
 }
 
+/// Runs a due record through the pipeline, unless it may still wait and the pipeline waits for
+/// a record not read yet (a server's request whose traced client's write has not returned).
+fn offer(
+    bytes: &[u8],
+    may_wait: bool,
+    pipeline: &mut Pipeline,
+    sink: &Handover,
+    out: &mut Vec<ExportItem>,
+) -> crate::capture::reorder::Offer {
+    if let Ok(event) = decode(bytes) {
+        if may_wait && pipeline.awaits_client_request(&event) {
+            return crate::capture::reorder::Offer::Wait;
+        }
+        crate::capture::decode::trace_record(&event);
+        pipeline.on_event(event, out);
+        if out.len() >= SPANS_PER_BATCH {
+            sink.submit_batch(out);
+        }
+    }
+    crate::capture::reorder::Offer::Taken
+}
+
 /// Records the agent could not decode (a kernel/userspace ABI mismatch would show here).
 pub static DECODE_ERRORS: AtomicU64 = AtomicU64::new(0);
 
@@ -880,6 +915,9 @@ fn snapshot(
         root_spans: l.roots,
         reorder_buffered: r.held,
         reorder_forced_early: r.forced_early,
+        reorder_client_waits: r.waits,
+        reorder_client_waits_expired: r.waits_expired,
+        pair_late_clients_skipped: l.pair_late_clients_skipped,
         bounds: pipeline.bounds_snapshot(),
         http2: pipeline.http2_stats(),
     }

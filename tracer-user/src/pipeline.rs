@@ -234,6 +234,27 @@ impl Pipeline {
         self.table.stats()
     }
 
+    /// Whether `event` should wait (in the reorder window) for a record not read yet: it starts
+    /// an HTTP/1 request on an accepted connection whose client end is traced on this host and
+    /// has not been seen sending it (see [`Linker::awaits_client_request`]).
+    pub fn awaits_client_request(&mut self, event: &KernelEvent<'_>) -> bool {
+        let KernelEvent::Data {
+            header,
+            direction: crate::model::Direction::Ingress,
+            payload,
+            ..
+        } = event
+        else {
+            return false;
+        };
+        let Some(conn) = self.table.get_mut(header.conn_id) else {
+            return false;
+        };
+        conn.role() == Some(Role::Server)
+            && crate::protocols::http1::may_start_request(payload)
+            && self.linker.awaits_client_request(&conn.meta)
+    }
+
     pub fn linker_stats(&self) -> LinkerStats {
         self.linker.stats()
     }
@@ -408,6 +429,11 @@ impl Pipeline {
                 self.bind_process(header.conn_id, header.tgid);
                 if needs_proc(role, peer) {
                     self.resolve_sniffed(header.conn_id);
+                }
+                if role == Some(Role::Client)
+                    && let Some(conn) = self.table.get_mut(header.conn_id)
+                {
+                    self.linker.client_opened(&conn.meta);
                 }
             }
             KernelEvent::Data {
