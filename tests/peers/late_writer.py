@@ -98,7 +98,7 @@ def main():
     parser.add_argument("mode", choices=("serve", "send"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--hold-ms", type=int, default=300)
-    parser.add_argument("--body", type=int, default=1 << 20)
+    parser.add_argument("--body", type=int, default=65536)
     args = parser.parse_args()
     if args.mode == "serve":
         serve(args.port, max(0, min(args.hold_ms, 10_000)))

@@ -989,12 +989,14 @@ fn a_client_write_recorded_after_the_server_read_still_pairs() {
     }
     let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
     let mut command = Command::new(python());
+    // The body is four times what the two small socket buffers hold: the send blocks until the
+    // server reads after its pause, and the rest is quick even emulated.
     command.arg(peer_script("late_writer.py")).args([
         "send",
         "--port",
         &port.to_string(),
         "--body",
-        "1048576",
+        "65536",
     ]);
     let (status, client) = run_with_timeout("late_writer.py send", command, DRIVE_TIMEOUT);
     let report: serde_json::Value = client

@@ -136,6 +136,8 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
         peer_port: ep.peer_port,
         local_addr: ep.local_addr,
         peer_addr: ep.peer_addr,
+        // Always process context (accept, connect, a data syscall): the opening thread.
+        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
     };
     const _: () = assert!(CONN_OPEN_LEN == core::mem::size_of::<ConnOpenEvent>());
     submit_open(&ev);

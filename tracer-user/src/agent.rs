@@ -805,6 +805,10 @@ fn drain(
                     // opens of one process (the reads would all see the same process anyway).
                     if prefetched.insert(header.tgid) {
                         pipeline.prefetch_resource(header.tgid);
+                        // Gone already: named after the kernel's comm, not unknown_service.
+                        if let Some(comm) = crate::capture::decode::conn_open_comm(&item) {
+                            pipeline.name_unreadable_process(header.tgid, &comm);
+                        }
                     }
                     if crate::pipeline::needs_proc(*role, *peer) {
                         pipeline.presolve_sniffed(header.conn_id, header.tgid, header.fd);

@@ -324,6 +324,12 @@ impl Pipeline {
         self.netns_of(pid, &resource);
     }
 
+    /// Names `pid` after the kernel's `comm` if its `/proc` could not be read (see
+    /// [`ResourceCache::name_unreadable`]); call after [`Pipeline::prefetch_resource`].
+    pub fn name_unreadable_process(&mut self, pid: u32, comm: &str) {
+        self.resources.name_unreadable(pid, comm);
+    }
+
     /// Resolves the process of a connection the table just opened, once (a second announcement
     /// of the same connection keeps the first answer).
     fn bind_process(&mut self, conn_id: u64, pid: u32) {

@@ -110,6 +110,7 @@ impl Side {
             peer_port: self.peer_port,
             local_addr: ipv4_loopback(),
             peer_addr: ipv4_loopback(),
+            comm: *b"recorded\0\0\0\0\0\0\0\0",
         })
     }
 
