@@ -96,21 +96,31 @@ impl KernelResult {
     }
 }
 
-/// Installs what booting a kernel in a VM needs: qemu, a static busybox (virtme-ng builds an
-/// initramfs with it for distribution kernels) and virtme-ng (PyPI).
-pub fn vm_prerequisites() -> Result<()> {
-    const STEP: &str = "setup: kernel VM";
-    let missing: Vec<&str> = [
+/// The Debian packages booting a kernel in a VM needs that are missing: qemu, and a static
+/// busybox (virtme-ng builds an initramfs with it for distribution kernels).
+fn missing_vm_packages() -> Vec<&'static str> {
+    [
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
     ]
     .iter()
     .filter(|(program, _)| workspace::find_on_path(program).is_none())
     .map(|(_, package)| *package)
-    .collect();
+    .collect()
+}
+
+/// Installs what booting a kernel in a VM needs: qemu, a static busybox and virtme-ng (PyPI).
+pub fn vm_prerequisites() -> Result<()> {
+    const STEP: &str = "setup: kernel VM";
+    let missing = missing_vm_packages();
     if !missing.is_empty() {
         setup::apt_install(STEP, &missing)?;
     }
+    virtme_ng(STEP)
+}
+
+/// Installs virtme-ng when `vng` is not on PATH.
+fn virtme_ng(step_name: &str) -> Result<()> {
     if workspace::find_on_path("vng").is_none() {
         let mut pip = Command::new("python3");
         pip.args([
@@ -120,24 +130,39 @@ pub fn vm_prerequisites() -> Result<()> {
             "--quiet",
             &format!("virtme-ng=={VIRTME_NG_VERSION}"),
         ]);
-        step::run(STEP, pip)?;
+        step::run(step_name, pip)?;
         if let Some(pyenv) = workspace::find_on_path("pyenv") {
             // pyenv puts new console scripts on PATH only after a rehash.
             let mut rehash = Command::new(pyenv);
             rehash.arg("rehash");
-            step::run(STEP, rehash)?;
+            step::run(step_name, rehash)?;
         }
     }
     if workspace::find_on_path("vng").is_none() {
-        bail!("step `{STEP}` failed: virtme-ng installed but `vng` is not on PATH");
+        bail!("step `{step_name}` failed: virtme-ng installed but `vng` is not on PATH");
     }
-    step::note(STEP, "qemu, busybox and virtme-ng present");
+    step::note(step_name, "virtme-ng present");
     Ok(())
 }
 
-/// `cargo xtask setup`'s part: the VM tools and the kernel CI boots.
+/// `cargo xtask setup`'s part: the VM tools and the kernel CI boots, each only when missing, in
+/// one apt transaction (one `apt-get update`, package triggers run once, no initramfs built for
+/// the kernel).
 pub fn setup_vm() -> Result<()> {
-    vm_prerequisites()?;
+    const STEP: &str = "setup: kernel VM";
+    let mut missing = missing_vm_packages();
+    let metapackage = format!("linux-image-{CI_KERNEL}");
+    let kernel_present =
+        metapackage_release(&metapackage)?.is_some_and(|release| boot_image(&release).is_file());
+    if !kernel_present {
+        missing.push(&metapackage);
+    }
+    if missing.is_empty() {
+        step::note(STEP, &format!("qemu, busybox and {metapackage} present"));
+    } else {
+        install_kernel_packages(STEP, &missing)?;
+    }
+    virtme_ng(STEP)?;
     kernel_image(&KernelSpec::parse(CI_KERNEL)).map(|_| ())
 }
 
@@ -165,7 +190,7 @@ pub fn kernel_image(spec: &KernelSpec) -> Result<PathBuf> {
             if !boot_image(release).is_file() {
                 let package = format!("linux-image-{release}");
                 if apt_knows(&package)? {
-                    install_kernel_packages(STEP, &package)?;
+                    install_kernel_packages(STEP, &[package.as_str()])?;
                 } else {
                     install_from_older_suite(STEP, &package)?;
                 }
@@ -177,7 +202,7 @@ pub fn kernel_image(spec: &KernelSpec) -> Result<PathBuf> {
             match metapackage_release(&metapackage)? {
                 Some(release) if boot_image(&release).is_file() => release,
                 _ => {
-                    install_kernel_packages(STEP, &metapackage)?;
+                    install_kernel_packages(STEP, &[metapackage.as_str()])?;
                     metapackage_release(&metapackage)?.with_context(|| {
                         format!("step `{STEP}`: {metapackage} installed but names no kernel")
                     })?
@@ -199,8 +224,9 @@ fn boot_image(release: &str) -> PathBuf {
     Path::new("/boot").join(format!("vmlinuz-{release}"))
 }
 
-/// Installs kernel packages without generating an initramfs (virtme-ng makes its own).
-fn install_kernel_packages(step_name: &str, package: &str) -> Result<()> {
+/// Installs kernel packages (and others with them) without generating an initramfs for the
+/// kernel (virtme-ng makes its own).
+fn install_kernel_packages(step_name: &str, packages: &[&str]) -> Result<()> {
     let mut update = Command::new("apt-get");
     update
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -210,7 +236,8 @@ fn install_kernel_packages(step_name: &str, package: &str) -> Result<()> {
     install
         .env("DEBIAN_FRONTEND", "noninteractive")
         .env("INITRD", "No")
-        .args(["install", "-y", "--no-install-recommends", package]);
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(packages);
     step::run(step_name, install)
 }
 
