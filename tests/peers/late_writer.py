@@ -16,6 +16,7 @@ machine, made deterministic).
 import argparse
 import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -34,6 +35,10 @@ def serve(port, hold_ms):
     listener.listen(8)
     print("listening on 127.0.0.1:%d" % port, flush=True)
     while True:
+        # Wait for a connection first, as servers built on selectors do: accept() itself then
+        # starts after the agent attached (an accept already blocked when the probes attach is
+        # another path, endpoints from /proc, not what this peer is for).
+        select.select([listener], [], [])
         conn, _ = listener.accept()
         conn.settimeout(TIMEOUT_S)
         with conn:

@@ -797,7 +797,10 @@ fn drain(
         match decode(&item) {
             Ok(event) => {
                 if let crate::capture::decode::KernelEvent::ConnOpen {
-                    header, role, peer, ..
+                    header,
+                    role,
+                    local,
+                    peer,
                 } = &event
                 {
                     // Once per process per cycle: reading /proc/<pid>/stat costs the kernel a
@@ -810,7 +813,7 @@ fn drain(
                             pipeline.name_unreadable_process(header.tgid, &comm);
                         }
                     }
-                    if crate::pipeline::needs_proc(*role, *peer) {
+                    if crate::pipeline::needs_proc(*role, *local, *peer) {
                         pipeline.presolve_sniffed(header.conn_id, header.tgid, header.fd);
                     }
                 }

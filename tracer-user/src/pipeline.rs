@@ -433,7 +433,7 @@ impl Pipeline {
                 // client may be gone by the time its span is built).
                 self.table.open(meta, header.ts_ns, false, &mut done);
                 self.bind_process(header.conn_id, header.tgid);
-                if needs_proc(role, peer) {
+                if needs_proc(role, local, peer) {
                     self.resolve_sniffed(header.conn_id);
                 }
                 if role == Some(Role::Client)
@@ -686,14 +686,20 @@ fn dropped_as_telemetry(request: &crate::model::HttpRequest, include_telemetry: 
     }
 }
 
-/// Whether a new connection's endpoints must come from /proc: adopted by sniffing, or accepted by
-/// a thread that was already blocked in accept() when the probes attached (no peer address).
+/// Whether a new connection's endpoints must come from /proc: adopted by sniffing, accepted by
+/// a thread that was already blocked in accept() when the probes attached (no peer address), or
+/// accepted before the kernel traced the handshake's end (no local address: PREEMPT_RT, where
+/// accept() can return first; the kernel left the port filter to userspace then).
 /// A client whose non-blocking connect returned early gets its endpoints from the kernel with its
-/// first data record instead.
-pub fn needs_proc(role: Option<Role>, peer: Option<std::net::SocketAddr>) -> bool {
+/// first write instead.
+pub fn needs_proc(
+    role: Option<Role>,
+    local: Option<std::net::SocketAddr>,
+    peer: Option<std::net::SocketAddr>,
+) -> bool {
     match role {
         None => true,
-        Some(Role::Server) => peer.is_none(),
+        Some(Role::Server) => peer.is_none() || local.is_none(),
         Some(Role::Client) => false,
     }
 }
@@ -788,6 +794,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].resource.service_name, "first");
+    }
+
+    /// Endpoints come from /proc for sniffed connections and for accepted ones missing either
+    /// end (a PREEMPT_RT accept() returns before the handshake's end is traced: no local end);
+    /// never for clients (their first write announces them).
+    #[test]
+    fn accepted_connections_missing_an_end_read_proc() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().ok();
+        let (local, peer) = (addr("127.0.0.1:8000"), addr("127.0.0.1:40000"));
+        assert!(needs_proc(None, None, None));
+        assert!(needs_proc(Some(Role::Server), local, None));
+        assert!(needs_proc(Some(Role::Server), None, peer));
+        assert!(!needs_proc(Some(Role::Server), local, peer));
+        assert!(!needs_proc(Some(Role::Client), None, peer));
     }
 
     /// The telemetry rules hold for HTTP/2 requests as the exchange layer builds them: a gRPC
