@@ -270,7 +270,6 @@ mod tests {
         assert!(w.is_empty());
         assert_eq!(w.stats().waits, 1);
         assert_eq!(w.stats().waits_expired, 0);
-        drop(offer);
         assert_eq!(
             out,
             vec![
