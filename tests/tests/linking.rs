@@ -406,7 +406,22 @@ fn collect_spans(
         spans.iter().filter(|s| ownership.owns(s)).count() >= count
     });
     // Anything late or duplicated has been delivered once the agent has caught up.
-    session.agent().wait_settled();
+    let page = session.agent().wait_settled();
+    // How links were made and what waited, for a failure's message (libtest shows it then).
+    let linking: Vec<&str> = page
+        .lines()
+        .filter(|l| {
+            [
+                "tracer_parent_links",
+                "tracer_root_spans",
+                "tracer_reorder",
+                "tracer_pair_",
+            ]
+            .iter()
+            .any(|prefix| l.starts_with(prefix))
+        })
+        .collect();
+    println!("agent link counters:\n{}", linking.join("\n"));
     let exit = session.stop_agent();
     exit.assert_success();
     let (spans, foreign): (Vec<ObservedSpan>, Vec<ObservedSpan>) = session

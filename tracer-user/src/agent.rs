@@ -56,11 +56,6 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(15);
 const REORDER_MAX_RECORDS: usize = 65_536;
 /// ... and at most this many bytes of them (a burst of full-size records would hold 512 MiB).
 const REORDER_MAX_BYTES: usize = 16 * 1024 * 1024;
-/// Longest a server's request waits in the reorder window for its same-host client's write to
-/// be recorded (past it, the request is decided without it: a root, counted). The wait ends as
-/// soon as the client's record is read; it only starts when the client end is known to be
-/// traced and its request missing.
-const CLIENT_WAIT_MAX_NS: u64 = 1_000_000_000;
 /// Consecutive failed polls (other than EINTR) after which the event thread gives up.
 const MAX_WAIT_ERRORS: u32 = 100;
 /// After the traced command exits, records still in the ring buffer are read for this long.
@@ -336,7 +331,8 @@ pub async fn run(args: TraceArgs, until: Until) -> anyhow::Result<ExitCode> {
     pipeline = pipeline.with_pods(start_pod_metadata(args.k8s_node_name.clone()).await);
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     let window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS)
-        .with_max_bytes(REORDER_MAX_BYTES);
+        .with_max_bytes(REORDER_MAX_BYTES)
+        .with_max_wait(args.client_wait_ms * 1_000_000);
     let mut child = match &until {
         Until::Child(command) => {
             let gated = spawn_gated(command, &mut probes).await?;
@@ -689,7 +685,7 @@ impl EventLoop {
             let now = monotonic_now_ns();
             // A server's request waits for its same-host client's (see `Offer`), bounded.
             self.window
-                .release_ready_waiting(now, CLIENT_WAIT_MAX_NS, &mut |bytes, may_wait| {
+                .release_ready_waiting(now, &mut |bytes, may_wait| {
                     offer(
                         bytes,
                         may_wait,

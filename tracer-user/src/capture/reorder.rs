@@ -49,6 +49,8 @@ pub struct ReorderWindow {
     forced_early: u64,
     /// Arrival number of the record the pipeline is waiting on, and the counts of waits.
     waiting: Option<u64>,
+    /// Longest a due record may wait past its causal time (see `release_ready_waiting`).
+    max_wait_ns: u64,
     waits: u64,
     waits_expired: u64,
     /// Spare buffers, reused to avoid an allocation per record.
@@ -72,6 +74,7 @@ impl ReorderWindow {
             arrivals: 0,
             forced_early: 0,
             waiting: None,
+            max_wait_ns: 0,
             waits: 0,
             waits_expired: 0,
             spare: Vec::new(),
@@ -84,6 +87,12 @@ impl ReorderWindow {
     /// Also bounds the bytes held (records are released early past it).
     pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = max_bytes.max(1);
+        self
+    }
+
+    /// How long a due record may wait for one still in the kernel, past its causal time.
+    pub fn with_max_wait(mut self, max_wait_ns: u64) -> Self {
+        self.max_wait_ns = max_wait_ns;
         self
     }
 
@@ -159,7 +168,8 @@ impl ReorderWindow {
 
     /// Like [`ReorderWindow::release_ready`], but each due record is first offered: `offer`
     /// gets the record's bytes and whether it may still wait (up to `max_wait_ns` past its
-    /// causal time), and answers [`Offer::Wait`] to keep it, and everything after it, in the
+    /// causal time, see [`ReorderWindow::with_max_wait`]), and answers [`Offer::Wait`] to keep it,
+    /// and everything after it, in the
     /// window: a server's read whose client write is still in the kernel (a write is recorded
     /// when it returns, which a preempted client may do long after the server read its bytes).
     /// Once the bound has passed the record is offered with `false` and must be taken. Waits and
@@ -167,9 +177,9 @@ impl ReorderWindow {
     pub fn release_ready_waiting(
         &mut self,
         now_ns: u64,
-        max_wait_ns: u64,
         offer: &mut impl FnMut(&[u8], bool) -> Offer,
     ) {
+        let max_wait_ns = self.max_wait_ns;
         let horizon = now_ns.saturating_sub(self.window_ns);
         while let Some(Reverse(top)) = self.heap.peek() {
             if top.causal_ts > horizon {
@@ -250,7 +260,7 @@ mod tests {
     /// record arrives (released first, being older), or until the wait's bound: counted either way.
     #[test]
     fn a_waiting_record_holds_the_window_until_its_predecessor_or_the_bound() {
-        let mut w = ReorderWindow::new(10, 100);
+        let mut w = ReorderWindow::new(10, 100).with_max_wait(1_000);
         let mut out: Vec<Vec<u8>> = Vec::new();
         let mut offer = |b: &[u8], may_wait: bool| {
             if may_wait && b == b"server-read" && !out.iter().any(|o| o == b"client-write") {
@@ -261,12 +271,12 @@ mod tests {
         };
         w.push(100, b"server-read", &mut |_| panic!("not full"));
         w.push(101, b"server-child", &mut |_| panic!("not full"));
-        w.release_ready_waiting(200, 1_000, &mut offer);
+        w.release_ready_waiting(200, &mut offer);
         assert_eq!(w.len(), 2, "both wait");
         assert_eq!(w.next_deadline(), Some(110));
         // The client's write, older than the read, is recorded late.
         w.push(90, b"client-write", &mut |_| panic!("not full"));
-        w.release_ready_waiting(210, 1_000, &mut offer);
+        w.release_ready_waiting(210, &mut offer);
         assert!(w.is_empty());
         assert_eq!(w.stats().waits, 1);
         assert_eq!(w.stats().waits_expired, 0);
@@ -289,10 +299,10 @@ mod tests {
             Offer::Taken
         };
         w.push(1_000, b"server-read", &mut |_| panic!("not full"));
-        w.release_ready_waiting(1_500, 1_000, &mut offer);
-        w.release_ready_waiting(1_999, 1_000, &mut offer);
+        w.release_ready_waiting(1_500, &mut offer);
+        w.release_ready_waiting(1_999, &mut offer);
         assert_eq!(w.len(), 1);
-        w.release_ready_waiting(2_000, 1_000, &mut offer);
+        w.release_ready_waiting(2_000, &mut offer);
         assert!(w.is_empty());
         assert_eq!(released, vec![b"server-read".to_vec()]);
         assert_eq!((w.stats().waits, w.stats().waits_expired), (2, 1));

@@ -166,6 +166,9 @@ pub fn setup_vm() -> Result<()> {
     kernel_image(&KernelSpec::parse(CI_KERNEL)).map(|_| ())
 }
 
+/// The agent's `--client-wait-ms` in an emulated VM (10 x its default of 1 s).
+const EMULATED_CLIENT_WAIT_MS: u64 = 10_000;
+
 /// The virtme-ng release this project boots kernels with.
 const VIRTME_NG_VERSION: &str = "1.42";
 
@@ -426,6 +429,7 @@ fn guest_script(
     executables: &[(String, PathBuf)],
     test_threads: usize,
     test_args: &[String],
+    emulated: bool,
 ) -> String {
     let out = shell_quote(&out_dir.to_string_lossy());
     let mut script = String::new();
@@ -449,6 +453,15 @@ fn guest_script(
         shell_quote(&agent.to_string_lossy())
     );
     let _ = writeln!(script, "export RUST_BACKTRACE=1");
+    if emulated {
+        // Emulated, the guest runs about ten times slower than real time: a client preempted
+        // between sending and its write's return stays so that much longer, so the agent's wait
+        // for it (`--client-wait-ms`, 1 s) scales likewise.
+        let _ = writeln!(
+            script,
+            "export TRACER_CLIENT_WAIT_MS={EMULATED_CLIENT_WAIT_MS}"
+        );
+    }
     let test_args: Vec<String> = test_args.iter().map(|a| shell_quote(a)).collect();
     let test_args = test_args.join(" ");
     for (name, executable) in executables {
@@ -487,14 +500,14 @@ pub fn run_in_vm(
             .with_context(|| format!("clearing {}", log_dir.display()))?;
     }
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let kvm = kvm_boots_stock_kernels();
     let script_path = log_dir.join("run.sh");
     std::fs::write(
         &script_path,
-        guest_script(&log_dir, agent, executables, test_threads, test_args),
+        guest_script(&log_dir, agent, executables, test_threads, test_args, !kvm),
     )
     .with_context(|| format!("writing {}", script_path.display()))?;
 
-    let kvm = kvm_boots_stock_kernels();
     if !kvm {
         step::note(
             &format!("kernel {spec}"),
