@@ -69,7 +69,7 @@ def serve(port, hold_ms):
             )
 
 
-def send(port, body_len):
+def send(port, body_len, hold_open):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
     # A blocking socket (Python's own timeout would make it non-blocking, and sendall a loop of
@@ -96,6 +96,13 @@ def send(port, body_len):
     status = int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
     json.dump({"pid": os.getpid(), "status": status, "send_ms": send_ms}, sys.stdout)
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if hold_open:
+        # Stay alive until the test has its spans (it then kills us by pid): an agent starved of
+        # CPU (an emulated VM) reads a client's /proc late, and a process gone by then has no
+        # known network namespace, so its loopback connection is never paired (by design).
+        while True:
+            time.sleep(3600)
 
 
 def main():
@@ -104,11 +111,12 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--hold-ms", type=int, default=300)
     parser.add_argument("--body", type=int, default=65536)
+    parser.add_argument("--hold-open", action="store_true", help="stay alive until killed")
     args = parser.parse_args()
     if args.mode == "serve":
         serve(args.port, max(0, min(args.hold_ms, 10_000)))
     else:
-        send(args.port, max(0, min(args.body, 64 << 20)))
+        send(args.port, max(0, min(args.body, 64 << 20)), args.hold_open)
 
 
 if __name__ == "__main__":

@@ -1006,20 +1006,25 @@ fn a_client_write_recorded_after_the_server_read_still_pairs() {
     let mut command = Command::new(python());
     // The body is four times what the two small socket buffers hold: the send blocks until the
     // server reads after its pause, and the rest is quick even emulated.
-    command.arg(peer_script("late_writer.py")).args([
+    // It stays alive until this test is done (killed by pid when `client` drops): its /proc is
+    // there whenever a starved agent reads it.
+    command.arg("-u").arg(peer_script("late_writer.py")).args([
         "send",
         "--port",
         &port.to_string(),
         "--body",
         "65536",
+        "--hold-open",
     ]);
-    let (status, client) = run_with_timeout("late_writer.py send", command, DRIVE_TIMEOUT);
-    let report: serde_json::Value = client
+    let client = ChildGuard::spawn("late_writer.py send", command);
+    let report: serde_json::Value = match client
         .stdout()
-        .lines()
-        .iter()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no report ({status})\n{}", client.output_report()));
+        .wait_for_line(DRIVE_TIMEOUT, |l| l.starts_with('{'))
+    {
+        tracer_tests::process::LineWait::Found(line) => serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad report {line:?}: {e}\n{}", client.output_report())),
+        _ => panic!("no report\n{}", client.output_report()),
+    };
     assert_eq!(
         report["status"],
         200,
