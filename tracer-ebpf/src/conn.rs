@@ -475,13 +475,8 @@ pub fn exit_accept(ctx: &TracePointContext) {
         ep.local_addr = known.local_addr;
         let _ = ACCEPTED.remove(&key);
     }
-    // The local end is unknown when the handshake's ESTABLISHED was not traced before accept()
-    // returned (PREEMPT_RT: the softirq completing it is a preemptible thread there): the port
-    // filter cannot judge such a connection here; userspace reads its endpoints from /proc and
-    // judges them (see `needs_proc`). The other end of the agent's own export or API watch is
-    // never traced.
-    let judged_out = ep.local_port != 0 && !ports_traced(ep.local_port, ep.peer_port);
-    if judged_out || mirrors_agent(&ep) {
+    // The other end of the agent's own export or API watch is never traced.
+    if !ports_traced(ep.local_port, ep.peer_port) || mirrors_agent(&ep) {
         ignore(ctx.tgid(), fd as i32);
         return;
     }
