@@ -3,9 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::capture::decode::{KernelEvent, decode};
+use tracer::capture::decode::{KernelEvent, conn_open_comm, decode};
 
 fuzz_target!(|data: &[u8]| {
+    std::hint::black_box(conn_open_comm(data));
     let Ok(event) = decode(data) else {
         return;
     };

@@ -406,7 +406,22 @@ fn collect_spans(
         spans.iter().filter(|s| ownership.owns(s)).count() >= count
     });
     // Anything late or duplicated has been delivered once the agent has caught up.
-    session.agent().wait_settled();
+    let page = session.agent().wait_settled();
+    // How links were made and what waited, for a failure's message (libtest shows it then).
+    let linking: Vec<&str> = page
+        .lines()
+        .filter(|l| {
+            [
+                "tracer_parent_links",
+                "tracer_root_spans",
+                "tracer_reorder",
+                "tracer_pair_",
+            ]
+            .iter()
+            .any(|prefix| l.starts_with(prefix))
+        })
+        .collect();
+    println!("agent link counters:\n{}", linking.join("\n"));
     let exit = session.stop_agent();
     exit.assert_success();
     let (spans, foreign): (Vec<ObservedSpan>, Vec<ObservedSpan>) = session
@@ -962,4 +977,95 @@ mod checks {
             "the two linked calls lost their parent"
         );
     }
+}
+
+/// The kernel records a write when it returns; a client may return from its write long after
+/// the server read the request (preempted on a busy machine, or, as here deterministically, a
+/// body larger than the socket buffers that the server reads only after a pause). The server's
+/// request then reaches the agent first: it waits for the client's (the client end is traced,
+/// its request not yet seen), and the pair links. Before the fix the SERVER span was a root.
+#[test]
+fn a_client_write_recorded_after_the_server_read_still_pairs() {
+    const HOLD_MS: u32 = 300;
+    let port = free_port();
+    let mut command = Command::new(python());
+    command
+        .arg("-u")
+        .arg(peer_script("late_writer.py"))
+        .args(["serve", "--port", &port.to_string()])
+        .args(["--hold-ms", &HOLD_MS.to_string()])
+        .env("OTEL_SERVICE_NAME", "linking-late-server");
+    let server = ChildGuard::spawn("late_writer.py serve", command);
+    if !wait_for_port(port, PEER_START_TIMEOUT) {
+        panic!(
+            "late_writer.py did not listen on {port}\n{}",
+            server.output_report()
+        );
+    }
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut command = Command::new(python());
+    // The body is four times what the two small socket buffers hold: the send blocks until the
+    // server reads after its pause, and the rest is quick even emulated.
+    // It stays alive until this test is done (killed by pid when `client` drops): its /proc is
+    // there whenever a starved agent reads it.
+    command.arg("-u").arg(peer_script("late_writer.py")).args([
+        "send",
+        "--port",
+        &port.to_string(),
+        "--body",
+        "65536",
+        "--hold-open",
+    ]);
+    let client = ChildGuard::spawn("late_writer.py send", command);
+    let report: serde_json::Value = match client
+        .stdout()
+        .wait_for_line(DRIVE_TIMEOUT, |l| l.starts_with('{'))
+    {
+        tracer_tests::process::LineWait::Found(line) => serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad report {line:?}: {e}\n{}", client.output_report())),
+        _ => panic!("no report\n{}", client.output_report()),
+    };
+    assert_eq!(
+        report["status"],
+        200,
+        "{report}\n{}",
+        server.output_report()
+    );
+    // The precondition of the test: the client's send() returned only after the server's
+    // pause, so its write record came that much after the server's read of the head.
+    let send_ms = report["send_ms"].as_f64().unwrap_or(0.0);
+    assert!(
+        send_ms >= f64::from(HOLD_MS) * 0.9,
+        "the client's send returned after {send_ms} ms, before the server's pause ended"
+    );
+    let spans = session.wait_for("the SERVER and CLIENT span", |spans| {
+        server_spans(spans, port).len() + client_spans(spans, port).len() >= 2
+    });
+    let page = session.agent().wait_settled();
+    let waits = |outcome: &str| {
+        tracer_tests::metrics_client::sample(
+            &page,
+            "tracer_reorder_client_waits_total",
+            &format!("outcome=\"{outcome}\""),
+        )
+        .unwrap_or(-1.0)
+    };
+    let server_span = the_only(server_spans(&spans, port), "SERVER span", &spans);
+    let client_span = the_only(client_spans(&spans, port), "CLIENT span", &spans);
+    assert_eq!(
+        server_span.parent_span_id.as_deref(),
+        Some(client_span.span_id.as_str()),
+        "the SERVER span is the CLIENT span's child:\n{}",
+        describe(&spans)
+    );
+    assert_eq!(server_span.trace_id, client_span.trace_id);
+    // It waited once, unless the agent itself was stalled long enough to read both records
+    // at once (then nothing needed to wait); never until the bound.
+    assert!(
+        waits("paired_in_time") <= 1.0 && waits("expired") == 0.0,
+        "client waits: {} in time, {} expired",
+        waits("paired_in_time"),
+        waits("expired")
+    );
+    session.finish();
 }

@@ -136,6 +136,8 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
         peer_port: ep.peer_port,
         local_addr: ep.local_addr,
         peer_addr: ep.peer_addr,
+        // Always process context (accept, connect, a data syscall): the opening thread.
+        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
     };
     const _: () = assert!(CONN_OPEN_LEN == core::mem::size_of::<ConnOpenEvent>());
     submit_open(&ev);
@@ -537,7 +539,8 @@ pub fn exit_connect(ctx: &TracePointContext) {
 }
 
 /// Sends the endpoints of a client connection whose connect returned before they were known;
-/// called on its first data record, dated just before the data so it is handled first.
+/// called when it starts its first write (and again, if they were not known yet then, on its
+/// first data record), dated just before the data so it is handled first.
 #[inline(always)]
 pub fn announce_endpoints(tgid: u32, tid: u32, fd: i32, state: &mut ConnState, ts_ns: u64) {
     if state.endpoints_sent != 0 || state.sk == 0 {

@@ -102,12 +102,28 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         }
         return;
     }
+    // SAFETY: plain helper call.
+    let enter_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if let Some(mut conn) = state
+        && direction_of(sys) == direction::EGRESS
+    {
+        // A client's endpoints (non-blocking connect) go out before its first bytes do, not
+        // when the write returns: the write may return long after the server read them (a
+        // preempted client, a large body), and the agent holds the server's request for the
+        // client's only when it knows the client's tuple (see `Pipeline::awaits_client_request`).
+        announce_endpoints(
+            tgid,
+            ctx.pid(),
+            fd as i32,
+            &mut conn,
+            enter_ns.saturating_sub(1),
+        );
+    }
     let args = SyscallArgs {
         fd,
         ptr: sys_arg(ctx, 1),
         count: sys_arg(ctx, 2),
-        // SAFETY: plain helper call.
-        enter_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+        enter_ns,
         kind: sys,
         gap_only: u8::from(flags & MSG_TRUNC != 0),
         egress: 0,

@@ -357,7 +357,8 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
     pipeline = pipeline.with_service_graph(red.as_ref().map(|r| Arc::clone(r.service_graph())));
     let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
     let window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS)
-        .with_max_bytes(REORDER_MAX_BYTES);
+        .with_max_bytes(REORDER_MAX_BYTES)
+        .with_max_wait(args.client_wait_ms * 1_000_000);
     let mut child = match &until {
         Until::Child(command) => {
             let gated = spawn_gated(command, &mut probes).await?;
@@ -716,9 +717,17 @@ impl EventLoop {
                 &mut self.prefetched,
             );
             let now = monotonic_now_ns();
-            self.window.release_ready(now, &mut |bytes| {
-                process(bytes, &mut self.pipeline, &self.sink, &mut self.out)
-            });
+            // A server's request waits for its same-host client's (see `Offer`), bounded.
+            self.window
+                .release_ready_waiting(now, &mut |bytes, may_wait| {
+                    offer(
+                        bytes,
+                        may_wait,
+                        &mut self.pipeline,
+                        &self.sink,
+                        &mut self.out,
+                    )
+                });
             for (pid, fd) in self.pipeline.take_ignored_fds() {
                 self.probes.ignore_connection(pid, fd);
             }
@@ -821,7 +830,10 @@ fn drain(
         match decode(&item) {
             Ok(event) => {
                 if let crate::capture::decode::KernelEvent::ConnOpen {
-                    header, role, peer, ..
+                    header,
+                    role,
+                    local,
+                    peer,
                 } = &event
                 {
                     // Once per process per cycle: reading /proc/<pid>/stat costs the kernel a
@@ -829,8 +841,12 @@ fn drain(
                     // opens of one process (the reads would all see the same process anyway).
                     if prefetched.insert(header.tgid) {
                         pipeline.prefetch_resource(header.tgid);
+                        // Gone already: named after the kernel's comm, not unknown_service.
+                        if let Some(comm) = crate::capture::decode::conn_open_comm(&item) {
+                            pipeline.name_unreadable_process(header.tgid, &comm);
+                        }
                     }
-                    if crate::pipeline::needs_proc(*role, *peer) {
+                    if crate::pipeline::needs_proc(*role, *local, *peer) {
                         pipeline.presolve_sniffed(header.conn_id, header.tgid, header.fd);
                     }
                 }
@@ -856,6 +872,28 @@ fn process(bytes: &[u8], pipeline: &mut Pipeline, sink: &Handover, out: &mut Vec
             sink.submit_batch(out);
         }
     }
+}
+
+/// Runs a due record through the pipeline, unless it may still wait and the pipeline waits for
+/// a record not read yet (a server's request whose traced client's write has not returned).
+fn offer(
+    bytes: &[u8],
+    may_wait: bool,
+    pipeline: &mut Pipeline,
+    sink: &Handover,
+    out: &mut Vec<ExportItem>,
+) -> crate::capture::reorder::Offer {
+    if let Ok(event) = decode(bytes) {
+        if may_wait && pipeline.awaits_client_request(&event) {
+            return crate::capture::reorder::Offer::Wait;
+        }
+        crate::capture::decode::trace_record(&event);
+        pipeline.on_event(event, out);
+        if out.len() >= SPANS_PER_BATCH {
+            sink.submit_batch(out);
+        }
+    }
+    crate::capture::reorder::Offer::Taken
 }
 
 /// Records the agent could not decode (a kernel/userspace ABI mismatch would show here).
@@ -917,6 +955,9 @@ fn snapshot(
         root_spans: l.roots,
         reorder_buffered: r.held,
         reorder_forced_early: r.forced_early,
+        reorder_client_waits: r.waits,
+        reorder_client_waits_expired: r.waits_expired,
+        pair_late_clients_skipped: l.pair_late_clients_skipped,
         bounds: pipeline.bounds_snapshot(),
         http2: pipeline.http2_stats(),
         tls: pipeline.tls_stats(),

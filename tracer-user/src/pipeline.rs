@@ -247,6 +247,27 @@ impl Pipeline {
         self.table.stats()
     }
 
+    /// Whether `event` should wait (in the reorder window) for a record not read yet: it starts
+    /// an HTTP/1 request on an accepted connection whose client end is traced on this host and
+    /// has not been seen sending it (see [`Linker::awaits_client_request`]).
+    pub fn awaits_client_request(&mut self, event: &KernelEvent<'_>) -> bool {
+        let KernelEvent::Data {
+            header,
+            direction: crate::model::Direction::Ingress,
+            payload,
+            ..
+        } = event
+        else {
+            return false;
+        };
+        let Some(conn) = self.table.get_mut(header.conn_id) else {
+            return false;
+        };
+        conn.role() == Some(Role::Server)
+            && crate::protocols::http1::may_start_request(payload)
+            && self.linker.awaits_client_request(&conn.meta)
+    }
+
     pub fn linker_stats(&self) -> LinkerStats {
         self.linker.stats()
     }
@@ -338,6 +359,12 @@ impl Pipeline {
         self.runtimes.observe(pid, proc_pid, start_time);
         // And its network namespace, for connection pairing on loopback.
         self.netns_of(pid, &resource);
+    }
+
+    /// Names `pid` after the kernel's `comm` if its `/proc` could not be read (see
+    /// [`ResourceCache::name_unreadable`]); call after [`Pipeline::prefetch_resource`].
+    pub fn name_unreadable_process(&mut self, pid: u32, comm: &str) {
+        self.resources.name_unreadable(pid, comm);
     }
 
     /// Resolves the process of a connection the table just opened, once (a second announcement
@@ -444,8 +471,13 @@ impl Pipeline {
                 // client may be gone by the time its span is built).
                 self.table.open(meta, header.ts_ns, false, &mut done);
                 self.bind_process(header.conn_id, header.tgid);
-                if needs_proc(role, peer) {
+                if needs_proc(role, local, peer) {
                     self.resolve_sniffed(header.conn_id);
+                }
+                if role == Some(Role::Client)
+                    && let Some(conn) = self.table.get_mut(header.conn_id)
+                {
+                    self.linker.client_opened(&conn.meta);
                 }
             }
             KernelEvent::Data {
@@ -719,14 +751,20 @@ fn dropped_as_telemetry(request: &crate::model::HttpRequest, include_telemetry: 
     }
 }
 
-/// Whether a new connection's endpoints must come from /proc: adopted by sniffing, or accepted by
-/// a thread that was already blocked in accept() when the probes attached (no peer address).
+/// Whether a new connection's endpoints must come from /proc: adopted by sniffing, accepted by
+/// a thread that was already blocked in accept() when the probes attached (no peer address), or
+/// accepted before the kernel traced the handshake's end (no local address: PREEMPT_RT, where
+/// accept() can return first; the kernel left the port filter to userspace then).
 /// A client whose non-blocking connect returned early gets its endpoints from the kernel with its
-/// first data record instead.
-pub fn needs_proc(role: Option<Role>, peer: Option<std::net::SocketAddr>) -> bool {
+/// first write instead.
+pub fn needs_proc(
+    role: Option<Role>,
+    local: Option<std::net::SocketAddr>,
+    peer: Option<std::net::SocketAddr>,
+) -> bool {
     match role {
         None => true,
-        Some(Role::Server) => peer.is_none(),
+        Some(Role::Server) => peer.is_none() || local.is_none(),
         Some(Role::Client) => false,
     }
 }
@@ -826,6 +864,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].resource.service_name, "first");
+    }
+
+    /// Endpoints come from /proc for sniffed connections and for accepted ones missing either
+    /// end (a PREEMPT_RT accept() returns before the handshake's end is traced: no local end);
+    /// never for clients (their first write announces them).
+    #[test]
+    fn accepted_connections_missing_an_end_read_proc() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().ok();
+        let (local, peer) = (addr("127.0.0.1:8000"), addr("127.0.0.1:40000"));
+        assert!(needs_proc(None, None, None));
+        assert!(needs_proc(Some(Role::Server), local, None));
+        assert!(needs_proc(Some(Role::Server), None, peer));
+        assert!(!needs_proc(Some(Role::Server), local, peer));
+        assert!(!needs_proc(Some(Role::Client), None, peer));
     }
 
     /// The telemetry rules hold for HTTP/2 requests as the exchange layer builds them: a gRPC

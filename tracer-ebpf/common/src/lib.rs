@@ -601,6 +601,9 @@ pub struct ConnOpenEvent {
     /// IPv4 in the first 4 bytes when family is AF_INET; IPv6 otherwise; zero when unknown.
     pub local_addr: [u8; 16],
     pub peer_addr: [u8; 16],
+    /// The opening thread's name (`comm`, NUL-padded): names the process when it exits before
+    /// the agent reads its `/proc` (a short-lived client on a busy machine).
+    pub comm: [u8; 16],
 }
 
 /// Fixed part of a data record; `captured_len` payload bytes follow it in the ring buffer.
@@ -833,7 +836,7 @@ pub const CONN_CLOSE_LEN: usize = core::mem::size_of::<ConnCloseEvent>();
 
 // The layouts are part of the ABI: a change here must be a deliberate one.
 const _: () = assert!(EVENT_HEADER_LEN == 32);
-const _: () = assert!(CONN_OPEN_LEN == 72);
+const _: () = assert!(CONN_OPEN_LEN == 88);
 const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(CONN_CLOSE_LEN == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());

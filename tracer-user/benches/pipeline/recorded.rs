@@ -123,6 +123,7 @@ impl Side {
             } else {
                 SERVER_IP
             }),
+            comm: *b"recorded\0\0\0\0\0\0\0\0",
         })
     }
 

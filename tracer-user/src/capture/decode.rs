@@ -206,6 +206,19 @@ pub fn trace_record(event: &KernelEvent<'_>) {
     }
 }
 
+/// The name (`comm`) of the thread that opened the connection of a connection-open record, if
+/// `record` is one and names it: the process's name when its `/proc` is gone by the time the
+/// agent reads it.
+pub fn conn_open_comm(record: &[u8]) -> Option<String> {
+    if record.first().copied() != Some(RecordKind::ConnOpen as u8) || record.len() < CONN_OPEN_LEN {
+        return None;
+    }
+    let comm = record.get(offset_of!(ConnOpenEvent, comm)..CONN_OPEN_LEN)?;
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    let name = String::from_utf8_lossy(comm.get(..len)?).into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
     let Some(&kind_byte) = record.first() else {
@@ -321,8 +334,10 @@ mod tests {
             peer_port: 40000,
             local_addr: local,
             peer_addr: peer,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
         };
         let b = bytes_of(&ev);
+        assert_eq!(conn_open_comm(&b).as_deref(), Some("curl"));
         let got = decode(&b).unwrap();
         assert_eq!(
             got,
@@ -347,6 +362,21 @@ mod tests {
             header: hdr(kind::CONN_OPEN),
             ..Default::default()
         };
+        assert_eq!(
+            conn_open_comm(&bytes_of(&ev)),
+            None,
+            "no name, none invented"
+        );
+        let full = ConnOpenEvent {
+            comm: *b"a-sixteen-byte-n",
+            ..ev
+        };
+        assert_eq!(
+            conn_open_comm(&bytes_of(&full)).as_deref(),
+            Some("a-sixteen-byte-n")
+        );
+        let short = bytes_of(&full);
+        assert_eq!(conn_open_comm(&short[..short.len() - 1]), None);
         match decode(&bytes_of(&ev)).unwrap() {
             KernelEvent::ConnOpen {
                 role, local, peer, ..

@@ -92,25 +92,26 @@ impl ProcNet {
                 Borrowed::Failed => {}
             }
         }
-        let (local, peer) = match self.rows_of(pid) {
+        let (local, peer) = match self.rows_of(pid, inode) {
             Some(rows) => rows.get(&inode).copied().unzip(),
             None => (None, None),
         };
         FdKind::Socket { local, peer }
     }
 
-    /// The socket rows of `pid`'s network namespace, cached for [`TABLE_TTL`].
-    fn rows_of(&mut self, pid: u32) -> Option<&SocketRows> {
+    /// The socket rows of `pid`'s network namespace, cached for [`TABLE_TTL`] unless they lack
+    /// `inode`: a socket opened since the table was read (a connection accepted just now) is
+    /// not in it, so the table is read again (within the same read bound).
+    fn rows_of(&mut self, pid: u32, inode: u64) -> Option<&SocketRows> {
         let dir = self.proc_root.join(pid.to_string());
         let netns = fs::read_link(dir.join("ns/net"))
             .ok()
             .and_then(|l| namespace_inode(&l.to_string_lossy()))
             .unwrap_or(0);
         let now = Instant::now();
-        let fresh = self
-            .tables
-            .get(&netns)
-            .is_some_and(|(at, _)| now.duration_since(*at) < TABLE_TTL);
+        let fresh = self.tables.get(&netns).is_some_and(|(at, rows)| {
+            now.duration_since(*at) < TABLE_TTL && rows.contains_key(&inode)
+        });
         if fresh {
             self.stats.table_cache_hits += 1;
         } else {
@@ -123,7 +124,7 @@ impl ProcNet {
             };
             if reads >= MAX_NAMESPACE_READS_PER_TTL {
                 self.stats.table_reads_deferred += 1;
-                return None;
+                return self.tables.get(&netns).map(|(_, rows)| rows);
             }
             self.period = self.period.map(|(start, n)| (start, n + 1));
             if self.tables.len() >= MAX_CACHED_NAMESPACES {
@@ -492,6 +493,47 @@ mod tests {
             .count();
         assert_eq!(resolved, MAX_NAMESPACE_READS_PER_TTL as usize);
         assert_eq!(procnet.stats().table_reads_deferred, 2);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A socket accepted after the namespace's table was cached is not in that table: the
+    /// lookup reads the table again instead of answering "no addresses" for a second. Before
+    /// the fix the cached table answered and the connection's endpoints stayed unknown (its
+    /// spans dropped under `--port`).
+    #[test]
+    fn a_socket_newer_than_the_cached_table_reads_it_again() {
+        let root = std::env::temp_dir().join(format!("tracer-procnet-new-{}", std::process::id()));
+        let dir = root.join("20");
+        std::fs::create_dir_all(dir.join("fd")).unwrap();
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        std::fs::create_dir_all(dir.join("ns")).unwrap();
+        std::os::unix::fs::symlink("net:[7000]", dir.join("ns/net")).unwrap();
+        std::os::unix::fs::symlink("socket:[31337]", dir.join("fd/3")).unwrap();
+        std::os::unix::fs::symlink("socket:[31338]", dir.join("fd/4")).unwrap();
+        let header = TCP.lines().next().unwrap();
+        let old_row = TCP.lines().find(|l| l.contains(" 31337 ")).unwrap();
+        std::fs::write(dir.join("net/tcp"), format!("{header}\n{old_row}\n")).unwrap();
+        let mut procnet = ProcNet::new(root.clone());
+        assert!(matches!(
+            procnet.inspect_fd(20, 3),
+            FdKind::Socket { local: Some(_), .. }
+        ));
+        // Socket 31338 is accepted now: the cached table does not list it.
+        let new_row = old_row.replacen(" 31337 ", " 31338 ", 1);
+        assert_ne!(new_row, old_row, "the fixture row carries inode 31337");
+        std::fs::write(
+            dir.join("net/tcp"),
+            format!("{header}\n{old_row}\n{new_row}\n"),
+        )
+        .unwrap();
+        assert!(matches!(
+            procnet.inspect_fd(20, 4),
+            FdKind::Socket {
+                local: Some(_),
+                peer: Some(_)
+            }
+        ));
+        assert_eq!(procnet.stats().table_reads, 2);
         let _ = std::fs::remove_dir_all(&root);
     }
 }

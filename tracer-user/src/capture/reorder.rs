@@ -26,6 +26,21 @@ pub struct ReorderStats {
     pub held: u64,
     /// Released before their time because the window was full.
     pub forced_early: u64,
+    /// Records kept past the window because the pipeline waited for a record still in the
+    /// kernel (see [`ReorderWindow::release_ready_waiting`]).
+    pub waits: u64,
+    /// Of those, released because the wait's bound expired rather than because the awaited
+    /// record came.
+    pub waits_expired: u64,
+}
+
+/// What the pipeline says about the oldest record due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Processed: release it.
+    Taken,
+    /// Not yet: it waits for a record still to come (only offered while the wait is allowed).
+    Wait,
 }
 
 pub struct ReorderWindow {
@@ -34,6 +49,12 @@ pub struct ReorderWindow {
     heap: BinaryHeap<Reverse<Held>>,
     arrivals: u64,
     forced_early: u64,
+    /// Arrival number of the record the pipeline is waiting on, and the counts of waits.
+    waiting: Option<u64>,
+    /// Longest a due record may wait past its causal time (see `release_ready_waiting`).
+    max_wait_ns: u64,
+    waits: u64,
+    waits_expired: u64,
     /// Spare buffers by size class (`size_class`), reused to avoid an allocation per record.
     spare: [Vec<Vec<u8>>; SIZE_CLASSES],
     /// Record bytes held, and their bound.
@@ -67,6 +88,10 @@ impl ReorderWindow {
             heap: BinaryHeap::new(),
             arrivals: 0,
             forced_early: 0,
+            waiting: None,
+            max_wait_ns: 0,
+            waits: 0,
+            waits_expired: 0,
             spare: Default::default(),
             held_bytes: 0,
             max_bytes: usize::MAX,
@@ -80,6 +105,12 @@ impl ReorderWindow {
         self
     }
 
+    /// How long a due record may wait for one still in the kernel, past its causal time.
+    pub fn with_max_wait(mut self, max_wait_ns: u64) -> Self {
+        self.max_wait_ns = max_wait_ns;
+        self
+    }
+
     /// Record bytes held now.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
@@ -89,6 +120,8 @@ impl ReorderWindow {
         ReorderStats {
             held: self.heap.len() as u64,
             forced_early: self.forced_early,
+            waits: self.waits,
+            waits_expired: self.waits_expired,
         }
     }
 
@@ -150,6 +183,49 @@ impl ReorderWindow {
         }
     }
 
+    /// Like [`ReorderWindow::release_ready`], but each due record is first offered: `offer`
+    /// gets the record's bytes and whether it may still wait (up to `max_wait_ns` past its
+    /// causal time, see [`ReorderWindow::with_max_wait`]), and answers [`Offer::Wait`] to keep it,
+    /// and everything after it, in the
+    /// window: a server's read whose client write is still in the kernel (a write is recorded
+    /// when it returns, which a preempted client may do long after the server read its bytes).
+    /// Once the bound has passed the record is offered with `false` and must be taken. Waits and
+    /// expired waits are counted.
+    pub fn release_ready_waiting(
+        &mut self,
+        now_ns: u64,
+        offer: &mut impl FnMut(&[u8], bool) -> Offer,
+    ) {
+        let max_wait_ns = self.max_wait_ns;
+        let horizon = now_ns.saturating_sub(self.window_ns);
+        while let Some(Reverse(top)) = self.heap.peek() {
+            if top.causal_ts > horizon {
+                break;
+            }
+            let may_wait = top.causal_ts.saturating_add(max_wait_ns) > now_ns;
+            let was_waiting = self.waiting == Some(top.arrival);
+            let answer = offer(&top.bytes, may_wait);
+            debug_assert!(may_wait || answer == Offer::Taken, "a record past its wait");
+            if answer == Offer::Wait && may_wait {
+                if !was_waiting {
+                    self.waiting = Some(top.arrival);
+                    self.waits += 1;
+                }
+                break;
+            }
+            if was_waiting {
+                self.waiting = None;
+                if !may_wait {
+                    self.waits_expired += 1;
+                }
+            }
+            if let Some(Reverse(held)) = self.heap.pop() {
+                self.held_bytes -= held.bytes.len();
+                self.recycle(held.bytes);
+            }
+        }
+    }
+
     /// Monotonic time at which the oldest held record becomes ready, if any.
     pub fn next_deadline(&self) -> Option<u64> {
         self.heap
@@ -198,6 +274,58 @@ mod tests {
             "ties keep arrival order"
         );
         assert!(w.is_empty());
+    }
+
+    /// A due record the pipeline waits on holds back everything after it until the awaited
+    /// record arrives (released first, being older), or until the wait's bound: counted either way.
+    #[test]
+    fn a_waiting_record_holds_the_window_until_its_predecessor_or_the_bound() {
+        let mut w = ReorderWindow::new(10, 100).with_max_wait(1_000);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut offer = |b: &[u8], may_wait: bool| {
+            if may_wait && b == b"server-read" && !out.iter().any(|o| o == b"client-write") {
+                return Offer::Wait;
+            }
+            out.push(b.to_vec());
+            Offer::Taken
+        };
+        w.push(100, b"server-read", &mut |_| panic!("not full"));
+        w.push(101, b"server-child", &mut |_| panic!("not full"));
+        w.release_ready_waiting(200, &mut offer);
+        assert_eq!(w.len(), 2, "both wait");
+        assert_eq!(w.next_deadline(), Some(110));
+        // The client's write, older than the read, is recorded late.
+        w.push(90, b"client-write", &mut |_| panic!("not full"));
+        w.release_ready_waiting(210, &mut offer);
+        assert!(w.is_empty());
+        assert_eq!(w.stats().waits, 1);
+        assert_eq!(w.stats().waits_expired, 0);
+        assert_eq!(
+            out,
+            vec![
+                b"client-write".to_vec(),
+                b"server-read".to_vec(),
+                b"server-child".to_vec()
+            ]
+        );
+
+        // The awaited record never comes: released at the bound, counted.
+        let mut released = Vec::new();
+        let mut offer = |b: &[u8], may_wait: bool| {
+            if may_wait {
+                return Offer::Wait;
+            }
+            released.push(b.to_vec());
+            Offer::Taken
+        };
+        w.push(1_000, b"server-read", &mut |_| panic!("not full"));
+        w.release_ready_waiting(1_500, &mut offer);
+        w.release_ready_waiting(1_999, &mut offer);
+        assert_eq!(w.len(), 1);
+        w.release_ready_waiting(2_000, &mut offer);
+        assert!(w.is_empty());
+        assert_eq!(released, vec![b"server-read".to_vec()]);
+        assert_eq!((w.stats().waits, w.stats().waits_expired), (2, 1));
     }
 
     #[test]

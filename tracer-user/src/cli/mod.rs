@@ -110,6 +110,14 @@ pub struct TraceArgs {
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub reorder_window_ms: u64,
 
+    /// Longest milliseconds a server's request waits, past the reorder window, for the write of
+    /// its same-host traced client (recorded when the write returns, which a preempted client
+    /// does late): the wait ends as soon as that write is read; past it the SERVER span is a
+    /// root (counted). Raise it on machines much slower than real time (emulated VMs).
+    #[arg(long, default_value_t = 1000, value_name = "MS", env = "TRACER_CLIENT_WAIT_MS",
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub client_wait_ms: u64,
+
     /// Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) on this address,
     /// e.g. 127.0.0.1:9464. Off unless given.
     #[arg(long, value_name = "ADDR")]

@@ -72,6 +72,10 @@ pub struct LinkerStats {
     /// Connections left out of connection pairing: a loopback tuple whose network namespace is
     /// unknown (another namespace may hold the same tuple).
     pub pair_netns_unknown: u64,
+    /// CLIENT requests not queued for pairing because a SERVER request on the mirror connection
+    /// already went without them (the client's record came too late): pairing them with the
+    /// server's next request would be a wrong link.
+    pub pair_late_clients_skipped: u64,
 }
 
 /// A header identity of a SERVER request remembers the CLIENT request it was paired with.
@@ -153,6 +157,10 @@ pub struct Linker {
     http2_clients: IdHashSet<u64>,
     /// CLIENT requests not yet claimed by a traced server, oldest first.
     unclaimed: IdHashMap<u64, VecDeque<u64>>,
+    /// Per CLIENT connection: SERVER requests on its mirror that found none of its requests
+    /// (recorded late, or lost): that many of its next requests are not queued for pairing,
+    /// so the mirror's later requests keep pairing request for request.
+    owed: IdHashMap<u64, u32>,
     /// Trace ids of the traces this linker starts.
     trace_ids: TraceIds,
     stats: LinkerStats,
@@ -199,6 +207,41 @@ impl Linker {
             self.clients_by_tuple.insert(key, meta.conn_id);
             self.client_tuples.insert(meta.conn_id, key);
         }
+    }
+
+    /// A CLIENT connection's endpoints became known (connect, or the announcement before its
+    /// first bytes): from now on a SERVER request on its mirror waits for its request (see
+    /// [`Linker::awaits_client_request`]). Nothing is counted here: an unpairable tuple is
+    /// counted when a request is seen on it.
+    pub fn client_opened(&mut self, meta: &ConnMeta) {
+        if self.client_tuples.contains_key(&meta.conn_id) {
+            return;
+        }
+        if let (Some(local), Some(peer)) = (meta.local, meta.peer)
+            && let Some(key) = pair_key(meta.netns, local, peer)
+        {
+            self.clients_by_tuple.insert(key, meta.conn_id);
+            self.client_tuples.insert(meta.conn_id, key);
+        }
+    }
+
+    /// Whether a request starting now on SERVER connection `meta` has a traced HTTP/1 CLIENT
+    /// end on this host whose request has not been seen yet. The kernel records a write when
+    /// it returns, and the server may read (and answer) the bytes long before: a preempted
+    /// client, a body larger than the socket buffers. Such a request should wait for the
+    /// client's record before its identity is decided; deciding now makes it a root.
+    pub fn awaits_client_request(&self, meta: &ConnMeta) -> bool {
+        let (Some(local), Some(peer)) = (meta.local, meta.peer) else {
+            return false;
+        };
+        let Some(key) = pair_key(meta.netns, peer, local) else {
+            return false;
+        };
+        let Some(&client) = self.clients_by_tuple.get(&key) else {
+            return false;
+        };
+        !self.http2_clients.contains(&client)
+            && self.unclaimed.get(&client).is_none_or(VecDeque::is_empty)
     }
 
     /// The CLIENT connection mirroring SERVER connection `meta`, if traced here.
@@ -279,11 +322,20 @@ impl Linker {
                         self.stats.roots += 1;
                         SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
                     });
-                let queue = self.unclaimed.entry(meta.conn_id).or_default();
-                if queue.len() >= self.limits.max_unclaimed_per_conn {
-                    queue.pop_front();
+                if let Some(owed) = self.owed.get_mut(&meta.conn_id) {
+                    // The mirror's request this one answers to was already decided without it.
+                    *owed -= 1;
+                    if *owed == 0 {
+                        self.owed.remove(&meta.conn_id);
+                    }
+                    self.stats.pair_late_clients_skipped += 1;
+                } else {
+                    let queue = self.unclaimed.entry(meta.conn_id).or_default();
+                    if queue.len() >= self.limits.max_unclaimed_per_conn {
+                        queue.pop_front();
+                    }
+                    queue.push_back(start.sequence);
                 }
-                queue.push_back(start.sequence);
                 identity
             }
         };
@@ -364,7 +416,21 @@ impl Linker {
     /// SERVER request on an accepted connection whose client end is traced here.
     fn paired_parent(&mut self, meta: &ConnMeta) -> Option<SpanIdentity> {
         let client_conn = self.mirror_client(meta)?;
-        let seq = self.unclaimed.get_mut(&client_conn)?.pop_front()?;
+        let Some(seq) = self
+            .unclaimed
+            .get_mut(&client_conn)
+            .and_then(VecDeque::pop_front)
+        else {
+            // The client end is traced but its request is not here yet: when it comes, it
+            // belongs to this request, not to the next one.
+            if !self.http2_clients.contains(&client_conn) {
+                let owed = self.owed.entry(client_conn).or_default();
+                *owed = owed
+                    .saturating_add(1)
+                    .min(self.limits.max_unclaimed_per_conn as u32);
+            }
+            return None;
+        };
         let parent = self.identities.get(&(client_conn, seq))?;
         Some(SpanIdentity::child_of(parent, LinkSource::ConnectionPair))
     }
@@ -454,6 +520,7 @@ impl Linker {
             self.clients_by_tuple.remove(&tuple);
         }
         self.unclaimed.remove(&conn_id);
+        self.owed.remove(&conn_id);
         self.http2_clients.remove(&conn_id);
     }
 }
@@ -681,6 +748,64 @@ mod tests {
         assert_eq!(ho.paired_client, None);
         assert_eq!(curl_id.paired_client, None);
         let _ = plain;
+    }
+
+    /// The client's write is recorded when it returns, which can be after the server read the
+    /// bytes: while the client's tuple is known and its request missing, the server's request
+    /// waits; if it is decided anyway (the wait expired), the client's late request is not
+    /// paired with the server's NEXT request (a wrong link), and the requests after it pair
+    /// request for request again. Before the fix the late request was queued and the server's
+    /// second request claimed it.
+    #[test]
+    fn a_late_client_request_waits_or_is_skipped_never_misattributed() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let c = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000");
+        let s = conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        assert!(!l.awaits_client_request(&s), "no traced client end known");
+        l.client_opened(&c);
+        assert!(
+            l.awaits_client_request(&s),
+            "client known, its request not seen"
+        );
+        l.request_started(&c, Role::Client, &start(0, 100, &r), Threads::Dedicated);
+        assert!(!l.awaits_client_request(&s), "its request is here");
+        l.request_started(&s, Role::Server, &start(0, 200, &r), Threads::Dedicated);
+        let (s0, c0) = (l.take(2, 0).unwrap(), l.take(1, 0).unwrap());
+        assert_eq!(s0.parent_span_id, Some(c0.span_id));
+        // Pipelined requests 1 and 2; the server's request 1 is decided before the client's.
+        assert!(l.awaits_client_request(&s));
+        l.request_started(&s, Role::Server, &start(1, 200, &r), Threads::Dedicated);
+        l.request_started(&c, Role::Client, &start(1, 100, &r), Threads::Dedicated);
+        l.request_started(&c, Role::Client, &start(2, 100, &r), Threads::Dedicated);
+        l.request_started(&s, Role::Server, &start(2, 200, &r), Threads::Dedicated);
+        let s1 = l.take(2, 1).unwrap();
+        assert_eq!((s1.link, s1.parent_span_id), (LinkSource::Root, None));
+        let (s2, c1, c2) = (
+            l.take(2, 2).unwrap(),
+            l.take(1, 1).unwrap(),
+            l.take(1, 2).unwrap(),
+        );
+        assert_ne!(s2.parent_span_id, Some(c1.span_id), "a wrong link");
+        assert_eq!(s2.parent_span_id, Some(c2.span_id));
+        assert_eq!(l.stats().pair_late_clients_skipped, 1);
+        l.conn_closed(1);
+        l.conn_closed(2);
+        assert!(!l.awaits_client_request(&s));
+        assert!(l.owed.is_empty() && l.clients_by_tuple.is_empty());
+    }
+
+    /// An HTTP/2 client end never makes an HTTP/1 server request wait (stream ids pair those).
+    #[test]
+    fn http2_clients_are_not_awaited() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let c = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000");
+        let s = conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+        l.client_opened(&c);
+        l.request_started(&c, Role::Client, &h2_start(1, 100, &r), Threads::Dedicated);
+        l.take(1, 1);
+        assert!(!l.awaits_client_request(&s));
     }
 
     #[test]

@@ -76,6 +76,13 @@ pub struct AgentSnapshot {
     /// Gauge: exchanges held back for reordering now.
     pub reorder_buffered: u64,
     pub reorder_forced_early: u64,
+    /// Server requests that waited in the reorder window for their same-host client's record,
+    /// and those whose wait expired (decided without it).
+    pub reorder_client_waits: u64,
+    pub reorder_client_waits_expired: u64,
+    /// Client requests left out of connection pairing because their server end was decided
+    /// before they were recorded.
+    pub pair_late_clients_skipped: u64,
     /// Byte budget, per-process caches and thread-link safety.
     pub bounds: BoundsSnapshot,
     /// HTTP/2 streams, exchanges and wire counters.
@@ -776,6 +783,25 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             "tracer_reorder_forced_early_total",
             "Exchanges released from the reorder buffer before their wait ended (buffer full).",
             vec![Sample::plain(s.reorder_forced_early)],
+        ),
+        Family::counter(
+            "tracer_reorder_client_waits_total",
+            "Server requests held past the reorder window until their same-host client's write \
+             was recorded, by outcome (expired: decided without it, a root).",
+            vec![
+                Sample::labelled(
+                    &[("outcome", "paired_in_time")],
+                    s.reorder_client_waits
+                        .saturating_sub(s.reorder_client_waits_expired),
+                ),
+                Sample::labelled(&[("outcome", "expired")], s.reorder_client_waits_expired),
+            ],
+        ),
+        Family::counter(
+            "tracer_pair_late_clients_skipped_total",
+            "Client requests recorded after their same-host server end was decided: left out of \
+             connection pairing (pairing them with a later request would be a wrong link).",
+            vec![Sample::plain(s.pair_late_clients_skipped)],
         ),
         Family::counter(
             "tracer_event_loop_wakeups_total",
@@ -1578,6 +1604,10 @@ mod tests {
             root_spans: 228,
             reorder_buffered: 229,
             reorder_forced_early: 230,
+            // Rendered as waits - expired (701) and expired (702).
+            reorder_client_waits: 1803,
+            reorder_client_waits_expired: 902,
+            pair_late_clients_skipped: 903,
             bounds: BoundsSnapshot {
                 buffered_bytes: 301,
                 buffer_budget_bytes: 302,
@@ -1701,6 +1731,7 @@ mod tests {
         want.push(401.0); // spans_dropped_rejected
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
         want.extend((136..=148).map(|v| v as f64)); // kernel TLS uprobes and search
+        want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -1946,6 +1977,7 @@ mod tests {
             roots => "tracer_root_spans_total",
             identities_evicted => "tracer_linker_identities_evicted_total",
             pair_netns_unknown => "tracer_parent_links_skipped_total",
+            pair_late_clients_skipped => "tracer_pair_late_clients_skipped_total",
         }));
         fields.extend(exported!(crate::correlate::runtime::RuntimeStats {
             inspected => "tracer_runtime_executables_inspected_total",
@@ -1965,6 +1997,8 @@ mod tests {
         fields.extend(exported!(crate::capture::reorder::ReorderStats {
             held => "tracer_reorder_buffered",
             forced_early => "tracer_reorder_forced_early_total",
+            waits => "tracer_reorder_client_waits_total",
+            waits_expired => "tracer_reorder_client_waits_total",
         }));
         fields.extend(exported!(crate::telemetry::k8s::PodMetadataStats {
             cached_pods => "tracer_k8s_pods_cached",

@@ -208,6 +208,36 @@ impl ResourceCache {
         resource
     }
 
+    /// Names a process whose `/proc` could not be read (it exited before the agent looked: a
+    /// short-lived client on a busy machine) after the thread name the kernel reported when it
+    /// opened a connection: `service.name` and `process.executable.name` become `comm` instead
+    /// of `unknown_service:<pid>`. A resource read from `/proc` is left as it is.
+    pub fn name_unreadable(&mut self, pid: u32, comm: &str) {
+        let Some(entry) = self.entries.get_mut(&pid) else {
+            return;
+        };
+        if comm.is_empty() || entry.resource.service_name != format!("unknown_service:{pid}") {
+            return;
+        }
+        let mut resource = (*entry.resource).clone();
+        resource.service_name = comm.to_owned();
+        resource
+            .attributes
+            .retain(|(k, _)| k != "service.name" && k != "process.executable.name");
+        resource.attributes.insert(
+            0,
+            (
+                "service.name".into(),
+                AttrValue::Str(comm.to_owned().into()),
+            ),
+        );
+        resource.attributes.push((
+            "process.executable.name".into(),
+            AttrValue::Str(comm.to_owned().into()),
+        ));
+        entry.resource = Arc::new(resource);
+    }
+
     /// Names processes under `/proc` through `map` (an agent in a child pid namespace).
     pub fn with_pid_map(mut self, map: Option<PidMap>) -> Self {
         self.pid_map = map;
@@ -573,6 +603,44 @@ fn truncate(mut text: String, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A process gone before its /proc was read is named after the kernel's thread name, not
+    /// `unknown_service:<pid>`; a process read from /proc keeps its own name.
+    #[test]
+    fn a_process_gone_before_its_proc_was_read_is_named_by_the_kernel() {
+        let root = std::env::temp_dir().join(format!("tracer-res-comm-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let mut cache = ResourceCache::new(root.clone(), "host".into());
+        assert_eq!(cache.get(77).service_name, "unknown_service:77");
+        cache.name_unreadable(77, "curl");
+        let named = cache.get(77);
+        assert_eq!(named.service_name, "curl");
+        let attr = |k: &str| {
+            named
+                .attributes
+                .iter()
+                .filter(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            attr("service.name"),
+            vec![AttrValue::Str("curl".to_owned().into())]
+        );
+        assert_eq!(
+            attr("process.executable.name"),
+            vec![AttrValue::Str("curl".to_owned().into())]
+        );
+        assert_eq!(attr("process.pid"), vec![AttrValue::Int(77)]);
+        let dir = root.join("78");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("comm"), "nginx\n").unwrap();
+        assert_eq!(cache.get(78).service_name, "nginx");
+        cache.name_unreadable(78, "other");
+        assert_eq!(cache.get(78).service_name, "nginx");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 

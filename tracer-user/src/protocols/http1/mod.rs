@@ -20,6 +20,14 @@ mod tests;
 
 pub use connection::{HttpConnection, RequestStart};
 
+/// Whether `bytes` begin with (a prefix of) an HTTP/1.x request line, or the HTTP/2 preface.
+pub fn may_start_request(bytes: &[u8]) -> bool {
+    !matches!(
+        start_line::classify(bytes, start_line::Accept::REQUESTS, usize::MAX),
+        start_line::StartLine::NotStart
+    )
+}
+
 use crate::model::{Direction, Exchange, Role};
 
 /// Bounds on what one connection may buffer and keep.
