@@ -83,7 +83,11 @@ fn start_server_of(binary: &Path, port: u16, godebug: Option<&str>) -> ChildGuar
 }
 
 fn start_agent(port: u16) -> Agent {
-    let mut agent = AgentConfig::new().ports(&[port]).json().start();
+    let mut agent = AgentConfig::new()
+        .ports(&[port])
+        .arg("--tls")
+        .json()
+        .start();
     wait_attached(&mut agent);
     agent
 }
@@ -268,7 +272,11 @@ fn go_https_http1_keep_alive_under_concurrency_is_traced_exactly() {
 #[test]
 fn go_https_http2_by_alpn_is_traced_exactly() {
     let port = free_port();
-    let agent = AgentConfig::new().ports(&[port]).json().start();
+    let agent = AgentConfig::new()
+        .ports(&[port])
+        .arg("--tls")
+        .json()
+        .start();
     let server = start_server(port, None);
     let mut agent = agent;
     wait_attached(&mut agent);
@@ -381,7 +389,11 @@ fn curl_against_the_go_https_server_is_a_client_server_pair() {
 fn only_traced_go_binaries_are_attached_and_stripped_ones_are_counted() {
     let untraced = start_server_of(gotls(), free_port(), None);
     let traced = start_server_of(gotls_stripped(), free_port(), None);
-    let mut agent = AgentConfig::new().pid(traced.pid()).json().start();
+    let mut agent = AgentConfig::new()
+        .pid(traced.pid())
+        .arg("--tls")
+        .json()
+        .start();
     // Every process present is looked at by each scan: after three, both servers were.
     let page = agent.wait_metrics("three scans of /proc for Go executables", |page| {
         sample(page, "tracer_go_tls_scans_total", "").is_some_and(|n| n >= 3.0)

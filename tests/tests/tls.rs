@@ -131,7 +131,10 @@ fn curl_to_a_python_tls_server_gives_an_https_client_server_tree() {
     let dir = ScratchDir::new("tls-python");
     let port = free_port();
     let _server = tls_server(port, "tls-python", dir.path(), &[]);
-    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
     let curl_pid = curl_k(&https(port, "/ok?x=1"), &[]);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01");
@@ -216,7 +219,10 @@ fn keep_alive_and_concurrency_give_exact_counts() {
     let dir = ScratchDir::new("tls-load");
     let port = free_port();
     let _server = tls_server(port, "tls-load", dir.path(), &[]);
-    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
     let mut command = Command::new(python());
     command.arg("-u").arg(peer_script("tls_client.py")).args([
         "--port",
@@ -264,7 +270,10 @@ fn nginx_with_ssl_is_traced() {
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
     let nginx = start_nginx_tls(dir.path(), port, &cert, &key, " ssl");
-    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
     curl_k(&https(port, "/index.html"), &[]);
     curl_k(&https(port, "/index.html"), &[]);
     session.wait_for("2 SERVER spans of nginx", |spans| {
@@ -343,8 +352,10 @@ fn a_process_started_later_with_its_own_libssl_copy_is_traced() {
     .expect("libssl.so.3 (Debian's libssl3) is installed");
     std::fs::copy(&system, libs.join("libssl.so.3")).expect("copying libssl.so.3");
     let port = free_port();
-    let mut session =
-        TracedSession::start_with(OtlpProtocol::Grpc, AgentConfig::new().ports(&[port]));
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
     let before = libraries_attached(&session.agent().wait_settled());
     let lib_path = libs.display().to_string();
     let server = tls_server(
@@ -384,7 +395,10 @@ fn no_tls_turns_capture_off() {
     let _server = tls_server(port, "tls-off", dir.path(), &[]);
     let mut session = TracedSession::start_with(
         OtlpProtocol::Grpc,
-        AgentConfig::new().ports(&[port]).arg("--no-tls"),
+        AgentConfig::new()
+            .ports(&[port])
+            .arg("--tls")
+            .arg("--no-tls"),
     );
     curl_k(&https(port, "/ok"), &[]);
     let page = session.agent().wait_settled();
@@ -410,7 +424,10 @@ fn http2_over_tls_with_alpn_is_traced() {
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
     let nginx = start_nginx_tls(dir.path(), port, &cert, &key, " ssl http2");
-    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
     curl_k(&https(port, "/index.html"), &["--http2"]);
     session.wait_for("the HTTP/2 SERVER and CLIENT spans", |spans| {
         !server_spans(spans, port).is_empty() && !client_spans(spans, port).is_empty()
@@ -441,7 +458,10 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
     let dir = ScratchDir::new("tls-node");
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
-    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
     let go = dir.path().join("go");
     let mut command = Command::new("node");
     command
@@ -508,8 +528,10 @@ fn the_pid_filter_applies_to_tls() {
     let traced = tls_server(traced_port, "tls-traced", dir.path(), &[]);
     let other_dir = ScratchDir::new("tls-pid-other");
     let _other = tls_server(other_port, "tls-other", other_dir.path(), &[]);
-    let mut session =
-        TracedSession::start_with(OtlpProtocol::Grpc, AgentConfig::new().pid(traced.pid()));
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().pid(traced.pid()).arg("--tls"),
+    );
     curl_k(&https(other_port, "/ok"), &[]);
     curl_k(&https(traced_port, "/ok"), &[]);
     session.wait_for("the traced server's SERVER span", |spans| {

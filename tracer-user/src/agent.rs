@@ -288,7 +288,7 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
         ring_buffer_bytes: ring_bytes,
         max_connections: args.max_connections.max(64),
         kernel_log_level: args.kernel_log_level,
-        tls: !args.no_tls,
+        tls: args.tls && !args.no_tls,
     };
     let metrics = hooks.metrics.clone().unwrap_or_default();
     if let Some(addr) = args.metrics_addr {

@@ -138,9 +138,14 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_sniff: bool,
 
-    /// Do not capture TLS plaintext (HTTPS). By default the agent attaches uprobes to every
-    /// OpenSSL copy processes map (libssl.so.3, best effort 1.1, and binaries exporting OpenSSL's
-    /// symbols such as node) and traces their HTTPS as it traces HTTP.
+    /// Capture TLS plaintext (HTTPS): attach uprobes to every OpenSSL copy processes map
+    /// (libssl.so.3, best effort 1.1, binaries exporting OpenSSL's symbols) and to Go's
+    /// crypto/tls, and trace their HTTPS as HTTP. Opt-in for now: under a flood of new
+    /// connections it raises the agent's peak memory by about 40-50 MiB (being fixed).
+    #[arg(long, env = "TRACER_TLS")]
+    pub tls: bool,
+
+    /// Do not capture TLS plaintext (wins over --tls).
     #[arg(long)]
     pub no_tls: bool,
 

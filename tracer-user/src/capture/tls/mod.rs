@@ -231,6 +231,49 @@ impl TlsTargets {
     }
 }
 
+/// The host's own OpenSSL at the usual paths (Debian/Ubuntu multiarch, RHEL/SUSE `lib64`, and
+/// 1.1 where it still ships).
+const WELL_KNOWN_LIBSSL: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib/aarch64-linux-gnu/libssl.so.3",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+    "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "/usr/lib64/libssl.so.1.1",
+];
+
+impl TlsTargets {
+    /// The host's OpenSSL libraries at their usual paths, whether or not a process maps them
+    /// now: a uprobe is set on the file, so a short-lived client (curl) that loads it later is
+    /// covered from its first call, not only after the next rescan (by then it may have exited).
+    pub fn well_known(&mut self, out: &mut Vec<Target>) {
+        use std::os::unix::fs::MetadataExt;
+        for path in WELL_KNOWN_LIBSSL {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let dev = meta.dev();
+            let id = (
+                u64::from(libc::major(dev)) << 32 | u64::from(libc::minor(dev)),
+                meta.ino(),
+            );
+            if self.done.contains(&id) || out.iter().any(|t| t.id == id) {
+                continue;
+            }
+            out.push(Target {
+                path: PathBuf::from(path),
+                shown: (*path).to_owned(),
+                kind: TargetKind::SharedLibrary,
+                pid: 0,
+                id,
+            });
+        }
+    }
+}
+
 /// The path to open the file `path` that a process (`/proc/<pid>` is `dir`) maps as `id`: the
 /// same path in the agent's own mount namespace when it is that very file (nothing depends on
 /// the process living on), else through the process's root (a container's file).
@@ -270,7 +313,8 @@ impl TlsSearch {
     pub fn start(proc_root: PathBuf, now_ns: u64) -> TlsSearch {
         use std::sync::{Arc, Mutex, atomic::AtomicBool};
         let mut targets = TlsTargets::new(proc_root);
-        let pending = targets.scan(now_ns, None, false);
+        let mut pending = targets.scan(now_ns, None, false);
+        targets.well_known(&mut pending);
         let shared = Arc::new(Mutex::new(Shared { targets, pending }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
