@@ -6,6 +6,7 @@ pub mod agent;
 pub mod agent_counters;
 pub mod bpf_objects;
 pub mod faulty_receiver;
+pub mod go_peer;
 pub mod h2peers;
 pub mod http_load;
 pub mod metrics_client;

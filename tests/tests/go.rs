@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use tracer_tests::go_peer::build_go_peer;
 use tracer_tests::metrics_client::scrape;
 use tracer_tests::peers::PEER_START_TIMEOUT;
 use tracer_tests::query::describe;
@@ -37,27 +38,12 @@ const DRIVER_SERVICE: &str = "go-driver";
 fn gohub() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-peers");
-        std::fs::create_dir_all(&out).expect("create the Go peer's directory");
-        let bin = out.join("gohub");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/gohub/main.go");
-        let mut build = Command::new("go");
-        build
-            .arg("build")
-            .arg("-o")
-            .arg(&bin)
-            .arg(&source)
-            .env("GOCACHE", out.join("cache"))
-            .env("GOPATH", out.join("gopath"))
-            .env("GO111MODULE", "off");
-        let (status, child) = run_with_timeout("go build", build, Duration::from_secs(300));
-        if !status.success() {
-            panic!(
-                "`go build` of the Go peer failed ({status}); `cargo xtask setup` installs golang-go\n{}",
-                child.output_report()
-            );
-        }
-        bin
+        build_go_peer(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            "gohub",
+            "gohub",
+            &[],
+        )
     })
 }
 

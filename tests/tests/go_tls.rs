@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use tracer_tests::go_peer::build_go_peer;
 use tracer_tests::metrics_client::sample;
 use tracer_tests::peers::PEER_START_TIMEOUT;
 use tracer_tests::query::describe;
@@ -37,30 +38,7 @@ fn gotls_stripped() -> &'static Path {
 }
 
 fn build_peer(name: &str, flags: &[&str]) -> PathBuf {
-    {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-peers");
-        std::fs::create_dir_all(&out).expect("create the Go peer's directory");
-        let bin = out.join(name);
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/gotls/main.go");
-        let mut build = Command::new("go");
-        build
-            .arg("build")
-            .args(flags)
-            .arg("-o")
-            .arg(&bin)
-            .arg(&source)
-            .env("GOCACHE", out.join("cache"))
-            .env("GOPATH", out.join("gopath"))
-            .env("GO111MODULE", "off");
-        let (status, child) = run_with_timeout("go build", build, Duration::from_secs(300));
-        if !status.success() {
-            panic!(
-                "`go build` of the Go TLS peer failed ({status}); `cargo xtask setup` installs golang-go\n{}",
-                child.output_report()
-            );
-        }
-        bin
-    }
+    build_go_peer(Path::new(env!("CARGO_TARGET_TMPDIR")), "gotls", name, flags)
 }
 
 fn start_server(port: u16, godebug: Option<&str>) -> ChildGuard {
