@@ -414,6 +414,7 @@ impl RuntimeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::go_build::{GoBuild, build_go_variants};
 
     #[test]
     fn this_test_binary_is_not_go_and_garbage_is_not_either() {
@@ -664,29 +665,13 @@ mod tests {
     /// Real Go builds: stripped (-s -w), PIE, and 32-bit, as the toolchain writes them.
     #[test]
     fn real_go_builds_are_recognised() {
-        let dir = std::env::temp_dir().join(format!("tracer-runtime-go-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("main.go"), "package main\nfunc main() {}\n").expect("main.go");
-        std::fs::write(dir.join("go.mod"), "module m\n\ngo 1.17\n").expect("go.mod");
-        type Build<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
-        let builds: [Build<'_>; 3] = [
+        let builds: [GoBuild<'_>; 3] = [
             ("stripped", &["-ldflags=-s -w"], &[]),
             ("pie", &["-buildmode=pie"], &[]),
             ("i386", &[], &[("GOARCH", "386")]),
         ];
-        for (name, flags, env) in builds {
-            let status = std::process::Command::new("go")
-                .arg("build")
-                .args(flags)
-                .args(["-o", name, "."])
-                .current_dir(&dir)
-                .env("GOCACHE", dir.join("cache"))
-                .env("GOFLAGS", "-mod=mod")
-                .env("CGO_ENABLED", "0")
-                .envs(env.iter().copied())
-                .status()
-                .expect("the go toolchain runs (`cargo xtask setup` installs golang-go)");
-            assert!(status.success(), "go build {name} failed");
+        let dir = build_go_variants("runtime-go", "package main\nfunc main() {}\n", &builds);
+        for (name, _, _) in builds {
             assert!(
                 is_go_executable(&dir.join(name)),
                 "{name} is not recognised as Go"

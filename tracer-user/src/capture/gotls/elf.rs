@@ -267,6 +267,7 @@ pub fn return_offsets(code: &[u8], ip: u64) -> Option<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::go_build::build_go_variants;
 
     #[test]
     fn releases_parse() {
@@ -291,37 +292,18 @@ mod tests {
     /// covered (entry, returns, handshake, type hash), stripped and 32-bit are skipped.
     #[test]
     fn real_go_tls_builds_are_analysed() {
-        let dir = std::env::temp_dir().join(format!("tracer-gotls-elf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(
-            dir.join("main.go"),
+        let dir = build_go_variants(
+            "gotls-elf",
             "package main\nimport (\"crypto/tls\"; \"net\")\nfunc main() {\n\
              c, err := net.Dial(\"tcp\", \"127.0.0.1:1\")\nif err != nil { return }\n\
              t := tls.Client(c, &tls.Config{})\nt.Write([]byte(\"x\"))\nt.Read(make([]byte, 1))\n}\n",
-        )
-        .expect("main.go");
-        std::fs::write(dir.join("go.mod"), "module m\n\ngo 1.17\n").expect("go.mod");
-        type Build<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
-        let builds: [Build<'_>; 4] = [
-            ("default", &[], &[]),
-            ("pie", &["-buildmode=pie"], &[]),
-            ("stripped", &["-ldflags=-s -w"], &[]),
-            ("i386", &[], &[("GOARCH", "386")]),
-        ];
-        for (name, flags, env) in builds {
-            let status = std::process::Command::new("go")
-                .arg("build")
-                .args(flags)
-                .args(["-o", name, "."])
-                .current_dir(&dir)
-                .env("GOCACHE", dir.join("cache"))
-                .env("GOFLAGS", "-mod=mod")
-                .env("CGO_ENABLED", "0")
-                .envs(env.iter().copied())
-                .status()
-                .expect("the go toolchain runs (`cargo xtask setup` installs golang-go)");
-            assert!(status.success(), "go build {name} failed");
-        }
+            &[
+                ("default", &[], &[]),
+                ("pie", &["-buildmode=pie"], &[]),
+                ("stripped", &["-ldflags=-s -w"], &[]),
+                ("i386", &[], &[("GOARCH", "386")]),
+            ],
+        );
         let analysed =
             |name: &str| analyse(&std::fs::read(dir.join(name)).expect("read the build"));
         for name in ["default", "pie"] {
