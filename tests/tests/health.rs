@@ -63,7 +63,7 @@ fn health_answers_within_a_second_beside_64_idle_connections() {
         }
     }
 
-    // A real scraper, as Prometheus would ask (it negotiates the text format).
+    // A real scraper, as Prometheus asks (OpenMetrics first): the page is OpenMetrics text.
     let mut command = Command::new("curl");
     command.args([
         "-sS",
@@ -72,7 +72,8 @@ fn health_answers_within_a_second_beside_64_idle_connections() {
         "--max-time",
         "10",
         "-H",
-        "Accept: text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+         version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
         "-w",
         "\n%{http_code} %{content_type}",
         &format!("http://{metrics}/metrics"),
@@ -85,7 +86,7 @@ fn health_answers_within_a_second_beside_64_idle_connections() {
         .unwrap_or_else(|| panic!("no status line from curl: {output}"));
     assert_eq!(
         trailer.trim(),
-        "200 text/plain; version=0.0.4; charset=utf-8",
+        "200 application/openmetrics-text; version=1.0.0; charset=utf-8",
         "{output}"
     );
     assert_eq!(sample(body, "tracer_ready", ""), Some(1.0), "{body}");

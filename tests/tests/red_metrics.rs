@@ -154,11 +154,11 @@ fn wait_metrics(
     }
 }
 
-/// The samples of a Prometheus text page as the Prometheus Python client's parser reads them:
+/// The samples of the OpenMetrics page as the Prometheus Python client's parser reads them:
 /// (sample name, labels, value). Panics if the page does not parse.
 fn parse_prometheus(page: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
     const SCRIPT: &str = "import json, sys\n\
-        from prometheus_client.parser import text_string_to_metric_families\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
         for family in text_string_to_metric_families(sys.stdin.read()):\n\
         \x20   for s in family.samples:\n\
         \x20       print(json.dumps([s.name, s.labels, s.value]))\n";

@@ -1,21 +1,21 @@
-//! The agent's self-metrics: a snapshot of its counters, their Prometheus text rendering, and
-//! (in [`server`]) the HTTP server for `GET /metrics`, `/healthz` and `/readyz`.
+//! The agent's self-metrics: a snapshot of its counters and their families on the `/metrics`
+//! page ([`exposition`]: one prometheus-client registry with the RED histograms and the service
+//! graph), and (in [`server`]) the HTTP server for `GET /metrics`, `/healthz` and `/readyz`.
 //!
 //! The agent owns an `Arc<MetricsState>` and stores a fresh [`AgentSnapshot`] in it periodically;
-//! the server only renders the latest snapshot, so a scrape never touches the pipeline.
+//! the server only encodes the latest snapshot, so a scrape never touches the pipeline.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::task::JoinHandle;
 
+pub mod exposition;
 mod server;
 
-pub use server::{
-    MAX_CONCURRENT_CONNECTIONS, MAX_REQUEST_HEAD_BYTES, PROMETHEUS_CONTENT_TYPE, REQUEST_TIMEOUT,
-};
+use exposition::{DescriptorEncoder, Exposed, GaugeValue};
+pub use server::{MAX_CONCURRENT_CONNECTIONS, MAX_REQUEST_HEAD_BYTES, REQUEST_TIMEOUT};
 
 /// The kernel programs' counters, summed over CPUs (all monotonic).
 pub use crate::capture::probes::KernelCounters as KernelSnapshot;
@@ -232,13 +232,24 @@ impl MetricsState {
             .clone()
     }
 
-    /// The full `/metrics` body: the agent snapshot, readiness and the server's own counters.
+    /// The full `/metrics` page: the agent snapshot, readiness, the server's own counters, pod
+    /// metadata, then the RED histograms and the service graph when metrics are on.
     pub fn render(&self) -> String {
-        let mut out = render_prometheus(&self.snapshot());
+        let mut registry = exposition::Registry::default();
+        exposition::register(&mut registry, Arc::new(self.own_families()));
+        if let Some(red) = self.red.get() {
+            exposition::register(&mut registry, Arc::clone(red));
+        }
+        exposition::encode(&registry)
+    }
+
+    /// The families of the snapshot and of the state itself, taken now.
+    fn own_families(&self) -> Families {
+        let mut families = snapshot_families(&self.snapshot());
         let ready = u64::from(self.is_ready());
         let server = &self.server;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let families = [
+        families.extend([
             Family::gauge(
                 "tracer_ready",
                 "1 once the agent has attached its probes and runs its pipeline, else 0.",
@@ -269,18 +280,10 @@ impl MetricsState {
                     Sample::labelled(&[("reason", "timeout")], load(&server.rejected_timeout)),
                 ],
             ),
-        ];
-        for family in &families {
-            family.render_into(&mut out);
-        }
+        ]);
         let pods = self.pods.get().map(|p| p.stats()).unwrap_or_default();
-        for family in pod_families(&pods) {
-            family.render_into(&mut out);
-        }
-        if let Some(red) = self.red.get() {
-            red.render_prometheus(&mut out);
-        }
-        out
+        families.extend(pod_families(&pods));
+        Families(families)
     }
 }
 
@@ -292,6 +295,7 @@ enum Value {
 }
 
 /// One line of a family: its labels and value.
+#[derive(Debug)]
 struct Sample {
     labels: &'static [(&'static str, &'static str)],
     value: Value,
@@ -320,11 +324,19 @@ impl Sample {
     }
 }
 
-/// A metric family: `# HELP`, `# TYPE`, then its samples.
+/// What a family measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// A metric family: its name, help text, kind and samples.
+#[derive(Debug)]
 struct Family {
     name: &'static str,
     help: &'static str,
-    kind: &'static str,
+    kind: Kind,
     samples: Vec<Sample>,
 }
 
@@ -333,7 +345,7 @@ impl Family {
         Family {
             name,
             help,
-            kind: "counter",
+            kind: Kind::Counter,
             samples,
         }
     }
@@ -342,58 +354,50 @@ impl Family {
         Family {
             name,
             help,
-            kind: "gauge",
+            kind: Kind::Gauge,
             samples,
         }
     }
 
-    fn render_into(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
-        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
-        for sample in &self.samples {
-            out.push_str(self.name);
-            if !sample.labels.is_empty() {
-                out.push('{');
-                for (index, (key, value)) in sample.labels.iter().enumerate() {
-                    if index > 0 {
-                        out.push(',');
-                    }
-                    let _ = write!(out, "{key}=\"{}\"", escape_label_value(value));
-                }
-                out.push('}');
-            }
-            out.push(' ');
-            match sample.value {
-                Value::Int(v) => {
-                    let _ = write!(out, "{v}");
-                }
-                Value::Float(v) => out.push_str(&format_float(v)),
-            }
-            out.push('\n');
+    fn expose(&self, page: &mut DescriptorEncoder) -> std::fmt::Result {
+        let labelled = |s: &Sample| exposition::labels(s.labels);
+        match self.kind {
+            Kind::Counter => exposition::counter(
+                page,
+                self.name,
+                self.help,
+                self.samples.iter().map(|s| {
+                    let value = match s.value {
+                        Value::Int(v) => v,
+                        // Counters are integers; a float one would be a bug, not data.
+                        Value::Float(v) => v as u64,
+                    };
+                    (labelled(s), value)
+                }),
+            ),
+            Kind::Gauge => exposition::gauge(
+                page,
+                self.name,
+                self.help,
+                self.samples.iter().map(|s| {
+                    let value = match s.value {
+                        Value::Int(v) => GaugeValue::Int(v),
+                        Value::Float(v) => GaugeValue::Float(v),
+                    };
+                    (labelled(s), value)
+                }),
+            ),
         }
     }
 }
 
-/// Escapes a `# HELP` text: backslash and newline.
-fn escape_help(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('\n', "\\n")
-}
+/// Families taken at one scrape, in page order.
+#[derive(Debug)]
+struct Families(Vec<Family>);
 
-/// Escapes a label value: backslash, double quote and newline.
-fn escape_label_value(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// A float as the text format spells it (`NaN`, `+Inf`, `-Inf`, else Rust's shortest form).
-fn format_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_owned()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        format!("{v}")
+impl Exposed for Families {
+    fn expose(&self, page: &mut DescriptorEncoder) -> std::fmt::Result {
+        self.0.iter().try_for_each(|family| family.expose(page))
     }
 }
 
@@ -811,30 +815,23 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
     ]
 }
 
-/// Renders a snapshot in the Prometheus text exposition format 0.0.4: one `# HELP` and one
-/// `# TYPE` line per family, names prefixed `tracer_`, counters ending in `_total`, drop reasons
-/// as labels.
+/// All families of a snapshot, in page order.
+fn snapshot_families(s: &AgentSnapshot) -> Vec<Family> {
+    let mut all = families(s);
+    all.extend(bounds_families(&s.bounds));
+    all.extend(http2_families(&s.http2));
+    all.extend(go_tls_families(&s.go_tls));
+    all.extend(tls_families(&s.kernel, &s.tls));
+    all.extend(stage_families(&s.stages));
+    all
+}
+
+/// A snapshot's page on its own (OpenMetrics text): names prefixed `tracer_`, counters ending
+/// in `_total`, drop reasons as labels.
 pub fn render_prometheus(s: &AgentSnapshot) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    for family in families(s) {
-        family.render_into(&mut out);
-    }
-    for family in bounds_families(&s.bounds) {
-        family.render_into(&mut out);
-    }
-    for family in http2_families(&s.http2) {
-        family.render_into(&mut out);
-    }
-    for family in go_tls_families(&s.go_tls) {
-        family.render_into(&mut out);
-    }
-    for family in tls_families(&s.kernel, &s.tls) {
-        family.render_into(&mut out);
-    }
-    for family in stage_families(&s.stages) {
-        family.render_into(&mut out);
-    }
-    out
+    let mut registry = exposition::Registry::default();
+    exposition::register(&mut registry, Arc::new(Families(snapshot_families(s))));
+    exposition::encode(&registry)
 }
 
 /// Families of the Go crypto/tls uprobes (`capture::gotls`).
@@ -1451,7 +1448,9 @@ mod tests {
         let mut samples = Vec::new();
         let mut current: Option<String> = None;
         let mut finished = BTreeSet::new();
+        let mut eof_seen = None;
         for line in text.lines() {
+            assert!(eof_seen.is_none(), "nothing after # EOF: {line}");
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 let (name, help) = rest.split_once(' ').expect("help text");
                 assert!(!help.is_empty());
@@ -1464,7 +1463,19 @@ mod tests {
                 let (name, kind) = rest.split_once(' ').expect("type");
                 assert_eq!(current.as_deref(), Some(name), "TYPE follows its HELP");
                 assert!(matches!(kind, "counter" | "gauge"), "type {kind}");
-                assert!(types.insert(name.to_string(), kind.to_string()).is_none());
+                // OpenMetrics declares a counter without the `_total` its samples carry.
+                let name = if kind == "counter" {
+                    let total = format!("{name}_total");
+                    let help = helps.remove(name).expect("help before type");
+                    helps.insert(total.clone(), help);
+                    current = Some(total.clone());
+                    total
+                } else {
+                    name.to_string()
+                };
+                assert!(types.insert(name, kind.to_string()).is_none());
+            } else if line == "# EOF" {
+                assert!(eof_seen.replace(true).is_none(), "one EOF");
             } else {
                 assert!(!line.starts_with('#'), "unexpected comment {line}");
                 let (series, value) = line.rsplit_once(' ').expect("value");
@@ -1493,6 +1504,7 @@ mod tests {
                 });
             }
         }
+        assert_eq!(eof_seen, Some(true), "the page ends with # EOF");
         for (name, kind) in &types {
             assert!(valid_name(name), "metric name {name}");
             assert!(name.starts_with("tracer_"), "{name} is prefixed");
@@ -1842,8 +1854,9 @@ mod tests {
             ..AgentSnapshot::default()
         };
         let text = render_prometheus(&s);
+        // OpenMetrics' encoder cannot spell an infinity: no value.
         assert!(
-            text.contains("\ntracer_export_last_latency_seconds +Inf\n"),
+            text.contains("\ntracer_export_last_latency_seconds NaN\n"),
             "{text}"
         );
         s.last_export_latency_seconds = f64::NAN;
@@ -1854,14 +1867,6 @@ mod tests {
             parsed.value("tracer_export_last_latency_seconds", &[]),
             1e-7
         );
-    }
-
-    #[test]
-    fn escaping_follows_the_text_format() {
-        assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        assert_eq!(escape_help("x\\y\nz"), "x\\\\y\\nz");
-        assert_eq!(format_float(-f64::INFINITY), "-Inf");
-        assert_eq!(format_float(1.5), "1.5");
     }
 
     #[test]
@@ -1901,10 +1906,9 @@ mod tests {
             job_lookup_failures: 711,
             job_owner_evictions: 712,
         };
-        let mut text = String::new();
-        for family in pod_families(&stats) {
-            family.render_into(&mut text);
-        }
+        let mut registry = exposition::Registry::default();
+        exposition::register(&mut registry, Arc::new(Families(pod_families(&stats))));
+        let text = exposition::encode(&registry);
         let mut values: Vec<f64> = parse(&text).samples.iter().map(|s| s.value).collect();
         values.sort_by(f64::total_cmp);
         let want: Vec<f64> = (701..=712).map(f64::from).collect();
@@ -2056,8 +2060,12 @@ mod tests {
         let missing: Vec<_> = fields
             .iter()
             .filter(|(_, _, family)| {
-                !page.contains(&format!("# TYPE {family} counter\n"))
-                    && !page.contains(&format!("# TYPE {family} gauge\n"))
+                let declared = |kind: &str| {
+                    // OpenMetrics declares a counter without the suffix its samples carry.
+                    let name = family.strip_suffix("_total").unwrap_or(family);
+                    page.contains(&format!("# TYPE {name} {kind}\n"))
+                };
+                !declared("counter") && !declared("gauge")
             })
             .collect();
         assert!(missing.is_empty(), "not on /metrics: {missing:?}");

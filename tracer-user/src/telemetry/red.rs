@@ -26,6 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanRecord};
+use crate::telemetry::metrics::exposition::{
+    self, DescriptorEncoder, Exposed, GaugeValue, HistogramSeries, LabelText, Labels,
+};
 use crate::telemetry::rpc;
 use crate::telemetry::semconv;
 
@@ -565,12 +568,6 @@ fn label_name(key: &str) -> String {
     out
 }
 
-fn escape_label_value(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 fn value_text(v: &AttrValue) -> String {
     match v {
         AttrValue::Str(s) => s.as_str().to_string(),
@@ -609,166 +606,150 @@ pub fn job_and_instance(resource: &ProcessResource) -> (String, String) {
 }
 
 /// Identifying labels of a process's series: `job`, `instance`, `service_name`.
-fn identifying_labels(resource: &ProcessResource) -> String {
+fn identifying_labels(resource: &ProcessResource) -> Vec<(String, String)> {
     let (job, instance) = job_and_instance(resource);
-    format!(
-        "job=\"{}\",instance=\"{}\",service_name=\"{}\"",
-        escape_label_value(&job),
-        escape_label_value(&instance),
-        escape_label_value(&resource.service_name)
-    )
+    vec![
+        ("job".to_owned(), job),
+        ("instance".to_owned(), instance),
+        ("service_name".to_owned(), resource.service_name.clone()),
+    ]
 }
 
-fn prometheus_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_owned()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        format!("{v}")
-    }
+/// Borrowed labels of owned name/value pairs, for the page's writers.
+fn borrowed(pairs: &[(String, String)]) -> Labels<'_> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.as_str(), LabelText(value)))
+        .collect()
 }
 
-impl RedMetrics {
-    /// Appends the histograms (cumulative) in the Prometheus text format, with `target_info` for
-    /// every process that has series, and the aggregation's own counters.
-    pub fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
+impl Exposed for RedMetrics {
+    /// The aggregation's own counters, `target_info` for every process that has series, the
+    /// histograms (cumulative), then the service graph.
+    fn expose(&self, page: &mut DescriptorEncoder) -> std::fmt::Result {
         let stats = self.stats();
+        let e = &self.export;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let counters = [
             (
                 "tracer_red_points_total",
-                "counter",
                 "Spans measured by a RED duration histogram.",
                 stats.points,
             ),
             (
                 "tracer_red_overflow_points_total",
-                "counter",
                 "Spans recorded in an overflow series (otel_metric_overflow=\"true\") because \
                  their instrument reached its series limit.",
                 stats.overflow_points,
             ),
             (
                 "tracer_red_dropped_points_total",
-                "counter",
                 "Spans not aggregated because the process limit of the RED metrics was reached.",
                 stats.dropped_points,
             ),
             (
-                "tracer_red_series",
-                "gauge",
-                "RED histogram series held now (overflow series included).",
-                stats.series,
-            ),
-        ];
-        let e = &self.export;
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let export = [
-            (
                 "tracer_red_export_requests_total",
-                "counter",
                 "OTLP metrics export requests (each after its retries), failed ones included.",
                 load(&e.requests),
             ),
             (
                 "tracer_red_export_requests_failed_total",
-                "counter",
                 "OTLP metrics export requests given up after failures.",
                 load(&e.requests_failed),
             ),
             (
                 "tracer_red_export_retries_total",
-                "counter",
                 "Retried OTLP metrics export attempts.",
                 load(&e.retries),
             ),
             (
                 "tracer_red_export_points_total",
-                "counter",
                 "Data points (RED histograms, service graph counts and histograms) the OTLP \
                  metrics receiver accepted.",
                 load(&e.points_exported),
             ),
             (
                 "tracer_red_export_points_dropped_total",
-                "counter",
                 "Data points (RED histograms, service graph counts and histograms) not \
                  delivered (export failed or rejected by the receiver).",
                 load(&e.points_dropped),
             ),
         ];
-        for (name, kind, help, value) in counters.into_iter().chain(export) {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
+        for (name, help, value) in counters {
+            exposition::counter(page, name, help, [(Vec::new(), value)])?;
         }
+        exposition::gauge(
+            page,
+            "tracer_red_series",
+            "RED histogram series held now (overflow series included).",
+            [(Vec::new(), GaugeValue::Int(stats.series))],
+        )?;
         self.with_cumulative(|resources| {
-            let ids: Vec<String> = resources
+            let ids: Vec<Vec<(String, String)>> = resources
                 .iter()
                 .map(|r| identifying_labels(&r.resource))
                 .collect();
-            let _ = writeln!(out, "# HELP target_info Target metadata");
-            let _ = writeln!(out, "# TYPE target_info gauge");
-            for (r, id) in resources.iter().zip(&ids) {
-                let mut line = format!("target_info{{{id}");
-                let mut seen = vec!["job".to_string(), "instance".to_string()];
-                for (key, value) in &r.resource.attributes {
-                    if matches!(
-                        key.as_str(),
-                        "service.name" | "service.namespace" | "service.instance.id"
-                    ) {
-                        continue;
+            let target_info: Vec<Vec<(String, String)>> = resources
+                .iter()
+                .zip(&ids)
+                .map(|(r, id)| {
+                    let mut labels = id.clone();
+                    for (key, value) in &r.resource.attributes {
+                        if matches!(
+                            key.as_str(),
+                            "service.name" | "service.namespace" | "service.instance.id"
+                        ) {
+                            continue;
+                        }
+                        let name = label_name(key);
+                        if labels.iter().any(|(seen, _)| *seen == name) {
+                            continue;
+                        }
+                        labels.push((name, value_text(value)));
                     }
-                    let name = label_name(key);
-                    if seen.contains(&name) {
-                        continue;
-                    }
-                    let _ = write!(
-                        line,
-                        ",{name}=\"{}\"",
-                        escape_label_value(&value_text(value))
-                    );
-                    seen.push(name);
-                }
-                let _ = writeln!(out, "{line}}} 1");
-            }
+                    labels
+                })
+                .collect();
+            exposition::info(
+                page,
+                "target",
+                "Target metadata",
+                target_info.iter().map(|labels| borrowed(labels)),
+            )?;
             for instrument in Instrument::ALL {
-                let name = instrument.prometheus_name();
-                let mut header = false;
-                for (r, id) in resources.iter().zip(&ids) {
-                    for s in r.series.iter().filter(|s| s.instrument == instrument) {
-                        if !header {
-                            let _ = writeln!(out, "# HELP {name} {}", instrument.description());
-                            let _ = writeln!(out, "# TYPE {name} histogram");
-                            header = true;
-                        }
-                        let mut labels = id.clone();
-                        for (key, value) in s.attributes() {
-                            let _ = write!(
-                                labels,
-                                ",{}=\"{}\"",
-                                label_name(key),
-                                escape_label_value(&value_text(value))
-                            );
-                        }
-                        let p = &s.total;
-                        let mut cumulative = 0u64;
-                        for (i, count) in p.bucket_counts.iter().enumerate() {
-                            cumulative += count;
-                            let le = BOUNDARIES
-                                .get(i)
-                                .map_or_else(|| "+Inf".to_string(), |b| prometheus_float(*b));
-                            let _ =
-                                writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-                        }
-                        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", prometheus_float(p.sum));
-                        let _ = writeln!(out, "{name}_count{{{labels}}} {}", p.count);
-                    }
-                }
+                let series: Vec<(Vec<(String, String)>, &Point)> = resources
+                    .iter()
+                    .zip(&ids)
+                    .flat_map(|(r, id)| {
+                        r.series
+                            .iter()
+                            .filter(move |s| s.instrument == instrument)
+                            .map(move |s| {
+                                let mut labels = id.clone();
+                                labels.extend(
+                                    s.attributes()
+                                        .map(|(key, value)| (label_name(key), value_text(value))),
+                                );
+                                (labels, &s.total)
+                            })
+                    })
+                    .collect();
+                exposition::histogram(
+                    page,
+                    instrument.prometheus_name(),
+                    instrument.description(),
+                    &BOUNDARIES,
+                    series.iter().map(|(labels, p)| HistogramSeries {
+                        labels: borrowed(labels),
+                        bucket_counts: &p.bucket_counts,
+                        sum: p.sum,
+                        count: p.count,
+                    }),
+                )?;
             }
-        });
-        self.graph.render_prometheus(out);
+            Ok(())
+        })?;
+        self.graph.expose(page)
     }
 }
 
@@ -1029,8 +1010,7 @@ mod tests {
             item(&a, span(SpanKind::Server, http("GET", 200, "/"), 3, 1)),
             item(&a, span(SpanKind::Server, http("GET", 200, "/"), 300, 2)),
         ]);
-        let mut page = String::new();
-        red.render_prometheus(&mut page);
+        let page = exposition::page_of(red);
         let id = "job=\"shop\",instance=\"h1/42\",service_name=\"shop\"";
         assert!(
             page.contains(&format!(
@@ -1043,7 +1023,7 @@ mod tests {
         );
         for (le, n) in [("0.005", 1), ("0.25", 1), ("0.5", 2), ("+Inf", 2)] {
             let line = format!(
-                "http_server_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n"
+                "http_server_request_duration_seconds_bucket{{le=\"{le}\",{labels}}} {n}\n"
             );
             assert!(page.contains(&line), "{line} in {page}");
         }

@@ -34,6 +34,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanRecord, SpanStatus};
+use crate::telemetry::metrics::exposition::{
+    self, DescriptorEncoder, Exposed, GaugeValue, HistogramSeries, LabelText, Labels,
+};
 use crate::telemetry::red::Exemplar;
 
 /// Tempo's default `histogram_buckets` for the service graph histograms (seconds).
@@ -608,88 +611,83 @@ impl ServiceGraph {
         }
         out
     }
+}
 
-    /// Appends the four families (cumulative) and the graph's own counters in the Prometheus
-    /// text format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
+impl Exposed for ServiceGraph {
+    /// The graph's own counters, then the four families (cumulative) under Tempo's names.
+    fn expose(&self, page: &mut DescriptorEncoder) -> std::fmt::Result {
         let stats = self.stats();
-        let own = [
-            (
-                "tracer_service_graph_requests_total",
-                "counter",
-                "Requests counted on the service graph, by how their ends were found (paired: both \
-                 traced here; client_only/server_only: the other end is a virtual node).",
-                vec![
-                    ("kind=\"paired\"", stats.paired),
-                    ("kind=\"client_only\"", stats.client_only),
-                    ("kind=\"server_only\"", stats.server_only),
-                ],
-            ),
+        exposition::counter(
+            page,
+            "tracer_service_graph_requests_total",
+            "Requests counted on the service graph, by how their ends were found (paired: both \
+             traced here; client_only/server_only: the other end is a virtual node).",
+            [
+                (exposition::labels(&[("kind", "paired")]), stats.paired),
+                (
+                    exposition::labels(&[("kind", "client_only")]),
+                    stats.client_only,
+                ),
+                (
+                    exposition::labels(&[("kind", "server_only")]),
+                    stats.server_only,
+                ),
+            ],
+        )?;
+        let counters = [
             (
                 "tracer_service_graph_pending_overflow_total",
-                "counter",
                 "Spans counted alone (virtual node) before their wait for the other end was over, \
                  because the pending table was full.",
-                vec![("", stats.pending_overflow)],
+                stats.pending_overflow,
             ),
             (
                 "tracer_service_graph_overflow_requests_total",
-                "counter",
                 "Requests counted on the overflow edge (otel_metric_overflow=\"true\") because the \
                  edge limit was reached.",
-                vec![("", stats.overflow_requests)],
+                stats.overflow_requests,
             ),
             (
                 "tracer_service_graph_pair_notes_dropped_total",
-                "counter",
                 "Same-host pairs of header-linked requests forgotten before their SERVER span \
                  arrived (table full): both ends may then be counted alone.",
-                vec![("", stats.notes_dropped)],
+                stats.notes_dropped,
             ),
+        ];
+        for (name, help, value) in counters {
+            exposition::counter(page, name, help, [(Vec::new(), value)])?;
+        }
+        for (name, help, value) in [
             (
                 "tracer_service_graph_pending",
-                "gauge",
                 "Spans waiting for the other end of their request.",
-                vec![("", stats.pending)],
+                stats.pending,
             ),
             (
                 "tracer_service_graph_edges",
-                "gauge",
                 "Service graph edges held (the overflow edge included).",
-                vec![("", stats.edges)],
+                stats.edges,
             ),
-        ];
-        for (name, kind, help, samples) in own {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                if labels.is_empty() {
-                    let _ = writeln!(out, "{name} {value}");
-                } else {
-                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
-                }
-            }
+        ] {
+            exposition::gauge(page, name, help, [(Vec::new(), GaugeValue::Int(value))])?;
         }
         self.with_cumulative(|edges| {
-            let labels: Vec<String> = edges
+            // Label names as Prometheus spells them (`otel.metric.overflow` has dots).
+            let names: Vec<Vec<(String, &str)>> = edges
                 .iter()
                 .map(|e| {
                     e.labels()
-                        .iter()
-                        .map(|(k, v)| {
-                            format!(
-                                "{}=\"{}\"",
-                                k.replace('.', "_"),
-                                v.replace('\\', "\\\\")
-                                    .replace('"', "\\\"")
-                                    .replace('\n', "\\n")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(",")
+                        .into_iter()
+                        .map(|(k, v)| (k.replace('.', "_"), v))
+                        .collect()
                 })
                 .collect();
+            let labels = |i: usize| -> Labels<'_> {
+                names[i]
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), LabelText(v)))
+                    .collect()
+            };
             for (name, help, value) in [
                 (
                     REQUEST_TOTAL,
@@ -705,11 +703,15 @@ impl ServiceGraph {
                 if edges.is_empty() {
                     continue;
                 }
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} counter");
-                for (e, l) in edges.iter().zip(&labels) {
-                    let _ = writeln!(out, "{name}{{{l}}} {}", value(&e.total));
-                }
+                exposition::counter(
+                    page,
+                    name,
+                    help,
+                    edges
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| (labels(i), value(&e.total))),
+                )?;
             }
             for (name, help, histogram) in [
                 (
@@ -723,30 +725,24 @@ impl ServiceGraph {
                     |p: &EdgePoint| &p.client,
                 ),
             ] {
-                let mut header = false;
-                for (e, l) in edges.iter().zip(&labels) {
-                    let h = histogram(&e.total);
-                    if h.count == 0 {
-                        continue;
-                    }
-                    if !header {
-                        let _ = writeln!(out, "# HELP {name} {help}");
-                        let _ = writeln!(out, "# TYPE {name} histogram");
-                        header = true;
-                    }
-                    let mut cumulative = 0;
-                    for (i, n) in h.bucket_counts.iter().enumerate() {
-                        cumulative += n;
-                        let le = BOUNDARIES
-                            .get(i)
-                            .map_or_else(|| "+Inf".to_string(), |b| format!("{b}"));
-                        let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {cumulative}");
-                    }
-                    let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum);
-                    let _ = writeln!(out, "{name}_count{{{l}}} {}", h.count);
-                }
+                exposition::histogram(
+                    page,
+                    name,
+                    help,
+                    &BOUNDARIES,
+                    edges.iter().enumerate().filter_map(|(i, e)| {
+                        let h = histogram(&e.total);
+                        (h.count != 0).then(|| HistogramSeries {
+                            labels: labels(i),
+                            bucket_counts: &h.bucket_counts,
+                            sum: h.sum,
+                            count: h.count,
+                        })
+                    }),
+                )?;
             }
-        });
+            Ok(())
+        })
     }
 }
 
@@ -947,8 +943,7 @@ mod tests {
             assert!(e[1].overflow);
             assert_eq!(e[1].labels(), [("otel.metric.overflow", "true")]);
         });
-        let mut page = String::new();
-        graph.render_prometheus(&mut page);
+        let page = exposition::page_of(graph);
         assert!(
             page.contains("traces_service_graph_request_total{otel_metric_overflow=\"true\"} 1\n"),
             "{page}"
@@ -969,19 +964,18 @@ mod tests {
             ],
             t0,
         );
-        let mut page = String::new();
-        graph.render_prometheus(&mut page);
+        let page = exposition::page_of(graph);
         for line in [
-            "# TYPE traces_service_graph_request_total counter",
+            "# TYPE traces_service_graph_request counter",
             "traces_service_graph_request_total{client=\"hub\",server=\"backend\"} 1",
             "traces_service_graph_request_total{client=\"10.0.0.9\",server=\"hub\",connection_type=\"virtual_node\"} 1",
             "traces_service_graph_request_failed_total{client=\"hub\",server=\"backend\"} 0",
             "# TYPE traces_service_graph_request_server_seconds histogram",
-            "traces_service_graph_request_server_seconds_bucket{client=\"hub\",server=\"backend\",le=\"0.1\"} 0",
-            "traces_service_graph_request_server_seconds_bucket{client=\"hub\",server=\"backend\",le=\"0.2\"} 1",
-            "traces_service_graph_request_server_seconds_bucket{client=\"hub\",server=\"backend\",le=\"+Inf\"} 1",
+            "traces_service_graph_request_server_seconds_bucket{le=\"0.1\",client=\"hub\",server=\"backend\"} 0",
+            "traces_service_graph_request_server_seconds_bucket{le=\"0.2\",client=\"hub\",server=\"backend\"} 1",
+            "traces_service_graph_request_server_seconds_bucket{le=\"+Inf\",client=\"hub\",server=\"backend\"} 1",
             "traces_service_graph_request_server_seconds_count{client=\"10.0.0.9\",server=\"hub\",connection_type=\"virtual_node\"} 1",
-            "traces_service_graph_request_client_seconds_bucket{client=\"hub\",server=\"backend\",le=\"0.4\"} 1",
+            "traces_service_graph_request_client_seconds_bucket{le=\"0.4\",client=\"hub\",server=\"backend\"} 1",
             "traces_service_graph_request_client_seconds_count{client=\"hub\",server=\"backend\"} 1",
             "tracer_service_graph_requests_total{kind=\"paired\"} 1",
         ] {

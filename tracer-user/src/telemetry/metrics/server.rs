@@ -37,8 +37,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections held at once; more are closed at once and counted (`reason="busy"`). Well above
 /// what scrapers and probes need, low enough to bound the memory idle connections take.
 pub const MAX_CONCURRENT_CONNECTIONS: usize = 256;
-/// Content type of the Prometheus text exposition format.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Pause after a failed `accept` (for example out of file descriptors) before the next one.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -133,7 +131,11 @@ fn answer(request: &Request<Incoming>, state: &MetricsState) -> Response<Full<By
         return response;
     }
     let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, PROMETHEUS_CONTENT_TYPE, state.render()),
+        "/metrics" => (
+            StatusCode::OK,
+            super::exposition::CONTENT_TYPE,
+            state.render(),
+        ),
         "/healthz" => (StatusCode::OK, TEXT, "ok\n".to_string()),
         _ if state.is_ready() => (StatusCode::OK, TEXT, "ready\n".to_string()),
         _ => (
@@ -245,7 +247,7 @@ mod tests {
         let (head, body) = get(addr, "/metrics").await;
         assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
         assert!(
-            head.contains("content-type: text/plain; version=0.0.4"),
+            head.contains("content-type: application/openmetrics-text; version=1.0.0"),
             "{head}"
         );
         assert_eq!(value(&body, "tracer_events_read_total", ""), 201.0);
