@@ -471,25 +471,67 @@ fn read_bounded(path: &Path, max: u64) -> Option<String> {
 
 /// Whether the ELF file at `path` exports OpenSSL's `SSL_read` and `SSL_write` as defined
 /// dynamic symbols (an executable with OpenSSL linked in statically, as Node.js's binary);
-/// `None` when it cannot be read (its process is gone: ask again through another one).
+/// `None` when it cannot be opened (its process is gone: ask again through another one).
+///
+/// Only the ELF header, the section headers and the dynamic symbol table with its strings are
+/// read (a few hundred KiB for `node`), never the whole file: every executable of the host is
+/// inspected once, and reading each whole (a debug build is hundreds of MiB) made the agent's
+/// peak memory jump by the largest executable running.
 pub fn exports_openssl(path: &Path) -> Option<bool> {
-    use object::{Object, ObjectSymbol};
-    let meta = std::fs::metadata(path).ok()?;
+    use object::elf::{FileHeader32, FileHeader64};
+    use object::{Endianness, FileKind};
+    let file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > MAX_EXECUTABLE_BYTES {
         return Some(false);
     }
-    let data = std::fs::read(path).ok()?;
-    let Ok(file) = object::File::parse(&*data) else {
+    let cache = object::ReadCache::new(file);
+    let exports = match FileKind::parse(&cache) {
+        Ok(FileKind::Elf64) => dynamic_exports::<FileHeader64<Endianness>>(&cache),
+        Ok(FileKind::Elf32) => dynamic_exports::<FileHeader32<Endianness>>(&cache),
+        _ => None,
+    };
+    Some(exports.unwrap_or(false))
+}
+
+/// Dynamic symbol table plus its strings read at most per executable (`node` has ~1 MiB).
+const MAX_DYNAMIC_SYMBOL_BYTES: u64 = 32 << 20;
+
+/// Whether the ELF file in `data` defines both `SSL_read` and `SSL_write` in its dynamic symbol
+/// table; None when its headers do not parse or the table is larger than
+/// `MAX_DYNAMIC_SYMBOL_BYTES`.
+fn dynamic_exports<Elf>(data: &object::ReadCache<std::fs::File>) -> Option<bool>
+where
+    Elf: object::read::elf::FileHeader<Endian = object::Endianness>,
+{
+    use object::read::elf::{SectionHeader, Sym};
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let Some(dynsym) = sections
+        .iter()
+        .find(|s| s.sh_type(endian) == object::elf::SHT_DYNSYM)
+    else {
         return Some(false);
     };
+    let strtab = sections
+        .section(object::SectionIndex(dynsym.sh_link(endian) as usize))
+        .ok()?;
+    let size: u64 = dynsym.sh_size(endian).into() + strtab.sh_size(endian).into();
+    if size > MAX_DYNAMIC_SYMBOL_BYTES {
+        return None;
+    }
+    let symbols: &[Elf::Sym] = dynsym.data_as_array(endian, data).ok()?;
+    let strings = strtab.data(endian, data).ok()?;
+    let strings = object::StringTable::new(strings, 0, strings.len() as u64);
     let (mut read, mut write) = (false, false);
-    for symbol in file.dynamic_symbols() {
-        if symbol.is_undefined() {
+    for symbol in symbols {
+        if symbol.is_undefined(endian) {
             continue;
         }
-        match symbol.name() {
-            Ok("SSL_read") => read = true,
-            Ok("SSL_write") => write = true,
+        match symbol.name(endian, strings) {
+            Ok(b"SSL_read") => read = true,
+            Ok(b"SSL_write") => write = true,
             _ => {}
         }
     }
@@ -541,6 +583,42 @@ mod tests {
         assert!(is_libssl(
             "/venv/lib/python3/site-packages/x.libs/libssl-8a3c1f.so.3"
         ));
+    }
+
+    /// Bytes this thread has read from files so far (`rchar` of /proc/thread-self/io).
+    fn thread_read_bytes() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rchar in /proc/thread-self/io")
+    }
+
+    /// OpenSSL's exports are found in its dynamic symbol table, and telling an executable that
+    /// has none (this test binary, tens of MiB) reads a small part of it, not the whole file.
+    #[test]
+    fn openssl_exports_are_read_from_the_dynamic_symbols_only() {
+        let libssl = WELL_KNOWN_LIBSSL
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .expect("the host's libssl.so.3 (python3 and curl need it; `cargo xtask setup`)");
+        assert_eq!(exports_openssl(libssl), Some(true), "{}", libssl.display());
+        let me = std::fs::read_link("/proc/self/exe").expect("own executable");
+        let size = std::fs::metadata(&me).expect("own executable").len();
+        let before = thread_read_bytes();
+        assert_eq!(exports_openssl(&me), Some(false));
+        let read = thread_read_bytes() - before;
+        assert!(
+            read < size / 4 && read < 4 << 20,
+            "read {read} bytes of a {size}-byte executable to find its exports"
+        );
+        let garbage =
+            std::env::temp_dir().join(format!("tracer-tls-garbage-{}", std::process::id()));
+        std::fs::write(&garbage, b"\x7fELF\x02\x01\x01 not really").expect("temp file");
+        assert_eq!(exports_openssl(&garbage), Some(false));
+        let _ = std::fs::remove_file(&garbage);
+        assert_eq!(exports_openssl(Path::new("/nonexistent/node")), None);
     }
 
     /// The agent's own process is never a target, and each file is tried once.
