@@ -97,7 +97,7 @@ pub struct ProbeOptions {
     pub max_connections: u32,
     /// What the eBPF programs log (fixed at load; off by default).
     pub kernel_log_level: KernelLogLevel,
-    /// Capture TLS plaintext with the OpenSSL uprobes (`--no-tls` turns it off).
+    /// Capture TLS plaintext with the OpenSSL uprobes (on by default; `--no-tls` turns it off).
     pub tls: bool,
 }
 
