@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 pub const RESCAN_EVERY_NS: u64 = 2_000_000_000;
 /// Processes whose maps one scan reads at most.
 pub const MAX_PIDS_PER_SCAN: usize = 8192;
+/// Longest the search at start-up runs before the agent reports ready (about 3,000 processes
+/// take a second in a debug build on a loaded host): processes it has not read by then are
+/// left to the search thread, which starts at once (`scans_cut_short`).
+pub const STARTUP_SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
 /// Bytes of one `/proc/<pid>/maps` read at most.
 const MAX_MAPS_BYTES: u64 = 4 << 20;
 /// Attempts to attach to one file before it is given up (counted once in `attach_failed`).
@@ -58,6 +62,8 @@ pub struct TlsAttachStats {
     /// OpenSSL copies the uprobes could not be attached to (symbols missing, file gone).
     pub attach_failed: u64,
     pub scans: u64,
+    /// Scans stopped at their time budget (the start-up search), the rest left to the thread.
+    pub scans_cut_short: u64,
     /// Executables inspected for exported OpenSSL symbols.
     pub executables_inspected: u64,
     /// Gauge, per [`UNSUPPORTED`] library: processes that mapped it at the last scan.
@@ -94,6 +100,10 @@ pub struct TlsTargets {
     /// Failed attaches per file (a process that exits between the scan and the attach takes its
     /// `/proc/<pid>/root` path with it: tried again from another process, a few times).
     failures: std::collections::HashMap<(u64, u64), u8>,
+    /// Processes the last scan read the maps of.
+    pub last_scan_processes: usize,
+    /// When set, a scan stops at this instant (counted in `scans_cut_short`).
+    deadline: Option<std::time::Instant>,
     pub stats: TlsAttachStats,
 }
 
@@ -104,6 +114,8 @@ impl TlsTargets {
             own_pid: std::process::id(),
             done: HashSet::new(),
             failures: std::collections::HashMap::new(),
+            last_scan_processes: 0,
+            deadline: None,
             stats: TlsAttachStats::default(),
         }
     }
@@ -151,7 +163,16 @@ impl TlsTargets {
         let mut out = Vec::new();
         let mut offered = std::collections::HashMap::new();
         let mut unsupported = [0u64; UNSUPPORTED.len()];
+        self.last_scan_processes = 0;
         for pid in listed {
+            if self
+                .deadline
+                .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+            {
+                self.stats.scans_cut_short += 1;
+                break;
+            }
+            self.last_scan_processes += 1;
             if pid == self.own_pid {
                 // Never the agent itself (the kernel programs skip it too).
                 continue;
@@ -313,15 +334,26 @@ impl TlsSearch {
     pub fn start(proc_root: PathBuf, now_ns: u64) -> TlsSearch {
         use std::sync::{Arc, Mutex, atomic::AtomicBool};
         let mut targets = TlsTargets::new(proc_root);
+        let began = std::time::Instant::now();
+        targets.deadline = Some(began + STARTUP_SEARCH_BUDGET);
         let mut pending = targets.scan(now_ns, None, false);
+        targets.deadline = None;
         targets.well_known(&mut pending);
+        let cut_short = targets.stats.scans_cut_short > 0;
+        tracing::info!(
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            processes = targets.last_scan_processes,
+            found = pending.len(),
+            cut_short,
+            "searched the running processes for OpenSSL copies"
+        );
         let shared = Arc::new(Mutex::new(Shared { targets, pending }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("tls-search".into())
-                .spawn(move || search_loop(&shared, &stop))
+                .spawn(move || search_loop(&shared, &stop, cut_short))
                 .map_err(|err| tracing::warn!(%err, "TLS library search thread not started"))
                 .ok()
         };
@@ -386,11 +418,17 @@ impl Drop for TlsSearch {
     }
 }
 
-fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::AtomicBool) {
+/// Rescans every `RESCAN_EVERY_NS`; the first one at once when the start-up search was cut
+/// short (`now`).
+fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::AtomicBool, now: bool) {
     use std::sync::atomic::Ordering;
     let started = std::time::Instant::now();
     let step = std::time::Duration::from_millis(100);
-    let mut next = std::time::Duration::from_nanos(RESCAN_EVERY_NS);
+    let mut next = if now {
+        std::time::Duration::ZERO
+    } else {
+        std::time::Duration::from_nanos(RESCAN_EVERY_NS)
+    };
     while !stop.load(Ordering::Relaxed) {
         if started.elapsed() < next {
             std::thread::sleep(step);
@@ -619,6 +657,25 @@ mod tests {
         assert_eq!(exports_openssl(&garbage), Some(false));
         let _ = std::fs::remove_file(&garbage);
         assert_eq!(exports_openssl(Path::new("/nonexistent/node")), None);
+    }
+
+    /// A scan past its deadline stops before reading another process, counted.
+    #[test]
+    fn a_scan_past_its_deadline_stops_and_is_counted() {
+        let mut targets = TlsTargets::new(PathBuf::from("/proc"));
+        targets.own_pid = 0;
+        targets.deadline = Some(std::time::Instant::now());
+        assert!(
+            targets
+                .scan(1, Some(&[std::process::id()]), false)
+                .is_empty()
+        );
+        assert_eq!(targets.last_scan_processes, 0);
+        assert_eq!(targets.stats.scans_cut_short, 1);
+        targets.deadline = None;
+        targets.scan(2, Some(&[std::process::id()]), false);
+        assert_eq!(targets.last_scan_processes, 1);
+        assert_eq!(targets.stats.scans_cut_short, 1);
     }
 
     /// The agent's own process is never a target, and each file is tried once.
