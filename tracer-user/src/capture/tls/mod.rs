@@ -90,6 +90,27 @@ fn unsupported_library(path: &str) -> Option<usize> {
         .position(|(_, prefixes)| prefixes.iter().any(|p| name.starts_with(p)))
 }
 
+/// One scan of processes in progress (see [`TlsTargets::continue_pass`]).
+pub struct ScanPass {
+    pids: Vec<u32>,
+    /// Index in `pids` of the next process to read.
+    next: usize,
+    /// Times each file was offered in this pass.
+    offered: std::collections::HashMap<(u64, u64), u8>,
+    unsupported: [u64; UNSUPPORTED.len()],
+}
+
+impl ScanPass {
+    fn over(pids: Vec<u32>) -> ScanPass {
+        ScanPass {
+            pids,
+            next: 0,
+            offered: std::collections::HashMap::new(),
+            unsupported: [0; UNSUPPORTED.len()],
+        }
+    }
+}
+
 /// The search state: which files were already tried.
 pub struct TlsTargets {
     proc_root: PathBuf,
@@ -146,44 +167,64 @@ impl TlsTargets {
     /// Scans processes (all, or `pids` only) and returns the OpenSSL copies not attached yet,
     /// each through up to `MAX_ATTACH_ATTEMPTS` processes that map it (a short-lived one may be
     /// gone by the time its path is opened). Executables are inspected for exported OpenSSL
-    /// symbols only with `executables`.
+    /// symbols only with `executables`. Stops at `deadline` when one is set (counted).
     pub fn scan(&mut self, now_ns: u64, pids: Option<&[u32]>, executables: bool) -> Vec<Target> {
         let _ = now_ns;
-        self.stats.scans += 1;
-        let listed: Vec<u32> = match pids {
-            Some(pids) => pids.to_vec(),
-            None => std::fs::read_dir(&self.proc_root)
+        let mut pass = match pids {
+            Some(pids) => ScanPass::over(pids.to_vec()),
+            None => self.begin_pass(),
+        };
+        let mut out = Vec::new();
+        let complete = self.continue_pass(&mut pass, executables, self.deadline, &mut out);
+        if !complete {
+            self.stats.scans_cut_short += 1;
+            self.stats.scans += 1;
+        }
+        out
+    }
+
+    /// A scan of every process (up to `MAX_PIDS_PER_SCAN`), to run with [`Self::continue_pass`].
+    pub fn begin_pass(&self) -> ScanPass {
+        ScanPass::over(
+            std::fs::read_dir(&self.proc_root)
                 .map(|dir| {
                     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                         .take(MAX_PIDS_PER_SCAN)
                         .collect()
                 })
                 .unwrap_or_default(),
-        };
-        let mut out = Vec::new();
-        let mut offered = std::collections::HashMap::new();
-        let mut unsupported = [0u64; UNSUPPORTED.len()];
-        self.last_scan_processes = 0;
-        for pid in listed {
-            if self
-                .deadline
-                .is_some_and(|deadline| std::time::Instant::now() >= deadline)
-            {
-                self.stats.scans_cut_short += 1;
-                break;
+        )
+    }
+
+    /// Reads the processes of `pass` not read yet, until `until` (if any) passes, adding the
+    /// copies found to `out`; true when the pass is complete (its counts are then published).
+    /// The search thread runs a pass in slices and releases the shared state between them.
+    pub fn continue_pass(
+        &mut self,
+        pass: &mut ScanPass,
+        executables: bool,
+        until: Option<std::time::Instant>,
+        out: &mut Vec<Target>,
+    ) -> bool {
+        while let Some(&pid) = pass.pids.get(pass.next) {
+            if until.is_some_and(|until| std::time::Instant::now() >= until) {
+                self.last_scan_processes = pass.next;
+                return false;
             }
-            self.last_scan_processes += 1;
+            pass.next += 1;
             if pid == self.own_pid {
                 // Never the agent itself (the kernel programs skip it too).
                 continue;
             }
-            let seen = self.scan_process(pid, executables, &mut offered, &mut out);
-            for (i, count) in unsupported.iter_mut().enumerate() {
+            let seen = self.scan_process(pid, executables, &mut pass.offered, out);
+            for (i, count) in pass.unsupported.iter_mut().enumerate() {
                 *count += u64::from(seen & (1 << i) != 0);
             }
         }
-        self.stats.unsupported_processes = unsupported;
-        out
+        self.last_scan_processes = pass.next;
+        self.stats.scans += 1;
+        self.stats.unsupported_processes = pass.unsupported;
+        true
     }
 
     fn scan_process(
@@ -418,10 +459,19 @@ impl Drop for TlsSearch {
     }
 }
 
+/// Longest the search thread holds the shared state in one go (the event thread waits for it
+/// when it reports an attach or reads the counters).
+const SCAN_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Rescans every `RESCAN_EVERY_NS`; the first one at once when the start-up search was cut
-/// short (`now`).
+/// short (`now`). A rescan runs in slices of `SCAN_SLICE`, the shared state released between.
 fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::AtomicBool, now: bool) {
     use std::sync::atomic::Ordering;
+    let lock = || {
+        shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     let started = std::time::Instant::now();
     let step = std::time::Duration::from_millis(100);
     let mut next = if now {
@@ -429,23 +479,25 @@ fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::Atom
     } else {
         std::time::Duration::from_nanos(RESCAN_EVERY_NS)
     };
+    let mut pass: Option<(ScanPass, std::time::Instant)> = None;
     while !stop.load(Ordering::Relaxed) {
-        if started.elapsed() < next {
-            std::thread::sleep(step);
-            continue;
-        }
-        next = started.elapsed() + std::time::Duration::from_nanos(RESCAN_EVERY_NS);
-        let mut shared = shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let began = std::time::Instant::now();
-        let now_ns = started.elapsed().as_nanos() as u64;
-        let found = shared.targets.scan(now_ns, None, true);
-        tracing::debug!(
-            elapsed_us = began.elapsed().as_micros() as u64,
-            new = found.len(),
-            "scanned processes for OpenSSL copies"
-        );
+        let (scan, began) = match &mut pass {
+            Some(running) => running,
+            None if started.elapsed() < next => {
+                std::thread::sleep(step);
+                continue;
+            }
+            None => {
+                next = started.elapsed() + std::time::Duration::from_nanos(RESCAN_EVERY_NS);
+                pass.insert((lock().targets.begin_pass(), std::time::Instant::now()))
+            }
+        };
+        let mut shared = lock();
+        let mut found = Vec::new();
+        let until = std::time::Instant::now() + SCAN_SLICE;
+        let complete = shared
+            .targets
+            .continue_pass(scan, true, Some(until), &mut found);
         for target in found {
             if !shared
                 .pending
@@ -454,6 +506,18 @@ fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::Atom
             {
                 shared.pending.push(target);
             }
+        }
+        drop(shared);
+        if complete {
+            tracing::debug!(
+                elapsed_us = began.elapsed().as_micros() as u64,
+                processes = scan.pids.len(),
+                "scanned processes for OpenSSL copies"
+            );
+            pass = None;
+        } else {
+            // Let the event thread take the state between two slices.
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -676,6 +740,19 @@ mod tests {
         targets.scan(2, Some(&[std::process::id()]), false);
         assert_eq!(targets.last_scan_processes, 1);
         assert_eq!(targets.stats.scans_cut_short, 1);
+        // The search thread's pass over every process, in slices: one stopped at once resumes
+        // where it was and completes once.
+        let scans = targets.stats.scans;
+        let mut pass = targets.begin_pass();
+        let total = pass.pids.len();
+        assert!(total > 1, "processes listed: {total}");
+        let mut out = Vec::new();
+        let now = Some(std::time::Instant::now());
+        assert!(!targets.continue_pass(&mut pass, false, now, &mut out));
+        assert_eq!(pass.next, 0);
+        assert!(targets.continue_pass(&mut pass, false, None, &mut out));
+        assert_eq!((pass.next, targets.last_scan_processes), (total, total));
+        assert_eq!(targets.stats.scans, scans + 1);
     }
 
     /// The agent's own process is never a target, and each file is tried once.
