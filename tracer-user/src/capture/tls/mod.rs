@@ -10,9 +10,12 @@
 //! library loaded after exec. The rescan reads `/proc/<pid>/maps` of at most `MAX_PIDS_PER_SCAN`
 //! processes; an executable's symbols are read once per inode. It runs on its own thread
 //! ([`TlsSearch`]): the event thread only attaches what it found (tens of milliseconds per scan
-//! on a busy host, a second for the first look at every executable, never on the event loop).
-//! The search at start-up covers the libraries only, synchronously, so that processes already
-//! running are traced from the moment the agent says its probes are attached.
+//! on a busy host, a second for the first look at every executable, never on the event loop;
+//! a scan runs in slices so the event thread never waits for a whole one). The search at
+//! start-up covers the libraries only, synchronously, so that processes already running are
+//! traced from the moment the agent says its probes are attached: at most
+//! `STARTUP_SEARCH_BUDGET`, the rest left to the thread at once (counted). An executable is
+//! inspected through its dynamic symbol table only, never read whole.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
