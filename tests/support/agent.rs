@@ -13,7 +13,7 @@ use crate::settle::{wait_for_metrics, wait_settled};
 use crate::span::ObservedSpan;
 
 /// What the agent prints on stderr once its probes are attached.
-pub const READY_LINE: &str = "probes attached";
+pub const READY_LINE: &str = "tracer: probes attached";
 /// How long an agent may take to attach its probes.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an agent may take to flush and exit after SIGTERM.

@@ -125,16 +125,14 @@ fn libraries_attached(page: &str) -> f64 {
 /// curl -k against a Python TLS server: one SERVER and one CLIENT span per request, scheme
 /// https, the right path and status, the CLIENT is the SERVER's parent (same host, pairing by
 /// socket); a traceparent curl sends (encrypted) is adopted by the SERVER span. Nothing of the
-/// ciphertext is framed as HTTP (no desync).
+/// ciphertext is framed as HTTP (no desync). TLS capture is on by default: no flag asks for it.
 #[test]
 fn curl_to_a_python_tls_server_gives_an_https_client_server_tree() {
     let dir = ScratchDir::new("tls-python");
     let port = free_port();
     let _server = tls_server(port, "tls-python", dir.path(), &[]);
-    let mut session = TracedSession::start_with(
-        OtlpProtocol::Grpc,
-        AgentConfig::new().ports(&[port]).arg("--tls"),
-    );
+    let mut session =
+        TracedSession::start_with(OtlpProtocol::Grpc, AgentConfig::new().ports(&[port]));
     let curl_pid = curl_k(&https(port, "/ok?x=1"), &[]);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01");
@@ -390,15 +388,22 @@ fn a_process_started_later_with_its_own_libssl_copy_is_traced() {
 /// With `--no-tls` nothing is attached and no https span is made (the ciphertext is skipped).
 #[test]
 fn no_tls_turns_capture_off() {
+    capture_off(|agent| agent.arg("--tls").arg("--no-tls"));
+}
+
+/// `TRACER_TLS=0` turns the default TLS capture off as `--no-tls` does.
+#[test]
+fn tracer_tls_0_turns_capture_off() {
+    capture_off(|agent| agent.env("TRACER_TLS", "0"));
+}
+
+fn capture_off(configure: impl FnOnce(AgentConfig) -> AgentConfig) {
     let dir = ScratchDir::new("tls-off");
     let port = free_port();
     let _server = tls_server(port, "tls-off", dir.path(), &[]);
     let mut session = TracedSession::start_with(
         OtlpProtocol::Grpc,
-        AgentConfig::new()
-            .ports(&[port])
-            .arg("--tls")
-            .arg("--no-tls"),
+        configure(AgentConfig::new().ports(&[port])),
     );
     curl_k(&https(port, "/ok"), &[]);
     let page = session.agent().wait_settled();

@@ -97,7 +97,7 @@ pub struct ProbeOptions {
     pub max_connections: u32,
     /// What the eBPF programs log (fixed at load; off by default).
     pub kernel_log_level: KernelLogLevel,
-    /// Capture TLS plaintext with the OpenSSL uprobes (`--no-tls` turns it off).
+    /// Capture TLS plaintext with the OpenSSL uprobes (on by default; `--no-tls` turns it off).
     pub tls: bool,
 }
 
@@ -180,6 +180,8 @@ pub struct KernelCounters {
     pub tls_attach_failed: u64,
     /// Scans of the processes for OpenSSL copies.
     pub tls_search_scans: u64,
+    /// Start-up searches for OpenSSL copies stopped at their time budget.
+    pub tls_search_cut_short: u64,
     /// Gauge per `capture::tls::UNSUPPORTED` library: processes mapping it (not traced).
     pub tls_unsupported_processes: [u64; crate::capture::tls::UNSUPPORTED.len()],
 }
@@ -835,6 +837,7 @@ impl Probes {
             out.tls_libraries_attached = stats.libraries_attached;
             out.tls_attach_failed = stats.attach_failed;
             out.tls_search_scans = stats.scans;
+            out.tls_search_cut_short = stats.scans_cut_short;
             out.tls_unsupported_processes = stats.unsupported_processes;
         }
         out

@@ -138,14 +138,23 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_sniff: bool,
 
-    /// Capture TLS plaintext (HTTPS): attach uprobes to every OpenSSL copy processes map
-    /// (libssl.so.3, best effort 1.1, binaries exporting OpenSSL's symbols) and to Go's
-    /// crypto/tls, and trace their HTTPS as HTTP. Opt-in for now: under a flood of new
-    /// connections it raises the agent's peak memory by about 40-50 MiB (being fixed).
-    #[arg(long, env = "TRACER_TLS")]
+    /// Capture TLS plaintext (HTTPS), on by default: attach uprobes to every OpenSSL copy
+    /// processes map (libssl.so.3, best effort 1.1, binaries exporting OpenSSL's symbols) and to
+    /// Go's crypto/tls, and trace their HTTPS as HTTP. `--tls=false` or TRACER_TLS=0 turns it
+    /// off (as --no-tls does).
+    #[arg(
+        long,
+        env = "TRACER_TLS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub tls: bool,
 
-    /// Do not capture TLS plaintext (wins over --tls).
+    /// Do not capture TLS plaintext (wins over --tls and TRACER_TLS).
     #[arg(long)]
     pub no_tls: bool,
 
@@ -198,6 +207,24 @@ mod tests {
     struct Wrapper {
         #[command(flatten)]
         args: TraceArgs,
+    }
+
+    /// TLS capture is on unless asked off; `--tls` stays accepted (explicit on).
+    #[test]
+    fn tls_capture_is_on_by_default() {
+        let tls = |args: &[&str]| {
+            let parsed =
+                Wrapper::try_parse_from(std::iter::once("tracer").chain(args.iter().copied()))
+                    .expect("parses");
+            parsed.args.tls && !parsed.args.no_tls
+        };
+        assert!(tls(&[]));
+        assert!(tls(&["--tls"]));
+        assert!(tls(&["--tls", "--port", "80"]));
+        assert!(!tls(&["--tls=false"]));
+        assert!(!tls(&["--tls=0"]));
+        assert!(!tls(&["--no-tls"]));
+        assert!(!tls(&["--tls", "--no-tls"]));
     }
 
     #[test]

@@ -992,6 +992,13 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
             "Scans of the processes for OpenSSL copies (at start, then every 2 seconds).",
             vec![Sample::plain(k.tls_search_scans)],
         ),
+        Family::counter(
+            "tracer_kernel_tls_search_cut_short_total",
+            "Start-up searches for OpenSSL copies stopped at their time budget (on a host with \
+             thousands of processes): the processes not read yet are searched by the background \
+             thread at once, so their TLS is covered a little later.",
+            vec![Sample::plain(k.tls_search_cut_short)],
+        ),
         Family::gauge(
             "tracer_tls_unsupported_processes",
             "Processes that map a TLS library whose traffic is not traced (its ciphertext is \
@@ -1574,6 +1581,7 @@ mod tests {
                 tls_libraries_attached: 142,
                 tls_attach_failed: 143,
                 tls_search_scans: 144,
+                tls_search_cut_short: 149,
                 tls_unsupported_processes: [145, 146, 147, 148],
             },
             events_read: 201,
@@ -1742,7 +1750,7 @@ mod tests {
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
-        want.extend((136..=148).map(|v| v as f64)); // kernel TLS uprobes and search
+        want.extend((136..=149).map(|v| v as f64)); // kernel TLS uprobes and search
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
         want.sort_by(f64::total_cmp);
         assert_eq!(

@@ -34,7 +34,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// hold one.
 const DEMO_PORTS: std::ops::Range<u32> = 20_000..32_000;
 /// What the agent prints on stderr once its probes are attached.
-const READY_LINE: &str = "probes attached";
+const READY_LINE: &str = "tracer: probes attached";
 /// Exporter variables that would send spans elsewhere instead of printing them.
 const OTEL_EXPORT_VARS: &[&str] = &[
     "OTEL_EXPORTER_OTLP_ENDPOINT",

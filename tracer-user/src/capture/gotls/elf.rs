@@ -88,6 +88,13 @@ pub struct GoTlsBinaryInfo {
 
 /// Analyses an executable's bytes.
 pub fn analyse(data: &[u8]) -> Result<GoTlsBinaryInfo, Skip> {
+    analyse_file(data)
+}
+
+/// Analyses an executable read through `data`: with an `object::ReadCache` over the open file,
+/// only the parts needed (headers, symbol table, build info, the two functions' code) are read,
+/// never the whole binary.
+pub fn analyse_file<'data, R: object::ReadRef<'data>>(data: R) -> Result<GoTlsBinaryInfo, Skip> {
     let file = object::File::parse(data).map_err(|_| Skip::NotElf)?;
     if !matches!(file, object::File::Elf64(_)) {
         return Err(if matches!(file, object::File::Elf32(_)) {
@@ -158,7 +165,7 @@ pub fn parse_release(version: &str) -> Option<(u32, u32)> {
 
 /// The Go version from `.go.buildinfo`: inline (Go >= 1.18, flag bit 2) or through pointers
 /// to a string header (1.13 - 1.17).
-fn go_version(file: &object::File) -> Option<String> {
+fn go_version<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> Option<String> {
     let section = file.section_by_name(".go.buildinfo")?;
     let data = section.data().ok()?;
     let head = data.get(..32)?;
@@ -200,7 +207,11 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// `len` bytes at virtual address `addr`, from the section holding them.
-fn read_vaddr<'a>(file: &object::File<'a>, addr: u64, len: u64) -> Option<&'a [u8]> {
+fn read_vaddr<'a, R: object::ReadRef<'a>>(
+    file: &object::File<'a, R>,
+    addr: u64,
+    len: u64,
+) -> Option<&'a [u8]> {
     let end = addr.checked_add(len)?;
     for section in file.sections() {
         let start = section.address();
@@ -215,7 +226,10 @@ fn read_vaddr<'a>(file: &object::File<'a>, addr: u64, len: u64) -> Option<&'a [u
 }
 
 /// File offset of virtual address `addr` (the PT_LOAD segment holding it).
-fn file_offset(file: &object::File, addr: u64) -> Option<u64> {
+fn file_offset<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    addr: u64,
+) -> Option<u64> {
     for segment in file.segments() {
         let start = segment.address();
         let (offset, file_size) = segment.file_range();
@@ -227,7 +241,11 @@ fn file_offset(file: &object::File, addr: u64) -> Option<u64> {
 }
 
 /// Entry and return instructions of the function at `addr` of `size` bytes, as file offsets.
-fn sites(file: &object::File, addr: u64, size: u64) -> Option<Sites> {
+fn sites<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    addr: u64,
+    size: u64,
+) -> Option<Sites> {
     if size == 0 || size > MAX_FUNCTION_BYTES {
         return None;
     }
@@ -315,6 +333,13 @@ mod tests {
             }
             assert!(info.handshake.is_some(), "{name}: no handshakeContext");
             assert_ne!(info.tcp_conn_hash, 0, "{name}");
+            // Read through a cache over the open file (as discovery does): the same result.
+            let file = std::fs::File::open(dir.join(name)).expect("open the build");
+            assert_eq!(
+                analyse_file(&object::ReadCache::new(&file)),
+                Ok(info),
+                "{name}"
+            );
         }
         assert_eq!(analysed("stripped"), Err(Skip::NoSymbols));
         assert_eq!(analysed("i386"), Err(Skip::NotAmd64));

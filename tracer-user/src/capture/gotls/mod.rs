@@ -11,7 +11,6 @@ pub mod layout;
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -395,7 +394,7 @@ impl Discovery {
             self.seen.clear();
         }
         self.seen.insert(id);
-        let Ok(mut file) = File::open(&exe) else {
+        let Ok(file) = File::open(&exe) else {
             // Gone, or not ours to read: try again with its next process.
             self.seen.remove(&id);
             return;
@@ -407,17 +406,14 @@ impl Discovery {
             return;
         }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut data = Vec::new();
-        if size > MAX_EXE_BYTES
-            || (&mut file)
-                .take(MAX_EXE_BYTES)
-                .read_to_end(&mut data)
-                .is_err()
-        {
+        if size > MAX_EXE_BYTES {
             self.stats.exe_unreadable.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match elf::analyse(&data) {
+        // Only the parts the analysis asks for are read (not the whole binary: the agent's
+        // peak memory would jump by the largest Go executable it meets).
+        let analysed = elf::analyse_file(&object::ReadCache::new(&file));
+        match analysed {
             Ok(info) => {
                 self.seen.remove(&id);
                 self.attached.insert(id);

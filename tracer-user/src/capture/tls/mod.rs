@@ -10,9 +10,12 @@
 //! library loaded after exec. The rescan reads `/proc/<pid>/maps` of at most `MAX_PIDS_PER_SCAN`
 //! processes; an executable's symbols are read once per inode. It runs on its own thread
 //! ([`TlsSearch`]): the event thread only attaches what it found (tens of milliseconds per scan
-//! on a busy host, a second for the first look at every executable, never on the event loop).
-//! The search at start-up covers the libraries only, synchronously, so that processes already
-//! running are traced from the moment the agent says its probes are attached.
+//! on a busy host, a second for the first look at every executable, never on the event loop;
+//! a scan runs in slices so the event thread never waits for a whole one). The search at
+//! start-up covers the libraries only, synchronously, so that processes already running are
+//! traced from the moment the agent says its probes are attached: at most
+//! `STARTUP_SEARCH_BUDGET`, the rest left to the thread at once (counted). An executable is
+//! inspected through its dynamic symbol table only, never read whole.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,10 @@ use std::path::{Path, PathBuf};
 pub const RESCAN_EVERY_NS: u64 = 2_000_000_000;
 /// Processes whose maps one scan reads at most.
 pub const MAX_PIDS_PER_SCAN: usize = 8192;
+/// Longest the search at start-up runs before the agent reports ready (about 3,000 processes
+/// take a second in a debug build on a loaded host): processes it has not read by then are
+/// left to the search thread, which starts at once (`scans_cut_short`).
+pub const STARTUP_SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
 /// Bytes of one `/proc/<pid>/maps` read at most.
 const MAX_MAPS_BYTES: u64 = 4 << 20;
 /// Attempts to attach to one file before it is given up (counted once in `attach_failed`).
@@ -58,6 +65,8 @@ pub struct TlsAttachStats {
     /// OpenSSL copies the uprobes could not be attached to (symbols missing, file gone).
     pub attach_failed: u64,
     pub scans: u64,
+    /// Scans stopped at their time budget (the start-up search), the rest left to the thread.
+    pub scans_cut_short: u64,
     /// Executables inspected for exported OpenSSL symbols.
     pub executables_inspected: u64,
     /// Gauge, per [`UNSUPPORTED`] library: processes that mapped it at the last scan.
@@ -84,6 +93,27 @@ fn unsupported_library(path: &str) -> Option<usize> {
         .position(|(_, prefixes)| prefixes.iter().any(|p| name.starts_with(p)))
 }
 
+/// One scan of processes in progress (see [`TlsTargets::continue_pass`]).
+pub struct ScanPass {
+    pids: Vec<u32>,
+    /// Index in `pids` of the next process to read.
+    next: usize,
+    /// Times each file was offered in this pass.
+    offered: std::collections::HashMap<(u64, u64), u8>,
+    unsupported: [u64; UNSUPPORTED.len()],
+}
+
+impl ScanPass {
+    fn over(pids: Vec<u32>) -> ScanPass {
+        ScanPass {
+            pids,
+            next: 0,
+            offered: std::collections::HashMap::new(),
+            unsupported: [0; UNSUPPORTED.len()],
+        }
+    }
+}
+
 /// The search state: which files were already tried.
 pub struct TlsTargets {
     proc_root: PathBuf,
@@ -94,6 +124,10 @@ pub struct TlsTargets {
     /// Failed attaches per file (a process that exits between the scan and the attach takes its
     /// `/proc/<pid>/root` path with it: tried again from another process, a few times).
     failures: std::collections::HashMap<(u64, u64), u8>,
+    /// Processes the last scan read the maps of.
+    pub last_scan_processes: usize,
+    /// When set, a scan stops at this instant (counted in `scans_cut_short`).
+    deadline: Option<std::time::Instant>,
     pub stats: TlsAttachStats,
 }
 
@@ -104,6 +138,8 @@ impl TlsTargets {
             own_pid: std::process::id(),
             done: HashSet::new(),
             failures: std::collections::HashMap::new(),
+            last_scan_processes: 0,
+            deadline: None,
             stats: TlsAttachStats::default(),
         }
     }
@@ -134,35 +170,64 @@ impl TlsTargets {
     /// Scans processes (all, or `pids` only) and returns the OpenSSL copies not attached yet,
     /// each through up to `MAX_ATTACH_ATTEMPTS` processes that map it (a short-lived one may be
     /// gone by the time its path is opened). Executables are inspected for exported OpenSSL
-    /// symbols only with `executables`.
+    /// symbols only with `executables`. Stops at `deadline` when one is set (counted).
     pub fn scan(&mut self, now_ns: u64, pids: Option<&[u32]>, executables: bool) -> Vec<Target> {
         let _ = now_ns;
-        self.stats.scans += 1;
-        let listed: Vec<u32> = match pids {
-            Some(pids) => pids.to_vec(),
-            None => std::fs::read_dir(&self.proc_root)
+        let mut pass = match pids {
+            Some(pids) => ScanPass::over(pids.to_vec()),
+            None => self.begin_pass(),
+        };
+        let mut out = Vec::new();
+        let complete = self.continue_pass(&mut pass, executables, self.deadline, &mut out);
+        if !complete {
+            self.stats.scans_cut_short += 1;
+            self.stats.scans += 1;
+        }
+        out
+    }
+
+    /// A scan of every process (up to `MAX_PIDS_PER_SCAN`), to run with [`Self::continue_pass`].
+    pub fn begin_pass(&self) -> ScanPass {
+        ScanPass::over(
+            std::fs::read_dir(&self.proc_root)
                 .map(|dir| {
                     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                         .take(MAX_PIDS_PER_SCAN)
                         .collect()
                 })
                 .unwrap_or_default(),
-        };
-        let mut out = Vec::new();
-        let mut offered = std::collections::HashMap::new();
-        let mut unsupported = [0u64; UNSUPPORTED.len()];
-        for pid in listed {
+        )
+    }
+
+    /// Reads the processes of `pass` not read yet, until `until` (if any) passes, adding the
+    /// copies found to `out`; true when the pass is complete (its counts are then published).
+    /// The search thread runs a pass in slices and releases the shared state between them.
+    pub fn continue_pass(
+        &mut self,
+        pass: &mut ScanPass,
+        executables: bool,
+        until: Option<std::time::Instant>,
+        out: &mut Vec<Target>,
+    ) -> bool {
+        while let Some(&pid) = pass.pids.get(pass.next) {
+            if until.is_some_and(|until| std::time::Instant::now() >= until) {
+                self.last_scan_processes = pass.next;
+                return false;
+            }
+            pass.next += 1;
             if pid == self.own_pid {
                 // Never the agent itself (the kernel programs skip it too).
                 continue;
             }
-            let seen = self.scan_process(pid, executables, &mut offered, &mut out);
-            for (i, count) in unsupported.iter_mut().enumerate() {
+            let seen = self.scan_process(pid, executables, &mut pass.offered, out);
+            for (i, count) in pass.unsupported.iter_mut().enumerate() {
                 *count += u64::from(seen & (1 << i) != 0);
             }
         }
-        self.stats.unsupported_processes = unsupported;
-        out
+        self.last_scan_processes = pass.next;
+        self.stats.scans += 1;
+        self.stats.unsupported_processes = pass.unsupported;
+        true
     }
 
     fn scan_process(
@@ -313,15 +378,26 @@ impl TlsSearch {
     pub fn start(proc_root: PathBuf, now_ns: u64) -> TlsSearch {
         use std::sync::{Arc, Mutex, atomic::AtomicBool};
         let mut targets = TlsTargets::new(proc_root);
+        let began = std::time::Instant::now();
+        targets.deadline = Some(began + STARTUP_SEARCH_BUDGET);
         let mut pending = targets.scan(now_ns, None, false);
+        targets.deadline = None;
         targets.well_known(&mut pending);
+        let cut_short = targets.stats.scans_cut_short > 0;
+        tracing::info!(
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            processes = targets.last_scan_processes,
+            found = pending.len(),
+            cut_short,
+            "searched the running processes for OpenSSL copies"
+        );
         let shared = Arc::new(Mutex::new(Shared { targets, pending }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("tls-search".into())
-                .spawn(move || search_loop(&shared, &stop))
+                .spawn(move || search_loop(&shared, &stop, cut_short))
                 .map_err(|err| tracing::warn!(%err, "TLS library search thread not started"))
                 .ok()
         };
@@ -386,28 +462,45 @@ impl Drop for TlsSearch {
     }
 }
 
-fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::AtomicBool) {
+/// Longest the search thread holds the shared state in one go (the event thread waits for it
+/// when it reports an attach or reads the counters).
+const SCAN_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Rescans every `RESCAN_EVERY_NS`; the first one at once when the start-up search was cut
+/// short (`now`). A rescan runs in slices of `SCAN_SLICE`, the shared state released between.
+fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::AtomicBool, now: bool) {
     use std::sync::atomic::Ordering;
+    let lock = || {
+        shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     let started = std::time::Instant::now();
     let step = std::time::Duration::from_millis(100);
-    let mut next = std::time::Duration::from_nanos(RESCAN_EVERY_NS);
+    let mut next = if now {
+        std::time::Duration::ZERO
+    } else {
+        std::time::Duration::from_nanos(RESCAN_EVERY_NS)
+    };
+    let mut pass: Option<(ScanPass, std::time::Instant)> = None;
     while !stop.load(Ordering::Relaxed) {
-        if started.elapsed() < next {
-            std::thread::sleep(step);
-            continue;
-        }
-        next = started.elapsed() + std::time::Duration::from_nanos(RESCAN_EVERY_NS);
-        let mut shared = shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let began = std::time::Instant::now();
-        let now_ns = started.elapsed().as_nanos() as u64;
-        let found = shared.targets.scan(now_ns, None, true);
-        tracing::debug!(
-            elapsed_us = began.elapsed().as_micros() as u64,
-            new = found.len(),
-            "scanned processes for OpenSSL copies"
-        );
+        let (scan, began) = match &mut pass {
+            Some(running) => running,
+            None if started.elapsed() < next => {
+                std::thread::sleep(step);
+                continue;
+            }
+            None => {
+                next = started.elapsed() + std::time::Duration::from_nanos(RESCAN_EVERY_NS);
+                pass.insert((lock().targets.begin_pass(), std::time::Instant::now()))
+            }
+        };
+        let mut shared = lock();
+        let mut found = Vec::new();
+        let until = std::time::Instant::now() + SCAN_SLICE;
+        let complete = shared
+            .targets
+            .continue_pass(scan, true, Some(until), &mut found);
         for target in found {
             if !shared
                 .pending
@@ -416,6 +509,18 @@ fn search_loop(shared: &std::sync::Mutex<Shared>, stop: &std::sync::atomic::Atom
             {
                 shared.pending.push(target);
             }
+        }
+        drop(shared);
+        if complete {
+            tracing::debug!(
+                elapsed_us = began.elapsed().as_micros() as u64,
+                processes = scan.pids.len(),
+                "scanned processes for OpenSSL copies"
+            );
+            pass = None;
+        } else {
+            // Let the event thread take the state between two slices.
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -471,25 +576,67 @@ fn read_bounded(path: &Path, max: u64) -> Option<String> {
 
 /// Whether the ELF file at `path` exports OpenSSL's `SSL_read` and `SSL_write` as defined
 /// dynamic symbols (an executable with OpenSSL linked in statically, as Node.js's binary);
-/// `None` when it cannot be read (its process is gone: ask again through another one).
+/// `None` when it cannot be opened (its process is gone: ask again through another one).
+///
+/// Only the ELF header, the section headers and the dynamic symbol table with its strings are
+/// read (a few hundred KiB for `node`), never the whole file: every executable of the host is
+/// inspected once, and reading each whole (a debug build is hundreds of MiB) made the agent's
+/// peak memory jump by the largest executable running.
 pub fn exports_openssl(path: &Path) -> Option<bool> {
-    use object::{Object, ObjectSymbol};
-    let meta = std::fs::metadata(path).ok()?;
+    use object::elf::{FileHeader32, FileHeader64};
+    use object::{Endianness, FileKind};
+    let file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > MAX_EXECUTABLE_BYTES {
         return Some(false);
     }
-    let data = std::fs::read(path).ok()?;
-    let Ok(file) = object::File::parse(&*data) else {
+    let cache = object::ReadCache::new(file);
+    let exports = match FileKind::parse(&cache) {
+        Ok(FileKind::Elf64) => dynamic_exports::<FileHeader64<Endianness>>(&cache),
+        Ok(FileKind::Elf32) => dynamic_exports::<FileHeader32<Endianness>>(&cache),
+        _ => None,
+    };
+    Some(exports.unwrap_or(false))
+}
+
+/// Dynamic symbol table plus its strings read at most per executable (`node` has ~1 MiB).
+const MAX_DYNAMIC_SYMBOL_BYTES: u64 = 32 << 20;
+
+/// Whether the ELF file in `data` defines both `SSL_read` and `SSL_write` in its dynamic symbol
+/// table; None when its headers do not parse or the table is larger than
+/// `MAX_DYNAMIC_SYMBOL_BYTES`.
+fn dynamic_exports<Elf>(data: &object::ReadCache<std::fs::File>) -> Option<bool>
+where
+    Elf: object::read::elf::FileHeader<Endian = object::Endianness>,
+{
+    use object::read::elf::{SectionHeader, Sym};
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let Some(dynsym) = sections
+        .iter()
+        .find(|s| s.sh_type(endian) == object::elf::SHT_DYNSYM)
+    else {
         return Some(false);
     };
+    let strtab = sections
+        .section(object::SectionIndex(dynsym.sh_link(endian) as usize))
+        .ok()?;
+    let size: u64 = dynsym.sh_size(endian).into() + strtab.sh_size(endian).into();
+    if size > MAX_DYNAMIC_SYMBOL_BYTES {
+        return None;
+    }
+    let symbols: &[Elf::Sym] = dynsym.data_as_array(endian, data).ok()?;
+    let strings = strtab.data(endian, data).ok()?;
+    let strings = object::StringTable::new(strings, 0, strings.len() as u64);
     let (mut read, mut write) = (false, false);
-    for symbol in file.dynamic_symbols() {
-        if symbol.is_undefined() {
+    for symbol in symbols {
+        if symbol.is_undefined(endian) {
             continue;
         }
-        match symbol.name() {
-            Ok("SSL_read") => read = true,
-            Ok("SSL_write") => write = true,
+        match symbol.name(endian, strings) {
+            Ok(b"SSL_read") => read = true,
+            Ok(b"SSL_write") => write = true,
             _ => {}
         }
     }
@@ -541,6 +688,74 @@ mod tests {
         assert!(is_libssl(
             "/venv/lib/python3/site-packages/x.libs/libssl-8a3c1f.so.3"
         ));
+    }
+
+    /// Bytes this thread has read from files so far (`rchar` of /proc/thread-self/io).
+    fn thread_read_bytes() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rchar in /proc/thread-self/io")
+    }
+
+    /// OpenSSL's exports are found in its dynamic symbol table, and telling an executable that
+    /// has none (this test binary, tens of MiB) reads a small part of it, not the whole file.
+    #[test]
+    fn openssl_exports_are_read_from_the_dynamic_symbols_only() {
+        let libssl = WELL_KNOWN_LIBSSL
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .expect("the host's libssl.so.3 (python3 and curl need it; `cargo xtask setup`)");
+        assert_eq!(exports_openssl(libssl), Some(true), "{}", libssl.display());
+        let me = std::fs::read_link("/proc/self/exe").expect("own executable");
+        let size = std::fs::metadata(&me).expect("own executable").len();
+        let before = thread_read_bytes();
+        assert_eq!(exports_openssl(&me), Some(false));
+        let read = thread_read_bytes() - before;
+        assert!(
+            read < size / 4 && read < 4 << 20,
+            "read {read} bytes of a {size}-byte executable to find its exports"
+        );
+        let garbage =
+            std::env::temp_dir().join(format!("tracer-tls-garbage-{}", std::process::id()));
+        std::fs::write(&garbage, b"\x7fELF\x02\x01\x01 not really").expect("temp file");
+        assert_eq!(exports_openssl(&garbage), Some(false));
+        let _ = std::fs::remove_file(&garbage);
+        assert_eq!(exports_openssl(Path::new("/nonexistent/node")), None);
+    }
+
+    /// A scan past its deadline stops before reading another process, counted.
+    #[test]
+    fn a_scan_past_its_deadline_stops_and_is_counted() {
+        let mut targets = TlsTargets::new(PathBuf::from("/proc"));
+        targets.own_pid = 0;
+        targets.deadline = Some(std::time::Instant::now());
+        assert!(
+            targets
+                .scan(1, Some(&[std::process::id()]), false)
+                .is_empty()
+        );
+        assert_eq!(targets.last_scan_processes, 0);
+        assert_eq!(targets.stats.scans_cut_short, 1);
+        targets.deadline = None;
+        targets.scan(2, Some(&[std::process::id()]), false);
+        assert_eq!(targets.last_scan_processes, 1);
+        assert_eq!(targets.stats.scans_cut_short, 1);
+        // The search thread's pass over every process, in slices: one stopped at once resumes
+        // where it was and completes once.
+        let scans = targets.stats.scans;
+        let mut pass = targets.begin_pass();
+        let total = pass.pids.len();
+        assert!(total > 1, "processes listed: {total}");
+        let mut out = Vec::new();
+        let now = Some(std::time::Instant::now());
+        assert!(!targets.continue_pass(&mut pass, false, now, &mut out));
+        assert_eq!(pass.next, 0);
+        assert!(targets.continue_pass(&mut pass, false, None, &mut out));
+        assert_eq!((pass.next, targets.last_scan_processes), (total, total));
+        assert_eq!(targets.stats.scans, scans + 1);
     }
 
     /// The agent's own process is never a target, and each file is tried once.

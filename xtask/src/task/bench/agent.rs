@@ -16,7 +16,7 @@ use super::process::{Spawned, free_port};
 use super::procfs::{self, ProcSample};
 
 /// What the agent prints once its probes are attached.
-const READY_LINE: &str = "probes attached";
+const READY_LINE: &str = "tracer: probes attached";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment of the bench process that must not reach the agent.
