@@ -15,31 +15,62 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-/// One buffered record (its raw bytes, decoded again on release: decoding is cheap and total).
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Held {
+/// One buffered record: its raw bytes and what the reader already made of them (`meta`, e.g.
+/// the decoded header, so that a record is decoded once).
+#[derive(Debug)]
+struct Held<M> {
     causal_ts: u64,
     /// Arrival order: ties keep the ring buffer's order.
     arrival: u64,
     bytes: Vec<u8>,
+    meta: M,
 }
 
-impl Held {
+impl<M> Held<M> {
     fn key(&self) -> (u64, u64) {
         (self.causal_ts, self.arrival)
+    }
+}
+
+/// Ordered by (causal time, arrival); arrival numbers are unique.
+impl<M> PartialEq for Held<M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl<M> Eq for Held<M> {}
+
+impl<M> PartialOrd for Held<M> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<M> Ord for Held<M> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
     }
 }
 
 /// Held records in causal order (ties in arrival order): the ones that arrived in order in a
 /// FIFO, the others in a heap. Every record in `in_order` is at least as late as the one before
 /// it, and arrival numbers only grow, so its front is its minimum.
-#[derive(Default)]
-struct HeldQueue {
-    in_order: VecDeque<Held>,
-    stragglers: BinaryHeap<Reverse<Held>>,
+struct HeldQueue<M> {
+    in_order: VecDeque<Held<M>>,
+    stragglers: BinaryHeap<Reverse<Held<M>>>,
 }
 
-impl HeldQueue {
+impl<M> Default for HeldQueue<M> {
+    fn default() -> Self {
+        HeldQueue {
+            in_order: VecDeque::new(),
+            stragglers: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<M> HeldQueue<M> {
     fn len(&self) -> usize {
         self.in_order.len() + self.stragglers.len()
     }
@@ -48,7 +79,7 @@ impl HeldQueue {
         self.in_order.is_empty() && self.stragglers.is_empty()
     }
 
-    fn push(&mut self, held: Held) {
+    fn push(&mut self, held: Held<M>) {
         match self.in_order.back() {
             Some(last) if held.causal_ts < last.causal_ts => self.stragglers.push(Reverse(held)),
             _ => self.in_order.push_back(held),
@@ -65,14 +96,14 @@ impl HeldQueue {
         }
     }
 
-    fn peek(&self) -> Option<&Held> {
+    fn peek(&self) -> Option<&Held<M>> {
         match self.oldest_is_straggler()? {
             true => self.stragglers.peek().map(|Reverse(h)| h),
             false => self.in_order.front(),
         }
     }
 
-    fn pop(&mut self) -> Option<Held> {
+    fn pop(&mut self) -> Option<Held<M>> {
         match self.oldest_is_straggler()? {
             true => self.stragglers.pop().map(|Reverse(h)| h),
             false => self.in_order.pop_front(),
@@ -103,10 +134,11 @@ pub enum Offer {
     Wait,
 }
 
-pub struct ReorderWindow {
+/// `M`: what the reader keeps with each record (see [`ReorderWindow::push_with`]).
+pub struct ReorderWindow<M = ()> {
     window_ns: u64,
     max_records: usize,
-    heap: HeldQueue,
+    heap: HeldQueue<M>,
     arrivals: u64,
     forced_early: u64,
     /// Arrival number of the record the pipeline is waiting on, and the counts of waits.
@@ -140,7 +172,7 @@ fn size_class(len: usize) -> Option<(usize, usize)> {
     (class < SIZE_CLASSES).then_some((class, capacity))
 }
 
-impl ReorderWindow {
+impl<M> ReorderWindow<M> {
     pub fn new(window_ns: u64, max_records: usize) -> Self {
         ReorderWindow {
             window_ns,
@@ -193,8 +225,15 @@ impl ReorderWindow {
         self.heap.is_empty()
     }
 
-    /// Buffers a record. If the window is full, the oldest record is released into `release`.
-    pub fn push(&mut self, causal_ts: u64, record: &[u8], release: &mut impl FnMut(&[u8])) {
+    /// Buffers a record with what the reader made of it (`meta`, handed back on release). If
+    /// the window is full, the oldest record is released into `release`.
+    pub fn push_with(
+        &mut self,
+        causal_ts: u64,
+        record: &[u8],
+        meta: M,
+        release: &mut impl FnMut(&[u8], &M),
+    ) {
         while self.heap.len() >= self.max_records
             || (self.held_bytes + record.len() > self.max_bytes && !self.heap.is_empty())
         {
@@ -203,7 +242,7 @@ impl ReorderWindow {
             };
             self.forced_early += 1;
             self.held_bytes -= old.bytes.len();
-            release(&old.bytes);
+            release(&old.bytes, &old.meta);
             self.recycle(old.bytes);
         }
         let mut bytes = match size_class(record.len()) {
@@ -224,12 +263,13 @@ impl ReorderWindow {
             causal_ts,
             arrival: self.arrivals,
             bytes,
+            meta,
         });
     }
 
     /// Releases, in causal order, every record older than the window at `now_ns`
     /// (`u64::MAX` releases all).
-    pub fn release_ready(&mut self, now_ns: u64, release: &mut impl FnMut(&[u8])) {
+    pub fn release_ready_with(&mut self, now_ns: u64, release: &mut impl FnMut(&[u8], &M)) {
         let horizon = now_ns.saturating_sub(self.window_ns);
         while let Some(top) = self.heap.peek() {
             if top.causal_ts > horizon && now_ns != u64::MAX {
@@ -237,14 +277,14 @@ impl ReorderWindow {
             }
             if let Some(held) = self.heap.pop() {
                 self.held_bytes -= held.bytes.len();
-                release(&held.bytes);
+                release(&held.bytes, &held.meta);
                 self.recycle(held.bytes);
             }
         }
     }
 
     /// Like [`ReorderWindow::release_ready`], but each due record is first offered: `offer`
-    /// gets the record's bytes and whether it may still wait (up to `max_wait_ns` past its
+    /// gets the record's bytes, what was kept with it, and whether it may still wait (up to `max_wait_ns` past its
     /// causal time, see [`ReorderWindow::with_max_wait`]), and answers [`Offer::Wait`] to keep it,
     /// and everything after it, in the
     /// window: a server's read whose client write is still in the kernel (a write is recorded
@@ -254,7 +294,7 @@ impl ReorderWindow {
     pub fn release_ready_waiting(
         &mut self,
         now_ns: u64,
-        offer: &mut impl FnMut(&[u8], bool) -> Offer,
+        offer: &mut impl FnMut(&[u8], &M, bool) -> Offer,
     ) {
         let max_wait_ns = self.max_wait_ns;
         let horizon = now_ns.saturating_sub(self.window_ns);
@@ -264,7 +304,7 @@ impl ReorderWindow {
             }
             let may_wait = top.causal_ts.saturating_add(max_wait_ns) > now_ns;
             let was_waiting = self.waiting == Some(top.arrival);
-            let answer = offer(&top.bytes, may_wait);
+            let answer = offer(&top.bytes, &top.meta, may_wait);
             debug_assert!(may_wait || answer == Offer::Taken, "a record past its wait");
             if answer == Offer::Wait && may_wait {
                 if !was_waiting {
@@ -308,6 +348,20 @@ impl ReorderWindow {
     }
 }
 
+/// A window of bare records (nothing kept with them).
+impl ReorderWindow<()> {
+    /// Buffers a record. If the window is full, the oldest record is released into `release`.
+    pub fn push(&mut self, causal_ts: u64, record: &[u8], release: &mut impl FnMut(&[u8])) {
+        self.push_with(causal_ts, record, (), &mut |bytes, ()| release(bytes));
+    }
+
+    /// Releases, in causal order, every record older than the window at `now_ns`
+    /// (`u64::MAX` releases all).
+    pub fn release_ready(&mut self, now_ns: u64, release: &mut impl FnMut(&[u8])) {
+        self.release_ready_with(now_ns, &mut |bytes, ()| release(bytes));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,7 +396,7 @@ mod tests {
     fn a_waiting_record_holds_the_window_until_its_predecessor_or_the_bound() {
         let mut w = ReorderWindow::new(10, 100).with_max_wait(1_000);
         let mut out: Vec<Vec<u8>> = Vec::new();
-        let mut offer = |b: &[u8], may_wait: bool| {
+        let mut offer = |b: &[u8], _: &(), may_wait: bool| {
             if may_wait && b == b"server-read" && !out.iter().any(|o| o == b"client-write") {
                 return Offer::Wait;
             }
@@ -371,7 +425,7 @@ mod tests {
 
         // The awaited record never comes: released at the bound, counted.
         let mut released = Vec::new();
-        let mut offer = |b: &[u8], may_wait: bool| {
+        let mut offer = |b: &[u8], _: &(), may_wait: bool| {
             if may_wait {
                 return Offer::Wait;
             }
