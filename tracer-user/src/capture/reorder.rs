@@ -457,7 +457,7 @@ mod tests {
             seed ^= seed << 17;
             now += seed % 3;
             // One record in four is up to 40 ns older than the newest (a write's start).
-            let ts = if seed % 4 == 0 {
+            let ts = if seed.is_multiple_of(4) {
                 now.saturating_sub(seed % 41)
             } else {
                 now
@@ -471,7 +471,7 @@ mod tests {
                 released.push((ts, arrival));
             };
             w.push(ts, &record, &mut take);
-            if arrival % 16 == 0 {
+            if arrival.is_multiple_of(16) {
                 w.release_ready(now, &mut take);
             }
         }
