@@ -30,7 +30,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::capture::decode::decode;
+use crate::capture::decode::{DecodedRecord, KernelEvent, decode};
 use crate::capture::probes::{KernelCounters, ProbeOptions, Probes};
 use crate::capture::reorder::ReorderWindow;
 use crate::cli::{OutputFormat, TraceArgs};
@@ -544,7 +544,7 @@ pub static EVENT_LOOP_WAKEUPS: AtomicU64 = AtomicU64::new(0);
 /// What the event thread owns.
 struct EventLoop {
     ring: RingBuf<MapData>,
-    window: ReorderWindow,
+    window: ReorderWindow<DecodedRecord>,
     pipeline: Pipeline,
     probes: Probes,
     sink: Handover,
@@ -663,8 +663,10 @@ impl EventLoop {
                 break;
             }
         }
-        window.release_ready(u64::MAX, &mut |bytes| {
-            process(bytes, &mut pipeline, &sink, &mut out)
+        window.release_ready_with(u64::MAX, &mut |bytes, decoded| {
+            if let Some(event) = decoded.event(bytes) {
+                process(event, &mut pipeline, &sink, &mut out);
+            }
         });
         sink.submit_batch(&mut out);
         EventLoopEnd {
@@ -719,9 +721,12 @@ impl EventLoop {
             let now = monotonic_now_ns();
             // A server's request waits for its same-host client's (see `Offer`), bounded.
             self.window
-                .release_ready_waiting(now, &mut |bytes, may_wait| {
+                .release_ready_waiting(now, &mut |bytes, decoded, may_wait| {
+                    let Some(event) = decoded.event(bytes) else {
+                        return crate::capture::reorder::Offer::Taken;
+                    };
                     offer(
-                        bytes,
+                        event,
                         may_wait,
                         &mut self.pipeline,
                         &self.sink,
@@ -816,7 +821,7 @@ fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// `SPANS_PER_BATCH`.
 fn drain(
     ring: &mut RingBuf<MapData>,
-    window: &mut ReorderWindow,
+    window: &mut ReorderWindow<DecodedRecord>,
     pipeline: &mut Pipeline,
     sink: &Handover,
     out: &mut Vec<ExportItem>,
@@ -850,9 +855,17 @@ fn drain(
                         pipeline.presolve_sniffed(header.conn_id, header.tgid, header.fd);
                     }
                 }
-                window.push(event.causal_ts(), &item, &mut |bytes| {
-                    process(bytes, pipeline, sink, out)
-                })
+                // A data record is decoded once: the window keeps its fields with its bytes.
+                window.push_with(
+                    event.causal_ts(),
+                    &item,
+                    DecodedRecord::of(&event),
+                    &mut |bytes, decoded| {
+                        if let Some(event) = decoded.event(bytes) {
+                            process(event, pipeline, sink, out);
+                        }
+                    },
+                )
             }
             Err(err) => {
                 DECODE_ERRORS.fetch_add(1, Ordering::Relaxed);
@@ -864,35 +877,32 @@ fn drain(
 }
 
 /// Runs one record through the pipeline; hands the spans over once a batch is full.
-fn process(bytes: &[u8], pipeline: &mut Pipeline, sink: &Handover, out: &mut Vec<ExportItem>) {
-    if let Ok(event) = decode(bytes) {
-        crate::capture::decode::trace_record(&event);
-        pipeline.on_event(event, out);
-        if out.len() >= SPANS_PER_BATCH {
-            sink.submit_batch(out);
-        }
+fn process(
+    event: KernelEvent<'_>,
+    pipeline: &mut Pipeline,
+    sink: &Handover,
+    out: &mut Vec<ExportItem>,
+) {
+    crate::capture::decode::trace_record(&event);
+    pipeline.on_event(event, out);
+    if out.len() >= SPANS_PER_BATCH {
+        sink.submit_batch(out);
     }
 }
 
 /// Runs a due record through the pipeline, unless it may still wait and the pipeline waits for
 /// a record not read yet (a server's request whose traced client's write has not returned).
 fn offer(
-    bytes: &[u8],
+    event: KernelEvent<'_>,
     may_wait: bool,
     pipeline: &mut Pipeline,
     sink: &Handover,
     out: &mut Vec<ExportItem>,
 ) -> crate::capture::reorder::Offer {
-    if let Ok(event) = decode(bytes) {
-        if may_wait && pipeline.awaits_client_request(&event) {
-            return crate::capture::reorder::Offer::Wait;
-        }
-        crate::capture::decode::trace_record(&event);
-        pipeline.on_event(event, out);
-        if out.len() >= SPANS_PER_BATCH {
-            sink.submit_batch(out);
-        }
+    if may_wait && pipeline.awaits_client_request(&event) {
+        return crate::capture::reorder::Offer::Wait;
     }
+    process(event, pipeline, sink, out);
     crate::capture::reorder::Offer::Taken
 }
 
@@ -904,7 +914,7 @@ fn snapshot(
     probes: &Probes,
     pipeline: &Pipeline,
     sink: &Handover,
-    window: &ReorderWindow,
+    window: &ReorderWindow<DecodedRecord>,
 ) -> AgentSnapshot {
     let k = probes.counters();
     let p = pipeline.stats();

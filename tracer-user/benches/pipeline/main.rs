@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use tracer::capture::decode::decode;
+use tracer::capture::decode::{DecodedRecord, decode};
 use tracer::capture::reorder::ReorderWindow;
 use tracer::correlate::connections::TableLimits;
 use tracer::export::TraceEncoder;
@@ -59,13 +59,13 @@ fn run_pipeline(stream: &RecordedStream) -> Vec<ExportItem> {
     out
 }
 
-/// The agent's path: decode, hold in the reorder window, decode again on release, pipeline.
+/// The agent's path: decode, hold in the reorder window with the decoded fields, pipeline.
 fn run_agent_path(stream: &RecordedStream) -> Vec<ExportItem> {
     let mut pipeline = Pipeline::new(options(), Clock::from_offset(CLOCK_OFFSET_NS));
     let mut window = ReorderWindow::new(REORDER_WINDOW_NS, REORDER_MAX_RECORDS);
     let mut out = Vec::with_capacity(stream.shape.expected_spans() as usize);
-    let mut process = |bytes: &[u8]| {
-        if let Ok(event) = decode(bytes) {
+    let mut process = |bytes: &[u8], decoded: &DecodedRecord| {
+        if let Some(event) = decoded.event(bytes) {
             pipeline.on_event(event, &mut out);
         }
     };
@@ -74,12 +74,13 @@ fn run_agent_path(stream: &RecordedStream) -> Vec<ExportItem> {
         for record in batch {
             if let Ok(event) = decode(record) {
                 now = now.max(event.header().ts_ns);
-                window.push(event.causal_ts(), record, &mut process);
+                let decoded = DecodedRecord::of(&event);
+                window.push_with(event.causal_ts(), record, decoded, &mut process);
             }
         }
-        window.release_ready(now, &mut process);
+        window.release_ready_with(now, &mut process);
     }
-    window.release_ready(u64::MAX, &mut process);
+    window.release_ready_with(u64::MAX, &mut process);
     out
 }
 

@@ -79,6 +79,88 @@ impl KernelEvent<'_> {
     }
 }
 
+/// What the reorder window keeps of a decoded record next to its bytes, so that a data record
+/// (the bulk of them) is decoded once: its fields without the payload, joined back with the
+/// bytes by [`DecodedRecord::event`]. Opens and closes (a few per connection) are decoded again
+/// from their bytes, which keeps this small (it is moved with every held record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodedRecord {
+    Data {
+        header: RecordHeader,
+        direction: Direction,
+        role: Option<Role>,
+        true_len: u32,
+        syscall_ns: u32,
+        loss_before: bool,
+        tls: bool,
+        /// Captured payload bytes.
+        payload_len: u32,
+    },
+    /// Decoded again on release.
+    Other,
+}
+
+impl DecodedRecord {
+    pub fn of(event: &KernelEvent<'_>) -> Self {
+        match *event {
+            KernelEvent::Data {
+                header,
+                direction,
+                role,
+                true_len,
+                syscall_ns,
+                loss_before,
+                tls,
+                payload,
+            } => DecodedRecord::Data {
+                header,
+                direction,
+                role,
+                true_len,
+                syscall_ns,
+                loss_before,
+                tls,
+                payload_len: payload.len() as u32,
+            },
+            KernelEvent::ConnOpen { .. } | KernelEvent::ConnClose { .. } => DecodedRecord::Other,
+        }
+    }
+
+    /// The event again, its payload borrowed from `record`, the bytes this was decoded from (a
+    /// shorter slice yields a shorter payload, never a panic). `None` only if `record` is not
+    /// the record this was made of and does not decode.
+    pub fn event<'a>(&self, record: &'a [u8]) -> Option<KernelEvent<'a>> {
+        match *self {
+            DecodedRecord::Data {
+                header,
+                direction,
+                role,
+                true_len,
+                syscall_ns,
+                loss_before,
+                tls,
+                payload_len,
+            } => {
+                let end = DATA_HEADER_LEN.saturating_add(payload_len as usize);
+                let payload = record
+                    .get(DATA_HEADER_LEN..end.min(record.len()))
+                    .unwrap_or(&[]);
+                Some(KernelEvent::Data {
+                    header,
+                    direction,
+                    role,
+                    true_len,
+                    syscall_ns,
+                    loss_before,
+                    tls,
+                    payload,
+                })
+            }
+            DecodedRecord::Other => decode(record).ok(),
+        }
+    }
+}
+
 /// Why a record was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -383,6 +465,44 @@ mod tests {
             } => {
                 assert_eq!((role, local, peer), (None, None, None));
             }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// What the reorder window keeps of a record joined back with the record's bytes is the
+    /// event decoding them again gives, for every kind.
+    #[test]
+    fn a_decoded_record_rejoins_its_bytes() {
+        let data = DataEventHeader {
+            header: hdr(kind::DATA),
+            direction: direction::INGRESS,
+            syscall: 2,
+            role: role::SERVER,
+            flags: tracer_common::DATA_FLAG_TLS,
+            true_len: 9,
+            captured_len: 5,
+            syscall_ns: 7,
+        };
+        let mut data = bytes_of(&data);
+        data.extend_from_slice(b"HTTP/");
+        let open = bytes_of(&ConnOpenEvent {
+            header: hdr(kind::CONN_OPEN),
+            role: role::CLIENT,
+            family: 2,
+            local_port: 1,
+            peer_port: 2,
+            ..Default::default()
+        });
+        let close = bytes_of(&hdr(kind::CONN_CLOSE));
+        for record in [&data, &open, &close] {
+            let event = decode(record).unwrap();
+            let kept = DecodedRecord::of(&event);
+            assert_eq!(kept.event(record), Some(event));
+        }
+        // A shorter slice than the one decoded gives a shorter payload, not a panic.
+        let kept = DecodedRecord::of(&decode(&data).unwrap());
+        match kept.event(&data[..data.len() - 2]) {
+            Some(KernelEvent::Data { payload, .. }) => assert_eq!(payload, b"HTT"),
             other => panic!("unexpected {other:?}"),
         }
     }
