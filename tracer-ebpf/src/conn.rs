@@ -3,12 +3,15 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::bpf_get_current_task,
+    },
     programs::TracePointContext,
 };
 use tracer_common::{
     CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, MAX_INFLIGHT_PER_PROCESS,
-    conn_key, counter, kind, role,
+    conn_key, counter, kind, netns_known, role,
 };
 
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
@@ -120,6 +123,42 @@ fn submit_open(ev: &ConnOpenEvent) {
     }
 }
 
+/// Reads the kernel value at `offset` in the object at `base`; None when `base` is null or the
+/// read fails.
+#[inline(always)]
+fn kernel_read<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: probe-read of kernel memory; failure is handled.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// The inode of the network namespace of socket `sk` (a `struct sock *`, 0 when unknown), else
+/// of the current thread (process context); 0 when the kernel's BTF did not say where it is.
+/// The socket's is the connection's even if the thread has since moved (setns).
+#[inline(always)]
+fn netns_of(sk: u64) -> u32 {
+    let off = crate::maps::netns_offsets();
+    if sk != 0
+        && off.known & netns_known::SOCK != 0
+        && let Some(net) = kernel_read::<u64>(sk, off.sock_net)
+        && let Some(inum) = kernel_read::<u32>(net, off.net_inum)
+        && inum != 0
+    {
+        return inum;
+    }
+    if off.known & netns_known::TASK == 0 {
+        return 0;
+    }
+    // SAFETY: plain helper call (process context: the current task is the opening thread).
+    let task = unsafe { bpf_get_current_task() };
+    kernel_read::<u64>(task, off.task_nsproxy)
+        .and_then(|nsproxy| kernel_read::<u64>(nsproxy, off.nsproxy_net))
+        .and_then(|net| kernel_read::<u32>(net, off.net_inum))
+        .unwrap_or(0)
+}
+
 /// Sends a connection-open record for `state`.
 #[inline(always)]
 pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep: &Endpoints) {
@@ -138,6 +177,8 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
         peer_addr: ep.peer_addr,
         // Always process context (accept, connect, a data syscall): the opening thread.
         comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
+        netns: netns_of(state.sk),
+        _pad2: 0,
     };
     const _: () = assert!(CONN_OPEN_LEN == core::mem::size_of::<ConnOpenEvent>());
     submit_open(&ev);

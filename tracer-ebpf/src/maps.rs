@@ -34,6 +34,24 @@ static EVENTS_RING_BYTES: u64 = 16 * 1024 * 1024;
 #[unsafe(no_mangle)]
 static H2_WALK: u8 = 0;
 
+/// Where the running kernel keeps a socket's and a thread's network namespace, set by userspace
+/// at load time from the kernel's BTF; nothing known by default.
+#[unsafe(no_mangle)]
+static NETNS_OFFSETS: tracer_common::NetnsOffsets = tracer_common::NetnsOffsets {
+    sock_net: 0,
+    net_inum: 0,
+    task_nsproxy: 0,
+    nsproxy_net: 0,
+    known: 0,
+};
+
+/// The load-time `NETNS_OFFSETS`.
+#[inline(always)]
+pub fn netns_offsets() -> tracer_common::NetnsOffsets {
+    // SAFETY: a plain read of a read-only global; volatile so the load-time value is used.
+    unsafe { core::ptr::read_volatile(&NETNS_OFFSETS) }
+}
+
 /// Whether the HTTP/2 frame walker is on (`H2_WALK`).
 #[inline(always)]
 pub fn h2_walk_enabled() -> bool {

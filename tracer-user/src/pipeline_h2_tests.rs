@@ -151,6 +151,7 @@ impl Harness {
                 role: Some(role),
                 local: local.parse().ok(),
                 peer: peer.parse().ok(),
+                netns: None,
             },
             &mut self.out,
         );
@@ -380,6 +381,7 @@ fn exchanges_a_port_filter_cannot_judge_are_counted_and_release_their_identity()
             role: None,
             local: None,
             peer: None,
+            netns: None,
         },
         &mut h.out,
     );
