@@ -17,8 +17,8 @@ use tracer_common::{
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
     ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT,
-    INFLIGHT_PER_PROCESS, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count, events_output_flags,
-    next_conn_id,
+    INFLIGHT_PER_PROCESS, OPEN_SCRATCH, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count,
+    events_output_flags, next_conn_id,
 };
 
 const AF_INET: u16 = tracer_common::family::INET;
@@ -115,14 +115,6 @@ pub fn header(kind_: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> EventHea
     }
 }
 
-#[inline(always)]
-fn submit_open(ev: &ConnOpenEvent) {
-    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags(true, CONN_OPEN_LEN as u64)) {
-        Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
-        Err(_) => count(counter::RINGBUF_FULL, 1),
-    }
-}
-
 /// Reads the kernel value at `offset` in the object at `base`; None when `base` is null or the
 /// read fails.
 #[inline(always)]
@@ -159,7 +151,8 @@ fn netns_of(sk: u64) -> u32 {
         .unwrap_or(0)
 }
 
-/// Sends a connection-open record for `state`.
+/// Sends a connection-open record for `state`, built on the stack (the data programs: a
+/// per-CPU slot's null check there multiplied the states their verification explores).
 #[inline(always)]
 pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep: &Endpoints) {
     let mut hdr = header(kind::CONN_OPEN, tgid, tid, fd, state.conn_id);
@@ -182,6 +175,41 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
     };
     const _: () = assert!(CONN_OPEN_LEN == core::mem::size_of::<ConnOpenEvent>());
     submit_open(&ev);
+}
+
+/// [`announce`], the record built in per-CPU scratch (`OPEN_SCRATCH`): for accept's and
+/// connect's exits, which on the stack went over the 512-byte combined stack limit of older
+/// verifiers (5.10: "combined stack size of 3 calls is 544").
+#[inline(always)]
+fn announce_from_scratch(tgid: u32, tid: u32, fd: i32, state: &ConnState, ep: &Endpoints) {
+    let Some(ev) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        count(counter::SCRATCH_UNAVAILABLE, 1);
+        return;
+    };
+    let hdr = header(kind::CONN_OPEN, tgid, tid, fd, state.conn_id);
+    // SAFETY: `ev` is this CPU's scratch slot; every field is written before it is sent.
+    unsafe {
+        (*ev).header = hdr;
+        (*ev).role = state.role;
+        (*ev)._pad = 0;
+        (*ev).family = ep.family;
+        (*ev).local_port = ep.local_port;
+        (*ev).peer_port = ep.peer_port;
+        (*ev).local_addr = ep.local_addr;
+        (*ev).peer_addr = ep.peer_addr;
+        (*ev).comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default();
+        (*ev).netns = netns_of(state.sk);
+        (*ev)._pad2 = 0;
+        submit_open(&*ev);
+    }
+}
+
+#[inline(always)]
+fn submit_open(ev: &ConnOpenEvent) {
+    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags(true, CONN_OPEN_LEN as u64)) {
+        Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
+        Err(_) => count(counter::RINGBUF_FULL, 1),
+    }
 }
 
 /// Inserts a connection entry, counting new keys (an existing key is an fd reused without a
@@ -295,7 +323,8 @@ pub fn mark_lost_as(tgid: u32, fd: u32, how: u8) {
     }
 }
 
-/// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace.
+/// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace (the
+/// record built in per-CPU scratch when `from_scratch`, see [`announce_from_scratch`]).
 #[inline(always)]
 pub fn track(
     tgid: u32,
@@ -304,6 +333,7 @@ pub fn track(
     role_: u8,
     sk: u64,
     ep: &Endpoints,
+    from_scratch: bool,
 ) -> Option<ConnState> {
     let state = ConnState {
         conn_id: next_conn_id(),
@@ -323,7 +353,11 @@ pub fn track(
     if !insert_conn(conn_key(tgid, fd as u32), &state) {
         return None;
     }
-    announce(tgid, tid, fd, 0, &state, ep);
+    if from_scratch {
+        announce_from_scratch(tgid, tid, fd, &state, ep);
+    } else {
+        announce(tgid, tid, fd, 0, &state, ep);
+    }
     Some(state)
 }
 
@@ -489,7 +523,7 @@ pub fn exit_accept(ctx: &TracePointContext) {
                 ctx.tgid()
             );
             let ep = Endpoints::UNKNOWN;
-            track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
+            track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
         }
         return;
     };
@@ -521,7 +555,7 @@ pub fn exit_accept(ctx: &TracePointContext) {
         ignore(ctx.tgid(), fd as i32);
         return;
     }
-    track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
+    track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
 }
 
 pub fn exit_connect(ctx: &TracePointContext) {
@@ -576,7 +610,7 @@ pub fn exit_connect(ctx: &TracePointContext) {
         ignore(ctx.tgid(), fd);
         return;
     }
-    track(ctx.tgid(), ctx.pid(), fd, role::CLIENT, sk, &ep);
+    track(ctx.tgid(), ctx.pid(), fd, role::CLIENT, sk, &ep, true);
 }
 
 /// Sends the endpoints of a client connection whose connect returned before they were known;

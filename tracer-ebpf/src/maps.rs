@@ -130,6 +130,12 @@ pub static GENERATIONS: LruHashMap<u32, u64> =
 #[map]
 pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU scratch for connection-open records: built on the stack, one took the programs that
+/// inline it (accept's exit) over the 512-byte combined stack of older verifiers (5.10).
+#[map]
+pub static OPEN_SCRATCH: PerCpuArray<tracer_common::ConnOpenEvent> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU scratch of the HTTP/2 frame-aware capture (see `h2`): the record being assembled
 /// from the kept byte runs of one syscall, and the walk's record state.
 #[map]
