@@ -129,7 +129,9 @@ fn kernel_read<T>(base: u64, offset: u32) -> Option<T> {
 /// The inode of the network namespace of socket `sk` (a `struct sock *`, 0 when unknown), else
 /// of the current thread (process context); 0 when the kernel's BTF did not say where it is.
 /// The socket's is the connection's even if the thread has since moved (setns).
-#[inline(always)]
+/// Not inlined: its temporaries in the data programs' own frames took readv's, writev's and
+/// recvmsg's exits over 5.10's 512-byte combined stack; a call has a frame of its own.
+#[inline(never)]
 fn netns_of(sk: u64) -> u32 {
     let off = crate::maps::netns_offsets();
     if sk != 0
