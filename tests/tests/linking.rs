@@ -1069,3 +1069,265 @@ fn a_client_write_recorded_after_the_server_read_still_pairs() {
     );
     session.finish();
 }
+
+/// Stops a process (SIGSTOP) until dropped (SIGCONT): an agent starved of CPU, made
+/// deterministic.
+struct Stopped(libc::pid_t);
+
+impl Stopped {
+    fn process(pid: u32) -> Stopped {
+        let pid = pid as libc::pid_t;
+        // SAFETY: plain syscall on the pid of a process this test started.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {pid}"
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// The SERVER span on `port` for `query` and the CLIENT span of `url`, each the only one.
+fn server_and_client<'a>(
+    spans: &'a [ObservedSpan],
+    port: u16,
+    query: &str,
+    url: &str,
+) -> (&'a ObservedSpan, &'a ObservedSpan) {
+    let server = the_only(
+        server_spans(spans, port)
+            .into_iter()
+            .filter(|s| s.attr_str("url.query") == Some(query))
+            .collect(),
+        &format!("SERVER span of {query}"),
+        spans,
+    );
+    let client = the_only(
+        client_spans(spans, port)
+            .into_iter()
+            .filter(|s| s.attr_str("url.full") == Some(url))
+            .collect(),
+        &format!("CLIENT span of {url}"),
+        spans,
+    );
+    (server, client)
+}
+
+/// A `/metrics` sample, or -1 when the series is missing (never equal to an expected count).
+fn metric(page: &str, name: &str, labels: &str) -> f64 {
+    tracer_tests::metrics_client::sample(page, name, labels).unwrap_or(-1.0)
+}
+
+/// Loopback tuples pair only within one network namespace. A curl whose whole life passes while
+/// the agent is not scheduled (stopped here; starved of CPU on a busy host, or behind on unread
+/// records) is gone before the agent reads its `/proc`; the kernel names the connection's
+/// namespace in its open record, so the pair still links. Before the fix each such SERVER span
+/// was left unlinked (counted `loopback_netns_unknown`).
+#[test]
+fn a_client_that_exits_right_after_its_request_still_pairs() {
+    const CLIENTS: usize = 3;
+    let server = PythonServer::start(free_port(), "linking-short-lived-server");
+    let port = server.port();
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut runs = Vec::new();
+    for n in 0..CLIENTS {
+        let query = format!("short-lived={n}");
+        let url = local_url(port, &format!("/ok?{query}"));
+        let stopped = Stopped::process(session.agent().pid());
+        let run = curl(&[&url]);
+        drop(stopped);
+        assert_eq!(run.status, 200, "{}", server.output_report());
+        runs.push((query, url, run.pid));
+    }
+    session.wait_for("a SERVER and a CLIENT span per curl", |spans| {
+        server_spans(spans, port).len() >= CLIENTS && client_spans(spans, port).len() >= CLIENTS
+    });
+    let page = session.agent().wait_settled();
+    let spans = session.finish();
+    for (query, url, pid) in &runs {
+        let (server_span, client_span) = server_and_client(&spans, port, query, url);
+        assert_eq!(
+            client_span.resource_int("process.pid"),
+            Some(i64::from(*pid))
+        );
+        assert_eq!(
+            server_span.parent_span_id.as_deref(),
+            Some(client_span.span_id.as_str()),
+            "the SERVER span of {query} is its curl's CLIENT span's child:\n{}",
+            describe(&spans)
+        );
+    }
+    assert_eq!(
+        metric(
+            &page,
+            "tracer_parent_links_skipped_total",
+            "reason=\"loopback_netns_unknown\""
+        ),
+        0.0
+    );
+    let from_kernel = metric(&page, "tracer_connections_netns_total", "source=\"kernel\"");
+    assert!(
+        from_kernel >= (2 * CLIENTS) as f64,
+        "both ends of each connection named by the kernel: {from_kernel}"
+    );
+}
+
+/// A network namespace with only its loopback up (its own 127.0.0.1 and port space), deleted
+/// on drop.
+struct LoopbackNamespace {
+    name: String,
+}
+
+impl LoopbackNamespace {
+    fn create(tag: &str) -> LoopbackNamespace {
+        let name = format!("tracer-link-{tag}-{}", std::process::id());
+        let run = |args: &[&str]| {
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+            assert!(status.success(), "ip {args:?}: {status}");
+        };
+        // A namespace left by a killed earlier run of this test.
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run(&["netns", "add", &name]);
+        let namespace = LoopbackNamespace { name };
+        run(&[
+            "netns",
+            "exec",
+            &namespace.name,
+            "ip",
+            "link",
+            "set",
+            "lo",
+            "up",
+        ]);
+        namespace
+    }
+
+    /// `program` run inside the namespace (`ip netns exec` execs it: same pid).
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+}
+
+impl Drop for LoopbackNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Two network namespaces each hold a server on 127.0.0.1 with the same port and a curl from
+/// the same local port: the two connections have the very same loopback 4-tuple. Each SERVER
+/// span is its own namespace's curl's child, never the other's (a wrong link is worse than a
+/// missing one); the kernel names both namespaces, so both link.
+#[test]
+fn identical_loopback_tuples_in_two_namespaces_never_pair_across() {
+    let port = free_port();
+    let client_port = free_port();
+    let namespaces = [
+        LoopbackNamespace::create("a"),
+        LoopbackNamespace::create("b"),
+    ];
+    let mut servers = Vec::new();
+    for (namespace, tag) in namespaces.iter().zip(["a", "b"]) {
+        let mut command = namespace.command(python());
+        command
+            .arg("-u")
+            .arg(peer_script("http_server.py"))
+            .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+            .env("OTEL_SERVICE_NAME", format!("linking-ns-{tag}"));
+        let server = ChildGuard::spawn("http_server.py in a namespace", command);
+        if !matches!(
+            server
+                .stdout()
+                .wait_for_line(PEER_START_TIMEOUT, |l| l.starts_with("listening")),
+            tracer_tests::process::LineWait::Found(_)
+        ) {
+            panic!(
+                "the server in namespace {tag} did not listen\n{}",
+                server.output_report()
+            );
+        }
+        servers.push(server);
+    }
+    let mut session = TracedSession::start(OtlpProtocol::Grpc, &[port]);
+    let mut clients = Vec::new();
+    for (namespace, tag) in namespaces.iter().zip(["a", "b"]) {
+        let mut command = namespace.command("curl");
+        command.args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+        ]);
+        command.args(["--local-port", &client_port.to_string()]);
+        command.arg(local_url(port, &format!("/ok?ns={tag}")));
+        let (status, child) = run_with_timeout("curl in a namespace", command, DRIVE_TIMEOUT);
+        assert!(
+            status.success(),
+            "curl in {tag}: {status}\n{}",
+            child.output_report()
+        );
+        clients.push(child.pid());
+    }
+    session.wait_for("two SERVER and two CLIENT spans", |spans| {
+        server_spans(spans, port).len() >= 2 && client_spans(spans, port).len() >= 2
+    });
+    let page = session.agent().wait_settled();
+    let spans = session.finish();
+    assert_eq!(server_spans(&spans, port).len(), 2, "{}", describe(&spans));
+    for ((server, client_pid), tag) in servers.iter().zip(&clients).zip(["a", "b"]) {
+        let server_span = the_only(
+            server_spans(&spans, port)
+                .into_iter()
+                .filter(|s| s.resource_int("process.pid") == Some(i64::from(server.pid())))
+                .collect(),
+            &format!("SERVER span in namespace {tag}"),
+            &spans,
+        );
+        assert_eq!(
+            server_span.attr_int("client.port"),
+            Some(i64::from(client_port))
+        );
+        let client_span = the_only(
+            client_spans(&spans, port)
+                .into_iter()
+                .filter(|s| s.resource_int("process.pid") == Some(i64::from(*client_pid)))
+                .collect(),
+            &format!("CLIENT span in namespace {tag}"),
+            &spans,
+        );
+        assert_eq!(
+            server_span.parent_span_id.as_deref(),
+            Some(client_span.span_id.as_str()),
+            "the SERVER span in namespace {tag} is the child of that namespace's curl:\n{}",
+            describe(&spans)
+        );
+    }
+    assert_eq!(
+        metric(
+            &page,
+            "tracer_parent_links_skipped_total",
+            "reason=\"loopback_netns_unknown\""
+        ),
+        0.0
+    );
+}

@@ -3,19 +3,22 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::bpf_get_current_task,
+    },
     programs::TracePointContext,
 };
 use tracer_common::{
     CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, MAX_INFLIGHT_PER_PROCESS,
-    conn_key, counter, kind, role,
+    conn_key, counter, kind, netns_known, role,
 };
 
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
     ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT,
-    INFLIGHT_PER_PROCESS, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count, events_output_flags,
-    next_conn_id,
+    INFLIGHT_PER_PROCESS, OPEN_SCRATCH, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count,
+    events_output_flags, next_conn_id,
 };
 
 const AF_INET: u16 = tracer_common::family::INET;
@@ -112,15 +115,46 @@ pub fn header(kind_: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> EventHea
     }
 }
 
+/// Reads the kernel value at `offset` in the object at `base`; None when `base` is null or the
+/// read fails.
 #[inline(always)]
-fn submit_open(ev: &ConnOpenEvent) {
-    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags(true, CONN_OPEN_LEN as u64)) {
-        Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
-        Err(_) => count(counter::RINGBUF_FULL, 1),
+fn kernel_read<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
     }
+    // SAFETY: probe-read of kernel memory; failure is handled.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
-/// Sends a connection-open record for `state`.
+/// The inode of the network namespace of socket `sk` (a `struct sock *`, 0 when unknown), else
+/// of the current thread (process context); 0 when the kernel's BTF did not say where it is.
+/// The socket's is the connection's even if the thread has since moved (setns).
+/// Not inlined: its temporaries in the data programs' own frames took readv's, writev's and
+/// recvmsg's exits over 5.10's 512-byte combined stack; a call has a frame of its own.
+#[inline(never)]
+fn netns_of(sk: u64) -> u32 {
+    let off = crate::maps::netns_offsets();
+    if sk != 0
+        && off.known & netns_known::SOCK != 0
+        && let Some(net) = kernel_read::<u64>(sk, off.sock_net)
+        && let Some(inum) = kernel_read::<u32>(net, off.net_inum)
+        && inum != 0
+    {
+        return inum;
+    }
+    if off.known & netns_known::TASK == 0 {
+        return 0;
+    }
+    // SAFETY: plain helper call (process context: the current task is the opening thread).
+    let task = unsafe { bpf_get_current_task() };
+    kernel_read::<u64>(task, off.task_nsproxy)
+        .and_then(|nsproxy| kernel_read::<u64>(nsproxy, off.nsproxy_net))
+        .and_then(|net| kernel_read::<u32>(net, off.net_inum))
+        .unwrap_or(0)
+}
+
+/// Sends a connection-open record for `state`, built on the stack (the data programs: a
+/// per-CPU slot's null check there multiplied the states their verification explores).
 #[inline(always)]
 pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep: &Endpoints) {
     let mut hdr = header(kind::CONN_OPEN, tgid, tid, fd, state.conn_id);
@@ -138,9 +172,46 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
         peer_addr: ep.peer_addr,
         // Always process context (accept, connect, a data syscall): the opening thread.
         comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
+        netns: netns_of(state.sk),
+        _pad2: 0,
     };
     const _: () = assert!(CONN_OPEN_LEN == core::mem::size_of::<ConnOpenEvent>());
     submit_open(&ev);
+}
+
+/// [`announce`], the record built in per-CPU scratch (`OPEN_SCRATCH`): for accept's and
+/// connect's exits, which on the stack went over the 512-byte combined stack limit of older
+/// verifiers (5.10: "combined stack size of 3 calls is 544").
+#[inline(always)]
+fn announce_from_scratch(tgid: u32, tid: u32, fd: i32, state: &ConnState, ep: &Endpoints) {
+    let Some(ev) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        count(counter::SCRATCH_UNAVAILABLE, 1);
+        return;
+    };
+    let hdr = header(kind::CONN_OPEN, tgid, tid, fd, state.conn_id);
+    // SAFETY: `ev` is this CPU's scratch slot; every field is written before it is sent.
+    unsafe {
+        (*ev).header = hdr;
+        (*ev).role = state.role;
+        (*ev)._pad = 0;
+        (*ev).family = ep.family;
+        (*ev).local_port = ep.local_port;
+        (*ev).peer_port = ep.peer_port;
+        (*ev).local_addr = ep.local_addr;
+        (*ev).peer_addr = ep.peer_addr;
+        (*ev).comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default();
+        (*ev).netns = netns_of(state.sk);
+        (*ev)._pad2 = 0;
+        submit_open(&*ev);
+    }
+}
+
+#[inline(always)]
+fn submit_open(ev: &ConnOpenEvent) {
+    match EVENTS.output::<ConnOpenEvent>(ev, events_output_flags(true, CONN_OPEN_LEN as u64)) {
+        Ok(()) => count(counter::EVENTS_SUBMITTED, 1),
+        Err(_) => count(counter::RINGBUF_FULL, 1),
+    }
 }
 
 /// Inserts a connection entry, counting new keys (an existing key is an fd reused without a
@@ -254,7 +325,8 @@ pub fn mark_lost_as(tgid: u32, fd: u32, how: u8) {
     }
 }
 
-/// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace.
+/// Starts tracking `fd` of `tgid` as a connection with `role_`; reports it to userspace (the
+/// record built in per-CPU scratch when `from_scratch`, see [`announce_from_scratch`]).
 #[inline(always)]
 pub fn track(
     tgid: u32,
@@ -263,6 +335,7 @@ pub fn track(
     role_: u8,
     sk: u64,
     ep: &Endpoints,
+    from_scratch: bool,
 ) -> Option<ConnState> {
     let state = ConnState {
         conn_id: next_conn_id(),
@@ -282,7 +355,11 @@ pub fn track(
     if !insert_conn(conn_key(tgid, fd as u32), &state) {
         return None;
     }
-    announce(tgid, tid, fd, 0, &state, ep);
+    if from_scratch {
+        announce_from_scratch(tgid, tid, fd, &state, ep);
+    } else {
+        announce(tgid, tid, fd, 0, &state, ep);
+    }
     Some(state)
 }
 
@@ -448,7 +525,7 @@ pub fn exit_accept(ctx: &TracePointContext) {
                 ctx.tgid()
             );
             let ep = Endpoints::UNKNOWN;
-            track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
+            track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
         }
         return;
     };
@@ -480,7 +557,7 @@ pub fn exit_accept(ctx: &TracePointContext) {
         ignore(ctx.tgid(), fd as i32);
         return;
     }
-    track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
+    track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
 }
 
 pub fn exit_connect(ctx: &TracePointContext) {
@@ -535,7 +612,7 @@ pub fn exit_connect(ctx: &TracePointContext) {
         ignore(ctx.tgid(), fd);
         return;
     }
-    track(ctx.tgid(), ctx.pid(), fd, role::CLIENT, sk, &ep);
+    track(ctx.tgid(), ctx.pid(), fd, role::CLIENT, sk, &ep, true);
 }
 
 /// Sends the endpoints of a client connection whose connect returned before they were known;

@@ -387,7 +387,7 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
             if http2 {
                 count(counter::CONNS_SNIFFED_H2, 1);
             }
-            match track(tgid, tid, fd, role::UNKNOWN, 0, &ep) {
+            match track(tgid, tid, fd, role::UNKNOWN, 0, &ep, false) {
                 Some(mut c) => {
                     if http2 {
                         // Frame-aware capture below sniffs these bytes again and frames the

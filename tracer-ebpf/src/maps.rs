@@ -34,6 +34,24 @@ static EVENTS_RING_BYTES: u64 = 16 * 1024 * 1024;
 #[unsafe(no_mangle)]
 static H2_WALK: u8 = 0;
 
+/// Where the running kernel keeps a socket's and a thread's network namespace, set by userspace
+/// at load time from the kernel's BTF; nothing known by default.
+#[unsafe(no_mangle)]
+static NETNS_OFFSETS: tracer_common::NetnsOffsets = tracer_common::NetnsOffsets {
+    sock_net: 0,
+    net_inum: 0,
+    task_nsproxy: 0,
+    nsproxy_net: 0,
+    known: 0,
+};
+
+/// The load-time `NETNS_OFFSETS`.
+#[inline(always)]
+pub fn netns_offsets() -> tracer_common::NetnsOffsets {
+    // SAFETY: a plain read of a read-only global; volatile so the load-time value is used.
+    unsafe { core::ptr::read_volatile(&NETNS_OFFSETS) }
+}
+
 /// Whether the HTTP/2 frame walker is on (`H2_WALK`).
 #[inline(always)]
 pub fn h2_walk_enabled() -> bool {
@@ -111,6 +129,12 @@ pub static GENERATIONS: LruHashMap<u32, u64> =
 /// Per-CPU scratch for data records (too large for the 512-byte stack).
 #[map]
 pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch for connection-open records: built on the stack, one took the programs that
+/// inline it (accept's exit) over the 512-byte combined stack of older verifiers (5.10).
+#[map]
+pub static OPEN_SCRATCH: PerCpuArray<tracer_common::ConnOpenEvent> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch of the HTTP/2 frame-aware capture (see `h2`): the record being assembled
 /// from the kept byte runs of one syscall, and the walk's record state.

@@ -839,6 +839,7 @@ fn drain(
                     role,
                     local,
                     peer,
+                    ..
                 } = &event
                 {
                     // Once per process per cycle: reading /proc/<pid>/stat costs the kernel a
@@ -938,6 +939,8 @@ fn snapshot(
         proc_pid_unmapped: p.proc_pid_unmapped,
         exchanges_telemetry_descendant: p.telemetry_descendants_dropped,
         connections_agent_mirrors: p.sniffed_agent_mirrors,
+        connections_netns_kernel: p.netns_from_kernel,
+        connections_netns_proc: p.netns_from_proc,
         connections_tracked: pipeline.connections() as u64,
         connections_opened: t.opened + t.opened_late,
         connections_closed: t.closed,

@@ -65,6 +65,12 @@ pub struct PipelineStats {
     /// Connections whose endpoints came from /proc and turned out to be the other end of one of
     /// the agent's own connections: ignored.
     pub sniffed_agent_mirrors: u64,
+    /// Connections whose network namespace the kernel named in their open record.
+    pub netns_from_kernel: u64,
+    /// Connections whose network namespace was looked up in `/proc` instead (the kernel's BTF
+    /// lacked the fields, or a connection adopted without an open record): unknown when the
+    /// process was gone by then.
+    pub netns_from_proc: u64,
 }
 
 /// Options of the userspace side.
@@ -368,14 +374,21 @@ impl Pipeline {
     }
 
     /// Resolves the process of a connection the table just opened, once (a second announcement
-    /// of the same connection keeps the first answer).
-    fn bind_process(&mut self, conn_id: u64, pid: u32) {
+    /// of the same connection keeps the first answer). Its network namespace is the one the
+    /// kernel named (`kernel_netns`), else its process's in `/proc`.
+    fn bind_process(&mut self, conn_id: u64, pid: u32, kernel_netns: Option<u64>) {
         if self.conn_procs.contains_key(&conn_id) || self.table.get_mut(conn_id).is_none() {
             return;
         }
         let resource = self.resources.get(pid);
         let threads = self.runtimes.threads(pid, self.resources.proc_pid(pid));
-        let netns = self.netns_of(pid, &resource);
+        let netns = if kernel_netns.is_some() {
+            self.stats.netns_from_kernel += 1;
+            kernel_netns
+        } else {
+            self.stats.netns_from_proc += 1;
+            self.netns_of(pid, &resource)
+        };
         if let Some(conn) = self.table.get_mut(conn_id) {
             conn.meta.netns = netns;
         }
@@ -454,6 +467,7 @@ impl Pipeline {
                 role,
                 local,
                 peer,
+                netns,
             } => {
                 let mut meta = Self::meta_from(&header, role);
                 meta.local = local;
@@ -470,7 +484,7 @@ impl Pipeline {
                 // Read the process's resource now, while it surely still runs (a short-lived
                 // client may be gone by the time its span is built).
                 self.table.open(meta, header.ts_ns, false, &mut done);
-                self.bind_process(header.conn_id, header.tgid);
+                self.bind_process(header.conn_id, header.tgid, netns);
                 if needs_proc(role, local, peer) {
                     self.resolve_sniffed(header.conn_id);
                 }
@@ -496,7 +510,7 @@ impl Pipeline {
                     self.stats.records_unknown_connection += 1;
                     let meta = Self::meta_from(&header, role);
                     self.table.open(meta, header.ts_ns, true, &mut done);
-                    self.bind_process(header.conn_id, header.tgid);
+                    self.bind_process(header.conn_id, header.tgid, None);
                     self.resolve_sniffed(header.conn_id);
                 }
                 if let Some(conn) = self.table.get_mut(header.conn_id) {
@@ -839,6 +853,7 @@ mod tests {
                 role: Some(Role::Server),
                 local: "127.0.0.1:8000".parse().ok(),
                 peer: "127.0.0.1:40000".parse().ok(),
+                netns: None,
             },
             &mut out,
         );

@@ -144,6 +144,19 @@ impl Harness {
     }
 
     fn open(&mut self, pid: u32, conn_id: u64, role: Role, local: &str, peer: &str) {
+        self.open_in(pid, conn_id, role, local, peer, None);
+    }
+
+    /// An open record naming the connection's network namespace (`None`: the kernel could not).
+    fn open_in(
+        &mut self,
+        pid: u32,
+        conn_id: u64,
+        role: Role,
+        local: &str,
+        peer: &str,
+        netns: Option<u64>,
+    ) {
         let header = self.header(pid, conn_id);
         self.pipeline.on_event(
             KernelEvent::ConnOpen {
@@ -151,6 +164,7 @@ impl Harness {
                 role: Some(role),
                 local: local.parse().ok(),
                 peer: peer.parse().ok(),
+                netns,
             },
             &mut self.out,
         );
@@ -380,6 +394,7 @@ fn exchanges_a_port_filter_cannot_judge_are_counted_and_release_their_identity()
             role: None,
             local: None,
             peer: None,
+            netns: None,
         },
         &mut h.out,
     );
@@ -413,4 +428,63 @@ fn exchanges_a_port_filter_cannot_judge_are_counted_and_release_their_identity()
     assert_eq!(h.pipeline.http2_stats().exchanges, 1);
     assert_eq!(h.pipeline.stats().exchanges_ports_unknown, 1);
     assert_eq!(h.pipeline.linker.pending(), 0, "identity released");
+}
+
+/// The kernel names a connection's network namespace in its open record: a client whose `/proc`
+/// is gone (a short-lived curl) pairs with the server in its namespace, and the kernel's name
+/// wins over `/proc`'s (a server whose `/proc` says another namespace still pairs when the
+/// kernel says they share one; one that the kernel puts elsewhere does not).
+#[test]
+fn the_namespace_the_kernel_names_pairs_a_client_without_proc() {
+    const GONE_PID: u32 = 5500;
+    const OTHER_NS: u64 = HOST_NETNS + 9;
+    let mut h = Harness::new("kernel-netns");
+    let flight = || {
+        let mut flight = PREFACE.to_vec();
+        flight.extend(frame(SETTINGS, 0, 0, &[]));
+        flight.extend(request(1, "A"));
+        flight
+    };
+    let answer = || {
+        let mut answer = frame(SETTINGS, 0, 0, &[]);
+        answer.extend(response(1, "0"));
+        answer
+    };
+    // No /proc entry for the client at all.
+    h.open_in(
+        GONE_PID,
+        30,
+        Role::Client,
+        "127.0.0.1:40000",
+        "127.0.0.1:50051",
+        Some(OTHER_NS),
+    );
+    h.data(GONE_PID, 30, Role::Client, Direction::Egress, &flight());
+    // The same tuple in the host namespace, as the kernel names it: no pair across.
+    h.open_in(
+        SERVER_PID,
+        31,
+        Role::Server,
+        "127.0.0.1:50051",
+        "127.0.0.1:40000",
+        Some(HOST_NETNS),
+    );
+    h.data(SERVER_PID, 31, Role::Server, Direction::Ingress, &flight());
+    h.data(SERVER_PID, 31, Role::Server, Direction::Egress, &answer());
+    assert_eq!(h.pipeline.linker_stats().by_connection_pair, 0);
+    // The server's /proc says the host namespace; the kernel says the client's: they pair.
+    h.open_in(
+        SERVER_PID,
+        32,
+        Role::Server,
+        "127.0.0.1:50051",
+        "127.0.0.1:40000",
+        Some(OTHER_NS),
+    );
+    h.data(SERVER_PID, 32, Role::Server, Direction::Ingress, &flight());
+    h.data(SERVER_PID, 32, Role::Server, Direction::Egress, &answer());
+    assert_eq!(h.pipeline.linker_stats().by_connection_pair, 1);
+    assert_eq!(h.pipeline.linker_stats().pair_netns_unknown, 0);
+    let stats = h.pipeline.stats();
+    assert_eq!((stats.netns_from_kernel, stats.netns_from_proc), (3, 0));
 }

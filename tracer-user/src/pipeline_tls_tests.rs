@@ -85,6 +85,7 @@ impl Harness {
                 role: Some(role),
                 local: local.parse().ok(),
                 peer: peer.parse().ok(),
+                netns: None,
             },
             &mut self.out,
         );

@@ -604,6 +604,37 @@ pub struct ConnOpenEvent {
     /// The opening thread's name (`comm`, NUL-padded): names the process when it exits before
     /// the agent reads its `/proc` (a short-lived client on a busy machine).
     pub comm: [u8; 16],
+    /// Inode of the connection's network namespace (what `/proc/<pid>/ns/net` names): the
+    /// socket's own when the kernel knows it, else the opening thread's; 0 when unknown (the
+    /// kernel's BTF lacked a field of [`NetnsOffsets`]): userspace then reads `/proc`.
+    pub netns: u32,
+    pub _pad2: u32,
+}
+
+/// Where the running kernel keeps a socket's and a task's network namespace inode, in bytes,
+/// read from its BTF at load time (the tracepoint programs have no CO-RE relocations) and given
+/// to the programs as the global `NETNS_OFFSETS`. A path whose bit is not in `known` is not read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    /// `struct sock` to `__sk_common.skc_net.net` (a `struct net *`).
+    pub sock_net: u32,
+    /// `struct net` to `ns.inum` (a u32).
+    pub net_inum: u32,
+    /// `struct task_struct` to `nsproxy` (a `struct nsproxy *`).
+    pub task_nsproxy: u32,
+    /// `struct nsproxy` to `net_ns` (a `struct net *`).
+    pub nsproxy_net: u32,
+    /// `netns_known::*` bits.
+    pub known: u32,
+}
+
+/// Bits of [`NetnsOffsets::known`].
+pub mod netns_known {
+    /// `sock_net` and `net_inum` are valid: a socket's namespace can be read.
+    pub const SOCK: u32 = 1;
+    /// `task_nsproxy`, `nsproxy_net` and `net_inum` are valid: a thread's namespace can be read.
+    pub const TASK: u32 = 2;
 }
 
 /// Fixed part of a data record; `captured_len` payload bytes follow it in the ring buffer.
@@ -836,7 +867,7 @@ pub const CONN_CLOSE_LEN: usize = core::mem::size_of::<ConnCloseEvent>();
 
 // The layouts are part of the ABI: a change here must be a deliberate one.
 const _: () = assert!(EVENT_HEADER_LEN == 32);
-const _: () = assert!(CONN_OPEN_LEN == 88);
+const _: () = assert!(CONN_OPEN_LEN == 96);
 const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(CONN_CLOSE_LEN == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
@@ -851,6 +882,7 @@ mod pod {
     unsafe impl aya::Pod for super::GoTlsBinary {}
     unsafe impl aya::Pod for super::GoTlsCallKey {}
     unsafe impl aya::Pod for super::GoTlsCall {}
+    unsafe impl aya::Pod for super::NetnsOffsets {}
 }
 
 #[cfg(test)]

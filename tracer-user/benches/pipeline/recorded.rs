@@ -124,6 +124,9 @@ impl Side {
                 SERVER_IP
             }),
             comm: *b"recorded\0\0\0\0\0\0\0\0",
+            // Unknown: the namespace comes from /proc, as for a kernel whose BTF lacks it.
+            netns: 0,
+            _pad2: 0,
         })
     }
 

@@ -32,6 +32,9 @@ pub enum KernelEvent<'a> {
         role: Option<Role>,
         local: Option<SocketAddr>,
         peer: Option<SocketAddr>,
+        /// Inode of the connection's network namespace as the kernel named it; `None` when it
+        /// could not (userspace reads `/proc` instead).
+        netns: Option<u64>,
     },
     Data {
         header: RecordHeader,
@@ -338,11 +341,13 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 addr16_at(record, offset_of!(ConnOpenEvent, peer_addr)),
                 peer_port,
             );
+            let netns = u32_at(record, offset_of!(ConnOpenEvent, netns));
             Ok(KernelEvent::ConnOpen {
                 header,
                 role,
                 local,
                 peer,
+                netns: (netns != 0).then_some(u64::from(netns)),
             })
         }
         RecordKind::Data => {
@@ -417,6 +422,8 @@ mod tests {
             local_addr: local,
             peer_addr: peer,
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            netns: 4026531840,
+            _pad2: 0,
         };
         let b = bytes_of(&ev);
         assert_eq!(conn_open_comm(&b).as_deref(), Some("curl"));
@@ -434,6 +441,7 @@ mod tests {
                 role: Some(Role::Server),
                 local: Some("127.0.0.1:8080".parse().unwrap()),
                 peer: Some("10.1.2.3:40000".parse().unwrap()),
+                netns: Some(4026531840),
             }
         );
     }
@@ -461,9 +469,13 @@ mod tests {
         assert_eq!(conn_open_comm(&short[..short.len() - 1]), None);
         match decode(&bytes_of(&ev)).unwrap() {
             KernelEvent::ConnOpen {
-                role, local, peer, ..
+                role,
+                local,
+                peer,
+                netns,
+                ..
             } => {
-                assert_eq!((role, local, peer), (None, None, None));
+                assert_eq!((role, local, peer, netns), (None, None, None, None));
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -5,6 +5,7 @@
 pub mod census;
 pub mod decode;
 pub mod gotls;
+pub mod kernel_btf;
 pub mod kernel_log;
 pub mod own;
 pub mod privilege;

@@ -339,6 +339,7 @@ mod tests {
                     role: Some(Role::Server),
                     local: Some(local),
                     peer: Some(peer),
+                    netns: None,
                 },
                 data(t + 1, Direction::Ingress, request),
                 data(
@@ -424,6 +425,7 @@ mod tests {
                 role: Some(Role::Server),
                 local: addr("127.0.0.1:4318"),
                 peer: addr("127.0.0.1:40000"),
+                netns: None,
             },
             data(
                 3,
@@ -438,6 +440,7 @@ mod tests {
                 role: Some(Role::Client),
                 local: addr("127.0.0.1:40001"),
                 peer: addr("127.0.0.1:8080"),
+                netns: None,
             },
             data(4, 2, 4_000, Direction::Egress, Role::Client, APP.as_bytes()),
             data(4, 2, 5_000, Direction::Ingress, Role::Client, ok),

@@ -393,11 +393,14 @@ impl Probes {
         let ring_bytes_global = u64::from(opts.ring_buffer_bytes);
         let h2_walk_global = u8::from(h2_walk);
         let log_level_global = opts.kernel_log_level.global_value();
+        // Where the kernel keeps each connection's network namespace (loopback pairing).
+        let netns_offsets = crate::capture::kernel_btf::running_kernel_netns_offsets();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_name::EVENTS, opts.ring_buffer_bytes)
             .override_global("EVENTS_RING_BYTES", &ring_bytes_global, true)
             .override_global("H2_WALK", &h2_walk_global, true)
+            .override_global("NETNS_OFFSETS", &netns_offsets, true)
             .map_max_entries(map_name::CONNS, opts.max_connections)
             .override_global(aya_log::LEVEL, &log_level_global, true);
         if opts.kernel_log_level == KernelLogLevel::Off {

@@ -45,6 +45,10 @@ pub struct AgentSnapshot {
     pub exchanges_telemetry_descendant: u64,
     /// Connections resolved from /proc that are the other end of the agent's own connections.
     pub connections_agent_mirrors: u64,
+    /// Connections whose network namespace the kernel named in their open record.
+    pub connections_netns_kernel: u64,
+    /// Connections whose network namespace was looked up in `/proc` instead.
+    pub connections_netns_proc: u64,
     /// Gauge: connections in the agent's table now.
     pub connections_tracked: u64,
     pub connections_opened: u64,
@@ -698,6 +702,16 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             "Connections whose endpoints the agent read from /proc (the kernel saw no peer at \
              accept) found to be the other end of the agent's own connections, and ignored.",
             vec![Sample::plain(s.connections_agent_mirrors)],
+        ),
+        Family::counter(
+            "tracer_connections_netns_total",
+            "Connections by where their network namespace (loopback pairing) came from: the \
+             kernel's open record, or /proc (the kernel's BTF lacks the fields, or the \
+             connection was adopted without an open record).",
+            vec![
+                Sample::labelled(&[("source", "kernel")], s.connections_netns_kernel),
+                Sample::labelled(&[("source", "proc")], s.connections_netns_proc),
+            ],
         ),
         Family::counter(
             "tracer_proc_pid_unmapped_total",
@@ -1597,6 +1611,8 @@ mod tests {
             proc_pid_unmapped: 234,
             exchanges_telemetry_descendant: 235,
             connections_agent_mirrors: 236,
+            connections_netns_kernel: 911,
+            connections_netns_proc: 912,
             connections_tracked: 206,
             connections_opened: 207,
             connections_closed: 208,
@@ -1752,6 +1768,7 @@ mod tests {
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
         want.extend((136..=149).map(|v| v as f64)); // kernel TLS uprobes and search
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
+        want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -1954,6 +1971,8 @@ mod tests {
             proc_pid_unmapped => "tracer_proc_pid_unmapped_total",
             telemetry_descendants_dropped => "tracer_exchanges_dropped_total",
             sniffed_agent_mirrors => "tracer_agent_mirrors_ignored_total",
+            netns_from_kernel => "tracer_connections_netns_total",
+            netns_from_proc => "tracer_connections_netns_total",
         }));
         fields.extend(exported!(crate::correlate::connections::TableStats {
             opened => "tracer_connections_opened_total",
