@@ -1748,6 +1748,7 @@ mod tests {
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
         want.extend((136..=148).map(|v| v as f64)); // kernel TLS uprobes and search
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
+        want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
