@@ -411,7 +411,7 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
         && conn.tls == 0
     {
         // The SSL_read that may follow on this thread decrypts these bytes (memory BIOs).
-        crate::tls::note_read(id, fd, conn.conn_id, first_buffer(&args));
+        crate::tls::note_read(id, fd, conn.conn_id, first_buffer(&args), ret as u64);
     }
     let budget = config().map(|c| c.capture_bytes).unwrap_or(0) as u64;
     let dir = if SYS == syscall::SPLICE {

@@ -102,7 +102,7 @@ pub struct ThreadTls {
     ssl: u64,
     /// `READ_SEEN`: the connection read.
     conn_id: u64,
-    /// `WRITE_HELD`: the plaintext size of the held `SSL_write`.
+    /// `WRITE_HELD`: the plaintext size of the held `SSL_write`; `READ_SEEN`: the bytes read.
     plain_len: u64,
     /// `READ_SEEN`: the fd read.
     fd: i32,
@@ -120,12 +120,16 @@ const POISONED: u8 = 3;
 
 /// Largest plaintext of one TLS record.
 const TLS_MAX_PLAINTEXT: u64 = 16384;
-/// Bytes a TLS record adds to its plaintext at least (an AEAD tag) and at most (CBC: IV, MAC,
-/// up to 256 bytes of padding).
-const TLS_MIN_OVERHEAD: u64 = 16;
-const TLS_MAX_OVERHEAD: u64 = 320;
+/// Bytes a TLS record adds to its plaintext with the AEAD ciphers Node negotiates: TLS 1.3
+/// (tag and content type), TLS 1.2 ChaCha20-Poly1305 (tag), TLS 1.2 AES-GCM (explicit nonce and
+/// tag). CBC suites (variable padding) are refused, counted.
+const TLS13_OVERHEAD: u64 = 17;
+const TLS12_CHACHA_OVERHEAD: u64 = 16;
+const TLS12_GCM_OVERHEAD: u64 = 24;
+/// A TLS record header.
+const TLS_HEADER: u64 = 5;
 /// TLS record headers of a ciphertext write looked at, at most, for the held `SSL_write`'s.
-const TLS_FLUSH_RECORDS: u32 = 4;
+const TLS_FLUSH_RECORDS: u32 = 8;
 
 /// Per-thread binding state, by pid_tgid (see [`ThreadTls`]).
 #[map]
@@ -212,10 +216,10 @@ fn bind(tgid: u32, ssl: u64, fd: i32, conn: &ConnState) {
 }
 
 /// From the data programs' sys_exit of a read of tracked connection `fd` (not TLS plaintext
-/// yet) that returned bytes at `buf`: when they start with a TLS record, the thread's next
+/// yet) that returned `bytes` at `buf`: when they start with a TLS record, the thread's next
 /// `SSL_read` may be bound to it.
 #[inline(always)]
-pub fn note_read(id: u64, fd: i32, conn_id: u64, buf: u64) {
+pub fn note_read(id: u64, fd: i32, conn_id: u64, buf: u64, bytes: u64) {
     if buf == 0 {
         return;
     }
@@ -229,7 +233,7 @@ pub fn note_read(id: u64, fd: i32, conn_id: u64, buf: u64) {
     let t = ThreadTls {
         ssl: 0,
         conn_id,
-        plain_len: 0,
+        plain_len: bytes,
         fd,
         state: READ_SEEN,
         _pad: [0; 3],
@@ -312,18 +316,19 @@ fn flush(ctx: &TracePointContext, id: u64, sys: u8, fd: i64, t: &ThreadTls) -> F
     if base == 0 || room < 5 {
         return Flush::Refused;
     }
-    let plain = if t.plain_len < TLS_MAX_PLAINTEXT {
-        t.plain_len
-    } else {
-        TLS_MAX_PLAINTEXT
-    };
-    // The write is the SSL*'s output so far: TLS records (the handshake's last flight may come
-    // first, as Node's client sends its Finished with its first request), one of which is
-    // application data of the plaintext's size. Anything else in their place: refused.
+    if t.plain_len == 0 {
+        return Flush::Refused;
+    }
+    // The plaintext of the SSL_write's last record.
+    let plain = (t.plain_len - 1) % TLS_MAX_PLAINTEXT + 1;
+    // The write is the SSL*'s output since its last flush: whole TLS records (the handshake's
+    // last flight may come first, as Node's client sends its Finished with its first request),
+    // the last of which ends the write and is application data of the plaintext's size plus an
+    // AEAD's overhead. Anything else: refused.
     let mut offset: u64 = 0;
     let mut found = false;
     for _ in 0..TLS_FLUSH_RECORDS {
-        if offset + 5 > room {
+        if offset + TLS_HEADER > room {
             break;
         }
         // SAFETY: probe-read of user memory; failure handled.
@@ -335,12 +340,15 @@ fn flush(ctx: &TracePointContext, id: u64, sys: u8, fd: i64, t: &ThreadTls) -> F
             return Flush::Refused;
         }
         let record = (h[3] as u64) << 8 | h[4] as u64;
-        if h[0] == 0x17 && record >= plain + TLS_MIN_OVERHEAD && record <= plain + TLS_MAX_OVERHEAD
-        {
-            found = true;
+        offset += TLS_HEADER + record;
+        if offset >= room {
+            found = offset == room
+                && h[0] == 0x17
+                && (record == plain + TLS13_OVERHEAD
+                    || record == plain + TLS12_CHACHA_OVERHEAD
+                    || record == plain + TLS12_GCM_OVERHEAD);
             break;
         }
-        offset += 5 + record;
     }
     if !found {
         return Flush::Refused;
@@ -436,6 +444,12 @@ fn memory_bio(ctx: &RetProbeContext, id: u64, call: &SslCall) -> Option<(i32, Co
             count(counter::TLS_NO_SOCKET, 1);
             return None;
         };
+        // One SSL_read returns one record's plaintext at most: it must fit in the bytes read
+        // (a record header and an AEAD tag at least around it), else it came from elsewhere.
+        if len + TLS_HEADER + TLS12_CHACHA_OVERHEAD > t.plain_len {
+            count(counter::TLS_BINDING_REFUSED, 1);
+            return None;
+        }
         let Some(conn) = live_conn(tgid, t.fd as u32)
             .filter(|c| c.conn_id == t.conn_id && c.role != role::IGNORED)
         else {
