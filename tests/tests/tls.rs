@@ -650,6 +650,102 @@ fn node_https_client_and_server_in_one_process_never_cross_connections() {
     );
 }
 
+/// Node's TLS over a JavaScript stream that defers every ciphertext write to a later turn of
+/// the event loop (one process, server and client, 8 connections, 50 requests in flight):
+/// OpenSSL's output reaches the sockets out of Node's usual order, interleaved with the other
+/// connections' calls. Plaintext is either bound to its own connection or dropped and counted
+/// (`binding_refused`), never attributed to another: every span has its own request's path, no
+/// request twice, no wrong link, and every CLIENT request missing is counted.
+#[test]
+fn node_tls_over_a_deferred_stream_is_refused_not_misattributed() {
+    let dir = ScratchDir::new("tls-node-deferred");
+    let (cert, key) = self_signed(dir.path());
+    let port = free_port();
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
+    let go = dir.path().join("go");
+    let mut command = Command::new("node");
+    command
+        .arg(peer_script("tls_node_deferred.js"))
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .args(["50", "8"])
+        .arg(&go);
+    let mut node = ChildGuard::spawn("tls_node_deferred.js", command);
+    assert!(
+        wait_for_port(port, START_TIMEOUT),
+        "node did not listen on {port}\n{}",
+        node.output_report()
+    );
+    wait_node_attached(&mut session);
+    std::fs::write(&go, b"go").expect("go file");
+    let status = node.wait_timeout(CLIENT_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "node's requests failed\n{}",
+        node.output_report()
+    );
+    let refused = |page: &str| {
+        sample(
+            page,
+            "tracer_kernel_tls_calls_lost_total",
+            "reason=\"binding_refused\"",
+        )
+        .unwrap_or(0.0)
+    };
+    session.wait_for("50 SERVER spans", |spans| {
+        server_spans(spans, port).len() >= 50
+    });
+    let page = session.agent().wait_settled();
+    let spans = session.finish();
+    let servers = server_spans(&spans, port);
+    let clients = client_spans(&spans, port);
+    let ids = |of: &[&ObservedSpan]| {
+        let mut found: Vec<u64> = of.iter().filter_map(|s| request_id(s)).collect();
+        found.sort_unstable();
+        found
+    };
+    // The server's sockets are native: all of its requests are seen.
+    assert_eq!(ids(&servers), (0..50).collect::<Vec<u64>>(), "SERVER paths");
+    let client_ids = ids(&clients);
+    let mut unique = client_ids.clone();
+    unique.dedup();
+    assert_eq!(
+        client_ids.len(),
+        clients.len(),
+        "every CLIENT span has a /r/ID url"
+    );
+    assert_eq!(unique, client_ids, "no request attributed twice");
+    assert!(client_ids.iter().all(|id| *id < 50), "{client_ids:?}");
+    assert!(
+        clients.len() as f64 + refused(&page) >= 50.0,
+        "every CLIENT request missing is counted ({} spans): {page}",
+        clients.len()
+    );
+    for server in &servers {
+        if let Some(client) = clients
+            .iter()
+            .find(|c| server.parent_span_id.as_deref() == Some(c.span_id.as_str()))
+        {
+            assert_eq!(
+                request_id(client),
+                request_id(server),
+                "wrong link: {} <- {}",
+                server.summary(),
+                client.summary()
+            );
+        }
+    }
+    assert_eq!(
+        sample(&page, "tracer_http_desyncs_total", ""),
+        Some(0.0),
+        "{page}"
+    );
+}
+
 /// `--pid` holds for TLS too: of two Python TLS servers only the one given is traced (the
 /// uprobes fire in every process mapping libssl; the kernel programs drop the others' calls).
 #[test]

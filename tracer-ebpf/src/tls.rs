@@ -13,12 +13,16 @@
 //! other socket syscall, the `SSL_read`s that decrypt it (uv__read -> OnStreamRead -> ClearOut).
 //! Such an `SSL*` is bound to a socket only when that order is observed ([`ThreadTls`]):
 //! - write side: an `SSL_write` without a socket is held (`TLS_HELD`, not sent); the thread's
-//!   next data syscall binds it when it is a write on a tracked connection whose first bytes are
-//!   a TLS application-data record of the plaintext's size plus a cipher's overhead, and no other
-//!   `SSL*` made a call in between. The held record is then sent, as that connection's;
+//!   next data syscall binds it when it is a write on a tracked connection made of whole TLS
+//!   records, the last of which ends the write and is application data of exactly the
+//!   plaintext's size plus an AEAD's overhead, no other `SSL*` made a call in between, and, when
+//!   the `SSL_write` ran on a socket's read (Node's client writes its first request as the
+//!   server's handshake flight is read), it is that socket. The held record is then sent, as
+//!   that connection's;
 //! - read side: an `SSL_read` without a socket that returned plaintext is bound to the socket
-//!   of the thread's last data syscall when that was a read of a tracked connection whose bytes
-//!   start with a TLS record;
+//!   of the thread's last read when that read's bytes started with a TLS record, could hold
+//!   that plaintext, and no data syscall on another fd came since (Node's server writes its
+//!   session tickets on the same socket between the two);
 //! - both: a connection already bound to another `SSL*` (`CONN_SSL`), or already carrying
 //!   another library's plaintext, is never bound again.
 //! Any other order refuses the binding (`TLS_BINDING_REFUSED`): the plaintext is dropped,
@@ -100,11 +104,13 @@ pub static SSL_FDS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries
 pub struct ThreadTls {
     /// `WRITE_HELD`/`POISONED`: the `SSL*` whose `SSL_write` is held.
     ssl: u64,
-    /// `READ_SEEN`: the connection read.
+    /// `READ_SEEN`: the connection read; `WRITE_HELD`: the connection the thread had read just
+    /// before the `SSL_write` (its ciphertext must go there), 0 if none.
     conn_id: u64,
     /// `WRITE_HELD`: the plaintext size of the held `SSL_write`; `READ_SEEN`: the bytes read.
     plain_len: u64,
-    /// `READ_SEEN`: the fd read.
+    /// `READ_SEEN`: the fd read; `WRITE_HELD`: the fd read just before the `SSL_write`, -1 if
+    /// none.
     fd: i32,
     state: u8,
     _pad: [u8; 3],
@@ -303,6 +309,9 @@ fn flush(ctx: &TracePointContext, id: u64, sys: u8, fd: i64, t: &ThreadTls) -> F
         return Flush::Refused;
     };
     if !claimable(&conn, t.ssl) {
+        return Flush::Refused;
+    }
+    if t.fd >= 0 && (t.fd as i64 != fd || t.conn_id != conn.conn_id) {
         return Flush::Refused;
     }
     let (base, room) = match sys {
@@ -514,11 +523,23 @@ fn memory_bio(ctx: &RetProbeContext, id: u64, call: &SslCall) -> Option<(i32, Co
             return None;
         }
     }
+    // An SSL_write made while the thread is on a socket's read (Node's client writes its first
+    // request when the server's handshake flight is read) must flush to that socket.
+    let (mut read_fd, mut read_conn) = (-1i32, 0u64);
+    if let Some(p) = TLS_THREADS.get_ptr_mut(&id) {
+        // SAFETY: this thread's own entry, fields copied out.
+        unsafe {
+            if (*p).state == READ_SEEN {
+                read_fd = (*p).fd;
+                read_conn = (*p).conn_id;
+            }
+        }
+    }
     let t = ThreadTls {
         ssl: call.ssl,
-        conn_id: 0,
+        conn_id: read_conn,
         plain_len: len,
-        fd: -1,
+        fd: read_fd,
         state: WRITE_HELD,
         _pad: [0; 3],
     };
