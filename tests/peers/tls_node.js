@@ -1,44 +1,29 @@
-// Node.js HTTPS server and client in one process (Node's OpenSSL is linked into its binary):
-// serves GET on 127.0.0.1:PORT with CERT/KEY; once the file GO exists, sends COUNT requests to
-// itself over one keep-alive agent, prints `done N` and exits 0 when all answered 200.
-// Usage: node tls_node.js PORT CERT KEY COUNT GO
+// Node.js HTTPS server and client in one process (one event-loop thread drives both ends'
+// OpenSSL memory BIOs, their calls interleaved): serves as tls_node_server.js on
+// 127.0.0.1:PORT; once the file GO exists, sends COUNT requests to itself, all in flight at
+// once over at most SOCKETS keep-alive connections (tls_node_client.js), prints `done N` and
+// exits 0 when all answered 200 with their own id.
+// Usage: node tls_node.js PORT CERT KEY COUNT SOCKETS GO
 'use strict';
 const fs = require('fs');
-const https = require('https');
+const path = require('path');
+const { serve } = require(path.join(__dirname, 'tls_node_server.js'));
+const { run } = require(path.join(__dirname, 'tls_node_client.js'));
 
-const [port, cert, key, count, go] = process.argv.slice(2);
+const [port, cert, key, count, sockets, go] = process.argv.slice(2);
 
-function waitForFile(path) {
+function waitForFile(file) {
   return new Promise((resolve) => {
-    const poll = () => (fs.existsSync(path) ? resolve() : setTimeout(poll, 20));
+    const poll = () => (fs.existsSync(file) ? resolve() : setTimeout(poll, 20));
     poll();
   });
 }
-const server = https.createServer(
-  { cert: fs.readFileSync(cert), key: fs.readFileSync(key) },
-  (req, res) => {
-    res.writeHead(200, { 'Content-Type': 'text/plain' });
-    res.end('ok\n');
-  },
-);
-server.listen(Number(port), '127.0.0.1', async () => {
+
+serve(Number(port), cert, key, async (server) => {
   console.log('listening');
   await waitForFile(go);
-  const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
-  let ok = 0;
-  for (let i = 0; i < Number(count); i++) {
-    const status = await new Promise((resolve) => {
-      https
-        .get({ host: '127.0.0.1', port: Number(port), path: '/node?i=' + i, agent, rejectUnauthorized: false }, (res) => {
-          res.resume();
-          res.on('end', () => resolve(res.statusCode));
-        })
-        .on('error', () => resolve(0));
-    });
-    if (status === 200) ok++;
-  }
+  const ok = await run(Number(port), Number(count), Number(sockets), 0);
   console.log('done ' + ok);
-  agent.destroy();
   server.close();
   process.exit(ok === Number(count) ? 0 : 1);
 });

@@ -455,12 +455,164 @@ fn http2_over_tls_with_alpn_is_traced() {
     drop(nginx);
 }
 
-/// Node.js links OpenSSL into its binary and the probes attach to it, but Node drives OpenSSL
-/// through memory BIOs: no socket syscall happens inside SSL_read/SSL_write, so the connection
-/// is unknown. Counted (`no_socket`), and its ciphertext is skipped: no span, nothing mis-parsed.
+/// Waits until the agent has scanned twice since `node` listened (node's binary, which exports
+/// OpenSSL's symbols, is found at a full scan) and checks that an OpenSSL copy is attached.
+fn wait_node_attached(session: &mut TracedSession) {
+    let scans =
+        |page: &str| sample(page, "tracer_kernel_tls_search_scans_total", "").unwrap_or(0.0);
+    let listening = scans(&session.agent().wait_settled());
+    let page = session
+        .agent()
+        .wait_metrics("two scans for OpenSSL copies after node started", |page| {
+            scans(page) >= listening + 2.0
+        });
+    assert!(
+        libraries_attached(&page) >= 1.0,
+        "node's binary attached: {page}"
+    );
+}
+
+/// The id of a `/r/ID` request (SERVER spans carry `url.path`, CLIENT spans `url.full`).
+fn request_id(span: &ObservedSpan) -> Option<u64> {
+    let path = match span.attr_str("url.path") {
+        Some(path) => path,
+        None => {
+            let full = span.attr_str("url.full")?;
+            &full[full.find("/r/")?..]
+        }
+    };
+    path.strip_prefix("/r/")?.parse().ok()
+}
+
+/// Every span is an https GET /r/ID answered 200, the ids of the SERVER and of the CLIENT spans
+/// are exactly `ids`, and every SERVER span's parent is the CLIENT span of the same id (a
+/// CLIENT of another request as parent is a wrong link: none allowed, and none may be missing).
+fn assert_node_tree(spans: &[ObservedSpan], port: u16, ids: &[u64]) {
+    let servers = server_spans(spans, port);
+    let clients = client_spans(spans, port);
+    assert_count(&servers, ids.len(), "SERVER spans", spans);
+    assert_count(&clients, ids.len(), "CLIENT spans", spans);
+    for span in servers.iter().chain(&clients) {
+        assert_eq!(
+            span.attr("url.scheme"),
+            Some(&s("https")),
+            "{}",
+            span.summary()
+        );
+        assert_eq!(
+            span.attr("http.request.method"),
+            Some(&s("GET")),
+            "{}",
+            span.summary()
+        );
+        assert_eq!(
+            span.attr("http.response.status_code"),
+            Some(&i(200)),
+            "{}",
+            span.summary()
+        );
+    }
+    for (what, of) in [("SERVER", &servers), ("CLIENT", &clients)] {
+        let mut found: Vec<u64> = of.iter().filter_map(|s| request_id(s)).collect();
+        found.sort_unstable();
+        assert_eq!(found, ids, "{what} span paths /r/ID, one per request");
+    }
+    let mut wrong = Vec::new();
+    let mut unlinked = Vec::new();
+    for server in &servers {
+        match clients
+            .iter()
+            .find(|c| server.parent_span_id.as_deref() == Some(c.span_id.as_str()))
+        {
+            Some(client) if request_id(client) == request_id(server) => {
+                assert_eq!(client.trace_id, server.trace_id, "{}", server.summary());
+            }
+            Some(client) => wrong.push(format!("{} <- {}", server.summary(), client.summary())),
+            None => unlinked.push(server.summary()),
+        }
+    }
+    assert!(wrong.is_empty(), "wrong CLIENT->SERVER links: {wrong:#?}");
+    assert!(
+        unlinked.is_empty(),
+        "SERVER spans without their CLIENT parent: {unlinked:#?}"
+    );
+}
+
+/// Node.js drives OpenSSL through memory BIOs (no syscall inside SSL_read/SSL_write): its
+/// `SSL*`s are bound to their sockets by the order of the thread's calls. A Node https server,
+/// a Node https client (keep-alive agent, 8 sockets, 50 requests all in flight at once, the
+/// server answering out of order) and curl -k: exact SERVER and CLIENT counts, the right
+/// path, method and status, scheme https, and every CLIENT->SERVER link right (the request id
+/// is in the path and in the response body the client checks).
 #[test]
-fn node_https_is_counted_as_unsupported_not_misparsed() {
+fn node_https_server_and_client_are_traced_and_linked() {
     let dir = ScratchDir::new("tls-node");
+    let (cert, key) = self_signed(dir.path());
+    let port = free_port();
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
+    let mut command = Command::new("node");
+    command
+        .arg(peer_script("tls_node_server.js"))
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key);
+    let server = ChildGuard::spawn("tls_node_server.js", command);
+    assert!(
+        wait_for_port(port, START_TIMEOUT),
+        "node did not listen on {port}\n{}",
+        server.output_report()
+    );
+    wait_node_attached(&mut session);
+    let mut command = Command::new("node");
+    command
+        .arg(peer_script("tls_node_client.js"))
+        .args([&port.to_string(), "50", "8", "0"]);
+    let (status, client) = run_with_timeout("tls_node_client.js", command, CLIENT_TIMEOUT);
+    assert!(
+        status.success(),
+        "node's requests failed\n{}\n{}",
+        client.output_report(),
+        server.output_report()
+    );
+    curl_k(&https(port, "/r/1000"), &[]);
+    curl_k(&https(port, "/r/1001"), &[]);
+    session.wait_for("52 https SERVER and 52 CLIENT spans", |spans| {
+        server_spans(spans, port).len() >= 52 && client_spans(spans, port).len() >= 52
+    });
+    let page = session.agent().wait_settled();
+    let spans = session.finish();
+    let mut ids: Vec<u64> = (0..50).collect();
+    ids.extend([1000, 1001]);
+    assert_node_tree(&spans, port, &ids);
+    // The server's 8 + 2 connections bound by their first request's read, the client's 8 by
+    // their first request's write.
+    let bound = |side: &str| {
+        sample(
+            &page,
+            "tracer_kernel_tls_memory_bio_bound_total",
+            &format!("side=\"{side}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(bound("read") >= 10.0 && bound("write") >= 8.0, "{page}");
+    assert_eq!(
+        sample(&page, "tracer_http_desyncs_total", ""),
+        Some(0.0),
+        "{page}"
+    );
+}
+
+/// A Node process that is both the https server and its own client (one event-loop thread
+/// drives both ends of 8 connections, 50 requests in flight at once, answered out of order):
+/// the calls of different `SSL*`s interleave on one thread, and no plaintext is attributed to
+/// another connection. Every span right and rightly linked, or missing and counted; here all
+/// of them are expected.
+#[test]
+fn node_https_client_and_server_in_one_process_never_cross_connections() {
+    let dir = ScratchDir::new("tls-node-one");
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
     let mut session = TracedSession::start_with(
@@ -474,7 +626,7 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
         .arg(port.to_string())
         .arg(&cert)
         .arg(&key)
-        .arg("3")
+        .args(["50", "8"])
         .arg(&go);
     let mut node = ChildGuard::spawn("tls_node.js", command);
     assert!(
@@ -482,20 +634,7 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
         "node did not listen on {port}\n{}",
         node.output_report()
     );
-    // The agent finds node's binary (it exports OpenSSL's symbols) at its next full scan:
-    // two scans after node listens, it is surely attached (by now or before).
-    let scans =
-        |page: &str| sample(page, "tracer_kernel_tls_search_scans_total", "").unwrap_or(0.0);
-    let listening = scans(&session.agent().wait_settled());
-    let page = session
-        .agent()
-        .wait_metrics("two scans for OpenSSL copies after node started", |page| {
-            scans(page) >= listening + 2.0
-        });
-    assert!(
-        libraries_attached(&page) >= 1.0,
-        "node's binary attached: {page}"
-    );
+    wait_node_attached(&mut session);
     std::fs::write(&go, b"go").expect("go file");
     let status = node.wait_timeout(CLIENT_TIMEOUT);
     assert!(
@@ -503,25 +642,113 @@ fn node_https_is_counted_as_unsupported_not_misparsed() {
         "node's requests failed\n{}",
         node.output_report()
     );
-    session
-        .agent()
-        .wait_metrics("OpenSSL calls of node counted without a socket", |page| {
-            sample(
-                page,
-                "tracer_kernel_tls_calls_lost_total",
-                "reason=\"no_socket\"",
-            )
-            .unwrap_or(0.0)
-                >= 6.0
-        });
+    session.wait_for("50 https SERVER and 50 CLIENT spans", |spans| {
+        server_spans(spans, port).len() >= 50 && client_spans(spans, port).len() >= 50
+    });
     let page = session.agent().wait_settled();
+    let spans = session.finish();
+    assert_node_tree(&spans, port, &(0..50).collect::<Vec<u64>>());
     assert_eq!(
         sample(&page, "tracer_http_desyncs_total", ""),
         Some(0.0),
         "{page}"
     );
+}
+
+/// Node's TLS over a JavaScript stream that defers every ciphertext write to a later turn of
+/// the event loop (one process, server and client, 8 connections, 50 requests in flight):
+/// OpenSSL's output reaches the sockets out of Node's usual order, interleaved with the other
+/// connections' calls. Plaintext is either bound to its own connection or dropped and counted
+/// (`binding_refused`), never attributed to another: every span has its own request's path, no
+/// request twice, no wrong link, and every CLIENT request missing is counted.
+#[test]
+fn node_tls_over_a_deferred_stream_is_refused_not_misattributed() {
+    let dir = ScratchDir::new("tls-node-deferred");
+    let (cert, key) = self_signed(dir.path());
+    let port = free_port();
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().ports(&[port]).arg("--tls"),
+    );
+    let go = dir.path().join("go");
+    let mut command = Command::new("node");
+    command
+        .arg(peer_script("tls_node_deferred.js"))
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .args(["50", "8"])
+        .arg(&go);
+    let mut node = ChildGuard::spawn("tls_node_deferred.js", command);
+    assert!(
+        wait_for_port(port, START_TIMEOUT),
+        "node did not listen on {port}\n{}",
+        node.output_report()
+    );
+    wait_node_attached(&mut session);
+    std::fs::write(&go, b"go").expect("go file");
+    let status = node.wait_timeout(CLIENT_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "node's requests failed\n{}",
+        node.output_report()
+    );
+    let refused = |page: &str| {
+        sample(
+            page,
+            "tracer_kernel_tls_calls_lost_total",
+            "reason=\"binding_refused\"",
+        )
+        .unwrap_or(0.0)
+    };
+    session.wait_for("50 SERVER spans", |spans| {
+        server_spans(spans, port).len() >= 50
+    });
+    let page = session.agent().wait_settled();
     let spans = session.finish();
-    assert!(spans.is_empty(), "no span from node's TLS: {spans:?}");
+    let servers = server_spans(&spans, port);
+    let clients = client_spans(&spans, port);
+    let ids = |of: &[&ObservedSpan]| {
+        let mut found: Vec<u64> = of.iter().filter_map(|s| request_id(s)).collect();
+        found.sort_unstable();
+        found
+    };
+    // The server's sockets are native: all of its requests are seen.
+    assert_eq!(ids(&servers), (0..50).collect::<Vec<u64>>(), "SERVER paths");
+    let client_ids = ids(&clients);
+    let mut unique = client_ids.clone();
+    unique.dedup();
+    assert_eq!(
+        client_ids.len(),
+        clients.len(),
+        "every CLIENT span has a /r/ID url"
+    );
+    assert_eq!(unique, client_ids, "no request attributed twice");
+    assert!(client_ids.iter().all(|id| *id < 50), "{client_ids:?}");
+    assert!(
+        clients.len() as f64 + refused(&page) >= 50.0,
+        "every CLIENT request missing is counted ({} spans): {page}",
+        clients.len()
+    );
+    for server in &servers {
+        if let Some(client) = clients
+            .iter()
+            .find(|c| server.parent_span_id.as_deref() == Some(c.span_id.as_str()))
+        {
+            assert_eq!(
+                request_id(client),
+                request_id(server),
+                "wrong link: {} <- {}",
+                server.summary(),
+                client.summary()
+            );
+        }
+    }
+    assert_eq!(
+        sample(&page, "tracer_http_desyncs_total", ""),
+        Some(0.0),
+        "{page}"
+    );
 }
 
 /// `--pid` holds for TLS too: of two Python TLS servers only the one given is traced (the

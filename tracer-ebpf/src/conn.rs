@@ -529,6 +529,14 @@ pub fn exit_accept(ctx: &TracePointContext) {
         }
         return;
     };
+    if args.ptr == 0 {
+        // accept4(fd, NULL, NULL, flags), as libuv (Node.js) calls it: no peer address. Track
+        // it; userspace reads the endpoints from /proc and applies the port filter (a unix
+        // socket's is not an inet connection there and is dropped).
+        let ep = Endpoints::UNKNOWN;
+        track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
+        return;
+    }
     let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
     if family != AF_INET && family != AF_INET6 {
         return;

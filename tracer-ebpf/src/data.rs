@@ -66,6 +66,11 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         return;
     }
     let fd = sys_arg(ctx, 0) as i64;
+    // Memory-BIO TLS (Node.js): this syscall ends what the thread's last OpenSSL call or read
+    // left to bind; when it is a held SSL_write's ciphertext, that plaintext replaces it.
+    if crate::tls::on_data_syscall(ctx, sys, fd) {
+        return;
+    }
     if fd < 0 {
         return;
     }
@@ -400,6 +405,14 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
             }
         }
     };
+    if direction_of(SYS) == direction::INGRESS
+        && SYS != syscall::SPLICE
+        && args.gap_only == 0
+        && conn.tls == 0
+    {
+        // The SSL_read that may follow on this thread decrypts these bytes (memory BIOs).
+        crate::tls::note_read(id, fd, conn.conn_id, first_buffer(&args), ret as u64);
+    }
     let budget = config().map(|c| c.capture_bytes).unwrap_or(0) as u64;
     let dir = if SYS == syscall::SPLICE {
         if args.egress != 0 {

@@ -57,6 +57,11 @@ mod tls_programs {
         tls::enter_handshake(&ctx);
         0
     }
+    #[uprobe]
+    pub fn ssl_free_enter(ctx: ProbeContext) -> u32 {
+        tls::free(&ctx);
+        0
+    }
     #[uretprobe]
     pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         tls::exit(&ctx);

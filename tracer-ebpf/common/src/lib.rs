@@ -283,8 +283,21 @@ pub mod counter {
     pub const GO_TLS_CALLS_FULL: u32 = 37;
     /// Go crypto/tls uprobes that fired without a layout for their binary (attach cookie).
     pub const GO_TLS_NO_LAYOUT: u32 = 38;
+    /// Memory-BIO `SSL*`s (Node.js) bound to their socket by the ciphertext write that
+    /// followed an `SSL_write` on the same thread (see `tracer-ebpf/src/tls.rs`, "Memory BIOs").
+    pub const TLS_BOUND_BY_WRITE: u32 = 39;
+    /// Memory-BIO `SSL*`s bound to their socket by the ciphertext read that preceded an
+    /// `SSL_read` on the same thread.
+    pub const TLS_BOUND_BY_READ: u32 = 40;
+    /// Plaintext records of memory-BIO `SSL*`s dropped because the observed order did not
+    /// prove their socket (another syscall, another `SSL*`, a write that is no TLS record of
+    /// the plaintext's size, a socket already bound to another `SSL*`): never guessed.
+    pub const TLS_BINDING_REFUSED: u32 = 41;
+    /// Held `SSL_write` plaintext (waiting for its ciphertext write) evicted from the table
+    /// before its socket was known: lost.
+    pub const TLS_HELD_EVICTED: u32 = 42;
     /// Number of counters.
-    pub const COUNT: u32 = 39;
+    pub const COUNT: u32 = 43;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -415,6 +428,11 @@ pub const OPENSSL_UPROBE_PROGRAMS: &[UprobeProgram] = &[
         ret: false,
     },
     UprobeProgram {
+        name: "ssl_free_enter",
+        symbol: "SSL_free",
+        ret: false,
+    },
+    UprobeProgram {
         name: "ssl_return",
         symbol: "SSL_do_handshake",
         ret: true,
@@ -425,6 +443,11 @@ pub const OPENSSL_UPROBE_PROGRAMS: &[UprobeProgram] = &[
 pub const MAX_SSL_CALLS: u32 = 16384;
 /// `SSL*` -> socket fd remembered (LRU) for calls that make no syscall.
 pub const MAX_SSL_FDS: u32 = 65536;
+/// `SSL_write` plaintext held (LRU) until the ciphertext write that binds its memory-BIO `SSL*`
+/// to a socket (one per thread at most).
+pub const MAX_TLS_HELD: u32 = 512;
+/// Bytes of one held `SSL_write` plaintext captured at most (request heads fit).
+pub const TLS_HELD_CAPTURE: usize = 4096;
 
 /// Names of the eBPF object's maps that userspace opens (the `static` names in
 /// `tracer-ebpf/src/maps.rs`).

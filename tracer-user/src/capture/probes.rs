@@ -174,6 +174,14 @@ pub struct KernelCounters {
     pub tls_calls_table_full: u64,
     /// `_ex` calls whose size out-pointer was unreadable: lost.
     pub tls_size_unreadable: u64,
+    /// Memory-BIO `SSL*`s (Node.js) bound to their socket by the ciphertext write after an
+    /// `SSL_write`, and by the ciphertext read before an `SSL_read`.
+    pub tls_bound_by_write: u64,
+    pub tls_bound_by_read: u64,
+    /// Memory-BIO plaintext records dropped: the observed order did not prove their socket.
+    pub tls_binding_refused: u64,
+    /// Held `SSL_write` plaintext evicted before its socket was known: lost.
+    pub tls_held_evicted: u64,
     /// Gauge: OpenSSL copies (libraries or executables) the uprobes are attached to.
     pub tls_libraries_attached: u64,
     /// OpenSSL copies the uprobes could not be attached to.
@@ -835,6 +843,10 @@ impl Probes {
         out.tls_ambiguous_fd = read(counter::TLS_AMBIGUOUS_FD);
         out.tls_calls_table_full = read(counter::TLS_CALLS_TABLE_FULL);
         out.tls_size_unreadable = read(counter::TLS_SIZE_UNREADABLE);
+        out.tls_bound_by_write = read(counter::TLS_BOUND_BY_WRITE);
+        out.tls_bound_by_read = read(counter::TLS_BOUND_BY_READ);
+        out.tls_binding_refused = read(counter::TLS_BINDING_REFUSED);
+        out.tls_held_evicted = read(counter::TLS_HELD_EVICTED);
         if let Some(tls) = &self.tls {
             let stats = tls.stats();
             out.tls_libraries_attached = stats.libraries_attached;

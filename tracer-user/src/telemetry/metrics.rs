@@ -982,13 +982,25 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
         ),
         Family::counter(
             "tracer_kernel_tls_calls_lost_total",
-            "OpenSSL calls whose plaintext was not sent, by reason: no_socket (the SSL* never              touched a tracked socket inside a call: memory BIO as in Node.js, or no syscall              yet), untracked (its socket is no tracked connection), ambiguous_fd (two tracked              sockets in one call), table_full, size_unreadable.",
+            "OpenSSL calls whose plaintext was not sent, by reason: no_socket (the SSL* never              touched a tracked socket inside a call: memory BIO as in Node.js, or no syscall              yet), untracked (its socket is no tracked connection), ambiguous_fd (two tracked              sockets in one call), table_full, size_unreadable, binding_refused (memory BIO: the order of the thread's calls did not prove the socket, never guessed), held_evicted.",
             vec![
                 Sample::labelled(&[("reason", "no_socket")], k.tls_no_socket),
                 Sample::labelled(&[("reason", "untracked")], k.tls_untracked),
                 Sample::labelled(&[("reason", "ambiguous_fd")], k.tls_ambiguous_fd),
                 Sample::labelled(&[("reason", "table_full")], k.tls_calls_table_full),
                 Sample::labelled(&[("reason", "size_unreadable")], k.tls_size_unreadable),
+                Sample::labelled(&[("reason", "binding_refused")], k.tls_binding_refused),
+                Sample::labelled(&[("reason", "held_evicted")], k.tls_held_evicted),
+            ],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_memory_bio_bound_total",
+            "Memory-BIO SSL*s (Node.js) bound to their socket by the order of the thread's \
+             calls: side=write (the ciphertext write right after an SSL_write), side=read (the \
+             ciphertext read right before an SSL_read).",
+            vec![
+                Sample::labelled(&[("side", "write")], k.tls_bound_by_write),
+                Sample::labelled(&[("side", "read")], k.tls_bound_by_read),
             ],
         ),
         Family::gauge(
@@ -1592,6 +1604,10 @@ mod tests {
                 tls_ambiguous_fd: 139,
                 tls_calls_table_full: 140,
                 tls_size_unreadable: 141,
+                tls_bound_by_write: 1151,
+                tls_bound_by_read: 1152,
+                tls_binding_refused: 1153,
+                tls_held_evicted: 1154,
                 tls_libraries_attached: 142,
                 tls_attach_failed: 143,
                 tls_search_scans: 144,
@@ -1769,6 +1785,7 @@ mod tests {
         want.extend((136..=149).map(|v| v as f64)); // kernel TLS uprobes and search
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
+        want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,

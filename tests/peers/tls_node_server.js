@@ -1,0 +1,33 @@
+// Node.js HTTPS server (Node's OpenSSL, memory BIOs): answers GET /r/ID with 200 and the body
+// ID after ID % 7 milliseconds, so that responses of concurrent connections interleave.
+// Usage: node tls_node_server.js PORT CERT KEY (or `serve` from another script).
+'use strict';
+const fs = require('fs');
+const https = require('https');
+
+function serve(port, cert, key, onListening) {
+  const server = https.createServer(
+    { cert: fs.readFileSync(cert), key: fs.readFileSync(key), keepAliveTimeout: 30000 },
+    (req, res) => {
+      const id = (req.url.match(/^\/r\/(\d+)$/) || [])[1];
+      if (id === undefined) {
+        res.writeHead(404);
+        res.end();
+        return;
+      }
+      setTimeout(() => {
+        res.writeHead(200, { 'Content-Type': 'text/plain' });
+        res.end(id);
+      }, Number(id) % 7);
+    },
+  );
+  server.listen(port, '127.0.0.1', () => onListening(server));
+  return server;
+}
+
+module.exports = { serve };
+
+if (require.main === module) {
+  const [port, cert, key] = process.argv.slice(2);
+  serve(Number(port), cert, key, () => console.log('listening'));
+}
