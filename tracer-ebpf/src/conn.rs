@@ -282,6 +282,7 @@ pub fn track(
     if !insert_conn(conn_key(tgid, fd as u32), &state) {
         return None;
     }
+    crate::prop::on_track(tgid, fd, &state, ep);
     announce(tgid, tid, fd, 0, &state, ep);
     Some(state)
 }

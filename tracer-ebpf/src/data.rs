@@ -118,6 +118,7 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
             &mut conn,
             enter_ns.saturating_sub(1),
         );
+        crate::prop::client_send(ctx, sys, fd as i32, &conn, enter_ns);
     }
     let args = SyscallArgs {
         fd,
@@ -411,6 +412,14 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
         direction_of(SYS)
     };
     let total = ret as u64;
+    if crate::prop::enabled() {
+        let first = if args.gap_only != 0 || SYS == syscall::SENDFILE {
+            0
+        } else {
+            first_buffer(&args)
+        };
+        crate::prop::on_transfer(tgid, tid, fd, &conn, dir, first, total);
+    }
     if args.gap_only != 0 {
         // Bytes transferred but not in user memory (MSG_TRUNC, splice): their length only.
         h2::unknown_bytes(tgid, fd, &conn, dir);

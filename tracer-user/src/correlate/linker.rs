@@ -76,6 +76,11 @@ pub struct LinkerStats {
     /// already went without them (the client's record came too late): pairing them with the
     /// server's next request would be a wrong link.
     pub pair_late_clients_skipped: u64,
+    /// Requests exported with the identity the kernel decided (`--context-propagation`).
+    pub kernel_identities: u64,
+    /// Requests where the kernel's decision and userspace's disagree (a header the kernel did
+    /// not see wins for a SERVER request; otherwise the kernel's decision, already sent, wins).
+    pub kernel_disagreements: u64,
 }
 
 /// A header identity of a SERVER request remembers the CLIENT request it was paired with.
@@ -163,6 +168,8 @@ pub struct Linker {
     owed: IdHashMap<u64, u32>,
     /// Trace ids of the traces this linker starts.
     trace_ids: TraceIds,
+    /// Identities the kernel decided, by request (`set_kernel_identity`).
+    kernel: IdHashMap<RequestKey, crate::correlate::kernel_ids::KernelIdentity>,
     stats: LinkerStats,
     /// Emptied per-thread sets and per-connection lists, reused instead of allocating a new
     /// one for nearly every request (bounded in count and in the capacity each keeps).
@@ -254,6 +261,54 @@ impl Linker {
         self.clients_by_tuple.get(&key).copied()
     }
 
+    /// The kernel decided the identity of request `sequence` on `conn_id` (its head is about to
+    /// be given to `request_started`).
+    pub fn set_kernel_identity(
+        &mut self,
+        conn_id: u64,
+        sequence: u64,
+        identity: crate::correlate::kernel_ids::KernelIdentity,
+    ) {
+        self.kernel.insert((conn_id, sequence), identity);
+    }
+
+    /// The identity to export for an HTTP/1 request whose kernel identity is `kernel` and
+    /// whose userspace identity would be `ours` (from a header when `header` is set).
+    fn with_kernel(
+        &mut self,
+        role: Role,
+        kernel: crate::correlate::kernel_ids::KernelIdentity,
+        ours: SpanIdentity,
+        header: bool,
+    ) -> SpanIdentity {
+        if role == Role::Server && header {
+            // A header the kernel could not see: it wins for this span.
+            if ours.trace_id != kernel.trace_id {
+                self.stats.kernel_disagreements += 1;
+            }
+            return ours;
+        }
+        let decided_by_us = ours.link != LinkSource::Root;
+        if decided_by_us
+            && (ours.parent_span_id != kernel.parent_span_id
+                || (kernel.parent_span_id.is_some() && ours.trace_id != kernel.trace_id))
+        {
+            self.stats.kernel_disagreements += 1;
+        }
+        self.stats.kernel_identities += 1;
+        SpanIdentity {
+            trace_id: kernel.trace_id,
+            span_id: kernel.span_id,
+            parent_span_id: kernel.parent_span_id,
+            link: if kernel.parent_span_id.is_some() {
+                LinkSource::Kernel
+            } else {
+                LinkSource::Root
+            },
+            ..ours
+        }
+    }
+
     /// The head of a request was parsed: assign its identity. `threads` says whether the
     /// process's threads may be trusted for same-thread links.
     pub fn request_started(
@@ -265,6 +320,7 @@ impl Linker {
     ) {
         let key = (meta.conn_id, start.sequence);
         if self.identities.contains_key(&key) {
+            self.kernel.remove(&key);
             return;
         }
         let identity = match propagation::extract(&start.request.headers) {
@@ -275,6 +331,7 @@ impl Linker {
             None => None,
         };
         if let Some(stream_id) = start.stream_id {
+            self.kernel.remove(&key);
             let identity = self.http2_identity(meta, role, stream_id, identity, start.start_ns);
             self.insert_identity(key, identity);
             return;
@@ -288,10 +345,15 @@ impl Linker {
                     self.stats.by_connection_pair += 1;
                 }
                 let identity = with_paired_client(identity, paired.as_ref());
+                let header = identity.is_some();
                 let identity = identity.or(paired).unwrap_or_else(|| {
                     self.stats.roots += 1;
                     SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
                 });
+                let identity = match self.kernel.remove(&key) {
+                    Some(kernel) => self.with_kernel(role, kernel, identity, header),
+                    None => identity,
+                };
                 if threads == Threads::Dedicated {
                     self.open_by_thread
                         .entry((meta.pid, start.tid))
@@ -322,6 +384,10 @@ impl Linker {
                         self.stats.roots += 1;
                         SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
                     });
+                let identity = match self.kernel.remove(&key) {
+                    Some(kernel) => self.with_kernel(role, kernel, identity, false),
+                    None => identity,
+                };
                 if let Some(owed) = self.owed.get_mut(&meta.conn_id) {
                     // The mirror's request this one answers to was already decided without it.
                     *owed -= 1;
