@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tracer_tests::peers::{peer_script, python};
 use tracer_tests::query::describe;
 use tracer_tests::{
-    AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, SPAN_TIMEOUT,
-    run_with_timeout,
+    AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, PythonServer,
+    SPAN_TIMEOUT, free_port, run_with_timeout, wait_for_port,
 };
 
 const SEQUENTIAL: u32 = 20;
@@ -56,7 +56,13 @@ struct Nodes {
 impl Nodes {
     fn create(tag: &str) -> Nodes {
         let pid = std::process::id();
-        let net = 100 + (pid % 100) as u8 + if tag == "off" { 50 } else { 0 };
+        // A /16 of its own per test of this run.
+        let index = match tag {
+            "on" => 0,
+            "off" => 1,
+            _ => 2,
+        };
+        let net = (20 + (pid % 60) * 3 + index) as u8;
         let nodes = Nodes {
             a: format!("trc-{tag}-a-{pid}"),
             b: format!("trc-{tag}-b-{pid}"),
@@ -184,7 +190,7 @@ fn wait_listening(nodes: &Nodes, ns: &str, addr: &str, port: u16, who: &ChildGua
 }
 
 impl Cluster {
-    fn start(tag: &str) -> Cluster {
+    fn start(tag: &str, keep_alive: bool) -> Cluster {
         let nodes = Nodes::create(tag);
         let mut leaf = nodes.exec(&nodes.b);
         leaf.arg(python()).arg(peer_script("http_server.py")).args([
@@ -204,6 +210,9 @@ impl Cluster {
                 "--backend",
                 &format!("http://{}:{SERVICE_PORT}/ok", nodes.service()),
             ]);
+        if keep_alive {
+            hub.arg("--keep-alive");
+        }
         let hub = ChildGuard::spawn("hub", hub);
         wait_listening(&nodes, &nodes.a, "127.0.0.1", HUB_PORT, &hub);
         Cluster { hub, leaf, nodes }
@@ -276,6 +285,24 @@ fn complete(spans: &[ObservedSpan], ids: std::ops::Range<u32>) -> bool {
         .all(|id| by.get(&id).is_some_and(|s| s.iter().all(|v| v.len() == 1)))
 }
 
+/// The requests of `ids` not linked hub SERVER -> hub CLIENT -> leaf SERVER in one trace.
+fn unlinked(spans: &[ObservedSpan], ids: std::ops::Range<u32>) -> Vec<String> {
+    let by = by_id(spans);
+    let mut wrong = Vec::new();
+    for id in ids {
+        let [hub_server, hub_client, leaf] = &by[&id];
+        let (hub_server, hub_client, leaf) = (hub_server[0], hub_client[0], leaf[0]);
+        let linked = leaf.parent_span_id.as_deref() == Some(hub_client.span_id.as_str())
+            && leaf.trace_id == hub_client.trace_id
+            && hub_client.parent_span_id.as_deref() == Some(hub_server.span_id.as_str())
+            && hub_client.trace_id == hub_server.trace_id;
+        if !linked {
+            wrong.push(describe([hub_server, hub_client, leaf]));
+        }
+    }
+    wrong
+}
+
 /// Whether process `pid` holds the propagation's `sock_ops` program (names are cut to 15 bytes
 /// by the kernel).
 fn holds_sock_ops_program(pid: u32) -> bool {
@@ -295,7 +322,7 @@ fn metric(text: &str, line_prefix: &str) -> u64 {
 
 #[test]
 fn context_crosses_nodes_in_tcp_options() {
-    let cluster = Cluster::start("on");
+    let cluster = Cluster::start("on", false);
     let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
     let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
     let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
@@ -320,19 +347,7 @@ fn context_crosses_nodes_in_tcp_options() {
                 agent_b.stderr_text()
             )
         });
-    let by = by_id(&spans);
-    let mut wrong = Vec::new();
-    for id in 0..total {
-        let [hub_server, hub_client, leaf] = &by[&id];
-        let (hub_server, hub_client, leaf) = (hub_server[0], hub_client[0], leaf[0]);
-        let linked = leaf.parent_span_id.as_deref() == Some(hub_client.span_id.as_str())
-            && leaf.trace_id == hub_client.trace_id
-            && hub_client.parent_span_id.as_deref() == Some(hub_server.span_id.as_str())
-            && hub_client.trace_id == hub_server.trace_id;
-        if !linked {
-            wrong.push(describe([hub_server, hub_client, leaf]));
-        }
-    }
+    let wrong = unlinked(&spans, 0..total);
     let metrics_a = agent_a.wait_settled();
     let metrics_b = agent_b.wait_settled();
     assert!(
@@ -369,7 +384,7 @@ fn context_crosses_nodes_in_tcp_options() {
 
 #[test]
 fn without_propagation_the_nodes_traces_stay_separate() {
-    let cluster = Cluster::start("off");
+    let cluster = Cluster::start("off", false);
     let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
     let mut agent_a = agent(&receiver, cluster.hub.pid(), false);
     let mut agent_b = agent(&receiver, cluster.leaf.pid(), false);
@@ -400,5 +415,107 @@ fn without_propagation_the_nodes_traces_stay_separate() {
             "tracer_context_options_total{outcome=\"written\"} "
         ),
         0
+    );
+}
+
+#[test]
+fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
+    let cluster = Cluster::start("ka", true);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    let requests = 10;
+    cluster.drive(0, requests, 1);
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..requests))
+        .unwrap_or_else(|e| {
+            panic!(
+                "spans missing: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let by = by_id(&spans);
+    let peers: std::collections::BTreeSet<Option<i64>> = (0..requests)
+        .map(|id| {
+            let leaf = by[&id][2][0];
+            leaf.attr_int("network.peer.port")
+                .or_else(|| leaf.attr_int("client.port"))
+        })
+        .collect();
+    assert!(
+        peers.len() == 1 && !peers.contains(&None),
+        "the hub's backend calls must share one keep-alive connection: peer ports {peers:?}"
+    );
+    let wrong = unlinked(&spans, 0..requests);
+    let _ = agent_a.wait_settled();
+    let _ = agent_b.wait_settled();
+    assert!(
+        wrong.is_empty(),
+        "{} of {requests} keep-alive requests not linked:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// One agent for both processes on one host (loopback): the leaf's parent is known twice, from
+/// the connection pair and from the option; both must name the same span on every request.
+#[test]
+fn on_one_host_pairing_and_the_option_agree() {
+    let leaf = PythonServer::start(free_port(), "leaf");
+    let hub_port = free_port();
+    let mut command = Command::new(python());
+    command
+        .arg(peer_script("hub.py"))
+        .arg("serve")
+        .args(["--port", &hub_port.to_string()])
+        .args(["--backend", &leaf.url("/ok")]);
+    let hub = ChildGuard::spawn("hub", command);
+    assert!(
+        wait_for_port(hub_port, START_TIMEOUT),
+        "the hub did not listen\n{}",
+        hub.output_report()
+    );
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent = AgentConfig::new()
+        .pid(hub.pid())
+        .pid(leaf.pid())
+        .export_to(&receiver)
+        .arg("--context-propagation")
+        .arg("tcp-options")
+        .start();
+    let requests = 10;
+    let mut drive = Command::new(python());
+    drive
+        .arg(peer_script("hub.py"))
+        .arg("drive")
+        .args(["--port", &hub_port.to_string()])
+        .args(["--requests", &requests.to_string()]);
+    let (status, child) = run_with_timeout("hub.py drive", drive, DRIVE_TIMEOUT);
+    assert!(status.success(), "{}", child.output_report());
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..requests))
+        .unwrap_or_else(|e| panic!("spans missing: {e:?}\n{}", agent.stderr_text()));
+    let wrong = unlinked(&spans, 0..requests);
+    let metrics = agent.wait_settled();
+    assert!(
+        wrong.is_empty(),
+        "{} of {requests} not linked:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    let adopted = metric(&metrics, "tracer_context_adopted_total ");
+    let paired = metric(
+        &metrics,
+        "tracer_parent_links_total{source=\"connection_pair\"} ",
+    );
+    assert!(
+        adopted >= u64::from(requests) && paired >= u64::from(requests),
+        "both sources must have seen every request: adopted {adopted}, paired {paired}"
+    );
+    assert_eq!(
+        metric(&metrics, "tracer_kernel_identity_disagreements_total "),
+        0,
+        "pairing and option disagreed"
     );
 }

@@ -198,6 +198,20 @@ pub fn on_track(tgid: u32, fd: i32, state: &ConnState, ep: &Endpoints) {
     let _ = PROP_STREAMS.insert(&conn_key(tgid, fd as u32), &stream, 0);
 }
 
+/// sched_process_exit (every task): a thread's serving request ends with it, and a process's
+/// one-request-per-thread mark with its first thread (a reused id is another program).
+#[inline(always)]
+pub fn on_task_exit(ctx: &TracePointContext) {
+    if !enabled() {
+        return;
+    }
+    let tid = ctx.pid();
+    let _ = PROP_SERVING.remove(&tid);
+    if tid == ctx.tgid() {
+        let _ = PROP_DEDICATED.remove(&tid);
+    }
+}
+
 /// Whether 8 bytes start an HTTP/1.x request line.
 #[inline(always)]
 fn request_start(b: &[u8; 8]) -> bool {

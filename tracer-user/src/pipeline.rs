@@ -680,6 +680,9 @@ impl Pipeline {
             self.last_process_sweep_ns = now_mono_ns;
             self.resources.sweep_exited();
             self.runtimes.sweep_exited();
+            // A pid told to the kernel may now be another process (its mark left with the old
+            // one's exit): tell again whoever binds next.
+            self.dedicated_told.clear();
             // Processes whose resource nobody holds any more (exited, evicted, re-read).
             self.netns_by_pid
                 .retain(|_, (resource, _)| std::sync::Arc::strong_count(resource) > 1);
