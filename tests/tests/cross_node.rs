@@ -140,6 +140,34 @@ impl Nodes {
         format!("10.{}.1.10", self.net)
     }
 
+    /// A middlebox on node B's way in: strips our option (kind 253) from segments carrying
+    /// `text` (the request line of one request).
+    fn strip_option_on(&self, text: &str) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.b,
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-m",
+            "string",
+            "--string",
+            text,
+            "--algo",
+            "bm",
+            "-j",
+            "TCPOPTSTRIP",
+            "--strip-options",
+            "253",
+        ]);
+    }
+
     fn exec(&self, ns: &str) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", ns]);
@@ -286,7 +314,7 @@ fn complete(spans: &[ObservedSpan], ids: std::ops::Range<u32>) -> bool {
 }
 
 /// The requests of `ids` not linked hub SERVER -> hub CLIENT -> leaf SERVER in one trace.
-fn unlinked(spans: &[ObservedSpan], ids: std::ops::Range<u32>) -> Vec<String> {
+fn unlinked(spans: &[ObservedSpan], ids: impl IntoIterator<Item = u32>) -> Vec<String> {
     let by = by_id(spans);
     let mut wrong = Vec::new();
     for id in ids {
@@ -418,9 +446,16 @@ fn without_propagation_the_nodes_traces_stay_separate() {
     );
 }
 
+/// A keep-alive connection carries one context per request; the option of one request is
+/// stripped on the way (a middlebox): that request is left unlinked and every later one on the
+/// connection still links to its own caller (offsets, not request order).
 #[test]
 fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
+    const STRIPPED: u32 = 3;
     let cluster = Cluster::start("ka", true);
+    cluster
+        .nodes
+        .strip_option_on(&format!("?id={STRIPPED} HTTP/1.1"));
     let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
     let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
     let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
@@ -447,14 +482,25 @@ fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
         peers.len() == 1 && !peers.contains(&None),
         "the hub's backend calls must share one keep-alive connection: peer ports {peers:?}"
     );
-    let wrong = unlinked(&spans, 0..requests);
+    let wrong = unlinked(&spans, (0..STRIPPED).chain(STRIPPED + 1..requests));
     let _ = agent_a.wait_settled();
-    let _ = agent_b.wait_settled();
+    let metrics_b = agent_b.wait_settled();
     assert!(
         wrong.is_empty(),
-        "{} of {requests} keep-alive requests not linked:\n{}",
+        "{} of {} keep-alive requests with their option not linked:\n{}",
         wrong.len(),
+        requests - 1,
         wrong.join("\n")
+    );
+    let [_, hub_client, leaf] = &by[&STRIPPED];
+    assert!(
+        leaf[0].parent_span_id.is_none() && leaf[0].trace_id != hub_client[0].trace_id,
+        "the request whose option was stripped must be left unlinked, not linked to another:\n{}",
+        describe([hub_client[0], leaf[0]])
+    );
+    assert_eq!(
+        metric(&metrics_b, "tracer_context_adopted_total "),
+        u64::from(requests - 1)
     );
 }
 
