@@ -289,8 +289,8 @@ fn request_id(span: &ObservedSpan) -> Option<u32> {
         .ok()
 }
 
-/// Spans by request id: (hub SERVER, hub CLIENT, leaf SERVER).
-type ById<'a> = HashMap<u32, [Vec<&'a ObservedSpan>; 3]>;
+/// Spans by request id: (hub SERVER, hub CLIENT, leaf SERVER, driver CLIENT when traced).
+type ById<'a> = HashMap<u32, [Vec<&'a ObservedSpan>; 4]>;
 
 fn by_id(spans: &[ObservedSpan]) -> ById<'_> {
     let mut out: ById<'_> = HashMap::new();
@@ -298,6 +298,13 @@ fn by_id(spans: &[ObservedSpan]) -> ById<'_> {
         let Some(id) = request_id(span) else { continue };
         let slot = match (span.kind, span.attr_str("url.path")) {
             (ObservedKind::Server, Some("/fanout")) => 0,
+            (ObservedKind::Client, _)
+                if span
+                    .attr_str("url.full")
+                    .is_some_and(|u| u.contains("/fanout")) =>
+            {
+                3
+            }
             (ObservedKind::Client, _) => 1,
             (ObservedKind::Server, Some("/ok")) => 2,
             _ => continue,
@@ -309,8 +316,10 @@ fn by_id(spans: &[ObservedSpan]) -> ById<'_> {
 
 fn complete(spans: &[ObservedSpan], ids: std::ops::Range<u32>) -> bool {
     let by = by_id(spans);
-    ids.clone()
-        .all(|id| by.get(&id).is_some_and(|s| s.iter().all(|v| v.len() == 1)))
+    ids.clone().all(|id| {
+        by.get(&id)
+            .is_some_and(|s| s[..3].iter().all(|v| v.len() == 1))
+    })
 }
 
 /// The requests of `ids` not linked hub SERVER -> hub CLIENT -> leaf SERVER in one trace.
@@ -318,7 +327,7 @@ fn unlinked(spans: &[ObservedSpan], ids: impl IntoIterator<Item = u32>) -> Vec<S
     let by = by_id(spans);
     let mut wrong = Vec::new();
     for id in ids {
-        let [hub_server, hub_client, leaf] = &by[&id];
+        let [hub_server, hub_client, leaf, _] = &by[&id];
         let (hub_server, hub_client, leaf) = (hub_server[0], hub_client[0], leaf[0]);
         let linked = leaf.parent_span_id.as_deref() == Some(hub_client.span_id.as_str())
             && leaf.trace_id == hub_client.trace_id
@@ -423,7 +432,7 @@ fn without_propagation_the_nodes_traces_stay_separate() {
         .unwrap_or_else(|e| panic!("spans missing: {e:?}"));
     let by = by_id(&spans);
     for id in 0..requests {
-        let [_, hub_client, leaf] = &by[&id];
+        let [_, hub_client, leaf, _] = &by[&id];
         assert!(
             leaf[0].parent_span_id.is_none() && leaf[0].trace_id != hub_client[0].trace_id,
             "with propagation off the leaf's span must start its own trace:\n{}",
@@ -492,7 +501,7 @@ fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
         requests - 1,
         wrong.join("\n")
     );
-    let [_, hub_client, leaf] = &by[&STRIPPED];
+    let [_, hub_client, leaf, _] = &by[&STRIPPED];
     assert!(
         leaf[0].parent_span_id.is_none() && leaf[0].trace_id != hub_client[0].trace_id,
         "the request whose option was stripped must be left unlinked, not linked to another:\n{}",
@@ -504,8 +513,9 @@ fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
     );
 }
 
-/// One agent for both processes on one host (loopback): the leaf's parent is known twice, from
-/// the connection pair and from the option; both must name the same span on every request.
+/// One agent for everything on the hub's and the leaf's ports on one host (loopback): the hub's
+/// and the leaf's parents are known twice, from the connection pair and from the option (the
+/// driver's requests start traces in the kernel); both must name the same span every time.
 #[test]
 fn on_one_host_pairing_and_the_option_agree() {
     let leaf = PythonServer::start(free_port(), "leaf");
@@ -524,25 +534,63 @@ fn on_one_host_pairing_and_the_option_agree() {
     );
     let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
     let mut agent = AgentConfig::new()
-        .pid(hub.pid())
-        .pid(leaf.pid())
+        .ports(&[hub_port, leaf.port()])
         .export_to(&receiver)
         .arg("--context-propagation")
         .arg("tcp-options")
         .start();
+    let drive = |first: u32, requests: u32| {
+        let mut drive = Command::new(python());
+        drive
+            .arg(peer_script("hub.py"))
+            .arg("drive")
+            .args(["--port", &hub_port.to_string()])
+            .args(["--first-id", &first.to_string()])
+            .args(["--requests", &requests.to_string()]);
+        let (status, child) = run_with_timeout("hub.py drive", drive, DRIVE_TIMEOUT);
+        assert!(status.success(), "{}", child.output_report());
+    };
+    // Until the agent has classified the hub (one request per thread), its CLIENT requests are
+    // left to userspace; warm up until the kernel links one (ids from 1000, not checked).
+    let linked_line = "tracer_kernel_client_contexts_total{outcome=\"linked\"} ";
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut warm = 1000;
+    loop {
+        drive(warm, 1);
+        warm += 1;
+        let m = agent.wait_settled();
+        if metric(&m, linked_line) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kernel never linked a hub CLIENT request\n{m}"
+        );
+    }
+    let before = metric(
+        &agent.wait_settled(),
+        "tracer_kernel_identity_disagreements_total ",
+    );
     let requests = 10;
-    let mut drive = Command::new(python());
-    drive
-        .arg(peer_script("hub.py"))
-        .arg("drive")
-        .args(["--port", &hub_port.to_string()])
-        .args(["--requests", &requests.to_string()]);
-    let (status, child) = run_with_timeout("hub.py drive", drive, DRIVE_TIMEOUT);
-    assert!(status.success(), "{}", child.output_report());
+    drive(0, requests);
     let spans = receiver
-        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..requests))
+        .wait_for(SPAN_TIMEOUT, |s| {
+            complete(s, 0..requests) && {
+                let by = by_id(s);
+                (0..requests).all(|id| by[&id][3].len() == 1)
+            }
+        })
         .unwrap_or_else(|e| panic!("spans missing: {e:?}\n{}", agent.stderr_text()));
-    let wrong = unlinked(&spans, 0..requests);
+    let mut wrong = unlinked(&spans, 0..requests);
+    let by = by_id(&spans);
+    for id in 0..requests {
+        let (driver, hub_server) = (by[&id][3][0], by[&id][0][0]);
+        if hub_server.parent_span_id.as_deref() != Some(driver.span_id.as_str())
+            || hub_server.trace_id != driver.trace_id
+        {
+            wrong.push(describe([driver, hub_server]));
+        }
+    }
     let metrics = agent.wait_settled();
     assert!(
         wrong.is_empty(),
@@ -556,11 +604,11 @@ fn on_one_host_pairing_and_the_option_agree() {
         "tracer_parent_links_total{source=\"connection_pair\"} ",
     );
     assert!(
-        adopted >= u64::from(requests) && paired >= u64::from(requests),
+        adopted >= u64::from(2 * requests) && paired >= u64::from(2 * requests),
         "both sources must have seen every request: adopted {adopted}, paired {paired}"
     );
     assert_eq!(
-        metric(&metrics, "tracer_kernel_identity_disagreements_total "),
+        metric(&metrics, "tracer_kernel_identity_disagreements_total ") - before,
         0,
         "pairing and option disagreed"
     );

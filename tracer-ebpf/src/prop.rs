@@ -311,9 +311,9 @@ fn report(
 }
 
 /// sys_enter of a write-family syscall on a tracked CLIENT connection: when its bytes start an
-/// HTTP/1 request and the thread serves exactly one SERVER request (in a process whose threads
-/// serve one request at a time), the request gets a span id here, a child of that SERVER
-/// request's span, and its context waits for the segment starting with its first byte.
+/// HTTP/1 request, the request gets its identity here: a child of the SERVER request its thread
+/// serves when that is exactly one (in a process whose threads serve one request at a time),
+/// else a new trace. Its context waits for the segment starting with its first byte.
 #[inline(always)]
 pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, enter_ns: u64) {
     if !enabled() || conn.role != role::CLIENT || conn.tls != 0 {
@@ -347,21 +347,33 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
         }
         let tid = ctx.pid();
         let dedicated = PROP_DEDICATED.get(&tgid).is_some();
-        let Some(sv) = PROP_SERVING.get(&tid) else {
-            bump(counter::CLIENT_UNLINKED);
-            return;
-        };
-        if !dedicated || sv.open != 1 || sv.ambiguous != 0 {
-            bump(counter::CLIENT_UNLINKED);
-            return;
-        }
-        let parent = u64::from_be_bytes(sv.ctx.span);
         let p = &mut (*scratch).pending;
-        p.ctx.trace = sv.ctx.trace;
+        let mut parent = 0;
+        let mut flags = IDENTITY_CLIENT;
+        match PROP_SERVING.get(&tid) {
+            Some(sv) if sv.open == 1 && sv.ambiguous == 0 => {
+                if !dedicated {
+                    // One request served, in a process not (yet) known to serve one per
+                    // thread: no decision here, userspace links it as it can.
+                    bump(counter::CLIENT_UNDECIDED);
+                    return;
+                }
+                parent = u64::from_be_bytes(sv.ctx.span);
+                p.ctx.trace = sv.ctx.trace;
+                flags |= IDENTITY_HAS_PARENT;
+                bump(counter::CLIENT_CONTEXTS);
+            }
+            _ => {
+                // No request served by this thread, or several at once: the request starts a
+                // trace (as userspace would decide), and the receiving host links to it.
+                p.ctx.trace[..8].copy_from_slice(&random_u64().to_be_bytes());
+                p.ctx.trace[8..].copy_from_slice(&(random_u64() | 1).to_be_bytes());
+                bump(counter::CLIENT_UNLINKED);
+            }
+        }
         p.ctx.span = new_span(parent).to_be_bytes();
         p.offset = (*st).tx;
         let _ = PROP_PENDING.insert(&(*st).flow, &*p, 0);
-        bump(counter::CLIENT_CONTEXTS);
         // Dated before the data record, whose causal time is the syscall's start.
         report(
             tgid,
@@ -370,7 +382,7 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
             conn.conn_id,
             enter_ns.saturating_sub(1),
             direction::EGRESS,
-            IDENTITY_HAS_PARENT | IDENTITY_CLIENT,
+            flags,
             p.offset,
             &p.ctx,
             parent,

@@ -922,10 +922,13 @@ pub mod propagation {
         pub const SEGMENT_MISSED: u32 = 5;
         /// CLIENT requests the kernel gave a parent (the thread's one SERVER request).
         pub const CLIENT_CONTEXTS: u32 = 6;
-        /// CLIENT requests sent without a context: the thread served none, several, or its
-        /// process multiplexes requests over threads (or is not known not to).
+        /// CLIENT requests sent as a new trace: the thread served none or several at once.
         pub const CLIENT_UNLINKED: u32 = 7;
-        pub const COUNT: u32 = 8;
+        /// CLIENT requests the kernel left to userspace: their thread serves one request but
+        /// the process is not known to serve one per thread (not yet classified, or a
+        /// multiplexing runtime such as Go or Node): no identity, no option.
+        pub const CLIENT_UNDECIDED: u32 = 8;
+        pub const COUNT: u32 = 9;
     }
 }
 

@@ -35,6 +35,7 @@ pub struct PropagationCounters {
     pub segment_missed: u64,
     pub client_contexts: u64,
     pub client_unlinked: u64,
+    pub client_undecided: u64,
 }
 
 /// Why propagation cannot run here, when it cannot.
@@ -124,6 +125,7 @@ pub fn counters(ebpf: &Ebpf) -> PropagationCounters {
     out.segment_missed = read(counter::SEGMENT_MISSED);
     out.client_contexts = read(counter::CLIENT_CONTEXTS);
     out.client_unlinked = read(counter::CLIENT_UNLINKED);
+    out.client_undecided = read(counter::CLIENT_UNDECIDED);
     out
 }
 

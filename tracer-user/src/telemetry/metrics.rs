@@ -145,11 +145,14 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
         ),
         Family::counter(
             "tracer_kernel_client_contexts_total",
-            "CLIENT requests the kernel gave a context, by outcome (linked to the thread's SERVER \
-             request, or sent without one: no single request served, or a multiplexing runtime).",
+            "CLIENT requests seen by the kernel, by outcome (linked: a child of the one request \
+             its thread serves; new_trace: the thread serves none or several; undecided: left to \
+             userspace, no option sent, as the process is not known to serve one request per \
+             thread).",
             vec![
                 Sample::labelled(&[("outcome", "linked")], k.client_contexts),
-                Sample::labelled(&[("outcome", "unlinked")], k.client_unlinked),
+                Sample::labelled(&[("outcome", "new_trace")], k.client_unlinked),
+                Sample::labelled(&[("outcome", "undecided")], k.client_undecided),
             ],
         ),
         Family::counter(
@@ -1804,6 +1807,7 @@ mod tests {
                     segment_missed: 1007,
                     client_contexts: 1008,
                     client_unlinked: 1009,
+                    client_undecided: 1015,
                 },
                 matching: crate::correlate::kernel_ids::KernelIdStats {
                     received: 1010,
@@ -1837,7 +1841,7 @@ mod tests {
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
         want.extend((136..=148).map(|v| v as f64)); // kernel TLS uprobes and search
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
-        want.extend((1001..=1014).map(|v| v as f64)); // context propagation
+        want.extend((1001..=1015).map(|v| v as f64)); // context propagation
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2097,6 +2101,7 @@ mod tests {
             contexts_adopted => "tracer_context_adopted_total",
             client_contexts => "tracer_kernel_client_contexts_total",
             client_unlinked => "tracer_kernel_client_contexts_total",
+            client_undecided => "tracer_kernel_client_contexts_total",
         }));
         fields.extend(exported!(crate::correlate::kernel_ids::KernelIdStats {
             received => "tracer_kernel_identities_total",
