@@ -413,10 +413,22 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     };
     let total = ret as u64;
     if crate::prop::enabled() {
-        let first = if args.gap_only != 0 || SYS == syscall::SENDFILE {
+        // The first buffer by the syscall known at compile time: each program keeps only its
+        // own path (the stack budget is per program and nearly used up).
+        let first = if args.gap_only != 0 {
             0
         } else {
-            first_buffer(&args)
+            match SYS {
+                syscall::READ | syscall::RECVFROM | syscall::WRITE | syscall::SENDTO => args.ptr,
+                syscall::READV | syscall::WRITEV => {
+                    read_iovec(args.ptr, 0).map(|v| v.base).unwrap_or(0)
+                }
+                syscall::RECVMSG | syscall::SENDMSG => msg_iov(args.ptr)
+                    .and_then(|(iov, n)| if n > 0 { read_iovec(iov, 0) } else { None })
+                    .map(|v| v.base)
+                    .unwrap_or(0),
+                _ => 0,
+            }
         };
         crate::prop::on_transfer(tgid, tid, fd, &conn, dir, first, total);
     }
