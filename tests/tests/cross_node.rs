@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tracer_tests::peers::{peer_script, python};
 use tracer_tests::query::describe;
 use tracer_tests::{
-    AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, PythonServer,
-    SPAN_TIMEOUT, free_port, run_with_timeout, wait_for_port,
+    AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, SPAN_TIMEOUT,
+    run_with_timeout,
 };
 
 const SEQUENTIAL: u32 = 20;
