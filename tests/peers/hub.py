@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Uninstrumented thread-per-request fan-out hub, and a concurrent load client for it (stdlib only).
 
-  hub.py serve --port P --backend URL [--backend URL ...]
+  hub.py serve --port P --backend URL [--backend URL ...] [--keep-alive]
       ThreadingHTTPServer. GET /fanout?id=ID calls every backend in turn from the handler thread
       (http.client, one connection per call, no trace headers), at URL with `id=ID` added to its
       query, then answers 200 (502 if a backend failed) with the body
       `fanout id=ID backends=S1,S2,...` (the backends' statuses): the id the hub RECEIVED, so a
       test can check that no request got mixed with another. Anything else: 404.
+      --keep-alive: backend connections are kept open and reused (a pool per backend, one
+      connection per concurrent call), so one connection carries many requests.
 
   hub.py drive --port P --requests N --threads T [--first-id F] [--path /fanout]
                [--header 'Name: value']
@@ -34,23 +36,42 @@ def add_query(path_and_query, name, value):
     return "%s%s%s=%s" % (path_and_query, separator, name, value)
 
 
+# --keep-alive: idle backend connections per URL (None: one connection per call).
+POOLS = None
+POOLS_LOCK = threading.Lock()
+
+
 def call_backend(url, request_id):
     """GET url with id=request_id added; the status, or 0 when the call failed."""
     parts = urlsplit(url)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=TIMEOUT_S)
+    connection = None
+    if POOLS is not None:
+        with POOLS_LOCK:
+            idle = POOLS.setdefault(url, [])
+            connection = idle.pop() if idle else None
+    if connection is None:
+        connection = http.client.HTTPConnection(
+            parts.hostname, parts.port or 80, timeout=TIMEOUT_S
+        )
+    keep = False
     try:
         connection.request("GET", add_query(target, "id", request_id))
         response = connection.getresponse()
         response.read()
+        keep = POOLS is not None and not response.will_close
         return response.status
     except (OSError, http.client.HTTPException) as error:
         sys.stderr.write("backend %s failed: %s\n" % (url, error))
         return 0
     finally:
-        connection.close()
+        if keep:
+            with POOLS_LOCK:
+                POOLS.setdefault(url, []).append(connection)
+        else:
+            connection.close()
 
 
 class HubHandler(BaseHTTPRequestHandler):
@@ -87,7 +108,10 @@ class HubServer(ThreadingHTTPServer):
 
 
 def serve(args):
+    global POOLS
     HubHandler.backends = list(args.backend)
+    if args.keep_alive:
+        POOLS = {}
     server = HubServer((args.host, args.port), HubHandler)
     print("listening on %s:%d" % (args.host, args.port), flush=True)
     try:
@@ -151,6 +175,7 @@ def main():
     serve_parser.add_argument("--port", type=int, required=True)
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--backend", action="append", required=True, metavar="URL")
+    serve_parser.add_argument("--keep-alive", action="store_true")
     drive_parser = commands.add_parser("drive", help="send concurrent requests to a hub")
     drive_parser.add_argument("--port", type=int, required=True)
     drive_parser.add_argument("--requests", type=int, required=True)

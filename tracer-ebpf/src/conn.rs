@@ -355,6 +355,7 @@ pub fn track(
     if !insert_conn(conn_key(tgid, fd as u32), &state) {
         return None;
     }
+    crate::prop::on_track(tgid, fd, &state, ep);
     if from_scratch {
         announce_from_scratch(tgid, tid, fd, &state, ep);
     } else {
@@ -534,7 +535,7 @@ pub fn exit_accept(ctx: &TracePointContext) {
         // it; userspace reads the endpoints from /proc and applies the port filter (a unix
         // socket's is not an inet connection there and is dropped).
         let ep = Endpoints::UNKNOWN;
-        track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep);
+        track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
         return;
     }
     let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);

@@ -123,6 +123,7 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
             &mut conn,
             enter_ns.saturating_sub(1),
         );
+        crate::prop::client_send(ctx, sys, fd as i32, &conn, enter_ns);
     }
     let args = SyscallArgs {
         fd,
@@ -424,6 +425,26 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
         direction_of(SYS)
     };
     let total = ret as u64;
+    if crate::prop::enabled() {
+        // The first buffer by the syscall known at compile time: each program keeps only its
+        // own path (the stack budget is per program and nearly used up).
+        let first = if args.gap_only != 0 {
+            0
+        } else {
+            match SYS {
+                syscall::READ | syscall::RECVFROM | syscall::WRITE | syscall::SENDTO => args.ptr,
+                syscall::READV | syscall::WRITEV => {
+                    read_iovec(args.ptr, 0).map(|v| v.base).unwrap_or(0)
+                }
+                syscall::RECVMSG | syscall::SENDMSG => msg_iov(args.ptr)
+                    .and_then(|(iov, n)| if n > 0 { read_iovec(iov, 0) } else { None })
+                    .map(|v| v.base)
+                    .unwrap_or(0),
+                _ => 0,
+            }
+        };
+        crate::prop::on_transfer(tgid, tid, fd, &conn, dir, first, total);
+    }
     if args.gap_only != 0 {
         // Bytes transferred but not in user memory (MSG_TRUNC, splice): their length only.
         h2::unknown_bytes(tgid, fd, &conn, dir);

@@ -19,7 +19,22 @@ mod h2;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod prop;
+#[cfg(target_arch = "bpf")]
 mod tls;
+
+#[cfg(target_arch = "bpf")]
+mod prop_programs {
+    //! The `sock_ops` program of `--context-propagation tcp-options`
+    //! (`tracer_common::propagation::SOCK_OPS_PROGRAM`).
+    use aya_ebpf::{macros::sock_ops, programs::SockOpsContext};
+
+    #[sock_ops]
+    pub fn tcp_context_options(ctx: SockOpsContext) -> u32 {
+        crate::prop::sock_ops(&ctx);
+        1
+    }
+}
 
 #[cfg(target_arch = "bpf")]
 mod tls_programs {
@@ -200,6 +215,7 @@ mod programs {
     #[tracepoint]
     pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         filter::on_exit(&ctx);
+        crate::prop::on_task_exit(&ctx);
         0
     }
 

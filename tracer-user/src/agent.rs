@@ -289,6 +289,7 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
         max_connections: args.max_connections.max(64),
         kernel_log_level: args.kernel_log_level,
         tls: args.tls && !args.no_tls,
+        context_propagation: args.context_propagation,
     };
     let metrics = hooks.metrics.clone().unwrap_or_default();
     if let Some(addr) = args.metrics_addr {
@@ -347,6 +348,17 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
     // The Kubernetes API client connects only now, so the kernel programs know its sockets as the
     // agent's and never capture the API server's end on this host (loading its configuration
     // takes milliseconds; the ring buffer holds what arrives meanwhile).
+    pipeline = pipeline.with_kernel_identities(probes.kernel_identities());
+    if probes.kernel_identities() {
+        // The given processes' threads are classified now: their first requests may already
+        // need the kernel's same-thread rule.
+        let mut runtimes = crate::correlate::runtime::RuntimeCache::new(PathBuf::from("/proc"), 64);
+        for pid in &args.pids {
+            if runtimes.threads(*pid, Some(*pid)) == crate::correlate::linker::Threads::Dedicated {
+                probes.mark_dedicated(*pid);
+            }
+        }
+    }
     pipeline = pipeline.with_pid_map(probes.proc_pid_map()?);
     pipeline = pipeline.with_agent_mirror(Some(probes.agent_mirror_check()?));
     let pods = start_pod_metadata(args.k8s_node_name.clone()).await;
@@ -736,6 +748,9 @@ impl EventLoop {
             for (pid, fd) in self.pipeline.take_ignored_fds() {
                 self.probes.ignore_connection(pid, fd);
             }
+            for pid in self.pipeline.take_dedicated_pids() {
+                self.probes.mark_dedicated(pid);
+            }
             self.probes.go_tls_poll();
             let tick = now >= next_tick;
             if tick {
@@ -976,6 +991,12 @@ fn snapshot(
         tls: pipeline.tls_stats(),
         go_tls: probes.go_tls_snapshot(),
         stages: pipeline.stage_snapshot(),
+        propagation: crate::telemetry::metrics::PropagationSnapshot {
+            kernel: probes.propagation_counters(),
+            matching: pipeline.kernel_id_stats(),
+            kernel_identities: l.kernel_identities,
+            kernel_disagreements: l.kernel_disagreements,
+        },
     }
 }
 

@@ -125,6 +125,12 @@ pub struct Pipeline {
     netns_by_pid: IdHashMap<u32, (std::sync::Arc<ProcessResource>, Option<u64>)>,
     /// Told of same-host pairs whose SERVER span's parent came from a header instead.
     service_graph: Option<std::sync::Arc<crate::telemetry::service_graph::ServiceGraph>>,
+    /// Identities the kernel decided (`--context-propagation`); `None` when it is off.
+    kernel_ids: Option<crate::correlate::kernel_ids::KernelIds>,
+    /// Processes found to serve one request per thread, for the kernel's same-thread rule
+    /// (with kernel identities only); drained by the agent.
+    dedicated_pids: Vec<u32>,
+    dedicated_told: IdHashSet<u32>,
 }
 
 /// The inode of `/proc/<proc_pid>/ns/net` (its link reads `net:[<inode>]`).
@@ -172,7 +178,30 @@ impl Pipeline {
             conn_procs: IdHashMap::default(),
             netns_by_pid: IdHashMap::default(),
             service_graph: None,
+            kernel_ids: None,
+            dedicated_pids: Vec::new(),
+            dedicated_told: IdHashSet::default(),
         }
+    }
+
+    /// Processes newly found to serve one request per thread (see `dedicated_pids`).
+    pub fn take_dedicated_pids(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.dedicated_pids)
+    }
+
+    /// The kernel decides identities (`--context-propagation tcp-options`): its identity
+    /// records are matched to requests and their spans exported with them.
+    pub fn with_kernel_identities(mut self, on: bool) -> Self {
+        self.kernel_ids = on.then(crate::correlate::kernel_ids::KernelIds::default);
+        self
+    }
+
+    /// Counts of the kernel identities' matching (zero when propagation is off).
+    pub fn kernel_id_stats(&self) -> crate::correlate::kernel_ids::KernelIdStats {
+        self.kernel_ids
+            .as_ref()
+            .map(|k| k.stats())
+            .unwrap_or_default()
     }
 
     /// Adds Kubernetes pod metadata to process resources.
@@ -382,6 +411,13 @@ impl Pipeline {
         }
         let resource = self.resources.get(pid);
         let threads = self.runtimes.threads(pid, self.resources.proc_pid(pid));
+        if self.kernel_ids.is_some()
+            && threads == Threads::Dedicated
+            && self.dedicated_told.len() < SNIFF_MEMORY
+            && self.dedicated_told.insert(pid)
+        {
+            self.dedicated_pids.push(pid);
+        }
         let netns = if kernel_netns.is_some() {
             self.stats.netns_from_kernel += 1;
             kernel_netns
@@ -505,6 +541,17 @@ impl Pipeline {
                 ..
             } => {
                 self.stats.data_bytes += u64::from(true_len);
+                if let Some(k) = self.kernel_ids.as_mut()
+                    && !tls
+                {
+                    k.data(
+                        header.conn_id,
+                        direction,
+                        header.ts_ns,
+                        true_len,
+                        loss_before,
+                    );
+                }
                 let mut exchanges = std::mem::take(&mut self.exchanges);
                 if self.table.get_mut(header.conn_id).is_none() {
                     self.stats.records_unknown_connection += 1;
@@ -568,6 +615,17 @@ impl Pipeline {
                             .get(&header.conn_id)
                             .map_or(Threads::Unknown, |p| p.threads);
                         for start in conn.http.pending_heads_from(conn.linked_upto) {
+                            if let Some(kernel) = self
+                                .kernel_ids
+                                .as_mut()
+                                .and_then(|k| k.take(header.conn_id, start.start_ns))
+                            {
+                                self.linker.set_kernel_identity(
+                                    header.conn_id,
+                                    start.sequence,
+                                    kernel,
+                                );
+                            }
                             self.linker
                                 .request_started(&conn.meta, role, &start, threads);
                             if dropped_as_telemetry(start.request, self.opts.include_telemetry) {
@@ -593,6 +651,25 @@ impl Pipeline {
                     }
                 }
             }
+            KernelEvent::Identity {
+                header,
+                direction,
+                flags,
+                offset,
+                trace_id,
+                span_id,
+                parent_span_id,
+            } => {
+                if let Some(k) = self.kernel_ids.as_mut() {
+                    let identity = crate::correlate::kernel_ids::KernelIdentity {
+                        trace_id,
+                        span_id,
+                        parent_span_id,
+                        from_option: flags & tracer_common::propagation::IDENTITY_FROM_OPTION != 0,
+                    };
+                    k.identity(header.conn_id, direction, offset, identity);
+                }
+            }
             KernelEvent::ConnClose { header } => {
                 if self.table.get_mut(header.conn_id).is_none() {
                     self.stats.records_unknown_connection += 1;
@@ -604,6 +681,9 @@ impl Pipeline {
         self.scratch = done;
         for conn_id in self.table.take_removed() {
             self.linker.conn_closed(conn_id);
+            if let Some(k) = self.kernel_ids.as_mut() {
+                k.conn_closed(conn_id);
+            }
             self.conn_procs.remove(&conn_id);
         }
     }
@@ -614,6 +694,9 @@ impl Pipeline {
             self.last_process_sweep_ns = now_mono_ns;
             self.resources.sweep_exited();
             self.runtimes.sweep_exited();
+            // A pid told to the kernel may now be another process (its mark left with the old
+            // one's exit): tell again whoever binds next.
+            self.dedicated_told.clear();
             // Processes whose resource nobody holds any more (exited, evicted, re-read).
             self.netns_by_pid
                 .retain(|_, (resource, _)| std::sync::Arc::strong_count(resource) > 1);

@@ -64,6 +64,8 @@ wire_enum! {
         ConnOpen = 1,
         Data = 2,
         ConnClose = 3,
+        /// A span identity the kernel decided (`IdentityEvent`, `--context-propagation`).
+        Identity = 8,
     }
 }
 
@@ -108,6 +110,7 @@ pub mod kind {
     pub const CONN_OPEN: u8 = RecordKind::ConnOpen as u8;
     pub const DATA: u8 = RecordKind::Data as u8;
     pub const CONN_CLOSE: u8 = RecordKind::ConnClose as u8;
+    pub const IDENTITY: u8 = RecordKind::Identity as u8;
 }
 
 /// Roles as raw bytes, for the eBPF programs (see [`ConnRole`]).
@@ -883,6 +886,106 @@ pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
 }
 
+pub const IDENTITY_LEN: usize = core::mem::size_of::<IdentityEvent>();
+const _: () = assert!(IDENTITY_LEN == 80);
+
+/// The identity the kernel gave a request when `--context-propagation tcp-options` is on: sent
+/// just before the data record of the syscall that carries the request's first byte. Userspace
+/// matches it to the request whose first byte is at `offset` of that direction of the
+/// connection (never by request order) and exports the span with exactly these ids, the ones
+/// the TCP option carried (CLIENT) or that children were given (SERVER).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityEvent {
+    pub header: EventHeader,
+    /// One of `direction::*`: ingress for a SERVER request, egress for a CLIENT request.
+    pub direction: u8,
+    /// `propagation::IDENTITY_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+    /// Stream offset of the request's first byte in that direction (bytes the traced process
+    /// moved on the connection before it, counted from the connection's start).
+    pub offset: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Valid when `propagation::IDENTITY_HAS_PARENT` is set.
+    pub parent_span_id: [u8; 8],
+}
+
+/// Cross-node context propagation in TCP header options (`--context-propagation tcp-options`):
+/// the option's layout, the kernel tables' names and the counters of the `sock_ops` program.
+///
+/// The option is an RFC 6994 experimental option, 28 bytes (all that is left of the 40 option
+/// bytes once timestamps take 12):
+///
+/// ```text
+/// kind=253 | len=28 | ExID (2 bytes, big-endian) | trace id (16 bytes) | span id (8 bytes)
+/// ```
+///
+/// The ExID says whether the context is sampled (`EXID_SAMPLED` / `EXID_NOT_SAMPLED`): there is
+/// no room for a flags byte. It rides on the segment whose sequence range starts with the
+/// request's first byte; the receiver keys it by that byte's stream offset (segment sequence
+/// minus the connection's initial sequence + 1).
+pub mod propagation {
+    /// RFC 6994 experimental option kind.
+    pub const OPTION_KIND: u8 = 253;
+    /// Bytes of the whole option (kind, length, ExID, trace id, span id).
+    pub const OPTION_LEN: u8 = 28;
+    /// ExID of a sampled context.
+    pub const EXID_SAMPLED: u16 = 0x7c54;
+    /// ExID of a context that is not sampled.
+    pub const EXID_NOT_SAMPLED: u16 = 0x7c55;
+    /// `IdentityEvent::flags`: the span has a parent (`parent_span_id`).
+    pub const IDENTITY_HAS_PARENT: u8 = 1;
+    /// `IdentityEvent::flags`: the parent came in a TCP option (a SERVER request).
+    pub const IDENTITY_FROM_OPTION: u8 = 2;
+    /// `IdentityEvent::flags`: the request is a CLIENT request (egress).
+    pub const IDENTITY_CLIENT: u8 = 4;
+
+    /// The `sock_ops` program (a function of this name in `tracer-ebpf/src/main.rs`), loaded
+    /// and attached to the cgroup v2 root only with propagation on.
+    pub const SOCK_OPS_PROGRAM: &str = "tcp_context_options";
+    /// Processes whose threads serve one request at a time (userspace fills it from
+    /// `correlate::runtime`): only their threads give a CLIENT request a parent in the kernel.
+    pub const DEDICATED_THREADS_MAP: &str = "PROP_DEDICATED";
+    /// The per-CPU counters below.
+    pub const COUNTERS_MAP: &str = "PROP_COUNTERS";
+    /// Entries of the table of contexts received and not yet claimed (LRU).
+    pub const MAX_RECEIVED: u32 = 16384;
+    /// Entries of the table of contexts waiting for their segment (LRU).
+    pub const MAX_PENDING: u32 = 16384;
+    /// Entries of the tables of connections (stream baselines, stream positions; LRU).
+    pub const MAX_FLOWS: u32 = 65536;
+    /// Entries of `DEDICATED_THREADS_MAP`.
+    pub const MAX_DEDICATED: u32 = 4096;
+
+    /// Indices of `COUNTERS_MAP`.
+    pub mod counter {
+        /// Options written on an outgoing segment.
+        pub const OPTIONS_WRITTEN: u32 = 0;
+        /// Valid options received (stored for the SERVER request at their offset).
+        pub const OPTIONS_RECEIVED: u32 = 1;
+        /// SERVER requests whose identity came from a received option.
+        pub const CONTEXTS_ADOPTED: u32 = 2;
+        /// Segments that should have carried an option but had no room (sent without it).
+        pub const NO_SPACE: u32 = 3;
+        /// Options of our kind and ExID with a bad length or zero ids (ignored).
+        pub const MALFORMED: u32 = 4;
+        /// Pending contexts dropped because a segment past the request's first byte went out
+        /// without the option (the request did not start a segment).
+        pub const SEGMENT_MISSED: u32 = 5;
+        /// CLIENT requests the kernel gave a parent (the thread's one SERVER request).
+        pub const CLIENT_CONTEXTS: u32 = 6;
+        /// CLIENT requests sent as a new trace: the thread served none or several at once.
+        pub const CLIENT_UNLINKED: u32 = 7;
+        /// CLIENT requests the kernel left to userspace: their thread serves one request but
+        /// the process is not known to serve one per thread (not yet classified, or a
+        /// multiplexing runtime such as Go or Node): no identity, no option.
+        pub const CLIENT_UNDECIDED: u32 = 8;
+        pub const COUNT: u32 = 9;
+    }
+}
+
 pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 pub const CONN_OPEN_LEN: usize = core::mem::size_of::<ConnOpenEvent>();
 pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataEventHeader>();
@@ -906,6 +1009,7 @@ mod pod {
     unsafe impl aya::Pod for super::GoTlsCallKey {}
     unsafe impl aya::Pod for super::GoTlsCall {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
+    unsafe impl aya::Pod for super::IdentityEvent {}
 }
 
 #[cfg(test)]

@@ -55,6 +55,19 @@ pub enum KernelEvent<'a> {
     ConnClose {
         header: RecordHeader,
     },
+    /// The identity the kernel gave a request (`--context-propagation`): see
+    /// `tracer_common::IdentityEvent`.
+    Identity {
+        header: RecordHeader,
+        direction: Direction,
+        /// `tracer_common::propagation::IDENTITY_*` bits.
+        flags: u8,
+        /// Stream offset of the request's first byte in `direction`.
+        offset: u64,
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        parent_span_id: Option<[u8; 8]>,
+    },
 }
 
 impl KernelEvent<'_> {
@@ -62,7 +75,8 @@ impl KernelEvent<'_> {
         match self {
             KernelEvent::ConnOpen { header, .. }
             | KernelEvent::Data { header, .. }
-            | KernelEvent::ConnClose { header } => header,
+            | KernelEvent::ConnClose { header }
+            | KernelEvent::Identity { header, .. } => header,
         }
     }
 
@@ -84,8 +98,9 @@ impl KernelEvent<'_> {
 
 /// What the reorder window keeps of a decoded record next to its bytes, so that a data record
 /// (the bulk of them) is decoded once: its fields without the payload, joined back with the
-/// bytes by [`DecodedRecord::event`]. Opens and closes (a few per connection) are decoded again
-/// from their bytes, which keeps this small (it is moved with every held record).
+/// bytes by [`DecodedRecord::event`]. Opens, closes and kernel identities (a few per connection
+/// or request) are decoded again from their bytes, which keeps this small (it is moved with every
+/// held record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodedRecord {
     Data {
@@ -125,7 +140,9 @@ impl DecodedRecord {
                 tls,
                 payload_len: payload.len() as u32,
             },
-            KernelEvent::ConnOpen { .. } | KernelEvent::ConnClose { .. } => DecodedRecord::Other,
+            KernelEvent::ConnOpen { .. }
+            | KernelEvent::ConnClose { .. }
+            | KernelEvent::Identity { .. } => DecodedRecord::Other,
         }
     }
 
@@ -317,6 +334,7 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         RecordKind::ConnOpen => CONN_OPEN_LEN,
         RecordKind::Data => DATA_HEADER_LEN,
         RecordKind::ConnClose => CONN_CLOSE_LEN,
+        RecordKind::Identity => tracer_common::IDENTITY_LEN,
     };
     if record.len() < need {
         return Err(DecodeError::Short {
@@ -381,6 +399,36 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             })
         }
         RecordKind::ConnClose => Ok(KernelEvent::ConnClose { header }),
+        RecordKind::Identity => {
+            use tracer_common::IdentityEvent;
+            let direction =
+                match DataDirection::try_from(record[offset_of!(IdentityEvent, direction)]) {
+                    Ok(DataDirection::Ingress) => Direction::Ingress,
+                    Ok(DataDirection::Egress) => Direction::Egress,
+                    Err(other) => return Err(DecodeError::UnknownDirection(other)),
+                };
+            let flags = record[offset_of!(IdentityEvent, flags)];
+            let bytes = |at: usize, out: &mut [u8]| {
+                let len = out.len();
+                out.copy_from_slice(&record[at..at + len]);
+            };
+            let mut trace_id = [0u8; 16];
+            bytes(offset_of!(IdentityEvent, trace_id), &mut trace_id);
+            let mut span_id = [0u8; 8];
+            bytes(offset_of!(IdentityEvent, span_id), &mut span_id);
+            let mut parent = [0u8; 8];
+            bytes(offset_of!(IdentityEvent, parent_span_id), &mut parent);
+            let has_parent = flags & tracer_common::propagation::IDENTITY_HAS_PARENT != 0;
+            Ok(KernelEvent::Identity {
+                header,
+                direction,
+                flags,
+                offset: u64_at(record, offset_of!(IdentityEvent, offset)),
+                trace_id,
+                span_id,
+                parent_span_id: (has_parent && parent != [0; 8]).then_some(parent),
+            })
+        }
     }
 }
 

@@ -11,5 +11,6 @@ pub mod own;
 pub mod privilege;
 pub mod probes;
 pub mod procnet;
+pub mod propagation;
 pub mod reorder;
 pub mod tls;

@@ -99,6 +99,8 @@ pub struct ProbeOptions {
     pub kernel_log_level: KernelLogLevel,
     /// Capture TLS plaintext with the OpenSSL uprobes (on by default; `--no-tls` turns it off).
     pub tls: bool,
+    /// `--context-propagation`: kernel-decided identities and the TCP option writer.
+    pub context_propagation: crate::capture::propagation::ContextPropagation,
 }
 
 /// Kernel-side counters summed over CPUs.
@@ -281,6 +283,11 @@ pub struct Probes {
     /// Go crypto/tls: the uprobes and the discovery of Go binaries (none when they could not
     /// be loaded).
     go_tls: Option<crate::capture::gotls::GoTls>,
+    /// `--context-propagation tcp-options` runs: the kernel decides identities and the
+    /// `sock_ops` option writer is attached.
+    propagation: bool,
+    /// The data programs decide identities (`PROPAGATION` set at load).
+    kernel_identities: bool,
 }
 
 /// Whether the embedded object is the real one.
@@ -403,12 +410,26 @@ impl Probes {
         let log_level_global = opts.kernel_log_level.global_value();
         // Where the kernel keeps each connection's network namespace (loopback pairing).
         let netns_offsets = crate::capture::kernel_btf::running_kernel_netns_offsets();
+        let propagation = opts.context_propagation
+            == crate::capture::propagation::ContextPropagation::TcpOptions
+            && match crate::capture::propagation::unsupported_reason() {
+                None => true,
+                Some(reason) => {
+                    tracing::warn!(
+                        "--context-propagation tcp-options cannot run here ({reason}): tracing \
+                         without cross-host propagation"
+                    );
+                    false
+                }
+            };
+        let propagation_global = u8::from(propagation);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_name::EVENTS, opts.ring_buffer_bytes)
             .override_global("EVENTS_RING_BYTES", &ring_bytes_global, true)
             .override_global("H2_WALK", &h2_walk_global, true)
             .override_global("NETNS_OFFSETS", &netns_offsets, true)
+            .override_global("PROPAGATION", &propagation_global, true)
             .map_max_entries(map_name::CONNS, opts.max_connections)
             .override_global(aya_log::LEVEL, &log_level_global, true);
         if opts.kernel_log_level == KernelLogLevel::Off {
@@ -474,6 +495,8 @@ impl Probes {
             kernel_log: None,
             tls: None,
             go_tls: None,
+            propagation: false,
+            kernel_identities: propagation,
         };
         // A thread id given by mistake means its process: the filter holds processes (tgids).
         let roots: Vec<u32> = opts
@@ -511,6 +534,7 @@ impl Probes {
                 && !OPENSSL_UPROBE_PROGRAMS.iter().any(|p| p.name == *name)
                 && !tracer_common::go_tls_program::ALL.contains(name)
                 && *name != H2_WALKER_PROGRAM
+                && *name != tracer_common::propagation::SOCK_OPS_PROGRAM
         }) {
             return Err(ProbeError::UnlistedProgram(name.to_owned()));
         }
@@ -566,6 +590,22 @@ impl Probes {
                     let err = program_error(p, source);
                     tracing::warn!(%err, "optional probe not attached (this kernel lacks it): what it watches is not seen");
                 }
+            }
+        }
+        if propagation {
+            // Loaded only with propagation on: off, no program can write to a packet.
+            match crate::capture::propagation::attach(&mut probes.ebpf) {
+                Ok(cgroup) => {
+                    probes.propagation = true;
+                    tracing::info!(
+                        cgroup = %cgroup.display(),
+                        "context propagation in TCP options attached"
+                    );
+                }
+                Err(err) => tracing::warn!(
+                    "--context-propagation tcp-options could not attach its sock_ops program \
+                     ({err}): no options are written or read"
+                ),
             }
         }
         if opts.tls {
@@ -633,6 +673,31 @@ impl Probes {
             ),
         }
         Ok(probes)
+    }
+
+    /// Whether the kernel decides identities and the option writer runs.
+    pub fn propagation_active(&self) -> bool {
+        self.propagation
+    }
+
+    /// Whether the kernel decides identities (set at load; the option writer may still have
+    /// failed to attach, see `propagation_active`).
+    pub fn kernel_identities(&self) -> bool {
+        self.kernel_identities
+    }
+
+    /// `pid` serves one request per thread (see `propagation::mark_dedicated`).
+    pub fn mark_dedicated(&mut self, pid: u32) {
+        if self.kernel_identities {
+            crate::capture::propagation::mark_dedicated(&mut self.ebpf, pid);
+        }
+    }
+
+    /// The propagation programs' counters.
+    pub fn propagation_counters(&self) -> crate::capture::propagation::PropagationCounters {
+        let mut c = crate::capture::propagation::counters(&self.ebpf);
+        c.active = u64::from(self.propagation);
+        c
     }
 
     /// The agent's tgid as the kernel programs see it (the host's pid namespace). In a child pid

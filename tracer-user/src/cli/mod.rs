@@ -190,6 +190,18 @@ pub struct TraceArgs {
     #[arg(long, env = "TRACER_ID_GENERATOR", value_enum,
           default_value_t = crate::telemetry::ids::IdGenerator::Random, value_name = "GENERATOR")]
     pub id_generator: crate::telemetry::ids::IdGenerator,
+
+    /// Carry trace context across hosts: `tcp-options` WRITES a TCP header option (RFC 6994
+    /// experimental kind 253, 28 bytes: trace id + span id) on the segment that starts each
+    /// traced cleartext HTTP/1 request, and reads it where the request arrives, so an agent on
+    /// the other host links its SERVER span to this CLIENT span with no header in the payload.
+    /// Span identities of those requests are then decided in the kernel. Needs CAP_NET_ADMIN
+    /// (a cgroup sock_ops program on the cgroup v2 root), cgroup v2 and kernel >= 5.10; where
+    /// that is missing the agent says so and runs without it. Both hosts need the agent.
+    #[arg(long, env = "TRACER_CONTEXT_PROPAGATION", value_enum,
+          default_value_t = crate::capture::propagation::ContextPropagation::None,
+          value_name = "MODE")]
+    pub context_propagation: crate::capture::propagation::ContextPropagation,
 }
 
 impl TraceArgs {

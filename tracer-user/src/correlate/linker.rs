@@ -76,6 +76,11 @@ pub struct LinkerStats {
     /// already went without them (the client's record came too late): pairing them with the
     /// server's next request would be a wrong link.
     pub pair_late_clients_skipped: u64,
+    /// Requests exported with the identity the kernel decided (`--context-propagation`).
+    pub kernel_identities: u64,
+    /// Requests where the kernel's decision and userspace's disagree (a header the kernel did
+    /// not see wins for a SERVER request; otherwise the kernel's decision, already sent, wins).
+    pub kernel_disagreements: u64,
 }
 
 /// A header identity of a SERVER request remembers the CLIENT request it was paired with.
@@ -163,6 +168,10 @@ pub struct Linker {
     owed: IdHashMap<u64, u32>,
     /// Trace ids of the traces this linker starts.
     trace_ids: TraceIds,
+    /// Identities the kernel decided, by request (`set_kernel_identity`).
+    kernel: IdHashMap<RequestKey, crate::correlate::kernel_ids::KernelIdentity>,
+    /// Kernel trace ids replaced by userspace's (see `with_kernel`), bounded.
+    trace_remap: HashMap<[u8; 16], [u8; 16]>,
     stats: LinkerStats,
     /// Emptied per-thread sets and per-connection lists, reused instead of allocating a new
     /// one for nearly every request (bounded in count and in the capacity each keeps).
@@ -254,6 +263,70 @@ impl Linker {
         self.clients_by_tuple.get(&key).copied()
     }
 
+    /// The kernel decided the identity of request `sequence` on `conn_id` (its head is about to
+    /// be given to `request_started`).
+    pub fn set_kernel_identity(
+        &mut self,
+        conn_id: u64,
+        sequence: u64,
+        identity: crate::correlate::kernel_ids::KernelIdentity,
+    ) {
+        self.kernel.insert((conn_id, sequence), identity);
+    }
+
+    /// The identity to export for an HTTP/1 request whose kernel identity is `kernel` and
+    /// whose userspace identity would be `ours` (from a header when `header` is set). The span id
+    /// is always the kernel's: children on this host and the other host were given it. The trace
+    /// and parent are the kernel's, except where userspace knows a parent the kernel did not
+    /// (a header it could not see; a same-host pair or thread when the kernel started a trace):
+    /// then userspace's, and the kernel's trace id is remapped to it for the requests of that
+    /// trace still to come on this host (its children), so the host's chain stays whole. Each
+    /// such case is counted (a context already sent to another host named the kernel's trace).
+    fn with_kernel(
+        &mut self,
+        kernel: crate::correlate::kernel_ids::KernelIdentity,
+        ours: SpanIdentity,
+        header: bool,
+    ) -> SpanIdentity {
+        let mut kernel = kernel;
+        if let Some(trace) = self.trace_remap.get(&kernel.trace_id) {
+            kernel.trace_id = *trace;
+        }
+        self.stats.kernel_identities += 1;
+        let ours_linked = ours.link != LinkSource::Root;
+        if header || (kernel.parent_span_id.is_none() && ours_linked) {
+            if ours.trace_id != kernel.trace_id || ours.parent_span_id != kernel.parent_span_id {
+                self.stats.kernel_disagreements += 1;
+            }
+            if ours.trace_id != kernel.trace_id {
+                if self.trace_remap.len() >= self.limits.max_identities.max(1) {
+                    self.trace_remap.clear();
+                }
+                self.trace_remap.insert(kernel.trace_id, ours.trace_id);
+            }
+            return SpanIdentity {
+                span_id: kernel.span_id,
+                ..ours
+            };
+        }
+        if ours_linked
+            && (ours.parent_span_id != kernel.parent_span_id || ours.trace_id != kernel.trace_id)
+        {
+            self.stats.kernel_disagreements += 1;
+        }
+        SpanIdentity {
+            trace_id: kernel.trace_id,
+            span_id: kernel.span_id,
+            parent_span_id: kernel.parent_span_id,
+            link: if kernel.parent_span_id.is_some() {
+                LinkSource::Kernel
+            } else {
+                LinkSource::Root
+            },
+            ..ours
+        }
+    }
+
     /// The head of a request was parsed: assign its identity. `threads` says whether the
     /// process's threads may be trusted for same-thread links.
     pub fn request_started(
@@ -265,6 +338,7 @@ impl Linker {
     ) {
         let key = (meta.conn_id, start.sequence);
         if self.identities.contains_key(&key) {
+            self.kernel.remove(&key);
             return;
         }
         let identity = match propagation::extract(&start.request.headers) {
@@ -275,6 +349,7 @@ impl Linker {
             None => None,
         };
         if let Some(stream_id) = start.stream_id {
+            self.kernel.remove(&key);
             let identity = self.http2_identity(meta, role, stream_id, identity, start.start_ns);
             self.insert_identity(key, identity);
             return;
@@ -288,10 +363,15 @@ impl Linker {
                     self.stats.by_connection_pair += 1;
                 }
                 let identity = with_paired_client(identity, paired.as_ref());
+                let header = identity.is_some();
                 let identity = identity.or(paired).unwrap_or_else(|| {
                     self.stats.roots += 1;
                     SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
                 });
+                let identity = match self.kernel.remove(&key) {
+                    Some(kernel) => self.with_kernel(kernel, identity, header),
+                    None => identity,
+                };
                 if threads == Threads::Dedicated {
                     self.open_by_thread
                         .entry((meta.pid, start.tid))
@@ -306,6 +386,7 @@ impl Linker {
             }
             Role::Client => {
                 self.register_client(meta);
+                let header = identity.is_some();
                 let identity = identity
                     .or_else(|| match threads {
                         Threads::Dedicated => self.thread_parent(meta.pid, start.tid),
@@ -322,6 +403,10 @@ impl Linker {
                         self.stats.roots += 1;
                         SpanIdentity::root(self.trace_ids.new_trace_id(start.start_ns))
                     });
+                let identity = match self.kernel.remove(&key) {
+                    Some(kernel) => self.with_kernel(kernel, identity, header),
+                    None => identity,
+                };
                 if let Some(owed) = self.owed.get_mut(&meta.conn_id) {
                     // The mirror's request this one answers to was already decided without it.
                     *owed -= 1;
@@ -675,6 +760,98 @@ mod tests {
             [0x4b, 0xf9, 0x2f, 0x35],
             "adopted ids are kept"
         );
+    }
+
+    fn kernel_id(
+        trace: u8,
+        span: u8,
+        parent: Option<u8>,
+    ) -> crate::correlate::kernel_ids::KernelIdentity {
+        crate::correlate::kernel_ids::KernelIdentity {
+            trace_id: [trace; 16],
+            span_id: [span; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            from_option: parent.is_some(),
+        }
+    }
+
+    #[test]
+    fn kernel_identities_are_exported_as_decided_and_agree_with_the_thread() {
+        let mut l = Linker::default();
+        let r = request(&[]);
+        let hub_in = conn(2, 200, Role::Server, "10.0.0.1:8000", "10.0.0.9:40000");
+        let hub_out = conn(3, 200, Role::Client, "10.0.0.1:40001", "10.0.0.2:9000");
+        // SERVER: the parent came in an option from another host.
+        l.set_kernel_identity(2, 0, kernel_id(7, 1, Some(9)));
+        l.request_started(
+            &hub_in,
+            Role::Server,
+            &start(0, 201, &r),
+            Threads::Dedicated,
+        );
+        // CLIENT: the kernel's child of that request, as the thread rule says too.
+        l.set_kernel_identity(3, 0, kernel_id(7, 2, Some(1)));
+        l.request_started(
+            &hub_out,
+            Role::Client,
+            &start(0, 201, &r),
+            Threads::Dedicated,
+        );
+        let server = l.take(2, 0).unwrap();
+        let client = l.take(3, 0).unwrap();
+        assert_eq!(
+            (server.trace_id, server.span_id, server.parent_span_id),
+            ([7; 16], [1; 8], Some([9; 8]))
+        );
+        assert_eq!(server.link, LinkSource::Kernel);
+        assert_eq!(
+            (client.trace_id, client.span_id, client.parent_span_id),
+            ([7; 16], [2; 8], Some([1; 8]))
+        );
+        assert_eq!(l.stats().kernel_identities, 2);
+        assert_eq!(l.stats().kernel_disagreements, 0);
+    }
+
+    #[test]
+    fn a_header_the_kernel_did_not_see_wins_for_the_server_and_is_counted() {
+        let mut l = Linker::default();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with_header = request(&[("traceparent", tp)]);
+        let hub_in = conn(2, 200, Role::Server, "10.0.0.1:8000", "10.0.0.9:40000");
+        l.set_kernel_identity(2, 0, kernel_id(7, 1, None));
+        l.request_started(
+            &hub_in,
+            Role::Server,
+            &start(0, 201, &with_header),
+            Threads::Dedicated,
+        );
+        let server = l.take(2, 0).unwrap();
+        assert_eq!(server.link, LinkSource::Header);
+        assert_eq!(server.trace_id[..2], [0x4b, 0xf9]);
+        assert_eq!(
+            server.span_id, [1; 8],
+            "children were given the kernel's span id"
+        );
+        assert_eq!(l.stats().kernel_disagreements, 1);
+        // A CLIENT request whose thread rule disagrees with what the kernel already sent keeps
+        // the kernel's identity (the option carried it), counted.
+        let r = request(&[]);
+        let out = conn(3, 300, Role::Client, "10.0.0.1:40001", "10.0.0.2:9000");
+        let lone_in = conn(4, 300, Role::Server, "10.0.0.1:8001", "10.0.0.9:40002");
+        l.request_started(
+            &lone_in,
+            Role::Server,
+            &start(0, 301, &r),
+            Threads::Dedicated,
+        );
+        l.set_kernel_identity(3, 0, kernel_id(5, 6, Some(8)));
+        l.request_started(&out, Role::Client, &start(0, 301, &r), Threads::Dedicated);
+        let client = l.take(3, 0).unwrap();
+        assert_eq!(
+            (client.span_id, client.parent_span_id),
+            ([6; 8], Some([8; 8]))
+        );
+        assert_eq!(l.stats().kernel_disagreements, 2);
     }
 
     #[test]

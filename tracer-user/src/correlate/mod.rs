@@ -2,6 +2,7 @@
 //! per-process facts (thread model, process tree) that decide which links are safe.
 
 pub mod connections;
+pub mod kernel_ids;
 pub mod linker;
 pub mod proctree;
 pub mod runtime;

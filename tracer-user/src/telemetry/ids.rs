@@ -16,6 +16,9 @@ pub enum LinkSource {
     ConnectionPair,
     SameThread,
     Root,
+    /// The kernel decided the identity (`--context-propagation tcp-options`): a SERVER
+    /// request's parent from a TCP option, a CLIENT request's from its thread.
+    Kernel,
 }
 
 /// The identity a span is exported with. Its span id is never zero and never its parent's.

@@ -97,6 +97,91 @@ pub struct AgentSnapshot {
     pub go_tls: crate::capture::gotls::GoTlsSnapshot,
     /// Counters of the pipeline's stages not carried above.
     pub stages: StageSnapshot,
+    /// Cross-node context propagation (`--context-propagation tcp-options`).
+    pub propagation: PropagationSnapshot,
+}
+
+/// Cross-node context propagation in TCP options: the kernel programs' counters, the matching
+/// of kernel identities to requests, and how often they were used or disagreed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PropagationSnapshot {
+    pub kernel: crate::capture::propagation::PropagationCounters,
+    pub matching: crate::correlate::kernel_ids::KernelIdStats,
+    /// Spans exported with the kernel's identity.
+    pub kernel_identities: u64,
+    /// Requests where the kernel's decision and userspace's disagreed.
+    pub kernel_disagreements: u64,
+}
+
+/// The propagation families (see [`PropagationSnapshot`]).
+fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
+    let k = &p.kernel;
+    vec![
+        Family::gauge(
+            "tracer_context_propagation_active",
+            "1 when --context-propagation tcp-options runs (its sock_ops program attached), 0 \
+             when it is off or could not run here.",
+            vec![Sample::plain(k.active)],
+        ),
+        Family::counter(
+            "tracer_context_options_total",
+            "TCP header options carrying trace context, by outcome (written on an outgoing \
+             segment, received and stored, malformed and ignored).",
+            vec![
+                Sample::labelled(&[("outcome", "written")], k.options_written),
+                Sample::labelled(&[("outcome", "received")], k.options_received),
+                Sample::labelled(&[("outcome", "malformed")], k.malformed),
+            ],
+        ),
+        Family::counter(
+            "tracer_context_options_not_sent_total",
+            "Requests whose context was not sent, by reason (no option space on the segment, the \
+             request did not start a segment).",
+            vec![
+                Sample::labelled(&[("reason", "no_space")], k.no_space),
+                Sample::labelled(&[("reason", "segment_missed")], k.segment_missed),
+            ],
+        ),
+        Family::counter(
+            "tracer_context_adopted_total",
+            "SERVER requests whose trace context came from a received TCP option.",
+            vec![Sample::plain(k.contexts_adopted)],
+        ),
+        Family::counter(
+            "tracer_kernel_client_contexts_total",
+            "CLIENT requests seen by the kernel, by outcome (linked: a child of the one request \
+             its thread serves; new_trace: the thread serves none or several; undecided: left to \
+             userspace, no option sent, as the process is not known to serve one request per \
+             thread).",
+            vec![
+                Sample::labelled(&[("outcome", "linked")], k.client_contexts),
+                Sample::labelled(&[("outcome", "new_trace")], k.client_unlinked),
+                Sample::labelled(&[("outcome", "undecided")], k.client_undecided),
+            ],
+        ),
+        Family::counter(
+            "tracer_kernel_identities_total",
+            "Identity records of the kernel, by outcome of matching them to a request by stream \
+             offset (received, matched, unmatched).",
+            vec![
+                Sample::labelled(&[("outcome", "received")], p.matching.received),
+                Sample::labelled(&[("outcome", "matched")], p.matching.matched),
+                Sample::labelled(&[("outcome", "unmatched")], p.matching.unmatched),
+            ],
+        ),
+        Family::counter(
+            "tracer_kernel_identities_used_total",
+            "Spans exported with the identity the kernel decided.",
+            vec![Sample::plain(p.kernel_identities)],
+        ),
+        Family::counter(
+            "tracer_kernel_identity_disagreements_total",
+            "Requests where the kernel's identity and userspace's linking disagreed (a header \
+             the kernel did not see wins for a SERVER span; otherwise the kernel's, already \
+             sent).",
+            vec![Sample::plain(p.kernel_disagreements)],
+        ),
+    ]
 }
 
 /// Counters of the pipeline's stages (sniffed sockets, the connection table, HTTP/1 framing)
@@ -827,6 +912,9 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             vec![Sample::plain(s.event_loop_wakeups)],
         ),
     ]
+    .into_iter()
+    .chain(propagation_families(&s.propagation))
+    .collect()
 }
 
 /// All families of a snapshot, in page order.
@@ -1760,6 +1848,27 @@ mod tests {
                 http_upgrades: 809,
                 http_switched_to_http2: 810,
             },
+            propagation: PropagationSnapshot {
+                kernel: crate::capture::propagation::PropagationCounters {
+                    active: 1001,
+                    options_written: 1002,
+                    options_received: 1003,
+                    contexts_adopted: 1004,
+                    no_space: 1005,
+                    malformed: 1006,
+                    segment_missed: 1007,
+                    client_contexts: 1008,
+                    client_unlinked: 1009,
+                    client_undecided: 1015,
+                },
+                matching: crate::correlate::kernel_ids::KernelIdStats {
+                    received: 1010,
+                    matched: 1011,
+                    unmatched: 1012,
+                },
+                kernel_identities: 1013,
+                kernel_disagreements: 1014,
+            },
         }
     }
 
@@ -1786,6 +1895,7 @@ mod tests {
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
+        want.extend((1001..=1015).map(|v| v as f64)); // context propagation
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2026,6 +2136,25 @@ mod tests {
             identities_evicted => "tracer_linker_identities_evicted_total",
             pair_netns_unknown => "tracer_parent_links_skipped_total",
             pair_late_clients_skipped => "tracer_pair_late_clients_skipped_total",
+            kernel_identities => "tracer_kernel_identities_used_total",
+            kernel_disagreements => "tracer_kernel_identity_disagreements_total",
+        }));
+        fields.extend(exported!(crate::capture::propagation::PropagationCounters {
+            active => "tracer_context_propagation_active",
+            options_written => "tracer_context_options_total",
+            options_received => "tracer_context_options_total",
+            malformed => "tracer_context_options_total",
+            no_space => "tracer_context_options_not_sent_total",
+            segment_missed => "tracer_context_options_not_sent_total",
+            contexts_adopted => "tracer_context_adopted_total",
+            client_contexts => "tracer_kernel_client_contexts_total",
+            client_unlinked => "tracer_kernel_client_contexts_total",
+            client_undecided => "tracer_kernel_client_contexts_total",
+        }));
+        fields.extend(exported!(crate::correlate::kernel_ids::KernelIdStats {
+            received => "tracer_kernel_identities_total",
+            matched => "tracer_kernel_identities_total",
+            unmatched => "tracer_kernel_identities_total",
         }));
         fields.extend(exported!(crate::correlate::runtime::RuntimeStats {
             inspected => "tracer_runtime_executables_inspected_total",

@@ -1,0 +1,564 @@
+//! Cross-node traces without headers: `--context-propagation tcp-options` carries the context
+//! in a TCP header option. Two network namespaces joined by a veth pair play two nodes; a DNAT
+//! rule in the client's namespace maps a "service" address to the server namespace's pod
+//! address (as kube-proxy does). Two agents play the two nodes' agents, each given `--pid` for
+//! its own node's process only, both exporting to one OTLP receiver:
+//! `hub.py drive` → threaded hub (node A) → leaf `http_server.py` via the service (node B).
+//! With propagation on, every leaf SERVER span is a child of the hub CLIENT span that called it
+//! (same trace, zero wrong links); with it off, the two nodes' spans are separate traces (the
+//! link came from the option).
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tracer_tests::peers::{peer_script, python};
+use tracer_tests::query::describe;
+use tracer_tests::{
+    AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, SPAN_TIMEOUT,
+    run_with_timeout,
+};
+
+const SEQUENTIAL: u32 = 20;
+const CONCURRENT: u32 = 8;
+const LEAF_PORT: u16 = 8080;
+const HUB_PORT: u16 = 9090;
+const SERVICE_PORT: u16 = 80;
+const DRIVE_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// `tracer_common::propagation::SOCK_OPS_PROGRAM`.
+const SOCK_OPS_PROGRAM: &str = "tcp_context_options";
+
+/// Runs `ip` (or any command) and panics with its output when it fails.
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?} could not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces, a veth pair between them and a DNAT rule: deleted when dropped (which
+/// removes the veth pair and the rule with them).
+struct Nodes {
+    a: String,
+    b: String,
+    /// 10.<net>.0.0/24 is the pod network, 10.<net>.1.10 the service address.
+    net: u8,
+}
+
+impl Nodes {
+    fn create(tag: &str) -> Nodes {
+        let pid = std::process::id();
+        // A /16 of its own per test of this run.
+        let index = match tag {
+            "on" => 0,
+            "off" => 1,
+            "ka" => 2,
+            _ => 3,
+        };
+        let net = (20 + (pid % 50) * 4 + index) as u8;
+        let nodes = Nodes {
+            a: format!("trc-{tag}-a-{pid}"),
+            b: format!("trc-{tag}-b-{pid}"),
+            net,
+        };
+        let (a, b) = (nodes.a.as_str(), nodes.b.as_str());
+        // Interface names: at most 15 bytes, distinct per test.
+        let (va, vb) = (format!("t{tag}a{pid}"), format!("t{tag}b{pid}"));
+        let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
+        let (pod_a, pod_b) = (nodes.pod_a(), nodes.pod_b());
+        sh(&["ip", "netns", "add", a]);
+        sh(&["ip", "netns", "add", b]);
+        sh(&["ip", "link", "add", va, "type", "veth", "peer", "name", vb]);
+        sh(&["ip", "link", "set", va, "netns", a]);
+        sh(&["ip", "link", "set", vb, "netns", b]);
+        for (ns, dev, addr) in [(a, va, &pod_a), (b, vb, &pod_b)] {
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        // Node A reaches the service address through its veth; DNAT sends it to node B's pod.
+        let service = nodes.service();
+        sh(&[
+            "ip",
+            "-n",
+            a,
+            "route",
+            "add",
+            &format!("{service}/32"),
+            "dev",
+            va,
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            a,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &service,
+            "--dport",
+            &SERVICE_PORT.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{pod_b}:{LEAF_PORT}"),
+        ]);
+        nodes
+    }
+
+    fn pod_a(&self) -> String {
+        format!("10.{}.0.1", self.net)
+    }
+
+    fn pod_b(&self) -> String {
+        format!("10.{}.0.2", self.net)
+    }
+
+    fn service(&self) -> String {
+        format!("10.{}.1.10", self.net)
+    }
+
+    /// A middlebox on node B's way in: strips our option (kind 253) from segments carrying
+    /// `text` (the request line of one request).
+    fn strip_option_on(&self, text: &str) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.b,
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-m",
+            "string",
+            "--string",
+            text,
+            "--algo",
+            "bm",
+            "-j",
+            "TCPOPTSTRIP",
+            "--strip-options",
+            "253",
+        ]);
+    }
+
+    fn exec(&self, ns: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]);
+        command
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
+}
+
+/// The two nodes with the hub on A and the leaf on B (processes stopped before the namespaces
+/// are deleted: fields drop in order).
+struct Cluster {
+    hub: ChildGuard,
+    leaf: ChildGuard,
+    nodes: Nodes,
+}
+
+/// Waits until something accepts TCP connections on `addr:port` inside namespace `ns`.
+fn wait_listening(nodes: &Nodes, ns: &str, addr: &str, port: u16, who: &ChildGuard) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let probe = format!(
+        "import socket,sys\ns=socket.socket()\ns.settimeout(1)\nsys.exit(s.connect_ex(('{addr}',{port})))"
+    );
+    loop {
+        let ok = nodes
+            .exec(ns)
+            .arg(python())
+            .args(["-c", &probe])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on {addr}:{port} in {ns}\n{}",
+            who.name(),
+            who.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// `direct`: the hub calls the leaf's pod address (no DNAT), so that one agent on the host
+    /// can also pair the two ends of the connection.
+    fn start(tag: &str, keep_alive: bool, direct: bool) -> Cluster {
+        let nodes = Nodes::create(tag);
+        let mut leaf = nodes.exec(&nodes.b);
+        leaf.arg(python()).arg(peer_script("http_server.py")).args([
+            "--host",
+            &nodes.pod_b(),
+            "--port",
+            &LEAF_PORT.to_string(),
+        ]);
+        let leaf = ChildGuard::spawn("leaf", leaf);
+        wait_listening(&nodes, &nodes.b, &nodes.pod_b(), LEAF_PORT, &leaf);
+        let mut hub = nodes.exec(&nodes.a);
+        hub.arg(python())
+            .arg(peer_script("hub.py"))
+            .arg("serve")
+            .args(["--host", "127.0.0.1", "--port", &HUB_PORT.to_string()])
+            .args([
+                "--backend",
+                &if direct {
+                    format!("http://{}:{LEAF_PORT}/ok", nodes.pod_b())
+                } else {
+                    format!("http://{}:{SERVICE_PORT}/ok", nodes.service())
+                },
+            ]);
+        if keep_alive {
+            hub.arg("--keep-alive");
+        }
+        let hub = ChildGuard::spawn("hub", hub);
+        wait_listening(&nodes, &nodes.a, "127.0.0.1", HUB_PORT, &hub);
+        Cluster { hub, leaf, nodes }
+    }
+
+    /// `hub.py drive` inside node A: `requests` GETs from `threads` threads, ids from `first`.
+    fn drive(&self, first: u32, requests: u32, threads: u32) {
+        let mut command = self.nodes.exec(&self.nodes.a);
+        command
+            .arg(python())
+            .arg(peer_script("hub.py"))
+            .arg("drive")
+            .args(["--port", &HUB_PORT.to_string()])
+            .args(["--first-id", &first.to_string()])
+            .args(["--requests", &requests.to_string()])
+            .args(["--threads", &threads.to_string()]);
+        let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
+        assert!(
+            status.success(),
+            "hub.py drive failed ({status})\n{}\n{}\n{}",
+            child.output_report(),
+            self.hub.output_report(),
+            self.leaf.output_report()
+        );
+    }
+}
+
+fn agent(receiver: &OtlpReceiver, pid: u32, propagation: bool) -> tracer_tests::Agent {
+    let mut config = AgentConfig::new().pid(pid).export_to(receiver);
+    if propagation {
+        config = config.arg("--context-propagation").arg("tcp-options");
+    }
+    config.start()
+}
+
+/// The `id` query parameter of a request's span.
+fn request_id(span: &ObservedSpan) -> Option<u32> {
+    let query = match span.kind {
+        ObservedKind::Server => span.attr_str("url.query")?,
+        _ => span.attr_str("url.full")?.split_once('?')?.1,
+    };
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("id="))?
+        .parse()
+        .ok()
+}
+
+/// Spans by request id: (hub SERVER, hub CLIENT, leaf SERVER, driver CLIENT when traced).
+type ById<'a> = HashMap<u32, [Vec<&'a ObservedSpan>; 4]>;
+
+fn by_id(spans: &[ObservedSpan]) -> ById<'_> {
+    let mut out: ById<'_> = HashMap::new();
+    for span in spans {
+        let Some(id) = request_id(span) else { continue };
+        let slot = match (span.kind, span.attr_str("url.path")) {
+            (ObservedKind::Server, Some("/fanout")) => 0,
+            (ObservedKind::Client, _)
+                if span
+                    .attr_str("url.full")
+                    .is_some_and(|u| u.contains("/fanout")) =>
+            {
+                3
+            }
+            (ObservedKind::Client, _) => 1,
+            (ObservedKind::Server, Some("/ok")) => 2,
+            _ => continue,
+        };
+        out.entry(id).or_default()[slot].push(span);
+    }
+    out
+}
+
+fn complete(spans: &[ObservedSpan], ids: std::ops::Range<u32>) -> bool {
+    let by = by_id(spans);
+    ids.clone().all(|id| {
+        by.get(&id)
+            .is_some_and(|s| s[..3].iter().all(|v| v.len() == 1))
+    })
+}
+
+/// The requests of `ids` not linked hub SERVER -> hub CLIENT -> leaf SERVER in one trace.
+fn unlinked(spans: &[ObservedSpan], ids: impl IntoIterator<Item = u32>) -> Vec<String> {
+    let by = by_id(spans);
+    let mut wrong = Vec::new();
+    for id in ids {
+        let [hub_server, hub_client, leaf, _] = &by[&id];
+        let (hub_server, hub_client, leaf) = (hub_server[0], hub_client[0], leaf[0]);
+        let linked = leaf.parent_span_id.as_deref() == Some(hub_client.span_id.as_str())
+            && leaf.trace_id == hub_client.trace_id
+            && hub_client.parent_span_id.as_deref() == Some(hub_server.span_id.as_str())
+            && hub_client.trace_id == hub_server.trace_id;
+        if !linked {
+            wrong.push(describe([hub_server, hub_client, leaf]));
+        }
+    }
+    wrong
+}
+
+/// Whether process `pid` holds the propagation's `sock_ops` program (names are cut to 15 bytes
+/// by the kernel).
+fn holds_sock_ops_program(pid: u32) -> bool {
+    use tracer_tests::bpf_objects::{Held, program_name};
+    Held::by_pid(pid).programs.iter().any(|id| {
+        program_name(*id)
+            .is_some_and(|name| !name.is_empty() && SOCK_OPS_PROGRAM.starts_with(name.as_str()))
+    })
+}
+
+fn metric(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn context_crosses_nodes_in_tcp_options() {
+    let cluster = Cluster::start("on", false, false);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    let active = agent_a.wait_metrics("propagation active", |m| {
+        metric(m, "tracer_context_propagation_active ") == 1
+    });
+    assert_eq!(metric(&active, "tracer_context_propagation_active "), 1);
+    assert!(
+        holds_sock_ops_program(agent_a.pid()),
+        "an agent with --context-propagation tcp-options holds its sock_ops program"
+    );
+
+    cluster.drive(0, SEQUENTIAL, 1);
+    cluster.drive(SEQUENTIAL, CONCURRENT, CONCURRENT);
+    let total = SEQUENTIAL + CONCURRENT;
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..total))
+        .unwrap_or_else(|e| {
+            panic!(
+                "not every request has its hub SERVER, hub CLIENT and leaf SERVER span: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let wrong = unlinked(&spans, 0..total);
+    let metrics_a = agent_a.wait_settled();
+    let metrics_b = agent_b.wait_settled();
+    assert!(
+        wrong.is_empty(),
+        "{} of {total} requests not linked hub SERVER -> hub CLIENT -> leaf SERVER:\n{}\n\
+         agent A:\n{}\nagent B:\n{}",
+        wrong.len(),
+        wrong.join("\n"),
+        metrics_a
+            .lines()
+            .filter(|l| l.contains("context") || l.contains("kernel_identit"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        metrics_b
+            .lines()
+            .filter(|l| l.contains("context") || l.contains("kernel_identit"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let written = metric(
+        &metrics_a,
+        "tracer_context_options_total{outcome=\"written\"} ",
+    );
+    let adopted = metric(&metrics_b, "tracer_context_adopted_total ");
+    assert!(
+        written >= u64::from(total) && adopted >= u64::from(total),
+        "options written on node A {written}, adopted on node B {adopted}, want >= {total}"
+    );
+    assert_eq!(
+        metric(&metrics_b, "tracer_kernel_identity_disagreements_total "),
+        0
+    );
+}
+
+#[test]
+fn without_propagation_the_nodes_traces_stay_separate() {
+    let cluster = Cluster::start("off", false, false);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, cluster.hub.pid(), false);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), false);
+    let requests = 5;
+    cluster.drive(0, requests, 1);
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..requests))
+        .unwrap_or_else(|e| panic!("spans missing: {e:?}"));
+    let by = by_id(&spans);
+    for id in 0..requests {
+        let [_, hub_client, leaf, _] = &by[&id];
+        assert!(
+            leaf[0].parent_span_id.is_none() && leaf[0].trace_id != hub_client[0].trace_id,
+            "with propagation off the leaf's span must start its own trace:\n{}",
+            describe([hub_client[0], leaf[0]])
+        );
+    }
+    let metrics_a = agent_a.wait_settled();
+    let _ = agent_b.wait_settled();
+    assert!(
+        !holds_sock_ops_program(agent_a.pid()),
+        "without --context-propagation no sock_ops program may be loaded"
+    );
+    assert_eq!(metric(&metrics_a, "tracer_context_propagation_active "), 0);
+    assert_eq!(
+        metric(
+            &metrics_a,
+            "tracer_context_options_total{outcome=\"written\"} "
+        ),
+        0
+    );
+}
+
+/// A keep-alive connection carries one context per request; the option of one request is
+/// stripped on the way (a middlebox): that request is left unlinked and every later one on the
+/// connection still links to its own caller (offsets, not request order).
+#[test]
+fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
+    const STRIPPED: u32 = 3;
+    let cluster = Cluster::start("ka", true, false);
+    cluster
+        .nodes
+        .strip_option_on(&format!("?id={STRIPPED} HTTP/1.1"));
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    let requests = 10;
+    cluster.drive(0, requests, 1);
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..requests))
+        .unwrap_or_else(|e| {
+            panic!(
+                "spans missing: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let by = by_id(&spans);
+    let peers: std::collections::BTreeSet<Option<i64>> = (0..requests)
+        .map(|id| {
+            let leaf = by[&id][2][0];
+            leaf.attr_int("network.peer.port")
+                .or_else(|| leaf.attr_int("client.port"))
+        })
+        .collect();
+    assert!(
+        peers.len() == 1 && !peers.contains(&None),
+        "the hub's backend calls must share one keep-alive connection: peer ports {peers:?}"
+    );
+    let wrong = unlinked(&spans, (0..STRIPPED).chain(STRIPPED + 1..requests));
+    let _ = agent_a.wait_settled();
+    let metrics_b = agent_b.wait_settled();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} keep-alive requests with their option not linked:\n{}",
+        wrong.len(),
+        requests - 1,
+        wrong.join("\n")
+    );
+    let [_, hub_client, leaf, _] = &by[&STRIPPED];
+    assert!(
+        leaf[0].parent_span_id.is_none() && leaf[0].trace_id != hub_client[0].trace_id,
+        "the request whose option was stripped must be left unlinked, not linked to another:\n{}",
+        describe([hub_client[0], leaf[0]])
+    );
+    assert_eq!(
+        metric(&metrics_b, "tracer_context_adopted_total "),
+        u64::from(requests - 1)
+    );
+}
+
+/// One agent for both nodes' processes (one host, pod-to-pod over the veth, no DNAT): the leaf's
+/// parent is known twice, from the connection pair and from the option; both must name the same
+/// span on every request (0 disagreements).
+#[test]
+fn on_one_host_pairing_and_the_option_agree() {
+    let cluster = Cluster::start("one", false, true);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent = AgentConfig::new()
+        .pid(cluster.hub.pid())
+        .pid(cluster.leaf.pid())
+        .export_to(&receiver)
+        .arg("--context-propagation")
+        .arg("tcp-options")
+        .start();
+    let requests = 10;
+    cluster.drive(0, requests, 1);
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..requests))
+        .unwrap_or_else(|e| panic!("spans missing: {e:?}\n{}", agent.stderr_text()));
+    let wrong = unlinked(&spans, 0..requests);
+    let metrics = agent.wait_settled();
+    assert!(
+        wrong.is_empty(),
+        "{} of {requests} not linked:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    let adopted = metric(&metrics, "tracer_context_adopted_total ");
+    let paired = metric(
+        &metrics,
+        "tracer_parent_links_total{source=\"connection_pair\"} ",
+    );
+    assert!(
+        adopted >= u64::from(requests) && paired >= u64::from(requests),
+        "both sources must have seen every request: adopted {adopted}, paired {paired}"
+    );
+    assert_eq!(
+        metric(&metrics, "tracer_kernel_identity_disagreements_total "),
+        0,
+        "pairing and option disagreed"
+    );
+}

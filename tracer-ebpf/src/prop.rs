@@ -1,0 +1,677 @@
+//! Cross-node context propagation (`--context-propagation tcp-options`): span identities of
+//! HTTP/1 requests decided in the kernel at the moment their bytes move (a SERVER request at the
+//! exit of the read returning its first bytes, a CLIENT request at the entry of the write
+//! carrying its first bytes), and the `sock_ops` program that writes a CLIENT request's context
+//! as a TCP header option on the segment starting with its first byte and, on the receiving
+//! host, stores a received context under its stream offset for the SERVER side. The layout and
+//! counters are in `tracer_common::propagation`. Everything here is dead code for the verifier
+//! unless userspace sets `PROPAGATION` at load: with propagation off no program writes to any
+//! packet and the data programs behave as before.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+    },
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_load_hdr_opt, bpf_probe_read_user,
+        bpf_reserve_hdr_opt, bpf_store_hdr_opt,
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::{SockOpsContext, TracePointContext},
+};
+use tracer_common::{
+    ConnState, IdentityEvent, conn_key, direction, kind,
+    propagation::{
+        EXID_SAMPLED, IDENTITY_CLIENT, IDENTITY_FROM_OPTION, IDENTITY_HAS_PARENT, MAX_DEDICATED,
+        MAX_FLOWS, MAX_PENDING, MAX_RECEIVED, OPTION_KIND, OPTION_LEN, counter,
+    },
+    role, syscall,
+};
+
+use crate::data::{msg_iov, read_iovec};
+use crate::maps::{EVENTS, Endpoints, SOCK_ENDPOINTS};
+
+/// Non-zero: propagation is on (set by userspace at load time; read-only, so the verifier
+/// removes every path below when it is 0).
+#[unsafe(no_mangle)]
+static PROPAGATION: u8 = 0;
+
+#[inline(always)]
+pub fn enabled() -> bool {
+    // SAFETY: a plain read of a read-only global; volatile so the load-time value is used.
+    unsafe { core::ptr::read_volatile(&PROPAGATION) != 0 }
+}
+
+/// A TCP connection as both the syscall side and `sock_ops` name it: its socket's own
+/// addresses (a DNAT rewrite does not change them), IPv4 in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowKey {
+    pub local: [u8; 16],
+    pub peer: [u8; 16],
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: u32,
+}
+
+/// A context: trace id and span id.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Context {
+    pub trace: [u8; 16],
+    pub span: [u8; 8],
+}
+
+/// Stream positions of a traced connection (keyed by `conn_key`), counted from its start.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stream {
+    pub conn_id: u64,
+    pub sk: u64,
+    pub flow: FlowKey,
+    /// Bytes the process wrote / read on the connection so far.
+    pub tx: u64,
+    pub rx: u64,
+    pub flow_known: u8,
+    pub role: u8,
+    pub _pad: [u8; 6],
+}
+
+/// A CLIENT request's context waiting for the segment that starts with its first byte.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub ctx: Context,
+    /// Stream offset of the request's first byte.
+    pub offset: u64,
+}
+
+/// The stream baselines of a connection (initial sequence + 1 of each direction).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Baseline {
+    pub snd: u32,
+    pub rcv: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReceivedKey {
+    pub flow: FlowKey,
+    pub offset: u64,
+}
+
+/// The SERVER request a thread is serving.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Serving {
+    pub ctx: Context,
+    pub conn_id: u64,
+    /// Requests the thread started and has not answered yet.
+    pub open: u32,
+    /// Non-zero once the thread started a request while another was open: no parent for its
+    /// CLIENT requests until it has answered all of them.
+    pub ambiguous: u32,
+}
+
+#[map]
+static PROP_STREAMS: LruHashMap<u64, Stream> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+static PROP_PENDING: LruHashMap<FlowKey, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+#[map]
+static PROP_BASELINES: LruHashMap<FlowKey, Baseline> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+static PROP_RECEIVED: LruHashMap<ReceivedKey, Context> =
+    LruHashMap::with_max_entries(MAX_RECEIVED, 0);
+#[map]
+static PROP_SERVING: LruHashMap<u32, Serving> = LruHashMap::with_max_entries(16384, 0);
+/// `tracer_common::propagation::DEDICATED_THREADS_MAP`.
+#[map]
+static PROP_DEDICATED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_DEDICATED, 0);
+/// `tracer_common::propagation::COUNTERS_MAP`.
+#[map]
+static PROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// `BPF_WRITE_HDR_TCP_CURRENT_MSS`: the length callback runs for the MSS computation, not for
+/// a segment.
+const WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = PROP_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn random_u64() -> u64 {
+    // SAFETY: plain helper calls.
+    unsafe { ((bpf_get_prandom_u32() as u64) << 32) | bpf_get_prandom_u32() as u64 }
+}
+
+/// A random span id that is neither zero nor `avoid`.
+#[inline(always)]
+fn new_span(avoid: u64) -> u64 {
+    let mut id = random_u64();
+    if id == 0 || id == avoid {
+        id = random_u64() | 1;
+    }
+    if id == avoid {
+        id ^= 2;
+    }
+    id
+}
+
+#[inline(always)]
+fn flow_of(ep: &Endpoints) -> FlowKey {
+    FlowKey {
+        local: ep.local_addr,
+        peer: ep.peer_addr,
+        local_port: ep.local_port,
+        peer_port: ep.peer_port,
+        _pad: 0,
+    }
+}
+
+/// A new traced connection (accept or connect): its stream positions start at 0.
+#[inline(always)]
+pub fn on_track(tgid: u32, fd: i32, state: &ConnState, ep: &Endpoints) {
+    if !enabled() || (state.role != role::SERVER && state.role != role::CLIENT) {
+        return;
+    }
+    let stream = Stream {
+        conn_id: state.conn_id,
+        sk: state.sk,
+        flow: flow_of(ep),
+        tx: 0,
+        rx: 0,
+        flow_known: u8::from(ep.family != 0 && ep.local_port != 0 && ep.peer_port != 0),
+        role: state.role,
+        _pad: [0; 6],
+    };
+    let _ = PROP_STREAMS.insert(&conn_key(tgid, fd as u32), &stream, 0);
+}
+
+/// sched_process_exit (every task): a thread's serving request ends with it, and a process's
+/// one-request-per-thread mark with its first thread (a reused id is another program).
+#[inline(always)]
+pub fn on_task_exit(ctx: &TracePointContext) {
+    if !enabled() {
+        return;
+    }
+    let tid = ctx.pid();
+    let _ = PROP_SERVING.remove(&tid);
+    if tid == ctx.tgid() {
+        let _ = PROP_DEDICATED.remove(&tid);
+    }
+}
+
+/// Whether 8 bytes start an HTTP/1.x request line.
+#[inline(always)]
+fn request_start(b: &[u8; 8]) -> bool {
+    matches!(
+        b,
+        [b'G', b'E', b'T', b' ', ..]
+            | [b'P', b'O', b'S', b'T', b' ', ..]
+            | [b'P', b'U', b'T', b' ', ..]
+            | [b'H', b'E', b'A', b'D', b' ', ..]
+            | [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..]
+            | [b'P', b'A', b'T', b'C', b'H', b' ', ..]
+            | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
+    )
+}
+
+#[inline(always)]
+fn first_bytes(ptr: u64) -> Option<[u8; 8]> {
+    if ptr == 0 {
+        return None;
+    }
+    // SAFETY: probe-read of user memory; failure handled.
+    unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }.ok()
+}
+
+/// The first buffer of a write-family syscall at its entry.
+#[inline(always)]
+fn first_write_buffer(ctx: &TracePointContext, sys: u8) -> u64 {
+    let arg1 = crate::conn::sys_arg(ctx, 1);
+    match sys {
+        syscall::WRITE | syscall::SENDTO => arg1,
+        syscall::WRITEV => read_iovec(arg1, 0).map(|v| v.base).unwrap_or(0),
+        syscall::SENDMSG => msg_iov(arg1)
+            .and_then(|(iov, n)| if n > 0 { read_iovec(iov, 0) } else { None })
+            .map(|v| v.base)
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Per-CPU room for the keys and values of the syscall side (the data programs' stack is
+/// nearly full).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scratch {
+    pub key: ReceivedKey,
+    pub serving: Serving,
+    pub pending: Pending,
+}
+
+#[map]
+static PROP_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sends the identity the kernel gave a request (`IdentityEvent`), written in place in the
+/// ring buffer. `ts_ns` 0: now.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn report(
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    conn_id: u64,
+    ts_ns: u64,
+    dir: u8,
+    flags: u8,
+    offset: u64,
+    ctx: &Context,
+    parent: u64,
+) {
+    let Some(mut entry) = EVENTS.reserve::<IdentityEvent>(0) else {
+        crate::maps::count(tracer_common::counter::RINGBUF_FULL, 1);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved record, written field by field before it is submitted.
+    unsafe {
+        (*ev).header.kind = kind::IDENTITY;
+        (*ev).header._pad = [0; 3];
+        (*ev).header.tgid = tgid;
+        (*ev).header.tid = tid;
+        (*ev).header.fd = fd;
+        (*ev).header.conn_id = conn_id;
+        (*ev).header.ts_ns = if ts_ns != 0 {
+            ts_ns
+        } else {
+            bpf_ktime_get_ns()
+        };
+        (*ev).direction = dir;
+        (*ev).flags = flags;
+        (*ev)._pad = [0; 6];
+        (*ev).offset = offset;
+        (*ev).trace_id = ctx.trace;
+        (*ev).span_id = ctx.span;
+        (*ev).parent_span_id = parent.to_be_bytes();
+    }
+    entry.submit(0);
+    crate::maps::count(tracer_common::counter::EVENTS_SUBMITTED, 1);
+}
+
+/// sys_enter of a write-family syscall on a tracked CLIENT connection: when its bytes start an
+/// HTTP/1 request, the request gets its identity here: a child of the SERVER request its thread
+/// serves when that is exactly one (in a process whose threads serve one request at a time),
+/// else a new trace. Its context waits for the segment starting with its first byte.
+#[inline(always)]
+pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, enter_ns: u64) {
+    if !enabled() || conn.role != role::CLIENT || conn.tls != 0 {
+        return;
+    }
+    let tgid = ctx.tgid();
+    let Some(st) = PROP_STREAMS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
+        return;
+    };
+    let Some(scratch) = PROP_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: `st` is this connection's entry (checked by id), `scratch` this CPU's.
+    unsafe {
+        if (*st).conn_id != conn.conn_id {
+            return;
+        }
+        let Some(b) = first_bytes(first_write_buffer(ctx, sys)) else {
+            return;
+        };
+        if !request_start(&b) {
+            return;
+        }
+        if (*st).flow_known == 0 {
+            // A non-blocking connect returned before its local port existed.
+            let Some(ep) = SOCK_ENDPOINTS.get(&(*st).sk) else {
+                return;
+            };
+            (*st).flow = flow_of(ep);
+            (*st).flow_known = 1;
+        }
+        let tid = ctx.pid();
+        let dedicated = PROP_DEDICATED.get(&tgid).is_some();
+        let p = &mut (*scratch).pending;
+        let mut parent = 0;
+        let mut flags = IDENTITY_CLIENT;
+        match PROP_SERVING.get(&tid) {
+            Some(sv) if sv.open == 1 && sv.ambiguous == 0 => {
+                if !dedicated {
+                    // One request served, in a process not (yet) known to serve one per
+                    // thread: no decision here, userspace links it as it can.
+                    bump(counter::CLIENT_UNDECIDED);
+                    return;
+                }
+                parent = u64::from_be_bytes(sv.ctx.span);
+                p.ctx.trace = sv.ctx.trace;
+                flags |= IDENTITY_HAS_PARENT;
+                bump(counter::CLIENT_CONTEXTS);
+            }
+            _ => {
+                // No request served by this thread, or several at once: the request starts a
+                // trace (as userspace would decide), and the receiving host links to it.
+                p.ctx.trace[..8].copy_from_slice(&random_u64().to_be_bytes());
+                p.ctx.trace[8..].copy_from_slice(&(random_u64() | 1).to_be_bytes());
+                bump(counter::CLIENT_UNLINKED);
+            }
+        }
+        p.ctx.span = new_span(parent).to_be_bytes();
+        p.offset = (*st).tx;
+        let _ = PROP_PENDING.insert(&(*st).flow, &*p, 0);
+        // Dated before the data record, whose causal time is the syscall's start.
+        report(
+            tgid,
+            tid,
+            fd,
+            conn.conn_id,
+            enter_ns.saturating_sub(1),
+            direction::EGRESS,
+            flags,
+            p.offset,
+            &p.ctx,
+            parent,
+        );
+    }
+}
+
+/// sys_exit of a data syscall on a tracked connection (`total` bytes moved, `first` is the
+/// first buffer): advances the stream position; a read starting an HTTP/1 request on a SERVER
+/// connection gets its identity here (the context received for its offset, else a new trace)
+/// and becomes the thread's serving request; a SERVER write starting a response ends it.
+#[inline(always)]
+pub fn on_transfer(
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    conn: &ConnState,
+    dir: u8,
+    first: u64,
+    total: u64,
+) {
+    if !enabled() {
+        return;
+    }
+    let Some(st) = PROP_STREAMS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
+        return;
+    };
+    // SAFETY: `st` is this connection's entry (checked by id); the serving entry is this
+    // thread's; `scratch` is this CPU's.
+    unsafe {
+        if (*st).conn_id != conn.conn_id {
+            return;
+        }
+        if dir == direction::EGRESS {
+            (*st).tx += total;
+            if (*st).role == role::SERVER
+                && let Some(b) = first_bytes(first)
+                && b[..7] == *b"HTTP/1."
+                && let Some(sv) = PROP_SERVING.get_ptr_mut(&tid)
+            {
+                if (*sv).open > 0 {
+                    (*sv).open -= 1;
+                }
+                if (*sv).open == 0 {
+                    (*sv).ambiguous = 0;
+                }
+            }
+            return;
+        }
+        let offset = (*st).rx;
+        (*st).rx = offset + total;
+        if (*st).role != role::SERVER || conn.tls != 0 {
+            return;
+        }
+        let Some(b) = first_bytes(first) else {
+            return;
+        };
+        if !request_start(&b) {
+            return;
+        }
+        let Some(scratch) = PROP_SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        let key = &mut (*scratch).key;
+        key.flow = (*st).flow;
+        // Received offsets are 32-bit (sequence space).
+        key.offset = offset as u32 as u64;
+        let sv = &mut (*scratch).serving;
+        let mut flags = 0;
+        let mut parent = 0;
+        match if (*st).flow_known != 0 {
+            PROP_RECEIVED.get(&*key)
+        } else {
+            None
+        } {
+            Some(c) => {
+                sv.ctx.trace = c.trace;
+                parent = u64::from_be_bytes(c.span);
+                flags = IDENTITY_HAS_PARENT | IDENTITY_FROM_OPTION;
+                let _ = PROP_RECEIVED.remove(&*key);
+                bump(counter::CONTEXTS_ADOPTED);
+            }
+            None => {
+                sv.ctx.trace[..8].copy_from_slice(&random_u64().to_be_bytes());
+                sv.ctx.trace[8..].copy_from_slice(&(random_u64() | 1).to_be_bytes());
+            }
+        }
+        sv.ctx.span = new_span(parent).to_be_bytes();
+        sv.conn_id = conn.conn_id;
+        sv.open = 1;
+        sv.ambiguous = 0;
+        match PROP_SERVING.get_ptr_mut(&tid) {
+            Some(old) if (*old).open > 0 => {
+                (*old).open += 1;
+                (*old).ambiguous = 1;
+            }
+            _ => {
+                let _ = PROP_SERVING.insert(&tid, &*sv, 0);
+            }
+        }
+        report(
+            tgid,
+            tid,
+            fd,
+            conn.conn_id,
+            0,
+            direction::INGRESS,
+            flags,
+            offset,
+            &sv.ctx,
+            parent,
+        );
+    }
+}
+
+/// The connection of a `sock_ops` callback, named as the syscall side names it.
+#[inline(always)]
+fn flow_of_sock(ctx: &SockOpsContext) -> Option<FlowKey> {
+    let mut key = FlowKey {
+        local: [0; 16],
+        peer: [0; 16],
+        local_port: ctx.local_port() as u16,
+        peer_port: 0,
+        _pad: 0,
+    };
+    let rp = ctx.remote_port();
+    // Network byte order; the upper half on kernels that shift it there.
+    let raw = if rp > 0xffff {
+        (rp >> 16) as u16
+    } else {
+        rp as u16
+    };
+    key.peer_port = u16::from_be(raw);
+    match ctx.family() {
+        2 => {
+            key.local[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+            key.peer[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+        }
+        10 => {
+            let (l, r) = (ctx.local_ip6(), ctx.remote_ip6());
+            // A v4-mapped address is named as IPv4 (as `conn::normalize` does).
+            let mapped = |a: &[u32; 4]| a[0] == 0 && a[1] == 0 && u32::from_be(a[2]) == 0xffff;
+            if mapped(&l) && mapped(&r) {
+                key.local[..4].copy_from_slice(&l[3].to_ne_bytes());
+                key.peer[..4].copy_from_slice(&r[3].to_ne_bytes());
+            } else {
+                for i in 0..4 {
+                    key.local[i * 4..i * 4 + 4].copy_from_slice(&l[i].to_ne_bytes());
+                    key.peer[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(key)
+}
+
+/// The sequence number of the segment in `skb_data` (header-option callbacks only).
+#[inline(always)]
+fn segment_seq(ctx: &SockOpsContext) -> Option<u32> {
+    // SAFETY: ctx fields the kernel fills for header-option callbacks; packet access is
+    // bounds-checked against skb_data_end.
+    unsafe {
+        let data = (*ctx.ops).__bindgen_anon_3.skb_data as usize;
+        let end = (*ctx.ops).__bindgen_anon_4.skb_data_end as usize;
+        if data + 8 > end {
+            return None;
+        }
+        Some(u32::from_be(*((data + 4) as *const u32)))
+    }
+}
+
+/// The `sock_ops` program (cgroup v2): stream baselines at establishment, then the option on
+/// the segment starting with a pending CLIENT request, and received options stored by offset.
+#[inline(always)]
+pub fn sock_ops(ctx: &SockOpsContext) {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        let Some(flow) = flow_of_sock(ctx) else {
+            return;
+        };
+        // SAFETY: plain ctx reads.
+        let base = unsafe {
+            Baseline {
+                snd: (*ctx.ops).snd_nxt,
+                rcv: (*ctx.ops).rcv_nxt,
+            }
+        };
+        let _ = PROP_BASELINES.insert(&flow, &base, 0);
+        let flags = ctx.cb_flags()
+            | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG
+            | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG;
+        let _ = ctx.set_cb_flags(flags as i32);
+        return;
+    }
+    if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
+        let Some(flow) = flow_of_sock(ctx) else {
+            return;
+        };
+        // SAFETY: value only tested.
+        if unsafe { PROP_PENDING.get(&flow) }.is_none() {
+            return;
+        }
+        // SAFETY: helper on this program's context.
+        let err = unsafe { bpf_reserve_hdr_opt(ctx.ops, OPTION_LEN as u32, 0) };
+        if err != 0 && ctx.arg(0) & WRITE_HDR_TCP_CURRENT_MSS == 0 {
+            bump(counter::NO_SPACE);
+        }
+        return;
+    }
+    if op == BPF_SOCK_OPS_WRITE_HDR_OPT_CB {
+        let Some(flow) = flow_of_sock(ctx) else {
+            return;
+        };
+        // SAFETY: values copied out.
+        let Some(p) = (unsafe { PROP_PENDING.get(&flow) }).copied() else {
+            return;
+        };
+        let Some(base) = (unsafe { PROP_BASELINES.get(&flow) }).copied() else {
+            return;
+        };
+        let Some(seq) = segment_seq(ctx) else {
+            return;
+        };
+        let offset = seq.wrapping_sub(base.snd);
+        let want = p.offset as u32;
+        if offset == want {
+            let mut opt = [0u8; OPTION_LEN as usize];
+            opt[0] = OPTION_KIND;
+            opt[1] = OPTION_LEN;
+            opt[2..4].copy_from_slice(&EXID_SAMPLED.to_be_bytes());
+            opt[4..20].copy_from_slice(&p.ctx.trace);
+            opt[20..28].copy_from_slice(&p.ctx.span);
+            // SAFETY: helper on this program's context with a stack buffer of its length.
+            let err = unsafe {
+                bpf_store_hdr_opt(ctx.ops, opt.as_ptr() as *const _, OPTION_LEN as u32, 0)
+            };
+            if err == 0 {
+                bump(counter::OPTIONS_WRITTEN);
+            } else {
+                bump(counter::NO_SPACE);
+            }
+            let _ = PROP_PENDING.remove(&flow);
+        } else if (offset.wrapping_sub(want) as i32) > 0 {
+            // A segment past the request's first byte: that byte went out without the option.
+            bump(counter::SEGMENT_MISSED);
+            let _ = PROP_PENDING.remove(&flow);
+        }
+        return;
+    }
+    if op == BPF_SOCK_OPS_PARSE_HDR_OPT_CB {
+        let mut opt = [0u8; OPTION_LEN as usize];
+        opt[0] = OPTION_KIND;
+        // Search by kind and 2-byte ExID (the kind-length covers kind, length and ExID).
+        opt[1] = 4;
+        opt[2..4].copy_from_slice(&EXID_SAMPLED.to_be_bytes());
+        // SAFETY: helper on this program's context with a stack buffer of its length.
+        let n =
+            unsafe { bpf_load_hdr_opt(ctx.ops, opt.as_mut_ptr() as *mut _, OPTION_LEN as u32, 0) };
+        if n < 0 {
+            // Not ours (ENOMSG) or longer than ours (ENOSPC): ignored.
+            if n != -42 {
+                bump(counter::MALFORMED);
+            }
+            return;
+        }
+        let mut trace = [0u8; 16];
+        trace.copy_from_slice(&opt[4..20]);
+        let mut span = [0u8; 8];
+        span.copy_from_slice(&opt[20..28]);
+        if n != OPTION_LEN as i64 || opt[1] != OPTION_LEN || trace == [0; 16] || span == [0; 8] {
+            bump(counter::MALFORMED);
+            return;
+        }
+        let Some(flow) = flow_of_sock(ctx) else {
+            return;
+        };
+        // SAFETY: value copied out.
+        let Some(base) = (unsafe { PROP_BASELINES.get(&flow) }).copied() else {
+            return;
+        };
+        let Some(seq) = segment_seq(ctx) else {
+            return;
+        };
+        let key = ReceivedKey {
+            flow,
+            offset: seq.wrapping_sub(base.rcv) as u64,
+        };
+        let _ = PROP_RECEIVED.insert(&key, &Context { trace, span }, 0);
+        bump(counter::OPTIONS_RECEIVED);
+    }
+}
