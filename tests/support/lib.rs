@@ -10,6 +10,7 @@ pub mod go_peer;
 pub mod h2peers;
 pub mod http_load;
 pub mod metrics_client;
+pub mod netns;
 pub mod nginx;
 pub mod peers;
 pub mod process;

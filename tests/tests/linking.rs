@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::time::Duration;
 
+use tracer_tests::netns::LoopbackNamespace;
 use tracer_tests::nginx::parent_pid;
 use tracer_tests::peers::{PEER_START_TIMEOUT, peer_script, python};
 use tracer_tests::query::{client_spans, describe, server_spans, the_only};
@@ -1179,58 +1180,6 @@ fn a_client_that_exits_right_after_its_request_still_pairs() {
     );
 }
 
-/// A network namespace with only its loopback up (its own 127.0.0.1 and port space), deleted
-/// on drop.
-struct LoopbackNamespace {
-    name: String,
-}
-
-impl LoopbackNamespace {
-    fn create(tag: &str) -> LoopbackNamespace {
-        let name = format!("tracer-link-{tag}-{}", std::process::id());
-        let run = |args: &[&str]| {
-            let status = Command::new("ip")
-                .args(args)
-                .status()
-                .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-            assert!(status.success(), "ip {args:?}: {status}");
-        };
-        // A namespace left by a killed earlier run of this test.
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        run(&["netns", "add", &name]);
-        let namespace = LoopbackNamespace { name };
-        run(&[
-            "netns",
-            "exec",
-            &namespace.name,
-            "ip",
-            "link",
-            "set",
-            "lo",
-            "up",
-        ]);
-        namespace
-    }
-
-    /// `program` run inside the namespace (`ip netns exec` execs it: same pid).
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
-    }
-}
-
-impl Drop for LoopbackNamespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
 /// Two network namespaces each hold a server on 127.0.0.1 with the same port and a curl from
 /// the same local port: the two connections have the very same loopback 4-tuple. Each SERVER
 /// span is its own namespace's curl's child, never the other's (a wrong link is worse than a
@@ -1240,8 +1189,8 @@ fn identical_loopback_tuples_in_two_namespaces_never_pair_across() {
     let port = free_port();
     let client_port = free_port();
     let namespaces = [
-        LoopbackNamespace::create("a"),
-        LoopbackNamespace::create("b"),
+        LoopbackNamespace::create("link-a"),
+        LoopbackNamespace::create("link-b"),
     ];
     let mut servers = Vec::new();
     for (namespace, tag) in namespaces.iter().zip(["a", "b"]) {

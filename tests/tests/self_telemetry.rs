@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracer_tests::agent::READY_LINE;
 use tracer_tests::metrics_client::scrape;
+use tracer_tests::netns::LoopbackNamespace;
 use tracer_tests::peers::{peer_script, python};
 use tracer_tests::process::LineWait;
 use tracer_tests::query::describe;
@@ -934,48 +935,6 @@ fn local_port_towards(remote_port: u16) -> Option<u16> {
     })
 }
 
-/// A network namespace with only its loopback up (its own 127.0.0.1 and port space), deleted on
-/// drop.
-struct LoopbackNamespace {
-    name: String,
-}
-
-impl LoopbackNamespace {
-    fn create() -> LoopbackNamespace {
-        let name = format!("tracer-loops-lo-{}", std::process::id());
-        run_ok("ip", &["netns", "add", &name]);
-        let namespace = LoopbackNamespace { name };
-        run_ok(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &namespace.name,
-                "ip",
-                "link",
-                "set",
-                "lo",
-                "up",
-            ],
-        );
-        namespace
-    }
-
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
-    }
-}
-
-impl Drop for LoopbackNamespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
 /// The kernel exclusion of the agent's own connections is not fooled by an application
 /// connection whose peer endpoint happens to equal the agent's local endpoint: here a pod-like
 /// network namespace's client on its own 127.0.0.1 with the very port the host agent exports
@@ -1017,7 +976,7 @@ fn application_connection_reusing_the_agents_local_endpoint_is_traced() {
         )
     });
 
-    let namespace = LoopbackNamespace::create();
+    let namespace = LoopbackNamespace::create("loops-lo");
     let mut server_command = namespace.command(python());
     server_command
         .arg("-u")
