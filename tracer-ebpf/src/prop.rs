@@ -516,8 +516,15 @@ fn flow_of_sock(ctx: &SockOpsContext) -> Option<FlowKey> {
         rp as u16
     };
     key.peer_port = u16::from_be(raw);
+    // Loopback connections never cross hosts (same-host pairing links them), and their
+    // 4-tuples repeat across network namespaces (two pods' sidecars on 127.0.0.1): a context
+    // stored under one could be adopted in another namespace. None: no option, no baseline.
+    let loopback_v4 = |addr_be: u32| u32::from_be(addr_be) >> 24 == 127;
     match ctx.family() {
         2 => {
+            if loopback_v4(ctx.remote_ip4()) {
+                return None;
+            }
             key.local[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
             key.peer[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
         }
@@ -525,6 +532,10 @@ fn flow_of_sock(ctx: &SockOpsContext) -> Option<FlowKey> {
             let (l, r) = (ctx.local_ip6(), ctx.remote_ip6());
             // A v4-mapped address is named as IPv4 (as `conn::normalize` does).
             let mapped = |a: &[u32; 4]| a[0] == 0 && a[1] == 0 && u32::from_be(a[2]) == 0xffff;
+            let loopback_v6 = r[0] == 0 && r[1] == 0 && r[2] == 0 && u32::from_be(r[3]) == 1;
+            if loopback_v6 || (mapped(&r) && loopback_v4(r[3])) {
+                return None;
+            }
             if mapped(&l) && mapped(&r) {
                 key.local[..4].copy_from_slice(&l[3].to_ne_bytes());
                 key.peer[..4].copy_from_slice(&r[3].to_ne_bytes());
