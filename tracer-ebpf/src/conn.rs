@@ -161,7 +161,7 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
     if ts_ns != 0 {
         hdr.ts_ns = ts_ns;
     }
-    let ev = ConnOpenEvent {
+    let mut ev = ConnOpenEvent {
         header: hdr,
         role: state.role,
         _pad: 0,
@@ -170,11 +170,21 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, ts_ns: u64, state: &ConnState, ep:
         peer_port: ep.peer_port,
         local_addr: ep.local_addr,
         peer_addr: ep.peer_addr,
-        // Always process context (accept, connect, a data syscall): the opening thread.
-        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
-        netns: netns_of(state.sk),
+        comm: [0; 16],
+        // 0 (userspace reads /proc): this is the data programs' path (a connection first seen
+        // by its bytes, or the second announcement of one whose open record, with its
+        // namespace, came from accept or connect). The namespace read is a call, and its frame
+        // on top of theirs passed 6.1's 512-byte combined stack (sys_enter_write: 496 + 32).
+        netns: 0,
         _pad2: 0,
     };
+    // Always process context (accept, connect, a data syscall): the opening thread. Written in
+    // place: a copy through a temporary took the data programs' frames past 6.1's combined
+    // stack limit (512 bytes with the call to `memset` the compiler emits).
+    // SAFETY: the helper writes at most 16 bytes into the 16-byte field.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(ev.comm.as_mut_ptr() as *mut _, 16);
+    }
     const _: () = assert!(CONN_OPEN_LEN == core::mem::size_of::<ConnOpenEvent>());
     submit_open(&ev);
 }

@@ -369,7 +369,7 @@ fn flush(ctx: &TracePointContext, id: u64, sys: u8, fd: i64, t: &ThreadTls) -> F
     // SAFETY: `held` points at this thread's held record; `n` is bounded by its data array.
     unsafe {
         let n = (*held).meta.captured_len as usize;
-        if n > TLS_HELD_CAPTURE {
+        if n >= TLS_HELD_CAPTURE {
             return Flush::Refused;
         }
         let hdr = header(kind::DATA, tgid, ctx.pid(), fd as i32, conn.conn_id);
@@ -382,7 +382,12 @@ fn flush(ctx: &TracePointContext, id: u64, sys: u8, fd: i64, t: &ThreadTls) -> F
         } else {
             DATA_FLAG_TLS
         };
-        let size = DATA_HEADER_LEN + n;
+        // The length loaded again and masked where it is used: the mask keeps it (below
+        // TLS_HELD_CAPTURE, checked above and at capture) and gives the verifier its bound there
+        // (6.1 loses the check above across a register spill).
+        const _: () = assert!(TLS_HELD_CAPTURE.is_power_of_two());
+        let fresh = core::ptr::read_volatile(&(*held).meta.captured_len) as usize;
+        let size = DATA_HEADER_LEN + (fresh & (TLS_HELD_CAPTURE - 1));
         let record = core::slice::from_raw_parts(held as *const u8, size);
         let len = (*held).meta.true_len as u64;
         match EVENTS.output::<[u8]>(record, events_output_flags(false, size as u64)) {
@@ -484,10 +489,12 @@ fn memory_bio(ctx: &RetProbeContext, id: u64, call: &SslCall) -> Option<(i32, Co
     };
     let budget = config().map(|c| c.capture_bytes).unwrap_or(0) as u64;
     let mut n = if len < budget { len } else { budget };
-    if n > TLS_HELD_CAPTURE as u64 {
-        n = TLS_HELD_CAPTURE as u64;
+    // Below the held array's size, so that masking with `TLS_HELD_CAPTURE - 1` at output keeps
+    // the value and gives older verifiers (6.1) the bound they lose across a stack spill.
+    if n >= TLS_HELD_CAPTURE as u64 {
+        n = TLS_HELD_CAPTURE as u64 - 1;
     }
-    // SAFETY: `ev` points at this CPU's scratch record; `n` is at most TLS_HELD_CAPTURE, less
+    // SAFETY: `ev` points at this CPU's scratch record; `n` is less than TLS_HELD_CAPTURE, less
     // than its data array; the held record is the scratch record's first bytes.
     unsafe {
         if n > 0 {
