@@ -53,5 +53,16 @@ fuzz_target!(|data: &[u8]| {
             ));
         }
         KernelEvent::ConnClose { .. } => {}
+        KernelEvent::Identity {
+            direction,
+            flags,
+            offset,
+            trace_id,
+            span_id,
+            parent_span_id,
+            ..
+        } => {
+            std::hint::black_box((direction, flags, offset, trace_id, span_id, parent_span_id));
+        }
     }
 });
