@@ -192,6 +192,8 @@ pub struct KernelCounters {
     pub tls_search_scans: u64,
     /// Start-up searches for OpenSSL copies stopped at their time budget.
     pub tls_search_cut_short: u64,
+    /// Processes a rescan did not read again (unchanged, nothing to attach).
+    pub tls_search_processes_unchanged: u64,
     /// Gauge per `capture::tls::UNSUPPORTED` library: processes mapping it (not traced).
     pub tls_unsupported_processes: [u64; crate::capture::tls::UNSUPPORTED.len()],
 }
@@ -918,6 +920,7 @@ impl Probes {
             out.tls_attach_failed = stats.attach_failed;
             out.tls_search_scans = stats.scans;
             out.tls_search_cut_short = stats.scans_cut_short;
+            out.tls_search_processes_unchanged = stats.processes_unchanged;
             out.tls_unsupported_processes = stats.unsupported_processes;
         }
         out

@@ -1113,6 +1113,13 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
              thread at once, so their TLS is covered a little later.",
             vec![Sample::plain(k.tls_search_cut_short)],
         ),
+        Family::counter(
+            "tracer_kernel_tls_search_processes_unchanged_total",
+            "Processes a rescan for OpenSSL copies did not read again: the same start time and \
+             virtual size as when their maps were read, with nothing to attach then (every \
+             process is read again every 30 seconds).",
+            vec![Sample::plain(k.tls_search_processes_unchanged)],
+        ),
         Family::gauge(
             "tracer_tls_unsupported_processes",
             "Processes that map a TLS library whose traffic is not traced (its ciphertext is \
@@ -1700,6 +1707,7 @@ mod tests {
                 tls_attach_failed: 143,
                 tls_search_scans: 144,
                 tls_search_cut_short: 149,
+                tls_search_processes_unchanged: 1155,
                 tls_unsupported_processes: [145, 146, 147, 148],
             },
             events_read: 201,
