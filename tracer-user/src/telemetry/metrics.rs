@@ -160,6 +160,14 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
             ],
         ),
         Family::counter(
+            "tracer_kernel_thread_rule_revoked_total",
+            "Processes the kernel saw not serving one request per thread (a thread leaving a \
+             request unanswered for another server-side connection, a request answered on \
+             another thread, a pipelined request): their CLIENT requests get no parent from the \
+             kernel any more.",
+            vec![Sample::plain(k.processes_revoked)],
+        ),
+        Family::counter(
             "tracer_kernel_identities_total",
             "Identity records of the kernel, by outcome of matching them to a request by stream \
              offset (received, matched, unmatched).",
@@ -167,6 +175,7 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
                 Sample::labelled(&[("outcome", "received")], p.matching.received),
                 Sample::labelled(&[("outcome", "matched")], p.matching.matched),
                 Sample::labelled(&[("outcome", "unmatched")], p.matching.unmatched),
+                Sample::labelled(&[("outcome", "evicted")], p.matching.evicted),
             ],
         ),
         Family::counter(
@@ -1860,11 +1869,13 @@ mod tests {
                     client_contexts: 1008,
                     client_unlinked: 1009,
                     client_undecided: 1015,
+                    processes_revoked: 1016,
                 },
                 matching: crate::correlate::kernel_ids::KernelIdStats {
                     received: 1010,
                     matched: 1011,
                     unmatched: 1012,
+                    evicted: 1017,
                 },
                 kernel_identities: 1013,
                 kernel_disagreements: 1014,
@@ -1896,6 +1907,7 @@ mod tests {
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
+        want.extend((1016..=1017).map(|v| v as f64)); // thread rule revoked, identities evicted
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2150,11 +2162,13 @@ mod tests {
             client_contexts => "tracer_kernel_client_contexts_total",
             client_unlinked => "tracer_kernel_client_contexts_total",
             client_undecided => "tracer_kernel_client_contexts_total",
+            processes_revoked => "tracer_kernel_thread_rule_revoked_total",
         }));
         fields.extend(exported!(crate::correlate::kernel_ids::KernelIdStats {
             received => "tracer_kernel_identities_total",
             matched => "tracer_kernel_identities_total",
             unmatched => "tracer_kernel_identities_total",
+            evicted => "tracer_kernel_identities_total",
         }));
         fields.extend(exported!(crate::correlate::runtime::RuntimeStats {
             inspected => "tracer_runtime_executables_inspected_total",
