@@ -354,6 +354,10 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     }
     let ret = sys_ret(ctx);
     if ret <= 0 {
+        if direction_of(SYS) == direction::EGRESS && SYS != syscall::SENDFILE {
+            // A request whose first bytes were not sent: its context must not wait for them.
+            crate::prop::on_failed_send(ctx.tgid(), args.fd as i32, args.conn_id);
+        }
         return;
     }
     let tgid = ctx.tgid();

@@ -96,19 +96,27 @@ pub struct Pending {
     pub offset: u64,
 }
 
-/// The stream baselines of a connection (initial sequence + 1 of each direction).
+/// The stream baselines of a connection (initial sequence + 1 of each direction), and the
+/// span id of the last context received on it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Baseline {
     pub snd: u32,
     pub rcv: u32,
+    /// The span id of the last option received (0: none): TSO/GSO copies the option of a
+    /// request's first segment onto every segment cut from it, and only the first one starts
+    /// the request.
+    pub last_span: [u8; 8],
 }
 
+/// A received context's connection and the absolute sequence number of the segment that
+/// carried it (not its offset: a later connection with the same 4-tuple starts from another
+/// initial sequence, so what an earlier one left behind is never found).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ReceivedKey {
     pub flow: FlowKey,
-    pub offset: u64,
+    pub seq: u64,
 }
 
 /// What a thread does on server-side connections: the SERVER request it serves, and the
@@ -410,6 +418,42 @@ fn report(
     crate::maps::count(tracer_common::counter::EVENTS_SUBMITTED, 1);
 }
 
+/// sys_exit of a write-family syscall that sent nothing (an error, EAGAIN): a context waiting
+/// for the segment of the request's first byte at the current position is dropped (a retry
+/// decides again; a later connection on the same 4-tuple must not carry it).
+#[inline(always)]
+pub fn on_failed_send(tgid: u32, fd: i32, conn_id: u64) {
+    if !enabled() || conn_id == 0 {
+        return;
+    }
+    // SAFETY: values copied out.
+    let Some(st) = (unsafe { PROP_STREAMS.get(&conn_key(tgid, fd as u32)) }).copied() else {
+        return;
+    };
+    if st.conn_id != conn_id || st.flow_known == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    if unsafe { PROP_PENDING.get(&st.flow) }.is_some_and(|p| p.offset == st.tx) {
+        let _ = PROP_PENDING.remove(&st.flow);
+    }
+}
+
+/// Whether a peer address (IPv4 in the first 4 bytes, v4-mapped already named as IPv4) is
+/// loopback: such connections get no option (see `flow_of_sock`).
+#[inline(always)]
+fn loopback_peer(peer: *const [u8; 16]) -> bool {
+    // SAFETY: `peer` points into a map value; unaligned reads of plain bytes.
+    unsafe {
+        let first = (*peer)[0];
+        let hi = core::ptr::read_unaligned(peer as *const u64);
+        let lo = core::ptr::read_unaligned((peer as *const u8).add(8) as *const u64);
+        let v4_tail_zero = lo == 0 && (hi >> 32) == 0;
+        (first == 127 && v4_tail_zero)
+            || (hi == 0 && lo == u64::from_ne_bytes([0, 0, 0, 0, 0, 0, 0, 1]))
+    }
+}
+
 /// sys_enter of a write-family syscall on a tracked CLIENT connection: when its bytes start an
 /// HTTP/1 request, the request gets its identity here: a child of the SERVER request its thread
 /// serves when that is exactly one (in a process whose threads serve one request at a time),
@@ -473,7 +517,10 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
         }
         p.ctx.span = new_span(parent).to_be_bytes();
         p.offset = (*st).tx;
-        let _ = PROP_PENDING.insert(&(*st).flow, &*p, 0);
+        // Loopback connections carry no option (`flow_of_sock`): nothing to wait for.
+        if !loopback_peer(&(*st).flow.peer) {
+            let _ = PROP_PENDING.insert(&(*st).flow, &*p, 0);
+        }
         // Dated before the data record, whose causal time is the syscall's start.
         report(
             tgid,
@@ -543,8 +590,13 @@ pub fn on_transfer(
         };
         let key = &mut (*scratch).key;
         key.flow = (*st).flow;
-        // Received offsets are 32-bit (sequence space).
-        key.offset = offset as u32 as u64;
+        // Received contexts are keyed by the absolute sequence number of their segment.
+        let rcv_base = if (*st).flow_known != 0 {
+            PROP_BASELINES.get(&(*st).flow).map(|b| b.rcv)
+        } else {
+            None
+        };
+        key.seq = rcv_base.map_or(0, |b| b.wrapping_add(offset as u32)) as u64;
         let sv = &mut (*scratch).serving;
         let mut flags = 0;
         let mut parent = 0;
@@ -554,7 +606,7 @@ pub fn on_transfer(
             revoke(tgid);
         }
         (*st).open_tid = tid;
-        match if (*st).flow_known != 0 {
+        match if rcv_base.is_some() {
             PROP_RECEIVED.get(&*key)
         } else {
             None
@@ -710,9 +762,13 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             Baseline {
                 snd: (*ctx.ops).snd_nxt,
                 rcv: (*ctx.ops).rcv_nxt,
+                last_span: [0; 8],
             }
         };
         let _ = PROP_BASELINES.insert(&flow, &base, 0);
+        // A context an earlier connection of this 4-tuple left waiting (its request never went
+        // out) is not this connection's.
+        let _ = PROP_PENDING.remove(&flow);
         let flags = ctx.cb_flags()
             | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG
             | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG;
@@ -801,16 +857,24 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         let Some(flow) = flow_of_sock(ctx) else {
             return;
         };
-        // SAFETY: value copied out.
-        let Some(base) = (unsafe { PROP_BASELINES.get(&flow) }).copied() else {
+        let Some(base) = PROP_BASELINES.get_ptr_mut(&flow) else {
             return;
         };
         let Some(seq) = segment_seq(ctx) else {
             return;
         };
+        // SAFETY: this connection's entry.
+        unsafe {
+            if (*base).last_span == span {
+                // A copy of the option on a later segment of the same request (TSO/GSO), or a
+                // retransmission: the first one is stored already.
+                return;
+            }
+            (*base).last_span = span;
+        }
         let key = ReceivedKey {
             flow,
-            offset: seq.wrapping_sub(base.rcv) as u64,
+            seq: seq as u64,
         };
         let _ = PROP_RECEIVED.insert(&key, &Context { trace, span }, 0);
         bump(counter::OPTIONS_RECEIVED);

@@ -111,6 +111,8 @@ pub struct PropagationSnapshot {
     pub kernel_identities: u64,
     /// Requests where the kernel's decision and userspace's disagreed.
     pub kernel_disagreements: u64,
+    /// Kernel trace id remaps dropped from the full remap table.
+    pub trace_remaps_evicted: u64,
 }
 
 /// The propagation families (see [`PropagationSnapshot`]).
@@ -189,6 +191,13 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
              the kernel did not see wins for a SERVER span; otherwise the kernel's, already \
              sent).",
             vec![Sample::plain(p.kernel_disagreements)],
+        ),
+        Family::counter(
+            "tracer_kernel_trace_remaps_evicted_total",
+            "Kernel trace ids remapped to userspace's (a disagreement) dropped, oldest first, \
+             from the full remap table: a later child of that trace on this host keeps the \
+             kernel's trace id.",
+            vec![Sample::plain(p.trace_remaps_evicted)],
         ),
     ]
 }
@@ -1879,6 +1888,7 @@ mod tests {
                 },
                 kernel_identities: 1013,
                 kernel_disagreements: 1014,
+                trace_remaps_evicted: 1018,
             },
         }
     }
@@ -1907,7 +1917,7 @@ mod tests {
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
-        want.extend((1016..=1017).map(|v| v as f64)); // thread rule revoked, identities evicted
+        want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2150,6 +2160,7 @@ mod tests {
             pair_late_clients_skipped => "tracer_pair_late_clients_skipped_total",
             kernel_identities => "tracer_kernel_identities_used_total",
             kernel_disagreements => "tracer_kernel_identity_disagreements_total",
+            trace_remaps_evicted => "tracer_kernel_trace_remaps_evicted_total",
         }));
         fields.extend(exported!(crate::capture::propagation::PropagationCounters {
             active => "tracer_context_propagation_active",
