@@ -9,16 +9,22 @@
         connection on Q, reads its request (GET /tls?id=ID2), calls the backend with id=ID2,
         answers the TLS request, then the held one. The backend call belongs to the TLS
         request, while the cleartext request read before it is still unanswered on the thread.
+      - GET /exec on P: answers, then exec()s itself with the same arguments (same pid, a new
+        program image), which listens again.
       Prints `listening` once both sockets listen.
 
   interleave_hub.py drive --port P --tls-port Q --warm-up N
       N sequential GET /fanout?id=100.. (the thread serving one request at a time), then
       GET /hold?id=1 and, while it is held, GET /tls?id=2 over TLS. Exits 1 if a status is
       not 200.
+
+  interleave_hub.py get --port P --path PATH
+      One GET PATH on P; exits 1 unless the status is 200.
 """
 
 import argparse
 import http.client
+import os
 import socket
 import ssl
 import sys
@@ -104,6 +110,14 @@ def serve(args):
                 finally:
                     tls.close()
                 answer(conn, 200, "held id=%s" % ident)
+            elif path == "/exec":
+                answer(conn, 200, "exec")
+                conn.close()
+                plain.close()
+                raw_tls.close()
+                sys.stdout.flush()
+                argv = [sys.executable, "-u", os.path.abspath(__file__)] + sys.argv[1:]
+                os.execv(sys.executable, argv)
             else:
                 answer(conn, 404, "not found")
         except OSError as err:
@@ -157,6 +171,17 @@ def drive(args):
     print("done", flush=True)
 
 
+def get(args):
+    conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=TIMEOUT_S)
+    conn.request("GET", args.path)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    if response.status != 200:
+        print("status %d" % response.status, flush=True)
+        sys.exit(1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -170,9 +195,14 @@ def main():
     d.add_argument("--port", type=int, required=True)
     d.add_argument("--tls-port", type=int, required=True)
     d.add_argument("--warm-up", type=int, default=0)
+    g = sub.add_parser("get")
+    g.add_argument("--port", type=int, required=True)
+    g.add_argument("--path", required=True)
     args = parser.parse_args()
     if args.mode == "serve":
         serve(args)
+    elif args.mode == "get":
+        get(args)
     else:
         drive(args)
 

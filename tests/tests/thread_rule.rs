@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use tracer_tests::peers::{peer_script, python};
-use tracer_tests::process::LineWait;
 use tracer_tests::query::describe;
 use tracer_tests::{
     AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, PythonServer,
@@ -78,60 +77,157 @@ fn hub_server<'a>(spans: &'a [ObservedSpan], path: &str, id: u32) -> Option<&'a 
     })
 }
 
+/// The hub, its backend, and one agent with propagation on for both.
+struct Setup {
+    _dir: ScratchDir,
+    _leaf: PythonServer,
+    hub: ChildGuard,
+    receiver: OtlpReceiver,
+    agent: tracer_tests::Agent,
+    port: u16,
+    tls_port: u16,
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let dir = ScratchDir::new("thread-rule");
+        let (cert, key) = self_signed(dir.path());
+        let leaf = PythonServer::start(free_port(), "leaf");
+        let (port, tls_port) = (free_port(), free_port());
+        let mut command = Command::new(python());
+        command
+            .arg("-u")
+            .arg(peer_script("interleave_hub.py"))
+            .arg("serve")
+            .args(["--port", &port.to_string()])
+            .args(["--tls-port", &tls_port.to_string()])
+            .args(["--backend-port", &leaf.port().to_string()])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key);
+        let hub = ChildGuard::spawn("interleave_hub.py", command);
+        wait_listening(&hub, 1);
+        let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+        let mut agent = AgentConfig::new()
+            .pid(hub.pid())
+            .pid(leaf.pid())
+            .export_to(&receiver)
+            .arg("--context-propagation")
+            .arg("tcp-options")
+            .start();
+        agent.wait_metrics("propagation active", |m| {
+            metric(m, "tracer_context_propagation_active ") == 1
+        });
+        Setup {
+            _dir: dir,
+            _leaf: leaf,
+            hub,
+            receiver,
+            agent,
+            port,
+            tls_port,
+        }
+    }
+
+    /// One GET `path` through the hub.
+    fn get(&self, path: &str) {
+        let mut command = Command::new(python());
+        command
+            .arg(peer_script("interleave_hub.py"))
+            .arg("get")
+            .args(["--port", &self.port.to_string()])
+            .args(["--path", path]);
+        let (status, child) = run_with_timeout("interleave_hub.py get", command, DRIVE_TIMEOUT);
+        assert!(
+            status.success(),
+            "GET {path} failed\n{}\n{}",
+            child.output_report(),
+            self.hub.output_report()
+        );
+    }
+
+    fn client_contexts(&mut self, outcome: &str) -> u64 {
+        metric(
+            &self.agent.wait_settled(),
+            &format!("tracer_kernel_client_contexts_total{{outcome=\"{outcome}\"}} "),
+        )
+    }
+}
+
+/// Waits until the hub has printed `listening` `times` times (once per program image).
+fn wait_listening(hub: &ChildGuard, times: usize) {
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    while hub
+        .stdout()
+        .lines()
+        .iter()
+        .filter(|l| *l == "listening")
+        .count()
+        < times
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interleave_hub.py did not listen (image {times})\n{}",
+            hub.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process that exec()s is another program: what the kernel verified of the old one (its
+/// threads serving one request at a time) must not carry over. The hub is verified (its
+/// backend calls get their parent from the kernel), exec()s itself, and its next backend call
+/// is left to userspace until the new image has been verified in turn.
+#[test]
+fn exec_clears_what_the_kernel_verified_of_the_process() {
+    let mut setup = Setup::start();
+    for id in 100..100 + WARM_UP {
+        setup.get(&format!("/fanout?id={id}"));
+    }
+    let linked = setup.client_contexts("linked");
+    assert!(
+        linked >= 1,
+        "the kernel decided no CLIENT parent during the warm-up: the test proves nothing\n{}",
+        setup.agent.stderr_text()
+    );
+    setup.get("/exec");
+    wait_listening(&setup.hub, 2);
+    let undecided = setup.client_contexts("undecided");
+    setup.get("/fanout?id=200");
+    setup
+        .receiver
+        .wait_for(SPAN_TIMEOUT, |s| backend_call(s, 200).is_some())
+        .unwrap_or_else(|e| panic!("spans missing: {e:?}\n{}", setup.agent.stderr_text()));
+    assert_eq!(
+        setup.client_contexts("linked"),
+        linked,
+        "the kernel still decided the parent for the exec'd program (the old image's mark)"
+    );
+    assert!(
+        setup.client_contexts("undecided") > undecided,
+        "the exec'd program's backend call was not left to userspace"
+    );
+}
+
 #[test]
 fn a_thread_leaving_a_request_for_another_connection_gives_no_wrong_parent() {
-    let dir = ScratchDir::new("thread-rule");
-    let (cert, key) = self_signed(dir.path());
-    let leaf = PythonServer::start(free_port(), "leaf");
-    let (port, tls_port) = (free_port(), free_port());
-    let mut command = Command::new(python());
-    command
-        .arg("-u")
-        .arg(peer_script("interleave_hub.py"))
-        .arg("serve")
-        .args(["--port", &port.to_string()])
-        .args(["--tls-port", &tls_port.to_string()])
-        .args(["--backend-port", &leaf.port().to_string()])
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key);
-    let hub = ChildGuard::spawn("interleave_hub.py", command);
-    assert!(
-        matches!(
-            hub.stdout()
-                .wait_for_line(START_TIMEOUT, |l| l == "listening"),
-            LineWait::Found(_)
-        ),
-        "interleave_hub.py did not start\n{}",
-        hub.output_report()
-    );
-    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
-    let mut agent = AgentConfig::new()
-        .pid(hub.pid())
-        .pid(leaf.pid())
-        .export_to(&receiver)
-        .arg("--context-propagation")
-        .arg("tcp-options")
-        .start();
-    agent.wait_metrics("propagation active", |m| {
-        metric(m, "tracer_context_propagation_active ") == 1
-    });
-
+    let mut setup = Setup::start();
     let mut drive = Command::new(python());
     drive
         .arg(peer_script("interleave_hub.py"))
         .arg("drive")
-        .args(["--port", &port.to_string()])
-        .args(["--tls-port", &tls_port.to_string()])
+        .args(["--port", &setup.port.to_string()])
+        .args(["--tls-port", &setup.tls_port.to_string()])
         .args(["--warm-up", &WARM_UP.to_string()]);
     let (status, driver) = run_with_timeout("interleave_hub.py drive", drive, DRIVE_TIMEOUT);
     assert!(
         status.success(),
         "the driver failed\n{}\n{}",
         driver.output_report(),
-        hub.output_report()
+        setup.hub.output_report()
     );
+    let (receiver, agent) = (&setup.receiver, &mut setup.agent);
 
     let last_warm_up = 100 + WARM_UP - 1;
     let spans = receiver
