@@ -107,6 +107,9 @@ pub struct Baseline {
     /// request's first segment onto every segment cut from it, and only the first one starts
     /// the request.
     pub last_span: [u8; 8],
+    /// The absolute sequence number that context was stored under.
+    pub last_seq: u32,
+    pub _pad: u32,
 }
 
 /// A received context's connection and the absolute sequence number of the segment that
@@ -763,6 +766,8 @@ pub fn sock_ops(ctx: &SockOpsContext) {
                 snd: (*ctx.ops).snd_nxt,
                 rcv: (*ctx.ops).rcv_nxt,
                 last_span: [0; 8],
+                last_seq: 0,
+                _pad: 0,
             }
         };
         let _ = PROP_BASELINES.insert(&flow, &base, 0);
@@ -863,6 +868,7 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         let Some(seq) = segment_seq(ctx) else {
             return;
         };
+        let mut key = ReceivedKey { flow, seq: 0 };
         // SAFETY: this connection's entry.
         unsafe {
             if (*base).last_span == span {
@@ -870,12 +876,17 @@ pub fn sock_ops(ctx: &SockOpsContext) {
                 // retransmission: the first one is stored already.
                 return;
             }
+            if (*base).last_span != [0; 8] {
+                // The previous request's context, if still unclaimed, is stale now (its request
+                // came before this one): it must not wait for a request whose offset the
+                // syscall side may miscount after a hole in what it saw of the stream.
+                key.seq = (*base).last_seq as u64;
+                let _ = PROP_RECEIVED.remove(&key);
+            }
             (*base).last_span = span;
+            (*base).last_seq = seq;
         }
-        let key = ReceivedKey {
-            flow,
-            seq: seq as u64,
-        };
+        key.seq = seq as u64;
         let _ = PROP_RECEIVED.insert(&key, &Context { trace, span }, 0);
         bump(counter::OPTIONS_RECEIVED);
     }
