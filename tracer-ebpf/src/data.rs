@@ -82,6 +82,8 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         // Inside an OpenSSL call this is its socket; a TLS connection's ciphertext is not sent.
         crate::tls::note_syscall_fd(ctx.pid_tgid_raw(), fd as i32);
         if s.tls != 0 {
+            // Not captured, but a thread serving it serves no other request meanwhile.
+            crate::prop::touch(tgid, ctx.pid(), fd as i32, &s, direction_of(sys));
             return;
         }
     }
@@ -352,6 +354,10 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     }
     let ret = sys_ret(ctx);
     if ret <= 0 {
+        if direction_of(SYS) == direction::EGRESS && SYS != syscall::SENDFILE {
+            // A request whose first bytes were not sent: its context must not wait for them.
+            crate::prop::on_failed_send(ctx.tgid(), args.fd as i32, args.conn_id);
+        }
         return;
     }
     let tgid = ctx.tgid();

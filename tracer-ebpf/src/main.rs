@@ -164,6 +164,7 @@ mod programs {
     #[tracepoint]
     pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         conn::on_exec(&ctx);
+        crate::prop::on_exec(&ctx);
         0
     }
     #[tracepoint]

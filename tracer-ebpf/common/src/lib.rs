@@ -958,6 +958,16 @@ pub mod propagation {
     pub const MAX_FLOWS: u32 = 65536;
     /// Entries of `DEDICATED_THREADS_MAP`.
     pub const MAX_DEDICATED: u32 = 4096;
+    /// `DEDICATED_THREADS_MAP` values. Userspace inserts `DEDICATED_CANDIDATE` (only where no
+    /// entry exists) for a process whose runtime is not known to multiplex; the kernel counts
+    /// its requests answered by the thread that read them, with no thread touching another
+    /// server-side connection meanwhile, up to `DEDICATED_VERIFIED`, from which on (only) its
+    /// threads give CLIENT requests a parent. The first violation seen (a thread leaving a
+    /// request unanswered for another server-side connection, a request answered on another
+    /// thread, a pipelined request) sets `DEDICATED_REVOKED` for the process's lifetime.
+    pub const DEDICATED_CANDIDATE: u8 = 1;
+    pub const DEDICATED_VERIFIED: u8 = 5;
+    pub const DEDICATED_REVOKED: u8 = 0xff;
 
     /// Indices of `COUNTERS_MAP`.
     pub mod counter {
@@ -982,7 +992,10 @@ pub mod propagation {
         /// the process is not known to serve one per thread (not yet classified, or a
         /// multiplexing runtime such as Go or Node): no identity, no option.
         pub const CLIENT_UNDECIDED: u32 = 8;
-        pub const COUNT: u32 = 9;
+        /// Processes whose threads were seen not to serve one request at a time (see
+        /// `DEDICATED_REVOKED`): the kernel decides no CLIENT parent for them any more.
+        pub const PROCESSES_REVOKED: u32 = 9;
+        pub const COUNT: u32 = 10;
     }
 }
 

@@ -111,6 +111,8 @@ pub struct PropagationSnapshot {
     pub kernel_identities: u64,
     /// Requests where the kernel's decision and userspace's disagreed.
     pub kernel_disagreements: u64,
+    /// Kernel trace id remaps dropped from the full remap table.
+    pub trace_remaps_evicted: u64,
 }
 
 /// The propagation families (see [`PropagationSnapshot`]).
@@ -160,6 +162,14 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
             ],
         ),
         Family::counter(
+            "tracer_kernel_thread_rule_revoked_total",
+            "Processes the kernel saw not serving one request per thread (a thread leaving a \
+             request unanswered for another server-side connection, a request answered on \
+             another thread, a pipelined request): their CLIENT requests get no parent from the \
+             kernel any more.",
+            vec![Sample::plain(k.processes_revoked)],
+        ),
+        Family::counter(
             "tracer_kernel_identities_total",
             "Identity records of the kernel, by outcome of matching them to a request by stream \
              offset (received, matched, unmatched).",
@@ -167,6 +177,7 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
                 Sample::labelled(&[("outcome", "received")], p.matching.received),
                 Sample::labelled(&[("outcome", "matched")], p.matching.matched),
                 Sample::labelled(&[("outcome", "unmatched")], p.matching.unmatched),
+                Sample::labelled(&[("outcome", "evicted")], p.matching.evicted),
             ],
         ),
         Family::counter(
@@ -180,6 +191,13 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
              the kernel did not see wins for a SERVER span; otherwise the kernel's, already \
              sent).",
             vec![Sample::plain(p.kernel_disagreements)],
+        ),
+        Family::counter(
+            "tracer_kernel_trace_remaps_evicted_total",
+            "Kernel trace ids remapped to userspace's (a disagreement) dropped, oldest first, \
+             from the full remap table: a later child of that trace on this host keeps the \
+             kernel's trace id.",
+            vec![Sample::plain(p.trace_remaps_evicted)],
         ),
     ]
 }
@@ -1868,14 +1886,17 @@ mod tests {
                     client_contexts: 1008,
                     client_unlinked: 1009,
                     client_undecided: 1015,
+                    processes_revoked: 1016,
                 },
                 matching: crate::correlate::kernel_ids::KernelIdStats {
                     received: 1010,
                     matched: 1011,
                     unmatched: 1012,
+                    evicted: 1017,
                 },
                 kernel_identities: 1013,
                 kernel_disagreements: 1014,
+                trace_remaps_evicted: 1018,
             },
         }
     }
@@ -1904,6 +1925,7 @@ mod tests {
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
+        want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2146,6 +2168,7 @@ mod tests {
             pair_late_clients_skipped => "tracer_pair_late_clients_skipped_total",
             kernel_identities => "tracer_kernel_identities_used_total",
             kernel_disagreements => "tracer_kernel_identity_disagreements_total",
+            trace_remaps_evicted => "tracer_kernel_trace_remaps_evicted_total",
         }));
         fields.extend(exported!(crate::capture::propagation::PropagationCounters {
             active => "tracer_context_propagation_active",
@@ -2158,11 +2181,13 @@ mod tests {
             client_contexts => "tracer_kernel_client_contexts_total",
             client_unlinked => "tracer_kernel_client_contexts_total",
             client_undecided => "tracer_kernel_client_contexts_total",
+            processes_revoked => "tracer_kernel_thread_rule_revoked_total",
         }));
         fields.extend(exported!(crate::correlate::kernel_ids::KernelIdStats {
             received => "tracer_kernel_identities_total",
             matched => "tracer_kernel_identities_total",
             unmatched => "tracer_kernel_identities_total",
+            evicted => "tracer_kernel_identities_total",
         }));
         fields.extend(exported!(crate::correlate::runtime::RuntimeStats {
             inspected => "tracer_runtime_executables_inspected_total",
