@@ -412,13 +412,18 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
             }
         }
     };
-    if direction_of(SYS) == direction::INGRESS
-        && SYS != syscall::SPLICE
-        && args.gap_only == 0
-        && conn.tls == 0
-    {
-        // The SSL_read that may follow on this thread decrypts these bytes (memory BIOs).
-        crate::tls::note_read(id, fd, conn.conn_id, first_buffer(&args), ret as u64);
+    if SYS != syscall::SPLICE && args.gap_only == 0 && conn.tls == 0 {
+        // Whether these bytes are TLS records: the OpenSSL call this syscall may run inside
+        // takes this socket only then, and after a read the SSL_read that may follow on this
+        // thread decrypts them (memory BIOs).
+        crate::tls::note_transfer(
+            id,
+            fd,
+            conn.conn_id,
+            first_buffer(&args),
+            ret as u64,
+            direction_of(SYS) == direction::INGRESS,
+        );
     }
     let budget = config().map(|c| c.capture_bytes).unwrap_or(0) as u64;
     let dir = if SYS == syscall::SPLICE {

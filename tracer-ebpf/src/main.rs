@@ -77,6 +77,11 @@ mod tls_programs {
         tls::free(&ctx);
         0
     }
+    #[uprobe]
+    pub fn bio_write_enter(ctx: ProbeContext) -> u32 {
+        tls::bio_write(&ctx);
+        0
+    }
     #[uretprobe]
     pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         tls::exit(&ctx);

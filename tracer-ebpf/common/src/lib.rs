@@ -299,8 +299,13 @@ pub mod counter {
     /// Held `SSL_write` plaintext (waiting for its ciphertext write) evicted from the table
     /// before its socket was known: lost.
     pub const TLS_HELD_EVICTED: u32 = 42;
+    /// OpenSSL calls inside which a syscall on a tracked connection was not taken as the
+    /// `SSL*`'s socket (a callback of the application inside the call: the connection is bound
+    /// to another `SSL*`, or carries another library's plaintext, or the bytes moved were no TLS
+    /// record): the call is attributed as if it made no syscall, never to that connection.
+    pub const TLS_NESTED_REFUSED: u32 = 43;
     /// Number of counters.
-    pub const COUNT: u32 = 43;
+    pub const COUNT: u32 = 44;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -440,7 +445,26 @@ pub const OPENSSL_UPROBE_PROGRAMS: &[UprobeProgram] = &[
         symbol: "SSL_do_handshake",
         ret: true,
     },
+    // Where OpenSSL links in (Node.js): the AEAD tag of each record an `SSL_write` writes into
+    // its BIO, to bind a memory BIO's ciphertext write by content. Optional: a libssl imports
+    // them from libcrypto (and memory-BIO `SSL_write`s there are never bound by write).
+    UprobeProgram {
+        name: "bio_write_enter",
+        symbol: "BIO_write",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "bio_write_enter",
+        symbol: "BIO_write_ex",
+        ret: false,
+    },
 ];
+
+/// Whether a failure to attach `p` leaves the OpenSSL copy covered (older OpenSSL lacks the
+/// `_ex` variants; a libssl imports `BIO_write` from libcrypto).
+pub fn openssl_uprobe_optional(p: &UprobeProgram) -> bool {
+    p.symbol.ends_with("_ex") || p.symbol == "SSL_do_handshake" || p.symbol.starts_with("BIO_")
+}
 
 /// OpenSSL calls in flight at once (one per thread inside `SSL_read`/`SSL_write`).
 pub const MAX_SSL_CALLS: u32 = 16384;

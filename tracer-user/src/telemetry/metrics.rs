@@ -1109,6 +1109,14 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
                 Sample::labelled(&[("side", "read")], k.tls_bound_by_read),
             ],
         ),
+        Family::counter(
+            "tracer_kernel_tls_nested_syscalls_refused_total",
+            "OpenSSL calls inside which a syscall on a tracked connection was not taken as the \
+             SSL*'s socket (an application callback run inside the call, as Node.js runs \
+             'secureConnect': the connection is bound to another SSL*, or the bytes moved were \
+             no TLS record); the call is attributed as if it made no syscall, never to it.",
+            vec![Sample::plain(k.tls_nested_refused)],
+        ),
         Family::gauge(
             "tracer_kernel_tls_libraries_attached",
             "OpenSSL copies (libssl files, executables exporting OpenSSL) the uprobes are attached to.",
@@ -1721,6 +1729,7 @@ mod tests {
                 tls_bound_by_read: 1152,
                 tls_binding_refused: 1153,
                 tls_held_evicted: 1154,
+                tls_nested_refused: 1155,
                 tls_libraries_attached: 142,
                 tls_attach_failed: 143,
                 tls_search_scans: 144,
@@ -1924,6 +1933,7 @@ mod tests {
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
+        want.push(1155.0); // nested syscalls refused as an SSL*'s socket
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
         want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
         want.sort_by(f64::total_cmp);
