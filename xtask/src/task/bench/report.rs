@@ -628,8 +628,8 @@ fn kernel_side(md: &mut String, r: &Results<'_>) {
         "Run time of the agent's own eBPF programs during the load (the kernel's `run_time_ns`, counted \
          while the bench holds eBPF statistics on), over requests handled: CPU charged to the traced \
          processes, not to the agent. Host-wide it includes every other process's syscalls on the machine. \
-         ns per request, all rounds (per-round min–max); the most expensive programs with their runs per \
-         request and ns per run.\n"
+         ns per request, all rounds (per-round min–max); the most expensive programs (named as the kernel \
+         keeps them: at most 15 characters) with their runs per request and ns per run.\n"
     );
     let _ = writeln!(
         md,
