@@ -221,6 +221,7 @@ mod programs {
     #[tracepoint]
     pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         filter::on_exit(&ctx);
+        crate::conn::on_task_exit(&ctx);
         crate::prop::on_task_exit(&ctx);
         0
     }

@@ -21,8 +21,9 @@ pub const MAX_INFLIGHT_SYSCALLS: u32 = 16384;
 pub const MAX_CANDIDATE_SYSCALLS: u32 = 16384;
 /// Entries of the process generation table (pid -> when its fds were last renewed: birth or exec).
 pub const MAX_PROCESS_GENERATIONS: u32 = 32768;
-/// In-flight syscalls on tracked connections one process may hold in the tracked table: a
-/// process with thousands of threads blocked on its own connections cannot fill it for all.
+/// Entries one process may hold in the tracked table (one per thread that made a syscall on a
+/// tracked connection, kept until the thread exits): a process with thousands of threads on its
+/// own connections cannot fill it for all.
 pub const MAX_INFLIGHT_PER_PROCESS: i64 = (MAX_INFLIGHT_SYSCALLS / 4) as i64;
 /// Default number of tracked connections in the kernel table.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
@@ -231,8 +232,8 @@ pub mod counter {
     /// Data syscalls whose fd was closed and reused by another connection (or file) between
     /// sys_enter and sys_exit: their bytes are not reported under the new connection.
     pub const FD_REUSED_IN_SYSCALL: u32 = 18;
-    /// Data syscalls on tracked connections not followed because their process already had
-    /// `MAX_INFLIGHT_PER_PROCESS` in flight: that connection is marked lost.
+    /// Data syscalls on tracked connections not followed because their process's threads already
+    /// held `MAX_INFLIGHT_PER_PROCESS` entries of the tracked table: that connection is marked lost.
     pub const ARGS_PROCESS_QUOTA: u32 = 19;
     /// The agent's own sockets not remembered because their table was full (their other end
     /// may then be captured; the `User-Agent` mark still drops the exchanges).
