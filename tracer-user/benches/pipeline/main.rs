@@ -255,8 +255,8 @@ fn pipeline_benches(c: &mut Criterion) {
     }
 }
 
-/// `PIPELINE_RUN_ONCE=<server|client_server>:<pipeline|reorder_pipeline>:<requests per
-/// connection>` runs that path once over that stream and exits, for instruction counts under
+/// `PIPELINE_RUN_ONCE=<server|client_server>:<pipeline|reorder_pipeline|pipeline_otlp>:<requests
+/// per connection>` runs that path once over that stream and exits, for instruction counts under
 /// an instruction-counting tool (`valgrind --tool=callgrind`): unlike wall time on a shared
 /// machine, they do not vary from run to run.
 fn run_once(spec: &str) {
@@ -275,11 +275,15 @@ fn run_once(spec: &str) {
     };
     let stream = recorded::record(shape);
     let spans = match path {
-        "pipeline" => run_pipeline(&stream),
+        "pipeline" | "pipeline_otlp" => run_pipeline(&stream),
         "reorder_pipeline" => run_agent_path(&stream),
         other => panic!("unknown path {other}"),
     };
     check(&stream, &spans, path);
+    if path == "pipeline_otlp" {
+        let (bytes, encoded) = otlp::encode_all(&mut TraceEncoder::new(), &mut Vec::new(), &spans);
+        println!("{encoded} spans encoded, {bytes} bytes");
+    }
     println!("{} spans", spans.len());
 }
 

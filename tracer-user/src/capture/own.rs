@@ -54,27 +54,35 @@ pub enum Telemetry {
     Pipeline,
 }
 
-/// What kind of telemetry `request` is, if any.
+/// What kind of telemetry `request` is, if any. Runs for every request head: nothing is
+/// allocated, and the `Content-Type` is looked at only for a `POST` under an OTLP-like path.
 pub fn classify(request: &HttpRequest) -> Option<Telemetry> {
     if carries_mark(&request.headers) {
         return Some(Telemetry::Own);
     }
-    is_otlp_export(
-        &request.method,
-        &request.target,
-        content_type(&request.headers),
-    )
+    is_otlp_export_with(&request.method, &request.target, || {
+        is_protobuf(&request.headers)
+    })
     .then_some(Telemetry::Pipeline)
 }
 
-/// The media type of the first `Content-Type` header (parameters and case dropped).
-fn content_type(headers: &[Header]) -> Option<String> {
-    let header = headers
+/// Whether the media type of the first `Content-Type` header (parameters and case dropped) is
+/// OTLP protobuf.
+fn is_protobuf(headers: &[Header]) -> bool {
+    let Some(header) = headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-type"))?;
-    let value = std::str::from_utf8(&header.value).ok()?;
-    let media = value.split(';').next().unwrap_or_default().trim();
-    Some(media.to_ascii_lowercase())
+        .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+    else {
+        return false;
+    };
+    let media = header
+        .value
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    media
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"application/x-protobuf")
 }
 
 /// The OTLP/HTTP signal paths.
@@ -85,6 +93,13 @@ const OTLP_HTTP_PATHS: [&str; 3] = ["/v1/traces", "/v1/metrics", "/v1/logs"];
 /// OTLP protobuf (`application/x-protobuf`): a JSON `POST /api/v1/logs` is an ordinary
 /// application endpoint. Any gRPC method of the OTLP collector services is an export.
 pub fn is_otlp_export(method: &str, target: &str, content_type: Option<String>) -> bool {
+    is_otlp_export_with(method, target, || {
+        content_type.as_deref() == Some("application/x-protobuf")
+    })
+}
+
+/// [`is_otlp_export`] asking for the protobuf media type only when it decides.
+fn is_otlp_export_with(method: &str, target: &str, is_protobuf: impl FnOnce() -> bool) -> bool {
     let path = path_of(target);
     if path.starts_with("/opentelemetry.proto.collector.") {
         return true;
@@ -96,15 +111,27 @@ pub fn is_otlp_export(method: &str, target: &str, content_type: Option<String>) 
     if OTLP_HTTP_PATHS.contains(&path) {
         return true;
     }
-    content_type.as_deref() == Some("application/x-protobuf")
-        && OTLP_HTTP_PATHS.iter().any(|suffix| path.ends_with(suffix))
+    OTLP_HTTP_PATHS.iter().any(|suffix| path.ends_with(suffix)) && is_protobuf()
 }
 
 /// The path of a request target: origin-form `path?query`, or absolute-form `scheme://host/path`.
+/// Byte searches: every delimiter is ASCII, so every cut is on a character boundary.
 fn path_of(target: &str) -> &str {
-    let without_query = target.split(['?', '#']).next().unwrap_or_default();
-    match without_query.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+    let end = target
+        .bytes()
+        .position(|b| matches!(b, b'?' | b'#'))
+        .unwrap_or(target.len());
+    let without_query = target.get(..end).unwrap_or_default();
+    let bytes = without_query.as_bytes();
+    let scheme_end = bytes
+        .iter()
+        .enumerate()
+        .position(|(i, b)| *b == b':' && bytes.get(i + 1..i + 3) == Some(b"//"));
+    match scheme_end {
+        Some(at) => {
+            let rest = without_query.get(at + 3..).unwrap_or_default();
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
         None => without_query,
     }
 }
@@ -294,6 +321,36 @@ mod tests {
             &[("Content-Type", "application/x-protobuf")],
         );
         assert_eq!(classify(&r), None);
+    }
+
+    #[test]
+    fn otlp_paths_are_cut_at_query_and_fragment_before_the_scheme_is_looked_for() {
+        for (target, expected) in [
+            ("/v1/traces#part", Some(Telemetry::Pipeline)),
+            (
+                "http://h:4318/v1/metrics?next=http://x/y",
+                Some(Telemetry::Pipeline),
+            ),
+            ("/v1/logs?u=https://h/v1/traces", Some(Telemetry::Pipeline)),
+            ("/app?u=https://h/v1/traces", None),
+            ("http://h:4318", None),
+            ("http://h:4318?x=/v1/traces", None),
+        ] {
+            let r = request("POST", target, &[]);
+            assert_eq!(classify(&r), expected, "{target}");
+        }
+        // The media type is trimmed of its parameters and blanks, compared without case.
+        for (content_type, expected) in [
+            (
+                " APPLICATION/x-protobuf ;charset=x",
+                Some(Telemetry::Pipeline),
+            ),
+            ("application/x-protobuf2", None),
+            ("application/json; x=application/x-protobuf", None),
+        ] {
+            let r = request("POST", "/otlp/v1/traces", &[("Content-Type", content_type)]);
+            assert_eq!(classify(&r), expected, "{content_type}");
+        }
     }
 
     /// Runs one server-side exchange per request through a pipeline; returns the span names.

@@ -158,7 +158,9 @@ pub struct Linker {
     /// Open SERVER requests per connection, with the thread serving each.
     open_by_conn: IdHashMap<u64, Vec<(u32, u32, u64)>>,
     /// CLIENT connections by (namespace if loopback, local, peer).
-    clients_by_tuple: HashMap<PairKey, u64>,
+    /// foldhash (seeded per table, several times faster than SipHash over two socket
+    /// addresses): the tuples are this host's own outgoing connections, bounded by the table.
+    clients_by_tuple: HashMap<PairKey, u64, foldhash::fast::RandomState>,
     client_tuples: IdHashMap<u64, PairKey>,
     /// CLIENT connections whose requests are HTTP/2 streams (sequences are stream ids): only
     /// these pair with SERVER streams, so HTTP/1 sequence numbers never meet stream ids.

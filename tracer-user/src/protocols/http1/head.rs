@@ -159,24 +159,37 @@ fn version(minor: u8) -> Result<HttpVersion, HeadError> {
 /// Keeps up to `keep` headers (values cut to `max_header_value_bytes`) and reads the framing
 /// facts from all of them. The kept values are copied once, into the `values` arena that every
 /// value slices; common names are static (see [`header_name`]).
-fn convert_headers(
-    parsed: &[httparse::Header<'_>],
+fn convert_headers<'b>(
+    parsed: &[httparse::Header<'b>],
     keep: usize,
     limits: &HttpLimits,
     values: &mut BytesMut,
 ) -> (Vec<Header>, FramingHeaders) {
     let mut framing = FramingHeaders::default();
     let kept = &parsed[..parsed.len().min(keep)];
-    let mut total = 0;
     for header in parsed {
         framing.observe(header.name, header.value);
-    }
-    for header in kept {
-        total += kept_value(header, limits).len();
     }
     if kept.is_empty() {
         return (Vec::new(), framing);
     }
+    // Each kept value is found once (a Host value is searched for userinfo): the first
+    // `KEPT_SLOTS` on the stack, any further ones again when they are copied.
+    let mut slots: [&'b [u8]; KEPT_SLOTS] = [&[]; KEPT_SLOTS];
+    let mut total = 0;
+    for (i, header) in kept.iter().enumerate() {
+        let value = kept_value(header, limits);
+        if let Some(slot) = slots.get_mut(i) {
+            *slot = value;
+        }
+        total += value.len();
+    }
+    let value_of = |i: usize, header: &httparse::Header<'b>| -> &'b [u8] {
+        match slots.get(i) {
+            Some(value) => value,
+            None => kept_value(header, limits),
+        }
+    };
     // Large heads get a buffer of their own, so the arena a connection keeps stays small.
     let mut own = BytesMut::new();
     let arena = if total > MAX_ARENA_BYTES {
@@ -187,14 +200,14 @@ fn convert_headers(
     arena.clear();
     // Reclaims the arena's space when no earlier message still holds a slice of it.
     arena.reserve(total.max(MIN_ARENA_BYTES));
-    for header in kept {
-        arena.extend_from_slice(kept_value(header, limits));
+    for (i, header) in kept.iter().enumerate() {
+        arena.extend_from_slice(value_of(i, header));
     }
     let values = arena.split().freeze();
     let mut headers = Vec::with_capacity(kept.len());
     let mut at = 0;
-    for header in kept {
-        let len = kept_value(header, limits).len();
+    for (i, header) in kept.iter().enumerate() {
+        let len = value_of(i, header).len();
         headers.push(Header {
             name: header_name(header.name),
             value: values.slice(at..at + len),
@@ -203,6 +216,9 @@ fn convert_headers(
     }
     (headers, framing)
 }
+
+/// Kept header values of one head remembered on the stack while they are copied.
+const KEPT_SLOTS: usize = 32;
 
 /// Smallest allocation of a header value arena (most heads' kept values fit), and the most
 /// value bytes of one head that go to the arena. An idle connection keeps its arena (at most
@@ -361,6 +377,56 @@ mod tests {
         assert_eq!(response.headers[2].name, "X-2");
         assert_eq!(response.headers[2].value, &b"value"[..]);
         assert_eq!(framing.content_length, ContentLength::Valid(3));
+    }
+
+    #[test]
+    fn values_beyond_the_stack_slots_are_kept_alike() {
+        let mut bytes = b"GET / HTTP/1.1\r\n".to_vec();
+        let count = KEPT_SLOTS + 8;
+        for i in 0..count {
+            if i == KEPT_SLOTS + 3 {
+                bytes.extend_from_slice(b"Host: user:secret@api.example\r\n");
+            } else {
+                bytes.extend_from_slice(format!("X-{i}: v{i}\r\n").as_bytes());
+            }
+        }
+        bytes.extend_from_slice(b"\r\n");
+        let (head, _) = complete(&bytes, MessageKind::Request, &HttpLimits::default());
+        let ParsedHead::Request(request, _) = head else {
+            panic!("not a request")
+        };
+        assert_eq!(request.headers.len(), count);
+        for (i, header) in request.headers.iter().enumerate() {
+            if i == KEPT_SLOTS + 3 {
+                assert_eq!(header.value, &b"api.example"[..]);
+            } else {
+                assert_eq!(header.name, format!("X-{i}").as_str());
+                assert_eq!(header.value, format!("v{i}").as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn common_header_names_are_static_and_others_owned() {
+        for name in [
+            "Host",
+            "user-agent",
+            "b3",
+            "X-B3-ParentSpanId",
+            "x-amzn-trace-id",
+        ] {
+            assert!(
+                matches!(header_name(name), Text::Static(s) if s == name),
+                "{name}"
+            );
+        }
+        // Same lengths as known names, other bytes or case.
+        for name in ["Hosx", "HOST", "User-Agenz", "b4", "X-Custom-Header"] {
+            assert!(
+                matches!(header_name(name), Text::Owned(ref s) if s == name),
+                "{name}"
+            );
+        }
     }
 
     #[test]

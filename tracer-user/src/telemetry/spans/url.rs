@@ -182,9 +182,16 @@ pub(super) fn is_scheme(scheme: &str) -> bool {
 
 /// Split `path?query` (query without the `?`); a fragment, if any was sent, is dropped.
 pub(super) fn split_query(target: &str) -> (&str, Option<&str>) {
-    let target = target.split_once('#').map_or(target, |(before, _)| before);
-    match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
+    // Byte searches: `#` and `?` are ASCII, so every cut is on a character boundary.
+    let target = match target.bytes().position(|b| b == b'#') {
+        Some(at) => target.get(..at).unwrap_or_default(),
+        None => target,
+    };
+    match target.bytes().position(|b| b == b'?') {
+        Some(at) => (
+            target.get(..at).unwrap_or_default(),
+            Some(target.get(at + 1..).unwrap_or_default()),
+        ),
         None => (target, None),
     }
 }
@@ -201,16 +208,27 @@ impl<'a> HostPort<'a> {
     /// Parse `host`, `host:port`, `[v6]` or `[v6]:port` (userinfo before `@` is skipped).
     /// An unparseable port is dropped; an empty host gives `None`.
     pub(crate) fn parse(authority: &'a str) -> Option<HostPort<'a>> {
-        let authority = authority.trim_matches([' ', '\t']);
-        let authority = redact::authority_without_userinfo(authority);
+        // Byte searches: every delimiter is ASCII, so every cut is on a character boundary.
+        let authority = authority.trim_matches(|c| c == ' ' || c == '\t');
+        let authority = match authority.bytes().rposition(|b| b == b'@') {
+            Some(at) => authority.get(at + 1..).unwrap_or_default(),
+            None => authority,
+        };
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']')?;
-            (host, after.strip_prefix(':'))
+            let close = bracketed.bytes().position(|b| b == b']')?;
+            let after = bracketed.get(close + 1..).unwrap_or_default();
+            (
+                bracketed.get(..close).unwrap_or_default(),
+                after.strip_prefix(':'),
+            )
         } else {
-            match authority.split_once(':') {
-                Some((host, port)) if !port.contains(':') => (host, Some(port)),
-                Some(_) => (authority, None),
-                None => (authority, None),
+            let mut colons = authority.bytes().enumerate().filter(|(_, b)| *b == b':');
+            match (colons.next(), colons.next()) {
+                (Some((at, _)), None) => (
+                    authority.get(..at).unwrap_or_default(),
+                    authority.get(at + 1..),
+                ),
+                _ => (authority, None),
             }
         };
         if host.is_empty() {
@@ -231,9 +249,12 @@ pub(super) const MAX_HOST_AUTHORITY_LEN: usize = 253 + 6;
 /// a wrong one; the caller falls back to the peer).
 pub(crate) fn host_header_authority(request: &HttpRequest) -> Option<Cow<'_, str>> {
     // HTTP/2 carries the authority in `:authority` (RFC 9113 8.3.1: it wins over Host).
-    let value = header_value(&request.headers, ":authority")
-        .filter(|_| request.version == HttpVersion::Http2)
-        .or_else(|| header_value(&request.headers, "host"))?;
+    let authority = if request.version == HttpVersion::Http2 {
+        header_value(&request.headers, ":authority")
+    } else {
+        None
+    };
+    let value = authority.or_else(|| header_value(&request.headers, "host"))?;
     let authority = trim_ows(redact::authority_bytes_without_userinfo(trim_ows(value)));
     if authority.is_empty() || authority.len() > MAX_HOST_AUTHORITY_LEN {
         return None;
@@ -279,4 +300,43 @@ pub(super) fn prefix_on_boundary(text: &str, max: usize) -> &str {
         cut -= 1;
     }
     text.get(..cut).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+        HostPort::parse(authority).map(|h| (h.host, h.port))
+    }
+
+    #[test]
+    fn host_and_port_of_every_authority_form() {
+        assert_eq!(host_port("api.example"), Some(("api.example", None)));
+        assert_eq!(
+            host_port(" api.example:8080\t"),
+            Some(("api.example", Some(8080)))
+        );
+        assert_eq!(host_port("u:p@h@api:81"), Some(("api", Some(81))));
+        assert_eq!(host_port("[::1]:443"), Some(("::1", Some(443))));
+        assert_eq!(host_port("[fe80::1]"), Some(("fe80::1", None)));
+        assert_eq!(host_port("[fe80::1"), None, "unclosed bracket");
+        // A bare IPv6 address (more than one colon) has no port.
+        assert_eq!(host_port("fe80::1"), Some(("fe80::1", None)));
+        assert_eq!(host_port("h:99999"), Some(("h", None)), "port out of range");
+        assert_eq!(host_port("h:"), Some(("h", None)));
+        assert_eq!(host_port(":80"), None, "empty host");
+        assert_eq!(host_port("ü.example:1"), Some(("ü.example", Some(1))));
+        assert_eq!(host_port(""), None);
+    }
+
+    #[test]
+    fn split_query_drops_the_fragment_first() {
+        assert_eq!(split_query("/a?b=1"), ("/a", Some("b=1")));
+        assert_eq!(split_query("/a#f?x"), ("/a", None));
+        assert_eq!(split_query("/a?b#f"), ("/a", Some("b")));
+        assert_eq!(split_query("/é?ü"), ("/é", Some("ü")));
+        assert_eq!(split_query("/a?"), ("/a", Some("")));
+        assert_eq!(split_query(""), ("", None));
+    }
 }
