@@ -1734,7 +1734,7 @@ mod tests {
                 tls_attach_failed: 143,
                 tls_search_scans: 144,
                 tls_search_cut_short: 149,
-                tls_search_processes_unchanged: 1155,
+                tls_search_processes_unchanged: 1156,
                 tls_unsupported_processes: [145, 146, 147, 148],
             },
             events_read: 201,
@@ -1934,6 +1934,7 @@ mod tests {
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
         want.push(1155.0); // nested syscalls refused as an SSL*'s socket
+        want.push(1156.0); // TLS search: processes unchanged, not read again
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
         want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
         want.sort_by(f64::total_cmp);
