@@ -562,3 +562,111 @@ fn on_one_host_pairing_and_the_option_agree() {
         "pairing and option disagreed"
     );
 }
+
+/// A request arriving at the hub with a `traceparent` keeps that trace id end to end: the
+/// kernel's scan of the hub's request head gives the hub's SERVER request the header's trace,
+/// so the option its backend call carries names that trace, and the leaf on node B joins it.
+/// An invalid header (uppercase hex) is refused by the kernel as by userspace: its request
+/// links as any other, in a trace of its own. Without the scan the leaf would be in the trace
+/// the kernel drew at random (the hub's spans remapped to the header's: a counted disagreement).
+#[test]
+fn a_traceparent_keeps_its_trace_id_across_nodes() {
+    const VALID: u32 = 4;
+    const INVALID_ID: u32 = VALID;
+    let cluster = Cluster::start("tp", false, false);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    agent_a.wait_metrics("propagation active", |m| {
+        metric(m, "tracer_context_propagation_active ") == 1
+    });
+    let trace = |id: u32| format!("4bf92f3577b34da6a3ce929d{:08x}", 0x0e0e_4700 + id);
+    let parent = "00f067aa0ba902b7";
+    let send = |id: u32, header: String| {
+        let mut command = cluster.nodes.exec(&cluster.nodes.a);
+        command
+            .arg(python())
+            .arg(peer_script("hub.py"))
+            .arg("drive")
+            .args(["--port", &HUB_PORT.to_string()])
+            .args(["--first-id", &id.to_string()])
+            .args(["--requests", "1", "--threads", "1"])
+            .args(["--header", &header]);
+        let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
+        assert!(
+            status.success(),
+            "hub.py drive failed ({status})\n{}\n{}",
+            child.output_report(),
+            cluster.hub.output_report()
+        );
+    };
+    for id in 0..VALID {
+        // The header name in both letter cases, the value with and without spaces around.
+        let name = if id % 2 == 0 {
+            "traceparent"
+        } else {
+            "TraceParent"
+        };
+        send(id, format!("{name}: 00-{}-{parent}-01", trace(id)));
+    }
+    send(
+        INVALID_ID,
+        format!(
+            "traceparent: 00-{}-{parent}-01",
+            trace(INVALID_ID).to_uppercase()
+        ),
+    );
+    let total = VALID + 1;
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..total))
+        .unwrap_or_else(|e| {
+            panic!(
+                "spans missing: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let wrong = unlinked(&spans, 0..total);
+    let metrics_a = agent_a.wait_settled();
+    let _ = agent_b.wait_settled();
+    assert!(
+        wrong.is_empty(),
+        "not linked hub SERVER -> hub CLIENT -> leaf SERVER:\n{}",
+        wrong.join("\n")
+    );
+    let by = by_id(&spans);
+    for id in 0..VALID {
+        let [hub_server, _, leaf, _] = &by[&id];
+        assert!(
+            hub_server[0].trace_id == trace(id)
+                && hub_server[0].parent_span_id.as_deref() == Some(parent)
+                && leaf[0].trace_id == trace(id),
+            "request {id} must keep its traceparent's trace id {} on both nodes:\n{}",
+            trace(id),
+            describe([hub_server[0], leaf[0]])
+        );
+    }
+    let [hub_server, _, leaf, _] = &by[&INVALID_ID];
+    assert!(
+        hub_server[0].parent_span_id.is_none()
+            && !leaf[0].trace_id.eq_ignore_ascii_case(&trace(INVALID_ID)),
+        "an invalid traceparent must not be adopted:\n{}",
+        describe([hub_server[0], leaf[0]])
+    );
+    let scans = |outcome: &str| {
+        metric(
+            &metrics_a,
+            &format!("tracer_kernel_header_scans_total{{outcome=\"{outcome}\"}} "),
+        )
+    };
+    assert_eq!(
+        (scans("adopted"), scans("rejected")),
+        (u64::from(VALID), 1),
+        "the hub's agent adopted every valid header and refused the invalid one"
+    );
+    assert_eq!(
+        metric(&metrics_a, "tracer_kernel_identity_disagreements_total "),
+        0,
+        "the kernel and userspace read the same header"
+    );
+}

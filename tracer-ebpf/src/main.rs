@@ -21,6 +21,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod prop;
 #[cfg(target_arch = "bpf")]
+mod prop_scan;
+#[cfg(target_arch = "bpf")]
 mod tls;
 
 #[cfg(target_arch = "bpf")]

@@ -148,6 +148,17 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
             vec![Sample::plain(k.contexts_adopted)],
         ),
         Family::counter(
+            "tracer_kernel_header_scans_total",
+            "The kernel's scans of SERVER request heads for a traceparent header, by outcome \
+             (adopted: the request joined the header's trace; rejected: invalid or repeated \
+             header; capture_limit: the scan stopped at its limit before the head ended).",
+            vec![
+                Sample::labelled(&[("outcome", "adopted")], k.header_adopted),
+                Sample::labelled(&[("outcome", "rejected")], k.header_rejected),
+                Sample::labelled(&[("outcome", "capture_limit")], k.header_scan_at_limit),
+            ],
+        ),
+        Family::counter(
             "tracer_kernel_client_contexts_total",
             "CLIENT requests seen by the kernel, by outcome (linked: a child of the one request \
              its thread serves; new_trace: the thread serves none or several; undecided: left to \
@@ -1860,6 +1871,9 @@ mod tests {
                     client_contexts: 1008,
                     client_unlinked: 1009,
                     client_undecided: 1015,
+                    header_adopted: 1016,
+                    header_rejected: 1017,
+                    header_scan_at_limit: 1018,
                 },
                 matching: crate::correlate::kernel_ids::KernelIdStats {
                     received: 1010,
@@ -1895,7 +1909,7 @@ mod tests {
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
-        want.extend((1001..=1015).map(|v| v as f64)); // context propagation
+        want.extend((1001..=1018).map(|v| v as f64)); // context propagation
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2150,6 +2164,9 @@ mod tests {
             client_contexts => "tracer_kernel_client_contexts_total",
             client_unlinked => "tracer_kernel_client_contexts_total",
             client_undecided => "tracer_kernel_client_contexts_total",
+            header_adopted => "tracer_kernel_header_scans_total",
+            header_rejected => "tracer_kernel_header_scans_total",
+            header_scan_at_limit => "tracer_kernel_header_scans_total",
         }));
         fields.extend(exported!(crate::correlate::kernel_ids::KernelIdStats {
             received => "tracer_kernel_identities_total",
