@@ -670,3 +670,112 @@ fn a_traceparent_keeps_its_trace_id_across_nodes() {
         "the kernel and userspace read the same header"
     );
 }
+
+/// A segment without room for the option is sent without it and counted: its request is left
+/// unlinked on the other node, never linked to another. The room is taken by the TCP MD5
+/// signature option (RFC 2385: 20 of the 40 option bytes with padding, timestamps 12 more), set
+/// by the client and the server on one connection: SACK blocks leave no room either, but cannot
+/// be made to appear on a request's segment on demand. The same client's next, plain connection
+/// carries the option again (the test is not blind).
+#[test]
+fn a_segment_without_option_room_is_counted_and_left_unlinked() {
+    const REQUESTS: u32 = 3;
+    const MD5_PORT: u16 = 8081;
+    const PLAIN_PORT: u16 = 8082;
+    let nodes = Nodes::create("md5");
+    let mut server = nodes.exec(&nodes.b);
+    server
+        .arg(python())
+        .arg(peer_script("md5_pair.py"))
+        .args(["serve", "--host", &nodes.pod_b(), "--peer", &nodes.pod_a()])
+        .args(["--md5-port", &MD5_PORT.to_string()])
+        .args(["--plain-port", &PLAIN_PORT.to_string()]);
+    let server = ChildGuard::spawn("md5 server", server);
+    wait_listening(&nodes, &nodes.b, &nodes.pod_b(), PLAIN_PORT, &server);
+    let scratch = tracer_tests::ScratchDir::new("md5");
+    let go = scratch.path().join("go");
+    let mut client = nodes.exec(&nodes.a);
+    client
+        .arg(python())
+        .arg(peer_script("md5_pair.py"))
+        .args(["drive", "--host", &nodes.pod_b()])
+        .args(["--md5-port", &MD5_PORT.to_string()])
+        .args(["--plain-port", &PLAIN_PORT.to_string()])
+        .args(["--requests", &REQUESTS.to_string()])
+        .arg("--wait-file")
+        .arg(&go);
+    let mut client = ChildGuard::spawn("md5 client", client);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, client.pid(), true);
+    let mut agent_b = agent(&receiver, server.pid(), true);
+    for a in [&mut agent_a, &mut agent_b] {
+        a.wait_metrics("propagation active", |m| {
+            metric(m, "tracer_context_propagation_active ") == 1
+        });
+    }
+    std::fs::write(&go, b"go").expect("writing the client's start file");
+    let status = client.wait_timeout(DRIVE_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the MD5 client failed ({status:?})\n{}\n{}",
+        client.output_report(),
+        server.output_report()
+    );
+    let total = 2 * REQUESTS;
+    let both = |spans: &[ObservedSpan]| {
+        let by = by_id(spans);
+        (0..total).all(|id| {
+            by.get(&id)
+                .is_some_and(|s| s[1].len() == 1 && s[2].len() == 1)
+        })
+    };
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| both(s))
+        .unwrap_or_else(|e| {
+            panic!(
+                "not every request has its client and leaf span: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let metrics_a = agent_a.wait_settled();
+    let metrics_b = agent_b.wait_settled();
+    let by = by_id(&spans);
+    for id in 0..total {
+        let [_, client_span, leaf, _] = &by[&id];
+        let (client_span, leaf) = (client_span[0], leaf[0]);
+        let linked = leaf.parent_span_id.as_deref() == Some(client_span.span_id.as_str())
+            && leaf.trace_id == client_span.trace_id;
+        if id < REQUESTS {
+            assert!(
+                leaf.parent_span_id.is_none() && leaf.trace_id != client_span.trace_id,
+                "request {id} went without the option: its leaf span must be left unlinked:\n{}",
+                describe([client_span, leaf])
+            );
+        } else {
+            assert!(
+                linked,
+                "request {id} (plain connection) carried the option: linked\n{}",
+                describe([client_span, leaf])
+            );
+        }
+    }
+    let no_space = metric(
+        &metrics_a,
+        "tracer_context_options_not_sent_total{reason=\"no_space\"} ",
+    );
+    let written = metric(
+        &metrics_a,
+        "tracer_context_options_total{outcome=\"written\"} ",
+    );
+    assert!(
+        no_space >= u64::from(REQUESTS) && written >= u64::from(REQUESTS),
+        "node A: {no_space} requests counted without option room (want >= {REQUESTS}), \
+         {written} options written (want >= {REQUESTS})"
+    );
+    assert_eq!(
+        metric(&metrics_b, "tracer_context_adopted_total "),
+        u64::from(REQUESTS),
+        "node B adopts the plain connection's contexts only"
+    );
+}
