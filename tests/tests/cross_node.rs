@@ -779,3 +779,100 @@ fn a_segment_without_option_room_is_counted_and_left_unlinked() {
         "node B adopts the plain connection's contexts only"
     );
 }
+
+/// Foreign and malformed options of kind 253 (sent from hand-made TCP segments: no socket option
+/// makes the kernel send them) are ignored, the malformed ones counted, and their requests left
+/// unlinked; a valid option sent the same way is adopted exactly (the injection works).
+#[test]
+fn foreign_and_malformed_options_are_ignored() {
+    const FIRST_ID: u32 = 100;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let span = "b7ad6b7169203331";
+    let cluster = Cluster::start("raw", false, false);
+    let nodes = &cluster.nodes;
+    // The hand-made connections are unknown to node A's kernel: its RSTs must not end them.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &nodes.a,
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &nodes.pod_b(),
+        "--dport",
+        &LEAF_PORT.to_string(),
+        "--tcp-flags",
+        "RST",
+        "RST",
+        "-j",
+        "DROP",
+    ]);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    agent_b.wait_metrics("propagation active", |m| {
+        metric(m, "tracer_context_propagation_active ") == 1
+    });
+    let cases = [
+        "foreign".to_string(),
+        "short".to_string(),
+        "zero-trace".to_string(),
+        format!("valid:{trace}:{span}"),
+    ];
+    let mut command = nodes.exec(&nodes.a);
+    command
+        .arg(python())
+        .arg(peer_script("raw_option.py"))
+        .args(["--src", &nodes.pod_a(), "--dst", &nodes.pod_b()])
+        .args(["--port", &LEAF_PORT.to_string()])
+        .args(["--first-id", &FIRST_ID.to_string()])
+        .args(&cases);
+    let (status, child) = run_with_timeout("raw_option.py", command, DRIVE_TIMEOUT);
+    assert!(
+        status.success(),
+        "raw_option.py failed ({status})\n{}",
+        child.output_report()
+    );
+    let ids = FIRST_ID..FIRST_ID + cases.len() as u32;
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| {
+            let by = by_id(s);
+            ids.clone()
+                .all(|id| by.get(&id).is_some_and(|v| v[2].len() == 1))
+        })
+        .unwrap_or_else(|e| panic!("leaf spans missing: {e:?}\n{}", agent_b.stderr_text()));
+    let metrics_b = agent_b.wait_settled();
+    let by = by_id(&spans);
+    for (id, case) in ids.clone().zip(&cases) {
+        let leaf = by[&id][2][0];
+        if case.starts_with("valid") {
+            assert!(
+                leaf.trace_id == trace && leaf.parent_span_id.as_deref() == Some(span),
+                "the valid option must be adopted exactly:\n{}",
+                describe([leaf])
+            );
+        } else {
+            assert!(
+                leaf.parent_span_id.is_none() && leaf.trace_id != trace,
+                "the {case} option must be ignored:\n{}",
+                describe([leaf])
+            );
+        }
+    }
+    let options = |outcome: &str| {
+        metric(
+            &metrics_b,
+            &format!("tracer_context_options_total{{outcome=\"{outcome}\"}} "),
+        )
+    };
+    assert_eq!(
+        (options("malformed"), options("received")),
+        (2, 1),
+        "node B: the short and zero-id options counted malformed, the valid one received (the \
+         foreign one is another program's: ignored, not counted)"
+    );
+    assert_eq!(metric(&metrics_b, "tracer_context_adopted_total "), 1);
+}
