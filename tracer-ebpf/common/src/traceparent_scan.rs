@@ -355,8 +355,10 @@ pub fn scan(bytes: &[u8]) -> (Option<([u8; 16], u64)>, State) {
     let n = bytes.len().min(SCAN_BYTES);
     let mut head = [0u8; HEAD_BUF];
     head[..n].copy_from_slice(&bytes[..n]);
-    let mut st = State::default();
-    st.len = n as u32;
+    let mut st = State {
+        len: n as u32,
+        ..State::new()
+    };
     find(&head, &mut st);
     if st.outcome & (outcome::FOUND | outcome::REPEATED) != outcome::FOUND {
         return (None, st);
