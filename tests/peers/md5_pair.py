@@ -9,7 +9,7 @@ test makes "no option space" happen on every request (SACK blocks would, but not
       Serves keep-alive GET requests on H:P1 (connections from ADDR signed with the MD5 key) and
       on H:P2 (plain), answering 200 with the body `ok <target>`. Prints "listening" when ready.
   md5_pair.py drive --host H --md5-port P1 --plain-port P2 --requests N [--wait-file F]
-      Waits until file F exists (so that an agent can be told this process's pid first), then
+      Waits (up to 10 minutes) until file F exists (so that an agent can be told this pid first), then
       one MD5-signed connection to H:P1 with N sequential GET /ok?id=0..N-1, then one plain
       connection to H:P2 with GET /ok?id=N..2N-1. Exits 1 if a response is not 200.
 """
@@ -113,7 +113,7 @@ def requests_on(host, port, signed, first_id, count):
 
 def drive(args):
     if args.wait_file:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600
         while not os.path.exists(args.wait_file):
             if time.monotonic() > deadline:
                 sys.stderr.write("%s never appeared\n" % args.wait_file)
