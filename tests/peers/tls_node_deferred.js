@@ -68,7 +68,9 @@ function get(agent, id) {
   });
 }
 
-serve(Number(port), cert, key, async (server) => {
+module.exports = { Deferred, waitForFile };
+
+if (require.main === module) serve(Number(port), cert, key, async (server) => {
   console.log('listening');
   await waitForFile(go);
   const agent = new https.Agent({ keepAlive: true, maxSockets: Number(sockets) });

@@ -395,11 +395,19 @@ fn ignore(tgid: u32, fd: i32) {
     insert_conn(conn_key(tgid, fd as u32), &state);
 }
 
-/// Keeps the arguments of a data syscall on a tracked connection for its exit. When the table
-/// is full, or the process already holds its quota of it, the connection's stream gets a hole:
-/// it is marked lost (and the miss counted).
+/// Keeps the arguments of a data syscall on a tracked connection for its exit. A thread's entry
+/// stays from its first such syscall until the thread exits (`on_task_exit`) and is rewritten in
+/// place: one lookup per syscall, not an insert and a delete. A new thread's entry is refused when
+/// the table is full, or when its process already holds its quota of entries: the connection's
+/// stream then gets a hole (marked lost, the miss counted).
 #[inline(always)]
 pub fn save_args(ctx: &TracePointContext, args: &SyscallArgs) {
+    let id = ctx.pid_tgid_raw();
+    if let Some(slot) = INFLIGHT.get_ptr_mut(&id) {
+        // SAFETY: this thread's own entry: only this thread writes it (and its exit removes it).
+        unsafe { *slot = *args };
+        return;
+    }
     let tgid = ctx.tgid();
     let Some(held) = process_inflight(tgid) else {
         count(counter::ARGS_PROCESS_QUOTA, 1);
@@ -414,16 +422,24 @@ pub fn save_args(ctx: &TracePointContext, args: &SyscallArgs) {
         return;
     }
     const BPF_NOEXIST: u64 = 1;
-    let id = ctx.pid_tgid_raw();
     if INFLIGHT.insert(&id, args, BPF_NOEXIST).is_ok() {
         add_inflight(held, 1);
-        return;
-    }
-    // The thread's previous entry (an exit never seen) is replaced without counting it twice;
-    // a full table refuses both inserts.
-    if INFLIGHT.insert(&id, args, 0).is_err() {
+    } else {
         count(counter::ARGS_TABLE_FULL, 1);
         mark_lost(tgid, args.fd as u32);
+    }
+}
+
+/// sched_process_exit (every task): the thread's entry in `INFLIGHT` goes with it.
+#[inline(always)]
+pub fn on_task_exit(ctx: &TracePointContext) {
+    let id = ctx.pid_tgid_raw();
+    if INFLIGHT.remove(&id).is_ok()
+        && let Some(held) = INFLIGHT_PER_PROCESS.get_ptr_mut(&((id >> 32) as u32))
+        // SAFETY: as in `save_args`.
+        && unsafe { *held } > 0
+    {
+        add_inflight(held, -1);
     }
 }
 
@@ -462,19 +478,20 @@ pub fn save_candidate(ctx: &TracePointContext, args: &SyscallArgs) {
     let _ = CANDIDATES.insert(&ctx.pid_tgid_raw(), args, 0);
 }
 
-/// Takes (and removes) the arguments sys_enter stored for this thread in the tracked table.
+/// Takes the arguments sys_enter stored for this thread in the tracked table, once: the entry
+/// stays (see `save_args`) and is marked taken (`enter_ns` 0; the clock never reads 0 there).
 #[inline(always)]
 pub fn take_tracked_args(id: u64) -> Option<SyscallArgs> {
-    // SAFETY: the value is copied out before removal.
-    let args = unsafe { INFLIGHT.get(&id) }.copied()?;
-    if INFLIGHT.remove(&id).is_ok()
-        && let Some(held) = INFLIGHT_PER_PROCESS.get_ptr_mut(&((id >> 32) as u32))
-        // SAFETY: as in `save_args`.
-        && unsafe { *held } > 0
-    {
-        add_inflight(held, -1);
+    let slot = INFLIGHT.get_ptr_mut(&id)?;
+    // SAFETY: this thread's own entry, copied out before it is marked.
+    unsafe {
+        let args = *slot;
+        if args.enter_ns == 0 {
+            return None;
+        }
+        (*slot).enter_ns = 0;
+        Some(args)
     }
-    Some(args)
 }
 
 /// Takes (and removes) the arguments sys_enter stored for this thread in the candidate table.

@@ -82,6 +82,8 @@ pub fn enter(ctx: &TracePointContext, sys: u8) {
         // Inside an OpenSSL call this is its socket; a TLS connection's ciphertext is not sent.
         crate::tls::note_syscall_fd(ctx.pid_tgid_raw(), fd as i32);
         if s.tls != 0 {
+            // Not captured, but a thread serving it serves no other request meanwhile.
+            crate::prop::touch(tgid, ctx.pid(), fd as i32, &s, direction_of(sys));
             return;
         }
     }
@@ -352,6 +354,10 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
     }
     let ret = sys_ret(ctx);
     if ret <= 0 {
+        if direction_of(SYS) == direction::EGRESS && SYS != syscall::SENDFILE {
+            // A request whose first bytes were not sent: its context must not wait for them.
+            crate::prop::on_failed_send(ctx.tgid(), args.fd as i32, args.conn_id);
+        }
         return;
     }
     let tgid = ctx.tgid();
@@ -406,13 +412,18 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
             }
         }
     };
-    if direction_of(SYS) == direction::INGRESS
-        && SYS != syscall::SPLICE
-        && args.gap_only == 0
-        && conn.tls == 0
-    {
-        // The SSL_read that may follow on this thread decrypts these bytes (memory BIOs).
-        crate::tls::note_read(id, fd, conn.conn_id, first_buffer(&args), ret as u64);
+    if SYS != syscall::SPLICE && args.gap_only == 0 && conn.tls == 0 {
+        // Whether these bytes are TLS records: the OpenSSL call this syscall may run inside
+        // takes this socket only then, and after a read the SSL_read that may follow on this
+        // thread decrypts them (memory BIOs).
+        crate::tls::note_transfer(
+            id,
+            fd,
+            conn.conn_id,
+            first_buffer(&args),
+            ret as u64,
+            direction_of(SYS) == direction::INGRESS,
+        );
     }
     let budget = config().map(|c| c.capture_bytes).unwrap_or(0) as u64;
     let dir = if SYS == syscall::SPLICE {

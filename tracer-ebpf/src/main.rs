@@ -79,6 +79,11 @@ mod tls_programs {
         tls::free(&ctx);
         0
     }
+    #[uprobe]
+    pub fn bio_write_enter(ctx: ProbeContext) -> u32 {
+        tls::bio_write(&ctx);
+        0
+    }
     #[uretprobe]
     pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         tls::exit(&ctx);
@@ -170,6 +175,7 @@ mod programs {
     #[tracepoint]
     pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         conn::on_exec(&ctx);
+        crate::prop::on_exec(&ctx);
         0
     }
     #[tracepoint]
@@ -221,6 +227,7 @@ mod programs {
     #[tracepoint]
     pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         filter::on_exit(&ctx);
+        crate::conn::on_task_exit(&ctx);
         crate::prop::on_task_exit(&ctx);
         0
     }

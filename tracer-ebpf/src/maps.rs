@@ -99,12 +99,14 @@ pub static CONNS: LruHashMap<u64, ConnState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
 
 /// Arguments of in-flight syscalls on tracked connections, keyed by pid_tgid, from sys_enter to
-/// sys_exit. When full, the connection is marked as having lost records (counted).
+/// sys_exit. One entry per thread, rewritten in place by each syscall and marked taken at its exit
+/// (`conn::take_tracked_args`), removed when the thread exits: no insert and delete per syscall.
+/// When full, a new thread's connection is marked as having lost records (counted).
 #[map]
 pub static INFLIGHT: HashMap<u64, SyscallArgs> =
     HashMap::with_max_entries(MAX_INFLIGHT_SYSCALLS, 0);
 
-/// Per process (tgid): its entries in `INFLIGHT` (at most `MAX_INFLIGHT_PER_PROCESS`). LRU: a
+/// Per process (tgid): its threads' entries in `INFLIGHT` (at most `MAX_INFLIGHT_PER_PROCESS`). LRU: a
 /// forgotten count restarts at 0 (more lenient, never blocking). Signed: a decrement whose
 /// increment was forgotten only makes it lenient too.
 #[map]

@@ -27,8 +27,9 @@ use aya_ebpf::{
 use tracer_common::{
     ConnState, IdentityEvent, conn_key, direction, kind,
     propagation::{
-        EXID_SAMPLED, IDENTITY_CLIENT, IDENTITY_FROM_OPTION, IDENTITY_HAS_PARENT, MAX_DEDICATED,
-        MAX_FLOWS, MAX_PENDING, MAX_RECEIVED, OPTION_KIND, OPTION_LEN, counter,
+        DEDICATED_CANDIDATE, DEDICATED_VERIFIED, EXID_SAMPLED, IDENTITY_CLIENT,
+        IDENTITY_FROM_OPTION, IDENTITY_HAS_PARENT, MAX_DEDICATED, MAX_FLOWS, MAX_PENDING,
+        MAX_RECEIVED, OPTION_KIND, OPTION_LEN, counter,
     },
     role, syscall,
 };
@@ -79,7 +80,11 @@ pub struct Stream {
     pub rx: u64,
     pub flow_known: u8,
     pub role: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The thread that read the connection's unanswered HTTP/1 request (0: none): the
+    /// request a thread serves is kept per connection, so a response written by another thread
+    /// is seen as such.
+    pub open_tid: u32,
 }
 
 /// A CLIENT request's context waiting for the segment that starts with its first byte.
@@ -91,32 +96,50 @@ pub struct Pending {
     pub offset: u64,
 }
 
-/// The stream baselines of a connection (initial sequence + 1 of each direction).
+/// The stream baselines of a connection (initial sequence + 1 of each direction), and the
+/// span id of the last context received on it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Baseline {
     pub snd: u32,
     pub rcv: u32,
+    /// The span id of the last option received (0: none): TSO/GSO copies the option of a
+    /// request's first segment onto every segment cut from it, and only the first one starts
+    /// the request.
+    pub last_span: [u8; 8],
+    /// The absolute sequence number that context was stored under.
+    pub last_seq: u32,
+    pub _pad: u32,
 }
 
+/// A received context's connection and the absolute sequence number of the segment that
+/// carried it (not its offset: a later connection with the same 4-tuple starts from another
+/// initial sequence, so what an earlier one left behind is never found).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ReceivedKey {
     pub flow: FlowKey,
-    pub offset: u64,
+    pub seq: u64,
 }
 
-/// The SERVER request a thread is serving.
+/// What a thread does on server-side connections: the SERVER request it serves, and the
+/// server-side connection (SERVER, or UNKNOWN: seen first by its bytes; TLS and HTTP/2
+/// included) of its last data syscall, which tells whether it left a request unanswered to
+/// serve another connection.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Serving {
     pub ctx: Context,
+    /// The connection of the cleartext HTTP/1 request it serves (`ctx`).
     pub conn_id: u64,
-    /// Requests the thread started and has not answered yet.
-    pub open: u32,
-    /// Non-zero once the thread started a request while another was open: no parent for its
-    /// CLIENT requests until it has answered all of them.
-    pub ambiguous: u32,
+    /// The server-side connection of its last data syscall (0: none yet).
+    pub last_conn: u64,
+    pub last_fd: i32,
+    /// Non-zero while the request on `conn_id` is unanswered.
+    pub open: u8,
+    /// Direction of the last data syscall on `last_conn`.
+    pub last_dir: u8,
+    pub _pad: [u8; 2],
 }
 
 #[map]
@@ -193,7 +216,8 @@ pub fn on_track(tgid: u32, fd: i32, state: &ConnState, ep: &Endpoints) {
         rx: 0,
         flow_known: u8::from(ep.family != 0 && ep.local_port != 0 && ep.peer_port != 0),
         role: state.role,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        open_tid: 0,
     };
     let _ = PROP_STREAMS.insert(&conn_key(tgid, fd as u32), &stream, 0);
 }
@@ -209,6 +233,93 @@ pub fn on_task_exit(ctx: &TracePointContext) {
     let _ = PROP_SERVING.remove(&tid);
     if tid == ctx.tgid() {
         let _ = PROP_DEDICATED.remove(&tid);
+    }
+}
+
+/// sched_process_exec: the process is another program now; what was verified of the old one
+/// (its one-request-per-thread mark, or its revocation) and what its thread served are gone.
+/// Userspace classifies the new program before marking it again.
+#[inline(always)]
+pub fn on_exec(ctx: &TracePointContext) {
+    if !enabled() {
+        return;
+    }
+    let _ = PROP_SERVING.remove(&ctx.pid());
+    let _ = PROP_DEDICATED.remove(&ctx.tgid());
+}
+
+/// The process's threads were seen not to serve one request at a time: no CLIENT parent from
+/// the kernel for it any more (a candidate or not yet marked: userspace cannot mark it later).
+#[inline(always)]
+fn revoke(tgid: u32) {
+    use tracer_common::propagation::DEDICATED_REVOKED;
+    match PROP_DEDICATED.get_ptr_mut(&tgid) {
+        Some(mark) => {
+            // SAFETY: this process's entry.
+            unsafe {
+                if *mark != DEDICATED_REVOKED {
+                    *mark = DEDICATED_REVOKED;
+                    bump(counter::PROCESSES_REVOKED);
+                }
+            }
+        }
+        None => {
+            if PROP_DEDICATED.insert(&tgid, &DEDICATED_REVOKED, 0).is_ok() {
+                bump(counter::PROCESSES_REVOKED);
+            }
+        }
+    }
+}
+
+/// A data syscall of thread `tid` on connection `conn` (any protocol, TLS and HTTP/2
+/// included): on a server-side connection (SERVER, or UNKNOWN: a connection first seen by its
+/// bytes may be either end), it revokes the process when the thread leaves a request for
+/// another connection: its last server-side syscall was a read on another connection that is
+/// still open, or the cleartext request it serves is unanswered. A thread-per-request server
+/// answers (writes) before it reads another connection; an event loop, or a worker also serving
+/// a connection the kernel cannot parse (TLS, HTTP/2, older than the agent), does not.
+#[inline(always)]
+pub fn touch(tgid: u32, tid: u32, fd: i32, conn: &ConnState, dir: u8) {
+    if !enabled() || (conn.role != role::SERVER && conn.role != role::UNKNOWN) {
+        return;
+    }
+    let Some(sv) = PROP_SERVING.get_ptr_mut(&tid) else {
+        let Some(scratch) = PROP_SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: this CPU's scratch, written field by field before it is copied in.
+        unsafe {
+            let sv = &mut (*scratch).serving;
+            sv.ctx = Context {
+                trace: [0; 16],
+                span: [0; 8],
+            };
+            sv.conn_id = 0;
+            sv.last_conn = conn.conn_id;
+            sv.last_fd = fd;
+            sv.open = 0;
+            sv.last_dir = dir;
+            sv._pad = [0; 2];
+            let _ = PROP_SERVING.insert(&tid, &*sv, 0);
+        }
+        return;
+    };
+    // SAFETY: this thread's entry.
+    unsafe {
+        if (*sv).last_conn != conn.conn_id {
+            let left_unanswered = (*sv).open != 0 && (*sv).conn_id != conn.conn_id;
+            let left_a_read = (*sv).last_conn != 0
+                && (*sv).last_dir == direction::INGRESS
+                && crate::maps::CONNS
+                    .get(&conn_key(tgid, (*sv).last_fd as u32))
+                    .is_some_and(|c| c.conn_id == (*sv).last_conn);
+            if left_unanswered || left_a_read {
+                revoke(tgid);
+            }
+            (*sv).last_conn = conn.conn_id;
+            (*sv).last_fd = fd;
+        }
+        (*sv).last_dir = dir;
     }
 }
 
@@ -310,6 +421,42 @@ fn report(
     crate::maps::count(tracer_common::counter::EVENTS_SUBMITTED, 1);
 }
 
+/// sys_exit of a write-family syscall that sent nothing (an error, EAGAIN): a context waiting
+/// for the segment of the request's first byte at the current position is dropped (a retry
+/// decides again; a later connection on the same 4-tuple must not carry it).
+#[inline(always)]
+pub fn on_failed_send(tgid: u32, fd: i32, conn_id: u64) {
+    if !enabled() || conn_id == 0 {
+        return;
+    }
+    // SAFETY: values copied out.
+    let Some(st) = (unsafe { PROP_STREAMS.get(&conn_key(tgid, fd as u32)) }).copied() else {
+        return;
+    };
+    if st.conn_id != conn_id || st.flow_known == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    if unsafe { PROP_PENDING.get(&st.flow) }.is_some_and(|p| p.offset == st.tx) {
+        let _ = PROP_PENDING.remove(&st.flow);
+    }
+}
+
+/// Whether a peer address (IPv4 in the first 4 bytes, v4-mapped already named as IPv4) is
+/// loopback: such connections get no option (see `flow_of_sock`).
+#[inline(always)]
+fn loopback_peer(peer: *const [u8; 16]) -> bool {
+    // SAFETY: `peer` points into a map value; unaligned reads of plain bytes.
+    unsafe {
+        let first = (*peer)[0];
+        let hi = core::ptr::read_unaligned(peer as *const u64);
+        let lo = core::ptr::read_unaligned((peer as *const u8).add(8) as *const u64);
+        let v4_tail_zero = lo == 0 && (hi >> 32) == 0;
+        (first == 127 && v4_tail_zero)
+            || (hi == 0 && lo == u64::from_ne_bytes([0, 0, 0, 0, 0, 0, 0, 1]))
+    }
+}
+
 /// sys_enter of a write-family syscall on a tracked CLIENT connection: when its bytes start an
 /// HTTP/1 request, the request gets its identity here: a child of the SERVER request its thread
 /// serves when that is exactly one (in a process whose threads serve one request at a time),
@@ -346,26 +493,26 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
             (*st).flow_known = 1;
         }
         let tid = ctx.pid();
-        let dedicated = PROP_DEDICATED.get(&tgid).is_some();
+        if PROP_DEDICATED.get(&tgid).copied() != Some(DEDICATED_VERIFIED) {
+            // A process not (yet) verified to serve one request per thread (not classified,
+            // still warming up, a multiplexing runtime such as Go or Node, or revoked): no
+            // decision here, userspace links it as it can.
+            bump(counter::CLIENT_UNDECIDED);
+            return;
+        }
         let p = &mut (*scratch).pending;
         let mut parent = 0;
         let mut flags = IDENTITY_CLIENT;
         match PROP_SERVING.get(&tid) {
-            Some(sv) if sv.open == 1 && sv.ambiguous == 0 => {
-                if !dedicated {
-                    // One request served, in a process not (yet) known to serve one per
-                    // thread: no decision here, userspace links it as it can.
-                    bump(counter::CLIENT_UNDECIDED);
-                    return;
-                }
+            Some(sv) if sv.open != 0 && sv.last_conn == sv.conn_id => {
                 parent = u64::from_be_bytes(sv.ctx.span);
                 p.ctx.trace = sv.ctx.trace;
                 flags |= IDENTITY_HAS_PARENT;
                 bump(counter::CLIENT_CONTEXTS);
             }
             _ => {
-                // No request served by this thread, or several at once: the request starts a
-                // trace (as userspace would decide), and the receiving host links to it.
+                // No request served by this thread: the request starts a trace (as userspace
+                // would decide), and the receiving host links to it.
                 p.ctx.trace[..8].copy_from_slice(&random_u64().to_be_bytes());
                 p.ctx.trace[8..].copy_from_slice(&(random_u64() | 1).to_be_bytes());
                 bump(counter::CLIENT_UNLINKED);
@@ -373,7 +520,10 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
         }
         p.ctx.span = new_span(parent).to_be_bytes();
         p.offset = (*st).tx;
-        let _ = PROP_PENDING.insert(&(*st).flow, &*p, 0);
+        // Loopback connections carry no option (`flow_of_sock`): nothing to wait for.
+        if !loopback_peer(&(*st).flow.peer) {
+            let _ = PROP_PENDING.insert(&(*st).flow, &*p, 0);
+        }
         // Dated before the data record, whose causal time is the syscall's start.
         report(
             tgid,
@@ -407,6 +557,7 @@ pub fn on_transfer(
     if !enabled() {
         return;
     }
+    touch(tgid, tid, fd, conn, dir);
     let Some(st) = PROP_STREAMS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
         return;
     };
@@ -421,14 +572,8 @@ pub fn on_transfer(
             if (*st).role == role::SERVER
                 && let Some(b) = first_bytes(first)
                 && b[..7] == *b"HTTP/1."
-                && let Some(sv) = PROP_SERVING.get_ptr_mut(&tid)
             {
-                if (*sv).open > 0 {
-                    (*sv).open -= 1;
-                }
-                if (*sv).open == 0 {
-                    (*sv).ambiguous = 0;
-                }
+                answered(tgid, tid, st);
             }
             return;
         }
@@ -448,12 +593,23 @@ pub fn on_transfer(
         };
         let key = &mut (*scratch).key;
         key.flow = (*st).flow;
-        // Received offsets are 32-bit (sequence space).
-        key.offset = offset as u32 as u64;
+        // Received contexts are keyed by the absolute sequence number of their segment.
+        let rcv_base = if (*st).flow_known != 0 {
+            PROP_BASELINES.get(&(*st).flow).map(|b| b.rcv)
+        } else {
+            None
+        };
+        key.seq = rcv_base.map_or(0, |b| b.wrapping_add(offset as u32)) as u64;
         let sv = &mut (*scratch).serving;
         let mut flags = 0;
         let mut parent = 0;
-        match if (*st).flow_known != 0 {
+        if (*st).open_tid != 0 {
+            // A request read before the last one on this connection was answered (pipelined,
+            // or read by two threads): which one a CLIENT request is for cannot be told.
+            revoke(tgid);
+        }
+        (*st).open_tid = tid;
+        match if rcv_base.is_some() {
             PROP_RECEIVED.get(&*key)
         } else {
             None
@@ -472,17 +628,11 @@ pub fn on_transfer(
         }
         crate::prop_scan::adopt(first, total, &mut flags, &mut parent, &mut sv.ctx);
         sv.ctx.span = new_span(parent).to_be_bytes();
-        sv.conn_id = conn.conn_id;
-        sv.open = 1;
-        sv.ambiguous = 0;
-        match PROP_SERVING.get_ptr_mut(&tid) {
-            Some(old) if (*old).open > 0 => {
-                (*old).open += 1;
-                (*old).ambiguous = 1;
-            }
-            _ => {
-                let _ = PROP_SERVING.insert(&tid, &*sv, 0);
-            }
+        // `touch` made the thread's entry (and revoked the process if it left a request).
+        if let Some(cur) = PROP_SERVING.get_ptr_mut(&tid) {
+            (*cur).ctx = sv.ctx;
+            (*cur).conn_id = conn.conn_id;
+            (*cur).open = 1;
         }
         report(
             tgid,
@@ -496,6 +646,41 @@ pub fn on_transfer(
             &sv.ctx,
             parent,
         );
+    }
+}
+
+/// A response starts on SERVER connection `st`, written by `tid`: the connection's request is
+/// answered. Written by the thread that read it: one more request the process served on one
+/// thread (a candidate is verified after enough of them); by another thread: the process
+/// answers on other threads than the reading one, and is revoked.
+#[inline(always)]
+unsafe fn answered(tgid: u32, tid: u32, st: *mut Stream) {
+    // SAFETY: the caller's stream entry.
+    let reader = unsafe { (*st).open_tid };
+    if reader == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*st).open_tid = 0 };
+    if reader != tid {
+        revoke(tgid);
+        return;
+    }
+    if let Some(sv) = PROP_SERVING.get_ptr_mut(&tid) {
+        // SAFETY: this thread's entry.
+        unsafe {
+            if (*sv).conn_id == (*st).conn_id {
+                (*sv).open = 0;
+            }
+        }
+    }
+    if let Some(mark) = PROP_DEDICATED.get_ptr_mut(&tgid) {
+        // SAFETY: this process's entry.
+        unsafe {
+            if *mark >= DEDICATED_CANDIDATE && *mark < DEDICATED_VERIFIED {
+                *mark += 1;
+            }
+        }
     }
 }
 
@@ -581,9 +766,15 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             Baseline {
                 snd: (*ctx.ops).snd_nxt,
                 rcv: (*ctx.ops).rcv_nxt,
+                last_span: [0; 8],
+                last_seq: 0,
+                _pad: 0,
             }
         };
         let _ = PROP_BASELINES.insert(&flow, &base, 0);
+        // A context an earlier connection of this 4-tuple left waiting (its request never went
+        // out) is not this connection's.
+        let _ = PROP_PENDING.remove(&flow);
         let flags = ctx.cb_flags()
             | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG
             | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG;
@@ -672,17 +863,31 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         let Some(flow) = flow_of_sock(ctx) else {
             return;
         };
-        // SAFETY: value copied out.
-        let Some(base) = (unsafe { PROP_BASELINES.get(&flow) }).copied() else {
+        let Some(base) = PROP_BASELINES.get_ptr_mut(&flow) else {
             return;
         };
         let Some(seq) = segment_seq(ctx) else {
             return;
         };
-        let key = ReceivedKey {
-            flow,
-            offset: seq.wrapping_sub(base.rcv) as u64,
-        };
+        let mut key = ReceivedKey { flow, seq: 0 };
+        // SAFETY: this connection's entry.
+        unsafe {
+            if (*base).last_span == span {
+                // A copy of the option on a later segment of the same request (TSO/GSO), or a
+                // retransmission: the first one is stored already.
+                return;
+            }
+            if (*base).last_span != [0; 8] {
+                // The previous request's context, if still unclaimed, is stale now (its request
+                // came before this one): it must not wait for a request whose offset the
+                // syscall side may miscount after a hole in what it saw of the stream.
+                key.seq = (*base).last_seq as u64;
+                let _ = PROP_RECEIVED.remove(&key);
+            }
+            (*base).last_span = span;
+            (*base).last_seq = seq;
+        }
+        key.seq = seq as u64;
         let _ = PROP_RECEIVED.insert(&key, &Context { trace, span }, 0);
         bump(counter::OPTIONS_RECEIVED);
     }

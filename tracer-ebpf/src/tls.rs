@@ -6,6 +6,14 @@
 //! remembered (LRU) for calls served from OpenSSL's buffers with no syscall. Once a connection
 //! has plaintext, `ConnState::tls` is set and the data programs send none of its ciphertext.
 //!
+//! A syscall inside the call is not always the call's own: an application's callback may run
+//! inside it (Node.js emits 'secureConnect' inside the call that completes the handshake, and
+//! the handler may write to any socket). Its connection is taken as the `SSL*`'s only when it
+//! can be claimed (not bound to another `SSL*` in `CONN_SSL`, which every binding sets, and
+//! not carrying another library's plaintext) and, when not bound to this `SSL*` yet, the bytes
+//! that syscall moved started with a TLS record (`note_transfer`). Otherwise the call is
+//! attributed as if it made no syscall, counted (`TLS_NESTED_REFUSED`).
+//!
 //! Memory BIOs (Node.js): OpenSSL encrypts into and decrypts from memory and the program moves
 //! the ciphertext itself, so no syscall happens inside the call. Node's order is synchronous on
 //! the thread: `SSL_write` then, before any other socket syscall, the write of its ciphertext
@@ -15,10 +23,13 @@
 //! - write side: an `SSL_write` without a socket is held (`TLS_HELD`, not sent); the thread's
 //!   next data syscall binds it when it is a write on a tracked connection made of whole TLS
 //!   records, the last of which ends the write and is application data of exactly the
-//!   plaintext's size plus an AEAD's overhead, no other `SSL*` made a call in between, and, when
-//!   the `SSL_write` ran on a socket's read (Node's client writes its first request as the
-//!   server's handshake flight is read), it is that socket. The held record is then sent, as
-//!   that connection's;
+//!   plaintext's size plus an AEAD's overhead and ends with the very bytes the `SSL_write`'s
+//!   last record ended with when OpenSSL wrote it into the memory BIO (its AEAD tag, 128
+//!   unpredictable bits, taken by the `BIO_write`/`BIO_write_ex` uprobe: [`bio_write`]), no
+//!   other `SSL*` made a call in between, and, when the `SSL_write` ran on a socket's read
+//!   (Node's client writes its first request as the server's handshake flight is read), it is
+//!   that socket. The held record is then sent, as that connection's. Without the tag (a
+//!   libssl whose libcrypto is not probed) the write side is refused;
 //! - read side: an `SSL_read` without a socket that returned plaintext is bound to the socket
 //!   of the thread's last read when that read's bytes started with a TLS record, could hold
 //!   that plaintext, and no data syscall on another fd came since (Node's server writes its
@@ -56,13 +67,18 @@ pub struct SslCall {
     /// `_ex`: where the function writes the size it transferred (0 for the int variants).
     out_len: u64,
     enter_ns: u64,
+    /// `SSL_write`: the last 16 bytes of the last record it wrote into its BIO (the AEAD tag),
+    /// zero until [`bio_write`] saw one.
+    tag: [u64; 2],
     /// The tracked connection read or written inside the call, -1 until one is.
     fd: i32,
     /// `syscall::SSL_READ` or `syscall::SSL_WRITE`.
     kind: u8,
     /// Two different tracked connections were touched inside the call.
     ambiguous: u8,
-    _pad: [u8; 2],
+    /// The bytes a syscall on `fd` moved inside the call started with a TLS record.
+    tls_bytes: u8,
+    _pad: u8,
 }
 
 /// `SslCall::kind` of `SSL_do_handshake` (also under `SSL_accept`/`SSL_connect`): it sends no
@@ -141,11 +157,14 @@ const TLS_FLUSH_RECORDS: u32 = 8;
 #[map]
 pub static TLS_THREADS: LruHashMap<u64, ThreadTls> = LruHashMap::with_max_entries(MAX_SSL_CALLS, 0);
 
-/// A held `SSL_write` record: the same layout as the start of `DataEvent`.
+/// A held `SSL_write` record: the same layout as the start of `DataEvent` (the tag after the
+/// data is never sent).
 #[repr(C)]
 pub struct HeldRecord {
     meta: DataEventHeader,
     data: [u8; TLS_HELD_CAPTURE],
+    /// The `SSL_write`'s `SslCall::tag`.
+    tag: [u64; 2],
 }
 
 /// `SSL_write` plaintext held until its ciphertext write binds the `SSL*`, by pid_tgid.
@@ -221,19 +240,34 @@ fn bind(tgid: u32, ssl: u64, fd: i32, conn: &ConnState) {
     let _ = CONN_SSL.insert(&conn.conn_id, &ssl, 0);
 }
 
-/// From the data programs' sys_exit of a read of tracked connection `fd` (not TLS plaintext
-/// yet) that returned `bytes` at `buf`: when they start with a TLS record, the thread's next
+/// From the data programs' sys_exit of a transfer on tracked connection `fd` (not TLS
+/// plaintext yet) that moved `bytes` at `buf`: when they start with a TLS record, an OpenSSL
+/// call this syscall ran inside may take `fd` as its socket, and after a read the thread's next
 /// `SSL_read` may be bound to it.
 #[inline(always)]
-pub fn note_read(id: u64, fd: i32, conn_id: u64, buf: u64, bytes: u64) {
-    if buf == 0 {
+pub fn note_transfer(id: u64, fd: i32, conn_id: u64, buf: u64, bytes: u64, ingress: bool) {
+    let call = SSL_CALLS.get_ptr_mut(&id);
+    // A write matters only inside an OpenSSL call.
+    if buf == 0 || (!ingress && call.is_none()) {
         return;
     }
     // SAFETY: probe-read of user memory; failure handled.
     let Ok(h) = (unsafe { bpf_probe_read_user(buf as *const [u8; 3]) }) else {
         return;
     };
-    if !(0x14..=0x17).contains(&h[0]) || h[1] != 3 {
+    // Content type 20..=23, version 3.0 to 3.4 (a ClientHello's record says 3.1).
+    if !(0x14..=0x17).contains(&h[0]) || h[1] != 3 || h[2] > 4 {
+        return;
+    }
+    if let Some(call) = call {
+        // SAFETY: a pointer into this thread's own entry (only this thread writes it).
+        unsafe {
+            if (*call).fd == fd {
+                (*call).tls_bytes = 1;
+            }
+        }
+    }
+    if !ingress {
         return;
     }
     let t = ThreadTls {
@@ -365,6 +399,20 @@ fn flush(ctx: &TracePointContext, id: u64, sys: u8, fd: i64, t: &ThreadTls) -> F
     let Some(held) = TLS_HELD.get_ptr_mut(&id) else {
         return Flush::HeldLost;
     };
+    // And it ends with the bytes the SSL_write's last record ended with in the memory BIO (its
+    // AEAD tag): another connection's record of the same size never does.
+    // SAFETY: `held` points at this thread's held record; probe-read of user memory, failure
+    // handled.
+    unsafe {
+        let tag = (*held).tag;
+        if tag == [0, 0] {
+            return Flush::Refused;
+        }
+        match bpf_probe_read_user((base + room - 16) as *const [u64; 2]) {
+            Ok(tail) if tail == tag => {}
+            _ => return Flush::Refused,
+        }
+    }
     bind(tgid, t.ssl, fd as i32, &conn);
     // SAFETY: `held` points at this thread's held record; `n` is bounded by its data array.
     unsafe {
@@ -524,6 +572,7 @@ fn memory_bio(ctx: &RetProbeContext, id: u64, call: &SslCall) -> Option<(i32, Co
                 took as u32
             },
         };
+        (*(ev as *mut HeldRecord)).tag = call.tag;
         let held = &*(ev as *const HeldRecord);
         if TLS_HELD.insert(&id, held, 0).is_err() {
             count(counter::TLS_HELD_EVICTED, 1);
@@ -571,10 +620,12 @@ pub fn enter(ctx: &ProbeContext, kind_: u8, ex: bool) {
         },
         // SAFETY: plain helper call.
         enter_ns: unsafe { bpf_ktime_get_ns() },
+        tag: [0, 0],
         fd: -1,
         kind: kind_,
         ambiguous: 0,
-        _pad: [0; 2],
+        tls_bytes: 0,
+        _pad: 0,
     };
     if call.ssl == 0 || call.buf == 0 || (ex && call.out_len == 0) {
         return;
@@ -600,10 +651,12 @@ pub fn enter_handshake(ctx: &ProbeContext) {
         out_len: 0,
         // SAFETY: plain helper call.
         enter_ns: unsafe { bpf_ktime_get_ns() },
+        tag: [0, 0],
         fd: -1,
         kind: HANDSHAKE,
         ambiguous: 0,
-        _pad: [0; 2],
+        tls_bytes: 0,
+        _pad: 0,
     };
     if call.ssl != 0 {
         disturb(bpf_get_current_pid_tgid(), call.ssl, false);
@@ -634,6 +687,52 @@ pub fn note_syscall_fd(pid_tgid: u64, fd: i32) {
     }
 }
 
+/// Entry of `BIO_write(bio, data, dlen)` / `BIO_write_ex(bio, data, dlen, written)`: inside an
+/// `SSL_write` OpenSSL writes each record it made into the `SSL*`'s BIO, the last one last;
+/// the call keeps the last 16 bytes written (a record's AEAD tag). Any other call returns at
+/// once (a lookup: BIO_write is hot in libcrypto users).
+#[inline(always)]
+pub fn bio_write(ctx: &ProbeContext) {
+    let Some(call) = SSL_CALLS.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
+        return;
+    };
+    // SAFETY: a pointer into this thread's own entry (only this thread writes it).
+    unsafe {
+        if (*call).kind != syscall::SSL_WRITE {
+            return;
+        }
+    }
+    let data = ctx.arg::<u64>(1).unwrap_or(0);
+    // An int for BIO_write, a size_t for BIO_write_ex: the low 32 bits, below 2 GiB.
+    let len = ctx.arg::<u64>(2).unwrap_or(0) & 0xffff_ffff;
+    if data == 0 || !(16..0x8000_0000).contains(&len) {
+        return;
+    }
+    // SAFETY: probe-read of user memory, failure handled; this thread's own entry.
+    unsafe {
+        (*call).tag = bpf_probe_read_user((data + len - 16) as *const [u64; 2]).unwrap_or([0, 0]);
+    }
+}
+
+/// Whether the tracked connection the call `call` of process `tgid` touched is its `SSL*`'s
+/// socket (see the module doc): bound to it already, or claimable and the bytes moved were a
+/// TLS record. Otherwise counted (`TLS_NESTED_REFUSED`).
+#[inline(always)]
+fn nested_socket(tgid: u32, call: &SslCall) -> Option<ConnState> {
+    let conn = live_conn(tgid, call.fd as u32).filter(|c| c.role != role::IGNORED)?;
+    // SAFETY: value copied out.
+    let mine = match unsafe { CONN_SSL.get(&conn.conn_id) }.copied() {
+        Some(bound) => bound == call.ssl,
+        None => conn.tls == 0 && call.tls_bytes != 0,
+    };
+    if mine {
+        Some(conn)
+    } else {
+        count(counter::TLS_NESTED_REFUSED, 1);
+        None
+    }
+}
+
 /// Return of any of the probed functions.
 #[inline(always)]
 pub fn exit(ctx: &RetProbeContext) {
@@ -649,23 +748,21 @@ pub fn exit(ctx: &RetProbeContext) {
         tgid,
         _pad: 0,
     };
-    // The socket: the one read or written inside this call, else the one remembered for this
-    // SSL* if it is still the same connection.
-    let (fd, conn) = if call.ambiguous != 0 {
+    // The socket: the one read or written inside this call when it is this SSL*'s, else the one
+    // remembered for this SSL* if it is still the same connection.
+    if call.ambiguous != 0 {
         let _ = SSL_FDS.remove(&key);
         count(counter::TLS_AMBIGUOUS_FD, 1);
         return;
-    } else if call.fd >= 0 {
-        let conn = live_conn(tgid, call.fd as u32);
-        if let Some(c) = conn {
-            let socket = SslSocket {
-                conn_id: c.conn_id,
-                fd: call.fd,
-                _pad: 0,
-            };
-            let _ = SSL_FDS.insert(&key, &socket, 0);
-        }
-        (call.fd, conn)
+    }
+    let nested = if call.fd >= 0 {
+        nested_socket(tgid, &call)
+    } else {
+        None
+    };
+    let (fd, conn) = if let Some(c) = nested {
+        bind(tgid, call.ssl, call.fd, &c);
+        (call.fd, Some(c))
     } else {
         // SAFETY: value copied out.
         let socket = (unsafe { SSL_FDS.get(&key) }).copied();

@@ -996,6 +996,7 @@ fn snapshot(
             matching: pipeline.kernel_id_stats(),
             kernel_identities: l.kernel_identities,
             kernel_disagreements: l.kernel_disagreements,
+            trace_remaps_evicted: l.trace_remaps_evicted,
         },
     }
 }

@@ -867,6 +867,10 @@ pub fn needs_proc(
 }
 
 #[cfg(test)]
+#[path = "pipeline_test_harness.rs"]
+mod test_harness;
+
+#[cfg(test)]
 #[path = "pipeline_h2_tests.rs"]
 mod h2_tests;
 
@@ -876,23 +880,9 @@ mod tls_tests;
 
 #[cfg(test)]
 mod tests {
+    use super::test_harness::fake_process;
     use super::*;
     use crate::model::Direction;
-
-    /// Writes `<root>/<pid>/comm` and `<root>/<pid>/task/<pid>/stat` for a process named `comm`
-    /// started at `start`.
-    fn fake_process(root: &std::path::Path, pid: u32, comm: &str, start: u64) {
-        let dir = root.join(pid.to_string());
-        let main_thread = dir.join("task").join(pid.to_string());
-        std::fs::create_dir_all(&main_thread).expect("fake proc dir");
-        std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
-        let zeros = "0 ".repeat(18);
-        std::fs::write(
-            main_thread.join("stat"),
-            format!("{pid} ({comm}) S {zeros}{start} 0\n"),
-        )
-        .expect("stat");
-    }
 
     /// P1 has a request pending when P2 takes its pid (and the agent prefetches P2's resource):
     /// P1's span still carries P1's service.name.
@@ -900,7 +890,7 @@ mod tests {
     fn a_reused_pid_does_not_rename_the_previous_process_spans() {
         let root = std::env::temp_dir().join(format!("tracer-pipeline-{}", std::process::id()));
         let pid = 4242;
-        fake_process(&root, pid, "first", 100);
+        fake_process(&root, pid, "first", 100, None);
         let mut pipeline = Pipeline::new(
             PipelineOptions {
                 limits: TableLimits::default(),
@@ -949,7 +939,7 @@ mod tests {
             &mut out,
         );
         // P1 exits; P2 gets the pid and opens a connection of its own.
-        fake_process(&root, pid, "second", 200);
+        fake_process(&root, pid, "second", 200, None);
         pipeline.prefetch_resource(pid);
         pipeline.on_event(
             data(

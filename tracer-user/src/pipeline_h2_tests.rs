@@ -2,8 +2,9 @@
 //! become RPC spans, interleaved streams keep their own attributes, and the same-host client and
 //! server ends of one connection pair by stream id.
 
+use super::test_harness::{HOST_NETNS, Harness, fake_process, str_attr};
 use super::*;
-use crate::model::{AttrValue, Direction, SpanKind, SpanRecord, SpanStatus};
+use crate::model::{AttrValue, Direction, SpanKind, SpanStatus};
 use crate::protocols::http2::PREFACE;
 
 const SERVER_PID: u32 = 5100;
@@ -76,143 +77,17 @@ fn response(stream_id: u32, grpc_status: &str) -> Vec<u8> {
     out
 }
 
-/// The host's network namespace in the fake `/proc`.
-const HOST_NETNS: u64 = 4026531840;
-
-fn fake_process(root: &std::path::Path, pid: u32, comm: &str) {
-    fake_process_in(root, pid, comm, Some(HOST_NETNS));
-}
-
-/// A fake process in network namespace `netns` (`None`: `ns/net` unreadable).
-fn fake_process_in(root: &std::path::Path, pid: u32, comm: &str, netns: Option<u64>) {
-    let dir = root.join(pid.to_string());
-    let main_thread = dir.join("task").join(pid.to_string());
-    std::fs::create_dir_all(&main_thread).expect("fake proc dir");
-    std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
-    let zeros = "0 ".repeat(18);
-    std::fs::write(
-        main_thread.join("stat"),
-        format!("{pid} ({comm}) S {zeros}100 0\n"),
-    )
-    .expect("stat");
-    if let Some(netns) = netns {
-        std::fs::create_dir_all(dir.join("ns")).expect("ns dir");
-        std::os::unix::fs::symlink(format!("net:[{netns}]"), dir.join("ns/net")).expect("ns/net");
-    }
-}
-
-struct Harness {
-    pipeline: Pipeline,
-    root: std::path::PathBuf,
-    ts: u64,
-    out: Vec<ExportItem>,
-}
-
-impl Harness {
-    fn new(name: &str) -> Harness {
-        let root =
-            std::env::temp_dir().join(format!("tracer-pipeline-h2-{name}-{}", std::process::id()));
-        fake_process(&root, SERVER_PID, "greeter-server");
-        fake_process(&root, CLIENT_PID, "greeter-client");
-        let pipeline = Pipeline::new(
-            PipelineOptions {
-                limits: TableLimits::default(),
-                proc_root: root.clone(),
-                host_name: "test-host".into(),
-                ports: Vec::new(),
-                include_telemetry: false,
-            },
-            Clock::from_offset(1_700_000_000_000_000_000),
-        );
-        Harness {
-            pipeline,
-            root,
-            ts: 1_000,
-            out: Vec::new(),
-        }
-    }
-
-    fn header(&mut self, pid: u32, conn_id: u64) -> RecordHeader {
-        self.ts += 1_000;
-        RecordHeader {
-            tgid: pid,
-            tid: pid,
-            fd: conn_id as i32,
-            conn_id,
-            ts_ns: self.ts,
-        }
-    }
-
-    fn open(&mut self, pid: u32, conn_id: u64, role: Role, local: &str, peer: &str) {
-        self.open_in(pid, conn_id, role, local, peer, None);
-    }
-
-    /// An open record naming the connection's network namespace (`None`: the kernel could not).
-    fn open_in(
-        &mut self,
-        pid: u32,
-        conn_id: u64,
-        role: Role,
-        local: &str,
-        peer: &str,
-        netns: Option<u64>,
-    ) {
-        let header = self.header(pid, conn_id);
-        self.pipeline.on_event(
-            KernelEvent::ConnOpen {
-                header,
-                role: Some(role),
-                local: local.parse().ok(),
-                peer: peer.parse().ok(),
-                netns,
-            },
-            &mut self.out,
-        );
-    }
-
-    fn data(&mut self, pid: u32, conn_id: u64, role: Role, direction: Direction, bytes: &[u8]) {
-        let header = self.header(pid, conn_id);
-        self.pipeline.on_event(
-            KernelEvent::Data {
-                header,
-                direction,
-                role: Some(role),
-                true_len: bytes.len() as u32,
-                syscall_ns: 0,
-                loss_before: false,
-                tls: false,
-                payload: bytes,
-            },
-            &mut self.out,
-        );
-    }
-
-    fn spans(&self) -> Vec<&SpanRecord> {
-        self.out.iter().map(|item| &item.span).collect()
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn str_attr<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a str> {
-    span.attributes
-        .iter()
-        .find(|a| a.key == key)
-        .and_then(|a| match &a.value {
-            AttrValue::Str(s) => Some(s.as_str()),
-            _ => None,
-        })
-}
-
 /// A gRPC server's connection from its first bytes: one RPC span per call, named by the
 /// method, with the status NAME from the trailers and nothing of grpc-message.
 #[test]
 fn a_grpc_server_connection_gives_rpc_spans() {
-    let mut h = Harness::new("server");
+    let mut h = Harness::new(
+        "h2-server",
+        &[
+            (SERVER_PID, "greeter-server"),
+            (CLIENT_PID, "greeter-client"),
+        ],
+    );
     let srv = |h: &mut Harness, dir, bytes: &[u8]| h.data(SERVER_PID, 1, Role::Server, dir, bytes);
     h.open(
         SERVER_PID,
@@ -276,7 +151,13 @@ fn a_grpc_server_connection_gives_rpc_spans() {
 /// CLIENT span of the same stream id, whatever order the calls complete in.
 #[test]
 fn same_host_ends_pair_by_stream_id() {
-    let mut h = Harness::new("pair");
+    let mut h = Harness::new(
+        "h2-pair",
+        &[
+            (SERVER_PID, "greeter-server"),
+            (CLIENT_PID, "greeter-client"),
+        ],
+    );
     h.open(
         CLIENT_PID,
         10,
@@ -330,9 +211,21 @@ fn same_host_ends_pair_by_stream_id() {
 fn loopback_tuples_pair_only_within_one_network_namespace() {
     const OTHER_POD_PID: u32 = 5300;
     const UNKNOWN_NS_PID: u32 = 5400;
-    let mut h = Harness::new("netns");
-    fake_process_in(&h.root, OTHER_POD_PID, "other-pod", Some(HOST_NETNS + 7));
-    fake_process_in(&h.root, UNKNOWN_NS_PID, "no-ns", None);
+    let mut h = Harness::new(
+        "h2-netns",
+        &[
+            (SERVER_PID, "greeter-server"),
+            (CLIENT_PID, "greeter-client"),
+        ],
+    );
+    fake_process(
+        &h.root,
+        OTHER_POD_PID,
+        "other-pod",
+        100,
+        Some(HOST_NETNS + 7),
+    );
+    fake_process(&h.root, UNKNOWN_NS_PID, "no-ns", 100, None);
     h.open(
         CLIENT_PID,
         20,
@@ -385,7 +278,13 @@ fn loopback_tuples_pair_only_within_one_network_namespace() {
 /// counted and the identity the linker gave their request head stayed pending forever.
 #[test]
 fn exchanges_a_port_filter_cannot_judge_are_counted_and_release_their_identity() {
-    let mut h = Harness::new("ports-unknown");
+    let mut h = Harness::new(
+        "h2-ports-unknown",
+        &[
+            (SERVER_PID, "greeter-server"),
+            (CLIENT_PID, "greeter-client"),
+        ],
+    );
     h.pipeline.opts.ports = vec![50051];
     let header = h.header(SERVER_PID, 9);
     h.pipeline.on_event(
@@ -438,7 +337,13 @@ fn exchanges_a_port_filter_cannot_judge_are_counted_and_release_their_identity()
 fn the_namespace_the_kernel_names_pairs_a_client_without_proc() {
     const GONE_PID: u32 = 5500;
     const OTHER_NS: u64 = HOST_NETNS + 9;
-    let mut h = Harness::new("kernel-netns");
+    let mut h = Harness::new(
+        "h2-kernel-netns",
+        &[
+            (SERVER_PID, "greeter-server"),
+            (CLIENT_PID, "greeter-client"),
+        ],
+    );
     let flight = || {
         let mut flight = PREFACE.to_vec();
         flight.extend(frame(SETTINGS, 0, 0, &[]));

@@ -2,13 +2,13 @@
 //! plaintext records a TLS library's uprobes captured (`DATA_FLAG_TLS`) are, and their spans
 //! carry the `https` scheme; client and server ends on one host still pair by socket.
 
+use super::test_harness::{Harness, int_attr, str_attr};
 use super::*;
-use crate::model::{AttrValue, Direction, SpanKind, SpanRecord};
+use crate::model::{Direction, SpanKind};
 use crate::protocols::http2::PREFACE;
 
 const SERVER_PID: u32 = 6100;
 const CLIENT_PID: u32 = 6200;
-const HOST_NETNS: u64 = 4026531840;
 
 /// A TLS 1.2/1.3 ClientHello record's first bytes (handshake, version 3.1).
 const CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x03];
@@ -20,186 +20,31 @@ const APP_DATA: &[u8] = &[0x17, 0x03, 0x03, 0x00, 0x04, 0xde, 0xad, 0xbe, 0xef];
 const GET: &[u8] = b"GET /secure/items?id=7 HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n";
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-fn fake_process(root: &std::path::Path, pid: u32, comm: &str) {
-    let dir = root.join(pid.to_string());
-    let main_thread = dir.join("task").join(pid.to_string());
-    std::fs::create_dir_all(&main_thread).expect("fake proc dir");
-    std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
-    let zeros = "0 ".repeat(18);
-    std::fs::write(
-        main_thread.join("stat"),
-        format!("{pid} ({comm}) S {zeros}100 0\n"),
-    )
-    .expect("stat");
-    std::fs::create_dir_all(dir.join("ns")).expect("ns dir");
-    std::os::unix::fs::symlink(format!("net:[{HOST_NETNS}]"), dir.join("ns/net")).expect("ns");
-}
-
-struct Harness {
-    pipeline: Pipeline,
-    root: std::path::PathBuf,
-    ts: u64,
-    out: Vec<ExportItem>,
-}
-
-impl Harness {
-    fn new(name: &str) -> Harness {
-        let root =
-            std::env::temp_dir().join(format!("tracer-pipeline-tls-{name}-{}", std::process::id()));
-        fake_process(&root, SERVER_PID, "tls-server");
-        fake_process(&root, CLIENT_PID, "tls-client");
-        let pipeline = Pipeline::new(
-            PipelineOptions {
-                limits: TableLimits::default(),
-                proc_root: root.clone(),
-                host_name: "test-host".into(),
-                ports: Vec::new(),
-                include_telemetry: false,
-            },
-            Clock::from_offset(1_700_000_000_000_000_000),
-        );
-        Harness {
-            pipeline,
-            root,
-            ts: 1_000,
-            out: Vec::new(),
-        }
-    }
-
-    fn header(&mut self, pid: u32, conn_id: u64) -> RecordHeader {
-        self.ts += 1_000;
-        RecordHeader {
-            tgid: pid,
-            tid: pid,
-            fd: conn_id as i32,
-            conn_id,
-            ts_ns: self.ts,
-        }
-    }
-
-    fn open(&mut self, pid: u32, conn_id: u64, role: Role, local: &str, peer: &str) {
-        let header = self.header(pid, conn_id);
-        self.pipeline.on_event(
-            KernelEvent::ConnOpen {
-                header,
-                role: Some(role),
-                local: local.parse().ok(),
-                peer: peer.parse().ok(),
-                netns: None,
-            },
-            &mut self.out,
-        );
-    }
-
-    /// One record: `tls` plaintext from a uprobe, else socket bytes; `true_len` beyond the
-    /// bytes is a gap.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &mut self,
-        pid: u32,
-        conn_id: u64,
-        role: Role,
-        direction: Direction,
-        bytes: &[u8],
-        true_len: u32,
-        tls: bool,
-        loss_before: bool,
-    ) {
-        let header = self.header(pid, conn_id);
-        self.pipeline.on_event(
-            KernelEvent::Data {
-                header,
-                direction,
-                role: Some(role),
-                true_len,
-                syscall_ns: 0,
-                loss_before,
-                tls,
-                payload: bytes,
-            },
-            &mut self.out,
-        );
-    }
-
-    fn cipher(&mut self, pid: u32, conn_id: u64, role: Role, direction: Direction, bytes: &[u8]) {
-        self.record(
-            pid,
-            conn_id,
-            role,
-            direction,
-            bytes,
-            bytes.len() as u32,
-            false,
-            false,
-        );
-    }
-
-    fn plain(&mut self, pid: u32, conn_id: u64, role: Role, direction: Direction, bytes: &[u8]) {
-        self.record(
-            pid,
-            conn_id,
-            role,
-            direction,
-            bytes,
-            bytes.len() as u32,
-            true,
-            false,
-        );
-    }
-
-    fn spans(&self) -> Vec<&SpanRecord> {
-        self.out.iter().map(|item| &item.span).collect()
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn str_attr<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a str> {
-    span.attributes
-        .iter()
-        .find(|a| a.key == key)
-        .and_then(|a| match &a.value {
-            AttrValue::Str(s) => Some(s.as_str()),
-            _ => None,
-        })
-}
-
-fn int_attr(span: &SpanRecord, key: &str) -> Option<i64> {
-    span.attributes
-        .iter()
-        .find(|a| a.key == key)
-        .and_then(|a| match &a.value {
-            AttrValue::Int(i) => Some(*i),
-            _ => None,
-        })
-}
-
 /// The handshake's ciphertext comes first (the uprobes have not fired yet), then the plaintext
 /// of one exchange, with more ciphertext interleaved (the kernel's data programs may still send
 /// some before they see `ConnState::tls`): one SERVER span with scheme https, the right path
 /// and status, and the HTTP framer never saw a ciphertext byte (no desync, nothing skipped).
 #[test]
 fn ciphertext_is_skipped_and_plaintext_becomes_an_https_server_span() {
-    let mut h = Harness::new("server");
+    let mut h = Harness::new(
+        "tls-server",
+        &[(SERVER_PID, "tls-server"), (CLIENT_PID, "tls-client")],
+    );
     let (local, peer) = ("127.0.0.1:8443", "127.0.0.1:40001");
     h.open(SERVER_PID, 1, Role::Server, local, peer);
-    h.cipher(
+    h.data(
         SERVER_PID,
         1,
         Role::Server,
         Direction::Ingress,
         CLIENT_HELLO,
     );
-    h.cipher(SERVER_PID, 1, Role::Server, Direction::Egress, SERVER_HELLO);
-    h.cipher(SERVER_PID, 1, Role::Server, Direction::Ingress, APP_DATA);
+    h.data(SERVER_PID, 1, Role::Server, Direction::Egress, SERVER_HELLO);
+    h.data(SERVER_PID, 1, Role::Server, Direction::Ingress, APP_DATA);
     h.plain(SERVER_PID, 1, Role::Server, Direction::Ingress, GET);
-    h.cipher(SERVER_PID, 1, Role::Server, Direction::Egress, APP_DATA);
+    h.data(SERVER_PID, 1, Role::Server, Direction::Egress, APP_DATA);
     h.plain(SERVER_PID, 1, Role::Server, Direction::Egress, OK);
-    h.cipher(SERVER_PID, 1, Role::Server, Direction::Ingress, APP_DATA);
+    h.data(SERVER_PID, 1, Role::Server, Direction::Ingress, APP_DATA);
     let spans = h.spans();
     assert_eq!(spans.len(), 1, "{spans:?}");
     let span = spans[0];
@@ -224,20 +69,23 @@ fn ciphertext_is_skipped_and_plaintext_becomes_an_https_server_span() {
 /// releases them, requests split across plaintext records, keep-alive.
 #[test]
 fn client_and_server_ends_pair_across_tls_with_keep_alive() {
-    let mut h = Harness::new("pair");
+    let mut h = Harness::new(
+        "tls-pair",
+        &[(SERVER_PID, "tls-server"), (CLIENT_PID, "tls-client")],
+    );
     let (server, client) = ("127.0.0.1:8443", "127.0.0.1:40002");
     h.open(CLIENT_PID, 7, Role::Client, client, server);
     h.open(SERVER_PID, 8, Role::Server, server, client);
-    h.cipher(CLIENT_PID, 7, Role::Client, Direction::Egress, CLIENT_HELLO);
-    h.cipher(
+    h.data(CLIENT_PID, 7, Role::Client, Direction::Egress, CLIENT_HELLO);
+    h.data(
         SERVER_PID,
         8,
         Role::Server,
         Direction::Ingress,
         CLIENT_HELLO,
     );
-    h.cipher(SERVER_PID, 8, Role::Server, Direction::Egress, SERVER_HELLO);
-    h.cipher(
+    h.data(SERVER_PID, 8, Role::Server, Direction::Egress, SERVER_HELLO);
+    h.data(
         CLIENT_PID,
         7,
         Role::Client,
@@ -254,13 +102,13 @@ fn client_and_server_ends_pair_across_tls_with_keep_alive() {
             Direction::Egress,
             request.as_bytes(),
         );
-        h.cipher(CLIENT_PID, 7, Role::Client, Direction::Egress, APP_DATA);
-        h.cipher(SERVER_PID, 8, Role::Server, Direction::Ingress, APP_DATA);
+        h.data(CLIENT_PID, 7, Role::Client, Direction::Egress, APP_DATA);
+        h.data(SERVER_PID, 8, Role::Server, Direction::Ingress, APP_DATA);
         h.plain(SERVER_PID, 8, Role::Server, Direction::Ingress, head);
         h.plain(SERVER_PID, 8, Role::Server, Direction::Ingress, tail);
         h.plain(SERVER_PID, 8, Role::Server, Direction::Egress, OK);
-        h.cipher(SERVER_PID, 8, Role::Server, Direction::Egress, APP_DATA);
-        h.cipher(CLIENT_PID, 7, Role::Client, Direction::Ingress, APP_DATA);
+        h.data(SERVER_PID, 8, Role::Server, Direction::Egress, APP_DATA);
+        h.data(CLIENT_PID, 7, Role::Client, Direction::Ingress, APP_DATA);
         h.plain(CLIENT_PID, 7, Role::Client, Direction::Ingress, OK);
     }
     let spans = h.spans();
@@ -295,7 +143,10 @@ fn client_and_server_ends_pair_across_tls_with_keep_alive() {
 /// A traceparent inside the plaintext is adopted (the encrypted request carried it).
 #[test]
 fn a_traceparent_in_the_plaintext_is_adopted() {
-    let mut h = Harness::new("traceparent");
+    let mut h = Harness::new(
+        "tls-traceparent",
+        &[(SERVER_PID, "tls-server"), (CLIENT_PID, "tls-client")],
+    );
     h.open(
         SERVER_PID,
         3,
@@ -303,7 +154,7 @@ fn a_traceparent_in_the_plaintext_is_adopted() {
         "127.0.0.1:8443",
         "10.0.0.9:5000",
     );
-    h.cipher(
+    h.data(
         SERVER_PID,
         3,
         Role::Server,
@@ -328,7 +179,10 @@ fn a_traceparent_in_the_plaintext_is_adopted() {
 /// the connection is still a span.
 #[test]
 fn plaintext_gaps_keep_the_framer_in_place() {
-    let mut h = Harness::new("gaps");
+    let mut h = Harness::new(
+        "tls-gaps",
+        &[(SERVER_PID, "tls-server"), (CLIENT_PID, "tls-client")],
+    );
     h.open(
         SERVER_PID,
         4,
@@ -336,7 +190,7 @@ fn plaintext_gaps_keep_the_framer_in_place() {
         "127.0.0.1:8443",
         "127.0.0.1:40004",
     );
-    h.cipher(
+    h.data(
         SERVER_PID,
         4,
         Role::Server,
@@ -378,7 +232,10 @@ fn plaintext_gaps_keep_the_framer_in_place() {
 /// request numbering restarts without stealing an identity.
 #[test]
 fn ciphertext_framed_before_plaintext_is_discarded_at_the_switch() {
-    let mut h = Harness::new("switch");
+    let mut h = Harness::new(
+        "tls-switch",
+        &[(SERVER_PID, "tls-server"), (CLIENT_PID, "tls-client")],
+    );
     h.open(
         SERVER_PID,
         5,
@@ -398,7 +255,7 @@ fn ciphertext_framed_before_plaintext_is_discarded_at_the_switch() {
     );
     h.plain(SERVER_PID, 5, Role::Server, Direction::Ingress, GET);
     h.plain(SERVER_PID, 5, Role::Server, Direction::Egress, OK);
-    h.cipher(SERVER_PID, 5, Role::Server, Direction::Egress, APP_DATA);
+    h.data(SERVER_PID, 5, Role::Server, Direction::Egress, APP_DATA);
     let spans = h.spans();
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert_eq!(str_attr(spans[0], "url.scheme"), Some("https"));
@@ -410,7 +267,10 @@ fn ciphertext_framed_before_plaintext_is_discarded_at_the_switch() {
 /// ALPN h2: the plaintext starts with the client preface: HTTP/2 framing, spans https.
 #[test]
 fn http2_plaintext_after_alpn_is_framed_as_http2() {
-    let mut h = Harness::new("h2");
+    let mut h = Harness::new(
+        "tls-h2",
+        &[(SERVER_PID, "tls-server"), (CLIENT_PID, "tls-client")],
+    );
     h.open(
         SERVER_PID,
         9,
@@ -418,7 +278,7 @@ fn http2_plaintext_after_alpn_is_framed_as_http2() {
         "127.0.0.1:8443",
         "127.0.0.1:40009",
     );
-    h.cipher(
+    h.data(
         SERVER_PID,
         9,
         Role::Server,

@@ -21,8 +21,9 @@ pub const MAX_INFLIGHT_SYSCALLS: u32 = 16384;
 pub const MAX_CANDIDATE_SYSCALLS: u32 = 16384;
 /// Entries of the process generation table (pid -> when its fds were last renewed: birth or exec).
 pub const MAX_PROCESS_GENERATIONS: u32 = 32768;
-/// In-flight syscalls on tracked connections one process may hold in the tracked table: a
-/// process with thousands of threads blocked on its own connections cannot fill it for all.
+/// Entries one process may hold in the tracked table (one per thread that made a syscall on a
+/// tracked connection, kept until the thread exits): a process with thousands of threads on its
+/// own connections cannot fill it for all.
 pub const MAX_INFLIGHT_PER_PROCESS: i64 = (MAX_INFLIGHT_SYSCALLS / 4) as i64;
 /// Default number of tracked connections in the kernel table.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65536;
@@ -231,8 +232,8 @@ pub mod counter {
     /// Data syscalls whose fd was closed and reused by another connection (or file) between
     /// sys_enter and sys_exit: their bytes are not reported under the new connection.
     pub const FD_REUSED_IN_SYSCALL: u32 = 18;
-    /// Data syscalls on tracked connections not followed because their process already had
-    /// `MAX_INFLIGHT_PER_PROCESS` in flight: that connection is marked lost.
+    /// Data syscalls on tracked connections not followed because their process's threads already
+    /// held `MAX_INFLIGHT_PER_PROCESS` entries of the tracked table: that connection is marked lost.
     pub const ARGS_PROCESS_QUOTA: u32 = 19;
     /// The agent's own sockets not remembered because their table was full (their other end
     /// may then be captured; the `User-Agent` mark still drops the exchanges).
@@ -299,8 +300,13 @@ pub mod counter {
     /// Held `SSL_write` plaintext (waiting for its ciphertext write) evicted from the table
     /// before its socket was known: lost.
     pub const TLS_HELD_EVICTED: u32 = 42;
+    /// OpenSSL calls inside which a syscall on a tracked connection was not taken as the
+    /// `SSL*`'s socket (a callback of the application inside the call: the connection is bound
+    /// to another `SSL*`, or carries another library's plaintext, or the bytes moved were no TLS
+    /// record): the call is attributed as if it made no syscall, never to that connection.
+    pub const TLS_NESTED_REFUSED: u32 = 43;
     /// Number of counters.
-    pub const COUNT: u32 = 43;
+    pub const COUNT: u32 = 44;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -440,7 +446,26 @@ pub const OPENSSL_UPROBE_PROGRAMS: &[UprobeProgram] = &[
         symbol: "SSL_do_handshake",
         ret: true,
     },
+    // Where OpenSSL links in (Node.js): the AEAD tag of each record an `SSL_write` writes into
+    // its BIO, to bind a memory BIO's ciphertext write by content. Optional: a libssl imports
+    // them from libcrypto (and memory-BIO `SSL_write`s there are never bound by write).
+    UprobeProgram {
+        name: "bio_write_enter",
+        symbol: "BIO_write",
+        ret: false,
+    },
+    UprobeProgram {
+        name: "bio_write_enter",
+        symbol: "BIO_write_ex",
+        ret: false,
+    },
 ];
+
+/// Whether a failure to attach `p` leaves the OpenSSL copy covered (older OpenSSL lacks the
+/// `_ex` variants; a libssl imports `BIO_write` from libcrypto).
+pub fn openssl_uprobe_optional(p: &UprobeProgram) -> bool {
+    p.symbol.ends_with("_ex") || p.symbol == "SSL_do_handshake" || p.symbol.starts_with("BIO_")
+}
 
 /// OpenSSL calls in flight at once (one per thread inside `SSL_read`/`SSL_write`).
 pub const MAX_SSL_CALLS: u32 = 16384;
@@ -961,6 +986,16 @@ pub mod propagation {
     pub const MAX_FLOWS: u32 = 65536;
     /// Entries of `DEDICATED_THREADS_MAP`.
     pub const MAX_DEDICATED: u32 = 4096;
+    /// `DEDICATED_THREADS_MAP` values. Userspace inserts `DEDICATED_CANDIDATE` (only where no
+    /// entry exists) for a process whose runtime is not known to multiplex; the kernel counts
+    /// its requests answered by the thread that read them, with no thread touching another
+    /// server-side connection meanwhile, up to `DEDICATED_VERIFIED`, from which on (only) its
+    /// threads give CLIENT requests a parent. The first violation seen (a thread leaving a
+    /// request unanswered for another server-side connection, a request answered on another
+    /// thread, a pipelined request) sets `DEDICATED_REVOKED` for the process's lifetime.
+    pub const DEDICATED_CANDIDATE: u8 = 1;
+    pub const DEDICATED_VERIFIED: u8 = 5;
+    pub const DEDICATED_REVOKED: u8 = 0xff;
 
     /// Indices of `COUNTERS_MAP`.
     pub mod counter {
@@ -985,7 +1020,10 @@ pub mod propagation {
         /// the process is not known to serve one per thread (not yet classified, or a
         /// multiplexing runtime such as Go or Node): no identity, no option.
         pub const CLIENT_UNDECIDED: u32 = 8;
-        pub const COUNT: u32 = 9;
+        /// Processes whose threads were seen not to serve one request at a time (see
+        /// `DEDICATED_REVOKED`): the kernel decides no CLIENT parent for them any more.
+        pub const PROCESSES_REVOKED: u32 = 9;
+        pub const COUNT: u32 = 10;
     }
 }
 

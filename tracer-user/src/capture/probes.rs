@@ -184,6 +184,8 @@ pub struct KernelCounters {
     pub tls_binding_refused: u64,
     /// Held `SSL_write` plaintext evicted before its socket was known: lost.
     pub tls_held_evicted: u64,
+    /// Syscalls on a tracked connection inside an OpenSSL call not taken as its socket.
+    pub tls_nested_refused: u64,
     /// Gauge: OpenSSL copies (libraries or executables) the uprobes are attached to.
     pub tls_libraries_attached: u64,
     /// OpenSSL copies the uprobes could not be attached to.
@@ -192,6 +194,8 @@ pub struct KernelCounters {
     pub tls_search_scans: u64,
     /// Start-up searches for OpenSSL copies stopped at their time budget.
     pub tls_search_cut_short: u64,
+    /// Processes a rescan did not read again (unchanged, nothing to attach).
+    pub tls_search_processes_unchanged: u64,
     /// Gauge per `capture::tls::UNSUPPORTED` library: processes mapping it (not traced).
     pub tls_unsupported_processes: [u64; crate::capture::tls::UNSUPPORTED.len()],
 }
@@ -912,12 +916,14 @@ impl Probes {
         out.tls_bound_by_read = read(counter::TLS_BOUND_BY_READ);
         out.tls_binding_refused = read(counter::TLS_BINDING_REFUSED);
         out.tls_held_evicted = read(counter::TLS_HELD_EVICTED);
+        out.tls_nested_refused = read(counter::TLS_NESTED_REFUSED);
         if let Some(tls) = &self.tls {
             let stats = tls.stats();
             out.tls_libraries_attached = stats.libraries_attached;
             out.tls_attach_failed = stats.attach_failed;
             out.tls_search_scans = stats.scans;
             out.tls_search_cut_short = stats.scans_cut_short;
+            out.tls_search_processes_unchanged = stats.processes_unchanged;
             out.tls_unsupported_processes = stats.unsupported_processes;
         }
         out
@@ -980,7 +986,7 @@ impl Probes {
                     e.push_str(&inner.to_string());
                     source = inner.source();
                 }
-                if p.symbol.ends_with("_ex") || p.symbol == "SSL_do_handshake" {
+                if tracer_common::openssl_uprobe_optional(p) {
                     tracing::debug!(symbol = p.symbol, %e, "optional OpenSSL symbol not attached");
                     continue;
                 }

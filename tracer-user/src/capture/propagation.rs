@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::{CgroupAttachMode, SockOps};
-use tracer_common::propagation::{COUNTERS_MAP, DEDICATED_THREADS_MAP, SOCK_OPS_PROGRAM, counter};
+use tracer_common::propagation::{
+    COUNTERS_MAP, DEDICATED_CANDIDATE, DEDICATED_THREADS_MAP, SOCK_OPS_PROGRAM, counter,
+};
 
 /// How span context crosses hosts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +38,7 @@ pub struct PropagationCounters {
     pub client_contexts: u64,
     pub client_unlinked: u64,
     pub client_undecided: u64,
+    pub processes_revoked: u64,
     /// SERVER requests that joined the trace of the `traceparent` header the kernel's scan of
     /// their head found.
     pub header_adopted: u64,
@@ -101,16 +104,21 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<PathBuf, String> {
     Ok(root)
 }
 
-/// Tells the kernel that `pid` serves one request per thread at a time (its CLIENT requests
-/// may take the parent of the SERVER request their thread serves).
+/// Tells the kernel that `pid`'s runtime is not known to multiplex requests over threads: a
+/// candidate, whose CLIENT requests take the parent of the SERVER request their thread serves
+/// only once the kernel has seen it serve requests one per thread (see
+/// `propagation::DEDICATED_CANDIDATE`). Never over an existing mark: a process the kernel
+/// revoked stays revoked, and one warming up keeps its count.
 pub fn mark_dedicated(ebpf: &mut Ebpf, pid: u32) {
+    /// `BPF_NOEXIST`.
+    const NO_EXIST: u64 = 1;
     let Some(map) = ebpf.map_mut(DEDICATED_THREADS_MAP) else {
         return;
     };
     if let Ok(mut set) = HashMap::<&mut MapData, u32, u8>::try_from(map)
-        && let Err(err) = set.insert(pid, 1, 0)
+        && let Err(err) = set.insert(pid, DEDICATED_CANDIDATE, NO_EXIST)
     {
-        tracing::debug!(pid, %err, "dedicated-threads table full: no kernel thread links");
+        tracing::debug!(pid, %err, "not marked (already known to the kernel, or table full)");
     }
 }
 
@@ -133,6 +141,7 @@ pub fn counters(ebpf: &Ebpf) -> PropagationCounters {
     out.client_contexts = read(counter::CLIENT_CONTEXTS);
     out.client_unlinked = read(counter::CLIENT_UNLINKED);
     out.client_undecided = read(counter::CLIENT_UNDECIDED);
+    out.processes_revoked = read(counter::PROCESSES_REVOKED);
     if let Some(map) = ebpf.map(tracer_common::traceparent_scan::COUNTERS_MAP)
         && let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map)
     {

@@ -12,7 +12,8 @@ use crate::model::Direction;
 
 /// Identities waiting for their data record, per connection and direction.
 const MAX_WAITING_PER_DIRECTION: usize = 64;
-/// Identities matched to a record and waiting for their request's head.
+/// Identities matched to a record and waiting for their request's head: beyond it the oldest
+/// is dropped (counted), never the whole table.
 const MAX_MATCHED: usize = 65536;
 
 /// What the kernel decided for one request.
@@ -33,8 +34,11 @@ pub struct KernelIdStats {
     /// Identities matched to the record starting at their offset.
     pub matched: u64,
     /// Identities dropped: their offset was passed without a record starting there, the stream
-    /// had a hole, or a table was full.
+    /// had a hole, or a connection's waiting queue was full.
     pub unmatched: u64,
+    /// Matched identities dropped, oldest first, to make room in the full table of identities
+    /// waiting for their request's head (their requests keep userspace's identities).
+    pub evicted: u64,
 }
 
 #[derive(Default)]
@@ -47,11 +51,20 @@ struct Stream {
 }
 
 /// The matching state (see the module docs).
-#[derive(Default)]
 pub struct KernelIds {
     streams: IdHashMap<u64, Stream>,
     matched: IdHashMap<(u64, u64), KernelIdentity>,
+    /// `matched`'s keys, oldest first (keys already taken are skipped when evicting).
+    matched_order: VecDeque<(u64, u64)>,
+    /// Bound of `matched` (`MAX_MATCHED`; smaller in tests).
+    max_matched: usize,
     stats: KernelIdStats,
+}
+
+impl Default for KernelIds {
+    fn default() -> Self {
+        KernelIds::with_capacity(MAX_MATCHED)
+    }
 }
 
 fn index(direction: Direction) -> usize {
@@ -62,6 +75,37 @@ fn index(direction: Direction) -> usize {
 }
 
 impl KernelIds {
+    /// A matching state holding at most `max_matched` matched identities.
+    pub fn with_capacity(max_matched: usize) -> Self {
+        KernelIds {
+            streams: IdHashMap::default(),
+            matched: IdHashMap::default(),
+            matched_order: VecDeque::new(),
+            max_matched: max_matched.max(1),
+            stats: KernelIdStats::default(),
+        }
+    }
+
+    /// Keeps a matched identity, dropping the oldest one still held when the table is full.
+    fn keep_matched(&mut self, key: (u64, u64), identity: KernelIdentity) {
+        while self.matched.len() >= self.max_matched {
+            let Some(oldest) = self.matched_order.pop_front() else {
+                break;
+            };
+            if self.matched.remove(&oldest).is_some() {
+                self.stats.evicted += 1;
+            }
+        }
+        if self.matched.insert(key, identity).is_none() {
+            self.matched_order.push_back(key);
+        }
+        // Keys taken since leave stale entries behind: compact before they outgrow the table.
+        if self.matched_order.len() > 2 * self.max_matched {
+            let matched = &self.matched;
+            self.matched_order.retain(|k| matched.contains_key(k));
+        }
+    }
+
     pub fn stats(&self) -> KernelIdStats {
         self.stats
     }
@@ -120,6 +164,7 @@ impl KernelIds {
             return;
         }
         let here = stream.offsets[d];
+        let mut found = None;
         while let Some(&(offset, identity)) = stream.waiting[d].front() {
             if offset > here {
                 break;
@@ -129,14 +174,13 @@ impl KernelIds {
                 self.stats.unmatched += 1;
                 continue;
             }
-            if self.matched.len() >= MAX_MATCHED {
-                self.stats.unmatched += 1;
-                continue;
-            }
             self.stats.matched += 1;
-            self.matched.insert((conn_id, ts_ns), identity);
+            found = Some(identity);
         }
         stream.offsets[d] = here + u64::from(true_len);
+        if let Some(identity) = found {
+            self.keep_matched((conn_id, ts_ns), identity);
+        }
     }
 
     /// The identity of the request on `conn_id` whose first record has timestamp `start_ns`.
@@ -187,6 +231,30 @@ mod tests {
         k.data(1, Direction::Egress, 40, 10, false);
         assert_eq!(k.take(1, 40), Some(id(3)));
         assert_eq!(k.stats().matched, 2);
+    }
+
+    #[test]
+    fn a_full_table_drops_its_oldest_identity_not_all_of_them() {
+        let mut k = KernelIds::with_capacity(3);
+        for conn in 1..=5u64 {
+            k.identity(conn, Direction::Ingress, 0, id(conn as u8));
+            k.data(conn, Direction::Ingress, 100 + conn, 10, false);
+        }
+        // The two oldest were dropped to make room; the three newest are all still there.
+        assert_eq!(k.stats().evicted, 2);
+        assert_eq!(k.take(1, 101), None);
+        assert_eq!(k.take(2, 102), None);
+        for conn in 3..=5u64 {
+            assert_eq!(k.take(conn, 100 + conn), Some(id(conn as u8)));
+        }
+        // Taken keys are skipped, not counted, when room is made later.
+        for conn in 6..=12u64 {
+            k.identity(conn, Direction::Ingress, 0, id(conn as u8));
+            k.data(conn, Direction::Ingress, 100 + conn, 10, false);
+        }
+        assert_eq!(k.stats().evicted, 2 + 4);
+        assert_eq!(k.take(12, 112), Some(id(12)));
+        assert!(k.matched_order.len() <= 2 * 3 + 1);
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct LinkerStats {
     /// Requests where the kernel's decision and userspace's disagree (a header the kernel did
     /// not see wins for a SERVER request; otherwise the kernel's decision, already sent, wins).
     pub kernel_disagreements: u64,
+    /// Kernel trace id remaps dropped, oldest first, from the full remap table (a later child
+    /// of that trace on this host keeps the kernel's trace id).
+    pub trace_remaps_evicted: u64,
 }
 
 /// A header identity of a SERVER request remembers the CLIENT request it was paired with.
@@ -170,8 +173,11 @@ pub struct Linker {
     trace_ids: TraceIds,
     /// Identities the kernel decided, by request (`set_kernel_identity`).
     kernel: IdHashMap<RequestKey, crate::correlate::kernel_ids::KernelIdentity>,
-    /// Kernel trace ids replaced by userspace's (see `with_kernel`), bounded.
+    /// Kernel trace ids replaced by userspace's (see `with_kernel`), bounded: beyond
+    /// `max_identities` the oldest is dropped (counted), never the whole table.
     trace_remap: HashMap<[u8; 16], [u8; 16]>,
+    /// `trace_remap`'s keys, oldest first.
+    trace_remap_order: VecDeque<[u8; 16]>,
     stats: LinkerStats,
     /// Emptied per-thread sets and per-connection lists, reused instead of allocating a new
     /// one for nearly every request (bounded in count and in the capacity each keeps).
@@ -274,6 +280,25 @@ impl Linker {
         self.kernel.insert((conn_id, sequence), identity);
     }
 
+    /// Remembers that the kernel's trace `from` is exported as `to`, dropping the oldest
+    /// remap when the table is full.
+    fn remap_trace(&mut self, from: [u8; 16], to: [u8; 16]) {
+        if let Some(slot) = self.trace_remap.get_mut(&from) {
+            *slot = to;
+            return;
+        }
+        while self.trace_remap.len() >= self.limits.max_identities.max(1) {
+            let Some(oldest) = self.trace_remap_order.pop_front() else {
+                break;
+            };
+            if self.trace_remap.remove(&oldest).is_some() {
+                self.stats.trace_remaps_evicted += 1;
+            }
+        }
+        self.trace_remap.insert(from, to);
+        self.trace_remap_order.push_back(from);
+    }
+
     /// The identity to export for an HTTP/1 request whose kernel identity is `kernel` and
     /// whose userspace identity would be `ours` (from a header when `header` is set). The span id
     /// is always the kernel's: children on this host and the other host were given it. The trace
@@ -299,10 +324,7 @@ impl Linker {
                 self.stats.kernel_disagreements += 1;
             }
             if ours.trace_id != kernel.trace_id {
-                if self.trace_remap.len() >= self.limits.max_identities.max(1) {
-                    self.trace_remap.clear();
-                }
-                self.trace_remap.insert(kernel.trace_id, ours.trace_id);
+                self.remap_trace(kernel.trace_id, ours.trace_id);
             }
             return SpanIdentity {
                 span_id: kernel.span_id,
@@ -852,6 +874,28 @@ mod tests {
             ([6; 8], Some([8; 8]))
         );
         assert_eq!(l.stats().kernel_disagreements, 2);
+    }
+
+    #[test]
+    fn a_full_trace_remap_table_drops_its_oldest_entry_not_all_of_them() {
+        let mut l = Linker::new(LinkerLimits {
+            max_identities: 2,
+            ..LinkerLimits::default()
+        });
+        l.remap_trace([1; 16], [11; 16]);
+        l.remap_trace([2; 16], [12; 16]);
+        l.remap_trace([2; 16], [22; 16]);
+        assert_eq!(
+            l.stats().trace_remaps_evicted,
+            0,
+            "an update is no new entry"
+        );
+        l.remap_trace([3; 16], [13; 16]);
+        assert_eq!(l.stats().trace_remaps_evicted, 1);
+        assert_eq!(l.trace_remap.get(&[1; 16]), None);
+        assert_eq!(l.trace_remap.get(&[2; 16]), Some(&[22; 16]));
+        assert_eq!(l.trace_remap.get(&[3; 16]), Some(&[13; 16]));
+        assert_eq!(l.trace_remap_order.len(), 2);
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct PropagationSnapshot {
     pub kernel_identities: u64,
     /// Requests where the kernel's decision and userspace's disagreed.
     pub kernel_disagreements: u64,
+    /// Kernel trace id remaps dropped from the full remap table.
+    pub trace_remaps_evicted: u64,
 }
 
 /// The propagation families (see [`PropagationSnapshot`]).
@@ -171,6 +173,14 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
             ],
         ),
         Family::counter(
+            "tracer_kernel_thread_rule_revoked_total",
+            "Processes the kernel saw not serving one request per thread (a thread leaving a \
+             request unanswered for another server-side connection, a request answered on \
+             another thread, a pipelined request): their CLIENT requests get no parent from the \
+             kernel any more.",
+            vec![Sample::plain(k.processes_revoked)],
+        ),
+        Family::counter(
             "tracer_kernel_identities_total",
             "Identity records of the kernel, by outcome of matching them to a request by stream \
              offset (received, matched, unmatched).",
@@ -178,6 +188,7 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
                 Sample::labelled(&[("outcome", "received")], p.matching.received),
                 Sample::labelled(&[("outcome", "matched")], p.matching.matched),
                 Sample::labelled(&[("outcome", "unmatched")], p.matching.unmatched),
+                Sample::labelled(&[("outcome", "evicted")], p.matching.evicted),
             ],
         ),
         Family::counter(
@@ -191,6 +202,13 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
              the kernel did not see wins for a SERVER span; otherwise the kernel's, already \
              sent).",
             vec![Sample::plain(p.kernel_disagreements)],
+        ),
+        Family::counter(
+            "tracer_kernel_trace_remaps_evicted_total",
+            "Kernel trace ids remapped to userspace's (a disagreement) dropped, oldest first, \
+             from the full remap table: a later child of that trace on this host keeps the \
+             kernel's trace id.",
+            vec![Sample::plain(p.trace_remaps_evicted)],
         ),
     ]
 }
@@ -1102,6 +1120,14 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
                 Sample::labelled(&[("side", "read")], k.tls_bound_by_read),
             ],
         ),
+        Family::counter(
+            "tracer_kernel_tls_nested_syscalls_refused_total",
+            "OpenSSL calls inside which a syscall on a tracked connection was not taken as the \
+             SSL*'s socket (an application callback run inside the call, as Node.js runs \
+             'secureConnect': the connection is bound to another SSL*, or the bytes moved were \
+             no TLS record); the call is attributed as if it made no syscall, never to it.",
+            vec![Sample::plain(k.tls_nested_refused)],
+        ),
         Family::gauge(
             "tracer_kernel_tls_libraries_attached",
             "OpenSSL copies (libssl files, executables exporting OpenSSL) the uprobes are attached to.",
@@ -1123,6 +1149,13 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
              thousands of processes): the processes not read yet are searched by the background \
              thread at once, so their TLS is covered a little later.",
             vec![Sample::plain(k.tls_search_cut_short)],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_search_processes_unchanged_total",
+            "Processes a rescan for OpenSSL copies did not read again: the same start time and \
+             virtual size as when their maps were read, with nothing to attach then (every \
+             process is read again every 30 seconds).",
+            vec![Sample::plain(k.tls_search_processes_unchanged)],
         ),
         Family::gauge(
             "tracer_tls_unsupported_processes",
@@ -1707,10 +1740,12 @@ mod tests {
                 tls_bound_by_read: 1152,
                 tls_binding_refused: 1153,
                 tls_held_evicted: 1154,
+                tls_nested_refused: 1155,
                 tls_libraries_attached: 142,
                 tls_attach_failed: 143,
                 tls_search_scans: 144,
                 tls_search_cut_short: 149,
+                tls_search_processes_unchanged: 1155,
                 tls_unsupported_processes: [145, 146, 147, 148],
             },
             events_read: 201,
@@ -1871,17 +1906,20 @@ mod tests {
                     client_contexts: 1008,
                     client_unlinked: 1009,
                     client_undecided: 1015,
-                    header_adopted: 1016,
-                    header_rejected: 1017,
-                    header_scan_at_limit: 1018,
+                    processes_revoked: 1016,
+                    header_adopted: 1019,
+                    header_rejected: 1020,
+                    header_scan_at_limit: 1021,
                 },
                 matching: crate::correlate::kernel_ids::KernelIdStats {
                     received: 1010,
                     matched: 1011,
                     unmatched: 1012,
+                    evicted: 1017,
                 },
                 kernel_identities: 1013,
                 kernel_disagreements: 1014,
+                trace_remaps_evicted: 1018,
             },
         }
     }
@@ -1909,7 +1947,10 @@ mod tests {
         want.extend((901..=903).map(|v| v as f64)); // client waits, late clients
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
-        want.extend((1001..=1018).map(|v| v as f64)); // context propagation
+        want.push(1155.0); // nested syscalls refused as an SSL*'s socket
+        want.extend((1001..=1015).map(|v| v as f64)); // context propagation
+        want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
+        want.extend((1019..=1021).map(|v| v as f64)); // kernel traceparent scans
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2152,6 +2193,7 @@ mod tests {
             pair_late_clients_skipped => "tracer_pair_late_clients_skipped_total",
             kernel_identities => "tracer_kernel_identities_used_total",
             kernel_disagreements => "tracer_kernel_identity_disagreements_total",
+            trace_remaps_evicted => "tracer_kernel_trace_remaps_evicted_total",
         }));
         fields.extend(exported!(crate::capture::propagation::PropagationCounters {
             active => "tracer_context_propagation_active",
@@ -2164,6 +2206,7 @@ mod tests {
             client_contexts => "tracer_kernel_client_contexts_total",
             client_unlinked => "tracer_kernel_client_contexts_total",
             client_undecided => "tracer_kernel_client_contexts_total",
+            processes_revoked => "tracer_kernel_thread_rule_revoked_total",
             header_adopted => "tracer_kernel_header_scans_total",
             header_rejected => "tracer_kernel_header_scans_total",
             header_scan_at_limit => "tracer_kernel_header_scans_total",
@@ -2172,6 +2215,7 @@ mod tests {
             received => "tracer_kernel_identities_total",
             matched => "tracer_kernel_identities_total",
             unmatched => "tracer_kernel_identities_total",
+            evicted => "tracer_kernel_identities_total",
         }));
         fields.extend(exported!(crate::correlate::runtime::RuntimeStats {
             inspected => "tracer_runtime_executables_inspected_total",

@@ -9,6 +9,7 @@
 //! reported, not asserted.
 
 pub(crate) mod agent;
+mod bpfstats;
 mod criterion;
 mod history;
 mod json;
@@ -576,7 +577,9 @@ fn alternate(
                     round.cost.as_ref().map_or(String::new(), |c| format!(
                         ", capture {:.2} CPU-s, {} KiB peak, spans {:?}",
                         c.cpu_seconds, c.peak_rss_kib, c.spans
-                    )),
+                    )) + &round
+                        .ebpf_ns_per_request()
+                        .map_or(String::new(), |ns| format!(", eBPF {ns:.0} ns/req")),
                 ),
             );
             rounds.push(round);
@@ -692,6 +695,10 @@ fn measure(
         Running::Agent(a) => Some(a.pid()),
         _ => None,
     };
+    // The kernel side: the agent's eBPF programs' run time over the load (statistics on only
+    // for traced rounds: they cost a clock read per program run).
+    let stats_on = agent_pid.map(|_| bpfstats::StatsOn::enable()).transpose()?;
+    let ebpf_before = agent_pid.map(bpfstats::snapshot).transpose()?;
     let (server_before, children_before, system_before) = cpu_now(server, bench.ticks)?;
     let load_started = Instant::now();
 
@@ -703,6 +710,11 @@ fn measure(
     )?;
     let (server_after, children_after, system_after) = cpu_now(server, bench.ticks)?;
     let wall_seconds = load_started.elapsed().as_secs_f64();
+    let ebpf = match (ebpf_before, agent_pid) {
+        (Some(before), Some(pid)) => Some(bpfstats::between(&before, &bpfstats::snapshot(pid)?)),
+        _ => None,
+    };
+    drop(stats_on);
     let capture_after_load = match &running {
         Running::Nothing => None,
         Running::Agent(a) => Some(a.sample(bench.ticks)?),
@@ -753,6 +765,7 @@ fn measure(
                 spans: Some(spans),
                 other_spans: Some(total(all).saturating_sub(total(spans))),
                 drops: Some(drops),
+                ebpf,
                 ..CaptureCost::default()
             })
         }

@@ -8,7 +8,10 @@
 //! Processes that start later, or `dlopen` libssl after they started (Python imports `ssl`
 //! lazily), are found by a periodic rescan (`RESCAN_EVERY_NS`): an exec hook alone would miss a
 //! library loaded after exec. The rescan reads `/proc/<pid>/maps` of at most `MAX_PIDS_PER_SCAN`
-//! processes; an executable's symbols are read once per inode. It runs on its own thread
+//! processes, and only of those that are new or changed since their maps were last read (their
+//! start time and virtual size in `/proc/<pid>/stat`: a `dlopen` grows the latter), except every
+//! `FULL_RESCAN_EVERY`th rescan, which reads them all; an executable's symbols are read once per
+//! inode. It runs on its own thread
 //! ([`TlsSearch`]): the event thread only attaches what it found (tens of milliseconds per scan
 //! on a busy host, a second for the first look at every executable, never on the event loop;
 //! a scan runs in slices so the event thread never waits for a whole one). The search at
@@ -24,6 +27,9 @@ use std::path::{Path, PathBuf};
 pub const RESCAN_EVERY_NS: u64 = 2_000_000_000;
 /// Processes whose maps one scan reads at most.
 pub const MAX_PIDS_PER_SCAN: usize = 8192;
+/// Every this many rescans, every process's maps are read again, changed or not (the others read
+/// only processes that are new or whose address space changed: [`ProcessStamp`]).
+pub const FULL_RESCAN_EVERY: u64 = 15;
 /// Longest the search at start-up runs before the agent reports ready (about 3,000 processes
 /// take a second in a debug build on a loaded host): processes it has not read by then are
 /// left to the search thread, which starts at once (`scans_cut_short`).
@@ -69,6 +75,9 @@ pub struct TlsAttachStats {
     pub scans_cut_short: u64,
     /// Executables inspected for exported OpenSSL symbols.
     pub executables_inspected: u64,
+    /// Processes a rescan did not read again: unchanged since they were read (same start time
+    /// and virtual size) and with nothing to attach then.
+    pub processes_unchanged: u64,
     /// Gauge, per [`UNSUPPORTED`] library: processes that mapped it at the last scan.
     pub unsupported_processes: [u64; UNSUPPORTED.len()],
 }
@@ -93,9 +102,49 @@ fn unsupported_library(path: &str) -> Option<usize> {
         .position(|(_, prefixes)| prefixes.iter().any(|p| name.starts_with(p)))
 }
 
+/// What `/proc/<pid>/stat` says of a process's identity and address space: its start time
+/// (another process under a reused pid differs) and its virtual size (a library mapped by
+/// `dlopen`, or an exec, changes it). A process whose stamp is the one it had when its maps were
+/// last read, and found nothing, is not read again until the next full rescan: reading `maps`
+/// walks every mapping, `stat` is a few counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProcessStamp {
+    start: u64,
+    vsize: u64,
+}
+
+impl ProcessStamp {
+    fn read(dir: &Path) -> Option<ProcessStamp> {
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        ProcessStamp::parse(&stat)
+    }
+
+    /// Fields 22 (starttime) and 23 (vsize) of `stat`, counted after the command name, which
+    /// may itself hold spaces and parentheses.
+    fn parse(stat: &str) -> Option<ProcessStamp> {
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_ascii_whitespace().skip(19);
+        Some(ProcessStamp {
+            start: fields.next()?.parse().ok()?,
+            vsize: fields.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// A process read before: its stamp then, what it mapped of [`UNSUPPORTED`], and whether its
+/// executable was inspected.
+#[derive(Clone, Copy, Debug)]
+struct ProcessRead {
+    stamp: ProcessStamp,
+    unsupported: u8,
+    executables: bool,
+}
+
 /// One scan of processes in progress (see [`TlsTargets::continue_pass`]).
 pub struct ScanPass {
     pids: Vec<u32>,
+    /// Whether processes unchanged since they were last read are skipped.
+    incremental: bool,
     /// Index in `pids` of the next process to read.
     next: usize,
     /// Times each file was offered in this pass.
@@ -107,6 +156,7 @@ impl ScanPass {
     fn over(pids: Vec<u32>) -> ScanPass {
         ScanPass {
             pids,
+            incremental: false,
             next: 0,
             offered: std::collections::HashMap::new(),
             unsupported: [0; UNSUPPORTED.len()],
@@ -126,6 +176,10 @@ pub struct TlsTargets {
     failures: std::collections::HashMap<(u64, u64), u8>,
     /// Processes the last scan read the maps of.
     pub last_scan_processes: usize,
+    /// Processes read and found with nothing to attach, by pid (rebuilt by every full pass).
+    read: std::collections::HashMap<u32, ProcessRead>,
+    /// Passes begun, to make every [`FULL_RESCAN_EVERY`]th one full.
+    passes: u64,
     /// When set, a scan stops at this instant (counted in `scans_cut_short`).
     deadline: Option<std::time::Instant>,
     pub stats: TlsAttachStats,
@@ -139,6 +193,8 @@ impl TlsTargets {
             done: HashSet::new(),
             failures: std::collections::HashMap::new(),
             last_scan_processes: 0,
+            read: std::collections::HashMap::new(),
+            passes: 0,
             deadline: None,
             stats: TlsAttachStats::default(),
         }
@@ -187,16 +243,28 @@ impl TlsTargets {
     }
 
     /// A scan of every process (up to `MAX_PIDS_PER_SCAN`), to run with [`Self::continue_pass`].
-    pub fn begin_pass(&self) -> ScanPass {
-        ScanPass::over(
-            std::fs::read_dir(&self.proc_root)
-                .map(|dir| {
-                    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                        .take(MAX_PIDS_PER_SCAN)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        )
+    /// The first, and every [`FULL_RESCAN_EVERY`]th, reads every process; the others only the
+    /// processes that are new or changed since they were read.
+    pub fn begin_pass(&mut self) -> ScanPass {
+        let pids: Vec<u32> = std::fs::read_dir(&self.proc_root)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .take(MAX_PIDS_PER_SCAN)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let incremental = !self.passes.is_multiple_of(FULL_RESCAN_EVERY);
+        self.passes += 1;
+        if !incremental {
+            self.read.clear();
+        } else {
+            // Forget the processes that are gone (their pid may come back as another).
+            let live: HashSet<u32> = pids.iter().copied().collect();
+            self.read.retain(|pid, _| live.contains(pid));
+        }
+        let mut pass = ScanPass::over(pids);
+        pass.incremental = incremental;
+        pass
     }
 
     /// Reads the processes of `pass` not read yet, until `until` (if any) passes, adding the
@@ -219,7 +287,40 @@ impl TlsTargets {
                 // Never the agent itself (the kernel programs skip it too).
                 continue;
             }
-            let seen = self.scan_process(pid, executables, &mut pass.offered, out);
+            let dir = self.proc_root.join(pid.to_string());
+            // Read before the maps: a change after this read shows at the next pass.
+            let stamp = ProcessStamp::read(&dir);
+            let unchanged = self.read.get(&pid).filter(|r| {
+                pass.incremental && Some(r.stamp) == stamp && (r.executables || !executables)
+            });
+            let seen = match unchanged {
+                Some(read) => {
+                    self.stats.processes_unchanged += 1;
+                    read.unsupported
+                }
+                None => {
+                    let offered = out.len();
+                    let seen = self.scan_process(pid, executables, &mut pass.offered, out);
+                    match stamp {
+                        // Only a process that gave nothing to attach can be skipped later: one
+                        // whose attach fails is offered again.
+                        Some(stamp) if out.len() == offered => {
+                            self.read.insert(
+                                pid,
+                                ProcessRead {
+                                    stamp,
+                                    unsupported: seen,
+                                    executables,
+                                },
+                            );
+                        }
+                        _ => {
+                            self.read.remove(&pid);
+                        }
+                    }
+                    seen
+                }
+            };
             for (i, count) in pass.unsupported.iter_mut().enumerate() {
                 *count += u64::from(seen & (1 << i) != 0);
             }
@@ -772,5 +873,83 @@ mod tests {
             targets.scan(4, Some(&[own]), true).is_empty(),
             "offered again"
         );
+    }
+
+    fn fake_process(root: &Path, pid: u32, start: u64, vsize: u64, library: &str) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).expect("fake proc dir");
+        let zeros = "0 ".repeat(18);
+        std::fs::write(
+            dir.join("stat"),
+            format!("{pid} (a (b) c) S {zeros}{start} {vsize} 0\n"),
+        )
+        .expect("stat");
+        std::fs::write(
+            dir.join("maps"),
+            format!(
+                "7f0000000000-7f0000001000 r-xp 00000000 08:01 {} {library}\n",
+                library.len()
+            ),
+        )
+        .expect("maps");
+    }
+
+    /// `stat`'s start time and virtual size, after a command name holding spaces and parens.
+    #[test]
+    fn a_process_stamp_is_read_after_the_command_name() {
+        let zeros = "0 ".repeat(18);
+        let stat = format!("42 (a (b) c) S {zeros}777 123456 9 9\n");
+        assert_eq!(
+            ProcessStamp::parse(&stat),
+            Some(ProcessStamp {
+                start: 777,
+                vsize: 123456
+            })
+        );
+        assert_eq!(ProcessStamp::parse("42 (x) S 1 2"), None);
+    }
+
+    /// A rescan reads again only the processes that are new or changed (start time, virtual
+    /// size), or that had something to attach; every `FULL_RESCAN_EVERY`th pass reads all.
+    #[test]
+    fn rescans_read_only_new_or_changed_processes() {
+        let root = std::env::temp_dir().join(format!("tracer-tls-rescan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut targets = TlsTargets::new(root.clone());
+        let pass = |targets: &mut TlsTargets| {
+            let mut pass = targets.begin_pass();
+            let mut out = Vec::new();
+            assert!(targets.continue_pass(&mut pass, true, None, &mut out));
+            out
+        };
+        let libssl = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+        fake_process(&root, 100, 5, 1000, "/usr/lib/libfoo.so");
+        assert!(pass(&mut targets).is_empty());
+        // The maps change behind an unchanged stamp: not read (never in practice: a new mapping
+        // grows the virtual size).
+        fake_process(&root, 100, 5, 1000, libssl);
+        assert!(pass(&mut targets).is_empty());
+        assert_eq!(targets.stats.processes_unchanged, 1);
+        // The virtual size changed (a dlopen): read, and offered.
+        fake_process(&root, 100, 5, 2000, libssl);
+        let found = pass(&mut targets);
+        assert_eq!(found.len(), 1, "{found:?}");
+        // Not attached yet (a failed attach): offered again without a change.
+        assert_eq!(pass(&mut targets).len(), 1);
+        targets.attached(&found[0]);
+        // A reused pid (another start time) is read as new.
+        fake_process(&root, 100, 6, 2000, "/usr/lib/libfoo.so");
+        let unchanged = targets.stats.processes_unchanged;
+        assert!(pass(&mut targets).is_empty());
+        assert_eq!(targets.stats.processes_unchanged, unchanged);
+        // Unchanged until the next full pass, which reads it again.
+        fake_process(&root, 100, 6, 2000, "/opt/other/libssl.so.3");
+        let mut found = Vec::new();
+        while found.is_empty() {
+            let full = targets.passes.is_multiple_of(FULL_RESCAN_EVERY);
+            found = pass(&mut targets);
+            assert_eq!(found.is_empty(), !full, "pass {}", targets.passes);
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -68,6 +68,9 @@ fn scenario_figures(r: &Results<'_>, scenario: Scenario, capture: Capture) -> Op
             spread(paced.and_then(|c| c.system_cpu_delta_us)),
         "peak_rss_mb": opt(all_costs.iter().map(|c| c.peak_rss_mb()).reduce(f64::max)),
         "anon_rss_mb": opt(all_costs.iter().map(|c| c.anon_rss_mb()).reduce(f64::max)),
+        "ebpf_ns_per_request_paced": opt(paced_cost.and_then(|c| c.ebpf_ns_per_request_all())),
+        "ebpf_ns_per_request_saturation":
+            opt(sat_cost.and_then(|c| c.ebpf_ns_per_request_all())),
         "kernel_drops": sum(&|c| c.kernel_drops),
         "userspace_drops": sum(&|c| c.userspace_drops),
     }))
@@ -167,11 +170,11 @@ pub fn trend_markdown(entries: &[Value]) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| date (UTC) | commit | host load | others' CPU | agent | host-wide sat. ratio | host-wide paced p50 Δ | host-wide CPU-s/10k paced | host-wide CPU-s/10k sat. | host-wide SERVER / CLIENT spans | host-wide peak RSS | pid sat. ratio | pid CPU-s/10k paced | pipeline+OTLP, both ends |"
+        "| date (UTC) | commit | host load | others' CPU | agent | host-wide sat. ratio | host-wide paced p50 Δ | host-wide CPU-s/10k paced | host-wide CPU-s/10k sat. | host-wide SERVER / CLIENT spans | host-wide peak RSS | host-wide eBPF ns/req sat. | pid sat. ratio | pid CPU-s/10k paced | pipeline+OTLP, both ends |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut rows = Vec::new();
     for e in entries {
@@ -213,7 +216,7 @@ pub fn trend_markdown(entries: &[Value]) -> String {
                 ),
             };
             rows.push(format!(
-                "| {} | `{}`{} | {} | {} | {}{}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | `{}`{} | {} | {} | {}{}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 date.get(..16).unwrap_or(date),
                 commit,
                 if dirty { "+" } else { "" },
@@ -232,6 +235,7 @@ pub fn trend_markdown(entries: &[Value]) -> String {
                 cell(h("agent_cpu_s_per_10k_saturation"), |v| format!("{v:.3}")),
                 completeness,
                 cell(h("peak_rss_mb"), |v| format!("{v:.1} MB")),
+                cell(h("ebpf_ns_per_request_saturation"), |v| format!("{v:.0}")),
                 cell(p("saturation_ratio/median"), |v| format!("{v:.3}")),
                 cell(p("agent_cpu_s_per_10k_paced"), |v| format!("{v:.3}")),
                 cell(pipeline, |v| format!("{:.0}k/s", v / 1000.0)),
@@ -239,7 +243,7 @@ pub fn trend_markdown(entries: &[Value]) -> String {
         }
     }
     if rows.is_empty() {
-        let _ = writeln!(md, "| (no run recorded yet) | | | | | | | | | | | | | |");
+        let _ = writeln!(md, "| (no run recorded yet) | | | | | | | | | | | | | | |");
     }
     let skip = rows.len().saturating_sub(TREND_ROWS);
     for row in &rows[skip..] {
@@ -271,7 +275,8 @@ mod tests {
                             "agent_cpu_s_per_10k_paced": 1.2,
                             "completeness_server_paced": 1.0,
                             "completeness_client_paced": 0.995,
-                            "peak_rss_mb": 36.5
+                            "peak_rss_mb": 36.5,
+                            "ebpf_ns_per_request_saturation": 7012.4
                         }
                     }
                 },
@@ -304,7 +309,7 @@ mod tests {
             rows[0]
         );
         assert!(rows[0].contains("100.00 % / 99.50 %"), "{}", rows[0]);
-        assert!(rows[0].contains("36.5 MB") && rows[0].contains("420k/s"));
+        assert!(rows[0].contains("36.5 MB | 7012 |") && rows[0].contains("420k/s"));
         assert!(rows[1].contains("debug build") && rows[1].contains("| 0.900 |"));
         assert!(rows[3].contains("| 0.950 |") && rows[3].contains("| 0.050 |"));
         assert!(trend_markdown(&[]).contains("no run recorded yet"));

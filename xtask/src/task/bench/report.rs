@@ -326,6 +326,7 @@ pub fn markdown(r: &Results<'_>) -> String {
 
     overhead(&mut md, r);
     cpu_per_request(&mut md, r);
+    kernel_side(&mut md, r);
     completeness(&mut md, r);
     peer(&mut md, r);
     pipeline(&mut md, r);
@@ -657,6 +658,69 @@ fn cpu_per_request(md: &mut String, r: &Results<'_>) {
             spread_opt(c.base_system_cpu_us, us1),
             spread_opt(c.system_cpu_us, us1),
             d(c.system_cpu_delta_us),
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// Programs shown per agent in the kernel-side table and the JSON.
+const TOP_PROGRAMS: usize = 6;
+
+fn kernel_side(md: &mut String, r: &Results<'_>) {
+    let measured: Vec<_> = r
+        .costs
+        .iter()
+        .filter(|c| c.ebpf_ns_per_request_all().is_some())
+        .collect();
+    if measured.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Kernel side: eBPF run time per request
+"
+    );
+    let _ = writeln!(
+        md,
+        "Run time of the agent's own eBPF programs during the load (the kernel's `run_time_ns`, counted \
+         while the bench holds eBPF statistics on), over requests handled: CPU charged to the traced \
+         processes, not to the agent. Host-wide it includes every other process's syscalls on the machine. \
+         ns per request, all rounds (per-round min–max); the most expensive programs (named as the kernel \
+         keeps them: at most 15 characters) with their runs per request and ns per run.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | load | agent | eBPF ns per request | top programs: ns/req (runs/req × ns/run) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for c in measured {
+        let requests = c.ebpf_requests.max(1) as f64;
+        let top = c
+            .ebpf_programs
+            .iter()
+            .take(TOP_PROGRAMS)
+            .map(|p| {
+                format!(
+                    "`{}` {:.0} ({:.2} × {:.0})",
+                    p.name,
+                    p.run_time_ns as f64 / requests,
+                    p.run_cnt as f64 / requests,
+                    p.run_time_ns as f64 / p.run_cnt.max(1) as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let per_round = match c.ebpf_ns_per_request {
+            Some(s) if varies(s) => format!(" ({:.0}–{:.0})", s.min, s.max),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0}{per_round} | {top} |",
+            c.scenario.label(),
+            c.load.label(),
+            c.capture.label(),
+            c.ebpf_ns_per_request_all().unwrap_or(f64::NAN),
         );
     }
     let _ = writeln!(md);
@@ -1065,6 +1129,35 @@ pub fn json(r: &Results<'_>) -> Json {
             ),
             ("peak_rss_mb", Json::num(c.peak_rss_mb())),
             ("anon_rss_mb", Json::num(c.anon_rss_mb())),
+            (
+                "ebpf_ns_per_request",
+                Json::opt(c.ebpf_ns_per_request_all()),
+            ),
+            (
+                "ebpf_ns_per_request_per_round",
+                spread_json(c.ebpf_ns_per_request),
+            ),
+            (
+                "ebpf_top_programs",
+                Json::Array(
+                    c.ebpf_programs
+                        .iter()
+                        .take(TOP_PROGRAMS)
+                        .map(|p| {
+                            let requests = c.ebpf_requests.max(1) as f64;
+                            Json::object([
+                                ("name", Json::str(p.name.clone())),
+                                ("ns_per_request", Json::num(p.run_time_ns as f64 / requests)),
+                                ("runs_per_request", Json::num(p.run_cnt as f64 / requests)),
+                                (
+                                    "ns_per_run",
+                                    Json::num(p.run_time_ns as f64 / p.run_cnt.max(1) as f64),
+                                ),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
         ])
     });
     let pipeline = r.pipeline.iter().map(|p| {
@@ -1187,6 +1280,12 @@ mod tests {
                     client,
                     other: 0,
                 }),
+                // 5 µs of eBPF per request.
+                ebpf: Some(vec![crate::task::bench::bpfstats::ProgramCost {
+                    name: "sys_exit_writev".into(),
+                    run_time_ns: rps * 10 * 5_000,
+                    run_cnt: rps * 10,
+                }]),
                 ..CaptureCost::default()
             }),
             load_cpu: LoadCpu {
@@ -1312,5 +1411,14 @@ mod tests {
         let json = json(&results).render();
         assert!(json.contains("\"throughput_ratio\": {"), "{json}");
         assert!(json.contains("\"client_completeness\""));
+        let ebpf = md
+            .lines()
+            .find(|l| l.starts_with("| host-wide | paced | current |") && l.contains("`sys_"))
+            .unwrap_or_else(|| panic!("no eBPF row in\n{md}"));
+        assert!(
+            ebpf.contains("| 5000 | `sys_exit_writev` 5000 (1.00 × 5000) |"),
+            "{ebpf}"
+        );
+        assert!(json.contains("\"ebpf_ns_per_request\": 5000"), "{json}");
     }
 }

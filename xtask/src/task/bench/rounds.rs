@@ -3,6 +3,7 @@
 //! capture's CPU and memory per request, the traced processes' and the machine's CPU per request.
 
 use super::agent::DropCounters;
+use super::bpfstats::{self, ProgramCost};
 use super::receiver::SpanCounts;
 use super::wrk::WrkResult;
 
@@ -125,6 +126,9 @@ pub struct CaptureCost {
     pub lost_events: Option<u64>,
     /// Bytes bpftrace printed.
     pub printed_bytes: Option<u64>,
+    /// Run time of the agent's eBPF programs during the load, by program (tracer only; charged
+    /// to the traced processes, not to the agent).
+    pub ebpf: Option<Vec<ProgramCost>>,
 }
 
 /// CPU time of the processes under load during the load (eBPF programs run in their context and
@@ -196,6 +200,13 @@ impl Round {
     /// Whole-machine CPU per request, µs.
     pub fn system_cpu_us_per_request(&self) -> f64 {
         self.per_request_us(self.load_cpu.system_seconds)
+    }
+
+    /// Run time of the agent's eBPF programs per request, ns.
+    pub fn ebpf_ns_per_request(&self) -> Option<f64> {
+        let programs = self.cost.as_ref()?.ebpf.as_ref()?;
+        let ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
+        (self.requests > 0).then(|| ns as f64 / self.requests as f64)
     }
 
     /// The capture's CPU-seconds per 10,000 requests.
@@ -290,9 +301,22 @@ pub struct CostSummary {
     pub userspace_drops: Option<u64>,
     pub lost_events: Option<u64>,
     pub printed_bytes: Option<u64>,
+    /// eBPF run time per request, per round.
+    pub ebpf_ns_per_request: Option<Spread>,
+    /// The eBPF programs' run time summed over the rounds that measured it, most expensive first,
+    /// and those rounds' requests.
+    pub ebpf_programs: Vec<ProgramCost>,
+    pub ebpf_requests: u64,
 }
 
 impl CostSummary {
+    /// All measured rounds' eBPF run time over their requests, ns per request.
+    pub fn ebpf_ns_per_request_all(&self) -> Option<f64> {
+        let ns: u64 = self.ebpf_programs.iter().map(|p| p.run_time_ns).sum();
+        (self.ebpf_requests > 0 && !self.ebpf_programs.is_empty())
+            .then(|| ns as f64 / self.ebpf_requests as f64)
+    }
+
     /// All rounds' capture CPU over all rounds' requests, per 10k requests.
     pub fn cpu_seconds_per_10k(&self) -> f64 {
         if self.requests > 0 {
@@ -435,6 +459,15 @@ pub fn costs(rounds: &[Round]) -> Vec<CostSummary> {
                 userspace_drops: sum_opt(&|c| c.drops.as_ref().map(|d| d.userspace)),
                 lost_events: sum_opt(&|c| c.lost_events),
                 printed_bytes: sum_opt(&|c| c.printed_bytes),
+                ebpf_ns_per_request: Spread::of(rs.iter().filter_map(|r| r.ebpf_ns_per_request())),
+                ebpf_programs: bpfstats::sum_by_name(
+                    costs.iter().filter_map(|c| c.ebpf.as_deref()),
+                ),
+                ebpf_requests: rs
+                    .iter()
+                    .filter(|r| r.cost.as_ref().is_some_and(|c| c.ebpf.is_some()))
+                    .map(|r| r.requests)
+                    .sum(),
             }
         })
         .collect()
@@ -536,6 +569,68 @@ mod tests {
             (Some(2), Some(0), None)
         );
         assert!((t.peak_rss_mb() - 20.48).abs() < 1e-9);
+        // No round measured eBPF time.
+        assert_eq!(
+            (t.ebpf_ns_per_request, t.ebpf_ns_per_request_all()),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn ebpf_time_is_per_request_per_round_and_summed_by_program() {
+        let program = |name: &str, run_time_ns, run_cnt| ProgramCost {
+            name: name.into(),
+            run_time_ns,
+            run_cnt,
+        };
+        let with_ebpf = |programs| CaptureCost {
+            ebpf: Some(programs),
+            ..cost(1.0, 0, 0)
+        };
+        let rounds = vec![
+            // 100k requests, 700 ms of eBPF: 7000 ns per request.
+            round(
+                CURRENT,
+                0,
+                10_000,
+                1000,
+                Some(with_ebpf(vec![
+                    program("sys_exit_writev", 500_000_000, 100_000),
+                    program("sys_enter_close", 200_000_000, 100_000),
+                ])),
+            ),
+            // 50k requests, 150 ms: 3000 ns per request.
+            round(
+                CURRENT,
+                1,
+                5_000,
+                1000,
+                Some(with_ebpf(vec![program(
+                    "sys_enter_close",
+                    150_000_000,
+                    50_000,
+                )])),
+            ),
+            // Not measured: left out of both figures.
+            round(CURRENT, 2, 5_000, 1000, Some(cost(1.0, 0, 0))),
+        ];
+        assert_eq!(rounds[0].ebpf_ns_per_request(), Some(7000.0));
+        let t = &costs(&rounds)[0];
+        let per_round = t.ebpf_ns_per_request.unwrap();
+        assert_eq!(
+            (per_round.min, per_round.max, per_round.count),
+            (3000.0, 7000.0, 2)
+        );
+        assert_eq!(t.ebpf_requests, 150_000);
+        assert!((t.ebpf_ns_per_request_all().unwrap() - 850e6 / 150e3).abs() < 1e-9);
+        assert_eq!(
+            t.ebpf_programs[0],
+            program("sys_exit_writev", 500_000_000, 100_000)
+        );
+        assert_eq!(
+            t.ebpf_programs[1],
+            program("sys_enter_close", 350_000_000, 150_000)
+        );
     }
 
     #[test]
