@@ -9,7 +9,9 @@ test makes "no option space" happen on every request (SACK blocks would, but not
       Serves keep-alive GET requests on H:P1 (connections from ADDR signed with the MD5 key) and
       on H:P2 (plain), answering 200 with the body `ok <target>`. Prints "listening" when ready.
   md5_pair.py drive --host H --md5-port P1 --plain-port P2 --requests N [--wait-file F]
-      Waits (up to 10 minutes) until file F exists (so that an agent can be told this pid first), then
+      Waits (up to 10 minutes) until file F exists (so that an agent can be told this pid first),
+      serves itself 5 warm-up requests (GET /warm over loopback, a thread reading and answering
+      each: the kernel decides CLIENT identities only in processes it saw serve that way), then
       one MD5-signed connection to H:P1 with N sequential GET /ok?id=0..N-1, then one plain
       connection to H:P2 with GET /ok?id=N..2N-1. Exits 1 if a response is not 200.
 """
@@ -111,6 +113,38 @@ def requests_on(host, port, signed, first_id, count):
     conn.close()
 
 
+# Requests this process serves itself (one thread reads and answers each) before the measured
+# ones: the kernel decides a CLIENT request's identity, and sends its option, only in a process it
+# has seen serve requests one per thread.
+WARM_UP = 5
+
+
+def warm_up(count):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(count)
+    port = listener.getsockname()[1]
+
+    def serve_warm():
+        for _ in range(count):
+            conn, _ = listener.accept()
+            with conn:
+                head, _ = read_head(conn, b"")
+                if head is not None:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    server = threading.Thread(target=serve_warm, daemon=True)
+    server.start()
+    for _ in range(count):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=20)
+        conn.sendall(b"GET /warm HTTP/1.1\r\nHost: warm\r\n\r\n")
+        while conn.recv(65536):
+            pass
+        conn.close()
+    server.join(20)
+    listener.close()
+
+
 def drive(args):
     if args.wait_file:
         deadline = time.monotonic() + 600
@@ -119,6 +153,7 @@ def drive(args):
                 sys.stderr.write("%s never appeared\n" % args.wait_file)
                 sys.exit(1)
             time.sleep(0.05)
+    warm_up(WARM_UP)
     requests_on(args.host, args.md5_port, True, 0, args.requests)
     requests_on(args.host, args.plain_port, False, args.requests, args.requests)
 

@@ -601,6 +601,7 @@ fn a_traceparent_keeps_its_trace_id_across_nodes() {
     agent_a.wait_metrics("propagation active", |m| {
         metric(m, "tracer_context_propagation_active ") == 1
     });
+    cluster.warm_up();
     let trace = |id: u32| format!("4bf92f3577b34da6a3ce929d{:08x}", 0x0e0e_4700 + id);
     let parent = "00f067aa0ba902b7";
     let send = |id: u32, header: String| {
