@@ -1745,7 +1745,7 @@ mod tests {
                 tls_attach_failed: 143,
                 tls_search_scans: 144,
                 tls_search_cut_short: 149,
-                tls_search_processes_unchanged: 1155,
+                tls_search_processes_unchanged: 1156,
                 tls_unsupported_processes: [145, 146, 147, 148],
             },
             events_read: 201,
@@ -1948,6 +1948,7 @@ mod tests {
         want.extend((911..=912).map(|v| v as f64)); // network namespace sources
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
         want.push(1155.0); // nested syscalls refused as an SSL*'s socket
+        want.push(1156.0); // TLS search: processes unchanged since their last read
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
         want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
         want.extend((1019..=1021).map(|v| v as f64)); // kernel traceparent scans
