@@ -4,7 +4,8 @@
 #   1. every resource listed in base/kustomization.yaml, one file at a time;
 #   2. the rendered kustomization k8s/ (`kubectl kustomize` or `kustomize build` when available,
 #      else the base resources concatenated in order), which must hold every expected kind;
-#   3. the rendered k8s/privileged overlay, when a kustomize renderer is available;
+#   3. the rendered k8s/privileged and k8s/overlays/context-propagation overlays, when a kustomize
+#      renderer is available;
 #   4. the Localhost seccomp profile the DaemonSet names.
 # Installs the `kubernetes-validate` Python package when it is missing.
 set -euo pipefail
@@ -104,6 +105,23 @@ if render privileged >"$overlay" 2>/dev/null; then
     check "k8s/privileged runs the agent privileged" grep -q "privileged: true" "$overlay"
 else
     echo "skipped: k8s/privileged (needs kubectl or kustomize to render its patch)"
+fi
+
+if render overlays/context-propagation >"$overlay" 2>/dev/null; then
+    check "kustomization k8s/overlays/context-propagation" validate - <"$overlay"
+    check "k8s/overlays/context-propagation turns the mode on" \
+        grep -q -- "- --context-propagation=tcp-options" "$overlay"
+    check "k8s/overlays/context-propagation adds CAP_NET_ADMIN to the base's" \
+        "$python" -c '
+import sys
+text = open(sys.argv[1]).read()
+for cap in ("BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "NET_ADMIN"):
+    assert "- " + cap + "\n" in text, cap
+assert "privileged: true" not in text, "the overlay must not run the agent privileged"
+assert "mountPath: /sys/fs/cgroup" in text and "path: /sys/fs/cgroup" in text, "cgroup v2 mount"
+' "$overlay"
+else
+    echo "skipped: k8s/overlays/context-propagation (needs kubectl or kustomize to render its patch)"
 fi
 
 # The seccomp profile the DaemonSet names (Localhost) must exist, parse, and allow what the agent

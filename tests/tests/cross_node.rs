@@ -583,3 +583,318 @@ fn on_one_host_pairing_and_the_option_agree() {
         "pairing and option disagreed"
     );
 }
+
+/// A request arriving at the hub with a `traceparent` keeps that trace id end to end: the
+/// kernel's scan of the hub's request head gives the hub's SERVER request the header's trace,
+/// so the option its backend call carries names that trace, and the leaf on node B joins it.
+/// An invalid header (uppercase hex) is refused by the kernel as by userspace: its request
+/// links as any other, in a trace of its own. Without the scan the leaf would be in the trace
+/// the kernel drew at random (the hub's spans remapped to the header's: a counted disagreement).
+#[test]
+fn a_traceparent_keeps_its_trace_id_across_nodes() {
+    const VALID: u32 = 4;
+    const INVALID_ID: u32 = VALID;
+    let cluster = Cluster::start("tp", false, false);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    agent_a.wait_metrics("propagation active", |m| {
+        metric(m, "tracer_context_propagation_active ") == 1
+    });
+    cluster.warm_up();
+    let trace = |id: u32| format!("4bf92f3577b34da6a3ce929d{:08x}", 0x0e0e_4700 + id);
+    let parent = "00f067aa0ba902b7";
+    let send = |id: u32, header: String| {
+        let mut command = cluster.nodes.exec(&cluster.nodes.a);
+        command
+            .arg(python())
+            .arg(peer_script("hub.py"))
+            .arg("drive")
+            .args(["--port", &HUB_PORT.to_string()])
+            .args(["--first-id", &id.to_string()])
+            .args(["--requests", "1", "--threads", "1"])
+            .args(["--header", &header]);
+        let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
+        assert!(
+            status.success(),
+            "hub.py drive failed ({status})\n{}\n{}",
+            child.output_report(),
+            cluster.hub.output_report()
+        );
+    };
+    for id in 0..VALID {
+        // The header name in both letter cases, the value with and without spaces around.
+        let name = if id % 2 == 0 {
+            "traceparent"
+        } else {
+            "TraceParent"
+        };
+        send(id, format!("{name}: 00-{}-{parent}-01", trace(id)));
+    }
+    send(
+        INVALID_ID,
+        format!(
+            "traceparent: 00-{}-{parent}-01",
+            trace(INVALID_ID).to_uppercase()
+        ),
+    );
+    let total = VALID + 1;
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| complete(s, 0..total))
+        .unwrap_or_else(|e| {
+            panic!(
+                "spans missing: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let wrong = unlinked(&spans, 0..total);
+    let metrics_a = agent_a.wait_settled();
+    let _ = agent_b.wait_settled();
+    assert!(
+        wrong.is_empty(),
+        "not linked hub SERVER -> hub CLIENT -> leaf SERVER:\n{}",
+        wrong.join("\n")
+    );
+    let by = by_id(&spans);
+    for id in 0..VALID {
+        let [hub_server, _, leaf, _] = &by[&id];
+        assert!(
+            hub_server[0].trace_id == trace(id)
+                && hub_server[0].parent_span_id.as_deref() == Some(parent)
+                && leaf[0].trace_id == trace(id),
+            "request {id} must keep its traceparent's trace id {} on both nodes:\n{}",
+            trace(id),
+            describe([hub_server[0], leaf[0]])
+        );
+    }
+    let [hub_server, _, leaf, _] = &by[&INVALID_ID];
+    assert!(
+        hub_server[0].parent_span_id.is_none()
+            && !leaf[0].trace_id.eq_ignore_ascii_case(&trace(INVALID_ID)),
+        "an invalid traceparent must not be adopted:\n{}",
+        describe([hub_server[0], leaf[0]])
+    );
+    let scans = |outcome: &str| {
+        metric(
+            &metrics_a,
+            &format!("tracer_kernel_header_scans_total{{outcome=\"{outcome}\"}} "),
+        )
+    };
+    assert_eq!(
+        (scans("adopted"), scans("rejected")),
+        (u64::from(VALID), 1),
+        "the hub's agent adopted every valid header and refused the invalid one"
+    );
+    assert_eq!(
+        metric(&metrics_a, "tracer_kernel_identity_disagreements_total "),
+        0,
+        "the kernel and userspace read the same header"
+    );
+}
+
+/// A segment without room for the option is sent without it and counted: its request is left
+/// unlinked on the other node, never linked to another. The room is taken by the TCP MD5
+/// signature option (RFC 2385: 20 of the 40 option bytes with padding, timestamps 12 more), set
+/// by the client and the server on one connection: SACK blocks leave no room either, but cannot
+/// be made to appear on a request's segment on demand. The same client's next, plain connection
+/// carries the option again (the test is not blind).
+#[test]
+fn a_segment_without_option_room_is_counted_and_left_unlinked() {
+    const REQUESTS: u32 = 3;
+    const MD5_PORT: u16 = 8081;
+    const PLAIN_PORT: u16 = 8082;
+    let nodes = Nodes::create("md5");
+    let mut server = nodes.exec(&nodes.b);
+    server
+        .arg(python())
+        .arg(peer_script("md5_pair.py"))
+        .args(["serve", "--host", &nodes.pod_b(), "--peer", &nodes.pod_a()])
+        .args(["--md5-port", &MD5_PORT.to_string()])
+        .args(["--plain-port", &PLAIN_PORT.to_string()]);
+    let server = ChildGuard::spawn("md5 server", server);
+    wait_listening(&nodes, &nodes.b, &nodes.pod_b(), PLAIN_PORT, &server);
+    let scratch = tracer_tests::ScratchDir::new("md5");
+    let go = scratch.path().join("go");
+    let mut client = nodes.exec(&nodes.a);
+    client
+        .arg(python())
+        .arg(peer_script("md5_pair.py"))
+        .args(["drive", "--host", &nodes.pod_b()])
+        .args(["--md5-port", &MD5_PORT.to_string()])
+        .args(["--plain-port", &PLAIN_PORT.to_string()])
+        .args(["--requests", &REQUESTS.to_string()])
+        .arg("--wait-file")
+        .arg(&go);
+    let mut client = ChildGuard::spawn("md5 client", client);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, client.pid(), true);
+    let mut agent_b = agent(&receiver, server.pid(), true);
+    for a in [&mut agent_a, &mut agent_b] {
+        a.wait_metrics("propagation active", |m| {
+            metric(m, "tracer_context_propagation_active ") == 1
+        });
+    }
+    std::fs::write(&go, b"go").expect("writing the client's start file");
+    let status = client.wait_timeout(DRIVE_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the MD5 client failed ({status:?})\n{}\n{}",
+        client.output_report(),
+        server.output_report()
+    );
+    let total = 2 * REQUESTS;
+    let both = |spans: &[ObservedSpan]| {
+        let by = by_id(spans);
+        (0..total).all(|id| {
+            by.get(&id)
+                .is_some_and(|s| s[1].len() == 1 && s[2].len() == 1)
+        })
+    };
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| both(s))
+        .unwrap_or_else(|e| {
+            panic!(
+                "not every request has its client and leaf span: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let metrics_a = agent_a.wait_settled();
+    let metrics_b = agent_b.wait_settled();
+    let by = by_id(&spans);
+    for id in 0..total {
+        let [_, client_span, leaf, _] = &by[&id];
+        let (client_span, leaf) = (client_span[0], leaf[0]);
+        let linked = leaf.parent_span_id.as_deref() == Some(client_span.span_id.as_str())
+            && leaf.trace_id == client_span.trace_id;
+        if id < REQUESTS {
+            assert!(
+                leaf.parent_span_id.is_none() && leaf.trace_id != client_span.trace_id,
+                "request {id} went without the option: its leaf span must be left unlinked:\n{}",
+                describe([client_span, leaf])
+            );
+        } else {
+            assert!(
+                linked,
+                "request {id} (plain connection) carried the option: linked\n{}",
+                describe([client_span, leaf])
+            );
+        }
+    }
+    let no_space = metric(
+        &metrics_a,
+        "tracer_context_options_not_sent_total{reason=\"no_space\"} ",
+    );
+    let written = metric(
+        &metrics_a,
+        "tracer_context_options_total{outcome=\"written\"} ",
+    );
+    assert!(
+        no_space >= u64::from(REQUESTS) && written >= u64::from(REQUESTS),
+        "node A: {no_space} requests counted without option room (want >= {REQUESTS}), \
+         {written} options written (want >= {REQUESTS})"
+    );
+    assert_eq!(
+        metric(&metrics_b, "tracer_context_adopted_total "),
+        u64::from(REQUESTS),
+        "node B adopts the plain connection's contexts only"
+    );
+}
+
+/// Foreign and malformed options of kind 253 (sent from hand-made TCP segments: no socket option
+/// makes the kernel send them) are ignored, the malformed ones counted, and their requests left
+/// unlinked; a valid option sent the same way is adopted exactly (the injection works).
+#[test]
+fn foreign_and_malformed_options_are_ignored() {
+    const FIRST_ID: u32 = 100;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let span = "b7ad6b7169203331";
+    let cluster = Cluster::start("raw", false, false);
+    let nodes = &cluster.nodes;
+    // The hand-made connections are unknown to node A's kernel: its RSTs must not end them.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &nodes.a,
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &nodes.pod_b(),
+        "--dport",
+        &LEAF_PORT.to_string(),
+        "--tcp-flags",
+        "RST",
+        "RST",
+        "-j",
+        "DROP",
+    ]);
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    agent_b.wait_metrics("propagation active", |m| {
+        metric(m, "tracer_context_propagation_active ") == 1
+    });
+    let cases = [
+        "foreign".to_string(),
+        "short".to_string(),
+        "zero-trace".to_string(),
+        format!("valid:{trace}:{span}"),
+    ];
+    let mut command = nodes.exec(&nodes.a);
+    command
+        .arg(python())
+        .arg(peer_script("raw_option.py"))
+        .args(["--src", &nodes.pod_a(), "--dst", &nodes.pod_b()])
+        .args(["--port", &LEAF_PORT.to_string()])
+        .args(["--first-id", &FIRST_ID.to_string()])
+        .args(&cases);
+    let (status, child) = run_with_timeout("raw_option.py", command, DRIVE_TIMEOUT);
+    assert!(
+        status.success(),
+        "raw_option.py failed ({status})\n{}",
+        child.output_report()
+    );
+    let ids = FIRST_ID..FIRST_ID + cases.len() as u32;
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| {
+            let by = by_id(s);
+            ids.clone()
+                .all(|id| by.get(&id).is_some_and(|v| v[2].len() == 1))
+        })
+        .unwrap_or_else(|e| panic!("leaf spans missing: {e:?}\n{}", agent_b.stderr_text()));
+    let metrics_b = agent_b.wait_settled();
+    let by = by_id(&spans);
+    for (id, case) in ids.clone().zip(&cases) {
+        let leaf = by[&id][2][0];
+        if case.starts_with("valid") {
+            assert!(
+                leaf.trace_id == trace && leaf.parent_span_id.as_deref() == Some(span),
+                "the valid option must be adopted exactly:\n{}",
+                describe([leaf])
+            );
+        } else {
+            assert!(
+                leaf.parent_span_id.is_none() && leaf.trace_id != trace,
+                "the {case} option must be ignored:\n{}",
+                describe([leaf])
+            );
+        }
+    }
+    let options = |outcome: &str| {
+        metric(
+            &metrics_b,
+            &format!("tracer_context_options_total{{outcome=\"{outcome}\"}} "),
+        )
+    };
+    assert_eq!(
+        (options("malformed"), options("received")),
+        (2, 1),
+        "node B: the short and zero-id options counted malformed, the valid one received (the \
+         foreign one is another program's: ignored, not counted)"
+    );
+    assert_eq!(metric(&metrics_b, "tracer_context_adopted_total "), 1);
+}

@@ -444,11 +444,15 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
         } else {
             match SYS {
                 syscall::READ | syscall::RECVFROM | syscall::WRITE | syscall::SENDTO => args.ptr,
-                syscall::READV | syscall::WRITEV => {
-                    read_iovec(args.ptr, 0).map(|v| v.base).unwrap_or(0)
-                }
+                // A read's first buffer only when it holds all its bytes: the request's head is
+                // scanned there (`prop_scan`), and past its end is other memory.
+                syscall::READV | syscall::WRITEV => read_iovec(args.ptr, 0)
+                    .filter(|v| SYS == syscall::WRITEV || v.len >= total)
+                    .map(|v| v.base)
+                    .unwrap_or(0),
                 syscall::RECVMSG | syscall::SENDMSG => msg_iov(args.ptr)
                     .and_then(|(iov, n)| if n > 0 { read_iovec(iov, 0) } else { None })
+                    .filter(|v| SYS == syscall::SENDMSG || v.len >= total)
                     .map(|v| v.base)
                     .unwrap_or(0),
                 _ => 0,

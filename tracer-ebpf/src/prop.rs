@@ -626,6 +626,7 @@ pub fn on_transfer(
                 sv.ctx.trace[8..].copy_from_slice(&(random_u64() | 1).to_be_bytes());
             }
         }
+        crate::prop_scan::adopt(first, total, &mut flags, &mut parent, &mut sv.ctx);
         sv.ctx.span = new_span(parent).to_be_bytes();
         // `touch` made the thread's entry (and revoked the process if it left a request).
         if let Some(cur) = PROP_SERVING.get_ptr_mut(&tid) {

@@ -951,6 +951,9 @@ pub struct IdentityEvent {
 /// no room for a flags byte. It rides on the segment whose sequence range starts with the
 /// request's first byte; the receiver keys it by that byte's stream offset (segment sequence
 /// minus the connection's initial sequence + 1).
+/// The kernel's bounded `traceparent` scan of a SERVER request's head (propagation on).
+pub mod traceparent_scan;
+
 pub mod propagation {
     /// RFC 6994 experimental option kind.
     pub const OPTION_KIND: u8 = 253;

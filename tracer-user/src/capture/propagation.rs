@@ -39,6 +39,13 @@ pub struct PropagationCounters {
     pub client_unlinked: u64,
     pub client_undecided: u64,
     pub processes_revoked: u64,
+    /// SERVER requests that joined the trace of the `traceparent` header the kernel's scan of
+    /// their head found.
+    pub header_adopted: u64,
+    /// `traceparent` headers the kernel's scan found and refused (invalid, repeated).
+    pub header_rejected: u64,
+    /// Scans of a head that stopped at the scan's or the capture's limit before the head ended.
+    pub header_scan_at_limit: u64,
 }
 
 /// Why propagation cannot run here, when it cannot.
@@ -135,6 +142,15 @@ pub fn counters(ebpf: &Ebpf) -> PropagationCounters {
     out.client_unlinked = read(counter::CLIENT_UNLINKED);
     out.client_undecided = read(counter::CLIENT_UNDECIDED);
     out.processes_revoked = read(counter::PROCESSES_REVOKED);
+    if let Some(map) = ebpf.map(tracer_common::traceparent_scan::COUNTERS_MAP)
+        && let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map)
+    {
+        use tracer_common::traceparent_scan::counter as scan;
+        let read = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        out.header_adopted = read(scan::ADOPTED);
+        out.header_rejected = read(scan::REJECTED);
+        out.header_scan_at_limit = read(scan::AT_CAPTURE_LIMIT);
+    }
     out
 }
 

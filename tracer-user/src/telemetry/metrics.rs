@@ -150,6 +150,17 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
             vec![Sample::plain(k.contexts_adopted)],
         ),
         Family::counter(
+            "tracer_kernel_header_scans_total",
+            "The kernel's scans of SERVER request heads for a traceparent header, by outcome \
+             (adopted: the request joined the header's trace; rejected: invalid or repeated \
+             header; capture_limit: the scan stopped at its limit before the head ended).",
+            vec![
+                Sample::labelled(&[("outcome", "adopted")], k.header_adopted),
+                Sample::labelled(&[("outcome", "rejected")], k.header_rejected),
+                Sample::labelled(&[("outcome", "capture_limit")], k.header_scan_at_limit),
+            ],
+        ),
+        Family::counter(
             "tracer_kernel_client_contexts_total",
             "CLIENT requests seen by the kernel, by outcome (linked: a child of the one request \
              its thread serves; new_trace: the thread serves none or several; undecided: left to \
@@ -1896,6 +1907,9 @@ mod tests {
                     client_unlinked: 1009,
                     client_undecided: 1015,
                     processes_revoked: 1016,
+                    header_adopted: 1019,
+                    header_rejected: 1020,
+                    header_scan_at_limit: 1021,
                 },
                 matching: crate::correlate::kernel_ids::KernelIdStats {
                     received: 1010,
@@ -1937,6 +1951,7 @@ mod tests {
         want.push(1156.0); // TLS search: processes unchanged, not read again
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
         want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
+        want.extend((1019..=1021).map(|v| v as f64)); // kernel traceparent scans
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2193,6 +2208,9 @@ mod tests {
             client_unlinked => "tracer_kernel_client_contexts_total",
             client_undecided => "tracer_kernel_client_contexts_total",
             processes_revoked => "tracer_kernel_thread_rule_revoked_total",
+            header_adopted => "tracer_kernel_header_scans_total",
+            header_rejected => "tracer_kernel_header_scans_total",
+            header_scan_at_limit => "tracer_kernel_header_scans_total",
         }));
         fields.extend(exported!(crate::correlate::kernel_ids::KernelIdStats {
             received => "tracer_kernel_identities_total",

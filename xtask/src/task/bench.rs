@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the overhead, completeness and cost benchmark of the agent against real
 //! servers on loopback, in scenarios: `host-wide` (nginx under wrk, the agent with no filter as
-//! a DaemonSet runs it, both ends traced), `pid` (nginx, the agent given its pids and port) and
+//! a DaemonSet runs it, both ends traced), `host-wide-prop` (the same with
+//! `--context-propagation tcp-options`), `pid` (nginx, the agent given its pids and port) and
 //! `python`; untraced rounds interleave with the rounds of each agent binary measured (the
 //! built one, and any given with `--agent-bin`/`--baseline-bin`) and of the bpftrace peer. Plus
 //! the kernel-free pipeline benchmark (criterion). Writes `docs/BENCHMARKS.md`, a JSON document
@@ -57,6 +58,8 @@ const SETTLE_QUIET: Duration = Duration::from_millis(1500);
 pub enum ScenarioArg {
     /// nginx and wrk both traced by an agent with no `--pid`/`--port` filter.
     HostWide,
+    /// `host-wide` with `--context-propagation tcp-options`.
+    HostWideProp,
     /// nginx traced by `--pid`/`--port` (server side only), with the bpftrace peer.
     Pid,
     /// The Python server traced by `--pid`/`--port`.
@@ -226,6 +229,7 @@ fn selected_scenarios(args: &BenchArgs) -> Vec<Scenario> {
                     || matches!(
                         (a, s),
                         (ScenarioArg::HostWide, Scenario::HostWide)
+                            | (ScenarioArg::HostWideProp, Scenario::HostWidePropagation)
                             | (ScenarioArg::Pid, Scenario::Pid)
                             | (ScenarioArg::Python, Scenario::Python)
                     )
@@ -632,7 +636,7 @@ fn measure(
                 .iter()
                 .find(|a| a.label == label)
                 .with_context(|| format!("no agent binary labelled `{label}`"))?;
-            let host_wide = plan.scenario == Scenario::HostWide;
+            let host_wide = plan.scenario.host_wide();
             let spec = AgentSpec {
                 binary: agent.path.clone(),
                 pids: if host_wide {
@@ -642,7 +646,12 @@ fn measure(
                 },
                 port: (!host_wide).then_some(server.port),
                 endpoint: bench.receiver.endpoint(),
-                extra_args: bench.agent_args.clone(),
+                extra_args: bench
+                    .agent_args
+                    .iter()
+                    .cloned()
+                    .chain(plan.scenario.agent_args().iter().map(|a| a.to_string()))
+                    .collect(),
                 metrics: agent.metrics,
             };
             Running::Agent(RunningAgent::start(&spec, &bench.scratch, &name)?)

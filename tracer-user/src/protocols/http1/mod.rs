@@ -16,6 +16,8 @@ mod start_line;
 mod stream;
 
 #[cfg(test)]
+mod kernel_scan_tests;
+#[cfg(test)]
 mod tests;
 
 pub use connection::{HttpConnection, RequestStart};

@@ -312,6 +312,7 @@ pub fn markdown(r: &Results<'_>) -> String {
         );
     }
     targets(&mut md, r);
+    propagation(&mut md, r);
 
     let _ = writeln!(md, "## Trend across runs\n");
     let _ = writeln!(
@@ -332,6 +333,62 @@ pub fn markdown(r: &Results<'_>) -> String {
     profiles(&mut md, r);
     raw_rounds(&mut md, r);
     md
+}
+
+/// Propagation on against off: the `host-wide-prop` scenario's figures beside `host-wide`'s, each
+/// against its own untraced rounds of the same run.
+fn propagation(md: &mut String, r: &Results<'_>) {
+    let (off, on) = (Scenario::HostWide, Scenario::HostWidePropagation);
+    if !(r.info.scenarios.contains(&off) && r.info.scenarios.contains(&on)) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Context propagation on vs off (host-wide)\n\n`host-wide-prop` is `host-wide` with \
+         `--context-propagation tcp-options`: the kernel decides each HTTP/1 request's identity \
+         and scans SERVER heads for `traceparent`. nginx and wrk talk over loopback, which \
+         carries no option: this is the mode's cost on the data path, not the option writing's. \
+         Medians (min–max) over rounds.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| agent | figure | off | on | on − off |\n|---|---|---|---|---|"
+    );
+    for a in &r.info.agents {
+        let c = Capture::Tracer(a.label);
+        let cost = |s, load| find_cost(r, s, load, c).map(|x| x.cpu_seconds_per_10k());
+        for load in [LoadKind::Paced, LoadKind::Saturation] {
+            let (x, y) = (cost(off, load), cost(on, load));
+            let cell = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3} CPU-s"));
+            let delta = match (x, y) {
+                (Some(x), Some(y)) => format!("{:+.3} CPU-s", y - x),
+                _ => "n/a".to_string(),
+            };
+            let _ = writeln!(
+                md,
+                "| `{}` | agent CPU per 10,000 requests ({}) | {} | {} | {delta} |",
+                a.label,
+                load.label(),
+                cell(x),
+                cell(y)
+            );
+        }
+        let p50 = |s| find_cmp(r, s, LoadKind::Paced, c).map(|x| x.p50_delta_us);
+        let (x, y) = (p50(off), p50(on));
+        let cell = |v: Option<Spread>| v.map_or("n/a".to_string(), delta_spread);
+        let delta = match (x, y) {
+            (Some(x), Some(y)) => format!("{:+.0} µs", y.median - x.median),
+            _ => "n/a".to_string(),
+        };
+        let _ = writeln!(
+            md,
+            "| `{}` | p50 latency delta against untraced (paced) | {} | {} | {delta} |",
+            a.label,
+            cell(x),
+            cell(y)
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// One target row: a cell per agent binary.

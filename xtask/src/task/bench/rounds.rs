@@ -37,6 +37,10 @@ pub enum Scenario {
     /// nginx under wrk, the agent with no `--pid`/`--port` filter (as the DaemonSet runs it):
     /// both ends traced, SERVER and CLIENT spans expected.
     HostWide,
+    /// `HostWide` with `--context-propagation tcp-options`: the kernel decides the identities
+    /// (and scans heads for `traceparent`); loopback connections carry no option, so this is the
+    /// mode's cost on the data path, not the option writing's.
+    HostWidePropagation,
     /// nginx under wrk, the agent given nginx's pids and port: SERVER spans only.
     Pid,
     /// The Python server under wrk, `--pid`/`--port` as for nginx.
@@ -44,11 +48,17 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [Scenario::HostWide, Scenario::Pid, Scenario::Python];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::HostWide,
+        Scenario::HostWidePropagation,
+        Scenario::Pid,
+        Scenario::Python,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Scenario::HostWide => "host-wide",
+            Scenario::HostWidePropagation => "host-wide-prop",
             Scenario::Pid => "pid",
             Scenario::Python => "python",
         }
@@ -57,14 +67,27 @@ impl Scenario {
     /// The server program under load.
     pub fn server(self) -> &'static str {
         match self {
-            Scenario::HostWide | Scenario::Pid => "nginx",
+            Scenario::HostWide | Scenario::HostWidePropagation | Scenario::Pid => "nginx",
             Scenario::Python => "python",
         }
     }
 
     /// The agent traces the client (wrk) too, so CLIENT spans are expected.
     pub fn traces_client(self) -> bool {
-        self == Scenario::HostWide
+        self.host_wide()
+    }
+
+    /// The agent runs with no `--pid`/`--port` filter.
+    pub fn host_wide(self) -> bool {
+        matches!(self, Scenario::HostWide | Scenario::HostWidePropagation)
+    }
+
+    /// Arguments the scenario adds to every agent's.
+    pub fn agent_args(self) -> &'static [&'static str] {
+        match self {
+            Scenario::HostWidePropagation => &["--context-propagation", "tcp-options"],
+            _ => &[],
+        }
     }
 }
 
