@@ -248,6 +248,23 @@ impl Agent {
         page
     }
 
+    /// Waits (up to `timeout`) until the agent logs a line containing `text`; panics with the
+    /// agent's output otherwise.
+    pub fn wait_log_line(&mut self, what: &str, text: &str, timeout: Duration) {
+        self.assert_running();
+        match self
+            .child
+            .stderr()
+            .wait_for_line(timeout, |line| line.contains(text))
+        {
+            LineWait::Found(_) => {}
+            LineWait::Closed | LineWait::TimedOut => panic!(
+                "waited {timeout:?} for {what} (a log line containing {text:?})\n{}",
+                self.child.output_report()
+            ),
+        }
+    }
+
     /// Waits until `condition` holds on a `/metrics` page taken after this call; returns it.
     pub fn wait_metrics(&mut self, what: &str, condition: impl Fn(&str) -> bool) -> String {
         self.assert_running();

@@ -356,7 +356,6 @@ fn a_process_started_later_with_its_own_libssl_copy_is_traced() {
         OtlpProtocol::Grpc,
         AgentConfig::new().ports(&[port]).arg("--tls"),
     );
-    let before = libraries_attached(&session.agent().wait_settled());
     let lib_path = libs.display().to_string();
     let server = tls_server(
         port,
@@ -369,11 +368,13 @@ fn a_process_started_later_with_its_own_libssl_copy_is_traced() {
         maps.contains(&format!("{lib_path}/libssl.so.3")),
         "the server maps the copy of libssl"
     );
-    session
-        .agent()
-        .wait_metrics("the agent attached to the new libssl copy", |page| {
-            libraries_attached(page) > before
-        });
+    // This very file: another OpenSSL copy attached meanwhile (a `node` found by the same
+    // rescan) must not let the request go before the copy's uprobes are in place.
+    session.agent().wait_log_line(
+        "the agent to attach to the new libssl copy",
+        &format!("file={lib_path}/libssl.so.3"),
+        START_TIMEOUT,
+    );
     curl_k(&https(port, "/ok"), &[]);
     session.wait_for("the SERVER span of the process using the copy", |spans| {
         !server_spans(spans, port).is_empty()
