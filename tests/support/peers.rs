@@ -217,6 +217,37 @@ fn client_run_from_json(value: &serde_json::Value) -> Option<ClientRun> {
     })
 }
 
+/// A self-signed certificate and key for localhost / 127.0.0.1 in `dir` (an EC key, made by the
+/// openssl CLI, which `cargo xtask setup` installs).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let mut command = Command::new("openssl");
+    command
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+    let (status, child) = run_with_timeout("openssl req", command, PEER_START_TIMEOUT);
+    assert!(
+        status.success(),
+        "generating a test certificate with the openssl CLI failed (is `openssl` installed? \
+         `cargo xtask setup` installs it)\n{}",
+        child.output_report()
+    );
+    (cert, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tracer_tests::peers::{peer_script, python};
+use tracer_tests::peers::{peer_script, python, self_signed};
+use tracer_tests::process::LineWait;
 use tracer_tests::query::describe;
 use tracer_tests::{
     AgentConfig, ChildGuard, ObservedKind, ObservedSpan, OtlpProtocol, OtlpReceiver, PythonServer,
@@ -22,35 +23,6 @@ use tracer_tests::{
 const WARM_UP: u32 = 6;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const DRIVE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A self-signed certificate and key for localhost in `dir`.
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let mut command = Command::new("openssl");
-    command
-        .args([
-            "req",
-            "-x509",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert);
-    let (status, child) = run_with_timeout("openssl req", command, START_TIMEOUT);
-    assert!(
-        status.success(),
-        "generating a test certificate with the openssl CLI failed (`cargo xtask setup` \
-         installs it)\n{}",
-        child.output_report()
-    );
-    (cert, key)
-}
 
 fn metric(text: &str, line_prefix: &str) -> u64 {
     text.lines()
@@ -157,22 +129,16 @@ impl Setup {
 
 /// Waits until the hub has printed `listening` `times` times (once per program image).
 fn wait_listening(hub: &ChildGuard, times: usize) {
-    let deadline = std::time::Instant::now() + START_TIMEOUT;
-    while hub
-        .stdout()
-        .lines()
-        .iter()
-        .filter(|l| *l == "listening")
-        .count()
-        < times
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "interleave_hub.py did not listen (image {times})\n{}",
-            hub.output_report()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut seen = 0;
+    let found = hub.stdout().wait_for_line(START_TIMEOUT, |line| {
+        seen += usize::from(line == "listening");
+        seen >= times
+    });
+    assert!(
+        matches!(found, LineWait::Found(_)),
+        "interleave_hub.py did not listen (image {times})\n{}",
+        hub.output_report()
+    );
 }
 
 /// A process that exec()s is another program: what the kernel verified of the old one (its

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tracer_tests::metrics_client::sample;
 use tracer_tests::nginx::{nginx_binary, nginx_config_listen};
-use tracer_tests::peers::{PythonServer, peer_script, python};
+use tracer_tests::peers::{PythonServer, peer_script, python, self_signed};
 use tracer_tests::query::{assert_attrs, assert_count, client_spans, server_spans, the_only};
 use tracer_tests::{
     AgentConfig, AttrValue, ChildGuard, ObservedSpan, OtlpProtocol, ScratchDir, TracedSession,
@@ -27,36 +27,6 @@ fn s(value: &str) -> AttrValue {
 
 fn i(value: i64) -> AttrValue {
     AttrValue::Int(value)
-}
-
-/// A self-signed certificate and key for 127.0.0.1 / localhost in `dir`.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let mut command = Command::new("openssl");
-    command
-        .args([
-            "req",
-            "-x509",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert);
-    let (status, child) = run_with_timeout("openssl req", command, START_TIMEOUT);
-    assert!(
-        status.success(),
-        "generating a test certificate with the openssl CLI failed (is `openssl` installed? \
-         `cargo xtask setup` installs it)\n{}",
-        child.output_report()
-    );
-    (cert, key)
 }
 
 /// `peers/tls_server.py` on `port` with `env` added to its environment.
@@ -608,14 +578,11 @@ fn node_https_server_and_client_are_traced_and_linked() {
     );
 }
 
-/// A Node process that is both the https server and its own client (one event-loop thread
-/// drives both ends of 8 connections, 50 requests in flight at once, answered out of order):
-/// the calls of different `SSL*`s interleave on one thread, and no plaintext is attributed to
-/// another connection. Every span right and rightly linked, or missing and counted; here all
-/// of them are expected.
-#[test]
-fn node_https_client_and_server_in_one_process_never_cross_connections() {
-    let dir = ScratchDir::new("tls-node-one");
+/// Runs a Node peer that is both the https server and its own client (`script PORT CERT KEY
+/// ARGS... GO`): it listens, the agent attaches to node, then the `GO` file releases its
+/// requests; returns the session and the port once node exited with success.
+fn run_node_one_process(name: &str, script: &str, args: &[&str]) -> (TracedSession, u16) {
+    let dir = ScratchDir::new(name);
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
     let mut session = TracedSession::start_with(
@@ -625,13 +592,13 @@ fn node_https_client_and_server_in_one_process_never_cross_connections() {
     let go = dir.path().join("go");
     let mut command = Command::new("node");
     command
-        .arg(peer_script("tls_node.js"))
+        .arg(peer_script(script))
         .arg(port.to_string())
         .arg(&cert)
         .arg(&key)
-        .args(["50", "8"])
+        .args(args)
         .arg(&go);
-    let mut node = ChildGuard::spawn("tls_node.js", command);
+    let mut node = ChildGuard::spawn(script, command);
     assert!(
         wait_for_port(port, START_TIMEOUT),
         "node did not listen on {port}\n{}",
@@ -645,6 +612,17 @@ fn node_https_client_and_server_in_one_process_never_cross_connections() {
         "node's requests failed\n{}",
         node.output_report()
     );
+    (session, port)
+}
+
+/// A Node process that is both the https server and its own client (one event-loop thread
+/// drives both ends of 8 connections, 50 requests in flight at once, answered out of order):
+/// the calls of different `SSL*`s interleave on one thread, and no plaintext is attributed to
+/// another connection. Every span right and rightly linked, or missing and counted; here all
+/// of them are expected.
+#[test]
+fn node_https_client_and_server_in_one_process_never_cross_connections() {
+    let (mut session, port) = run_node_one_process("tls-node-one", "tls_node.js", &["50", "8"]);
     session.wait_for("50 https SERVER and 50 CLIENT spans", |spans| {
         server_spans(spans, port).len() >= 50 && client_spans(spans, port).len() >= 50
     });
@@ -666,36 +644,8 @@ fn node_https_client_and_server_in_one_process_never_cross_connections() {
 /// request twice, no wrong link, and every CLIENT request missing is counted.
 #[test]
 fn node_tls_over_a_deferred_stream_is_refused_not_misattributed() {
-    let dir = ScratchDir::new("tls-node-deferred");
-    let (cert, key) = self_signed(dir.path());
-    let port = free_port();
-    let mut session = TracedSession::start_with(
-        OtlpProtocol::Grpc,
-        AgentConfig::new().ports(&[port]).arg("--tls"),
-    );
-    let go = dir.path().join("go");
-    let mut command = Command::new("node");
-    command
-        .arg(peer_script("tls_node_deferred.js"))
-        .arg(port.to_string())
-        .arg(&cert)
-        .arg(&key)
-        .args(["50", "8"])
-        .arg(&go);
-    let mut node = ChildGuard::spawn("tls_node_deferred.js", command);
-    assert!(
-        wait_for_port(port, START_TIMEOUT),
-        "node did not listen on {port}\n{}",
-        node.output_report()
-    );
-    wait_node_attached(&mut session);
-    std::fs::write(&go, b"go").expect("go file");
-    let status = node.wait_timeout(CLIENT_TIMEOUT);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "node's requests failed\n{}",
-        node.output_report()
-    );
+    let (mut session, port) =
+        run_node_one_process("tls-node-deferred", "tls_node_deferred.js", &["50", "8"]);
     let refused = |page: &str| {
         sample(
             page,
@@ -861,36 +811,8 @@ fn a_callback_inside_an_openssl_call_never_binds_the_ssl_to_its_socket() {
 /// connection 2. Six rounds: every SERVER span's CLIENT parent is the CLIENT of its own request.
 #[test]
 fn node_deferred_writes_of_the_same_size_in_swapped_order_never_cross_connections() {
-    let dir = ScratchDir::new("tls-node-swapped");
-    let (cert, key) = self_signed(dir.path());
-    let port = free_port();
-    let mut session = TracedSession::start_with(
-        OtlpProtocol::Grpc,
-        AgentConfig::new().ports(&[port]).arg("--tls"),
-    );
-    let go = dir.path().join("go");
-    let mut command = Command::new("node");
-    command
-        .arg(peer_script("tls_node_swapped.js"))
-        .arg(port.to_string())
-        .arg(&cert)
-        .arg(&key)
-        .arg("6")
-        .arg(&go);
-    let mut node = ChildGuard::spawn("tls_node_swapped.js", command);
-    assert!(
-        wait_for_port(port, START_TIMEOUT),
-        "node did not listen on {port}\n{}",
-        node.output_report()
-    );
-    wait_node_attached(&mut session);
-    std::fs::write(&go, b"go").expect("go file");
-    let status = node.wait_timeout(CLIENT_TIMEOUT);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "node's requests failed\n{}",
-        node.output_report()
-    );
+    let (mut session, port) =
+        run_node_one_process("tls-node-swapped", "tls_node_swapped.js", &["6"]);
     session.wait_for("12 SERVER spans", |spans| {
         server_spans(spans, port).len() >= 12
     });

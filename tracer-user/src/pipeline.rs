@@ -880,7 +880,7 @@ mod tls_tests;
 
 #[cfg(test)]
 mod tests {
-    use super::test_harness::fake_process;
+    use super::test_harness::{Harness, fake_process};
     use super::*;
     use crate::model::Direction;
 
@@ -888,19 +888,9 @@ mod tests {
     /// P1's span still carries P1's service.name.
     #[test]
     fn a_reused_pid_does_not_rename_the_previous_process_spans() {
-        let root = std::env::temp_dir().join(format!("tracer-pipeline-{}", std::process::id()));
+        let mut h = Harness::new("reused-pid", &[]);
         let pid = 4242;
-        fake_process(&root, pid, "first", 100, None);
-        let mut pipeline = Pipeline::new(
-            PipelineOptions {
-                limits: TableLimits::default(),
-                proc_root: root.clone(),
-                host_name: "test-host".into(),
-                ports: Vec::new(),
-                include_telemetry: false,
-            },
-            Clock::from_offset(1_700_000_000_000_000_000),
-        );
+        fake_process(&h.root, pid, "first", 100, None);
         let header = |ts_ns| RecordHeader {
             tgid: pid,
             tid: pid,
@@ -918,9 +908,8 @@ mod tests {
             tls: false,
             payload,
         };
-        let mut out: Vec<ExportItem> = Vec::new();
-        pipeline.prefetch_resource(pid);
-        pipeline.on_event(
+        h.pipeline.prefetch_resource(pid);
+        h.pipeline.on_event(
             KernelEvent::ConnOpen {
                 header: header(1_000),
                 role: Some(Role::Server),
@@ -928,30 +917,29 @@ mod tests {
                 peer: "127.0.0.1:40000".parse().ok(),
                 netns: None,
             },
-            &mut out,
+            &mut h.out,
         );
-        pipeline.on_event(
+        h.pipeline.on_event(
             data(
                 2_000,
                 Direction::Ingress,
                 b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
             ),
-            &mut out,
+            &mut h.out,
         );
         // P1 exits; P2 gets the pid and opens a connection of its own.
-        fake_process(&root, pid, "second", 200, None);
-        pipeline.prefetch_resource(pid);
-        pipeline.on_event(
+        fake_process(&h.root, pid, "second", 200, None);
+        h.pipeline.prefetch_resource(pid);
+        h.pipeline.on_event(
             data(
                 3_000,
                 Direction::Egress,
                 b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
             ),
-            &mut out,
+            &mut h.out,
         );
-        let _ = std::fs::remove_dir_all(&root);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].resource.service_name, "first");
+        assert_eq!(h.out.len(), 1);
+        assert_eq!(h.out[0].resource.service_name, "first");
     }
 
     /// Endpoints come from /proc for sniffed connections and for accepted ones missing either

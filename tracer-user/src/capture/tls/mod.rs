@@ -300,7 +300,7 @@ impl TlsTargets {
                 }
                 None => {
                     let offered = out.len();
-                    let seen = self.scan_process(pid, executables, &mut pass.offered, out);
+                    let seen = self.scan_process(pid, &dir, executables, &mut pass.offered, out);
                     match stamp {
                         // Only a process that gave nothing to attach can be skipped later: one
                         // whose attach fails is offered again.
@@ -331,15 +331,16 @@ impl TlsTargets {
         true
     }
 
+    /// Reads the maps of process `pid`, whose `/proc` directory is `dir`.
     fn scan_process(
         &mut self,
         pid: u32,
+        dir: &Path,
         executables: bool,
         offered: &mut std::collections::HashMap<(u64, u64), u8>,
         out: &mut Vec<Target>,
     ) -> u8 {
         let mut unsupported = 0u8;
-        let dir = self.proc_root.join(pid.to_string());
         let Some(maps) = read_bounded(&dir.join("maps"), MAX_MAPS_BYTES) else {
             return unsupported;
         };
@@ -372,7 +373,7 @@ impl TlsTargets {
             if *times >= MAX_ATTACH_ATTEMPTS {
                 continue;
             }
-            let path = open_path(&dir, mapping.path, id);
+            let path = open_path(dir, mapping.path, id);
             if kind == TargetKind::Executable {
                 self.stats.executables_inspected += 1;
                 match exports_openssl(&path) {
