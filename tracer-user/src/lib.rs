@@ -14,6 +14,7 @@ pub mod correlate;
 pub mod export;
 pub mod idhash;
 pub mod intern;
+pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod protocols;

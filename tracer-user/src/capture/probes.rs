@@ -381,6 +381,13 @@ impl Probes {
     ///
     /// `TRACER_H2_WALKER=off` in the environment loads without the walker from the start.
     pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
+        let probes = Self::load_walker_or_not(opts);
+        // Loaded: the object is not parsed again; its pages and the parse's buffers go back.
+        crate::memory::release_start_up_memory(EBPF_OBJECT);
+        probes
+    }
+
+    fn load_walker_or_not(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         if std::env::var_os("TRACER_H2_WALKER").is_some_and(|v| v == "off") {
             tracing::info!("TRACER_H2_WALKER=off: HTTP/2 is captured without frame awareness");
             return Self::load_with(opts, false);
@@ -429,6 +436,10 @@ impl Probes {
         let propagation_global = u8::from(propagation);
         let mut loader = EbpfLoader::new();
         loader
+            // The object has no CO-RE relocations (field offsets come from `kernel_btf`), so the
+            // kernel's BTF, which `new` parses (about 12 MB of heap), is dropped before the
+            // object is parsed rather than held through the load, where it set the agent's peak.
+            .btf(None)
             .map_max_entries(map_name::EVENTS, opts.ring_buffer_bytes)
             .override_global("EVENTS_RING_BYTES", &ring_bytes_global, true)
             .override_global("H2_WALK", &h2_walk_global, true)
