@@ -42,12 +42,6 @@ fn main() -> anyhow::Result<()> {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow!("no manifest dir"))?);
     let ebpf_dir = manifest_dir.join("../tracer-ebpf");
     let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
-    // The workspace's release profile links the agent with LTO; the eBPF object's build (a
-    // nested `cargo build --release`, which inherits this environment) keeps its own linking:
-    // bpf-linker links the programs, and the verified object must not change with the agent's
-    // profile. Cargo lets `lto` be set for a whole profile only, so override it here.
-    // SAFETY: build scripts are single-threaded; nothing reads the environment concurrently.
-    unsafe { env::set_var("CARGO_PROFILE_RELEASE_LTO", "false") };
     aya_build::build_ebpf(
         [Package {
             name: "tracer-ebpf",
