@@ -2,6 +2,19 @@
 //! bytes actually transferred (the exit return value), up to the configured capture size, into
 //! variable-length ring-buffer records. What is not copied is still reported as a length so
 //! userspace keeps its place in the stream.
+//!
+//! What each syscall costs here (hash lookups are the expensive map operations; array reads
+//! are inlined by the JIT). A read or write on a tracked socket: at sys_enter `CONNS` and
+//! `INFLIGHT` (`GENERATIONS` only after a process was born or exec'd somewhere, see
+//! `conn::live_conn`; the TLS per-thread tables only in processes marked in `TLS_ACTIVE`); at
+//! sys_exit `INFLIGHT` and `CONNS` (again only when the loss flag changes), a 3-byte read of an
+//! ingress buffer (`tls::note_transfer`), then per record one copy of at most the capture size
+//! and a ring-buffer record of 48 bytes of header plus the bytes copied (plus the ring's own
+//! 8). A write on an untracked fd (a log file): `CONNS` at sys_enter and a 9-byte read of its
+//! buffer (`write_may_sniff`), `INFLIGHT` at sys_exit. nginx serving a 612-byte file to wrk,
+//! both traced: 4.7 records and about 1.7 KB copied per request, 5.4 us of these programs;
+//! a 16 KB file: 22 KB copied, 10.4 us (copies are then half of the time: Content-Length
+//! bodies are what a skip would save).
 
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user, programs::TracePointContext};
 use tracer_common::{
