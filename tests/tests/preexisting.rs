@@ -105,3 +105,43 @@ fn keep_alive_connection_opened_before_the_agent_is_traced() {
         "the request made before the agent started cannot have a span: {spans:#?}"
     );
 }
+
+/// A thread that already moves bytes on a connection the kernel tracks keeps the arguments of
+/// its other syscalls in its own per-thread entry (not the candidate table): an old connection
+/// it then uses is still adopted by its bytes, and the tracked one stays traced.
+#[test]
+fn a_thread_with_a_tracked_connection_still_adopts_an_old_one() {
+    let port = free_port();
+    let _server = PythonServer::start(port, "e2e-preexisting-mixed");
+    let mut old = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the server");
+    old.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    assert_eq!(get(&mut old, port, "/ok?before=1"), 200);
+
+    let mut session = TracedSession::start(OtlpProtocol::HttpProtobuf, &[port]);
+    // Connected after the agent started: tracked from its connect, on this very thread.
+    let mut new = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the server");
+    new.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    assert_eq!(get(&mut new, port, "/ok?new=1"), 200);
+    assert_eq!(get(&mut old, port, "/ok?old=1"), 200);
+    assert_eq!(get(&mut new, port, "/ok?new=2"), 200);
+    assert_eq!(get(&mut old, port, "/ok?old=2"), 200);
+    session.wait_for("CLIENT spans of the four requests", at_least(port, 0, 4));
+    let spans = session.finish();
+    let mut client_urls: Vec<&str> = client_spans(&spans, port)
+        .iter()
+        .filter_map(|s| s.attr_str("url.full"))
+        .collect();
+    client_urls.sort_unstable();
+    assert_eq!(
+        client_urls,
+        [
+            format!("http://127.0.0.1:{port}/ok?new=1"),
+            format!("http://127.0.0.1:{port}/ok?new=2"),
+            format!("http://127.0.0.1:{port}/ok?old=1"),
+            format!("http://127.0.0.1:{port}/ok?old=2"),
+        ],
+        "every request written after the agent started has one CLIENT span: {spans:#?}"
+    );
+}

@@ -16,8 +16,8 @@ use tracer_common::{
 
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
-    ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATIONS, INFLIGHT,
-    INFLIGHT_PER_PROCESS, OPEN_SCRATCH, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count,
+    ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATION_EPOCH, GENERATIONS,
+    INFLIGHT, INFLIGHT_PER_PROCESS, OPEN_SCRATCH, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count,
     events_output_flags, next_conn_id,
 };
 
@@ -250,11 +250,22 @@ pub fn remove_conn(key: u64) {
 /// fd was closed on exec), or the process has no generation any more (evicted: nothing says
 /// the entry is still the process's; fail closed). A stale entry is removed (counted) and
 /// reported as absent.
+///
+/// An entry found live is tagged with the generation epoch; while the epoch stays the same (no
+/// process born or exec'd, no generation evicted anywhere) it is live without the lookup.
+/// Every generation change bumps the epoch before the process it concerns makes a syscall (the
+/// birth's and the exec's tracepoints run first), so a stale entry is never taken as live.
 #[inline(always)]
 pub fn live_conn(tgid: u32, fd: u32) -> Option<ConnState> {
     let key = conn_key(tgid, fd);
-    // SAFETY: values copied out.
-    let state = unsafe { CONNS.get(&key) }.copied()?;
+    let slot = CONNS.get_ptr_mut(&key)?;
+    // SAFETY: value copied out.
+    let state = unsafe { *slot };
+    let epoch = generation_epoch();
+    if epoch != 0 && state.generation_checked == epoch {
+        return Some(state);
+    }
+    // SAFETY: value copied out.
     let generation = unsafe { GENERATIONS.get(&tgid) }.copied();
     if generation.is_none() {
         count(counter::GENERATIONS_MISSING, 1);
@@ -264,7 +275,30 @@ pub fn live_conn(tgid: u32, fd: u32) -> Option<ConnState> {
         count(counter::CONNS_STALE, 1);
         return None;
     }
+    if epoch != 0 {
+        // SAFETY: the slot is a connection entry; only the tag changes. Should the entry have
+        // been replaced meanwhile, its replacement was made now, live at this epoch too.
+        unsafe { (*slot).generation_checked = epoch };
+    }
     Some(state)
+}
+
+/// The current generation epoch as `ConnState::generation_checked` holds it (plus one, so 0
+/// never matches); 0 when unreadable.
+#[inline(always)]
+fn generation_epoch() -> u32 {
+    GENERATION_EPOCH
+        .get(0)
+        .map(|e| (*e as u32).wrapping_add(1))
+        .unwrap_or(0)
+}
+
+/// A generation changed: entries found live before must be checked again.
+#[inline(always)]
+fn bump_generation_epoch() {
+    if let Some(e) = GENERATION_EPOCH.get_ptr_mut(0) {
+        add_inflight(e, 1);
+    }
 }
 
 /// A new generation of process `tgid` (born, or exec'd): its older connection entries are stale.
@@ -278,6 +312,7 @@ pub fn renew_generation(tgid: u32) {
         let _ = GENERATIONS.remove(&tgid);
         count(counter::GENERATIONS_MISSING, 1);
     }
+    bump_generation_epoch();
 }
 
 /// The opening time of an entry made now for process `tgid`, making sure the process has a
@@ -289,12 +324,15 @@ fn opening_now(tgid: u32) -> u64 {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: read-only lookup.
-    if unsafe { GENERATIONS.get(&tgid) }.is_none()
-        && GENERATIONS.insert(&tgid, &now, BPF_NOEXIST).is_err()
-        // SAFETY: read-only lookup.
-        && unsafe { GENERATIONS.get(&tgid) }.is_none()
-    {
-        count(counter::GENERATIONS_MISSING, 1);
+    if unsafe { GENERATIONS.get(&tgid) }.is_none() {
+        // An insert may evict another process's generation (LRU).
+        bump_generation_epoch();
+        if GENERATIONS.insert(&tgid, &now, BPF_NOEXIST).is_err()
+            // SAFETY: read-only lookup.
+            && unsafe { GENERATIONS.get(&tgid) }.is_none()
+        {
+            count(counter::GENERATIONS_MISSING, 1);
+        }
     }
     now
 }
@@ -351,7 +389,7 @@ pub fn track(
         endpoints_sent: u8::from(ep.local_port != 0 && ep.peer_port != 0),
         lost: 0,
         tls: 0,
-        _pad: [0; 4],
+        generation_checked: 0,
         opened_ns: opening_now(tgid),
         h2: [tracer_common::H2Cursor::default(); 2],
         h2_flags: [0; 2],
@@ -381,7 +419,7 @@ fn ignore(tgid: u32, fd: i32) {
         endpoints_sent: 1,
         lost: 0,
         tls: 0,
-        _pad: [0; 4],
+        generation_checked: 0,
         opened_ns: opening_now(tgid),
         h2: [tracer_common::H2Cursor::default(); 2],
         h2_flags: [0; 2],
@@ -469,31 +507,64 @@ fn add_inflight(held: *mut i64, by: i64) {
 }
 
 /// Keeps the arguments of a syscall that may not concern a connection (accept, connect, a read
-/// or write on an untracked fd) in the LRU candidate table.
+/// or write on an untracked fd): in the thread's `INFLIGHT` entry when it has one (rewritten in
+/// place, as `save_args` does), else in the LRU candidate table. `args.enter_ns` must not be 0
+/// (0 marks an entry taken).
 #[inline(always)]
 pub fn save_candidate(ctx: &TracePointContext, args: &SyscallArgs) {
-    let _ = CANDIDATES.insert(&ctx.pid_tgid_raw(), args, 0);
+    let id = ctx.pid_tgid_raw();
+    if let Some(slot) = INFLIGHT.get_ptr_mut(&id) {
+        // SAFETY: this thread's own entry: only this thread writes it (and its exit removes it).
+        unsafe { *slot = *args };
+        return;
+    }
+    let _ = CANDIDATES.insert(&id, args, 0);
 }
 
-/// Takes the arguments sys_enter stored for this thread in the tracked table, once: the entry
-/// stays (see `save_args`) and is marked taken (`enter_ns` 0; the clock never reads 0 there).
+/// Takes the arguments sys_enter stored for this thread's syscall, once; `kind` `ARG_NONE`
+/// when none were. A thread with an entry in `INFLIGHT` has there whatever its sys_enter kept
+/// (`save_args`, `save_candidate`), and a taken entry means nothing was kept: one lookup. Only a
+/// thread without one looks in the candidate table, and only when `candidates`.
+///
+/// Not an `Option`: every field is written on every path (with an `Option`, LLVM read the
+/// absent value's undefined `kind` on the `None` path, which the verifier refuses).
 #[inline(always)]
-pub fn take_tracked_args(id: u64) -> Option<SyscallArgs> {
-    let slot = INFLIGHT.get_ptr_mut(&id)?;
-    // SAFETY: this thread's own entry, copied out before it is marked.
-    unsafe {
-        let args = *slot;
-        if args.enter_ns == 0 {
-            return None;
+pub fn take_args(id: u64, candidates: bool) -> SyscallArgs {
+    if let Some(slot) = INFLIGHT.get_ptr_mut(&id) {
+        // SAFETY: this thread's own entry, copied out before it is marked.
+        unsafe {
+            let args = *slot;
+            if args.enter_ns == 0 {
+                return NO_ARGS;
+            }
+            (*slot).enter_ns = 0;
+            return args;
         }
-        (*slot).enter_ns = 0;
-        Some(args)
+    }
+    if candidates {
+        take_candidate_args(id).unwrap_or(NO_ARGS)
+    } else {
+        NO_ARGS
     }
 }
 
+/// `take_args` found nothing.
+pub const ARG_NONE: u8 = 0;
+const NO_ARGS: SyscallArgs = SyscallArgs {
+    fd: -1,
+    ptr: 0,
+    count: 0,
+    enter_ns: 0,
+    kind: ARG_NONE,
+    gap_only: 0,
+    egress: 0,
+    _pad: [0; 5],
+    conn_id: 0,
+};
+
 /// Takes (and removes) the arguments sys_enter stored for this thread in the candidate table.
 #[inline(always)]
-pub fn take_candidate_args(id: u64) -> Option<SyscallArgs> {
+fn take_candidate_args(id: u64) -> Option<SyscallArgs> {
     // SAFETY: the value is copied out before removal.
     let args = unsafe { CANDIDATES.get(&id) }.copied()?;
     let _ = CANDIDATES.remove(&id);
@@ -521,7 +592,8 @@ pub fn enter_lifecycle(ctx: &TracePointContext, kind: u8) {
         fd: sys_arg(ctx, 0) as i64,
         ptr: sys_arg(ctx, 1),
         count: 0,
-        enter_ns: 0,
+        // SAFETY: plain helper call. Non-zero: an entry not taken yet (see `take_args`).
+        enter_ns: unsafe { bpf_ktime_get_ns() },
         kind,
         gap_only: 0,
         egress: 0,
@@ -533,7 +605,7 @@ pub fn enter_lifecycle(ctx: &TracePointContext, kind: u8) {
 
 pub fn exit_accept(ctx: &TracePointContext) {
     let fd = sys_ret(ctx);
-    let args = take_candidate_args(ctx.pid_tgid_raw());
+    let args = Some(take_args(ctx.pid_tgid_raw(), true)).filter(|a| a.kind != ARG_NONE);
     if fd < 0 {
         return;
     }
@@ -595,7 +667,8 @@ pub fn exit_accept(ctx: &TracePointContext) {
 
 pub fn exit_connect(ctx: &TracePointContext) {
     let id = ctx.pid_tgid_raw();
-    let Some(args) = take_candidate_args(id) else {
+    let args = take_args(id, true);
+    if args.kind == ARG_NONE {
         let ret = sys_ret(ctx);
         if (ret == 0 || ret == -EINPROGRESS) && pid_traced(ctx.tgid()) {
             // Evicted from the candidate table: this connection is not tracked (sniffing may
@@ -609,7 +682,7 @@ pub fn exit_connect(ctx: &TracePointContext) {
         }
         let _ = CONNECTING.remove(&id);
         return;
-    };
+    }
     if args.kind != ARG_CONNECT {
         return;
     }

@@ -100,7 +100,8 @@ pub static CONNS: LruHashMap<u64, ConnState> =
 
 /// Arguments of in-flight syscalls on tracked connections, keyed by pid_tgid, from sys_enter to
 /// sys_exit. One entry per thread, rewritten in place by each syscall and marked taken at its exit
-/// (`conn::take_tracked_args`), removed when the thread exits: no insert and delete per syscall.
+/// (`conn::take_args`), removed when the thread exits: no insert and delete per syscall. Once a
+/// thread has one, its other kept syscalls (candidates) go there too (`conn::save_candidate`).
 /// When full, a new thread's connection is marked as having lost records (counted).
 #[map]
 pub static INFLIGHT: HashMap<u64, SyscallArgs> =
@@ -114,7 +115,8 @@ pub static INFLIGHT_PER_PROCESS: LruHashMap<u32, i64> =
     LruHashMap::with_max_entries(MAX_PROCESS_GENERATIONS, 0);
 
 /// Arguments of in-flight syscalls that may not concern a connection: accept, connect, and
-/// reads/writes on untracked fds kept for sniffing (pipes and files among them). LRU, so threads
+/// reads/writes on untracked fds kept for sniffing (pipes and files among them), of threads
+/// without an `INFLIGHT` entry. LRU, so threads
 /// blocked for long (16k readers of a pipe) are evicted by newer syscalls instead of filling it.
 #[map]
 pub static CANDIDATES: LruHashMap<u64, SyscallArgs> =
@@ -127,6 +129,11 @@ pub static CANDIDATES: LruHashMap<u64, SyscallArgs> =
 #[map]
 pub static GENERATIONS: LruHashMap<u32, u64> =
     LruHashMap::with_max_entries(MAX_PROCESS_GENERATIONS, 0);
+
+/// Bumped (atomically) whenever `GENERATIONS` changes: a connection entry found live at the
+/// current epoch is still live (see `ConnState::generation_checked`, `conn::live_conn`).
+#[map]
+pub static GENERATION_EPOCH: Array<i64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch for data records (too large for the 512-byte stack).
 #[map]

@@ -44,7 +44,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use tracer_common::{
@@ -176,6 +176,49 @@ pub static TLS_HELD: LruHashMap<u64, HeldRecord> = LruHashMap::with_max_entries(
 #[map]
 pub static CONN_SSL: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_SSL_FDS, 0);
 
+/// Buckets of `TLS_ACTIVE`: process ids are hashed into this many (a power of two).
+const TLS_ACTIVE_BUCKETS: u32 = 65536;
+/// Buckets per entry of `TLS_ACTIVE`.
+const TLS_ACTIVE_CHUNK: usize = 4096;
+
+/// Processes that may hold per-thread TLS state (`SSL_CALLS`, `TLS_THREADS`), one byte per
+/// bucket of tgids: set before such an entry is first written, never cleared (a reused pid or a
+/// shared bucket only costs the lookups the bit saves). The data programs, which run on every
+/// read and write of every traced process, look the per-thread tables up only for processes
+/// marked here: an array read instead of a hash lookup per table for processes that never made
+/// an OpenSSL call nor read a TLS record.
+#[map]
+pub static TLS_ACTIVE: Array<[u8; TLS_ACTIVE_CHUNK]> =
+    Array::with_max_entries(TLS_ACTIVE_BUCKETS / TLS_ACTIVE_CHUNK as u32, 0);
+
+/// Marks process `tgid` as having per-thread TLS state (before the state is written: the same
+/// thread reads the mark after it, in program order).
+#[inline(always)]
+fn mark_tls_active(tgid: u32) {
+    let bucket = tgid & (TLS_ACTIVE_BUCKETS - 1);
+    if let Some(chunk) = TLS_ACTIVE.get_ptr_mut(bucket / TLS_ACTIVE_CHUNK as u32) {
+        let i = (bucket as usize) & (TLS_ACTIVE_CHUNK - 1);
+        // SAFETY: `i` is below the chunk's length; a byte store (no read-modify-write of bytes
+        // other writers set).
+        unsafe {
+            if (*chunk)[i] == 0 {
+                (*chunk)[i] = 1;
+            }
+        }
+    }
+}
+
+/// Whether process `tgid` may hold per-thread TLS state (see `TLS_ACTIVE`). True when the mark
+/// cannot be read (never skip state that may be there).
+#[inline(always)]
+pub fn tls_active(tgid: u32) -> bool {
+    let bucket = tgid & (TLS_ACTIVE_BUCKETS - 1);
+    match TLS_ACTIVE.get(bucket / TLS_ACTIVE_CHUNK as u32) {
+        Some(chunk) => chunk[(bucket as usize) & (TLS_ACTIVE_CHUNK - 1)] != 0,
+        None => true,
+    }
+}
+
 /// An OpenSSL call of `ssl` starts on thread `id`: a held `SSL_write` of another `SSL*` can no
 /// longer be bound by the thread's next syscall (which BIO it flushes is unknown).
 #[inline(always)]
@@ -246,7 +289,12 @@ fn bind(tgid: u32, ssl: u64, fd: i32, conn: &ConnState) {
 /// `SSL_read` may be bound to it.
 #[inline(always)]
 pub fn note_transfer(id: u64, fd: i32, conn_id: u64, buf: u64, bytes: u64, ingress: bool) {
-    let call = SSL_CALLS.get_ptr_mut(&id);
+    let tgid = (id >> 32) as u32;
+    let call = if tls_active(tgid) {
+        SSL_CALLS.get_ptr_mut(&id)
+    } else {
+        None
+    };
     // A write matters only inside an OpenSSL call.
     if buf == 0 || (!ingress && call.is_none()) {
         return;
@@ -278,6 +326,7 @@ pub fn note_transfer(id: u64, fd: i32, conn_id: u64, buf: u64, bytes: u64, ingre
         state: READ_SEEN,
         _pad: [0; 3],
     };
+    mark_tls_active(tgid);
     let _ = TLS_THREADS.insert(&id, &t, 0);
 }
 
@@ -296,6 +345,9 @@ enum Flush {
 #[inline(always)]
 pub fn on_data_syscall(ctx: &TracePointContext, sys: u8, fd: i64) -> bool {
     let id = bpf_get_current_pid_tgid();
+    if !tls_active((id >> 32) as u32) {
+        return false;
+    }
     // SAFETY: value copied out.
     let Some(t) = (unsafe { TLS_THREADS.get(&id) }).copied() else {
         return false;
@@ -599,6 +651,7 @@ fn memory_bio(ctx: &RetProbeContext, id: u64, call: &SslCall) -> Option<(i32, Co
         state: WRITE_HELD,
         _pad: [0; 3],
     };
+    mark_tls_active(tgid);
     let _ = TLS_THREADS.insert(&id, &t, 0);
     None
 }
@@ -630,6 +683,7 @@ pub fn enter(ctx: &ProbeContext, kind_: u8, ex: bool) {
     if call.ssl == 0 || call.buf == 0 || (ex && call.out_len == 0) {
         return;
     }
+    mark_tls_active(ctx.tgid());
     disturb(bpf_get_current_pid_tgid(), call.ssl, false);
     if SSL_CALLS
         .insert(&bpf_get_current_pid_tgid(), &call, 0)
@@ -659,6 +713,7 @@ pub fn enter_handshake(ctx: &ProbeContext) {
         _pad: 0,
     };
     if call.ssl != 0 {
+        mark_tls_active(ctx.tgid());
         disturb(bpf_get_current_pid_tgid(), call.ssl, false);
     }
     if call.ssl != 0
@@ -674,6 +729,9 @@ pub fn enter_handshake(ctx: &ProbeContext) {
 /// is inside an OpenSSL call, that call's socket is `fd`.
 #[inline(always)]
 pub fn note_syscall_fd(pid_tgid: u64, fd: i32) {
+    if !tls_active((pid_tgid >> 32) as u32) {
+        return;
+    }
     let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) else {
         return;
     };

@@ -817,7 +817,10 @@ pub struct ConnState {
     /// connection: the data programs send none of its ciphertext from then on (userspace frames
     /// the plaintext records instead, see `DATA_FLAG_TLS`).
     pub tls: u8,
-    pub _pad: [u8; 4],
+    /// The generation epoch (kernel side's `GENERATION_EPOCH`, plus one) at which the entry was
+    /// last found live; 0: never. While the epoch is unchanged no generation changed anywhere,
+    /// so the entry is still live without looking its process's generation up again.
+    pub generation_checked: u32,
     /// CLOCK_MONOTONIC nanoseconds when the entry was made: an entry older than its process's
     /// generation (the process was born or exec'd later: pid reuse, CLOEXEC) is stale.
     pub opened_ns: u64,
