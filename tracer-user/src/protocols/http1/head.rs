@@ -330,6 +330,28 @@ fn header_name(name: &str) -> Text {
     Text::Static(known)
 }
 
+/// Fuzz entry (`head_scan`): on every response head the cheaper scan takes, the full parse gives
+/// the same head, length and framing facts.
+pub(crate) fn fuzz_response_scan(bytes: &[u8]) {
+    let Some(scanned) = response_scan::scan(bytes) else {
+        return;
+    };
+    let limits = HttpLimits::default();
+    match parse_head_full(bytes, MessageKind::Response, &limits, &mut BytesMut::new()) {
+        Ok(HeadParse::Complete {
+            head: ParsedHead::Response(response, framing),
+            len,
+        }) => {
+            assert_eq!(len, scanned.len, "head length");
+            assert_eq!(version(scanned.minor).ok(), Some(response.version));
+            assert_eq!(response.status, scanned.status, "status");
+            assert_eq!(framing, scanned.framing, "framing");
+            assert!(response.headers.is_empty());
+        }
+        other => panic!("the scan took a head the full parse did not: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,27 +513,5 @@ mod tests {
             panic!("not a request")
         };
         assert_eq!(request.headers.len(), 1, "request headers are kept");
-    }
-}
-
-/// Fuzz entry (`head_scan`): on every response head the cheaper scan takes, the full parse gives
-/// the same head, length and framing facts.
-pub(crate) fn fuzz_response_scan(bytes: &[u8]) {
-    let Some(scanned) = response_scan::scan(bytes) else {
-        return;
-    };
-    let limits = HttpLimits::default();
-    match parse_head_full(bytes, MessageKind::Response, &limits, &mut BytesMut::new()) {
-        Ok(HeadParse::Complete {
-            head: ParsedHead::Response(response, framing),
-            len,
-        }) => {
-            assert_eq!(len, scanned.len, "head length");
-            assert_eq!(version(scanned.minor).ok(), Some(response.version));
-            assert_eq!(response.status, scanned.status, "status");
-            assert_eq!(framing, scanned.framing, "framing");
-            assert!(response.headers.is_empty());
-        }
-        other => panic!("the scan took a head the full parse did not: {other:?}"),
     }
 }
