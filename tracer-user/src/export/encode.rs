@@ -213,7 +213,7 @@ fn key_value_len(key: &str, value: &AttrValue) -> usize {
 /// Writes one `KeyValue` as field `field` (numbered below 16) of the enclosing message. Most attributes (a
 /// non-empty key, a short string or any integer or bool) fit a `KeyValue` under 128 bytes, where
 /// every length is one byte: their fixed bytes go out as two 4-byte runs around the key.
-#[inline]
+#[inline(always)]
 fn put_key_value(field: u32, key: &str, value: &AttrValue, w: &mut Writer<'_>) {
     let value_len = any_value_len(value);
     let kv_len =
