@@ -23,7 +23,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(http_framer propagation decode redact h2_frames hpack h2_exchange tls_switch go_elf traceparent_scan)
+targets=(http_framer propagation decode redact h2_frames hpack h2_exchange tls_switch go_elf traceparent_scan head_scan)
 echo "== building the fuzz targets"
 cargo +nightly fuzz build
 

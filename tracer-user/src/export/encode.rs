@@ -10,6 +10,7 @@
 //! integers, 64-bit integers as strings), so both forms come from one field mapping.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use prost::encoding::{WireType, encoded_len_varint, key_len};
@@ -67,6 +68,11 @@ mod tag {
     pub const ANY_INT: u32 = 3;
 }
 
+/// The one-byte key of a field numbered below 16.
+const fn key_byte(tag: u32, wire_type: WireType) -> u8 {
+    (tag << 3 | wire_type as u32) as u8
+}
+
 /// Encoded size of a length-delimited field holding `len` bytes.
 #[inline]
 fn delimited_len(tag: u32, len: usize) -> usize {
@@ -79,52 +85,98 @@ fn optional_bytes_len(tag: u32, len: usize) -> usize {
     if len == 0 { 0 } else { delimited_len(tag, len) }
 }
 
-/// Writes a base-128 varint (the hot path of encoding: inlined, one push per byte into a buffer
-/// reserved beforehand).
-#[inline]
-fn encode_varint(mut value: u64, out: &mut Vec<u8>) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
+/// A cursor over the spare capacity reserved for one `ResourceSpans`, whose exact size is
+/// computed before it is written: each write is a bounds check and a store (no capacity check
+/// and length update per byte as `Vec::push` does, no zeroing as `resize` does). A write past the
+/// end is dropped and leaves the position beyond the region; [`Writer::commit`] only extends the
+/// vector when the writes filled the region exactly.
+struct Writer<'a> {
+    buf: &'a mut [MaybeUninit<u8>],
+    at: usize,
+}
+
+impl Writer<'_> {
+    #[inline(always)]
+    fn byte(&mut self, byte: u8) {
+        if let Some(slot) = self.buf.get_mut(self.at) {
+            slot.write(byte);
+        }
+        self.at += 1;
     }
-    out.push(value as u8);
-}
 
-#[inline]
-fn encode_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
-    encode_varint(u64::from(tag << 3 | wire_type as u32), out);
-}
-
-#[inline]
-fn put_delimited_header(tag: u32, len: usize, out: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
-}
-
-#[inline]
-fn put_bytes(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
-    put_delimited_header(tag, bytes.len(), out);
-    out.extend_from_slice(bytes);
-}
-
-#[inline]
-fn put_optional_bytes(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
-    if !bytes.is_empty() {
-        put_bytes(tag, bytes, out);
+    /// A fixed-size run of bytes (one store for small `N`).
+    #[inline(always)]
+    fn array<const N: usize>(&mut self, bytes: [u8; N]) {
+        if let Some(dst) = self.buf.get_mut(self.at..self.at + N) {
+            dst.write_copy_of_slice(&bytes);
+        }
+        self.at += N;
     }
-}
 
-#[inline]
-fn put_varint_field(tag: u32, value: u64, out: &mut Vec<u8>) {
-    encode_key(tag, WireType::Varint, out);
-    encode_varint(value, out);
-}
+    #[inline(always)]
+    fn slice(&mut self, bytes: &[u8]) {
+        if let Some(dst) = self.buf.get_mut(self.at..self.at + bytes.len()) {
+            dst.write_copy_of_slice(bytes);
+        }
+        self.at += bytes.len();
+    }
 
-#[inline]
-fn put_fixed64(tag: u32, value: u64, out: &mut Vec<u8>) {
-    if value != 0 {
-        encode_key(tag, WireType::SixtyFourBit, out);
-        out.extend_from_slice(&value.to_le_bytes());
+    /// A base-128 varint: one byte inline (field keys, most lengths), longer ones out of line.
+    #[inline(always)]
+    fn varint(&mut self, value: u64) {
+        if value < 0x80 {
+            self.byte(value as u8);
+        } else {
+            self.long_varint(value);
+        }
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.byte((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.byte(value as u8);
+    }
+
+    /// A field key (constant-folded to one byte for the field numbers below 16 used here).
+    #[inline(always)]
+    fn key(&mut self, tag: u32, wire_type: WireType) {
+        self.varint(u64::from(tag << 3 | wire_type as u32));
+    }
+
+    #[inline(always)]
+    fn delimited_header(&mut self, tag: u32, len: usize) {
+        self.key(tag, WireType::LengthDelimited);
+        self.varint(len as u64);
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, tag: u32, bytes: &[u8]) {
+        self.delimited_header(tag, bytes.len());
+        self.slice(bytes);
+    }
+
+    #[inline(always)]
+    fn optional_bytes(&mut self, tag: u32, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.bytes(tag, bytes);
+        }
+    }
+
+    #[inline(always)]
+    fn varint_field(&mut self, tag: u32, value: u64) {
+        self.key(tag, WireType::Varint);
+        self.varint(value);
+    }
+
+    #[inline(always)]
+    fn fixed64(&mut self, tag: u32, value: u64) {
+        if value != 0 {
+            self.key(tag, WireType::SixtyFourBit);
+            self.array(value.to_le_bytes());
+        }
     }
 }
 
@@ -143,12 +195,12 @@ fn any_value_len(value: &AttrValue) -> usize {
 }
 
 #[inline]
-fn put_any_value(value: &AttrValue, out: &mut Vec<u8>) {
+fn put_any_value(value: &AttrValue, w: &mut Writer<'_>) {
     match value {
-        AttrValue::Str(s) => put_bytes(tag::ANY_STRING, s.as_bytes(), out),
-        AttrValue::Bool(b) => put_varint_field(tag::ANY_BOOL, u64::from(*b), out),
+        AttrValue::Str(s) => w.bytes(tag::ANY_STRING, s.as_bytes()),
+        AttrValue::Bool(b) => w.varint_field(tag::ANY_BOOL, u64::from(*b)),
         // int64 is encoded as its two's-complement 64-bit varint.
-        AttrValue::Int(i) => put_varint_field(tag::ANY_INT, *i as u64, out),
+        AttrValue::Int(i) => w.varint_field(tag::ANY_INT, *i as u64),
     }
 }
 
@@ -158,13 +210,54 @@ fn key_value_len(key: &str, value: &AttrValue) -> usize {
     optional_bytes_len(tag::KV_KEY, key.len()) + delimited_len(tag::KV_VALUE, any_value_len(value))
 }
 
-/// Writes one `KeyValue` as field `field` of the enclosing message.
-#[inline]
-fn put_key_value(field: u32, key: &str, value: &AttrValue, out: &mut Vec<u8>) {
-    put_delimited_header(field, key_value_len(key, value), out);
-    put_optional_bytes(tag::KV_KEY, key.as_bytes(), out);
-    put_delimited_header(tag::KV_VALUE, any_value_len(value), out);
-    put_any_value(value, out);
+/// Writes one `KeyValue` as field `field` (numbered below 16) of the enclosing message. Most attributes (a
+/// non-empty key, a short string or any integer or bool) fit a `KeyValue` under 128 bytes, where
+/// every length is one byte: their fixed bytes go out as two 4-byte runs around the key.
+#[inline(always)]
+fn put_key_value(field: u32, key: &str, value: &AttrValue, w: &mut Writer<'_>) {
+    let value_len = any_value_len(value);
+    let kv_len =
+        optional_bytes_len(tag::KV_KEY, key.len()) + delimited_len(tag::KV_VALUE, value_len);
+    if !key.is_empty() && kv_len < 0x80 {
+        // kv_len < 128 bounds the key and value lengths too: each fits one varint byte.
+        w.array([
+            key_byte(field, WireType::LengthDelimited),
+            kv_len as u8,
+            key_byte(tag::KV_KEY, WireType::LengthDelimited),
+            key.len() as u8,
+        ]);
+        w.slice(key.as_bytes());
+        match value {
+            AttrValue::Str(s) => {
+                w.array([
+                    key_byte(tag::KV_VALUE, WireType::LengthDelimited),
+                    value_len as u8,
+                    key_byte(tag::ANY_STRING, WireType::LengthDelimited),
+                    s.len() as u8,
+                ]);
+                w.slice(s.as_bytes());
+            }
+            AttrValue::Bool(b) => w.array([
+                key_byte(tag::KV_VALUE, WireType::LengthDelimited),
+                value_len as u8,
+                key_byte(tag::ANY_BOOL, WireType::Varint),
+                u8::from(*b),
+            ]),
+            AttrValue::Int(i) => {
+                w.array([
+                    key_byte(tag::KV_VALUE, WireType::LengthDelimited),
+                    value_len as u8,
+                    key_byte(tag::ANY_INT, WireType::Varint),
+                ]);
+                w.varint(*i as u64);
+            }
+        }
+        return;
+    }
+    w.delimited_header(field, kv_len);
+    w.optional_bytes(tag::KV_KEY, key.as_bytes());
+    w.delimited_header(tag::KV_VALUE, value_len);
+    put_any_value(value, w);
 }
 
 /// `KeyValue` body size for a string value.
@@ -174,16 +267,11 @@ fn string_key_value_len(key: &str, value: &str) -> usize {
 }
 
 /// Writes one `KeyValue` with a string value as field `field` of the enclosing message.
-#[inline]
-fn put_string_key_value(field: u32, key: &str, value: &str, out: &mut Vec<u8>) {
-    put_delimited_header(field, string_key_value_len(key, value), out);
-    put_optional_bytes(tag::KV_KEY, key.as_bytes(), out);
-    put_delimited_header(
-        tag::KV_VALUE,
-        delimited_len(tag::ANY_STRING, value.len()),
-        out,
-    );
-    put_bytes(tag::ANY_STRING, value.as_bytes(), out);
+fn put_string_key_value(field: u32, key: &str, value: &str, w: &mut Writer<'_>) {
+    w.delimited_header(field, string_key_value_len(key, value));
+    w.optional_bytes(tag::KV_KEY, key.as_bytes());
+    w.delimited_header(tag::KV_VALUE, delimited_len(tag::ANY_STRING, value.len()));
+    w.bytes(tag::ANY_STRING, value.as_bytes());
 }
 
 fn flags(span: &SpanRecord) -> u32 {
@@ -255,27 +343,38 @@ fn span_len(span: &SpanRecord) -> usize {
         + delimited_len(tag::SPAN_STATUS, status_len(&span.status))
 }
 
-fn put_span(span: &SpanRecord, len: usize, out: &mut Vec<u8>) {
-    put_delimited_header(tag::SCOPE_SPANS_SPANS, len, out);
-    put_bytes(tag::SPAN_TRACE_ID, &span.trace_id, out);
-    put_bytes(tag::SPAN_SPAN_ID, &span.span_id, out);
-    put_optional_bytes(tag::SPAN_TRACE_STATE, trace_state(span).as_bytes(), out);
+/// The key and length bytes of a fixed-size id field (ids are 16 or 8 bytes: one length byte).
+fn id_header(tag: u32, len: usize) -> [u8; 2] {
+    [
+        (tag << 3 | WireType::LengthDelimited as u32) as u8,
+        len as u8,
+    ]
+}
+
+fn put_span(span: &SpanRecord, len: usize, w: &mut Writer<'_>) {
+    w.delimited_header(tag::SCOPE_SPANS_SPANS, len);
+    w.array(id_header(tag::SPAN_TRACE_ID, span.trace_id.len()));
+    w.array(span.trace_id);
+    w.array(id_header(tag::SPAN_SPAN_ID, span.span_id.len()));
+    w.array(span.span_id);
+    w.optional_bytes(tag::SPAN_TRACE_STATE, trace_state(span).as_bytes());
     if let Some(parent) = &span.parent_span_id {
-        put_bytes(tag::SPAN_PARENT_SPAN_ID, parent, out);
+        w.array(id_header(tag::SPAN_PARENT_SPAN_ID, parent.len()));
+        w.array(*parent);
     }
-    encode_key(tag::SPAN_FLAGS, WireType::ThirtyTwoBit, out);
-    out.extend_from_slice(&flags(span).to_le_bytes());
-    put_optional_bytes(tag::SPAN_NAME, span.name.as_bytes(), out);
-    put_varint_field(tag::SPAN_KIND, kind(span), out);
-    put_fixed64(tag::SPAN_START, span.start_unix_ns, out);
-    put_fixed64(tag::SPAN_END, end_ns(span), out);
+    w.key(tag::SPAN_FLAGS, WireType::ThirtyTwoBit);
+    w.array(flags(span).to_le_bytes());
+    w.optional_bytes(tag::SPAN_NAME, span.name.as_bytes());
+    w.varint_field(tag::SPAN_KIND, kind(span));
+    w.fixed64(tag::SPAN_START, span.start_unix_ns);
+    w.fixed64(tag::SPAN_END, end_ns(span));
     for attribute in &span.attributes {
-        put_key_value(tag::SPAN_ATTRIBUTES, attribute.key, &attribute.value, out);
+        put_key_value(tag::SPAN_ATTRIBUTES, attribute.key, &attribute.value, w);
     }
-    put_delimited_header(tag::SPAN_STATUS, status_len(&span.status), out);
+    w.delimited_header(tag::SPAN_STATUS, status_len(&span.status));
     if let SpanStatus::Error { description } = &span.status {
-        put_optional_bytes(tag::STATUS_MESSAGE, description.as_bytes(), out);
-        put_varint_field(tag::STATUS_CODE, STATUS_ERROR, out);
+        w.optional_bytes(tag::STATUS_MESSAGE, description.as_bytes());
+        w.varint_field(tag::STATUS_CODE, STATUS_ERROR);
     }
 }
 
@@ -303,17 +402,17 @@ fn resource_len(resource: &ProcessResource) -> usize {
     len
 }
 
-fn put_resource(resource: &ProcessResource, len: usize, out: &mut Vec<u8>) {
-    put_delimited_header(tag::RESOURCE_SPANS_RESOURCE, len, out);
+fn put_resource(resource: &ProcessResource, len: usize, w: &mut Writer<'_>) {
+    w.delimited_header(tag::RESOURCE_SPANS_RESOURCE, len);
     for (key, value) in &resource.attributes {
-        put_key_value(tag::RESOURCE_ATTRIBUTES, key, value, out);
+        put_key_value(tag::RESOURCE_ATTRIBUTES, key, value, w);
     }
     if needs_service_name(resource) {
         put_string_key_value(
             tag::RESOURCE_ATTRIBUTES,
             SERVICE_NAME,
             &resource.service_name,
-            out,
+            w,
         );
     }
 }
@@ -323,10 +422,10 @@ fn scope_len() -> usize {
         + optional_bytes_len(tag::SCOPE_VERSION, SCOPE_VERSION.len())
 }
 
-fn put_scope(out: &mut Vec<u8>) {
-    put_delimited_header(tag::SCOPE_SPANS_SCOPE, scope_len(), out);
-    put_optional_bytes(tag::SCOPE_NAME, SCOPE_NAME.as_bytes(), out);
-    put_optional_bytes(tag::SCOPE_VERSION, SCOPE_VERSION.as_bytes(), out);
+fn put_scope(w: &mut Writer<'_>) {
+    w.delimited_header(tag::SCOPE_SPANS_SCOPE, scope_len());
+    w.optional_bytes(tag::SCOPE_NAME, SCOPE_NAME.as_bytes());
+    w.optional_bytes(tag::SCOPE_VERSION, SCOPE_VERSION.as_bytes());
 }
 
 /// Marks the end of a group's chain of items.
@@ -377,20 +476,36 @@ impl TraceEncoder {
                 delimited_len(tag::SCOPE_SPANS_SCOPE, scope_len()) + group.spans_len;
             let resource_spans_len = delimited_len(tag::RESOURCE_SPANS_RESOURCE, resource_len)
                 + delimited_len(tag::RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
-            out.reserve(delimited_len(
-                tag::REQUEST_RESOURCE_SPANS,
-                resource_spans_len,
-            ));
-            put_delimited_header(tag::REQUEST_RESOURCE_SPANS, resource_spans_len, out);
-            put_resource(resource, resource_len, out);
-            put_delimited_header(tag::RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len, out);
-            put_scope(out);
+            let size = delimited_len(tag::REQUEST_RESOURCE_SPANS, resource_spans_len);
+            out.reserve(size);
+            let mut w = Writer {
+                buf: out.spare_capacity_mut().get_mut(..size).unwrap_or_default(),
+                at: 0,
+            };
+            w.delimited_header(tag::REQUEST_RESOURCE_SPANS, resource_spans_len);
+            put_resource(resource, resource_len, &mut w);
+            w.delimited_header(tag::RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
+            put_scope(&mut w);
             let mut at = group.first;
             while let (Some(item), Some(&len)) =
                 (items.get(at as usize), self.span_lens.get(at as usize))
             {
-                put_span(&item.span, len, out);
+                put_span(&item.span, len, &mut w);
                 at = self.next.get(at as usize).copied().unwrap_or(END);
+            }
+            let written = w.at;
+            if written == size {
+                // SAFETY: the writes are contiguous from the start of the `size`-byte region and
+                // a write past its end is dropped but still advances the position, so a final
+                // position of exactly `size` means every byte of the region was written.
+                unsafe { out.set_len(out.len() + size) };
+            } else {
+                debug_assert_eq!(written, size, "a length function and its writer disagree");
+                tracing::error!(
+                    written,
+                    size,
+                    "OTLP encoding: a resource's spans were left out"
+                );
             }
         }
     }

@@ -389,3 +389,110 @@ fn json_follows_the_otlp_json_rules() {
         "JSON and protobuf carry the same request"
     );
 }
+
+/// Every attribute kind, on both sides of the encoder's short `KeyValue` path (a `KeyValue`
+/// under 128 bytes, every length one byte) and its general path, decodes to the values given.
+#[test]
+fn every_attribute_kind_decodes_to_its_value() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    // Key "k" and a 120-byte string make a 127-byte KeyValue (short path); 121 bytes make 128.
+    let short_limit = "s".repeat(120);
+    let long_limit = "l".repeat(121);
+    let huge = "h".repeat(20_000);
+    let attributes = vec![
+        Attribute::str("http.request.method", "GET"),
+        Attribute::str("k", short_limit),
+        Attribute::str("k", long_limit),
+        Attribute::str("url.path", huge.clone()),
+        Attribute::str("url.query", ""),
+        Attribute::str("", "empty key"),
+        Attribute::int("server.port", 8080),
+        Attribute::int("zero", 0),
+        Attribute::int("neg", -1),
+        Attribute::int("min", i64::MIN),
+        Attribute::int("max", i64::MAX),
+        Attribute::int("", 5),
+        Attribute {
+            key: "t",
+            value: AttrValue::Bool(true),
+        },
+        Attribute {
+            key: "f",
+            value: AttrValue::Bool(false),
+        },
+        Attribute {
+            key: "a.very.long.attribute.key.name.that.goes.on.and.on.and.on.and.on.and.on.and.on.and.on.and.on.and.on.and.on.and.on",
+            value: AttrValue::Bool(true),
+        },
+    ];
+    let expected: Vec<(String, Value)> = attributes
+        .iter()
+        .map(|a| {
+            let value = match &a.value {
+                AttrValue::Str(s) => Value::StringValue(s.to_string()),
+                AttrValue::Int(i) => Value::IntValue(*i),
+                AttrValue::Bool(b) => Value::BoolValue(*b),
+            };
+            (a.key.to_string(), value)
+        })
+        .collect();
+    let resource = Arc::new(ProcessResource {
+        pid: 3,
+        service_name: "svc".into(),
+        attributes: vec![
+            ("process.pid".to_string(), AttrValue::Int(3)),
+            ("x.bool".to_string(), AttrValue::Bool(true)),
+            ("host.name".to_string(), AttrValue::Str(huge.clone().into())),
+        ],
+    });
+    let span = SpanRecord {
+        trace_id: [7; 16],
+        span_id: [8; 8],
+        parent_span_id: None,
+        trace_state: None,
+        sampled: true,
+        name: "GET".into(),
+        kind: SpanKind::Client,
+        start_unix_ns: 1,
+        end_unix_ns: 2,
+        attributes,
+        status: SpanStatus::Unset,
+        pid: 3,
+    };
+    let request = direct(&[ExportItem { span, resource }]);
+    let rs = &request.resource_spans[0];
+    let decoded: Vec<(String, Value)> = rs.scope_spans[0].spans[0]
+        .attributes
+        .iter()
+        .map(|kv| {
+            let value = kv.value.as_ref().and_then(|v| v.value.clone());
+            (kv.key.clone(), value.expect("every attribute has a value"))
+        })
+        .collect();
+    assert_eq!(decoded, expected);
+    let resource: Vec<(String, Option<Value>)> = rs
+        .resource
+        .as_ref()
+        .unwrap()
+        .attributes
+        .iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().and_then(|v| v.value.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        resource,
+        [
+            ("process.pid".to_string(), Some(Value::IntValue(3))),
+            ("x.bool".to_string(), Some(Value::BoolValue(true))),
+            ("host.name".to_string(), Some(Value::StringValue(huge))),
+            (
+                "service.name".to_string(),
+                Some(Value::StringValue("svc".into()))
+            ),
+        ]
+    );
+}

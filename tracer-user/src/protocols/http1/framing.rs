@@ -33,17 +33,25 @@ pub(crate) struct FramingHeaders {
 impl FramingHeaders {
     /// Takes one header into account.
     pub fn observe(&mut self, name: &str, value: &[u8]) {
+        self.observe_bytes(name.as_bytes(), value);
+    }
+
+    /// [`observe`](Self::observe) for a name as bytes.
+    #[inline]
+    pub fn observe_bytes(&mut self, name: &[u8], value: &[u8]) {
         // Compare lengths first: this runs for every header of every message.
         const CONTENT_LENGTH: &str = "content-length";
         const TRANSFER_ENCODING: &str = "transfer-encoding";
-        if name.len() == CONTENT_LENGTH.len() && name.eq_ignore_ascii_case(CONTENT_LENGTH) {
+        if name.len() == CONTENT_LENGTH.len()
+            && name.eq_ignore_ascii_case(CONTENT_LENGTH.as_bytes())
+        {
             self.content_length = match (self.content_length, parse_content_length(value)) {
                 (ContentLength::Absent, Some(n)) => ContentLength::Valid(n),
                 (ContentLength::Valid(a), Some(b)) if a == b => ContentLength::Valid(a),
                 _ => ContentLength::Invalid,
             };
         } else if name.len() == TRANSFER_ENCODING.len()
-            && name.eq_ignore_ascii_case(TRANSFER_ENCODING)
+            && name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_bytes())
             && let Some(last) = last_list_element(value)
         {
             self.transfer_coding = if last.eq_ignore_ascii_case(b"chunked") {

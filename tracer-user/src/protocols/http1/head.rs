@@ -9,6 +9,7 @@ use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion, Text, method_
 
 use super::HttpLimits;
 use super::framing::FramingHeaders;
+use super::response_scan;
 use super::start_line::MessageKind;
 
 /// A parsed head.
@@ -65,8 +66,38 @@ pub(crate) fn parse_head(
 
 /// Parses the head of a `kind` message at the start of `bytes`. Kept header values are copied
 /// into `values`, an arena the stream reuses: once the previous message's values are dropped
-/// its space is reclaimed, so a keep-alive connection allocates nothing per message.
+/// its space is reclaimed, so a keep-alive connection allocates nothing per message. A response
+/// of which no header is kept is first read by the cheaper [`response_scan`], which takes the
+/// common strictly formed heads and leaves the rest to the full parse.
 pub(crate) fn parse_head_into(
+    bytes: &[u8],
+    kind: MessageKind,
+    limits: &HttpLimits,
+    values: &mut BytesMut,
+) -> Result<HeadParse, HeadError> {
+    if kind == MessageKind::Response
+        && limits.max_headers.min(limits.max_response_headers) == 0
+        && let Some(scanned) = response_scan::scan(bytes)
+    {
+        return Ok(HeadParse::Complete {
+            head: ParsedHead::Response(
+                HttpResponse {
+                    version: version(scanned.minor)?,
+                    status: scanned.status,
+                    headers: Vec::new(),
+                    body_len: 0,
+                    undecoded_fields: false,
+                },
+                scanned.framing,
+            ),
+            len: scanned.len,
+        });
+    }
+    parse_head_full(bytes, kind, limits, values)
+}
+
+/// Parses the head of a `kind` message at the start of `bytes` with `httparse`.
+fn parse_head_full(
     bytes: &[u8],
     kind: MessageKind,
     limits: &HttpLimits,
@@ -297,6 +328,28 @@ fn header_name(name: &str) -> Text {
         _ => return Text::Owned(name.to_owned()),
     };
     Text::Static(known)
+}
+
+/// Fuzz entry (`head_scan`): on every response head the cheaper scan takes, the full parse gives
+/// the same head, length and framing facts.
+pub(crate) fn fuzz_response_scan(bytes: &[u8]) {
+    let Some(scanned) = response_scan::scan(bytes) else {
+        return;
+    };
+    let limits = HttpLimits::default();
+    match parse_head_full(bytes, MessageKind::Response, &limits, &mut BytesMut::new()) {
+        Ok(HeadParse::Complete {
+            head: ParsedHead::Response(response, framing),
+            len,
+        }) => {
+            assert_eq!(len, scanned.len, "head length");
+            assert_eq!(version(scanned.minor).ok(), Some(response.version));
+            assert_eq!(response.status, scanned.status, "status");
+            assert_eq!(framing, scanned.framing, "framing");
+            assert!(response.headers.is_empty());
+        }
+        other => panic!("the scan took a head the full parse did not: {other:?}"),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod chunked;
 mod connection;
 mod framing;
 mod head;
+mod response_scan;
 mod start_line;
 mod stream;
 
@@ -191,6 +192,12 @@ pub fn fuzz_entry(data: &[u8]) {
     }
     conn.on_close(ts + 1, &mut out);
     check_exchanges(&out);
+}
+
+/// Fuzz entry for the `head_scan` target: the cheaper response head scan against the full parse
+/// on the same bytes (see `head::fuzz_response_scan`).
+pub fn fuzz_head_scan(data: &[u8]) {
+    head::fuzz_response_scan(data);
 }
 
 /// Invariants every output sequence must hold (used by the fuzz harness and tests).
