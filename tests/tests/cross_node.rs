@@ -682,9 +682,10 @@ fn a_traceparent_keeps_its_trace_id_across_nodes() {
         )
     };
     assert_eq!(
-        (scans("adopted"), scans("rejected")),
-        (u64::from(VALID), 1),
-        "the hub's agent adopted every valid header and refused the invalid one"
+        (scans("adopted"), scans("rejected"), scans("not_run")),
+        (u64::from(VALID), 1, 0),
+        "the hub's agent adopted every valid header and refused the invalid one (the scan \
+         program, tail-called by the data programs, ran for every request)"
     );
     assert_eq!(
         metric(&metrics_a, "tracer_kernel_identity_disagreements_total "),

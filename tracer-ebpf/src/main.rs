@@ -222,6 +222,15 @@ mod programs {
     #[tracepoint]
     pub fn h2_walk(ctx: TracePointContext) -> u32 {
         crate::h2::walk_program(&ctx);
+        // The walker sent the transfer's records: the propagation's work for it follows.
+        crate::prop::after_records(&ctx);
+        0
+    }
+    /// Not attached: the propagation's work for a transfer, with the `traceparent` scan
+    /// (`tracer_common::traceparent_scan::SCAN_PROGRAM`), tail-called by the data programs.
+    #[tracepoint]
+    pub fn prop_scan(ctx: TracePointContext) -> u32 {
+        crate::prop_scan::program(&ctx);
         0
     }
     #[tracepoint]
