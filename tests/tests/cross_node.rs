@@ -67,6 +67,8 @@ impl Nodes {
             "on" => 0,
             "off" => 1,
             "ka" => 2,
+            // Two clusters of one test with the SAME addresses (see `twin_namespaces_...`).
+            "twin1" | "twin2" => 4,
             _ => 3,
         };
         let net = (20 + (pid % 50) * 4 + index) as u8;
@@ -228,6 +230,11 @@ impl Cluster {
     /// `direct`: the hub calls the leaf's pod address (no DNAT), so that one agent on the host
     /// can also pair the two ends of the connection.
     fn start(tag: &str, keep_alive: bool, direct: bool) -> Cluster {
+        Cluster::start_from(tag, keep_alive, direct, None)
+    }
+
+    /// `source_port`: the hub's backend connections are made from this local port.
+    fn start_from(tag: &str, keep_alive: bool, direct: bool, source_port: Option<u16>) -> Cluster {
         let nodes = Nodes::create(tag);
         let mut leaf = nodes.exec(&nodes.b);
         leaf.arg(python()).arg(peer_script("http_server.py")).args([
@@ -254,6 +261,9 @@ impl Cluster {
         if keep_alive {
             hub.arg("--keep-alive");
         }
+        if let Some(port) = source_port {
+            hub.args(["--source-port", &port.to_string()]);
+        }
         let hub = ChildGuard::spawn("hub", hub);
         wait_listening(&nodes, &nodes.a, "127.0.0.1", HUB_PORT, &hub);
         Cluster { hub, leaf, nodes }
@@ -266,6 +276,18 @@ impl Cluster {
 
     /// `hub.py drive` inside node A: `requests` GETs from `threads` threads, ids from `first`.
     fn drive(&self, first: u32, requests: u32, threads: u32) {
+        let command = self.drive_command(first, requests, threads);
+        let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
+        assert!(
+            status.success(),
+            "hub.py drive failed ({status})\n{}\n{}\n{}",
+            child.output_report(),
+            self.hub.output_report(),
+            self.leaf.output_report()
+        );
+    }
+
+    fn drive_command(&self, first: u32, requests: u32, threads: u32) -> Command {
         let mut command = self.nodes.exec(&self.nodes.a);
         command
             .arg(python())
@@ -275,14 +297,7 @@ impl Cluster {
             .args(["--first-id", &first.to_string()])
             .args(["--requests", &requests.to_string()])
             .args(["--threads", &threads.to_string()]);
-        let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
-        assert!(
-            status.success(),
-            "hub.py drive failed ({status})\n{}\n{}\n{}",
-            child.output_report(),
-            self.hub.output_report(),
-            self.leaf.output_report()
-        );
+        command
     }
 }
 
@@ -435,6 +450,79 @@ fn context_crosses_nodes_in_tcp_options() {
     assert_eq!(
         metric(&metrics_b, "tracer_kernel_identity_disagreements_total "),
         0
+    );
+}
+
+/// Two clusters whose namespaces use the SAME addresses and ports at the same time (isolated
+/// networks with one private range on one host), both with propagation on: each hub's
+/// keep-alive connection to its leaf has the same 4-tuple as the other's, and the same requests
+/// at the same stream offsets. The kernel's tables name a connection by its network namespace
+/// too: every leaf SERVER span is the child of its own cluster's hub CLIENT span, none of the
+/// other's. Without the namespace in the key, one cluster's `ESTABLISHED` replaced the other's
+/// stream baselines in every agent's `sock_ops` tables.
+#[test]
+fn twin_namespaces_with_the_same_4_tuples_never_exchange_contexts() {
+    const SOURCE_PORT: u16 = 45000;
+    const REQUESTS: u32 = 10;
+    // Ids of one width in both clusters: their requests have the same lengths, so the same
+    // stream offsets.
+    let (first_one, first_two) = (100, 200);
+    let one = Cluster::start_from("twin1", true, false, Some(SOURCE_PORT));
+    let two = Cluster::start_from("twin2", true, false, Some(SOURCE_PORT));
+    assert_eq!(
+        (one.nodes.pod_a(), one.nodes.service()),
+        (two.nodes.pod_a(), two.nodes.service()),
+        "the two clusters use the same addresses"
+    );
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agents = [
+        agent(&receiver, one.hub.pid(), true),
+        agent(&receiver, one.leaf.pid(), true),
+        agent(&receiver, two.hub.pid(), true),
+        agent(&receiver, two.leaf.pid(), true),
+    ];
+    for a in &mut agents {
+        a.wait_metrics("propagation active", |m| {
+            metric(m, "tracer_context_propagation_active ") == 1
+        });
+    }
+    // Both clusters at once: warm-up (ids of one width too), then the measured requests.
+    for (first_one, first_two, requests) in
+        [(1000, 2000, WARM_UP), (first_one, first_two, REQUESTS)]
+    {
+        let command = two.drive_command(first_two, requests, 1);
+        let other = std::thread::spawn(move || {
+            let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
+            (status.success(), child.output_report())
+        });
+        one.drive(first_one, requests, 1);
+        let (ok, report) = other.join().expect("the second driver thread");
+        assert!(ok, "hub.py drive (second cluster) failed\n{report}");
+    }
+    let ids = || (first_one..first_one + REQUESTS).chain(first_two..first_two + REQUESTS);
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| {
+            complete(s, first_one..first_one + REQUESTS)
+                && complete(s, first_two..first_two + REQUESTS)
+        })
+        .unwrap_or_else(|e| panic!("spans missing: {e:?}"));
+    let wrong = unlinked(&spans, ids());
+    let settled: Vec<String> = agents.iter_mut().map(|a| a.wait_settled()).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} requests not linked to their own cluster's hub:\n{}\nagents' counters:\n{}",
+        wrong.len(),
+        2 * REQUESTS,
+        wrong.join("\n"),
+        settled
+            .iter()
+            .map(|m| m
+                .lines()
+                .filter(|l| l.starts_with("tracer_context"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n--\n")
     );
 }
 

@@ -17,8 +17,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_load_hdr_opt, bpf_probe_read_user,
-        bpf_reserve_hdr_opt, bpf_store_hdr_opt,
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_load_hdr_opt, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_reserve_hdr_opt, bpf_store_hdr_opt,
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -49,7 +49,9 @@ pub fn enabled() -> bool {
 }
 
 /// A TCP connection as both the syscall side and `sock_ops` name it: its socket's own
-/// addresses (a DNAT rewrite does not change them), IPv4 in the first 4 bytes.
+/// addresses (a DNAT rewrite does not change them), IPv4 in the first 4 bytes, and its network
+/// namespace: two namespaces on one host may hold connections with the same 4-tuple
+/// (overlapping pod networks), and a context stored by one must never be found by the other.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FlowKey {
@@ -57,7 +59,9 @@ pub struct FlowKey {
     pub peer: [u8; 16],
     pub local_port: u16,
     pub peer_port: u16,
-    pub _pad: u32,
+    /// Inode of the socket's network namespace (0: the kernel's BTF did not say where it is;
+    /// both sides then read 0).
+    pub netns: u32,
 }
 
 /// A context: trace id and span id.
@@ -195,14 +199,24 @@ fn new_span(avoid: u64) -> u64 {
 }
 
 #[inline(always)]
-fn flow_of(ep: &Endpoints) -> FlowKey {
+fn flow_of(ep: &Endpoints, netns: u32) -> FlowKey {
     FlowKey {
         local: ep.local_addr,
         peer: ep.peer_addr,
         local_port: ep.local_port,
         peer_port: ep.peer_port,
-        _pad: 0,
+        netns,
     }
+}
+
+/// The network namespace a connection's flow key names (see `sock_netns`, its `sock_ops`
+/// side): 0 where the socket's cannot be read there either.
+#[inline(always)]
+fn flow_netns(sk: u64) -> u32 {
+    if crate::maps::netns_offsets().known & tracer_common::netns_known::SOCK == 0 {
+        return 0;
+    }
+    crate::conn::netns_of(sk)
 }
 
 /// A new traced connection (accept or connect): its stream positions start at 0.
@@ -214,7 +228,9 @@ pub fn on_track(tgid: u32, fd: i32, state: &ConnState, ep: &Endpoints) {
     let stream = Stream {
         conn_id: state.conn_id,
         sk: state.sk,
-        flow: flow_of(ep),
+        // The socket's namespace, else (an accepted socket, whose `sk` the syscall side does
+        // not know) the accepting thread's: the one the socket was created in.
+        flow: flow_of(ep, flow_netns(state.sk)),
         tx: 0,
         rx: 0,
         flow_known: u8::from(ep.family != 0 && ep.local_port != 0 && ep.peer_port != 0),
@@ -493,7 +509,7 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
             let Some(ep) = SOCK_ENDPOINTS.get(&(*st).sk) else {
                 return;
             };
-            (*st).flow = flow_of(ep);
+            (*st).flow = flow_of(ep, (*st).flow.netns);
             (*st).flow_known = 1;
         }
         let tid = ctx.pid();
@@ -852,7 +868,7 @@ fn flow_of_sock(ctx: &SockOpsContext) -> Option<FlowKey> {
         peer: [0; 16],
         local_port: ctx.local_port() as u16,
         peer_port: 0,
-        _pad: 0,
+        netns: sock_netns(ctx),
     };
     let rp = ctx.remote_port();
     // Network byte order; the upper half on kernels that shift it there.
@@ -895,6 +911,31 @@ fn flow_of_sock(ctx: &SockOpsContext) -> Option<FlowKey> {
         _ => return None,
     }
     Some(key)
+}
+
+/// The inode of the network namespace of a `sock_ops` callback's socket (0 when the kernel's
+/// BTF did not say where it is, as on the syscall side). The socket's address is the first
+/// field of the kernel's context (`struct bpf_sock_ops_kern`, `sk` first since 4.13): read as a
+/// number, since `ctx->sk` is a pointer the verifier allows no arithmetic on.
+#[inline(always)]
+fn sock_netns(ctx: &SockOpsContext) -> u32 {
+    let off = crate::maps::netns_offsets();
+    if off.known & tracer_common::netns_known::SOCK == 0 {
+        return 0;
+    }
+    // SAFETY: probe-reads of kernel memory; failures handled.
+    unsafe {
+        let Ok(sk) = bpf_probe_read_kernel(ctx.ops as *const u64) else {
+            return 0;
+        };
+        if sk == 0 {
+            return 0;
+        }
+        let Ok(net) = bpf_probe_read_kernel((sk + u64::from(off.sock_net)) as *const u64) else {
+            return 0;
+        };
+        bpf_probe_read_kernel((net + u64::from(off.net_inum)) as *const u32).unwrap_or(0)
+    }
 }
 
 /// The sequence number of the segment in `skb_data` (header-option callbacks only).
