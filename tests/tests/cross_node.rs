@@ -69,6 +69,7 @@ impl Nodes {
             "ka" => 2,
             // Two clusters of one test with the SAME addresses (see `twin_namespaces_...`).
             "twin1" | "twin2" => 4,
+            "hole" => 5,
             _ => 3,
         };
         let net = (20 + (pid % 50) * 4 + index) as u8;
@@ -230,19 +231,31 @@ impl Cluster {
     /// `direct`: the hub calls the leaf's pod address (no DNAT), so that one agent on the host
     /// can also pair the two ends of the connection.
     fn start(tag: &str, keep_alive: bool, direct: bool) -> Cluster {
-        Cluster::start_from(tag, keep_alive, direct, None)
+        Cluster::start_from(tag, keep_alive, direct, None, None)
     }
 
     /// `source_port`: the hub's backend connections are made from this local port.
-    fn start_from(tag: &str, keep_alive: bool, direct: bool, source_port: Option<u16>) -> Cluster {
+    /// `hole_at`: the leaf is `hole_leaf.py`, reading that request of each connection (1-based)
+    /// with a transfer the agent does not see.
+    fn start_from(
+        tag: &str,
+        keep_alive: bool,
+        direct: bool,
+        source_port: Option<u16>,
+        hole_at: Option<u32>,
+    ) -> Cluster {
         let nodes = Nodes::create(tag);
         let mut leaf = nodes.exec(&nodes.b);
-        leaf.arg(python()).arg(peer_script("http_server.py")).args([
-            "--host",
-            &nodes.pod_b(),
-            "--port",
-            &LEAF_PORT.to_string(),
-        ]);
+        leaf.arg(python())
+            .arg(peer_script(if hole_at.is_some() {
+                "hole_leaf.py"
+            } else {
+                "http_server.py"
+            }))
+            .args(["--host", &nodes.pod_b(), "--port", &LEAF_PORT.to_string()]);
+        if let Some(n) = hole_at {
+            leaf.args(["--mmsg-request", &n.to_string()]);
+        }
         let leaf = ChildGuard::spawn("leaf", leaf);
         wait_listening(&nodes, &nodes.b, &nodes.pod_b(), LEAF_PORT, &leaf);
         let mut hub = nodes.exec(&nodes.a);
@@ -467,8 +480,8 @@ fn twin_namespaces_with_the_same_4_tuples_never_exchange_contexts() {
     // Ids of one width in both clusters: their requests have the same lengths, so the same
     // stream offsets.
     let (first_one, first_two) = (100, 200);
-    let one = Cluster::start_from("twin1", true, false, Some(SOURCE_PORT));
-    let two = Cluster::start_from("twin2", true, false, Some(SOURCE_PORT));
+    let one = Cluster::start_from("twin1", true, false, Some(SOURCE_PORT), None);
+    let two = Cluster::start_from("twin2", true, false, Some(SOURCE_PORT), None);
     assert_eq!(
         (one.nodes.pod_a(), one.nodes.service()),
         (two.nodes.pod_a(), two.nodes.service()),
@@ -619,6 +632,84 @@ fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
     assert_eq!(
         metric(&metrics_b, "tracer_context_adopted_total ") - adopted_before,
         u64::from(requests - 1)
+    );
+}
+
+/// A hole in what the kernel saw of a keep-alive stream (the leaf reads one request with
+/// recvmmsg, which the agent does not hook) right after that request's context arrived, then a
+/// request whose own option is stripped: its stream offset as the kernel counts it is the
+/// unseen request's, whose context is still the connection's latest. The kernel must not adopt
+/// it (before: adopted, a wrong parent for everything that request called): from the hole on,
+/// the connection's offsets are unknown, nothing is adopted there (counted), and the requests
+/// before the hole link as usual.
+#[test]
+fn after_a_hole_in_the_stream_no_context_is_adopted() {
+    const HOLE: u32 = 11;
+    const STRIPPED: u32 = 12;
+    const FIRST: u32 = 10;
+    const REQUESTS: u32 = 5;
+    // The leaf counts the warm-up requests too (same keep-alive connection).
+    let cluster = Cluster::start_from("hole", true, false, None, Some(WARM_UP + HOLE - FIRST + 1));
+    cluster
+        .nodes
+        .strip_option_on(&format!("?id={STRIPPED} HTTP/1.1"));
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    cluster.warm_up();
+    let adopted_before = metric(&agent_b.wait_settled(), "tracer_context_adopted_total ");
+    cluster.drive(FIRST, REQUESTS, 1);
+    // The unseen request has no leaf span; the others all do.
+    let seen = || (FIRST..HOLE).chain(HOLE + 1..FIRST + REQUESTS);
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| {
+            let by = by_id(s);
+            seen().all(|id| {
+                by.get(&id)
+                    .is_some_and(|v| v[..3].iter().all(|x| x.len() == 1))
+            })
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "spans missing: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let metrics_b = agent_b.wait_settled();
+    let by = by_id(&spans);
+    let before = unlinked(&spans, FIRST..HOLE);
+    let metrics_a = agent_a.wait_settled();
+    let counters = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("tracer_context") || l.starts_with("tracer_kernel_ident"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        before.is_empty(),
+        "the requests before the hole link as usual:\n{}\nnode A:\n{}\nnode B:\n{}",
+        before.join("\n"),
+        counters(&metrics_a),
+        counters(&metrics_b)
+    );
+    for id in HOLE + 1..FIRST + REQUESTS {
+        let leaf = by[&id][2][0];
+        let own = by[&id][1][0];
+        assert!(
+            leaf.parent_span_id.is_none() || leaf.parent_span_id.as_deref() == Some(&own.span_id),
+            "request {id} after the hole has another request's parent:\n{}",
+            describe([own, leaf])
+        );
+    }
+    assert_eq!(
+        metric(&metrics_b, "tracer_context_adopted_total ") - adopted_before,
+        u64::from(HOLE - FIRST),
+        "node B adopted a context for each request before the hole only"
+    );
+    assert!(
+        metric(&metrics_b, "tracer_context_offsets_unknown_total ") >= 1,
+        "the requests after the hole are counted"
     );
 }
 
