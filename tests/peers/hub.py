@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Uninstrumented thread-per-request fan-out hub, and a concurrent load client for it (stdlib only).
 
-  hub.py serve --port P --backend URL [--backend URL ...] [--keep-alive]
+  hub.py serve --port P --backend URL [--backend URL ...] [--keep-alive] [--source-port S]
       ThreadingHTTPServer. GET /fanout?id=ID calls every backend in turn from the handler thread
       (http.client, one connection per call, no trace headers), at URL with `id=ID` added to its
       query, then answers 200 (502 if a backend failed) with the body
@@ -9,6 +9,9 @@
       test can check that no request got mixed with another. Anything else: 404.
       --keep-alive: backend connections are kept open and reused (a pool per backend, one
       connection per concurrent call), so one connection carries many requests.
+      --source-port: backend connections are made from this local port (one at a time: with
+      --keep-alive and one call at a time, one connection), so that two hubs in two network
+      namespaces with the same addresses make connections with the same 4-tuple.
 
   hub.py drive --port P --requests N --threads T [--first-id F] [--path /fanout]
                [--header 'Name: value']
@@ -39,6 +42,8 @@ def add_query(path_and_query, name, value):
 # --keep-alive: idle backend connections per URL (None: one connection per call).
 POOLS = None
 POOLS_LOCK = threading.Lock()
+# --source-port: the local port of backend connections (None: an ephemeral one).
+SOURCE_PORT = None
 
 
 def call_backend(url, request_id):
@@ -53,8 +58,9 @@ def call_backend(url, request_id):
             idle = POOLS.setdefault(url, [])
             connection = idle.pop() if idle else None
     if connection is None:
+        source = ("", SOURCE_PORT) if SOURCE_PORT is not None else None
         connection = http.client.HTTPConnection(
-            parts.hostname, parts.port or 80, timeout=TIMEOUT_S
+            parts.hostname, parts.port or 80, timeout=TIMEOUT_S, source_address=source
         )
     keep = False
     try:
@@ -108,8 +114,9 @@ class HubServer(ThreadingHTTPServer):
 
 
 def serve(args):
-    global POOLS
+    global POOLS, SOURCE_PORT
     HubHandler.backends = list(args.backend)
+    SOURCE_PORT = args.source_port
     if args.keep_alive:
         POOLS = {}
     server = HubServer((args.host, args.port), HubHandler)
@@ -176,6 +183,7 @@ def main():
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--backend", action="append", required=True, metavar="URL")
     serve_parser.add_argument("--keep-alive", action="store_true")
+    serve_parser.add_argument("--source-port", type=int, default=None)
     drive_parser = commands.add_parser("drive", help="send concurrent requests to a hub")
     drive_parser.add_argument("--port", type=int, required=True)
     drive_parser.add_argument("--requests", type=int, required=True)

@@ -67,6 +67,9 @@ impl Nodes {
             "on" => 0,
             "off" => 1,
             "ka" => 2,
+            // Two clusters of one test with the SAME addresses (see `twin_namespaces_...`).
+            "twin1" | "twin2" => 4,
+            "hole" => 5,
             _ => 3,
         };
         let net = (20 + (pid % 50) * 4 + index) as u8;
@@ -228,14 +231,31 @@ impl Cluster {
     /// `direct`: the hub calls the leaf's pod address (no DNAT), so that one agent on the host
     /// can also pair the two ends of the connection.
     fn start(tag: &str, keep_alive: bool, direct: bool) -> Cluster {
+        Cluster::start_from(tag, keep_alive, direct, None, None)
+    }
+
+    /// `source_port`: the hub's backend connections are made from this local port.
+    /// `hole_at`: the leaf is `hole_leaf.py`, reading that request of each connection (1-based)
+    /// with a transfer the agent does not see.
+    fn start_from(
+        tag: &str,
+        keep_alive: bool,
+        direct: bool,
+        source_port: Option<u16>,
+        hole_at: Option<u32>,
+    ) -> Cluster {
         let nodes = Nodes::create(tag);
         let mut leaf = nodes.exec(&nodes.b);
-        leaf.arg(python()).arg(peer_script("http_server.py")).args([
-            "--host",
-            &nodes.pod_b(),
-            "--port",
-            &LEAF_PORT.to_string(),
-        ]);
+        leaf.arg(python())
+            .arg(peer_script(if hole_at.is_some() {
+                "hole_leaf.py"
+            } else {
+                "http_server.py"
+            }))
+            .args(["--host", &nodes.pod_b(), "--port", &LEAF_PORT.to_string()]);
+        if let Some(n) = hole_at {
+            leaf.args(["--mmsg-request", &n.to_string()]);
+        }
         let leaf = ChildGuard::spawn("leaf", leaf);
         wait_listening(&nodes, &nodes.b, &nodes.pod_b(), LEAF_PORT, &leaf);
         let mut hub = nodes.exec(&nodes.a);
@@ -254,6 +274,9 @@ impl Cluster {
         if keep_alive {
             hub.arg("--keep-alive");
         }
+        if let Some(port) = source_port {
+            hub.args(["--source-port", &port.to_string()]);
+        }
         let hub = ChildGuard::spawn("hub", hub);
         wait_listening(&nodes, &nodes.a, "127.0.0.1", HUB_PORT, &hub);
         Cluster { hub, leaf, nodes }
@@ -266,6 +289,18 @@ impl Cluster {
 
     /// `hub.py drive` inside node A: `requests` GETs from `threads` threads, ids from `first`.
     fn drive(&self, first: u32, requests: u32, threads: u32) {
+        let command = self.drive_command(first, requests, threads);
+        let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
+        assert!(
+            status.success(),
+            "hub.py drive failed ({status})\n{}\n{}\n{}",
+            child.output_report(),
+            self.hub.output_report(),
+            self.leaf.output_report()
+        );
+    }
+
+    fn drive_command(&self, first: u32, requests: u32, threads: u32) -> Command {
         let mut command = self.nodes.exec(&self.nodes.a);
         command
             .arg(python())
@@ -275,14 +310,7 @@ impl Cluster {
             .args(["--first-id", &first.to_string()])
             .args(["--requests", &requests.to_string()])
             .args(["--threads", &threads.to_string()]);
-        let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
-        assert!(
-            status.success(),
-            "hub.py drive failed ({status})\n{}\n{}\n{}",
-            child.output_report(),
-            self.hub.output_report(),
-            self.leaf.output_report()
-        );
+        command
     }
 }
 
@@ -438,6 +466,79 @@ fn context_crosses_nodes_in_tcp_options() {
     );
 }
 
+/// Two clusters whose namespaces use the SAME addresses and ports at the same time (isolated
+/// networks with one private range on one host), both with propagation on: each hub's
+/// keep-alive connection to its leaf has the same 4-tuple as the other's, and the same requests
+/// at the same stream offsets. The kernel's tables name a connection by its network namespace
+/// too: every leaf SERVER span is the child of its own cluster's hub CLIENT span, none of the
+/// other's. Without the namespace in the key, one cluster's `ESTABLISHED` replaced the other's
+/// stream baselines in every agent's `sock_ops` tables.
+#[test]
+fn twin_namespaces_with_the_same_4_tuples_never_exchange_contexts() {
+    const SOURCE_PORT: u16 = 45000;
+    const REQUESTS: u32 = 10;
+    // Ids of one width in both clusters: their requests have the same lengths, so the same
+    // stream offsets.
+    let (first_one, first_two) = (100, 200);
+    let one = Cluster::start_from("twin1", true, false, Some(SOURCE_PORT), None);
+    let two = Cluster::start_from("twin2", true, false, Some(SOURCE_PORT), None);
+    assert_eq!(
+        (one.nodes.pod_a(), one.nodes.service()),
+        (two.nodes.pod_a(), two.nodes.service()),
+        "the two clusters use the same addresses"
+    );
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agents = [
+        agent(&receiver, one.hub.pid(), true),
+        agent(&receiver, one.leaf.pid(), true),
+        agent(&receiver, two.hub.pid(), true),
+        agent(&receiver, two.leaf.pid(), true),
+    ];
+    for a in &mut agents {
+        a.wait_metrics("propagation active", |m| {
+            metric(m, "tracer_context_propagation_active ") == 1
+        });
+    }
+    // Both clusters at once: warm-up (ids of one width too), then the measured requests.
+    for (first_one, first_two, requests) in
+        [(1000, 2000, WARM_UP), (first_one, first_two, REQUESTS)]
+    {
+        let command = two.drive_command(first_two, requests, 1);
+        let other = std::thread::spawn(move || {
+            let (status, child) = run_with_timeout("hub.py drive", command, DRIVE_TIMEOUT);
+            (status.success(), child.output_report())
+        });
+        one.drive(first_one, requests, 1);
+        let (ok, report) = other.join().expect("the second driver thread");
+        assert!(ok, "hub.py drive (second cluster) failed\n{report}");
+    }
+    let ids = || (first_one..first_one + REQUESTS).chain(first_two..first_two + REQUESTS);
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| {
+            complete(s, first_one..first_one + REQUESTS)
+                && complete(s, first_two..first_two + REQUESTS)
+        })
+        .unwrap_or_else(|e| panic!("spans missing: {e:?}"));
+    let wrong = unlinked(&spans, ids());
+    let settled: Vec<String> = agents.iter_mut().map(|a| a.wait_settled()).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} requests not linked to their own cluster's hub:\n{}\nagents' counters:\n{}",
+        wrong.len(),
+        2 * REQUESTS,
+        wrong.join("\n"),
+        settled
+            .iter()
+            .map(|m| m
+                .lines()
+                .filter(|l| l.starts_with("tracer_context"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n--\n")
+    );
+}
+
 #[test]
 fn without_propagation_the_nodes_traces_stay_separate() {
     let cluster = Cluster::start("off", false, false);
@@ -531,6 +632,84 @@ fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
     assert_eq!(
         metric(&metrics_b, "tracer_context_adopted_total ") - adopted_before,
         u64::from(requests - 1)
+    );
+}
+
+/// A hole in what the kernel saw of a keep-alive stream (the leaf reads one request with
+/// recvmmsg, which the agent does not hook) right after that request's context arrived, then a
+/// request whose own option is stripped: its stream offset as the kernel counts it is the
+/// unseen request's, whose context is still the connection's latest. The kernel must not adopt
+/// it (before: adopted, a wrong parent for everything that request called): from the hole on,
+/// the connection's offsets are unknown, nothing is adopted there (counted), and the requests
+/// before the hole link as usual.
+#[test]
+fn after_a_hole_in_the_stream_no_context_is_adopted() {
+    const HOLE: u32 = 11;
+    const STRIPPED: u32 = 12;
+    const FIRST: u32 = 10;
+    const REQUESTS: u32 = 5;
+    // The leaf counts the warm-up requests too (same keep-alive connection).
+    let cluster = Cluster::start_from("hole", true, false, None, Some(WARM_UP + HOLE - FIRST + 1));
+    cluster
+        .nodes
+        .strip_option_on(&format!("?id={STRIPPED} HTTP/1.1"));
+    let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
+    let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
+    let mut agent_b = agent(&receiver, cluster.leaf.pid(), true);
+    cluster.warm_up();
+    let adopted_before = metric(&agent_b.wait_settled(), "tracer_context_adopted_total ");
+    cluster.drive(FIRST, REQUESTS, 1);
+    // The unseen request has no leaf span; the others all do.
+    let seen = || (FIRST..HOLE).chain(HOLE + 1..FIRST + REQUESTS);
+    let spans = receiver
+        .wait_for(SPAN_TIMEOUT, |s| {
+            let by = by_id(s);
+            seen().all(|id| {
+                by.get(&id)
+                    .is_some_and(|v| v[..3].iter().all(|x| x.len() == 1))
+            })
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "spans missing: {e:?}\n{}\n{}",
+                agent_a.stderr_text(),
+                agent_b.stderr_text()
+            )
+        });
+    let metrics_b = agent_b.wait_settled();
+    let by = by_id(&spans);
+    let before = unlinked(&spans, FIRST..HOLE);
+    let metrics_a = agent_a.wait_settled();
+    let counters = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("tracer_context") || l.starts_with("tracer_kernel_ident"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        before.is_empty(),
+        "the requests before the hole link as usual:\n{}\nnode A:\n{}\nnode B:\n{}",
+        before.join("\n"),
+        counters(&metrics_a),
+        counters(&metrics_b)
+    );
+    for id in HOLE + 1..FIRST + REQUESTS {
+        let leaf = by[&id][2][0];
+        let own = by[&id][1][0];
+        assert!(
+            leaf.parent_span_id.is_none() || leaf.parent_span_id.as_deref() == Some(&own.span_id),
+            "request {id} after the hole has another request's parent:\n{}",
+            describe([own, leaf])
+        );
+    }
+    assert_eq!(
+        metric(&metrics_b, "tracer_context_adopted_total ") - adopted_before,
+        u64::from(HOLE - FIRST),
+        "node B adopted a context for each request before the hole only"
+    );
+    assert!(
+        metric(&metrics_b, "tracer_context_offsets_unknown_total ") >= 1,
+        "the requests after the hole are counted"
     );
 }
 
@@ -682,9 +861,10 @@ fn a_traceparent_keeps_its_trace_id_across_nodes() {
         )
     };
     assert_eq!(
-        (scans("adopted"), scans("rejected")),
-        (u64::from(VALID), 1),
-        "the hub's agent adopted every valid header and refused the invalid one"
+        (scans("adopted"), scans("rejected"), scans("not_run")),
+        (u64::from(VALID), 1, 0),
+        "the hub's agent adopted every valid header and refused the invalid one (the scan \
+         program, tail-called by the data programs, ran for every request)"
     );
     assert_eq!(
         metric(&metrics_a, "tracer_kernel_identity_disagreements_total "),

@@ -129,7 +129,7 @@ fn kernel_read<T>(base: u64, offset: u32) -> Option<T> {
 /// Not inlined: its temporaries in the data programs' own frames took readv's, writev's and
 /// recvmsg's exits over 5.10's 512-byte combined stack; a call has a frame of its own.
 #[inline(never)]
-fn netns_of(sk: u64) -> u32 {
+pub fn netns_of(sk: u64) -> u32 {
     let off = crate::maps::netns_offsets();
     if sk != 0
         && off.known & netns_known::SOCK != 0

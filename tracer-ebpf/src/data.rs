@@ -236,6 +236,7 @@ fn hole_if_tracked(ctx: &TracePointContext, fd: i64, how: u8) {
     if conn.lost < how {
         conn.lost = how;
     }
+    crate::prop::on_unseen_bytes(tgid, fd as u32);
     count(counter::UNHOOKED_TRANSFERS, 1);
     // SAFETY: plain helper call.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
@@ -446,34 +447,12 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
         direction_of(SYS)
     };
     let total = ret as u64;
-    if crate::prop::enabled() {
-        // The first buffer by the syscall known at compile time: each program keeps only its
-        // own path (the stack budget is per program and nearly used up).
-        let first = if args.gap_only != 0 {
-            0
-        } else {
-            match SYS {
-                syscall::READ | syscall::RECVFROM | syscall::WRITE | syscall::SENDTO => args.ptr,
-                // A read's first buffer only when it holds all its bytes: the request's head is
-                // scanned there (`prop_scan`), and past its end is other memory.
-                syscall::READV | syscall::WRITEV => read_iovec(args.ptr, 0)
-                    .filter(|v| SYS == syscall::WRITEV || v.len >= total)
-                    .map(|v| v.base)
-                    .unwrap_or(0),
-                syscall::RECVMSG | syscall::SENDMSG => msg_iov(args.ptr)
-                    .and_then(|(iov, n)| if n > 0 { read_iovec(iov, 0) } else { None })
-                    .filter(|v| SYS == syscall::SENDMSG || v.len >= total)
-                    .map(|v| v.base)
-                    .unwrap_or(0),
-                _ => 0,
-            }
-        };
-        crate::prop::on_transfer(tgid, tid, fd, &conn, dir, first, total);
-    }
+    crate::prop::prepare_records::<SYS>(&args, tgid, tid, conn.conn_id, dir, total);
     if args.gap_only != 0 {
         // Bytes transferred but not in user memory (MSG_TRUNC, splice): their length only.
         h2::unknown_bytes(tgid, fd, &conn, dir);
         emit(ctx, &mut conn, fd, dir, SYS, 0, total, 0, args.enter_ns);
+        crate::prop::after_records(ctx);
         return;
     }
     if SYS == syscall::SENDFILE {
@@ -530,6 +509,7 @@ pub fn exit<const SYS: u8>(ctx: &TracePointContext) {
             );
         }
     }
+    crate::prop::after_records(ctx);
 }
 
 #[allow(clippy::too_many_arguments)]

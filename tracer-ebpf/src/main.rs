@@ -175,9 +175,15 @@ mod programs {
     ));
     syscall_program!(sys_enter_sendmmsg, |ctx| data::enter_unhooked(ctx));
     syscall_program!(sys_enter_recvmmsg, |ctx| data::enter_unhooked(ctx));
-    // Not attached: the HTTP/2 frame walker, tail-called by the data programs (so of their
-    // program type).
-    syscall_program!(h2_walk, |ctx| crate::h2::walk_program(ctx));
+    // Not attached, tail-called by the data programs (so of their program type): the HTTP/2
+    // frame walker, which sent the transfer's records, so the propagation's work for it follows;
+    // and the propagation's work for a transfer, with the `traceparent` scan
+    // (`tracer_common::traceparent_scan::SCAN_PROGRAM`).
+    syscall_program!(h2_walk, |ctx| {
+        crate::h2::walk_program(ctx);
+        crate::prop::after_records(ctx);
+    });
+    syscall_program!(prop_scan, |ctx| crate::prop_scan::program(ctx));
 
     #[tracepoint]
     pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {

@@ -17,8 +17,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_load_hdr_opt, bpf_probe_read_user,
-        bpf_reserve_hdr_opt, bpf_store_hdr_opt,
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_load_hdr_opt, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_reserve_hdr_opt, bpf_store_hdr_opt,
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -49,7 +49,9 @@ pub fn enabled() -> bool {
 }
 
 /// A TCP connection as both the syscall side and `sock_ops` name it: its socket's own
-/// addresses (a DNAT rewrite does not change them), IPv4 in the first 4 bytes.
+/// addresses (a DNAT rewrite does not change them), IPv4 in the first 4 bytes, and its network
+/// namespace: two namespaces on one host may hold connections with the same 4-tuple
+/// (overlapping pod networks), and a context stored by one must never be found by the other.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FlowKey {
@@ -57,7 +59,9 @@ pub struct FlowKey {
     pub peer: [u8; 16],
     pub local_port: u16,
     pub peer_port: u16,
-    pub _pad: u32,
+    /// Inode of the socket's network namespace (0: the kernel's BTF did not say where it is;
+    /// both sides then read 0).
+    pub netns: u32,
 }
 
 /// A context: trace id and span id.
@@ -80,7 +84,10 @@ pub struct Stream {
     pub rx: u64,
     pub flow_known: u8,
     pub role: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero once bytes moved on the connection unseen (`on_unseen_bytes`): `tx`/`rx` are
+    /// no longer its stream offsets.
+    pub offsets_unknown: u8,
+    pub _pad: u8,
     /// The thread that read the connection's unanswered HTTP/1 request (0: none): the
     /// request a thread serves is kept per connection, so a response written by another thread
     /// is seen as such.
@@ -192,14 +199,24 @@ fn new_span(avoid: u64) -> u64 {
 }
 
 #[inline(always)]
-fn flow_of(ep: &Endpoints) -> FlowKey {
+fn flow_of(ep: &Endpoints, netns: u32) -> FlowKey {
     FlowKey {
         local: ep.local_addr,
         peer: ep.peer_addr,
         local_port: ep.local_port,
         peer_port: ep.peer_port,
-        _pad: 0,
+        netns,
     }
+}
+
+/// The network namespace a connection's flow key names (see `sock_netns`, its `sock_ops`
+/// side): 0 where the socket's cannot be read there either.
+#[inline(always)]
+fn flow_netns(sk: u64) -> u32 {
+    if crate::maps::netns_offsets().known & tracer_common::netns_known::SOCK == 0 {
+        return 0;
+    }
+    crate::conn::netns_of(sk)
 }
 
 /// A new traced connection (accept or connect): its stream positions start at 0.
@@ -211,12 +228,15 @@ pub fn on_track(tgid: u32, fd: i32, state: &ConnState, ep: &Endpoints) {
     let stream = Stream {
         conn_id: state.conn_id,
         sk: state.sk,
-        flow: flow_of(ep),
+        // The socket's namespace, else (an accepted socket, whose `sk` the syscall side does
+        // not know) the accepting thread's: the one the socket was created in.
+        flow: flow_of(ep, flow_netns(state.sk)),
         tx: 0,
         rx: 0,
         flow_known: u8::from(ep.family != 0 && ep.local_port != 0 && ep.peer_port != 0),
         role: state.role,
-        _pad: [0; 2],
+        offsets_unknown: 0,
+        _pad: 0,
         open_tid: 0,
     };
     let _ = PROP_STREAMS.insert(&conn_key(tgid, fd as u32), &stream, 0);
@@ -489,7 +509,7 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
             let Some(ep) = SOCK_ENDPOINTS.get(&(*st).sk) else {
                 return;
             };
-            (*st).flow = flow_of(ep);
+            (*st).flow = flow_of(ep, (*st).flow.netns);
             (*st).flow_known = 1;
         }
         let tid = ctx.pid();
@@ -520,8 +540,12 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
         }
         p.ctx.span = new_span(parent).to_be_bytes();
         p.offset = (*st).tx;
-        // Loopback connections carry no option (`flow_of_sock`): nothing to wait for.
-        if !loopback_peer(&(*st).flow.peer) {
+        if (*st).offsets_unknown != 0 {
+            // Which segment starts the request is unknown: no option (a wrong segment could
+            // start another request).
+            bump(counter::OFFSETS_UNKNOWN);
+        } else if !loopback_peer(&(*st).flow.peer) {
+            // Loopback connections carry no option (`flow_of_sock`): nothing to wait for.
             let _ = PROP_PENDING.insert(&(*st).flow, &*p, 0);
         }
         // Dated before the data record, whose causal time is the syscall's start.
@@ -540,10 +564,124 @@ pub fn client_send(ctx: &TracePointContext, sys: u8, fd: i32, conn: &ConnState, 
     }
 }
 
+/// sys_exit of a data syscall on a tracked connection, before its records: what the
+/// propagation needs of the transfer (its first buffer by the syscall known at compile time,
+/// each program keeping only its own path) waits in this CPU's buffer for the propagation
+/// program (`prop_scan`), tail-called after the records (`after_records`): the stream
+/// positions, the request's identity and its head's scan are decided there, so that their
+/// branches and loops are verified once, not inside every data program.
+#[inline(always)]
+pub fn prepare_records<const SYS: u8>(
+    args: &crate::maps::SyscallArgs,
+    tgid: u32,
+    tid: u32,
+    conn_id: u64,
+    dir: u8,
+    total: u64,
+) {
+    if !enabled() {
+        return;
+    }
+    let first = if args.gap_only != 0 {
+        0
+    } else {
+        match SYS {
+            syscall::READ | syscall::RECVFROM | syscall::WRITE | syscall::SENDTO => args.ptr,
+            // A read's first buffer only when it holds all its bytes: the request's head is
+            // scanned there (`prop_scan`), and past its end is other memory.
+            syscall::READV | syscall::WRITEV => read_iovec(args.ptr, 0)
+                .filter(|v| SYS == syscall::WRITEV || v.len >= total)
+                .map(|v| v.base)
+                .unwrap_or(0),
+            syscall::RECVMSG | syscall::SENDMSG => msg_iov(args.ptr)
+                .and_then(|(iov, n)| if n > 0 { read_iovec(iov, 0) } else { None })
+                .filter(|v| SYS == syscall::SENDMSG || v.len >= total)
+                .map(|v| v.base)
+                .unwrap_or(0),
+            _ => 0,
+        }
+    };
+    crate::prop_scan::arm(
+        tgid,
+        tid,
+        args.fd as i32,
+        conn_id,
+        dir,
+        first,
+        total,
+        args.enter_ns,
+    );
+}
+
+/// sys_exit of a data syscall, after its records (and the end of the HTTP/2 walker, which
+/// sends them instead): the propagation program takes over.
+#[inline(always)]
+pub fn after_records(ctx: &TracePointContext) {
+    if enabled() {
+        crate::prop_scan::run(ctx);
+    }
+}
+
+/// A transfer whose propagation work never ran (the propagation program was not in its
+/// array, or its armed transfer was overwritten): the connection's stream positions are
+/// unknown from now on.
+#[inline(always)]
+pub fn positions_lost(tgid: u32, fd: i32, conn_id: u64) {
+    if let Some(st) = PROP_STREAMS.get_ptr_mut(&conn_key(tgid, fd as u32)) {
+        // SAFETY: this connection's entry (checked by id); one flag set.
+        unsafe {
+            if (*st).conn_id == conn_id {
+                (*st).offsets_unknown = 1;
+            }
+        }
+    }
+}
+
+/// Bytes moved on `fd` of `tgid` by a transfer the kernel does not see (io_uring,
+/// recvmmsg/sendmmsg): its stream offsets are unknown from now on, for the connection's life.
+#[inline(always)]
+pub fn on_unseen_bytes(tgid: u32, fd: u32) {
+    if !enabled() {
+        return;
+    }
+    if let Some(st) = PROP_STREAMS.get_ptr_mut(&conn_key(tgid, fd)) {
+        // SAFETY: this connection's entry; one flag set.
+        unsafe { (*st).offsets_unknown = 1 };
+    }
+}
+
+/// The propagation program's work for the transfer armed by `prepare_records`: the
+/// connection's state as the data program saw it, then `on_transfer`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn armed_transfer(
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    conn_id: u64,
+    dir: u8,
+    first: u64,
+    total: u64,
+    enter_ns: u64,
+) {
+    // SAFETY: value copied out.
+    let Some(conn) = (unsafe { crate::maps::CONNS.get(&conn_key(tgid, fd as u32)) }).copied()
+    else {
+        return;
+    };
+    if conn.conn_id != conn_id {
+        return;
+    }
+    on_transfer(tgid, tid, fd, &conn, dir, first, total, enter_ns);
+}
+
 /// sys_exit of a data syscall on a tracked connection (`total` bytes moved, `first` is the
 /// first buffer): advances the stream position; a read starting an HTTP/1 request on a SERVER
 /// connection gets its identity here (the context received for its offset, else a new trace)
 /// and becomes the thread's serving request; a SERVER write starting a response ends it.
+/// Runs in the propagation program, after the transfer's records: the identity is dated at
+/// the read's start (`enter_ns`), before the read's data record.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn on_transfer(
     tgid: u32,
@@ -553,6 +691,7 @@ pub fn on_transfer(
     dir: u8,
     first: u64,
     total: u64,
+    enter_ns: u64,
 ) {
     if !enabled() {
         return;
@@ -594,7 +733,12 @@ pub fn on_transfer(
         let key = &mut (*scratch).key;
         key.flow = (*st).flow;
         // Received contexts are keyed by the absolute sequence number of their segment.
-        let rcv_base = if (*st).flow_known != 0 {
+        if (*st).offsets_unknown != 0 {
+            // The request's offset is unknown: a context stored under a guessed one could be
+            // another request's (a hole, then a request whose own option was lost).
+            bump(counter::OFFSETS_UNKNOWN);
+        }
+        let rcv_base = if (*st).flow_known != 0 && (*st).offsets_unknown == 0 {
             PROP_BASELINES.get(&(*st).flow).map(|b| b.rcv)
         } else {
             None
@@ -627,23 +771,55 @@ pub fn on_transfer(
             }
         }
         crate::prop_scan::adopt(first, total, &mut flags, &mut parent, &mut sv.ctx);
-        sv.ctx.span = new_span(parent).to_be_bytes();
+        finish_server(
+            tgid,
+            tid,
+            fd,
+            conn.conn_id,
+            offset,
+            enter_ns,
+            flags,
+            parent,
+            &mut sv.ctx,
+        );
+    }
+}
+
+/// The end of a SERVER request's identity decision (its trace and parent in `ctx`, `flags`,
+/// `parent`): a new span id, the thread's serving request, and the identity record (dated
+/// `ts_ns`: the read's start, before the read's data record, which is sent first).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn finish_server(
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    conn_id: u64,
+    offset: u64,
+    ts_ns: u64,
+    flags: u8,
+    parent: u64,
+    ctx: *mut Context,
+) {
+    // SAFETY: `ctx` is in this CPU's scratch; the serving entry is this thread's.
+    unsafe {
+        (*ctx).span = new_span(parent).to_be_bytes();
         // `touch` made the thread's entry (and revoked the process if it left a request).
         if let Some(cur) = PROP_SERVING.get_ptr_mut(&tid) {
-            (*cur).ctx = sv.ctx;
-            (*cur).conn_id = conn.conn_id;
+            (*cur).ctx = *ctx;
+            (*cur).conn_id = conn_id;
             (*cur).open = 1;
         }
         report(
             tgid,
             tid,
             fd,
-            conn.conn_id,
-            0,
+            conn_id,
+            ts_ns,
             direction::INGRESS,
             flags,
             offset,
-            &sv.ctx,
+            &*ctx,
             parent,
         );
     }
@@ -692,7 +868,7 @@ fn flow_of_sock(ctx: &SockOpsContext) -> Option<FlowKey> {
         peer: [0; 16],
         local_port: ctx.local_port() as u16,
         peer_port: 0,
-        _pad: 0,
+        netns: sock_netns(ctx),
     };
     let rp = ctx.remote_port();
     // Network byte order; the upper half on kernels that shift it there.
@@ -735,6 +911,31 @@ fn flow_of_sock(ctx: &SockOpsContext) -> Option<FlowKey> {
         _ => return None,
     }
     Some(key)
+}
+
+/// The inode of the network namespace of a `sock_ops` callback's socket (0 when the kernel's
+/// BTF did not say where it is, as on the syscall side). The socket's address is the first
+/// field of the kernel's context (`struct bpf_sock_ops_kern`, `sk` first since 4.13): read as a
+/// number, since `ctx->sk` is a pointer the verifier allows no arithmetic on.
+#[inline(always)]
+fn sock_netns(ctx: &SockOpsContext) -> u32 {
+    let off = crate::maps::netns_offsets();
+    if off.known & tracer_common::netns_known::SOCK == 0 {
+        return 0;
+    }
+    // SAFETY: probe-reads of kernel memory; failures handled.
+    unsafe {
+        let Ok(sk) = bpf_probe_read_kernel(ctx.ops as *const u64) else {
+            return 0;
+        };
+        if sk == 0 {
+            return 0;
+        }
+        let Ok(net) = bpf_probe_read_kernel((sk + u64::from(off.sock_net)) as *const u64) else {
+            return 0;
+        };
+        bpf_probe_read_kernel((net + u64::from(off.net_inum)) as *const u32).unwrap_or(0)
+    }
 }
 
 /// The sequence number of the segment in `skb_data` (header-option callbacks only).

@@ -1101,7 +1101,11 @@ pub mod propagation {
         /// Processes whose threads were seen not to serve one request at a time (see
         /// `DEDICATED_REVOKED`): the kernel decides no CLIENT parent for them any more.
         pub const PROCESSES_REVOKED: u32 = 9;
-        pub const COUNT: u32 = 10;
+        /// Requests on a connection whose stream positions the kernel no longer knows (bytes
+        /// moved by a transfer it does not see: io_uring, recvmmsg/sendmmsg): a SERVER request
+        /// adopts no received context, a CLIENT request sends no option.
+        pub const OFFSETS_UNKNOWN: u32 = 10;
+        pub const COUNT: u32 = 11;
     }
 }
 

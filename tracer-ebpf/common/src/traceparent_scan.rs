@@ -102,11 +102,21 @@ pub mod counter {
     /// Scans that reached their limit (the scanned prefix or the capture size) before the end
     /// of the head, with bytes of the read left unscanned.
     pub const AT_CAPTURE_LIMIT: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Heads that were to be scanned but were not: the scan program was missing from its
+    /// program array (the tail call failed) or its armed request was overwritten before it ran.
+    /// The request keeps the identity the kernel gives without a header.
+    pub const NOT_RUN: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// The per-CPU counters of the scan.
 pub const COUNTERS_MAP: &str = "PROP_SCAN_COUNTERS";
+/// The scan runs in a program of its own (a function of this name in `tracer-ebpf/src/main.rs`),
+/// tail-called by the data programs after their records, so that its bounded loops are verified
+/// once instead of inside every data program. Loaded only with propagation on.
+pub const SCAN_PROGRAM: &str = "prop_scan";
+/// The program array holding `SCAN_PROGRAM` at index 0 (filled by userspace at load).
+pub const SCANNER_MAP: &str = "PROP_SCANNER";
 
 /// Byte `i` of a line (volatile: each byte is loaded where it is used, so the unrolled loops
 /// hold a few values at a time; the data programs' stack has no room for spills).

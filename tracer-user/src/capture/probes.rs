@@ -569,12 +569,23 @@ impl Probes {
                 && !tracer_common::go_tls_program::ALL.contains(name)
                 && *name != H2_WALKER_PROGRAM
                 && *name != tracer_common::propagation::SOCK_OPS_PROGRAM
+                && *name != tracer_common::traceparent_scan::SCAN_PROGRAM
         }) {
             return Err(ProbeError::UnlistedProgram(name.to_owned()));
         }
         if h2_walk {
             probes.load_h2_walker().map_err(ProbeError::H2Walker)?;
             probes.h2_walker_loaded = true;
+        }
+        if propagation && let Err(err) = probes.load_prop_scanner() {
+            // The data programs' tail call then fails every time (counted as
+            // `tracer_kernel_header_scans_total{outcome="not_run"}`): the kernel decides no
+            // identity and sends no option; userspace links as without propagation.
+            tracing::warn!(
+                "the propagation program ({}) could not be loaded ({err}): \
+                 --context-propagation tcp-options sends and adopts no context",
+                tracer_common::traceparent_scan::SCAN_PROGRAM
+            );
         }
         let program_error = |p: &TracepointProgram, source| ProbeError::Program {
             name: p.name,
@@ -975,6 +986,36 @@ impl Probes {
             let mut walkers = ProgramArray::try_from(map).map_err(|e| format!("{e}"))?;
             walkers.set(0, &fd, 0).map_err(|e| format!("{e}"))
         })()
+    }
+
+    /// Loads the propagation's `traceparent` scan program into its program array, where the
+    /// data programs tail-call it (`tracer_common::traceparent_scan::SCAN_PROGRAM`).
+    fn load_prop_scanner(&mut self) -> Result<(), String> {
+        use tracer_common::traceparent_scan::{SCAN_PROGRAM, SCANNER_MAP};
+        let program = self
+            .ebpf
+            .program_mut(SCAN_PROGRAM)
+            .ok_or("program missing from the object")?;
+        let program: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+        program.load().map_err(|e| format!("{e}"))?;
+        if let Ok(info) = program.info() {
+            tracing::debug!(
+                program = SCAN_PROGRAM,
+                verified_insns = info.verified_instruction_count(),
+                "program loaded"
+            );
+        }
+        let fd = program
+            .fd()
+            .map_err(|e| format!("{e}"))?
+            .try_clone()
+            .map_err(|e| format!("{e}"))?;
+        let map = self
+            .ebpf
+            .map_mut(SCANNER_MAP)
+            .ok_or("map missing from the object")?;
+        let mut scanners = ProgramArray::try_from(map).map_err(|e| format!("{e}"))?;
+        scanners.set(0, &fd, 0).map_err(|e| format!("{e}"))
     }
 
     /// Reads the kernel counters, summed over CPUs.

@@ -39,6 +39,9 @@ pub struct PropagationCounters {
     pub client_unlinked: u64,
     pub client_undecided: u64,
     pub processes_revoked: u64,
+    /// Requests on connections whose stream offsets the kernel lost (unseen transfers): no
+    /// received context adopted, no option sent.
+    pub offsets_unknown: u64,
     /// SERVER requests that joined the trace of the `traceparent` header the kernel's scan of
     /// their head found.
     pub header_adopted: u64,
@@ -46,6 +49,10 @@ pub struct PropagationCounters {
     pub header_rejected: u64,
     /// Scans of a head that stopped at the scan's or the capture's limit before the head ended.
     pub header_scan_at_limit: u64,
+    /// Heads that were to be scanned but were not (the scan program missing from its array, or
+    /// its request overwritten before it ran): those requests kept the identity the kernel
+    /// gives without a header.
+    pub header_scan_not_run: u64,
 }
 
 /// Why propagation cannot run here, when it cannot.
@@ -142,6 +149,7 @@ pub fn counters(ebpf: &Ebpf) -> PropagationCounters {
     out.client_unlinked = read(counter::CLIENT_UNLINKED);
     out.client_undecided = read(counter::CLIENT_UNDECIDED);
     out.processes_revoked = read(counter::PROCESSES_REVOKED);
+    out.offsets_unknown = read(counter::OFFSETS_UNKNOWN);
     if let Some(map) = ebpf.map(tracer_common::traceparent_scan::COUNTERS_MAP)
         && let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map)
     {
@@ -150,6 +158,7 @@ pub fn counters(ebpf: &Ebpf) -> PropagationCounters {
         out.header_adopted = read(scan::ADOPTED);
         out.header_rejected = read(scan::REJECTED);
         out.header_scan_at_limit = read(scan::AT_CAPTURE_LIMIT);
+        out.header_scan_not_run = read(scan::NOT_RUN);
     }
     out
 }

@@ -145,6 +145,13 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
             ],
         ),
         Family::counter(
+            "tracer_context_offsets_unknown_total",
+            "Requests on connections whose stream offsets the kernel lost (bytes moved by a \
+             transfer it does not see: io_uring, recvmmsg/sendmmsg): no received context is \
+             adopted and no option is sent for them.",
+            vec![Sample::plain(k.offsets_unknown)],
+        ),
+        Family::counter(
             "tracer_context_adopted_total",
             "SERVER requests whose trace context came from a received TCP option.",
             vec![Sample::plain(k.contexts_adopted)],
@@ -153,11 +160,13 @@ fn propagation_families(p: &PropagationSnapshot) -> Vec<Family> {
             "tracer_kernel_header_scans_total",
             "The kernel's scans of SERVER request heads for a traceparent header, by outcome \
              (adopted: the request joined the header's trace; rejected: invalid or repeated \
-             header; capture_limit: the scan stopped at its limit before the head ended).",
+             header; capture_limit: the scan stopped at its limit before the head ended; \
+             not_run: the scan program did not run, the request kept a header-less identity).",
             vec![
                 Sample::labelled(&[("outcome", "adopted")], k.header_adopted),
                 Sample::labelled(&[("outcome", "rejected")], k.header_rejected),
                 Sample::labelled(&[("outcome", "capture_limit")], k.header_scan_at_limit),
+                Sample::labelled(&[("outcome", "not_run")], k.header_scan_not_run),
             ],
         ),
         Family::counter(
@@ -1907,9 +1916,11 @@ mod tests {
                     client_unlinked: 1009,
                     client_undecided: 1015,
                     processes_revoked: 1016,
+                    offsets_unknown: 1023,
                     header_adopted: 1019,
                     header_rejected: 1020,
                     header_scan_at_limit: 1021,
+                    header_scan_not_run: 1022,
                 },
                 matching: crate::correlate::kernel_ids::KernelIdStats {
                     received: 1010,
@@ -1952,6 +1963,8 @@ mod tests {
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
         want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
         want.extend((1019..=1021).map(|v| v as f64)); // kernel traceparent scans
+        want.push(1022.0); // kernel traceparent scans not run
+        want.push(1023.0); // requests on connections whose stream offsets are unknown
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
@@ -2203,6 +2216,7 @@ mod tests {
             malformed => "tracer_context_options_total",
             no_space => "tracer_context_options_not_sent_total",
             segment_missed => "tracer_context_options_not_sent_total",
+            offsets_unknown => "tracer_context_offsets_unknown_total",
             contexts_adopted => "tracer_context_adopted_total",
             client_contexts => "tracer_kernel_client_contexts_total",
             client_unlinked => "tracer_kernel_client_contexts_total",
@@ -2211,6 +2225,7 @@ mod tests {
             header_adopted => "tracer_kernel_header_scans_total",
             header_rejected => "tracer_kernel_header_scans_total",
             header_scan_at_limit => "tracer_kernel_header_scans_total",
+            header_scan_not_run => "tracer_kernel_header_scans_total",
         }));
         fields.extend(exported!(crate::correlate::kernel_ids::KernelIdStats {
             received => "tracer_kernel_identities_total",
