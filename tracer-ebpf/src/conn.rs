@@ -33,17 +33,20 @@ const TCP_CLOSE: i32 = 7;
 pub const ARG_ACCEPT: u8 = tracer_common::syscall::ACCEPT;
 pub const ARG_CONNECT: u8 = tracer_common::syscall::CONNECT;
 
-/// A syscall program's argument `n` (its context is the raw syscall tracepoint's, see
-/// `crate::syscalls`).
+/// Offsets in the syscall tracepoint records (stable ABI: args start after id).
+pub const SYS_ARG0: usize = 16;
+pub const SYS_RET: usize = 16;
+
 #[inline(always)]
 pub fn sys_arg(ctx: &TracePointContext, n: usize) -> u64 {
-    crate::syscalls::arg(ctx, n)
+    // SAFETY: syscall enter records hold six u64 arguments from offset 16.
+    unsafe { ctx.read_at::<u64>(SYS_ARG0 + 8 * n) }.unwrap_or(0)
 }
 
-/// A syscall exit program's return value.
 #[inline(always)]
 pub fn sys_ret(ctx: &TracePointContext) -> i64 {
-    crate::syscalls::ret(ctx)
+    // SAFETY: syscall exit records hold the i64 return value at offset 16.
+    unsafe { ctx.read_at::<i64>(SYS_RET) }.unwrap_or(-1)
 }
 
 /// IPv4 addresses are kept in the first 4 bytes; a v4-mapped IPv6 address becomes IPv4.

@@ -23,8 +23,6 @@ mod prop;
 #[cfg(target_arch = "bpf")]
 mod prop_scan;
 #[cfg(target_arch = "bpf")]
-mod syscalls;
-#[cfg(target_arch = "bpf")]
 mod tls;
 
 #[cfg(target_arch = "bpf")]
@@ -95,48 +93,27 @@ mod tls_programs {
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use aya_ebpf::{
-        EbpfContext,
-        macros::{raw_tracepoint, tracepoint},
-        programs::{RawTracePointContext, TracePointContext},
-    };
+    use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
     use tracer_common::syscall;
 
     use crate::{conn, data, filter};
 
-    // The dispatchers (`tracer_common::SYSCALL_DISPATCHERS`).
-    #[raw_tracepoint(tracepoint = "sys_enter")]
-    pub fn syscall_enter(ctx: RawTracePointContext) -> u32 {
-        crate::syscalls::dispatch(&ctx, false);
-        0
-    }
-    #[raw_tracepoint(tracepoint = "sys_exit")]
-    pub fn syscall_exit(ctx: RawTracePointContext) -> u32 {
-        crate::syscalls::dispatch(&ctx, true);
-        0
-    }
-
-    /// A syscall program (`tracer_common::SYSCALL_PROGRAMS`): tail-called by a dispatcher, its
-    /// body sees the raw tracepoint's context as `ctx` (see `crate::syscalls`).
-    macro_rules! syscall_program {
-        ($name:ident, |$ctx:ident| $body:expr) => {
-            #[raw_tracepoint]
-            // The body in the program itself: as a call of its own (LLVM's choice once the
-            // body is large) its frame adds to the program's and to its memset calls' (6.1:
-            // "combined stack size of 3 calls is 544").
-            #[inline(always)]
-            pub fn $name(raw: RawTracePointContext) -> u32 {
-                let $ctx = &TracePointContext::new(raw.as_ptr());
-                $body;
-                0
-            }
-        };
-    }
-
     macro_rules! data_syscall {
         ($enter:ident, $exit:ident, $sys:expr) => {
-            syscall_program!($enter, |ctx| data::enter(ctx, $sys));
-            syscall_program!($exit, |ctx| data::exit::<{ $sys }>(ctx));
+            #[tracepoint]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                data::enter(&ctx, $sys);
+                0
+            }
+            #[tracepoint]
+            // The body in the program itself: as a call of its own (LLVM's choice once the body
+            // is large) its frame adds to the program's and to its memset calls' (6.1: "combined
+            // stack size of 3 calls is 544").
+            #[inline(always)]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                data::exit::<{ $sys }>(&ctx);
+                0
+            }
         };
     }
 
@@ -150,41 +127,41 @@ mod programs {
     data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, syscall::SENDMSG);
     data_syscall!(sys_enter_sendfile64, sys_exit_sendfile64, syscall::SENDFILE);
 
-    syscall_program!(sys_enter_accept, |ctx| conn::enter_lifecycle(
-        ctx,
-        conn::ARG_ACCEPT
-    ));
-    syscall_program!(sys_exit_accept, |ctx| conn::exit_accept(ctx));
-    syscall_program!(sys_enter_accept4, |ctx| conn::enter_lifecycle(
-        ctx,
-        conn::ARG_ACCEPT
-    ));
-    syscall_program!(sys_exit_accept4, |ctx| conn::exit_accept(ctx));
-    syscall_program!(sys_enter_connect, |ctx| conn::enter_lifecycle(
-        ctx,
-        conn::ARG_CONNECT
-    ));
-    syscall_program!(sys_exit_connect, |ctx| conn::exit_connect(ctx));
-    syscall_program!(sys_enter_close, |ctx| conn::enter_close(ctx));
-    syscall_program!(sys_enter_dup2, |ctx| conn::enter_dup2(ctx));
-    syscall_program!(sys_enter_close_range, |ctx| conn::enter_close_range(ctx));
-    syscall_program!(sys_enter_dup3, |ctx| conn::enter_dup2(ctx));
-    syscall_program!(sys_enter_splice, |ctx| data::enter_splice(ctx));
-    syscall_program!(sys_exit_splice, |ctx| data::exit::<{ syscall::SPLICE }>(
-        ctx
-    ));
-    syscall_program!(sys_enter_sendmmsg, |ctx| data::enter_unhooked(ctx));
-    syscall_program!(sys_enter_recvmmsg, |ctx| data::enter_unhooked(ctx));
-    // Not attached, tail-called by the data programs (so of their program type): the HTTP/2
-    // frame walker, which sent the transfer's records, so the propagation's work for it follows;
-    // and the propagation's work for a transfer, with the `traceparent` scan
-    // (`tracer_common::traceparent_scan::SCAN_PROGRAM`).
-    syscall_program!(h2_walk, |ctx| {
-        crate::h2::walk_program(ctx);
-        crate::prop::after_records(ctx);
-    });
-    syscall_program!(prop_scan, |ctx| crate::prop_scan::program(ctx));
-
+    #[tracepoint]
+    pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+        conn::enter_lifecycle(&ctx, conn::ARG_ACCEPT);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+        conn::exit_accept(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+        conn::enter_lifecycle(&ctx, conn::ARG_ACCEPT);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+        conn::exit_accept(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+        conn::enter_lifecycle(&ctx, conn::ARG_CONNECT);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+        conn::exit_connect(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+        conn::enter_close(&ctx);
+        0
+    }
     #[tracepoint]
     pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         conn::sock_set_state(&ctx);
@@ -202,8 +179,58 @@ mod programs {
         0
     }
     #[tracepoint]
+    pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+        conn::enter_dup2(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+        conn::enter_close_range(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+        conn::enter_dup2(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_splice(ctx: TracePointContext) -> u32 {
+        data::enter_splice(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_exit_splice(ctx: TracePointContext) -> u32 {
+        data::exit::<{ syscall::SPLICE }>(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+        data::enter_unhooked(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_recvmmsg(ctx: TracePointContext) -> u32 {
+        data::enter_unhooked(&ctx);
+        0
+    }
+    #[tracepoint]
     pub fn io_uring_file_get(ctx: TracePointContext) -> u32 {
         data::on_io_uring_file(&ctx);
+        0
+    }
+    /// Not attached: the HTTP/2 frame walker, tail-called by the data programs.
+    #[tracepoint]
+    pub fn h2_walk(ctx: TracePointContext) -> u32 {
+        crate::h2::walk_program(&ctx);
+        // The walker sent the transfer's records: the propagation's work for it follows.
+        crate::prop::after_records(&ctx);
+        0
+    }
+    /// Not attached: the propagation's work for a transfer, with the `traceparent` scan
+    /// (`tracer_common::traceparent_scan::SCAN_PROGRAM`), tail-called by the data programs.
+    #[tracepoint]
+    pub fn prop_scan(ctx: TracePointContext) -> u32 {
+        crate::prop_scan::program(&ctx);
         0
     }
     #[tracepoint]

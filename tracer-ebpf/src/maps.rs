@@ -239,19 +239,6 @@ pub struct Walk {
 #[map]
 pub static H2_WALKER: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// The syscall programs (`tracer_common::SYSCALL_PROGRAMS`) by syscall number, tail-called by
-/// the raw `sys_enter` / `sys_exit` dispatchers; filled by userspace at load time.
-#[map]
-pub static SYSCALL_ENTER: ProgramArray =
-    ProgramArray::with_max_entries(tracer_common::MAX_SYSCALL_NR, 0);
-#[map]
-pub static SYSCALL_EXIT: ProgramArray =
-    ProgramArray::with_max_entries(tracer_common::MAX_SYSCALL_NR, 0);
-/// `tracer_common::syscall_handled` bits by syscall number: the dispatchers read the registers
-/// only of syscalls that have a program.
-#[map]
-pub static SYSCALL_HANDLED: Array<u8> = Array::with_max_entries(tracer_common::MAX_SYSCALL_NR, 0);
-
 /// Per-CPU connection id sequence.
 #[map]
 pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

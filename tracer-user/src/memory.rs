@@ -19,14 +19,27 @@ const TRIM_THRESHOLD: i32 = 128 * 1024;
 const ARENA_MAX: i32 = 2;
 
 /// Sets the allocator's thresholds and arena count. Call first thing in `main`, before any
-/// thread starts. No effect with an allocator other than glibc's.
+/// thread starts. No effect with an allocator other than glibc's; a parameter the operator set
+/// in glibc's own environment variable (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`,
+/// `MALLOC_ARENA_MAX`) keeps the operator's value.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    for (param, value) in [
-        (libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-        (libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-        (libc::M_ARENA_MAX, ARENA_MAX),
+    for (param, value, env) in [
+        (
+            libc::M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD,
+            "MALLOC_MMAP_THRESHOLD_",
+        ),
+        (
+            libc::M_TRIM_THRESHOLD,
+            TRIM_THRESHOLD,
+            "MALLOC_TRIM_THRESHOLD_",
+        ),
+        (libc::M_ARENA_MAX, ARENA_MAX, "MALLOC_ARENA_MAX"),
     ] {
+        if std::env::var_os(env).is_some() {
+            continue;
+        }
         // SAFETY: mallopt only changes allocator parameters; it returns 0 on a refused value,
         // which leaves glibc's default in place (nothing to do then).
         unsafe { libc::mallopt(param, value) };

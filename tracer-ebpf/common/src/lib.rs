@@ -334,119 +334,49 @@ macro_rules! tracepoints {
     (@optional $flag:tt) => { true };
 }
 
-/// The tracepoint programs of the eBPF object (the syscall programs are in [`SYSCALL_PROGRAMS`]),
-/// one list both sides follow: userspace attaches exactly these and refuses an object whose
-/// programs differ (a program added on one side only). The function in `tracer-ebpf/src/main.rs`
-/// has the tracepoint's name.
+/// Every program of the eBPF object, the one list both sides follow: userspace attaches exactly
+/// these and refuses an object whose programs differ (a program added on one side only). The
+/// function in `tracer-ebpf/src/main.rs` has the tracepoint's name.
 pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = tracepoints![
+    "syscalls": sys_enter_accept,
+    "syscalls": sys_exit_accept,
+    "syscalls": sys_enter_accept4,
+    "syscalls": sys_exit_accept4,
+    "syscalls": sys_enter_connect,
+    "syscalls": sys_exit_connect,
+    "syscalls": sys_enter_close,
+    "syscalls": sys_enter_read,
+    "syscalls": sys_exit_read,
+    "syscalls": sys_enter_write,
+    "syscalls": sys_exit_write,
+    "syscalls": sys_enter_readv,
+    "syscalls": sys_exit_readv,
+    "syscalls": sys_enter_writev,
+    "syscalls": sys_exit_writev,
+    "syscalls": sys_enter_recvfrom,
+    "syscalls": sys_exit_recvfrom,
+    "syscalls": sys_enter_sendto,
+    "syscalls": sys_exit_sendto,
+    "syscalls": sys_enter_recvmsg,
+    "syscalls": sys_exit_recvmsg,
+    "syscalls": sys_enter_sendmsg,
+    "syscalls": sys_exit_sendmsg,
+    "syscalls": sys_enter_sendfile64,
+    "syscalls": sys_exit_sendfile64,
     "sock": inet_sock_set_state,
     "task": task_newtask,
     "sched": sched_process_exit,
     "sched": sched_process_exec,
-    // A kernel without io_uring has no io_uring:io_uring_file_get.
+    "syscalls": sys_enter_dup2,
+    "syscalls": sys_enter_dup3,
+    "syscalls": sys_enter_splice,
+    "syscalls": sys_exit_splice,
+    "syscalls": sys_enter_sendmmsg,
+    "syscalls": sys_enter_recvmmsg,
+    // A kernel without io_uring has no io_uring:io_uring_file_get; close_range exists since 5.9.
     "io_uring": io_uring_file_get optional!,
+    "syscalls": sys_enter_close_range optional!,
 ];
-
-/// A syscall's program of the eBPF object: not attached to a tracepoint of its own but
-/// tail-called, at index the syscall's number, by the dispatcher on `raw_syscalls:sys_enter`
-/// or `sys_exit` ([`SYSCALL_DISPATCHERS`]). A syscall tracepoint costs the traced thread a perf
-/// record of the syscall's arguments before the program runs (about 0.35 µs per syscall on a
-/// 6.18 kernel, most of the programs' own cost); the raw tracepoints hand the program the
-/// registers instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SyscallProgram {
-    /// The function's name in `tracer-ebpf/src/main.rs` (`sys_enter_<syscall>` or
-    /// `sys_exit_<syscall>`, as the syscall tracepoints are named).
-    pub name: &'static str,
-    /// The syscall, as the C library names its number (`SYS_<syscall>`).
-    pub syscall: &'static str,
-    /// Run at the syscall's exit (else at its entry).
-    pub exit: bool,
-}
-
-macro_rules! syscall_programs {
-    ($($syscall:ident : $enter:ident $(/ $exit:ident)?),+ $(,)?) => {
-        &[$(
-            SyscallProgram { name: stringify!($enter), syscall: stringify!($syscall), exit: false },
-            $(SyscallProgram { name: stringify!($exit), syscall: stringify!($syscall), exit: true },)?
-        )+]
-    };
-}
-
-/// Every syscall program (see [`SyscallProgram`]).
-pub const SYSCALL_PROGRAMS: &[SyscallProgram] = syscall_programs![
-    accept: sys_enter_accept / sys_exit_accept,
-    accept4: sys_enter_accept4 / sys_exit_accept4,
-    connect: sys_enter_connect / sys_exit_connect,
-    close: sys_enter_close,
-    read: sys_enter_read / sys_exit_read,
-    write: sys_enter_write / sys_exit_write,
-    readv: sys_enter_readv / sys_exit_readv,
-    writev: sys_enter_writev / sys_exit_writev,
-    recvfrom: sys_enter_recvfrom / sys_exit_recvfrom,
-    sendto: sys_enter_sendto / sys_exit_sendto,
-    recvmsg: sys_enter_recvmsg / sys_exit_recvmsg,
-    sendmsg: sys_enter_sendmsg / sys_exit_sendmsg,
-    sendfile: sys_enter_sendfile64 / sys_exit_sendfile64,
-    dup2: sys_enter_dup2,
-    dup3: sys_enter_dup3,
-    splice: sys_enter_splice / sys_exit_splice,
-    sendmmsg: sys_enter_sendmmsg,
-    recvmmsg: sys_enter_recvmmsg,
-    close_range: sys_enter_close_range,
-];
-
-/// The two programs attached to the raw tracepoints every syscall passes: `(program, raw
-/// tracepoint)`. Each tail-calls the syscall's program, if it has one.
-pub const SYSCALL_DISPATCHERS: [(&str, &str); 2] =
-    [("syscall_enter", "sys_enter"), ("syscall_exit", "sys_exit")];
-
-/// Size of the syscall program tables: syscall numbers at or above it are never traced.
-pub const MAX_SYSCALL_NR: u32 = 512;
-
-/// Bits of the `SYSCALL_HANDLED` table: whether the syscall has an entry / exit program.
-pub mod syscall_handled {
-    pub const ENTER: u8 = 1;
-    pub const EXIT: u8 = 2;
-}
-
-/// Where a syscall's number and arguments are in the kernel's `struct pt_regs` of the running
-/// architecture (what the raw syscall tracepoints hand the programs), given to the programs as
-/// the global `SYSCALL_REGS` at load time.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SyscallRegs {
-    /// Offsets of the six arguments (valid at entry and exit: the argument registers are saved
-    /// copies the syscall does not change; arm64's first one is `orig_x0`).
-    pub args: [u16; 6],
-    /// Offset of the syscall number (its low 32 bits, little-endian), for the exit.
-    pub nr: u16,
-    /// Offset of the saved code segment and the value that marks a 32-bit task's syscall
-    /// (x86-64: `cs`, `__USER32_CS`), whose numbers and registers are another table's; 0 / 0:
-    /// not checked.
-    pub compat_cs: u16,
-    pub compat_cs_value: u16,
-    pub _pad: u16,
-}
-
-impl SyscallRegs {
-    /// x86-64: `di, si, dx, r10, r8, r9`; `orig_ax`; `cs` == `__USER32_CS` (0x23).
-    pub const X86_64: SyscallRegs = SyscallRegs {
-        args: [112, 104, 96, 56, 72, 64],
-        nr: 120,
-        compat_cs: 136,
-        compat_cs_value: 0x23,
-        _pad: 0,
-    };
-    /// arm64: `orig_x0, x1..x5`; `syscallno`; 32-bit tasks not checked.
-    pub const AARCH64: SyscallRegs = SyscallRegs {
-        args: [272, 8, 16, 24, 32, 40],
-        nr: 280,
-        compat_cs: 0,
-        compat_cs_value: 0,
-        _pad: 0,
-    };
-}
 
 /// A uprobe program on a TLS library function: the function's name in `tracer-ebpf/src/main.rs`,
 /// the symbol it attaches to, and whether it runs at the function's return.
@@ -562,14 +492,9 @@ pub mod map_name {
     pub const AGENT_ENDPOINTS: &str = "AGENT_ENDPOINTS";
     /// The program array holding the HTTP/2 frame walker (`H2_WALKER_PROGRAM`).
     pub const H2_WALKER: &str = "H2_WALKER";
-    /// The syscall programs run at entry / exit, by syscall number (`SYSCALL_PROGRAMS`).
-    pub const SYSCALL_ENTER: &str = "SYSCALL_ENTER";
-    pub const SYSCALL_EXIT: &str = "SYSCALL_EXIT";
-    /// `syscall_handled::*` bits by syscall number.
-    pub const SYSCALL_HANDLED: &str = "SYSCALL_HANDLED";
 }
 
-/// A program of the object that is not attached: the HTTP/2 frame walker,
+/// The one program of the object that is not a tracepoint attachment: the HTTP/2 frame walker,
 /// loaded into `map_name::H2_WALKER` and tail-called by the data programs (the function of that
 /// name in `tracer-ebpf/src/main.rs`).
 pub const H2_WALKER_PROGRAM: &str = "h2_walk";
@@ -1132,7 +1057,6 @@ mod pod {
     unsafe impl aya::Pod for super::GoTlsCallKey {}
     unsafe impl aya::Pod for super::GoTlsCall {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
-    unsafe impl aya::Pod for super::SyscallRegs {}
     unsafe impl aya::Pod for super::IdentityEvent {}
 }
 

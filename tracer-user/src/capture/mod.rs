@@ -13,5 +13,4 @@ pub mod probes;
 pub mod procnet;
 pub mod propagation;
 pub mod reorder;
-pub mod syscalls;
 pub mod tls;

@@ -10,12 +10,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::TracePoint,
 };
 use tracer_common::{
     Config, ConnState, H2_WALKER_PROGRAM, MAX_CAPTURE, OPENSSL_UPROBE_PROGRAMS,
-    SYSCALL_DISPATCHERS, SYSCALL_PROGRAMS, TRACEPOINT_PROGRAMS, TracepointProgram, conn_key,
-    counter, map_name, role, syscall_handled,
+    TRACEPOINT_PROGRAMS, TracepointProgram, conn_key, counter, map_name, role,
 };
 
 use crate::capture::kernel_log::{KernelLog, KernelLogLevel, LOG_RING, LOG_RING_BYTES_WHEN_OFF};
@@ -65,24 +64,9 @@ pub enum ProbeError {
     MissingProgram(&'static str),
     #[error(
         "the eBPF object has program {0}, which this agent does not attach: add it to \
-         tracer_common::TRACEPOINT_PROGRAMS or SYSCALL_PROGRAMS"
+         tracer_common::TRACEPOINT_PROGRAMS"
     )]
     UnlistedProgram(String),
-    #[error("eBPF syscall program {name} could not be loaded or put in its table: {source}")]
-    SyscallProgram {
-        name: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("eBPF syscall program {0} has no syscall number on this architecture")]
-    NoSyscallNumber(&'static str),
-    #[error("the raw syscall tracepoint {tracepoint} could not take its program {name}: {source}")]
-    Dispatcher {
-        name: &'static str,
-        tracepoint: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -461,7 +445,6 @@ impl Probes {
             .override_global("H2_WALK", &h2_walk_global, true)
             .override_global("NETNS_OFFSETS", &netns_offsets, true)
             .override_global("PROPAGATION", &propagation_global, true)
-            .override_global("SYSCALL_REGS", &crate::capture::syscalls::HOST_REGS, true)
             .map_max_entries(map_name::CONNS, opts.max_connections)
             .override_global(aya_log::LEVEL, &log_level_global, true);
         if opts.kernel_log_level == KernelLogLevel::Off {
@@ -563,8 +546,6 @@ impl Probes {
         // the reverse) is refused, never left unattached.
         if let Some((name, _)) = probes.ebpf.programs().find(|(name, _)| {
             !TRACEPOINT_PROGRAMS.iter().any(|p| p.name == *name)
-                && !SYSCALL_PROGRAMS.iter().any(|p| p.name == *name)
-                && !SYSCALL_DISPATCHERS.iter().any(|(p, _)| p == name)
                 && !OPENSSL_UPROBE_PROGRAMS.iter().any(|p| p.name == *name)
                 && !tracer_common::go_tls_program::ALL.contains(name)
                 && *name != H2_WALKER_PROGRAM
@@ -595,7 +576,6 @@ impl Probes {
         };
         // Verify every required program before attaching any: attached programs produce
         // records at once, and nobody reads them until loading is over.
-        probes.load_syscall_programs()?;
         for attach in [false, true] {
             for p in TRACEPOINT_PROGRAMS.iter().filter(|p| !p.optional) {
                 let program = probes
@@ -619,7 +599,6 @@ impl Probes {
                     }
                 }
             }
-            probes.dispatch_syscalls(attach)?;
         }
         for p in TRACEPOINT_PROGRAMS.iter().filter(|p| p.optional) {
             let program = probes
@@ -870,93 +849,6 @@ impl Probes {
         })
     }
 
-    /// Loads every syscall program (`SYSCALL_PROGRAMS`) into the table of its syscall's number
-    /// and marks the number handled: the dispatchers, attached later, tail-call them.
-    fn load_syscall_programs(&mut self) -> Result<(), ProbeError> {
-        let mut handled = [0u8; tracer_common::MAX_SYSCALL_NR as usize];
-        for p in SYSCALL_PROGRAMS {
-            let nr =
-                crate::capture::syscalls::number(p).ok_or(ProbeError::NoSyscallNumber(p.name))?;
-            let program_error = |source| ProbeError::SyscallProgram {
-                name: p.name,
-                source: Box::new(source),
-            };
-            let program = self
-                .ebpf
-                .program_mut(p.name)
-                .ok_or(ProbeError::MissingProgram(p.name))?;
-            let program: &mut RawTracePoint = program.try_into().map_err(program_error)?;
-            program.load().map_err(program_error)?;
-            if let Ok(info) = program.info() {
-                tracing::debug!(
-                    program = p.name,
-                    verified_insns = info.verified_instruction_count(),
-                    "program loaded"
-                );
-            }
-            let fd = program
-                .fd()
-                .and_then(|fd| fd.try_clone().map_err(Into::into))
-                .map_err(program_error)?;
-            let table = if p.exit {
-                map_name::SYSCALL_EXIT
-            } else {
-                map_name::SYSCALL_ENTER
-            };
-            let map_error = |source| ProbeError::Map {
-                name: table,
-                source: Box::new(source),
-            };
-            let map = self
-                .ebpf
-                .map_mut(table)
-                .ok_or(ProbeError::MissingMap(table))?;
-            ProgramArray::try_from(map)
-                .and_then(|mut programs| programs.set(nr, &fd, 0))
-                .map_err(map_error)?;
-            handled[nr as usize] |= if p.exit {
-                syscall_handled::EXIT
-            } else {
-                syscall_handled::ENTER
-            };
-        }
-        let map_error = |source| ProbeError::Map {
-            name: map_name::SYSCALL_HANDLED,
-            source: Box::new(source),
-        };
-        let map = self
-            .ebpf
-            .map_mut(map_name::SYSCALL_HANDLED)
-            .ok_or(ProbeError::MissingMap(map_name::SYSCALL_HANDLED))?;
-        let mut table: Array<&mut MapData, u8> = Array::try_from(map).map_err(map_error)?;
-        for (nr, bits) in handled.iter().enumerate().filter(|(_, b)| **b != 0) {
-            table.set(nr as u32, bits, 0).map_err(map_error)?;
-        }
-        Ok(())
-    }
-
-    /// Loads (`attach` false) or attaches the two raw syscall tracepoint programs.
-    fn dispatch_syscalls(&mut self, attach: bool) -> Result<(), ProbeError> {
-        for (name, tracepoint) in SYSCALL_DISPATCHERS {
-            let error = |source| ProbeError::Dispatcher {
-                name,
-                tracepoint,
-                source: Box::new(source),
-            };
-            let program = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?;
-            let program: &mut RawTracePoint = program.try_into().map_err(error)?;
-            if attach {
-                program.attach(tracepoint).map_err(error)?;
-            } else {
-                program.load().map_err(error)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Loads the HTTP/2 frame walker (tail-called by the data programs, never attached) into
     /// its program array. On failure `load` loads everything again with the walker off.
     fn load_h2_walker(&mut self) -> Result<(), String> {
@@ -965,7 +857,7 @@ impl Probes {
                 .ebpf
                 .program_mut(H2_WALKER_PROGRAM)
                 .ok_or("program missing from the object")?;
-            let program: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            let program: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
             program.load().map_err(|e| format!("{e}"))?;
             if let Ok(info) = program.info() {
                 tracing::debug!(
@@ -996,7 +888,7 @@ impl Probes {
             .ebpf
             .program_mut(SCAN_PROGRAM)
             .ok_or("program missing from the object")?;
-        let program: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+        let program: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
         program.load().map_err(|e| format!("{e}"))?;
         if let Ok(info) = program.info() {
             tracing::debug!(
@@ -1311,18 +1203,30 @@ mod tests {
         }
     }
 
+    /// Tracepoints of syscalls newer than the oldest supported kernel (5.8, for the ring
+    /// buffer): the agent must start without them.
+    const NEWER_THAN_5_8: &[&str] = &[
+        "sys_enter_close_range",
+        "sys_exit_close_range",
+        "sys_enter_epoll_pwait2",
+        "sys_enter_process_madvise",
+        "sys_enter_mount_setattr",
+        "sys_enter_futex_waitv",
+    ];
+
     #[test]
     fn required_tracepoints_exist_on_the_oldest_supported_kernel() {
-        // Syscall programs hang off the raw syscall tracepoints (a syscall the kernel lacks is
-        // never called); the tracepoints attached by name must exist on 5.8 (ring buffer).
         for p in TRACEPOINT_PROGRAMS.iter().filter(|p| !p.optional) {
-            assert_ne!(p.category, "syscalls", "{}", p.name);
-            assert_ne!(p.category, "io_uring", "{} is optional", p.name);
+            assert!(
+                !NEWER_THAN_5_8.contains(&p.tracepoint),
+                "{} is newer than 5.8: it must be optional in TRACEPOINT_PROGRAMS",
+                p.tracepoint
+            );
         }
         assert!(
-            tracer_common::SYSCALL_PROGRAMS
+            TRACEPOINT_PROGRAMS
                 .iter()
-                .any(|p| p.name == "sys_enter_close_range")
+                .any(|p| p.optional && p.tracepoint == "sys_enter_close_range")
         );
     }
 

@@ -686,11 +686,7 @@ fn kernel_side(md: &mut String, r: &Results<'_>) {
          while the bench holds eBPF statistics on), over requests handled: CPU charged to the traced \
          processes, not to the agent. Host-wide it includes every other process's syscalls on the machine. \
          ns per request, all rounds (per-round min–max); the most expensive programs (named as the kernel \
-         keeps them: at most 15 characters) with their runs per request and ns per run. Agents that \
-         dispatch syscalls from the raw syscall tracepoints show `syscall_enter` and `syscall_exit`: \
-         the programs they tail-call are counted under them, and they run for every syscall on the \
-         machine. Neither figure includes the kernel's own work to run a program (a syscall \
-         tracepoint's perf record of the arguments): that shows in the server + client CPU above.\n"
+         keeps them: at most 15 characters) with their runs per request and ns per run.\n"
     );
     let _ = writeln!(
         md,
