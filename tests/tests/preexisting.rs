@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use tracer_tests::query::{at_least, client_spans, server_spans, the_only};
-use tracer_tests::{AttrValue, OtlpProtocol, PythonServer, TracedSession, free_port};
+use tracer_tests::{AttrValue, ObservedSpan, OtlpProtocol, PythonServer, TracedSession, free_port};
 
 /// Sends one keep-alive GET on `stream` and reads the whole response; returns the status.
 fn get(stream: &mut TcpStream, port: u16, path: &str) -> u16 {
@@ -82,11 +82,7 @@ fn keep_alive_connection_opened_before_the_agent_is_traced() {
         Some(&AttrValue::Int(i64::from(local.port()))),
         "the adopted connection's peer comes from /proc: {server_span:#?}"
     );
-    let mut client_urls: Vec<&str> = client_spans(&spans, port)
-        .iter()
-        .filter_map(|s| s.attr_str("url.full"))
-        .collect();
-    client_urls.sort_unstable();
+    let client_urls = sorted_client_urls(&spans, port);
     assert_eq!(
         client_urls,
         [
@@ -129,11 +125,7 @@ fn a_thread_with_a_tracked_connection_still_adopts_an_old_one() {
     assert_eq!(get(&mut old, port, "/ok?old=2"), 200);
     session.wait_for("CLIENT spans of the four requests", at_least(port, 0, 4));
     let spans = session.finish();
-    let mut client_urls: Vec<&str> = client_spans(&spans, port)
-        .iter()
-        .filter_map(|s| s.attr_str("url.full"))
-        .collect();
-    client_urls.sort_unstable();
+    let client_urls = sorted_client_urls(&spans, port);
     assert_eq!(
         client_urls,
         [
@@ -144,4 +136,14 @@ fn a_thread_with_a_tracked_connection_still_adopts_an_old_one() {
         ],
         "every request written after the agent started has one CLIENT span: {spans:#?}"
     );
+}
+
+/// The `url.full` of every CLIENT span to `port`, sorted.
+fn sorted_client_urls(spans: &[ObservedSpan], port: u16) -> Vec<&str> {
+    let mut urls: Vec<&str> = client_spans(spans, port)
+        .iter()
+        .filter_map(|s| s.attr_str("url.full"))
+        .collect();
+    urls.sort_unstable();
+    urls
 }

@@ -852,49 +852,31 @@ impl Probes {
     /// Loads the HTTP/2 frame walker (tail-called by the data programs, never attached) into
     /// its program array. On failure `load` loads everything again with the walker off.
     fn load_h2_walker(&mut self) -> Result<(), String> {
-        (|| -> Result<(), String> {
-            let program = self
-                .ebpf
-                .program_mut(H2_WALKER_PROGRAM)
-                .ok_or("program missing from the object")?;
-            let program: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            program.load().map_err(|e| format!("{e}"))?;
-            if let Ok(info) = program.info() {
-                tracing::debug!(
-                    verified_insns = info.verified_instruction_count(),
-                    xlated_bytes = info.size_translated(),
-                    "HTTP/2 frame walker loaded"
-                );
-            }
-            let fd = program
-                .fd()
-                .map_err(|e| format!("{e}"))?
-                .try_clone()
-                .map_err(|e| format!("{e}"))?;
-            let map = self
-                .ebpf
-                .map_mut(map_name::H2_WALKER)
-                .ok_or("map H2_WALKER missing from the object")?;
-            let mut walkers = ProgramArray::try_from(map).map_err(|e| format!("{e}"))?;
-            walkers.set(0, &fd, 0).map_err(|e| format!("{e}"))
-        })()
+        self.load_tail_call(H2_WALKER_PROGRAM, map_name::H2_WALKER)
     }
 
     /// Loads the propagation's `traceparent` scan program into its program array, where the
     /// data programs tail-call it (`tracer_common::traceparent_scan::SCAN_PROGRAM`).
     fn load_prop_scanner(&mut self) -> Result<(), String> {
         use tracer_common::traceparent_scan::{SCAN_PROGRAM, SCANNER_MAP};
+        self.load_tail_call(SCAN_PROGRAM, SCANNER_MAP)
+    }
+
+    /// Loads a program that is never attached, only tail-called, into slot 0 of its program
+    /// array.
+    fn load_tail_call(&mut self, name: &'static str, array: &'static str) -> Result<(), String> {
         let program = self
             .ebpf
-            .program_mut(SCAN_PROGRAM)
+            .program_mut(name)
             .ok_or("program missing from the object")?;
         let program: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
         program.load().map_err(|e| format!("{e}"))?;
         if let Ok(info) = program.info() {
             tracing::debug!(
-                program = SCAN_PROGRAM,
+                program = name,
                 verified_insns = info.verified_instruction_count(),
-                "program loaded"
+                xlated_bytes = info.size_translated(),
+                "tail-called program loaded"
             );
         }
         let fd = program
@@ -904,10 +886,10 @@ impl Probes {
             .map_err(|e| format!("{e}"))?;
         let map = self
             .ebpf
-            .map_mut(SCANNER_MAP)
-            .ok_or("map missing from the object")?;
-        let mut scanners = ProgramArray::try_from(map).map_err(|e| format!("{e}"))?;
-        scanners.set(0, &fd, 0).map_err(|e| format!("{e}"))
+            .map_mut(array)
+            .ok_or_else(|| format!("map {array} missing from the object"))?;
+        let mut programs = ProgramArray::try_from(map).map_err(|e| format!("{e}"))?;
+        programs.set(0, &fd, 0).map_err(|e| format!("{e}"))
     }
 
     /// Reads the kernel counters, summed over CPUs.
