@@ -1,5 +1,6 @@
 //! The OTLP sink: a bounded queue in front of one background task that groups spans into batches
-//! (full batch or schedule delay, whichever first), encodes each batch once as one request (one
+//! (full batch or schedule delay, whichever first; the queue wakes the task only for a full
+//! batch, so handing spans over costs the producer no wake-up of it), encodes each batch once as one request (one
 //! `ResourceSpans` per process resource) and exports it with retries. Everything dropped is
 //! counted in [`ExportStats`].
 
@@ -35,7 +36,10 @@ impl BatchExporter {
     /// The endpoint is not contacted here: an unreachable collector only shows up as retries.
     pub fn start(cfg: &OtlpConfig) -> Result<Self, ExportError> {
         let transport = OtlpTransport::new(cfg)?;
-        let queue = Arc::new(DropOldestQueue::new(cfg.batch.max_queue_size.max(1)));
+        let queue = Arc::new(DropOldestQueue::new(
+            cfg.batch.max_queue_size,
+            cfg.batch.max_export_batch_size,
+        ));
         let queue_rx = Arc::clone(&queue);
         let (shutdown_deadline, deadline_rx) = watch::channel(None);
         let stats = Arc::new(ExportStats::default());
@@ -72,8 +76,8 @@ impl BatchExporter {
         }
     }
 
-    /// Queues a batch of spans with one lock and one wake-up of the worker (`items` is left
-    /// empty for reuse); evictions of the oldest spans are counted as with `submit`.
+    /// Queues a batch of spans with one lock, waking the worker only when a full export batch is
+    /// queued (`items` is left empty for reuse); evictions of the oldest spans are counted as with `submit`.
     pub fn submit_batch(&self, items: &mut Vec<ExportItem>) {
         let n = items.len() as u64;
         match self.queue.push_many(items) {
@@ -125,29 +129,41 @@ struct BatchWorker {
 }
 
 impl BatchWorker {
-    async fn run(mut self, queue_rx: Arc<DropOldestQueue<ExportItem>>) {
+    /// Exports every full batch as soon as it is queued, and what is left each schedule delay
+    /// (counted from the last export); at close, everything.
+    async fn run(mut self, queue: Arc<DropOldestQueue<ExportItem>>) {
         let max_batch = self.batch_cfg.max_export_batch_size.max(1);
-        let mut batch: Vec<ExportItem> = Vec::with_capacity(max_batch);
         let mut flush_at = Instant::now() + self.batch_cfg.schedule_delay;
         loop {
-            let room = max_batch - batch.len();
-            tokio::select! {
-                open = queue_rx.recv_many(&mut batch, room) => {
-                    if !open {
-                        self.export_batch(batch).await;
-                        return;
-                    }
-                    if batch.len() >= max_batch {
-                        self.export_batch(std::mem::take(&mut batch)).await;
-                        flush_at = Instant::now() + self.batch_cfg.schedule_delay;
-                    }
-                },
-                () = tokio::time::sleep_until(flush_at) => {
-                    if !batch.is_empty() {
-                        self.export_batch(std::mem::take(&mut batch)).await;
-                    }
-                    flush_at = Instant::now() + self.batch_cfg.schedule_delay;
+            let flush_due = tokio::select! {
+                () = queue.filled() => false,
+                () = tokio::time::sleep_until(flush_at) => true,
+            };
+            let closed = queue.is_closed();
+            // A due flush takes what was queued when it fell due, not what keeps arriving while
+            // it exports (that waits for a full batch or the next delay).
+            let mut flush_left = if flush_due || closed { queue.len() } else { 0 };
+            loop {
+                let take = if closed || queue.len() >= max_batch {
+                    max_batch
+                } else if flush_left > 0 {
+                    flush_left.min(max_batch)
+                } else {
+                    break;
+                };
+                let mut batch = Vec::with_capacity(take);
+                if queue.take(&mut batch, take) == 0 {
+                    break;
                 }
+                flush_left = flush_left.saturating_sub(batch.len());
+                self.export_batch(batch).await;
+                flush_at = Instant::now() + self.batch_cfg.schedule_delay;
+            }
+            if closed {
+                return;
+            }
+            if flush_due {
+                flush_at = Instant::now() + self.batch_cfg.schedule_delay;
             }
         }
     }

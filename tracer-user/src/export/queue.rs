@@ -1,6 +1,9 @@
 //! The export queue: bounded, never blocks the producer, and when full it evicts its OLDEST span
 //! (counted) to make room. After a collector outage the queue then holds the newest spans, which
 //! are the ones an operator looks for, instead of refusing everything that happens after recovery.
+//! The consumer is woken only once `wake_at` items are queued (a full export batch) or the queue
+//! closes; between those it comes by on its own schedule (the batch delay), so a producer that
+//! hands over a few spans every few milliseconds does not wake it every time.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -13,6 +16,8 @@ use tokio::sync::Notify;
 pub struct DropOldestQueue<T> {
     items: Mutex<VecDeque<T>>,
     capacity: usize,
+    /// Queued items at which a push wakes the consumer.
+    wake_at: usize,
     ready: Notify,
     closed: AtomicBool,
 }
@@ -37,10 +42,14 @@ pub struct PushedMany {
 }
 
 impl<T> DropOldestQueue<T> {
-    pub fn new(capacity: usize) -> Self {
+    /// A queue of at most `capacity` items whose consumer is woken once `wake_at` are queued
+    /// (at most `capacity`, at least 1).
+    pub fn new(capacity: usize, wake_at: usize) -> Self {
+        let capacity = capacity.max(1);
         DropOldestQueue {
             items: Mutex::new(VecDeque::new()),
-            capacity: capacity.max(1),
+            capacity,
+            wake_at: wake_at.clamp(1, capacity),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
         }
@@ -67,8 +76,13 @@ impl<T> DropOldestQueue<T> {
         if self.closed.load(Ordering::Acquire) {
             return Pushed::Closed;
         }
-        let evicted = self.enqueue(&mut self.lock(), item);
-        self.ready.notify_one();
+        let (evicted, queued) = {
+            let mut queue = self.lock();
+            (self.enqueue(&mut queue, item), queue.len())
+        };
+        if queued >= self.wake_at {
+            self.ready.notify_one();
+        }
         if evicted {
             Pushed::EvictedOldest
         } else {
@@ -77,7 +91,7 @@ impl<T> DropOldestQueue<T> {
     }
 
     /// Pushes every item of `items` (leaving it empty, its capacity kept for reuse) under one
-    /// lock and with one wake-up of the consumer. Evictions are counted exactly as `push` would
+    /// lock and with at most one wake-up of the consumer. Evictions are counted exactly as `push` would
     /// count them one by one. Returns how many were queued and how many older items were evicted,
     /// or `None` when the queue is closed (nothing queued; `items` is still emptied).
     pub fn push_many(&self, items: &mut Vec<T>) -> Option<PushedMany> {
@@ -89,7 +103,7 @@ impl<T> DropOldestQueue<T> {
             return None;
         }
         let mut result = PushedMany::default();
-        {
+        let queued = {
             let mut queue = self.lock();
             for item in items.drain(..) {
                 if self.enqueue(&mut queue, item) {
@@ -97,30 +111,41 @@ impl<T> DropOldestQueue<T> {
                 }
                 result.queued += 1;
             }
+            queue.len()
+        };
+        if queued >= self.wake_at {
+            self.ready.notify_one();
         }
-        self.ready.notify_one();
         Some(result)
     }
 
-    /// Moves up to `max` items into `out`, waiting for at least one. Returns `false` once the
-    /// queue is closed and empty.
-    pub async fn recv_many(&self, out: &mut Vec<T>, max: usize) -> bool {
+    /// Waits until `wake_at` items are queued or the queue is closed.
+    pub async fn filled(&self) {
         loop {
-            {
-                let mut items = self.lock();
-                if !items.is_empty() {
-                    let n = items.len().min(max.max(1));
-                    out.extend(items.drain(..n));
-                    return true;
-                }
-                if self.closed.load(Ordering::Acquire) {
-                    return false;
-                }
+            if self.is_closed() || self.len() >= self.wake_at {
+                return;
             }
             // notify_one leaves a permit when nobody waits, so a push between the check above
             // and this await is not lost.
             self.ready.notified().await;
         }
+    }
+
+    /// Items queued now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Moves up to `max` of the oldest items into `out` without waiting; returns how many.
+    pub fn take(&self, out: &mut Vec<T>, max: usize) -> usize {
+        let mut items = self.lock();
+        let n = items.len().min(max);
+        out.extend(items.drain(..n));
+        n
     }
 
     /// No more pushes; the consumer drains what is left and then sees the end.
@@ -136,25 +161,26 @@ mod tests {
 
     #[tokio::test]
     async fn evicts_the_oldest_when_full_and_drains_after_close() {
-        let q = DropOldestQueue::new(3);
+        let q = DropOldestQueue::new(3, 1);
         for i in 0..3 {
             assert_eq!(q.push(i), Pushed::Queued);
         }
         assert_eq!(q.push(3), Pushed::EvictedOldest);
         assert_eq!(q.push(4), Pushed::EvictedOldest);
         let mut out = Vec::new();
-        assert!(q.recv_many(&mut out, 2).await);
+        assert_eq!(q.take(&mut out, 2), 2);
         assert_eq!(out, vec![2, 3], "the newest survive, oldest first");
         q.close();
         assert_eq!(q.push(9), Pushed::Closed);
-        assert!(q.recv_many(&mut out, 10).await);
+        q.filled().await;
+        assert_eq!(q.take(&mut out, 10), 1);
         assert_eq!(out, vec![2, 3, 4]);
-        assert!(!q.recv_many(&mut out, 10).await);
+        assert_eq!(q.take(&mut out, 10), 0);
     }
 
     #[tokio::test]
     async fn push_many_counts_evictions_like_push_and_keeps_the_newest() {
-        let q = DropOldestQueue::new(3);
+        let q = DropOldestQueue::new(3, 1);
         assert_eq!(q.push(0), Pushed::Queued);
         let mut batch = vec![1, 2, 3, 4];
         assert_eq!(
@@ -175,7 +201,7 @@ mod tests {
             })
         );
         let mut out = Vec::new();
-        assert!(q.recv_many(&mut out, 10).await);
+        assert_eq!(q.take(&mut out, 10), 3);
         assert_eq!(out, vec![12, 13, 14]);
         q.close();
         let mut batch = vec![1];
@@ -183,38 +209,57 @@ mod tests {
         assert!(batch.is_empty());
     }
 
-    /// What a consumer already waiting in `recv_many` receives after `push` (None: it never woke).
-    async fn received_by_a_waiting_consumer(
-        push: impl FnOnce(&DropOldestQueue<i32>),
-    ) -> Option<Vec<i32>> {
-        let q = std::sync::Arc::new(DropOldestQueue::new(8));
+    /// Whether a consumer already waiting in `filled` on a queue woken at 3 items wakes after
+    /// `push` (what it then takes), or not within a short wait (None).
+    async fn woken_consumer_takes(push: impl FnOnce(&DropOldestQueue<i32>)) -> Option<Vec<i32>> {
+        let q = std::sync::Arc::new(DropOldestQueue::new(8, 3));
         let consumer = {
             let q = q.clone();
             tokio::spawn(async move {
+                q.filled().await;
                 let mut out = Vec::new();
-                q.recv_many(&mut out, 8).await;
+                q.take(&mut out, 8);
                 out
             })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::task::yield_now().await;
         push(&q);
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), consumer).await;
+        // Time is paused: the timeout fires only once every task is idle, so a woken consumer has
+        // always run by then.
+        let got = tokio::time::timeout(std::time::Duration::from_millis(200), consumer).await;
         got.ok().and_then(|r| r.ok())
     }
 
-    #[tokio::test]
-    async fn a_waiting_consumer_wakes_on_push_many() {
-        let got = received_by_a_waiting_consumer(|q| {
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_consumer_wakes_once_a_push_many_fills_the_wake_mark() {
+        let got = woken_consumer_takes(|q| {
+            q.push_many(&mut vec![7, 8, 9]);
+        })
+        .await;
+        assert_eq!(got, Some(vec![7, 8, 9]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_consumer_wakes_once_pushes_fill_the_wake_mark() {
+        let got = woken_consumer_takes(|q| {
+            q.push(7);
+            q.push(8);
+            q.push(9);
+        })
+        .await;
+        assert_eq!(got, Some(vec![7, 8, 9]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_consumer_sleeps_below_the_wake_mark_and_wakes_at_close() {
+        let got = woken_consumer_takes(|q| {
             q.push_many(&mut vec![7, 8]);
         })
         .await;
-        assert_eq!(got, Some(vec![7, 8]));
-    }
-
-    #[tokio::test]
-    async fn a_waiting_consumer_wakes_on_push() {
-        let got = received_by_a_waiting_consumer(|q| {
+        assert_eq!(got, None, "two of three items must not wake the consumer");
+        let got = woken_consumer_takes(|q| {
             q.push(7);
+            q.close();
         })
         .await;
         assert_eq!(got, Some(vec![7]));
