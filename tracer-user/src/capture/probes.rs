@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::TracePoint,
 };
 use tracer_common::{
@@ -75,6 +75,12 @@ pub enum ProbeError {
     },
     #[error("the HTTP/2 frame walker ({H2_WALKER_PROGRAM}) could not be loaded: {0}")]
     H2Walker(String),
+    #[error("eBPF map {name}: {source}")]
+    Ring {
+        name: &'static str,
+        #[source]
+        source: crate::capture::ring::RingError,
+    },
 }
 
 /// Options that shape what the kernel side captures.
@@ -838,14 +844,14 @@ impl Probes {
     }
 
     /// Takes the ring buffer for the reader task.
-    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+    pub fn take_ring_buffer(&mut self) -> Result<crate::capture::ring::RingReader, ProbeError> {
         let map = self
             .ebpf
             .take_map(map_name::EVENTS)
             .ok_or(ProbeError::MissingMap(map_name::EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+        crate::capture::ring::RingReader::new(map).map_err(|source| ProbeError::Ring {
             name: map_name::EVENTS,
-            source: Box::new(source),
+            source,
         })
     }
 
