@@ -8,6 +8,13 @@
 //! allocating thread grew its own arena. Fixed thresholds keep large buffers in their own
 //! mappings (returned when freed) and let the heap shrink; two arenas serve the agent's few
 //! allocating threads.
+//!
+//! Where the resident set goes (docs/ARCHITECTURE.md, "Resident memory", has the table): the ring
+//! buffer's data pages (`--ring-buffer-mib`, mapped once by `capture::ring`), the binary's code
+//! that runs (dropped once after start-up by [`release_start_up_code`]), shared libraries, and
+//! the heap: mostly the event thread's arena (the reorder window's records, spans being built).
+//! Start-up has its own peak: aya parses the kernel's BTF when its loader is made, which is
+//! therefore done first thing in `main` (`capture::probes::make_loader_early`).
 
 /// Allocations from this size up get their own mapping, unmapped when freed (glibc's initial
 /// default, fixed: a fixed value turns off the dynamic threshold).
