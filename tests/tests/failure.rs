@@ -777,6 +777,18 @@ fn burst_body_size(status: u16) -> usize {
     }
 }
 
+/// Bytes of BPF maps (the ring buffer) mapped into process `pid`, from its /proc maps.
+fn bpf_map_mapped_bytes(pid: u32) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("the agent's maps");
+    maps.lines()
+        .filter(|l| l.ends_with("anon_inode:bpf-map"))
+        .filter_map(|l| {
+            let (lo, hi) = l.split_whitespace().next()?.split_once('-')?;
+            Some(u64::from_str_radix(hi, 16).ok()? - u64::from_str_radix(lo, 16).ok()?)
+        })
+        .sum()
+}
+
 /// The status a request target asks for (`/status/NNN...`).
 fn status_of_target(target: &str) -> Option<u16> {
     let rest = target.strip_prefix("/status/")?;
@@ -796,6 +808,16 @@ fn burst_beyond_the_ring_buffer_counts_drops_and_never_mixes_exchanges() {
             .arg("--ring-buffer-mib")
             .arg("1"),
         Some(&receiver),
+    );
+    // The ring's data pages are mapped once (records that wrap are copied out), not twice:
+    // the consumer page, the producer page and 1 MiB of data.
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let ring_mapped = bpf_map_mapped_bytes(agent.pid());
+    assert_eq!(
+        ring_mapped,
+        (1 << 20) + 2 * page,
+        "bytes of BPF maps mapped into the agent"
     );
     let server = LoadServer::start(port, CLIENT_THREADS + 8, true);
 

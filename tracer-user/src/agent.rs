@@ -27,7 +27,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::capture::decode::{DecodedRecord, KernelEvent, decode};
@@ -369,7 +368,7 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
     }
     pipeline = pipeline.with_pods(pods);
     pipeline = pipeline.with_service_graph(red.as_ref().map(|r| Arc::clone(r.service_graph())));
-    let ring: RingBuf<MapData> = probes.take_ring_buffer()?;
+    let ring = probes.take_ring_buffer()?;
     let window = ReorderWindow::new(args.reorder_window_ms * 1_000_000, REORDER_MAX_RECORDS)
         .with_max_bytes(REORDER_MAX_BYTES)
         .with_max_wait(args.client_wait_ms * 1_000_000);
@@ -382,6 +381,8 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
         }
         Until::Signal => None,
     };
+    // Start-up code is done: only what runs from now on stays resident.
+    crate::memory::release_start_up_code();
     eprintln!(
         "tracer: probes attached; {}",
         match &sink_cfg {
@@ -557,7 +558,7 @@ pub static EVENT_LOOP_WAKEUPS: AtomicU64 = AtomicU64::new(0);
 
 /// What the event thread owns.
 struct EventLoop {
-    ring: RingBuf<MapData>,
+    ring: crate::capture::ring::RingReader,
     window: ReorderWindow<DecodedRecord>,
     pipeline: Pipeline,
     probes: Probes,
@@ -837,7 +838,7 @@ fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// how many were read. Spans built on the way collect in `out`, handed over every
 /// `SPANS_PER_BATCH`.
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut crate::capture::ring::RingReader,
     window: &mut ReorderWindow<DecodedRecord>,
     pipeline: &mut Pipeline,
     sink: &Handover,

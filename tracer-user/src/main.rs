@@ -10,6 +10,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     tracer::memory::tune_allocator();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Agent(_) | Command::Run(_)) {
+        tracer::capture::probes::make_loader_early();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TRACER_LOG")

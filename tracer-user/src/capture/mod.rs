@@ -13,4 +13,5 @@ pub mod probes;
 pub mod procnet;
 pub mod propagation;
 pub mod reorder;
+pub mod ring;
 pub mod tls;

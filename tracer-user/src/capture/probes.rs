@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::TracePoint,
 };
 use tracer_common::{
@@ -75,6 +75,12 @@ pub enum ProbeError {
     },
     #[error("the HTTP/2 frame walker ({H2_WALKER_PROGRAM}) could not be loaded: {0}")]
     H2Walker(String),
+    #[error("eBPF map {name}: {source}")]
+    Ring {
+        name: &'static str,
+        #[source]
+        source: crate::capture::ring::RingError,
+    },
 }
 
 /// Options that shape what the kernel side captures.
@@ -370,6 +376,35 @@ fn check_privileges() -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// A loader made ahead of time by [`make_loader_early`].
+static EARLY_LOADER: std::sync::Mutex<Option<EbpfLoader<'static>>> = std::sync::Mutex::new(None);
+
+/// Makes the eBPF loader now, first thing in `main`. aya's `EbpfLoader::new` parses the kernel's
+/// whole BTF (about 19 MB of heap for a moment on a 6.x kernel), which this agent drops unused:
+/// the object has no CO-RE relocations (field offsets come from `kernel_btf`). Made while little
+/// else is resident, that moment no longer stacks on the code and heap of the rest of start-up,
+/// where it set the agent's peak RSS.
+pub fn make_loader_early() {
+    let loader = new_loader();
+    *EARLY_LOADER.lock().unwrap_or_else(|p| p.into_inner()) = Some(loader);
+}
+
+/// The loader made early, or a new one (a second load, or no early one).
+fn take_loader() -> EbpfLoader<'static> {
+    EARLY_LOADER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_else(new_loader)
+}
+
+/// A loader without the kernel's BTF (dropped at once: nothing here relocates against it).
+fn new_loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
+}
+
 impl Probes {
     /// Loads the programs, writes the configuration and filters, and attaches every tracepoint.
     ///
@@ -434,12 +469,8 @@ impl Probes {
                 }
             };
         let propagation_global = u8::from(propagation);
-        let mut loader = EbpfLoader::new();
+        let mut loader = take_loader();
         loader
-            // The object has no CO-RE relocations (field offsets come from `kernel_btf`), so the
-            // kernel's BTF, which `new` parses (about 12 MB of heap), is dropped before the
-            // object is parsed rather than held through the load, where it set the agent's peak.
-            .btf(None)
             .map_max_entries(map_name::EVENTS, opts.ring_buffer_bytes)
             .override_global("EVENTS_RING_BYTES", &ring_bytes_global, true)
             .override_global("H2_WALK", &h2_walk_global, true)
@@ -838,14 +869,14 @@ impl Probes {
     }
 
     /// Takes the ring buffer for the reader task.
-    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+    pub fn take_ring_buffer(&mut self) -> Result<crate::capture::ring::RingReader, ProbeError> {
         let map = self
             .ebpf
             .take_map(map_name::EVENTS)
             .ok_or(ProbeError::MissingMap(map_name::EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+        crate::capture::ring::RingReader::new(map).map_err(|source| ProbeError::Ring {
             name: map_name::EVENTS,
-            source: Box::new(source),
+            source,
         })
     }
 

@@ -12,7 +12,8 @@ pub struct ProcSample {
     /// utime + stime of all its threads, in seconds.
     pub cpu_seconds: f64,
     /// `VmHWM`: the peak resident set so far, in KiB. It counts mapped file pages too: the
-    /// binary's code and the mmapped BPF ring buffer (whose data pages are mapped twice).
+    /// binary's code and the mmapped BPF ring buffer (its data pages once, or twice for agents
+    /// that read it through aya's RingBuf).
     pub peak_rss_kib: u64,
     /// `RssAnon`: anonymous (heap and stack) resident memory now, in KiB.
     pub anon_rss_kib: u64,

@@ -734,7 +734,8 @@ fn completeness(md: &mut String, r: &Results<'_>) {
         the server answered when wrk stops). SERVER (CLIENT) completeness = SERVER (CLIENT) spans of the \
         server's port received / requests; CLIENT spans are expected host-wide only. CPU-s per 10k: all rounds' \
         agent CPU over all rounds' requests, with the per-round (min–max). Peak RSS is VmHWM, which counts mapped \
-        file pages too: the binary's code and the BPF ring buffer (whose data pages are mapped twice); anon RSS \
+        file pages too: the binary's code and the BPF ring buffer (its data pages once; agents that read the ring \
+        through aya's RingBuf map them twice, which doubles the ring's share of RSS but not of memory); anon RSS \
         is the heap and stacks at the end of the round.\n"
     );
     let _ = writeln!(
