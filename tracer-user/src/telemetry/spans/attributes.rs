@@ -9,7 +9,7 @@ use crate::telemetry::redact;
 
 use super::url::{
     HostPort, RequestTarget, bounded, bounded_lossy, canonical_ip, client_url_full, host_header,
-    url_scheme,
+    url_scheme, with_host_header,
 };
 use super::{MAX_SHORT_ATTR_LEN, MAX_URL_LEN, MAX_USER_AGENT_LEN};
 use crate::telemetry::semconv;
@@ -52,7 +52,10 @@ pub(super) fn server_attributes(
             bounded(&redact::query(query), MAX_URL_LEN),
         ));
     }
-    let (host, port) = target_or_header_host(&target, host_header(request).host);
+    let (host, port) = target_or_header_host(
+        &target,
+        with_host_header(request, |header| header.host.clone()),
+    );
     if let Some(host) = host {
         out.push(Attribute::str(semconv::SERVER_ADDRESS, host));
     }

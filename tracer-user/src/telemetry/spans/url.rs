@@ -304,26 +304,33 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), None)) };
 }
 
-/// [`HostHeader`] of `request`. The last value read on this thread is kept with the header's
-/// bytes, so requests that name the same host as the one before (nearly all of them: a client
-/// and a server each talk to few hosts) reuse it without trimming, parsing or interning again.
+/// [`HostHeader`] of `request`.
 pub(super) fn host_header(request: &HttpRequest) -> HostHeader {
+    with_host_header(request, HostHeader::clone)
+}
+
+/// `f` of the [`HostHeader`] of `request`, without copying what `f` does not take. The last
+/// value read on this thread is kept with the header's bytes, so requests that name the same
+/// host as the one before (nearly all of them: a client and a server each talk to few hosts)
+/// reuse it without trimming, parsing or interning again.
+pub(super) fn with_host_header<R>(request: &HttpRequest, f: impl FnOnce(&HostHeader) -> R) -> R {
     let Some(value) = host_header_value(request) else {
-        return HostHeader::default();
+        return f(&HostHeader::default());
     };
     LAST_HOST.with_borrow_mut(|(key, last)| {
         if let Some(last) = last
             && key.as_slice() == value
         {
-            return last.clone();
+            return f(last);
         }
         let read = HostHeader::of_value(value);
+        let out = f(&read);
         if value.len() <= MAX_HOST_MEMO_LEN {
             key.clear();
             key.extend_from_slice(value);
-            *last = Some(read.clone());
+            *last = Some(read);
         }
-        read
+        out
     })
 }
 
@@ -350,7 +357,12 @@ pub(super) fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// Lossy UTF-8 of at most `max` bytes (interned).
 pub(super) fn bounded_lossy(bytes: &[u8], max: usize) -> Text {
     let head = bytes.get(..max).unwrap_or(bytes);
-    bounded(&String::from_utf8_lossy(head), max)
+    // The usual value is UTF-8 (nearly always ASCII): checked without the lossy walk, which
+    // gives the same text for it.
+    match std::str::from_utf8(head) {
+        Ok(text) => bounded(text, max),
+        Err(_) => bounded(&String::from_utf8_lossy(head), max),
+    }
 }
 
 /// At most `max` bytes, cut on a character boundary (interned: a value seen before is shared).
