@@ -243,6 +243,95 @@ pub struct Header {
     pub value: bytes::Bytes,
 }
 
+/// UTF-8 text held in shared bytes: a zero-copy slice of a buffer the text was read from (an
+/// HTTP/1 request target is a slice of its head's value arena) or a copy. Derefs to `&str`;
+/// equality and ordering are the string's. A slice keeps its whole buffer alive: hold one only as
+/// long as the message it came from.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharedStr(bytes::Bytes);
+
+impl SharedStr {
+    /// `bytes` as text, if they are UTF-8.
+    pub fn from_utf8(bytes: bytes::Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(SharedStr(bytes))
+    }
+
+    /// `bytes` as text, unchecked.
+    ///
+    /// # Safety
+    /// `bytes` must be UTF-8 (e.g. a copy of a `str`).
+    pub unsafe fn from_utf8_unchecked(bytes: bytes::Bytes) -> Self {
+        SharedStr(bytes)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks or is given UTF-8 (`from_utf8`, `&str`, `String`, the
+        // caller of `from_utf8_unchecked`), and the bytes of a `Bytes` never change.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// Heap bytes this value holds on its own (a slice counts its length).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for SharedStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        SharedStr(bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        SharedStr(bytes::Bytes::from(s))
+    }
+}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for SharedStr {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// The methods the HTTP semantic conventions know by name (case-sensitive).
 pub const HTTP_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -262,7 +351,7 @@ pub struct HttpRequest {
     /// Known methods are static (see [`method_text`]).
     pub method: Text,
     /// The request target as sent (origin-form path?query, absolute-form, or `*`).
-    pub target: String,
+    pub target: SharedStr,
     pub version: HttpVersion,
     /// Headers in arrival order, bounded in count and size by the framer.
     pub headers: Vec<Header>,
@@ -331,6 +420,13 @@ pub enum AttrValue {
     Bool(bool),
 }
 
+/// The attributes of one span: the usual count inline (an HTTP span has 10 to 14), spilling to
+/// the heap only past it, so building a span allocates no list.
+pub type Attributes = smallvec::SmallVec<[Attribute; INLINE_ATTRIBUTES]>;
+
+/// Attributes of one span kept without a heap allocation.
+pub const INLINE_ATTRIBUTES: usize = 16;
+
 /// A key/value attribute.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attribute {
@@ -382,7 +478,7 @@ pub struct SpanRecord {
     /// Wall-clock Unix-epoch nanoseconds.
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
-    pub attributes: Vec<Attribute>,
+    pub attributes: Attributes,
     pub status: SpanStatus,
     /// The traced process; its resource travels beside the span.
     pub pid: u32,

@@ -964,7 +964,7 @@ mod tests {
         use crate::model::{Header, HttpRequest, HttpVersion, Text};
         let request = |path: &str, agent: &str| HttpRequest {
             method: "POST".into(),
-            target: path.to_owned(),
+            target: path.to_owned().into(),
             version: HttpVersion::Http2,
             headers: vec![
                 Header {

@@ -207,7 +207,7 @@ mod tests {
     fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> HttpRequest {
         HttpRequest {
             method: crate::model::method_text(method),
-            target: target.to_owned(),
+            target: target.to_owned().into(),
             version: HttpVersion::Http11,
             headers: headers
                 .iter()

@@ -159,7 +159,7 @@ mod tests {
             kind: SpanKind::Server,
             start_unix_ns: 1_700_000_000_000_000_000,
             end_unix_ns: 1_700_000_000_250_000_000,
-            attributes: vec![
+            attributes: smallvec::smallvec![
                 Attribute::str("url.path", "/a"),
                 Attribute::int("http.response.status_code", 503),
                 Attribute {

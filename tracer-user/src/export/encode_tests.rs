@@ -220,7 +220,7 @@ fn the_fields_the_receiver_sees() {
         kind: SpanKind::Server,
         start_unix_ns: 1_700_000_000_000_000_000,
         end_unix_ns: 1_700_000_000_250_000_000,
-        attributes: vec![
+        attributes: smallvec::smallvec![
             Attribute::int("http.response.status_code", 503),
             Attribute {
                 key: "x.flag",
@@ -363,7 +363,7 @@ fn json_follows_the_otlp_json_rules() {
     span.kind = SpanKind::Server;
     span.start_unix_ns = 1_700_000_000_000_000_001;
     span.end_unix_ns = 1_700_000_000_000_000_002;
-    span.attributes = vec![Attribute::int("http.response.status_code", 503)];
+    span.attributes = smallvec::smallvec![Attribute::int("http.response.status_code", 503)];
     span.status = SpanStatus::Error {
         description: "boom".into(),
     };
@@ -455,7 +455,7 @@ fn every_attribute_kind_decodes_to_its_value() {
         kind: SpanKind::Client,
         start_unix_ns: 1,
         end_unix_ns: 2,
-        attributes,
+        attributes: attributes.into(),
         status: SpanStatus::Unset,
         pid: 3,
     };

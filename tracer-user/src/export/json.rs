@@ -191,7 +191,7 @@ mod tests {
                 },
                 start_unix_ns: 1_000,
                 end_unix_ns: 3_500,
-                attributes: vec![
+                attributes: smallvec::smallvec![
                     Attribute::str("url.path", "/orders"),
                     Attribute::int("http.response.status_code", 500),
                     Attribute {

@@ -695,7 +695,7 @@ mod tests {
             kind: SpanKind::Server,
             start_unix_ns: 10,
             end_unix_ns: 10 + millis * 1_000_000,
-            attributes: vec![
+            attributes: smallvec::smallvec![
                 Attribute::str("http.request.method", "GET"),
                 Attribute::int("http.response.status_code", status),
             ],

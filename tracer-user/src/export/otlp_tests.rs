@@ -78,7 +78,7 @@ fn record(
         kind,
         start_unix_ns: start,
         end_unix_ns: start + 2_500_000,
-        attributes: vec![
+        attributes: smallvec::smallvec![
             Attribute::str("http.request.method", "GET"),
             Attribute::str("url.path", format!("/item/{span_byte}")),
             Attribute::int("http.response.status_code", 200),

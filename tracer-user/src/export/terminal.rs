@@ -450,7 +450,7 @@ mod tests {
                     kind: self.kind,
                     start_unix_ns: start,
                     end_unix_ns: start + self.dur_us * 1000,
-                    attributes: self.attrs,
+                    attributes: self.attrs.into(),
                     status: SpanStatus::Unset,
                     pid: 1,
                 },

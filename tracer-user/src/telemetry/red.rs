@@ -819,7 +819,7 @@ mod tests {
             kind,
             start_unix_ns: 1_000_000_000,
             end_unix_ns: 1_000_000_000 + millis * 1_000_000,
-            attributes: attrs,
+            attributes: attrs.into(),
             status: SpanStatus::Unset,
             pid: 1,
         }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use crate::intern;
-use crate::model::{Attribute, Exchange, ExchangeOutcome, Role, SpanStatus, Text};
+use crate::model::{Attribute, Attributes, Exchange, ExchangeOutcome, Role, SpanStatus, Text};
 use crate::protocols::http2::exchange::GRPC_STATUS;
 use crate::protocols::propagation::trim_ows;
 use crate::telemetry::spans::{
@@ -95,7 +95,7 @@ pub fn status_name(code: u32) -> &'static str {
 pub fn grpc_attributes(
     input: &SpanInput<'_>,
     dup: bool,
-    out: &mut Vec<Attribute>,
+    out: &mut Attributes,
 ) -> (Text, SpanStatus) {
     let exchange = input.exchange;
     let request = &exchange.request;
@@ -177,7 +177,7 @@ fn no_status_class(exchange: &Exchange) -> Text {
 
 /// `server.address`/`server.port`: the `:authority` (Host), else on a SERVER span the local
 /// port, on a CLIENT span the peer.
-fn server_endpoint(input: &SpanInput<'_>, out: &mut Vec<Attribute>) {
+fn server_endpoint(input: &SpanInput<'_>, out: &mut Attributes) {
     let request = &input.exchange.request;
     let authority = host_header_authority(request);
     let host = authority.as_deref().and_then(HostPort::parse);

@@ -16,7 +16,7 @@ fn h2_request(path: &str, content_type: &str, extra: &[(&str, &str)]) -> HttpReq
     headers.extend_from_slice(extra);
     HttpRequest {
         method: "POST".into(),
-        target: path.to_owned(),
+        target: path.to_owned().into(),
         version: HttpVersion::Http2,
         headers: headers
             .iter()
@@ -283,7 +283,7 @@ fn rpc_dup_adds_the_experimental_keys() {
         role: Role::Client,
         clock: &clock,
     };
-    let mut attributes = Vec::new();
+    let mut attributes = crate::model::Attributes::new();
     let (name, _) = grpc_attributes(&input, true, &mut attributes);
     assert_eq!(name, "helloworld.Greeter/SayHello");
     let get = |key: &str| attributes.iter().find(|a| a.key == key).map(|a| &a.value);

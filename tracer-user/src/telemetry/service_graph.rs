@@ -789,7 +789,7 @@ mod tests {
             kind,
             start_unix_ns: 1_000_000_000,
             end_unix_ns: 1_000_000_000 + millis * 1_000_000,
-            attributes,
+            attributes: attributes.into(),
             status: SpanStatus::Unset,
             pid: 1,
         }

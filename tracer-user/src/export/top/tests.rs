@@ -67,7 +67,7 @@ fn item(res: &Arc<ProcessResource>, s: SpanSpec) -> ExportItem {
             kind: s.kind,
             start_unix_ns: NOW - s.millis * 1_000_000,
             end_unix_ns: NOW,
-            attributes,
+            attributes: attributes.into(),
             status: if error {
                 SpanStatus::Error {
                     description: String::new(),
@@ -164,7 +164,7 @@ fn grpc_rows_are_keyed_by_rpc_method() {
     let top = Top::new(TopLimits::default());
     let svc = resource(1, "greeter");
     let mut it = item(&svc, server("/ignored", 200, 3, 1, 1));
-    it.span.attributes = vec![
+    it.span.attributes = smallvec::smallvec![
         Attribute::str(semconv::RPC_SYSTEM_NAME, "grpc"),
         Attribute::str(semconv::RPC_METHOD, "helloworld.Greeter/SayHello"),
     ];

@@ -34,7 +34,7 @@ struct PendingExchange {
 /// Heap bytes a parsed request holds (for the agent's byte budget).
 fn request_bytes(request: &HttpRequest) -> usize {
     request.method.heap_bytes()
-        + request.target.capacity()
+        + request.target.heap_bytes()
         + request
             .headers
             .iter()

@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
 
-use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion, Text, method_text};
+use crate::model::{Header, HttpRequest, HttpResponse, HttpVersion, SharedStr, Text, method_text};
 
 use super::HttpLimits;
 use super::framing::FramingHeaders;
@@ -138,11 +138,11 @@ fn parse_with<'b>(
             else {
                 return Err(HeadError::MissingStartLine);
             };
-            let (headers, framing) =
-                convert_headers(request.headers, limits.max_headers, limits, values);
+            let (headers, framing, target) =
+                convert_headers(request.headers, limits.max_headers, limits, values, target);
             let head = HttpRequest {
                 method: method_text(method),
-                target: target.to_owned(),
+                target,
                 version: version(minor)?,
                 headers,
                 body_len: 0,
@@ -163,7 +163,7 @@ fn parse_with<'b>(
                 return Err(HeadError::MissingStartLine);
             };
             let kept = limits.max_headers.min(limits.max_response_headers);
-            let (headers, framing) = convert_headers(response.headers, kept, limits, values);
+            let (headers, framing, _) = convert_headers(response.headers, kept, limits, values, "");
             let head = HttpResponse {
                 version: version(minor)?,
                 status,
@@ -188,26 +188,28 @@ fn version(minor: u8) -> Result<HttpVersion, HeadError> {
 }
 
 /// Keeps up to `keep` headers (values cut to `max_header_value_bytes`) and reads the framing
-/// facts from all of them. The kept values are copied once, into the `values` arena that every
-/// value slices; common names are static (see [`header_name`]).
+/// facts from all of them. The kept values (and a request's `target`) are copied once, into the
+/// `values` arena that every value and the returned target slice; common names are static (see
+/// [`header_name`]).
 fn convert_headers<'b>(
     parsed: &[httparse::Header<'b>],
     keep: usize,
     limits: &HttpLimits,
     values: &mut BytesMut,
-) -> (Vec<Header>, FramingHeaders) {
+    target: &str,
+) -> (Vec<Header>, FramingHeaders, SharedStr) {
     let mut framing = FramingHeaders::default();
     let kept = &parsed[..parsed.len().min(keep)];
     for header in parsed {
         framing.observe(header.name, header.value);
     }
-    if kept.is_empty() {
-        return (Vec::new(), framing);
+    if kept.is_empty() && target.is_empty() {
+        return (Vec::new(), framing, SharedStr::default());
     }
     // Each kept value is found once (a Host value is searched for userinfo): the first
     // `KEPT_SLOTS` on the stack, any further ones again when they are copied.
     let mut slots: [&'b [u8]; KEPT_SLOTS] = [&[]; KEPT_SLOTS];
-    let mut total = 0;
+    let mut total = target.len();
     for (i, header) in kept.iter().enumerate() {
         let value = kept_value(header, limits);
         if let Some(slot) = slots.get_mut(i) {
@@ -231,12 +233,15 @@ fn convert_headers<'b>(
     arena.clear();
     // Reclaims the arena's space when no earlier message still holds a slice of it.
     arena.reserve(total.max(MIN_ARENA_BYTES));
+    arena.extend_from_slice(target.as_bytes());
     for (i, header) in kept.iter().enumerate() {
         arena.extend_from_slice(value_of(i, header));
     }
     let values = arena.split().freeze();
+    // SAFETY: the arena's first bytes are a copy of the `str` `target`.
+    let target = unsafe { SharedStr::from_utf8_unchecked(values.slice(..target.len())) };
     let mut headers = Vec::with_capacity(kept.len());
-    let mut at = 0;
+    let mut at = target.len();
     for (i, header) in kept.iter().enumerate() {
         let len = value_of(i, header).len();
         headers.push(Header {
@@ -245,7 +250,7 @@ fn convert_headers<'b>(
         });
         at += len;
     }
-    (headers, framing)
+    (headers, framing, target)
 }
 
 /// Kept header values of one head remembered on the stack while they are copied.
@@ -384,6 +389,28 @@ mod tests {
             }
         );
         assert_eq!(framing.content_length, ContentLength::Valid(12));
+    }
+
+    /// The target and the kept header values of a request are slices of one arena (no copy of
+    /// their own).
+    #[test]
+    fn target_and_values_share_the_arena() {
+        let bytes = b"GET /items?id=7 HTTP/1.1\r\nHost: api.test\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n";
+        let mut arena = BytesMut::new();
+        let limits = HttpLimits::default();
+        for _ in 0..3 {
+            let Ok(HeadParse::Complete {
+                head: ParsedHead::Request(request, _),
+                ..
+            }) = parse_head_into(bytes, MessageKind::Request, &limits, &mut arena)
+            else {
+                panic!("not a complete request");
+            };
+            assert_eq!(request.target, "/items?id=7");
+            let target_end = request.target.as_ptr() as usize + request.target.len();
+            assert_eq!(request.headers[0].value.as_ptr() as usize, target_end);
+            assert_eq!(request.headers[2].value, &b"*/*"[..]);
+        }
     }
 
     #[test]

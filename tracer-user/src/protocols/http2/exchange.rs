@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::events::{H2Direction, H2Event, H2Limits, H2WireStats};
 use crate::model::{
     Direction, Exchange, ExchangeOutcome, Header, HttpRequest, HttpResponse, HttpVersion, Role,
-    Text, method_text,
+    SharedStr, Text, method_text,
 };
 use crate::protocols::http1::RequestStart;
 
@@ -714,7 +714,7 @@ impl Http2Connection {
 /// Heap bytes a request holds.
 fn request_bytes(request: &HttpRequest) -> usize {
     request.method.heap_bytes()
-        + request.target.capacity()
+        + request.target.heap_bytes()
         + request
             .headers
             .iter()
@@ -782,9 +782,14 @@ fn request_from(fields: Vec<Header>, limits: &Http2Limits) -> Option<HttpRequest
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_graphic()) {
         return None;
     }
+    // A copy: the decoded field may share a larger buffer.
+    let lossy = |bytes: Bytes| match std::str::from_utf8(&bytes) {
+        Ok(text) => SharedStr::from(text),
+        Err(_) => String::from_utf8_lossy(&bytes).into_owned().into(),
+    };
     let target = match path {
-        Some(path) if !path.is_empty() => String::from_utf8_lossy(&path).into_owned(),
-        _ if method == "CONNECT" => String::from_utf8_lossy(&authority?).into_owned(),
+        Some(path) if !path.is_empty() => lossy(path),
+        _ if method == "CONNECT" => lossy(authority?),
         _ => return None,
     };
     Some(HttpRequest {

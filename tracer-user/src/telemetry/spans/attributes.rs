@@ -4,19 +4,19 @@
 use std::net::SocketAddr;
 
 use crate::intern;
-use crate::model::{Attribute, HTTP_METHODS, Header, HttpRequest, Text};
+use crate::model::{Attribute, Attributes, HTTP_METHODS, Header, HttpRequest, Text};
 use crate::telemetry::redact;
 
 use super::url::{
-    HostPort, RequestTarget, bounded, bounded_lossy, canonical_ip, client_url_full,
-    host_header_authority, url_scheme,
+    HostPort, RequestTarget, bounded, bounded_lossy, canonical_ip, client_url_full, host_header,
+    url_scheme, with_host_header,
 };
 use super::{MAX_SHORT_ATTR_LEN, MAX_URL_LEN, MAX_USER_AGENT_LEN};
 use crate::telemetry::semconv;
 
 /// Push `http.request.method` (and the original when unknown); return the span name. Methods
 /// the conventions know by name (case-sensitive) are static; anything else is `_OTHER`.
-pub(super) fn method_attributes(method: &str, attributes: &mut Vec<Attribute>) -> Text {
+pub(super) fn method_attributes(method: &str, attributes: &mut Attributes) -> Text {
     if let Some(known) = HTTP_METHODS.iter().find(|known| **known == method) {
         attributes.push(Attribute::str(semconv::HTTP_REQUEST_METHOD, *known));
         Text::Static(known)
@@ -33,7 +33,7 @@ pub(super) fn method_attributes(method: &str, attributes: &mut Vec<Attribute>) -
 pub(super) fn server_attributes(
     request: &HttpRequest,
     conn: &crate::model::ConnMeta,
-    out: &mut Vec<Attribute>,
+    out: &mut Attributes,
 ) {
     let target = RequestTarget::parse(&request.method, &request.target);
     out.push(Attribute::str(
@@ -52,21 +52,14 @@ pub(super) fn server_attributes(
             bounded(&redact::query(query), MAX_URL_LEN),
         ));
     }
-    let host_authority = host_header_authority(request);
-    let host = target
-        .authority()
-        .and_then(HostPort::parse)
-        .or_else(|| host_authority.as_deref().and_then(HostPort::parse));
-    if let Some(host) = &host {
-        out.push(Attribute::str(
-            semconv::SERVER_ADDRESS,
-            intern::text(host.host),
-        ));
+    let (host, port) = target_or_header_host(
+        &target,
+        with_host_header(request, |header| header.host.clone()),
+    );
+    if let Some(host) = host {
+        out.push(Attribute::str(semconv::SERVER_ADDRESS, host));
     }
-    let port = host
-        .as_ref()
-        .and_then(|h| h.port)
-        .or_else(|| conn.local.map(|a| a.port()));
+    let port = port.or_else(|| conn.local.map(|a| a.port()));
     if let Some(port) = port {
         out.push(Attribute::int(semconv::SERVER_PORT, i64::from(port)));
     }
@@ -96,33 +89,24 @@ pub(super) fn server_attributes(
 pub(super) fn client_attributes(
     request: &HttpRequest,
     conn: &crate::model::ConnMeta,
-    out: &mut Vec<Attribute>,
+    out: &mut Attributes,
 ) {
     let target = RequestTarget::parse(&request.method, &request.target);
-    let host_authority = host_header_authority(request);
-    let host = target
-        .authority()
-        .and_then(HostPort::parse)
-        .or_else(|| host_authority.as_deref().and_then(HostPort::parse));
+    let host_header = host_header(request);
+    let (host, host_port) = target_or_header_host(&target, host_header.host);
+    let host_authority = host_header.authority;
     let peer = conn
         .peer
         .map(|a| SocketAddr::new(canonical_ip(a.ip()), a.port()));
-    match (&host, peer) {
-        (Some(host), _) => out.push(Attribute::str(
-            semconv::SERVER_ADDRESS,
-            intern::text(host.host),
-        )),
+    match (host, peer) {
+        (Some(host), _) => out.push(Attribute::str(semconv::SERVER_ADDRESS, host)),
         (None, Some(peer)) => out.push(Attribute::str(
             semconv::SERVER_ADDRESS,
             intern::ip(peer.ip()),
         )),
         (None, None) => {}
     }
-    if let Some(port) = host
-        .as_ref()
-        .and_then(|h| h.port)
-        .or(peer.map(|p| p.port()))
-    {
+    if let Some(port) = host_port.or(peer.map(|p| p.port())) {
         out.push(Attribute::int(semconv::SERVER_PORT, i64::from(port)));
     }
     if let Some(url) = client_url_full(&target, request, host_authority.as_deref(), peer, conn) {
@@ -139,7 +123,19 @@ pub(super) fn client_attributes(
     ));
 }
 
-pub(crate) fn peer_attributes(conn: &crate::model::ConnMeta, out: &mut Vec<Attribute>) {
+/// The host (interned) and port a request names: its target's authority (absolute form or
+/// CONNECT), else its Host header's (`header`, see [`host_header`]). No port without a host.
+fn target_or_header_host(
+    target: &RequestTarget<'_>,
+    header: Option<(Text, Option<u16>)>,
+) -> (Option<Text>, Option<u16>) {
+    match target.authority().and_then(HostPort::parse) {
+        Some(host) => (Some(intern::text(host.host)), host.port),
+        None => header.map_or((None, None), |(host, port)| (Some(host), port)),
+    }
+}
+
+pub(crate) fn peer_attributes(conn: &crate::model::ConnMeta, out: &mut Attributes) {
     if let Some(peer) = conn.peer {
         out.push(Attribute::str(
             semconv::NETWORK_PEER_ADDRESS,

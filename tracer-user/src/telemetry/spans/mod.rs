@@ -11,7 +11,9 @@ mod clock;
 mod status;
 mod url;
 
-use crate::model::{Attribute, Exchange, Role, SpanKind, SpanRecord};
+use crate::model::{
+    Attribute, Attributes, Exchange, INLINE_ATTRIBUTES, Role, SpanKind, SpanRecord,
+};
 use crate::telemetry::ids::SpanIdentity;
 
 pub(crate) use self::attributes::peer_attributes;
@@ -46,7 +48,7 @@ pub struct SpanInput<'a> {
 pub fn build_span(input: &SpanInput<'_>, identity: &SpanIdentity) -> SpanRecord {
     let exchange = input.exchange;
     let request = &exchange.request;
-    let mut attributes = Vec::with_capacity(16);
+    let mut attributes = Attributes::with_capacity(INLINE_ATTRIBUTES);
     let (name, status) = if is_grpc(request) {
         crate::telemetry::rpc::grpc_attributes(input, rpc_dup(), &mut attributes)
     } else {
@@ -107,7 +109,7 @@ mod tests {
     fn request(method: &str, target: &str, headers: &[(&str, &[u8])]) -> HttpRequest {
         HttpRequest {
             method: crate::model::method_text(method),
-            target: target.to_string(),
+            target: target.to_string().into(),
             version: HttpVersion::Http11,
             headers: headers
                 .iter()
@@ -336,6 +338,29 @@ mod tests {
         assert_eq!(str_attr(&span, "url.path"), None);
         assert_eq!(str_attr(&span, "server.address"), Some("tunnel.test"));
         assert_eq!(int_attr(&span, "server.port"), Some(443));
+    }
+
+    /// The attributes of a usual HTTP span fit inline: building it allocates no list.
+    #[test]
+    fn usual_spans_keep_their_attributes_inline() {
+        let req = request(
+            "GET",
+            "/orders?id=3",
+            &[("Host", b"api.test:8080"), ("User-Agent", b"curl/8")],
+        );
+        for role in [Role::Server, Role::Client] {
+            let span = span_for(&ok(req.clone()), &default_conn(), role);
+            assert!(
+                span.attributes.len() >= 8,
+                "{role:?}: {:?}",
+                span.attributes
+            );
+            assert!(
+                !span.attributes.spilled(),
+                "{role:?}: {}",
+                span.attributes.len()
+            );
+        }
     }
 
     #[test]

@@ -248,18 +248,90 @@ pub(super) const MAX_HOST_AUTHORITY_LEN: usize = 253 + 6;
 /// hide its `@`), then `None` when empty or longer than any real authority (a cut host would be
 /// a wrong one; the caller falls back to the peer).
 pub(crate) fn host_header_authority(request: &HttpRequest) -> Option<Cow<'_, str>> {
-    // HTTP/2 carries the authority in `:authority` (RFC 9113 8.3.1: it wins over Host).
+    authority_of_value(host_header_value(request)?)
+}
+
+/// The raw value [`host_header_authority`] reads: HTTP/2's `:authority` (RFC 9113 8.3.1: it
+/// wins over Host), else the Host header.
+fn host_header_value(request: &HttpRequest) -> Option<&[u8]> {
     let authority = if request.version == HttpVersion::Http2 {
         header_value(&request.headers, ":authority")
     } else {
         None
     };
-    let value = authority.or_else(|| header_value(&request.headers, "host"))?;
+    authority.or_else(|| header_value(&request.headers, "host"))
+}
+
+/// The `host[:port]` of a Host header value (see [`host_header_authority`]).
+fn authority_of_value(value: &[u8]) -> Option<Cow<'_, str>> {
     let authority = trim_ows(redact::authority_bytes_without_userinfo(trim_ows(value)));
     if authority.is_empty() || authority.len() > MAX_HOST_AUTHORITY_LEN {
         return None;
     }
     Some(String::from_utf8_lossy(authority))
+}
+
+/// What a request's Host header says, as span attributes use it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct HostHeader {
+    /// [`host_header_authority`], interned.
+    pub(super) authority: Option<Text>,
+    /// The host (interned) and port [`HostPort::parse`] reads from `authority`.
+    pub(super) host: Option<(Text, Option<u16>)>,
+}
+
+impl HostHeader {
+    fn of_value(value: &[u8]) -> HostHeader {
+        let authority = authority_of_value(value);
+        let host = authority
+            .as_deref()
+            .and_then(HostPort::parse)
+            .map(|h| (intern::text(h.host), h.port));
+        HostHeader {
+            authority: authority.map(|a| intern::text(&a)),
+            host,
+        }
+    }
+}
+
+/// Longest Host header value the per-thread memo of [`host_header`] keeps (longer ones are read
+/// every time; no real authority comes close).
+const MAX_HOST_MEMO_LEN: usize = 512;
+
+thread_local! {
+    /// The last Host header value read on this thread, and what it said.
+    static LAST_HOST: std::cell::RefCell<(Vec<u8>, Option<HostHeader>)> =
+        const { std::cell::RefCell::new((Vec::new(), None)) };
+}
+
+/// [`HostHeader`] of `request`.
+pub(super) fn host_header(request: &HttpRequest) -> HostHeader {
+    with_host_header(request, HostHeader::clone)
+}
+
+/// `f` of the [`HostHeader`] of `request`, without copying what `f` does not take. The last
+/// value read on this thread is kept with the header's bytes, so requests that name the same
+/// host as the one before (nearly all of them: a client and a server each talk to few hosts)
+/// reuse it without trimming, parsing or interning again.
+pub(super) fn with_host_header<R>(request: &HttpRequest, f: impl FnOnce(&HostHeader) -> R) -> R {
+    let Some(value) = host_header_value(request) else {
+        return f(&HostHeader::default());
+    };
+    LAST_HOST.with_borrow_mut(|(key, last)| {
+        if let Some(last) = last
+            && key.as_slice() == value
+        {
+            return f(last);
+        }
+        let read = HostHeader::of_value(value);
+        let out = f(&read);
+        if value.len() <= MAX_HOST_MEMO_LEN {
+            key.clear();
+            key.extend_from_slice(value);
+            *last = Some(read);
+        }
+        out
+    })
 }
 
 /// HTTP/2's `:scheme` when it is `http` or `https` (static).
@@ -285,7 +357,12 @@ pub(super) fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// Lossy UTF-8 of at most `max` bytes (interned).
 pub(super) fn bounded_lossy(bytes: &[u8], max: usize) -> Text {
     let head = bytes.get(..max).unwrap_or(bytes);
-    bounded(&String::from_utf8_lossy(head), max)
+    // The usual value is UTF-8 (nearly always ASCII): checked without the lossy walk, which
+    // gives the same text for it.
+    match std::str::from_utf8(head) {
+        Ok(text) => bounded(text, max),
+        Err(_) => bounded(&String::from_utf8_lossy(head), max),
+    }
 }
 
 /// At most `max` bytes, cut on a character boundary (interned: a value seen before is shared).
@@ -328,6 +405,69 @@ mod tests {
         assert_eq!(host_port(":80"), None, "empty host");
         assert_eq!(host_port("ü.example:1"), Some(("ü.example", Some(1))));
         assert_eq!(host_port(""), None);
+    }
+
+    fn with_host(version: HttpVersion, headers: &[(&'static str, &[u8])]) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            target: "/".into(),
+            version,
+            headers: headers
+                .iter()
+                .map(|(name, value)| crate::model::Header {
+                    name: Text::Static(name),
+                    value: value.to_vec().into(),
+                })
+                .collect(),
+            body_len: 0,
+        }
+    }
+
+    /// The per-thread memo gives what reading the header afresh gives, whatever came before:
+    /// repeated values, alternating ones, HTTP/2's `:authority` beside a Host, a request
+    /// without one, and values too long to be kept.
+    #[test]
+    fn the_host_memo_answers_as_a_fresh_read() {
+        let long = format!("{}:81", "h".repeat(MAX_HOST_MEMO_LEN));
+        let values: [&[u8]; 8] = [
+            b"api.example:8080",
+            b"api.example:8080",
+            b"other.example",
+            b"u:secret@api.example:8080",
+            b" api.example:8080",
+            b"[::1]:443",
+            b"",
+            long.as_bytes(),
+        ];
+        for round in 0..3 {
+            for (i, value) in values.iter().enumerate() {
+                let value = if round == 1 {
+                    values[values.len() - 1 - i]
+                } else {
+                    value
+                };
+                let request = with_host(HttpVersion::Http11, &[("Host", value)]);
+                let fresh = HostHeader::of_value(value);
+                assert_eq!(host_header(&request), fresh, "{value:?}");
+                assert_eq!(
+                    fresh.authority.as_deref(),
+                    host_header_authority(&request).as_deref()
+                );
+                let h2 = with_host(
+                    HttpVersion::Http2,
+                    &[(":authority", b"h2.example:9"), ("host", value)],
+                );
+                assert_eq!(host_header(&h2), HostHeader::of_value(b"h2.example:9"));
+                let none = with_host(HttpVersion::Http11, &[("X-Host", value)]);
+                assert_eq!(host_header(&none), HostHeader::default());
+            }
+        }
+        let read = host_header(&with_host(
+            HttpVersion::Http11,
+            &[("Host", b"u:p@a.test:70")],
+        ));
+        assert_eq!(read.authority.as_deref(), Some("a.test:70"));
+        assert_eq!(read.host, Some((Text::Static("a.test"), Some(70))));
     }
 
     #[test]
