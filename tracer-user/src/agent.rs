@@ -469,9 +469,9 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
         // Even if the thread is gone, the command is still stopped and reaped below.
         end = &mut done_rx => finished = Some(end.context("the event thread stopped unexpectedly")),
     }
-    // The event thread detaches the probes, reads what the ring buffer already holds (those
-    // records belong to exchanges that happened), releases the window and hands the last spans
-    // over, then gives the sink back.
+    // The event thread reads what the ring buffer already holds (those records belong to
+    // exchanges that happened), releases the window and hands the last spans over, then gives
+    // the sink and the probes back (detached beside the flush).
     stop.request();
     let end = match finished {
         Some(end) => end,
@@ -496,14 +496,19 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
             exit_code = ExitCode::from(exit_code_of(status));
         }
     }
-    let end = end?;
+    let mut end = end?;
+    let detaching = detach_beside(end.probes.take());
     // The spans' flush and the metrics' last export (with every span the event thread handed
-    // over) run side by side, within the same deadline.
+    // over) run side by side, within the same deadline, and beside the probes' detach.
     let (final_stats, ()) = tokio::join!(end.sink.shutdown(FLUSH_DEADLINE), async {
         if let Some(exporter) = metrics_exporter {
             exporter.shutdown(FLUSH_DEADLINE).await;
         }
     });
+    if let Some(detaching) = detaching {
+        // Not bounded: the kernel does this work at exit anyway if we do not wait for it.
+        let _ = tokio::task::spawn_blocking(move || detaching.join()).await;
+    }
     tracing::info!(
         spans = end.spans,
         exported = final_stats.spans_exported,
@@ -579,6 +584,29 @@ struct EventLoopEnd {
     spans: u64,
     /// Why the loop ended early, if it did.
     failure: Option<anyhow::Error>,
+    /// The probes, still attached: detached beside the flush (see [`detach_beside`]).
+    probes: Option<Probes>,
+}
+
+/// Detaches the probes on a thread of their own, returning it to be joined. Detaching takes
+/// ~60-130 ms per syscall tracepoint on recent kernels (6.x: each release waits for RCU grace
+/// periods under a kernel-wide mutex, so releasing them from several threads does not help): ~4 s
+/// for all of them, measured on an idle host, longer on a busy one. Done before the hand-over,
+/// that wait held the last spans back and could pass the stop deadline.
+fn detach_beside(probes: Option<Probes>) -> Option<std::thread::JoinHandle<()>> {
+    let probes = probes?;
+    let started = std::time::Instant::now();
+    std::thread::Builder::new()
+        .name("tracer-detach".into())
+        .spawn(move || {
+            drop(probes);
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "probes detached"
+            );
+        })
+        // Could not start a thread: the closure, and the probes with it, are dropped here.
+        .ok()
 }
 
 /// An epoll set: the ring buffer edge-triggered (so only the kernel's wake-ups count, not data
@@ -650,8 +678,11 @@ impl EventLoop {
         if let Some(err) = &failure {
             tracing::error!("event thread: {err:#}");
         }
-        // Detach first so nothing new arrives, then read what the ring buffer already holds.
-        // Bounded, in case of a misbehaving kernel.
+        // Read what the ring buffer holds: the records of everything that happened before the
+        // stop (a record is written when its syscall returns). The probes stay attached until
+        // after the hand-over (`detach_beside`); what they record after this read belongs to
+        // exchanges that began after the stop and is not read. Bounded, in case the records
+        // keep coming faster than they are read.
         let kernel = self.probes.counters();
         self.metrics.set_ready(false);
         let EventLoop {
@@ -664,7 +695,6 @@ impl EventLoop {
             mut prefetched,
             ..
         } = self;
-        drop(probes);
         for _ in 0..64 {
             if drain(
                 &mut ring,
@@ -689,6 +719,7 @@ impl EventLoop {
             kernel,
             spans: pipeline.stats().spans,
             failure,
+            probes: Some(probes),
         }
     }
 
@@ -714,6 +745,7 @@ impl EventLoop {
             kernel,
             spans: pipeline.stats().spans,
             failure: Some(anyhow::anyhow!("the event thread panicked: {panic}")),
+            probes: None,
         }
     }
 
