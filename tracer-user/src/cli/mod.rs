@@ -74,8 +74,8 @@ pub struct TraceArgs {
           value_parser = clap::value_parser!(u32).range(64..=tracer_common::MAX_CAPTURE as i64))]
     pub capture_bytes: u32,
 
-    /// Kernel ring buffer size in MiB (rounded up to a power of two). Its pages are mapped twice
-    /// into the agent, so it counts double in RSS; raise it if /metrics shows ringbuf_full drops.
+    /// Kernel ring buffer size in MiB (rounded up to a power of two). Its pages are resident (in
+    /// the agent's RSS) from start-up; raise it if /metrics shows ringbuf_full drops.
     #[arg(long, default_value_t = 8, value_name = "MIB",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub ring_buffer_mib: u32,
