@@ -120,10 +120,7 @@ def serve(args):
         return 1
     server.start()
     print("listening %d" % port, flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    wait_for_signal((signal.SIGTERM, signal.SIGINT), None)
     server.stop(grace=1).wait()
     return 0
 
@@ -208,11 +205,26 @@ def run_concurrent(channel, prefix, count):
     return {"code": "OK" if codes == {"OK": count} else json.dumps(codes), "replies": count, "bytes": 0}
 
 
+def wait_for_signal(signums, timeout, on_ready=None):
+    """Waits until one of `signums` arrives (at most `timeout` s; None: no limit); False on timeout.
+
+    The handler only sets a flag: a handler that takes a lock (threading.Event.set) deadlocks when
+    the signal lands while the main thread holds that lock on its way into Event.wait."""
+    got = []
+    for signum in signums:
+        signal.signal(signum, lambda *_: got.append(True))
+    if on_ready is not None:
+        on_ready()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not got:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def wait_for_sigusr1():
-    got = threading.Event()
-    signal.signal(signal.SIGUSR1, lambda *_: got.set())
-    emit({"paused": True})
-    if not got.wait(60):
+    if not wait_for_signal((signal.SIGUSR1,), 60, lambda: emit({"paused": True})):
         raise SystemExit("pause: no SIGUSR1 within 60 s")
 
 
