@@ -129,10 +129,8 @@ fn file_only_mappings(smaps: &str, path: &str) -> Vec<(usize, usize)> {
 /// read-only data: they stop counting in its resident set, and are read again from the file
 /// (the page cache) if ever touched.
 fn drop_file_pages(bytes: &'static [u8]) {
-    // SAFETY: sysconf has no preconditions.
-    let page = match usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) {
-        Ok(page) if page.is_power_of_two() => page,
-        _ => return,
+    let Some(page) = page_size() else {
+        return;
     };
     let start = bytes.as_ptr() as usize;
     let first = start.next_multiple_of(page);
@@ -150,6 +148,15 @@ fn drop_file_pages(bytes: &'static [u8]) {
             libc::MADV_DONTNEED,
         );
     }
+}
+
+/// The system's page size; None when sysconf fails or answers something that is not a power of
+/// two (callers decide their fallback: a mapping guesses 4 KiB, a release is skipped).
+pub fn page_size() -> Option<usize> {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| p.is_power_of_two())
 }
 
 #[cfg(test)]

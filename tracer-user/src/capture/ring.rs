@@ -253,7 +253,8 @@ impl RingReader {
         let Map::RingBuf(map) = map else {
             return Err(RingError::NotARingBuffer);
         };
-        let page = page_size();
+        // The kernel sized the ring in pages of this size; 4 KiB is the guess if sysconf fails.
+        let page = crate::memory::page_size().unwrap_or(4096);
         let size = map.info().map(|i| i.max_entries()).unwrap_or(0) as usize;
         if size == 0 || !size.is_power_of_two() || !size.is_multiple_of(page) {
             return Err(RingError::BadSize(size as u64));
@@ -296,14 +297,6 @@ impl AsRawFd for RingReader {
     fn as_raw_fd(&self) -> RawFd {
         self.map.fd().as_fd().as_raw_fd()
     }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-        .ok()
-        .filter(|p| p.is_power_of_two())
-        .unwrap_or(4096)
 }
 
 #[cfg(test)]
