@@ -1280,3 +1280,71 @@ fn identical_loopback_tuples_in_two_namespaces_never_pair_across() {
         0.0
     );
 }
+
+/// A client that writes a request and exits before reading the answer (as wrk does with the
+/// requests in flight when its run ends): the kernel closes its socket at exit, with no close
+/// syscall for the probes to see. Its CLIENT span still comes, as `connection_closed`, long before
+/// `--request-timeout` (set far beyond the wait here), and it is the parent of the server's span,
+/// which otherwise names a parent that is never exported.
+#[test]
+fn a_client_that_exits_before_reading_its_answer_still_gets_its_client_span() {
+    let port = free_port();
+    let _server = PythonServer::start(port, "e2e-linking-exit");
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        tracer_tests::AgentConfig::new()
+            .ports(&[port])
+            .arg("--request-timeout")
+            .arg("600"),
+    );
+    // Writes the request, waits until the answer is in its receive buffer (the server has
+    // answered), and leaves without reading it or closing the socket.
+    let script = "import os, select, socket, sys\n\
+                  s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+                  s.sendall(b'GET /status/200?unread=1 HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n')\n\
+                  readable, _, _ = select.select([s], [], [], 20)\n\
+                  print('answered' if readable else 'no answer', flush=True)\n\
+                  os._exit(0 if readable else 3)\n";
+    let mut command = Command::new(python());
+    command.args(["-c", script, &port.to_string()]);
+    let (status, client) = run_with_timeout("exiting client", command, PEER_START_TIMEOUT);
+    assert!(
+        status.success(),
+        "the server never answered:\n{}",
+        client.output_report()
+    );
+    let is_closed_client = |s: &ObservedSpan| {
+        s.kind == ObservedKind::Client
+            && s.attr_str("error.type") == Some("connection_closed")
+            && s.attr_str("url.full")
+                .is_some_and(|u| u.ends_with("/status/200?unread=1"))
+    };
+    let spans = session.wait_for(
+        "the SERVER span and the exited client's CLIENT span",
+        |spans| server_spans(spans, port).len() == 1 && spans.iter().any(is_closed_client),
+    );
+    let server = the_only(server_spans(&spans, port), "SERVER span", &spans);
+    assert_eq!(server.attr_int("http.response.status_code"), Some(200));
+    let client = the_only(client_spans(&spans, port), "CLIENT span", &spans);
+    assert!(is_closed_client(client), "{}", describe(&spans));
+    assert_eq!(client.attr_int("http.response.status_code"), None);
+    assert_eq!(
+        (server.trace_id.as_str(), server.parent_span_id.as_deref()),
+        (client.trace_id.as_str(), Some(client.span_id.as_str())),
+        "the SERVER span's parent is the exited client's span:\n{}",
+        describe(&spans)
+    );
+    assert!(
+        client.end_unix_ns >= server.end_unix_ns,
+        "the CLIENT span ends when its connection was found closed, after the answer:\n{}",
+        describe(&spans)
+    );
+    session
+        .agent()
+        .wait_metrics("a connection closed without a close record", |page| {
+            page.lines().any(|l| {
+                l.starts_with("tracer_connections_closed_unseen_total ") && !l.ends_with(" 0")
+            })
+        });
+    session.finish();
+}

@@ -511,6 +511,7 @@ pub async fn run_with(args: TraceArgs, until: Until, hooks: Hooks) -> anyhow::Re
     }
     tracing::info!(
         spans = end.spans,
+        requests_pending = end.requests_pending,
         exported = final_stats.spans_exported,
         dropped_queue_full = final_stats.spans_dropped_queue_full,
         dropped_export_failed = final_stats.spans_dropped_export_failed,
@@ -582,6 +583,9 @@ struct EventLoopEnd {
     sink: crate::export::SpanSink,
     kernel: KernelCounters,
     spans: u64,
+    /// Requests still waiting for their response when the agent stopped: never made spans
+    /// (their end is unknown), reported in the stop line.
+    requests_pending: usize,
     /// Why the loop ended early, if it did.
     failure: Option<anyhow::Error>,
     /// The probes, still attached: detached beside the flush (see [`detach_beside`]).
@@ -718,6 +722,7 @@ impl EventLoop {
             sink: sink.sink,
             kernel,
             spans: pipeline.stats().spans,
+            requests_pending: pipeline.pending_requests(),
             failure,
             probes: Some(probes),
         }
@@ -744,6 +749,7 @@ impl EventLoop {
             sink: sink.sink,
             kernel,
             spans: pipeline.stats().spans,
+            requests_pending: pipeline.pending_requests(),
             failure: Some(anyhow::anyhow!("the event thread panicked: {panic}")),
             probes: None,
         }
@@ -757,6 +763,7 @@ impl EventLoop {
         let mut reported = DropReport::default();
         let mut wait_errors = 0u32;
         loop {
+            let drain_started = monotonic_now_ns();
             let drained = drain(
                 &mut self.ring,
                 &mut self.window,
@@ -780,6 +787,13 @@ impl EventLoop {
                         &mut self.out,
                     )
                 });
+            if drained < RECORDS_PER_WAKE {
+                // The ring was read to its end: every record written before the drain began
+                // has been read, and released unless the window still holds it.
+                let held = self.window.oldest_held_ts().unwrap_or(u64::MAX);
+                self.pipeline
+                    .note_processed_before(drain_started.min(held), &mut self.out);
+            }
             for (pid, fd) in self.pipeline.take_ignored_fds() {
                 self.probes.ignore_connection(pid, fd);
             }

@@ -131,6 +131,10 @@ pub struct Pipeline {
     /// (with kernel identities only); drained by the agent.
     dedicated_pids: Vec<u32>,
     dedicated_told: IdHashSet<u32>,
+    /// Connections closed without a close record (`correlate/unseen_close.rs`), and the time
+    /// before which every record written has been processed (told by the reader).
+    unseen_closes: crate::correlate::unseen_close::UnseenCloses,
+    processed_before_ns: u64,
 }
 
 /// The inode of `/proc/<proc_pid>/ns/net` (its link reads `net:[<inode>]`).
@@ -155,6 +159,8 @@ const SNIFF_MEMORY: usize = 65_536;
 impl Pipeline {
     pub fn new(opts: PipelineOptions, clock: Clock) -> Self {
         let procnet = ProcNet::new(opts.proc_root.clone());
+        let unseen_closes =
+            crate::correlate::unseen_close::UnseenCloses::new(opts.proc_root.clone());
         Pipeline {
             table: ConnectionTable::new(opts.limits),
             resources: ResourceCache::new(opts.proc_root.clone(), opts.host_name.clone()),
@@ -181,6 +187,30 @@ impl Pipeline {
             kernel_ids: None,
             dedicated_pids: Vec::new(),
             dedicated_told: IdHashSet::default(),
+            unseen_closes,
+            processed_before_ns: 0,
+        }
+    }
+
+    /// Every record written to the ring buffer before `ts_ns` (kernel monotonic) has gone
+    /// through the pipeline (the reader caught up and the reorder window released it):
+    /// connections found closed without a close record before then are closed.
+    pub fn note_processed_before(&mut self, ts_ns: u64, out: &mut impl SpanOutput) {
+        self.processed_before_ns = self.processed_before_ns.max(ts_ns);
+        if !self.unseen_closes.waiting() {
+            return;
+        }
+        let mut done = std::mem::take(&mut self.scratch);
+        self.unseen_closes
+            .close_found(self.processed_before_ns, &mut self.table, &mut done);
+        self.emit_all(&mut done, out);
+        self.scratch = done;
+        for conn_id in self.table.take_removed() {
+            self.linker.conn_closed(conn_id);
+            if let Some(k) = self.kernel_ids.as_mut() {
+                k.conn_closed(conn_id);
+            }
+            self.conn_procs.remove(&conn_id);
         }
     }
 
@@ -278,6 +308,11 @@ impl Pipeline {
         }
     }
 
+    /// Requests waiting for their response over all connections.
+    pub fn pending_requests(&self) -> usize {
+        self.table.pending_requests()
+    }
+
     pub fn table_stats(&self) -> TableStats {
         self.table.stats()
     }
@@ -357,6 +392,7 @@ impl Pipeline {
             sniffed_filtered_out: p.sniffed_filtered_out,
             connections_opened_late: t.opened_late,
             connections_replaced_fd_reuse: t.replaced_fd_reuse,
+            connections_closed_unseen: t.closed_unseen,
             http_exchanges: h.exchanges,
             http_messages_lost: h.messages_lost,
             http_unpaired_responses: h.unpaired_responses,
@@ -702,6 +738,9 @@ impl Pipeline {
                 .retain(|_, (resource, _)| std::sync::Arc::strong_count(resource) > 1);
         }
         let mut done = std::mem::take(&mut self.scratch);
+        let resources = &self.resources;
+        self.unseen_closes
+            .look_up(now_mono_ns, &mut self.table, |pid| resources.proc_pid(pid));
         self.table.sweep(now_mono_ns, &mut done);
         self.emit_all(&mut done, out);
         self.scratch = done;
@@ -877,6 +916,10 @@ mod h2_tests;
 #[cfg(test)]
 #[path = "pipeline_tls_tests.rs"]
 mod tls_tests;
+
+#[cfg(test)]
+#[path = "pipeline_unseen_close_tests.rs"]
+mod unseen_close_tests;
 
 #[cfg(test)]
 mod tests {

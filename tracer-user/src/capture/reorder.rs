@@ -326,6 +326,11 @@ impl<M> ReorderWindow<M> {
         }
     }
 
+    /// Causal time of the oldest held record, if any: every record older has been released.
+    pub fn oldest_held_ts(&self) -> Option<u64> {
+        self.heap.peek().map(|h| h.causal_ts)
+    }
+
     /// Monotonic time at which the oldest held record becomes ready, if any.
     pub fn next_deadline(&self) -> Option<u64> {
         self.heap

@@ -61,6 +61,10 @@ pub struct TableStats {
     pub budget_bytes_shed: u64,
     /// Pending requests discarded by those sheds.
     pub budget_requests_shed: u64,
+    /// Connections closed because /proc showed their fd gone while requests waited on them:
+    /// closed without a close record (process exit, exec, a wide close_range). Also counted in
+    /// `closed`.
+    pub closed_unseen: u64,
 }
 
 /// One traced connection.
@@ -75,6 +79,9 @@ pub struct Tracked {
     pub linked_upto: u64,
     /// Heap bytes last accounted to this connection in the table's budget.
     pub accounted: usize,
+    /// When /proc was last asked whether this connection's fd still exists (0: never); see
+    /// `correlate/unseen_close.rs`.
+    pub fd_checked_ns: u64,
 }
 
 impl Tracked {
@@ -292,6 +299,7 @@ impl ConnectionTable {
                 last_activity_ns: now_ns,
                 resolved,
                 linked_upto: 0,
+                fd_checked_ns: 0,
                 accounted: 0,
             },
         );
@@ -318,6 +326,58 @@ impl ConnectionTable {
         let role = c.role();
         self.retire_stats(&c);
         out.extend(exchanges.into_iter().map(|e| (c.meta.clone(), role, e)));
+    }
+
+    /// Connections holding requests quiet for at least `quiet_ns` and due for a look in /proc
+    /// (never looked at since their last activity, or the quiet time has doubled since the last
+    /// look): `(conn_id, pid, fd)`, at most `max`; each is marked looked at `now_ns`.
+    pub fn due_fd_checks(
+        &mut self,
+        now_ns: u64,
+        quiet_ns: u64,
+        max: usize,
+        out: &mut Vec<(u64, u32, i32)>,
+    ) {
+        for (id, c) in self.conns.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            let quiet = now_ns.saturating_sub(c.last_activity_ns);
+            if quiet < quiet_ns || c.http.pending_requests() == 0 || c.meta.fd < 0 {
+                continue;
+            }
+            let due = c.fd_checked_ns < c.last_activity_ns
+                || now_ns.saturating_sub(c.fd_checked_ns)
+                    >= c.fd_checked_ns.saturating_sub(c.last_activity_ns);
+            if due {
+                c.fd_checked_ns = now_ns;
+                out.push((*id, c.meta.pid, c.meta.fd));
+            }
+        }
+    }
+
+    /// Requests waiting for their response over all connections.
+    pub fn pending_requests(&self) -> usize {
+        self.conns.values().map(|c| c.http.pending_requests()).sum()
+    }
+
+    /// The last activity of a tracked connection.
+    pub fn last_activity(&self, conn_id: u64) -> Option<u64> {
+        self.conns.get(&conn_id).map(|c| c.last_activity_ns)
+    }
+
+    /// Closes a connection whose fd /proc showed gone at `gone_at_ns` (no close record will
+    /// come): its waiting requests end as `connection_closed` then.
+    pub fn close_unseen(
+        &mut self,
+        conn_id: u64,
+        gone_at_ns: u64,
+        out: &mut Vec<(ConnMeta, Option<Role>, Exchange)>,
+    ) {
+        if self.conns.contains_key(&conn_id) {
+            self.stats.closed_unseen += 1;
+            self.close(conn_id, gone_at_ns, out);
+        }
     }
 
     /// Expires requests waiting too long and forgets idle connections.

@@ -6,3 +6,4 @@ pub mod kernel_ids;
 pub mod linker;
 pub mod proctree;
 pub mod runtime;
+pub mod unseen_close;

@@ -238,6 +238,9 @@ pub struct StageSnapshot {
     /// Connections replaced because a new one reused their (pid, fd) before their close was
     /// seen.
     pub connections_replaced_fd_reuse: u64,
+    /// Connections closed because /proc showed their fd gone while requests waited on them
+    /// (no close record: process exit, exec, close_range).
+    pub connections_closed_unseen: u64,
     /// HTTP/1 exchanges handed out.
     pub http_exchanges: u64,
     /// HTTP/1 messages whose start line was seen but whose head was lost (also desyncs).
@@ -1064,6 +1067,13 @@ fn stage_families(s: &StageSnapshot) -> Vec<Family> {
             "Tracked connections replaced because a new connection reused their (pid, fd) \
              before their close was seen (their pending requests end as incomplete).",
             vec![Sample::plain(s.connections_replaced_fd_reuse)],
+        ),
+        Family::counter(
+            "tracer_connections_closed_unseen_total",
+            "Tracked connections closed because /proc showed their fd gone while requests \
+             waited on them, with no close record (process exit, exec, close_range); their \
+             requests end as connection_closed (also in tracer_connections_closed_total).",
+            vec![Sample::plain(s.connections_closed_unseen)],
         ),
         Family::counter(
             "tracer_http_exchanges_total",
@@ -1897,6 +1907,7 @@ mod tests {
                 sniffed_filtered_out: 803,
                 connections_opened_late: 804,
                 connections_replaced_fd_reuse: 805,
+                connections_closed_unseen: 1901,
                 http_exchanges: 806,
                 http_messages_lost: 807,
                 http_unpaired_responses: 808,
@@ -1951,6 +1962,7 @@ mod tests {
             .map(|v| v as f64)
             .collect();
         want.push(0.25);
+        want.push(1901.0); // connections closed without a close record
         want.push(4001.0); // event_loop_wakeups
         want.push(401.0); // spans_dropped_rejected
         want.extend((128..=135).map(|v| v as f64)); // kernel HTTP/2 capture
@@ -2177,6 +2189,7 @@ mod tests {
             evicted_full => "tracer_connections_dropped_total",
             expired_idle => "tracer_connections_expired_idle_total",
             replaced_fd_reuse => "tracer_connections_replaced_fd_reuse_total",
+            closed_unseen => "tracer_connections_closed_unseen_total",
             budget_sheds => "tracer_buffer_budget_sheds_total",
             budget_bytes_shed => "tracer_buffer_budget_bytes_shed_total",
             budget_requests_shed => "tracer_buffer_budget_requests_shed_total",

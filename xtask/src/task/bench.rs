@@ -51,7 +51,9 @@ const BENCH_PROGRAMS: &[(&str, &str)] = &[
 const WARM_UP: Duration = Duration::from_secs(2);
 /// After the load: how long spans may keep arriving, and how long without a new one means done.
 const SETTLE_MAX: Duration = Duration::from_secs(15);
-const SETTLE_QUIET: Duration = Duration::from_millis(1500);
+/// Longer than the agent takes to end the CLIENT spans of requests wrk left unread (about 2 s
+/// after its exit: it finds wrk's sockets gone in /proc once they are quiet for a second).
+const SETTLE_QUIET: Duration = Duration::from_millis(3000);
 
 /// `--scenario` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -731,7 +731,10 @@ fn completeness(md: &mut String, r: &Results<'_>) {
     let _ = writeln!(
         md,
         "Requests are nginx's access-log lines (wrk's count for Python, which can be a few short of what \
-        the server answered when wrk stops). SERVER (CLIENT) completeness = SERVER (CLIENT) spans of the \
+        the server answered when wrk stops). In parentheses: requests nginx answered that wrk never read (in \
+        flight when its run ended; wrk exits without reading them or closing its sockets): the agent ends their \
+        CLIENT spans as `connection_closed` when /proc shows those sockets gone (within about 2 s of the exit), so \
+        they count as CLIENT spans too. SERVER (CLIENT) completeness = SERVER (CLIENT) spans of the \
         server's port received / requests; CLIENT spans are expected host-wide only. CPU-s per 10k: all rounds' \
         agent CPU over all rounds' requests, with the per-round (min–max). Peak RSS is VmHWM, which counts mapped \
         file pages too: the binary's code and the BPF ring buffer (its data pages once; agents that read the ring \
@@ -761,7 +764,11 @@ fn completeness(md: &mut String, r: &Results<'_>) {
             c.capture.label(),
             c.rps,
             c.requests,
-            if c.requests_from_log { "" } else { " (wrk)" },
+            match (c.requests_from_log, c.unread_by_client) {
+                (false, _) => " (wrk)".to_string(),
+                (true, 0) => String::new(),
+                (true, n) => format!(" ({n} unread by wrk)"),
+            },
             count(c.server_spans),
             fmt_opt(c.completeness(), pct),
             count(c.client_spans),
@@ -1112,6 +1119,10 @@ pub fn json(r: &Results<'_>) -> Json {
             ("rps", Json::num(c.rps)),
             ("requests", Json::num(c.requests as f64)),
             ("requests_from_access_log", Json::Bool(c.requests_from_log)),
+            (
+                "requests_unread_by_client",
+                Json::num(c.unread_by_client as f64),
+            ),
             ("server_spans", opt_u64(c.server_spans)),
             ("completeness", Json::opt(c.completeness())),
             ("client_spans", opt_u64(c.client_spans)),

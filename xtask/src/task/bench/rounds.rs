@@ -192,6 +192,15 @@ impl Round {
         }
     }
 
+    /// Requests the server logged beyond those wrk completed (0 when not counted from the log).
+    pub fn unread_by_client(&self) -> u64 {
+        if self.requests_from_log {
+            self.requests.saturating_sub(self.wrk.requests)
+        } else {
+            0
+        }
+    }
+
     /// Server and client CPU per request, µs.
     pub fn traced_cpu_us_per_request(&self) -> f64 {
         self.per_request_us(self.load_cpu.server_seconds + self.load_cpu.client_seconds)
@@ -290,6 +299,10 @@ pub struct CostSummary {
     pub rps: f64,
     pub requests: u64,
     pub requests_from_log: bool,
+    /// Requests the server answered (access log) that wrk never read: in flight when its run
+    /// ended (wrk exits without reading them or closing its sockets). Their CLIENT spans end as
+    /// `connection_closed` when the agent finds the sockets gone.
+    pub unread_by_client: u64,
     pub cpu_seconds: f64,
     /// The capture's CPU-seconds per 10k requests, per round.
     pub cpu_per_10k: Option<Spread>,
@@ -449,6 +462,7 @@ pub fn costs(rounds: &[Round]) -> Vec<CostSummary> {
                 rps: median(rs.iter().map(|r| r.wrk.requests_per_second())).unwrap_or(0.0),
                 requests: rs.iter().map(|r| r.requests).sum(),
                 requests_from_log: rs.iter().all(|r| r.requests_from_log),
+                unread_by_client: rs.iter().map(|r| r.unread_by_client()).sum(),
                 cpu_seconds: costs.iter().map(|c| c.cpu_seconds).sum(),
                 cpu_per_10k: Spread::of(rs.iter().filter_map(|r| r.capture_cpu_per_10k())),
                 peak_rss_kib: costs.iter().map(|c| c.peak_rss_kib).max().unwrap_or(0),
@@ -657,6 +671,20 @@ mod tests {
         assert_eq!(costs.len(), 2);
         assert_eq!(costs[0].client_completeness(), None);
         assert_eq!(costs[0].completeness(), Some(1.0));
+    }
+
+    #[test]
+    fn requests_wrk_never_read_are_the_logged_ones_beyond_its_count() {
+        let mut a = round(CURRENT, 0, 10, 1000, Some(cost(1.0, 100, 100)));
+        a.requests = 103;
+        let mut b = round(CURRENT, 1, 10, 1000, Some(cost(1.0, 100, 100)));
+        b.requests = 100;
+        assert_eq!((a.unread_by_client(), b.unread_by_client()), (3, 0));
+        let t = &costs(&[a.clone(), b])[0];
+        assert_eq!((t.requests, t.unread_by_client), (203, 3));
+        // Counted from wrk: nothing to compare with.
+        a.requests_from_log = false;
+        assert_eq!(a.unread_by_client(), 0);
     }
 
     #[test]
