@@ -764,6 +764,7 @@ impl EventLoop {
         let mut wait_errors = 0u32;
         loop {
             let drain_started = monotonic_now_ns();
+            let ring_mark = self.ring.producer_mark();
             let drained = drain(
                 &mut self.ring,
                 &mut self.window,
@@ -787,9 +788,9 @@ impl EventLoop {
                         &mut self.out,
                     )
                 });
-            if drained < RECORDS_PER_WAKE {
-                // The ring was read to its end: every record written before the drain began
-                // has been read, and released unless the window still holds it.
+            if self.ring.has_read_to(ring_mark) {
+                // Every record committed before the drain began has been read, and released
+                // unless the window still holds it.
                 let held = self.window.oldest_held_ts().unwrap_or(u64::MAX);
                 self.pipeline
                     .note_processed_before(drain_started.min(held), &mut self.out);

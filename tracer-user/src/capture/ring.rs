@@ -159,6 +159,18 @@ impl Cursor {
         }
     }
 
+    /// The producer's position now: every record committed before this call lies before it.
+    fn producer_mark(&self) -> usize {
+        // SAFETY: see `new`. Acquire pairs with the kernel's release store of the position.
+        unsafe { &*self.memory.producer_pos }.load(Ordering::Acquire)
+    }
+
+    /// Whether every record before `mark` (a [`Cursor::producer_mark`]) has been read.
+    fn has_read_to(&self, mark: usize) -> bool {
+        // Positions wrap at usize::MAX; the ring is far smaller than half of it.
+        (self.pos.wrapping_sub(mark) as isize) >= 0
+    }
+
     /// Whether a record (committed or not) lies between us and the producer.
     fn data_available(&mut self) -> bool {
         if self.pos == self.producer_cache {
@@ -290,6 +302,18 @@ impl RingReader {
     )]
     pub fn next(&mut self) -> Option<RingItem<'_>> {
         self.cursor.next()
+    }
+
+    /// A mark of the producer's position now: once [`RingReader::has_read_to`] it, every record
+    /// committed before this call has been read (a record still being written ahead of it holds
+    /// the reader back, so "fewer records than asked for" does not mean that).
+    pub fn producer_mark(&self) -> usize {
+        self.cursor.producer_mark()
+    }
+
+    /// Whether every record before `mark` has been read.
+    pub fn has_read_to(&self, mark: usize) -> bool {
+        self.cursor.has_read_to(mark)
     }
 }
 

@@ -176,6 +176,25 @@ fn a_record_still_being_written_stops_the_reader_until_committed() {
 }
 
 #[test]
+fn a_mark_is_reached_only_past_every_record_committed_before_it() {
+    let mut ring = TestRing::new(256, 0);
+    let mut cursor = Cursor::new(ring.memory());
+    let busy = ring.reserve(8).unwrap();
+    assert!(ring.submit(&payload(2, 8)));
+    let mark = cursor.producer_mark();
+    // The record still being written holds the reader before the committed one.
+    assert!(read_all(&mut cursor).is_empty());
+    assert!(!cursor.has_read_to(mark));
+    ring.write(busy, &payload(1, 8));
+    ring.commit(busy, 8, false);
+    assert_eq!(read_all(&mut cursor).len(), 2);
+    assert!(cursor.has_read_to(mark));
+    // Records committed after the mark do not move it.
+    assert!(ring.submit(&payload(3, 8)));
+    assert!(cursor.has_read_to(mark));
+}
+
+#[test]
 fn discarded_records_are_skipped_and_handed_back() {
     let mut ring = TestRing::new(4096, 0);
     let mut cursor = Cursor::new(ring.memory());
