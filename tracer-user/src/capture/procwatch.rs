@@ -100,7 +100,8 @@ pub struct ProcessWatch {
 
 struct Inner {
     source: Box<dyn ChangeSource>,
-    pending: Vec<Changes>,
+    /// Per subscriber (None once it is dropped: nothing gathers for it any more).
+    pending: Vec<Option<Changes>>,
 }
 
 /// One discovery thread's view of the changes.
@@ -122,7 +123,7 @@ impl ProcessWatch {
     /// A new subscriber: it sees the changes drained from now on.
     pub fn subscribe(self: &Arc<Self>) -> Subscriber {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.pending.push(Changes::default());
+        inner.pending.push(Some(Changes::default()));
         Subscriber {
             watch: Arc::clone(self),
             index: inner.pending.len() - 1,
@@ -140,11 +141,24 @@ impl Subscriber {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let drained = inner.source.drain();
-        for pending in &mut inner.pending {
+        for pending in inner.pending.iter_mut().flatten() {
             pending.everything |= drained.everything;
             pending.pids.extend(drained.pids.iter().copied());
         }
-        std::mem::take(&mut inner.pending[self.index])
+        inner.pending[self.index]
+            .replace(Changes::default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let mut inner = self
+            .watch
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        inner.pending[self.index] = None;
     }
 }
 
@@ -197,5 +211,11 @@ mod tests {
         assert!(third.everything);
         assert_eq!(go.take(), Changes::default());
         assert_eq!(tls.take(), Changes::default());
+        // A subscriber dropped (its thread did not start) gathers nothing more.
+        drop(go);
+        fake.changed(9);
+        assert_eq!(tls.take().pids, HashSet::from([9]));
+        let inner = watch.inner.lock().unwrap();
+        assert!(inner.pending[0].is_none());
     }
 }

@@ -282,7 +282,7 @@ impl TlsTargets {
         let incremental = !self.passes.is_multiple_of(FULL_RESCAN_EVERY);
         let stamps = self.passes.is_multiple_of(STAMP_RESCAN_EVERY);
         self.passes += 1;
-        // Drained at every pass (a full one too), so a change is never read twice late.
+        // Drained at every pass, a full one too (which reads the named processes anyway).
         let changes = self.changes.as_ref().map(|c| c.take());
         let recheck = std::mem::take(&mut self.recheck);
         let mut wanted = None;
