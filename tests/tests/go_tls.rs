@@ -37,6 +37,13 @@ fn gotls_stripped() -> &'static Path {
     BIN.get_or_init(|| build_peer("gotls-stripped", &["-ldflags=-s -w"]))
 }
 
+/// The Go peer without cgo (pure-Go resolver and user lookup): statically linked, so starting it
+/// maps no library (no ld.so) and only its exec tells the kernel a new program runs.
+fn gotls_static() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_peer("gotls-static", &["-tags=netgo,osusergo"]))
+}
+
 fn build_peer(name: &str, flags: &[&str]) -> PathBuf {
     build_go_peer(Path::new(env!("CARGO_TARGET_TMPDIR")), "gotls", name, flags)
 }
@@ -74,7 +81,11 @@ fn start_agent(port: u16) -> Agent {
 /// or after the agent): waits for the agent's log of its uprobes (other Go programs on the host
 /// are attached too, so the attached-binaries gauge alone does not say it is ours).
 fn wait_attached(agent: &mut Agent) {
-    let exe = gotls().display().to_string();
+    wait_attached_to(agent, gotls());
+}
+
+fn wait_attached_to(agent: &mut Agent, binary: &Path) {
+    let exe = binary.display().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         agent.assert_running();
@@ -397,10 +408,10 @@ fn only_traced_go_binaries_are_attached_and_stripped_ones_are_counted() {
 /// A running process that execs the Go server (a shell wrapper's `exec`, as container
 /// entrypoints do: same pid, another program) is attached from the kernel's note of the exec,
 /// not at the next full scan of /proc (every 30 s; the scans between look only at exec'd
-/// processes).
+/// processes). The server is linked statically: no library mapping names it too.
 #[test]
 fn a_go_server_execd_by_a_running_process_is_attached_without_a_full_scan() {
-    let binary = gotls();
+    let binary = gotls_static();
     let dir = ScratchDir::new("gotls-exec");
     let go = dir.path().join("go");
     let port = free_port();
@@ -430,7 +441,7 @@ fn a_go_server_execd_by_a_running_process_is_attached_without_a_full_scan() {
         "the exec'd Go TLS server did not listen on {port}\n{}",
         server.output_report()
     );
-    wait_attached(&mut agent);
+    wait_attached_to(&mut agent, binary);
     let page = agent.wait_metrics("the metrics after the attach", |_| true);
     assert_eq!(
         full_scans(&page),
