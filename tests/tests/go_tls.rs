@@ -16,8 +16,8 @@ use tracer_tests::metrics_client::sample;
 use tracer_tests::peers::PEER_START_TIMEOUT;
 use tracer_tests::query::describe;
 use tracer_tests::{
-    Agent, AgentConfig, ChildGuard, ObservedKind, ObservedSpan, curl, free_port, run_with_timeout,
-    wait_for_port,
+    Agent, AgentConfig, ChildGuard, ObservedKind, ObservedSpan, ScratchDir, curl, free_port,
+    run_with_timeout, wait_for_port,
 };
 
 /// Requests per run, and how many at a time (= connections at most, keep-alive).
@@ -35,6 +35,13 @@ fn gotls() -> &'static Path {
 fn gotls_stripped() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| build_peer("gotls-stripped", &["-ldflags=-s -w"]))
+}
+
+/// The Go peer without cgo (pure-Go resolver and user lookup): statically linked, so starting it
+/// maps no library (no ld.so) and only its exec tells the kernel a new program runs.
+fn gotls_static() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_peer("gotls-static", &["-tags=netgo,osusergo"]))
 }
 
 fn build_peer(name: &str, flags: &[&str]) -> PathBuf {
@@ -74,7 +81,11 @@ fn start_agent(port: u16) -> Agent {
 /// or after the agent): waits for the agent's log of its uprobes (other Go programs on the host
 /// are attached too, so the attached-binaries gauge alone does not say it is ours).
 fn wait_attached(agent: &mut Agent) {
-    let exe = gotls().display().to_string();
+    wait_attached_to(agent, gotls());
+}
+
+fn wait_attached_to(agent: &mut Agent, binary: &Path) {
+    let exe = binary.display().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         agent.assert_running();
@@ -372,7 +383,8 @@ fn only_traced_go_binaries_are_attached_and_stripped_ones_are_counted() {
         .arg("--tls")
         .json()
         .start();
-    // Every process present is looked at by each scan: after three, both servers were.
+    // Every process present is looked at by the first scan (then exec'd ones, and all every
+    // 30 s): after three, both servers were.
     let page = agent.wait_metrics("three scans of /proc for Go executables", |page| {
         sample(page, "tracer_go_tls_scans_total", "").is_some_and(|n| n >= 3.0)
     });
@@ -391,4 +403,51 @@ fn only_traced_go_binaries_are_attached_and_stripped_ones_are_counted() {
         exit.stderr
     );
     drop((untraced, traced));
+}
+
+/// A running process that execs the Go server (a shell wrapper's `exec`, as container
+/// entrypoints do: same pid, another program) is attached from the kernel's note of the exec,
+/// not at the next full scan of /proc (every 30 s; the scans between look only at exec'd
+/// processes). The server is linked statically: no library mapping names it too.
+#[test]
+fn a_go_server_execd_by_a_running_process_is_attached_without_a_full_scan() {
+    let binary = gotls_static();
+    let dir = ScratchDir::new("gotls-exec");
+    let go = dir.path().join("go");
+    let port = free_port();
+    let mut agent = AgentConfig::new()
+        .ports(&[port])
+        .arg("--tls")
+        .json()
+        .start();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"while [ ! -e "$1" ]; do sleep 0.05; done; exec "$2" serve --port "$3""#)
+        .arg("sh")
+        .arg(&go)
+        .arg(binary)
+        .arg(port.to_string());
+    let server = ChildGuard::spawn("sh, then exec gotls serve", command);
+    let scans = |page: &str| sample(page, "tracer_go_tls_scans_total", "").unwrap_or(0.0);
+    let full_scans =
+        |page: &str| sample(page, "tracer_go_tls_full_scans_total", "").unwrap_or(-1.0);
+    let started = scans(&agent.wait_metrics("the Go discovery's metrics", |_| true));
+    // The wrapper is running (and was looked at) before it execs.
+    let settled = agent.wait_metrics("three more scans", |page| scans(page) >= started + 3.0);
+    std::fs::write(&go, b"").expect("go file");
+    assert!(
+        wait_for_port(port, PEER_START_TIMEOUT),
+        "the exec'd Go TLS server did not listen on {port}\n{}",
+        server.output_report()
+    );
+    wait_attached_to(&mut agent, binary);
+    let page = agent.wait_metrics("the metrics after the attach", |_| true);
+    assert_eq!(
+        full_scans(&page),
+        full_scans(&settled),
+        "attached by a full scan, not from the exec\n{page}"
+    );
+    drop(server);
+    agent.stop().assert_success();
 }

@@ -358,6 +358,68 @@ fn a_process_started_later_with_its_own_libssl_copy_is_traced() {
     );
 }
 
+/// A process that loads its own libssl copy with `dlopen` long after it started (Python's lazy
+/// `import ssl`) is found by the rescan after the load: the kernel notes the executable mapping,
+/// so the rescan reads that process, not waiting for the full rescan every 30 s (which reads every
+/// process) nor reading every process's `stat` at each rescan.
+#[test]
+fn a_libssl_copy_loaded_by_dlopen_long_after_start_is_found_at_the_next_rescan() {
+    let dir = ScratchDir::new("tls-dlopen");
+    let libs = dir.path().join("lib");
+    std::fs::create_dir_all(&libs).expect("lib dir");
+    let system = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("libssl.so.3 (Debian's libssl3) is installed");
+    std::fs::copy(&system, libs.join("libssl.so.3")).expect("copying libssl.so.3");
+    let lib_path = libs.display().to_string();
+    let mut agent = AgentConfig::new().arg("--tls").json().start();
+    let go = dir.path().join("go");
+    let mut command = Command::new(python());
+    command
+        .arg("-c")
+        .arg(
+            "import os, sys, time\n\
+             while not os.path.exists(sys.argv[1]): time.sleep(0.02)\n\
+             import ssl\n\
+             print('ssl loaded', flush=True)\n\
+             time.sleep(600)\n",
+        )
+        .arg(&go)
+        .env("LD_LIBRARY_PATH", &lib_path);
+    let lazy = ChildGuard::spawn("lazy ssl importer", command);
+    let scans =
+        |page: &str| sample(page, "tracer_kernel_tls_search_scans_total", "").unwrap_or(0.0);
+    let full_scans =
+        |page: &str| sample(page, "tracer_kernel_tls_search_full_scans_total", "").unwrap_or(-1.0);
+    let started = scans(&agent.wait_metrics("the TLS search's metrics", |_| true));
+    // The process is read as new, then once more; after three rescans it is left alone.
+    let settled = agent.wait_metrics("three more rescans", |page| scans(page) >= started + 3.0);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", lazy.pid())).unwrap_or_default();
+    assert!(
+        maps.contains("python") && !maps.contains(&lib_path),
+        "the importer runs without the copy mapped yet\n{maps}"
+    );
+    std::fs::write(&go, b"").expect("trigger file");
+    agent.wait_log_line(
+        "the agent to attach to the copy loaded by dlopen",
+        &format!("file={lib_path}/libssl.so.3"),
+        START_TIMEOUT,
+    );
+    let page = agent.wait_metrics("the metrics after the attach", |_| true);
+    assert_eq!(
+        full_scans(&page),
+        full_scans(&settled),
+        "the copy was found by a full rescan, not at the rescan after the load\n{page}"
+    );
+    drop(lazy);
+    agent.stop().assert_success();
+}
+
 /// With `--no-tls` nothing is attached and no https span is made (the ciphertext is skipped).
 #[test]
 fn no_tls_turns_capture_off() {

@@ -19,6 +19,8 @@ mod h2;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod procwatch;
+#[cfg(target_arch = "bpf")]
 mod prop;
 #[cfg(target_arch = "bpf")]
 mod prop_scan;
@@ -176,6 +178,12 @@ mod programs {
     pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         conn::on_exec(&ctx);
         crate::prop::on_exec(&ctx);
+        crate::procwatch::on_exec(&ctx);
+        0
+    }
+    #[tracepoint]
+    pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+        crate::procwatch::on_mmap(&ctx);
         0
     }
     #[tracepoint]

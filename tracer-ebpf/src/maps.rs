@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tracer_common::{
     Config, ConnState, DEFAULT_MAX_CONNECTIONS, DataEvent, DataEventHeader, MAX_AGENT_CONNECTIONS,
     MAX_CANDIDATE_SYSCALLS, MAX_CAPTURE, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_INFLIGHT_SYSCALLS,
-    MAX_PROCESS_GENERATIONS, counter,
+    MAX_PROCESS_CHANGES, MAX_PROCESS_GENERATIONS, counter,
 };
 
 /// Agent configuration (one entry, written by userspace before attaching).
@@ -242,6 +242,11 @@ pub static H2_WALKER: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// Per-CPU connection id sequence.
 #[map]
 pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes that exec'd or mapped an executable file since userspace drained the table
+/// (`tracer_common::map_name::PROCESS_CHANGES`): tgid -> `process_change` bits.
+#[map]
+pub static PROCESS_CHANGES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCESS_CHANGES, 0);
 
 /// Traced process ids when pid filtering is on.
 #[map]

@@ -305,8 +305,11 @@ pub mod counter {
     /// to another `SSL*`, or carries another library's plaintext, or the bytes moved were no TLS
     /// record): the call is attributed as if it made no syscall, never to that connection.
     pub const TLS_NESTED_REFUSED: u32 = 43;
+    /// Processes that exec'd or mapped an executable file while `PROCESS_CHANGES` was full:
+    /// userspace cannot tell which, and its discovery reads every process again.
+    pub const PROCESS_CHANGES_FULL: u32 = 44;
     /// Number of counters.
-    pub const COUNT: u32 = 44;
+    pub const COUNT: u32 = 45;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -367,6 +370,7 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = tracepoints![
     "task": task_newtask,
     "sched": sched_process_exit,
     "sched": sched_process_exec,
+    "syscalls": sys_enter_mmap,
     "syscalls": sys_enter_dup2,
     "syscalls": sys_enter_dup3,
     "syscalls": sys_enter_splice,
@@ -492,6 +496,22 @@ pub mod map_name {
     pub const AGENT_ENDPOINTS: &str = "AGENT_ENDPOINTS";
     /// The program array holding the HTTP/2 frame walker (`H2_WALKER_PROGRAM`).
     pub const H2_WALKER: &str = "H2_WALKER";
+    /// Processes (host tgids) that exec'd or mapped an executable file since userspace last
+    /// drained it ([`process_change`]): the TLS discovery reads only those again.
+    pub const PROCESS_CHANGES: &str = "PROCESS_CHANGES";
+}
+
+/// Entries of `PROCESS_CHANGES` (distinct processes changed between two drains by userspace,
+/// every 500 ms): beyond, a change is counted (`counter::PROCESS_CHANGES_FULL`) and userspace
+/// reads every process again.
+pub const MAX_PROCESS_CHANGES: u32 = 4096;
+
+/// What a `PROCESS_CHANGES` value says of its process (bits).
+pub mod process_change {
+    /// It exec'd (a new executable).
+    pub const EXEC: u32 = 1;
+    /// It mapped a file executable (a library loaded at start-up or by `dlopen`).
+    pub const EXEC_MAPPING: u32 = 2;
 }
 
 /// The one program of the object that is not a tracepoint attachment: the HTTP/2 frame walker,

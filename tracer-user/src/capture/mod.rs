@@ -11,6 +11,7 @@ pub mod own;
 pub mod privilege;
 pub mod probes;
 pub mod procnet;
+pub mod procwatch;
 pub mod propagation;
 pub mod reorder;
 pub mod ring;

@@ -202,6 +202,10 @@ pub struct KernelCounters {
     pub tls_search_cut_short: u64,
     /// Processes a rescan did not read again (unchanged, nothing to attach).
     pub tls_search_processes_unchanged: u64,
+    /// Rescans for OpenSSL copies that read every process.
+    pub tls_search_full_scans: u64,
+    /// Process changes (exec, executable mappings) the kernel had no room to name.
+    pub process_changes_full: u64,
     /// Gauge per `capture::tls::UNSUPPORTED` library: processes mapping it (not traced).
     pub tls_unsupported_processes: [u64; crate::capture::tls::UNSUPPORTED.len()],
 }
@@ -665,6 +669,24 @@ impl Probes {
                 ),
             }
         }
+        // Which processes exec'd or mapped a file executable: the TLS discoveries read only those
+        // (and new ones) at their rescans.
+        let process_watch = match (
+            probes.map_fd(map_name::PROCESS_CHANGES),
+            probes.map_fd(map_name::COUNTERS),
+        ) {
+            (Some(table), Some(counters)) if opts.tls => {
+                let host_pids = matches!(
+                    crate::capture::own::PidIdentity::of_self(Path::new("/proc")),
+                    crate::capture::own::PidIdentity::Host { .. }
+                );
+                crate::capture::procwatch::KernelChanges::new(table, counters, host_pids)
+                    .map_err(|err| tracing::warn!(%err, "process changes not read: TLS discovery reads every process"))
+                    .ok()
+                    .map(|source| crate::capture::procwatch::ProcessWatch::new(Box::new(source)))
+            }
+            _ => None,
+        };
         if opts.tls {
             match probes.load_tls_programs() {
                 Ok(()) => {
@@ -672,6 +694,7 @@ impl Probes {
                     probes.tls = Some(crate::capture::tls::TlsSearch::start(
                         PathBuf::from("/proc"),
                         monotonic_ns(),
+                        process_watch.as_ref().map(|w| w.subscribe()),
                     ));
                     probes.rescan_tls();
                 }
@@ -682,7 +705,11 @@ impl Probes {
             }
         }
         if opts.tls {
-            probes.go_tls = crate::capture::gotls::GoTls::start(&mut probes.ebpf, opts);
+            probes.go_tls = crate::capture::gotls::GoTls::start(
+                &mut probes.ebpf,
+                opts,
+                process_watch.as_ref().map(|w| w.subscribe()),
+            );
         }
         // Second handles on the agent's own map fds (dup): opening maps by id would need
         // CAP_SYS_ADMIN, which the least-privilege deployment does not have.
@@ -982,6 +1009,7 @@ impl Probes {
         out.tls_binding_refused = read(counter::TLS_BINDING_REFUSED);
         out.tls_held_evicted = read(counter::TLS_HELD_EVICTED);
         out.tls_nested_refused = read(counter::TLS_NESTED_REFUSED);
+        out.process_changes_full = read(counter::PROCESS_CHANGES_FULL);
         if let Some(tls) = &self.tls {
             let stats = tls.stats();
             out.tls_libraries_attached = stats.libraries_attached;
@@ -989,6 +1017,7 @@ impl Probes {
             out.tls_search_scans = stats.scans;
             out.tls_search_cut_short = stats.scans_cut_short;
             out.tls_search_processes_unchanged = stats.processes_unchanged;
+            out.tls_search_full_scans = stats.full_scans;
             out.tls_unsupported_processes = stats.unsupported_processes;
         }
         out

@@ -1026,6 +1026,18 @@ fn go_tls_families(g: &crate::capture::gotls::GoTlsSnapshot) -> Vec<Family> {
             vec![Sample::plain(g.scans)],
         ),
         Family::counter(
+            "tracer_go_tls_full_scans_total",
+            "Scans of /proc for Go executables that looked at every process's executable (every \
+             30 s, or when the kernel could not name the processes that exec'd); the others look \
+             only at new and exec'd processes.",
+            vec![Sample::plain(g.full_scans)],
+        ),
+        Family::counter(
+            "tracer_go_tls_processes_considered_total",
+            "Processes whose executable a scan for Go executables looked at.",
+            vec![Sample::plain(g.processes_considered)],
+        ),
+        Family::counter(
             "tracer_kernel_go_tls_calls_skipped_total",
             "Go crypto/tls Read/Write calls whose plaintext was not captured, by reason.",
             vec![
@@ -1175,6 +1187,19 @@ fn tls_families(k: &KernelSnapshot, t: &crate::protocols::select::TlsStats) -> V
              virtual size as when their maps were read, with nothing to attach then (every \
              process is read again every 30 seconds).",
             vec![Sample::plain(k.tls_search_processes_unchanged)],
+        ),
+        Family::counter(
+            "tracer_kernel_tls_search_full_scans_total",
+            "Scans for OpenSSL copies that read every process's maps (at start, then every 30 \
+             seconds); the others read only new processes and those the kernel saw exec or map \
+             a file executable.",
+            vec![Sample::plain(k.tls_search_full_scans)],
+        ),
+        Family::counter(
+            "tracer_kernel_process_changes_full_total",
+            "Execs and executable file mappings the kernel's process-change table had no room \
+             to name: the next scans for TLS libraries read every process.",
+            vec![Sample::plain(k.process_changes_full)],
         ),
         Family::gauge(
             "tracer_tls_unsupported_processes",
@@ -1765,6 +1790,8 @@ mod tests {
                 tls_search_scans: 144,
                 tls_search_cut_short: 149,
                 tls_search_processes_unchanged: 1156,
+                tls_search_full_scans: 1161,
+                process_changes_full: 1162,
                 tls_unsupported_processes: [145, 146, 147, 148],
             },
             events_read: 201,
@@ -1895,6 +1922,8 @@ mod tests {
                 skipped_exe_unreadable: 713,
                 calls_swept: 714,
                 scans: 720,
+                full_scans: 1163,
+                processes_considered: 1164,
                 kernel_not_tcp: 715,
                 kernel_unreadable: 716,
                 kernel_untracked: 717,
@@ -1972,6 +2001,7 @@ mod tests {
         want.extend((1151..=1154).map(|v| v as f64)); // memory-BIO TLS bindings
         want.push(1155.0); // nested syscalls refused as an SSL*'s socket
         want.push(1156.0); // TLS search: processes unchanged, not read again
+        want.extend((1161..=1164).map(|v| v as f64)); // process discovery: full scans, changes
         want.extend((1001..=1015).map(|v| v as f64)); // context propagation
         want.extend((1016..=1018).map(|v| v as f64)); // thread rule revoked, evictions
         want.extend((1019..=1021).map(|v| v as f64)); // kernel traceparent scans

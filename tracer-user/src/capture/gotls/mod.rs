@@ -1,6 +1,8 @@
 //! Go crypto/tls plaintext capture, userspace side: finds Go executables among the traced
 //! processes (a bounded periodic rescan of /proc, every [`RESCAN_EVERY`], on its own thread,
-//! which also catches processes started or exec'd after the agent), analyses each distinct
+//! which also catches processes started or exec'd after the agent: a rescan looks at the
+//! executables of the processes the kernel saw exec (`capture::procwatch`), and lists /proc and
+//! looks at every process's only every [`FULL_SCAN_EVERY`]th), analyses each distinct
 //! binary once (device, inode) and hands the result to the event thread, which attaches the
 //! uprobes of `tracer-ebpf/src/gotls.rs` at the entry and every return instruction of
 //! `crypto/tls.(*Conn).Read` and `.Write`, with the binary's layout slot as attach cookie.
@@ -33,6 +35,12 @@ use crate::capture::probes::ProbeOptions;
 
 /// How often /proc is scanned for new Go executables.
 pub const RESCAN_EVERY: Duration = Duration::from_millis(500);
+/// Every this many scans, /proc is listed and the executable of every process looked at again,
+/// exec'd or not (a backstop: 30 s). Other scans look only at the processes the kernel saw exec:
+/// a new executable runs only after an exec (a process forked without one runs its parent's).
+pub const FULL_SCAN_EVERY: u64 = 60;
+/// Processes one scan lists at most.
+const MAX_PIDS_PER_SCAN: usize = 65536;
 /// Executables larger than this are not read.
 const MAX_EXE_BYTES: u64 = 256 << 20;
 /// Distinct non-Go executables remembered (then forgotten all at once and read again).
@@ -51,6 +59,8 @@ struct Stats {
     exe_unreadable: AtomicU64,
     calls_swept: AtomicU64,
     scans: AtomicU64,
+    full_scans: AtomicU64,
+    processes_considered: AtomicU64,
 }
 
 /// Reasons a binary is skipped, in the order of `Stats::skipped`.
@@ -84,6 +94,10 @@ pub struct GoTlsSnapshot {
     pub calls_swept: u64,
     /// Scans of /proc done (a test waits on it before asserting what was not attached).
     pub scans: u64,
+    /// Scans that looked at every process's executable (not only exec'd ones).
+    pub full_scans: u64,
+    /// Processes whose executable a scan looked at (exec'd, or in a full scan).
+    pub processes_considered: u64,
     pub kernel_not_tcp: u64,
     pub kernel_unreadable: u64,
     pub kernel_untracked: u64,
@@ -122,7 +136,11 @@ fn dup_map_fd(ebpf: &Ebpf, name: &str) -> Option<OwnedFd> {
 impl GoTls {
     /// Loads the uprobe programs and starts the discovery thread; None (warned) when the
     /// programs cannot load (Go TLS plaintext is then not captured; nothing else changes).
-    pub fn start(ebpf: &mut Ebpf, opts: &ProbeOptions) -> Option<GoTls> {
+    pub fn start(
+        ebpf: &mut Ebpf,
+        opts: &ProbeOptions,
+        changes: Option<crate::capture::procwatch::Subscriber>,
+    ) -> Option<GoTls> {
         for name in go_tls_program::ALL {
             let loaded = ebpf
                 .program_mut(name)
@@ -165,6 +183,7 @@ impl GoTls {
             attached: HashSet::new(),
             own_pid: std::process::id(),
             own_exe: exe_id(Path::new("/proc/self/exe")),
+            changes,
             sweeps: matches!(
                 crate::capture::own::PidIdentity::of_self(Path::new("/proc")),
                 crate::capture::own::PidIdentity::Host { .. }
@@ -327,6 +346,8 @@ impl GoTls {
             skipped_exe_unreadable: get(&s.exe_unreadable),
             calls_swept: get(&s.calls_swept),
             scans: get(&s.scans),
+            full_scans: get(&s.full_scans),
+            processes_considered: get(&s.processes_considered),
             ..Default::default()
         }
     }
@@ -351,32 +372,61 @@ struct Discovery {
     attached: HashSet<(u64, u64)>,
     own_pid: u32,
     own_exe: Option<(u64, u64)>,
+    /// Processes the kernel saw exec (None: not known, every scan is full).
+    changes: Option<crate::capture::procwatch::Subscriber>,
     /// The agent's /proc numbers processes as the kernel does (host pid namespace).
     sweeps: bool,
 }
 
 impl Discovery {
+    /// Looks at the executables of the processes the kernel saw exec since the last scan (of
+    /// every process at the first and every [`FULL_SCAN_EVERY`]th scan, and when the kernel
+    /// could not name them). A pid reused without an exec runs its parent's executable.
     fn scan(&mut self) {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return;
+        let changes = match &self.changes {
+            Some(changes) => changes.take(),
+            None => crate::capture::procwatch::Changes {
+                everything: true,
+                ..Default::default()
+            },
         };
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        let scans = self.stats.scans.load(Ordering::Relaxed);
+        let full = changes.everything || scans.is_multiple_of(FULL_SCAN_EVERY);
+        let considered: Vec<u32> = if full {
+            // With a pid filter, the traced processes are the filter's (few) entries.
+            match &self.filter {
+                Some(filter) => filter
+                    .keys()
+                    .filter_map(Result::ok)
+                    .take(MAX_PIDS_PER_SCAN)
+                    .collect(),
+                None => match std::fs::read_dir("/proc") {
+                    Ok(dir) => dir
+                        .flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                        .take(MAX_PIDS_PER_SCAN)
+                        .collect(),
+                    Err(_) => return,
+                },
+            }
+        } else {
+            let mut pids: Vec<u32> = changes.pids.into_iter().collect();
+            if let Some(filter) = &self.filter {
+                pids.retain(|pid| filter.get(pid, 0).is_ok());
+            }
+            pids
+        };
+        for pid in considered {
             if pid == self.own_pid {
                 continue;
             }
-            if let Some(filter) = &self.filter
-                && filter.get(&pid, 0).is_err()
-            {
-                continue;
-            }
+            self.stats
+                .processes_considered
+                .fetch_add(1, Ordering::Relaxed);
             self.consider(pid);
+        }
+        if full {
+            self.stats.full_scans.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.scans.fetch_add(1, Ordering::Relaxed);
     }
@@ -461,5 +511,68 @@ impl Discovery {
                 self.stats.calls_swept.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::procwatch::{ProcessWatch, testing::FakeChanges};
+
+    /// After the first (full) scan, a scan looks only at the processes the kernel saw exec; a
+    /// full scan, or changes the kernel could not name, look at every process again.
+    #[test]
+    fn scans_look_at_execd_processes_only_between_full_scans() {
+        let fake = FakeChanges::default();
+        let watch = ProcessWatch::new(Box::new(fake.clone()));
+        let (plans, _received) = mpsc::channel();
+        let mut discovery = Discovery {
+            stats: Arc::new(Stats::default()),
+            plans,
+            filter: None,
+            calls: None,
+            seen: HashSet::new(),
+            attached: HashSet::new(),
+            own_pid: std::process::id(),
+            own_exe: exe_id(Path::new("/proc/self/exe")),
+            changes: Some(watch.subscribe()),
+            sweeps: false,
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let considered = |d: &Discovery| d.stats.processes_considered.load(Ordering::Relaxed);
+        discovery.scan();
+        let everyone = considered(&discovery);
+        assert!(
+            everyone > 1,
+            "the first scan looked at {everyone} processes"
+        );
+        discovery.scan();
+        assert_eq!(considered(&discovery), everyone, "nothing exec'd");
+        fake.changed(child.id());
+        discovery.scan();
+        assert_eq!(considered(&discovery), everyone + 1, "the exec'd process");
+        fake.lost();
+        discovery.scan();
+        assert!(
+            considered(&discovery) > everyone + 2,
+            "changes lost: everyone"
+        );
+        while !discovery
+            .stats
+            .scans
+            .load(Ordering::Relaxed)
+            .is_multiple_of(FULL_SCAN_EVERY)
+        {
+            discovery.scan();
+        }
+        let before = considered(&discovery);
+        discovery.scan();
+        assert!(considered(&discovery) > before + 1, "the full scan");
+        assert_eq!(discovery.stats.full_scans.load(Ordering::Relaxed), 3);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -8,10 +8,15 @@
 //! Processes that start later, or `dlopen` libssl after they started (Python imports `ssl`
 //! lazily), are found by a periodic rescan (`RESCAN_EVERY_NS`): an exec hook alone would miss a
 //! library loaded after exec. The rescan reads `/proc/<pid>/maps` of at most `MAX_PIDS_PER_SCAN`
-//! processes, and only of those that are new or changed since their maps were last read (their
-//! start time and virtual size in `/proc/<pid>/stat`: a `dlopen` grows the latter), except every
-//! `FULL_RESCAN_EVERY`th rescan, which reads them all; an executable's symbols are read once per
-//! inode. It runs on its own thread
+//! processes, and only of those that are new or changed since their maps were last read: the
+//! kernel names the processes that exec'd or mapped a file executable (a `dlopen`) since the last
+//! rescan (`capture::procwatch`), and each is read at that rescan and once more at the next (its
+//! mapping may have been under way); nothing is read of the others. When the kernel cannot name
+//! them (its table was full, another pid namespace), a rescan compares every process's start
+//! time and virtual size in `/proc/<pid>/stat` with those at its last read (a `dlopen` grows the
+//! latter), and so does every `STAMP_RESCAN_EVERY`th rescan (30 s); every `FULL_RESCAN_EVERY`th
+//! (5 min) reads the maps of them all; an executable's symbols are read
+//! once per inode. It runs on its own thread
 //! ([`TlsSearch`]): the event thread only attaches what it found (tens of milliseconds per scan
 //! on a busy host, a second for the first look at every executable, never on the event loop;
 //! a scan runs in slices so the event thread never waits for a whole one). The search at
@@ -28,8 +33,11 @@ pub const RESCAN_EVERY_NS: u64 = 2_000_000_000;
 /// Processes whose maps one scan reads at most.
 pub const MAX_PIDS_PER_SCAN: usize = 8192;
 /// Every this many rescans, every process's maps are read again, changed or not (the others read
-/// only processes that are new or whose address space changed: [`ProcessStamp`]).
-pub const FULL_RESCAN_EVERY: u64 = 15;
+/// only processes that are new or whose address space changed): 5 minutes.
+pub const FULL_RESCAN_EVERY: u64 = 150;
+/// Every this many rescans (30 s), the processes whose maps are read are told by comparing every
+/// process's [`ProcessStamp`], not only from the kernel's names of changed processes (a backstop).
+pub const STAMP_RESCAN_EVERY: u64 = 15;
 /// Longest the search at start-up runs before the agent reports ready (about 3,000 processes
 /// take a second in a debug build on a loaded host): processes it has not read by then are
 /// left to the search thread, which starts at once (`scans_cut_short`).
@@ -78,6 +86,10 @@ pub struct TlsAttachStats {
     /// Processes a rescan did not read again: unchanged since they were read (same start time
     /// and virtual size) and with nothing to attach then.
     pub processes_unchanged: u64,
+    /// Rescans that looked at every process: its maps (the first, then every
+    /// `FULL_RESCAN_EVERY`th), or its stamp (every `STAMP_RESCAN_EVERY`th, and when the kernel
+    /// could not name the processes that changed).
+    pub full_scans: u64,
     /// Gauge, per [`UNSUPPORTED`] library: processes that mapped it at the last scan.
     pub unsupported_processes: [u64; UNSUPPORTED.len()],
 }
@@ -145,6 +157,12 @@ pub struct ScanPass {
     pids: Vec<u32>,
     /// Whether processes unchanged since they were last read are skipped.
     incremental: bool,
+    /// The processes the kernel named as changed, and those read as new or changed at the last
+    /// pass (read again once): the only ones read besides new ones. None: unchanged processes
+    /// are told by their `/proc/<pid>/stat` stamp.
+    wanted: Option<HashSet<u32>>,
+    /// The processes the kernel named as changed for this pass.
+    changed: HashSet<u32>,
     /// Index in `pids` of the next process to read.
     next: usize,
     /// Times each file was offered in this pass.
@@ -157,6 +175,8 @@ impl ScanPass {
         ScanPass {
             pids,
             incremental: false,
+            wanted: None,
+            changed: HashSet::new(),
             next: 0,
             offered: std::collections::HashMap::new(),
             unsupported: [0; UNSUPPORTED.len()],
@@ -182,6 +202,10 @@ pub struct TlsTargets {
     passes: u64,
     /// When set, a scan stops at this instant (counted in `scans_cut_short`).
     deadline: Option<std::time::Instant>,
+    /// The processes the kernel saw change (None: every rescan reads every process's stamp).
+    changes: Option<crate::capture::procwatch::Subscriber>,
+    /// Processes read at the last pass because they were new or changed: read once more.
+    recheck: HashSet<u32>,
     pub stats: TlsAttachStats,
 }
 
@@ -196,6 +220,8 @@ impl TlsTargets {
             read: std::collections::HashMap::new(),
             passes: 0,
             deadline: None,
+            changes: None,
+            recheck: HashSet::new(),
             stats: TlsAttachStats::default(),
         }
     }
@@ -254,7 +280,22 @@ impl TlsTargets {
             })
             .unwrap_or_default();
         let incremental = !self.passes.is_multiple_of(FULL_RESCAN_EVERY);
+        let stamps = self.passes.is_multiple_of(STAMP_RESCAN_EVERY);
         self.passes += 1;
+        // Drained at every pass, a full one too (which reads the named processes anyway).
+        let changes = self.changes.as_ref().map(|c| c.take());
+        let recheck = std::mem::take(&mut self.recheck);
+        let mut wanted = None;
+        let mut changed = HashSet::new();
+        match changes.filter(|c| incremental && !stamps && !c.everything) {
+            Some(changes) => {
+                let mut all = changes.pids.clone();
+                all.extend(recheck);
+                wanted = Some(all);
+                changed = changes.pids;
+            }
+            None => self.stats.full_scans += 1,
+        }
         if !incremental {
             self.read.clear();
         } else {
@@ -264,6 +305,8 @@ impl TlsTargets {
         }
         let mut pass = ScanPass::over(pids);
         pass.incremental = incremental;
+        pass.wanted = wanted;
+        pass.changed = changed;
         pass
     }
 
@@ -288,11 +331,29 @@ impl TlsTargets {
                 continue;
             }
             let dir = self.proc_root.join(pid.to_string());
-            // Read before the maps: a change after this read shows at the next pass.
-            let stamp = ProcessStamp::read(&dir);
-            let unchanged = self.read.get(&pid).filter(|r| {
-                pass.incremental && Some(r.stamp) == stamp && (r.executables || !executables)
-            });
+            let known = self
+                .read
+                .get(&pid)
+                .filter(|r| r.executables || !executables);
+            let (unchanged, stamp) = match &pass.wanted {
+                // The kernel names what changed: nothing is read of the others.
+                Some(wanted) => match known.filter(|_| !wanted.contains(&pid)) {
+                    Some(read) => (Some(read), None),
+                    None => {
+                        if !self.read.contains_key(&pid) || pass.changed.contains(&pid) {
+                            // New or changed: read once more at the next pass.
+                            self.recheck.insert(pid);
+                        }
+                        (None, ProcessStamp::read(&dir))
+                    }
+                },
+                None => {
+                    // Read before the maps: a change after this read shows at the next pass.
+                    let stamp = ProcessStamp::read(&dir);
+                    let unchanged = known.filter(|r| pass.incremental && Some(r.stamp) == stamp);
+                    (unchanged, stamp)
+                }
+            };
             let seen = match unchanged {
                 Some(read) => {
                     self.stats.processes_unchanged += 1;
@@ -477,9 +538,16 @@ struct Shared {
 impl TlsSearch {
     /// Scans for the libraries now (the caller attaches them before it reports ready), then
     /// rescans everything (executables too) every `RESCAN_EVERY_NS` on a thread.
-    pub fn start(proc_root: PathBuf, now_ns: u64) -> TlsSearch {
+    /// `changes` names the processes that changed since the last rescan (None: every rescan
+    /// reads every process's stamp).
+    pub fn start(
+        proc_root: PathBuf,
+        now_ns: u64,
+        changes: Option<crate::capture::procwatch::Subscriber>,
+    ) -> TlsSearch {
         use std::sync::{Arc, Mutex, atomic::AtomicBool};
         let mut targets = TlsTargets::new(proc_root);
+        targets.changes = changes;
         let began = std::time::Instant::now();
         targets.deadline = Some(began + STARTUP_SEARCH_BUDGET);
         let mut pending = targets.scan(now_ns, None, false);
@@ -951,6 +1019,79 @@ mod tests {
             found = pass(&mut targets);
             assert_eq!(found.is_empty(), !full, "pass {}", targets.passes);
         }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// With the kernel naming changed processes, a rescan reads only those (at that rescan and
+    /// once more at the next: a mapping may have been under way) and new ones, never the
+    /// others' `stat`: a `dlopen` is found by its executable mapping, an exec'd or reused pid by
+    /// its exec, a new process by its pid; changes the kernel could not name fall back to the
+    /// stamps of every process.
+    #[test]
+    fn rescans_read_only_processes_the_kernel_names_as_changed() {
+        use crate::capture::procwatch::{ProcessWatch, testing::FakeChanges};
+        let root = std::env::temp_dir().join(format!("tracer-tls-changes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let fake = FakeChanges::default();
+        let watch = ProcessWatch::new(Box::new(fake.clone()));
+        let mut targets = TlsTargets::new(root.clone());
+        targets.changes = Some(watch.subscribe());
+        let pass = |targets: &mut TlsTargets| {
+            let mut pass = targets.begin_pass();
+            let mut out = Vec::new();
+            assert!(targets.continue_pass(&mut pass, true, None, &mut out));
+            out
+        };
+        let (foo, libssl) = (
+            "/usr/lib/libfoo.so",
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        );
+        fake_process(&root, 100, 5, 1000, foo);
+        fake_process(&root, 101, 5, 1000, foo);
+        assert!(pass(&mut targets).is_empty());
+        assert_eq!(targets.stats.full_scans, 1);
+        // A dlopen the kernel has not named (its virtual size changed too): not read, and no
+        // stamp read either (a stat file that no longer parses changes nothing).
+        fake_process(&root, 100, 5, 2000, libssl);
+        std::fs::write(root.join("101/stat"), "garbage").expect("stat");
+        let unchanged = targets.stats.processes_unchanged;
+        assert!(pass(&mut targets).is_empty());
+        assert_eq!(targets.stats.processes_unchanged, unchanged + 2);
+        // Named (its executable mapping of libssl): read, offered, attached.
+        fake.changed(100);
+        let found = pass(&mut targets);
+        assert_eq!(found.len(), 1, "{found:?}");
+        targets.attached(&found[0]);
+        // A new process, never listed: read without being named.
+        fake_process(&root, 102, 7, 1000, "/opt/b/libssl.so.3");
+        let found = pass(&mut targets);
+        assert_eq!((found.len(), found[0].pid), (1, 102), "{found:?}");
+        targets.attached(&found[0]);
+        // Exec (or a reused pid that exec'd): named, read at once and again at the next pass,
+        // which finds what was mapped after the first read.
+        fake_process(&root, 101, 9, 1000, foo);
+        fake.changed(101);
+        assert!(pass(&mut targets).is_empty());
+        fake_process(&root, 101, 9, 1000, "/opt/other/libssl.so.3");
+        let found = pass(&mut targets);
+        assert_eq!((found.len(), found[0].pid), (1, 101), "{found:?}");
+        targets.attached(&found[0]);
+        // Read again after its offer (the attach might have failed), then once more; then left
+        // alone until the kernel names it.
+        assert!(pass(&mut targets).is_empty());
+        assert!(pass(&mut targets).is_empty());
+        fake_process(&root, 101, 9, 1000, "/opt/third/lib/libssl.so.3");
+        assert!(pass(&mut targets).is_empty());
+        // Changes the kernel could not name: every process's stamp is compared.
+        fake.lost();
+        let found = pass(&mut targets);
+        assert!(found.is_empty(), "same stamp: {found:?}");
+        fake_process(&root, 101, 9, 3000, "/opt/third/lib/libssl.so.3");
+        fake.lost();
+        let found = pass(&mut targets);
+        assert_eq!((found.len(), found[0].pid), (1, 101), "{found:?}");
+        // The first pass, and the two whose changes were lost, looked at every process.
+        assert_eq!(targets.stats.full_scans, 3);
         let _ = std::fs::remove_dir_all(&root);
     }
 }
