@@ -218,12 +218,15 @@ struct Half {
 #[derive(Debug, Default)]
 struct State {
     /// Client span id -> the half waiting under it (CLIENT: its own id; SERVER: its client's).
-    pending: HashMap<[u8; 8], Half>,
+    /// A SERVER span's parent id may come from a peer's header: the maps keyed by span ids use a
+    /// per-table seeded foldhash (as `seed` below), not SipHash (a hash per span was ~0.5 % of the
+    /// agent) nor an unkeyed one.
+    pending: HashMap<[u8; 8], Half, foldhash::fast::RandomState>,
     /// (due, key, seq) in arrival order; entries whose half is gone or newer are skipped.
     order: VecDeque<(Instant, [u8; 8], u64)>,
     seq: u64,
     /// SERVER span id -> the CLIENT span id the linker paired it with (when a header won).
-    notes: HashMap<[u8; 8], [u8; 8]>,
+    notes: HashMap<[u8; 8], [u8; 8], foldhash::fast::RandomState>,
     notes_order: VecDeque<[u8; 8]>,
     edges: Vec<Edge>,
     /// Edge hash -> first edge with it (the key is a seeded hash already).
