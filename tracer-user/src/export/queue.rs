@@ -9,8 +9,9 @@
 //! producer gets an emptied vector back in exchange, one the consumer returned), and the consumer
 //! takes whole batches, so an item is never copied through the queue (a span record is most of a
 //! kilobyte; copying each in and out was ~4 % of the agent's CPU). The vectors the queue holds
-//! (queued batches and spares) stay within a budget of item slots; a batch that would pass it is
-//! appended to the newest queued batch instead (copied, as every batch used to be).
+//! (queued batches and spares) stay within a budget of item slots (the queue's capacity plus an
+//! export batch); a batch that would pass it is appended to the newest queued batch instead
+//! (copied, as every batch used to be).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -98,7 +99,7 @@ impl<T> Batches<T> {
                 self.slots = self.slots.saturating_sub(spare.capacity());
                 spare
             }
-            None => Vec::with_capacity(hint),
+            None => Vec::with_capacity(hint.next_power_of_two()),
         }
     }
 }
@@ -117,9 +118,10 @@ impl<T> DropOldestQueue<T> {
             }),
             capacity,
             wake_at: wake_at.clamp(1, capacity),
-            // Room for a full queue plus the vectors in flight between the producer and the
-            // consumer (a batch being filled, one being exported).
-            slot_budget: capacity.saturating_mul(2).max(1024),
+            // Room for a full queue plus an export batch's worth of spares.
+            slot_budget: capacity
+                .saturating_add(wake_at.clamp(1, capacity))
+                .max(1024),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
         }
