@@ -291,6 +291,7 @@ impl<T> DropOldestQueue<T> {
     }
 
     /// Moves up to `max` of the oldest items into `out` without waiting; returns how many.
+    #[cfg(test)]
     pub fn take(&self, out: &mut Vec<T>, max: usize) -> usize {
         let mut batches = Vec::new();
         let n = self.take_batches(&mut batches, max);
