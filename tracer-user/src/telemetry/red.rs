@@ -293,6 +293,9 @@ pub struct ResourceSeries {
     /// Attribute hash -> first series with it (the key is a seeded hash already).
     index: IdHashMap<u64, u32>,
     overflow: [Option<u32>; 4],
+    /// Per instrument, the series the last span went to: a span of the same series (the usual
+    /// case) is compared with it in place, not hashed and looked up.
+    last: [Option<u32>; 4],
 }
 
 /// Limits of the aggregation.
@@ -524,30 +527,38 @@ impl RedMetrics {
                     series: Vec::new(),
                     index: IdHashMap::default(),
                     overflow: [None; 4],
+                    last: [None; 4],
                 });
                 let r = tables.resources.len() - 1;
                 tables.by_resource.insert(key, r as u32);
                 r
             }
         };
-        let hash = hash_values(&tables.seed, instrument, values);
-        let found = {
-            let rs = &tables.resources[r];
-            let mut at = rs.index.get(&hash).copied();
-            let mut found = None;
-            while let Some(i) = at {
-                let s = &rs.series[i as usize];
-                if !s.overflow
-                    && s.instrument == instrument
-                    && s.values.len() == values.len()
-                    && s.values.iter().zip(values).all(|(a, b)| a.as_ref() == *b)
-                {
-                    found = Some(i as usize);
-                    break;
+        let is_series = |s: &Series| {
+            !s.overflow
+                && s.instrument == instrument
+                && s.values.len() == values.len()
+                && s.values.iter().zip(values).all(|(a, b)| a.as_ref() == *b)
+        };
+        let rs = &tables.resources[r];
+        let last = rs.last[instrument.index()]
+            .filter(|i| rs.series.get(*i as usize).is_some_and(is_series));
+        let (found, hash) = match last {
+            Some(i) => (Some(i as usize), None),
+            None => {
+                let hash = hash_values(&tables.seed, instrument, values);
+                let mut at = rs.index.get(&hash).copied();
+                let mut found = None;
+                while let Some(i) = at {
+                    let s = &rs.series[i as usize];
+                    if is_series(s) {
+                        found = Some(i as usize);
+                        break;
+                    }
+                    at = s.next;
                 }
-                at = s.next;
+                (found, Some(hash))
             }
-            found
         };
         let at = match found {
             Some(i) => i,
@@ -558,6 +569,7 @@ impl RedMetrics {
                 tables.series += 1;
                 let rs = &mut tables.resources[r];
                 let i = rs.series.len() as u32;
+                let hash = hash.unwrap_or_else(|| hash_values(&tables.seed, instrument, values));
                 let next = rs.index.insert(hash, i);
                 rs.series.push(Series {
                     instrument,
@@ -591,7 +603,11 @@ impl RedMetrics {
                 }
             }
         };
-        let s = &mut tables.resources[r].series[at];
+        let rs = &mut tables.resources[r];
+        if !rs.series[at].overflow {
+            rs.last[instrument.index()] = Some(at as u32);
+        }
+        let s = &mut rs.series[at];
         let bucket = bucket_of(seconds);
         s.total.record(seconds, bucket, exemplar);
         s.delta.record(seconds, bucket, exemplar);
@@ -1046,6 +1062,59 @@ mod tests {
             assert_eq!(a.series[2].instrument, Instrument::HttpClient);
             assert_eq!(resources[1].series[0].total.count, 1);
         });
+    }
+
+    #[test]
+    fn runs_and_alternations_of_series_land_in_their_own_series() {
+        // The last series is compared in place before any lookup: a span of another series
+        // (or of the same values in another instrument or process) must not land in it.
+        let red = RedMetrics::new(Limits::default());
+        let a = resource(1, "a");
+        let b = resource(2, "b");
+        let statuses = [200, 200, 404, 200, 404, 404, 200];
+        let mut batch: Vec<_> = statuses
+            .iter()
+            .map(|s| item(&a, span(SpanKind::Server, http("GET", *s, "/"), 1, 1)))
+            .collect();
+        batch.push(item(
+            &a,
+            span(SpanKind::Client, http("GET", 200, "/"), 1, 1),
+        ));
+        batch.push(item(
+            &b,
+            span(SpanKind::Server, http("GET", 200, "/"), 1, 1),
+        ));
+        batch.push(item(
+            &a,
+            span(SpanKind::Server, http("GET", 200, "/"), 1, 1),
+        ));
+        red.record_batch(&batch[..4]);
+        red.record_batch(&batch[4..]);
+        red.with_cumulative(|r| {
+            let counts: Vec<_> = r[0]
+                .series
+                .iter()
+                .map(|s| (s.instrument, s.total.count))
+                .collect();
+            assert_eq!(
+                counts,
+                [
+                    (Instrument::HttpServer, 5),
+                    (Instrument::HttpServer, 3),
+                    (Instrument::HttpClient, 1)
+                ]
+            );
+            let status = |s: &Series| {
+                s.attributes()
+                    .find(|(k, _)| *k == semconv::HTTP_RESPONSE_STATUS_CODE)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(status(&r[0].series[0]), Some(AttrValue::Int(200)));
+            assert_eq!(status(&r[0].series[1]), Some(AttrValue::Int(404)));
+            assert_eq!(r[1].series.len(), 1);
+            assert_eq!(r[1].series[0].total.count, 1);
+        });
+        assert_eq!(red.stats().series, 4);
     }
 
     #[test]
