@@ -451,7 +451,7 @@ mod tests {
             }
             assert!(q.lock().slots <= q.slot_budget + 512, "{}", q.lock().slots);
         }
-        assert!(moved >= 2 && moved < 10, "{moved} batches moved");
+        assert!((2..10).contains(&moved), "{moved} batches moved");
         let mut out = Vec::new();
         assert_eq!(q.take(&mut out, 1000), 200);
         assert_eq!(out, (0..200).collect::<Vec<_>>());
