@@ -255,10 +255,12 @@ fn pipeline_benches(c: &mut Criterion) {
     }
 }
 
-/// `PIPELINE_RUN_ONCE=<server|client_server>:<pipeline|reorder_pipeline|pipeline_otlp>:<requests
-/// per connection>` runs that path once over that stream and exits, for instruction counts under
-/// an instruction-counting tool (`valgrind --tool=callgrind`): unlike wall time on a shared
-/// machine, they do not vary from run to run.
+/// `PIPELINE_RUN_ONCE=<server|client_server>:<pipeline|reorder_pipeline|pipeline_otlp|
+/// red_record>:<requests per connection>` runs that path once over that stream and exits, for
+/// instruction counts under an instruction-counting tool (`valgrind --tool=callgrind`): unlike
+/// wall time on a shared machine, they do not vary from run to run. `red_record` runs the
+/// pipeline, then measures its spans in the RED metrics and the service graph as the agent's
+/// hand-over does, in batches of 64, twice (the second pass finds every series and edge).
 fn run_once(spec: &str) {
     let mut parts = spec.split(':');
     let (Some(name), Some(path), Some(requests)) = (parts.next(), parts.next(), parts.next())
@@ -275,7 +277,7 @@ fn run_once(spec: &str) {
     };
     let stream = recorded::record(shape);
     let spans = match path {
-        "pipeline" | "pipeline_otlp" => run_pipeline(&stream),
+        "pipeline" | "pipeline_otlp" | "red_record" => run_pipeline(&stream),
         "reorder_pipeline" => run_agent_path(&stream),
         other => panic!("unknown path {other}"),
     };
@@ -283,6 +285,15 @@ fn run_once(spec: &str) {
     if path == "pipeline_otlp" {
         let (bytes, encoded) = otlp::encode_all(&mut TraceEncoder::new(), &mut Vec::new(), &spans);
         println!("{encoded} spans encoded, {bytes} bytes");
+    }
+    if path == "red_record" {
+        let red = tracer::telemetry::red::RedMetrics::new(Default::default());
+        for _ in 0..2 {
+            for batch in spans.chunks(64) {
+                red.record_batch(batch);
+            }
+        }
+        println!("{} points", red.stats().points);
     }
     println!("{} spans", spans.len());
 }

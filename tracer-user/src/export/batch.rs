@@ -134,6 +134,8 @@ impl BatchWorker {
     async fn run(mut self, queue: Arc<DropOldestQueue<ExportItem>>) {
         let max_batch = self.batch_cfg.max_export_batch_size.max(1);
         let mut flush_at = Instant::now() + self.batch_cfg.schedule_delay;
+        // The batches one export takes (as the producer handed them over), reused.
+        let mut batch: Vec<Vec<ExportItem>> = Vec::new();
         loop {
             let flush_due = tokio::select! {
                 () = queue.filled() => false,
@@ -151,12 +153,14 @@ impl BatchWorker {
                 } else {
                     break;
                 };
-                let mut batch = Vec::with_capacity(take);
-                if queue.take(&mut batch, take) == 0 {
+                let taken = queue.take_batches(&mut batch, take);
+                if taken == 0 {
                     break;
                 }
-                flush_left = flush_left.saturating_sub(batch.len());
-                self.export_batch(batch).await;
+                flush_left = flush_left.saturating_sub(taken);
+                let requests = self.encode_batch(&mut batch);
+                queue.give_back(&mut batch);
+                self.export_requests(requests).await;
                 flush_at = Instant::now() + self.batch_cfg.schedule_delay;
             }
             if closed {
@@ -168,15 +172,28 @@ impl BatchWorker {
         }
     }
 
-    /// Encodes a batch as one request (several when it passes the request size cap) and exports
-    /// each on its own. The records are released once encoded, so a batch waiting on retries
-    /// holds only its bytes.
-    async fn export_batch(&mut self, batch: Vec<ExportItem>) {
-        if batch.is_empty() {
-            return;
+    /// Encodes the spans of `batches` as one request (several when it passes the request size
+    /// cap), in order, and releases them (the vectors are left empty for the queue to reuse), so
+    /// a batch waiting on retries holds only its bytes.
+    fn encode_batch(
+        &mut self,
+        batches: &mut [Vec<ExportItem>],
+    ) -> Vec<super::otlp::EncodedRequest> {
+        let items: Vec<&ExportItem> = batches.iter().flatten().collect();
+        let requests = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.transport.encode(&items)
+        };
+        drop(items);
+        for batch in batches.iter_mut() {
+            batch.clear();
         }
-        let requests = self.transport.encode(&batch);
-        drop(batch);
+        requests
+    }
+
+    /// Exports each encoded request on its own.
+    async fn export_requests(&mut self, requests: Vec<super::otlp::EncodedRequest>) {
         for request in requests {
             let count = request.spans;
             match request.body {

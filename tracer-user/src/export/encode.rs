@@ -9,12 +9,13 @@
 //! the `opentelemetry-proto` structs and serialises them with its serde support (hex ids, enum
 //! integers, 64-bit integers as strings), so both forms come from one field mapping.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use prost::encoding::{WireType, encoded_len_varint, key_len};
 
+use crate::idhash::IdHashMap;
 use crate::model::{AttrValue, ExportItem, ProcessResource, SpanKind, SpanRecord, SpanStatus};
 
 /// Instrumentation scope name on every exported span.
@@ -452,7 +453,7 @@ pub struct TraceEncoder {
     /// Per item: its encoded `Span` body size.
     span_lens: Vec<usize>,
     /// pid -> first group with that pid.
-    by_pid: HashMap<u32, usize>,
+    by_pid: IdHashMap<u32, usize>,
 }
 
 impl TraceEncoder {
@@ -463,14 +464,14 @@ impl TraceEncoder {
     /// Appends one `ExportTraceServiceRequest` holding `items` to `out`: one `ResourceSpans` per
     /// process resource (same pid and equal contents), in order of first appearance, spans in
     /// batch order. Batches beyond `u32::MAX - 1` items are the caller's mistake and are cut.
-    pub fn encode(&mut self, items: &[ExportItem], out: &mut Vec<u8>) {
+    pub fn encode<B: Borrow<ExportItem>>(&mut self, items: &[B], out: &mut Vec<u8>) {
         let items = &items[..items.len().min(END as usize - 1)];
         self.group(items);
         for group in &self.groups {
             let Some(first) = items.get(group.first as usize) else {
                 continue;
             };
-            let resource: &Arc<ProcessResource> = &first.resource;
+            let resource: &Arc<ProcessResource> = &first.borrow().resource;
             let resource_len = resource_len(resource);
             let scope_spans_len =
                 delimited_len(tag::SCOPE_SPANS_SCOPE, scope_len()) + group.spans_len;
@@ -490,7 +491,7 @@ impl TraceEncoder {
             while let (Some(item), Some(&len)) =
                 (items.get(at as usize), self.span_lens.get(at as usize))
             {
-                put_span(&item.span, len, &mut w);
+                put_span(&item.borrow().span, len, &mut w);
                 at = self.next.get(at as usize).copied().unwrap_or(END);
             }
             let written = w.at;
@@ -511,13 +512,14 @@ impl TraceEncoder {
     }
 
     /// Fills the group tables for `items`.
-    fn group(&mut self, items: &[ExportItem]) {
+    fn group<B: Borrow<ExportItem>>(&mut self, items: &[B]) {
         self.groups.clear();
         self.by_pid.clear();
         self.next.clear();
         self.next.resize(items.len(), END);
         self.span_lens.clear();
         for (index, item) in items.iter().enumerate() {
+            let item = item.borrow();
             let index = index as u32;
             let len = span_len(&item.span);
             self.span_lens.push(len);
@@ -530,6 +532,7 @@ impl TraceEncoder {
                     break None;
                 };
                 let same = items.get(group.first as usize).is_some_and(|first| {
+                    let first = first.borrow();
                     Arc::ptr_eq(&first.resource, &item.resource) || first.resource == item.resource
                 });
                 if same {

@@ -6,6 +6,7 @@
 //! Neither transport builds its own runtime: both run on the caller's tokio runtime, and both
 //! connect lazily, so an unreachable endpoint at start is not an error.
 
+use std::borrow::Borrow;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -115,7 +116,7 @@ impl OtlpTransport {
     /// for HTTP when configured), in batch order: one request unless its protobuf form would pass
     /// [`MAX_REQUEST_BYTES`], then as many as needed, cut between spans. Every item is in exactly
     /// one request. Bodies are reference-counted, so retries neither copy nor re-compress them.
-    pub fn encode(&mut self, items: &[ExportItem]) -> Vec<EncodedRequest> {
+    pub fn encode<B: Borrow<ExportItem>>(&mut self, items: &[B]) -> Vec<EncodedRequest> {
         let mut requests = Vec::with_capacity(1);
         // Ranges still to encode, the next one last.
         let mut pending = vec![(0, items.len())];

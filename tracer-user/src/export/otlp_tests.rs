@@ -561,6 +561,56 @@ async fn full_batch_is_sent_without_waiting_for_the_delay() {
     sink.shutdown(PATIENCE).await;
 }
 
+/// Batches handed over as the event thread hands them (vectors of any size, reused after each
+/// hand-over) arrive whole, once and in order, in export batches of their own size limit: the
+/// queue holds the hand-over's vectors and splits one that passes an export batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_over_batches_arrive_once_and_in_order() {
+    let receiver = start_receiver(OtlpProtocol::HttpProtobuf, None, Vec::new());
+    let mut cfg = config(OtlpProtocol::HttpProtobuf, receiver.addr());
+    cfg.batch.schedule_delay = Duration::from_millis(50);
+    cfg.batch.max_export_batch_size = 7;
+    let sink = build_sink(&SinkConfig::Otlp(cfg)).await.unwrap();
+    let template = sample_items().remove(0);
+    let mut out = Vec::new();
+    let mut next = 0u32;
+    for size in [1usize, 5, 7, 16, 3, 0, 9, 2] {
+        for _ in 0..size {
+            let mut item = template.clone();
+            item.span.span_id = [0; 8];
+            item.span.span_id[..4].copy_from_slice(&next.to_be_bytes());
+            item.span.span_id[7] = 1;
+            next += 1;
+            out.push(item);
+        }
+        sink.submit_batch(&mut out);
+        assert!(out.is_empty(), "the hand-over empties the batch");
+    }
+    let spans = wait_for_spans(&receiver, next as usize, PATIENCE).await;
+    let ids: Vec<u32> = spans
+        .iter()
+        .map(|(_, s)| u32::from_be_bytes([s.span_id[0], s.span_id[1], s.span_id[2], s.span_id[3]]))
+        .collect();
+    assert_eq!(ids, (0..next).collect::<Vec<_>>());
+    assert!(
+        receiver.attempts().iter().all(|r| r
+            .traces
+            .iter()
+            .flat_map(|t| &t.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum::<usize>()
+            <= 7),
+        "no export passes its batch size"
+    );
+    let stats = sink.shutdown(PATIENCE).await;
+    assert_eq!(stats.spans_exported, u64::from(next));
+    assert_eq!(
+        stats.spans_dropped_queue_full + stats.spans_dropped_shutdown,
+        0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_deadline_bounds_an_unreachable_endpoint() {
     let mut cfg = config(OtlpProtocol::Grpc, unused_addr().await);

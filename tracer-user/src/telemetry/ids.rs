@@ -4,7 +4,10 @@
 //! traces are random (the W3C recommendation, the default) or AWS X-Ray's time-prefixed ids;
 //! adopted contexts keep their own.
 
-use rand::Rng;
+use std::cell::RefCell;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::protocols::propagation::TraceContext;
 use crate::telemetry::spans::Clock;
@@ -159,16 +162,25 @@ pub fn xray_trace_id(unix_secs: u64) -> [u8; 16] {
     id
 }
 
+thread_local! {
+    /// The ids' generator, one per thread: rand's small fast generator (xoshiro) seeded from the
+    /// operating system when the thread first makes an id, as the OTel SDKs make theirs. Ids need
+    /// to be unique, not secret; the thread's ChaCha generator cost a block refill every few spans
+    /// and a reference count per call.
+    static ID_RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+}
+
 /// A random id that is never all zero (an all-zero id is invalid in W3C and OTLP).
 pub fn random_nonzero<const N: usize>() -> [u8; N] {
-    let mut rng = rand::rng();
-    loop {
-        let mut id = [0u8; N];
-        rng.fill(&mut id[..]);
-        if id.iter().any(|b| *b != 0) {
-            return id;
+    ID_RNG.with_borrow_mut(|rng| {
+        loop {
+            let mut id = [0u8; N];
+            rng.fill(&mut id[..]);
+            if id.iter().any(|b| *b != 0) {
+                return id;
+            }
         }
-    }
+    })
 }
 
 fn now_unix_secs() -> u64 {
@@ -227,6 +239,27 @@ mod tests {
         let root = SpanIdentity::from_request(None, &TraceIds::default(), 0);
         assert_eq!((root.parent_span_id, root.link), (None, LinkSource::Root));
         assert!(root.sampled && root.trace_id != [0; 16]);
+    }
+
+    #[test]
+    fn ids_are_unique_within_and_across_threads() {
+        let make = || {
+            (0..20_000)
+                .map(|_| random_nonzero::<8>())
+                .collect::<Vec<_>>()
+        };
+        let here = make();
+        let there = std::thread::spawn(make).join().expect("id thread");
+        let mut all: Vec<[u8; 8]> = here.iter().chain(&there).copied().collect();
+        assert!(all.iter().all(|id| *id != [0; 8]));
+        all.sort_unstable();
+        all.dedup();
+        // 40k random 64-bit ids collide with probability ~1e-10; two threads seeded alike would
+        // repeat each other's sequence.
+        assert_eq!(all.len(), 40_000, "span ids repeat");
+        let traces: std::collections::HashSet<[u8; 16]> =
+            (0..1000).map(|_| random_nonzero::<16>()).collect();
+        assert_eq!(traces.len(), 1000);
     }
 
     #[test]

@@ -29,6 +29,9 @@ struct PendingExchange {
     response: Option<HttpResponse>,
     /// Stamp of the last response byte, once the final response is complete.
     response_end_ns: Option<u64>,
+    /// What the entry counts against the agent's byte budget (its size and its request's heap
+    /// bytes, which do not change once parsed): read on every record of the connection.
+    budget_bytes: usize,
 }
 
 /// Heap bytes a parsed request holds (for the agent's byte budget).
@@ -217,13 +220,7 @@ impl HttpConnection {
     /// bounded per connection by the table's connection limit), so an idle keep-alive connection
     /// is never shed.
     pub fn memory_bytes(&self) -> usize {
-        let pending: usize = self
-            .pending
-            .iter()
-            .map(|p| {
-                std::mem::size_of::<PendingExchange>() + p.request.as_ref().map_or(0, request_bytes)
-            })
-            .sum();
+        let pending: usize = self.pending.iter().map(|p| p.budget_bytes).sum();
         self.ingress.buffer_capacity() + self.egress.buffer_capacity() + pending
     }
 
@@ -370,8 +367,10 @@ impl HttpConnection {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let method = RequestMethod::of(&request.method);
+        let budget_bytes = std::mem::size_of::<PendingExchange>() + request_bytes(&request);
         let admitted = self.admit(PendingExchange {
             sequence,
+            budget_bytes,
             request: Some(request),
             method,
             start_ns: first_ts,
@@ -509,6 +508,7 @@ impl HttpConnection {
                 self.next_sequence += 1;
                 self.admit(PendingExchange {
                     sequence,
+                    budget_bytes: std::mem::size_of::<PendingExchange>(),
                     request: None,
                     method: RequestMethod::default(),
                     start_ns: ts,
