@@ -22,13 +22,16 @@ function get(agent, port, id) {
   });
 }
 
-// Resolves to the number of requests answered 200 with their own id.
-async function run(port, count, sockets, first) {
+// Resolves to the number of requests answered 200 with their own id; `hold` (optional, async)
+// is called with that number before the connections are closed.
+async function run(port, count, sockets, first, hold) {
   const agent = new https.Agent({ keepAlive: true, maxSockets: sockets });
   const ids = Array.from({ length: count }, (_, i) => first + i);
   const results = await Promise.all(ids.map((id) => get(agent, port, id)));
+  const ok = results.filter(Boolean).length;
+  if (hold) await hold(ok);
   agent.destroy();
-  return results.filter(Boolean).length;
+  return ok;
 }
 
 module.exports = { run };

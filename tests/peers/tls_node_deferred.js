@@ -3,8 +3,9 @@
 // (setImmediate): OpenSSL's output reaches the socket out of Node's usual synchronous order,
 // interleaved with the other connections' calls. Serves as tls_node_server.js on
 // 127.0.0.1:PORT; once the file GO exists, sends COUNT requests GET /r/ID to itself, all in
-// flight at once over at most SOCKETS keep-alive connections; prints `done N` and exits 0 when
-// all answered 200 with their own id.
+// flight at once over at most SOCKETS keep-alive connections; prints `done N`, keeps its
+// connections open until the file GO.end exists, and exits 0 when all answered 200 with their
+// own id.
 // Usage: node tls_node_deferred.js PORT CERT KEY COUNT SOCKETS GO
 'use strict';
 const fs = require('fs');
@@ -83,6 +84,7 @@ if (require.main === module) serve(Number(port), cert, key, async (server) => {
   const ids = Array.from({ length: Number(count) }, (_, i) => i);
   const ok = (await Promise.all(ids.map((id) => get(agent, id)))).filter(Boolean).length;
   console.log('done ' + ok);
+  await waitForFile(go + '.end');
   agent.destroy();
   server.close();
   process.exit(ok === Number(count) ? 0 : 1);

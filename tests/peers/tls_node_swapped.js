@@ -5,7 +5,8 @@
 // socket write after A's SSL_write is B's ciphertext, on the other connection, ending in a
 // record of exactly A's size. Serves as tls_node_server.js on 127.0.0.1:PORT; once the file
 // GO exists, runs ROUNDS such rounds (A = 10 + 2 * round, B = A + 1), each after the last
-// answered; prints `done` and exits 0 when every response was 200 with its own id.
+// answered; prints `done`, keeps its connections open until the file GO.end exists, and exits
+// 0 when every response was 200 with its own id.
 // Usage: node tls_node_swapped.js PORT CERT KEY ROUNDS GO
 'use strict';
 const fs = require('fs');
@@ -58,6 +59,7 @@ serve(Number(port), cert, key, async (server) => {
     }
   }
   console.log('done');
+  await waitForFile(go + '.end');
   server.close();
   process.exit(ok ? 0 : 1);
 });

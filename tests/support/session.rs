@@ -59,8 +59,10 @@ impl TracedSession {
                 Err(timed_out) => {
                     self.agent().assert_running();
                     if Instant::now() >= deadline {
+                        let counters = nonzero_counters(self.agent().metrics_addr());
                         panic!(
                             "waited {SPAN_TIMEOUT:?} for {what}; receiver stats {:?}; {} span(s):\n{}\n\
+                             --- agent counters (non-zero) ---\n{counters}\n\
                              --- agent stderr ---\n{}",
                             self.receiver.stats(),
                             timed_out.last_seen.len(),
@@ -88,4 +90,22 @@ impl TracedSession {
             None => panic!("the agent was already stopped"),
         }
     }
+}
+
+/// The agent's non-zero counters (`*_total` samples) from its /metrics page, one per line: where
+/// a missing span went, in a wait's failure message.
+fn nonzero_counters(addr: std::net::SocketAddr) -> String {
+    let page = crate::metrics_client::scrape(addr);
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.split_once(' ').is_some_and(|(name, value)| {
+                name.split('{')
+                    .next()
+                    .is_some_and(|n| n.ends_with("_total"))
+                    && value.trim() != "0"
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

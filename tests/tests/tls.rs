@@ -10,6 +10,7 @@ use std::time::Duration;
 use tracer_tests::metrics_client::sample;
 use tracer_tests::nginx::{nginx_binary, nginx_config_listen};
 use tracer_tests::peers::{PythonServer, peer_script, python, self_signed};
+use tracer_tests::process::LineWait;
 use tracer_tests::query::{assert_attrs, assert_count, client_spans, server_spans, the_only};
 use tracer_tests::{
     AgentConfig, AttrValue, ChildGuard, ObservedSpan, OtlpProtocol, ScratchDir, TracedSession,
@@ -490,20 +491,19 @@ fn http2_over_tls_with_alpn_is_traced() {
     drop(nginx);
 }
 
-/// Waits until the agent has scanned twice since `node` listened (node's binary, which exports
-/// OpenSSL's symbols, is found at a full scan) and checks that an OpenSSL copy is attached.
-fn wait_node_attached(session: &mut TracedSession) {
-    let scans =
-        |page: &str| sample(page, "tracer_kernel_tls_search_scans_total", "").unwrap_or(0.0);
-    let listening = scans(&session.agent().wait_settled());
-    let page = session
-        .agent()
-        .wait_metrics("two scans for OpenSSL copies after node started", |page| {
-            scans(page) >= listening + 2.0
-        });
-    assert!(
-        libraries_attached(&page) >= 1.0,
-        "node's binary attached: {page}"
+/// Waits until the agent attached its OpenSSL uprobes to the executable of the running `node`
+/// (which exports OpenSSL's symbols). Uprobes live on the file, so the agent's log line naming
+/// this node's executable proves this node is covered, whichever process the agent found the
+/// file through (a concurrent test's node may be the one named); a count of OpenSSL copies
+/// attached does not: another process's libssl satisfies it.
+fn wait_node_attached(session: &mut TracedSession, node: &ChildGuard) {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", node.pid()))
+        .unwrap_or_else(|e| panic!("node's executable: {e}\n{}", node.output_report()));
+    // The attach line's fields are `pid= file= kind=`; a failed attach logs `err=` after file.
+    session.agent().wait_log_line(
+        "the OpenSSL uprobes attached to node's executable",
+        &format!("file={} kind=", exe.display()),
+        START_TIMEOUT,
     );
 }
 
@@ -600,7 +600,7 @@ fn node_https_server_and_client_are_traced_and_linked() {
         "node did not listen on {port}\n{}",
         server.output_report()
     );
-    wait_node_attached(&mut session);
+    wait_node_attached(&mut session, &server);
     let mut command = Command::new("node");
     command
         .arg(peer_script("tls_node_client.js"))
@@ -642,8 +642,25 @@ fn node_https_server_and_client_are_traced_and_linked() {
 
 /// Runs a Node peer that is both the https server and its own client (`script PORT CERT KEY
 /// ARGS... GO`): it listens, the agent attaches to node, then the `GO` file releases its
-/// requests; returns the session and the port once node exited with success.
+/// requests; once node printed `done`, the agent is let read every record of them before
+/// `GO.end` lets node close its connections and exit (node accepts with `accept4(fd, NULL,
+/// NULL)`: the agent reads its SERVER connections' endpoints from their open fds, which an agent
+/// lagging under load would otherwise find closed: see
+/// `node_server_exchanges_read_after_node_exited_are_counted`). Returns the session and the
+/// port once node exited with success.
 fn run_node_one_process(name: &str, script: &str, args: &[&str]) -> (TracedSession, u16) {
+    run_node_one_process_paused(name, script, args, false)
+}
+
+/// [`run_node_one_process`], or with `agent_stopped` the agent stopped (SIGSTOP) from before
+/// node's requests until node closed its connections and exited: an agent starved of CPU that
+/// reads node's records only once node is gone, made deterministic.
+fn run_node_one_process_paused(
+    name: &str,
+    script: &str,
+    args: &[&str],
+    agent_stopped: bool,
+) -> (TracedSession, u16) {
     let dir = ScratchDir::new(name);
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
@@ -652,6 +669,7 @@ fn run_node_one_process(name: &str, script: &str, args: &[&str]) -> (TracedSessi
         AgentConfig::new().ports(&[port]).arg("--tls"),
     );
     let go = dir.path().join("go");
+    let end = dir.path().join("go.end");
     let mut command = Command::new("node");
     command
         .arg(peer_script(script))
@@ -666,9 +684,26 @@ fn run_node_one_process(name: &str, script: &str, args: &[&str]) -> (TracedSessi
         "node did not listen on {port}\n{}",
         node.output_report()
     );
-    wait_node_attached(&mut session);
+    wait_node_attached(&mut session, &node);
+    let stopped = agent_stopped.then(|| Stopped::process(session.agent().pid()));
+    if agent_stopped {
+        std::fs::write(&end, b"end").expect("end file");
+    }
     std::fs::write(&go, b"go").expect("go file");
+    if !agent_stopped {
+        let done = node
+            .stdout()
+            .wait_for_line(CLIENT_TIMEOUT, |line| line.starts_with("done"));
+        assert!(
+            matches!(done, LineWait::Found(_)),
+            "node did not finish its requests\n{}",
+            node.output_report()
+        );
+        session.agent().wait_settled();
+        std::fs::write(&end, b"end").expect("end file");
+    }
     let status = node.wait_timeout(CLIENT_TIMEOUT);
+    drop(stopped);
     assert!(
         status.is_some_and(|s| s.success()),
         "node's requests failed\n{}",
@@ -796,7 +831,7 @@ fn a_callback_inside_an_openssl_call_never_binds_the_ssl_to_its_socket() {
         "node did not listen on {tls_port}\n{}",
         server.output_report()
     );
-    wait_node_attached(&mut session);
+    wait_node_attached(&mut session, &server);
     let mut command = Command::new("node");
     command
         .arg(peer_script("tls_node_nested.js"))
@@ -960,5 +995,79 @@ fn the_pid_filter_applies_to_tls() {
         1,
         "spans in total (only the --pid process is traced)",
         &spans,
+    );
+}
+
+/// Stops a process (SIGSTOP) until dropped (SIGCONT).
+struct Stopped(libc::pid_t);
+
+impl Stopped {
+    fn process(pid: u32) -> Stopped {
+        let pid = pid as libc::pid_t;
+        // SAFETY: plain syscall on the pid of a process this test started.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {pid}"
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A Node https server that is its own client, traced by an agent that reads none of its
+/// records before node closed its connections and exited (stopped meanwhile: an agent starved
+/// of CPU under load). Node accepts with `accept4(fd, NULL, NULL)`, so the kernel reports no
+/// endpoints for its SERVER connections and the agent reads them from the open fds: gone here,
+/// the port filter cannot be applied and those exchanges are dropped. Each SERVER exchange is
+/// either a right span or counted (`ports_unknown`), never lost silently; the CLIENT side
+/// (endpoints from the kernel) is complete and no link is wrong.
+#[test]
+fn node_server_exchanges_read_after_node_exited_are_counted() {
+    let (mut session, port) =
+        run_node_one_process_paused("tls-node-late", "tls_node.js", &["50", "8"], true);
+    session.wait_for("50 https CLIENT spans", |spans| {
+        client_spans(spans, port).len() >= 50
+    });
+    let page = session.agent().wait_settled();
+    let spans = session.finish();
+    let servers = server_spans(&spans, port);
+    let clients = client_spans(&spans, port);
+    let ports_unknown = sample(
+        &page,
+        "tracer_exchanges_dropped_total",
+        "reason=\"ports_unknown\"",
+    )
+    .unwrap_or(0.0);
+    assert_eq!(clients.len(), 50, "CLIENT spans");
+    assert_eq!(
+        servers.len() as f64 + ports_unknown,
+        50.0,
+        "every SERVER exchange a span or counted ({} spans): {page}",
+        servers.len()
+    );
+    for server in &servers {
+        let parent = clients
+            .iter()
+            .find(|c| server.parent_span_id.as_deref() == Some(c.span_id.as_str()));
+        if let Some(client) = parent {
+            assert_eq!(
+                request_id(client),
+                request_id(server),
+                "{}",
+                server.summary()
+            );
+        }
+    }
+    assert_eq!(
+        sample(&page, "tracer_http_desyncs_total", ""),
+        Some(0.0),
+        "{page}"
     );
 }
