@@ -25,8 +25,10 @@ const BUDGET_MIB: u64 = 16;
 /// Allowed on top of the budget: the ring buffer's pages (resident from start-up), the
 /// connection table of 20,000 connections, the reorder window (up to 16 MiB of records, outside
 /// the budget), allocator slack. Loose on purpose: RSS depends on load; the exact check is on
-/// `tracer_buffered_bytes`.
-const SLACK_MIB: u64 = 80;
+/// `tracer_buffered_bytes`. Measured growth: 91-97 MiB for both this session's debug build and
+/// the previous one's (the old bound of 80 failed one run in two, for both); without the budget
+/// the agent grows to about 400 MiB.
+const SLACK_MIB: u64 = 100;
 /// Normal requests sent while the slowloris connections are held.
 const NORMAL_REQUESTS: usize = 5;
 /// Longest the attack may take to be in place.
