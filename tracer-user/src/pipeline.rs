@@ -205,13 +205,7 @@ impl Pipeline {
             .close_found(self.processed_before_ns, &mut self.table, &mut done);
         self.emit_all(&mut done, out);
         self.scratch = done;
-        for conn_id in self.table.take_removed() {
-            self.linker.conn_closed(conn_id);
-            if let Some(k) = self.kernel_ids.as_mut() {
-                k.conn_closed(conn_id);
-            }
-            self.conn_procs.remove(&conn_id);
-        }
+        self.forget_removed_connections();
     }
 
     /// Processes newly found to serve one request per thread (see `dedicated_pids`).
@@ -715,6 +709,12 @@ impl Pipeline {
         }
         self.emit_all(&mut done, out);
         self.scratch = done;
+        self.forget_removed_connections();
+    }
+
+    /// Connections the table removed (closed, expired idle, evicted) are forgotten by the
+    /// linker, the kernel identities and the process map.
+    fn forget_removed_connections(&mut self) {
         for conn_id in self.table.take_removed() {
             self.linker.conn_closed(conn_id);
             if let Some(k) = self.kernel_ids.as_mut() {
@@ -744,10 +744,7 @@ impl Pipeline {
         self.table.sweep(now_mono_ns, &mut done);
         self.emit_all(&mut done, out);
         self.scratch = done;
-        for conn_id in self.table.take_removed() {
-            self.linker.conn_closed(conn_id);
-            self.conn_procs.remove(&conn_id);
-        }
+        self.forget_removed_connections();
     }
 
     /// Sniffed connections carry no addresses: ask /proc, and drop fds that are not sockets.
