@@ -377,6 +377,31 @@ impl Drop for ScratchDir {
     }
 }
 
+/// Stops a process (SIGSTOP) until dropped (SIGCONT): an agent starved of CPU, made
+/// deterministic.
+pub struct Stopped(libc::pid_t);
+
+impl Stopped {
+    /// Stops `pid`, a process the test started; panics if the signal cannot be sent.
+    pub fn process(pid: u32) -> Stopped {
+        let pid = pid as libc::pid_t;
+        // SAFETY: plain syscall on the pid of a process this test started.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {pid}"
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

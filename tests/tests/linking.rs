@@ -13,6 +13,7 @@ use std::time::Duration;
 use tracer_tests::netns::LoopbackNamespace;
 use tracer_tests::nginx::parent_pid;
 use tracer_tests::peers::{PEER_START_TIMEOUT, peer_script, python};
+use tracer_tests::process::Stopped;
 use tracer_tests::query::{client_spans, describe, server_spans, the_only};
 use tracer_tests::{
     ChildGuard, Nginx, ObservedKind, ObservedSpan, OtlpProtocol, PythonServer, SPAN_TIMEOUT,
@@ -1069,30 +1070,6 @@ fn a_client_write_recorded_after_the_server_read_still_pairs() {
         waits("expired")
     );
     session.finish();
-}
-
-/// Stops a process (SIGSTOP) until dropped (SIGCONT): an agent starved of CPU, made
-/// deterministic.
-struct Stopped(libc::pid_t);
-
-impl Stopped {
-    fn process(pid: u32) -> Stopped {
-        let pid = pid as libc::pid_t;
-        // SAFETY: plain syscall on the pid of a process this test started.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGSTOP) },
-            0,
-            "SIGSTOP {pid}"
-        );
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
 }
 
 /// The SERVER span on `port` for `query` and the CLIENT span of `url`, each the only one.

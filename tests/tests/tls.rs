@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracer_tests::metrics_client::sample;
 use tracer_tests::nginx::{nginx_binary, nginx_config_listen};
 use tracer_tests::peers::{PythonServer, peer_script, python, self_signed};
-use tracer_tests::process::LineWait;
+use tracer_tests::process::{LineWait, Stopped};
 use tracer_tests::query::{assert_attrs, assert_count, client_spans, server_spans, the_only};
 use tracer_tests::{
     AgentConfig, AttrValue, ChildGuard, ObservedSpan, OtlpProtocol, ScratchDir, TracedSession,
@@ -996,29 +996,6 @@ fn the_pid_filter_applies_to_tls() {
         "spans in total (only the --pid process is traced)",
         &spans,
     );
-}
-
-/// Stops a process (SIGSTOP) until dropped (SIGCONT).
-struct Stopped(libc::pid_t);
-
-impl Stopped {
-    fn process(pid: u32) -> Stopped {
-        let pid = pid as libc::pid_t;
-        // SAFETY: plain syscall on the pid of a process this test started.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGSTOP) },
-            0,
-            "SIGSTOP {pid}"
-        );
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
 }
 
 /// A Node https server that is its own client, traced by an agent that reads none of its
