@@ -35,6 +35,30 @@ const WARM_UP_FIRST_ID: u32 = 1000;
 /// `tracer_common::propagation::SOCK_OPS_PROGRAM`.
 const SOCK_OPS_PROGRAM: &str = "tcp_context_options";
 
+/// The `sock_ops` program of every agent with propagation on is attached to the cgroup v2 root,
+/// so its kernel counters (options received, malformed) count every connection on the host,
+/// including those of the other tests of this file running beside it. A test asserting those
+/// counters exactly runs alone (`HostCounters::exclusive`); every other test holds a share.
+static HOST_COUNTERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A test's hold on `HOST_COUNTERS`, released when dropped (a panicking holder does not poison
+/// the others: the lock guards no data).
+#[allow(dead_code)]
+enum HostCounters {
+    Shared(std::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+impl HostCounters {
+    fn shared() -> HostCounters {
+        HostCounters::Shared(HOST_COUNTERS.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn exclusive() -> HostCounters {
+        HostCounters::Exclusive(HOST_COUNTERS.write().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Runs `ip` (or any command) and panics with its output when it fails.
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -405,6 +429,7 @@ fn metric(text: &str, line_prefix: &str) -> u64 {
 
 #[test]
 fn context_crosses_nodes_in_tcp_options() {
+    let _host = HostCounters::shared();
     let cluster = Cluster::start("on", false, false);
     let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
     let mut agent_a = agent(&receiver, cluster.hub.pid(), true);
@@ -475,6 +500,7 @@ fn context_crosses_nodes_in_tcp_options() {
 /// stream baselines in every agent's `sock_ops` tables.
 #[test]
 fn twin_namespaces_with_the_same_4_tuples_never_exchange_contexts() {
+    let _host = HostCounters::shared();
     const SOURCE_PORT: u16 = 45000;
     const REQUESTS: u32 = 10;
     // Ids of one width in both clusters: their requests have the same lengths, so the same
@@ -541,6 +567,7 @@ fn twin_namespaces_with_the_same_4_tuples_never_exchange_contexts() {
 
 #[test]
 fn without_propagation_the_nodes_traces_stay_separate() {
+    let _host = HostCounters::shared();
     let cluster = Cluster::start("off", false, false);
     let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
     let mut agent_a = agent(&receiver, cluster.hub.pid(), false);
@@ -580,6 +607,7 @@ fn without_propagation_the_nodes_traces_stay_separate() {
 /// connection still links to its own caller (offsets, not request order).
 #[test]
 fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
+    let _host = HostCounters::shared();
     const STRIPPED: u32 = 3;
     let cluster = Cluster::start("ka", true, false);
     cluster
@@ -644,6 +672,7 @@ fn each_request_of_a_keep_alive_connection_carries_its_own_context() {
 /// before the hole link as usual.
 #[test]
 fn after_a_hole_in_the_stream_no_context_is_adopted() {
+    let _host = HostCounters::shared();
     const HOLE: u32 = 11;
     const STRIPPED: u32 = 12;
     const FIRST: u32 = 10;
@@ -718,6 +747,7 @@ fn after_a_hole_in_the_stream_no_context_is_adopted() {
 /// span on every request (0 disagreements).
 #[test]
 fn on_one_host_pairing_and_the_option_agree() {
+    let _host = HostCounters::shared();
     let cluster = Cluster::start("one", false, true);
     let receiver = OtlpReceiver::start_or_panic(OtlpProtocol::HttpProtobuf);
     let mut agent = AgentConfig::new()
@@ -771,6 +801,7 @@ fn on_one_host_pairing_and_the_option_agree() {
 /// the kernel drew at random (the hub's spans remapped to the header's: a counted disagreement).
 #[test]
 fn a_traceparent_keeps_its_trace_id_across_nodes() {
+    let _host = HostCounters::shared();
     const VALID: u32 = 4;
     const INVALID_ID: u32 = VALID;
     let cluster = Cluster::start("tp", false, false);
@@ -881,6 +912,7 @@ fn a_traceparent_keeps_its_trace_id_across_nodes() {
 /// carries the option again (the test is not blind).
 #[test]
 fn a_segment_without_option_room_is_counted_and_left_unlinked() {
+    let _host = HostCounters::shared();
     const REQUESTS: u32 = 3;
     const MD5_PORT: u16 = 8081;
     const PLAIN_PORT: u16 = 8082;
@@ -987,6 +1019,8 @@ fn a_segment_without_option_room_is_counted_and_left_unlinked() {
 /// unlinked; a valid option sent the same way is adopted exactly (the injection works).
 #[test]
 fn foreign_and_malformed_options_are_ignored() {
+    // Exact counts of the host-wide option counters: see `HOST_COUNTERS`.
+    let _host = HostCounters::exclusive();
     const FIRST_ID: u32 = 100;
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let span = "b7ad6b7169203331";
