@@ -1,5 +1,6 @@
 // Node.js HTTPS server (Node's OpenSSL, memory BIOs): answers GET /r/ID with 200 and the body
 // ID after ID % 7 milliseconds, so that responses of concurrent connections interleave.
+// With TLS_NODE_LOG_SECURE set, it writes a line to stdout on each 'secureConnection'.
 // Usage: node tls_node_server.js PORT CERT KEY (or `serve` from another script).
 'use strict';
 const fs = require('fs');
@@ -21,6 +22,12 @@ function serve(port, cert, key, onListening) {
       }, Number(id) % 7);
     },
   );
+  if (process.env.TLS_NODE_LOG_SECURE) {
+    // What a server that logs its connections does: a write to stdout inside the OpenSSL call
+    // that completes the handshake (Node emits 'secureConnection' there), before that call
+    // decrypts the request that came with the client's Finished.
+    server.on('secureConnection', () => fs.writeSync(1, 'secure connection\n'));
+  }
   server.listen(port, '127.0.0.1', () => onListening(server));
   return server;
 }

@@ -649,25 +649,22 @@ fn node_https_server_and_client_are_traced_and_linked() {
 /// `node_server_exchanges_read_after_node_exited_are_counted`). Returns the session and the
 /// port once node exited with success.
 fn run_node_one_process(name: &str, script: &str, args: &[&str]) -> (TracedSession, u16) {
-    run_node_one_process_paused(name, script, args, false)
+    run_node_one_process_paused(name, script, args, false, &[])
 }
 
-/// [`run_node_one_process`], or with `agent_stopped` the agent stopped (SIGSTOP) from before
-/// node's requests until node closed its connections and exited: an agent starved of CPU that
-/// reads node's records only once node is gone, made deterministic.
+/// [`run_node_one_process`] with `env` set for node, and with `agent_stopped` the agent stopped
+/// (SIGSTOP) from before node's requests until node closed its connections and exited: an agent
+/// starved of CPU that reads node's records only once node is gone, made deterministic.
 fn run_node_one_process_paused(
     name: &str,
     script: &str,
     args: &[&str],
     agent_stopped: bool,
+    env: &[(&str, &str)],
 ) -> (TracedSession, u16) {
     let dir = ScratchDir::new(name);
     let (cert, key) = self_signed(dir.path());
     let port = free_port();
-    let mut session = TracedSession::start_with(
-        OtlpProtocol::Grpc,
-        AgentConfig::new().ports(&[port]).arg("--tls"),
-    );
     let go = dir.path().join("go");
     let end = dir.path().join("go.end");
     let mut command = Command::new("node");
@@ -677,12 +674,23 @@ fn run_node_one_process_paused(
         .arg(&cert)
         .arg(&key)
         .args(args)
-        .arg(&go);
+        .arg(&go)
+        .envs(env.iter().copied());
     let mut node = ChildGuard::spawn(script, command);
     assert!(
         wait_for_port(port, START_TIMEOUT),
         "node did not listen on {port}\n{}",
         node.output_report()
+    );
+    // The agent traces this node only (it connects nothing before `go`): its counters are this
+    // node's, not those of the tests running beside it (a late agent cannot apply the port
+    // filter to the servers of any Node, and counts their exchanges `ports_unknown` too).
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new()
+            .pid(node.pid())
+            .ports(&[port])
+            .arg("--tls"),
     );
     wait_node_attached(&mut session, &node);
     let stopped = agent_stopped.then(|| Stopped::process(session.agent().pid()));
@@ -710,6 +718,38 @@ fn run_node_one_process_paused(
         node.output_report()
     );
     (session, port)
+}
+
+/// A Node https server that writes a line to stdout on each 'secureConnection': Node emits it
+/// inside the `SSL_read` that reads the client's Finished, and that same call then decrypts the
+/// first request, which came in the same read (Node's client sends its Finished with it). The
+/// write in between is the callback's, not the call's: every first request is still bound to
+/// its socket (an agent that took the thread's last syscall at the call's return lost them all,
+/// counted `no_socket`).
+#[test]
+fn a_server_writing_inside_the_handshake_callback_still_binds_its_first_request() {
+    let (mut session, port) = run_node_one_process_paused(
+        "tls-node-log-secure",
+        "tls_node.js",
+        &["50", "8"],
+        false,
+        &[("TLS_NODE_LOG_SECURE", "1")],
+    );
+    session.wait_for("50 https SERVER and 50 CLIENT spans", |spans| {
+        server_spans(spans, port).len() >= 50 && client_spans(spans, port).len() >= 50
+    });
+    let page = session.agent().wait_settled();
+    let spans = session.finish();
+    assert_node_tree(&spans, port, &(0..50).collect::<Vec<u64>>());
+    assert_eq!(
+        sample(
+            &page,
+            "tracer_kernel_tls_calls_lost_total",
+            "reason=\"no_socket\""
+        ),
+        Some(0.0),
+        "{page}"
+    );
 }
 
 /// A Node process that is both the https server and its own client (one event-loop thread
@@ -1008,7 +1048,7 @@ fn the_pid_filter_applies_to_tls() {
 #[test]
 fn node_server_exchanges_read_after_node_exited_are_counted() {
     let (mut session, port) =
-        run_node_one_process_paused("tls-node-late", "tls_node.js", &["50", "8"], true);
+        run_node_one_process_paused("tls-node-late", "tls_node.js", &["50", "8"], true, &[]);
     session.wait_for("50 https CLIENT spans", |spans| {
         client_spans(spans, port).len() >= 50
     });

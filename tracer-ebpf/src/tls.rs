@@ -31,9 +31,11 @@
 //!   that socket. The held record is then sent, as that connection's. Without the tag (a
 //!   libssl whose libcrypto is not probed) the write side is refused;
 //! - read side: an `SSL_read` without a socket that returned plaintext is bound to the socket
-//!   of the thread's last read when that read's bytes started with a TLS record, could hold
-//!   that plaintext, and no data syscall on another fd came since (Node's server writes its
-//!   session tickets on the same socket between the two);
+//!   of the thread's last read before the call when that read's bytes started with a TLS
+//!   record, could hold that plaintext, and no data syscall on another fd came between the two
+//!   (Node's server writes its session tickets on the same socket between them). Syscalls
+//!   inside the call are the callbacks' (Node runs JavaScript inside the `SSL_read` that
+//!   completes a handshake): they do not change which read the call decrypts;
 //! - both: a connection already bound to another `SSL*` (`CONN_SSL`), or already carrying
 //!   another library's plaintext, is never bound again.
 //! Any other order refuses the binding (`TLS_BINDING_REFUSED`): the plaintext is dropped,
@@ -70,6 +72,16 @@ pub struct SslCall {
     /// `SSL_write`: the last 16 bytes of the last record it wrote into its BIO (the AEAD tag),
     /// zero until [`bio_write`] saw one.
     tag: [u64; 2],
+    /// `SSL_read`: the connection of the thread's last data syscall when the call began, if
+    /// that was a read of TLS records (`READ_SEEN`): the ciphertext a memory-BIO `SSL_read`
+    /// decrypts. Taken at entry, because the application's callbacks that OpenSSL runs inside
+    /// the call (Node's handshake-done callback, and the JavaScript ticks after it) may make
+    /// syscalls on other sockets before the call returns its plaintext.
+    read_conn: u64,
+    /// The bytes that read moved.
+    read_len: u64,
+    /// The fd of that read, -1 if the thread's last data syscall was no such read.
+    read_fd: i32,
     /// The tracked connection read or written inside the call, -1 until one is.
     fd: i32,
     /// `syscall::SSL_READ` or `syscall::SSL_WRITE`.
@@ -551,21 +563,20 @@ fn transferred(ctx: &RetProbeContext, call: &SslCall) -> Option<u64> {
 fn memory_bio(ctx: &RetProbeContext, id: u64, call: &SslCall) -> Option<(i32, ConnState)> {
     let len = transferred(ctx, call)?;
     let tgid = (id >> 32) as u32;
-    // SAFETY: value copied out.
-    let t = unsafe { TLS_THREADS.get(&id) }.copied();
     if call.kind == syscall::SSL_READ {
-        let Some(t) = t.filter(|t| t.state == READ_SEEN) else {
+        // The read the thread made last before the call (see `SslCall::read_fd`).
+        if call.read_fd < 0 {
             count(counter::TLS_NO_SOCKET, 1);
             return None;
-        };
+        }
         // One SSL_read returns one record's plaintext at most: it must fit in the bytes read
         // (a record header and an AEAD tag at least around it), else it came from elsewhere.
-        if len + TLS_HEADER + TLS12_CHACHA_OVERHEAD > t.plain_len {
+        if len + TLS_HEADER + TLS12_CHACHA_OVERHEAD > call.read_len {
             count(counter::TLS_BINDING_REFUSED, 1);
             return None;
         }
-        let Some(conn) = live_conn(tgid, t.fd as u32)
-            .filter(|c| c.conn_id == t.conn_id && c.role != role::IGNORED)
+        let Some(conn) = live_conn(tgid, call.read_fd as u32)
+            .filter(|c| c.conn_id == call.read_conn && c.role != role::IGNORED)
         else {
             count(counter::TLS_BINDING_REFUSED, 1);
             return None;
@@ -574,10 +585,12 @@ fn memory_bio(ctx: &RetProbeContext, id: u64, call: &SslCall) -> Option<(i32, Co
             count(counter::TLS_BINDING_REFUSED, 1);
             return None;
         }
-        bind(tgid, call.ssl, t.fd, &conn);
+        bind(tgid, call.ssl, call.read_fd, &conn);
         count(counter::TLS_BOUND_BY_READ, 1);
-        return Some((t.fd, conn));
+        return Some((call.read_fd, conn));
     }
+    // SAFETY: value copied out.
+    let t = unsafe { TLS_THREADS.get(&id) }.copied();
     if t.is_some_and(|t| t.state == WRITE_HELD || t.state == POISONED) {
         // Two SSL_writes before a ciphertext write: the second is not held (one per thread).
         count(counter::TLS_BINDING_REFUSED, 1);
@@ -663,7 +676,7 @@ pub fn enter(ctx: &ProbeContext, kind_: u8, ex: bool) {
     if !pid_traced(ctx.tgid()) {
         return;
     }
-    let call = SslCall {
+    let mut call = SslCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
         out_len: if ex {
@@ -674,6 +687,9 @@ pub fn enter(ctx: &ProbeContext, kind_: u8, ex: bool) {
         // SAFETY: plain helper call.
         enter_ns: unsafe { bpf_ktime_get_ns() },
         tag: [0, 0],
+        read_conn: 0,
+        read_len: 0,
+        read_fd: -1,
         fd: -1,
         kind: kind_,
         ambiguous: 0,
@@ -682,6 +698,16 @@ pub fn enter(ctx: &ProbeContext, kind_: u8, ex: bool) {
     };
     if call.ssl == 0 || call.buf == 0 || (ex && call.out_len == 0) {
         return;
+    }
+    if kind_ == syscall::SSL_READ && tls_active(ctx.tgid()) {
+        // SAFETY: value copied out.
+        if let Some(t) = unsafe { TLS_THREADS.get(&bpf_get_current_pid_tgid()) }.copied()
+            && t.state == READ_SEEN
+        {
+            call.read_conn = t.conn_id;
+            call.read_len = t.plain_len;
+            call.read_fd = t.fd;
+        }
     }
     mark_tls_active(ctx.tgid());
     disturb(bpf_get_current_pid_tgid(), call.ssl, false);
@@ -706,6 +732,9 @@ pub fn enter_handshake(ctx: &ProbeContext) {
         // SAFETY: plain helper call.
         enter_ns: unsafe { bpf_ktime_get_ns() },
         tag: [0, 0],
+        read_conn: 0,
+        read_len: 0,
+        read_fd: -1,
         fd: -1,
         kind: HANDSHAKE,
         ambiguous: 0,

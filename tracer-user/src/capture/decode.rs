@@ -267,9 +267,49 @@ fn header_at(b: &[u8]) -> RecordHeader {
     }
 }
 
+/// Frame headers listed by [`trace_record`] at most: the log line stays bounded.
+const TRACED_FRAMES: usize = 64;
+
+/// The record's bytes read as consecutive HTTP/2 frames from its first byte, as `type:flags`
+/// pairs joined by commas (`-` when there is none), at most [`TRACED_FRAMES`]; and whether the
+/// last frame goes on past the record (`true_len`: its copied bytes and its gap), so that the
+/// next record of the direction starts inside a frame. A header cut by the record's end is
+/// listed when its type and flags are in it. A record the kernel walked holds every frame
+/// header and every payload it kept, so this is the record's frames when the record before it
+/// did not go on; otherwise it means nothing.
+fn frame_list(payload: &[u8], true_len: u64) -> (String, bool) {
+    let mut out = String::new();
+    let mut at = 0usize;
+    let mut goes_on = false;
+    for _ in 0..TRACED_FRAMES {
+        if at >= payload.len() {
+            break;
+        }
+        let h = &payload[at..payload.len().min(at.saturating_add(9))];
+        if h.len() >= 5 {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&format!("{}:{}", h[3], h[4]));
+        }
+        if h.len() < 9 {
+            goes_on = true;
+            break;
+        }
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        at = at.saturating_add(9).saturating_add(len);
+        goes_on = at as u64 > true_len;
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    (out, goes_on)
+}
+
 /// Logs the shape of a data record at TRACE level (target `tracer::records`): its connection,
-/// direction, lengths, and its first 9 bytes read as an HTTP/2 frame header (length, type,
-/// flags; numbers only, no payload). For tests and for debugging the kernel's capture.
+/// direction, lengths, its first 9 bytes read as an HTTP/2 frame header (length, type, flags),
+/// and the types and flags of the frames that follow ([`frame_list`]); numbers only, no
+/// payload. For tests and for debugging the kernel's capture.
 pub fn trace_record(event: &KernelEvent<'_>) {
     if !tracing::enabled!(target: "tracer::records", tracing::Level::TRACE) {
         return;
@@ -291,6 +331,7 @@ pub fn trace_record(event: &KernelEvent<'_>) {
             ),
             _ => (-1, -1, -1),
         };
+        let (frames, goes_on) = frame_list(payload, u64::from(*true_len));
         tracing::trace!(
             target: "tracer::records",
             conn = header.conn_id,
@@ -303,6 +344,8 @@ pub fn trace_record(event: &KernelEvent<'_>) {
             frame_len,
             frame_type,
             frame_flags,
+            frames = %frames,
+            frames_go_on = goes_on,
             "data record"
         );
     }
@@ -434,6 +477,31 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn frame_list_walks_whole_frame_headers_from_the_first_byte() {
+        use super::frame_list;
+        // HEADERS (3 bytes, END_HEADERS), DATA (2 bytes), trailers HEADERS (16 bytes, cut).
+        let mut bytes = vec![0, 0, 3, 1, 4, 0, 0, 0, 1, 0xa, 0xb, 0xc];
+        bytes.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 1, 7, 7]);
+        bytes.extend_from_slice(&[0, 0, 16, 1, 5, 0, 0, 0, 1]);
+        let n = bytes.len() as u64;
+        // The trailers' payload is in the record's gap: nothing goes on; past it, it does.
+        assert_eq!(frame_list(&bytes, n + 16), ("1:4,0:0,1:5".into(), false));
+        assert_eq!(frame_list(&bytes, n), ("1:4,0:0,1:5".into(), true));
+        // A cut header: listed when its type and flags are in the record, going on either way.
+        assert_eq!(frame_list(&bytes[..5], 5), ("1:4".into(), true));
+        assert_eq!(frame_list(&bytes[..4], 4), ("-".into(), true));
+        assert_eq!(frame_list(&[], 0), ("-".into(), false));
+        // A huge length does not overflow; the list is bounded.
+        assert_eq!(
+            frame_list(&[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 1], 10),
+            ("0:0".into(), true)
+        );
+        let many = [0u8; 9 * 100];
+        let (list, _) = frame_list(&many, 900);
+        assert_eq!(list.split(',').count(), super::TRACED_FRAMES);
+    }
     use super::*;
     use tracer_common::{direction, kind, role};
 
