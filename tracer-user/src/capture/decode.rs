@@ -477,10 +477,11 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use tracer_common::{direction, kind, role};
 
     #[test]
     fn frame_list_walks_whole_frame_headers_from_the_first_byte() {
-        use super::frame_list;
         // HEADERS (3 bytes, END_HEADERS), DATA (2 bytes), trailers HEADERS (16 bytes, cut).
         let mut bytes = vec![0, 0, 3, 1, 4, 0, 0, 0, 1, 0xa, 0xb, 0xc];
         bytes.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 1, 7, 7]);
@@ -500,10 +501,8 @@ mod tests {
         );
         let many = [0u8; 9 * 100];
         let (list, _) = frame_list(&many, 900);
-        assert_eq!(list.split(',').count(), super::TRACED_FRAMES);
+        assert_eq!(list.split(',').count(), TRACED_FRAMES);
     }
-    use super::*;
-    use tracer_common::{direction, kind, role};
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: T is a repr(C) plain-data ABI struct in these tests.
