@@ -315,6 +315,12 @@ impl Pod {
         pod.podman.run(&[
             "kube",
             "play",
+            // On podman's default network, whose gateway the test receives on (`gateway`):
+            // without it, podman 4 puts kube pods on a network of their own
+            // (podman-default-kube-network), and the default network's bridge, with the
+            // gateway's address, may never come up.
+            "--network",
+            "podman",
             "--seccomp-profile-root",
             seccomp_root.to_str().expect("utf-8 path"),
             "--configmap",
