@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, MAX_INFLIGHT_PER_PROCESS,
-    conn_key, counter, kind, netns_known, role,
+    conn_key, counter, kind, netns_known, role, sock_known,
 };
 
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
@@ -620,21 +620,17 @@ pub fn exit_accept(ctx: &TracePointContext) {
             count(counter::LIFECYCLE_ARGS_MISSING, 1);
             aya_log_ebpf::debug!(
                 ctx,
-                "accept of fd {} in pid {} without its arguments: endpoints left to /proc",
+                "accept of fd {} in pid {} without its arguments: endpoints read from its socket",
                 fd,
                 ctx.tgid()
             );
-            let ep = Endpoints::UNKNOWN;
-            track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
+            accept_without_address(ctx.tgid(), ctx.pid(), fd as i32);
         }
         return;
     };
     if args.ptr == 0 {
-        // accept4(fd, NULL, NULL, flags), as libuv (Node.js) calls it: no peer address. Track
-        // it; userspace reads the endpoints from /proc and applies the port filter (a unix
-        // socket's is not an inet connection there and is dropped).
-        let ep = Endpoints::UNKNOWN;
-        track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
+        // accept4(fd, NULL, NULL, flags), as libuv (Node.js) calls it: no peer address.
+        accept_without_address(ctx.tgid(), ctx.pid(), fd as i32);
         return;
     }
     let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
@@ -666,6 +662,137 @@ pub fn exit_accept(ctx: &TracePointContext) {
         return;
     }
     track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
+}
+
+/// A connection accepted on `fd` without the peer's address (`accept4(fd, NULL, NULL)`, or an
+/// accept whose arguments were not saved): its endpoints are read from the new socket, and it is
+/// then filtered and tracked as an accept with an address is. When they cannot be read it is
+/// tracked with unknown endpoints (counted): userspace reads them from `/proc` and applies the
+/// port filter there. A socket of another family (unix) is not tracked.
+#[inline(always)]
+fn accept_without_address(tgid: u32, tid: u32, fd: i32) {
+    let mut ep = Endpoints::UNKNOWN;
+    let sk = accepted_sock(fd as u32, &mut ep);
+    if sk == 0 {
+        count(counter::ACCEPT_ENDPOINTS_UNKNOWN, 1);
+        let unknown = Endpoints::UNKNOWN;
+        track(tgid, tid, fd, role::SERVER, 0, &unknown, true);
+        return;
+    }
+    if ep.family != AF_INET && ep.family != AF_INET6 {
+        return;
+    }
+    // What the handshake's tracepoint kept for an accept with an address is not needed.
+    let key = PeerKey {
+        addr: ep.peer_addr,
+        port: ep.peer_port,
+        _pad: [0; 6],
+    };
+    let _ = ACCEPTED.remove(&key);
+    // The other end of the agent's own export or API watch is never traced.
+    if !ports_traced(ep.local_port, ep.peer_port) || mirrors_agent(&ep) {
+        ignore(tgid, fd);
+        return;
+    }
+    track(tgid, tid, fd, role::SERVER, sk, &ep, true);
+}
+
+/// The `struct sock *` behind `fd` of the current process (process context: the accepting
+/// thread), its endpoints written to `ep` (addresses as [`normalize`] keeps them); 0, `ep`
+/// untouched, when the kernel's BTF did not say where they are, a read failed, or the fd is not
+/// a socket's. A socket of another family than IPv4 and IPv6 gets only `ep.family`.
+///
+/// The walk: `task_struct.files` -> `files_struct.fdt` -> `fdtable.fd[fd]` (bounded by
+/// `max_fds`) -> `file.private_data` (a `struct socket *`, taken only when its `file` points
+/// back) -> `socket.sk` -> its `sock_common`. Not inlined: its temporaries get a frame of their
+/// own (see [`netns_of`]).
+#[inline(never)]
+fn accepted_sock(fd: u32, ep: &mut Endpoints) -> u64 {
+    let off = crate::maps::sock_offsets();
+    if off.known & sock_known::FD == 0 || off.known & sock_known::INET == 0 {
+        return 0;
+    }
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(fdt) = kernel_read::<u64>(task, off.task_files)
+        .and_then(|files| kernel_read::<u64>(files, off.files_fdt))
+    else {
+        return 0;
+    };
+    // The fd array may be replaced by a larger one at any time: its size is read from the same
+    // table as the array, and a stale pair is still a valid (older) table.
+    let Some(max_fds) = kernel_read::<u32>(fdt, off.fdt_max_fds) else {
+        return 0;
+    };
+    if fd >= max_fds {
+        return 0;
+    }
+    let Some(file) = kernel_read::<u64>(fdt, off.fdt_fd)
+        .filter(|array| *array != 0)
+        .and_then(|array| kernel_read::<u64>(array + u64::from(fd) * 8, 0))
+    else {
+        return 0;
+    };
+    let Some(socket) = kernel_read::<u64>(file, off.file_private_data) else {
+        return 0;
+    };
+    // Another thread may have closed the fd and opened something else on it since accept
+    // returned: only a socket's file is its socket's `file`.
+    if kernel_read::<u64>(socket, off.socket_file) != Some(file) {
+        return 0;
+    }
+    let Some(sk) = kernel_read::<u64>(socket, off.socket_sk).filter(|sk| *sk != 0) else {
+        return 0;
+    };
+    let Some(family) = kernel_read::<u16>(sk, off.skc_family) else {
+        return 0;
+    };
+    if family != AF_INET && family != AF_INET6 {
+        ep.family = family;
+        return sk;
+    }
+    let (Some(local_port), Some(peer_port)) = (
+        kernel_read::<u16>(sk, off.skc_num),
+        kernel_read::<u16>(sk, off.skc_dport),
+    ) else {
+        return 0;
+    };
+    let (local, peer) = if family == AF_INET {
+        let (Some(local), Some(peer)) = (
+            kernel_read::<[u8; 4]>(sk, off.skc_rcv_saddr),
+            kernel_read::<[u8; 4]>(sk, off.skc_daddr),
+        ) else {
+            return 0;
+        };
+        (
+            normalize(AF_INET, local, [0; 16]),
+            normalize(AF_INET, peer, [0; 16]),
+        )
+    } else {
+        if off.known & sock_known::INET6 == 0 {
+            return 0;
+        }
+        let (Some(local), Some(peer)) = (
+            kernel_read::<[u8; 16]>(sk, off.skc_v6_rcv_saddr),
+            kernel_read::<[u8; 16]>(sk, off.skc_v6_daddr),
+        ) else {
+            return 0;
+        };
+        (
+            normalize(AF_INET6, [0; 4], local),
+            normalize(AF_INET6, [0; 4], peer),
+        )
+    };
+    *ep = Endpoints {
+        family: local.0,
+        local_port,
+        // skc_dport is kept in network byte order, skc_num in host order.
+        peer_port: u16::from_be(peer_port),
+        _pad: 0,
+        local_addr: local.1,
+        peer_addr: peer.1,
+    };
+    sk
 }
 
 pub fn exit_connect(ctx: &TracePointContext) {
