@@ -18,7 +18,7 @@ use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
     ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATION_EPOCH, GENERATIONS,
     INFLIGHT, INFLIGHT_PER_PROCESS, OPEN_SCRATCH, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count,
-    events_output_flags, next_conn_id,
+    events_output_flags, next_conn_id, sock_offset,
 };
 
 const AF_INET: u16 = tracer_common::family::INET;
@@ -608,28 +608,27 @@ pub fn enter_lifecycle(ctx: &TracePointContext, kind: u8) {
 
 pub fn exit_accept(ctx: &TracePointContext) {
     let fd = sys_ret(ctx);
-    let args = Some(take_args(ctx.pid_tgid_raw(), true)).filter(|a| a.kind != ARG_NONE);
+    let args = take_args(ctx.pid_tgid_raw(), true);
     if fd < 0 {
         return;
     }
-    let Some(args) = args.filter(|a| a.kind == ARG_ACCEPT) else {
+    if args.kind != ARG_ACCEPT {
         // A thread already blocked in accept() when the probes attached: no saved arguments,
-        // so no peer address. Track it anyway; userspace reads the endpoints from /proc (and
-        // applies the port filter, which the kernel cannot here).
-        if pid_traced(ctx.tgid()) {
-            count(counter::LIFECYCLE_ARGS_MISSING, 1);
-            aya_log_ebpf::debug!(
-                ctx,
-                "accept of fd {} in pid {} without its arguments: endpoints read from its socket",
-                fd,
-                ctx.tgid()
-            );
-            accept_without_address(ctx.tgid(), ctx.pid(), fd as i32);
+        // so no peer address.
+        if !pid_traced(ctx.tgid()) {
+            return;
         }
-        return;
-    };
-    if args.ptr == 0 {
-        // accept4(fd, NULL, NULL, flags), as libuv (Node.js) calls it: no peer address.
+        count(counter::LIFECYCLE_ARGS_MISSING, 1);
+        aya_log_ebpf::debug!(
+            ctx,
+            "accept of fd {} in pid {} without its arguments: endpoints read from its socket",
+            fd,
+            ctx.tgid()
+        );
+    }
+    if args.kind != ARG_ACCEPT || args.ptr == 0 {
+        // Also accept4(fd, NULL, NULL, flags), as libuv (Node.js) calls it. One call site:
+        // inlined twice, its tracking doubled this function's code.
         accept_without_address(ctx.tgid(), ctx.pid(), fd as i32);
         return;
     }
@@ -698,101 +697,117 @@ fn accept_without_address(tgid: u32, tid: u32, fd: i32) {
 }
 
 /// The `struct sock *` behind `fd` of the current process (process context: the accepting
-/// thread), its endpoints written to `ep` (addresses as [`normalize`] keeps them); 0, `ep`
-/// untouched, when the kernel's BTF did not say where they are, a read failed, or the fd is not
-/// a socket's. A socket of another family than IPv4 and IPv6 gets only `ep.family`.
+/// thread), its endpoints written to `ep`, which must be [`Endpoints::UNKNOWN`] on entry
+/// (addresses as [`normalize`] keeps them); 0 when the kernel's BTF did not say where they are,
+/// a read failed, or the fd is not a socket's (`ep` then partly written: not to be used). A
+/// socket of another family than IPv4 and IPv6 gets only `ep.family`.
 ///
 /// The walk: `task_struct.files` -> `files_struct.fdt` -> `fdtable.fd[fd]` (bounded by
 /// `max_fds`) -> `file.private_data` (a `struct socket *`, taken only when its `file` points
-/// back) -> `socket.sk` -> its `sock_common`. Not inlined: its temporaries get a frame of their
-/// own (see [`netns_of`]).
+/// back) -> `socket.sk` -> its `sock_common`. Not inlined, and its frame kept small: the offsets
+/// are read one by one where used and the addresses copied straight into `ep` (a copy of
+/// `SOCK_OFFSETS` and of the addresses took this frame to 176 bytes, and accept's exit past 6.1's
+/// 512-byte combined stack: "combined stack size of 3 calls is 640").
 #[inline(never)]
 fn accepted_sock(fd: u32, ep: &mut Endpoints) -> u64 {
-    let off = crate::maps::sock_offsets();
-    if off.known & sock_known::FD == 0 || off.known & sock_known::INET == 0 {
+    let known = sock_offset(|o| &o.known);
+    if known & sock_known::FD == 0 || known & sock_known::INET == 0 {
         return 0;
     }
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task() };
-    let Some(fdt) = kernel_read::<u64>(task, off.task_files)
-        .and_then(|files| kernel_read::<u64>(files, off.files_fdt))
+    let Some(fdt) = kernel_read::<u64>(task, sock_offset(|o| &o.task_files))
+        .and_then(|files| kernel_read::<u64>(files, sock_offset(|o| &o.files_fdt)))
     else {
         return 0;
     };
     // The fd array may be replaced by a larger one at any time: its size is read from the same
     // table as the array, and a stale pair is still a valid (older) table.
-    let Some(max_fds) = kernel_read::<u32>(fdt, off.fdt_max_fds) else {
+    let Some(max_fds) = kernel_read::<u32>(fdt, sock_offset(|o| &o.fdt_max_fds)) else {
         return 0;
     };
     if fd >= max_fds {
         return 0;
     }
-    let Some(file) = kernel_read::<u64>(fdt, off.fdt_fd)
+    let Some(file) = kernel_read::<u64>(fdt, sock_offset(|o| &o.fdt_fd))
         .filter(|array| *array != 0)
         .and_then(|array| kernel_read::<u64>(array + u64::from(fd) * 8, 0))
     else {
         return 0;
     };
-    let Some(socket) = kernel_read::<u64>(file, off.file_private_data) else {
+    let Some(socket) = kernel_read::<u64>(file, sock_offset(|o| &o.file_private_data)) else {
         return 0;
     };
     // Another thread may have closed the fd and opened something else on it since accept
     // returned: only a socket's file is its socket's `file`.
-    if kernel_read::<u64>(socket, off.socket_file) != Some(file) {
+    if kernel_read::<u64>(socket, sock_offset(|o| &o.socket_file)) != Some(file) {
         return 0;
     }
-    let Some(sk) = kernel_read::<u64>(socket, off.socket_sk).filter(|sk| *sk != 0) else {
+    let Some(sk) = kernel_read::<u64>(socket, sock_offset(|o| &o.socket_sk)).filter(|sk| *sk != 0)
+    else {
         return 0;
     };
-    let Some(family) = kernel_read::<u16>(sk, off.skc_family) else {
+    let Some(family) = kernel_read::<u16>(sk, sock_offset(|o| &o.skc_family)) else {
         return 0;
     };
+    ep.family = family;
     if family != AF_INET && family != AF_INET6 {
-        ep.family = family;
         return sk;
     }
     let (Some(local_port), Some(peer_port)) = (
-        kernel_read::<u16>(sk, off.skc_num),
-        kernel_read::<u16>(sk, off.skc_dport),
+        kernel_read::<u16>(sk, sock_offset(|o| &o.skc_num)),
+        kernel_read::<u16>(sk, sock_offset(|o| &o.skc_dport)),
     ) else {
         return 0;
     };
-    let (local, peer) = if family == AF_INET {
-        let (Some(local), Some(peer)) = (
-            kernel_read::<[u8; 4]>(sk, off.skc_rcv_saddr),
-            kernel_read::<[u8; 4]>(sk, off.skc_daddr),
-        ) else {
-            return 0;
-        };
-        (
-            normalize(AF_INET, local, [0; 16]),
-            normalize(AF_INET, peer, [0; 16]),
-        )
+    ep.local_port = local_port;
+    // skc_dport is kept in network byte order, skc_num in host order.
+    ep.peer_port = u16::from_be(peer_port);
+    let read = if family == AF_INET {
+        kernel_read_into(
+            sk,
+            sock_offset(|o| &o.skc_rcv_saddr),
+            &mut ep.local_addr[..4],
+        ) && kernel_read_into(sk, sock_offset(|o| &o.skc_daddr), &mut ep.peer_addr[..4])
     } else {
-        if off.known & sock_known::INET6 == 0 {
-            return 0;
-        }
-        let (Some(local), Some(peer)) = (
-            kernel_read::<[u8; 16]>(sk, off.skc_v6_rcv_saddr),
-            kernel_read::<[u8; 16]>(sk, off.skc_v6_daddr),
-        ) else {
-            return 0;
-        };
-        (
-            normalize(AF_INET6, [0; 4], local),
-            normalize(AF_INET6, [0; 4], peer),
-        )
+        known & sock_known::INET6 != 0
+            && kernel_read_into(sk, sock_offset(|o| &o.skc_v6_rcv_saddr), &mut ep.local_addr)
+            && kernel_read_into(sk, sock_offset(|o| &o.skc_v6_daddr), &mut ep.peer_addr)
     };
-    *ep = Endpoints {
-        family: local.0,
-        local_port,
-        // skc_dport is kept in network byte order, skc_num in host order.
-        peer_port: u16::from_be(peer_port),
-        _pad: 0,
-        local_addr: local.1,
-        peer_addr: peer.1,
-    };
+    if !read {
+        return 0;
+    }
+    if family == AF_INET6 && unmap_v4(&mut ep.local_addr) {
+        ep.family = AF_INET;
+    }
+    unmap_v4(&mut ep.peer_addr);
     sk
+}
+
+/// A v4-mapped IPv6 address (`::ffff:a.b.c.d`) rewritten in place as [`normalize`] keeps IPv4
+/// (the first 4 bytes, the rest zero); true when it was one.
+#[inline(always)]
+fn unmap_v4(addr: &mut [u8; 16]) -> bool {
+    let mapped = addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff;
+    if mapped {
+        addr.copy_within(12..16, 0);
+        addr[4..].fill(0);
+    }
+    mapped
+}
+
+/// Copies kernel memory at `offset` in the object at `base` into `dst`; false when `base` is
+/// null or the read fails. Straight into the destination: no temporary on the stack.
+#[inline(always)]
+fn kernel_read_into(base: u64, offset: u32, dst: &mut [u8]) -> bool {
+    if base == 0 {
+        return false;
+    }
+    // SAFETY: probe-read of kernel memory into `dst`, bounded by its length; failure handled.
+    unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel_buf((base + u64::from(offset)) as *const u8, dst)
+    }
+    .is_ok()
 }
 
 pub fn exit_connect(ctx: &TracePointContext) {

@@ -73,11 +73,12 @@ static SOCK_OFFSETS: tracer_common::SockOffsets = tracer_common::SockOffsets {
     known: 0,
 };
 
-/// The load-time `SOCK_OFFSETS`.
+/// One field of the load-time `SOCK_OFFSETS` (`field` picks it), read where it is used: a copy
+/// of the whole struct cost its reader's frame 60 bytes, which accept's exit has not to spare.
 #[inline(always)]
-pub fn sock_offsets() -> tracer_common::SockOffsets {
+pub fn sock_offset(field: fn(&tracer_common::SockOffsets) -> &u32) -> u32 {
     // SAFETY: a plain read of a read-only global; volatile so the load-time value is used.
-    unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+    unsafe { core::ptr::read_volatile(field(&SOCK_OFFSETS)) }
 }
 
 /// Whether the HTTP/2 frame walker is on (`H2_WALK`).
