@@ -1,17 +1,21 @@
 //! Basic request/response tracing against real probes: curl against the Python server and nginx
 //! gives exactly one SERVER and one CLIENT span per request, with the HTTP semconv attributes,
-//! resources, timings and the status rules (4xx error on CLIENT only, 5xx on both).
+//! resources, timings and the status rules (4xx error on CLIENT only, 5xx on both); and the port
+//! filter on a server that accepts without the peer's address (Node).
 
+use std::process::Command;
 use std::time::Duration;
 
+use tracer_tests::metrics_client::sample;
 use tracer_tests::nginx::parent_pid;
 use tracer_tests::query::{
     assert_attrs, assert_count, assert_no_attr, at_least, client_spans, is_valid_id, server_spans,
     the_only, with_attr,
 };
 use tracer_tests::{
-    AttrValue, Nginx, ObservedKind, ObservedSpan, ObservedStatus, OtlpProtocol, PythonServer,
-    TracedSession, curl, free_port, local_url, unix_now_ns,
+    AgentConfig, AttrValue, ChildGuard, Nginx, ObservedKind, ObservedSpan, ObservedStatus,
+    OtlpProtocol, PythonServer, TracedSession, curl, free_port, local_url, unix_now_ns,
+    wait_for_port,
 };
 
 /// Clock slack between the two sides of one exchange and between the test's and the agent's
@@ -297,4 +301,73 @@ fn nginx_static_file_and_503_are_traced() {
     for span in [client_ok, client_503] {
         assert_eq!(span.service_name(), Some("curl"));
     }
+}
+
+/// Node's http servers accept with `accept4(fd, NULL, NULL)`: the syscall returns no peer
+/// address, and the kernel reads the endpoints from the accepted socket instead. So the port
+/// filter applies in the kernel: a connection to a port outside `--port` is never tracked (an
+/// agent that left these endpoints to /proc tracked every such connection and dropped it only
+/// once it had read /proc, `tracer_sniffed_fds_ignored_total{reason="port_filter"}`), and one to
+/// a traced port is traced with its endpoints.
+#[test]
+fn node_accepting_without_a_peer_address_is_port_filtered_in_the_kernel() {
+    let (traced, filtered) = (free_port(), free_port());
+    let script = format!(
+        "const http = require('http'); let up = 0; \
+         for (const port of [{traced}, {filtered}]) {{ \
+           http.createServer((q, s) => s.end('ok')).listen(port, '127.0.0.1', () => {{ \
+             if (++up === 2) console.log('listening'); }}); }}"
+    );
+    let mut command = Command::new("node");
+    command.args(["-e", &script]);
+    let node = ChildGuard::spawn("node http servers", command);
+    for port in [traced, filtered] {
+        assert!(
+            wait_for_port(port, Duration::from_secs(60)),
+            "node did not listen on {port}\n{}",
+            node.output_report()
+        );
+    }
+    // Only node is traced: the counters are its connections', not other tests' servers'.
+    let mut session = TracedSession::start_with(
+        OtlpProtocol::Grpc,
+        AgentConfig::new().pid(node.pid()).ports(&[traced]),
+    );
+    // The filtered port's requests first: once the traced port's spans arrived, the agent has
+    // read every record before them.
+    for n in 0..3 {
+        assert_eq!(curl(&[&local_url(filtered, &format!("/f{n}"))]).status, 200);
+    }
+    for n in 0..3 {
+        assert_eq!(curl(&[&local_url(traced, &format!("/t{n}"))]).status, 200);
+    }
+    session.wait_for("3 SERVER spans of the traced port", |spans| {
+        server_spans(spans, traced).len() >= 3
+    });
+    let page = session.agent().wait_settled();
+    let spans = session.finish();
+    let counted = |family: &str, labels: &str| sample(&page, family, labels).unwrap_or(-1.0);
+    for server in server_spans(&spans, traced) {
+        assert_eq!(
+            server.attr("client.address"),
+            Some(&s("127.0.0.1")),
+            "{}",
+            server.summary()
+        );
+    }
+    assert_count(
+        &spans.iter().collect::<Vec<_>>(),
+        3,
+        "spans (the traced port's SERVER spans only)",
+        &spans,
+    );
+    assert_eq!(
+        (
+            counted("tracer_connections_opened_total", ""),
+            counted("tracer_sniffed_fds_ignored_total", "reason=\"port_filter\""),
+            counted("tracer_kernel_accept_endpoints_unknown_total", ""),
+        ),
+        (3.0, 0.0, 0.0),
+        "(connections tracked, filtered out in userspace, endpoints left to /proc)\n{page}"
+    );
 }

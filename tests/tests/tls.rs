@@ -643,11 +643,9 @@ fn node_https_server_and_client_are_traced_and_linked() {
 /// Runs a Node peer that is both the https server and its own client (`script PORT CERT KEY
 /// ARGS... GO`): it listens, the agent attaches to node, then the `GO` file releases its
 /// requests; once node printed `done`, the agent is let read every record of them before
-/// `GO.end` lets node close its connections and exit (node accepts with `accept4(fd, NULL,
-/// NULL)`: the agent reads its SERVER connections' endpoints from their open fds, which an agent
-/// lagging under load would otherwise find closed: see
-/// `node_server_exchanges_read_after_node_exited_are_counted`). Returns the session and the
-/// port once node exited with success.
+/// `GO.end` lets node close its connections and exit (the other tests do not depend on an agent
+/// reading late; `node_server_exchanges_read_after_node_exited_keep_their_endpoints` does, with
+/// `agent_stopped`). Returns the session and the port once node exited with success.
 fn run_node_one_process(name: &str, script: &str, args: &[&str]) -> (TracedSession, u16) {
     run_node_one_process_paused(name, script, args, false, &[])
 }
@@ -1040,36 +1038,49 @@ fn the_pid_filter_applies_to_tls() {
 
 /// A Node https server that is its own client, traced by an agent that reads none of its
 /// records before node closed its connections and exited (stopped meanwhile: an agent starved
-/// of CPU under load). Node accepts with `accept4(fd, NULL, NULL)`, so the kernel reports no
-/// endpoints for its SERVER connections and the agent reads them from the open fds: gone here,
-/// the port filter cannot be applied and those exchanges are dropped. Each SERVER exchange is
-/// either a right span or counted (`ports_unknown`), never lost silently; the CLIENT side
-/// (endpoints from the kernel) is complete and no link is wrong.
+/// of CPU under load). Node accepts with `accept4(fd, NULL, NULL)`: the syscall returns no
+/// peer address, so the kernel reads the endpoints from the new socket (its fd, then
+/// `sock_common`) when accept returns. Nothing is left to `/proc`, gone by the time the agent
+/// reads: every SERVER exchange is a span (an agent that took these endpoints from `/proc`
+/// dropped them all, counted `ports_unknown`), the CLIENT side is complete, and no link is
+/// wrong.
 #[test]
-fn node_server_exchanges_read_after_node_exited_are_counted() {
+fn node_server_exchanges_read_after_node_exited_keep_their_endpoints() {
     let (mut session, port) =
         run_node_one_process_paused("tls-node-late", "tls_node.js", &["50", "8"], true, &[]);
-    session.wait_for("50 https CLIENT spans", |spans| {
-        client_spans(spans, port).len() >= 50
+    session.wait_for("50 https SERVER and 50 CLIENT spans", |spans| {
+        server_spans(spans, port).len() >= 50 && client_spans(spans, port).len() >= 50
     });
     let page = session.agent().wait_settled();
     let spans = session.finish();
     let servers = server_spans(&spans, port);
     let clients = client_spans(&spans, port);
-    let ports_unknown = sample(
-        &page,
-        "tracer_exchanges_dropped_total",
-        "reason=\"ports_unknown\"",
-    )
-    .unwrap_or(0.0);
+    let counted = |family: &str, labels: &str| sample(&page, family, labels).unwrap_or(0.0);
     assert_eq!(clients.len(), 50, "CLIENT spans");
+    assert_eq!(servers.len(), 50, "SERVER spans: {page}");
     assert_eq!(
-        servers.len() as f64 + ports_unknown,
-        50.0,
-        "every SERVER exchange a span or counted ({} spans): {page}",
-        servers.len()
+        counted("tracer_exchanges_dropped_total", "reason=\"ports_unknown\""),
+        0.0,
+        "{page}"
+    );
+    assert_eq!(
+        counted("tracer_kernel_accept_endpoints_unknown_total", ""),
+        0.0,
+        "{page}"
     );
     for server in &servers {
+        // The peer's endpoint, from the accepted socket.
+        assert_eq!(
+            server.attr("client.address"),
+            Some(&s("127.0.0.1")),
+            "{}",
+            server.summary()
+        );
+        assert!(
+            server.attr_int("client.port").is_some_and(|p| p > 0),
+            "{}",
+            server.summary()
+        );
         let parent = clients
             .iter()
             .find(|c| server.parent_span_id.as_deref() == Some(c.span_id.as_str()));

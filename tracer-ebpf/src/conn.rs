@@ -11,14 +11,14 @@ use aya_ebpf::{
 };
 use tracer_common::{
     CONN_OPEN_LEN, ConnCloseEvent, ConnOpenEvent, ConnState, EventHeader, MAX_INFLIGHT_PER_PROCESS,
-    conn_key, counter, kind, netns_known, role,
+    conn_key, counter, kind, netns_known, role, sock_known,
 };
 
 use crate::filter::{mirrors_agent, pid_traced, ports_traced};
 use crate::maps::{
     ACCEPTED, CANDIDATES, CONNECTING, CONNS, EVENTS, Endpoints, GENERATION_EPOCH, GENERATIONS,
     INFLIGHT, INFLIGHT_PER_PROCESS, OPEN_SCRATCH, PeerKey, SOCK_ENDPOINTS, SyscallArgs, count,
-    events_output_flags, next_conn_id,
+    events_output_flags, next_conn_id, sock_offset,
 };
 
 const AF_INET: u16 = tracer_common::family::INET;
@@ -608,33 +608,28 @@ pub fn enter_lifecycle(ctx: &TracePointContext, kind: u8) {
 
 pub fn exit_accept(ctx: &TracePointContext) {
     let fd = sys_ret(ctx);
-    let args = Some(take_args(ctx.pid_tgid_raw(), true)).filter(|a| a.kind != ARG_NONE);
+    let args = take_args(ctx.pid_tgid_raw(), true);
     if fd < 0 {
         return;
     }
-    let Some(args) = args.filter(|a| a.kind == ARG_ACCEPT) else {
+    if args.kind != ARG_ACCEPT {
         // A thread already blocked in accept() when the probes attached: no saved arguments,
-        // so no peer address. Track it anyway; userspace reads the endpoints from /proc (and
-        // applies the port filter, which the kernel cannot here).
-        if pid_traced(ctx.tgid()) {
-            count(counter::LIFECYCLE_ARGS_MISSING, 1);
-            aya_log_ebpf::debug!(
-                ctx,
-                "accept of fd {} in pid {} without its arguments: endpoints left to /proc",
-                fd,
-                ctx.tgid()
-            );
-            let ep = Endpoints::UNKNOWN;
-            track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
+        // so no peer address.
+        if !pid_traced(ctx.tgid()) {
+            return;
         }
-        return;
-    };
-    if args.ptr == 0 {
-        // accept4(fd, NULL, NULL, flags), as libuv (Node.js) calls it: no peer address. Track
-        // it; userspace reads the endpoints from /proc and applies the port filter (a unix
-        // socket's is not an inet connection there and is dropped).
-        let ep = Endpoints::UNKNOWN;
-        track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
+        count(counter::LIFECYCLE_ARGS_MISSING, 1);
+        aya_log_ebpf::debug!(
+            ctx,
+            "accept of fd {} in pid {} without its arguments: endpoints read from its socket",
+            fd,
+            ctx.tgid()
+        );
+    }
+    if args.kind != ARG_ACCEPT || args.ptr == 0 {
+        // Also accept4(fd, NULL, NULL, flags), as libuv (Node.js) calls it. One call site:
+        // inlined twice, its tracking doubled this function's code.
+        accept_without_address(ctx.tgid(), ctx.pid(), fd as i32);
         return;
     }
     let (family, peer_addr, peer_port) = read_sockaddr(args.ptr);
@@ -666,6 +661,153 @@ pub fn exit_accept(ctx: &TracePointContext) {
         return;
     }
     track(ctx.tgid(), ctx.pid(), fd as i32, role::SERVER, 0, &ep, true);
+}
+
+/// A connection accepted on `fd` without the peer's address (`accept4(fd, NULL, NULL)`, or an
+/// accept whose arguments were not saved): its endpoints are read from the new socket, and it is
+/// then filtered and tracked as an accept with an address is. When they cannot be read it is
+/// tracked with unknown endpoints (counted): userspace reads them from `/proc` and applies the
+/// port filter there. A socket of another family (unix) is not tracked.
+#[inline(always)]
+fn accept_without_address(tgid: u32, tid: u32, fd: i32) {
+    let mut ep = Endpoints::UNKNOWN;
+    let sk = accepted_sock(fd as u32, &mut ep);
+    if sk == 0 {
+        count(counter::ACCEPT_ENDPOINTS_UNKNOWN, 1);
+        let unknown = Endpoints::UNKNOWN;
+        track(tgid, tid, fd, role::SERVER, 0, &unknown, true);
+        return;
+    }
+    if ep.family != AF_INET && ep.family != AF_INET6 {
+        return;
+    }
+    // What the handshake's tracepoint kept for an accept with an address is not needed.
+    let key = PeerKey {
+        addr: ep.peer_addr,
+        port: ep.peer_port,
+        _pad: [0; 6],
+    };
+    let _ = ACCEPTED.remove(&key);
+    // The other end of the agent's own export or API watch is never traced.
+    if !ports_traced(ep.local_port, ep.peer_port) || mirrors_agent(&ep) {
+        ignore(tgid, fd);
+        return;
+    }
+    track(tgid, tid, fd, role::SERVER, sk, &ep, true);
+}
+
+/// The `struct sock *` behind `fd` of the current process (process context: the accepting
+/// thread), its endpoints written to `ep`, which must be [`Endpoints::UNKNOWN`] on entry
+/// (addresses as [`normalize`] keeps them); 0 when the kernel's BTF did not say where they are,
+/// a read failed, or the fd is not a socket's (`ep` then partly written: not to be used). A
+/// socket of another family than IPv4 and IPv6 gets only `ep.family`.
+///
+/// The walk: `task_struct.files` -> `files_struct.fdt` -> `fdtable.fd[fd]` (bounded by
+/// `max_fds`) -> `file.private_data` (a `struct socket *`, taken only when its `file` points
+/// back) -> `socket.sk` -> its `sock_common`. Not inlined, and its frame kept small: the offsets
+/// are read one by one where used and the addresses copied straight into `ep` (a copy of
+/// `SOCK_OFFSETS` and of the addresses took this frame to 176 bytes, and accept's exit past 6.1's
+/// 512-byte combined stack: "combined stack size of 3 calls is 640").
+#[inline(never)]
+fn accepted_sock(fd: u32, ep: &mut Endpoints) -> u64 {
+    let known = sock_offset(|o| &o.known);
+    if known & sock_known::FD == 0 || known & sock_known::INET == 0 {
+        return 0;
+    }
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(fdt) = kernel_read::<u64>(task, sock_offset(|o| &o.task_files))
+        .and_then(|files| kernel_read::<u64>(files, sock_offset(|o| &o.files_fdt)))
+    else {
+        return 0;
+    };
+    // The fd array may be replaced by a larger one at any time: its size is read from the same
+    // table as the array, and a stale pair is still a valid (older) table.
+    let Some(max_fds) = kernel_read::<u32>(fdt, sock_offset(|o| &o.fdt_max_fds)) else {
+        return 0;
+    };
+    if fd >= max_fds {
+        return 0;
+    }
+    let Some(file) = kernel_read::<u64>(fdt, sock_offset(|o| &o.fdt_fd))
+        .filter(|array| *array != 0)
+        .and_then(|array| kernel_read::<u64>(array + u64::from(fd) * 8, 0))
+    else {
+        return 0;
+    };
+    let Some(socket) = kernel_read::<u64>(file, sock_offset(|o| &o.file_private_data)) else {
+        return 0;
+    };
+    // Another thread may have closed the fd and opened something else on it since accept
+    // returned: only a socket's file is its socket's `file`.
+    if kernel_read::<u64>(socket, sock_offset(|o| &o.socket_file)) != Some(file) {
+        return 0;
+    }
+    let Some(sk) = kernel_read::<u64>(socket, sock_offset(|o| &o.socket_sk)).filter(|sk| *sk != 0)
+    else {
+        return 0;
+    };
+    let Some(family) = kernel_read::<u16>(sk, sock_offset(|o| &o.skc_family)) else {
+        return 0;
+    };
+    ep.family = family;
+    if family != AF_INET && family != AF_INET6 {
+        return sk;
+    }
+    let (Some(local_port), Some(peer_port)) = (
+        kernel_read::<u16>(sk, sock_offset(|o| &o.skc_num)),
+        kernel_read::<u16>(sk, sock_offset(|o| &o.skc_dport)),
+    ) else {
+        return 0;
+    };
+    ep.local_port = local_port;
+    // skc_dport is kept in network byte order, skc_num in host order.
+    ep.peer_port = u16::from_be(peer_port);
+    let read = if family == AF_INET {
+        kernel_read_into(
+            sk,
+            sock_offset(|o| &o.skc_rcv_saddr),
+            &mut ep.local_addr[..4],
+        ) && kernel_read_into(sk, sock_offset(|o| &o.skc_daddr), &mut ep.peer_addr[..4])
+    } else {
+        known & sock_known::INET6 != 0
+            && kernel_read_into(sk, sock_offset(|o| &o.skc_v6_rcv_saddr), &mut ep.local_addr)
+            && kernel_read_into(sk, sock_offset(|o| &o.skc_v6_daddr), &mut ep.peer_addr)
+    };
+    if !read {
+        return 0;
+    }
+    if family == AF_INET6 && unmap_v4(&mut ep.local_addr) {
+        ep.family = AF_INET;
+    }
+    unmap_v4(&mut ep.peer_addr);
+    sk
+}
+
+/// A v4-mapped IPv6 address (`::ffff:a.b.c.d`) rewritten in place as [`normalize`] keeps IPv4
+/// (the first 4 bytes, the rest zero); true when it was one.
+#[inline(always)]
+fn unmap_v4(addr: &mut [u8; 16]) -> bool {
+    let mapped = addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff;
+    if mapped {
+        addr.copy_within(12..16, 0);
+        addr[4..].fill(0);
+    }
+    mapped
+}
+
+/// Copies kernel memory at `offset` in the object at `base` into `dst`; false when `base` is
+/// null or the read fails. Straight into the destination: no temporary on the stack.
+#[inline(always)]
+fn kernel_read_into(base: u64, offset: u32, dst: &mut [u8]) -> bool {
+    if base == 0 {
+        return false;
+    }
+    // SAFETY: probe-read of kernel memory into `dst`, bounded by its length; failure handled.
+    unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel_buf((base + u64::from(offset)) as *const u8, dst)
+    }
+    .is_ok()
 }
 
 pub fn exit_connect(ctx: &TracePointContext) {

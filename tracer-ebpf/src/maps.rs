@@ -52,6 +52,35 @@ pub fn netns_offsets() -> tracer_common::NetnsOffsets {
     unsafe { core::ptr::read_volatile(&NETNS_OFFSETS) }
 }
 
+/// Where the running kernel keeps what leads from an fd to its socket's endpoints, set by
+/// userspace at load time from the kernel's BTF; nothing known by default.
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: tracer_common::SockOffsets = tracer_common::SockOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_file: 0,
+    socket_sk: 0,
+    skc_family: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    skc_rcv_saddr: 0,
+    skc_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    known: 0,
+};
+
+/// One field of the load-time `SOCK_OFFSETS` (`field` picks it), read where it is used: a copy
+/// of the whole struct cost its reader's frame 60 bytes, which accept's exit has not to spare.
+#[inline(always)]
+pub fn sock_offset(field: fn(&tracer_common::SockOffsets) -> &u32) -> u32 {
+    // SAFETY: a plain read of a read-only global; volatile so the load-time value is used.
+    unsafe { core::ptr::read_volatile(field(&SOCK_OFFSETS)) }
+}
+
 /// Whether the HTTP/2 frame walker is on (`H2_WALK`).
 #[inline(always)]
 pub fn h2_walk_enabled() -> bool {

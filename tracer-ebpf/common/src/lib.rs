@@ -308,8 +308,14 @@ pub mod counter {
     /// Processes that exec'd or mapped an executable file while `PROCESS_CHANGES` was full:
     /// userspace cannot tell which, and its discovery reads every process again.
     pub const PROCESS_CHANGES_FULL: u32 = 44;
+    /// Accepts without a peer address (`accept4(fd, NULL, NULL)`, as Node.js calls it, or an
+    /// accept already blocked when the probes attached) whose endpoints the kernel could not
+    /// read from the new socket (the kernel's BTF lacked an offset of [`SockOffsets`], a read
+    /// failed, the fd was no socket): tracked with unknown endpoints, which userspace reads from
+    /// `/proc` (and drops the exchanges when the fd is gone by then).
+    pub const ACCEPT_ENDPOINTS_UNKNOWN: u32 = 45;
     /// Number of counters.
-    pub const COUNT: u32 = 45;
+    pub const COUNT: u32 = 46;
 }
 
 /// A tracepoint program of the eBPF object: its name in the object (the function's name in
@@ -708,6 +714,55 @@ pub mod netns_known {
     pub const TASK: u32 = 2;
 }
 
+/// Where the running kernel keeps what leads from a file descriptor of the current task to its
+/// socket's endpoints, in bytes, read from its BTF at load time and given to the programs as the
+/// global `SOCK_OFFSETS` (as [`NetnsOffsets`]). An accept without a peer address finds its new
+/// socket this way. A path whose bit is not in `known` is not read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `struct task_struct` to `files` (a `struct files_struct *`).
+    pub task_files: u32,
+    /// `struct files_struct` to `fdt` (a `struct fdtable *`).
+    pub files_fdt: u32,
+    /// `struct fdtable` to `max_fds` (a u32).
+    pub fdt_max_fds: u32,
+    /// `struct fdtable` to `fd` (a `struct file **`).
+    pub fdt_fd: u32,
+    /// `struct file` to `private_data` (a `struct socket *` for a socket's file).
+    pub file_private_data: u32,
+    /// `struct socket` to `file` (back to its `struct file *`: proves the file is a socket's).
+    pub socket_file: u32,
+    /// `struct socket` to `sk` (a `struct sock *`).
+    pub socket_sk: u32,
+    /// `struct sock` to `__sk_common.skc_family` (a u16).
+    pub skc_family: u32,
+    /// `struct sock` to `__sk_common.skc_num` (the local port, a u16 in host order).
+    pub skc_num: u32,
+    /// `struct sock` to `__sk_common.skc_dport` (the peer port, a u16 in network order).
+    pub skc_dport: u32,
+    /// `struct sock` to `__sk_common.skc_rcv_saddr` (the local IPv4 address, 4 bytes).
+    pub skc_rcv_saddr: u32,
+    /// `struct sock` to `__sk_common.skc_daddr` (the peer IPv4 address, 4 bytes).
+    pub skc_daddr: u32,
+    /// `struct sock` to `__sk_common.skc_v6_rcv_saddr` (the local IPv6 address, 16 bytes).
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct sock` to `__sk_common.skc_v6_daddr` (the peer IPv6 address, 16 bytes).
+    pub skc_v6_daddr: u32,
+    /// `sock_known::*` bits.
+    pub known: u32,
+}
+
+/// Bits of [`SockOffsets::known`].
+pub mod sock_known {
+    /// The fd path (`task_files` to `socket_sk`) is valid: an fd's `struct sock` can be found.
+    pub const FD: u32 = 1;
+    /// `skc_family`, the ports and the IPv4 addresses are valid.
+    pub const INET: u32 = 2;
+    /// The IPv6 addresses are valid (a kernel without IPv6 has none: its sockets are IPv4).
+    pub const INET6: u32 = 4;
+}
+
 /// Fixed part of a data record; `captured_len` payload bytes follow it in the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1077,6 +1132,8 @@ mod pod {
     unsafe impl aya::Pod for super::GoTlsCallKey {}
     unsafe impl aya::Pod for super::GoTlsCall {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::IdentityEvent {}
 }
 

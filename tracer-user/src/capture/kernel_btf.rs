@@ -1,15 +1,16 @@
 //! The few kernel struct offsets the probes need (where a socket's and a thread's network
-//! namespace are), read from the running kernel's BTF (`/sys/kernel/btf/vmlinux`) at load time.
+//! namespace are, and how an fd leads to its socket's endpoints), read from the running kernel's
+//! BTF (`/sys/kernel/btf/vmlinux`) at load time.
 //!
-//! The tracepoint programs have no CO-RE relocations, so the offsets reach them as a global
-//! ([`NetnsOffsets`]). aya parses BTF but keeps its type and member accessors private, so this
+//! The tracepoint programs have no CO-RE relocations, so the offsets reach them as globals
+//! ([`NetnsOffsets`], [`SockOffsets`]). aya parses BTF but keeps its type and member accessors private, so this
 //! reads the format's few parts it needs: the type section, walked once to index the types, and
 //! struct members by name. Total over any bytes: a malformed or truncated blob is an error, never
 //! a panic or an unbounded loop.
 
 use std::borrow::Cow;
 
-use tracer_common::{NetnsOffsets, netns_known};
+use tracer_common::{NetnsOffsets, SockOffsets, netns_known, sock_known};
 
 /// The running kernel's BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -285,6 +286,93 @@ impl<'a> Btf<'a> {
         Ok(offset)
     }
 
+    /// Offset of an integer of `size` bytes at `path` in `root`.
+    fn int_at(&self, root: &str, path: &[&str], size: u32) -> Result<u32, BtfError> {
+        let (offset, ty) = self.offset_of(root, path)?;
+        if ty.kind != kind::INT || ty.size_or_type != size {
+            return Err(BtfError::WrongType(
+                format!("{root}.{}", path.join(".")),
+                if size == 2 { "u16" } else { "integer" },
+            ));
+        }
+        Ok(offset)
+    }
+
+    /// Offset of a 16-byte struct or union (an IPv6 address, `struct in6_addr`) at `path` in
+    /// `root`.
+    fn address16_at(&self, root: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let (offset, ty) = self.offset_of(root, path)?;
+        if (ty.kind != kind::STRUCT && ty.kind != kind::UNION) || ty.size_or_type != 16 {
+            return Err(BtfError::WrongType(
+                format!("{root}.{}", path.join(".")),
+                "16-byte address",
+            ));
+        }
+        Ok(offset)
+    }
+
+    /// Where this kernel keeps what leads from a task's fd to its socket's endpoints; each path
+    /// whose fields are missing is left out of `known` (with why, for the log).
+    pub fn sock_offsets(&self) -> (SockOffsets, Vec<BtfError>) {
+        let mut missing = Vec::new();
+        let mut found = |r: Result<u32, BtfError>| r.map_err(|e| missing.push(e)).ok();
+        let fd_path = (
+            found(self.pointer_at("task_struct", &["files"])),
+            found(self.pointer_at("files_struct", &["fdt"])),
+            found(self.u32_at("fdtable", &["max_fds"])),
+            found(self.pointer_at("fdtable", &["fd"])),
+            found(self.pointer_at("file", &["private_data"])),
+            found(self.pointer_at("socket", &["file"])),
+            found(self.pointer_at("socket", &["sk"])),
+        );
+        let common = |field| ["__sk_common", field];
+        let inet = (
+            found(self.int_at("sock", &common("skc_family"), 2)),
+            found(self.int_at("sock", &common("skc_num"), 2)),
+            found(self.int_at("sock", &common("skc_dport"), 2)),
+            found(self.u32_at("sock", &common("skc_rcv_saddr"))),
+            found(self.u32_at("sock", &common("skc_daddr"))),
+        );
+        let inet6 = (
+            found(self.address16_at("sock", &common("skc_v6_rcv_saddr"))),
+            found(self.address16_at("sock", &common("skc_v6_daddr"))),
+        );
+        let mut offsets = SockOffsets::default();
+        if let (
+            Some(files),
+            Some(fdt),
+            Some(max_fds),
+            Some(fd),
+            Some(private),
+            Some(file),
+            Some(sk),
+        ) = fd_path
+        {
+            offsets.task_files = files;
+            offsets.files_fdt = fdt;
+            offsets.fdt_max_fds = max_fds;
+            offsets.fdt_fd = fd;
+            offsets.file_private_data = private;
+            offsets.socket_file = file;
+            offsets.socket_sk = sk;
+            offsets.known |= sock_known::FD;
+        }
+        if let (Some(family), Some(num), Some(dport), Some(rcv_saddr), Some(daddr)) = inet {
+            offsets.skc_family = family;
+            offsets.skc_num = num;
+            offsets.skc_dport = dport;
+            offsets.skc_rcv_saddr = rcv_saddr;
+            offsets.skc_daddr = daddr;
+            offsets.known |= sock_known::INET;
+        }
+        if let (Some(rcv_saddr), Some(daddr)) = inet6 {
+            offsets.skc_v6_rcv_saddr = rcv_saddr;
+            offsets.skc_v6_daddr = daddr;
+            offsets.known |= sock_known::INET6;
+        }
+        (offsets, missing)
+    }
+
     /// Where this kernel keeps a socket's and a thread's network namespace inode; each path
     /// whose fields are missing is left out of `known` (with why, for the log).
     pub fn netns_offsets(&self) -> (NetnsOffsets, Vec<BtfError>) {
@@ -322,33 +410,51 @@ impl<'a> Btf<'a> {
     }
 }
 
-/// The running kernel's namespace offsets; nothing known (logged) when its BTF cannot say.
-pub fn running_kernel_netns_offsets() -> NetnsOffsets {
+/// What the probes read of the running kernel's structs, from its BTF: the namespace offsets
+/// and the fd-to-socket offsets; nothing known (logged) of what its BTF cannot say (network
+/// namespaces then come from `/proc`, and so do the endpoints of accepts without an address).
+pub fn running_kernel_offsets() -> (NetnsOffsets, SockOffsets) {
     let blob = match std::fs::read(VMLINUX_BTF) {
         Ok(blob) => blob,
         Err(err) => {
-            tracing::warn!(%err, "cannot read the kernel's BTF: network namespaces come from /proc");
-            return NetnsOffsets::default();
+            tracing::warn!(
+                %err,
+                "cannot read the kernel's BTF: network namespaces and the endpoints of accepts \
+                 without an address come from /proc"
+            );
+            return Default::default();
         }
     };
-    match Btf::parse(&blob) {
-        Ok(btf) => {
-            let (offsets, missing) = btf.netns_offsets();
-            for why in &missing {
-                tracing::warn!(
-                    %why,
-                    "the kernel's BTF lacks a field of the network namespace path: those \
-                     namespaces come from /proc"
-                );
-            }
-            tracing::debug!(?offsets, "network namespace offsets from the kernel's BTF");
-            offsets
-        }
+    let btf = match Btf::parse(&blob) {
+        Ok(btf) => btf,
         Err(err) => {
-            tracing::warn!(%err, "cannot parse the kernel's BTF: network namespaces come from /proc");
-            NetnsOffsets::default()
+            tracing::warn!(
+                %err,
+                "cannot parse the kernel's BTF: network namespaces and the endpoints of accepts \
+                 without an address come from /proc"
+            );
+            return Default::default();
         }
+    };
+    let (netns, missing) = btf.netns_offsets();
+    for why in &missing {
+        tracing::warn!(
+            %why,
+            "the kernel's BTF lacks a field of the network namespace path: those namespaces \
+             come from /proc"
+        );
     }
+    let (sock, missing) = btf.sock_offsets();
+    for why in &missing {
+        tracing::warn!(
+            %why,
+            "the kernel's BTF lacks a field of the path from an fd to its socket: the endpoints \
+             of accepts without an address (accept4(fd, NULL, NULL), as Node.js calls it) come \
+             from /proc"
+        );
+    }
+    tracing::debug!(?netns, ?sock, "kernel struct offsets from the kernel's BTF");
+    (netns, sock)
 }
 
 #[cfg(test)]
@@ -455,6 +561,105 @@ mod tests {
         );
     }
 
+    /// A kernel-like fd-to-socket path: the address and port pairs in anonymous structs inside
+    /// anonymous unions of `sock_common` (as the kernel declares `skc_addrpair` and
+    /// `skc_portpair`), behind typedefs (`__be32`, `__be16`), and `private_data` of `file` in
+    /// an anonymous union.
+    fn sock_like(with_v6: bool) -> Vec<u8> {
+        let mut b = Builder::new();
+        b.ty("unsigned int", kind::INT, 0, 4, &[32]); // 1
+        b.ty("unsigned short", kind::INT, 0, 2, &[16]); // 2
+        b.ty("__be32", kind::TYPEDEF, 0, 1, &[]); // 3
+        b.ty("__be16", kind::TYPEDEF, 0, 2, &[]); // 4
+        b.ty("", kind::PTR, 0, 0, &[]); // 5: void *
+        b.strukt("", 8, &[("skc_daddr", 3, 0), ("skc_rcv_saddr", 3, 4)]); // 6
+        let (pair, anon) = (b.string("skc_addrpair"), 0);
+        b.ty("", kind::UNION, 2, 8, &[pair, 1, 0, anon, 6, 0]); // 7
+        b.strukt("", 4, &[("skc_dport", 4, 0), ("skc_num", 2, 2)]); // 8
+        let pair = b.string("skc_portpair");
+        b.ty("", kind::UNION, 2, 4, &[pair, 1, 0, anon, 8, 0]); // 9
+        b.strukt("in6_addr", 16, &[("s6_addr32", 1, 0)]); // 10
+        let mut common = vec![("", 7, 0), ("", 9, 12), ("skc_family", 2, 16)];
+        if with_v6 {
+            common.extend([("skc_v6_daddr", 10, 56), ("skc_v6_rcv_saddr", 10, 72)]);
+        }
+        b.strukt("sock_common", 136, &common); // 11
+        b.strukt("sock", 800, &[("__sk_common", 11, 0)]); // 12
+        b.strukt("task_struct", 4000, &[("pid", 1, 100), ("files", 5, 2000)]); // 13
+        b.strukt("files_struct", 700, &[("count", 1, 0), ("fdt", 5, 32)]); // 14
+        b.strukt("fdtable", 48, &[("max_fds", 1, 0), ("fd", 5, 8)]); // 15
+        let private = b.string("private_data");
+        b.ty("", kind::UNION, 1, 8, &[private, 5, 0]); // 16
+        b.strukt("file", 200, &[("f_count", 1, 0), ("", 16, 176)]); // 17
+        b.strukt(
+            "socket",
+            128,
+            &[("state", 1, 0), ("file", 5, 16), ("sk", 5, 24)],
+        ); // 18
+        b.blob()
+    }
+
+    #[test]
+    fn socket_offsets_are_found_through_anonymous_unions_and_typedefs() {
+        let blob = sock_like(true);
+        let (offsets, missing) = Btf::parse(&blob).unwrap().sock_offsets();
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_eq!(
+            offsets,
+            SockOffsets {
+                task_files: 2000,
+                files_fdt: 32,
+                fdt_max_fds: 0,
+                fdt_fd: 8,
+                file_private_data: 176,
+                socket_file: 16,
+                socket_sk: 24,
+                skc_family: 16,
+                skc_num: 14,
+                skc_dport: 12,
+                skc_rcv_saddr: 4,
+                skc_daddr: 0,
+                skc_v6_rcv_saddr: 72,
+                skc_v6_daddr: 56,
+                known: sock_known::FD | sock_known::INET | sock_known::INET6,
+            }
+        );
+    }
+
+    /// A kernel without IPv6 addresses in `sock_common` still reads IPv4 endpoints; a field of
+    /// the wrong size (a port that is not a u16) is refused, not read as something else.
+    #[test]
+    fn socket_paths_are_known_separately_and_sizes_are_checked() {
+        let blob = sock_like(false);
+        let (offsets, missing) = Btf::parse(&blob).unwrap().sock_offsets();
+        assert_eq!(offsets.known, sock_known::FD | sock_known::INET);
+        assert_eq!(missing.len(), 2, "{missing:?}");
+
+        let mut b = Builder::new();
+        b.ty("unsigned int", kind::INT, 0, 4, &[32]); // 1
+        b.strukt(
+            "sock_common",
+            136,
+            &[
+                ("skc_daddr", 1, 0),
+                ("skc_rcv_saddr", 1, 4),
+                ("skc_dport", 1, 8),
+                ("skc_num", 1, 12),
+                ("skc_family", 1, 16),
+            ],
+        ); // 2
+        b.strukt("sock", 800, &[("__sk_common", 2, 0)]); // 3
+        let blob = b.blob();
+        let (offsets, missing) = Btf::parse(&blob).unwrap().sock_offsets();
+        assert_eq!(offsets.known, 0);
+        assert!(
+            missing
+                .iter()
+                .any(|e| *e == BtfError::WrongType("sock.__sk_common.skc_num".into(), "u16")),
+            "{missing:?}"
+        );
+    }
+
     #[test]
     fn a_missing_field_leaves_only_its_path_unknown() {
         let mut b = Builder::new();
@@ -477,19 +682,22 @@ mod tests {
 
     #[test]
     fn any_bytes_are_an_error_or_an_index_never_a_panic() {
-        let blob = kernel_like();
-        for cut in 0..blob.len() {
-            if let Ok(btf) = Btf::parse(&blob[..cut]) {
-                let _ = btf.netns_offsets();
+        for blob in [kernel_like(), sock_like(true)] {
+            for cut in 0..blob.len() {
+                if let Ok(btf) = Btf::parse(&blob[..cut]) {
+                    let _ = btf.netns_offsets();
+                    let _ = btf.sock_offsets();
+                }
             }
-        }
-        let mut flipped = blob.clone();
-        for i in 0..flipped.len() {
-            flipped[i] ^= 0xff;
-            if let Ok(btf) = Btf::parse(&flipped) {
-                let _ = btf.netns_offsets();
+            let mut flipped = blob.clone();
+            for i in 0..flipped.len() {
+                flipped[i] ^= 0xff;
+                if let Ok(btf) = Btf::parse(&flipped) {
+                    let _ = btf.netns_offsets();
+                    let _ = btf.sock_offsets();
+                }
+                flipped[i] ^= 0xff;
             }
-            flipped[i] ^= 0xff;
         }
         assert_eq!(Btf::parse(b"not btf").err(), Some(BtfError::BadHeader));
     }
@@ -504,5 +712,34 @@ mod tests {
         assert!(missing.is_empty(), "{missing:?}");
         assert_eq!(offsets.known, netns_known::SOCK | netns_known::TASK);
         assert!(offsets.task_nsproxy > 0 && offsets.net_inum > 0);
+    }
+
+    /// The running kernel's BTF names the whole path from an fd to its socket's endpoints.
+    /// `sock_common` starts with the address pair, then the hash, then the port pair and the
+    /// family: that layout is decades old, and checks the lookups land on the right fields.
+    #[test]
+    fn the_running_kernel_names_the_path_from_an_fd_to_its_endpoints() {
+        let blob = std::fs::read(VMLINUX_BTF).expect("the kernel's BTF");
+        let btf = Btf::parse(&blob).expect("parses");
+        let (offsets, missing) = btf.sock_offsets();
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_eq!(
+            offsets.known,
+            sock_known::FD | sock_known::INET | sock_known::INET6
+        );
+        assert_eq!(
+            (
+                offsets.skc_daddr,
+                offsets.skc_rcv_saddr,
+                offsets.skc_dport,
+                offsets.skc_num,
+                offsets.skc_family
+            ),
+            (0, 4, 12, 14, 16)
+        );
+        assert!(offsets.skc_v6_daddr >= 20 && offsets.skc_v6_rcv_saddr >= 20);
+        assert_ne!(offsets.skc_v6_daddr, offsets.skc_v6_rcv_saddr);
+        assert!(offsets.task_files > 0 && offsets.file_private_data > 0);
+        assert_ne!(offsets.socket_file, offsets.socket_sk);
     }
 }

@@ -138,6 +138,9 @@ pub struct KernelCounters {
     pub unhooked_transfers: u64,
     pub peeks_skipped: u64,
     pub lifecycle_args_missing: u64,
+    /// Accepts without a peer address whose endpoints the kernel could not read from the new
+    /// socket (left to `/proc`).
+    pub accept_endpoints_unknown: u64,
     /// The agent's own sockets not remembered because their table was full.
     pub agent_table_full: u64,
     /// Connection entries whose process generation was missing (treated as stale).
@@ -458,8 +461,9 @@ impl Probes {
         let ring_bytes_global = u64::from(opts.ring_buffer_bytes);
         let h2_walk_global = u8::from(h2_walk);
         let log_level_global = opts.kernel_log_level.global_value();
-        // Where the kernel keeps each connection's network namespace (loopback pairing).
-        let netns_offsets = crate::capture::kernel_btf::running_kernel_netns_offsets();
+        // Where the kernel keeps each connection's network namespace (loopback pairing), and how
+        // an accept without an address finds its socket's endpoints.
+        let (netns_offsets, sock_offsets) = crate::capture::kernel_btf::running_kernel_offsets();
         let propagation = opts.context_propagation
             == crate::capture::propagation::ContextPropagation::TcpOptions
             && match crate::capture::propagation::unsupported_reason() {
@@ -479,6 +483,7 @@ impl Probes {
             .override_global("EVENTS_RING_BYTES", &ring_bytes_global, true)
             .override_global("H2_WALK", &h2_walk_global, true)
             .override_global("NETNS_OFFSETS", &netns_offsets, true)
+            .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("PROPAGATION", &propagation_global, true)
             .map_max_entries(map_name::CONNS, opts.max_connections)
             .override_global(aya_log::LEVEL, &log_level_global, true);
@@ -977,6 +982,7 @@ impl Probes {
         out.unhooked_transfers = read(counter::UNHOOKED_TRANSFERS);
         out.peeks_skipped = read(counter::PEEKS_SKIPPED);
         out.lifecycle_args_missing = read(counter::LIFECYCLE_ARGS_MISSING);
+        out.accept_endpoints_unknown = read(counter::ACCEPT_ENDPOINTS_UNKNOWN);
         out.generations_missing = read(counter::GENERATIONS_MISSING);
         out.fd_reused_in_syscall = read(counter::FD_REUSED_IN_SYSCALL);
         out.args_process_quota = read(counter::ARGS_PROCESS_QUOTA);

@@ -628,6 +628,14 @@ fn families(s: &AgentSnapshot) -> Vec<Family> {
             vec![Sample::plain(k.lifecycle_args_missing)],
         ),
         Family::counter(
+            "tracer_kernel_accept_endpoints_unknown_total",
+            "Accepts without a peer address (accept4(fd, NULL, NULL), as Node.js calls it) whose \
+             endpoints the kernel could not read from the new socket (its BTF lacked an offset, \
+             or a read failed): read from /proc instead, and their exchanges dropped \
+             (ports_unknown) when the connection is gone by then.",
+            vec![Sample::plain(k.accept_endpoints_unknown)],
+        ),
+        Family::counter(
             "tracer_kernel_agent_mirrors_ignored_total",
             "Connections on this host not traced because their other end is one of the agent's \
              own sockets (the collector's side of its export, the API server's side of its watch).",
@@ -1757,6 +1765,7 @@ mod tests {
                 unhooked_transfers: 116,
                 peeks_skipped: 117,
                 lifecycle_args_missing: 118,
+                accept_endpoints_unknown: 1177,
                 generations_missing: 119,
                 fd_reused_in_syscall: 120,
                 args_process_quota: 125,
@@ -2007,6 +2016,7 @@ mod tests {
         want.extend((1019..=1021).map(|v| v as f64)); // kernel traceparent scans
         want.push(1022.0); // kernel traceparent scans not run
         want.push(1023.0); // requests on connections whose stream offsets are unknown
+        want.push(1177.0); // accepts without an address whose endpoints the kernel could not read
         want.sort_by(f64::total_cmp);
         assert_eq!(
             values, want,
