@@ -519,6 +519,19 @@ fn request_id(span: &ObservedSpan) -> Option<u64> {
     path.strip_prefix("/r/")?.parse().ok()
 }
 
+/// Waits for a SERVER and a CLIENT span of every request in `ids` on `port`, ends the session
+/// and checks the tree ([`assert_node_tree`]); returns the agent's settled /metrics page.
+fn wait_for_node_tree(mut session: TracedSession, port: u16, ids: &[u64]) -> String {
+    let n = ids.len();
+    session.wait_for(&format!("{n} https SERVER and {n} CLIENT spans"), |spans| {
+        server_spans(spans, port).len() >= n && client_spans(spans, port).len() >= n
+    });
+    let page = session.agent().wait_settled();
+    let spans = session.finish();
+    assert_node_tree(&spans, port, ids);
+    page
+}
+
 /// Every span is an https GET /r/ID answered 200, the ids of the SERVER and of the CLIENT spans
 /// are exactly `ids`, and every SERVER span's parent is the CLIENT span of the same id (a
 /// CLIENT of another request as parent is a wrong link: none allowed, and none may be missing).
@@ -614,14 +627,9 @@ fn node_https_server_and_client_are_traced_and_linked() {
     );
     curl_k(&https(port, "/r/1000"), &[]);
     curl_k(&https(port, "/r/1001"), &[]);
-    session.wait_for("52 https SERVER and 52 CLIENT spans", |spans| {
-        server_spans(spans, port).len() >= 52 && client_spans(spans, port).len() >= 52
-    });
-    let page = session.agent().wait_settled();
-    let spans = session.finish();
     let mut ids: Vec<u64> = (0..50).collect();
     ids.extend([1000, 1001]);
-    assert_node_tree(&spans, port, &ids);
+    let page = wait_for_node_tree(session, port, &ids);
     // The server's 8 + 2 connections bound by their first request's read, the client's 8 by
     // their first request's write.
     let bound = |side: &str| {
@@ -726,19 +734,14 @@ fn run_node_one_process_paused(
 /// counted `no_socket`).
 #[test]
 fn a_server_writing_inside_the_handshake_callback_still_binds_its_first_request() {
-    let (mut session, port) = run_node_one_process_paused(
+    let (session, port) = run_node_one_process_paused(
         "tls-node-log-secure",
         "tls_node.js",
         &["50", "8"],
         false,
         &[("TLS_NODE_LOG_SECURE", "1")],
     );
-    session.wait_for("50 https SERVER and 50 CLIENT spans", |spans| {
-        server_spans(spans, port).len() >= 50 && client_spans(spans, port).len() >= 50
-    });
-    let page = session.agent().wait_settled();
-    let spans = session.finish();
-    assert_node_tree(&spans, port, &(0..50).collect::<Vec<u64>>());
+    let page = wait_for_node_tree(session, port, &(0..50).collect::<Vec<u64>>());
     assert_eq!(
         sample(
             &page,
@@ -757,13 +760,8 @@ fn a_server_writing_inside_the_handshake_callback_still_binds_its_first_request(
 /// of them are expected.
 #[test]
 fn node_https_client_and_server_in_one_process_never_cross_connections() {
-    let (mut session, port) = run_node_one_process("tls-node-one", "tls_node.js", &["50", "8"]);
-    session.wait_for("50 https SERVER and 50 CLIENT spans", |spans| {
-        server_spans(spans, port).len() >= 50 && client_spans(spans, port).len() >= 50
-    });
-    let page = session.agent().wait_settled();
-    let spans = session.finish();
-    assert_node_tree(&spans, port, &(0..50).collect::<Vec<u64>>());
+    let (session, port) = run_node_one_process("tls-node-one", "tls_node.js", &["50", "8"]);
+    let page = wait_for_node_tree(session, port, &(0..50).collect::<Vec<u64>>());
     assert_eq!(
         sample(&page, "tracer_http_desyncs_total", ""),
         Some(0.0),
